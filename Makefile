@@ -1,0 +1,95 @@
+# dmoe -- build, test and demo.
+#
+#   make          install missing Debian packages (once), build build/dmoe-node, build/dmoe-call
+#   make test     the same, then the whole suite (unit + integration, one Criterion binary)
+#   make demo     the same, then scripts/demo.sh on loopback
+#   make test SAN=1   everything under ASan+UBSan, in build-san/
+#
+# Sources are discovered: every .c in runtime/ wire/ kernels/ actors/ goes into one static library;
+# every cmd/<name>.c is a program; every test/**/*.c is linked into build/test/dmoe-tests.
+
+PKGS      := libevent libevent_pthreads msgpack openblas libxxhash
+TEST_PKGS := criterion
+# Debian packages that provide the pkg-config names above (checked by `make deps`).
+DEB_PKGS  := pkg-config libevent-dev libmsgpack-dev libopenblas-dev libxxhash-dev libcriterion-dev
+
+CC       ?= cc
+SAN      ?= 0
+ifeq ($(SAN),1)
+BUILD    := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1 -g
+else
+BUILD    := build
+SANFLAGS :=
+OPT      := -O2 -g
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+TEST_LIBS  = $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+           -I. $(SANFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
+LIBS     = $(PKG_LIBS) -lpthread -lm
+
+LIB_SRCS  := $(wildcard runtime/*.c wire/*.c kernels/*.c actors/*.c)
+CMD_SRCS  := $(wildcard cmd/*.c)
+TEST_SRCS := $(wildcard test/unit/*.c test/integration/*.c)
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
+PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
+TEST_BIN  := $(BUILD)/test/dmoe-tests
+DEPS_STAMP := $(BUILD)/.deps-ok
+
+.PHONY: all deps test demo bench clean
+all: $(PROGS)
+
+# deps: install the Debian packages when any pkg-config check fails. Runs once per build folder.
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP):
+	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(PKGS) $(TEST_PKGS); then \
+	  echo "deps: installing $(DEB_PKGS)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(DEB_PKGS) \
+	    || { echo "deps: apt-get failed; install $(DEB_PKGS) by hand" >&2; exit 1; }; \
+	fi
+	@pkg-config --exists $(PKGS) $(TEST_PKGS) || { echo "deps: pkg-config still misses one of $(PKGS) $(TEST_PKGS)" >&2; exit 1; }
+	@mkdir -p $(BUILD) && touch $@
+
+$(BUILD)/obj/%.o: %.c $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libdmoe.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%: $(BUILD)/obj/cmd/%.o $(BUILD)/libdmoe.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(TEST_BIN): $(TEST_OBJS) $(BUILD)/libdmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
+
+# The suite finds the programs and data through these variables (see test/integration/harness.h).
+TEST_ENV := DMOE_BUILD=$(abspath $(BUILD)) DMOE_TEST_DATA=$(abspath test/data)
+ifeq ($(SAN),1)
+TEST_ENV += ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+endif
+CRITERION_FLAGS ?= --jobs 2
+
+test: $(PROGS) $(TEST_BIN)
+	$(TEST_ENV) $(TEST_BIN) $(CRITERION_FLAGS)
+
+demo: $(PROGS)
+	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/demo.sh
+
+bench: $(PROGS)
+	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/bench.sh
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d)

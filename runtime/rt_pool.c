@@ -1,0 +1,176 @@
+/* rt_pool.c -- worker threads and the hand-back to the loop (see rt_pool.h).
+ *
+ * Design notes, after libuv's threadpool and memcached's notify pipe: one mutex guards the submission
+ * queue (workers wait on a condition variable) and another guards the completion list. The eventfd is
+ * written only when the completion list goes from empty to non-empty, so a burst of completions costs
+ * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap.
+ */
+#include "runtime/rt_pool.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+void rt_actor_job_done(rt_actor *a);   /* rt_actor.c */
+
+struct rt_pool {
+    rt_loop *loop;
+    int nthreads;
+    pthread_t *threads;
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    rt_job *q_head, *q_tail;
+    int stopping;
+    pthread_mutex_t dlock;
+    rt_job *done_head, *done_tail;
+    int efd;
+    struct event *ev;
+    int inflight;    /* loop thread only */
+};
+
+static void *worker_main(void *arg)
+{
+    rt_pool *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->qlock);
+        while (!p->q_head && !p->stopping) pthread_cond_wait(&p->qcond, &p->qlock);
+        rt_job *j = p->q_head;
+        if (!j) { pthread_mutex_unlock(&p->qlock); break; }   /* stopping and drained */
+        p->q_head = j->next_job;
+        if (!p->q_head) p->q_tail = NULL;
+        pthread_mutex_unlock(&p->qlock);
+
+        j->run(j);
+
+        j->next_job = NULL;
+        pthread_mutex_lock(&p->dlock);
+        int was_empty = p->done_head == NULL;
+        if (p->done_tail) p->done_tail->next_job = j;
+        else p->done_head = j;
+        p->done_tail = j;
+        pthread_mutex_unlock(&p->dlock);
+        if (was_empty) {
+            uint64_t one = 1;
+            while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+        }
+    }
+    return NULL;
+}
+
+static rt_job *take_done(rt_pool *p)
+{
+    pthread_mutex_lock(&p->dlock);
+    rt_job *j = p->done_head;
+    p->done_head = p->done_tail = NULL;
+    pthread_mutex_unlock(&p->dlock);
+    return j;
+}
+
+static void deliver(rt_pool *p, rt_job *j)
+{
+    while (j) {
+        rt_job *next = j->next_job;
+        rt_actor *owner = j->owner;
+        j->next_job = NULL;
+        p->inflight--;
+        if (rt_send(owner, &j->msg) != 0) rt_msg_drop(&j->msg);
+        rt_actor_job_done(owner);
+        j = next;
+    }
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    rt_pool *p = arg;
+    uint64_t n;
+    while (read(p->efd, &n, sizeof n) < 0 && errno == EINTR) {}
+    deliver(p, take_done(p));
+}
+
+rt_pool *rt_pool_new(rt_loop *l, int nthreads)
+{
+    if (nthreads < 1) nthreads = 1;
+    rt_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->loop = l;
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    p->threads = calloc((size_t)nthreads, sizeof *p->threads);
+    if (p->efd < 0 || !p->threads) goto fail;
+    pthread_mutex_init(&p->qlock, NULL);
+    pthread_mutex_init(&p->dlock, NULL);
+    pthread_cond_init(&p->qcond, NULL);
+    p->ev = event_new(rt_loop_base(l), p->efd, EV_READ | EV_PERSIST, on_wake, p);
+    if (!p->ev || event_add(p->ev, NULL) != 0) goto fail_sync;
+    for (int i = 0; i < nthreads; i++) {
+        if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0) {
+            LOG_ERROR("cannot start worker thread %d", i);
+            p->nthreads = i;
+            rt_pool_free(p);
+            return NULL;
+        }
+        p->nthreads = i + 1;
+    }
+    return p;
+fail_sync:
+    if (p->ev) event_free(p->ev);
+    pthread_mutex_destroy(&p->qlock);
+    pthread_mutex_destroy(&p->dlock);
+    pthread_cond_destroy(&p->qcond);
+fail:
+    if (p->efd >= 0) close(p->efd);
+    free(p->threads);
+    free(p);
+    return NULL;
+}
+
+int rt_pool_threads(const rt_pool *p) { return p->nthreads; }
+int rt_pool_inflight(const rt_pool *p) { return p->inflight; }
+
+int rt_pool_submit(rt_pool *p, rt_job *j)
+{
+    if (j->owner->stopped) return DMOE_ESHUTDOWN;
+    pthread_mutex_lock(&p->qlock);
+    if (p->stopping) { pthread_mutex_unlock(&p->qlock); return DMOE_ESHUTDOWN; }
+    j->next_job = NULL;
+    if (p->q_tail) p->q_tail->next_job = j;
+    else p->q_head = j;
+    p->q_tail = j;
+    pthread_cond_signal(&p->qcond);
+    pthread_mutex_unlock(&p->qlock);
+    j->owner->jobs++;
+    p->inflight++;
+    return 0;
+}
+
+void rt_pool_free(rt_pool *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->qlock);
+    p->stopping = 1;
+    pthread_cond_broadcast(&p->qcond);
+    pthread_mutex_unlock(&p->qlock);
+    for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
+    /* what finished but was never delivered: give the owners their jobs back as dropped mail */
+    rt_job *j = take_done(p);
+    while (j) {
+        rt_job *next = j->next_job;
+        j->next_job = NULL;
+        rt_msg_drop(&j->msg);
+        rt_actor_job_done(j->owner);
+        j = next;
+    }
+    event_free(p->ev);
+    close(p->efd);
+    pthread_mutex_destroy(&p->qlock);
+    pthread_mutex_destroy(&p->dlock);
+    pthread_cond_destroy(&p->qcond);
+    free(p->threads);
+    free(p);
+}

@@ -1,0 +1,42 @@
+/* rt_pool.h -- the worker-thread pool: kernels run on workers, results come back as mail.
+ *
+ * An actor fills an rt_job (embedded in its own job struct) with a run function and submits it from the
+ * loop thread. A worker runs job->run(job) -- which may only touch the buffers the job carries, never
+ * actor state -- then appends the job to the completion list under a mutex and, when that list was
+ * empty, writes the pool's eventfd once. On the loop thread the eventfd's callback swaps the whole list
+ * out and delivers each job to its owner's mailbox as an ordinary message (job->msg), in completion
+ * order. The owner's handler sees the message and drops it when done.
+ *
+ * While a job is out, its owner cannot be destroyed (rt_actor.jobs counts them); a job whose owner was
+ * stopped meanwhile is dropped through job->msg.drop instead of being delivered.
+ *
+ * Order: rt_pool_new -> rt_pool_submit ... -> rt_pool_free (runs what is queued, joins the workers, drops
+ * undelivered completions).
+ */
+#ifndef DMOE_RT_POOL_H
+#define DMOE_RT_POOL_H
+
+#include "runtime/rt_actor.h"
+
+typedef struct rt_job {
+    rt_msg msg;                     /* delivered to owner when run returns */
+    void (*run)(struct rt_job *j);  /* on a worker thread */
+    rt_actor *owner;
+    struct rt_job *next_job;        /* queue link, private */
+} rt_job;
+
+typedef struct rt_pool rt_pool;
+
+/* rt_pool_new starts nthreads workers (>= 1) delivering to actors of loop l. Returns NULL on failure. */
+rt_pool *rt_pool_new(rt_loop *l, int nthreads);
+/* rt_pool_threads returns the number of workers. */
+int rt_pool_threads(const rt_pool *p);
+/* rt_pool_queued returns the jobs submitted and not yet delivered (loop thread). */
+int rt_pool_inflight(const rt_pool *p);
+/* rt_pool_submit queues j (run and owner set) from the loop thread; the pool owns j until it comes
+ * back as mail. Returns 0 or DMOE_ESHUTDOWN (owner stopped or pool stopping: the caller keeps j). */
+int rt_pool_submit(rt_pool *p, rt_job *j);
+/* rt_pool_free finishes the queued jobs, joins the workers, drops completions not yet delivered. */
+void rt_pool_free(rt_pool *p);
+
+#endif

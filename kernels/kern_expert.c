@@ -11,12 +11,14 @@ extern const kern_class kern_ffn_class;
 extern const kern_class kern_det_dropout_class;
 extern const kern_class kern_nop_class;
 extern const kern_class kern_nop_delay_class;
+extern const kern_class kern_transformer_class;
 
 static const kern_class *const registry[] = {
     &kern_ffn_class,
     &kern_det_dropout_class,
     &kern_nop_class,
     &kern_nop_delay_class,
+    &kern_transformer_class,
 };
 
 const kern_class *kern_expert_find(const char *name)

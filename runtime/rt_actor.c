@@ -161,6 +161,13 @@ void rt_loop_free(rt_loop *l)
     free(l);
 }
 
+uint64_t rt_clock_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 void rt_actor_init(rt_actor *a, rt_loop *l, const char *name, rt_handler handle, void (*destroy)(rt_actor *))
 {
     memset(a, 0, sizeof *a);
@@ -200,6 +207,29 @@ void rt_actor_job_done(rt_actor *a)
 void rt_msg_drop(rt_msg *m)
 {
     if (m && m->drop) m->drop(m);
+}
+
+/* ---- signals ---- */
+
+static void signal_drop(rt_msg *m)
+{
+    ((rt_signal *)m)->queued = 0;
+}
+
+void rt_signal_init(rt_signal *s, rt_actor *to, int type)
+{
+    memset(s, 0, sizeof *s);
+    s->to = to;
+    s->msg.type = type;
+    s->msg.drop = signal_drop;
+}
+
+int rt_signal_raise(rt_signal *s)
+{
+    if (s->queued) return 0;
+    if (s->to->stopped) return DMOE_ESHUTDOWN;
+    s->queued = 1;
+    return rt_send(s->to, &s->msg);
 }
 
 /* ---- timers ---- */

@@ -66,6 +66,9 @@ void rt_loop_free(rt_loop *l);
 /* rt_loop_now_ms returns a monotonic clock in milliseconds (cached per loop iteration). */
 uint64_t rt_loop_now_ms(rt_loop *l);
 
+/* rt_clock_us returns CLOCK_MONOTONIC in microseconds (any thread). */
+uint64_t rt_clock_us(void);
+
 /* rt_actor_init prepares a (zeroed or fresh) actor on loop l. name must outlive the actor. */
 void rt_actor_init(rt_actor *a, rt_loop *l, const char *name, rt_handler handle, void (*destroy)(rt_actor *));
 /* rt_send queues m for a. Returns 0 (a owns m now) or DMOE_ESHUTDOWN when a is stopped (the caller
@@ -75,6 +78,20 @@ int rt_send(rt_actor *a, rt_msg *m);
 void rt_actor_stop(rt_actor *a);
 /* rt_msg_drop releases m through its drop function; NULL is a no-op. */
 void rt_msg_drop(rt_msg *m);
+
+/* A signal: a message embedded in a long-lived struct that tells `to` "something happened" (work is
+ * waiting, a pull is wanted). Raising it while it still waits in the mailbox does nothing, so a burst
+ * of events costs one message. The handler ends with rt_msg_drop, which re-arms it. */
+typedef struct rt_signal {
+    rt_msg msg;
+    rt_actor *to;
+    int queued;
+} rt_signal;
+
+/* rt_signal_init binds s to actor to with message type type. */
+void rt_signal_init(rt_signal *s, rt_actor *to, int type);
+/* rt_signal_raise sends s unless it is already queued. Returns 0 or DMOE_ESHUTDOWN (to is stopped). */
+int rt_signal_raise(rt_signal *s);
 
 /* A timer that delivers its embedded message to its owner when it fires. The message is never freed by
  * rt_msg_drop (it belongs to the timer); while it waits in the mailbox the timer does not queue it again. */

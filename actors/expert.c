@@ -1,0 +1,361 @@
+/* expert.c -- the expert actor: parameters, optimizer, scheduling of its batches on the pool
+ * (see expert.h for the model and batchq.h for the queue side).
+ *
+ * Mail in: from its queues, EX_MSG_WORK (work waiting), EX_MSG_BATCH (a batch to compute),
+ * EX_MSG_NOTHING (a pull found nothing); from the pool, EX_MSG_JOB_DONE (the same batch, computed);
+ * from a batch's delay timer, EX_MSG_DELAY_DONE (nop_delay). The direction rides in bits 8+ of the type.
+ */
+#include "actors/expert.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/batchq.h"
+#include "kernels/kern_ops.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+struct expert {
+    rt_actor actor;
+    char uid[256];
+    expert_cfg cfg;
+    kern_model model;
+    float *params, *grads;
+    kern_optim opt;
+    batchq *q[2];
+    int running[2], pulling[2], wanted[2];
+    int delayed;            /* batches held by nop_delay timers */
+    int shutting;
+    uint64_t batch_seq;     /* seeds per-batch randomness */
+    expert_stats stats;
+};
+
+/* ---- requests ---- */
+
+void ex_req_drop_frame(ex_req *r)
+{
+    if (r->wm) {
+        wire_msg_free(r->wm);
+        free(r->wm);
+        r->wm = NULL;
+    }
+    if (r->budget && r->charge) rt_budget_release(r->budget, r->charge);
+    r->charge = 0;
+}
+
+void ex_req_free(ex_req *r)
+{
+    if (!r) return;
+    ex_req_drop_frame(r);
+    if (r->c) {
+        conn_release(r->c);
+        conn_unref(r->c);
+    }
+    free(r);
+}
+
+void ex_reply_error(ex_req *r, int code, const char *msg)
+{
+    if (r->c && conn_is_open(r->c)) {
+        wire_out *o = wire_error_reply(r->id, code, msg);
+        if (o) conn_send(r->c, o);
+    }
+    ex_req_free(r);
+}
+
+/* ---- the job, on a worker thread ---- */
+
+static void job_run(rt_job *j)
+{
+    ex_batch *b = (ex_batch *)j;
+    const kern_model *m = b->model;
+    uint64_t t0 = rt_clock_us();
+    const void *in[KERN_MAX_IO];
+    for (int i = 0; i < m->n_in; i++) in[i] = b->in[i];
+    if (b->dir == EX_FWD) {
+        b->rc = m->cls->forward(m, b->params, b->B, in, b->res, b->ws, b->seed);
+    } else {
+        const float *gout[KERN_MAX_IO];
+        float *gin[KERN_MAX_IO];
+        for (int i = 0; i < m->n_out; i++) gout[i] = b->gout[i];
+        for (int i = 0; i < m->n_in; i++) {
+            gin[i] = b->res[i];
+            if (m->in[i].dtype != KERN_F32) {   /* masks get a zero gradient */
+                memset(b->res[i], 0, (size_t)b->B * kern_io_numel(&m->in[i]) * sizeof(float));
+                gin[i] = NULL;
+            }
+        }
+        b->rc = m->cls->backward(m, b->params, b->B, in, gout, gin, b->grads, b->ws, b->seed);
+        if (b->rc == 0 && m->n_floats > 0) {
+            if (!kern_all_finite(b->grads, m->n_floats)) {
+                b->rc = DMOE_ENONFINITE;
+                snprintf(b->err, sizeof b->err, "parameter gradients are not finite: optimizer step skipped");
+            } else {
+                kern_optim_step(b->opt, m, b->params, b->grads, b->lr);
+            }
+        }
+    }
+    if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
+    b->t_compute_us = rt_clock_us() - t0;
+}
+
+/* ---- scheduling ---- */
+
+static void pull(expert *e, int dir)
+{
+    e->wanted[dir] = 0;
+    e->pulling[dir] = 1;
+    batchq_pull(e->q[dir]);
+}
+
+static void schedule(expert *e)
+{
+    if (e->shutting) return;
+    int fwd_busy = e->running[EX_FWD] + e->pulling[EX_FWD];
+    int bwd_busy = e->running[EX_BWD] + e->pulling[EX_BWD];
+    if (e->wanted[EX_BWD] && fwd_busy == 0 && bwd_busy == 0) {
+        pull(e, EX_BWD);
+        return;
+    }
+    /* backward waiting or running: let the forwards in flight finish, start no new ones */
+    if (e->wanted[EX_FWD] && !e->wanted[EX_BWD] && bwd_busy == 0 && !e->pulling[EX_FWD] &&
+        e->running[EX_FWD] < e->cfg.max_parallel_fwd)
+        pull(e, EX_FWD);
+}
+
+static void start_batch(expert *e, ex_batch *b)
+{
+    b->job.run = job_run;
+    b->job.owner = &e->actor;
+    b->job.msg.type = EX_MSG_JOB_DONE | (b->dir << 8);
+    b->model = &e->model;
+    b->params = e->params;
+    b->grads = e->grads;
+    b->opt = &e->opt;
+    b->lr = e->cfg.opt.lr;
+    b->seed = e->cfg.seed ^ (0x9E3779B97F4A7C15ull * ++e->batch_seq);
+    e->running[b->dir]++;
+    if (rt_pool_submit(e->cfg.pool, &b->job) != 0) {
+        e->running[b->dir]--;
+        b->rc = DMOE_ESHUTDOWN;
+        batchq_release_work(b);
+        batchq_done(b->q, b);
+    }
+}
+
+static void finish_batch(expert *e, ex_batch *b)
+{
+    int dir = b->dir;
+    e->running[dir]--;
+    batchq_release_work(b);
+    expert_stats *s = &e->stats;
+    s->batches[dir]++;
+    s->compute_us[dir] += b->t_compute_us;
+    s->queue_wait_us[dir] += b->t_queued_us;
+    int nreq = 0;
+    for (ex_req *r = b->reqs; r; r = r->next) nreq++;
+    s->calls[dir] += (uint64_t)nreq;
+    if (b->rc < 0) {
+        s->errors[dir]++;
+        LOG_WARN("%s: %s batch of %lld rows failed: %s", e->uid, dir == EX_FWD ? "forward" : "backward",
+                 (long long)b->B, b->err);
+    } else {
+        s->rows[dir] += (uint64_t)b->B;
+        if (dir == EX_BWD) {
+            s->samples_seen += (uint64_t)b->B;
+            if (e->opt.cfg.kind != KERN_OPT_NONE && e->model.n_floats > 0) s->steps++;
+        }
+    }
+    if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0) {
+        e->delayed++;
+        rt_timer_start(&b->delay, (uint64_t)e->cfg.kcfg.delay_ms, 0);
+        return;
+    }
+    batchq_done(b->q, b);
+}
+
+static void expert_handle(rt_actor *self, rt_msg *m)
+{
+    expert *e = (expert *)self;
+    int type = m->type & 0xff, dir = (m->type >> 8) & 1;
+    switch (type) {
+    case EX_MSG_WORK:
+        rt_msg_drop(m);
+        e->wanted[dir] = 1;
+        break;
+    case EX_MSG_NOTHING:
+        rt_msg_drop(m);
+        e->pulling[dir] = 0;
+        break;
+    case EX_MSG_BATCH:
+        e->pulling[dir] = 0;
+        start_batch(e, (ex_batch *)m);
+        break;
+    case EX_MSG_JOB_DONE:
+        finish_batch(e, (ex_batch *)m);
+        break;
+    case EX_MSG_DELAY_DONE: {
+        ex_batch *b = (ex_batch *)((char *)m - offsetof(ex_batch, delay));
+        e->delayed--;
+        batchq_done(b->q, b);
+        break;
+    }
+    default:
+        rt_msg_drop(m);
+    }
+    schedule(e);
+}
+
+static void expert_destroy(rt_actor *self)
+{
+    expert *e = (expert *)self;
+    kern_optim_free(&e->opt);
+    free(e->params);
+    free(e->grads);
+    free(e);
+}
+
+/* ---- the public side ---- */
+
+static float *alloc_floats(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(float)) != 0) return NULL;
+    return p;
+}
+
+expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err, size_t errlen)
+{
+    if (strlen(uid) >= sizeof ((expert *)0)->uid) { snprintf(err, errlen, "uid too long: %s", uid); return NULL; }
+    expert *e = calloc(1, sizeof *e);
+    if (!e) { snprintf(err, errlen, "out of memory"); return NULL; }
+    rt_actor_init(&e->actor, l, "expert", expert_handle, expert_destroy);
+    strcpy(e->uid, uid);
+    e->cfg = *cfg;
+    if (e->cfg.max_parallel_fwd < 1) e->cfg.max_parallel_fwd = 1;
+    if (cfg->cls->setup(&e->model, &cfg->kcfg) != 0) {
+        snprintf(err, errlen, "expert class %s does not accept these settings (hidden_dim %d)", cfg->cls->name,
+                 cfg->kcfg.hidden_dim);
+        free(e);
+        return NULL;
+    }
+    e->model.cls = cfg->cls;
+    e->params = alloc_floats(e->model.n_floats);
+    e->grads = alloc_floats(e->model.n_floats);
+    if (!e->params || !e->grads || kern_optim_init(&e->opt, &cfg->opt, e->model.n_floats) != 0) {
+        snprintf(err, errlen, "out of memory for %zu parameters", e->model.n_floats);
+        expert_destroy(&e->actor);
+        return NULL;
+    }
+    cfg->cls->init(&e->model, e->params, cfg->seed);
+    e->q[EX_FWD] = batchq_new(l, &e->actor, EX_FWD, &e->cfg, &e->model);
+    e->q[EX_BWD] = batchq_new(l, &e->actor, EX_BWD, &e->cfg, &e->model);
+    if (!e->q[EX_FWD] || !e->q[EX_BWD]) {
+        snprintf(err, errlen, "out of memory");
+        if (e->q[EX_FWD]) batchq_stop(e->q[EX_FWD]);
+        if (e->q[EX_BWD]) batchq_stop(e->q[EX_BWD]);
+        expert_destroy(&e->actor);
+        return NULL;
+    }
+    return e;
+}
+
+const char *expert_uid(const expert *e) { return e->uid; }
+const kern_model *expert_model(const expert *e) { return &e->model; }
+const expert_stats *expert_stats_get(const expert *e) { return &e->stats; }
+const expert_cfg *expert_cfg_get(const expert *e) { return &e->cfg; }
+const float *expert_params(const expert *e) { return e->params; }
+
+int expert_set_params(expert *e, const float *params, size_t n)
+{
+    if (n != e->model.n_floats || expert_busy(e)) return DMOE_EINVAL;
+    memcpy(e->params, params, n * sizeof(float));
+    return 0;
+}
+
+void expert_submit(expert *e, ex_req *req)
+{
+    batchq_push(e->q[req->dir], req);
+}
+
+int expert_busy(const expert *e)
+{
+    return batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD]) + e->running[EX_FWD] +
+           e->running[EX_BWD] + e->delayed + (int)e->actor.depth;
+}
+
+void expert_shutdown(expert *e)
+{
+    e->shutting = 1;
+    batchq_shutdown(e->q[EX_FWD]);
+    batchq_shutdown(e->q[EX_BWD]);
+}
+
+void expert_free(expert *e)
+{
+    if (!e) return;
+    batchq_stop(e->q[EX_FWD]);
+    batchq_stop(e->q[EX_BWD]);
+    rt_actor_stop(&e->actor);
+}
+
+static void pack_io(msgpack_packer *pk, const kern_io_info *io, int n)
+{
+    msgpack_pack_array(pk, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        msgpack_pack_map(pk, 3);
+        wire_pack_str(pk, "name");
+        wire_pack_str(pk, io[i].name);
+        wire_pack_str(pk, "dtype");
+        wire_pack_str(pk, io[i].dtype == KERN_U8 ? "uint8" : "float32");
+        wire_pack_str(pk, "shape");
+        msgpack_pack_array(pk, (size_t)io[i].ndim + 1);
+        msgpack_pack_int64(pk, -1);
+        for (int d = 0; d < io[i].ndim; d++) msgpack_pack_int64(pk, io[i].dims[d]);
+    }
+}
+
+static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
+{
+    wire_pack_str(pk, k);
+    msgpack_pack_uint64(pk, v);
+}
+
+void expert_pack_info(const expert *e, msgpack_packer *pk)
+{
+    const expert_stats *s = &e->stats;
+    msgpack_pack_map(pk, 11);
+    wire_pack_str(pk, "uid");
+    wire_pack_str(pk, e->uid);
+    wire_pack_str(pk, "expert_cls");
+    wire_pack_str(pk, e->model.cls->name);
+    wire_pack_str(pk, "module");
+    wire_pack_str(pk, e->model.cls->module_name);
+    wire_pack_str(pk, "hidden_dim");
+    msgpack_pack_int(pk, e->cfg.kcfg.hidden_dim);
+    pack_kv_u64(pk, "n_params", e->model.n_floats);
+    wire_pack_str(pk, "inputs");
+    pack_io(pk, e->model.in, e->model.n_in);
+    wire_pack_str(pk, "outputs");
+    pack_io(pk, e->model.out, e->model.n_out);
+    wire_pack_str(pk, "optimizer");
+    wire_pack_str(pk, kern_optim_name(e->opt.cfg.kind));
+    wire_pack_str(pk, "lr");
+    msgpack_pack_double(pk, e->cfg.opt.lr);
+    pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
+    wire_pack_str(pk, "stats");
+    msgpack_pack_map(pk, 12);
+    pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
+    pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
+    pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
+    pack_kv_u64(pk, "backward_batches", s->batches[EX_BWD]);
+    pack_kv_u64(pk, "forward_rows", s->rows[EX_FWD]);
+    pack_kv_u64(pk, "backward_rows", s->rows[EX_BWD]);
+    pack_kv_u64(pk, "errors", s->errors[EX_FWD] + s->errors[EX_BWD]);
+    pack_kv_u64(pk, "steps", s->steps);
+    pack_kv_u64(pk, "samples_seen", s->samples_seen);
+    pack_kv_u64(pk, "queue_depth", (uint64_t)(batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD])));
+    pack_kv_u64(pk, "queue_wait_us", s->queue_wait_us[EX_FWD] + s->queue_wait_us[EX_BWD]);
+    pack_kv_u64(pk, "compute_us", s->compute_us[EX_FWD] + s->compute_us[EX_BWD]);
+}

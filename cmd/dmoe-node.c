@@ -1,0 +1,160 @@
+/* dmoe-node -- host experts over TCP (hivemind-server's counterpart).
+ *
+ * Parses hivemind's flags into a node_cfg, starts the node on a fresh loop, and runs until SIGINT or
+ * SIGTERM, which start the graceful stop (node.h). Exits 0 after a clean stop, 1 on a start-up error,
+ * 2 on bad flags.
+ */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/node.h"
+#include "kernels/kern_expert.h"
+#include "runtime/rt_args.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+typedef struct {
+    rt_loop *loop;
+    node *n;
+    int signals;
+} app;
+
+static void stopped(void *arg)
+{
+    app *a = arg;
+    LOG_INFO("Server stopped");
+    rt_loop_break(a->loop);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    app *a = arg;
+    if (++a->signals > 1) {
+        LOG_WARN("second signal: stopping now");
+        rt_loop_break(a->loop);
+        return;
+    }
+    LOG_INFO("Caught %s, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    node_stop(a->n, stopped, a);
+}
+
+int main(int argc, char **argv)
+{
+    node_cfg c;
+    node_default_cfg(&c);
+    const char *expert_cls = c.expert_cls, *pattern = NULL, *optimizer = "adam", *log_level = NULL;
+    int hidden = c.kcfg.hidden_dim, seq_len = 0, delay_ms = 500;
+    double lr = -1, dropout = 0.0, max_frame_mb = (double)(c.max_frame >> 20),
+           max_pending_mb = (double)(c.max_pending_bytes >> 20);
+    char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL;
+    int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
+
+    const rt_arg flags[] = {
+        {"expert_cls", ARG_STR, &expert_cls, "expert class: ffn, det_dropout, transformer, nop, nop_delay", "Experts"},
+        {"hidden_dim", ARG_INT, &hidden, "main dimension of the experts", "Experts"},
+        {"num_experts", ARG_INT, &c.num_experts, "how many experts to host (with --expert_pattern)", "Experts"},
+        {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts"},
+        {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts"},
+        {"seq_len", ARG_INT, &seq_len, "transformer: sequence length of its [B, S, H] input (0: 512)", "Experts"},
+        {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training", "Experts"},
+        {"delay_ms", ARG_INT, &delay_ms, "nop_delay: how long each batch is held (ms; the loop never sleeps)", "Experts"},
+        {"max_batch_size", ARG_I64, &max_batch, "most rows in one batch (a bigger request is an error)", "Batching"},
+        {"min_batch_size", ARG_I64, &min_batch, "fewest rows a batch waits for (at most --batch_wait_ms)", "Batching"},
+        {"batch_wait_ms", ARG_INT, &c.batch_wait_ms, "longest wait for --min_batch_size rows", "Batching"},
+        {"num_workers", ARG_INT, &c.num_workers, "worker threads for the kernels (default: the core count)", "Batching"},
+        {"optimizer", ARG_STR, &optimizer, "optimizer applied after each batched backward: adam, sgd, lamb, none", "Training"},
+        {"lr", ARG_F64, &lr, "learning rate (-1: the optimizer's default: adam 1e-3, sgd 0.01)", "Training"},
+        {"seed", ARG_U64, &c.seed, "seed for uids drawn from patterns and initial weights", "Training"},
+        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on (default /ip4/127.0.0.1/tcp/0)", "Network"},
+        {"announce_maddrs", ARG_LIST, &announce_maddrs, "addresses to tell others instead of the bound ones", "Network"},
+        {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network"},
+        {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network"},
+        {"max_inflight", ARG_INT, &c.max_inflight, "open requests per connection before reading pauses", "Network"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR (also $DMOE_LOG)", "Logging"},
+    };
+    const int nflags = (int)(sizeof flags / sizeof flags[0]);
+    char err[512];
+    char *pos[1];
+    int npos;
+    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 0, &npos, err, sizeof err);
+    if (rc == 1) {
+        rt_args_usage(stdout, "dmoe-node [flags]   (host experts over TCP)", flags, nflags);
+        return 0;
+    }
+    if (rc != 0) {
+        fprintf(stderr, "dmoe-node: %s\n", err);
+        rt_args_free(flags, nflags);
+        return 2;
+    }
+    int bad = 0;
+    if (log_level) {
+        int lv = rt_log_parse_level(log_level);
+        if (lv < 0) { fprintf(stderr, "dmoe-node: --log_level %s is not DEBUG, INFO, WARN or ERROR\n", log_level); bad = 1; }
+        else rt_log_set_level(lv);
+    }
+    c.expert_cls = expert_cls;
+    c.expert_pattern = pattern;
+    c.expert_uids = uids;
+    c.kcfg.hidden_dim = hidden;
+    c.kcfg.seq_len = seq_len;
+    c.kcfg.dropout = (float)dropout;
+    c.kcfg.delay_ms = strcmp(expert_cls, "nop_delay") == 0 ? delay_ms : 0;
+    c.max_batch_size = max_batch;
+    c.min_batch_size = min_batch;
+    if (hidden < 1) { fprintf(stderr, "dmoe-node: --hidden_dim must be positive\n"); bad = 1; }
+    if (kern_optim_parse(optimizer, &c.opt) != 0) {
+        fprintf(stderr, "dmoe-node: --optimizer %s is not adam, sgd, lamb or none\n", optimizer);
+        bad = 1;
+    }
+    if (lr >= 0) c.opt.lr = (float)lr;
+    if (max_frame_mb < 0.001 || max_frame_mb > 4095) { fprintf(stderr, "dmoe-node: --max_frame_mb must be in (0, 4095]\n"); bad = 1; }
+    c.max_frame = (size_t)(max_frame_mb * 1048576.0);
+    if (max_pending_mb < 1) { fprintf(stderr, "dmoe-node: --max_pending_mb must be at least 1\n"); bad = 1; }
+    c.max_pending_bytes = (size_t)(max_pending_mb * 1048576.0);
+    if (c.num_workers < 1 || c.num_workers > 256) { fprintf(stderr, "dmoe-node: --num_workers must be in 1..256\n"); bad = 1; }
+    if (host_maddrs) {
+        c.n_host = 0;
+        for (int i = 0; host_maddrs[i] && !bad; i++) {
+            if (c.n_host == NODE_MAX_ADDRS) { fprintf(stderr, "dmoe-node: at most %d --host_maddrs\n", NODE_MAX_ADDRS); bad = 1; break; }
+            if (wire_maddr_parse_listen(host_maddrs[i], &c.host[c.n_host++], err, sizeof err) != 0) {
+                fprintf(stderr, "dmoe-node: --host_maddrs %s: %s\n", host_maddrs[i], err);
+                bad = 1;
+            }
+        }
+    }
+    if (announce_maddrs) {
+        for (int i = 0; announce_maddrs[i] && !bad; i++) {
+            if (c.n_announce == NODE_MAX_ADDRS) { fprintf(stderr, "dmoe-node: at most %d --announce_maddrs\n", NODE_MAX_ADDRS); bad = 1; break; }
+            if (wire_maddr_parse(announce_maddrs[i], &c.announce[c.n_announce++], err, sizeof err) != 0) {
+                fprintf(stderr, "dmoe-node: --announce_maddrs %s: %s\n", announce_maddrs[i], err);
+                bad = 1;
+            }
+        }
+    }
+    if (bad) { rt_args_free(flags, nflags); return 2; }
+
+    signal(SIGPIPE, SIG_IGN);
+    app a = {0};
+    a.loop = rt_loop_new();
+    if (!a.loop) { fprintf(stderr, "dmoe-node: cannot create the event loop\n"); return 1; }
+    a.n = node_start(a.loop, &c, err, sizeof err);
+    rt_args_free(flags, nflags);
+    if (!a.n) {
+        LOG_ERROR("%s", err);
+        rt_loop_free(a.loop);
+        return 1;
+    }
+    struct event *sigint = evsignal_new(rt_loop_base(a.loop), SIGINT, on_signal, &a);
+    struct event *sigterm = evsignal_new(rt_loop_base(a.loop), SIGTERM, on_signal, &a);
+    event_add(sigint, NULL);
+    event_add(sigterm, NULL);
+    rt_loop_run(a.loop);
+    event_free(sigint);
+    event_free(sigterm);
+    node_free(a.n);
+    rt_loop_free(a.loop);
+    return 0;
+}

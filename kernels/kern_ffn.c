@@ -1,0 +1,176 @@
+/* kern_ffn.c -- the "ffn" expert class: hivemind's FeedforwardBlock,
+ *
+ *     y = LayerNorm(x + Linear_{4H->H}(gelu_tanh(Linear_{H->4H}(x))))     (LayerNorm eps 1e-12)
+ *
+ * Implements kern_class (kern_expert.h) over kern_ops.h: no allocation, no I/O, no state; the caller
+ * owns the parameters, inputs, outputs, gradients and the workspace, so any worker thread may run a
+ * forward or backward while the expert actor keeps its state on the loop thread.
+ *
+ * Flat parameter layout (PyTorch state_dict names, in this order):
+ *     ffn.weight [4H, H], ffn.bias [4H], ffn_output.weight [H, 4H], ffn_output.bias [H],
+ *     layer_norm.weight [H], layer_norm.bias [H]                     (H = 512: 2,100,736 floats)
+ *
+ * Workspace (floats, B rows):
+ *     forward:  a [B, 4H]  (pre-activation, then GELU in place); the output buffer holds the
+ *               residual sum before LayerNorm normalises it in place.
+ *     backward: z1 [B, 4H] (pre-activation), a [B, 4H] (activation, later reused for its gradient),
+ *               r [B, H] (pre-LayerNorm sum), gr [B, H] (its gradient), mean [B], rstd [B].
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/kern_expert.h"
+#include "kernels/kern_ops.h"
+#include "kernels/kern_rng.h"
+#include "runtime/rt_err.h"
+
+#define FFN_LN_EPS 1e-12f      /* hivemind's FeedforwardBlock builds nn.LayerNorm(hid_dim, eps=1e-12) */
+#define FFN_MAX_HIDDEN 65536   /* keeps 4H * H and every BLAS dimension far inside int range */
+
+extern const kern_class kern_ffn_class;
+
+/* The six tensors, in m->params order. */
+enum { FFN_W1, FFN_B1, FFN_W2, FFN_B2, FFN_G, FFN_BETA, FFN_NPARAMS };
+
+typedef struct {
+    const float *w1, *b1, *w2, *b2, *g, *beta;
+} ffn_weights;
+
+static ffn_weights ffn_bind(const kern_model *m, const float *p)
+{
+    ffn_weights w = {
+        .w1 = p + m->params[FFN_W1].offset,
+        .b1 = p + m->params[FFN_B1].offset,
+        .w2 = p + m->params[FFN_W2].offset,
+        .b2 = p + m->params[FFN_B2].offset,
+        .g = p + m->params[FFN_G].offset,
+        .beta = p + m->params[FFN_BETA].offset,
+    };
+    return w;
+}
+
+static int ffn_setup(kern_model *m, const kern_config *cfg)
+{
+    if (!m || !cfg || cfg->hidden_dim <= 0 || cfg->hidden_dim > FFN_MAX_HIDDEN) return DMOE_EINVAL;
+    int64_t H = cfg->hidden_dim;
+    kern_model t;
+    memset(&t, 0, sizeof t);
+    t.cls = &kern_ffn_class;
+    t.cfg = *cfg;
+    if (kern_model_add_param(&t, "ffn.weight", 4 * H, H) || kern_model_add_param(&t, "ffn.bias", 4 * H, 0) ||
+        kern_model_add_param(&t, "ffn_output.weight", H, 4 * H) ||
+        kern_model_add_param(&t, "ffn_output.bias", H, 0) || kern_model_add_param(&t, "layer_norm.weight", H, 0) ||
+        kern_model_add_param(&t, "layer_norm.bias", H, 0))
+        return DMOE_EINVAL;
+    t.n_in = 1;
+    strcpy(t.in[0].name, "x");
+    t.in[0].dtype = KERN_F32;
+    t.in[0].ndim = 1;
+    t.in[0].dims[0] = H;
+    t.n_out = 1;
+    strcpy(t.out[0].name, "output");
+    t.out[0].dtype = KERN_F32;
+    t.out[0].ndim = 1;
+    t.out[0].dims[0] = H;
+    *m = t;
+    return 0;
+}
+
+static void ffn_init(const kern_model *m, float *params, uint64_t seed)
+{
+    int64_t H = m->cfg.hidden_dim;
+    kern_rng r;
+    kern_rng_seed(&r, seed);
+    float bound1 = 1.0f / sqrtf((float)H), bound2 = 1.0f / sqrtf((float)(4 * H));
+    const kern_param_info *p = m->params;
+    kern_init_uniform(params + p[FFN_W1].offset, p[FFN_W1].numel, bound1, &r);
+    kern_init_uniform(params + p[FFN_B1].offset, p[FFN_B1].numel, bound1, &r);
+    kern_init_uniform(params + p[FFN_W2].offset, p[FFN_W2].numel, bound2, &r);
+    kern_init_uniform(params + p[FFN_B2].offset, p[FFN_B2].numel, bound2, &r);
+    kern_init_const(params + p[FFN_G].offset, p[FFN_G].numel, 1.0f);
+    kern_init_const(params + p[FFN_BETA].offset, p[FFN_BETA].numel, 0.0f);
+}
+
+static size_t ffn_forward_ws(const kern_model *m, int64_t B)
+{
+    if (B <= 0) return 0;
+    return (size_t)B * 4 * (size_t)m->cfg.hidden_dim;
+}
+
+static size_t ffn_backward_ws(const kern_model *m, int64_t B)
+{
+    if (B <= 0) return 0;
+    size_t H = (size_t)m->cfg.hidden_dim;
+    return (size_t)B * (8 * H + 2 * H + 2);
+}
+
+/* ffn_residual_add: y[i] += x[i], n elements. */
+static void ffn_residual_add(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static int ffn_forward(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                       float *const *out, float *ws, uint64_t rng_seed)
+{
+    if (B < 0 || !in || !in[0] || !out || !out[0]) return DMOE_EINVAL;
+    if (B == 0) return 0;
+    int64_t H = m->cfg.hidden_dim;
+    ffn_weights w = ffn_bind(m, params);
+    const float *x = in[0];
+    float *y = out[0], *a = ws;
+    kern_linear_fwd(x, B, H, w.w1, w.b1, 4 * H, a);
+    kern_gelu_tanh_fwd(a, a, (size_t)(B * 4 * H));
+    kern_linear_fwd(a, B, 4 * H, w.w2, w.b2, H, y);
+    ffn_residual_add(y, x, (size_t)(B * H));
+    kern_layernorm_fwd(y, B, H, w.g, w.beta, FFN_LN_EPS, y, NULL, NULL);
+    return 0;
+}
+
+static int ffn_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                        const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
+                        uint64_t rng_seed)
+{
+    if (B < 0 || !in || !in[0] || !grad_out || !grad_out[0] || !grad_params) return DMOE_EINVAL;
+    int64_t H = m->cfg.hidden_dim;
+    const kern_param_info *p = m->params;
+    if (B == 0) {
+        memset(grad_params, 0, m->n_floats * sizeof *grad_params);
+        return 0;
+    }
+    ffn_weights w = ffn_bind(m, params);
+    const float *x = in[0], *gy = grad_out[0];
+    float *gx = grad_in ? grad_in[0] : NULL;
+    size_t n4 = (size_t)(B * 4 * H), n1 = (size_t)(B * H);
+    float *z1 = ws, *a = z1 + n4, *r = a + n4, *gr = r + n1, *mean = gr + n1, *rstd = mean + B;
+
+    /* Forward again, keeping what the backward needs. */
+    kern_linear_fwd(x, B, H, w.w1, w.b1, 4 * H, z1);
+    kern_gelu_tanh_fwd(z1, a, n4);
+    kern_linear_fwd(a, B, 4 * H, w.w2, w.b2, H, r);
+    ffn_residual_add(r, x, n1);
+    kern_layernorm_fwd(r, B, H, w.g, w.beta, FFN_LN_EPS, gr, mean, rstd); /* gr: scratch for the output */
+
+    /* LayerNorm, then the output Linear (its gW needs a; after that a's buffer takes d loss / d a). */
+    kern_layernorm_bwd(r, gy, B, H, w.g, mean, rstd, gr, grad_params + p[FFN_G].offset,
+                       grad_params + p[FFN_BETA].offset);
+    kern_linear_bwd(a, gr, B, 4 * H, H, w.w2, NULL, grad_params + p[FFN_W2].offset,
+                    grad_params + p[FFN_B2].offset);
+    kern_linear_bwd(a, gr, B, 4 * H, H, w.w2, a, NULL, NULL);
+    kern_gelu_tanh_bwd(z1, a, a, n4);
+    kern_linear_bwd(x, a, B, H, 4 * H, w.w1, gx, grad_params + p[FFN_W1].offset,
+                    grad_params + p[FFN_B1].offset);
+    if (gx) ffn_residual_add(gx, gr, n1);
+    return 0;
+}
+
+const kern_class kern_ffn_class = {
+    .name = "ffn",
+    .module_name = "FeedforwardBlock",
+    .setup = ffn_setup,
+    .init = ffn_init,
+    .forward_ws = ffn_forward_ws,
+    .backward_ws = ffn_backward_ws,
+    .forward = ffn_forward,
+    .backward = ffn_backward,
+};

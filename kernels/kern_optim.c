@@ -1,0 +1,212 @@
+/* kern_optim.c -- the server-side optimizers: none, SGD, Adam and LAMB, plus global gradient clipping
+ * (see kern_optim.h).
+ *
+ * Owns the moment buffers of one expert (allocated by kern_optim_init, released by kern_optim_free).
+ * The expert actor runs kern_optim_step from the job that follows a batched backward, so the state is
+ * touched by one thread at a time and needs no lock. Parameters and gradients stay with the caller.
+ *
+ * Each step, in order:
+ *   1. the global L2 norm of all gradients (summed in double); if clip_grad_norm > 0, the gradients
+ *      are scaled as torch.nn.utils.clip_grad_norm_ does: coef = max_norm / (norm + 1e-6), applied
+ *      only when coef < 1. The norm before clipping is returned.
+ *   2. the update, with torch semantics:
+ *      sgd  (torch.optim.SGD, no momentum):  g += wd p;  p -= lr g
+ *      adam (torch.optim.Adam, amsgrad off): g += wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+ *           p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ *      lamb (torch_optimizer.Lamb, the one hivemind uses; followed from torch_optimizer/lamb.py of
+ *           jettify/pytorch-optimizer): the same moments, but NO bias correction ("Paper v3 does not
+ *           use debiasing"), r = m / (sqrt(v) + eps) + wd p, and per parameter tensor
+ *           trust = clamp(||p||, 0, 10) / ||r||, or 1 when either norm is 0;  p -= lr trust r.
+ *           The tensors come from the kern_model's parameter list; without one (m NULL, or a list
+ *           that does not cover the buffer) the whole buffer is one tensor.
+ */
+#include "kernels/kern_optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/rt_err.h"
+
+#define OPTIM_CLIP_EPS 1e-6        /* torch.nn.utils.clip_grad_norm_ adds this to the norm */
+#define OPTIM_LAMB_CLAMP 10.0      /* torch_optimizer.Lamb clamps the weight norm to [0, 10] */
+
+int kern_optim_parse(const char *name, kern_optim_cfg *cfg)
+{
+    if (!name || !cfg) return DMOE_EINVAL;
+    kern_optim_cfg c;
+    memset(&c, 0, sizeof c);
+    if (strcmp(name, "none") == 0) {
+        c.kind = KERN_OPT_NONE;
+    } else if (strcmp(name, "sgd") == 0) {
+        c.kind = KERN_OPT_SGD;
+        c.lr = 0.01f;
+    } else if (strcmp(name, "adam") == 0) {
+        c.kind = KERN_OPT_ADAM;
+        c.lr = 1e-3f;
+        c.beta1 = 0.9f;
+        c.beta2 = 0.999f;
+        c.eps = 1e-8f;
+    } else if (strcmp(name, "lamb") == 0) {
+        c.kind = KERN_OPT_LAMB;
+        c.lr = 1e-3f;
+        c.beta1 = 0.9f;
+        c.beta2 = 0.999f;
+        c.eps = 1e-6f;
+    } else {
+        return DMOE_EINVAL;
+    }
+    *cfg = c;
+    return 0;
+}
+
+const char *kern_optim_name(kern_optim_kind kind)
+{
+    switch (kind) {
+    case KERN_OPT_NONE: return "none";
+    case KERN_OPT_SGD: return "sgd";
+    case KERN_OPT_ADAM: return "adam";
+    case KERN_OPT_LAMB: return "lamb";
+    }
+    return "unknown";
+}
+
+int kern_optim_init(kern_optim *o, const kern_optim_cfg *cfg, size_t n)
+{
+    if (!o || !cfg) return DMOE_EINVAL;
+    kern_optim t;
+    memset(&t, 0, sizeof t);
+    t.cfg = *cfg;
+    t.n = n;
+    if ((cfg->kind == KERN_OPT_ADAM || cfg->kind == KERN_OPT_LAMB) && n > 0) {
+        if (n > SIZE_MAX / sizeof(float)) return DMOE_ENOMEM;
+        t.m = calloc(n, sizeof(float));
+        t.v = calloc(n, sizeof(float));
+        if (!t.m || !t.v) {
+            free(t.m);
+            free(t.v);
+            return DMOE_ENOMEM;
+        }
+    }
+    *o = t;
+    return 0;
+}
+
+void kern_optim_free(kern_optim *o)
+{
+    if (!o) return;
+    free(o->m);
+    free(o->v);
+    o->m = o->v = NULL;
+}
+
+/* optim_beta returns the beta the user wrote as a double: cfg keeps betas as floats, and 0.999f is
+ * 0.99900001287, whose 1 - beta is off by 1.3e-5 relative from torch's 1 - 0.999 (computed in double).
+ * Rounding to 7 significant decimals recovers the written value for every beta a person types. */
+static double optim_beta(float b)
+{
+    return round((double)b * 1e7) / 1e7;
+}
+
+/* optim_clip returns the L2 norm of g[n] and scales g down to max_norm when asked (max_norm > 0). */
+static float optim_clip(float *g, size_t n, float max_norm)
+{
+    double ss = 0.0;
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    double norm = sqrt(ss);
+    if (max_norm > 0.0f) {
+        double coef = (double)max_norm / (norm + OPTIM_CLIP_EPS);
+        if (coef < 1.0) {
+            float c = (float)coef;
+            for (size_t i = 0; i < n; i++) g[i] *= c;
+        }
+    }
+    return (float)norm;
+}
+
+static void optim_sgd(const kern_optim_cfg *c, float *p, const float *g, size_t n, float lr)
+{
+    float wd = c->weight_decay;
+    for (size_t i = 0; i < n; i++) p[i] -= lr * (g[i] + wd * p[i]);
+}
+
+static void optim_adam(kern_optim *o, float *p, const float *g, size_t n, float lr)
+{
+    const kern_optim_cfg *c = &o->cfg;
+    double b1d = optim_beta(c->beta1), b2d = optim_beta(c->beta2), t = (double)o->step;
+    float b1 = (float)b1d, b2 = (float)b2d, wd = c->weight_decay, eps = c->eps;
+    float a1 = (float)(1.0 - b1d), a2 = (float)(1.0 - b2d);
+    float step_size = (float)((double)lr / (1.0 - pow(b1d, t)));
+    float sqrt_bc2 = (float)sqrt(1.0 - pow(b2d, t));
+    float *m = o->m, *v = o->v;
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] + wd * p[i];
+        m[i] = b1 * m[i] + a1 * gi;
+        v[i] = b2 * v[i] + a2 * gi * gi;
+        p[i] -= step_size * m[i] / (sqrtf(v[i]) / sqrt_bc2 + eps);
+    }
+}
+
+/* optim_lamb_tensor updates one parameter tensor of n floats (p, g, m, v all point at its start). */
+static void optim_lamb_tensor(const kern_optim_cfg *c, float *p, const float *g, float *m, float *v, size_t n,
+                              float lr)
+{
+    double b1d = optim_beta(c->beta1), b2d = optim_beta(c->beta2);
+    float b1 = (float)b1d, b2 = (float)b2d, a1 = (float)(1.0 - b1d), a2 = (float)(1.0 - b2d);
+    float wd = c->weight_decay, eps = c->eps;
+    double pp = 0.0, rr = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        m[i] = b1 * m[i] + a1 * g[i];
+        v[i] = b2 * v[i] + a2 * g[i] * g[i];
+        float r = m[i] / (sqrtf(v[i]) + eps) + wd * p[i];
+        pp += (double)p[i] * p[i];
+        rr += (double)r * r;
+    }
+    double wn = sqrt(pp), an = sqrt(rr);
+    if (wn > OPTIM_LAMB_CLAMP) wn = OPTIM_LAMB_CLAMP;
+    double trust = (wn == 0.0 || an == 0.0) ? 1.0 : wn / an;
+    float scale = (float)((double)lr * trust);
+    for (size_t i = 0; i < n; i++) {
+        float r = m[i] / (sqrtf(v[i]) + eps) + wd * p[i];
+        p[i] -= scale * r;
+    }
+}
+
+/* optim_layout_covers returns 1 when m's parameter list tiles exactly n floats from offset 0 up. */
+static int optim_layout_covers(const kern_model *m, size_t n)
+{
+    if (!m || m->n_params <= 0 || m->n_floats != n) return 0;
+    size_t end = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        if (m->params[i].offset != end) return 0;
+        end += m->params[i].numel;
+    }
+    return end == n;
+}
+
+static void optim_lamb(kern_optim *o, const kern_model *m, float *p, const float *g, size_t n, float lr)
+{
+    if (!optim_layout_covers(m, n)) {
+        optim_lamb_tensor(&o->cfg, p, g, o->m, o->v, n, lr);
+        return;
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        size_t off = m->params[i].offset;
+        optim_lamb_tensor(&o->cfg, p + off, g + off, o->m + off, o->v + off, m->params[i].numel, lr);
+    }
+}
+
+float kern_optim_step(kern_optim *o, const kern_model *m, float *params, float *grads, float lr)
+{
+    size_t n = o->n;
+    float norm = optim_clip(grads, n, o->cfg.clip_grad_norm);
+    o->step++;
+    if (n == 0) return norm;
+    switch (o->cfg.kind) {
+    case KERN_OPT_NONE: break;
+    case KERN_OPT_SGD: optim_sgd(&o->cfg, params, grads, n, lr); break;
+    case KERN_OPT_ADAM: optim_adam(o, params, grads, n, lr); break;
+    case KERN_OPT_LAMB: optim_lamb(o, m, params, grads, n, lr); break;
+    }
+    return norm;
+}

@@ -1,0 +1,191 @@
+/* refdata.c -- loads the PyTorch reference vectors of test/data (see refdata.h); test-only code.
+ *
+ * The whole file is read into memory and unpacked with msgpack-c; each tensor's bytes are copied out of
+ * the msgpack zone into a malloc'd buffer (aligned for float, unlike a bin inside the file), after
+ * checking that the byte count matches the shape and dtype. Then the msgpack objects are dropped, so a
+ * refdata is just an array of (name, dtype, shape, data). Data is little-endian, as is every machine
+ * this project runs on.
+ */
+#include "test/unit/refdata.h"
+
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char *name;
+    int is_u8;
+    int ndim;
+    int64_t shape[REFDATA_MAX_DIMS];
+    size_t numel;
+    void *data;
+} refdata_tensor;
+
+struct refdata {
+    int n;
+    refdata_tensor *t;
+};
+
+const char *refdata_dir(void)
+{
+    const char *d = getenv("DMOE_TEST_DATA");
+    return d && *d ? d : "test/data";
+}
+
+void refdata_free(refdata *rd)
+{
+    if (!rd) return;
+    for (int i = 0; i < rd->n; i++) {
+        free(rd->t[i].name);
+        free(rd->t[i].data);
+    }
+    free(rd->t);
+    free(rd);
+}
+
+/* refdata_read_file returns the malloc'd contents of path and its length in *len, or NULL. */
+static char *refdata_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long sz = ftell(f);
+        if (sz >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+            buf = malloc((size_t)sz + 1);
+            if (buf && fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+                free(buf);
+                buf = NULL;
+            }
+            *len = (size_t)sz;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+static int refdata_key_is(const msgpack_object *k, const char *s)
+{
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(s) && memcmp(k->via.str.ptr, s, k->via.str.size) == 0;
+}
+
+/* refdata_parse_tensor fills t from the map obj; returns 0 or -1 when it is not a valid tensor. */
+static int refdata_parse_tensor(const msgpack_object *obj, refdata_tensor *t)
+{
+    if (obj->type != MSGPACK_OBJECT_MAP) return -1;
+    const msgpack_object *shape = NULL, *dtype = NULL, *data = NULL;
+    for (uint32_t i = 0; i < obj->via.map.size; i++) {
+        const msgpack_object_kv *kv = &obj->via.map.ptr[i];
+        if (refdata_key_is(&kv->key, "shape")) shape = &kv->val;
+        else if (refdata_key_is(&kv->key, "dtype")) dtype = &kv->val;
+        else if (refdata_key_is(&kv->key, "data")) data = &kv->val;
+    }
+    if (!shape || shape->type != MSGPACK_OBJECT_ARRAY || shape->via.array.size > REFDATA_MAX_DIMS) return -1;
+    if (!dtype || dtype->type != MSGPACK_OBJECT_STR) return -1;
+    if (!data || (data->type != MSGPACK_OBJECT_BIN && data->type != MSGPACK_OBJECT_STR)) return -1;
+    if (refdata_key_is(dtype, "f32")) t->is_u8 = 0;
+    else if (refdata_key_is(dtype, "u8")) t->is_u8 = 1;
+    else return -1;
+    t->ndim = (int)shape->via.array.size;
+    t->numel = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        const msgpack_object *d = &shape->via.array.ptr[i];
+        if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > (1u << 30)) return -1;
+        t->shape[i] = (int64_t)d->via.u64;
+        t->numel *= (size_t)d->via.u64;
+    }
+    const char *bytes = data->type == MSGPACK_OBJECT_BIN ? data->via.bin.ptr : data->via.str.ptr;
+    size_t nbytes = data->type == MSGPACK_OBJECT_BIN ? data->via.bin.size : data->via.str.size;
+    if (nbytes != t->numel * (t->is_u8 ? 1 : sizeof(float))) return -1;
+    t->data = malloc(nbytes ? nbytes : 1);
+    if (!t->data) return -1;
+    if (nbytes) memcpy(t->data, bytes, nbytes);
+    return 0;
+}
+
+refdata *refdata_load(const char *file)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", refdata_dir(), file);
+    size_t len = 0;
+    char *buf = refdata_read_file(path, &len);
+    if (!buf) {
+        fprintf(stderr, "refdata: cannot read %s (set DMOE_TEST_DATA to the test/data folder)\n", path);
+        return NULL;
+    }
+    refdata *rd = calloc(1, sizeof *rd);
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    size_t off = 0;
+    int ok = rd && msgpack_unpack_next(&up, buf, len, &off) == MSGPACK_UNPACK_SUCCESS &&
+             up.data.type == MSGPACK_OBJECT_MAP;
+    if (ok) {
+        uint32_t n = up.data.via.map.size;
+        rd->t = calloc(n ? n : 1, sizeof *rd->t);
+        ok = rd->t != NULL;
+        for (uint32_t i = 0; ok && i < n; i++) {
+            const msgpack_object_kv *kv = &up.data.via.map.ptr[i];
+            refdata_tensor *t = &rd->t[rd->n];
+            if (kv->key.type != MSGPACK_OBJECT_STR) {
+                ok = 0;
+                break;
+            }
+            t->name = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+            rd->n++;
+            ok = t->name && refdata_parse_tensor(&kv->val, t) == 0;
+        }
+    }
+    msgpack_unpacked_destroy(&up);
+    free(buf);
+    if (!ok) {
+        fprintf(stderr, "refdata: %s is not a map of tensors\n", path);
+        refdata_free(rd);
+        return NULL;
+    }
+    return rd;
+}
+
+static const refdata_tensor *refdata_find(const refdata *rd, const char *name)
+{
+    if (!rd || !name) return NULL;
+    for (int i = 0; i < rd->n; i++)
+        if (strcmp(rd->t[i].name, name) == 0) return &rd->t[i];
+    return NULL;
+}
+
+int refdata_count(const refdata *rd)
+{
+    return rd ? rd->n : 0;
+}
+
+const char *refdata_name(const refdata *rd, int i)
+{
+    if (!rd || i < 0 || i >= rd->n) return NULL;
+    return rd->t[i].name;
+}
+
+const float *refdata_f32(const refdata *rd, const char *name, size_t *numel)
+{
+    const refdata_tensor *t = refdata_find(rd, name);
+    if (!t || t->is_u8) return NULL;
+    if (numel) *numel = t->numel;
+    return t->data;
+}
+
+const uint8_t *refdata_u8(const refdata *rd, const char *name, size_t *numel)
+{
+    const refdata_tensor *t = refdata_find(rd, name);
+    if (!t || !t->is_u8) return NULL;
+    if (numel) *numel = t->numel;
+    return t->data;
+}
+
+int refdata_shape(const refdata *rd, const char *name, int64_t *shape)
+{
+    const refdata_tensor *t = refdata_find(rd, name);
+    if (!t) return -1;
+    if (shape)
+        for (int i = 0; i < t->ndim; i++) shape[i] = t->shape[i];
+    return t->ndim;
+}

@@ -1,0 +1,47 @@
+/* refdata.h -- a small loader for the PyTorch reference vectors in the test/data msgpack files (test-only).
+ *
+ * A file is a msgpack map from a name ("input0", "output", "param.ffn.weight", "grad.ffn.bias", ...)
+ * to a tensor {"shape": [d0, ...], "dtype": "f32" | "u8", "data": <bin, row-major, little-endian>}
+ * (see test/data/README.md). refdata_load copies every tensor into its own aligned buffer, so the
+ * pointers the accessors return are valid, suitably aligned, until refdata_free.
+ *
+ * Typical use in a Criterion test:
+ *     refdata *rd = refdata_load("ffn_h16_b3.msgpack");
+ *     cr_assert(rd);
+ *     size_t n; const float *out = refdata_f32(rd, "output", &n);
+ *     ...
+ *     refdata_free(rd);
+ */
+#ifndef DMOE_TEST_REFDATA_H
+#define DMOE_TEST_REFDATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define REFDATA_MAX_DIMS 8
+
+typedef struct refdata refdata;
+
+/* refdata_dir returns the data folder: $DMOE_TEST_DATA, or "test/data" when that is unset or empty. */
+const char *refdata_dir(void);
+/* refdata_load reads and parses refdata_dir()/file. Returns a new refdata the caller frees with
+ * refdata_free, or NULL (with a line on stderr) when the file is missing or malformed. */
+refdata *refdata_load(const char *file);
+/* refdata_free releases rd and every buffer its accessors returned; NULL is a no-op. */
+void refdata_free(refdata *rd);
+
+/* refdata_count returns the number of tensors in rd; refdata_name returns the i-th name (0 <= i <
+ * refdata_count), owned by rd, or NULL. Names keep the file's order. */
+int refdata_count(const refdata *rd);
+const char *refdata_name(const refdata *rd, int i);
+
+/* refdata_f32 returns the data of the f32 tensor called name (owned by rd) and stores its element
+ * count in *numel (numel may be NULL); NULL when there is no such tensor or it is not f32. */
+const float *refdata_f32(const refdata *rd, const char *name, size_t *numel);
+/* refdata_u8 is refdata_f32 for u8 tensors. */
+const uint8_t *refdata_u8(const refdata *rd, const char *name, size_t *numel);
+/* refdata_shape copies the dims of tensor name into shape[REFDATA_MAX_DIMS] (shape may be NULL) and
+ * returns the number of dims, or -1 when there is no such tensor. */
+int refdata_shape(const refdata *rd, const char *name, int64_t *shape);
+
+#endif

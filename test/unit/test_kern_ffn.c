@@ -1,0 +1,209 @@
+/* test_kern_ffn.c -- the "ffn" expert (kernels/kern_ffn.c) against PyTorch reference vectors
+ * (test/data/ffn_h{16,64}_b{3,5}.msgpack, loaded with refdata.h), plus its layout and initialisation. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kern_expert.h"
+#include "runtime/rt_err.h"
+#include "test/unit/refdata.h"
+
+/* ffnt_close asserts |got - want| <= 1e-5 + 1e-5 |want| element-wise (test/data/README.md). */
+static void ffnt_close(const char *what, const float *got, const float *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float tol = 1e-5f + 1e-5f * fabsf(want[i]);
+        cr_assert(fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i, got[i], want[i]);
+    }
+}
+
+/* ffnt_check_case runs the whole forward/backward comparison for one reference file. */
+static void ffnt_check_case(const char *file)
+{
+    refdata *rd = refdata_load(file);
+    cr_assert(rd, "cannot load %s", file);
+    int64_t shape[REFDATA_MAX_DIMS];
+    cr_assert_eq(refdata_shape(rd, "input0", shape), 2);
+    int64_t B = shape[0], H = shape[1];
+
+    const kern_class *cls = kern_expert_find("ffn");
+    cr_assert(cls);
+    kern_config cfg = {.hidden_dim = (int)H};
+    kern_model m;
+    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    cr_assert_eq(m.cls, cls);
+    cr_assert_eq(m.n_in, 1);
+    cr_assert_eq(m.n_out, 1);
+    cr_assert_eq(kern_io_numel(&m.in[0]), (size_t)H);
+
+    float *params = calloc(m.n_floats, sizeof *params);
+    float *grads = calloc(m.n_floats, sizeof *grads);
+    cr_assert(params && grads);
+    for (int i = 0; i < m.n_params; i++) {
+        char key[96];
+        size_t n = 0;
+        snprintf(key, sizeof key, "param.%s", m.params[i].name);
+        const float *src = refdata_f32(rd, key, &n);
+        cr_assert(src, "%s missing", key);
+        cr_assert_eq(n, m.params[i].numel, "%s numel", key);
+        memcpy(params + m.params[i].offset, src, n * sizeof *src);
+    }
+
+    size_t nx = 0, ny = 0, ng = 0;
+    const float *x = refdata_f32(rd, "input0", &nx);
+    const float *want_y = refdata_f32(rd, "output", &ny);
+    const float *gy = refdata_f32(rd, "grad_output", &ng);
+    const float *want_gx = refdata_f32(rd, "grad_input0", NULL);
+    cr_assert(x && want_y && gy && want_gx);
+    cr_assert_eq(nx, (size_t)(B * H));
+    cr_assert_eq(ny, (size_t)(B * H));
+
+    float *y = calloc(ny, sizeof *y), *gx = calloc(nx, sizeof *gx);
+    size_t wsn = cls->forward_ws(&m, B), wbn = cls->backward_ws(&m, B);
+    float *ws = malloc((wsn > wbn ? wsn : wbn) * sizeof *ws);
+    cr_assert(y && gx && ws);
+
+    const void *in[1] = {x};
+    float *out[1] = {y};
+    cr_assert_eq(cls->forward(&m, params, B, in, out, ws, 1), 0);
+    ffnt_close("output", y, want_y, ny);
+
+    const float *gout[1] = {gy};
+    float *gin[1] = {gx};
+    memset(grads, 0xff, m.n_floats * sizeof *grads); /* NaN: every gradient must be overwritten */
+    cr_assert_eq(cls->backward(&m, params, B, in, gout, gin, grads, ws, 1), 0);
+    ffnt_close("grad_input0", gx, want_gx, nx);
+    for (int i = 0; i < m.n_params; i++) {
+        char key[96];
+        size_t n = 0;
+        snprintf(key, sizeof key, "grad.%s", m.params[i].name);
+        const float *want = refdata_f32(rd, key, &n);
+        cr_assert(want, "%s missing", key);
+        cr_assert_eq(n, m.params[i].numel);
+        ffnt_close(key, grads + m.params[i].offset, want, n);
+    }
+
+    /* Backward without grad_in still writes the parameter gradients. */
+    cr_assert_eq(cls->backward(&m, params, B, in, gout, NULL, grads, ws, 1), 0);
+    ffnt_close("grad.ffn.weight (no grad_in)", grads + m.params[0].offset,
+               refdata_f32(rd, "grad.ffn.weight", NULL), m.params[0].numel);
+
+    free(ws);
+    free(gx);
+    free(y);
+    free(grads);
+    free(params);
+    refdata_free(rd);
+}
+
+Test(kern_ffn, matches_torch_h16_b3, .timeout = 30)
+{
+    ffnt_check_case("ffn_h16_b3.msgpack");
+}
+
+Test(kern_ffn, matches_torch_h64_b5, .timeout = 30)
+{
+    ffnt_check_case("ffn_h64_b5.msgpack");
+}
+
+Test(kern_ffn, layout_at_h512, .timeout = 30)
+{
+    const kern_class *cls = kern_expert_find("ffn");
+    cr_assert(cls);
+    cr_assert_str_eq(cls->module_name, "FeedforwardBlock");
+    kern_config cfg = {.hidden_dim = 512};
+    kern_model m;
+    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    cr_assert_eq(m.n_floats, (size_t)2100736);
+    cr_assert_eq(m.n_params, 6);
+    const char *names[6] = {"ffn.weight", "ffn.bias", "ffn_output.weight", "ffn_output.bias",
+                            "layer_norm.weight", "layer_norm.bias"};
+    size_t off = 0;
+    for (int i = 0; i < 6; i++) {
+        cr_assert_str_eq(m.params[i].name, names[i]);
+        cr_assert_eq(m.params[i].offset, off);
+        off += m.params[i].numel;
+    }
+    const kern_param_info *w1 = kern_model_param(&m, "ffn.weight");
+    cr_assert(w1);
+    cr_assert_eq(w1->shape[0], 2048);
+    cr_assert_eq(w1->shape[1], 512);
+    cr_assert_eq(kern_model_param(&m, "ffn_output.weight")->shape[1], 2048);
+
+    kern_config bad = {.hidden_dim = 0};
+    cr_assert_eq(cls->setup(&m, &bad), DMOE_EINVAL);
+}
+
+Test(kern_ffn, init_deterministic_and_bounded, .timeout = 30)
+{
+    const kern_class *cls = kern_expert_find("ffn");
+    kern_config cfg = {.hidden_dim = 32};
+    kern_model m;
+    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    float *a = malloc(m.n_floats * sizeof *a), *b = malloc(m.n_floats * sizeof *b),
+          *c = malloc(m.n_floats * sizeof *c);
+    cr_assert(a && b && c);
+    cls->init(&m, a, 42);
+    cls->init(&m, b, 42);
+    cls->init(&m, c, 43);
+    cr_assert_eq(memcmp(a, b, m.n_floats * sizeof *a), 0, "same seed, same parameters");
+    cr_assert_neq(memcmp(a, c, m.n_floats * sizeof *a), 0, "another seed, other parameters");
+
+    const struct {
+        const char *name;
+        float bound;
+    } lin[4] = {{"ffn.weight", 1.0f / sqrtf(32.0f)},
+                {"ffn.bias", 1.0f / sqrtf(32.0f)},
+                {"ffn_output.weight", 1.0f / sqrtf(128.0f)},
+                {"ffn_output.bias", 1.0f / sqrtf(128.0f)}};
+    for (int k = 0; k < 4; k++) {
+        const kern_param_info *p = kern_model_param(&m, lin[k].name);
+        cr_assert(p);
+        float mx = 0.0f;
+        double mean = 0.0;
+        for (size_t i = 0; i < p->numel; i++) {
+            float v = a[p->offset + i];
+            cr_assert(fabsf(v) <= lin[k].bound, "%s[%zu] = %g beyond %g", lin[k].name, i, v, lin[k].bound);
+            if (fabsf(v) > mx) mx = fabsf(v);
+            mean += v;
+        }
+        mean /= (double)p->numel;
+        if (p->numel >= 1024) {
+            /* U(-b, b): the largest |v| of thousands is close to b, and the mean close to 0. */
+            cr_assert(mx > 0.9f * lin[k].bound, "%s max %g", lin[k].name, mx);
+            cr_assert(fabs(mean) < 0.1 * lin[k].bound, "%s mean %g", lin[k].name, mean);
+        }
+    }
+    const kern_param_info *g = kern_model_param(&m, "layer_norm.weight"),
+                          *bt = kern_model_param(&m, "layer_norm.bias");
+    for (size_t i = 0; i < g->numel; i++) {
+        cr_assert_eq(a[g->offset + i], 1.0f);
+        cr_assert_eq(a[bt->offset + i], 0.0f);
+    }
+    free(a);
+    free(b);
+    free(c);
+}
+
+Test(kern_ffn, empty_batch, .timeout = 30)
+{
+    const kern_class *cls = kern_expert_find("ffn");
+    kern_config cfg = {.hidden_dim = 8};
+    kern_model m;
+    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    float *params = calloc(m.n_floats, sizeof *params), *grads = malloc(m.n_floats * sizeof *grads);
+    float x = 0.0f, y = 0.0f;
+    const void *in[1] = {&x};
+    float *out[1] = {&y};
+    cr_assert_eq(cls->forward_ws(&m, 0), 0);
+    cr_assert_eq(cls->forward(&m, params, 0, in, out, NULL, 0), 0);
+    const float *gout[1] = {&y};
+    memset(grads, 0xff, m.n_floats * sizeof *grads);
+    cr_assert_eq(cls->backward(&m, params, 0, in, gout, NULL, grads, NULL, 0), 0);
+    for (size_t i = 0; i < m.n_floats; i++) cr_assert_eq(grads[i], 0.0f);
+    cr_assert_eq(cls->forward(&m, params, -1, in, out, NULL, 0), DMOE_EINVAL);
+    free(params);
+    free(grads);
+}

@@ -1,0 +1,200 @@
+/* test_wire_frame.c -- the frame reader (wire/wire_frame.c): arbitrary splits, several frames per
+ * feed, limits checked before allocation, zero length, a frame of exactly max_frame. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/rt_err.h"
+#include "wire/wire_frame.h"
+
+/* wf_stream builds header+body for each of n bodies (body i: len[i] bytes of value i+1). */
+static uint8_t *wf_stream(const size_t *lens, int n, size_t *total)
+{
+    size_t t = 0;
+    for (int i = 0; i < n; i++) t += WIRE_FRAME_HDR + lens[i];
+    uint8_t *s = malloc(t);
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        wire_frame_put_header(s + at, (uint32_t)lens[i]);
+        at += WIRE_FRAME_HDR;
+        memset(s + at, i + 1, lens[i]);
+        at += lens[i];
+    }
+    *total = t;
+    return s;
+}
+
+/* wf_check_frame asserts that frame f of len l is body number i of lens. */
+static void wf_check_frame(const uint8_t *f, size_t l, const size_t *lens, int i)
+{
+    cr_assert_eq(l, lens[i]);
+    for (size_t k = 0; k < l; k++) cr_assert_eq(f[k], (uint8_t)(i + 1));
+}
+
+Test(wire_frame, header_is_big_endian, .timeout = 30)
+{
+    uint8_t h[4];
+    wire_frame_put_header(h, 0x01020304u);
+    cr_assert(h[0] == 1 && h[1] == 2 && h[2] == 3 && h[3] == 4);
+    wire_frame_put_header(h, 0xFFFFFFFFu);
+    cr_assert(h[0] == 0xFF && h[3] == 0xFF);
+}
+
+Test(wire_frame, split_at_every_boundary, .timeout = 30)
+{
+    const size_t lens[] = { 1, 7, 300, 2 };
+    size_t total;
+    uint8_t *s = wf_stream(lens, 4, &total);
+    for (size_t cut = 0; cut <= total; cut++) {
+        wire_frame_reader r;
+        wire_frame_reader_init(&r, 1024);
+        int got = 0;
+        const uint8_t *parts[2] = { s, s + cut };
+        size_t plen[2] = { cut, total - cut };
+        for (int p = 0; p < 2; p++) {
+            size_t off = 0;
+            while (off < plen[p]) {
+                size_t used = 0, len = 0;
+                uint8_t *f = NULL;
+                int rc = wire_frame_feed(&r, parts[p] + off, plen[p] - off, &used, &f, &len);
+                cr_assert(rc >= 0, "cut %zu rc %d", cut, rc);
+                off += used;
+                if (rc == 1) {
+                    wf_check_frame(f, len, lens, got++);
+                    free(f);
+                } else {
+                    cr_assert_eq(off, plen[p]);
+                }
+            }
+        }
+        cr_assert_eq(got, 4, "cut %zu: %d frames", cut, got);
+        cr_assert_not(wire_frame_pending(&r));
+        wire_frame_reader_free(&r);
+    }
+    free(s);
+}
+
+Test(wire_frame, byte_by_byte, .timeout = 30)
+{
+    const size_t lens[] = { 5, 1, 64 };
+    size_t total;
+    uint8_t *s = wf_stream(lens, 3, &total);
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 64);
+    int got = 0;
+    for (size_t i = 0; i < total; i++) {
+        size_t used = 0, len = 0;
+        uint8_t *f = NULL;
+        int rc = wire_frame_feed(&r, s + i, 1, &used, &f, &len);
+        cr_assert_eq(used, 1);
+        if (rc == 1) {
+            wf_check_frame(f, len, lens, got++);
+            free(f);
+        } else {
+            cr_assert_eq(rc, 0);
+            cr_assert(wire_frame_pending(&r));
+        }
+    }
+    cr_assert_eq(got, 3);
+    wire_frame_reader_free(&r);
+    free(s);
+}
+
+Test(wire_frame, several_frames_in_one_feed, .timeout = 30)
+{
+    const size_t lens[] = { 3, 3, 10, 1, 2 };
+    size_t total;
+    uint8_t *s = wf_stream(lens, 5, &total);
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 100);
+    size_t off = 0;
+    int got = 0;
+    while (off < total) {
+        size_t used = 0, len = 0;
+        uint8_t *f = NULL;
+        int rc = wire_frame_feed(&r, s + off, total - off, &used, &f, &len);
+        cr_assert_eq(rc, 1, "each call stops after one frame");
+        cr_assert_eq(used, WIRE_FRAME_HDR + lens[got]);
+        wf_check_frame(f, len, lens, got++);
+        free(f);
+        off += used;
+    }
+    cr_assert_eq(got, 5);
+    wire_frame_reader_free(&r);
+    free(s);
+}
+
+Test(wire_frame, over_limit_rejected_before_allocation, .timeout = 30)
+{
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 1000);
+    uint8_t h[4];
+    wire_frame_put_header(h, 1001);
+    size_t used = 0, len = 0;
+    uint8_t *f = NULL;
+    cr_assert_eq(wire_frame_feed(&r, h, 4, &used, &f, &len), DMOE_ETOOBIG);
+    cr_assert_null(r.body, "no body allocated");
+    cr_assert_null(f);
+    cr_assert_not(wire_frame_pending(&r));
+    wire_frame_reader_free(&r);
+
+    /* A 4 GiB announcement with the default limit: refused with nothing allocated. */
+    wire_frame_reader_init(&r, WIRE_MAX_FRAME_DEFAULT);
+    wire_frame_put_header(h, 0xFFFFFFFFu);
+    cr_assert_eq(wire_frame_feed(&r, h, 4, &used, &f, &len), DMOE_ETOOBIG);
+    cr_assert_null(r.body);
+    wire_frame_reader_free(&r);
+}
+
+Test(wire_frame, zero_length_is_protocol_error, .timeout = 30)
+{
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 1000);
+    const uint8_t z[6] = { 0, 0, 0, 0, 0x80, 0 };
+    size_t used = 0, len = 0;
+    uint8_t *f = NULL;
+    cr_assert_eq(wire_frame_feed(&r, z, sizeof z, &used, &f, &len), DMOE_EPROTO);
+    cr_assert_eq(used, 4);
+    wire_frame_reader_free(&r);
+}
+
+Test(wire_frame, exactly_max_frame, .timeout = 30)
+{
+    const size_t lens[] = { 4096 };
+    size_t total;
+    uint8_t *s = wf_stream(lens, 1, &total);
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 4096);
+    size_t used = 0, len = 0;
+    uint8_t *f = NULL;
+    cr_assert_eq(wire_frame_feed(&r, s, total, &used, &f, &len), 1);
+    wf_check_frame(f, len, lens, 0);
+    free(f);
+    wire_frame_reader_free(&r);
+    free(s);
+}
+
+Test(wire_frame, init_clamps_and_defaults, .timeout = 30)
+{
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 0);
+    cr_assert_eq(r.max_frame, WIRE_MAX_FRAME_DEFAULT);
+    wire_frame_reader_init(&r, (size_t)-1);
+    cr_assert_eq(r.max_frame, WIRE_MAX_FRAME_LIMIT);
+}
+
+Test(wire_frame, free_drops_partial_frame, .timeout = 30)
+{
+    const size_t lens[] = { 100 };
+    size_t total;
+    uint8_t *s = wf_stream(lens, 1, &total);
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 1000);
+    size_t used = 0, len = 0;
+    uint8_t *f = NULL;
+    cr_assert_eq(wire_frame_feed(&r, s, 50, &used, &f, &len), 0);
+    cr_assert(wire_frame_pending(&r));
+    wire_frame_reader_free(&r); /* ASan would report the body otherwise */
+    cr_assert_not(wire_frame_pending(&r));
+    free(s);
+}

@@ -342,7 +342,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, "optimizer");
     wire_pack_str(pk, kern_optim_name(e->opt.cfg.kind));
     wire_pack_str(pk, "lr");
-    msgpack_pack_double(pk, e->cfg.opt.lr);
+    msgpack_pack_float(pk, e->cfg.opt.lr);
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
     msgpack_pack_map(pk, 12);

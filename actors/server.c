@@ -23,7 +23,15 @@ typedef struct srv_conn {
     struct srv_conn *prev, *next;
 } srv_conn;
 
+#define SERVER_MAX_HANDLERS 4
+
 struct server {
+    struct {
+        char prefix[16];
+        server_method_fn fn;
+        void *arg;
+    } handlers[SERVER_MAX_HANDLERS];
+    int n_handlers;
     rt_loop *loop;
     server_cfg cfg;
     expert **experts;          /* sorted by uid */
@@ -253,6 +261,12 @@ static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
     if (m->kind == WIRE_REQUEST) {
         if (strcmp(m->method, "forward") == 0) { route_compute(s, c, m, charge, EX_FWD); return; }
         if (strcmp(m->method, "backward") == 0) { route_compute(s, c, m, charge, EX_BWD); return; }
+        for (int i = 0; i < s->n_handlers; i++)
+            if (strncmp(m->method, s->handlers[i].prefix, strlen(s->handlers[i].prefix)) == 0) {
+                if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+                s->handlers[i].fn(s->handlers[i].arg, c, m);
+                return;
+            }
         if (strcmp(m->method, "ping") == 0) reply_ping(c, m->id);
         else if (strcmp(m->method, "info") == 0) reply_info(s, c, m);
         else {
@@ -341,6 +355,16 @@ int server_set_experts(server *s, expert **experts, int n)
     free(s->experts);
     s->experts = copy;
     s->n_experts = n;
+    return 0;
+}
+
+int server_add_handler(server *s, const char *prefix, server_method_fn fn, void *arg)
+{
+    if (s->n_handlers == SERVER_MAX_HANDLERS || strlen(prefix) >= sizeof s->handlers[0].prefix) return DMOE_ETOOBIG;
+    snprintf(s->handlers[s->n_handlers].prefix, sizeof s->handlers[0].prefix, "%s", prefix);
+    s->handlers[s->n_handlers].fn = fn;
+    s->handlers[s->n_handlers].arg = arg;
+    s->n_handlers++;
     return 0;
 }
 

@@ -37,6 +37,12 @@ int server_set_experts(server *s, expert **experts, int n);
 /* server_listen binds and listens on addr (port 0: the OS picks). Returns 0 and writes the bound
  * address to *bound, or a negative code with err filled. */
 int server_listen(server *s, const wire_maddr *addr, wire_maddr *bound, char *err, size_t errlen);
+/* A handler for methods outside the expert RPCs (e.g. the DHT's "dht_*"): it gets every request whose
+ * method starts with its prefix, owns m (wire_msg_free + free) and answers through conn_send, possibly
+ * later (then it holds a conn_ref until it has answered). */
+typedef void (*server_method_fn)(void *arg, conn *c, wire_msg *m);
+/* server_add_handler routes methods starting with prefix to fn. Returns 0 or DMOE_ETOOBIG (at most 4). */
+int server_add_handler(server *s, const char *prefix, server_method_fn fn, void *arg);
 /* server_find returns the expert with that uid, or NULL. */
 expert *server_find(const server *s, const char *uid);
 /* server_shutdown stops accepting connections and answers new requests with DMOE_ESHUTDOWN. */

@@ -1,0 +1,69 @@
+/* remote.h -- the client's view of a remote expert (hivemind's RemoteExpert): host tensors, the
+ * expert's schema from its info reply, request building and checking, and reading results.
+ *
+ * rx_tensor is an owned, aligned host tensor whose buffer is reference-counted: a request references
+ * the buffer (no copy) and drops its reference once the bytes have left for the socket, so a caller may
+ * free its tensors as soon as a call ends, whatever state the connection is in.
+ *
+ * Pure functions plus allocation; no I/O. dmoe-call and the Mixture-of-Experts layer build on it.
+ */
+#ifndef DMOE_REMOTE_H
+#define DMOE_REMOTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kern_expert.h"
+#include "wire/wire_msg.h"
+
+typedef struct rx_buf {
+    int refs;
+    size_t nbytes;
+    uint8_t *data;      /* 64-byte aligned */
+} rx_buf;
+
+typedef struct {
+    wire_dtype dtype;
+    int ndim;
+    int64_t shape[WIRE_MAX_NDIM];
+    size_t numel;
+    rx_buf *buf;        /* NULL for an empty tensor */
+} rx_tensor;
+
+typedef struct {
+    char uid[256];
+    char expert_cls[32];
+    char module[64];
+    int hidden_dim;
+    uint64_t n_params;
+    int64_t max_batch_size;
+    int n_in, n_out;
+    kern_io_info in[KERN_MAX_IO], out[KERN_MAX_IO];
+} rx_schema;
+
+/* rx_tensor_alloc makes an uninitialised tensor of dtype and shape. Returns 0 or DMOE_ENOMEM /
+ * DMOE_ETOOBIG. */
+int rx_tensor_alloc(rx_tensor *t, wire_dtype dtype, int ndim, const int64_t *shape);
+/* rx_tensor_free drops t's reference to its buffer and zeroes t. */
+void rx_tensor_free(rx_tensor *t);
+/* rx_tensor_f32 returns the data as floats (NULL unless dtype is float32). */
+float *rx_tensor_f32(const rx_tensor *t);
+/* rx_tensor_from_wire copies a decoded wire tensor into a fresh host tensor. Returns 0 or DMOE_ENOMEM. */
+int rx_tensor_from_wire(rx_tensor *t, const wire_tensor *w);
+
+/* rx_schema_parse reads an expert's info map (wire/PROTOCOL.md). Returns 0 or DMOE_EINVAL with err. */
+int rx_schema_parse(const msgpack_object *info, rx_schema *s, char *err, size_t errlen);
+/* rx_check verifies tensors against the schema before sending: count, dtype, row shape, one common
+ * batch size within max_batch_size, finite floats. gout is only checked when n_gout >= 0 (backward).
+ * Returns 0 or DMOE_ESHAPE / DMOE_ENONFINITE / DMOE_ETOOBIG with err. */
+int rx_check(const rx_schema *s, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout, char *err,
+             size_t errlen);
+/* rx_request builds a forward (gout NULL) or backward request for uid. The tensors' buffers are
+ * referenced, not copied. Returns NULL when out of memory. */
+wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
+                     int n_gout);
+/* rx_result reads the tensor array under key ("outputs", "grad_inputs") of a reply's result into
+ * out[0..max). Returns the count, or DMOE_EPROTO / DMOE_ENOMEM with err. */
+int rx_result(const wire_msg *reply, const char *key, rx_tensor *out, int max, char *err, size_t errlen);
+
+#endif

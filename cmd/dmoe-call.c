@@ -1,0 +1,380 @@
+/* dmoe-call -- ad-hoc calls to a node: ping, info, forward, backward.
+ *
+ *   dmoe-call --peer /ip4/127.0.0.1/tcp/PORT info [UID]
+ *   dmoe-call --peer ADDR forward UID (--input x.npy [--input mask.npy] | --random 3x512) [--output y.npy]
+ *   dmoe-call --peer ADDR backward UID --input x.npy --grad_output gy.npy --output gx.npy
+ *
+ * forward and backward first ask the expert for its schema (info) and check the tensors against it
+ * before sending them; the node checks them again. Prints a short human summary, or one JSON object
+ * with --json. Exit status: 0 success, 1 a failed call (unreachable, timeout, remote error), 2 bad
+ * usage or bad local input.
+ */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/client.h"
+#include "actors/remote.h"
+#include "kernels/kern_rng.h"
+#include "runtime/rt_args.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+#include "wire/wire_json.h"
+#include "wire/wire_npy.h"
+
+typedef struct {
+    rt_loop *loop;
+    client *cl;
+    wire_maddr peer;
+    const char *cmd, *uid, *output, *random;
+    char **inputs, **grad_outputs;
+    uint64_t seed;
+    int json, all;
+    uint64_t timeout_ms;
+    rx_schema schema;
+    rx_tensor in[KERN_MAX_IO], gout[KERN_MAX_IO];
+    int n_in, n_gout;
+    uint64_t t0;
+    int status;
+    int done;
+} app;
+
+static void finish(app *a)
+{
+    a->done = 1;
+    rt_loop_break(a->loop);
+}
+
+static void fail(app *a, int status, int code, const char *msg)
+{
+    a->status = status;
+    if (a->json) {
+        printf("{\"ok\": false, \"code\": %d, \"error\": ", code < 0 ? -code : code);
+        wire_json_string(stdout, msg, strlen(msg));
+        printf("}\n");
+    } else {
+        fprintf(stderr, "dmoe-call: %s: %s\n", dmoe_strerror(code), msg);
+    }
+    finish(a);
+}
+
+/* ---- tensors in and out ---- */
+
+static int load_npy(const char *path, rx_tensor *t, char *err, size_t errlen)
+{
+    wire_dtype dt;
+    int ndim;
+    int64_t shape[WIRE_MAX_NDIM];
+    void *data;
+    size_t nbytes;
+    int rc = wire_npy_read(path, &dt, &ndim, shape, &data, &nbytes, err, errlen);
+    if (rc) return rc;
+    rc = rx_tensor_alloc(t, dt, ndim, shape);
+    if (rc == 0) memcpy(t->buf->data, data, nbytes);
+    else snprintf(err, errlen, "%s: out of memory", path);
+    free(data);
+    return rc;
+}
+
+/* Random rows for input io: normal floats, or for a mask (by name) 0/1 values (all 1 for uint8). */
+static int random_tensor(rx_tensor *t, const kern_io_info *io, int64_t B, kern_rng *rng)
+{
+    int64_t shape[KERN_MAX_DIMS + 1] = {B};
+    for (int d = 0; d < io->ndim; d++) shape[d + 1] = io->dims[d];
+    int rc = rx_tensor_alloc(t, io->dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32, io->ndim + 1, shape);
+    if (rc) return rc;
+    int is_mask = strstr(io->name, "mask") != NULL;
+    if (io->dtype == KERN_U8) {
+        memset(t->buf->data, 0, t->numel);   /* a key-padding mask: nothing padded */
+        return 0;
+    }
+    float *f = rx_tensor_f32(t);
+    for (size_t i = 0; i < t->numel; i++) f[i] = is_mask ? (kern_rng_uniform(rng) < 0.8f ? 1.0f : 0.0f) : kern_rng_normal(rng);
+    return 0;
+}
+
+static void stats(const rx_tensor *t, double *mean, double *std)
+{
+    double s = 0, s2 = 0;
+    const float *f = rx_tensor_f32(t);
+    for (size_t i = 0; f && i < t->numel; i++) { s += f[i]; s2 += (double)f[i] * f[i]; }
+    double n = t->numel ? (double)t->numel : 1;
+    *mean = s / n;
+    double var = s2 / n - *mean * *mean;
+    *std = var > 0 ? sqrt(var) : 0;
+}
+
+static void output_path(const char *base, int i, char *buf, size_t cap)
+{
+    if (i == 0) { snprintf(buf, cap, "%s", base); return; }
+    const char *dot = strrchr(base, '.');
+    if (dot && strcmp(dot, ".npy") == 0) snprintf(buf, cap, "%.*s_%d.npy", (int)(dot - base), base, i);
+    else snprintf(buf, cap, "%s_%d", base, i);
+}
+
+static void print_shape(FILE *f, const rx_tensor *t)
+{
+    fputc('[', f);
+    for (int d = 0; d < t->ndim; d++) fprintf(f, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    fputc(']', f);
+}
+
+/* ---- results ---- */
+
+static int on_compute(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    app *a = arg;
+    double ms = (double)(rt_clock_us() - a->t0) / 1000.0;
+    if (err) { fail(a, 1, err, msg ? msg : dmoe_strerror(err)); return 0; }
+    int bwd = strcmp(a->cmd, "backward") == 0;
+    const char *key = bwd ? "grad_inputs" : "outputs";
+    rx_tensor res[KERN_MAX_IO];
+    char e[256];
+    int n = rx_result(reply, key, res, KERN_MAX_IO, e, sizeof e);
+    if (n < 0) { fail(a, 1, n, e); return 0; }
+    a->status = 0;
+    if (a->json) printf("{\"ok\": true, \"method\": \"%s\", \"uid\": ", a->cmd), wire_json_string(stdout, a->uid, strlen(a->uid)),
+                 printf(", \"elapsed_ms\": %.3f, \"%s\": [", ms, key);
+    for (int i = 0; i < n; i++) {
+        double mean, sd;
+        stats(&res[i], &mean, &sd);
+        char path[1024] = "";
+        if (a->output) {
+            output_path(a->output, i, path, sizeof path);
+            if (wire_npy_write(path, res[i].dtype, res[i].ndim, res[i].shape, res[i].buf ? res[i].buf->data : NULL, e,
+                               sizeof e) != 0) {
+                fprintf(stderr, "dmoe-call: cannot write %s: %s\n", path, e);
+                a->status = 2;
+            }
+        }
+        if (a->json) {
+            printf("%s{\"shape\": ", i ? ", " : "");
+            print_shape(stdout, &res[i]);
+            printf(", \"mean\": %.9g, \"std\": %.9g", mean, sd);
+            if (path[0]) printf(", \"file\": "), wire_json_string(stdout, path, strlen(path));
+            printf("}");
+        } else {
+            printf("%s[%d]: shape ", key, i);
+            print_shape(stdout, &res[i]);
+            printf("  mean %.6g  std %.6g%s%s\n", mean, sd, path[0] ? "  -> " : "", path);
+        }
+        rx_tensor_free(&res[i]);
+    }
+    if (a->json) printf("]}\n");
+    else printf("%s %s: %.3f ms\n", a->cmd, a->uid, ms);
+    finish(a);
+    return 0;
+}
+
+static void send_compute(app *a)
+{
+    char err[384];
+    int bwd = strcmp(a->cmd, "backward") == 0;
+    int rc = rx_check(&a->schema, a->in, a->n_in, a->gout, bwd ? a->n_gout : -1, err, sizeof err);
+    if (rc) { fail(a, 2, rc, err); return; }
+    uint64_t id = client_next_id(a->cl);
+    wire_out *o = rx_request(id, a->uid, a->in, a->n_in, bwd ? a->gout : NULL, a->n_gout);
+    if (!o) { fail(a, 1, DMOE_ENOMEM, "out of memory"); return; }
+    a->t0 = rt_clock_us();
+    rc = client_call(a->cl, &a->peer, id, o, a->timeout_ms, on_compute, a);
+    if (rc) fail(a, 1, rc, "cannot reach the peer");
+}
+
+/* Build the tensors from files or --random once the schema is known. */
+static int prepare_tensors(app *a, char *err, size_t errlen)
+{
+    int bwd = strcmp(a->cmd, "backward") == 0;
+    kern_rng rng;
+    kern_rng_seed(&rng, a->seed);
+    if (a->inputs) {
+        for (a->n_in = 0; a->inputs[a->n_in]; a->n_in++) {
+            if (a->n_in == KERN_MAX_IO) { snprintf(err, errlen, "at most %d --input files", KERN_MAX_IO); return DMOE_EINVAL; }
+            int rc = load_npy(a->inputs[a->n_in], &a->in[a->n_in], err, errlen);
+            if (rc) return rc;
+        }
+    } else if (a->random) {
+        int64_t dims[KERN_MAX_DIMS + 1];
+        int nd = rt_args_shape(a->random, dims, KERN_MAX_DIMS + 1);
+        if (nd < 1) { snprintf(err, errlen, "--random %s: expected a shape like 3x512", a->random); return DMOE_EINVAL; }
+        const kern_io_info *io0 = &a->schema.in[0];
+        int ok = a->schema.n_in > 0 && nd == io0->ndim + 1;
+        for (int d = 0; ok && d < io0->ndim; d++) ok = dims[d + 1] == io0->dims[d];
+        if (!ok) {
+            snprintf(err, errlen, "--random %s does not fit the expert's first input (%d dims per row, %lld wide)",
+                     a->random, io0->ndim, a->schema.n_in ? (long long)io0->dims[0] : 0);
+            return DMOE_ESHAPE;
+        }
+        for (a->n_in = 0; a->n_in < a->schema.n_in; a->n_in++)
+            if (random_tensor(&a->in[a->n_in], &a->schema.in[a->n_in], dims[0], &rng) != 0) return DMOE_ENOMEM;
+    } else {
+        snprintf(err, errlen, "%s needs --input FILE.npy (once per expert input) or --random BxH", a->cmd);
+        return DMOE_EINVAL;
+    }
+    if (!bwd) return 0;
+    if (a->grad_outputs) {
+        for (a->n_gout = 0; a->grad_outputs[a->n_gout]; a->n_gout++) {
+            if (a->n_gout == KERN_MAX_IO) { snprintf(err, errlen, "at most %d --grad_output files", KERN_MAX_IO); return DMOE_EINVAL; }
+            int rc = load_npy(a->grad_outputs[a->n_gout], &a->gout[a->n_gout], err, errlen);
+            if (rc) return rc;
+        }
+    } else if (a->random) {
+        int64_t B = a->in[0].shape[0];
+        for (a->n_gout = 0; a->n_gout < a->schema.n_out; a->n_gout++)
+            if (random_tensor(&a->gout[a->n_gout], &a->schema.out[a->n_gout], B, &rng) != 0) return DMOE_ENOMEM;
+    } else {
+        snprintf(err, errlen, "backward needs --grad_output FILE.npy (or --random)");
+        return DMOE_EINVAL;
+    }
+    return 0;
+}
+
+static void print_info_human(const msgpack_object *info)
+{
+    rx_schema s;
+    char err[128];
+    if (rx_schema_parse(info, &s, err, sizeof err) != 0) { printf("(unreadable expert description: %s)\n", err); return; }
+    printf("%s: %s (%s), hidden %d, %llu parameters, max_batch_size %lld\n", s.uid, s.module, s.expert_cls,
+           s.hidden_dim, (unsigned long long)s.n_params, (long long)s.max_batch_size);
+    for (int k = 0; k < 2; k++) {
+        const kern_io_info *io = k ? s.out : s.in;
+        for (int i = 0; i < (k ? s.n_out : s.n_in); i++) {
+            printf("  %s %d: %s %s [B", k ? "output" : "input", i, io[i].name, io[i].dtype == KERN_U8 ? "uint8" : "float32");
+            for (int d = 0; d < io[i].ndim; d++) printf(", %lld", (long long)io[i].dims[d]);
+            printf("]\n");
+        }
+    }
+    char opt[16] = "?";
+    wire_get_str(wire_map_get(info, "optimizer"), opt, sizeof opt);
+    double lr = 0;
+    wire_get_f64(wire_map_get(info, "lr"), &lr);
+    printf("  optimizer %s, lr %g\n", opt, lr);
+    const msgpack_object *st = wire_map_get(info, "stats");
+    if (st && st->type == MSGPACK_OBJECT_MAP) {
+        printf("  stats:");
+        for (uint32_t i = 0; i < st->via.map.size; i++) {
+            const msgpack_object *k = &st->via.map.ptr[i].key, *v = &st->via.map.ptr[i].val;
+            if (k->type == MSGPACK_OBJECT_STR && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                printf(" %.*s=%llu", (int)k->via.str.size, k->via.str.ptr, (unsigned long long)v->via.u64);
+        }
+        printf("\n");
+    }
+}
+
+static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    app *a = arg;
+    if (err) { fail(a, 1, err, msg ? msg : dmoe_strerror(err)); return 0; }
+    if (strcmp(a->cmd, "info") == 0) {
+        a->status = 0;
+        if (a->json) {
+            wire_json_print(stdout, reply->result);
+            printf("\n");
+        } else if (a->uid) {
+            print_info_human(reply->result);
+        } else {
+            const msgpack_object *ex = wire_map_get(reply->result, "experts");
+            for (uint32_t i = 0; ex && ex->type == MSGPACK_OBJECT_ARRAY && i < ex->via.array.size; i++)
+                print_info_human(&ex->via.array.ptr[i]);
+        }
+        finish(a);
+        return 0;
+    }
+    char e[384];
+    int rc = rx_schema_parse(reply->result, &a->schema, e, sizeof e);
+    if (rc == 0) rc = prepare_tensors(a, e, sizeof e);
+    if (rc) { fail(a, rc == DMOE_EPROTO ? 1 : 2, rc, e); return 0; }
+    send_compute(a);
+    return 0;
+}
+
+static int on_ping(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    app *a = arg;
+    double ms = (double)(rt_clock_us() - a->t0) / 1000.0;
+    if (err) { fail(a, 1, err, msg ? msg : dmoe_strerror(err)); return 0; }
+    a->status = 0;
+    if (a->json) printf("{\"ok\": true, \"rtt_ms\": %.3f}\n", ms);
+    else printf("pong from %s:%u in %.3f ms\n", a->peer.host, (unsigned)a->peer.port, ms);
+    finish(a);
+    return 0;
+}
+
+static void start(app *a)
+{
+    uint64_t id = client_next_id(a->cl);
+    wire_out *o = wire_out_new();
+    if (!o) { fail(a, 1, DMOE_ENOMEM, "out of memory"); return; }
+    int is_ping = strcmp(a->cmd, "ping") == 0;
+    int with_uid = !is_ping && a->uid && !a->all;
+    wire_request_begin(o, id, is_ping ? "ping" : "info", with_uid ? 3 : 2);
+    if (with_uid) {
+        wire_pack_str(wire_out_pk(o), "uid");
+        wire_pack_str(wire_out_pk(o), a->uid);
+    }
+    a->t0 = rt_clock_us();
+    int rc = client_call(a->cl, &a->peer, id, o, a->timeout_ms, is_ping ? on_ping : on_info, a);
+    if (rc) fail(a, 1, rc, "cannot reach the peer (an IP address is needed)");
+}
+
+int main(int argc, char **argv)
+{
+    app a = {.status = 1};
+    const char *peer = NULL, *log_level = NULL;
+    double timeout_s = 30;
+    const rt_arg flags[] = {
+        {"peer", ARG_STR, &peer, "the node to call, e.g. /ip4/127.0.0.1/tcp/PORT", "Connection"},
+        {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Connection"},
+        {"input", ARG_MULTI, &a.inputs, "an input tensor as .npy (repeat for experts with several inputs)", "Tensors"},
+        {"grad_output", ARG_MULTI, &a.grad_outputs, "backward: the gradient of each output, as .npy", "Tensors"},
+        {"random", ARG_STR, &a.random, "random inputs of this shape instead of files, e.g. 3x512", "Tensors"},
+        {"seed", ARG_U64, &a.seed, "seed for --random", "Tensors"},
+        {"output", ARG_STR, &a.output, "write the outputs (or input gradients) to this .npy file", "Tensors"},
+        {"all", ARG_FLAG, &a.all, "info: every expert of the node, with its stats", "Output"},
+        {"json", ARG_FLAG, &a.json, "print one JSON object instead of a summary", "Output"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output"},
+    };
+    const int nflags = (int)(sizeof flags / sizeof flags[0]);
+    const char *synopsis =
+        "dmoe-call --peer ADDR COMMAND [UID] [flags]\n"
+        "  commands: ping | info [UID] [--all] | forward UID | backward UID";
+    char err[512];
+    char *pos[3];
+    int npos;
+    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 3, &npos, err, sizeof err);
+    if (rc == 1) { rt_args_usage(stdout, synopsis, flags, nflags); return 0; }
+    if (rc != 0) { fprintf(stderr, "dmoe-call: %s\n", err); rt_args_free(flags, nflags); return 2; }
+    if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));
+    else if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_WARN);
+    a.cmd = npos > 0 ? pos[0] : NULL;
+    a.uid = npos > 1 ? pos[1] : NULL;
+    int known = a.cmd && (!strcmp(a.cmd, "ping") || !strcmp(a.cmd, "info") || !strcmp(a.cmd, "forward") ||
+                          !strcmp(a.cmd, "backward"));
+    if (!known || npos > 2 || ((!strcmp(a.cmd, "forward") || !strcmp(a.cmd, "backward")) && !a.uid)) {
+        fprintf(stderr, "usage: %s\n", synopsis);
+        rt_args_free(flags, nflags);
+        return 2;
+    }
+    if (!peer) { fprintf(stderr, "dmoe-call: --peer ADDR is required\n"); rt_args_free(flags, nflags); return 2; }
+    if (wire_maddr_parse(peer, &a.peer, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-call: --peer %s: %s\n", peer, err);
+        rt_args_free(flags, nflags);
+        return 2;
+    }
+    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call: --timeout must be positive\n"); return 2; }
+    a.timeout_ms = (uint64_t)(timeout_s * 1000.0);
+
+    signal(SIGPIPE, SIG_IGN);
+    a.loop = rt_loop_new();
+    a.cl = a.loop ? client_new(a.loop, NULL) : NULL;
+    if (!a.cl) { fprintf(stderr, "dmoe-call: out of memory\n"); return 1; }
+    start(&a);
+    if (!a.done) rt_loop_run(a.loop);
+    client_free(a.cl);
+    for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
+    rt_loop_run(a.loop);   /* no-op unless actors wait to be reaped */
+    rt_loop_free(a.loop);
+    rt_args_free(flags, nflags);
+    return a.status;
+}

@@ -166,6 +166,10 @@ static void process_input(conn *c)
         rc = wire_msg_decode(frame, len, &m, err, sizeof err);
         if (rc < 0) {
             if (c->lim.budget && charge) rt_budget_release(c->lim.budget, charge);
+            if (rc == DMOE_EINVAL) {   /* valid msgpack, bad fields: answer and keep the connection */
+                if (c->ops.on_bad_frame) c->ops.on_bad_frame(c, m.id, rc, err, c->arg);
+                continue;
+            }
             bad_frame(c, m.id, rc, err);
             break;
         }

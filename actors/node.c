@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "actors/server.h"
 #include "actors/uid.h"
@@ -37,6 +38,11 @@ struct node {
     void (*done)(void *);
     void *done_arg;
 };
+
+uint64_t node_expert_seed(uint64_t seed, const char *uid)
+{
+    return XXH3_64bits_withSeed(uid, strlen(uid), seed);
+}
 
 void node_default_cfg(node_cfg *c)
 {
@@ -164,7 +170,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
         expert_cfg ec = {
             .cls = cls, .kcfg = c->kcfg, .opt = c->opt, .max_batch_size = c->max_batch_size,
             .min_batch_size = c->min_batch_size, .batch_wait_ms = c->batch_wait_ms,
-            .max_parallel_fwd = c->num_workers, .seed = c->seed * 1000003u + (uint64_t)i, .pool = n->pool,
+            .max_parallel_fwd = c->num_workers, .seed = node_expert_seed(c->seed, uids[i]), .pool = n->pool,
             .budget = &n->budget,
         };
         n->experts[i] = expert_new(l, uids[i], &ec, err, errlen);

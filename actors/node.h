@@ -41,6 +41,9 @@ typedef struct {
 
 typedef struct node node;
 
+/* node_expert_seed returns the initialisation seed of the expert uid on a node started with seed:
+ * an expert's initial weights depend only on --seed and its uid (XXH3-64 of the uid, seeded). */
+uint64_t node_expert_seed(uint64_t seed, const char *uid);
 /* node_default_cfg fills c with dmoe-node's defaults. */
 void node_default_cfg(node_cfg *c);
 /* node_start builds and starts a node on loop l. Returns NULL with err filled on failure. */

@@ -1,0 +1,343 @@
+/* harness.c -- processes and raw sockets for the integration tests (see harness.h). */
+#include "test/integration/harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/kern_rng.h"
+#include "runtime/rt_err.h"
+#include "wire/wire_frame.h"
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("DMOE_BUILD");
+    return b && *b ? b : "build";
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+char *th_node_log(const th_node *n)
+{
+    FILE *f = fopen(n->log_path, "rb");
+    if (!f) return strdup("");
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    rewind(f);
+    char *s = malloc((size_t)len + 1);
+    size_t got = fread(s, 1, (size_t)len, f);
+    s[got] = '\0';
+    fclose(f);
+    return s;
+}
+
+int th_node_start(th_node *n, const char *const *args)
+{
+    memset(n, 0, sizeof *n);
+    snprintf(n->log_path, sizeof n->log_path, "/tmp/dmoe-test-node-XXXXXX");
+    int lfd = mkstemp(n->log_path);
+    if (lfd < 0) return -1;
+    char prog[512];
+    snprintf(prog, sizeof prog, "%s/dmoe-node", build_dir());
+    const char *argv[64];
+    int k = 0;
+    argv[k++] = prog;
+    argv[k++] = "--host_maddrs";
+    argv[k++] = "/ip4/127.0.0.1/tcp/0";
+    for (int i = 0; args && args[i] && k < 62; i++) argv[k++] = args[i];
+    argv[k] = NULL;
+    pid_t pid = fork();
+    if (pid < 0) { close(lfd); return -1; }
+    if (pid == 0) {
+        dup2(lfd, 2);
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        execv(prog, (char *const *)argv);
+        _exit(127);
+    }
+    close(lfd);
+    n->pid = pid;
+    double deadline = now_s() + 20;
+    while (now_s() < deadline) {
+        char *log = th_node_log(n);
+        const char *p = strstr(log, "Listening on /ip4/127.0.0.1/tcp/");
+        if (p && strstr(p, "Server started")) {
+            n->port = atoi(p + strlen("Listening on /ip4/127.0.0.1/tcp/"));
+            snprintf(n->maddr, sizeof n->maddr, "/ip4/127.0.0.1/tcp/%d", n->port);
+            free(log);
+            return 0;
+        }
+        free(log);
+        if (!th_node_alive(n)) break;
+        sleep_ms(20);
+    }
+    char *log = th_node_log(n);
+    fprintf(stderr, "dmoe-node did not start; its log:\n%s\n", log);
+    free(log);
+    th_node_stop(n, SIGKILL);
+    return -1;
+}
+
+int th_node_alive(const th_node *n)
+{
+    if (n->pid <= 0) return 0;
+    return waitpid(n->pid, NULL, WNOHANG) == 0;
+}
+
+static int wait_exit(pid_t pid, double timeout_s)
+{
+    double deadline = now_s() + timeout_s;
+    int st;
+    while (now_s() < deadline) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            if (WIFEXITED(st)) return WEXITSTATUS(st);
+            if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+            return -1;
+        }
+        if (r < 0) return -1;
+        sleep_ms(10);
+    }
+    return -2;
+}
+
+int th_node_stop(th_node *n, int sig)
+{
+    if (n->pid <= 0) return -1;
+    kill(n->pid, sig);
+    int rc = wait_exit(n->pid, 20);
+    if (rc == -2) {
+        kill(n->pid, SIGKILL);
+        rc = wait_exit(n->pid, 5);
+        if (rc >= 0) rc = -1;
+    }
+    n->pid = 0;
+    unlink(n->log_path);
+    return rc;
+}
+
+int th_run(const char *prog, const char *const *args, char *out, size_t cap, int timeout_s)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", build_dir(), prog);
+    const char *argv[64];
+    int k = 0;
+    argv[k++] = path;
+    for (int i = 0; args[i] && k < 63; i++) argv[k++] = args[i];
+    argv[k] = NULL;
+    int pfd[2];
+    if (pipe(pfd) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        close(pfd[1]);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(pfd[1]);
+    size_t got = 0;
+    double deadline = now_s() + timeout_s;
+    for (;;) {
+        struct pollfd p = {pfd[0], POLLIN, 0};
+        int left = (int)((deadline - now_s()) * 1000);
+        if (left <= 0) break;
+        if (poll(&p, 1, left) <= 0) break;
+        char buf[4096];
+        ssize_t r = read(pfd[0], buf, sizeof buf);
+        if (r <= 0) break;
+        if (out && got + 1 < cap) {
+            size_t take = (size_t)r < cap - 1 - got ? (size_t)r : cap - 1 - got;
+            memcpy(out + got, buf, take);
+            got += take;
+        }
+    }
+    if (out && cap) out[got] = '\0';
+    close(pfd[0]);
+    int rc = wait_exit(pid, deadline - now_s() > 1 ? deadline - now_s() : 1);
+    if (rc == -2) { kill(pid, SIGKILL); wait_exit(pid, 5); return -1; }
+    return rc;
+}
+
+int th_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { close(fd); return -1; }
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+int th_send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int th_send_frame(int fd, const void *body, size_t n)
+{
+    uint8_t hdr[WIRE_FRAME_HDR];
+    wire_frame_put_header(hdr, (uint32_t)n);
+    if (th_send_all(fd, hdr, sizeof hdr) != 0) return -1;
+    return th_send_all(fd, body, n);
+}
+
+int th_send_out(int fd, wire_out *o)
+{
+    uint8_t *buf;
+    size_t len;
+    if (wire_out_flatten(o, &buf, &len) != 0) return -1;
+    int rc = th_send_frame(fd, buf, len);
+    free(buf);
+    return rc;
+}
+
+static int recv_all(int fd, void *p, size_t n)
+{
+    char *c = p;
+    while (n) {
+        ssize_t r = recv(fd, c, n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        c += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+int th_recv_msg(int fd, wire_msg *m)
+{
+    uint8_t hdr[4];
+    if (recv_all(fd, hdr, 4) != 0) return -1;
+    size_t len = ((size_t)hdr[0] << 24) | ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
+    if (len == 0 || len > ((size_t)1 << 30)) return -1;
+    uint8_t *body = malloc(len);
+    if (!body || recv_all(fd, body, len) != 0) { free(body); return -1; }
+    char err[128];
+    return wire_msg_decode(body, len, m, err, sizeof err);
+}
+
+int th_peer_closed(int fd, int timeout_ms)
+{
+    double deadline = now_s() + timeout_ms / 1000.0;
+    char buf[4096];
+    while (now_s() < deadline) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 50) <= 0) continue;
+        ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (r == 0) return 1;
+        if (r < 0 && errno != EAGAIN && errno != EINTR) return 1;
+    }
+    return 0;
+}
+
+int th_ping(int port)
+{
+    int fd = th_connect(port);
+    if (fd < 0) return -1;
+    wire_out *o = wire_out_new();
+    wire_request_begin(o, 99, "ping", 2);
+    int rc = th_send_out(fd, o);
+    wire_msg m;
+    if (rc == 0) rc = th_recv_msg(fd, &m);
+    if (rc == 0) {
+        rc = m.kind == WIRE_REPLY_OK && m.id == 99 ? 0 : -1;
+        wire_msg_free(&m);
+    }
+    close(fd);
+    return rc;
+}
+
+static void pack_f32(wire_out *o, const float *x, int64_t B, int64_t H)
+{
+    wire_tensor t = {.dtype = WIRE_DT_F32, .ndim = 2, .shape = {B, H}, .numel = (size_t)(B * H)};
+    t.nbytes = t.numel * 4;
+    t.data = (const uint8_t *)x;
+    msgpack_pack_array(wire_out_pk(o), 1);
+    wire_tensor_pack(o, &t, NULL, NULL);
+}
+
+wire_out *th_request(uint64_t id, const char *uid, const float *x, int64_t B, int64_t H, const float *gout)
+{
+    wire_out *o = wire_out_new();
+    msgpack_packer *pk = wire_out_pk(o);
+    wire_request_begin(o, id, gout ? "backward" : "forward", gout ? 5 : 4);
+    wire_pack_str(pk, "uid");
+    wire_pack_str(pk, uid);
+    wire_pack_str(pk, "inputs");
+    pack_f32(o, x, B, H);
+    if (gout) {
+        wire_pack_str(pk, "grad_outputs");
+        pack_f32(o, gout, B, H);
+    }
+    return o;
+}
+
+int th_result_f32(const wire_msg *m, const char *key, int64_t B, int64_t H, float *out)
+{
+    if (m->kind != WIRE_REPLY_OK) return -1;
+    const msgpack_object *arr = wire_map_get(m->result, key);
+    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY || arr->via.array.size < 1) return -1;
+    wire_tensor t;
+    char err[128];
+    if (wire_tensor_decode(&arr->via.array.ptr[0], &t, err, sizeof err) != 0) return -1;
+    if (t.dtype != WIRE_DT_F32 || t.ndim != 2 || t.shape[0] != B || t.shape[1] != H) return -1;
+    memcpy(out, t.data, t.nbytes);
+    return 0;
+}
+
+void th_fill_normal(float *x, size_t n, uint64_t seed)
+{
+    kern_rng r;
+    kern_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) x[i] = kern_rng_normal(&r);
+}
+
+float th_max_abs_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= m)) m = d;   /* NaN counts as the largest */
+    }
+    return m;
+}

@@ -76,7 +76,8 @@ $(TEST_BIN): $(TEST_OBJS) $(BUILD)/libdmoe.a
 # The suite finds the programs and data through these variables (see test/integration/harness.h).
 TEST_ENV := DMOE_BUILD=$(abspath $(BUILD)) DMOE_TEST_DATA=$(abspath test/data)
 ifeq ($(SAN),1)
-TEST_ENV += ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+TEST_ENV += ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+            LSAN_OPTIONS=suppressions=$(abspath test/lsan.supp)
 endif
 CRITERION_FLAGS ?= --jobs 2
 

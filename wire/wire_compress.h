@@ -20,6 +20,8 @@
  *                      mean_r = sum(x)/L; c = x - mean_r; std_r = max(sqrt(sum(c^2)/L), FLT_EPSILON)
  *                      (the biased std, clamped as hivemind does); body = f16(clamp(c/std_r, +-65504)).
  *                      Decoding: x = f16 * std_r + mean_r. Means and stds must be finite, stds > 0.
+ *                      With n = 0 the rows are empty: we write mean 0 and std FLT_EPSILON (hivemind
+ *                      would write NaN) and a decoder does not read them.
  *
  *   FLOAT16 (2)        n x f16. Values are clamped to [-65504, 65504] first (hivemind clamps to
  *                      torch.finfo(float16).min/max), so +-Inf becomes +-65504 rather than infinity;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -55,6 +56,29 @@ char *th_node_log(const th_node *n)
     return s;
 }
 
+/* Every node a test starts is remembered, so that a test that fails an assertion half-way (Criterion
+ * then ends the test's process) still takes its nodes down with it. */
+#define TH_MAX_NODES 64
+static pid_t started[TH_MAX_NODES];
+
+static void kill_started(void)
+{
+    for (int i = 0; i < TH_MAX_NODES; i++)
+        if (started[i] > 0) {
+            kill(started[i], SIGKILL);
+            waitpid(started[i], NULL, 0);
+            started[i] = 0;
+        }
+}
+
+static void remember(pid_t pid, int add)
+{
+    static int registered;
+    if (!registered) { atexit(kill_started); registered = 1; }
+    for (int i = 0; i < TH_MAX_NODES; i++)
+        if (add ? started[i] == 0 : started[i] == pid) { started[i] = add ? pid : 0; return; }
+}
+
 int th_node_start(th_node *n, const char *const *args)
 {
     memset(n, 0, sizeof *n);
@@ -73,6 +97,7 @@ int th_node_start(th_node *n, const char *const *args)
     pid_t pid = fork();
     if (pid < 0) { close(lfd); return -1; }
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* a test killed by its timeout takes the node along */
         dup2(lfd, 2);
         int devnull = open("/dev/null", O_RDWR);
         dup2(devnull, 0);
@@ -82,6 +107,7 @@ int th_node_start(th_node *n, const char *const *args)
     }
     close(lfd);
     n->pid = pid;
+    remember(pid, 1);
     double deadline = now_s() + 20;
     while (now_s() < deadline) {
         char *log = th_node_log(n);
@@ -136,6 +162,7 @@ int th_node_stop(th_node *n, int sig)
         rc = wait_exit(n->pid, 5);
         if (rc >= 0) rc = -1;
     }
+    remember(n->pid, 0);
     n->pid = 0;
     unlink(n->log_path);
     return rc;

@@ -47,7 +47,7 @@ typedef struct ex_batch {
 } ex_batch;
 
 /* Message types the expert receives from its queues. */
-enum { EX_MSG_WORK = 1, EX_MSG_BATCH, EX_MSG_NOTHING, EX_MSG_JOB_DONE, EX_MSG_DELAY_DONE };
+enum { EX_MSG_WORK = 1, EX_MSG_BATCH, EX_MSG_NOTHING, EX_MSG_JOB_DONE, EX_MSG_DELAY_DONE, EX_MSG_CKPT_DONE };
 
 /* batchq_new creates the queue for (ex, dir). work_sig and nothing_sig are the expert's signals the
  * queue raises. Returns NULL when out of memory. */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "actors/batchq.h"
+#include "actors/ckpt.h"
 #include "kernels/kern_ops.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -26,6 +27,9 @@ struct expert {
     batchq *q[2];
     int running[2], pulling[2], wanted[2];
     int delayed;            /* batches held by nop_delay timers */
+    int ckpt_wanted, ckpt_running;
+    int64_t ckpt_step;      /* optimizer step of the newest checkpoint on disk (-1: none) */
+    ckpt_job ckpt;
     int shutting;
     uint64_t batch_seq;     /* seeds per-batch randomness */
     expert_stats stats;
@@ -109,11 +113,49 @@ static void pull(expert *e, int dir)
     batchq_pull(e->q[dir]);
 }
 
+static void start_checkpoint(expert *e)
+{
+    ckpt_job *j = &e->ckpt;
+    e->ckpt_wanted = 0;
+    if (e->opt.step == e->ckpt_step) return;   /* nothing new since the last file */
+    snprintf(j->dir, sizeof j->dir, "%s/%s", e->cfg.ckpt_dir, e->uid);
+    snprintf(j->uid, sizeof j->uid, "%s", e->uid);
+    j->job.run = ckpt_run;
+    j->job.owner = &e->actor;
+    j->job.msg.type = EX_MSG_CKPT_DONE;
+    j->job.msg.drop = NULL;
+    j->model = &e->model;
+    j->params = e->params;
+    j->opt = &e->opt;
+    j->sched = e->cfg.sched;
+    j->base_lr = e->cfg.opt.lr;
+    j->step = e->opt.step;
+    j->samples_seen = e->stats.samples_seen;
+    j->keep = e->cfg.keep_ckpts;
+    j->rc = 0;
+    j->err[0] = '\0';
+    if (rt_pool_submit(e->cfg.pool, &j->job) == 0) e->ckpt_running = 1;
+}
+
+static void finish_checkpoint(expert *e)
+{
+    ckpt_job *j = &e->ckpt;
+    e->ckpt_running = 0;
+    if (j->rc == 0) {
+        e->ckpt_step = j->step;
+        LOG_DEBUG("%s: checkpoint %s written", e->uid, j->path);
+    } else {
+        LOG_ERROR("%s: checkpoint not written: %s", e->uid, j->err);
+    }
+}
+
 static void schedule(expert *e)
 {
-    if (e->shutting) return;
     int fwd_busy = e->running[EX_FWD] + e->pulling[EX_FWD];
     int bwd_busy = e->running[EX_BWD] + e->pulling[EX_BWD];
+    /* a checkpoint reads the weights: no backward may write them meanwhile; forwards may run */
+    if (e->ckpt_wanted && !e->ckpt_running && bwd_busy == 0) start_checkpoint(e);
+    if (e->shutting || e->ckpt_running || e->ckpt_wanted) return;
     if (e->wanted[EX_BWD] && fwd_busy == 0 && bwd_busy == 0) {
         pull(e, EX_BWD);
         return;
@@ -133,7 +175,7 @@ static void start_batch(expert *e, ex_batch *b)
     b->params = e->params;
     b->grads = e->grads;
     b->opt = &e->opt;
-    b->lr = e->cfg.opt.lr;
+    b->lr = kern_sched_lr(&e->cfg.sched, e->cfg.opt.lr, e->opt.step);   /* no backward runs now */
     b->seed = e->cfg.seed ^ (0x9E3779B97F4A7C15ull * ++e->batch_seq);
     e->running[b->dir]++;
     if (rt_pool_submit(e->cfg.pool, &b->job) != 0) {
@@ -164,7 +206,7 @@ static void finish_batch(expert *e, ex_batch *b)
         s->rows[dir] += (uint64_t)b->B;
         if (dir == EX_BWD) {
             s->samples_seen += (uint64_t)b->B;
-            if (e->opt.cfg.kind != KERN_OPT_NONE && e->model.n_floats > 0) s->steps++;
+            s->steps = (uint64_t)e->opt.step;
         }
     }
     if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0) {
@@ -194,6 +236,9 @@ static void expert_handle(rt_actor *self, rt_msg *m)
         break;
     case EX_MSG_JOB_DONE:
         finish_batch(e, (ex_batch *)m);
+        break;
+    case EX_MSG_CKPT_DONE:
+        finish_checkpoint(e);
         break;
     case EX_MSG_DELAY_DONE: {
         ex_batch *b = (ex_batch *)((char *)m - offsetof(ex_batch, delay));
@@ -249,6 +294,24 @@ expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err
         return NULL;
     }
     cfg->cls->init(&e->model, e->params, cfg->seed);
+    e->ckpt_step = -1;
+    if (cfg->ckpt_dir) {
+        ckpt_loaded got;
+        char why[1024];
+        int rc = ckpt_load(cfg->ckpt_dir, uid, &e->model, e->params, &e->opt, &got, why, sizeof why);
+        if (rc < 0) {
+            snprintf(err, errlen, "%s", why);
+            expert_destroy(&e->actor);
+            return NULL;
+        }
+        if (rc == 1) {
+            e->stats.samples_seen = got.samples_seen;
+            e->stats.steps = (uint64_t)e->opt.step;
+            e->ckpt_step = got.has_optimizer ? got.step : -1;
+            LOG_INFO("%s: loaded %s (step %lld%s)", uid, got.path, (long long)got.step,
+                     got.has_optimizer ? "" : ", weights only: the optimizer starts fresh");
+        }
+    }
     e->q[EX_FWD] = batchq_new(l, &e->actor, EX_FWD, &e->cfg, &e->model);
     e->q[EX_BWD] = batchq_new(l, &e->actor, EX_BWD, &e->cfg, &e->model);
     if (!e->q[EX_FWD] || !e->q[EX_BWD]) {
@@ -292,6 +355,15 @@ void expert_shutdown(expert *e)
     batchq_shutdown(e->q[EX_BWD]);
 }
 
+void expert_checkpoint(expert *e)
+{
+    if (!e->cfg.ckpt_dir) return;
+    e->ckpt_wanted = 1;
+    schedule(e);
+}
+
+int expert_checkpoint_pending(const expert *e) { return e->ckpt_wanted || e->ckpt_running; }
+
 void expert_free(expert *e)
 {
     if (!e) return;
@@ -325,7 +397,7 @@ static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 void expert_pack_info(const expert *e, msgpack_packer *pk)
 {
     const expert_stats *s = &e->stats;
-    msgpack_pack_map(pk, 11);
+    msgpack_pack_map(pk, 12);
     wire_pack_str(pk, "uid");
     wire_pack_str(pk, e->uid);
     wire_pack_str(pk, "expert_cls");
@@ -342,7 +414,9 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, "optimizer");
     wire_pack_str(pk, kern_optim_name(e->opt.cfg.kind));
     wire_pack_str(pk, "lr");
-    msgpack_pack_float(pk, e->cfg.opt.lr);
+    msgpack_pack_float(pk, kern_sched_lr(&e->cfg.sched, e->cfg.opt.lr, e->opt.step));
+    wire_pack_str(pk, "scheduler");
+    wire_pack_str(pk, kern_sched_name(e->cfg.sched.kind));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
     msgpack_pack_map(pk, 12);

@@ -26,6 +26,7 @@
 #include "actors/conn.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
+#include "kernels/kern_sched.h"
 #include "runtime/rt_actor.h"
 #include "runtime/rt_budget.h"
 #include "runtime/rt_pool.h"
@@ -53,6 +54,7 @@ typedef struct {
     const kern_class *cls;
     kern_config kcfg;
     kern_optim_cfg opt;
+    kern_sched_cfg sched;     /* learning rate per optimizer step */
     int64_t max_batch_size;   /* rows per batch, and per request */
     int64_t min_batch_size;   /* a queue waits up to batch_wait_ms for this many rows */
     int batch_wait_ms;
@@ -60,6 +62,8 @@ typedef struct {
     uint64_t seed;            /* initialisation */
     rt_pool *pool;
     rt_budget *budget;        /* where request frames are charged (may be NULL) */
+    const char *ckpt_dir;     /* checkpoint root (NULL: none); must outlive the expert */
+    int keep_ckpts;           /* checkpoint files kept per expert */
 } expert_cfg;
 
 typedef struct {
@@ -71,8 +75,10 @@ typedef struct {
 
 typedef struct expert expert;
 
-/* expert_new creates the expert actor for uid with freshly initialised parameters, and its queues.
- * Returns NULL and fills err on failure (unknown settings for the class, out of memory). */
+/* expert_new creates the expert actor for uid and its queues, with its newest usable checkpoint from
+ * cfg->ckpt_dir or else freshly initialised parameters. Blocking (file reads): call before the loop
+ * runs. Returns NULL and fills err on failure (settings the class refuses, checkpoints that exist but
+ * are all unusable, out of memory). */
 expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err, size_t errlen);
 /* expert_uid / expert_model / expert_stats_get / expert_cfg_get: read-only views (loop thread). */
 const char *expert_uid(const expert *e);
@@ -93,6 +99,12 @@ int expert_busy(const expert *e);
 /* expert_shutdown fails every queued request with DMOE_ESHUTDOWN and lets running batches finish and
  * answer; once idle the expert and its queues stop. */
 void expert_shutdown(expert *e);
+/* expert_checkpoint asks for a checkpoint of the current state (a no-op without a checkpoint root, or
+ * when nothing changed since the last one). It is written on the pool as soon as no backward is
+ * running; forwards go on meanwhile. */
+void expert_checkpoint(expert *e);
+/* expert_checkpoint_pending returns whether a checkpoint is asked for or being written. */
+int expert_checkpoint_pending(const expert *e);
 /* expert_free stops the expert actor and its queues (they are reaped by the loop); call it after
  * expert_shutdown once expert_busy() is 0, or at teardown. NULL is a no-op. */
 void expert_free(expert *e);

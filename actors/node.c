@@ -102,6 +102,10 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
         snprintf(err, errlen, "unknown --expert_cls %s (known: %s)", c->expert_cls, kern_expert_names());
         return NULL;
     }
+    if (kern_sched_check(&c->sched) != 0) {
+        snprintf(err, errlen, "--scheduler linear needs --num_training_steps >= 1 and --num_warmup_steps >= 0");
+        return NULL;
+    }
     if (c->max_batch_size < 1 || c->min_batch_size < 1 || c->min_batch_size > c->max_batch_size) {
         snprintf(err, errlen, "need 1 <= min_batch_size <= max_batch_size");
         return NULL;
@@ -168,7 +172,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
         for (int j = 0; j < i; j++)
             if (strcmp(uids[i], uids[j]) == 0) { snprintf(err, errlen, "expert uid %s given twice", uids[i]); goto fail_uids; }
         expert_cfg ec = {
-            .cls = cls, .kcfg = c->kcfg, .opt = c->opt, .max_batch_size = c->max_batch_size,
+            .cls = cls, .kcfg = c->kcfg, .opt = c->opt, .sched = c->sched, .max_batch_size = c->max_batch_size,
             .min_batch_size = c->min_batch_size, .batch_wait_ms = c->batch_wait_ms,
             .max_parallel_fwd = c->num_workers, .seed = node_expert_seed(c->seed, uids[i]), .pool = n->pool,
             .budget = &n->budget,

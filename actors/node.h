@@ -32,6 +32,7 @@ typedef struct {
     wire_maddr announce[NODE_MAX_ADDRS];
     int n_announce;
     kern_optim_cfg opt;
+    kern_sched_cfg sched;
     uint64_t seed;
     int num_workers;
     size_t max_frame;

@@ -45,7 +45,10 @@ int main(int argc, char **argv)
 {
     node_cfg c;
     node_default_cfg(&c);
-    const char *expert_cls = c.expert_cls, *pattern = NULL, *optimizer = "adam", *log_level = NULL;
+    const char *expert_cls = c.expert_cls, *pattern = NULL, *optimizer = "adam", *log_level = NULL,
+               *scheduler = "none";
+    int64_t warmup = 0, total_steps = 0, total_steps_alias = 0;
+    double weight_decay = 0, clip_grad_norm = 0;
     int hidden = c.kcfg.hidden_dim, seq_len = 0, delay_ms = 500;
     double lr = -1, dropout = 0.0, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
@@ -66,7 +69,13 @@ int main(int argc, char **argv)
         {"batch_wait_ms", ARG_INT, &c.batch_wait_ms, "longest wait for --min_batch_size rows", "Batching"},
         {"num_workers", ARG_INT, &c.num_workers, "worker threads for the kernels (default: the core count)", "Batching"},
         {"optimizer", ARG_STR, &optimizer, "optimizer applied after each batched backward: adam, sgd, lamb, none", "Training"},
-        {"lr", ARG_F64, &lr, "learning rate (-1: the optimizer's default: adam 1e-3, sgd 0.01)", "Training"},
+        {"lr", ARG_F64, &lr, "learning rate (-1: the optimizer's default: adam 1e-3, sgd 0.01, lamb 1e-3)", "Training"},
+        {"weight_decay", ARG_F64, &weight_decay, "L2 weight decay added to the gradients (as torch's optimizers)", "Training"},
+        {"clip_grad_norm", ARG_F64, &clip_grad_norm, "clip the global gradient norm to this before each step (0: off)", "Training"},
+        {"scheduler", ARG_STR, &scheduler, "learning-rate schedule: none, or linear (warm-up then decay to 0)", "Training"},
+        {"num_warmup_steps", ARG_I64, &warmup, "linear: steps of warm-up from 0 to --lr", "Training"},
+        {"num_training_steps", ARG_I64, &total_steps, "linear: the step at which the rate reaches 0", "Training"},
+        {"num_total_steps", ARG_I64, &total_steps_alias, "the same as --num_training_steps (hivemind's older name)", "Training"},
         {"seed", ARG_U64, &c.seed, "seed for uids drawn from patterns and initial weights", "Training"},
         {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on (default /ip4/127.0.0.1/tcp/0)", "Network"},
         {"announce_maddrs", ARG_LIST, &announce_maddrs, "addresses to tell others instead of the bound ones", "Network"},
@@ -110,6 +119,12 @@ int main(int argc, char **argv)
         bad = 1;
     }
     if (lr >= 0) c.opt.lr = (float)lr;
+    if (weight_decay < 0 || clip_grad_norm < 0) { fprintf(stderr, "dmoe-node: --weight_decay and --clip_grad_norm must be >= 0\n"); bad = 1; }
+    c.opt.weight_decay = (float)weight_decay;
+    c.opt.clip_grad_norm = (float)clip_grad_norm;
+    if (kern_sched_parse(scheduler, &c.sched) != 0) { fprintf(stderr, "dmoe-node: --scheduler %s is not none or linear\n", scheduler); bad = 1; }
+    c.sched.num_warmup_steps = warmup;
+    c.sched.num_total_steps = total_steps ? total_steps : total_steps_alias;
     if (max_frame_mb < 0.001 || max_frame_mb > 4095) { fprintf(stderr, "dmoe-node: --max_frame_mb must be in (0, 4095]\n"); bad = 1; }
     c.max_frame = (size_t)(max_frame_mb * 1048576.0);
     if (max_pending_mb < 1) { fprintf(stderr, "dmoe-node: --max_pending_mb must be at least 1\n"); bad = 1; }

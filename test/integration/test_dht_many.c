@@ -514,7 +514,7 @@ static void t_on_succ(void *arg, int err, const char *msg, const dht_successors 
     r->err = err;
     for (size_t i = 0; i < n && i < 4; i++) {
         r->nsucc[i] = per[i].n < 8 ? per[i].n : 8;
-        memcpy(r->succ[i], per[i].items, r->nsucc[i] * sizeof per[i].items[0]);
+        if (r->nsucc[i]) memcpy(r->succ[i], per[i].items, r->nsucc[i] * sizeof per[i].items[0]);
     }
     r->n = n;
     r->t->pending--;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/metrics.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "wire/wire_msg.h"
@@ -27,6 +28,7 @@ struct batchq {
     rt_signal work_sig, nothing_sig;   /* raised towards the expert */
     rt_timer tick;
     int tick_armed;
+    met_series *req_s, *lat_s;   /* requests answered and their latency (NULL without metrics) */
 };
 
 static size_t in_row_bytes(const kern_model *m, int i) { return kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype); }
@@ -112,6 +114,8 @@ static void answer(batchq *q, ex_batch *b)
             continue;
         }
         conn_send(r->c, o);
+        metrics_inc(q->req_s, 1);
+        metrics_observe(q->lat_s, (double)(rt_clock_us() - r->t_arrive_us) / 1e6);
         ex_req_free(r);
     }
     res_unref(NULL, 0, b);
@@ -292,7 +296,8 @@ static void batchq_destroy(rt_actor *self)
     free(q);
 }
 
-batchq *batchq_new(rt_loop *l, rt_actor *ex, int dir, const expert_cfg *cfg, const kern_model *model)
+batchq *batchq_new(rt_loop *l, rt_actor *ex, int dir, const expert_cfg *cfg, const kern_model *model,
+                   const char *uid)
 {
     batchq *q = calloc(1, sizeof *q);
     if (!q) return NULL;
@@ -307,6 +312,12 @@ batchq *batchq_new(rt_loop *l, rt_actor *ex, int dir, const expert_cfg *cfg, con
     rt_signal_init(&q->work_sig, ex, EX_MSG_WORK | (dir << 8));
     rt_signal_init(&q->nothing_sig, ex, EX_MSG_NOTHING | (dir << 8));
     if (rt_timer_init(&q->tick, &q->actor, BQ_TICK) != 0) { free(q); return NULL; }
+    if (cfg->met) {
+        const char *method = dir == EX_FWD ? "forward" : "backward";
+        const char *labels[2] = {method, uid};
+        q->req_s = metrics_series(cfg->met->requests, labels);
+        q->lat_s = metrics_series(cfg->met->latency, &method);
+    }
     return q;
 }
 

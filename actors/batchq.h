@@ -49,9 +49,10 @@ typedef struct ex_batch {
 /* Message types the expert receives from its queues. */
 enum { EX_MSG_WORK = 1, EX_MSG_BATCH, EX_MSG_NOTHING, EX_MSG_JOB_DONE, EX_MSG_DELAY_DONE, EX_MSG_CKPT_DONE };
 
-/* batchq_new creates the queue for (ex, dir). work_sig and nothing_sig are the expert's signals the
- * queue raises. Returns NULL when out of memory. */
-batchq *batchq_new(rt_loop *l, rt_actor *ex, int dir, const expert_cfg *cfg, const kern_model *model);
+/* batchq_new creates the queue for (ex, dir) of the expert uid (for metrics labels). Returns NULL when
+ * out of memory. */
+batchq *batchq_new(rt_loop *l, rt_actor *ex, int dir, const expert_cfg *cfg, const kern_model *model,
+                   const char *uid);
 /* batchq_push queues req (the queue owns it). */
 void batchq_push(batchq *q, ex_req *req);
 /* batchq_pull asks for a batch: the queue answers with EX_MSG_BATCH or EX_MSG_NOTHING mail. */

@@ -13,6 +13,7 @@
 
 #include "actors/batchq.h"
 #include "actors/ckpt.h"
+#include "actors/metrics.h"
 #include "kernels/kern_ops.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -61,6 +62,7 @@ void ex_req_free(ex_req *r)
 
 void ex_reply_error(ex_req *r, int code, const char *msg)
 {
+    metrics_std_error(r->met, code);
     if (r->c && conn_is_open(r->c)) {
         wire_out *o = wire_error_reply(r->id, code, msg);
         if (o) conn_send(r->c, o);
@@ -194,6 +196,7 @@ static void finish_batch(expert *e, ex_batch *b)
     expert_stats *s = &e->stats;
     s->batches[dir]++;
     s->compute_us[dir] += b->t_compute_us;
+    if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
     int nreq = 0;
     for (ex_req *r = b->reqs; r; r = r->next) nreq++;
@@ -312,8 +315,8 @@ expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err
                      got.has_optimizer ? "" : ", weights only: the optimizer starts fresh");
         }
     }
-    e->q[EX_FWD] = batchq_new(l, &e->actor, EX_FWD, &e->cfg, &e->model);
-    e->q[EX_BWD] = batchq_new(l, &e->actor, EX_BWD, &e->cfg, &e->model);
+    e->q[EX_FWD] = batchq_new(l, &e->actor, EX_FWD, &e->cfg, &e->model, e->uid);
+    e->q[EX_BWD] = batchq_new(l, &e->actor, EX_BWD, &e->cfg, &e->model, e->uid);
     if (!e->q[EX_FWD] || !e->q[EX_BWD]) {
         snprintf(err, errlen, "out of memory");
         if (e->q[EX_FWD]) batchq_stop(e->q[EX_FWD]);

@@ -45,6 +45,7 @@ typedef struct ex_req {
     wire_msg *wm;                         /* owns the frame the row pointers point into */
     size_t charge;                        /* budget bytes to release with the frame */
     rt_budget *budget;                    /* where charge was taken (NULL: none) */
+    struct met_std_s *met;                /* where errors are counted (NULL: none) */
     const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
     const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
     uint64_t t_arrive_us;
@@ -62,6 +63,7 @@ typedef struct {
     uint64_t seed;            /* initialisation */
     rt_pool *pool;
     rt_budget *budget;        /* where request frames are charged (may be NULL) */
+    struct met_std_s *met;    /* the node's metrics (NULL: none) */
     const char *ckpt_dir;     /* checkpoint root (NULL: none); must outlive the expert */
     int keep_ckpts;           /* checkpoint files kept per expert */
 } expert_cfg;

@@ -478,3 +478,10 @@ int metrics_std_init(metrics *m, met_std *s)
     *s = r;
     return 0;
 }
+
+void metrics_std_error(met_std *s, int code)
+{
+    if (!s) return;
+    const char *kind = dmoe_strerror(code);
+    metrics_inc(metrics_series(s->errors, &kind), 1);
+}

@@ -82,7 +82,7 @@ int metrics_listen(metrics *m, struct event_base *base, const char *host, int po
                    char *err, size_t errlen);
 
 /* dmoe's standard metrics, registered by metrics_std_init; the unlabelled ones come as their series. */
-typedef struct {
+typedef struct met_std_s {
     met_family *requests;        /* dmoe_requests_total{method, expert}: requests answered */
     met_family *errors;          /* dmoe_errors_total{kind}: error replies, kind = dmoe_strerror text */
     met_family *latency;         /* dmoe_request_latency_seconds{method}: arrival to reply */
@@ -96,5 +96,7 @@ typedef struct {
 /* metrics_std_init registers the families above in m and fills s. Returns 0 or DMOE_ENOMEM (or
  * DMOE_EINVAL when one of the names is already registered). */
 int metrics_std_init(metrics *m, met_std *s);
+/* metrics_std_error counts one error reply of code under its kind; s may be NULL. */
+void metrics_std_error(met_std *s, int code);
 
 #endif

@@ -1,11 +1,18 @@
-/* node.h -- one dmoe node: a worker pool, the hosted experts, and the server in front of them.
+/* node.h -- one dmoe node: a worker pool, the hosted experts, the server in front of them, its DHT node,
+ * checkpoints, statistics and metrics.
  *
- * node_start does, in order, what dmoe-node logs at start: bind the listening addresses, generate or
- * take the expert uids, create the experts (each with its two batch queues), start serving. node_stop
- * is the graceful end: stop accepting, fail queued requests with "shutting down", let computing batches
- * finish and answer, flush and close every connection (each phase bounded in time), then call done.
+ * Start-up runs in two parts. node_start does the synchronous part: bind the listening addresses, create
+ * the DHT node on the same port (unless client mode), start the metrics endpoint. Then, on the loop: join
+ * the DHT through the initial peers (a failure to reach any of them is fatal, reported through
+ * cfg->on_fatal), choose the expert uids (checkpointed ones first, then the given ones or fresh ones
+ * drawn from the pattern, avoiding uids already declared in the DHT), create the experts, serve them,
+ * declare them in the DHT; every update_period declare them again and checkpoint them.
  *
- * The node is itself an actor (it owns the stop sequence's timer). Loop thread only.
+ * node_stop is the graceful end: stop accepting, fail queued requests with "shutting down", let
+ * computing batches finish and answer, write a last checkpoint, flush and close every connection (each
+ * phase bounded in time), stop the DHT node, then call done.
+ *
+ * The node is itself an actor (it owns the timers of these phases). Loop thread only.
  */
 #ifndef DMOE_NODE_H
 #define DMOE_NODE_H
@@ -38,6 +45,23 @@ typedef struct {
     size_t max_frame;
     size_t max_pending_bytes;    /* budget for received frames not yet batched */
     int max_inflight;            /* per connection */
+    /* DHT */
+    char **initial_peers;        /* NULL-terminated multiaddrs, or NULL: a first node */
+    int client_mode;             /* join the DHT without serving it (experts are then not declared) */
+    double update_period;        /* seconds between declarations and checkpoints (30) */
+    double expiration;           /* seconds a declaration lives (0: max(2 * update_period, 3)) */
+    /* checkpoints */
+    const char *checkpoint_dir;  /* NULL: none */
+    int keep_checkpoints;        /* files kept per expert (3) */
+    /* observability */
+    double stats_report_interval;/* seconds between per-expert stats lines (0: never) */
+    int metrics_port;            /* -1: no endpoint; 0: the OS picks */
+    /* start-up failures after node_start returned (bootstrap, experts): called once, on the loop */
+    void (*on_fatal)(void *arg, const char *msg);
+    void *fatal_arg;
+    /* called once when every expert is created and served (may be NULL) */
+    void (*on_ready)(void *arg);
+    void *ready_arg;
 } node_cfg;
 
 typedef struct node node;
@@ -47,11 +71,16 @@ typedef struct node node;
 uint64_t node_expert_seed(uint64_t seed, const char *uid);
 /* node_default_cfg fills c with dmoe-node's defaults. */
 void node_default_cfg(node_cfg *c);
-/* node_start builds and starts a node on loop l. Returns NULL with err filled on failure. */
+/* node_start builds a node on loop l and starts its asynchronous part (see above). c's strings and
+ * arrays must outlive the node. Returns NULL with err filled on a synchronous failure. */
 node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen);
 /* node_addr returns the i-th address the node announces (the bound one when not told otherwise),
  * or NULL past the end. */
 const wire_maddr *node_addr(const node *n, int i);
+/* node_dht_maddr writes the node's DHT multiaddr (with /p2p/ID) into buf. */
+void node_dht_maddr(const node *n, char *buf, size_t cap);
+/* node_metrics_port returns the metrics endpoint's port, or -1. */
+int node_metrics_port(const node *n);
 /* node_expert returns the hosted expert with uid, or NULL; node_experts lists all of them. */
 expert *node_expert(const node *n, const char *uid);
 int node_experts(const node *n, expert ***out);

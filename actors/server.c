@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "actors/metrics.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "wire/wire_frame.h"
@@ -40,6 +41,7 @@ struct server {
     int n_listeners;
     srv_conn *conns;
     int n_conns;
+    uint64_t closed_in, closed_out;   /* bytes of connections already closed */
     int shutting;
 };
 
@@ -63,10 +65,19 @@ expert *server_find(const server *s, const char *uid)
 
 /* ---- replies ---- */
 
-static void reply_error(conn *c, uint64_t id, int code, const char *msg)
+static void reply_error(server *s, conn *c, uint64_t id, int code, const char *msg)
 {
+    metrics_std_error(s->cfg.met, code);
     wire_out *o = wire_error_reply(id, code, msg);
     if (o) conn_send(c, o);
+}
+
+
+static void count_request(server *s, const char *method)
+{
+    if (!s->cfg.met) return;
+    const char *labels[2] = {method, ""};
+    metrics_inc(metrics_series(s->cfg.met->requests, labels), 1);
 }
 
 static void reply_ping(conn *c, uint64_t id)
@@ -93,7 +104,7 @@ static void reply_info(server *s, conn *c, const wire_msg *m)
         char uid[256];
         if (wire_get_str(uo, uid, sizeof uid) != 0) {
             wire_out_free(o);
-            reply_error(c, m->id, DMOE_EINVAL, "info: uid must be a string of at most 255 bytes");
+            reply_error(s, c, m->id, DMOE_EINVAL, "info: uid must be a string of at most 255 bytes");
             return;
         }
         expert *e = server_find(s, uid);
@@ -101,7 +112,7 @@ static void reply_info(server *s, conn *c, const wire_msg *m)
             wire_out_free(o);
             char msg[320];
             snprintf(msg, sizeof msg, "no expert %s on this node", uid);
-            reply_error(c, m->id, DMOE_ENOEXPERT, msg);
+            reply_error(s, c, m->id, DMOE_ENOEXPERT, msg);
             return;
         }
         wire_reply_begin(o, m->id);
@@ -244,11 +255,12 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
     r->wm = m;
     r->charge = charge;
     r->budget = s->cfg.limits.budget;
+    r->met = s->cfg.met;
     r->t_arrive_us = rt_clock_us();
     expert_submit(e, r);
     return;
 fail:
-    reply_error(c, m->id, rc, err);
+    reply_error(s, c, m->id, rc, err);
     wire_msg_free(m);
     free(m);
     if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
@@ -267,15 +279,15 @@ static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
                 s->handlers[i].fn(s->handlers[i].arg, c, m);
                 return;
             }
-        if (strcmp(m->method, "ping") == 0) reply_ping(c, m->id);
-        else if (strcmp(m->method, "info") == 0) reply_info(s, c, m);
+        if (strcmp(m->method, "ping") == 0) { reply_ping(c, m->id); count_request(s, "ping"); }
+        else if (strcmp(m->method, "info") == 0) { reply_info(s, c, m); count_request(s, "info"); }
         else {
             char err[96];
             snprintf(err, sizeof err, "unknown method %.40s", m->method);
-            reply_error(c, m->id, DMOE_ENOMETHOD, err);
+            reply_error(s, c, m->id, DMOE_ENOMETHOD, err);
         }
     } else {
-        reply_error(c, m->id, DMOE_EINVAL, "a node takes requests, not replies");
+        reply_error(s, c, m->id, DMOE_EINVAL, "a node takes requests, not replies");
     }
     wire_msg_free(m);
     free(m);
@@ -284,7 +296,9 @@ static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 
 static void on_bad_frame(conn *c, uint64_t id, int code, const char *msg, void *arg)
 {
-    reply_error(c, id, code, msg);
+    srv_conn *sc = arg;
+    server *s = sc->s;
+    reply_error(s, c, id, code, msg);
 }
 
 static void on_close(conn *c, int err, void *arg)
@@ -295,6 +309,8 @@ static void on_close(conn *c, int err, void *arg)
     else s->conns = sc->next;
     if (sc->next) sc->next->prev = sc->prev;
     s->n_conns--;
+    s->closed_in += conn_bytes_in(c);
+    s->closed_out += conn_bytes_out(c);
     LOG_DEBUG("connection from %s closed (%s)", conn_peer(c), err ? dmoe_strerror(err) : "ok");
     free(sc);
 }
@@ -416,6 +432,16 @@ void server_close_all(server *s)
 }
 
 int server_connections(const server *s) { return s->n_conns; }
+
+void server_bytes(const server *s, uint64_t *in, uint64_t *out)
+{
+    *in = s->closed_in;
+    *out = s->closed_out;
+    for (const srv_conn *sc = s->conns; sc; sc = sc->next) {
+        *in += conn_bytes_in(sc->c);
+        *out += conn_bytes_out(sc->c);
+    }
+}
 
 void server_free(server *s)
 {

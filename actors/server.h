@@ -27,6 +27,7 @@ typedef struct server server;
 typedef struct {
     conn_limits limits;        /* per connection; limits.budget is the node's byte budget */
     int num_workers;           /* reported by info */
+    struct met_std_s *met;     /* the node's metrics (NULL: none) */
 } server_cfg;
 
 /* server_new creates a server with no experts yet. Returns NULL when out of memory. */
@@ -49,6 +50,8 @@ expert *server_find(const server *s, const char *uid);
 void server_shutdown(server *s);
 /* server_close_all closes every connection (after flushing what is queued for it). */
 void server_close_all(server *s);
+/* server_bytes adds up the bytes read and written on every connection, open or closed. */
+void server_bytes(const server *s, uint64_t *in, uint64_t *out);
 /* server_connections returns the number of open connections. */
 int server_connections(const server *s);
 /* server_free frees the listeners and the router; connections still open are closed now. */

@@ -3,6 +3,10 @@
  *   dmoe-call --peer /ip4/127.0.0.1/tcp/PORT info [UID]
  *   dmoe-call --peer ADDR forward UID (--input x.npy [--input mask.npy] | --random 3x512) [--output y.npy]
  *   dmoe-call --peer ADDR backward UID --input x.npy --grad_output gy.npy --output gx.npy
+ *   dmoe-call --initial_peers MADDR... forward UID ...      (the expert is looked up in the DHT)
+ *   dmoe-call --initial_peers MADDR... find UID...
+ *   dmoe-call --initial_peers MADDR... dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest]
+ *   dmoe-call --peer ADDR load [flags]                       (the load generator: actors/loadgen.h)
  *
  * forward and backward first ask the expert for its schema (info) and check the tensors against it
  * before sending them; the node checks them again. Prints a short human summary, or one JSON object
@@ -16,6 +20,9 @@
 #include <string.h>
 
 #include "actors/client.h"
+#include "actors/dht_cli.h"
+#include "actors/dht_experts.h"
+#include "actors/loadgen.h"
 #include "actors/remote.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_args.h"
@@ -39,6 +46,13 @@ typedef struct {
     uint64_t t0;
     int status;
     int done;
+    char **initial_peers;
+    dht_cli *dc;
+    char **words;             /* positional words after the command */
+    int n_words;
+    double expiration;
+    const char *subkey;
+    int latest;
 } app;
 
 static void finish(app *a)
@@ -318,8 +332,53 @@ static void start(app *a)
     if (rc) fail(a, 1, rc, "cannot reach the peer (an IP address is needed)");
 }
 
+static void cli_done(void *arg, int status)
+{
+    app *a = arg;
+    a->status = status;
+    finish(a);
+}
+
+static void on_located(void *arg, int err, const char *msg, const dht_expert_loc *locs, size_t n)
+{
+    app *a = arg;
+    if (err) { fail(a, 1, err, msg ? msg : dmoe_strerror(err)); return; }
+    if (n < 1 || !locs[0].found) {
+        char m[320];
+        snprintf(m, sizeof m, "expert %s is not declared in the DHT", a->uid);
+        fail(a, 1, DMOE_ENOEXPERT, m);
+        return;
+    }
+    a->peer = locs[0].addr;
+    start(a);
+}
+
+static void on_joined(void *arg, int err, const char *msg)
+{
+    app *a = arg;
+    if (err) { fail(a, 1, err, msg ? msg : dmoe_strerror(err)); return; }
+    char e[512] = "";
+    int rc = 0;
+    if (!strcmp(a->cmd, "find")) {
+        rc = dht_cli_find(a->dc, (const char *const *)a->words, (size_t)a->n_words, a->json, cli_done, a, e, sizeof e);
+    } else if (!strcmp(a->cmd, "dht")) {
+        if (a->n_words == 3 && !strcmp(a->words[0], "store"))
+            rc = dht_cli_store(a->dc, a->words[1], a->words[2], a->subkey, a->expiration, a->json, cli_done, a, e, sizeof e);
+        else if (a->n_words == 2 && !strcmp(a->words[0], "get"))
+            rc = dht_cli_get(a->dc, a->words[1], a->latest, a->json, cli_done, a, e, sizeof e);
+        else { rc = DMOE_EINVAL; snprintf(e, sizeof e, "usage: dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest]"); }
+    } else {
+        const char *uid = a->uid;
+        rc = dht_get_experts(dht_cli_node(a->dc), &uid, 1, on_located, a, e, sizeof e);
+    }
+    if (rc) fail(a, rc == DMOE_EINVAL ? 2 : 1, rc, e);
+}
+
 int main(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "load")) return loadgen_main(argc, argv);
+
     app a = {.status = 1};
     const char *peer = NULL, *log_level = NULL;
     double timeout_s = 30;
@@ -334,30 +393,47 @@ int main(int argc, char **argv)
         {"all", ARG_FLAG, &a.all, "info: every expert of the node, with its stats", "Output"},
         {"json", ARG_FLAG, &a.json, "print one JSON object instead of a summary", "Output"},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output"},
+        {"initial_peers", ARG_LIST, &a.initial_peers, "DHT peers to join (find experts by uid instead of --peer)", "DHT", rt_args_is_maddr},
+        {"expiration", ARG_F64, &a.expiration, "dht store: seconds the value lives", "DHT"},
+        {"subkey", ARG_STR, &a.subkey, "dht store: store under this subkey of the key's dictionary", "DHT"},
+        {"latest", ARG_FLAG, &a.latest, "dht get: ask every replica for the newest value", "DHT"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     const char *synopsis =
-        "dmoe-call --peer ADDR COMMAND [UID] [flags]\n"
-        "  commands: ping | info [UID] [--all] | forward UID | backward UID";
+        "dmoe-call (--peer ADDR | --initial_peers MADDR...) COMMAND [ARGS] [flags]\n"
+        "  commands: ping | info [UID] [--all] | forward UID | backward UID | find UID... |\n"
+        "            dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest] | load [flags]";
     char err[512];
-    char *pos[3];
+    char *pos[66];
     int npos;
-    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 3, &npos, err, sizeof err);
+    a.expiration = 60;
+    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 66, &npos, err, sizeof err);
     if (rc == 1) { rt_args_usage(stdout, synopsis, flags, nflags); return 0; }
     if (rc != 0) { fprintf(stderr, "dmoe-call: %s\n", err); rt_args_free(flags, nflags); return 2; }
     if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));
     else if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_WARN);
     a.cmd = npos > 0 ? pos[0] : NULL;
     a.uid = npos > 1 ? pos[1] : NULL;
-    int known = a.cmd && (!strcmp(a.cmd, "ping") || !strcmp(a.cmd, "info") || !strcmp(a.cmd, "forward") ||
+    a.words = pos + 1;
+    a.n_words = npos > 0 ? npos - 1 : 0;
+    int dht_cmd = a.cmd && (!strcmp(a.cmd, "find") || !strcmp(a.cmd, "dht"));
+    int known = a.cmd && (dht_cmd || !strcmp(a.cmd, "ping") || !strcmp(a.cmd, "info") || !strcmp(a.cmd, "forward") ||
                           !strcmp(a.cmd, "backward"));
-    if (!known || npos > 2 || ((!strcmp(a.cmd, "forward") || !strcmp(a.cmd, "backward")) && !a.uid)) {
+    if (!known || (!dht_cmd && npos > 2) || (dht_cmd && npos < 2) ||
+        ((!strcmp(a.cmd, "forward") || !strcmp(a.cmd, "backward")) && !a.uid)) {
         fprintf(stderr, "usage: %s\n", synopsis);
         rt_args_free(flags, nflags);
         return 2;
     }
-    if (!peer) { fprintf(stderr, "dmoe-call: --peer ADDR is required\n"); rt_args_free(flags, nflags); return 2; }
-    if (wire_maddr_parse(peer, &a.peer, err, sizeof err) != 0) {
+    int via_dht = !peer && a.initial_peers && (dht_cmd || a.uid);
+    if (dht_cmd && !a.initial_peers) { fprintf(stderr, "dmoe-call: %s needs --initial_peers\n", a.cmd); rt_args_free(flags, nflags); return 2; }
+    if (!peer && !via_dht) {
+        fprintf(stderr, "dmoe-call: --peer ADDR (or --initial_peers with a uid) is required\n");
+        rt_args_free(flags, nflags);
+        return 2;
+    }
+    if (!(a.expiration > 0)) { fprintf(stderr, "dmoe-call: --expiration must be positive\n"); rt_args_free(flags, nflags); return 2; }
+    if (peer && wire_maddr_parse(peer, &a.peer, err, sizeof err) != 0) {
         fprintf(stderr, "dmoe-call: --peer %s: %s\n", peer, err);
         rt_args_free(flags, nflags);
         return 2;
@@ -369,9 +445,18 @@ int main(int argc, char **argv)
     a.loop = rt_loop_new();
     a.cl = a.loop ? client_new(a.loop, NULL) : NULL;
     if (!a.cl) { fprintf(stderr, "dmoe-call: out of memory\n"); return 1; }
-    start(&a);
+    if (via_dht) {
+        size_t np = 0;
+        while (a.initial_peers[np]) np++;
+        a.dc = dht_cli_join(a.loop, a.cl, (const char *const *)a.initial_peers, np, on_joined, &a, err, sizeof err);
+        if (!a.dc) fail(&a, 2, DMOE_EINVAL, err);
+    } else {
+        start(&a);
+    }
     if (!a.done) rt_loop_run(a.loop);
+    if (a.dc) dht_node_stop(dht_cli_node(a.dc));
     client_free(a.cl);
+    dht_cli_free(a.dc);
     for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
     rt_loop_run(a.loop);   /* no-op unless actors wait to be reaped */
     rt_loop_free(a.loop);

@@ -20,7 +20,15 @@ typedef struct {
     rt_loop *loop;
     node *n;
     int signals;
+    int failed;
 } app;
+
+static void on_fatal(void *arg, const char *msg)
+{
+    app *a = arg;
+    a->failed = 1;
+    rt_loop_break(a->loop);
+}
 
 static void stopped(void *arg)
 {
@@ -52,7 +60,9 @@ int main(int argc, char **argv)
     int hidden = c.kcfg.hidden_dim, seq_len = 0, delay_ms = 500;
     double lr = -1, dropout = 0.0, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
-    char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL;
+    char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
+    const char *checkpoint_dir = NULL;
+    int metrics_port = -1;
     int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
 
     const rt_arg flags[] = {
@@ -77,11 +87,19 @@ int main(int argc, char **argv)
         {"num_training_steps", ARG_I64, &total_steps, "linear: the step at which the rate reaches 0", "Training"},
         {"num_total_steps", ARG_I64, &total_steps_alias, "the same as --num_training_steps (hivemind's older name)", "Training"},
         {"seed", ARG_U64, &c.seed, "seed for uids drawn from patterns and initial weights", "Training"},
-        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on (default /ip4/127.0.0.1/tcp/0)", "Network"},
-        {"announce_maddrs", ARG_LIST, &announce_maddrs, "addresses to tell others instead of the bound ones", "Network"},
+        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on (default /ip4/127.0.0.1/tcp/0)", "Network", rt_args_is_maddr},
+        {"announce_maddrs", ARG_LIST, &announce_maddrs, "addresses to tell others instead of the bound ones", "Network", rt_args_is_maddr},
         {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network"},
         {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network"},
         {"max_inflight", ARG_INT, &c.max_inflight, "open requests per connection before reading pauses", "Network"},
+        {"initial_peers", ARG_LIST, &initial_peers, "multiaddrs of DHT peers to join, e.g. /ip4/127.0.0.1/tcp/40123/p2p/ID", "DHT", rt_args_is_maddr},
+        {"client_mode", ARG_FLAG, &c.client_mode, "join the DHT without serving it (experts are then not declared)", "DHT"},
+        {"update_period", ARG_F64, &c.update_period, "seconds between declaring the experts in the DHT (and checkpoints)", "DHT"},
+        {"expiration", ARG_F64, &c.expiration, "seconds a declaration lives (0: max(2 * update_period, 3))", "DHT"},
+        {"checkpoint_dir", ARG_STR, &checkpoint_dir, "save experts to DIR/<uid>/step-N.safetensors and load them at start", "Checkpoints"},
+        {"keep_checkpoints", ARG_INT, &c.keep_checkpoints, "checkpoint files kept per expert", "Checkpoints"},
+        {"stats_report_interval", ARG_F64, &c.stats_report_interval, "seconds between per-expert stats lines (0: never)", "Logging"},
+        {"metrics_port", ARG_INT, &metrics_port, "serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port; -1: off)", "Logging"},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR (also $DMOE_LOG)", "Logging"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
@@ -149,17 +167,28 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (!(c.update_period > 0) || c.expiration < 0 || c.stats_report_interval < 0) {
+        fprintf(stderr, "dmoe-node: --update_period must be positive; --expiration and --stats_report_interval >= 0\n");
+        bad = 1;
+    }
+    if (c.keep_checkpoints < 1) { fprintf(stderr, "dmoe-node: --keep_checkpoints must be at least 1\n"); bad = 1; }
+    if (metrics_port < -1 || metrics_port > 65535) { fprintf(stderr, "dmoe-node: --metrics_port must be -1..65535\n"); bad = 1; }
+    c.metrics_port = metrics_port;
+    c.checkpoint_dir = checkpoint_dir;
+    c.initial_peers = initial_peers;
     if (bad) { rt_args_free(flags, nflags); return 2; }
 
     signal(SIGPIPE, SIG_IGN);
     app a = {0};
     a.loop = rt_loop_new();
     if (!a.loop) { fprintf(stderr, "dmoe-node: cannot create the event loop\n"); return 1; }
+    c.on_fatal = on_fatal;
+    c.fatal_arg = &a;
     a.n = node_start(a.loop, &c, err, sizeof err);
-    rt_args_free(flags, nflags);
     if (!a.n) {
         LOG_ERROR("%s", err);
         rt_loop_free(a.loop);
+        rt_args_free(flags, nflags);
         return 1;
     }
     struct event *sigint = evsignal_new(rt_loop_base(a.loop), SIGINT, on_signal, &a);
@@ -171,5 +200,6 @@ int main(int argc, char **argv)
     event_free(sigterm);
     node_free(a.n);
     rt_loop_free(a.loop);
-    return 0;
+    rt_args_free(flags, nflags);   /* the node kept pointers into these lists until now */
+    return a.failed ? 1 : 0;
 }

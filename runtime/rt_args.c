@@ -98,7 +98,7 @@ int rt_args_parse(int argc, char **argv, const rt_arg *table, int n, char **pos,
             free(*dst);
             *dst = NULL;
             if (eq && list_append(dst, (char *)eq + 1) != 0) return DMOE_ENOMEM;
-            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
+            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 && (!a->accept || a->accept(argv[i + 1])))
                 if (list_append(dst, argv[++i]) != 0) return DMOE_ENOMEM;
             if (!*dst) { snprintf(err, errlen, "--%s needs at least one value", a->name); return DMOE_EINVAL; }
             continue;
@@ -155,6 +155,8 @@ void rt_args_usage(FILE *f, const char *synopsis, const rt_arg *table, int n)
         }
     }
 }
+
+int rt_args_is_maddr(const char *word) { return word[0] == '/'; }
 
 int rt_args_shape(const char *s, int64_t *dims, int max)
 {

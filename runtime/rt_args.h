@@ -23,7 +23,12 @@ typedef struct {
                            * one value per repetition of the flag) */
     const char *help;
     const char *group;    /* heading in --help */
+    int (*accept)(const char *word);  /* LIST: takes following words only while this says 1 (NULL: all) */
 } rt_arg;
+
+/* rt_args_is_maddr accepts words that look like multiaddrs ("/ip4/..."), so that a list of addresses
+ * stops before a subcommand: `--initial_peers /ip4/... find expert.1`. */
+int rt_args_is_maddr(const char *word);
 
 /* rt_args_parse parses argv[1..argc) (argv[0] is the program). Positional words go to pos (at most
  * max_pos; *n_pos is set). Returns 0, 1 when --help was given, or DMOE_EINVAL with err filled.

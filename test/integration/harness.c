@@ -182,7 +182,9 @@ int th_run(const char *prog, const char *const *args, char *out, size_t cap, int
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(pfd[1], 1);
+        dup2(pfd[1], 2);
         close(pfd[0]);
         close(pfd[1]);
         execv(path, (char *const *)argv);

@@ -32,7 +32,7 @@ int th_node_alive(const th_node *n);
 /* th_node_log reads the node's log into a malloc'd string. */
 char *th_node_log(const th_node *n);
 
-/* th_run runs a program from $DMOE_BUILD with args (NULL-terminated), stdout captured into out
+/* th_run runs a program from $DMOE_BUILD with args (NULL-terminated), stdout and stderr captured into out
  * (cap bytes, NUL-terminated), with a time limit. Returns the exit status, or -1. */
 int th_run(const char *prog, const char *const *args, char *out, size_t cap, int timeout_s);
 

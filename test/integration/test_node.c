@@ -311,6 +311,7 @@ Test(node, sigterm_while_computing_exits_cleanly, .timeout = 60)
         wire_msg_free(&m);
         close(fds[i]);
     }
-    cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
+    int rc = th_node_stop(&n, SIGTERM);
+    cr_assert_eq(rc, 0, "dmoe-node exited with %d", rc);
     free(x);
 }

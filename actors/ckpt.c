@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "actors/uid.h"
 #include "kernels/kern_ops.h"
@@ -164,11 +165,28 @@ static int load_file(const char *path, const kern_model *m, float *params, kern_
     return 0;
 }
 
+/* Remove the temporary files of writes that never finished (the writer renames a file when it is
+ * complete, so a tmp- file is by definition incomplete). */
+static void remove_partial(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, "tmp-", 4) != 0) continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%.3000s/%.255s", dir, de->d_name);
+        if (unlink(path) == 0) LOG_INFO("removed %s, left by an interrupted checkpoint", path);
+    }
+    closedir(d);
+}
+
 int ckpt_load(const char *root, const char *uid, const kern_model *m, float *params, kern_optim *opt,
               ckpt_loaded *info, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s/%s", root, uid);
+    remove_partial(dir);
     int64_t steps[CKPT_MAX_FILES];
     size_t count = 0;
     int rc = rt_ckpt_list(dir, CKPT_PREFIX, steps, CKPT_MAX_FILES, &count);

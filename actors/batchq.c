@@ -67,6 +67,27 @@ static void batch_abandon(rt_msg *m)
     answer(b->q, b);
 }
 
+static void free_ref(const void *data, size_t len, void *arg) { free(arg); }
+
+/* Pack t compressed with scheme into a buffer of its own (the reply owns it). */
+static int pack_compressed(wire_out *o, wire_tensor *t, wire_scheme scheme)
+{
+    size_t rows = wire_tensor_rows(t);
+    size_t cap = wire_compress_bound_rows(scheme, t->numel, rows), len = 0;
+    uint8_t *buf = malloc(cap ? cap : 1);
+    if (!buf) return DMOE_ENOMEM;
+    int rc = wire_compress_rows(scheme, (const float *)t->data, t->numel, rows, buf, &len);
+    if (rc != 0) {   /* a non-finite gradient cannot be normalised: the caller gets an error */
+        free(buf);
+        return rc;
+    }
+    wire_tensor c = *t;
+    c.compression = scheme;
+    c.data = buf;
+    c.nbytes = len;
+    return wire_tensor_pack(o, &c, free_ref, buf);
+}
+
 static void answer(batchq *q, ex_batch *b)
 {
     const kern_model *m = q->model;
@@ -104,13 +125,18 @@ static void answer(batchq *q, ex_batch *b)
             t.numel = (size_t)r->rows * rf;
             t.nbytes = t.numel * sizeof(float);
             t.data = (const uint8_t *)(b->res[j] + (size_t)row * rf);
+            if (b->dir == EX_BWD && q->cfg.compression != WIRE_COMP_NONE) {
+                rc = pack_compressed(o, &t, q->cfg.compression);
+                continue;
+            }
             b->refs++;
             rc = wire_tensor_pack(o, &t, res_unref, b);
         }
         row += r->rows;
         if (rc != 0) {
             wire_out_free(o);
-            ex_reply_error(r, DMOE_ENOMEM, "out of memory building the reply");
+            ex_reply_error(r, rc, rc == DMOE_ENOMEM ? "out of memory building the reply"
+                                                    : "the input gradient cannot be compressed (not finite)");
             continue;
         }
         conn_send(r->c, o);

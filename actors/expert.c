@@ -47,6 +47,10 @@ void ex_req_drop_frame(ex_req *r)
     }
     if (r->budget && r->charge) rt_budget_release(r->budget, r->charge);
     r->charge = 0;
+    for (int i = 0; i < 2 * KERN_MAX_IO; i++) {
+        free(r->owned[i]);
+        r->owned[i] = NULL;
+    }
 }
 
 void ex_req_free(ex_req *r)
@@ -400,7 +404,7 @@ static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 void expert_pack_info(const expert *e, msgpack_packer *pk)
 {
     const expert_stats *s = &e->stats;
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 13);
     wire_pack_str(pk, "uid");
     wire_pack_str(pk, e->uid);
     wire_pack_str(pk, "expert_cls");
@@ -420,6 +424,8 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     msgpack_pack_float(pk, kern_sched_lr(&e->cfg.sched, e->cfg.opt.lr, e->opt.step));
     wire_pack_str(pk, "scheduler");
     wire_pack_str(pk, kern_sched_name(e->cfg.sched.kind));
+    wire_pack_str(pk, "compression");
+    wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
     msgpack_pack_map(pk, 12);

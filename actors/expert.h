@@ -48,6 +48,7 @@ typedef struct ex_req {
     struct met_std_s *met;                /* where errors are counted (NULL: none) */
     const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
     const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
+    float *owned[2 * KERN_MAX_IO];        /* decompressed tensors the row pointers may point into */
     uint64_t t_arrive_us;
 } ex_req;
 
@@ -64,6 +65,7 @@ typedef struct {
     rt_pool *pool;
     rt_budget *budget;        /* where request frames are charged (may be NULL) */
     struct met_std_s *met;    /* the node's metrics (NULL: none) */
+    wire_scheme compression;  /* how returned input gradients are compressed; advertised in info */
     const char *ckpt_dir;     /* checkpoint root (NULL: none); must outlive the expert */
     int keep_ckpts;           /* checkpoint files kept per expert */
 } expert_cfg;

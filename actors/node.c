@@ -151,7 +151,7 @@ static void create_experts(node *n, char **uids)
             .min_batch_size = c->min_batch_size, .batch_wait_ms = c->batch_wait_ms,
             .max_parallel_fwd = c->num_workers, .seed = node_expert_seed(c->seed, uids[i]), .pool = n->pool,
             .budget = &n->budget, .ckpt_dir = c->checkpoint_dir, .keep_ckpts = c->keep_checkpoints,
-            .met = n->met ? &n->ms : NULL,
+            .met = n->met ? &n->ms : NULL, .compression = c->compression,
         };
         n->experts[i] = expert_new(n->loop, uids[i], &ec, err, sizeof err);
         if (!n->experts[i]) { fatal(n, err); return; }

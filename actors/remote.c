@@ -56,7 +56,14 @@ int rx_tensor_from_wire(rx_tensor *t, const wire_tensor *w)
 {
     int rc = rx_tensor_alloc(t, w->dtype, w->ndim, w->shape);
     if (rc) return rc;
-    memcpy(t->buf->data, w->data, w->nbytes);
+    if (w->compression == WIRE_COMP_NONE) {
+        memcpy(t->buf->data, w->data, w->nbytes);
+        return 0;
+    }
+    if (wire_tensor_f32(w, (float *)t->buf->data) != 0) {
+        rx_tensor_free(t);
+        return DMOE_EPROTO;
+    }
     return 0;
 }
 
@@ -111,6 +118,12 @@ int rx_schema_parse(const msgpack_object *info, rx_schema *s, char *err, size_t 
     if (wire_get_i64(wire_map_get(info, "n_params"), &v) == 0) s->n_params = (uint64_t)v;
     s->max_batch_size = INT64_MAX;
     if (wire_get_i64(wire_map_get(info, "max_batch_size"), &v) == 0 && v > 0) s->max_batch_size = v;
+    char comp[32];
+    s->compression = WIRE_COMP_NONE;
+    if (wire_get_str(wire_map_get(info, "compression"), comp, sizeof comp) == 0 && wire_compress_parse(comp, &s->compression) != 0) {
+        snprintf(err, errlen, "info: unknown compression %s", comp);
+        return DMOE_EINVAL;
+    }
     int rc = parse_io(wire_map_get(info, "inputs"), s->in, &s->n_in, err, errlen);
     if (rc == 0) rc = parse_io(wire_map_get(info, "outputs"), s->out, &s->n_out, err, errlen);
     return rc;
@@ -168,7 +181,9 @@ int rx_check(const rx_schema *s, const rx_tensor *in, int n_in, const rx_tensor 
     return rc;
 }
 
-static int pack_tensors(wire_out *o, const rx_tensor *t, int n)
+static void free_ref(const void *data, size_t len, void *arg) { free(arg); }
+
+static int pack_tensors(wire_out *o, const rx_tensor *t, int n, wire_scheme comp)
 {
     msgpack_pack_array(wire_out_pk(o), (size_t)n);
     for (int i = 0; i < n; i++) {
@@ -176,13 +191,26 @@ static int pack_tensors(wire_out *o, const rx_tensor *t, int n)
         memcpy(w.shape, t[i].shape, sizeof w.shape);
         w.nbytes = t[i].buf ? t[i].buf->nbytes : 0;
         w.data = t[i].buf ? t[i].buf->data : NULL;
+        if (comp != WIRE_COMP_NONE && t[i].dtype == WIRE_DT_F32 && t[i].buf) {
+            size_t rows = wire_tensor_rows(&w), len = 0;
+            uint8_t *buf = malloc(wire_compress_bound_rows(comp, w.numel, rows) + 1);
+            if (!buf) return DMOE_ENOMEM;
+            int rc = wire_compress_rows(comp, (const float *)w.data, w.numel, rows, buf, &len);
+            if (rc != 0) { free(buf); return rc; }
+            w.compression = comp;
+            w.data = buf;
+            w.nbytes = len;
+            if (wire_tensor_pack(o, &w, free_ref, buf) != 0) return DMOE_ENOMEM;
+            continue;
+        }
         if (t[i].buf) t[i].buf->refs++;
         if (wire_tensor_pack(o, &w, t[i].buf ? buf_unref : NULL, t[i].buf) != 0) return DMOE_ENOMEM;
     }
     return 0;
 }
 
-wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout)
+wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout,
+                     wire_scheme comp)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
@@ -191,10 +219,10 @@ wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in
     wire_pack_str(pk, "uid");
     wire_pack_str(pk, uid);
     wire_pack_str(pk, "inputs");
-    int rc = pack_tensors(o, in, n_in);
+    int rc = pack_tensors(o, in, n_in, comp);
     if (rc == 0 && gout) {
         wire_pack_str(pk, "grad_outputs");
-        rc = pack_tensors(o, gout, n_gout);
+        rc = pack_tensors(o, gout, n_gout, comp);
     }
     if (rc != 0) { wire_out_free(o); return NULL; }
     return o;

@@ -37,6 +37,7 @@ typedef struct {
     int hidden_dim;
     uint64_t n_params;
     int64_t max_batch_size;
+    wire_scheme compression;   /* the node asks for inputs compressed this way (info "compression") */
     int n_in, n_out;
     kern_io_info in[KERN_MAX_IO], out[KERN_MAX_IO];
 } rx_schema;
@@ -48,7 +49,8 @@ int rx_tensor_alloc(rx_tensor *t, wire_dtype dtype, int ndim, const int64_t *sha
 void rx_tensor_free(rx_tensor *t);
 /* rx_tensor_f32 returns the data as floats (NULL unless dtype is float32). */
 float *rx_tensor_f32(const rx_tensor *t);
-/* rx_tensor_from_wire copies a decoded wire tensor into a fresh host tensor. Returns 0 or DMOE_ENOMEM. */
+/* rx_tensor_from_wire copies (decompressing if needed) a decoded wire tensor into a fresh host tensor.
+ * Returns 0, DMOE_ENOMEM or DMOE_EPROTO (malformed compressed bytes). */
 int rx_tensor_from_wire(rx_tensor *t, const wire_tensor *w);
 
 /* rx_schema_parse reads an expert's info map (wire/PROTOCOL.md). Returns 0 or DMOE_EINVAL with err. */
@@ -59,9 +61,11 @@ int rx_schema_parse(const msgpack_object *info, rx_schema *s, char *err, size_t 
 int rx_check(const rx_schema *s, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout, char *err,
              size_t errlen);
 /* rx_request builds a forward (gout NULL) or backward request for uid. The tensors' buffers are
- * referenced, not copied. Returns NULL when out of memory. */
+ * referenced, not copied, unless comp (the schema's compression) is not NONE: float32 tensors are then
+ * compressed into buffers of the request's own. Returns NULL when out of memory or when a tensor cannot
+ * be compressed (non-finite values). */
 wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
-                     int n_gout);
+                     int n_gout, wire_scheme comp);
 /* rx_result reads the tensor array under key ("outputs", "grad_inputs") of a reply's result into
  * out[0..max). Returns the count, or DMOE_EPROTO / DMOE_ENOMEM with err. */
 int rx_result(const wire_msg *reply, const char *key, rx_tensor *out, int max, char *err, size_t errlen);

@@ -151,9 +151,10 @@ static int finite_f32_bytes(const uint8_t *p, size_t n)
     return acc == 0;
 }
 
-/* Check the tensors under key against the schema io[0..n); set row pointers and the common B. */
+/* Check the tensors under key against the schema io[0..n); set row pointers and the common B. Compressed
+ * tensors are decompressed into owned[] (freed with the request). */
 static int check_tensors(const wire_msg *m, const char *key, const kern_io_info *io, int n, int64_t *B,
-                         const uint8_t **rows, char *err, size_t errlen)
+                         const uint8_t **rows, float **owned, char *err, size_t errlen)
 {
     const msgpack_object *arr = wire_map_get(&m->root, key);
     if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) {
@@ -171,10 +172,6 @@ static int check_tensors(const wire_msg *m, const char *key, const kern_io_info 
         if (rc < 0) {
             snprintf(err, errlen, "%s[%d] (%s): %s", key, i, io[i].name, terr);
             return rc;
-        }
-        if (t.compression != WIRE_COMP_NONE) {
-            snprintf(err, errlen, "%s[%d]: compression is not enabled on this node", key, i);
-            return DMOE_EINVAL;
         }
         wire_dtype want = io[i].dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32;
         if (t.dtype != want) {
@@ -202,6 +199,18 @@ static int check_tensors(const wire_msg *m, const char *key, const kern_io_info 
             snprintf(err, errlen, "%s[%d] (%s): %lld rows, but other tensors have %lld", key, i, io[i].name,
                      (long long)t.shape[0], (long long)*B);
             return DMOE_ESHAPE;
+        }
+        if (t.compression != WIRE_COMP_NONE) {
+            if (posix_memalign((void **)&owned[i], 64, (t.numel ? t.numel : 1) * sizeof(float)) != 0) {
+                owned[i] = NULL;
+                snprintf(err, errlen, "out of memory decompressing %s[%d]", key, i);
+                return DMOE_ENOMEM;
+            }
+            if (wire_tensor_f32(&t, owned[i]) != 0) {
+                snprintf(err, errlen, "%s[%d] (%s): malformed %s data", key, i, io[i].name, wire_compress_name(t.compression));
+                return DMOE_EINVAL;
+            }
+            t.data = (const uint8_t *)owned[i];
         }
         if (t.dtype == WIRE_DT_F32 && !finite_f32_bytes(t.data, t.numel)) {
             snprintf(err, errlen, "%s[%d] (%s) contains NaN or Inf: rejected", key, i, io[i].name);
@@ -238,14 +247,19 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
     ex_req *r = calloc(1, sizeof *r);
     if (!r) { rc = DMOE_ENOMEM; snprintf(err, sizeof err, "out of memory"); goto fail; }
     int64_t B = -1;
-    rc = check_tensors(m, "inputs", km->in, km->n_in, &B, r->in, err, sizeof err);
-    if (rc == 0 && dir == EX_BWD) rc = check_tensors(m, "grad_outputs", km->out, km->n_out, &B, r->gout, err, sizeof err);
+    rc = check_tensors(m, "inputs", km->in, km->n_in, &B, r->in, r->owned, err, sizeof err);
+    if (rc == 0 && dir == EX_BWD)
+        rc = check_tensors(m, "grad_outputs", km->out, km->n_out, &B, r->gout, r->owned + KERN_MAX_IO, err, sizeof err);
     if (rc == 0 && B > expert_cfg_get(e)->max_batch_size) {
         rc = DMOE_ETOOBIG;
         snprintf(err, sizeof err, "%lld rows is over this node's max_batch_size %lld: split the request",
                  (long long)B, (long long)expert_cfg_get(e)->max_batch_size);
     }
-    if (rc != 0) { free(r); goto fail; }
+    if (rc != 0) {
+        for (int i = 0; i < 2 * KERN_MAX_IO; i++) free(r->owned[i]);
+        free(r);
+        goto fail;
+    }
     r->c = c;
     conn_ref(c);
     conn_hold(c);

@@ -189,7 +189,7 @@ static void send_compute(app *a)
     int rc = rx_check(&a->schema, a->in, a->n_in, a->gout, bwd ? a->n_gout : -1, err, sizeof err);
     if (rc) { fail(a, 2, rc, err); return; }
     uint64_t id = client_next_id(a->cl);
-    wire_out *o = rx_request(id, a->uid, a->in, a->n_in, bwd ? a->gout : NULL, a->n_gout);
+    wire_out *o = rx_request(id, a->uid, a->in, a->n_in, bwd ? a->gout : NULL, a->n_gout, a->schema.compression);
     if (!o) { fail(a, 1, DMOE_ENOMEM, "out of memory"); return; }
     a->t0 = rt_clock_us();
     rc = client_call(a->cl, &a->peer, id, o, a->timeout_ms, on_compute, a);

@@ -61,7 +61,7 @@ int main(int argc, char **argv)
     double lr = -1, dropout = 0.0, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
     char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
-    const char *checkpoint_dir = NULL;
+    const char *checkpoint_dir = NULL, *compression = "NONE";
     int metrics_port = -1;
     int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
 
@@ -89,6 +89,7 @@ int main(int argc, char **argv)
         {"seed", ARG_U64, &c.seed, "seed for uids drawn from patterns and initial weights", "Training"},
         {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on (default /ip4/127.0.0.1/tcp/0)", "Network", rt_args_is_maddr},
         {"announce_maddrs", ARG_LIST, &announce_maddrs, "addresses to tell others instead of the bound ones", "Network", rt_args_is_maddr},
+        {"compression", ARG_STR, &compression, "wire compression of inputs and input gradients: NONE, FLOAT16, MEANSTD_16BIT, UNIFORM_8BIT, BLOCKWISE_8BIT", "Network"},
         {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network"},
         {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network"},
         {"max_inflight", ARG_INT, &c.max_inflight, "open requests per connection before reading pauses", "Network"},
@@ -174,6 +175,10 @@ int main(int argc, char **argv)
     if (c.keep_checkpoints < 1) { fprintf(stderr, "dmoe-node: --keep_checkpoints must be at least 1\n"); bad = 1; }
     if (metrics_port < -1 || metrics_port > 65535) { fprintf(stderr, "dmoe-node: --metrics_port must be -1..65535\n"); bad = 1; }
     c.metrics_port = metrics_port;
+    if (wire_compress_parse(compression, &c.compression) != 0) {
+        fprintf(stderr, "dmoe-node: --compression %s is not NONE, FLOAT16, MEANSTD_16BIT, UNIFORM_8BIT or BLOCKWISE_8BIT\n", compression);
+        bad = 1;
+    }
     c.checkpoint_dir = checkpoint_dir;
     c.initial_peers = initial_peers;
     if (bad) { rt_args_free(flags, nflags); return 2; }

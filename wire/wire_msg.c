@@ -381,13 +381,24 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
         return DMOE_EINVAL;
     }
     const msgpack_object *comp = wire_map_get(o, "compression");
+    r.compression = WIRE_COMP_NONE;
     if (comp && comp->type != MSGPACK_OBJECT_NIL) {
-        if (comp->type != MSGPACK_OBJECT_STR || comp->via.str.size != 4 || memcmp(comp->via.str.ptr, "NONE", 4)) {
-            set_err(err, errlen, "unknown tensor compression (only \"NONE\" is supported)");
+        char name[32];
+        if (comp->type != MSGPACK_OBJECT_STR || comp->via.str.size >= sizeof name) {
+            set_err(err, errlen, "tensor \"compression\" is not a scheme name");
+            return DMOE_EINVAL;
+        }
+        memcpy(name, comp->via.str.ptr, comp->via.str.size);
+        name[comp->via.str.size] = '\0';
+        if (wire_compress_parse(name, &r.compression) != 0) {
+            set_err(err, errlen, "unknown tensor compression \"%s\"", name);
+            return DMOE_EINVAL;
+        }
+        if (r.compression != WIRE_COMP_NONE && r.dtype != WIRE_DT_F32) {
+            set_err(err, errlen, "only float32 tensors can be compressed");
             return DMOE_EINVAL;
         }
     }
-    r.compression = WIRE_COMP_NONE;
 
     const msgpack_object *sh = wire_map_get(o, "shape");
     if (!sh || sh->type != MSGPACK_OBJECT_ARRAY) {
@@ -431,7 +442,7 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
         set_err(err, errlen, "tensor has no bin \"data\"");
         return DMOE_EINVAL;
     }
-    if ((size_t)data->via.bin.size != numel * itemsize) {
+    if (r.compression == WIRE_COMP_NONE && (size_t)data->via.bin.size != numel * itemsize) {
         set_err(err, errlen, "tensor data has %u bytes, shape and dtype say %zu", data->via.bin.size,
                 numel * itemsize);
         return DMOE_ESHAPE;
@@ -443,10 +454,31 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
     return 0;
 }
 
+size_t wire_tensor_rows(const wire_tensor *t)
+{
+    if (t->ndim <= 1 || t->shape[t->ndim - 1] == 0) return 1;
+    return t->numel / (size_t)t->shape[t->ndim - 1];
+}
+
+int wire_tensor_f32(const wire_tensor *t, float *out)
+{
+    if (t->dtype != WIRE_DT_F32) return DMOE_ESHAPE;
+    if (t->compression == WIRE_COMP_NONE) {
+        memcpy(out, t->data, t->numel * sizeof(float));
+        return 0;
+    }
+    return wire_decompress_rows(t->compression, t->data, t->nbytes, t->numel, wire_tensor_rows(t), out) == 0
+               ? 0 : DMOE_EPROTO;
+}
+
 int wire_tensor_pack(wire_out *o, const wire_tensor *t, wire_ref_cleanup cleanup, void *arg)
 {
     msgpack_packer *pk = wire_out_pk(o);
-    msgpack_pack_map(pk, 3);
+    msgpack_pack_map(pk, t->compression != WIRE_COMP_NONE ? 4 : 3);
+    if (t->compression != WIRE_COMP_NONE) {
+        wire_pack_str(pk, "compression");
+        wire_pack_str(pk, wire_compress_name(t->compression));
+    }
     wire_pack_str(pk, "dtype");
     wire_pack_str(pk, wire_dtype_name(t->dtype));
     wire_pack_str(pk, "shape");

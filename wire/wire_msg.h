@@ -8,9 +8,11 @@
  * wire_msg owns both and wire_msg_free releases both.
  *
  * Tensors on the wire: {"dtype": str, "shape": [uint...], "data": bin, "compression": str (optional,
- * default "NONE")}. dtype is "float32" (little-endian) or "uint8" now; "float16" and compressed forms
- * are reserved for wire compression. wire_tensor_decode checks every field, the number of dims, that
- * the element count does not overflow, and that the data length equals numel * itemsize.
+ * default "NONE")}. dtype is "float32" (little-endian) or "uint8"; a float32 tensor may be compressed
+ * with one of hivemind's schemes (wire_compress.h), its data then holding that scheme's bytes.
+ * wire_tensor_decode checks every field, the number of dims, that the element count does not
+ * overflow, and for uncompressed data that the length equals numel * itemsize (compressed data is
+ * checked by wire_tensor_f32, which decompresses).
  */
 #ifndef DMOE_WIRE_MSG_H
 #define DMOE_WIRE_MSG_H
@@ -19,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "wire/wire_compress.h"
 #include "wire/wire_out.h"
 
 #define WIRE_MAX_DEPTH   16      /* nesting depth of any message */
@@ -26,7 +29,9 @@
 #define WIRE_MAX_STR     4096    /* bytes of a method, uid, or error message we accept */
 
 typedef enum { WIRE_DT_F32 = 0, WIRE_DT_U8 = 1, WIRE_DT_F16 = 2 } wire_dtype;
-typedef enum { WIRE_COMP_NONE = 0 } wire_compression;   /* more with wire compression */
+/* A tensor's "compression": one of hivemind's schemes (wire/wire_compress.h); NONE is plain data. */
+typedef wire_scheme wire_compression;
+#define WIRE_COMP_NONE WIRE_SCHEME_NONE
 
 typedef struct {
     wire_dtype dtype;
@@ -76,8 +81,15 @@ int wire_get_f64(const msgpack_object *o, double *out);
  * dtype or compression, negative dim) or DMOE_ETOOBIG (more than WIRE_MAX_NDIM dims, overflow), or
  * DMOE_ESHAPE (data length differs from numel * itemsize); err gets the detail. */
 int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_t errlen);
+/* wire_tensor_rows returns the rows a compression scheme normalises over: the product of all dims but
+ * the last (1 for a 1-D tensor). */
+size_t wire_tensor_rows(const wire_tensor *t);
+/* wire_tensor_f32 writes t's t->numel float32 values into out (aligned, caller's), decompressing when
+ * t is compressed. Returns 0, DMOE_ESHAPE (not float32) or DMOE_EPROTO (compressed bytes malformed). */
+int wire_tensor_f32(const wire_tensor *t, float *out);
 /* wire_tensor_pack packs t as a tensor map; the data is referenced (see wire_out_bin_ref), cleanup is
- * called with arg once it is released. Returns 0 or DMOE_ENOMEM. */
+ * called with arg once it is released. A t->compression other than NONE is written as the
+ * "compression" field (t->data must then hold that scheme's bytes). Returns 0 or DMOE_ENOMEM. */
 int wire_tensor_pack(wire_out *o, const wire_tensor *t, wire_ref_cleanup cleanup, void *arg);
 /* wire_dtype_name / wire_dtype_parse / wire_dtype_size: "float32" <-> WIRE_DT_F32, element bytes. */
 const char *wire_dtype_name(wire_dtype d);

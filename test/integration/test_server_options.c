@@ -1,0 +1,235 @@
+/* test_server_options.c -- dmoe-node's options end to end: wire compression in every mode, the
+ * learning-rate schedule step by step, the Prometheus endpoint scraped with a plain HTTP client, the
+ * stats report, multi-input experts through dmoe-call, and --help. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/kern_sched.h"
+#include "test/integration/harness.h"
+#include "wire/wire_npy.h"
+
+static void write_npy(const char *path, const float *x, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    char err[128];
+    cr_assert_eq(wire_npy_write(path, WIRE_DT_F32, 2, shape, x, err, sizeof err), 0, "%s", err);
+}
+
+static float *read_npy(const char *path, size_t n)
+{
+    wire_dtype dt;
+    int nd;
+    int64_t shape[8];
+    void *data;
+    size_t nbytes;
+    char err[128];
+    cr_assert_eq(wire_npy_read(path, &dt, &nd, shape, &data, &nbytes, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nbytes, n * 4);
+    return data;
+}
+
+/* forward and backward of x through a node started with --compression scheme; outputs to y/gx */
+static void run_with(const char *scheme, const char *xp, const char *gp, float **y, float **gx, size_t n)
+{
+    th_node node;
+    const char *args[] = {"--hidden_dim", "64", "--expert_uids", "expert.0", "--optimizer", "none", "--seed", "5",
+                          "--compression", scheme, NULL};
+    cr_assert_eq(th_node_start(&node, args), 0);
+    char yp[64], gxp[64], out[4096];
+    snprintf(yp, sizeof yp, "/tmp/dmoe-c-%d-y.npy", getpid());
+    snprintf(gxp, sizeof gxp, "/tmp/dmoe-c-%d-gx.npy", getpid());
+    const char *fwd[] = {"--peer", node.maddr, "forward", "expert.0", "--input", xp, "--output", yp, NULL};
+    cr_assert_eq(th_run("dmoe-call", fwd, out, sizeof out, 30), 0, "%s: %s", scheme, out);
+    const char *bwd[] = {"--peer", node.maddr, "backward", "expert.0", "--input", xp, "--grad_output", gp, "--output", gxp, NULL};
+    cr_assert_eq(th_run("dmoe-call", bwd, out, sizeof out, 30), 0, "%s: %s", scheme, out);
+    *y = read_npy(yp, n);
+    *gx = read_npy(gxp, n);
+    unlink(yp);
+    unlink(gxp);
+    cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
+}
+
+static double mse(const float *a, const float *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)(a[i] - b[i]) * (a[i] - b[i]);
+    return s / (double)n;
+}
+
+Test(server_options, every_compression_mode_through_the_node, .timeout = 120)
+{
+    enum { B = 16, H = 64 };
+    float x[B * H], gy[B * H];
+    th_fill_normal(x, B * H, 1);
+    th_fill_normal(gy, B * H, 2);
+    char xp[64], gp[64];
+    snprintf(xp, sizeof xp, "/tmp/dmoe-c-%d-x.npy", getpid());
+    snprintf(gp, sizeof gp, "/tmp/dmoe-c-%d-g.npy", getpid());
+    write_npy(xp, x, B, H);
+    write_npy(gp, gy, B, H);
+    float *y0, *g0;
+    run_with("NONE", xp, gp, &y0, &g0, B * H);
+    /* the output error comes from the compressed input (and, backward, input and gradient both ways) */
+    const struct { const char *name; double bound; } modes[] = {
+        {"FLOAT16", 1e-5}, {"MEANSTD_16BIT", 1e-5}, {"UNIFORM_8BIT", 5e-2}, {"BLOCKWISE_8BIT", 5e-2},
+    };
+    for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        float *y, *g;
+        run_with(modes[k].name, xp, gp, &y, &g, B * H);
+        double ey = mse(y, y0, B * H), eg = mse(g, g0, B * H);
+        cr_log_info("%s: output mse %.3g, input-gradient mse %.3g", modes[k].name, ey, eg);
+        cr_assert_lt(ey, modes[k].bound, "%s output mse %g", modes[k].name, ey);
+        cr_assert_lt(eg, modes[k].bound, "%s gradient mse %g", modes[k].name, eg);
+        cr_assert_gt(ey + eg, 0, "%s changed nothing: was it applied?", modes[k].name);
+        free(y);
+        free(g);
+    }
+    free(y0);
+    free(g0);
+    unlink(xp);
+    unlink(gp);
+}
+
+static double info_number(const char *json, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = strstr(json, k);
+    cr_assert_not_null(p, "no %s in %s", key, json);
+    return atof(p + strlen(k));
+}
+
+Test(server_options, linear_schedule_step_by_step, .timeout = 60)
+{
+    th_node node;
+    const char *args[] = {"--hidden_dim", "16", "--expert_uids", "expert.0", "--optimizer", "sgd", "--lr", "0.5",
+                          "--scheduler", "linear", "--num_warmup_steps", "2", "--num_training_steps", "6",
+                          "--clip_grad_norm", "1.0", NULL};
+    cr_assert_eq(th_node_start(&node, args), 0);
+    kern_sched_cfg sc = {.kind = KERN_SCHED_LINEAR, .num_warmup_steps = 2, .num_total_steps = 6};
+    float x[2 * 16], gy[2 * 16];
+    th_fill_normal(x, 32, 3);
+    th_fill_normal(gy, 32, 4);
+    char out[8192];
+    const char *info[] = {"--peer", node.maddr, "info", "expert.0", "--json", NULL};
+    for (int step = 0; step <= 7; step++) {
+        cr_assert_eq(th_run("dmoe-call", info, out, sizeof out, 30), 0);
+        double lr = info_number(out, "lr"), want = kern_sched_lr(&sc, 0.5f, step);
+        cr_assert_float_eq(lr, want, 1e-6, "step %d: lr %g, the formula says %g", step, lr, want);
+        cr_assert_eq((int)info_number(out, "steps"), step);
+        int fd = th_connect(node.port);
+        cr_assert_eq(th_send_out(fd, th_request(1, "expert.0", x, 2, 16, gy)), 0);
+        wire_msg m;
+        cr_assert_eq(th_recv_msg(fd, &m), 0);
+        cr_assert_eq(m.kind, WIRE_REPLY_OK);
+        wire_msg_free(&m);
+        close(fd);
+    }
+    cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
+}
+
+static char *http_get(int port, const char *path)
+{
+    int fd = th_connect(port);
+    cr_assert_geq(fd, 0);
+    char req[256];
+    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    cr_assert_eq(th_send_all(fd, req, strlen(req)), 0);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        ssize_t r = recv(fd, buf + len, cap - 1 - len, 0);
+        if (r <= 0) break;
+        len += (size_t)r;
+        if (len + 1 >= cap) break;
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+Test(server_options, metrics_scraped_and_stats_reported, .timeout = 60)
+{
+    th_node node;
+    const char *args[] = {"--hidden_dim", "16", "--expert_uids", "expert.0", "expert.1", "--metrics_port", "0",
+                          "--stats_report_interval", "0.2", NULL};
+    cr_assert_eq(th_node_start(&node, args), 0);
+    char *log = th_node_log(&node);
+    const char *p = strstr(log, "Serving metrics on http://127.0.0.1:");
+    cr_assert_not_null(p, "%s", log);
+    int mport = atoi(p + strlen("Serving metrics on http://127.0.0.1:"));
+    free(log);
+    float x[3 * 16];
+    th_fill_normal(x, 48, 5);
+    int fd = th_connect(node.port);
+    for (int i = 0; i < 3; i++) {
+        th_send_out(fd, th_request((uint64_t)i + 1, "expert.1", x, 3, 16, NULL));
+        wire_msg m;
+        cr_assert_eq(th_recv_msg(fd, &m), 0);
+        wire_msg_free(&m);
+    }
+    th_send_out(fd, th_request(9, "expert.7", x, 3, 16, NULL));
+    wire_msg m;
+    cr_assert_eq(th_recv_msg(fd, &m), 0);
+    wire_msg_free(&m);
+    close(fd);
+    usleep(1300000);   /* gauges refresh every second, stats every 0.2 s */
+    char *body = http_get(mport, "/metrics");
+    cr_assert(strstr(body, "HTTP/1.0 200") || strstr(body, "HTTP/1.1 200"), "%s", body);
+    cr_assert(strstr(body, "dmoe_requests_total{method=\"forward\",expert=\"expert.1\"} 3"), "%s", body);
+    cr_assert(strstr(body, "dmoe_errors_total{kind=\"unknown expert\"} 1"), "%s", body);
+    cr_assert(strstr(body, "dmoe_batch_size_count 3"), "%s", body);
+    cr_assert(strstr(body, "dmoe_request_latency_seconds_count{method=\"forward\"} 3"), "%s", body);
+    cr_assert(strstr(body, "dmoe_bytes_in_total "), "%s", body);
+    free(body);
+    body = http_get(mport, "/nothing");
+    cr_assert(strstr(body, " 404 "), "%s", body);
+    free(body);
+    log = th_node_log(&node);
+    cr_assert(strstr(log, "expert.1 forward: ") && strstr(log, "samples/s, mean batch"), "%s", log);
+    free(log);
+    cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
+}
+
+Test(server_options, two_input_expert_through_dmoe_call, .timeout = 60)
+{
+    th_node node;
+    const char *args[] = {"--expert_cls", "det_dropout", "--hidden_dim", "8", "--expert_uids", "drop.0", NULL};
+    cr_assert_eq(th_node_start(&node, args), 0);
+    float x[2 * 8], mask[2 * 8];
+    th_fill_normal(x, 16, 6);
+    for (int i = 0; i < 16; i++) mask[i] = (float)(i % 3 != 0);
+    char xp[64], mp[64], out[4096];
+    snprintf(xp, sizeof xp, "/tmp/dmoe-d-%d-x.npy", getpid());
+    snprintf(mp, sizeof mp, "/tmp/dmoe-d-%d-m.npy", getpid());
+    write_npy(xp, x, 2, 8);
+    write_npy(mp, mask, 2, 8);
+    const char *fwd[] = {"--peer", node.maddr, "forward", "drop.0", "--input", xp, "--input", mp, NULL};
+    cr_assert_eq(th_run("dmoe-call", fwd, out, sizeof out, 30), 0, "%s", out);
+    cr_assert(strstr(out, "shape [2, 8]"), "%s", out);
+    const char *one[] = {"--peer", node.maddr, "forward", "drop.0", "--input", xp, NULL};
+    cr_assert_eq(th_run("dmoe-call", one, out, sizeof out, 30), 2, "a missing mask is caught before sending: %s", out);
+    cr_assert(strstr(out, "takes 2 input tensors"), "%s", out);
+    const char *rnd[] = {"--peer", node.maddr, "backward", "drop.0", "--random", "4x8", NULL};
+    cr_assert_eq(th_run("dmoe-call", rnd, out, sizeof out, 30), 0, "%s", out);
+    cr_assert(strstr(out, "grad_inputs[1]: shape [4, 8]  mean 0  std 0"), "the mask's gradient is zero: %s", out);
+    unlink(xp);
+    unlink(mp);
+    cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
+}
+
+Test(server_options, help_lists_every_group, .timeout = 30)
+{
+    char out[16384];
+    const char *args[] = {"--help", NULL};
+    cr_assert_eq(th_run("dmoe-node", args, out, sizeof out, 10), 0);
+    const char *want[] = {"Experts:", "Batching:", "Training:", "Network:", "DHT:", "Checkpoints:", "Logging:",
+                          "--expert_cls", "--compression", "--checkpoint_dir", "--scheduler", "--initial_peers",
+                          "--metrics_port", "--stats_report_interval", "--keep_checkpoints"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_assert(strstr(out, want[i]), "no %s in:\n%s", want[i], out);
+}

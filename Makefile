@@ -43,7 +43,7 @@ PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
 TEST_BIN  := $(BUILD)/test/dmoe-tests
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all deps test demo bench clean
+.PHONY: all deps test demo bench valgrind clean
 all: $(PROGS)
 
 # deps: install the Debian packages when any pkg-config check fails. Runs once per build folder.
@@ -86,6 +86,9 @@ test: $(PROGS) $(TEST_BIN)
 
 demo: $(PROGS)
 	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/demo.sh
+
+valgrind: $(PROGS)
+	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/valgrind.sh
 
 bench: $(PROGS)
 	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/bench.sh

@@ -43,6 +43,7 @@ static int n_results(const kern_model *m, int dir) { return dir == EX_FWD ? m->n
 static void batch_free(ex_batch *b)
 {
     batchq_release_work(b);
+    act_block_unref(b->saved);
     free(b->res_block);
     rt_timer_deinit(&b->delay);
     batchq *q = b->q;
@@ -112,7 +113,14 @@ static void answer(batchq *q, ex_batch *b)
         if (!o) { ex_reply_error(r, DMOE_ENOMEM, "out of memory building the reply"); row += r->rows; continue; }
         msgpack_packer *pk = wire_out_pk(o);
         wire_reply_begin(o, r->id);
-        msgpack_pack_map(pk, 1);
+        uint64_t handle = 0;
+        if (b->dir == EX_FWD && b->saved && b->rc == 0)
+            handle = actcache_put(q->cfg.cache, q->model, b->saved, row, r->rows, r->in_hash);
+        msgpack_pack_map(pk, handle ? 2 : 1);
+        if (handle) {
+            wire_pack_str(pk, "handle");
+            msgpack_pack_uint64(pk, handle);
+        }
         wire_pack_str(pk, b->dir == EX_FWD ? "outputs" : "grad_inputs");
         msgpack_pack_array(pk, (size_t)nres);
         int rc = 0;
@@ -156,6 +164,14 @@ static int ready_to_batch(batchq *q, uint64_t now_us)
     return now_us - q->head->t_arrive_us >= (uint64_t)q->cfg.batch_wait_ms * 1000u;
 }
 
+/* The request after the first n of the queue (NULL when there are no more). */
+static ex_req *stop_at(batchq *q, int n)
+{
+    ex_req *r = q->head;
+    while (r && n-- > 0) r = r->next;
+    return r;
+}
+
 static ex_batch *build_batch(batchq *q)
 {
     const kern_model *m = q->model;
@@ -182,10 +198,14 @@ static ex_batch *build_batch(batchq *q)
         for (int j = 0; j < m->n_out; j++) gout_floats += (size_t)B * kern_io_numel(&m->out[j]) + 16;
     for (int j = 0; j < n_results(m, q->dir); j++) res_floats += (size_t)B * out_row_floats(m, q->dir, j) + 16;
     size_t ws_floats = q->dir == EX_FWD ? m->cls->forward_ws(m, B) : m->cls->backward_ws(m, B);
+    /* a backward whose requests all brought their forward's activations skips recomputing them */
+    int from_saved = q->dir == EX_BWD && m->cls->backward_saved;
+    for (ex_req *r = q->head; from_saved && r && r != stop_at(q, nreq); r = r->next) from_saved = r->cached != NULL;
+    size_t saved_floats = from_saved ? (size_t)B * m->cls->saved_floats(m) : 0;
 
     ex_batch *b = calloc(1, sizeof *b);
     if (!b) return NULL;
-    b->work = malloc(in_bytes + (gout_floats + ws_floats + 16) * sizeof(float));
+    b->work = malloc(in_bytes + (gout_floats + ws_floats + saved_floats + 32) * sizeof(float));
     b->res_block = malloc((res_floats + 1) * sizeof(float));
     if (!b->work || !b->res_block) { free(b->work); free(b->res_block); free(b); return NULL; }
     if (rt_timer_init(&b->delay, q->ex, EX_MSG_DELAY_DONE) != 0) { free(b->work); free(b->res_block); free(b); return NULL; }
@@ -196,6 +216,9 @@ static ex_batch *build_batch(batchq *q)
     if (q->dir == EX_BWD)
         for (int j = 0; j < m->n_out; j++) { b->gout[j] = f; f += (size_t)B * kern_io_numel(&m->out[j]) + 16; }
     b->ws = f;
+    f += ws_floats + 16;
+    if (from_saved) b->gathered = f;
+    if (q->dir == EX_FWD && q->cfg.cache && m->cls->forward_save) b->saved = act_block_new(B, m->cls->saved_floats(m));
     float *rp = b->res_block;
     for (int j = 0; j < n_results(m, q->dir); j++) { b->res[j] = rp; rp += (size_t)B * out_row_floats(m, q->dir, j) + 16; }
 
@@ -218,6 +241,14 @@ static ex_batch *build_batch(batchq *q)
                 size_t rf = kern_io_numel(&m->out[j]);
                 memcpy(b->gout[j] + (size_t)row * rf, r->gout[j], (size_t)r->rows * rf * sizeof(float));
             }
+        if (r->cached) {   /* gathered, or useless now: either way the entry is done */
+            if (b->gathered) {
+                size_t sf = m->cls->saved_floats(m);
+                memcpy(b->gathered + (size_t)row * sf, act_entry_rows(r->cached), (size_t)r->rows * sf * sizeof(float));
+            }
+            act_entry_release(r->cached);
+            r->cached = NULL;
+        }
         b->t_queued_us += now - r->t_arrive_us;
         ex_req_drop_frame(r);
         memset(r->in, 0, sizeof r->in);
@@ -242,6 +273,7 @@ void batchq_release_work(ex_batch *b)
     memset(b->in, 0, sizeof b->in);
     memset(b->gout, 0, sizeof b->gout);
     b->ws = NULL;
+    b->gathered = NULL;
 }
 
 static void fail_waiting(batchq *q, int code, const char *msg)

@@ -31,6 +31,8 @@ typedef struct ex_batch {
     float *res[KERN_MAX_IO];     /* forward: outputs; backward: grad_inputs (one per input) */
     float *ws;
     void *work;                  /* block holding in, gout, ws: freed when the job is back */
+    act_block *saved;            /* forward: where the activations go (NULL: not kept) */
+    float *gathered;             /* backward: the requests' saved activations, in the work block */
     float *res_block;            /* block holding res: freed when the last reply is written */
     int refs;
     int rc;                      /* 0, or a DMOE_* code from the kernel */

@@ -57,6 +57,7 @@ void ex_req_free(ex_req *r)
 {
     if (!r) return;
     ex_req_drop_frame(r);
+    act_entry_release(r->cached);
     if (r->c) {
         conn_release(r->c);
         conn_unref(r->c);
@@ -84,7 +85,8 @@ static void job_run(rt_job *j)
     const void *in[KERN_MAX_IO];
     for (int i = 0; i < m->n_in; i++) in[i] = b->in[i];
     if (b->dir == EX_FWD) {
-        b->rc = m->cls->forward(m, b->params, b->B, in, b->res, b->ws, b->seed);
+        if (b->saved) b->rc = m->cls->forward_save(m, b->params, b->B, in, b->res, b->ws, b->seed, b->saved->data);
+        else b->rc = m->cls->forward(m, b->params, b->B, in, b->res, b->ws, b->seed);
     } else {
         const float *gout[KERN_MAX_IO];
         float *gin[KERN_MAX_IO];
@@ -96,7 +98,10 @@ static void job_run(rt_job *j)
                 gin[i] = NULL;
             }
         }
-        b->rc = m->cls->backward(m, b->params, b->B, in, gout, gin, b->grads, b->ws, b->seed);
+        if (b->gathered)
+            b->rc = m->cls->backward_saved(m, b->params, b->B, in, b->gathered, gout, gin, b->grads, b->ws, b->seed);
+        else
+            b->rc = m->cls->backward(m, b->params, b->B, in, gout, gin, b->grads, b->ws, b->seed);
         if (b->rc == 0 && m->n_floats > 0) {
             if (!kern_all_finite(b->grads, m->n_floats)) {
                 b->rc = DMOE_ENONFINITE;
@@ -194,7 +199,7 @@ static void start_batch(expert *e, ex_batch *b)
 
 static void finish_batch(expert *e, ex_batch *b)
 {
-    int dir = b->dir;
+    int dir = b->dir, used_saved = b->gathered != NULL;
     e->running[dir]--;
     batchq_release_work(b);
     expert_stats *s = &e->stats;
@@ -213,6 +218,7 @@ static void finish_batch(expert *e, ex_batch *b)
         s->rows[dir] += (uint64_t)b->B;
         if (dir == EX_BWD) {
             s->samples_seen += (uint64_t)b->B;
+            if (used_saved) s->backward_cached++;
             s->steps = (uint64_t)e->opt.step;
         }
     }
@@ -428,7 +434,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 13);
     pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
     pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
     pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
@@ -438,6 +444,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "errors", s->errors[EX_FWD] + s->errors[EX_BWD]);
     pack_kv_u64(pk, "steps", s->steps);
     pack_kv_u64(pk, "samples_seen", s->samples_seen);
+    pack_kv_u64(pk, "backward_cached", s->backward_cached);
     pack_kv_u64(pk, "queue_depth", (uint64_t)(batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD])));
     pack_kv_u64(pk, "queue_wait_us", s->queue_wait_us[EX_FWD] + s->queue_wait_us[EX_BWD]);
     pack_kv_u64(pk, "compute_us", s->compute_us[EX_FWD] + s->compute_us[EX_BWD]);

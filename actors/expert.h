@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "actors/actcache.h"
 #include "actors/conn.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
@@ -49,6 +50,8 @@ typedef struct ex_req {
     const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
     const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
     float *owned[2 * KERN_MAX_IO];        /* decompressed tensors the row pointers may point into */
+    uint64_t in_hash;                     /* hash of the input rows (activation cache), 0 when unused */
+    act_entry *cached;                    /* backward: the saved activations of its forward, or NULL */
     uint64_t t_arrive_us;
 } ex_req;
 
@@ -66,6 +69,7 @@ typedef struct {
     rt_budget *budget;        /* where request frames are charged (may be NULL) */
     struct met_std_s *met;    /* the node's metrics (NULL: none) */
     wire_scheme compression;  /* how returned input gradients are compressed; advertised in info */
+    actcache *cache;          /* the node's activation cache (NULL: none) */
     const char *ckpt_dir;     /* checkpoint root (NULL: none); must outlive the expert */
     int keep_ckpts;           /* checkpoint files kept per expert */
 } expert_cfg;
@@ -73,6 +77,7 @@ typedef struct {
 typedef struct {
     uint64_t calls[2], batches[2], rows[2], errors[2];
     uint64_t steps, samples_seen;
+    uint64_t backward_cached;    /* backward batches that ran from saved activations */
     uint64_t queue_wait_us[2];   /* summed over requests */
     uint64_t compute_us[2];      /* summed over batches */
 } expert_stats;

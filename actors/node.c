@@ -52,6 +52,7 @@ struct node {
     dht *dht;
     metrics *met;
     met_std ms;
+    actcache *cache;
     int metrics_port;
     expert **experts;
     int n_experts;
@@ -93,6 +94,7 @@ void node_default_cfg(node_cfg *c)
     c->max_inflight = 256;
     c->update_period = 30;
     c->keep_checkpoints = 3;
+    c->activation_cache_bytes = (size_t)256 << 20;
     c->metrics_port = -1;
 }
 
@@ -151,7 +153,7 @@ static void create_experts(node *n, char **uids)
             .min_batch_size = c->min_batch_size, .batch_wait_ms = c->batch_wait_ms,
             .max_parallel_fwd = c->num_workers, .seed = node_expert_seed(c->seed, uids[i]), .pool = n->pool,
             .budget = &n->budget, .ckpt_dir = c->checkpoint_dir, .keep_ckpts = c->keep_checkpoints,
-            .met = n->met ? &n->ms : NULL, .compression = c->compression,
+            .met = n->met ? &n->ms : NULL, .compression = c->compression, .cache = n->cache,
         };
         n->experts[i] = expert_new(n->loop, uids[i], &ec, err, sizeof err);
         if (!n->experts[i]) { fatal(n, err); return; }
@@ -463,6 +465,12 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
         goto fail;
     }
 
+    if (c->activation_cache_bytes > 0 &&
+        !(n->cache = actcache_new(c->activation_cache_bytes, c->seed ^ rt_clock_us() ^ (uint64_t)getpid()))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+
     /* the pool's threads are the parallelism: OpenBLAS runs single-threaded inside each */
     openblas_set_num_threads(1);
     n->pool = rt_pool_new(l, c->num_workers);
@@ -565,6 +573,8 @@ void node_free(node *n)
     /* finish the jobs in flight before their owners are reaped */
     rt_pool_free(n->pool);
     n->pool = NULL;
+    actcache_free(n->cache);   /* after the pool: batches in flight hold blocks */
+    n->cache = NULL;
     metrics_free(n->met);
     n->met = NULL;
     rt_actor_stop(&n->actor);

@@ -46,6 +46,7 @@ typedef struct {
     size_t max_pending_bytes;    /* budget for received frames not yet batched */
     int max_inflight;            /* per connection */
     wire_scheme compression;     /* clients compress inputs, the node input gradients, this way */
+    size_t activation_cache_bytes;  /* forward activations kept for their backward (0: none) */
     /* DHT */
     char **initial_peers;        /* NULL-terminated multiaddrs, or NULL: a first node */
     int client_mode;             /* join the DHT without serving it (experts are then not declared) */

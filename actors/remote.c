@@ -212,10 +212,28 @@ static int pack_tensors(wire_out *o, const rx_tensor *t, int n, wire_scheme comp
 wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout,
                      wire_scheme comp)
 {
+    return rx_request_with_handle(id, uid, in, n_in, gout, n_gout, comp, 0);
+}
+
+uint64_t rx_reply_handle(const wire_msg *reply)
+{
+    const msgpack_object *h = reply->result && reply->result->type == MSGPACK_OBJECT_MAP
+                                  ? wire_map_get(reply->result, "handle") : NULL;
+    return h && h->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? h->via.u64 : 0;
+}
+
+wire_out *rx_request_with_handle(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
+                                 int n_gout, wire_scheme comp, uint64_t handle)
+{
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    wire_request_begin(o, id, gout ? "backward" : "forward", gout ? 5 : 4);
+    int with_handle = gout && handle;
+    wire_request_begin(o, id, gout ? "backward" : "forward", (gout ? 5 : 4) + (with_handle ? 1 : 0));
+    if (with_handle) {
+        wire_pack_str(pk, "handle");
+        msgpack_pack_uint64(pk, handle);
+    }
     wire_pack_str(pk, "uid");
     wire_pack_str(pk, uid);
     wire_pack_str(pk, "inputs");

@@ -66,6 +66,12 @@ int rx_check(const rx_schema *s, const rx_tensor *in, int n_in, const rx_tensor 
  * be compressed (non-finite values). */
 wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
                      int n_gout, wire_scheme comp);
+/* rx_request_with_handle is rx_request for a backward that returns the handle its forward's reply
+ * carried (rx_reply_handle), so that the node can skip recomputing the forward; 0 means none. */
+wire_out *rx_request_with_handle(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
+                                 int n_gout, wire_scheme comp, uint64_t handle);
+/* rx_reply_handle returns the activation handle of a forward reply, or 0 when the node kept none. */
+uint64_t rx_reply_handle(const wire_msg *reply);
 /* rx_result reads the tensor array under key ("outputs", "grad_inputs") of a reply's result into
  * out[0..max). Returns the count, or DMOE_EPROTO / DMOE_ENOMEM with err. */
 int rx_result(const wire_msg *reply, const char *key, rx_tensor *out, int max, char *err, size_t errlen);

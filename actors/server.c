@@ -260,6 +260,19 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
         free(r);
         goto fail;
     }
+    actcache *cache = expert_cfg_get(e)->cache;
+    if (cache && km->cls->forward_save) {
+        const void *ptrs[KERN_MAX_IO];
+        size_t lens[KERN_MAX_IO];
+        for (int i = 0; i < km->n_in; i++) {
+            ptrs[i] = r->in[i];
+            lens[i] = (size_t)B * kern_io_numel(&km->in[i]) * kern_dtype_size(km->in[i].dtype);
+        }
+        r->in_hash = actcache_hash(ptrs, lens, km->n_in);
+        const msgpack_object *h = dir == EX_BWD ? wire_map_get(&m->root, "handle") : NULL;
+        if (h && h->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            r->cached = actcache_take(cache, h->via.u64, km, B, r->in_hash);
+    }
     r->c = c;
     conn_ref(c);
     conn_hold(c);

@@ -63,6 +63,7 @@ int main(int argc, char **argv)
     char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
     const char *checkpoint_dir = NULL, *compression = "NONE";
     int metrics_port = -1;
+    double cache_mb = (double)(c.activation_cache_bytes >> 20);
     int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
 
     const rt_arg flags[] = {
@@ -77,6 +78,7 @@ int main(int argc, char **argv)
         {"max_batch_size", ARG_I64, &max_batch, "most rows in one batch (a bigger request is an error)", "Batching"},
         {"min_batch_size", ARG_I64, &min_batch, "fewest rows a batch waits for (at most --batch_wait_ms)", "Batching"},
         {"batch_wait_ms", ARG_INT, &c.batch_wait_ms, "longest wait for --min_batch_size rows", "Batching"},
+        {"activation_cache_mb", ARG_F64, &cache_mb, "forward activations kept for their backward, MiB (0: recompute)", "Batching"},
         {"num_workers", ARG_INT, &c.num_workers, "worker threads for the kernels (default: the core count)", "Batching"},
         {"optimizer", ARG_STR, &optimizer, "optimizer applied after each batched backward: adam, sgd, lamb, none", "Training"},
         {"lr", ARG_F64, &lr, "learning rate (-1: the optimizer's default: adam 1e-3, sgd 0.01, lamb 1e-3)", "Training"},
@@ -175,6 +177,8 @@ int main(int argc, char **argv)
     if (c.keep_checkpoints < 1) { fprintf(stderr, "dmoe-node: --keep_checkpoints must be at least 1\n"); bad = 1; }
     if (metrics_port < -1 || metrics_port > 65535) { fprintf(stderr, "dmoe-node: --metrics_port must be -1..65535\n"); bad = 1; }
     c.metrics_port = metrics_port;
+    if (cache_mb < 0) { fprintf(stderr, "dmoe-node: --activation_cache_mb must be >= 0\n"); bad = 1; }
+    c.activation_cache_bytes = (size_t)(cache_mb * 1048576.0);
     if (wire_compress_parse(compression, &c.compression) != 0) {
         fprintf(stderr, "dmoe-node: --compression %s is not NONE, FLOAT16, MEANSTD_16BIT, UNIFORM_8BIT or BLOCKWISE_8BIT\n", compression);
         bad = 1;

@@ -102,6 +102,19 @@ typedef struct kern_class {
     int (*backward)(const kern_model *m, const float *params, int64_t B, const void *const *in,
                     const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
                     uint64_t rng_seed);
+
+    /* Optional (NULL when the class keeps nothing): the activation cache, which lets a backward skip
+     * recomputing the forward. saved_floats returns the floats kept per row. forward_save is forward
+     * that also writes each row's activations to saved (B rows of saved_floats, row-major);
+     * backward_saved is backward that takes them from saved instead of recomputing them (its workspace
+     * is backward_ws). The gradients are then those of the forward that produced saved: its
+     * activations, with the parameters as given for the products of the backward itself. */
+    size_t (*saved_floats)(const kern_model *m);
+    int (*forward_save)(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                        float *const *out, float *ws, uint64_t rng_seed, float *saved);
+    int (*backward_saved)(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                          const float *saved, const float *const *grad_out, float *const *grad_in,
+                          float *grad_params, float *ws, uint64_t rng_seed);
 } kern_class;
 
 /* kern_expert_find returns the class registered under name, or NULL. */

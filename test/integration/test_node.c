@@ -315,3 +315,92 @@ Test(node, sigterm_while_computing_exits_cleanly, .timeout = 60)
     cr_assert_eq(rc, 0, "dmoe-node exited with %d", rc);
     free(x);
 }
+
+/* ---- the activation cache ---- */
+
+static uint64_t forward_handle(int fd, uint64_t id, const char *uid, const float *x, int64_t B)
+{
+    cr_assert_eq(th_send_out(fd, th_request(id, uid, x, B, H, NULL)), 0);
+    wire_msg m;
+    cr_assert_eq(th_recv_msg(fd, &m), 0);
+    cr_assert_eq(m.kind, WIRE_REPLY_OK, "%s", m.err_msg);
+    const msgpack_object *h = wire_map_get(m.result, "handle");
+    uint64_t handle = h && h->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? h->via.u64 : 0;
+    wire_msg_free(&m);
+    return handle;
+}
+
+static void backward_handle(int fd, uint64_t id, const char *uid, const float *x, const float *gy, int64_t B,
+                            uint64_t handle, float *gx)
+{
+    wire_out *o = wire_out_new();
+    msgpack_packer *pk = wire_out_pk(o);
+    wire_request_begin(o, id, "backward", 6);
+    wire_pack_str(pk, "handle");
+    msgpack_pack_uint64(pk, handle);
+    wire_pack_str(pk, "uid");
+    wire_pack_str(pk, uid);
+    wire_tensor t = {.dtype = WIRE_DT_F32, .ndim = 2, .shape = {B, H}, .numel = (size_t)(B * H), .nbytes = (size_t)(B * H * 4)};
+    wire_pack_str(pk, "inputs");
+    msgpack_pack_array(pk, 1);
+    t.data = (const uint8_t *)x;
+    wire_tensor_pack(o, &t, NULL, NULL);
+    wire_pack_str(pk, "grad_outputs");
+    msgpack_pack_array(pk, 1);
+    t.data = (const uint8_t *)gy;
+    wire_tensor_pack(o, &t, NULL, NULL);
+    cr_assert_eq(th_send_out(fd, o), 0);
+    wire_msg m;
+    cr_assert_eq(th_recv_msg(fd, &m), 0);
+    cr_assert_eq(m.kind, WIRE_REPLY_OK, "%s", m.err_msg);
+    cr_assert_eq(th_result_f32(&m, "grad_inputs", B, H, gx), 0);
+    wire_msg_free(&m);
+}
+
+static long cached_backwards(th_node *n)
+{
+    char out[8192];
+    const char *info[] = {"--peer", n->maddr, "info", "expert.0", "--json", NULL};
+    cr_assert_eq(th_run("dmoe-call", info, out, sizeof out, 30), 0);
+    const char *p = strstr(out, "\"backward_cached\": ");
+    cr_assert_not_null(p, "%s", out);
+    return atol(p + strlen("\"backward_cached\": "));
+}
+
+Test(node, backward_with_its_forward_handle_skips_the_recompute, .timeout = 60)
+{
+    th_node n;
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "64", "--expert_uids", "expert.0", "--seed", SEED,
+                          "--optimizer", "none", NULL};
+    cr_assert_eq(th_node_start(&n, args), 0);
+    enum { B = 6 };
+    float x[B * H], x2[B * H], gy[B * H], gx[B * H], want[B * H];
+    th_fill_normal(x, B * H, 21);
+    th_fill_normal(x2, B * H, 22);
+    th_fill_normal(gy, B * H, 23);
+    local_expert e;
+    local_init(&e, "expert.0", 7);
+    local_backward(&e, x, gy, B, want);
+    int fd = th_connect(n.port);
+
+    uint64_t h = forward_handle(fd, 1, "expert.0", x, B);
+    cr_assert_neq(h, 0, "the forward reply carries a handle");
+    backward_handle(fd, 2, "expert.0", x, gy, B, h, gx);
+    cr_assert_lt(th_max_abs_diff(gx, want, B * H), 1e-5f);
+    cr_assert_eq(cached_backwards(&n), 1);
+
+    /* a handle is good once: the second backward recomputes, with the same result */
+    backward_handle(fd, 3, "expert.0", x, gy, B, h, gx);
+    cr_assert_lt(th_max_abs_diff(gx, want, B * H), 1e-5f);
+    cr_assert_eq(cached_backwards(&n), 1);
+
+    /* a handle with other inputs is not used: the gradient is that of the inputs sent */
+    h = forward_handle(fd, 4, "expert.0", x, B);
+    backward_handle(fd, 5, "expert.0", x2, gy, B, h, gx);
+    local_backward(&e, x2, gy, B, want);
+    cr_assert_lt(th_max_abs_diff(gx, want, B * H), 1e-5f);
+    cr_assert_eq(cached_backwards(&n), 1);
+    close(fd);
+    local_free(&e);
+    cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
+}

@@ -43,6 +43,7 @@ static int n_results(const kern_model *m, int dir) { return dir == EX_FWD ? m->n
 static void batch_free(ex_batch *b)
 {
     batchq_release_work(b);
+    free(b->chunks);
     act_block_unref(b->saved);
     free(b->res_block);
     rt_timer_deinit(&b->delay);
@@ -216,6 +217,7 @@ static ex_batch *build_batch(batchq *q)
     if (q->dir == EX_BWD)
         for (int j = 0; j < m->n_out; j++) { b->gout[j] = f; f += (size_t)B * kern_io_numel(&m->out[j]) + 16; }
     b->ws = f;
+    b->ws_floats = ws_floats;
     f += ws_floats + 16;
     if (from_saved) b->gathered = f;
     if (q->dir == EX_FWD && q->cfg.cache && m->cls->forward_save) b->saved = act_block_new(B, m->cls->saved_floats(m));

@@ -16,6 +16,8 @@
 #ifndef DMOE_BATCHQ_H
 #define DMOE_BATCHQ_H
 
+#include <stdatomic.h>
+
 #include "actors/expert.h"
 
 typedef struct batchq batchq;
@@ -30,6 +32,7 @@ typedef struct ex_batch {
     float *gout[KERN_MAX_IO];    /* backward: B rows of each grad_output */
     float *res[KERN_MAX_IO];     /* forward: outputs; backward: grad_inputs (one per input) */
     float *ws;
+    size_t ws_floats;
     void *work;                  /* block holding in, gout, ws: freed when the job is back */
     act_block *saved;            /* forward: where the activations go (NULL: not kept) */
     float *gathered;             /* backward: the requests' saved activations, in the work block */
@@ -44,12 +47,26 @@ typedef struct ex_batch {
     /* set by the expert for the worker: */
     const kern_model *model;
     float *params, *grads;
+    float *grads_extra;          /* backward split in chunks: one more gradient buffer per chunk past the first */
     kern_optim *opt;
     float lr;
+    int nchunks, chunks_left;    /* chunk jobs out (0: the batch runs as one job) */
+    struct ex_chunk *chunks;
+    atomic_int chunks_running;   /* workers still computing: the last one reduces and steps */
 } ex_batch;
 
+/* A slice of rows of a batch, computed as its own job when a batch is split across the workers. */
+typedef struct ex_chunk {
+    rt_job job;
+    ex_batch *b;
+    int idx;
+    int64_t r0, r1;
+    float *grads, *ws;
+    int rc;
+} ex_chunk;
+
 /* Message types the expert receives from its queues. */
-enum { EX_MSG_WORK = 1, EX_MSG_BATCH, EX_MSG_NOTHING, EX_MSG_JOB_DONE, EX_MSG_DELAY_DONE, EX_MSG_CKPT_DONE };
+enum { EX_MSG_WORK = 1, EX_MSG_BATCH, EX_MSG_NOTHING, EX_MSG_JOB_DONE, EX_MSG_DELAY_DONE, EX_MSG_CKPT_DONE, EX_MSG_CHUNK_DONE };
 
 /* batchq_new creates the queue for (ex, dir) of the expert uid (for metrics labels). Returns NULL when
  * out of memory. */

@@ -18,12 +18,15 @@
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 
+#define EX_MIN_CHUNK_ROWS 32   /* smaller slices lose more GEMM efficiency than the second core gains */
+
 struct expert {
     rt_actor actor;
     char uid[256];
     expert_cfg cfg;
     kern_model model;
     float *params, *grads;
+    float *grads_extra;     /* gradients of the chunks past the first of a split backward */
     kern_optim opt;
     batchq *q[2];
     int running[2], pulling[2], wanted[2];
@@ -75,44 +78,81 @@ void ex_reply_error(ex_req *r, int code, const char *msg)
     ex_req_free(r);
 }
 
-/* ---- the job, on a worker thread ---- */
+/* ---- the jobs, on worker threads ---- */
+
+/* Rows [r0, r1) of a batch: forward, or backward into grads (no optimizer step). */
+static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws)
+{
+    const kern_model *m = b->model;
+    int64_t n = r1 - r0;
+    const void *in[KERN_MAX_IO];
+    for (int i = 0; i < m->n_in; i++)
+        in[i] = (const uint8_t *)b->in[i] + (size_t)r0 * kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype);
+    if (b->dir == EX_FWD) {
+        float *out[KERN_MAX_IO];
+        for (int j = 0; j < m->n_out; j++) out[j] = b->res[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
+        if (b->saved)
+            return m->cls->forward_save(m, b->params, n, in, out, ws, b->seed,
+                                        b->saved->data + (size_t)r0 * b->saved->row_floats);
+        return m->cls->forward(m, b->params, n, in, out, ws, b->seed);
+    }
+    const float *gout[KERN_MAX_IO];
+    float *gin[KERN_MAX_IO];
+    for (int j = 0; j < m->n_out; j++) gout[j] = b->gout[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
+    for (int i = 0; i < m->n_in; i++) {
+        gin[i] = b->res[i] + (size_t)r0 * kern_io_numel(&m->in[i]);
+        if (m->in[i].dtype != KERN_F32) {   /* masks get a zero gradient */
+            memset(gin[i], 0, (size_t)n * kern_io_numel(&m->in[i]) * sizeof(float));
+            gin[i] = NULL;
+        }
+    }
+    if (b->gathered)
+        return m->cls->backward_saved(m, b->params, n, in, b->gathered + (size_t)r0 * m->cls->saved_floats(m), gout,
+                                      gin, grads, ws, b->seed);
+    return m->cls->backward(m, b->params, n, in, gout, gin, grads, ws, b->seed);
+}
+
+/* After a backward's gradients are complete: check them and take the optimizer step. */
+static void step(ex_batch *b)
+{
+    const kern_model *m = b->model;
+    if (b->rc != 0 || m->n_floats == 0) return;
+    if (!kern_all_finite(b->grads, m->n_floats)) {
+        b->rc = DMOE_ENONFINITE;
+        snprintf(b->err, sizeof b->err, "parameter gradients are not finite: optimizer step skipped");
+        return;
+    }
+    kern_optim_step(b->opt, m, b->params, b->grads, b->lr);
+}
 
 static void job_run(rt_job *j)
 {
     ex_batch *b = (ex_batch *)j;
-    const kern_model *m = b->model;
-    uint64_t t0 = rt_clock_us();
-    const void *in[KERN_MAX_IO];
-    for (int i = 0; i < m->n_in; i++) in[i] = b->in[i];
-    if (b->dir == EX_FWD) {
-        if (b->saved) b->rc = m->cls->forward_save(m, b->params, b->B, in, b->res, b->ws, b->seed, b->saved->data);
-        else b->rc = m->cls->forward(m, b->params, b->B, in, b->res, b->ws, b->seed);
-    } else {
-        const float *gout[KERN_MAX_IO];
-        float *gin[KERN_MAX_IO];
-        for (int i = 0; i < m->n_out; i++) gout[i] = b->gout[i];
-        for (int i = 0; i < m->n_in; i++) {
-            gin[i] = b->res[i];
-            if (m->in[i].dtype != KERN_F32) {   /* masks get a zero gradient */
-                memset(b->res[i], 0, (size_t)b->B * kern_io_numel(&m->in[i]) * sizeof(float));
-                gin[i] = NULL;
-            }
-        }
-        if (b->gathered)
-            b->rc = m->cls->backward_saved(m, b->params, b->B, in, b->gathered, gout, gin, b->grads, b->ws, b->seed);
-        else
-            b->rc = m->cls->backward(m, b->params, b->B, in, gout, gin, b->grads, b->ws, b->seed);
-        if (b->rc == 0 && m->n_floats > 0) {
-            if (!kern_all_finite(b->grads, m->n_floats)) {
-                b->rc = DMOE_ENONFINITE;
-                snprintf(b->err, sizeof b->err, "parameter gradients are not finite: optimizer step skipped");
-            } else {
-                kern_optim_step(b->opt, m, b->params, b->grads, b->lr);
-            }
-        }
-    }
+    uint64_t t0 = b->t_compute_us;
+    b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
+    if (b->dir == EX_BWD) step(b);
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
     b->t_compute_us = rt_clock_us() - t0;
+}
+
+static void chunk_run(rt_job *j)
+{
+    ex_chunk *c = (ex_chunk *)j;
+    ex_batch *b = c->b;
+    c->rc = run_rows(b, c->r0, c->r1, c->grads, c->ws);
+    /* the last chunk to finish sums the gradients and steps; the atomic orders the others' writes */
+    if (atomic_fetch_sub(&b->chunks_running, 1) != 1) return;
+    for (int k = 0; k < b->nchunks; k++)
+        if (b->chunks[k].rc < 0 && b->rc == 0) b->rc = b->chunks[k].rc;
+    if (b->dir == EX_BWD && b->rc == 0) {
+        size_t n = b->model->n_floats;
+        for (int k = 1; k < b->nchunks; k++) {
+            const float *g = b->chunks[k].grads;
+            for (size_t i = 0; i < n; i++) b->grads[i] += g[i];
+        }
+        step(b);
+    }
+    if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
 }
 
 /* ---- scheduling ---- */
@@ -177,6 +217,48 @@ static void schedule(expert *e)
         pull(e, EX_FWD);
 }
 
+/* A chunk's completion dropped undelivered (the expert stopped): the last one gives the batch up. */
+static void chunk_drop(rt_msg *m)
+{
+    ex_batch *b = ((ex_chunk *)m)->b;
+    if (--b->chunks_left == 0) rt_msg_drop(&b->job.msg);
+}
+
+/* Split b into chunk jobs across the workers when it is big enough. Returns the number of chunks (0: run
+ * as one job). Chunk workspaces are carved from the batch's, which is linear in the rows. */
+static int split(expert *e, ex_batch *b)
+{
+    int workers = rt_pool_threads(e->cfg.pool);
+    int64_t k = b->B / EX_MIN_CHUNK_ROWS;
+    if (k > workers) k = workers;
+    if (k < 2) return 0;
+    const kern_model *m = &e->model;
+    size_t (*wsf)(const kern_model *, int64_t) = b->dir == EX_FWD ? m->cls->forward_ws : m->cls->backward_ws;
+    if (b->dir == EX_BWD && m->n_floats > 0 && !e->grads_extra) {
+        e->grads_extra = malloc((size_t)(workers - 1) * m->n_floats * sizeof(float));
+        if (!e->grads_extra) return 0;
+    }
+    b->chunks = calloc((size_t)k, sizeof *b->chunks);
+    if (!b->chunks) return 0;
+    size_t used = 0;
+    for (int64_t i = 0; i < k; i++) {
+        ex_chunk *c = &b->chunks[i];
+        c->b = b;
+        c->idx = (int)i;
+        c->r0 = b->B * i / k;
+        c->r1 = b->B * (i + 1) / k;
+        c->ws = b->ws + used;
+        used += wsf(m, c->r1 - c->r0);
+        c->grads = i == 0 ? e->grads : e->grads_extra + (size_t)(i - 1) * m->n_floats;
+    }
+    if (used > b->ws_floats) {   /* a class whose workspace is not linear in the rows: no split */
+        free(b->chunks);
+        b->chunks = NULL;
+        return 0;
+    }
+    return (int)k;
+}
+
 static void start_batch(expert *e, ex_batch *b)
 {
     b->job.run = job_run;
@@ -189,6 +271,28 @@ static void start_batch(expert *e, ex_batch *b)
     b->lr = kern_sched_lr(&e->cfg.sched, e->cfg.opt.lr, e->opt.step);   /* no backward runs now */
     b->seed = e->cfg.seed ^ (0x9E3779B97F4A7C15ull * ++e->batch_seq);
     e->running[b->dir]++;
+    b->t_compute_us = rt_clock_us();   /* start time while chunks run; the duration once done */
+    b->nchunks = split(e, b);
+    if (b->nchunks > 0) {
+        atomic_store(&b->chunks_running, b->nchunks);
+        b->chunks_left = b->nchunks;
+        for (int i = 0; i < b->nchunks; i++) {
+            ex_chunk *c = &b->chunks[i];
+            c->job.run = chunk_run;
+            c->job.owner = &e->actor;
+            c->job.msg.type = EX_MSG_CHUNK_DONE;
+            c->job.msg.drop = chunk_drop;
+            if (rt_pool_submit(e->cfg.pool, &c->job) != 0) {
+                /* only at shutdown, and then for every chunk alike: none was submitted */
+                e->running[b->dir]--;
+                b->rc = DMOE_ESHUTDOWN;
+                batchq_release_work(b);
+                batchq_done(b->q, b);
+                return;
+            }
+        }
+        return;
+    }
     if (rt_pool_submit(e->cfg.pool, &b->job) != 0) {
         e->running[b->dir]--;
         b->rc = DMOE_ESHUTDOWN;
@@ -250,6 +354,14 @@ static void expert_handle(rt_actor *self, rt_msg *m)
     case EX_MSG_JOB_DONE:
         finish_batch(e, (ex_batch *)m);
         break;
+    case EX_MSG_CHUNK_DONE: {
+        ex_batch *b = ((ex_chunk *)m)->b;
+        if (--b->chunks_left == 0) {
+            b->t_compute_us = rt_clock_us() - b->t_compute_us;
+            finish_batch(e, b);
+        }
+        break;
+    }
     case EX_MSG_CKPT_DONE:
         finish_checkpoint(e);
         break;
@@ -271,6 +383,7 @@ static void expert_destroy(rt_actor *self)
     kern_optim_free(&e->opt);
     free(e->params);
     free(e->grads);
+    free(e->grads_extra);
     free(e);
 }
 

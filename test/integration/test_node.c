@@ -404,3 +404,34 @@ Test(node, backward_with_its_forward_handle_skips_the_recompute, .timeout = 60)
     local_free(&e);
     cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
 }
+
+/* A batch big enough to be split across the workers still gives one step with the whole batch's
+ * gradient: the chunks' gradients are summed before the step. */
+Test(node, split_backward_is_one_step_of_the_whole_batch, .timeout = 60)
+{
+    th_node n;
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "64", "--expert_uids", "expert.0", "--seed", SEED,
+                          "--optimizer", "sgd", "--lr", "0.1", "--num_workers", "2", NULL};
+    cr_assert_eq(th_node_start(&n, args), 0);
+    enum { B = 100 };
+    float *x = malloc(B * H * 4), *gy = malloc(B * H * 4), *gx = malloc(B * H * 4), *want = malloc(B * H * 4);
+    float *y = malloc(B * H * 4);
+    th_fill_normal(x, B * H, 31);
+    th_fill_normal(gy, B * H, 32);
+    local_expert e;
+    local_init(&e, "expert.0", 7);
+    free(e.ws);
+    e.ws = calloc(e.m.cls->backward_ws(&e.m, B) + 64, 4);
+    int fd = th_connect(n.port);
+    remote(fd, 1, "expert.0", x, B, gy, gx);
+    local_backward(&e, x, gy, B, want);
+    cr_assert_lt(th_max_abs_diff(gx, want, B * H), 1e-5f);
+    for (size_t i = 0; i < e.m.n_floats; i++) e.params[i] -= 0.1f * e.grads[i];
+    remote(fd, 2, "expert.0", x, B, NULL, y);
+    local_forward(&e, x, B, want);
+    cr_assert_lt(th_max_abs_diff(y, want, B * H), 5e-5f);
+    close(fd);
+    local_free(&e);
+    free(x); free(gy); free(gx); free(want); free(y);
+    cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
+}

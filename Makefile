@@ -18,18 +18,23 @@ SAN      ?= 0
 ifeq ($(SAN),1)
 BUILD    := build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-OPT      := -O1 -g
+OPT      := -O1 -g -fno-math-errno
 else
 BUILD    := build
 SANFLAGS :=
-OPT      := -O2 -g
+OPT      := -O3 -g -fno-math-errno
 endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 TEST_LIBS  = $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
 
+# -Wno-format-truncation: messages are cut to their buffers on purpose (snprintf); gcc's guesses at -O3
+# about what might not fit are not bugs. -Wno-missing-field-initializers: designated initializers that
+# leave the rest zero are the idiom of the flag tables.
+NO_TRUNC := $(shell $(CC) -Werror -Wno-format-truncation -E -x c /dev/null >/dev/null 2>&1 && echo -Wno-format-truncation)
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers \
+           $(NO_TRUNC) \
            -I. $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LIBS     = $(PKG_LIBS) -lpthread -lm
@@ -58,7 +63,7 @@ $(DEPS_STAMP):
 	@pkg-config --exists $(PKGS) $(TEST_PKGS) || { echo "deps: pkg-config still misses one of $(PKGS) $(TEST_PKGS)" >&2; exit 1; }
 	@mkdir -p $(BUILD) && touch $@
 
-$(BUILD)/obj/%.o: %.c $(DEPS_STAMP)
+$(BUILD)/obj/%.o: %.c $(DEPS_STAMP) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
 

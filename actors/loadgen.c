@@ -1,0 +1,899 @@
+/* loadgen.c -- the closed-loop load generator (see loadgen.h).
+ *
+ * Design notes. loadgen_run makes a loop, asks the node for its experts (info without uid), picks the
+ * targets and checks they share one schema, then builds its users. Each user owns a client (its own
+ * connection), random input rows and random output gradients for batch_max rows, built once and sent
+ * again and again: a request references the first B rows of those buffers (wire_out_bin_ref, no copy),
+ * and a reference count keeps a buffer alive while a request still points into it.
+ *
+ * A user always has at most one request in flight; its completion callback records the outcome and sends
+ * the next one. Users start in waves of LG_RAMP per loop round so the node's accept queue never
+ * overflows. The generator's own actor receives the timers: the per-second tick (CSV samples), the end of
+ * the duration, the end of the wait for the last replies.
+ *
+ * Mix: each user adds `mix` to an accumulator per request and sends a backward when it reaches 1 (and
+ * subtracts 1), so mix 0.5 alternates forward, backward, forward, ... as training does, and mix 0.25
+ * sends one backward after every three forwards. A backward carries the inputs (same rows, same count,
+ * same expert) of the user's previous forward, plus gradients for its outputs. A user's first request
+ * is always a forward.
+ *
+ * Phases: INFO -> RUN (sending) -> DRAIN (bounds reached: waiting for the replies in flight, at most
+ * the call timeout plus a second) -> DONE. A callback that arrives in DONE comes from client_free
+ * failing the call: that request is lost.
+ *
+ * Loop thread only; nothing here is shared between runs.
+ */
+#include "actors/loadgen.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "actors/client.h"
+#include "actors/remote.h"
+#include "kernels/kern_rng.h"
+#include "runtime/rt_actor.h"
+#include "runtime/rt_args.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+#include "wire/wire_json.h"
+
+#define LG_RAMP 128            /* users started per loop round: far below the node's listen backlog (511) */
+#define LG_TICK_MS 1000        /* per-second samples */
+#define LG_DRAIN_EXTRA_MS 1000 /* wait for replies in flight: the call timeout plus this */
+
+enum { LG_MSG_TICK = 1, LG_MSG_DEADLINE = 2, LG_MSG_START = 3 };
+enum { PH_INFO, PH_RUN, PH_DRAIN, PH_DONE };
+
+/* A buffer of rows referenced by requests in flight; freed by the last reference. */
+typedef struct {
+    int refs;
+    size_t nbytes;
+    uint8_t *data;
+} lg_buf;
+
+typedef struct {
+    uint32_t *v;
+    size_t n, cap;
+} lg_vec;
+
+typedef struct lg lg;
+
+typedef struct {
+    lg *g;
+    client *cl;
+    kern_rng rng;
+    lg_buf *in[KERN_MAX_IO], *gout[KERN_MAX_IO];
+    double acc;              /* the mix accumulator */
+    int has_prev;            /* a forward was sent: a backward may follow */
+    int prev_target;
+    int64_t prev_rows;
+    int busy, dir, target;   /* the request in flight */
+    int64_t rows;
+    uint64_t t_send_us;
+} lg_user;
+
+struct lg {
+    rt_actor actor;
+    rt_timer tick, deadline;
+    rt_signal start_sig;
+    rt_loop *loop;
+    const loadgen_cfg *cfg;
+    loadgen_report *r;
+    int phase;
+    int rc;
+    char *err;
+    size_t errlen;
+    /* targets */
+    int n_targets;
+    char (*uids)[256];
+    rx_schema schema;
+    /* users */
+    lg_user *users;
+    int n_users, n_started, inflight;
+    client *info_cl;
+    /* time */
+    uint64_t t0_us, window_us, t_last_us, t_tick_us;
+    /* figures */
+    lg_vec lat[2];           /* the window's latencies by direction */
+    lg_vec tick_lat;         /* this second's latencies */
+    uint64_t tick_ok, tick_rows, tick_err;
+    FILE *csv;
+};
+
+/* ---- small helpers ---- */
+
+static int vec_push(lg_vec *v, uint32_t x)
+{
+    if (v->n == v->cap) {
+        size_t nc = v->cap ? v->cap * 2 : 1024;
+        uint32_t *nv = realloc(v->v, nc * sizeof *nv);
+        if (!nv) return DMOE_ENOMEM;
+        v->v = nv;
+        v->cap = nc;
+    }
+    v->v[v->n++] = x;
+    return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of a sorted vector. */
+static double pct(const uint32_t *v, size_t n, double p)
+{
+    if (n == 0) return 0;
+    size_t k = (size_t)ceil(p * (double)n);
+    if (k < 1) k = 1;
+    if (k > n) k = n;
+    return v[k - 1];
+}
+
+static void lat_summary(lg_vec *v, loadgen_lat *out)
+{
+    memset(out, 0, sizeof *out);
+    if (v->n == 0) return;
+    qsort(v->v, v->n, sizeof *v->v, cmp_u32);
+    double sum = 0;
+    for (size_t i = 0; i < v->n; i++) sum += v->v[i];
+    out->n = v->n;
+    out->p50 = pct(v->v, v->n, 0.50);
+    out->p90 = pct(v->v, v->n, 0.90);
+    out->p99 = pct(v->v, v->n, 0.99);
+    out->max = v->v[v->n - 1];
+    out->mean = sum / (double)v->n;
+}
+
+static lg_buf *buf_new(size_t nbytes)
+{
+    lg_buf *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->data = malloc(nbytes ? nbytes : 1);
+    if (!b->data) { free(b); return NULL; }
+    b->nbytes = nbytes;
+    b->refs = 1;
+    return b;
+}
+
+static void buf_unref(lg_buf *b)
+{
+    if (b && --b->refs == 0) {
+        free(b->data);
+        free(b);
+    }
+}
+
+static void buf_release(const void *data, size_t len, void *arg) { buf_unref(arg); }
+
+/* Fill a user's buffer for io with batch_max random rows: normal floats; 0/1 for a float input named
+ * like a mask; zeros (nothing padded) for a uint8 mask. */
+static void fill_rows(lg_buf *b, const kern_io_info *io, kern_rng *rng)
+{
+    if (io->dtype == KERN_U8) {
+        memset(b->data, 0, b->nbytes);
+        return;
+    }
+    float *f = (float *)b->data;
+    size_t n = b->nbytes / sizeof(float);
+    int is_mask = strstr(io->name, "mask") != NULL;
+    for (size_t i = 0; i < n; i++) f[i] = is_mask ? (kern_rng_uniform(rng) < 0.8f ? 1.0f : 0.0f) : kern_rng_normal(rng);
+}
+
+static int code_index(int err)
+{
+    int k = err < 0 ? -err : err;
+    return k > 0 && k < LOADGEN_N_CODES ? k : 0;
+}
+
+static void record_error(lg *g, int err, const char *msg)
+{
+    loadgen_report *r = g->r;
+    r->errors++;
+    r->err_by_code[code_index(err)]++;
+    g->tick_err++;
+    if (!r->first_error[0])
+        snprintf(r->first_error, sizeof r->first_error, "%s: %s", dmoe_strerror(err), msg ? msg : "");
+}
+
+static void set_err(lg *g, int rc, const char *fmt, const char *a, const char *b)
+{
+    if (g->rc == 0) {
+        g->rc = rc;
+        snprintf(g->err, g->errlen, fmt, a, b);
+    }
+}
+
+/* ---- the end ---- */
+
+static void write_sample(lg *g, uint64_t now, int final)
+{
+    loadgen_report *r = g->r;
+    /* the last interval is kept when it is long enough for its rates to mean something */
+    if (final && now < g->t_tick_us + 250000) return;
+    struct loadgen_sample s = {
+        .t_s = (double)(now - g->t0_us) / 1e6, .requests = g->tick_ok, .rows = g->tick_rows, .errors = g->tick_err,
+    };
+    if (g->tick_lat.n) {
+        qsort(g->tick_lat.v, g->tick_lat.n, sizeof *g->tick_lat.v, cmp_u32);
+        s.p50_ms = pct(g->tick_lat.v, g->tick_lat.n, 0.50) / 1000.0;
+        s.p99_ms = pct(g->tick_lat.v, g->tick_lat.n, 0.99) / 1000.0;
+    }
+    double dt = (double)(now - g->t_tick_us) / 1e6;
+    if (g->csv)
+        fprintf(g->csv, "%.3f,%llu,%llu,%.1f,%.1f,%.3f,%.3f,%llu\n", s.t_s, (unsigned long long)s.requests,
+                (unsigned long long)s.rows, dt > 0 ? (double)s.requests / dt : 0.0, dt > 0 ? (double)s.rows / dt : 0.0,
+                s.p50_ms, s.p99_ms, (unsigned long long)s.errors);
+    if (r->n_samples % 64 == 0) {
+        struct loadgen_sample *ns = realloc(r->samples, (size_t)(r->n_samples + 64) * sizeof *ns);
+        if (ns) r->samples = ns;
+        else { set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", ""); return; }
+    }
+    r->samples[r->n_samples++] = s;
+    g->tick_ok = g->tick_rows = g->tick_err = 0;
+    g->tick_lat.n = 0;
+    g->t_tick_us = now;
+}
+
+static void finish(lg *g)
+{
+    if (g->phase == PH_DONE) return;
+    uint64_t now = rt_clock_us();
+    if (g->phase != PH_INFO) {
+        write_sample(g, now, 1);
+        g->r->run_s = (double)(now - g->t0_us) / 1e6;
+    }
+    g->phase = PH_DONE;
+    rt_timer_cancel(&g->tick);
+    rt_timer_cancel(&g->deadline);
+    rt_loop_break(g->loop);
+}
+
+static void maybe_finish(lg *g)
+{
+    if (g->inflight > 0 || g->phase == PH_DONE || g->phase == PH_INFO) return;
+    if (g->phase == PH_DRAIN) { finish(g); return; }
+    /* running, but every user has given up (requests refused before sending) */
+    if (g->n_started == g->n_users) {
+        int idle = 1;
+        for (int i = 0; i < g->n_users && idle; i++) idle = !g->users[i].busy;
+        if (idle) finish(g);
+    }
+}
+
+static void enter_drain(lg *g)
+{
+    if (g->phase != PH_RUN) return;
+    g->phase = PH_DRAIN;
+    if (g->inflight == 0) { finish(g); return; }
+    rt_timer_start(&g->deadline, g->cfg->timeout_ms + LG_DRAIN_EXTRA_MS, 0);
+}
+
+/* ---- requests ---- */
+
+static int pack_rows(wire_out *o, lg_buf *const *bufs, const kern_io_info *io, int n, int64_t rows)
+{
+    msgpack_pack_array(wire_out_pk(o), (size_t)n);
+    for (int i = 0; i < n; i++) {
+        wire_tensor w = {.dtype = io[i].dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32, .compression = WIRE_COMP_NONE,
+                         .ndim = io[i].ndim + 1};
+        w.shape[0] = rows;
+        for (int d = 0; d < io[i].ndim; d++) w.shape[d + 1] = io[i].dims[d];
+        w.numel = (size_t)rows * kern_io_numel(&io[i]);
+        w.nbytes = w.numel * kern_dtype_size(io[i].dtype);
+        w.data = bufs[i]->data;
+        bufs[i]->refs++;
+        if (wire_tensor_pack(o, &w, buf_release, bufs[i]) != 0) return DMOE_ENOMEM;
+    }
+    return 0;
+}
+
+static int on_reply(void *arg, int err, const char *msg, wire_msg *reply);
+
+static void user_send(lg_user *u)
+{
+    lg *g = u->g;
+    const loadgen_cfg *c = g->cfg;
+    if (g->phase != PH_RUN) return;
+    if (c->max_requests && g->r->sent >= c->max_requests) { enter_drain(g); return; }
+    u->acc += c->mix;
+    int bwd = 0;
+    if (u->acc >= 1.0 && u->has_prev) {
+        bwd = 1;
+        u->acc -= 1.0;
+    }
+    if (bwd) {
+        u->target = u->prev_target;
+        u->rows = u->prev_rows;
+    } else {
+        u->target = g->n_targets > 1 ? (int)kern_rng_below(&u->rng, (uint64_t)g->n_targets) : 0;
+        u->rows = c->batch_min +
+                  (c->batch_max > c->batch_min ? (int64_t)kern_rng_below(&u->rng, (uint64_t)(c->batch_max - c->batch_min + 1)) : 0);
+        u->prev_target = u->target;
+        u->prev_rows = u->rows;
+        u->has_prev = 1;
+    }
+    u->dir = bwd;
+    uint64_t id = client_next_id(u->cl);
+    wire_out *o = wire_out_new();
+    int rc = o ? 0 : DMOE_ENOMEM;
+    if (rc == 0) {
+        wire_request_begin(o, id, bwd ? "backward" : "forward", bwd ? 5 : 4);
+        wire_pack_str(wire_out_pk(o), "uid");
+        wire_pack_str(wire_out_pk(o), g->uids[u->target]);
+        wire_pack_str(wire_out_pk(o), "inputs");
+        rc = pack_rows(o, u->in, g->schema.in, g->schema.n_in, u->rows);
+        if (rc == 0 && bwd) {
+            wire_pack_str(wire_out_pk(o), "grad_outputs");
+            rc = pack_rows(o, u->gout, g->schema.out, g->schema.n_out, u->rows);
+        }
+        if (rc != 0) { wire_out_free(o); o = NULL; }
+    }
+    g->r->sent++;
+    if (rc == 0) {
+        g->r->bytes_sent += wire_out_len(o) + 4;
+        u->t_send_us = rt_clock_us();
+        rc = client_call(u->cl, &c->peer, id, o, c->timeout_ms, on_reply, u);
+    }
+    if (rc != 0) {   /* never left: an error, and this user stops */
+        record_error(g, rc, "cannot send the request");
+        maybe_finish(g);
+        return;
+    }
+    u->busy = 1;
+    g->inflight++;
+    if (c->max_requests && g->r->sent >= c->max_requests) enter_drain(g);
+}
+
+static int count_write(void *data, const char *buf, size_t len)
+{
+    *(uint64_t *)data += len;
+    return 0;
+}
+
+/* Check that a successful reply carries one tensor per schema output (forward) or input (backward),
+ * each with the request's row count. Returns 0 or DMOE_EPROTO with err. */
+static int check_reply(const lg *g, const lg_user *u, const wire_msg *reply, char *err, size_t errlen)
+{
+    const char *key = u->dir ? "grad_inputs" : "outputs";
+    int want = u->dir ? g->schema.n_in : g->schema.n_out;
+    const msgpack_object *arr = reply->result && reply->result->type == MSGPACK_OBJECT_MAP
+                                    ? wire_map_get(reply->result, key) : NULL;
+    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY || (int)arr->via.array.size != want) {
+        snprintf(err, errlen, "the reply has no %s array of %d tensors", key, want);
+        return DMOE_EPROTO;
+    }
+    for (int i = 0; i < want; i++) {
+        wire_tensor w;
+        char terr[128];
+        if (wire_tensor_decode(&arr->via.array.ptr[i], &w, terr, sizeof terr) != 0) {
+            snprintf(err, errlen, "reply %s[%d]: %s", key, i, terr);
+            return DMOE_EPROTO;
+        }
+        if (w.ndim < 1 || w.shape[0] != u->rows) {
+            snprintf(err, errlen, "reply %s[%d] has %lld rows, sent %lld", key, i, w.ndim ? (long long)w.shape[0] : 0LL,
+                     (long long)u->rows);
+            return DMOE_EPROTO;
+        }
+    }
+    return 0;
+}
+
+static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    lg_user *u = arg;
+    lg *g = u->g;
+    loadgen_report *r = g->r;
+    u->busy = 0;
+    g->inflight--;
+    if (g->phase == PH_DONE) {   /* failed by client_free at the end: no reply came */
+        r->lost++;
+        return 0;
+    }
+    uint64_t now = rt_clock_us();
+    char e[256];
+    if (reply) {
+        uint64_t n = 0;
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &n, count_write);
+        msgpack_pack_object(&pk, reply->root);
+        r->bytes_received += n + 4;
+    }
+    if (err == 0) {
+        err = check_reply(g, u, reply, e, sizeof e);
+        msg = e;
+    }
+    if (err) {
+        record_error(g, err, msg);
+    } else {
+        r->ok++;
+        uint64_t us = now - u->t_send_us;
+        uint32_t us32 = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+        g->tick_ok++;
+        g->tick_rows += (uint64_t)u->rows;
+        if (vec_push(&g->tick_lat, us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
+        if (now >= g->window_us) {
+            if (vec_push(&g->lat[u->dir], us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
+            r->requests++;
+            r->rows += (uint64_t)u->rows;
+            if (u->dir) { r->bwd_requests++; r->bwd_rows += (uint64_t)u->rows; }
+            else { r->fwd_requests++; r->fwd_rows += (uint64_t)u->rows; }
+            g->t_last_us = now;
+        }
+    }
+    if (g->rc) { finish(g); return 0; }
+    if (g->phase == PH_RUN) user_send(u);
+    maybe_finish(g);
+    return 0;
+}
+
+/* ---- start-up ---- */
+
+static void start_users(lg *g)
+{
+    int end = g->n_started + LG_RAMP;
+    if (end > g->n_users) end = g->n_users;
+    while (g->n_started < end && g->phase == PH_RUN) user_send(&g->users[g->n_started++]);
+    if (g->n_started < g->n_users && g->phase == PH_RUN) rt_signal_raise(&g->start_sig);
+    else g->n_started = g->n_users;   /* the rest never start: the bounds were reached */
+    maybe_finish(g);
+}
+
+static int same_io(const kern_io_info *a, int na, const kern_io_info *b, int nb)
+{
+    if (na != nb) return 0;
+    for (int i = 0; i < na; i++) {
+        if (a[i].dtype != b[i].dtype || a[i].ndim != b[i].ndim) return 0;
+        for (int d = 0; d < a[i].ndim; d++)
+            if (a[i].dims[d] != b[i].dims[d]) return 0;
+    }
+    return 1;
+}
+
+/* Choose the targets among the node's experts and check they share one schema. */
+static int pick_targets(lg *g, const msgpack_object *experts)
+{
+    const loadgen_cfg *c = g->cfg;
+    uint32_t n = experts->via.array.size;
+    int want = 0;
+    if (!c->all)
+        while (c->uids[want]) want++;
+    int cap = c->all ? (int)n : want;
+    if (cap < 1) { set_err(g, DMOE_EINVAL, "%s%s", "the node hosts no experts", ""); return g->rc; }
+    if (cap > LOADGEN_MAX_TARGETS) cap = LOADGEN_MAX_TARGETS;
+    g->uids = calloc((size_t)cap, sizeof *g->uids);
+    if (!g->uids) { set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", ""); return g->rc; }
+    for (int t = 0; t < cap; t++) {
+        rx_schema s;
+        char e[256];
+        int found = 0;
+        for (uint32_t i = 0; i < n && !found; i++) {
+            if (rx_schema_parse(&experts->via.array.ptr[i], &s, e, sizeof e) != 0) {
+                set_err(g, DMOE_EPROTO, "the node's info is unreadable: %s%s", e, "");
+                return g->rc;
+            }
+            found = c->all ? (int)i == t : strcmp(s.uid, c->uids[t]) == 0;
+        }
+        if (!found) { set_err(g, DMOE_EINVAL, "the node has no expert %s%s", c->uids[t], ""); return g->rc; }
+        if (t == 0) {
+            g->schema = s;
+        } else if (!same_io(s.in, s.n_in, g->schema.in, g->schema.n_in) ||
+                   !same_io(s.out, s.n_out, g->schema.out, g->schema.n_out)) {
+            set_err(g, DMOE_EINVAL, "experts %s and %s take different inputs: target one kind at a time", g->schema.uid, s.uid);
+            return g->rc;
+        }
+        if (s.max_batch_size < g->schema.max_batch_size) g->schema.max_batch_size = s.max_batch_size;
+        snprintf(g->uids[t], sizeof g->uids[t], "%s", s.uid);
+        g->n_targets = t + 1;
+    }
+    if (c->batch_max > g->schema.max_batch_size) {
+        char a[32], b[32];
+        snprintf(a, sizeof a, "%lld", (long long)c->batch_max);
+        snprintf(b, sizeof b, "%lld", (long long)g->schema.max_batch_size);
+        set_err(g, DMOE_EINVAL, "batch %s is over the node's max_batch_size %s", a, b);
+        return g->rc;
+    }
+    if (g->schema.n_in < 1 || g->schema.n_out < 1) {
+        set_err(g, DMOE_EINVAL, "expert %s has no inputs or outputs%s", g->schema.uid, "");
+        return g->rc;
+    }
+    return 0;
+}
+
+static int make_users(lg *g)
+{
+    const loadgen_cfg *c = g->cfg;
+    g->users = calloc((size_t)c->clients, sizeof *g->users);
+    if (!g->users) return DMOE_ENOMEM;
+    g->n_users = c->clients;
+    for (int i = 0; i < g->n_users; i++) {
+        lg_user *u = &g->users[i];
+        u->g = g;
+        kern_rng_seed(&u->rng, c->seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
+        u->cl = client_new(g->loop, NULL);
+        if (!u->cl) return DMOE_ENOMEM;
+        for (int k = 0; k < g->schema.n_in; k++) {
+            u->in[k] = buf_new((size_t)c->batch_max * kern_io_numel(&g->schema.in[k]) * kern_dtype_size(g->schema.in[k].dtype));
+            if (!u->in[k]) return DMOE_ENOMEM;
+            fill_rows(u->in[k], &g->schema.in[k], &u->rng);
+        }
+        for (int k = 0; c->mix > 0 && k < g->schema.n_out; k++) {
+            u->gout[k] = buf_new((size_t)c->batch_max * kern_io_numel(&g->schema.out[k]) * sizeof(float));
+            if (!u->gout[k]) return DMOE_ENOMEM;
+            fill_rows(u->gout[k], &g->schema.out[k], &u->rng);
+        }
+    }
+    return 0;
+}
+
+static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    lg *g = arg;
+    if (g->phase != PH_INFO) return 0;
+    if (err) {
+        set_err(g, err, "info from the node failed: %s%s", msg ? msg : dmoe_strerror(err), "");
+        finish(g);
+        return 0;
+    }
+    const msgpack_object *ex = reply->result ? wire_map_get(reply->result, "experts") : NULL;
+    if (!ex || ex->type != MSGPACK_OBJECT_ARRAY) {
+        set_err(g, DMOE_EPROTO, "the node's info has no experts list%s%s", "", "");
+        finish(g);
+        return 0;
+    }
+    if (pick_targets(g, ex) != 0) { finish(g); return 0; }
+    g->r->n_targets = g->n_targets;
+    snprintf(g->r->first_target, sizeof g->r->first_target, "%s", g->uids[0]);
+    g->r->row_elems = (int64_t)kern_io_numel(&g->schema.in[0]);
+    int rc = make_users(g);
+    if (rc) { set_err(g, rc, "%s%s", "out of memory for the users' rows", ""); finish(g); return 0; }
+    g->phase = PH_RUN;
+    g->t0_us = g->t_tick_us = rt_clock_us();
+    g->window_us = g->t0_us + (uint64_t)(g->cfg->warmup_s * 1e6);
+    g->t_last_us = g->window_us;
+    rt_timer_start(&g->tick, LG_TICK_MS, 1);
+    if (g->cfg->duration_s > 0) rt_timer_start(&g->deadline, (uint64_t)(g->cfg->duration_s * 1000.0 + 0.5), 0);
+    start_users(g);
+    return 0;
+}
+
+static void lg_handle(rt_actor *self, rt_msg *m)
+{
+    lg *g = (lg *)self;
+    int type = m->type;
+    rt_msg_drop(m);
+    if (g->phase == PH_DONE) return;
+    if (type == LG_MSG_TICK) write_sample(g, rt_clock_us(), 0);
+    else if (type == LG_MSG_START) start_users(g);
+    else if (type == LG_MSG_DEADLINE) {
+        if (g->phase == PH_RUN) enter_drain(g);
+        else finish(g);   /* the wait for the last replies is over */
+    }
+    if (g->rc) finish(g);
+}
+
+static void lg_destroy(rt_actor *self)
+{
+    lg *g = (lg *)self;
+    rt_timer_deinit(&g->tick);
+    rt_timer_deinit(&g->deadline);
+}
+
+/* ---- public ---- */
+
+void loadgen_default_cfg(loadgen_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->clients = 1;
+    c->duration_s = 10;
+    c->batch_min = c->batch_max = 1;
+    c->timeout_ms = 30000;
+}
+
+void loadgen_report_free(loadgen_report *r)
+{
+    if (!r) return;
+    free(r->samples);
+    r->samples = NULL;
+    r->n_samples = 0;
+}
+
+static int check_cfg(const loadgen_cfg *c, char *err, size_t errlen)
+{
+    if (c->clients < 1 || c->clients > LOADGEN_MAX_CLIENTS)
+        snprintf(err, errlen, "clients must be in 1..%d", LOADGEN_MAX_CLIENTS);
+    else if (c->max_requests == 0 && !(c->duration_s > 0))
+        snprintf(err, errlen, "a run needs a bound: a request count or a duration");
+    else if (!(c->duration_s >= 0 && c->duration_s < 1e6) || !(c->warmup_s >= 0 && c->warmup_s < 1e6))
+        snprintf(err, errlen, "duration and warm-up must be non-negative seconds");
+    else if (!(c->mix >= 0 && c->mix <= 1))
+        snprintf(err, errlen, "mix is the fraction of backwards, in [0, 1]");
+    else if (c->batch_min < 1 || c->batch_max < c->batch_min || c->batch_max > (1 << 24))
+        snprintf(err, errlen, "batch sizes must satisfy 1 <= min <= max <= %d", 1 << 24);
+    else if (!c->all && (!c->uids || !c->uids[0]))
+        snprintf(err, errlen, "no experts to target: give uids or all");
+    else if (c->timeout_ms == 0)
+        snprintf(err, errlen, "the call timeout must be positive");
+    else
+        return 0;
+    return DMOE_EINVAL;
+}
+
+int loadgen_run(const loadgen_cfg *c, loadgen_report *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    int rc = check_cfg(c, err, errlen);
+    if (rc) return rc;
+    lg *g = calloc(1, sizeof *g);
+    if (!g) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
+    g->cfg = c;
+    g->r = r;
+    g->err = err;
+    g->errlen = errlen;
+    g->phase = PH_INFO;
+    if (c->csv_path) {
+        g->csv = fopen(c->csv_path, "w");
+        if (!g->csv) {
+            snprintf(err, errlen, "cannot write %s", c->csv_path);
+            free(g);
+            return DMOE_EIO;
+        }
+        fprintf(g->csv, "time_s,requests,rows,requests_per_s,rows_per_s,p50_ms,p99_ms,errors\n");
+    }
+    g->loop = rt_loop_new();
+    if (!g->loop) { snprintf(err, errlen, "cannot create the event loop"); rc = DMOE_ENOMEM; goto out; }
+    rt_actor_init(&g->actor, g->loop, "loadgen", lg_handle, lg_destroy);
+    if (rt_timer_init(&g->tick, &g->actor, LG_MSG_TICK) != 0 || rt_timer_init(&g->deadline, &g->actor, LG_MSG_DEADLINE) != 0) {
+        snprintf(err, errlen, "out of memory");
+        rc = DMOE_ENOMEM;
+        goto out_loop;
+    }
+    rt_signal_init(&g->start_sig, &g->actor, LG_MSG_START);
+
+    g->info_cl = client_new(g->loop, NULL);
+    wire_out *o = g->info_cl ? wire_out_new() : NULL;
+    if (!o) { snprintf(err, errlen, "out of memory"); rc = DMOE_ENOMEM; goto out_loop; }
+    uint64_t id = client_next_id(g->info_cl);
+    wire_request_begin(o, id, "info", 2);
+    rc = client_call(g->info_cl, &c->peer, id, o, c->timeout_ms, on_info, g);
+    if (rc) { snprintf(err, errlen, "cannot call %s (an IP address is needed)", c->peer.host); goto out_loop; }
+    rt_loop_run(g->loop);
+    rc = g->rc;
+
+    /* calls still in flight are failed by client_free: on_reply counts them as lost (phase DONE) */
+    g->phase = PH_DONE;
+    for (int i = 0; i < g->n_users; i++) client_free(g->users[i].cl);
+    r->window_s = g->t_last_us > g->window_us ? (double)(g->t_last_us - g->window_us) / 1e6 : 0;
+    if (r->window_s > 0) {
+        r->req_per_s = (double)r->requests / r->window_s;
+        r->rows_per_s = (double)r->rows / r->window_s;
+    }
+    lat_summary(&g->lat[0], &r->lat_fwd);
+    lat_summary(&g->lat[1], &r->lat_bwd);
+    lg_vec all = {0};
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < g->lat[d].n; i++)
+            if (vec_push(&all, g->lat[d].v[i]) != 0 && rc == 0) { snprintf(err, errlen, "out of memory"); rc = DMOE_ENOMEM; }
+    lat_summary(&all, &r->lat);
+    free(all.v);
+out_loop:
+    client_free(g->info_cl);
+    rt_timer_cancel(&g->tick);
+    rt_timer_cancel(&g->deadline);
+    rt_actor_stop(&g->actor);
+    rt_loop_run(g->loop);   /* reaps the stopped actors (calls, connections, ours) */
+    rt_loop_free(g->loop);
+out:
+    for (int i = 0; i < g->n_users; i++) {
+        for (int k = 0; k < KERN_MAX_IO; k++) {
+            buf_unref(g->users[i].in[k]);
+            buf_unref(g->users[i].gout[k]);
+        }
+    }
+    free(g->users);
+    free(g->uids);
+    free(g->lat[0].v);
+    free(g->lat[1].v);
+    free(g->tick_lat.v);
+    if (g->csv && fclose(g->csv) != 0 && rc == 0) {
+        snprintf(err, errlen, "cannot write %s", c->csv_path);
+        rc = DMOE_EIO;
+    }
+    free(g);
+    if (rc) loadgen_report_free(r);
+    return rc;
+}
+
+/* ---- printing ---- */
+
+static void print_lat_json(FILE *f, const char *key, const loadgen_lat *l)
+{
+    fprintf(f, "\"%s\": {\"n\": %llu, \"p50\": %.0f, \"p90\": %.0f, \"p99\": %.0f, \"max\": %.0f, \"mean\": %.1f}", key,
+            (unsigned long long)l->n, l->p50, l->p90, l->p99, l->max, l->mean);
+}
+
+static void print_lat_human(FILE *f, const char *what, const loadgen_lat *l)
+{
+    if (!l->n) return;
+    fprintf(f, "  %-9s p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f ms  (%llu replies)\n", what, l->p50 / 1e3,
+            l->p90 / 1e3, l->p99 / 1e3, l->max / 1e3, l->mean / 1e3, (unsigned long long)l->n);
+}
+
+static void human_bytes(char *buf, size_t cap, uint64_t b)
+{
+    if (b >= (1ull << 30)) snprintf(buf, cap, "%.2f GiB", (double)b / (double)(1ull << 30));
+    else if (b >= (1ull << 20)) snprintf(buf, cap, "%.1f MiB", (double)b / (double)(1ull << 20));
+    else snprintf(buf, cap, "%.1f KiB", (double)b / 1024.0);
+}
+
+void loadgen_print(FILE *f, const loadgen_cfg *c, const loadgen_report *r, int json)
+{
+    char peer[WIRE_MADDR_TEXT];
+    wire_maddr_format(&c->peer, peer, sizeof peer);
+    if (json) {
+        fprintf(f, "{\"ok\": %s, \"peer\": ", r->errors == 0 && r->lost == 0 ? "true" : "false");
+        wire_json_string(f, peer, strlen(peer));
+        fprintf(f, ", \"targets\": %d, \"first_target\": ", r->n_targets);
+        wire_json_string(f, r->first_target, strlen(r->first_target));
+        fprintf(f, ", \"clients\": %d, \"batch_min\": %lld, \"batch_max\": %lld, \"mix\": %g, \"row_elems\": %lld",
+                c->clients, (long long)c->batch_min, (long long)c->batch_max, c->mix, (long long)r->row_elems);
+        fprintf(f, ", \"run_s\": %.3f, \"sent\": %llu, \"replies\": %llu, \"errors\": %llu, \"lost\": %llu, \"errors_by_kind\": {",
+                r->run_s, (unsigned long long)r->sent, (unsigned long long)r->ok, (unsigned long long)r->errors,
+                (unsigned long long)r->lost);
+        int first = 1;
+        for (int k = 0; k < LOADGEN_N_CODES; k++) {
+            if (!r->err_by_code[k]) continue;
+            const char *name = k ? dmoe_strerror(-k) : "other";
+            fprintf(f, "%s", first ? "" : ", ");
+            wire_json_string(f, name, strlen(name));
+            fprintf(f, ": %llu", (unsigned long long)r->err_by_code[k]);
+            first = 0;
+        }
+        fprintf(f, "}, \"first_error\": ");
+        wire_json_string(f, r->first_error, strlen(r->first_error));
+        fprintf(f, ", \"bytes_sent\": %llu, \"bytes_received\": %llu, \"window_s\": %.3f, \"requests\": %llu, \"rows\": %llu",
+                (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_received, r->window_s,
+                (unsigned long long)r->requests, (unsigned long long)r->rows);
+        fprintf(f, ", \"forward_requests\": %llu, \"backward_requests\": %llu, \"requests_per_s\": %.2f, \"rows_per_s\": %.2f, ",
+                (unsigned long long)r->fwd_requests, (unsigned long long)r->bwd_requests, r->req_per_s, r->rows_per_s);
+        print_lat_json(f, "latency_us", &r->lat);
+        fprintf(f, ", ");
+        print_lat_json(f, "forward_latency_us", &r->lat_fwd);
+        fprintf(f, ", ");
+        print_lat_json(f, "backward_latency_us", &r->lat_bwd);
+        fprintf(f, ", \"samples\": %d}\n", r->n_samples);
+        return;
+    }
+    char batch[64], sent[32], recv[32];
+    if (c->batch_min == c->batch_max) snprintf(batch, sizeof batch, "%lld", (long long)c->batch_min);
+    else snprintf(batch, sizeof batch, "%lld-%lld", (long long)c->batch_min, (long long)c->batch_max);
+    human_bytes(sent, sizeof sent, r->bytes_sent);
+    human_bytes(recv, sizeof recv, r->bytes_received);
+    fprintf(f, "load on %s: %d expert%s (%s%s), %d clients, batch %s x %lld, %.0f%% backward, %.1f s\n", peer,
+            r->n_targets, r->n_targets == 1 ? "" : "s", r->first_target, r->n_targets > 1 ? ", ..." : "", c->clients,
+            batch, (long long)r->row_elems, c->mix * 100.0, r->run_s);
+    fprintf(f, "  requests  %llu sent, %llu replies, %llu errors, %llu lost\n", (unsigned long long)r->sent,
+            (unsigned long long)r->ok, (unsigned long long)r->errors, (unsigned long long)r->lost);
+    fprintf(f, "  window    %.2f s after %.1f s warm-up: %llu requests (%llu forward, %llu backward), %llu rows\n",
+            r->window_s, c->warmup_s, (unsigned long long)r->requests, (unsigned long long)r->fwd_requests,
+            (unsigned long long)r->bwd_requests, (unsigned long long)r->rows);
+    fprintf(f, "  throughput %.1f requests/s, %.1f rows/s\n", r->req_per_s, r->rows_per_s);
+    print_lat_human(f, "latency", &r->lat);
+    if (r->lat_fwd.n && r->lat_bwd.n) {
+        print_lat_human(f, "forward", &r->lat_fwd);
+        print_lat_human(f, "backward", &r->lat_bwd);
+    }
+    fprintf(f, "  bytes     %s sent, %s received\n", sent, recv);
+    for (int k = 0; k < LOADGEN_N_CODES; k++)
+        if (r->err_by_code[k])
+            fprintf(f, "  error     %s: %llu\n", k ? dmoe_strerror(-k) : "other", (unsigned long long)r->err_by_code[k]);
+    if (r->first_error[0]) fprintf(f, "  first error: %s\n", r->first_error);
+    if (r->errors == 0 && r->lost == 0) fprintf(f, "  result    OK: zero errors, zero lost replies\n");
+    else fprintf(f, "  result    FAILED: %llu errors, %llu lost replies\n", (unsigned long long)r->errors, (unsigned long long)r->lost);
+}
+
+/* ---- the command line ---- */
+
+static int parse_batch(const char *s, int64_t *lo, int64_t *hi)
+{
+    char *end;
+    long long a = strtoll(s, &end, 10);
+    long long b = a;
+    if (end == s) return DMOE_EINVAL;
+    if (*end == '-') {
+        const char *t = end + 1;
+        b = strtoll(t, &end, 10);
+        if (end == t) return DMOE_EINVAL;
+    }
+    if (*end || a < 1 || b < a) return DMOE_EINVAL;
+    *lo = a;
+    *hi = b;
+    return 0;
+}
+
+int loadgen_main(int argc, char **argv)
+{
+    loadgen_cfg c;
+    loadgen_default_cfg(&c);
+    const char *peer = NULL, *log_level = NULL, *batch = "1", *csv = NULL;
+    char **uids = NULL;
+    int json = 0;
+    double timeout_s = (double)c.timeout_ms / 1000.0;
+    uint64_t requests = 0;
+    const rt_arg flags[] = {
+        {"peer", ARG_STR, &peer, "the node to load, e.g. /ip4/127.0.0.1/tcp/PORT", "Target"},
+        {"uids", ARG_LIST, &uids, "experts to call (a random one per forward); default: every expert", "Target"},
+        {"all", ARG_FLAG, &c.all, "call every expert of the node (read from info)", "Target"},
+        {"clients", ARG_INT, &c.clients, "concurrent connections, one request in flight each", "Load"},
+        {"requests", ARG_U64, &requests, "stop after this many requests (0: no count bound)", "Load"},
+        {"duration", ARG_F64, &c.duration_s, "stop after this many seconds (0: no time bound)", "Load"},
+        {"warmup", ARG_F64, &c.warmup_s, "seconds of replies left out of the throughput and latency figures", "Load"},
+        {"mix", ARG_F64, &c.mix, "fraction of backwards (0.5: forward, backward, forward, ... as training)", "Load"},
+        {"batch", ARG_STR, &batch, "rows per forward: fixed (32) or uniform in a range (1-64)", "Load"},
+        {"seed", ARG_U64, &c.seed, "seed for inputs, batch sizes and targets", "Load"},
+        {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Load"},
+        {"csv", ARG_STR, &csv, "write per-second samples (time, requests, rows, p50, p99, errors) here", "Output"},
+        {"json", ARG_FLAG, &json, "print one JSON object instead of a summary", "Output"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output"},
+    };
+    const int nflags = (int)(sizeof flags / sizeof flags[0]);
+    const char *synopsis = "dmoe-call --peer ADDR load [--uids UID... | --all] [--clients N] [--requests N] [--duration S]\n"
+                           "       [--mix F] [--batch B | --batch LO-HI] [--csv FILE] [--json]";
+    char err[512];
+    char *pos[2];
+    int npos;
+    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 2, &npos, err, sizeof err);
+    if (rc == 1) { rt_args_usage(stdout, synopsis, flags, nflags); rt_args_free(flags, nflags); return 0; }
+    int status = 2;
+    if (rc != 0) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+    if (npos > 1 || (npos == 1 && strcmp(pos[0], "load") != 0)) { fprintf(stderr, "usage: %s\n", synopsis); goto out; }
+    if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));
+    else if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_WARN);
+    if (!peer) { fprintf(stderr, "dmoe-call load: --peer ADDR is required\n"); goto out; }
+    if (wire_maddr_parse(peer, &c.peer, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --peer %s: %s\n", peer, err); goto out; }
+    if (parse_batch(batch, &c.batch_min, &c.batch_max) != 0) {
+        fprintf(stderr, "dmoe-call load: --batch %s: expected a row count (32) or a range (1-64)\n", batch);
+        goto out;
+    }
+    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call load: --timeout must be positive\n"); goto out; }
+    c.timeout_ms = (uint64_t)(timeout_s * 1000.0);
+    c.max_requests = requests;
+    c.csv_path = csv;
+    c.uids = (const char *const *)uids;
+    if (!uids) c.all = 1;
+    if (uids && c.all) { fprintf(stderr, "dmoe-call load: give --uids or --all, not both\n"); goto out; }
+    rc = check_cfg(&c, err, sizeof err);
+    if (rc) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+
+    /* one socket per client: make sure the descriptor limit allows it */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)c.clients + 64 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = (rlim_t)c.clients + 64 < rl.rlim_max ? (rlim_t)c.clients + 64 : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    loadgen_report r;
+    rc = loadgen_run(&c, &r, err, sizeof err);
+    if (rc) {
+        if (json) {
+            printf("{\"ok\": false, \"code\": %d, \"error\": ", -rc);
+            wire_json_string(stdout, err, strlen(err));
+            printf("}\n");
+        } else {
+            fprintf(stderr, "dmoe-call load: %s: %s\n", dmoe_strerror(rc), err);
+        }
+        status = rc == DMOE_EINVAL ? 2 : 1;
+        goto out;
+    }
+    loadgen_print(stdout, &c, &r, json);
+    fflush(stdout);
+    status = r.errors == 0 && r.lost == 0 ? 0 : 1;
+    loadgen_report_free(&r);
+out:
+    rt_args_free(flags, nflags);
+    return status;
+}

@@ -1,0 +1,91 @@
+/* test_loadtest.c -- hivemind's ffn_small_batch_512clients preset, shrunk to a few seconds: one dmoe-node
+ * (one ffn expert, hidden 64) and loadgen_run in-process with 512 connections, each keeping one request
+ * of one row in flight, forwards and backwards alternating. Asserts behaviour only: every request gets
+ * its reply (zero errors, zero lost), the counts add up, the node keeps serving and exits cleanly.
+ * Timings are printed by the load generator's report, never asserted. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "actors/loadgen.h"
+#include "runtime/rt_err.h"
+#include "test/integration/harness.h"
+
+#define REQUESTS 4000
+
+static th_node node;
+
+static void start_node(void)
+{
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "64", "--expert_uids", "expert.0", "--num_workers", "2",
+                          NULL};
+    cr_assert_eq(th_node_start(&node, args), 0);
+}
+
+static void stop_node(void)
+{
+    cr_expect(th_node_alive(&node), "the node died under load");
+    cr_expect_eq(th_ping(node.port), 0, "the node stopped answering");
+    int rc = th_node_stop(&node, SIGTERM);
+    cr_expect_eq(rc, 0, "dmoe-node exited with %d", rc);
+}
+
+TestSuite(loadtest, .init = start_node, .fini = stop_node, .timeout = 120);
+
+static void base_cfg(loadgen_cfg *c)
+{
+    char err[128];
+    loadgen_default_cfg(c);
+    cr_assert_eq(wire_maddr_parse(node.maddr, &c->peer, err, sizeof err), 0, "%s", err);
+    c->timeout_ms = 20000;
+    c->duration_s = 60;   /* a fence: the request count ends the run long before */
+}
+
+Test(loadtest, small_batch_512clients_no_errors_no_lost)
+{
+    static const char *const uids[] = {"expert.0", NULL};
+    loadgen_cfg c;
+    base_cfg(&c);
+    c.clients = 512;
+    c.max_requests = REQUESTS;
+    c.batch_min = c.batch_max = 1;
+    c.mix = 0.5;
+    c.uids = uids;
+    c.seed = 3;
+    loadgen_report r;
+    char err[256] = "";
+    int rc = loadgen_run(&c, &r, err, sizeof err);
+    cr_assert_eq(rc, 0, "loadgen_run: %s", err);
+    if (r.errors || r.lost || r.ok != REQUESTS) loadgen_print(stderr, &c, &r, 0);   /* the summary, for the failure */
+    cr_expect_eq(r.errors, 0, "errors: %s", r.first_error);
+    cr_expect_eq(r.lost, 0);
+    cr_expect_eq(r.sent, REQUESTS);
+    cr_expect_eq(r.ok, REQUESTS);
+    cr_expect_eq(r.requests, REQUESTS);   /* no warm-up: every reply is in the window */
+    cr_expect_eq(r.rows, REQUESTS);       /* one row each */
+    cr_expect_eq(r.fwd_requests + r.bwd_requests, REQUESTS);
+    cr_expect(r.bwd_requests > 0 && r.fwd_requests >= r.bwd_requests, "forward %llu, backward %llu",
+              (unsigned long long)r.fwd_requests, (unsigned long long)r.bwd_requests);
+    cr_expect_eq(r.n_targets, 1);
+    cr_expect_eq(r.row_elems, 64);
+    cr_expect(r.bytes_sent > (uint64_t)REQUESTS * 64 * 4 && r.bytes_received > (uint64_t)REQUESTS * 64 * 4);
+    cr_expect_eq(r.lat.n, REQUESTS);
+    cr_expect(r.lat.p50 <= r.lat.p99 && r.lat.p99 <= r.lat.max);
+    loadgen_report_free(&r);
+}
+
+Test(loadtest, unknown_expert_is_refused_before_any_load)
+{
+    static const char *const uids[] = {"expert.0", "expert.9", NULL};
+    loadgen_cfg c;
+    base_cfg(&c);
+    c.clients = 4;
+    c.max_requests = 10;
+    c.uids = uids;
+    loadgen_report r;
+    char err[256] = "";
+    cr_assert_eq(loadgen_run(&c, &r, err, sizeof err), DMOE_EINVAL);
+    cr_expect(strstr(err, "expert.9") != NULL, "message: %s", err);
+    cr_expect_eq(r.sent, 0);
+}

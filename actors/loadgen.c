@@ -70,6 +70,7 @@ typedef struct {
     int has_prev;            /* a forward was sent: a backward may follow */
     int prev_target;
     int64_t prev_rows;
+    uint64_t prev_handle;    /* the activation handle of that forward's reply (0: none) */
     int busy, dir, target;   /* the request in flight */
     int64_t rows;
     uint64_t t_send_us;
@@ -322,7 +323,13 @@ static void user_send(lg_user *u)
     wire_out *o = wire_out_new();
     int rc = o ? 0 : DMOE_ENOMEM;
     if (rc == 0) {
-        wire_request_begin(o, id, bwd ? "backward" : "forward", bwd ? 5 : 4);
+        int with_handle = bwd && u->prev_handle;
+        wire_request_begin(o, id, bwd ? "backward" : "forward", (bwd ? 5 : 4) + with_handle);
+        if (with_handle) {   /* as a training client does: the node then skips recomputing the forward */
+            wire_pack_str(wire_out_pk(o), "handle");
+            msgpack_pack_uint64(wire_out_pk(o), u->prev_handle);
+            u->prev_handle = 0;
+        }
         wire_pack_str(wire_out_pk(o), "uid");
         wire_pack_str(wire_out_pk(o), g->uids[u->target]);
         wire_pack_str(wire_out_pk(o), "inputs");
@@ -411,6 +418,7 @@ static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
         record_error(g, err, msg);
     } else {
         r->ok++;
+        if (u->dir == 0) u->prev_handle = rx_reply_handle(reply);
         uint64_t us = now - u->t_send_us;
         uint32_t us32 = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
         g->tick_ok++;

@@ -523,7 +523,7 @@ static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 void expert_pack_info(const expert *e, msgpack_packer *pk)
 {
     const expert_stats *s = &e->stats;
-    msgpack_pack_map(pk, 13);
+    msgpack_pack_map(pk, 14);
     wire_pack_str(pk, "uid");
     wire_pack_str(pk, e->uid);
     wire_pack_str(pk, "expert_cls");
@@ -537,6 +537,8 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_io(pk, e->model.in, e->model.n_in);
     wire_pack_str(pk, "outputs");
     pack_io(pk, e->model.out, e->model.n_out);
+    wire_pack_str(pk, "keyword_names");   /* hivemind's schema field: no expert here takes keyword inputs */
+    msgpack_pack_array(pk, 0);
     wire_pack_str(pk, "optimizer");
     wire_pack_str(pk, kern_optim_name(e->opt.cfg.kind));
     wire_pack_str(pk, "lr");

@@ -58,7 +58,7 @@ int main(int argc, char **argv)
     int64_t warmup = 0, total_steps = 0, total_steps_alias = 0;
     double weight_decay = 0, clip_grad_norm = 0;
     int hidden = c.kcfg.hidden_dim, seq_len = 0, delay_ms = 500;
-    double lr = -1, dropout = 0.0, max_frame_mb = (double)(c.max_frame >> 20),
+    double lr = -1, dropout = 0.1, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
     char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
     const char *checkpoint_dir = NULL, *compression = "NONE";
@@ -73,7 +73,7 @@ int main(int argc, char **argv)
         {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts"},
         {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts"},
         {"seq_len", ARG_INT, &seq_len, "transformer: sequence length of its [B, S, H] input (0: 512)", "Experts"},
-        {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training", "Experts"},
+        {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training (hivemind's 0.1; 0 for determinism)", "Experts"},
         {"delay_ms", ARG_INT, &delay_ms, "nop_delay: how long each batch is held (ms; the loop never sleeps)", "Experts"},
         {"max_batch_size", ARG_I64, &max_batch, "most rows in one batch (a bigger request is an error)", "Batching"},
         {"min_batch_size", ARG_I64, &min_batch, "fewest rows a batch waits for (at most --batch_wait_ms)", "Batching"},

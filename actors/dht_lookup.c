@@ -333,10 +333,11 @@ static void cache_found(dht_lookup *lk)
     dht_store_item items[DHT_PROTO_MAX_KEYS];
     size_t n = value_items(lk, items, DHT_PROTO_MAX_KEYS);
     for (size_t i = 0; i < n; i++) dht_node_store_local(d, &items[i], 1);
+    /* The nearest node that answered without the value; those that had it are skipped (a plain get
+     * usually ends at its nearest answering node, the one that had the value). */
     for (size_t i = 0; i < lk->nc; i++) {
         cand *c = &lk->c[i];
-        if (c->state != C_OK) continue;
-        if (c->had_value) break;   /* the nearest answering node already has it */
+        if (c->state != C_OK || c->had_value) continue;
         if (dht_node_store_rpc(d, &c->n, items, n, 1, on_cache_store, lk) == 0) lk->inflight++;
         break;
     }

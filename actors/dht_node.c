@@ -6,7 +6,8 @@
  * to the tables, and answered at once (nothing in a DHT request waits for anything else). Outgoing RPCs
  * are rpc records handed to the transport; their completion (on_reply) applies the liveness rules --
  * learn the peer on success, evict and blacklist it on timeout or connection failure -- before the
- * caller's callback runs. A remote error reply proves the peer alive, so it neither evicts nor learns.
+ * caller's callback runs. A remote error reply proves the peer alive, so it neither evicts nor learns --
+ * except DMOE_ESHUTDOWN, which says the peer is leaving: that evicts it as a timeout would.
  *
  * The storage has no iteration, so the node keeps an index of the keys it stored as a replica (an
  * open-addressing set of ids) for Kademlia's hand-over; keys that vanished from the storage (expired)
@@ -184,10 +185,13 @@ static void fill_defaults(dht_cfg *c)
 
 static void learn(dht *d, const dht_peer_info *p);
 
-/* rpc_failed applies the failure rules: evict and blacklist, unless the peer answered with an error. */
+/* rpc_failed applies the failure rules: evict and blacklist, unless the peer answered with an error
+ * (which proves it alive) or our own transport is shutting down (no reply, DMOE_ESHUTDOWN). A peer that
+ * answers DMOE_ESHUTDOWN is leaving: it is evicted and banned as if it had not answered. */
 static void rpc_failed(dht *d, const rpc *r, int err, const wire_msg *reply)
 {
-    if (d->stopped || reply || err == DMOE_ESHUTDOWN) return;
+    if (d->stopped) return;
+    if (reply ? err != DMOE_ESHUTDOWN : err == DMOE_ESHUTDOWN) return;
     if (r->has_id) dht_routing_remove(d->rt, &r->peer.id);
     dht_blacklist_fail(d->bl, &r->peer.addr, dht_node_now(d));
 }

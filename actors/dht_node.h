@@ -7,7 +7,8 @@
  * also supplies how to answer them. The TCP transport is dht_net.h, the in-memory one dht_memnet.h.
  *
  * Rules applied here, as hivemind's DHTProtocol: every request and every reply refreshes its sender in
- * the routing table, unless the sender is in client mode (its PEER is nil); a failed RPC removes the peer
+ * the routing table, unless the sender is in client mode (its PEER is nil); a failed RPC (no answer, a
+ * refused connection, a garbled reply, or an error reply saying the peer is stopping) removes the peer
  * (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
  * least-recently-seen node for a ping and drops it if the ping fails; a newly seen node that is now
  * nearer to a stored key than our farthest known replica, while we are nearer than all of them, is

@@ -2,7 +2,7 @@
  *
  * 64 nodes on the in-memory transport in one process (actors/dht_memnet.h): every key found from every
  * node, replicas on the 5 nearest nodes, a quarter of the nodes down, expiry, dictionary merge across
- * replicas, client-mode nodes kept out of routing tables, lookup figures for 64, 256 and 1,024 nodes.
+ * replicas, client-mode nodes kept out of routing tables, 256 nodes' gets all found within 4 hops (p99).
  * Then 8 nodes over real TCP on loopback (actors/dht_net.c), each with its own server and client on a
  * port the OS picks: expert declarations found by uid and by prefix; a bad bootstrap address fails
  * fast with a message naming it; malformed dht_* requests are answered with errors and leave the
@@ -361,17 +361,18 @@ Test(dht_many, client_mode_nodes_stay_out_of_routing_tables, .timeout = 120)
     mesh_down(&m);
 }
 
-Test(dht_many, lookup_figures_64_256_1024, .timeout = 280)
+/* 256 nodes: every get finds its key within 4 hops (p99). Hops are behaviour; the latencies are only
+ * printed. The 1,024-node figures are `make bench`'s. */
+Test(dht_many, lookups_256_all_found_p99_within_4_hops, .timeout = 120)
 {
-    static const size_t sizes[] = { 64, 256, 1024 };
-    for (int i = 0; i < 3; i++) {
-        dht_memnet_stats s;
-        cr_assert_eq(dht_memnet_measure(sizes[i], 200, 1, 5, &s), 0);
-        cr_expect_eq(s.found, s.lookups, "every measured get finds its key");
-        printf("dht lookups, %4zu nodes, 1 ms each way: hops mean %.2f p50 %d p99 %d max %d; latency p50 %.1f ms "
-               "p99 %.1f ms; %.1f RPCs per get\n",
-               s.nodes, s.hops_mean, s.hops_p50, s.hops_p99, s.hops_max, s.lat_p50_ms, s.lat_p99_ms, s.rpcs_per_lookup);
-    }
+    dht_memnet_stats s;
+    cr_assert_eq(dht_memnet_measure(256, 200, 1, 5, &s), 0);
+    printf("dht lookups, %4zu nodes, 1 ms each way: hops mean %.2f p50 %d p99 %d max %d; latency p50 %.1f ms "
+           "p99 %.1f ms; %.1f RPCs per get\n",
+           s.nodes, s.hops_mean, s.hops_p50, s.hops_p99, s.hops_max, s.lat_p50_ms, s.lat_p99_ms, s.rpcs_per_lookup);
+    cr_expect_eq(s.lookups, 200);
+    cr_expect_eq(s.found, s.lookups, "success rate %.3f, want 1.0", s.lookups ? (double)s.found / s.lookups : 0.0);
+    cr_expect_leq(s.hops_p99, 4, "p99 hops %d, want <= 4", s.hops_p99);
 }
 
 /* ---- over TCP on loopback ---- */

@@ -143,16 +143,6 @@ typedef struct {
     uint64_t lo, width;  /* range [lo, lo + width) */
 } pat_block;
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static uint64_t splitmix64(uint64_t *state)
 {
     uint64_t z = (*state += UINT64_C(0x9E3779B97F4A7C15));
@@ -195,14 +185,14 @@ static int parse_pattern(const char *pattern, pat_block *blocks, size_t nmax, si
         const char *end = strchr(p, UID_DELIMITER);
         size_t len = end ? (size_t)(end - p) : strlen(p);
         if (nb == nmax) {
-            set_err(err, errlen, "expert pattern %s has too many blocks", pattern);
+            dmoe_set_err(err, errlen, "expert pattern %s has too many blocks", pattern);
             return DMOE_EINVAL;
         }
         pat_block *b = &blocks[nb];
         if (!memchr(p, '[', len) && !memchr(p, ']', len)) {
             int ok = nb == 0 ? len > 0 : is_coord_span(p, len);
             if (!ok) {
-                set_err(err, errlen, "expert pattern %s has invalid block '%.*s': %s", pattern, (int)len, p,
+                dmoe_set_err(err, errlen, "expert pattern %s has invalid block '%.*s': %s", pattern, (int)len, p,
                         nb == 0 ? "the name block is empty" : "a fixed coordinate must be 0 or a number "
                         "without leading zeros");
                 return DMOE_EINVAL;
@@ -215,19 +205,19 @@ static int parse_pattern(const char *pattern, pat_block *blocks, size_t nmax, si
             if (len < 5 || p[0] != '[' || p[len - 1] != ']' || !colon ||
                 parse_u64_span(p + 1, (size_t)(colon - p - 1), &lo) < 0 ||
                 parse_u64_span(colon + 1, (size_t)(p + len - 1 - colon - 1), &hi) < 0) {
-                set_err(err, errlen, "expert pattern %s has invalid block '%.*s': block must be either "
+                dmoe_set_err(err, errlen, "expert pattern %s has invalid block '%.*s': block must be either "
                         "fixed or a range [from:to]", pattern, (int)len, p);
                 return DMOE_EINVAL;
             }
             if (hi <= lo) {
-                set_err(err, errlen, "expert pattern %s has an empty range '%.*s'", pattern, (int)len, p);
+                dmoe_set_err(err, errlen, "expert pattern %s has an empty range '%.*s'", pattern, (int)len, p);
                 return DMOE_EINVAL;
             }
             b->lit = NULL;
             b->lo = lo;
             b->width = hi - lo;
             if (n > UID_MAX_GRID / b->width) {
-                set_err(err, errlen, "expert pattern %s spans more than 2^62 uids", pattern);
+                dmoe_set_err(err, errlen, "expert pattern %s spans more than 2^62 uids", pattern);
                 return DMOE_EINVAL;
             }
             n *= b->width;
@@ -237,7 +227,7 @@ static int parse_pattern(const char *pattern, pat_block *blocks, size_t nmax, si
         p = end + 1;
     }
     if (nb < 2) {
-        set_err(err, errlen, "expert pattern %s has no coordinate block (expected name.[from:to]...)", pattern);
+        dmoe_set_err(err, errlen, "expert pattern %s has no coordinate block (expected name.[from:to]...)", pattern);
         return DMOE_EINVAL;
     }
     *nblocks = nb;
@@ -328,7 +318,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
                          char ***uids_out, char *err, size_t errlen)
 {
     if (num_experts <= 0 || num_experts > UID_MAX_EXPERTS) {
-        set_err(err, errlen, "num_experts must be in 1..%d, got %d", UID_MAX_EXPERTS, num_experts);
+        dmoe_set_err(err, errlen, "num_experts must be in 1..%d, got %d", UID_MAX_EXPERTS, num_experts);
         return DMOE_EINVAL;
     }
     static const char default_pattern[] = "expert.[0:100000000000000000]";
@@ -341,7 +331,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
                            &grid, err, errlen);
     if (rc < 0) return rc;
     if (grid < (uint64_t)num_experts) {
-        set_err(err, errlen, "expert pattern %s spans %llu uids, fewer than num_experts=%d", pattern,
+        dmoe_set_err(err, errlen, "expert pattern %s spans %llu uids, fewer than num_experts=%d", pattern,
                 (unsigned long long)grid, num_experts);
         return DMOE_EINVAL;
     }
@@ -369,7 +359,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
             remaining--;
         }
         if ((rc = render(blocks, nb, cell, buf, sizeof buf)) < 0) {
-            set_err(err, errlen, "expert pattern %s gives uids longer than %d bytes", pattern, UID_MAX_LEN);
+            dmoe_set_err(err, errlen, "expert pattern %s gives uids longer than %d bytes", pattern, UID_MAX_LEN);
             break;
         }
         if (taken && taken(buf, arg)) continue;

@@ -1,6 +1,9 @@
 /* rt_err.c -- names of the project-wide error codes (rt_err.h). */
 #include "runtime/rt_err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *dmoe_strerror(int code)
 {
     static const char *names[] = {
@@ -11,4 +14,13 @@ const char *dmoe_strerror(int code)
     if (code > 0) code = -code;
     if (code < DMOE_ERR_MIN) return "unknown error";
     return names[-code];
+}
+
+void dmoe_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -30,4 +30,9 @@ enum {
 /* dmoe_strerror returns a static, human-readable name for an error code (negative or positive). */
 const char *dmoe_strerror(int code);
 
+#include <stddef.h>
+/* dmoe_set_err formats a human message into the caller's err buffer (errlen bytes); NULL err or a zero
+ * errlen is allowed and writes nothing. */
+void dmoe_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

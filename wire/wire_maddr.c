@@ -20,16 +20,6 @@
 
 #include "runtime/rt_err.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* parse_port reads s[n] as a decimal port; allow_zero for listening addresses. */
 static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *out, char *err, size_t errlen)
 {
@@ -41,13 +31,13 @@ static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *out, ch
     }
     if (v > 65535) goto bad;
     if (v == 0 && !allow_zero) {
-        set_err(err, errlen, "port 0 is only valid for a listening address");
+        dmoe_set_err(err, errlen, "port 0 is only valid for a listening address");
         return DMOE_EINVAL;
     }
     *out = (uint16_t)v;
     return 0;
 bad:
-    set_err(err, errlen, "invalid port \"%.*s\" (expected 0..65535)", (int)(n > 16 ? 16 : n), s);
+    dmoe_set_err(err, errlen, "invalid port \"%.*s\" (expected 0..65535)", (int)(n > 16 ? 16 : n), s);
     return DMOE_EINVAL;
 }
 
@@ -64,7 +54,7 @@ static int parse_ip(const char *s, size_t n, int af, wire_maddr *a, char *err, s
     a->family = af;
     return 0;
 bad:
-    set_err(err, errlen, "invalid %s address \"%.*s\"", af == AF_INET ? "IPv4" : "IPv6",
+    dmoe_set_err(err, errlen, "invalid %s address \"%.*s\"", af == AF_INET ? "IPv4" : "IPv6",
             (int)(n > 48 ? 48 : n), s);
     return DMOE_EINVAL;
 }
@@ -95,7 +85,7 @@ static int parse_name(const char *s, size_t n, wire_maddr *a, char *err, size_t 
     a->family = AF_UNSPEC;
     return 0;
 bad:
-    set_err(err, errlen, "invalid host name \"%.*s\"", (int)(n > 64 ? 64 : n), s);
+    dmoe_set_err(err, errlen, "invalid host name \"%.*s\"", (int)(n > 64 ? 64 : n), s);
     return DMOE_EINVAL;
 }
 
@@ -112,7 +102,7 @@ static int parse_peer(const char *s, size_t n, wire_maddr *a, char *err, size_t 
     a->peer_id[n] = 0;
     return 0;
 bad:
-    set_err(err, errlen, "invalid node id \"%.*s\" (expected 1..64 hex digits)", (int)(n > 80 ? 80 : n), s);
+    dmoe_set_err(err, errlen, "invalid node id \"%.*s\" (expected 1..64 hex digits)", (int)(n > 80 ? 80 : n), s);
     return DMOE_EINVAL;
 }
 
@@ -149,14 +139,14 @@ static int parse_multiaddr(const char *s, int allow_zero, wire_maddr *a, char *e
     else if (comp_is(proto, np, "dns") || comp_is(proto, np, "dns4") || comp_is(proto, np, "dns6"))
         rc = parse_name(val, nv, a, err, errlen);
     else {
-        set_err(err, errlen, "unsupported multiaddr protocol \"/%.*s\" (expected ip4, ip6 or dns)",
+        dmoe_set_err(err, errlen, "unsupported multiaddr protocol \"/%.*s\" (expected ip4, ip6 or dns)",
                 (int)(np > 16 ? 16 : np), proto);
         return DMOE_EINVAL;
     }
     if (rc) return rc;
 
     if (next_comp(s, &pos, &proto, &np) != 1 || !comp_is(proto, np, "tcp")) {
-        set_err(err, errlen, "multiaddr \"%.80s\" lacks /tcp/PORT after the host", s);
+        dmoe_set_err(err, errlen, "multiaddr \"%.80s\" lacks /tcp/PORT after the host", s);
         return DMOE_EINVAL;
     }
     if (next_comp(s, &pos, &val, &nv) != 1) goto malformed;
@@ -166,19 +156,19 @@ static int parse_multiaddr(const char *s, int allow_zero, wire_maddr *a, char *e
     if (more == 0) return 0;
     if (more < 0) goto malformed;
     if (!comp_is(proto, np, "p2p") && !comp_is(proto, np, "ipfs")) {
-        set_err(err, errlen, "unsupported multiaddr part \"/%.*s\" (only /p2p/ID may follow /tcp)",
+        dmoe_set_err(err, errlen, "unsupported multiaddr part \"/%.*s\" (only /p2p/ID may follow /tcp)",
                 (int)(np > 16 ? 16 : np), proto);
         return DMOE_EINVAL;
     }
     if (next_comp(s, &pos, &val, &nv) != 1) goto malformed;
     if ((rc = parse_peer(val, nv, a, err, errlen)) != 0) return rc;
     if (s[pos] != 0) {
-        set_err(err, errlen, "multiaddr \"%.80s\" has parts after the node id", s);
+        dmoe_set_err(err, errlen, "multiaddr \"%.80s\" has parts after the node id", s);
         return DMOE_EINVAL;
     }
     return 0;
 malformed:
-    set_err(err, errlen, "malformed multiaddr \"%.80s\" (expected /ip4/A.B.C.D/tcp/PORT[/p2p/ID])", s);
+    dmoe_set_err(err, errlen, "malformed multiaddr \"%.80s\" (expected /ip4/A.B.C.D/tcp/PORT[/p2p/ID])", s);
     return DMOE_EINVAL;
 }
 
@@ -190,7 +180,7 @@ static int parse_hostport(const char *s, int allow_zero, wire_maddr *a, char *er
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
         if (!close || close[1] != ':') {
-            set_err(err, errlen, "malformed address \"%.80s\" (expected [IPV6]:PORT)", s);
+            dmoe_set_err(err, errlen, "malformed address \"%.80s\" (expected [IPV6]:PORT)", s);
             return DMOE_EINVAL;
         }
         rc = parse_ip(s + 1, (size_t)(close - s - 1), AF_INET6, a, err, errlen);
@@ -198,11 +188,11 @@ static int parse_hostport(const char *s, int allow_zero, wire_maddr *a, char *er
     } else {
         colon = strrchr(s, ':');
         if (!colon) {
-            set_err(err, errlen, "address \"%.80s\" is neither a multiaddr nor HOST:PORT", s);
+            dmoe_set_err(err, errlen, "address \"%.80s\" is neither a multiaddr nor HOST:PORT", s);
             return DMOE_EINVAL;
         }
         if (memchr(s, ':', (size_t)(colon - s))) {
-            set_err(err, errlen, "IPv6 address \"%.80s\" needs brackets: [ADDR]:PORT", s);
+            dmoe_set_err(err, errlen, "IPv6 address \"%.80s\" needs brackets: [ADDR]:PORT", s);
             return DMOE_EINVAL;
         }
         size_t n = (size_t)(colon - s);
@@ -227,11 +217,11 @@ static int maddr_parse(const char *s, int allow_zero, wire_maddr *out, char *err
     wire_maddr a;
     memset(&a, 0, sizeof a);
     if (!s || !*s) {
-        set_err(err, errlen, "empty address");
+        dmoe_set_err(err, errlen, "empty address");
         return DMOE_EINVAL;
     }
     if (strlen(s) > 512) {
-        set_err(err, errlen, "address too long");
+        dmoe_set_err(err, errlen, "address too long");
         return DMOE_EINVAL;
     }
     int rc = s[0] == '/' ? parse_multiaddr(s, allow_zero, &a, err, errlen)

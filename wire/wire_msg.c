@@ -30,17 +30,6 @@
 /* Zone chunk: enough for the object tree of a typical request in one chunk. */
 #define MSG_ZONE_CHUNK 4096
 
-/* set_err formats a human message into err (if given). */
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- the structural pre-validator ------------------------------------------------------------- */
 
 static uint64_t get_be(const uint8_t *p, int n)
@@ -59,16 +48,16 @@ static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
     size_t pos = 0;
 
     if (len == 0) {
-        set_err(err, errlen, "empty frame");
+        dmoe_set_err(err, errlen, "empty frame");
         return DMOE_EPROTO;
     }
     if (!((p[0] >= 0x80 && p[0] <= 0x8f) || p[0] == 0xde || p[0] == 0xdf)) {
-        set_err(err, errlen, "top-level object is not a map (first byte 0x%02x)", p[0]);
+        dmoe_set_err(err, errlen, "top-level object is not a map (first byte 0x%02x)", p[0]);
         return DMOE_EPROTO;
     }
     for (;;) {
         if (pos >= len) {
-            set_err(err, errlen, "truncated msgpack at byte %zu", pos);
+            dmoe_set_err(err, errlen, "truncated msgpack at byte %zu", pos);
             return DMOE_EPROTO;
         }
         size_t at = pos;
@@ -105,15 +94,15 @@ static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
             case 0xdf: container = 2; lenbytes = 4; break;         /* map32 */
             case 0xc7: case 0xc8: case 0xc9:
             case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-                set_err(err, errlen, "msgpack ext type 0x%02x at byte %zu is not allowed", b, at);
+                dmoe_set_err(err, errlen, "msgpack ext type 0x%02x at byte %zu is not allowed", b, at);
                 return DMOE_EPROTO;
             default:
-                set_err(err, errlen, "invalid msgpack byte 0x%02x at byte %zu", b, at);
+                dmoe_set_err(err, errlen, "invalid msgpack byte 0x%02x at byte %zu", b, at);
                 return DMOE_EPROTO;
             }
             if (lenbytes) {
                 if ((size_t)lenbytes > len - pos) {
-                    set_err(err, errlen, "truncated msgpack length at byte %zu", at);
+                    dmoe_set_err(err, errlen, "truncated msgpack length at byte %zu", at);
                     return DMOE_EPROTO;
                 }
                 uint64_t n = get_be(p + pos, lenbytes);
@@ -126,21 +115,21 @@ static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
 
         if (container) {
             if (items > len - pos) {
-                set_err(err, errlen, "msgpack %s at byte %zu announces %llu elements, only %zu bytes left",
+                dmoe_set_err(err, errlen, "msgpack %s at byte %zu announces %llu elements, only %zu bytes left",
                         (b >= 0x90 && b <= 0x9f) || b == 0xdc || b == 0xdd ? "array" : "map", at,
                         (unsigned long long)items, len - pos);
                 return DMOE_EPROTO;
             }
             if (items > 0) {
                 if (depth == WIRE_MAX_DEPTH) {
-                    set_err(err, errlen, "msgpack nested deeper than %d at byte %zu", WIRE_MAX_DEPTH, at);
+                    dmoe_set_err(err, errlen, "msgpack nested deeper than %d at byte %zu", WIRE_MAX_DEPTH, at);
                     return DMOE_EPROTO;
                 }
                 rem[depth++] = items;
                 continue;
             }
         } else if (payload > len - pos) {
-            set_err(err, errlen, "truncated msgpack value at byte %zu", at);
+            dmoe_set_err(err, errlen, "truncated msgpack value at byte %zu", at);
             return DMOE_EPROTO;
         } else {
             pos += (size_t)payload;
@@ -151,7 +140,7 @@ static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
         if (depth == 0) break;
     }
     if (pos != len) {
-        set_err(err, errlen, "%zu trailing bytes after the msgpack map", len - pos);
+        dmoe_set_err(err, errlen, "%zu trailing bytes after the msgpack map", len - pos);
         return DMOE_EPROTO;
     }
     return 0;
@@ -223,18 +212,18 @@ static size_t utf8_cut(const char *s, size_t n, size_t full)
 static int decode_error(const msgpack_object *e, wire_msg *m, char *err, size_t errlen)
 {
     if (e->type != MSGPACK_OBJECT_MAP) {
-        set_err(err, errlen, "\"error\" is not a map");
+        dmoe_set_err(err, errlen, "\"error\" is not a map");
         return DMOE_EINVAL;
     }
     const msgpack_object *code = wire_map_get(e, "code");
     int64_t c;
     if (!code || wire_get_i64(code, &c) != 0) {
-        set_err(err, errlen, "\"error\" has no integer \"code\"");
+        dmoe_set_err(err, errlen, "\"error\" has no integer \"code\"");
         return DMOE_EINVAL;
     }
     if (c < 0) c = -c; /* tolerate a peer sending the negative form */
     if (c == 0 || c > 1000000) {
-        set_err(err, errlen, "\"error\" code %lld out of range", (long long)c);
+        dmoe_set_err(err, errlen, "\"error\" code %lld out of range", (long long)c);
         return DMOE_EINVAL;
     }
     m->err_code = -(int)c;
@@ -246,7 +235,7 @@ static int decode_error(const msgpack_object *e, wire_msg *m, char *err, size_t 
         for (size_t i = 0; i < n; i++)
             if (m->err_msg[i] == 0) m->err_msg[i] = '?';
     } else if (msg && msg->type != MSGPACK_OBJECT_NIL) {
-        set_err(err, errlen, "\"error\" \"message\" is not a string");
+        dmoe_set_err(err, errlen, "\"error\" \"message\" is not a string");
         return DMOE_EINVAL;
     }
     return 0;
@@ -262,20 +251,20 @@ int wire_msg_decode(uint8_t *frame, size_t len, wire_msg *m, char *err, size_t e
     }
     if (!msgpack_zone_init(&m->zone, MSG_ZONE_CHUNK)) {
         free(frame);
-        set_err(err, errlen, "out of memory");
+        dmoe_set_err(err, errlen, "out of memory");
         return DMOE_ENOMEM;
     }
     size_t off = 0;
     msgpack_unpack_return ur = msgpack_unpack((const char *)frame, len, &off, &m->zone, &m->root);
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len || m->root.type != MSGPACK_OBJECT_MAP) {
         rc = ur == MSGPACK_UNPACK_NOMEM_ERROR ? DMOE_ENOMEM : DMOE_EPROTO;
-        set_err(err, errlen, "%s", rc == DMOE_ENOMEM ? "out of memory" : "msgpack unpack failed");
+        dmoe_set_err(err, errlen, "%s", rc == DMOE_ENOMEM ? "out of memory" : "msgpack unpack failed");
         goto fail;
     }
 
     const msgpack_object *id = wire_map_get(&m->root, "id");
     if (!id || id->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        set_err(err, errlen, id ? "\"id\" is not an unsigned integer" : "missing \"id\"");
+        dmoe_set_err(err, errlen, id ? "\"id\" is not an unsigned integer" : "missing \"id\"");
         rc = DMOE_EINVAL;
         goto fail;
     }
@@ -288,7 +277,7 @@ int wire_msg_decode(uint8_t *frame, size_t len, wire_msg *m, char *err, size_t e
         rc = wire_get_str(method, m->method, sizeof m->method);
         if (rc == 0 && m->method[0] == 0) rc = DMOE_EINVAL;
         if (rc) {
-            set_err(err, errlen, "\"method\" must be a non-empty string of at most %zu bytes",
+            dmoe_set_err(err, errlen, "\"method\" must be a non-empty string of at most %zu bytes",
                     sizeof m->method - 1);
             rc = DMOE_EINVAL;
             goto fail;
@@ -302,7 +291,7 @@ int wire_msg_decode(uint8_t *frame, size_t len, wire_msg *m, char *err, size_t e
         m->kind = WIRE_REPLY_OK;
         m->result = result;
     } else {
-        set_err(err, errlen, "map has none of \"method\", \"result\", \"error\"");
+        dmoe_set_err(err, errlen, "map has none of \"method\", \"result\", \"error\"");
         rc = DMOE_EINVAL;
         goto fail;
     }
@@ -367,16 +356,16 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
     wire_tensor r;
     memset(&r, 0, sizeof r);
     if (!o || o->type != MSGPACK_OBJECT_MAP) {
-        set_err(err, errlen, "tensor is not a map");
+        dmoe_set_err(err, errlen, "tensor is not a map");
         return DMOE_EINVAL;
     }
     const msgpack_object *dt = wire_map_get(o, "dtype");
     if (!dt || dt->type != MSGPACK_OBJECT_STR) {
-        set_err(err, errlen, "tensor has no string \"dtype\"");
+        dmoe_set_err(err, errlen, "tensor has no string \"dtype\"");
         return DMOE_EINVAL;
     }
     if (wire_dtype_parse(dt->via.str.ptr, dt->via.str.size, &r.dtype) != 0) {
-        set_err(err, errlen, "unknown dtype \"%.*s\"", (int)(dt->via.str.size > 32 ? 32 : dt->via.str.size),
+        dmoe_set_err(err, errlen, "unknown dtype \"%.*s\"", (int)(dt->via.str.size > 32 ? 32 : dt->via.str.size),
                 dt->via.str.ptr);
         return DMOE_EINVAL;
     }
@@ -385,28 +374,28 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
     if (comp && comp->type != MSGPACK_OBJECT_NIL) {
         char name[32];
         if (comp->type != MSGPACK_OBJECT_STR || comp->via.str.size >= sizeof name) {
-            set_err(err, errlen, "tensor \"compression\" is not a scheme name");
+            dmoe_set_err(err, errlen, "tensor \"compression\" is not a scheme name");
             return DMOE_EINVAL;
         }
         memcpy(name, comp->via.str.ptr, comp->via.str.size);
         name[comp->via.str.size] = '\0';
         if (wire_compress_parse(name, &r.compression) != 0) {
-            set_err(err, errlen, "unknown tensor compression \"%s\"", name);
+            dmoe_set_err(err, errlen, "unknown tensor compression \"%s\"", name);
             return DMOE_EINVAL;
         }
         if (r.compression != WIRE_COMP_NONE && r.dtype != WIRE_DT_F32) {
-            set_err(err, errlen, "only float32 tensors can be compressed");
+            dmoe_set_err(err, errlen, "only float32 tensors can be compressed");
             return DMOE_EINVAL;
         }
     }
 
     const msgpack_object *sh = wire_map_get(o, "shape");
     if (!sh || sh->type != MSGPACK_OBJECT_ARRAY) {
-        set_err(err, errlen, "tensor has no array \"shape\"");
+        dmoe_set_err(err, errlen, "tensor has no array \"shape\"");
         return DMOE_EINVAL;
     }
     if (sh->via.array.size > WIRE_MAX_NDIM) {
-        set_err(err, errlen, "tensor has %u dims, at most %d allowed", sh->via.array.size, WIRE_MAX_NDIM);
+        dmoe_set_err(err, errlen, "tensor has %u dims, at most %d allowed", sh->via.array.size, WIRE_MAX_NDIM);
         return DMOE_ETOOBIG;
     }
     size_t itemsize = wire_dtype_size(r.dtype);
@@ -416,11 +405,11 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
     for (int i = 0; i < r.ndim; i++) {
         const msgpack_object *d = &sh->via.array.ptr[i];
         if (d->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
-            set_err(err, errlen, "tensor dim %d is negative", i);
+            dmoe_set_err(err, errlen, "tensor dim %d is negative", i);
             return DMOE_EINVAL;
         }
         if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            set_err(err, errlen, "tensor dim %d is not an integer", i);
+            dmoe_set_err(err, errlen, "tensor dim %d is not an integer", i);
             return DMOE_EINVAL;
         }
         if (d->via.u64 > (uint64_t)INT64_MAX || d->via.u64 > SIZE_MAX) {
@@ -434,16 +423,16 @@ int wire_tensor_decode(const msgpack_object *o, wire_tensor *t, char *err, size_
     }
     /* A zero dim makes the product 0 even when another dim is huge; still reject absurd dims. */
     if (overflow || numel > SIZE_MAX / itemsize) {
-        set_err(err, errlen, "tensor element count overflows");
+        dmoe_set_err(err, errlen, "tensor element count overflows");
         return DMOE_ETOOBIG;
     }
     const msgpack_object *data = wire_map_get(o, "data");
     if (!data || data->type != MSGPACK_OBJECT_BIN) {
-        set_err(err, errlen, "tensor has no bin \"data\"");
+        dmoe_set_err(err, errlen, "tensor has no bin \"data\"");
         return DMOE_EINVAL;
     }
     if (r.compression == WIRE_COMP_NONE && (size_t)data->via.bin.size != numel * itemsize) {
-        set_err(err, errlen, "tensor data has %u bytes, shape and dtype say %zu", data->via.bin.size,
+        dmoe_set_err(err, errlen, "tensor data has %u bytes, shape and dtype say %zu", data->via.bin.size,
                 numel * itemsize);
         return DMOE_ESHAPE;
     }

@@ -46,16 +46,6 @@ typedef struct {
     int have_descr, have_fortran, have_shape;
 } npy_header;
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int host_is_big_endian(void)
 {
     const uint16_t one = 1;
@@ -104,20 +94,20 @@ static int hp_string(hparser *h, char *buf, size_t cap)
 {
     hp_ws(h);
     if (h->p >= h->end || (*h->p != '\'' && *h->p != '"')) {
-        set_err(h->err, h->errlen, "npy header: expected a quoted string");
+        dmoe_set_err(h->err, h->errlen, "npy header: expected a quoted string");
         return DMOE_EPROTO;
     }
     char q = *h->p++;
     size_t n = 0;
     while (h->p < h->end && *h->p != q) {
         if (*h->p == '\\' || n + 1 >= cap) {
-            set_err(h->err, h->errlen, "npy header: unsupported or too long string");
+            dmoe_set_err(h->err, h->errlen, "npy header: unsupported or too long string");
             return DMOE_EPROTO;
         }
         buf[n++] = *h->p++;
     }
     if (h->p >= h->end) {
-        set_err(h->err, h->errlen, "npy header: unterminated string");
+        dmoe_set_err(h->err, h->errlen, "npy header: unterminated string");
         return DMOE_EPROTO;
     }
     h->p++;
@@ -141,7 +131,7 @@ static int hp_word(hparser *h, const char *w)
 static int hp_shape(hparser *h, npy_header *hd)
 {
     if (!hp_eat(h, '(')) {
-        set_err(h->err, h->errlen, "npy header: 'shape' is not a tuple");
+        dmoe_set_err(h->err, h->errlen, "npy header: 'shape' is not a tuple");
         return DMOE_EPROTO;
     }
     hd->ndim = 0;
@@ -149,27 +139,27 @@ static int hp_shape(hparser *h, npy_header *hd)
         if (hp_eat(h, ')')) break;
         hp_ws(h);
         if (h->p >= h->end || *h->p < '0' || *h->p > '9') {
-            set_err(h->err, h->errlen, "npy header: 'shape' holds something other than non-negative integers");
+            dmoe_set_err(h->err, h->errlen, "npy header: 'shape' holds something other than non-negative integers");
             return DMOE_EPROTO;
         }
         int64_t v = 0;
         while (h->p < h->end && *h->p >= '0' && *h->p <= '9') {
             int d = *h->p++ - '0';
             if (v > (INT64_MAX - d) / 10) {
-                set_err(h->err, h->errlen, "npy header: a dimension overflows");
+                dmoe_set_err(h->err, h->errlen, "npy header: a dimension overflows");
                 return DMOE_ETOOBIG;
             }
             v = v * 10 + d;
         }
         if (h->p < h->end && (*h->p == 'L' || *h->p == 'l')) h->p++;
         if (hd->ndim == WIRE_MAX_NDIM) {
-            set_err(h->err, h->errlen, "npy array has more than %d dims", WIRE_MAX_NDIM);
+            dmoe_set_err(h->err, h->errlen, "npy array has more than %d dims", WIRE_MAX_NDIM);
             return DMOE_ETOOBIG;
         }
         hd->shape[hd->ndim++] = v;
         if (hp_eat(h, ',')) continue;
         if (hp_eat(h, ')')) break;
-        set_err(h->err, h->errlen, "npy header: malformed 'shape' tuple");
+        dmoe_set_err(h->err, h->errlen, "npy header: malformed 'shape' tuple");
         return DMOE_EPROTO;
     }
     hd->have_shape = 1;
@@ -183,10 +173,10 @@ static int parse_descr(const char *d, npy_header *hd, char *err, size_t errlen)
     else if (!strcmp(d, "<f8")) hd->kind = NPY_F8;
     else if (!strcmp(d, "|u1") || !strcmp(d, "|b1") || !strcmp(d, "u1") || !strcmp(d, "b1")) hd->kind = NPY_U1;
     else if (d[0] == '>' && (!strcmp(d + 1, "f4") || !strcmp(d + 1, "f8"))) {
-        set_err(err, errlen, "npy dtype '%s' is big-endian; save it as little-endian ('<f4')", d);
+        dmoe_set_err(err, errlen, "npy dtype '%s' is big-endian; save it as little-endian ('<f4')", d);
         return DMOE_EINVAL;
     } else {
-        set_err(err, errlen, "npy dtype '%s' is not supported (use '<f4', '<f8', '|u1' or '|b1')", d);
+        dmoe_set_err(err, errlen, "npy dtype '%s' is not supported (use '<f4', '<f8', '|u1' or '|b1')", d);
         return DMOE_EINVAL;
     }
     hd->have_descr = 1;
@@ -199,7 +189,7 @@ static int parse_header(const char *txt, size_t len, npy_header *hd, char *err, 
     hparser h = { txt, txt + len, err, errlen };
     memset(hd, 0, sizeof *hd);
     if (!hp_eat(&h, '{')) {
-        set_err(err, errlen, "npy header is not a dict");
+        dmoe_set_err(err, errlen, "npy header is not a dict");
         return DMOE_EPROTO;
     }
     for (;;) {
@@ -208,7 +198,7 @@ static int parse_header(const char *txt, size_t len, npy_header *hd, char *err, 
         int rc = hp_string(&h, key, sizeof key);
         if (rc) return rc;
         if (!hp_eat(&h, ':')) {
-            set_err(err, errlen, "npy header: expected ':' after '%s'", key);
+            dmoe_set_err(err, errlen, "npy header: expected ':' after '%s'", key);
             return DMOE_EPROTO;
         }
         if (!strcmp(key, "descr")) {
@@ -218,32 +208,32 @@ static int parse_header(const char *txt, size_t len, npy_header *hd, char *err, 
             if (hp_word(&h, "True")) hd->fortran = 1;
             else if (hp_word(&h, "False")) hd->fortran = 0;
             else {
-                set_err(err, errlen, "npy header: 'fortran_order' is not True or False");
+                dmoe_set_err(err, errlen, "npy header: 'fortran_order' is not True or False");
                 return DMOE_EPROTO;
             }
             hd->have_fortran = 1;
         } else if (!strcmp(key, "shape")) {
             if ((rc = hp_shape(&h, hd)) != 0) return rc;
         } else {
-            set_err(err, errlen, "npy header has an unexpected key '%s'", key);
+            dmoe_set_err(err, errlen, "npy header has an unexpected key '%s'", key);
             return DMOE_EPROTO;
         }
         if (hp_eat(&h, ',')) continue;
         if (hp_eat(&h, '}')) break;
-        set_err(err, errlen, "npy header: expected ',' or '}'");
+        dmoe_set_err(err, errlen, "npy header: expected ',' or '}'");
         return DMOE_EPROTO;
     }
     hp_ws(&h);
     if (h.p != h.end) {
-        set_err(err, errlen, "npy header: text after the dict");
+        dmoe_set_err(err, errlen, "npy header: text after the dict");
         return DMOE_EPROTO;
     }
     if (!hd->have_descr || !hd->have_fortran || !hd->have_shape) {
-        set_err(err, errlen, "npy header lacks one of 'descr', 'fortran_order', 'shape'");
+        dmoe_set_err(err, errlen, "npy header lacks one of 'descr', 'fortran_order', 'shape'");
         return DMOE_EPROTO;
     }
     if (hd->fortran) {
-        set_err(err, errlen, "npy array is in Fortran order; save np.ascontiguousarray(x) instead");
+        dmoe_set_err(err, errlen, "npy array is in Fortran order; save np.ascontiguousarray(x) instead");
         return DMOE_EINVAL;
     }
     return 0;
@@ -285,7 +275,7 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
     FILE *f = fopen(path, "rb");
     if (!f) {
         int e = errno;
-        set_err(err, errlen, "%s: %s", path, strerror(e));
+        dmoe_set_err(err, errlen, "%s: %s", path, strerror(e));
         return e == ENOENT ? DMOE_ENOTFOUND : DMOE_EIO;
     }
     int rc = 0;
@@ -295,12 +285,12 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
     uint8_t pre[12];
 
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+        dmoe_set_err(err, errlen, "%s: not a regular file", path);
         rc = DMOE_EIO;
         goto out;
     }
     if (read_exact(f, pre, 10) != 0 || memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
-        set_err(err, errlen, "%s: not an .npy file (bad magic)", path);
+        dmoe_set_err(err, errlen, "%s: not an .npy file (bad magic)", path);
         rc = DMOE_EPROTO;
         goto out;
     }
@@ -311,19 +301,19 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
         pre_len = 10;
     } else if ((major == 2 || major == 3) && minor == 0) {
         if (read_exact(f, pre + 10, 2) != 0) {
-            set_err(err, errlen, "%s: truncated .npy preamble", path);
+            dmoe_set_err(err, errlen, "%s: truncated .npy preamble", path);
             rc = DMOE_EPROTO;
             goto out;
         }
         hlen = (size_t)pre[8] | ((size_t)pre[9] << 8) | ((size_t)pre[10] << 16) | ((size_t)pre[11] << 24);
         pre_len = 12;
     } else {
-        set_err(err, errlen, "%s: .npy format version %d.%d is not supported", path, major, minor);
+        dmoe_set_err(err, errlen, "%s: .npy format version %d.%d is not supported", path, major, minor);
         rc = DMOE_EPROTO;
         goto out;
     }
     if (hlen == 0 || hlen > NPY_MAX_HEADER || (uint64_t)st.st_size < pre_len + hlen) {
-        set_err(err, errlen, "%s: .npy header length %zu is invalid for a file of %lld bytes", path, hlen,
+        dmoe_set_err(err, errlen, "%s: .npy header length %zu is invalid for a file of %lld bytes", path, hlen,
                 (long long)st.st_size);
         rc = DMOE_EPROTO;
         goto out;
@@ -331,11 +321,11 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
     htxt = malloc(hlen);
     if (!htxt) {
         rc = DMOE_ENOMEM;
-        set_err(err, errlen, "out of memory");
+        dmoe_set_err(err, errlen, "out of memory");
         goto out;
     }
     if (read_exact(f, htxt, hlen) != 0) {
-        set_err(err, errlen, "%s: read error in the .npy header", path);
+        dmoe_set_err(err, errlen, "%s: read error in the .npy header", path);
         rc = DMOE_EIO;
         goto out;
     }
@@ -343,7 +333,7 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
     char perr[160] = "";
     rc = parse_header(htxt, hlen, &hd, perr, sizeof perr);
     if (rc) {
-        set_err(err, errlen, "%s: %s", path, perr);
+        dmoe_set_err(err, errlen, "%s: %s", path, perr);
         goto out;
     }
 
@@ -353,7 +343,7 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
     for (int i = 0; i < hd.ndim; i++) {
         uint64_t d = (uint64_t)hd.shape[i];
         if (d > SIZE_MAX || (d && numel > SIZE_MAX / 8 / d)) {
-            set_err(err, errlen, "%s: .npy shape is too large", path);
+            dmoe_set_err(err, errlen, "%s: .npy shape is too large", path);
             rc = DMOE_ETOOBIG;
             goto out;
         }
@@ -361,14 +351,14 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
     }
     uint64_t have = (uint64_t)st.st_size - pre_len - hlen;
     if (have != (uint64_t)numel * in_size) {
-        set_err(err, errlen, "%s: .npy data has %llu bytes but the header's shape and dtype say %llu", path,
+        dmoe_set_err(err, errlen, "%s: .npy data has %llu bytes but the header's shape and dtype say %llu", path,
                 (unsigned long long)have, (unsigned long long)numel * in_size);
         rc = DMOE_ESHAPE;
         goto out;
     }
     buf = malloc(numel ? numel * out_size : 1);
     if (!buf) {
-        set_err(err, errlen, "out of memory for %zu elements", numel);
+        dmoe_set_err(err, errlen, "out of memory for %zu elements", numel);
         rc = DMOE_ENOMEM;
         goto out;
     }
@@ -379,7 +369,7 @@ int wire_npy_read(const char *path, wire_dtype *dtype, int *ndim, int64_t *shape
         if (rc == 0 && in_size > 1 && host_is_big_endian()) swap_bytes(buf, numel, in_size);
     }
     if (rc) {
-        set_err(err, errlen, rc == DMOE_ENOMEM ? "out of memory" : "%s: read error in the .npy data", path);
+        dmoe_set_err(err, errlen, rc == DMOE_ENOMEM ? "out of memory" : "%s: read error in the .npy data", path);
         goto out;
     }
 
@@ -427,11 +417,11 @@ int wire_npy_write(const char *path, wire_dtype dtype, int ndim, const int64_t *
         descr = "|u1";
         size = 1;
     } else {
-        set_err(err, errlen, "npy: can only write float32 or uint8, not %s", wire_dtype_name(dtype));
+        dmoe_set_err(err, errlen, "npy: can only write float32 or uint8, not %s", wire_dtype_name(dtype));
         return DMOE_EINVAL;
     }
     if (ndim < 0 || ndim > WIRE_MAX_NDIM) {
-        set_err(err, errlen, "npy: %d dims (0..%d allowed)", ndim, WIRE_MAX_NDIM);
+        dmoe_set_err(err, errlen, "npy: %d dims (0..%d allowed)", ndim, WIRE_MAX_NDIM);
         return DMOE_EINVAL;
     }
     char hdr[512];
@@ -439,11 +429,11 @@ int wire_npy_write(const char *path, wire_dtype dtype, int ndim, const int64_t *
     size_t numel = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) {
-            set_err(err, errlen, "npy: dim %d is negative", i);
+            dmoe_set_err(err, errlen, "npy: dim %d is negative", i);
             return DMOE_EINVAL;
         }
         if ((uint64_t)shape[i] > SIZE_MAX || (shape[i] && numel > SIZE_MAX / size / (size_t)shape[i])) {
-            set_err(err, errlen, "npy: shape too large");
+            dmoe_set_err(err, errlen, "npy: shape too large");
             return DMOE_ETOOBIG;
         }
         numel *= (size_t)shape[i];
@@ -459,7 +449,7 @@ int wire_npy_write(const char *path, wire_dtype dtype, int ndim, const int64_t *
 
     FILE *f = fopen(path, "wb");
     if (!f) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        dmoe_set_err(err, errlen, "%s: %s", path, strerror(errno));
         return DMOE_EIO;
     }
     uint8_t pre[10];
@@ -474,7 +464,7 @@ int wire_npy_write(const char *path, wire_dtype dtype, int ndim, const int64_t *
     if (!rc && numel) rc = write_data(f, data, numel, size);
     if (fclose(f) != 0) rc = DMOE_EIO;
     if (rc) {
-        set_err(err, errlen, "%s: write failed", path);
+        dmoe_set_err(err, errlen, "%s: write failed", path);
         remove(path);
     }
     return rc;

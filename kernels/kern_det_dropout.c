@@ -41,18 +41,10 @@ static int dd_setup(kern_model *m, const kern_config *cfg)
         kern_model_add_param(&t, "linear_out.weight", H, 2 * H) || kern_model_add_param(&t, "linear_out.bias", H, 0))
         return DMOE_EINVAL;
     t.n_in = 2;
-    strcpy(t.in[0].name, "x");
-    strcpy(t.in[1].name, "mask");
-    for (int i = 0; i < 2; i++) {
-        t.in[i].dtype = KERN_F32;
-        t.in[i].ndim = 1;
-        t.in[i].dims[0] = H;
-    }
+    kern_io_set(&t.in[0], "x", KERN_F32, H, 0);
+    kern_io_set(&t.in[1], "mask", KERN_F32, H, 0);
     t.n_out = 1;
-    strcpy(t.out[0].name, "output");
-    t.out[0].dtype = KERN_F32;
-    t.out[0].ndim = 1;
-    t.out[0].dims[0] = H;
+    kern_io_set(&t.out[0], "output", KERN_F32, H, 0);
     *m = t;
     return 0;
 }

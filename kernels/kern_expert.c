@@ -61,3 +61,13 @@ int kern_model_add_param(kern_model *m, const char *name, int64_t d0, int64_t d1
     m->n_floats += p->numel;
     return 0;
 }
+
+void kern_io_set(kern_io_info *io, const char *name, kern_dtype dtype, int64_t d0, int64_t d1)
+{
+    memset(io, 0, sizeof *io);
+    snprintf(io->name, sizeof io->name, "%s", name);
+    io->dtype = dtype;
+    io->ndim = d1 ? 2 : 1;
+    io->dims[0] = d0;
+    io->dims[1] = d1;
+}

@@ -123,6 +123,8 @@ const kern_class *kern_expert_find(const char *name);
 const char *kern_expert_names(void);
 /* kern_model_param returns the parameter called name in m, or NULL. */
 const kern_param_info *kern_model_param(const kern_model *m, const char *name);
+/* kern_io_set describes one input or output: name, dtype, and a row of [d0] (d1 == 0) or [d0, d1]. */
+void kern_io_set(kern_io_info *io, const char *name, kern_dtype dtype, int64_t d0, int64_t d1);
 /* kern_model_add_param appends a parameter of shape [d0] (d1 == 0) or [d0, d1] at the next offset;
  * a helper for setup functions. Returns 0 or DMOE_EINVAL when KERN_MAX_PARAMS is reached. */
 int kern_model_add_param(kern_model *m, const char *name, int64_t d0, int64_t d1);

@@ -67,15 +67,9 @@ static int ffn_setup(kern_model *m, const kern_config *cfg)
         kern_model_add_param(&t, "layer_norm.bias", H, 0))
         return DMOE_EINVAL;
     t.n_in = 1;
-    strcpy(t.in[0].name, "x");
-    t.in[0].dtype = KERN_F32;
-    t.in[0].ndim = 1;
-    t.in[0].dims[0] = H;
+    kern_io_set(&t.in[0], "x", KERN_F32, H, 0);
     t.n_out = 1;
-    strcpy(t.out[0].name, "output");
-    t.out[0].dtype = KERN_F32;
-    t.out[0].ndim = 1;
-    t.out[0].dims[0] = H;
+    kern_io_set(&t.out[0], "output", KERN_F32, H, 0);
     *m = t;
     return 0;
 }

@@ -27,15 +27,9 @@ static int nop_setup_as(const kern_class *cls, kern_model *m, const kern_config 
     t.cls = cls;
     t.cfg = *cfg;
     t.n_in = 1;
-    strcpy(t.in[0].name, "x");
-    t.in[0].dtype = KERN_F32;
-    t.in[0].ndim = 1;
-    t.in[0].dims[0] = cfg->hidden_dim;
+    kern_io_set(&t.in[0], "x", KERN_F32, cfg->hidden_dim, 0);
     t.n_out = 1;
-    strcpy(t.out[0].name, "output");
-    t.out[0].dtype = KERN_F32;
-    t.out[0].ndim = 1;
-    t.out[0].dims[0] = cfg->hidden_dim;
+    kern_io_set(&t.out[0], "output", KERN_F32, cfg->hidden_dim, 0);
     *m = t;
     return 0;
 }

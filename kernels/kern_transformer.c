@@ -353,21 +353,10 @@ static int tr_setup(kern_model *m, const kern_config *cfg)
     if (rc) return DMOE_EINVAL;
 
     t.n_in = 2;
-    strcpy(t.in[0].name, "x");
-    t.in[0].dtype = KERN_F32;
-    t.in[0].ndim = 2;
-    t.in[0].dims[0] = S;
-    t.in[0].dims[1] = H;
-    strcpy(t.in[1].name, "mask");
-    t.in[1].dtype = KERN_U8;
-    t.in[1].ndim = 1;
-    t.in[1].dims[0] = S;
+    kern_io_set(&t.in[0], "x", KERN_F32, S, H);
+    kern_io_set(&t.in[1], "mask", KERN_U8, S, 0);
     t.n_out = 1;
-    strcpy(t.out[0].name, "output");
-    t.out[0].dtype = KERN_F32;
-    t.out[0].ndim = 2;
-    t.out[0].dims[0] = S;
-    t.out[0].dims[1] = H;
+    kern_io_set(&t.out[0], "output", KERN_F32, S, H);
     *m = t;
     return 0;
 }

@@ -22,6 +22,7 @@
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "wire/wire_frame.h"
+#include "wire/wire_npy.h"
 
 static const char *build_dir(void)
 {
@@ -369,4 +370,33 @@ float th_max_abs_diff(const float *a, const float *b, size_t n)
         if (!(d <= m)) m = d;   /* NaN counts as the largest */
     }
     return m;
+}
+
+int th_write_npy(const char *path, const float *x, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    char err[160];
+    if (wire_npy_write(path, WIRE_DT_F32, 2, shape, x, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "%s: %s\n", path, err);
+    return -1;
+}
+
+float *th_read_npy(const char *path, int64_t rows, int64_t cols)
+{
+    wire_dtype dt;
+    int nd;
+    int64_t shape[WIRE_MAX_NDIM];
+    void *data;
+    size_t nbytes;
+    char err[160];
+    if (wire_npy_read(path, &dt, &nd, shape, &data, &nbytes, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        return NULL;
+    }
+    if (dt != WIRE_DT_F32 || nd != 2 || shape[0] != rows || shape[1] != cols) {
+        fprintf(stderr, "%s: not a float32 [%lld, %lld] array\n", path, (long long)rows, (long long)cols);
+        free(data);
+        return NULL;
+    }
+    return data;
 }

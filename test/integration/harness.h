@@ -59,6 +59,12 @@ wire_out *th_request(uint64_t id, const char *uid, const float *x, int64_t B, in
  * the reply is a success with a float32 [B, H] tensor. */
 int th_result_f32(const wire_msg *m, const char *key, int64_t B, int64_t H, float *out);
 
+/* th_write_npy writes x as a float32 [rows, cols] .npy file; returns 0 or -1 (message on stderr). */
+int th_write_npy(const char *path, const float *x, int64_t rows, int64_t cols);
+/* th_read_npy reads a float32 [rows, cols] .npy file into a malloc'd array; NULL (message on stderr) when
+ * it cannot, or when the dtype or shape differs. */
+float *th_read_npy(const char *path, int64_t rows, int64_t cols);
+
 /* th_fill_normal fills x[n] with seeded normal values. */
 void th_fill_normal(float *x, size_t n, uint64_t seed);
 /* th_max_abs_diff returns max |a - b| over n floats. */

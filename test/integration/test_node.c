@@ -13,7 +13,6 @@
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "test/integration/harness.h"
-#include "wire/wire_npy.h"
 
 #define H 64
 #define SEED "7"
@@ -59,24 +58,13 @@ static void local_backward(local_expert *e, const float *x, const float *gy, int
     cr_assert_eq(e->m.cls->backward(&e->m, e->params, B, in, go, gi, e->grads, e->ws, 0), 0);
 }
 
-static void write_npy(const char *path, const float *x, int64_t B)
-{
-    int64_t shape[2] = {B, H};
-    char err[128];
-    cr_assert_eq(wire_npy_write(path, WIRE_DT_F32, 2, shape, x, err, sizeof err), 0, "%s", err);
-}
+static void write_npy(const char *path, const float *x, int64_t B) { cr_assert_eq(th_write_npy(path, x, B, H), 0); }
 
 static void read_npy(const char *path, float *out, int64_t B)
 {
-    wire_dtype dt;
-    int nd;
-    int64_t shape[8];
-    void *data;
-    size_t nbytes;
-    char err[128];
-    cr_assert_eq(wire_npy_read(path, &dt, &nd, shape, &data, &nbytes, err, sizeof err), 0, "%s", err);
-    cr_assert(dt == WIRE_DT_F32 && nd == 2 && shape[0] == B && shape[1] == H);
-    memcpy(out, data, nbytes);
+    float *data = th_read_npy(path, B, H);
+    cr_assert_not_null(data);
+    memcpy(out, data, (size_t)(B * H) * sizeof(float));
     free(data);
 }
 

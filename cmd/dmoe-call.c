@@ -7,6 +7,7 @@
  *   dmoe-call --initial_peers MADDR... find UID...
  *   dmoe-call --initial_peers MADDR... dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest]
  *   dmoe-call --peer ADDR load [flags]                       (the load generator: actors/loadgen.h)
+ *   dmoe-call --initial_peers MADDR... moe --uid_prefix expert. --grid_size 15 --k_best 2 --random 3x512
  *
  * forward and backward first ask the expert for its schema (info) and check the tensors against it
  * before sending them; the node checks them again. Prints a short human summary, or one JSON object
@@ -23,6 +24,7 @@
 #include "actors/dht_cli.h"
 #include "actors/dht_experts.h"
 #include "actors/loadgen.h"
+#include "actors/moe_cli.h"
 #include "actors/remote.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_args.h"
@@ -376,8 +378,10 @@ static void on_joined(void *arg, int err, const char *msg)
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "load")) return loadgen_main(argc, argv);
+        if (!strcmp(argv[i], "moe")) return moe_call_main(argc, argv);
+    }
 
     app a = {.status = 1};
     const char *peer = NULL, *log_level = NULL;
@@ -402,7 +406,8 @@ int main(int argc, char **argv)
     const char *synopsis =
         "dmoe-call (--peer ADDR | --initial_peers MADDR...) COMMAND [ARGS] [flags]\n"
         "  commands: ping | info [UID] [--all] | forward UID | backward UID | find UID... |\n"
-        "            dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest] | load [flags]";
+        "            dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest] | load [flags] |\n"
+        "            moe --uid_prefix P --grid_size N... --k_best K --random BxH";
     char err[512];
     char *pos[66];
     int npos;

@@ -1,61 +1,62 @@
 #!/usr/bin/env bash
-# demo.sh -- `make demo`: host five ffn experts on loopback and drive them with dmoe-call.
-#
-# Starts dmoe-node (5 experts expert.[0:5], hidden 512) on an OS-chosen port, asks it what it hosts,
-# runs a forward and a backward through expert.1 and expert.4 (the backward applies one Adam step on
-# the node, visible in the stats), then stops the node with SIGTERM and checks it exited cleanly.
+# demo.sh -- `make demo`: the Mixture-of-Experts tutorial, unattended, on loopback:
+#   1. a first node hosts 5 ffn experts expert.[0:5] (hidden 512) and starts the DHT;
+#   2. a second node hosts 10 experts drawn from expert.[5:250] and joins it through --initial_peers;
+#   3. dmoe-train --task moe trains input projection -> MoE layer (k_best 2 over the live grid) ->
+#      output projection for a few hundred steps and prints loss and accuracy as it goes;
+#   4. a short summary (start/end loss, accuracy, steps/s); both nodes are stopped on any exit (trap).
+# Programs come from $DMOE_BUILD (default build/). Exits 0 when the loss fell.
 set -euo pipefail
 BUILD=${DMOE_BUILD:-build}
-LOG=$(mktemp /tmp/dmoe-demo-node.XXXXXX)
-WORK=$(mktemp -d /tmp/dmoe-demo.XXXXXX)
-NODE_PID=
+STEPS=${STEPS:-300}
+TMP=$(mktemp -d /tmp/dmoe-demo-moe.XXXXXX)
+PIDS=()
 cleanup() {
-    if [ -n "$NODE_PID" ] && kill -0 "$NODE_PID" 2>/dev/null; then kill -KILL "$NODE_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK" "$LOG"
-}
-trap cleanup EXIT
-
-echo "== starting dmoe-node: 5 ffn experts, hidden 512"
-"$BUILD/dmoe-node" --expert_cls ffn --hidden_dim 512 --num_experts 5 --expert_pattern "expert.[0:5]" \
-    --host_maddrs /ip4/127.0.0.1/tcp/0 2>"$LOG" &
-NODE_PID=$!
-ADDR=
-for _ in $(seq 1 200); do
-    ADDR=$(grep -o '/ip4/127.0.0.1/tcp/[0-9]*' "$LOG" | head -n 1 || true)
-    if [ -n "$ADDR" ] && grep -q "Server started" "$LOG"; then break; fi
-    kill -0 "$NODE_PID" 2>/dev/null || { cat "$LOG"; echo "dmoe-node failed to start" >&2; exit 1; }
-    sleep 0.05
-done
-[ -n "$ADDR" ] || { cat "$LOG"; echo "dmoe-node did not report its address" >&2; exit 1; }
-cat "$LOG"
-CALL="$BUILD/dmoe-call --peer $ADDR"
-
-echo; echo "== dmoe-call info expert.1"
-$CALL info expert.1
-echo; echo "== dmoe-call forward expert.1 --random 3x512"
-$CALL forward expert.1 --random 3x512 --seed 1 --output "$WORK/y.npy"
-echo; echo "== dmoe-call backward expert.4 --random 3x512 (one Adam step on the node)"
-$CALL backward expert.4 --random 3x512 --seed 2 --output "$WORK/gx.npy"
-echo; echo "== 64 forwards of 256x512 to expert.4"
-start=$(date +%s%N)
-for i in $(seq 1 8); do
-    pids=()
-    for j in $(seq 1 8); do
-        $CALL forward expert.4 --random 256x512 --seed $((i * 8 + j)) --json >/dev/null &
-        pids+=($!)
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
     done
-    for p in "${pids[@]}"; do wait "$p" || { echo "a forward call failed" >&2; exit 1; }; done
-done
-end=$(date +%s%N)
-echo "64 x 256 rows in $(( (end - start) / 1000000 )) ms, each a fresh dmoe-call process"
-echo; echo "== stats after the calls"
-$CALL info expert.4 | sed -n '1p;/stats/p'
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
 
-echo; echo "== stopping the node (SIGTERM)"
-kill -TERM "$NODE_PID"
-wait "$NODE_PID"
-status=$?
-NODE_PID=
-tail -n 2 "$LOG"
-[ "$status" -eq 0 ] || { echo "dmoe-node exited with $status" >&2; exit 1; }
-echo "demo finished"
+# wait_for LOG TEXT: wait (<= 20 s) until LOG contains TEXT
+wait_for() {
+    for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "demo_moe: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+}
+
+echo "== node 1: 5 experts expert.[0:5], hidden 512"
+"$BUILD/dmoe-node" --expert_cls ffn --hidden_dim 512 --num_experts 5 --expert_pattern "expert.[0:5]" \
+    --num_workers 1 2>"$TMP/node1.log" &
+PIDS+=($!)
+wait_for "$TMP/node1.log" "Server started"
+PEER=$(grep -o "Running DHT node on \['[^']*'" "$TMP/node1.log" | sed "s/.*\['//; s/'//")
+echo "   DHT address: $PEER"
+
+echo "== node 2: 10 experts from expert.[5:250], joining through node 1"
+"$BUILD/dmoe-node" --expert_cls ffn --hidden_dim 512 --num_experts 10 --expert_pattern "expert.[5:250]" \
+    --initial_peers "$PEER" --num_workers 1 2>"$TMP/node2.log" &
+PIDS+=($!)
+wait_for "$TMP/node2.log" "Server started"
+grep -o "expert\.[0-9]*: FeedforwardBlock" "$TMP/node2.log" | cut -d: -f1 | tr '\n' ' '; echo
+sleep 1   # both nodes declare their experts at start; give the declarations a moment to land
+
+echo "== dmoe-train --task moe: $STEPS steps, grid 250, k_best 2"
+"$BUILD/dmoe-train" --task moe --initial_peers "$PEER" --hidden_dim 512 --in_dim 64 --num_classes 8 \
+    --grid_size 250 --k_best 2 --steps "$STEPS" --batch_size 64 --lr 1e-3 --log_every 25 --seed 1 \
+    | tee "$TMP/train.log"
+
+SUMMARY=$(grep "^summary:" "$TMP/train.log")
+L0=$(echo "$SUMMARY" | sed 's/.*loss \([0-9.]*\) -> \([0-9.]*\).*/\1/')
+L1=$(echo "$SUMMARY" | sed 's/.*loss \([0-9.]*\) -> \([0-9.]*\).*/\2/')
+ACC=$(echo "$SUMMARY" | sed 's/.*accuracy \([0-9.]*\).*/\1/')
+SPS=$(echo "$SUMMARY" | sed 's/.* \([0-9.]*\) steps\/s.*/\1/')
+echo "== summary: loss $L0 -> $L1, accuracy $ACC (chance 0.125), $SPS steps/s"
+awk -v a="$L0" -v b="$L1" 'BEGIN { exit !(b < a) }' || { echo "demo_moe: the loss did not fall" >&2; exit 1; }
+
+echo "== a one-off MoE forward and where experts live, from a client that knows one address"
+"$BUILD/dmoe-call" --initial_peers "$PEER" moe --uid_prefix expert. --grid_size 250 --k_best 2 --random 3x512
+"$BUILD/dmoe-call" --initial_peers "$PEER" find expert.1 expert.4
+echo "== stopping both nodes"

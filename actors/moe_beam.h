@@ -1,0 +1,102 @@
+/* moe_beam.h -- beam search for the best live experts of a grid (hivemind's MoEBeamSearcher), batched.
+ *
+ * Experts live in a grid named by uids "<uid_prefix><c0>.<c1>...<c(D-1)>". The gating function gives,
+ * for every sample, a score per coordinate of every dimension; an expert's score is the sum of its
+ * coordinates' scores. For each sample the search returns up to beam_size live experts with the
+ * highest scores, found exactly as hivemind's _find_best_experts does:
+ *   1. initial beam: the first-dimension prefixes "<uid_prefix>i." in decreasing score order, keeping
+ *      the first beam_size that have live successors;
+ *   2. for each middle dimension d (1..D-2): the experts named by the beam's successors join the
+ *      best-experts heap, then the beam_size best (prefix score + score_d[coord]) successors become
+ *      the next beam (those with no live successors are dropped; an empty beam ends the search);
+ *   3. the experts named by the final beam's successors join the heap; the heap, best first, is the
+ *      answer. A one-dimensional grid uses hivemind's FLAT_EXPERT entries ("expert.5." / -1).
+ *
+ * The core (moe_beam_new / want / feed / result) is a pure state machine that does no I/O: it says which
+ * prefixes it needs next -- the union over all samples, each prefix once per search -- and is fed their
+ * successors. A test can feed it from a table; moe_beam_search drives it from any successors provider
+ * (the DHT through moe_succ_dht: one dht_get_active_successors call per round, with negative caching).
+ *
+ * Threads: the core is plain data (any one thread at a time); moe_beam_search runs on the loop thread,
+ * its callback too, never inside moe_beam_search itself.
+ */
+#ifndef DMOE_MOE_BEAM_H
+#define DMOE_MOE_BEAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/dht_experts.h"
+
+/* Dimensions of a grid (hivemind allows any; uids stay short). */
+#define MOE_MAX_DIMS 8
+/* Largest beam (k_best): the per-sample heap is a sorted array of this many. */
+#define MOE_MAX_BEAM 256
+
+/* One expert found for a sample: its uid, where it is served, and its score. */
+typedef struct {
+    char uid[UID_MAX_LEN + 1];
+    wire_maddr addr;
+    float score;
+} moe_beam_expert;
+
+typedef struct moe_beam moe_beam;
+
+/* moe_beam_new prepares a search for batch samples. uid_prefix is "name." (a trailing '.' is added when
+ * missing), grid[0..ndim) the sizes, scores the row-major [batch, sum(grid)] gating scores (copied),
+ * beam_size the k_best. Returns 0 and *out, or DMOE_EINVAL (bad prefix, sizes, batch < 1) / DMOE_ENOMEM. */
+int moe_beam_new(const char *uid_prefix, const int *grid, int ndim, int64_t batch, const float *scores,
+                 int beam_size, moe_beam **out);
+/* moe_beam_want returns how many prefixes the search needs next and points *prefixes at them (owned by
+ * b, valid until the next moe_beam_feed); 0 means the search is over. */
+size_t moe_beam_want(moe_beam *b, const char *const **prefixes);
+/* moe_beam_feed gives the successors of the prefixes of the last moe_beam_want, per[i] for prefix i
+ * (copied). Returns 0, or DMOE_EINVAL when n is not the count asked for, DMOE_ENOMEM. */
+int moe_beam_feed(moe_beam *b, const dht_successors *per, size_t n);
+/* moe_beam_result returns how many experts sample s got (0..beam_size) and points *out at them, best
+ * first (owned by b). Valid once moe_beam_want returned 0. */
+size_t moe_beam_result(const moe_beam *b, int64_t s, const moe_beam_expert **out);
+/* moe_beam_rounds returns the provider calls made; moe_beam_fetched the prefixes asked in total. */
+int moe_beam_rounds(const moe_beam *b);
+size_t moe_beam_fetched(const moe_beam *b);
+/* moe_beam_free frees b; NULL is a no-op. */
+void moe_beam_free(moe_beam *b);
+
+/* moe_beam_expert_coords parses the coordinates of uid under uid_prefix into coords[0..ndim). Returns 0
+ * when uid is "<uid_prefix>c0.c1...", with exactly ndim decimal coordinates each inside grid, else
+ * DMOE_EINVAL. */
+int moe_beam_expert_coords(const char *uid_prefix, const int *grid, int ndim, const char *uid, int *coords);
+
+/* ---- driving the core from a successors provider ---- */
+
+/* A provider of successors: get finds the live successors of prefixes[0..n) and calls cb once, later
+ * (never inside get), with per[i] for prefix i (borrowed for the callback). get returns 0, or a negative
+ * code (cb will not run). dht_get_active_successors has exactly this shape. */
+typedef struct {
+    void *impl;
+    int (*get)(void *impl, const char *const *prefixes, size_t n, dht_successors_cb cb, void *arg);
+} moe_succ_provider;
+
+/* The DHT as a provider: fill d and neg_cache_s, then moe_succ_dht gives the provider (it points at s,
+ * which must outlive every search using it). */
+typedef struct {
+    dht *d;
+    double neg_cache_s;
+} moe_dht_succ;
+/* moe_succ_dht fills *p with a provider over s. */
+void moe_succ_dht(moe_dht_succ *s, moe_succ_provider *p);
+
+typedef struct moe_search moe_search;
+
+/* Completion of moe_beam_search: err 0 and b complete, or a provider error (b then incomplete). */
+typedef void (*moe_search_cb)(void *arg, int err, const char *msg, moe_beam *b);
+
+/* moe_beam_search runs b to completion over provider p (copied), one provider call per round. b stays
+ * the caller's but must live until cb runs or moe_search_cancel is called. Returns 0 and *out (the
+ * handle, freed by the search itself after cb) or DMOE_ENOMEM / the provider's error (cb not called). */
+int moe_beam_search(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, void *arg, moe_search **out);
+/* moe_search_cancel drops the search: cb will not run, b is no longer touched (the caller may free it
+ * now), and the handle frees itself when the provider's outstanding call returns. */
+void moe_search_cancel(moe_search *s);
+
+#endif

@@ -1,0 +1,293 @@
+/* test_moe.c -- the Mixture-of-Experts layer over real dmoe-node processes on loopback: the forward
+ * equals the softmax-weighted combination of single-expert calls; training continues with the survivors
+ * when a node is SIGKILLed (k_min 1); a node answering NaN is ignored with detect_anomalies; a hanging
+ * node is cut off by timeout_after_k_min; every expert gone gives a clear error, or zeros with
+ * allow_zero_outputs; dmoe-train's chain and moe tasks learn. Every node started here is stopped here. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "actors/moe.h"
+#include "actors/moe_cli.h"
+#include "kernels/kern_rng.h"
+#include "runtime/rt_err.h"
+#include "test/integration/harness.h"
+
+#define H 32
+
+typedef struct {
+    rt_loop *l;
+    moe_net *net;
+    moe_layer *m;
+} side;
+
+static void open_side(side *s, const th_node *peer, int k_best, moe_cfg *over)
+{
+    s->l = rt_loop_new();
+    char err[512];
+    const char *peers[1] = { peer->maddr };
+    s->net = moe_net_open(s->l, peers, 1, 0.5, err, sizeof err);
+    cr_assert(s->net, "%s", err);
+    moe_cfg c;
+    if (over) c = *over;
+    else moe_cfg_default(&c);
+    c.in_features = H;
+    c.ndim = 1;
+    c.grid_size[0] = 8;
+    c.k_best = k_best;
+    c.seed = 9;
+    if (c.forward_timeout <= 0 || c.forward_timeout > 10) c.forward_timeout = 10;
+    c.backward_timeout = 10;
+    cr_assert_eq(moe_layer_new(s->l, &c, moe_net_succ(s->net), moe_net_caller(s->net), &s->m, err, sizeof err), 0, "%s", err);
+}
+
+static void close_side(side *s)
+{
+    moe_layer_free(s->m);
+    moe_net_close(s->net);
+    rt_loop_free(s->l);
+}
+
+static void start(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
+                  const char *extra1, const char *extra2)
+{
+    const char *args[24] = { "--expert_cls", cls ? cls : "ffn", "--hidden_dim", "32", "--num_experts", num,
+                             "--expert_pattern", pattern, "--update_period", "0.5", "--expiration", "2",
+                             "--num_workers", "1" };
+    int k = 14;
+    if (peer_maddr) { args[k++] = "--initial_peers"; args[k++] = peer_maddr; }
+    if (extra1) args[k++] = extra1;
+    if (extra2) args[k++] = extra2;
+    args[k] = NULL;
+    cr_assert_eq(th_node_start(n, args), 0);
+}
+
+static void fill(float *x, size_t n, uint64_t seed) { th_fill_normal(x, n, seed); }
+
+/* wait_visible runs forwards until the beam search sees want experts (nodes declare every 0.5 s). */
+static void wait_visible(side *s, int want)
+{
+    float x[64 * H];
+    fill(x, 64 * H, 1);
+    for (int i = 0; i < 100; i++) {
+        moe_fwd *f;
+        char err[256];
+        if (moe_forward_run(s->m, x, 64, &f, err, sizeof err) == 0) {
+            int n = moe_fwd_stats_of(f)->experts_answered;
+            moe_fwd_free(f);
+            if (n >= want) return;
+        }
+        usleep(50000);   /* the test's thread, not a loop: give the nodes time to declare */
+    }
+    cr_assert_fail("the layer never saw %d experts", want);
+}
+
+typedef struct {
+    rt_loop *l;
+    int done, err;
+    rx_tensor out;
+} one;
+
+static void on_one(void *arg, int err, const char *msg, rx_tensor *out)
+{
+    one *o = arg;
+    o->done = 1;
+    o->err = err;
+    if (out) o->out = *out;
+    rt_loop_break(o->l);
+}
+
+Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
+{
+    th_node a, b;
+    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
+    start(&b, "expert.[4:8]", "4", a.maddr, NULL, NULL, NULL);
+    side s;
+    moe_cfg c;
+    moe_cfg_default(&c);
+    c.timeout_after_k_min = -1;
+    open_side(&s, &a, 3, &c);
+    wait_visible(&s, 8);
+    const int64_t B = 12;
+    float x[B * H];
+    fill(x, B * H, 2);
+    moe_fwd *f;
+    char err[256];
+    cr_assert_eq(moe_forward_run(s.m, x, B, &f, err, sizeof err), 0, "%s", err);
+    int D;
+    const float *y = moe_fwd_output(f, NULL, &D);
+    cr_assert_eq(D, H);
+    const moe_caller *cl = moe_net_caller(s.net);
+    for (int64_t r = 0; r < B; r++) {
+        float want[H] = {0}, wsum = 0;
+        for (int e = 0; e < 8; e++) {
+            char uid[16];
+            snprintf(uid, sizeof uid, "expert.%d", e);
+            float w = moe_fwd_expert_weight(f, r, uid);
+            if (w == 0) continue;
+            wsum += w;
+            wire_maddr addr;
+            char e2[256];
+            cr_assert_eq(wire_maddr_parse(e < 4 ? a.maddr : b.maddr, &addr, e2, sizeof e2), 0);
+            rx_tensor xi;
+            int64_t shape[2] = { 1, H };
+            rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape);
+            memcpy(rx_tensor_f32(&xi), x + r * H, H * sizeof(float));
+            one o = { .l = s.l };
+            cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, NULL, 5000, on_one, &o), 0);
+            while (!o.done) rt_loop_run(s.l);
+            cr_assert_eq(o.err, 0);
+            const float *oe = rx_tensor_f32(&o.out);
+            for (int d = 0; d < H; d++) want[d] += w * oe[d];
+            rx_tensor_free(&o.out);
+            rx_tensor_free(&xi);
+        }
+        cr_assert_float_eq(wsum, 1.0f, 1e-5);
+        cr_assert_lt(th_max_abs_diff(y + r * H, want, H), 1e-4, "row %lld", (long long)r);
+    }
+    moe_fwd_free(f);
+    close_side(&s);
+    th_node_stop(&b, SIGTERM);
+    th_node_stop(&a, SIGTERM);
+}
+
+/* one training-like step (forward + backward with a fixed upstream gradient); returns the error. */
+static int step(side *s, uint64_t seed, int *answered)
+{
+    const int64_t B = 32;
+    float x[B * H], gy[B * H];
+    fill(x, B * H, seed);
+    fill(gy, B * H, seed + 1);
+    moe_fwd *f;
+    char err[256];
+    int rc = moe_forward_run(s->m, x, B, &f, err, sizeof err);
+    if (rc) return rc;
+    *answered = moe_fwd_stats_of(f)->experts_answered;
+    const float *gx;
+    rc = moe_backward_run(s->m, f, gy, 0, &gx, err, sizeof err);
+    for (int i = 0; rc == 0 && i < B * H; i++) cr_assert(isfinite(gx[i]));
+    moe_fwd_free(f);
+    return rc;
+}
+
+Test(moe_net, training_survives_sigkill_and_all_gone_is_an_error, .timeout = 120)
+{
+    th_node a, b;
+    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
+    start(&b, "expert.[4:8]", "4", a.maddr, NULL, NULL, NULL);
+    side s;
+    moe_cfg c;
+    moe_cfg_default(&c);
+    c.k_min = 1;
+    c.timeout_after_k_min = 0.2;
+    c.allow_zero_outputs = 1;
+    open_side(&s, &b, 2, &c);   /* the side joined through b, which is about to die */
+    wait_visible(&s, 8);
+    int answered;
+    for (int i = 0; i < 5; i++) cr_assert_eq(step(&s, 10 + (uint64_t)i, &answered), 0);
+    cr_assert_eq(th_node_stop(&b, SIGKILL), 128 + SIGKILL);
+    int ok = 0;
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(step(&s, 100 + (uint64_t)i, &answered), 0, "step %d after the kill", i);
+        cr_assert_leq(answered, 4);
+        ok += answered > 0;
+    }
+    cr_assert_eq(ok, 20, "every step had survivors answering");
+    close_side(&s);
+
+    /* every expert gone: an error naming it, or zeros with allow_zero_outputs */
+    side t;
+    moe_cfg_default(&c);
+    c.timeout_after_k_min = 0.2;
+    open_side(&t, &a, 2, &c);
+    wait_visible(&t, 4);
+    th_node_stop(&a, SIGKILL);
+    float x[8 * H];
+    fill(x, 8 * H, 5);
+    moe_fwd *f;
+    char err[256];
+    int rc = moe_forward_run(t.m, x, 8, &f, err, sizeof err);
+    cr_assert_neq(rc, 0);
+    cr_assert(strstr(err, "no expert answered") != NULL, "%s", err);
+    moe_layer_free(t.m);
+    c.allow_zero_outputs = 1;
+    c.in_features = H;
+    c.ndim = 1;
+    c.grid_size[0] = 8;
+    c.k_best = 2;
+    cr_assert_eq(moe_layer_new(t.l, &c, moe_net_succ(t.net), moe_net_caller(t.net), &t.m, err, sizeof err), 0);
+    cr_assert_eq(moe_forward_run(t.m, x, 8, &f, err, sizeof err), 0, "%s", err);
+    const float *y = moe_fwd_output(f, NULL, NULL);
+    for (int i = 0; i < 8 * H; i++) cr_assert_eq(y[i], 0.0f);
+    moe_fwd_free(f);
+    close_side(&t);
+}
+
+Test(moe_net, hanging_node_cut_off_by_timeout_after_k_min, .timeout = 90)
+{
+    th_node a, b;
+    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
+    start(&b, "expert.[4:8]", "4", a.maddr, "nop_delay", "--delay_ms", "5000");
+    side s;
+    moe_cfg c;
+    moe_cfg_default(&c);
+    c.timeout_after_k_min = 0.1;
+    c.forward_timeout = 8;
+    open_side(&s, &a, 8, &c);   /* every sample asks all 8 experts: each has answers from a */
+    wait_visible(&s, 4);
+    float x[16 * H];
+    fill(x, 16 * H, 3);
+    moe_fwd *f;
+    char err[256];
+    for (int rep = 0; rep < 3; rep++) {
+        cr_assert_eq(moe_forward_run(s.m, x, 16, &f, err, sizeof err), 0, "%s", err);
+        const moe_fwd_stats *st = moe_fwd_stats_of(f);
+        cr_assert_eq(st->experts_answered, 4);
+        cr_assert_eq(st->experts_chosen, 8);
+        /* the nop_delay experts would answer after 5 s, within forward_timeout (8 s): only 4 answers
+         * means the call ended at timeout_after_k_min, without them */
+        for (int e = 4; e < 8; e++) {
+            char uid[16];
+            snprintf(uid, sizeof uid, "expert.%d", e);
+            cr_assert_eq(moe_fwd_expert_weight(f, 0, uid), 0);
+        }
+        moe_fwd_free(f);
+    }
+    close_side(&s);
+    th_node_stop(&b, SIGKILL);
+    th_node_stop(&a, SIGTERM);
+}
+
+Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
+{
+    th_node a, b;
+    start(&a, "expert.[0:5]", "5", NULL, NULL, NULL, NULL);
+    start(&b, "expert.[5:15]", "10", a.maddr, NULL, NULL, NULL);
+    char out[16384];
+    const char *chain[] = { "--task", "chain", "--initial_peers", a.maddr, "--hidden_dim", "32", "--steps", "300",
+                            "--batch_size", "32", "--log_every", "50", "--seed", "1", NULL };
+    cr_assert_eq(th_run("dmoe-train", chain, out, sizeof out, 60), 0, "%s", out);
+    double l0, l1;
+    const char *sum = strstr(out, "summary:");
+    cr_assert(sum, "%s", out);
+    cr_assert_eq(sscanf(strstr(sum, "loss ") + 5, "%lf -> %lf", &l0, &l1), 2, "%s", sum);
+    cr_assert_lt(l1, l0 / 2, "chain: %s", sum);
+
+    const char *moe[] = { "--task", "moe", "--initial_peers", b.maddr, "--hidden_dim", "32", "--grid_size", "15",
+                          "--k_best", "2", "--steps", "400", "--batch_size", "64", "--log_every", "50", "--seed", "2",
+                          "--lr", "3e-3", NULL };
+    cr_assert_eq(th_run("dmoe-train", moe, out, sizeof out, 60), 0, "%s", out);
+    double acc;
+    sum = strstr(out, "summary:");
+    cr_assert(sum, "%s", out);
+    cr_assert_eq(sscanf(strstr(sum, "loss ") + 5, "%lf -> %lf", &l0, &l1), 2, "%s", sum);
+    cr_assert_eq(sscanf(strstr(sum, "accuracy ") + 9, "%lf", &acc), 1);
+    cr_assert_lt(l1, l0 / 2, "moe: %s", sum);
+    cr_assert_gt(acc, 0.5, "moe accuracy (chance 0.125): %s", sum);
+    th_node_stop(&b, SIGTERM);
+    th_node_stop(&a, SIGTERM);
+}

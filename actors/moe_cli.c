@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "actors/dht_cli.h"
+#include "actors/moe_health.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_args.h"
 #include "runtime/rt_err.h"
@@ -27,6 +28,7 @@ struct moe_net {
     moe_dht_succ ds;
     moe_succ_provider succ;
     moe_caller caller;
+    moe_health *health;     /* wraps succ and caller: peers that refuse calls are left out */
     int joined, err;
     char msg[512];
 };
@@ -60,11 +62,17 @@ moe_net *moe_net_open(rt_loop *l, const char *const *peers, size_t n, double neg
     net->ds.neg_cache_s = neg_cache_s;
     moe_succ_dht(&net->ds, &net->succ);
     moe_caller_client(net->cl, &net->caller);
+    net->health = moe_health_new(&net->succ, &net->caller, MOE_HEALTH_DEAD_S);
+    if (!net->health) {
+        snprintf(err, errlen, "out of memory");
+        moe_net_close(net);
+        return NULL;
+    }
     return net;
 }
 
-const moe_succ_provider *moe_net_succ(moe_net *net) { return &net->succ; }
-const moe_caller *moe_net_caller(moe_net *net) { return &net->caller; }
+const moe_succ_provider *moe_net_succ(moe_net *net) { return moe_health_succ(net->health); }
+const moe_caller *moe_net_caller(moe_net *net) { return moe_health_caller(net->health); }
 dht *moe_net_dht(moe_net *net) { return dht_cli_node(net->dc); }
 client *moe_net_client(moe_net *net) { return net->cl; }
 
@@ -74,6 +82,7 @@ void moe_net_close(moe_net *net)
     if (net->dc) dht_node_stop(dht_cli_node(net->dc));
     client_free(net->cl);
     dht_cli_free(net->dc);
+    moe_health_free(net->health);   /* last: the calls and gets failed above report through it */
     free(net);   /* the actors stopped above are reaped by the loop's next round or by rt_loop_free */
 }
 

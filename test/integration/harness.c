@@ -43,9 +43,11 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-char *th_node_log(const th_node *n)
+char *th_node_log(const th_node *n) { return th_file(n->log_path); }
+
+char *th_file(const char *path)
 {
-    FILE *f = fopen(n->log_path, "rb");
+    FILE *f = fopen(path, "rb");
     if (!f) return strdup("");
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
@@ -166,6 +168,42 @@ int th_node_stop(th_node *n, int sig)
     remember(n->pid, 0);
     n->pid = 0;
     unlink(n->log_path);
+    return rc;
+}
+
+pid_t th_spawn(const char *prog, const char *const *args, const char *out_path)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", build_dir(), prog);
+    const char *argv[64];
+    int k = 0;
+    argv[k++] = path;
+    for (int i = 0; args[i] && k < 63; i++) argv[k++] = args[i];
+    argv[k] = NULL;
+    int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(fd);
+    if (pid > 0) remember(pid, 1);
+    return pid;
+}
+
+int th_wait(pid_t pid, int timeout_s)
+{
+    int rc = wait_exit(pid, timeout_s);
+    if (rc == -2) {
+        kill(pid, SIGKILL);
+        wait_exit(pid, 5);
+        rc = -1;
+    }
+    remember(pid, 0);
     return rc;
 }
 

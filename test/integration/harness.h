@@ -36,6 +36,14 @@ char *th_node_log(const th_node *n);
  * (cap bytes, NUL-terminated), with a time limit. Returns the exit status, or -1. */
 int th_run(const char *prog, const char *const *args, char *out, size_t cap, int timeout_s);
 
+/* th_spawn starts a program from $DMOE_BUILD with args in the background, stdout and stderr to out_path;
+ * it dies with the test. Returns its pid or -1. th_wait waits (<= timeout_s, then SIGKILL) and returns
+ * its exit status as th_node_stop does. */
+pid_t th_spawn(const char *prog, const char *const *args, const char *out_path);
+int th_wait(pid_t pid, int timeout_s);
+/* th_file returns a file's whole text (malloc'd, "" when missing). */
+char *th_file(const char *path);
+
 /* th_connect opens a blocking TCP connection to 127.0.0.1:port with 10 s receive timeouts; -1 on error. */
 int th_connect(int port);
 /* th_send_all writes n bytes; returns 0 or -1. */

@@ -1,7 +1,9 @@
 /* loadgen.c -- the closed-loop load generator (see loadgen.h).
  *
- * Design notes. loadgen_run makes a loop, asks the node for its experts (info without uid), picks the
- * targets and checks they share one schema, then builds its users. Each user owns a client (its own
+ * Design notes. loadgen_run makes a loop and sets up the users of its mode, then runs them all through
+ * one state machine (phases, bounds, figures); only sending a request and reading its outcome differ by
+ * mode, and every outcome ends in user_done. Node mode asks the node for its experts (info without
+ * uid), picks the targets and checks they share one schema, then builds its users. Each user owns a client (its own
  * connection), random input rows and random output gradients for batch_max rows, built once and sent
  * again and again: a request references the first B rows of those buffers (wire_out_bin_ref, no copy),
  * and a reference count keeps a buffer alive while a request still points into it.
@@ -17,6 +19,17 @@
  * same expert) of the user's previous forward, plus gradients for its outputs. A user's first request
  * is always a forward.
  *
+ * MoE mode: each user opens its own moe_net (a client and a client-mode DHT node, joined one user after
+ * the other before the run) and its own layer (gating seeded per user, so users route differently);
+ * the layer waits for every chosen expert (timeout_after_k_min -1) up to the call timeout, so a masked
+ * expert is a failure to report, not a straggler to forgive. A forward is kept for the backward that
+ * the mix may send next; a user's backward always belongs to its previous, successful forward.
+ * DHT mode: each user is a client-mode DHT node without caching (so every get is a real lookup),
+ * joined concurrently before the run. Keys are "loadgen.NONCE.KEY" with a per-run nonce; KEY packs the
+ * user, the value length and the user's counter, and the value (a msgpack string) is derived from
+ * (nonce, KEY), so a get can check what it found without remembering values. Keys whose store
+ * succeeded go into a shared pool (bounded: a full pool replaces a random entry); gets draw from it.
+ *
  * Phases: INFO -> RUN (sending) -> DRAIN (bounds reached: waiting for the replies in flight, at most
  * the call timeout plus a second) -> DONE. A callback that arrives in DONE comes from client_free
  * failing the call: that request is lost.
@@ -30,8 +43,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "actors/client.h"
+#include "actors/dht_lookup.h"
+#include "actors/dht_net.h"
+#include "actors/moe.h"
+#include "actors/moe_cli.h"
 #include "actors/remote.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_actor.h"
@@ -43,6 +61,13 @@
 #define LG_RAMP 128            /* users started per loop round: far below the node's listen backlog (511) */
 #define LG_TICK_MS 1000        /* per-second samples */
 #define LG_DRAIN_EXTRA_MS 1000 /* wait for replies in flight: the call timeout plus this */
+#define LG_DHT_POOL (1 << 16)  /* stored keys gets draw from: plenty for variety, 512 KiB at most */
+#define LG_DHT_EXPIRATION_S 600.0 /* outlives any run; the nodes forget the keys afterwards */
+#define LG_DHT_MAX_VALUE 60000 /* value bytes: under the DHT's 64 KiB bound with the msgpack header */
+#define LG_EPARTIAL (-100)     /* not a DMOE code: a MoE forward some chosen expert did not answer ("other") */
+
+_Static_assert(LOADGEN_MAX_DIMS <= MOE_MAX_DIMS, "the MoE grid of a run must fit the layer's");
+_Static_assert(LOADGEN_MAX_CLIENTS <= 4096, "DHT keys keep the user index in 12 bits");
 
 enum { LG_MSG_TICK = 1, LG_MSG_DEADLINE = 2, LG_MSG_START = 3 };
 enum { PH_INFO, PH_RUN, PH_DRAIN, PH_DONE };
@@ -74,6 +99,17 @@ typedef struct {
     int busy, dir, target;   /* the request in flight */
     int64_t rows;
     uint64_t t_send_us;
+    /* MoE mode */
+    moe_net *net;
+    moe_layer *moe;
+    moe_fwd *fwd;            /* the last successful forward, kept for a backward (mix > 0) */
+    float *x, *gy;           /* batch_max input rows; batch_max output gradients (made at the first need) */
+    int gy_D;
+    /* DHT mode */
+    dht_net *dn;
+    dht *d;
+    uint64_t key;            /* the key of the request in flight */
+    uint64_t n_keys;         /* keys this user has stored */
 } lg_user;
 
 struct lg {
@@ -102,6 +138,13 @@ struct lg {
     lg_vec tick_lat;         /* this second's latencies */
     uint64_t tick_ok, tick_rows, tick_err;
     FILE *csv;
+    int wait_lost;           /* after the run: the loop runs until the calls still in flight have ended */
+    /* DHT mode */
+    uint64_t nonce;
+    uint64_t *keys;          /* the pool of stored keys */
+    size_t n_keys;
+    int joined, join_err;
+    char join_msg[256];
 };
 
 /* ---- small helpers ---- */
@@ -198,7 +241,8 @@ static void record_error(lg *g, int err, const char *msg)
     r->err_by_code[code_index(err)]++;
     g->tick_err++;
     if (!r->first_error[0])
-        snprintf(r->first_error, sizeof r->first_error, "%s: %s", dmoe_strerror(err), msg ? msg : "");
+        snprintf(r->first_error, sizeof r->first_error, "%s: %s", code_index(err) ? dmoe_strerror(err) : "other",
+                 msg ? msg : "");
 }
 
 static void set_err(lg *g, int rc, const char *fmt, const char *a, const char *b)
@@ -294,31 +338,15 @@ static int pack_rows(wire_out *o, lg_buf *const *bufs, const kern_io_info *io, i
 }
 
 static int on_reply(void *arg, int err, const char *msg, wire_msg *reply);
+static int moe_send(lg_user *u);
+static int dht_send(lg_user *u);
 
-static void user_send(lg_user *u)
+/* Node mode: one forward or backward request to the user's target expert. */
+static int node_send(lg_user *u)
 {
     lg *g = u->g;
     const loadgen_cfg *c = g->cfg;
-    if (g->phase != PH_RUN) return;
-    if (c->max_requests && g->r->sent >= c->max_requests) { enter_drain(g); return; }
-    u->acc += c->mix;
-    int bwd = 0;
-    if (u->acc >= 1.0 && u->has_prev) {
-        bwd = 1;
-        u->acc -= 1.0;
-    }
-    if (bwd) {
-        u->target = u->prev_target;
-        u->rows = u->prev_rows;
-    } else {
-        u->target = g->n_targets > 1 ? (int)kern_rng_below(&u->rng, (uint64_t)g->n_targets) : 0;
-        u->rows = c->batch_min +
-                  (c->batch_max > c->batch_min ? (int64_t)kern_rng_below(&u->rng, (uint64_t)(c->batch_max - c->batch_min + 1)) : 0);
-        u->prev_target = u->target;
-        u->prev_rows = u->rows;
-        u->has_prev = 1;
-    }
-    u->dir = bwd;
+    int bwd = u->dir;
     uint64_t id = client_next_id(u->cl);
     wire_out *o = wire_out_new();
     int rc = o ? 0 : DMOE_ENOMEM;
@@ -340,12 +368,41 @@ static void user_send(lg_user *u)
         }
         if (rc != 0) { wire_out_free(o); o = NULL; }
     }
-    g->r->sent++;
     if (rc == 0) {
         g->r->bytes_sent += wire_out_len(o) + 4;
-        u->t_send_us = rt_clock_us();
         rc = client_call(u->cl, &c->peer, id, o, c->timeout_ms, on_reply, u);
     }
+    return rc;
+}
+
+static void user_send(lg_user *u)
+{
+    lg *g = u->g;
+    const loadgen_cfg *c = g->cfg;
+    if (g->phase != PH_RUN) return;
+    if (c->max_requests && g->r->sent >= c->max_requests) { enter_drain(g); return; }
+    u->acc += c->mix;
+    int can_bwd = c->mode == LOADGEN_MOE ? u->fwd != NULL : c->mode == LOADGEN_DHT ? g->n_keys > 0 : u->has_prev;
+    int bwd = 0;
+    if (u->acc >= 1.0 && can_bwd) {
+        bwd = 1;
+        u->acc -= 1.0;
+    }
+    if (bwd) {
+        u->target = u->prev_target;
+        u->rows = u->prev_rows;
+    } else {
+        u->target = g->n_targets > 1 ? (int)kern_rng_below(&u->rng, (uint64_t)g->n_targets) : 0;
+        u->rows = c->batch_min +
+                  (c->batch_max > c->batch_min ? (int64_t)kern_rng_below(&u->rng, (uint64_t)(c->batch_max - c->batch_min + 1)) : 0);
+        u->prev_target = u->target;
+        u->prev_rows = u->rows;
+        u->has_prev = 1;
+    }
+    u->dir = bwd;
+    g->r->sent++;
+    u->t_send_us = rt_clock_us();
+    int rc = c->mode == LOADGEN_MOE ? moe_send(u) : c->mode == LOADGEN_DHT ? dht_send(u) : node_send(u);
     if (rc != 0) {   /* never left: an error, and this user stops */
         record_error(g, rc, "cannot send the request");
         maybe_finish(g);
@@ -390,53 +447,326 @@ static int check_reply(const lg *g, const lg_user *u, const wire_msg *reply, cha
     return 0;
 }
 
-static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
+/* user_done records the outcome of u's request (err 0: success) and sends its next one. */
+static void user_done(lg_user *u, int err, const char *msg)
 {
-    lg_user *u = arg;
     lg *g = u->g;
     loadgen_report *r = g->r;
     u->busy = 0;
     g->inflight--;
-    if (g->phase == PH_DONE) {   /* failed by client_free at the end: no reply came */
+    if (g->phase == PH_DONE) {   /* failed at the end (client_free, a stopped DHT node, a call deadline): lost */
         r->lost++;
-        return 0;
+        if (g->wait_lost && g->inflight == 0) rt_loop_break(g->loop);
+        return;
     }
     uint64_t now = rt_clock_us();
+    if (err) {
+        record_error(g, err, msg);
+    } else {
+        uint64_t rows = g->cfg->mode == LOADGEN_DHT ? 1 : (uint64_t)u->rows;
+        r->ok++;
+        uint64_t us = now - u->t_send_us;
+        uint32_t us32 = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+        g->tick_ok++;
+        g->tick_rows += rows;
+        if (vec_push(&g->tick_lat, us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
+        if (now >= g->window_us) {
+            if (vec_push(&g->lat[u->dir], us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
+            r->requests++;
+            r->rows += rows;
+            if (u->dir) { r->bwd_requests++; r->bwd_rows += rows; }
+            else { r->fwd_requests++; r->fwd_rows += rows; }
+            g->t_last_us = now;
+        }
+    }
+    if (g->rc) { finish(g); return; }
+    if (g->phase == PH_RUN) user_send(u);
+    maybe_finish(g);
+}
+
+static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    lg_user *u = arg;
+    lg *g = u->g;
+    if (g->phase == PH_DONE) { user_done(u, err, msg); return 0; }
     char e[256];
     if (reply) {
         uint64_t n = 0;
         msgpack_packer pk;
         msgpack_packer_init(&pk, &n, count_write);
         msgpack_pack_object(&pk, reply->root);
-        r->bytes_received += n + 4;
+        g->r->bytes_received += n + 4;
     }
     if (err == 0) {
         err = check_reply(g, u, reply, e, sizeof e);
         msg = e;
     }
-    if (err) {
-        record_error(g, err, msg);
+    if (err == 0 && u->dir == 0) u->prev_handle = rx_reply_handle(reply);
+    user_done(u, err, msg);
+    return 0;
+}
+
+/* ---- MoE mode ---- */
+
+static void on_moe_bwd(void *arg, int err, const char *msg, const float *gx)
+{
+    lg_user *u = arg;
+    moe_fwd_free(u->fwd);   /* the backward has let go of it before calling back */
+    u->fwd = NULL;
+    user_done(u, err, msg);
+}
+
+static void on_moe_fwd(void *arg, int err, const char *msg, moe_fwd *f)
+{
+    lg_user *u = arg;
+    lg *g = u->g;
+    char e[256];
+    if (err == 0 && g->phase != PH_DONE) {
+        const moe_fwd_stats *st = moe_fwd_stats_of(f);
+        int64_t B;
+        int D;
+        moe_fwd_output(f, &B, &D);
+        if (st->experts_chosen > g->r->n_targets) g->r->n_targets = st->experts_chosen;
+        if (B != u->rows) {
+            snprintf(e, sizeof e, "the layer's output has %lld rows, sent %lld", (long long)B, (long long)u->rows);
+            err = DMOE_EPROTO;
+        } else if (st->experts_answered < st->experts_chosen || st->zero_rows) {
+            /* the layer masked them out and went on; a load test reports it */
+            snprintf(e, sizeof e, "partial forward: %d of %d chosen experts answered", st->experts_answered,
+                     st->experts_chosen);
+            err = LG_EPARTIAL;
+        } else if (g->cfg->mix > 0 && (!u->gy || u->gy_D != D)) {
+            free(u->gy);
+            u->gy_D = D;
+            u->gy = malloc((size_t)g->cfg->batch_max * (size_t)D * sizeof *u->gy);
+            if (!u->gy) { snprintf(e, sizeof e, "out of memory"); err = DMOE_ENOMEM; }
+            for (size_t i = 0; u->gy && i < (size_t)g->cfg->batch_max * (size_t)D; i++) u->gy[i] = kern_rng_normal(&u->rng) * 0.01f;
+        }
+        if (err) msg = e;
+    }
+    if (err == 0 && g->cfg->mix > 0 && g->phase != PH_DONE) {
+        moe_fwd_free(u->fwd);
+        u->fwd = f;
     } else {
-        r->ok++;
-        if (u->dir == 0) u->prev_handle = rx_reply_handle(reply);
-        uint64_t us = now - u->t_send_us;
-        uint32_t us32 = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
-        g->tick_ok++;
-        g->tick_rows += (uint64_t)u->rows;
-        if (vec_push(&g->tick_lat, us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
-        if (now >= g->window_us) {
-            if (vec_push(&g->lat[u->dir], us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
-            r->requests++;
-            r->rows += (uint64_t)u->rows;
-            if (u->dir) { r->bwd_requests++; r->bwd_rows += (uint64_t)u->rows; }
-            else { r->fwd_requests++; r->fwd_rows += (uint64_t)u->rows; }
-            g->t_last_us = now;
+        moe_fwd_free(f);
+    }
+    user_done(u, err, msg);
+}
+
+static int moe_send(lg_user *u)
+{
+    if (u->dir) return moe_backward(u->moe, u->fwd, u->gy, 0.0f, on_moe_bwd, u);
+    return moe_forward(u->moe, u->x, u->rows, on_moe_fwd, u);
+}
+
+/* Each user joins the DHT (blocking, one after the other) and makes its layer and input rows. */
+static int moe_setup(lg *g)
+{
+    const loadgen_cfg *c = g->cfg;
+    size_t np = 0;
+    while (c->initial_peers[np]) np++;
+    g->users = calloc((size_t)c->clients, sizeof *g->users);
+    if (!g->users) { snprintf(g->err, g->errlen, "out of memory"); return DMOE_ENOMEM; }
+    g->n_users = c->clients;
+    moe_cfg mc;
+    moe_cfg_default(&mc);
+    mc.in_features = c->in_features;
+    mc.ndim = c->ndim;
+    for (int d = 0; d < c->ndim; d++) mc.grid_size[d] = c->grid_size[d];
+    snprintf(mc.uid_prefix, sizeof mc.uid_prefix, "%s", c->uid_prefix);
+    mc.k_best = c->k_best;
+    mc.forward_timeout = mc.backward_timeout = (double)c->timeout_ms / 1000.0;
+    mc.timeout_after_k_min = -1;   /* every chosen expert answers, or the forward counts as an error */
+    for (int i = 0; i < g->n_users; i++) {
+        lg_user *u = &g->users[i];
+        u->g = g;
+        kern_rng_seed(&u->rng, c->seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
+        u->net = moe_net_open(g->loop, c->initial_peers, np, DHT_NEG_CACHE_S, g->err, g->errlen);
+        if (!u->net) return DMOE_ECONN;
+        mc.seed = c->seed * 1000003ull + (uint64_t)i;
+        int rc = moe_layer_new(g->loop, &mc, moe_net_succ(u->net), moe_net_caller(u->net), &u->moe, g->err, g->errlen);
+        if (rc) return rc;
+        size_t n = (size_t)c->batch_max * (size_t)c->in_features;
+        u->x = malloc(n * sizeof *u->x);
+        if (!u->x) { snprintf(g->err, g->errlen, "out of memory"); return DMOE_ENOMEM; }
+        for (size_t k = 0; k < n; k++) u->x[k] = kern_rng_normal(&u->rng);
+    }
+    g->r->row_elems = c->in_features;
+    snprintf(g->r->first_target, sizeof g->r->first_target, "%s", c->uid_prefix);
+    return 0;
+}
+
+/* ---- DHT mode ---- */
+
+static void dht_key_text(const lg *g, uint64_t key, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "loadgen.%016llx.%016llx", (unsigned long long)g->nonce, (unsigned long long)key);
+}
+
+/* The value stored under key: a msgpack string of the length packed in key, derived from (nonce, key). */
+static int dht_value(const lg *g, uint64_t key, msgpack_sbuffer *sb)
+{
+    size_t len = (size_t)((key >> 28) & 0xFFFFFF);
+    char *body = malloc(len ? len : 1);
+    if (!body) return DMOE_ENOMEM;
+    uint64_t x = (g->nonce ^ key) * 0x9E3779B97F4A7C15ull | 1;
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body[i] = (char)('a' + x % 26);
+    }
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_str(&pk, len);
+    msgpack_pack_str_body(&pk, body, len);
+    free(body);
+    return 0;
+}
+
+static void on_dht_stored(void *arg, int err, const char *msg, size_t n_stored)
+{
+    lg_user *u = arg;
+    lg *g = u->g;
+    if (err == 0 && g->phase != PH_DONE) {
+        if (g->n_keys < LG_DHT_POOL) g->keys[g->n_keys++] = u->key;
+        else g->keys[kern_rng_below(&u->rng, LG_DHT_POOL)] = u->key;
+    }
+    user_done(u, err, msg);
+}
+
+static void on_dht_got(void *arg, int err, const char *msg, const dht_get_result *r)
+{
+    lg_user *u = arg;
+    lg *g = u->g;
+    char e[256], key[64];
+    if (err == 0 && g->phase != PH_DONE) {
+        dht_key_text(g, u->key, key, sizeof key);
+        msgpack_sbuffer want;
+        msgpack_sbuffer_init(&want);
+        if (!r->found) {
+            snprintf(e, sizeof e, "get %s: not found, though this run stored it", key);
+            err = DMOE_ENOTFOUND;
+        } else if (dht_value(g, u->key, &want) != 0) {
+            snprintf(e, sizeof e, "out of memory");
+            err = DMOE_ENOMEM;
+        } else if (r->is_dict || r->vlen != want.size || memcmp(r->value, want.data, want.size) != 0) {
+            snprintf(e, sizeof e, "get %s: found another value than this run stored", key);
+            err = DMOE_EPROTO;
+        }
+        msgpack_sbuffer_destroy(&want);
+        if (err) msg = e;
+    }
+    user_done(u, err, msg);
+}
+
+static int dht_send(lg_user *u)
+{
+    lg *g = u->g;
+    char key[64];
+    dht_id id;
+    if (u->dir) {
+        u->key = g->keys[kern_rng_below(&u->rng, g->n_keys)];
+    } else {
+        u->key = (uint64_t)(u - g->users) << 52 | (uint64_t)u->rows << 28 | (u->n_keys++ & 0xFFFFFFF);
+    }
+    dht_key_text(g, u->key, key, sizeof key);
+    if (dht_id_from_str(&id, key, strlen(key)) != 0) return DMOE_ENOMEM;
+    if (u->dir) return dht_get(u->d, &id, 0, on_dht_got, u);
+    msgpack_sbuffer v;
+    msgpack_sbuffer_init(&v);
+    int rc = dht_value(g, u->key, &v);
+    if (rc == 0)
+        rc = dht_store(u->d, &id, NULL, 0, v.data, v.size, dht_node_now(u->d) + LG_DHT_EXPIRATION_S, on_dht_stored, u);
+    msgpack_sbuffer_destroy(&v);
+    return rc;
+}
+
+static void on_dht_joined(void *arg, int err, const char *msg)
+{
+    lg_user *u = arg;
+    lg *g = u->g;
+    g->joined++;
+    if (err && !g->join_err) {
+        g->join_err = err;
+        snprintf(g->join_msg, sizeof g->join_msg, "%s", msg ? msg : dmoe_strerror(err));
+    }
+    if (g->joined == g->n_users) rt_loop_break(g->loop);
+}
+
+/* Every user becomes a client-mode DHT node; all join at once, the loop runs until every join ended. */
+static int dht_setup(lg *g)
+{
+    const loadgen_cfg *c = g->cfg;
+    size_t np = 0;
+    while (c->initial_peers[np]) np++;
+    g->keys = malloc(LG_DHT_POOL * sizeof *g->keys);
+    g->users = calloc((size_t)c->clients, sizeof *g->users);
+    if (!g->keys || !g->users) { snprintf(g->err, g->errlen, "out of memory"); return DMOE_ENOMEM; }
+    g->nonce = rt_clock_us() ^ ((uint64_t)getpid() << 40) ^ (c->seed * 0x9E3779B97F4A7C15ull);
+    int started = 0, rc = 0;
+    for (int i = 0; i < c->clients && rc == 0; i++) {
+        lg_user *u = &g->users[i];
+        g->n_users = i + 1;
+        u->g = g;
+        kern_rng_seed(&u->rng, c->seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
+        dht_transport tr;
+        dht_cfg dc;
+        dht_cfg_default(&dc);
+        dc.client_mode = 1;
+        dc.no_cache = 1;   /* every get is a lookup, not a read of what this node saw before */
+        dc.seed = g->nonce + (uint64_t)i;
+        u->cl = client_new(g->loop, NULL);
+        if (!u->cl || dht_net_new(u->cl, &u->dn, &tr) != 0 || dht_node_new(g->loop, &dc, &tr, &u->d) != 0) {
+            snprintf(g->err, g->errlen, "out of memory");
+            rc = DMOE_ENOMEM;
+        } else if ((rc = dht_node_bootstrap(u->d, c->initial_peers, np, on_dht_joined, u, g->err, g->errlen)) == 0) {
+            started++;
         }
     }
-    if (g->rc) { finish(g); return 0; }
-    if (g->phase == PH_RUN) user_send(u);
-    maybe_finish(g);
+    g->n_users = c->clients;
+    int want = g->n_users;
+    g->n_users = started;   /* on_dht_joined breaks the loop when every started join has ended */
+    while (g->joined < started) rt_loop_run(g->loop);   /* the bootstraps' own timers bound this */
+    g->n_users = want;
+    if (rc) return rc;
+    if (g->join_err) {
+        snprintf(g->err, g->errlen, "cannot join the DHT: %s", g->join_msg);
+        return g->join_err;
+    }
+    g->r->row_elems = c->batch_max;
     return 0;
+}
+
+/* users_close ends what the users hold; calls still in flight end as lost. Idempotent. */
+static void users_close(lg *g)
+{
+    const loadgen_cfg *c = g->cfg;
+    g->phase = PH_DONE;
+    if (c->mode == LOADGEN_MOE && g->inflight > 0) {
+        /* a layer may not be freed under a running call: every call ends by its own deadline */
+        g->wait_lost = 1;
+        while (g->inflight > 0) rt_loop_run(g->loop);
+    }
+    for (int i = 0; i < g->n_users; i++) {
+        lg_user *u = &g->users[i];
+        if (u->d) dht_node_stop(u->d);   /* its lookups end now: lost when in flight */
+        client_free(u->cl);
+        dht_node_free(u->d);
+        dht_net_free(u->dn);
+        moe_fwd_free(u->fwd);
+        moe_layer_free(u->moe);
+        moe_net_close(u->net);
+        free(u->x);
+        free(u->gy);
+        u->cl = NULL;
+        u->d = NULL;
+        u->dn = NULL;
+        u->fwd = NULL;
+        u->moe = NULL;
+        u->net = NULL;
+        u->x = u->gy = NULL;
+    }
 }
 
 /* ---- start-up ---- */
@@ -538,6 +868,18 @@ static int make_users(lg *g)
     return 0;
 }
 
+/* start_run starts the clock, the timers and the first wave of users. */
+static void start_run(lg *g)
+{
+    g->phase = PH_RUN;
+    g->t0_us = g->t_tick_us = rt_clock_us();
+    g->window_us = g->t0_us + (uint64_t)(g->cfg->warmup_s * 1e6);
+    g->t_last_us = g->window_us;
+    rt_timer_start(&g->tick, LG_TICK_MS, 1);
+    if (g->cfg->duration_s > 0) rt_timer_start(&g->deadline, (uint64_t)(g->cfg->duration_s * 1000.0 + 0.5), 0);
+    start_users(g);
+}
+
 static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
 {
     lg *g = arg;
@@ -559,13 +901,7 @@ static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
     g->r->row_elems = (int64_t)kern_io_numel(&g->schema.in[0]);
     int rc = make_users(g);
     if (rc) { set_err(g, rc, "%s%s", "out of memory for the users' rows", ""); finish(g); return 0; }
-    g->phase = PH_RUN;
-    g->t0_us = g->t_tick_us = rt_clock_us();
-    g->window_us = g->t0_us + (uint64_t)(g->cfg->warmup_s * 1e6);
-    g->t_last_us = g->window_us;
-    rt_timer_start(&g->tick, LG_TICK_MS, 1);
-    if (g->cfg->duration_s > 0) rt_timer_start(&g->deadline, (uint64_t)(g->cfg->duration_s * 1000.0 + 0.5), 0);
-    start_users(g);
+    start_run(g);
     return 0;
 }
 
@@ -600,6 +936,9 @@ void loadgen_default_cfg(loadgen_cfg *c)
     c->duration_s = 10;
     c->batch_min = c->batch_max = 1;
     c->timeout_ms = 30000;
+    c->uid_prefix = "expert.";
+    c->k_best = 2;
+    c->in_features = 1024;
 }
 
 void loadgen_report_free(loadgen_report *r)
@@ -622,8 +961,17 @@ static int check_cfg(const loadgen_cfg *c, char *err, size_t errlen)
         snprintf(err, errlen, "mix is the fraction of backwards, in [0, 1]");
     else if (c->batch_min < 1 || c->batch_max < c->batch_min || c->batch_max > (1 << 24))
         snprintf(err, errlen, "batch sizes must satisfy 1 <= min <= max <= %d", 1 << 24);
-    else if (!c->all && (!c->uids || !c->uids[0]))
+    else if (c->mode == LOADGEN_NODE && !c->all && (!c->uids || !c->uids[0]))
         snprintf(err, errlen, "no experts to target: give uids or all");
+    else if (c->mode != LOADGEN_NODE && (!c->initial_peers || !c->initial_peers[0]))
+        snprintf(err, errlen, "--moe and --dht need initial peers (the address of any node of the DHT)");
+    else if (c->mode == LOADGEN_MOE && (c->ndim < 1 || c->ndim > LOADGEN_MAX_DIMS || c->k_best < 1 || c->in_features < 1 ||
+                                        !c->uid_prefix || !c->uid_prefix[0]))
+        snprintf(err, errlen, "--moe needs a grid (1..%d sizes), a uid prefix, k_best >= 1 and in_features >= 1", LOADGEN_MAX_DIMS);
+    else if (c->mode == LOADGEN_DHT && c->batch_max > LG_DHT_MAX_VALUE)
+        snprintf(err, errlen, "--dht: values (--batch) are at most %d bytes", LG_DHT_MAX_VALUE);
+    else if (c->mode < LOADGEN_NODE || c->mode > LOADGEN_DHT)
+        snprintf(err, errlen, "unknown mode %d", c->mode);
     else if (c->timeout_ms == 0)
         snprintf(err, errlen, "the call timeout must be positive");
     else
@@ -662,19 +1010,25 @@ int loadgen_run(const loadgen_cfg *c, loadgen_report *r, char *err, size_t errle
     }
     rt_signal_init(&g->start_sig, &g->actor, LG_MSG_START);
 
-    g->info_cl = client_new(g->loop, NULL);
-    wire_out *o = g->info_cl ? wire_out_new() : NULL;
-    if (!o) { snprintf(err, errlen, "out of memory"); rc = DMOE_ENOMEM; goto out_loop; }
-    uint64_t id = client_next_id(g->info_cl);
-    wire_request_begin(o, id, "info", 2);
-    rc = client_call(g->info_cl, &c->peer, id, o, c->timeout_ms, on_info, g);
-    if (rc) { snprintf(err, errlen, "cannot call %s (an IP address is needed)", c->peer.host); goto out_loop; }
-    rt_loop_run(g->loop);
+    if (c->mode == LOADGEN_NODE) {
+        g->info_cl = client_new(g->loop, NULL);
+        wire_out *o = g->info_cl ? wire_out_new() : NULL;
+        if (!o) { snprintf(err, errlen, "out of memory"); rc = DMOE_ENOMEM; goto out_loop; }
+        uint64_t id = client_next_id(g->info_cl);
+        wire_request_begin(o, id, "info", 2);
+        rc = client_call(g->info_cl, &c->peer, id, o, c->timeout_ms, on_info, g);
+        if (rc) { snprintf(err, errlen, "cannot call %s (an IP address is needed)", c->peer.host); goto out_loop; }
+    } else {
+        rc = c->mode == LOADGEN_MOE ? moe_setup(g) : dht_setup(g);
+        if (rc) goto out_loop;
+        start_run(g);
+    }
+    if (g->phase != PH_DONE) rt_loop_run(g->loop);
     rc = g->rc;
 
-    /* calls still in flight are failed by client_free: on_reply counts them as lost (phase DONE) */
-    g->phase = PH_DONE;
-    for (int i = 0; i < g->n_users; i++) client_free(g->users[i].cl);
+    /* calls still in flight end as lost (phase DONE): failed by client_free or a stopped DHT node, or
+     * at their own deadline (MoE) */
+    users_close(g);
     r->window_s = g->t_last_us > g->window_us ? (double)(g->t_last_us - g->window_us) / 1e6 : 0;
     if (r->window_s > 0) {
         r->req_per_s = (double)r->requests / r->window_s;
@@ -689,6 +1043,7 @@ int loadgen_run(const loadgen_cfg *c, loadgen_report *r, char *err, size_t errle
     lat_summary(&all, &r->lat);
     free(all.v);
 out_loop:
+    users_close(g);
     client_free(g->info_cl);
     rt_timer_cancel(&g->tick);
     rt_timer_cancel(&g->deadline);
@@ -704,6 +1059,7 @@ out:
     }
     free(g->users);
     free(g->uids);
+    free(g->keys);
     free(g->lat[0].v);
     free(g->lat[1].v);
     free(g->tick_lat.v);
@@ -740,10 +1096,14 @@ static void human_bytes(char *buf, size_t cap, uint64_t b)
 
 void loadgen_print(FILE *f, const loadgen_cfg *c, const loadgen_report *r, int json)
 {
+    static const char *const modes[] = {"node", "moe", "dht"};
     char peer[WIRE_MADDR_TEXT];
-    wire_maddr_format(&c->peer, peer, sizeof peer);
+    if (c->mode == LOADGEN_NODE) wire_maddr_format(&c->peer, peer, sizeof peer);
+    else snprintf(peer, sizeof peer, "%s", c->initial_peers && c->initial_peers[0] ? c->initial_peers[0] : "");
+    int mode = c->mode >= LOADGEN_NODE && c->mode <= LOADGEN_DHT ? c->mode : LOADGEN_NODE;
     if (json) {
-        fprintf(f, "{\"ok\": %s, \"peer\": ", r->errors == 0 && r->lost == 0 ? "true" : "false");
+        fprintf(f, "{\"ok\": %s, \"mode\": \"%s\", \"peer\": ", r->errors == 0 && r->lost == 0 ? "true" : "false",
+                modes[mode]);
         wire_json_string(f, peer, strlen(peer));
         fprintf(f, ", \"targets\": %d, \"first_target\": ", r->n_targets);
         wire_json_string(f, r->first_target, strlen(r->first_target));
@@ -781,21 +1141,34 @@ void loadgen_print(FILE *f, const loadgen_cfg *c, const loadgen_report *r, int j
     else snprintf(batch, sizeof batch, "%lld-%lld", (long long)c->batch_min, (long long)c->batch_max);
     human_bytes(sent, sizeof sent, r->bytes_sent);
     human_bytes(recv, sizeof recv, r->bytes_received);
-    fprintf(f, "load on %s: %d expert%s (%s%s), %d clients, batch %s x %lld, %.0f%% backward, %.1f s\n", peer,
-            r->n_targets, r->n_targets == 1 ? "" : "s", r->first_target, r->n_targets > 1 ? ", ..." : "", c->clients,
-            batch, (long long)r->row_elems, c->mix * 100.0, r->run_s);
+    const char *fw = mode == LOADGEN_DHT ? "store" : "forward", *bw = mode == LOADGEN_DHT ? "get" : "backward";
+    if (mode == LOADGEN_MOE) {
+        char grid[96] = "";
+        for (int d = 0; d < c->ndim && d < LOADGEN_MAX_DIMS; d++)
+            snprintf(grid + strlen(grid), sizeof grid - strlen(grid), "%s%d", d ? "x" : "", c->grid_size[d]);
+        fprintf(f, "load on a MoE layer via %s: %s grid %s, k_best %d, up to %d experts per forward, %d clients, batch %s x %lld, "
+                   "%.0f%% backward, %.1f s\n", peer, c->uid_prefix, grid, c->k_best, r->n_targets, c->clients, batch,
+                (long long)r->row_elems, c->mix * 100.0, r->run_s);
+    } else if (mode == LOADGEN_DHT) {
+        fprintf(f, "load on the DHT via %s: %d client-mode peers, values of %s bytes, %.0f%% gets, %.1f s\n", peer,
+                c->clients, batch, c->mix * 100.0, r->run_s);
+    } else {
+        fprintf(f, "load on %s: %d expert%s (%s%s), %d clients, batch %s x %lld, %.0f%% backward, %.1f s\n", peer,
+                r->n_targets, r->n_targets == 1 ? "" : "s", r->first_target, r->n_targets > 1 ? ", ..." : "", c->clients,
+                batch, (long long)r->row_elems, c->mix * 100.0, r->run_s);
+    }
     fprintf(f, "  requests  %llu sent, %llu replies, %llu errors, %llu lost\n", (unsigned long long)r->sent,
             (unsigned long long)r->ok, (unsigned long long)r->errors, (unsigned long long)r->lost);
-    fprintf(f, "  window    %.2f s after %.1f s warm-up: %llu requests (%llu forward, %llu backward), %llu rows\n",
-            r->window_s, c->warmup_s, (unsigned long long)r->requests, (unsigned long long)r->fwd_requests,
-            (unsigned long long)r->bwd_requests, (unsigned long long)r->rows);
+    fprintf(f, "  window    %.2f s after %.1f s warm-up: %llu requests (%llu %s, %llu %s), %llu rows\n", r->window_s,
+            c->warmup_s, (unsigned long long)r->requests, (unsigned long long)r->fwd_requests, fw,
+            (unsigned long long)r->bwd_requests, bw, (unsigned long long)r->rows);
     fprintf(f, "  throughput %.1f requests/s, %.1f rows/s\n", r->req_per_s, r->rows_per_s);
     print_lat_human(f, "latency", &r->lat);
     if (r->lat_fwd.n && r->lat_bwd.n) {
-        print_lat_human(f, "forward", &r->lat_fwd);
-        print_lat_human(f, "backward", &r->lat_bwd);
+        print_lat_human(f, fw, &r->lat_fwd);
+        print_lat_human(f, bw, &r->lat_bwd);
     }
-    fprintf(f, "  bytes     %s sent, %s received\n", sent, recv);
+    if (mode == LOADGEN_NODE) fprintf(f, "  bytes     %s sent, %s received\n", sent, recv);
     for (int k = 0; k < LOADGEN_N_CODES; k++)
         if (r->err_by_code[k])
             fprintf(f, "  error     %s: %llu\n", k ? dmoe_strerror(-k) : "other", (unsigned long long)r->err_by_code[k]);
@@ -823,25 +1196,34 @@ static int parse_batch(const char *s, int64_t *lo, int64_t *hi)
     return 0;
 }
 
+static int is_number_word(const char *w) { return w[0] >= '0' && w[0] <= '9'; }
+
 int loadgen_main(int argc, char **argv)
 {
     loadgen_cfg c;
     loadgen_default_cfg(&c);
     const char *peer = NULL, *log_level = NULL, *batch = "1", *csv = NULL;
-    char **uids = NULL;
-    int json = 0;
+    char **uids = NULL, **initial_peers = NULL, **grid_words = NULL;
+    int json = 0, moe = 0, dht_mode = 0;
     double timeout_s = (double)c.timeout_ms / 1000.0;
     uint64_t requests = 0;
     const rt_arg flags[] = {
         {"peer", ARG_STR, &peer, "the node to load, e.g. /ip4/127.0.0.1/tcp/PORT", "Target"},
         {"uids", ARG_LIST, &uids, "experts to call (a random one per forward); default: every expert", "Target"},
         {"all", ARG_FLAG, &c.all, "call every expert of the node (read from info)", "Target"},
+        {"moe", ARG_FLAG, &moe, "each client runs a MoE layer over the live experts of the DHT (--initial_peers)", "Target"},
+        {"dht", ARG_FLAG, &dht_mode, "each client is a client-mode DHT peer storing and getting random keys", "Target"},
+        {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join (--moe, --dht)", "Target", rt_args_is_maddr},
+        {"uid_prefix", ARG_STR, &c.uid_prefix, "--moe: the experts' uid prefix", "MoE"},
+        {"grid_size", ARG_LIST, &grid_words, "--moe: grid dimensions, e.g. 250 or 32 32", "MoE", is_number_word},
+        {"k_best", ARG_INT, &c.k_best, "--moe: experts per sample", "MoE"},
+        {"in_features", ARG_INT, &c.in_features, "--moe: the experts' input width (their hidden_dim)", "MoE"},
         {"clients", ARG_INT, &c.clients, "concurrent connections, one request in flight each", "Load"},
         {"requests", ARG_U64, &requests, "stop after this many requests (0: no count bound)", "Load"},
         {"duration", ARG_F64, &c.duration_s, "stop after this many seconds (0: no time bound)", "Load"},
         {"warmup", ARG_F64, &c.warmup_s, "seconds of replies left out of the throughput and latency figures", "Load"},
-        {"mix", ARG_F64, &c.mix, "fraction of backwards (0.5: forward, backward, forward, ... as training)", "Load"},
-        {"batch", ARG_STR, &batch, "rows per forward: fixed (32) or uniform in a range (1-64)", "Load"},
+        {"mix", ARG_F64, &c.mix, "fraction of backwards (0.5: forward, backward, forward, ... as training); --dht: of gets", "Load"},
+        {"batch", ARG_STR, &batch, "rows per forward: fixed (32) or uniform in a range (1-64); --dht: value bytes", "Load"},
         {"seed", ARG_U64, &c.seed, "seed for inputs, batch sizes and targets", "Load"},
         {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Load"},
         {"csv", ARG_STR, &csv, "write per-second samples (time, requests, rows, p50, p99, errors) here", "Output"},
@@ -850,7 +1232,10 @@ int loadgen_main(int argc, char **argv)
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     const char *synopsis = "dmoe-call --peer ADDR load [--uids UID... | --all] [--clients N] [--requests N] [--duration S]\n"
-                           "       [--mix F] [--batch B | --batch LO-HI] [--csv FILE] [--json]";
+                           "       [--mix F] [--batch B | --batch LO-HI] [--csv FILE] [--json]\n"
+                           "       dmoe-call --initial_peers MADDR... load --moe --grid_size N... [--uid_prefix P] [--k_best K]\n"
+                           "       [--in_features H] [load flags]\n"
+                           "       dmoe-call --initial_peers MADDR... load --dht [load flags]";
     char err[512];
     char *pos[2];
     int npos;
@@ -861,8 +1246,23 @@ int loadgen_main(int argc, char **argv)
     if (npos > 1 || (npos == 1 && strcmp(pos[0], "load") != 0)) { fprintf(stderr, "usage: %s\n", synopsis); goto out; }
     if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));
     else if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_WARN);
-    if (!peer) { fprintf(stderr, "dmoe-call load: --peer ADDR is required\n"); goto out; }
-    if (wire_maddr_parse(peer, &c.peer, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --peer %s: %s\n", peer, err); goto out; }
+    if (moe && dht_mode) { fprintf(stderr, "dmoe-call load: give --moe or --dht, not both\n"); goto out; }
+    c.mode = moe ? LOADGEN_MOE : dht_mode ? LOADGEN_DHT : LOADGEN_NODE;
+    if (c.mode == LOADGEN_NODE) {
+        if (!peer) { fprintf(stderr, "dmoe-call load: --peer ADDR is required (or --moe / --dht with --initial_peers)\n"); goto out; }
+        if (wire_maddr_parse(peer, &c.peer, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --peer %s: %s\n", peer, err); goto out; }
+    } else {
+        if (peer || uids || c.all) { fprintf(stderr, "dmoe-call load: --moe and --dht take --initial_peers, not --peer, --uids or --all\n"); goto out; }
+        if (!initial_peers) { fprintf(stderr, "dmoe-call load: --moe and --dht need --initial_peers MADDR...\n"); goto out; }
+        c.initial_peers = (const char *const *)initial_peers;
+    }
+    if (c.mode == LOADGEN_MOE) {
+        int grid[MOE_MAX_DIMS], ndim = 0;
+        if (moe_cli_parse_grid(grid_words, grid, &ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+        if (ndim > LOADGEN_MAX_DIMS) { fprintf(stderr, "dmoe-call load: at most %d grid dimensions\n", LOADGEN_MAX_DIMS); goto out; }
+        for (int d = 0; d < ndim; d++) c.grid_size[d] = grid[d];
+        c.ndim = ndim;
+    }
     if (parse_batch(batch, &c.batch_min, &c.batch_max) != 0) {
         fprintf(stderr, "dmoe-call load: --batch %s: expected a row count (32) or a range (1-64)\n", batch);
         goto out;
@@ -872,7 +1272,7 @@ int loadgen_main(int argc, char **argv)
     c.max_requests = requests;
     c.csv_path = csv;
     c.uids = (const char *const *)uids;
-    if (!uids) c.all = 1;
+    if (!uids && c.mode == LOADGEN_NODE) c.all = 1;
     if (uids && c.all) { fprintf(stderr, "dmoe-call load: give --uids or --all, not both\n"); goto out; }
     rc = check_cfg(&c, err, sizeof err);
     if (rc) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }

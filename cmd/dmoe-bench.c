@@ -10,13 +10,18 @@
  *   3. the node over loopback TCP: build/dmoe-node as a subprocess (1 expert), driven in-process by
  *      loadgen_run with several concurrent clients; then one client with 1 row for latency;
  *   4. memory: a node with 5 experts, its VmRSS idle and after a forward/backward load;
- *   5. the DHT: lookups on 1024 in-memory nodes (dht_memnet_measure).
+ *   5. the DHT: lookups on 1024 in-memory nodes (dht_memnet_measure);
+ *   6. the Mixture-of-Experts layer, as in the tutorial: two nodes (5 experts expert.[0:5], then 10 from
+ *      expert.[5:250] joining the first through the DHT), and in-process a client-mode DHT peer with a
+ *      MoE layer (grid 250, k_best 2) timing forwards of 3 and 256 rows and training steps of 256 rows
+ *      (forward, backward through the experts -- which step their own weights -- and an Adam step of
+ *      the gating); the median and the 99th percentile of a fixed number of calls.
  * Each in-process figure is the best of 3 runs (the least disturbed by other work on the machine).
  * It prints a table (with kernel efficiency = kernel forward FLOP rate / gemm FLOP rate, and node/kernel
  * ratios) and writes every figure as JSON to --out. A benchmark, not a test: nothing is asserted, and
  * the whole run takes a few minutes at most on 2 cores.
  *
- * Threads: the measuring threads of steps 1-2 are joined before step 3; the node is a child process
+ * Threads: the measuring threads of steps 1-2 are joined before step 3; each node is a child process
  * that dies with the bench (PR_SET_PDEATHSIG) and is always stopped with SIGTERM and waited for.
  * Exits 0, 1 when a step failed (the node would not start, a load run had errors), 2 on bad flags.
  */
@@ -37,6 +42,8 @@
 
 #include "actors/dht_memnet.h"
 #include "actors/loadgen.h"
+#include "actors/moe.h"
+#include "actors/moe_cli.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
@@ -56,6 +63,13 @@ static const int64_t BATCHES[NB] = {1, 64, 256, 1024};
 #define BENCH_DHT_LATENCY_MS 1   /* each way, per message */
 #define NODE_START_S 20          /* longest wait for a node's "Server started" line */
 #define NODE_STOP_S 20           /* longest wait for a node to exit after SIGTERM */
+#define MOE_GRID 250             /* the tutorial's grid: expert.[0:250], 15 of them live */
+#define MOE_K_BEST 2
+#define MOE_LIVE 15              /* experts the two nodes host (5 + 10) */
+#define MOE_VISIBLE_S 15         /* longest wait for the layer to see every live expert */
+#define MOE_N_SMALL 60           /* forwards of 3 rows timed */
+#define MOE_N_BIG 20             /* forwards, and training steps, of 256 rows timed */
+#define MOE_MAX_S 20.0           /* a fence on each timed series (the counts end it long before) */
 
 typedef struct {
     int threads;
@@ -67,7 +81,9 @@ typedef struct {
     double lat_fwd_p50, lat_fwd_p99, lat_bwd_p50, lat_bwd_p99, kfwd_b1_p50, kfwd_b1_p99;
     double adam_step_p50;
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
-    int have_node, have_mem, have_dht;
+    double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
+    int moe_experts, moe_n[3];
+    int have_node, have_mem, have_dht, have_moe;
     dht_memnet_stats dht;
     int failures;
 } bench;
@@ -270,9 +286,12 @@ typedef struct {
     pid_t pid;
     char log[64];
     wire_maddr addr;
+    char dht_maddr[256];         /* from "Running DHT node on ['...']" */
 } child;
 
-static int node_spawn(bench *b, child *c, int n_experts)
+/* node_spawn starts dmoe-node with n_experts ffn experts and the NULL-terminated extra flags (or NULL),
+ * and waits for its "Server started". Returns 0, or DMOE_EIO with the node's log on stderr. */
+static int node_spawn(bench *b, child *c, int n_experts, const char *const *extra)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->log, sizeof c->log, "/tmp/dmoe-bench-node-XXXXXX");
@@ -282,8 +301,11 @@ static int node_spawn(bench *b, child *c, int n_experts)
     snprintf(workers, sizeof workers, "%d", b->threads);
     snprintf(experts, sizeof experts, "%d", n_experts);
     snprintf(hidden, sizeof hidden, "%d", b->hidden);
-    const char *argv[] = {b->node_path, "--expert_cls", "ffn", "--hidden_dim", hidden, "--num_experts", experts,
-                          "--num_workers", workers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--log_level", "INFO", NULL};
+    const char *argv[32] = {b->node_path, "--expert_cls", "ffn", "--hidden_dim", hidden, "--num_experts", experts,
+                            "--num_workers", workers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--log_level", "INFO"};
+    int na = 13;
+    for (int i = 0; extra && extra[i] && na < 31; i++) argv[na++] = extra[i];
+    argv[na] = NULL;
     pid_t pid = fork();
     if (pid < 0) { close(fd); unlink(c->log); return DMOE_EIO; }
     if (pid == 0) {
@@ -312,6 +334,11 @@ static int node_spawn(bench *b, child *c, int n_experts)
                 have_addr = wire_maddr_parse(p, &c->addr, err, sizeof err) == 0;
             }
             if (strstr(line, "Server started")) started = 1;
+            if ((p = strstr(line, "Running DHT node on ['")) != NULL) {
+                p += strlen("Running DHT node on ['");
+                p[strcspn(p, "'")] = 0;
+                snprintf(c->dht_maddr, sizeof c->dht_maddr, "%s", p);
+            }
         }
         if (f) fclose(f);
         if (have_addr && started) return 0;
@@ -387,7 +414,7 @@ static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, do
 static void node_figures(bench *b)
 {
     child c;
-    if (node_spawn(b, &c, 1) != 0) { b->failures++; node_reap(&c); return; }
+    if (node_spawn(b, &c, 1, NULL) != 0) { b->failures++; node_reap(&c); return; }
     double secs = 2.0 * b->seconds;
     for (int i = 0; i < NB; i++) {
         loadgen_report r;
@@ -414,7 +441,7 @@ static void node_figures(bench *b)
 static void memory_figures(bench *b, const kern_model *m)
 {
     child c;
-    if (node_spawn(b, &c, BENCH_MEM_EXPERTS) != 0) { b->failures++; node_reap(&c); return; }
+    if (node_spawn(b, &c, BENCH_MEM_EXPERTS, NULL) != 0) { b->failures++; node_reap(&c); return; }
     usleep(300000);
     b->rss_idle_mb = proc_mb(c.pid, "VmRSS");
     loadgen_report r;
@@ -428,6 +455,138 @@ static void memory_figures(bench *b, const kern_model *m)
     b->have_mem = b->rss_idle_mb > 0 && b->rss_loaded_mb > 0;
     node_reap(&c);
     fprintf(stderr, ".");
+}
+
+/* ---- the Mixture-of-Experts layer over two nodes ---- */
+
+static int cmp_f64(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* p50 and p99 (nearest rank) of t[0..n) into out[0..2). */
+static void pcts(double *t, int n, double *out)
+{
+    out[0] = out[1] = 0;
+    if (n < 1) return;
+    qsort(t, (size_t)n, sizeof *t, cmp_f64);
+    int k50 = (int)ceil(0.50 * n), k99 = (int)ceil(0.99 * n);
+    out[0] = t[(k50 < 1 ? 1 : k50) - 1];
+    out[1] = t[(k99 < 1 ? 1 : k99) - 1];
+}
+
+/* Time up to n calls of kind 0 (forward), 1 (training step) on B rows of x; fills p[2] in ms and returns
+ * how many calls succeeded (every one must, or the figure is left out as a failure). */
+static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, const float *gy, int64_t B, int kind,
+                      int n, double *p)
+{
+    double t[64];
+    int done = 0;
+    uint64_t end = rt_clock_us() + (uint64_t)(MOE_MAX_S * 1e6);
+    char err[256];
+    size_t np;
+    float *params = moe_layer_params(m, &np), *grads = moe_layer_grads(m, &np);
+    while (done < n && done < 64 && rt_clock_us() < end) {
+        uint64_t t0 = rt_clock_us();
+        moe_fwd *f = NULL;
+        int rc = moe_forward_run(m, x, B, &f, err, sizeof err);
+        if (rc == 0 && moe_fwd_stats_of(f)->experts_answered < moe_fwd_stats_of(f)->experts_chosen) {
+            rc = DMOE_ETIMEDOUT;
+            snprintf(err, sizeof err, "%d of %d experts answered", moe_fwd_stats_of(f)->experts_answered,
+                     moe_fwd_stats_of(f)->experts_chosen);
+        }
+        if (rc == 0 && kind == 1) {
+            const float *gx;
+            rc = moe_backward_run(m, f, gy, 0.0f, &gx, err, sizeof err);
+            if (rc == 0) kern_optim_step(opt, NULL, params, grads, lr);
+        }
+        moe_fwd_free(f);
+        if (rc) {
+            fprintf(stderr, "dmoe-bench: moe %s of %lld rows failed: %s\n", kind ? "training step" : "forward", (long long)B, err);
+            return 0;
+        }
+        t[done++] = (double)(rt_clock_us() - t0) / 1000.0;
+    }
+    pcts(t, done, p);
+    return done;
+}
+
+static void moe_figures(bench *b)
+{
+    child n1, n2;
+    memset(&n2, 0, sizeof n2);
+    const char *const first[] = {"--expert_pattern", "expert.[0:5]", NULL};
+    if (node_spawn(b, &n1, 5, first) != 0 || !n1.dht_maddr[0]) {
+        if (n1.pid) fprintf(stderr, "dmoe-bench: the first MoE node printed no DHT address\n");
+        b->failures++;
+        node_reap(&n1);
+        return;
+    }
+    const char *const second[] = {"--expert_pattern", "expert.[5:250]", "--initial_peers", n1.dht_maddr, NULL};
+    rt_loop *l = NULL;
+    moe_net *net = NULL;
+    moe_layer *m = NULL;
+    kern_optim opt;
+    memset(&opt, 0, sizeof opt);
+    const int64_t BIG = 256, SMALL = 3;
+    const int H = b->hidden;
+    float *x = alloc_normal((size_t)BIG * (size_t)H, 11), *gy = alloc_normal((size_t)BIG * (size_t)H, 12);
+    char err[512];
+    if (node_spawn(b, &n2, 10, second) != 0 || !x || !gy) goto fail;
+    l = rt_loop_new();
+    const char *peers[1] = {n1.dht_maddr};
+    net = l ? moe_net_open(l, peers, 1, 0.5, err, sizeof err) : NULL;
+    if (!net) { fprintf(stderr, "dmoe-bench: moe: %s\n", l ? err : "out of memory"); goto fail; }
+    moe_cfg mc;
+    moe_cfg_default(&mc);
+    mc.in_features = H;
+    mc.ndim = 1;
+    mc.grid_size[0] = MOE_GRID;
+    mc.k_best = MOE_K_BEST;
+    mc.seed = 5;
+    if (moe_layer_new(l, &mc, moe_net_succ(net), moe_net_caller(net), &m, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-bench: moe: %s\n", err);
+        goto fail;
+    }
+    /* the nodes declare their experts at start; wait until a 256-row forward reaches all of them */
+    uint64_t until = rt_clock_us() + MOE_VISIBLE_S * 1000000ull;
+    while (rt_clock_us() < until) {
+        moe_fwd *f = NULL;
+        if (moe_forward_run(m, x, BIG, &f, err, sizeof err) == 0) {
+            int seen = moe_fwd_stats_of(f)->experts_answered;
+            if (seen > b->moe_experts) b->moe_experts = seen;
+        }
+        moe_fwd_free(f);
+        if (b->moe_experts >= MOE_LIVE) break;
+        usleep(200000);
+    }
+    if (b->moe_experts < MOE_LIVE)
+        fprintf(stderr, "dmoe-bench: moe: the layer reached %d of the %d live experts; timing anyway\n", b->moe_experts, MOE_LIVE);
+    kern_optim_cfg oc;
+    size_t np;
+    moe_layer_params(m, &np);
+    if (kern_optim_parse("adam", &oc) != 0 || kern_optim_init(&opt, &oc, np) != 0) goto fail;
+    b->moe_n[0] = moe_series(m, &opt, oc.lr, x, gy, SMALL, 0, MOE_N_SMALL, b->moe_fwd3);
+    fprintf(stderr, ".");
+    b->moe_n[1] = moe_series(m, &opt, oc.lr, x, gy, BIG, 0, MOE_N_BIG, b->moe_fwd256);
+    fprintf(stderr, ".");
+    b->moe_n[2] = moe_series(m, &opt, oc.lr, x, gy, BIG, 1, MOE_N_BIG, b->moe_train256);
+    fprintf(stderr, ".");
+    b->have_moe = b->moe_n[0] > 0 && b->moe_n[1] > 0 && b->moe_n[2] > 0;
+    if (!b->have_moe) b->failures++;
+    goto out;
+fail:
+    b->failures++;
+out:
+    kern_optim_free(&opt);
+    moe_layer_free(m);
+    moe_net_close(net);
+    if (l) rt_loop_free(l);
+    free(x);
+    free(gy);
+    node_reap(&n2);
+    node_reap(&n1);
 }
 
 /* ---- output ---- */
@@ -492,6 +651,12 @@ static int write_json(const bench *b, const char *path, const char *cpu, long co
         fprintf(f, ",\n  \"memory_mb\": {\"node_idle_5x_h%d\": %.1f, \"node_loaded_5x_h%d\": %.1f, \"node_peak_5x_h%d\": %.1f, "
                    "\"weights_and_optimizer_5x_h%d\": %.1f}",
                 b->hidden, b->rss_idle_mb, b->hidden, b->rss_loaded_mb, b->hidden, b->hwm_loaded_mb, b->hidden, b->weights_mb);
+    if (b->have_moe)
+        fprintf(f, ",\n  \"moe\": {\"hidden\": %d, \"grid\": %d, \"k_best\": %d, \"live_experts\": %d, "
+                   "\"fwd_b3_ms_p50\": %.2f, \"fwd_b3_ms_p99\": %.2f, \"fwd_b256_ms_p50\": %.2f, \"fwd_b256_ms_p99\": %.2f, "
+                   "\"train_step_b256_ms_p50\": %.2f, \"train_step_b256_ms_p99\": %.2f, \"calls\": [%d, %d, %d]}",
+                b->hidden, MOE_GRID, MOE_K_BEST, b->moe_experts, b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0],
+                b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1], b->moe_n[0], b->moe_n[1], b->moe_n[2]);
     fprintf(f, "\n}\n");
     return fclose(f) == 0 ? 0 : DMOE_EIO;
 }
@@ -553,7 +718,13 @@ static void print_table(const bench *b, const char *cpu, long cores)
                "%.1f ms p50, %.1f ms p99, %.1f RPCs per lookup\n",
                b->dht.nodes, BENCH_DHT_LATENCY_MS, b->dht.found, b->dht.lookups, b->dht.hops_p50, b->dht.hops_p99,
                b->dht.lat_p50_ms, b->dht.lat_p99_ms, b->dht.rpcs_per_lookup);
-    printf("moe: not measured (no MoE-layer figure in this bench yet)\n");
+    if (b->have_moe) {
+        printf("moe, grid %d, k_best %d over %d live ffn experts (hidden %d) on 2 nodes, one client:\n", MOE_GRID,
+               MOE_K_BEST, b->moe_experts, b->hidden);
+        printf("  forward 3 rows p50 %.2f ms p99 %.2f ms;  forward 256 rows p50 %.2f ms p99 %.2f ms;\n"
+               "  training step 256 rows (forward, backward, Adam on the gating) p50 %.2f ms p99 %.2f ms\n",
+               b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0], b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1]);
+    }
 }
 
 int main(int argc, char **argv)
@@ -562,7 +733,7 @@ int main(int argc, char **argv)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     b.threads = cores > 0 ? (int)cores : 1;
     const char *out = "build/bench/results.json", *log_level = NULL;
-    int skip_node = 0, skip_dht = 0;
+    int skip_node = 0, skip_dht = 0, skip_moe = 0;
     const rt_arg flags[] = {
         {"node", ARG_STR, &b.node_path, "the dmoe-node program to measure", "Bench"},
         {"out", ARG_STR, &out, "where to write the figures as JSON", "Bench"},
@@ -571,6 +742,7 @@ int main(int argc, char **argv)
         {"hidden_dim", ARG_INT, &b.hidden, "the ffn's hidden size", "Bench"},
         {"skip_node", ARG_FLAG, &skip_node, "leave out the node and memory figures", "Bench"},
         {"skip_dht", ARG_FLAG, &skip_dht, "leave out the DHT figure", "Bench"},
+        {"skip_moe", ARG_FLAG, &skip_moe, "leave out the Mixture-of-Experts figures (two nodes)", "Bench"},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Bench"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
@@ -601,7 +773,8 @@ int main(int argc, char **argv)
 
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
-    fprintf(stderr, "dmoe-bench: measuring (about %.0f s) ", 15 * b.seconds + (skip_node ? 0 : 28 * b.seconds + 2) + (skip_dht ? 0 : 8));
+    fprintf(stderr, "dmoe-bench: measuring (about %.0f s) ",
+            15 * b.seconds + (skip_node ? 0 : 28 * b.seconds + 2) + (skip_dht ? 0 : 8) + (skip_moe ? 0 : 15));
     double flop_row = 16.0 * b.hidden * (double)b.hidden;
     for (int i = 0; i < NB; i++) {
         b.gemm_gflops[i] = measure(&b, W_GEMM, NULL, NULL, BATCHES[i]) * flop_row / 1e9;
@@ -620,6 +793,7 @@ int main(int argc, char **argv)
         if (rc == 0) b.have_dht = 1;
         else { fprintf(stderr, "dmoe-bench: dht measurement failed: %s\n", dmoe_strerror(rc)); b.failures++; }
     }
+    if (!skip_moe) moe_figures(&b);
     fprintf(stderr, " done\n");
     free(params);
     print_table(&b, cpu, cores);

@@ -3,9 +3,12 @@
 #
 #   bash scripts/loadtest.sh ffn_small_batch          (scenarios: run it without arguments for the list)
 #
-# Starts the dmoe-node the scenario needs (port 0: the OS picks, read from the node's log), drives it with
-# `dmoe-call --peer ADDR load ...` (closed loop: each client keeps one request in flight), stops the node
-# with SIGTERM and checks it exited cleanly, prints the summary, and writes next to each other
+# Starts the dmoe-node(s) the scenario needs (port 0: the OS picks, read from the node's log), drives them
+# with `dmoe-call --peer ADDR load ...` (closed loop: each client keeps one request in flight) -- or, for
+# the network scenarios moe and dht, starts two nodes as the tutorial does (the second joins the first
+# through --initial_peers, read from its "Running DHT node on [...]" line) and runs `dmoe-call
+# --initial_peers MADDR load --moe|--dht ...` -- stops the nodes with SIGTERM and checks they exited
+# cleanly, prints the summary, and writes next to each other
 #   $DMOE_BUILD/loadtest/SCENARIO.csv   per-second samples: time, requests, rows, rates, p50, p99, errors
 #   $DMOE_BUILD/loadtest/SCENARIO.txt   the summary
 #   $DMOE_BUILD/loadtest/SCENARIO.png   throughput and latency over time (gnuplot; the Debian package
@@ -27,11 +30,16 @@ usage: loadtest.sh SCENARIO
   ffn_fwdbwd                  4 ffn experts (hidden 512), 16 clients, batch 2048, forward then backward
   ffn_small_batch             4 ffn experts (hidden 1024), 64 clients, batch 32, forward only
   ffn_small_batch_512clients  1 ffn expert (hidden 1024), 512 clients, batch 1, forward then backward
-  dht, moe                    not available yet (the script says why and exits 2)
+  moe                         the tutorial's 2 nodes (5 + 10 ffn experts, hidden 512); 8 clients, each a MoE
+                              layer (grid 250, k_best 2) over the DHT, batch 64, forward then backward
+  dht                         2 nodes; 16 client-mode DHT peers storing 64-byte values under fresh keys
+                              and getting random keys stored by the run, half and half
 USAGE
 }
 
-# Scenario table: node flags, load flags. Durations keep each scenario under a minute on 2 cores.
+# Scenario table: node flags (NODE2_ARGS: a second node joining the first through the DHT), load flags.
+# Durations keep each scenario under a minute on 2 cores.
+NODE2_ARGS=()
 case "$SCENARIO" in
     ffn_forward)
         NODE_ARGS=(--expert_cls ffn --hidden_dim 1024 --num_experts 4 --max_batch_size 16384)
@@ -47,14 +55,18 @@ case "$SCENARIO" in
     ffn_small_batch_512clients)
         NODE_ARGS=(--expert_cls ffn --hidden_dim 1024 --num_experts 1 --max_batch_size 8192)
         LOAD_ARGS=(--uids expert.0 --clients 512 --batch 1 --mix 0.5 --duration 20 --warmup 2) ;;
-    dht)
-        echo "loadtest.sh: scenario dht is not available: dmoe-node has no DHT flags yet and dmoe-call load" \
-             "calls one node (the in-memory DHT figures are in make bench)" >&2
-        exit 2 ;;
     moe)
-        echo "loadtest.sh: scenario moe is not available yet: dmoe-call load drives one node's experts directly," \
-             "and no Mixture-of-Experts client is wired into this script" >&2
-        exit 2 ;;
+        # one worker per node: two nodes share the 2 cores with the clients
+        NODE_ARGS=(--expert_cls ffn --hidden_dim 512 --num_experts 5 --expert_pattern "expert.[0:5]" --num_workers 1)
+        NODE2_ARGS=(--expert_cls ffn --hidden_dim 512 --num_experts 10 --expert_pattern "expert.[5:250]" --num_workers 1)
+        LOAD_ARGS=(--moe --uid_prefix expert. --grid_size 250 --k_best 2 --in_features 512 --clients 8 --batch 64
+                   --mix 0.5 --duration 20 --warmup 2 --timeout 60) ;;
+    dht)
+        # the nodes host one tiny expert each (a node needs one); the load is on their DHT. The request
+        # bound keeps the keys stored far below a node's DHT storage bounds, so nothing is evicted
+        NODE_ARGS=(--expert_cls nop --hidden_dim 16 --expert_uids dht_host.0 --num_workers 1)
+        NODE2_ARGS=(--expert_cls nop --hidden_dim 16 --expert_uids dht_host.1 --num_workers 1)
+        LOAD_ARGS=(--dht --clients 16 --batch 64 --mix 0.5 --requests 300000 --duration 20 --warmup 2 --timeout 30) ;;
     *)
         usage
         exit 2 ;;
@@ -68,40 +80,70 @@ mkdir -p "$OUT"
 CSV="$OUT/$SCENARIO.csv"
 TXT="$OUT/$SCENARIO.txt"
 PNG="$OUT/$SCENARIO.png"
-LOG=$(mktemp /tmp/dmoe-loadtest-node.XXXXXX)
-NODE_PID=
+TMP=$(mktemp -d /tmp/dmoe-loadtest.XXXXXX)
+PIDS=()
 cleanup() {
-    if [ -n "$NODE_PID" ] && kill -0 "$NODE_PID" 2>/dev/null; then kill -KILL "$NODE_PID" 2>/dev/null || true; fi
-    rm -f "$LOG"
+    for p in "${PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+    done
+    rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-echo "== $SCENARIO: dmoe-node ${NODE_ARGS[*]}"
-"$NODE_BIN" "${NODE_ARGS[@]}" --host_maddrs /ip4/127.0.0.1/tcp/0 2>"$LOG" &
-NODE_PID=$!
-ADDR=
-for _ in $(seq 1 400); do
-    ADDR=$(grep -o '/ip4/127.0.0.1/tcp/[0-9]*' "$LOG" | head -n 1 || true)
-    if [ -n "$ADDR" ] && grep -q "Server started" "$LOG"; then break; fi
-    kill -0 "$NODE_PID" 2>/dev/null || { cat "$LOG" >&2; echo "loadtest.sh: dmoe-node failed to start" >&2; exit 1; }
+# start_node LOG ARGS...: start a node in the background (its pid appended to PIDS) and wait (<= 20 s)
+# for "Server started"; sets ADDR (its expert address) and DHT_ADDR (its DHT multiaddr).
+start_node() {
+    local log=$1
+    shift
+    "$NODE_BIN" "$@" --host_maddrs /ip4/127.0.0.1/tcp/0 2>"$log" &
+    local pid=$!
+    PIDS+=("$pid")
     ADDR=
-    sleep 0.05
-done
-[ -n "$ADDR" ] || { cat "$LOG" >&2; echo "loadtest.sh: dmoe-node did not start in 20 s" >&2; exit 1; }
-echo "== node at $ADDR; load: ${LOAD_ARGS[*]}"
+    for _ in $(seq 1 400); do
+        ADDR=$(grep -o '/ip4/127.0.0.1/tcp/[0-9]*' "$log" | head -n 1 || true)
+        if [ -n "$ADDR" ] && grep -q "Server started" "$log"; then break; fi
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "loadtest.sh: dmoe-node failed to start" >&2; exit 1; }
+        ADDR=
+        sleep 0.05
+    done
+    [ -n "$ADDR" ] || { cat "$log" >&2; echo "loadtest.sh: dmoe-node did not start in 20 s" >&2; exit 1; }
+    DHT_ADDR=$(grep -o "Running DHT node on \['[^']*'" "$log" | head -n 1 | sed "s/.*\['//; s/'//" || true)
+}
+
+echo "== $SCENARIO: dmoe-node ${NODE_ARGS[*]}"
+start_node "$TMP/node1.log" "${NODE_ARGS[@]}"
+if [ "${#NODE2_ARGS[@]}" -gt 0 ]; then
+    [ -n "$DHT_ADDR" ] || { cat "$TMP/node1.log" >&2; echo "loadtest.sh: the first node printed no DHT address" >&2; exit 1; }
+    PEER=$DHT_ADDR
+    echo "== second node, joining $PEER: dmoe-node ${NODE2_ARGS[*]}"
+    start_node "$TMP/node2.log" "${NODE2_ARGS[@]}" --initial_peers "$PEER"
+    sleep 1   # both nodes declare their experts at start; give the declarations a moment to land
+    TARGET=(--initial_peers "$PEER")
+    echo "== DHT at $PEER; load: ${LOAD_ARGS[*]}"
+else
+    TARGET=(--peer "$ADDR")
+    echo "== node at $ADDR; load: ${LOAD_ARGS[*]}"
+fi
 
 # dmoe-call load bounds itself (duration, then at most the call timeout for the last replies);
 # timeout(1) is a second fence.
 status=0
-timeout --kill-after=5 300 $CALL --peer "$ADDR" load "${LOAD_ARGS[@]}" --csv "$CSV" >"$TXT" || status=$?
+timeout --kill-after=5 300 $CALL "${TARGET[@]}" load "${LOAD_ARGS[@]}" --csv "$CSV" >"$TXT" || status=$?
 cat "$TXT"
 
-echo "== stopping the node (SIGTERM)"
-kill -TERM "$NODE_PID"
-node_status=0
-wait "$NODE_PID" || node_status=$?
-NODE_PID=
-[ "$node_status" -eq 0 ] || { tail -n 5 "$LOG" >&2; echo "loadtest.sh: dmoe-node exited with $node_status" >&2; status=1; }
+echo "== stopping the node(s) (SIGTERM), the last started first"
+for ((i = ${#PIDS[@]}; i >= 1; i--)); do
+    p=${PIDS[$((i - 1))]}
+    kill -TERM "$p" 2>/dev/null || true
+    node_status=0
+    wait "$p" || node_status=$?
+    if [ "$node_status" -ne 0 ]; then
+        tail -n 5 "$TMP/node$i.log" >&2
+        echo "loadtest.sh: dmoe-node $i exited with $node_status" >&2
+        status=1
+    fi
+done
+PIDS=()
 
 # The plot: throughput and latency over time, from the CSV.
 if ! command -v gnuplot >/dev/null 2>&1; then
@@ -114,7 +156,7 @@ if command -v gnuplot >/dev/null 2>&1 && [ -s "$CSV" ] && [ "$(wc -l <"$CSV")" -
 set terminal pngcairo size 1000,700 noenhanced
 set output "$PNG"
 set datafile separator ","
-set multiplot layout 2,1 title "$SCENARIO on dmoe-node (${NODE_ARGS[*]})"
+set multiplot layout 2,1 title "$SCENARIO: ${LOAD_ARGS[*]}"
 set grid
 set xlabel "seconds"
 set ylabel "rows / s"

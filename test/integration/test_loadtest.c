@@ -2,10 +2,13 @@
  * (one ffn expert, hidden 64) and loadgen_run in-process with 512 connections, each keeping one request
  * of one row in flight, forwards and backwards alternating. Asserts behaviour only: every request gets
  * its reply (zero errors, zero lost), the counts add up, the node keeps serving and exits cleanly.
- * Timings are printed by the load generator's report, never asserted. */
+ * Then the network modes on two nodes joined through the DHT (4 + 8 ffn experts, hidden 32): a few
+ * hundred MoE-layer forwards and backwards (--moe), and a few hundred DHT stores and gets (--dht), each
+ * with zero errors and zero lost replies. Timings are printed by the report, never asserted. */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "actors/loadgen.h"
@@ -88,4 +91,83 @@ Test(loadtest, unknown_expert_is_refused_before_any_load)
     cr_assert_eq(loadgen_run(&c, &r, err, sizeof err), DMOE_EINVAL);
     cr_expect(strstr(err, "expert.9") != NULL, "message: %s", err);
     cr_expect_eq(r.sent, 0);
+}
+
+/* ---- the network modes: two nodes, the second joining the first ---- */
+
+static th_node net1, net2;
+static char net_peer[256];   /* the first node's DHT multiaddr, to join */
+
+static void start_net(void)
+{
+    const char *a1[] = {"--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "4", "--expert_pattern",
+                        "expert.[0:4]", "--num_workers", "1", NULL};
+    cr_assert_eq(th_node_start(&net1, a1), 0);
+    char *log = th_node_log(&net1);
+    char *p = log ? strstr(log, "Running DHT node on ['") : NULL;
+    cr_assert(p, "the first node printed no DHT address");
+    p += strlen("Running DHT node on ['");
+    snprintf(net_peer, sizeof net_peer, "%.*s", (int)strcspn(p, "'"), p);
+    free(log);
+    const char *a2[] = {"--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "8", "--expert_pattern",
+                        "expert.[4:16]", "--num_workers", "1", "--initial_peers", net_peer, NULL};
+    cr_assert_eq(th_node_start(&net2, a2), 0);
+}
+
+static void stop_net(void)
+{
+    cr_expect(th_node_alive(&net1) && th_node_alive(&net2), "a node died under load");
+    cr_expect_eq(th_node_stop(&net2, SIGTERM), 0);
+    cr_expect_eq(th_node_stop(&net1, SIGTERM), 0);
+}
+
+TestSuite(loadtest_net, .init = start_net, .fini = stop_net, .timeout = 120);
+
+static void run_net(loadgen_cfg *c, uint64_t requests)
+{
+    const char *peers[] = {net_peer, NULL};
+    c->initial_peers = peers;
+    c->timeout_ms = 20000;
+    c->duration_s = 60;   /* a fence: the request count ends the run long before */
+    c->max_requests = requests;
+    c->mix = 0.5;
+    c->seed = 5;
+    loadgen_report r;
+    char err[256] = "";
+    int rc = loadgen_run(c, &r, err, sizeof err);
+    cr_assert_eq(rc, 0, "loadgen_run: %s", err);
+    if (r.errors || r.lost || r.ok != requests) loadgen_print(stderr, c, &r, 0);
+    cr_expect_eq(r.errors, 0, "errors: %s", r.first_error);
+    cr_expect_eq(r.lost, 0);
+    cr_expect_eq(r.sent, requests);
+    cr_expect_eq(r.ok, requests);
+    cr_expect(r.fwd_requests > 0 && r.bwd_requests > 0, "forward/store %llu, backward/get %llu",
+              (unsigned long long)r.fwd_requests, (unsigned long long)r.bwd_requests);
+    if (c->mode == LOADGEN_MOE) cr_expect(r.n_targets >= 1, "no expert was chosen");
+    loadgen_report_free(&r);
+}
+
+Test(loadtest_net, moe_layer_forward_backward_no_errors)
+{
+    loadgen_cfg c;
+    loadgen_default_cfg(&c);
+    c.mode = LOADGEN_MOE;
+    c.ndim = 1;
+    c.grid_size[0] = 16;
+    c.k_best = 2;
+    c.in_features = 32;
+    c.clients = 4;
+    c.batch_min = c.batch_max = 8;
+    run_net(&c, 300);
+}
+
+Test(loadtest_net, dht_stores_and_gets_no_errors)
+{
+    loadgen_cfg c;
+    loadgen_default_cfg(&c);
+    c.mode = LOADGEN_DHT;
+    c.clients = 8;
+    c.batch_min = 16;
+    c.batch_max = 64;
+    run_net(&c, 400);
 }

@@ -1,21 +1,36 @@
-/* moe_beam.c -- batched beam search over the DHT's prefix dictionaries (see moe_beam.h).
+/* moe_beam.c -- exact best-first search for each sample's best live experts over the DHT's prefix
+ * dictionaries (see moe_beam.h).
  *
- * Design notes. Every sample runs hivemind's per-sample algorithm as a small state machine (INIT, the
- * middle dimensions, FINAL, DONE). Samples never talk to the network: when a sample needs the
- * successors of a prefix it does not know yet, it interns the prefix in the search's table and marks it
- * wanted; moe_beam_want gathers the wanted prefixes of all samples (each prefix once per search), and
- * moe_beam_feed stores their successors and lets the samples advance again. So a batch of 256 samples
- * costs one provider call per round and one DHT get per distinct prefix, instead of one per sample.
+ * Design notes. The grid is a tree: the root is uid_prefix ("ffn."), a node of depth d is the prefix
+ * that fixes d coordinates ("ffn.3.", "ffn.3.7."), and the experts are its leaves. The DHT holds, for
+ * every prefix with 1..D-1 coordinates, the dictionary of its live children (coordinate -> [some uid
+ * below it, address]); a 1-d grid stores "expert.5." -> {-1: ["expert.5", address]} (FLAT_EXPERT).
+ * The root itself is never stored, so its children are every coordinate of the first dimension.
  *
- * The initial beam looks ahead: a sample asks for its next (beam_size - beam length) untried
- * first-dimension prefixes at once (hivemind keeps that many gets in flight) and consumes the answers
- * strictly in score order, so the beam is the first beam_size non-empty prefixes, as in hivemind.
- * Prefixes are interned in a string table (xxHash, open addressing over stable entry indices).
+ * Every sample keeps a frontier, a max-heap of the prefixes it has not expanded yet, keyed by an upper
+ * bound on the score of any expert below: the sum of the fixed coordinates' scores plus, for each
+ * remaining dimension, the sample's maximum score in that dimension. Each round a sample pops, best
+ * bound first, every prefix that could still place an expert in its top k (all of them while it has
+ * fewer than k), at most BEAM_PER_SAMPLE that need a fetch; prefixes already known are expanded on the
+ * spot. The popped prefixes of all samples form one provider call (each prefix at most once per search);
+ * when their successors come back, each sample expands its popped prefixes into children with their
+ * bounds, or into experts at the last dimension. A middle dictionary's value names one live expert
+ * below each child; the sample scores it right away (a "hint"), which raises its k-th best early and
+ * prunes the frontier. A sample is done when its frontier is empty or its best bound is below its k-th
+ * best score: nothing left can enter, so the answer is exactly what exhaustive scoring of the live
+ * experts gives, ties broken by uid in byte order (strcmp).
  *
+ * Scores are summed in dimension order, the bound the same way with maxima in place of the unfixed
+ * coordinates: IEEE addition rounds monotonically, so a bound is never below any score under it, and
+ * the float sums equal those of a reference that adds coordinates in order. NaN scores count as -inf.
+ *
+ * Prefixes are interned in a string table (xxHash, open addressing over stable entry indices); a
+ * frontier node names its parent's entry and its coordinate and is interned only when popped.
  * Plain data, no I/O, no globals; the driver at the end runs on the loop thread.
  */
 #include "actors/moe_beam.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,32 +40,37 @@
 
 /* Prefixes asked in one round: dht_get_active_successors takes at most this many. */
 #define BEAM_MAX_ROUND DHT_EXPERTS_MAX_BATCH
+/* Fetches one sample may wait for per round: a 1-d grid (or a first dimension) of up to this size is
+ * searched in one round, and a round stays bounded however wide the grid. */
+#define BEAM_PER_SAMPLE 256
 
 enum { E_UNKNOWN = 0, E_WANTED = 1, E_KNOWN = 2 };
-enum { P_INIT = 0, P_DIMS, P_FINAL, P_DONE };
 
 typedef struct {
     char *key;
     int state;
-    dht_successor *items;
+    dht_successor *items;  /* sorted by coordinate, one per coordinate */
     size_t n;
 } entry;
 
+/* A prefix on a sample's frontier, or popped and waiting for its successors. */
 typedef struct {
-    float score;
-    int32_t ent;
-} item;
+    float bound;           /* no expert below scores more */
+    float ps;              /* the fixed coordinates' scores, summed in order */
+    int32_t parent;        /* entry of the parent prefix; -1: the root */
+    int32_t coord;         /* the last fixed coordinate */
+    int32_t ent;           /* this prefix's entry once interned, else -1 */
+    int32_t depth;         /* fixed coordinates, 1..ndim */
+} node;
 
 typedef struct {
-    int phase, dim, cand_ready;
-    int32_t *order;        /* first-dimension coordinates, best first */
-    int next;              /* INIT: the next coordinate of order to consume */
-    item *beam, *cand;
-    int nbeam, ncand;
+    node *heap;            /* max-heap by bound */
+    size_t nheap, capheap;
+    node *pend;            /* popped, waiting for this round's successors */
+    size_t npend, cappend;
     moe_beam_expert *best; /* sorted, best first */
     int nbest;
-    uint64_t *seen;        /* hashes of the uids offered to the heap (hivemind's unique_experts) */
-    size_t nseen, capseen;
+    int done;
 } sample;
 
 struct moe_beam {
@@ -59,7 +79,8 @@ struct moe_beam {
     int ndim, grid[MOE_MAX_DIMS], off[MOE_MAX_DIMS], total;
     int64_t batch;
     int k;
-    float *scores;
+    float *scores;         /* [batch, total], NaN replaced by -inf */
+    float *maxes;          /* [batch, ndim] */
     entry *ents;
     size_t nents, capents;
     int32_t *slots;        /* hash index into ents, -1 empty */
@@ -138,11 +159,49 @@ static int request(moe_beam *b, int32_t e)
     return 0;
 }
 
-/* ---- the per-sample algorithm ---- */
+/* ---- scores and bounds ---- */
+
+/* add is float addition with NaN (inf - inf) counted as -inf; it stays monotone in both arguments. */
+static float add(float a, float c)
+{
+    float s = a + c;
+    return s == s ? s : -INFINITY;
+}
 
 static const float *row(const moe_beam *b, const sample *s, int dim)
 {
     return b->scores + (size_t)(s - b->smp) * (size_t)b->total + (size_t)b->off[dim];
+}
+
+/* bound_of adds the sample's maximum of every dimension from depth on to ps, in dimension order. */
+static float bound_of(const moe_beam *b, const sample *s, float ps, int depth)
+{
+    const float *mx = b->maxes + (size_t)(s - b->smp) * (size_t)b->ndim;
+    for (int d = depth; d < b->ndim; d++) ps = add(ps, mx[d]);
+    return ps;
+}
+
+/* tail_score parses tail as the canonical coordinates of dimensions d..ndim-1 ("7.12": decimal, no
+ * leading zeros, inside the grid), the first of which must be first, and returns 0 with *out = acc plus
+ * their scores, in order; else -1. */
+static int tail_score(const moe_beam *b, const sample *s, const char *tail, int d, float acc, int64_t first,
+                      float *out)
+{
+    const char *p = tail;
+    for (int dim = d; dim < b->ndim; dim++) {
+        if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] >= '0' && p[1] <= '9')) return -1;
+        int64_t v = 0;
+        while (*p >= '0' && *p <= '9') {
+            v = v * 10 + (*p++ - '0');
+            if (v >= b->grid[dim]) return -1;
+        }
+        if (dim == d && v != first) return -1;
+        acc = add(acc, row(b, s, dim)[v]);
+        if (dim + 1 < b->ndim && *p++ != UID_DELIMITER) return -1;
+    }
+    if (*p != '\0') return -1;
+    *out = acc;
+    return 0;
 }
 
 int moe_beam_expert_coords(const char *uid_prefix, const int *grid, int ndim, const char *uid, int *coords)
@@ -163,172 +222,157 @@ int moe_beam_expert_coords(const char *uid_prefix, const int *grid, int ndim, co
     return *p == '\0' ? 0 : DMOE_EINVAL;
 }
 
-/* offer puts an expert in the sample's heap of the beam_size best, once per uid. */
-static void offer(moe_beam *b, sample *s, const dht_successor *m, float score)
+/* ---- the per-sample search ---- */
+
+/* beats says whether (score, uid) ranks before expert x: higher score, then smaller uid. */
+static int beats(float score, const char *uid, const moe_beam_expert *x)
 {
-    uint64_t h = XXH3_64bits(m->uid, strlen(m->uid));
-    for (size_t i = 0; i < s->nseen; i++)
-        if (s->seen[i] == h) return;
-    if (s->nseen == s->capseen) {
-        size_t nc = s->capseen ? s->capseen * 2 : 16;
-        uint64_t *ns = realloc(s->seen, nc * sizeof *ns);
-        if (!ns) { b->oom = 1; return; }
-        s->seen = ns;
-        s->capseen = nc;
-    }
-    s->seen[s->nseen++] = h;
-    int at;
-    if (s->nbest < b->k) at = s->nbest++;
-    else if (score > s->best[b->k - 1].score) at = b->k - 1;
-    else return;
-    while (at > 0 && s->best[at - 1].score < score) {
+    if (score != x->score) return score > x->score;
+    return strcmp(uid, x->uid) < 0;
+}
+
+/* pruned says whether nothing scoring at most bound can enter the sample's top k. */
+static int pruned(const moe_beam *b, const sample *s, float bound)
+{
+    return s->nbest == b->k && bound < s->best[b->k - 1].score;
+}
+
+/* offer puts an expert in the sample's top k, once per uid. */
+static void offer(moe_beam *b, sample *s, const char *uid, const wire_maddr *addr, float score)
+{
+    if (s->nbest == b->k && !beats(score, uid, &s->best[b->k - 1])) return;
+    for (int i = 0; i < s->nbest; i++)
+        if (strcmp(s->best[i].uid, uid) == 0) return;   /* found before, through a hint */
+    int at = s->nbest < b->k ? s->nbest++ : b->k - 1;
+    while (at > 0 && beats(score, uid, &s->best[at - 1])) {
         s->best[at] = s->best[at - 1];
         at--;
     }
     moe_beam_expert *x = &s->best[at];
-    snprintf(x->uid, sizeof x->uid, "%s", m->uid);
-    x->addr = m->addr;
+    snprintf(x->uid, sizeof x->uid, "%s", uid);
+    x->addr = *addr;
     x->score = score;
 }
 
-/* add_matching offers every expert named by the beam's successors (hivemind's _iterate_matching_experts). */
-static void add_matching(moe_beam *b, sample *s)
+/* node_before orders the heap: higher bound first, then the parent entry and coordinate (determinism). */
+static int node_before(const node *x, const node *y)
 {
-    int coords[MOE_MAX_DIMS];
-    for (int i = 0; i < s->nbeam; i++) {
-        const entry *e = &b->ents[s->beam[i].ent];
-        for (size_t j = 0; j < e->n; j++) {
-            const dht_successor *m = &e->items[j];
-            if (b->ndim == 1 && m->coord == UID_FLAT_EXPERT) {
-                offer(b, s, m, s->beam[i].score);
-            } else if (moe_beam_expert_coords(b->prefix, b->grid, b->ndim, m->uid, coords) == 0) {
-                float score = 0;
-                for (int d = 0; d < b->ndim; d++) score += row(b, s, d)[coords[d]];
-                offer(b, s, m, score);
-            }
-        }
-    }
+    if (x->bound != y->bound) return x->bound > y->bound;
+    if (x->parent != y->parent) return x->parent < y->parent;
+    return x->coord < y->coord;
 }
 
-typedef struct {
-    float score;
-    int32_t parent;
-    int64_t coord;
-} pair;
-
-static int pair_desc(const void *pa, const void *pb)
+static int heap_push(moe_beam *b, sample *s, const node *n)
 {
-    const pair *a = pa, *c = pb;
-    if (a->score != c->score) return a->score > c->score ? -1 : 1;
-    if (a->parent != c->parent) return a->parent < c->parent ? -1 : 1;
-    return a->coord > c->coord ? -1 : a->coord < c->coord;
-}
-
-/* form_candidates picks the beam_size best successors of the beam for dimension s->dim. */
-static int form_candidates(moe_beam *b, sample *s)
-{
-    size_t total = 0;
-    for (int i = 0; i < s->nbeam; i++) total += b->ents[s->beam[i].ent].n;
-    pair *all = malloc((total ? total : 1) * sizeof *all);
-    if (!all) return DMOE_ENOMEM;
-    size_t n = 0;
-    const float *sd = row(b, s, s->dim);
-    for (int i = 0; i < s->nbeam; i++) {
-        const entry *e = &b->ents[s->beam[i].ent];
-        for (size_t j = 0; j < e->n; j++) {
-            int64_t c = e->items[j].coord;
-            if (c < 0 || c >= b->grid[s->dim]) continue;
-            int dup = 0;   /* a malicious dictionary could repeat a coordinate */
-            for (size_t q = 0; q < n && !dup; q++) dup = all[q].parent == i && all[q].coord == c;
-            if (!dup) all[n++] = (pair){ s->beam[i].score + sd[c], i, c };
-        }
+    if (s->nheap == s->capheap) {
+        size_t nc = s->capheap ? s->capheap * 2 : 64;
+        node *nh = realloc(s->heap, nc * sizeof *nh);
+        if (!nh) { b->oom = 1; return DMOE_ENOMEM; }
+        s->heap = nh;
+        s->capheap = nc;
     }
-    qsort(all, n, sizeof *all, pair_desc);
-    s->ncand = 0;
-    char key[UID_MAX_LEN + 24];
-    for (size_t q = 0; q < n && s->ncand < b->k; q++) {
-        int w = snprintf(key, sizeof key, "%s%lld.", b->ents[s->beam[all[q].parent].ent].key, (long long)all[q].coord);
-        if (w < 0 || (size_t)w >= sizeof key) continue;
-        int32_t e = intern(b, key);
-        if (e < 0) { free(all); return DMOE_ENOMEM; }
-        s->cand[s->ncand++] = (item){ all[q].score, e };
+    size_t i = s->nheap++;
+    while (i > 0 && node_before(n, &s->heap[(i - 1) / 2])) {
+        s->heap[i] = s->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
     }
-    free(all);
+    s->heap[i] = *n;
     return 0;
 }
 
-static int32_t first_dim_entry(moe_beam *b, int coord)
+static void heap_pop(sample *s)
 {
-    char key[UID_MAX_LEN + 16];
-    snprintf(key, sizeof key, "%s%d.", b->prefix, coord);
-    return intern(b, key);
+    node last = s->heap[--s->nheap];
+    size_t i = 0, n = s->nheap;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && node_before(&s->heap[c + 1], &s->heap[c])) c++;
+        if (!node_before(&s->heap[c], &last)) break;
+        s->heap[i] = s->heap[c];
+        i = c;
+    }
+    if (n) s->heap[i] = last;
 }
 
-/* advance runs sample s as far as the known prefixes allow, requesting the unknown ones it needs.
- * Returns 0 or DMOE_ENOMEM. */
-static int advance(moe_beam *b, sample *s)
+/* node_entry interns the prefix of n; -1 when it would be too long for a key or out of memory (oom set). */
+static int32_t node_entry(moe_beam *b, const node *n)
 {
-    for (;;) {
-        if (s->phase == P_INIT) {
-            while (s->nbeam < b->k && s->next < b->grid[0]) {
-                int c = s->order[s->next];
-                int32_t e = first_dim_entry(b, c);
-                if (e < 0) return DMOE_ENOMEM;
-                if (b->ents[e].state != E_KNOWN) {
-                    int need = b->k - s->nbeam;
-                    for (int q = s->next; q < b->grid[0] && need > 0; q++) {
-                        int32_t f = first_dim_entry(b, s->order[q]);
-                        if (f < 0 || request(b, f) != 0) return DMOE_ENOMEM;
-                        if (b->ents[f].state != E_KNOWN) need--;
-                    }
-                    return 0;
-                }
-                if (b->ents[e].n) s->beam[s->nbeam++] = (item){ row(b, s, 0)[c], e };
-                s->next++;
-            }
-            s->phase = P_DIMS;
-            s->dim = 1;
-        } else if (s->phase == P_DIMS) {
-            if (s->dim >= b->ndim - 1 || s->nbeam == 0) { s->phase = P_FINAL; continue; }
-            if (!s->cand_ready) {
-                add_matching(b, s);
-                if (form_candidates(b, s) != 0) return DMOE_ENOMEM;
-                s->cand_ready = 1;
-            }
-            int waiting = 0;
-            for (int i = 0; i < s->ncand; i++) {
-                if (b->ents[s->cand[i].ent].state == E_KNOWN) continue;
-                if (request(b, s->cand[i].ent) != 0) return DMOE_ENOMEM;
-                waiting = 1;
-            }
-            if (waiting) return 0;
-            s->nbeam = 0;
-            for (int i = 0; i < s->ncand; i++)
-                if (b->ents[s->cand[i].ent].n) s->beam[s->nbeam++] = s->cand[i];
-            s->cand_ready = 0;
-            s->dim++;
-        } else if (s->phase == P_FINAL) {
-            add_matching(b, s);
-            s->phase = P_DONE;
-        } else {
-            return 0;
+    char key[UID_MAX_LEN + 2];
+    const char *parent = n->parent < 0 ? b->prefix : b->ents[n->parent].key;
+    int w = snprintf(key, sizeof key, "%s%d%c", parent, (int)n->coord, UID_DELIMITER);
+    if (w < 0 || (size_t)w >= sizeof key) return -1;
+    int32_t e = intern(b, key);
+    if (e < 0) b->oom = 1;
+    return e;
+}
+
+/* expand turns the known prefix n into the sample's children and experts. */
+static void expand(moe_beam *b, sample *s, const node *n)
+{
+    const char *key = b->ents[n->ent].key;
+    size_t klen = strlen(key);
+    const dht_successor *it = b->ents[n->ent].items;
+    size_t cnt = b->ents[n->ent].n;
+    int d = n->depth;
+    if (d == b->ndim) {   /* a 1-d grid: "expert.5." holds its expert under FLAT_EXPERT */
+        for (size_t j = 0; j < cnt; j++)
+            if (it[j].coord == UID_FLAT_EXPERT && strlen(it[j].uid) + 1 == klen && strncmp(it[j].uid, key, klen - 1) == 0)
+                offer(b, s, it[j].uid, &it[j].addr, n->ps);
+        return;
+    }
+    for (size_t j = 0; j < cnt && !b->oom; j++) {
+        int64_t c = it[j].coord;
+        if (c < 0 || c >= b->grid[d]) continue;
+        const char *uid = it[j].uid;
+        int under = strncmp(uid, key, klen) == 0;
+        float score;
+        if (d + 1 == b->ndim) {   /* the children are experts: the uid must be key + c */
+            if (under && tail_score(b, s, uid + klen, d, n->ps, c, &score) == 0) offer(b, s, uid, &it[j].addr, score);
+            continue;
         }
+        node ch = { 0, add(n->ps, row(b, s, d)[c]), n->ent, (int32_t)c, -1, d + 1 };
+        ch.bound = bound_of(b, s, ch.ps, d + 1);
+        if (pruned(b, s, ch.bound)) continue;
+        if (heap_push(b, s, &ch) != 0) return;
+        if (under && tail_score(b, s, uid + klen, d, n->ps, c, &score) == 0)   /* the hint */
+            offer(b, s, uid, &it[j].addr, score);
     }
 }
 
-/* ---- the core's interface ---- */
-
-typedef struct {
-    float s;
-    int i;
-} ranked;
-
-static int ranked_desc(const void *pa, const void *pb)
+/* advance expands the sample's prefixes fed last round, then pops its frontier for this round: known
+ * prefixes are expanded at once, unknown ones requested (up to BEAM_PER_SAMPLE, and BEAM_MAX_ROUND for
+ * the round). */
+static void advance(moe_beam *b, sample *s)
 {
-    const ranked *a = pa, *c = pb;
-    if (a->s != c->s) return a->s > c->s ? -1 : 1;
-    return a->i > c->i ? -1 : a->i < c->i;   /* hivemind pops the larger index first on ties */
+    for (size_t i = 0; i < s->npend && !b->oom; i++) expand(b, s, &s->pend[i]);
+    s->npend = 0;
+    int asked = 0;
+    while (s->nheap > 0 && !b->oom) {
+        node n = s->heap[0];
+        if (pruned(b, s, n.bound)) { s->nheap = 0; break; }   /* the best bound cannot enter: nor can the rest */
+        if (asked >= BEAM_PER_SAMPLE) break;
+        n.ent = node_entry(b, &n);
+        if (n.ent < 0) { heap_pop(s); continue; }   /* a key too long for any uid holds no expert */
+        int st = b->ents[n.ent].state;
+        if (st == E_UNKNOWN && b->nwant >= BEAM_MAX_ROUND) break;   /* the round is full: next round */
+        heap_pop(s);
+        if (st == E_KNOWN) { expand(b, s, &n); continue; }
+        if (request(b, n.ent) != 0) { b->oom = 1; break; }
+        if (s->npend == s->cappend) {
+            size_t nc = s->cappend ? s->cappend * 2 : 16;
+            node *np = realloc(s->pend, nc * sizeof *np);
+            if (!np) { b->oom = 1; break; }
+            s->pend = np;
+            s->cappend = nc;
+        }
+        s->pend[s->npend++] = n;
+        asked++;
+    }
+    s->done = s->nheap == 0 && s->npend == 0;
 }
+
+/* ---- the core's interface ---- */
 
 int moe_beam_new(const char *uid_prefix, const int *grid, int ndim, int64_t batch, const float *scores,
                  int beam_size, moe_beam **out)
@@ -352,25 +396,28 @@ int moe_beam_new(const char *uid_prefix, const int *grid, int ndim, int64_t batc
     }
     b->batch = batch;
     b->k = beam_size;
-    b->scores = malloc((size_t)batch * (size_t)b->total * sizeof *b->scores);
+    size_t ns = (size_t)batch * (size_t)b->total;
+    b->scores = malloc(ns * sizeof *b->scores);
+    b->maxes = malloc((size_t)batch * (size_t)ndim * sizeof *b->maxes);
     b->smp = calloc((size_t)batch, sizeof *b->smp);
-    ranked *r = malloc((size_t)grid[0] * sizeof *r);
-    int rc = b->scores && b->smp && r ? 0 : DMOE_ENOMEM;
-    if (rc == 0) memcpy(b->scores, scores, (size_t)batch * (size_t)b->total * sizeof *b->scores);
-    for (int64_t i = 0; rc == 0 && i < batch; i++) {
+    if (!b->scores || !b->maxes || !b->smp) { moe_beam_free(b); return DMOE_ENOMEM; }
+    for (size_t i = 0; i < ns; i++) b->scores[i] = scores[i] == scores[i] ? scores[i] : -INFINITY;
+    for (int64_t i = 0; i < batch; i++) {
         sample *s = &b->smp[i];
-        s->order = malloc((size_t)grid[0] * sizeof *s->order);
-        s->beam = malloc((size_t)beam_size * sizeof *s->beam);
-        s->cand = malloc((size_t)beam_size * sizeof *s->cand);
+        for (int d = 0; d < ndim; d++) {
+            const float *r = row(b, s, d);
+            float mx = -INFINITY;
+            for (int c = 0; c < grid[d]; c++) mx = r[c] > mx ? r[c] : mx;
+            b->maxes[i * ndim + d] = mx;
+        }
         s->best = malloc((size_t)beam_size * sizeof *s->best);
-        if (!s->order || !s->beam || !s->cand || !s->best) { rc = DMOE_ENOMEM; break; }
-        const float *s0 = row(b, s, 0);
-        for (int c = 0; c < grid[0]; c++) r[c] = (ranked){ s0[c], c };
-        qsort(r, (size_t)grid[0], sizeof *r, ranked_desc);
-        for (int c = 0; c < grid[0]; c++) s->order[c] = r[c].i;
+        if (!s->best) { moe_beam_free(b); return DMOE_ENOMEM; }
+        for (int c = 0; c < grid[0]; c++) {   /* the root is never stored: its children are the first dimension */
+            node n = { 0, row(b, s, 0)[c], -1, c, -1, 1 };
+            n.bound = bound_of(b, s, n.ps, 1);
+            if (heap_push(b, s, &n) != 0) { moe_beam_free(b); return DMOE_ENOMEM; }
+        }
     }
-    free(r);
-    if (rc) { moe_beam_free(b); return rc; }
     *out = b;
     return 0;
 }
@@ -379,11 +426,8 @@ size_t moe_beam_want(moe_beam *b, const char *const **prefixes)
 {
     if (!b->open) {
         b->nwant = 0;
-        for (int64_t i = 0; i < b->batch && !b->oom; i++) {
-            if (b->smp[i].phase == P_DONE) continue;
-            if (b->nwant + (size_t)b->k > BEAM_MAX_ROUND) break;   /* the rest advance next round */
-            if (advance(b, &b->smp[i]) != 0) b->oom = 1;
-        }
+        for (int64_t i = 0; i < b->batch && !b->oom; i++)
+            if (!b->smp[i].done) advance(b, &b->smp[i]);
         if (b->oom) b->nwant = 0;
         b->open = 1;
         if (b->nwant) {
@@ -395,6 +439,13 @@ size_t moe_beam_want(moe_beam *b, const char *const **prefixes)
     return b->nwant;
 }
 
+static int succ_by_coord(const void *pa, const void *pb)
+{
+    const dht_successor *a = pa, *c = pb;
+    if (a->coord != c->coord) return a->coord < c->coord ? -1 : 1;
+    return strcmp(a->uid, c->uid);
+}
+
 int moe_beam_feed(moe_beam *b, const dht_successors *per, size_t n)
 {
     if (!b->open || n != b->nwant) return DMOE_EINVAL;
@@ -404,7 +455,12 @@ int moe_beam_feed(moe_beam *b, const dht_successors *per, size_t n)
             e->items = malloc(per[i].n * sizeof *e->items);
             if (!e->items) return DMOE_ENOMEM;
             memcpy(e->items, per[i].items, per[i].n * sizeof *e->items);
-            e->n = per[i].n;
+            /* in coordinate order, one successor per coordinate (a peer could repeat one) */
+            qsort(e->items, per[i].n, sizeof *e->items, succ_by_coord);
+            size_t u = 0;
+            for (size_t j = 0; j < per[i].n; j++)
+                if (u == 0 || e->items[u - 1].coord != e->items[j].coord) e->items[u++] = e->items[j];
+            e->n = u;
         }
         e->state = E_KNOWN;
     }
@@ -428,11 +484,9 @@ void moe_beam_free(moe_beam *b)
     if (!b) return;
     for (int64_t i = 0; b->smp && i < b->batch; i++) {
         sample *s = &b->smp[i];
-        free(s->order);
-        free(s->beam);
-        free(s->cand);
+        free(s->heap);
+        free(s->pend);
         free(s->best);
-        free(s->seen);
     }
     for (size_t e = 0; e < b->nents; e++) {
         free(b->ents[e].key);
@@ -444,6 +498,7 @@ void moe_beam_free(moe_beam *b)
     free(b->want);
     free(b->want_ent);
     free(b->scores);
+    free(b->maxes);
     free(b);
 }
 

@@ -1,21 +1,23 @@
-/* moe_beam.h -- beam search for the best live experts of a grid (hivemind's MoEBeamSearcher), batched.
+/* moe_beam.h -- the search for each sample's best live experts of a grid (hivemind's MoEBeamSearcher),
+ * exact and batched.
  *
  * Experts live in a grid named by uids "<uid_prefix><c0>.<c1>...<c(D-1)>". The gating function gives,
  * for every sample, a score per coordinate of every dimension; an expert's score is the sum of its
- * coordinates' scores. For each sample the search returns up to beam_size live experts with the
- * highest scores, found exactly as hivemind's _find_best_experts does:
- *   1. initial beam: the first-dimension prefixes "<uid_prefix>i." in decreasing score order, keeping
- *      the first beam_size that have live successors;
- *   2. for each middle dimension d (1..D-2): the experts named by the beam's successors join the
- *      best-experts heap, then the beam_size best (prefix score + score_d[coord]) successors become
- *      the next beam (those with no live successors are dropped; an empty beam ends the search);
- *   3. the experts named by the final beam's successors join the heap; the heap, best first, is the
- *      answer. A one-dimensional grid uses hivemind's FLAT_EXPERT entries ("expert.5." / -1).
+ * coordinates' scores, added in dimension order. For each sample the search returns the beam_size live
+ * experts with the highest scores -- exactly what exhaustive scoring of every live expert would return,
+ * ties broken by uid in byte order (strcmp) -- or all of them when fewer are alive. It walks the DHT's
+ * prefix dictionaries ("<uid_prefix>i.", then "<uid_prefix>i.j.", ...; a one-dimensional grid reads
+ * hivemind's FLAT_EXPERT entries "expert.5." / -1) best-first: a prefix is fetched only while the best
+ * score any expert below it could reach (its fixed coordinates' scores plus the maximum of every other
+ * dimension) can still enter the sample's top k. Unlike hivemind's beam, which keeps the beam_size best
+ * prefixes per dimension, it never misses an expert because a kept prefix lacked the winning column.
  *
  * The core (moe_beam_new / want / feed / result) is a pure state machine that does no I/O: it says which
  * prefixes it needs next -- the union over all samples, each prefix once per search -- and is fed their
  * successors. A test can feed it from a table; moe_beam_search drives it from any successors provider
  * (the DHT through moe_succ_dht: one dht_get_active_successors call per round, with negative caching).
+ * A one-dimensional grid of up to 256 coordinates takes one round; a dense grid of D dimensions about
+ * D - 1.
  *
  * Threads: the core is plain data (any one thread at a time); moe_beam_search runs on the loop thread,
  * its callback too, never inside moe_beam_search itself.
@@ -30,7 +32,7 @@
 
 /* Dimensions of a grid (hivemind allows any; uids stay short). */
 #define MOE_MAX_DIMS 8
-/* Largest beam (k_best): the per-sample heap is a sorted array of this many. */
+/* Largest beam (k_best): each sample keeps its best experts in a sorted array of this many. */
 #define MOE_MAX_BEAM 256
 
 /* One expert found for a sample: its uid, where it is served, and its score. */
@@ -54,7 +56,8 @@ size_t moe_beam_want(moe_beam *b, const char *const **prefixes);
  * (copied). Returns 0, or DMOE_EINVAL when n is not the count asked for, DMOE_ENOMEM. */
 int moe_beam_feed(moe_beam *b, const dht_successors *per, size_t n);
 /* moe_beam_result returns how many experts sample s got (0..beam_size) and points *out at them, best
- * first (owned by b). Valid once moe_beam_want returned 0. */
+ * first: by score, then by uid in byte order (owned by b). Valid once moe_beam_want returned 0. NaN
+ * scores count as -inf. */
 size_t moe_beam_result(const moe_beam *b, int64_t s, const moe_beam_expert **out);
 /* moe_beam_rounds returns the provider calls made; moe_beam_fetched the prefixes asked in total. */
 int moe_beam_rounds(const moe_beam *b);

@@ -262,6 +262,148 @@ Test(moe_net, hanging_node_cut_off_by_timeout_after_k_min, .timeout = 90)
     th_node_stop(&a, SIGTERM);
 }
 
+/* single_call returns expert uid's output for row x (H floats) through the layer's caller. */
+static void single_call(side *s, const char *uid, const char *maddr, const float *x, float *out)
+{
+    wire_maddr addr;
+    char e2[256];
+    cr_assert_eq(wire_maddr_parse(maddr, &addr, e2, sizeof e2), 0, "%s", e2);
+    rx_tensor xi;
+    int64_t shape[2] = { 1, H };
+    cr_assert_eq(rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape), 0);
+    memcpy(rx_tensor_f32(&xi), x, H * sizeof(float));
+    one o = { .l = s->l };
+    const moe_caller *cl = moe_net_caller(s->net);
+    cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, NULL, 5000, on_one, &o), 0);
+    while (!o.done) rt_loop_run(s->l);
+    cr_assert_eq(o.err, 0, "%s", uid);
+    memcpy(out, rx_tensor_f32(&o.out), H * sizeof(float));
+    rx_tensor_free(&o.out);
+    rx_tensor_free(&xi);
+}
+
+static int all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return 0;
+    return 1;
+}
+
+/* A node diverged for real: with sgd at lr 1e30, one backward leaves each of its experts with huge
+ * finite weights, so every later forward overflows and it answers NaN (a node checks inputs and
+ * gradients, not its own outputs). With detect_anomalies the layer masks those answers: the output is
+ * finite and is the softmax over the healthy experts' logits of their outputs; without it the NaN
+ * reaches the output, as moe.h documents. */
+Test(moe_net, node_answering_nan_is_ignored_with_detect_anomalies, .timeout = 120)
+{
+    th_node a, b;
+    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
+    const char *args_b[] = { "--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "4", "--expert_pattern",
+                             "expert.[4:8]", "--update_period", "0.5", "--expiration", "2", "--num_workers", "1",
+                             "--initial_peers", a.maddr, "--optimizer", "sgd", "--lr", "1e30", NULL };
+    cr_assert_eq(th_node_start(&b, args_b), 0);
+
+    char dir[] = "/tmp/dmoe-nan.XXXXXX", xp[64], gp[64], yp[64], out[8192];
+    cr_assert(mkdtemp(dir));
+    snprintf(xp, sizeof xp, "%s/x.npy", dir);
+    snprintf(gp, sizeof gp, "%s/g.npy", dir);
+    snprintf(yp, sizeof yp, "%s/y.npy", dir);
+    float xs[4 * H], gs[4 * H];
+    fill(xs, 4 * H, 40);
+    fill(gs, 4 * H, 41);
+    cr_assert_eq(th_write_npy(xp, xs, 4, H), 0);
+    cr_assert_eq(th_write_npy(gp, gs, 4, H), 0);
+    for (int e = 4; e < 8; e++) {
+        char uid[16];
+        snprintf(uid, sizeof uid, "expert.%d", e);
+        /* one backward: finite gradients, an sgd step of 1e30 */
+        const char *bwd[] = { "--peer", b.maddr, "backward", uid, "--input", xp, "--grad_output", gp, NULL };
+        cr_assert_eq(th_run("dmoe-call", bwd, out, sizeof out, 30), 0, "%s", out);
+        /* the premise: the expert now answers non-finite values to a finite input */
+        const char *fwd[] = { "--peer", b.maddr, "forward", uid, "--input", xp, "--output", yp, NULL };
+        cr_assert_eq(th_run("dmoe-call", fwd, out, sizeof out, 30), 0, "%s", out);
+        float *y = th_read_npy(yp, 4, H);
+        cr_assert(y, "%s", out);
+        cr_assert(!all_finite(y, 4 * H), "%s still answers finite values after the step", uid);
+        free(y);
+        unlink(yp);
+    }
+    unlink(xp);
+    unlink(gp);
+    rmdir(dir);
+
+    side s;
+    moe_cfg c;
+    moe_cfg_default(&c);
+    c.timeout_after_k_min = -1;   /* wait for every answer: the NaN ones arrive, and are masked */
+    c.detect_anomalies = 1;
+    open_side(&s, &a, 8, &c);      /* every sample asks all 8 experts */
+    const int64_t B = 12;
+    float x[B * H];
+    fill(x, B * H, 42);
+    moe_fwd *f = NULL;
+    char err[256];
+    int seen = 0;
+    for (int i = 0; i < 100 && !seen; i++) {   /* until the beam search sees both nodes' experts */
+        cr_assert_eq(moe_forward_run(s.m, x, B, &f, err, sizeof err), 0, "%s", err);
+        seen = moe_fwd_stats_of(f)->experts_chosen == 8;
+        if (!seen) {
+            moe_fwd_free(f);
+            usleep(50000);
+        }
+    }
+    cr_assert(seen, "the layer never saw the 8 experts");
+    const moe_fwd_stats *st = moe_fwd_stats_of(f);
+    cr_assert_eq(st->experts_answered, 4, "only the healthy node's answers are usable");
+    int D;
+    const float *y = moe_fwd_output(f, NULL, &D);
+    cr_assert_eq(D, H);
+    cr_assert(all_finite(y, (size_t)B * H));
+    size_t np;
+    const float *W = moe_layer_params(s.m, &np), *bias = W + 8 * H;
+    for (int64_t r = 0; r < B; r++) {
+        float logit[4], mx = -INFINITY, z = 0, want[H] = {0};
+        for (int e = 0; e < 4; e++) {
+            logit[e] = bias[e];
+            for (int i = 0; i < H; i++) logit[e] += W[e * H + i] * x[r * H + i];
+            mx = logit[e] > mx ? logit[e] : mx;
+        }
+        for (int e = 0; e < 4; e++) z += expf(logit[e] - mx);
+        for (int e = 0; e < 8; e++) {
+            char uid[16];
+            snprintf(uid, sizeof uid, "expert.%d", e);
+            float w = moe_fwd_expert_weight(f, r, uid);
+            if (e >= 4) { cr_assert_eq(w, 0.0f, "row %lld: %s is masked", (long long)r, uid); continue; }
+            cr_assert_float_eq(w, expf(logit[e] - mx) / z, 1e-4, "row %lld: weight of %s", (long long)r, uid);
+            float oe[H];
+            single_call(&s, uid, a.maddr, x + r * H, oe);
+            for (int d = 0; d < H; d++) want[d] += w * oe[d];
+        }
+        cr_assert_lt(th_max_abs_diff(y + r * H, want, H), 1e-4, "row %lld", (long long)r);
+    }
+    moe_fwd_free(f);
+    moe_layer_free(s.m);
+
+    /* the same layer without detect_anomalies: the NaN answers count, and the output shows them */
+    c.detect_anomalies = 0;
+    c.in_features = H;
+    c.ndim = 1;
+    c.grid_size[0] = 8;
+    c.k_best = 8;
+    c.seed = 9;
+    cr_assert_eq(moe_layer_new(s.l, &c, moe_net_succ(s.net), moe_net_caller(s.net), &s.m, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(moe_forward_run(s.m, x, B, &f, err, sizeof err), 0, "%s", err);
+    st = moe_fwd_stats_of(f);
+    cr_assert_eq(st->experts_chosen, 8);
+    cr_assert_eq(st->experts_answered, 8);
+    y = moe_fwd_output(f, NULL, NULL);
+    for (int64_t r = 0; r < B; r++) cr_assert(!all_finite(y + r * H, H), "row %lld has no NaN", (long long)r);
+    moe_fwd_free(f);
+    close_side(&s);
+    th_node_stop(&b, SIGTERM);
+    th_node_stop(&a, SIGTERM);
+}
+
 Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
 {
     th_node a, b;

@@ -779,6 +779,7 @@ typedef struct {
     moe_call_cb cb;
     void *arg;
     int backward;
+    rx_buf *xbuf;   /* the input's buffer: a forward's reply leaves its activation handle there */
 } client_ctx;
 
 static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
@@ -794,9 +795,12 @@ static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
             c->cb(c->arg, n < 0 ? n : DMOE_EPROTO, n < 0 ? e : "no tensor in the reply", NULL);
         } else {
             for (int i = 1; i < n; i++) rx_tensor_free(&out[i]);
+            /* the backward of these rows will send the handle back, so the node skips the recompute */
+            if (!c->backward && c->xbuf) c->xbuf->handle = rx_reply_handle(reply);
             c->cb(c->arg, 0, "", &out[0]);
         }
     }
+    rx_buf_unref(c->xbuf);
     free(c);
     return 0;
 }
@@ -807,12 +811,20 @@ static int client_caller_call(void *impl, const char *uid, const wire_maddr *add
     client *cl = impl;
     client_ctx *c = malloc(sizeof *c);
     if (!c) return DMOE_ENOMEM;
-    *c = (client_ctx){ cb, arg, gout != NULL };
+    *c = (client_ctx){ cb, arg, gout != NULL, x->buf };
+    uint64_t handle = 0;
+    if (x->buf) {
+        rx_buf_ref(x->buf);
+        if (gout) {   /* a handle is good once */
+            handle = x->buf->handle;
+            x->buf->handle = 0;
+        }
+    }
     uint64_t id = client_next_id(cl);
-    wire_out *req = rx_request(id, uid, x, 1, gout, gout ? 1 : 0, WIRE_COMP_NONE);
-    if (!req) { free(c); return DMOE_ENOMEM; }
+    wire_out *req = rx_request_with_handle(id, uid, x, 1, gout, gout ? 1 : 0, WIRE_COMP_NONE, handle);
+    if (!req) { rx_buf_unref(c->xbuf); free(c); return DMOE_ENOMEM; }
     int rc = client_call(cl, addr, id, req, timeout_ms, on_client_reply, c);
-    if (rc) free(c);
+    if (rc) { rx_buf_unref(c->xbuf); free(c); }
     return rc;
 }
 

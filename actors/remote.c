@@ -17,6 +17,9 @@ static void buf_unref(const void *data, size_t len, void *arg)
     }
 }
 
+void rx_buf_ref(rx_buf *b) { b->refs++; }
+void rx_buf_unref(rx_buf *b) { if (b) buf_unref(NULL, 0, b); }
+
 int rx_tensor_alloc(rx_tensor *t, wire_dtype dtype, int ndim, const int64_t *shape)
 {
     if (ndim < 1 || ndim > WIRE_MAX_NDIM) return DMOE_ETOOBIG;

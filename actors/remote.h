@@ -20,6 +20,7 @@ typedef struct rx_buf {
     int refs;
     size_t nbytes;
     uint8_t *data;      /* 64-byte aligned */
+    uint64_t handle;    /* the activation handle a node returned for a forward of these bytes (0: none) */
 } rx_buf;
 
 typedef struct {
@@ -45,6 +46,9 @@ typedef struct {
 /* rx_tensor_alloc makes an uninitialised tensor of dtype and shape. Returns 0 or DMOE_ENOMEM /
  * DMOE_ETOOBIG. */
 int rx_tensor_alloc(rx_tensor *t, wire_dtype dtype, int ndim, const int64_t *shape);
+/* rx_buf_ref / rx_buf_unref take and drop a reference to a tensor buffer (freed with the last). */
+void rx_buf_ref(rx_buf *b);
+void rx_buf_unref(rx_buf *b);
 /* rx_tensor_free drops t's reference to its buffer and zeroes t. */
 void rx_tensor_free(rx_tensor *t);
 /* rx_tensor_f32 returns the data as floats (NULL unless dtype is float32). */

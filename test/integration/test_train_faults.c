@@ -86,5 +86,15 @@ Test(train_faults, sigkill_of_one_node_during_dmoe_train, .timeout = 180)
     cr_log_info("loss %g at step 10, %g at the kill (step 60), %g at step 300", first, before, end);
     free(log);
     unlink(out);
+
+    /* the layer sends each backward with its forward's handle: the survivor skipped recomputing */
+    char info[65536];
+    const char *ask[] = {"--peer", a.maddr, "info", "--all", "--json", NULL};
+    cr_assert_eq(th_run("dmoe-call", ask, info, sizeof info, 30), 0);
+    long cached = 0;
+    for (const char *p = strstr(info, "\"backward_cached\": "); p; p = strstr(p + 1, "\"backward_cached\": "))
+        cached += atol(p + strlen("\"backward_cached\": "));
+    cr_assert_gt(cached, 0, "no backward used its forward's activations:\n%s", info);
+    cr_log_info("%ld backward batches on the survivor ran from saved activations", cached);
     cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
 }

@@ -1,12 +1,10 @@
-/* loadgen.c -- the closed-loop load generator (see loadgen.h).
+/* loadgen.c -- the load generator's engine: one run's state machine, its figures and report, printing,
+ * and the command line (see loadgen.h for the API, loadgen_impl.h for how the files divide the work).
  *
- * Design notes. loadgen_run makes a loop and sets up the users of its mode, then runs them all through
- * one state machine (phases, bounds, figures); only sending a request and reading its outcome differ by
- * mode, and every outcome ends in user_done. Node mode asks the node for its experts (info without
- * uid), picks the targets and checks they share one schema, then builds its users. Each user owns a client (its own
- * connection), random input rows and random output gradients for batch_max rows, built once and sent
- * again and again: a request references the first B rows of those buffers (wire_out_bin_ref, no copy),
- * and a reference count keeps a buffer alive while a request still points into it.
+ * Design notes. loadgen_run makes a loop and lets the mode set up its users (loadgen_node.c asks the
+ * node for its experts, loadgen_moe.c and loadgen_dht.c join the DHT), then runs them all through one
+ * state machine here (phases, bounds, figures); only sending a request and reading its outcome differ by
+ * mode, and every outcome ends in lg_user_done.
  *
  * A user always has at most one request in flight; its completion callback records the outcome and sends
  * the next one. Users start in waves of LG_RAMP per loop round so the node's accept queue never
@@ -17,18 +15,11 @@
  * subtracts 1), so mix 0.5 alternates forward, backward, forward, ... as training does, and mix 0.25
  * sends one backward after every three forwards. A backward carries the inputs (same rows, same count,
  * same expert) of the user's previous forward, plus gradients for its outputs. A user's first request
- * is always a forward.
+ * is always a forward. (DHT mode: a forward is a store, a backward a get of any stored key.)
  *
- * MoE mode: each user opens its own moe_net (a client and a client-mode DHT node, joined one user after
- * the other before the run) and its own layer (gating seeded per user, so users route differently);
- * the layer waits for every chosen expert (timeout_after_k_min -1) up to the call timeout, so a masked
- * expert is a failure to report, not a straggler to forgive. A forward is kept for the backward that
- * the mix may send next; a user's backward always belongs to its previous, successful forward.
- * DHT mode: each user is a client-mode DHT node without caching (so every get is a real lookup),
- * joined concurrently before the run. Keys are "loadgen.NONCE.KEY" with a per-run nonce; KEY packs the
- * user, the value length and the user's counter, and the value (a msgpack string) is derived from
- * (nonce, KEY), so a get can check what it found without remembering values. Keys whose store
- * succeeded go into a shared pool (bounded: a full pool replaces a random entry); gets draw from it.
+ * Figures: every outcome counts in the report (sent, ok, errors by code, lost); a success after the
+ * warm-up also adds its latency (by direction) and rows to the measured window, and every success adds
+ * to the current second's sample, written to the CSV by the tick.
  *
  * Phases: INFO -> RUN (sending) -> DRAIN (bounds reached: waiting for the replies in flight, at most
  * the call timeout plus a second) -> DONE. A callback that arrives in DONE comes from client_free
@@ -43,109 +34,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
-#include "actors/client.h"
-#include "actors/dht_lookup.h"
-#include "actors/dht_net.h"
-#include "actors/moe.h"
+#include "actors/loadgen_impl.h"
 #include "actors/moe_cli.h"
-#include "actors/remote.h"
-#include "kernels/kern_rng.h"
-#include "runtime/rt_actor.h"
 #include "runtime/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "wire/wire_json.h"
-
-#define LG_RAMP 128            /* users started per loop round: far below the node's listen backlog (511) */
-#define LG_TICK_MS 1000        /* per-second samples */
-#define LG_DRAIN_EXTRA_MS 1000 /* wait for replies in flight: the call timeout plus this */
-#define LG_DHT_POOL (1 << 16)  /* stored keys gets draw from: plenty for variety, 512 KiB at most */
-#define LG_DHT_EXPIRATION_S 600.0 /* outlives any run; the nodes forget the keys afterwards */
-#define LG_DHT_MAX_VALUE 60000 /* value bytes: under the DHT's 64 KiB bound with the msgpack header */
-#define LG_EPARTIAL (-100)     /* not a DMOE code: a MoE forward some chosen expert did not answer ("other") */
-
-_Static_assert(LOADGEN_MAX_DIMS <= MOE_MAX_DIMS, "the MoE grid of a run must fit the layer's");
-_Static_assert(LOADGEN_MAX_CLIENTS <= 4096, "DHT keys keep the user index in 12 bits");
-
-enum { LG_MSG_TICK = 1, LG_MSG_DEADLINE = 2, LG_MSG_START = 3 };
-enum { PH_INFO, PH_RUN, PH_DRAIN, PH_DONE };
-
-/* A buffer of rows referenced by requests in flight; freed by the last reference. */
-typedef struct {
-    int refs;
-    size_t nbytes;
-    uint8_t *data;
-} lg_buf;
-
-typedef struct {
-    uint32_t *v;
-    size_t n, cap;
-} lg_vec;
-
-typedef struct lg lg;
-
-typedef struct {
-    lg *g;
-    client *cl;
-    kern_rng rng;
-    lg_buf *in[KERN_MAX_IO], *gout[KERN_MAX_IO];
-    double acc;              /* the mix accumulator */
-    int has_prev;            /* a forward was sent: a backward may follow */
-    int prev_target;
-    int64_t prev_rows;
-    uint64_t prev_handle;    /* the activation handle of that forward's reply (0: none) */
-    int busy, dir, target;   /* the request in flight */
-    int64_t rows;
-    uint64_t t_send_us;
-    /* MoE mode */
-    moe_net *net;
-    moe_layer *moe;
-    moe_fwd *fwd;            /* the last successful forward, kept for a backward (mix > 0) */
-    float *x, *gy;           /* batch_max input rows; batch_max output gradients (made at the first need) */
-    int gy_D;
-    /* DHT mode */
-    dht_net *dn;
-    dht *d;
-    uint64_t key;            /* the key of the request in flight */
-    uint64_t n_keys;         /* keys this user has stored */
-} lg_user;
-
-struct lg {
-    rt_actor actor;
-    rt_timer tick, deadline;
-    rt_signal start_sig;
-    rt_loop *loop;
-    const loadgen_cfg *cfg;
-    loadgen_report *r;
-    int phase;
-    int rc;
-    char *err;
-    size_t errlen;
-    /* targets */
-    int n_targets;
-    char (*uids)[256];
-    rx_schema schema;
-    /* users */
-    lg_user *users;
-    int n_users, n_started, inflight;
-    client *info_cl;
-    /* time */
-    uint64_t t0_us, window_us, t_last_us, t_tick_us;
-    /* figures */
-    lg_vec lat[2];           /* the window's latencies by direction */
-    lg_vec tick_lat;         /* this second's latencies */
-    uint64_t tick_ok, tick_rows, tick_err;
-    FILE *csv;
-    int wait_lost;           /* after the run: the loop runs until the calls still in flight have ended */
-    /* DHT mode */
-    uint64_t nonce;
-    uint64_t *keys;          /* the pool of stored keys */
-    size_t n_keys;
-    int joined, join_err;
-    char join_msg[256];
-};
 
 /* ---- small helpers ---- */
 
@@ -193,41 +88,6 @@ static void lat_summary(lg_vec *v, loadgen_lat *out)
     out->mean = sum / (double)v->n;
 }
 
-static lg_buf *buf_new(size_t nbytes)
-{
-    lg_buf *b = calloc(1, sizeof *b);
-    if (!b) return NULL;
-    b->data = malloc(nbytes ? nbytes : 1);
-    if (!b->data) { free(b); return NULL; }
-    b->nbytes = nbytes;
-    b->refs = 1;
-    return b;
-}
-
-static void buf_unref(lg_buf *b)
-{
-    if (b && --b->refs == 0) {
-        free(b->data);
-        free(b);
-    }
-}
-
-static void buf_release(const void *data, size_t len, void *arg) { buf_unref(arg); }
-
-/* Fill a user's buffer for io with batch_max random rows: normal floats; 0/1 for a float input named
- * like a mask; zeros (nothing padded) for a uint8 mask. */
-static void fill_rows(lg_buf *b, const kern_io_info *io, kern_rng *rng)
-{
-    if (io->dtype == KERN_U8) {
-        memset(b->data, 0, b->nbytes);
-        return;
-    }
-    float *f = (float *)b->data;
-    size_t n = b->nbytes / sizeof(float);
-    int is_mask = strstr(io->name, "mask") != NULL;
-    for (size_t i = 0; i < n; i++) f[i] = is_mask ? (kern_rng_uniform(rng) < 0.8f ? 1.0f : 0.0f) : kern_rng_normal(rng);
-}
-
 static int code_index(int err)
 {
     int k = err < 0 ? -err : err;
@@ -245,7 +105,7 @@ static void record_error(lg *g, int err, const char *msg)
                  msg ? msg : "");
 }
 
-static void set_err(lg *g, int rc, const char *fmt, const char *a, const char *b)
+void lg_set_err(lg *g, int rc, const char *fmt, const char *a, const char *b)
 {
     if (g->rc == 0) {
         g->rc = rc;
@@ -276,7 +136,7 @@ static void write_sample(lg *g, uint64_t now, int final)
     if (r->n_samples % 64 == 0) {
         struct loadgen_sample *ns = realloc(r->samples, (size_t)(r->n_samples + 64) * sizeof *ns);
         if (ns) r->samples = ns;
-        else { set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", ""); return; }
+        else { lg_set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", ""); return; }
     }
     r->samples[r->n_samples++] = s;
     g->tick_ok = g->tick_rows = g->tick_err = 0;
@@ -284,7 +144,7 @@ static void write_sample(lg *g, uint64_t now, int final)
     g->t_tick_us = now;
 }
 
-static void finish(lg *g)
+void lg_finish(lg *g)
 {
     if (g->phase == PH_DONE) return;
     uint64_t now = rt_clock_us();
@@ -301,12 +161,12 @@ static void finish(lg *g)
 static void maybe_finish(lg *g)
 {
     if (g->inflight > 0 || g->phase == PH_DONE || g->phase == PH_INFO) return;
-    if (g->phase == PH_DRAIN) { finish(g); return; }
+    if (g->phase == PH_DRAIN) { lg_finish(g); return; }
     /* running, but every user has given up (requests refused before sending) */
     if (g->n_started == g->n_users) {
         int idle = 1;
         for (int i = 0; i < g->n_users && idle; i++) idle = !g->users[i].busy;
-        if (idle) finish(g);
+        if (idle) lg_finish(g);
     }
 }
 
@@ -314,66 +174,11 @@ static void enter_drain(lg *g)
 {
     if (g->phase != PH_RUN) return;
     g->phase = PH_DRAIN;
-    if (g->inflight == 0) { finish(g); return; }
+    if (g->inflight == 0) { lg_finish(g); return; }
     rt_timer_start(&g->deadline, g->cfg->timeout_ms + LG_DRAIN_EXTRA_MS, 0);
 }
 
 /* ---- requests ---- */
-
-static int pack_rows(wire_out *o, lg_buf *const *bufs, const kern_io_info *io, int n, int64_t rows)
-{
-    msgpack_pack_array(wire_out_pk(o), (size_t)n);
-    for (int i = 0; i < n; i++) {
-        wire_tensor w = {.dtype = io[i].dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32, .compression = WIRE_COMP_NONE,
-                         .ndim = io[i].ndim + 1};
-        w.shape[0] = rows;
-        for (int d = 0; d < io[i].ndim; d++) w.shape[d + 1] = io[i].dims[d];
-        w.numel = (size_t)rows * kern_io_numel(&io[i]);
-        w.nbytes = w.numel * kern_dtype_size(io[i].dtype);
-        w.data = bufs[i]->data;
-        bufs[i]->refs++;
-        if (wire_tensor_pack(o, &w, buf_release, bufs[i]) != 0) return DMOE_ENOMEM;
-    }
-    return 0;
-}
-
-static int on_reply(void *arg, int err, const char *msg, wire_msg *reply);
-static int moe_send(lg_user *u);
-static int dht_send(lg_user *u);
-
-/* Node mode: one forward or backward request to the user's target expert. */
-static int node_send(lg_user *u)
-{
-    lg *g = u->g;
-    const loadgen_cfg *c = g->cfg;
-    int bwd = u->dir;
-    uint64_t id = client_next_id(u->cl);
-    wire_out *o = wire_out_new();
-    int rc = o ? 0 : DMOE_ENOMEM;
-    if (rc == 0) {
-        int with_handle = bwd && u->prev_handle;
-        wire_request_begin(o, id, bwd ? "backward" : "forward", (bwd ? 5 : 4) + with_handle);
-        if (with_handle) {   /* as a training client does: the node then skips recomputing the forward */
-            wire_pack_str(wire_out_pk(o), "handle");
-            msgpack_pack_uint64(wire_out_pk(o), u->prev_handle);
-            u->prev_handle = 0;
-        }
-        wire_pack_str(wire_out_pk(o), "uid");
-        wire_pack_str(wire_out_pk(o), g->uids[u->target]);
-        wire_pack_str(wire_out_pk(o), "inputs");
-        rc = pack_rows(o, u->in, g->schema.in, g->schema.n_in, u->rows);
-        if (rc == 0 && bwd) {
-            wire_pack_str(wire_out_pk(o), "grad_outputs");
-            rc = pack_rows(o, u->gout, g->schema.out, g->schema.n_out, u->rows);
-        }
-        if (rc != 0) { wire_out_free(o); o = NULL; }
-    }
-    if (rc == 0) {
-        g->r->bytes_sent += wire_out_len(o) + 4;
-        rc = client_call(u->cl, &c->peer, id, o, c->timeout_ms, on_reply, u);
-    }
-    return rc;
-}
 
 static void user_send(lg_user *u)
 {
@@ -402,7 +207,7 @@ static void user_send(lg_user *u)
     u->dir = bwd;
     g->r->sent++;
     u->t_send_us = rt_clock_us();
-    int rc = c->mode == LOADGEN_MOE ? moe_send(u) : c->mode == LOADGEN_DHT ? dht_send(u) : node_send(u);
+    int rc = c->mode == LOADGEN_MOE ? lg_moe_send(u) : c->mode == LOADGEN_DHT ? lg_dht_send(u) : lg_node_send(u);
     if (rc != 0) {   /* never left: an error, and this user stops */
         record_error(g, rc, "cannot send the request");
         maybe_finish(g);
@@ -413,42 +218,8 @@ static void user_send(lg_user *u)
     if (c->max_requests && g->r->sent >= c->max_requests) enter_drain(g);
 }
 
-static int count_write(void *data, const char *buf, size_t len)
-{
-    *(uint64_t *)data += len;
-    return 0;
-}
-
-/* Check that a successful reply carries one tensor per schema output (forward) or input (backward),
- * each with the request's row count. Returns 0 or DMOE_EPROTO with err. */
-static int check_reply(const lg *g, const lg_user *u, const wire_msg *reply, char *err, size_t errlen)
-{
-    const char *key = u->dir ? "grad_inputs" : "outputs";
-    int want = u->dir ? g->schema.n_in : g->schema.n_out;
-    const msgpack_object *arr = reply->result && reply->result->type == MSGPACK_OBJECT_MAP
-                                    ? wire_map_get(reply->result, key) : NULL;
-    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY || (int)arr->via.array.size != want) {
-        snprintf(err, errlen, "the reply has no %s array of %d tensors", key, want);
-        return DMOE_EPROTO;
-    }
-    for (int i = 0; i < want; i++) {
-        wire_tensor w;
-        char terr[128];
-        if (wire_tensor_decode(&arr->via.array.ptr[i], &w, terr, sizeof terr) != 0) {
-            snprintf(err, errlen, "reply %s[%d]: %s", key, i, terr);
-            return DMOE_EPROTO;
-        }
-        if (w.ndim < 1 || w.shape[0] != u->rows) {
-            snprintf(err, errlen, "reply %s[%d] has %lld rows, sent %lld", key, i, w.ndim ? (long long)w.shape[0] : 0LL,
-                     (long long)u->rows);
-            return DMOE_EPROTO;
-        }
-    }
-    return 0;
-}
-
-/* user_done records the outcome of u's request (err 0: success) and sends its next one. */
-static void user_done(lg_user *u, int err, const char *msg)
+/* lg_user_done records the outcome of u's request (err 0: success) and sends its next one. */
+void lg_user_done(lg_user *u, int err, const char *msg)
 {
     lg *g = u->g;
     loadgen_report *r = g->r;
@@ -469,9 +240,9 @@ static void user_done(lg_user *u, int err, const char *msg)
         uint32_t us32 = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
         g->tick_ok++;
         g->tick_rows += rows;
-        if (vec_push(&g->tick_lat, us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
+        if (vec_push(&g->tick_lat, us32) != 0) lg_set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
         if (now >= g->window_us) {
-            if (vec_push(&g->lat[u->dir], us32) != 0) set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
+            if (vec_push(&g->lat[u->dir], us32) != 0) lg_set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", "");
             r->requests++;
             r->rows += rows;
             if (u->dir) { r->bwd_requests++; r->bwd_rows += rows; }
@@ -479,263 +250,9 @@ static void user_done(lg_user *u, int err, const char *msg)
             g->t_last_us = now;
         }
     }
-    if (g->rc) { finish(g); return; }
+    if (g->rc) { lg_finish(g); return; }
     if (g->phase == PH_RUN) user_send(u);
     maybe_finish(g);
-}
-
-static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
-{
-    lg_user *u = arg;
-    lg *g = u->g;
-    if (g->phase == PH_DONE) { user_done(u, err, msg); return 0; }
-    char e[256];
-    if (reply) {
-        uint64_t n = 0;
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &n, count_write);
-        msgpack_pack_object(&pk, reply->root);
-        g->r->bytes_received += n + 4;
-    }
-    if (err == 0) {
-        err = check_reply(g, u, reply, e, sizeof e);
-        msg = e;
-    }
-    if (err == 0 && u->dir == 0) u->prev_handle = rx_reply_handle(reply);
-    user_done(u, err, msg);
-    return 0;
-}
-
-/* ---- MoE mode ---- */
-
-static void on_moe_bwd(void *arg, int err, const char *msg, const float *gx)
-{
-    lg_user *u = arg;
-    moe_fwd_free(u->fwd);   /* the backward has let go of it before calling back */
-    u->fwd = NULL;
-    user_done(u, err, msg);
-}
-
-static void on_moe_fwd(void *arg, int err, const char *msg, moe_fwd *f)
-{
-    lg_user *u = arg;
-    lg *g = u->g;
-    char e[256];
-    if (err == 0 && g->phase != PH_DONE) {
-        const moe_fwd_stats *st = moe_fwd_stats_of(f);
-        int64_t B;
-        int D;
-        moe_fwd_output(f, &B, &D);
-        if (st->experts_chosen > g->r->n_targets) g->r->n_targets = st->experts_chosen;
-        if (B != u->rows) {
-            snprintf(e, sizeof e, "the layer's output has %lld rows, sent %lld", (long long)B, (long long)u->rows);
-            err = DMOE_EPROTO;
-        } else if (st->experts_answered < st->experts_chosen || st->zero_rows) {
-            /* the layer masked them out and went on; a load test reports it */
-            snprintf(e, sizeof e, "partial forward: %d of %d chosen experts answered", st->experts_answered,
-                     st->experts_chosen);
-            err = LG_EPARTIAL;
-        } else if (g->cfg->mix > 0 && (!u->gy || u->gy_D != D)) {
-            free(u->gy);
-            u->gy_D = D;
-            u->gy = malloc((size_t)g->cfg->batch_max * (size_t)D * sizeof *u->gy);
-            if (!u->gy) { snprintf(e, sizeof e, "out of memory"); err = DMOE_ENOMEM; }
-            for (size_t i = 0; u->gy && i < (size_t)g->cfg->batch_max * (size_t)D; i++) u->gy[i] = kern_rng_normal(&u->rng) * 0.01f;
-        }
-        if (err) msg = e;
-    }
-    if (err == 0 && g->cfg->mix > 0 && g->phase != PH_DONE) {
-        moe_fwd_free(u->fwd);
-        u->fwd = f;
-    } else {
-        moe_fwd_free(f);
-    }
-    user_done(u, err, msg);
-}
-
-static int moe_send(lg_user *u)
-{
-    if (u->dir) return moe_backward(u->moe, u->fwd, u->gy, 0.0f, on_moe_bwd, u);
-    return moe_forward(u->moe, u->x, u->rows, on_moe_fwd, u);
-}
-
-/* Each user joins the DHT (blocking, one after the other) and makes its layer and input rows. */
-static int moe_setup(lg *g)
-{
-    const loadgen_cfg *c = g->cfg;
-    size_t np = 0;
-    while (c->initial_peers[np]) np++;
-    g->users = calloc((size_t)c->clients, sizeof *g->users);
-    if (!g->users) { snprintf(g->err, g->errlen, "out of memory"); return DMOE_ENOMEM; }
-    g->n_users = c->clients;
-    moe_cfg mc;
-    moe_cfg_default(&mc);
-    mc.in_features = c->in_features;
-    mc.ndim = c->ndim;
-    for (int d = 0; d < c->ndim; d++) mc.grid_size[d] = c->grid_size[d];
-    snprintf(mc.uid_prefix, sizeof mc.uid_prefix, "%s", c->uid_prefix);
-    mc.k_best = c->k_best;
-    mc.forward_timeout = mc.backward_timeout = (double)c->timeout_ms / 1000.0;
-    mc.timeout_after_k_min = -1;   /* every chosen expert answers, or the forward counts as an error */
-    for (int i = 0; i < g->n_users; i++) {
-        lg_user *u = &g->users[i];
-        u->g = g;
-        kern_rng_seed(&u->rng, c->seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
-        u->net = moe_net_open(g->loop, c->initial_peers, np, DHT_NEG_CACHE_S, g->err, g->errlen);
-        if (!u->net) return DMOE_ECONN;
-        mc.seed = c->seed * 1000003ull + (uint64_t)i;
-        int rc = moe_layer_new(g->loop, &mc, moe_net_succ(u->net), moe_net_caller(u->net), &u->moe, g->err, g->errlen);
-        if (rc) return rc;
-        size_t n = (size_t)c->batch_max * (size_t)c->in_features;
-        u->x = malloc(n * sizeof *u->x);
-        if (!u->x) { snprintf(g->err, g->errlen, "out of memory"); return DMOE_ENOMEM; }
-        for (size_t k = 0; k < n; k++) u->x[k] = kern_rng_normal(&u->rng);
-    }
-    g->r->row_elems = c->in_features;
-    snprintf(g->r->first_target, sizeof g->r->first_target, "%s", c->uid_prefix);
-    return 0;
-}
-
-/* ---- DHT mode ---- */
-
-static void dht_key_text(const lg *g, uint64_t key, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "loadgen.%016llx.%016llx", (unsigned long long)g->nonce, (unsigned long long)key);
-}
-
-/* The value stored under key: a msgpack string of the length packed in key, derived from (nonce, key). */
-static int dht_value(const lg *g, uint64_t key, msgpack_sbuffer *sb)
-{
-    size_t len = (size_t)((key >> 28) & 0xFFFFFF);
-    char *body = malloc(len ? len : 1);
-    if (!body) return DMOE_ENOMEM;
-    uint64_t x = (g->nonce ^ key) * 0x9E3779B97F4A7C15ull | 1;
-    for (size_t i = 0; i < len; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        body[i] = (char)('a' + x % 26);
-    }
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-    msgpack_pack_str(&pk, len);
-    msgpack_pack_str_body(&pk, body, len);
-    free(body);
-    return 0;
-}
-
-static void on_dht_stored(void *arg, int err, const char *msg, size_t n_stored)
-{
-    lg_user *u = arg;
-    lg *g = u->g;
-    if (err == 0 && g->phase != PH_DONE) {
-        if (g->n_keys < LG_DHT_POOL) g->keys[g->n_keys++] = u->key;
-        else g->keys[kern_rng_below(&u->rng, LG_DHT_POOL)] = u->key;
-    }
-    user_done(u, err, msg);
-}
-
-static void on_dht_got(void *arg, int err, const char *msg, const dht_get_result *r)
-{
-    lg_user *u = arg;
-    lg *g = u->g;
-    char e[256], key[64];
-    if (err == 0 && g->phase != PH_DONE) {
-        dht_key_text(g, u->key, key, sizeof key);
-        msgpack_sbuffer want;
-        msgpack_sbuffer_init(&want);
-        if (!r->found) {
-            snprintf(e, sizeof e, "get %s: not found, though this run stored it", key);
-            err = DMOE_ENOTFOUND;
-        } else if (dht_value(g, u->key, &want) != 0) {
-            snprintf(e, sizeof e, "out of memory");
-            err = DMOE_ENOMEM;
-        } else if (r->is_dict || r->vlen != want.size || memcmp(r->value, want.data, want.size) != 0) {
-            snprintf(e, sizeof e, "get %s: found another value than this run stored", key);
-            err = DMOE_EPROTO;
-        }
-        msgpack_sbuffer_destroy(&want);
-        if (err) msg = e;
-    }
-    user_done(u, err, msg);
-}
-
-static int dht_send(lg_user *u)
-{
-    lg *g = u->g;
-    char key[64];
-    dht_id id;
-    if (u->dir) {
-        u->key = g->keys[kern_rng_below(&u->rng, g->n_keys)];
-    } else {
-        u->key = (uint64_t)(u - g->users) << 52 | (uint64_t)u->rows << 28 | (u->n_keys++ & 0xFFFFFFF);
-    }
-    dht_key_text(g, u->key, key, sizeof key);
-    if (dht_id_from_str(&id, key, strlen(key)) != 0) return DMOE_ENOMEM;
-    if (u->dir) return dht_get(u->d, &id, 0, on_dht_got, u);
-    msgpack_sbuffer v;
-    msgpack_sbuffer_init(&v);
-    int rc = dht_value(g, u->key, &v);
-    if (rc == 0)
-        rc = dht_store(u->d, &id, NULL, 0, v.data, v.size, dht_node_now(u->d) + LG_DHT_EXPIRATION_S, on_dht_stored, u);
-    msgpack_sbuffer_destroy(&v);
-    return rc;
-}
-
-static void on_dht_joined(void *arg, int err, const char *msg)
-{
-    lg_user *u = arg;
-    lg *g = u->g;
-    g->joined++;
-    if (err && !g->join_err) {
-        g->join_err = err;
-        snprintf(g->join_msg, sizeof g->join_msg, "%s", msg ? msg : dmoe_strerror(err));
-    }
-    if (g->joined == g->n_users) rt_loop_break(g->loop);
-}
-
-/* Every user becomes a client-mode DHT node; all join at once, the loop runs until every join ended. */
-static int dht_setup(lg *g)
-{
-    const loadgen_cfg *c = g->cfg;
-    size_t np = 0;
-    while (c->initial_peers[np]) np++;
-    g->keys = malloc(LG_DHT_POOL * sizeof *g->keys);
-    g->users = calloc((size_t)c->clients, sizeof *g->users);
-    if (!g->keys || !g->users) { snprintf(g->err, g->errlen, "out of memory"); return DMOE_ENOMEM; }
-    g->nonce = rt_clock_us() ^ ((uint64_t)getpid() << 40) ^ (c->seed * 0x9E3779B97F4A7C15ull);
-    int started = 0, rc = 0;
-    for (int i = 0; i < c->clients && rc == 0; i++) {
-        lg_user *u = &g->users[i];
-        g->n_users = i + 1;
-        u->g = g;
-        kern_rng_seed(&u->rng, c->seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
-        dht_transport tr;
-        dht_cfg dc;
-        dht_cfg_default(&dc);
-        dc.client_mode = 1;
-        dc.no_cache = 1;   /* every get is a lookup, not a read of what this node saw before */
-        dc.seed = g->nonce + (uint64_t)i;
-        u->cl = client_new(g->loop, NULL);
-        if (!u->cl || dht_net_new(u->cl, &u->dn, &tr) != 0 || dht_node_new(g->loop, &dc, &tr, &u->d) != 0) {
-            snprintf(g->err, g->errlen, "out of memory");
-            rc = DMOE_ENOMEM;
-        } else if ((rc = dht_node_bootstrap(u->d, c->initial_peers, np, on_dht_joined, u, g->err, g->errlen)) == 0) {
-            started++;
-        }
-    }
-    g->n_users = c->clients;
-    int want = g->n_users;
-    g->n_users = started;   /* on_dht_joined breaks the loop when every started join has ended */
-    while (g->joined < started) rt_loop_run(g->loop);   /* the bootstraps' own timers bound this */
-    g->n_users = want;
-    if (rc) return rc;
-    if (g->join_err) {
-        snprintf(g->err, g->errlen, "cannot join the DHT: %s", g->join_msg);
-        return g->join_err;
-    }
-    g->r->row_elems = c->batch_max;
-    return 0;
 }
 
 /* users_close ends what the users hold; calls still in flight end as lost. Idempotent. */
@@ -743,30 +260,9 @@ static void users_close(lg *g)
 {
     const loadgen_cfg *c = g->cfg;
     g->phase = PH_DONE;
-    if (c->mode == LOADGEN_MOE && g->inflight > 0) {
-        /* a layer may not be freed under a running call: every call ends by its own deadline */
-        g->wait_lost = 1;
-        while (g->inflight > 0) rt_loop_run(g->loop);
-    }
-    for (int i = 0; i < g->n_users; i++) {
-        lg_user *u = &g->users[i];
-        if (u->d) dht_node_stop(u->d);   /* its lookups end now: lost when in flight */
-        client_free(u->cl);
-        dht_node_free(u->d);
-        dht_net_free(u->dn);
-        moe_fwd_free(u->fwd);
-        moe_layer_free(u->moe);
-        moe_net_close(u->net);
-        free(u->x);
-        free(u->gy);
-        u->cl = NULL;
-        u->d = NULL;
-        u->dn = NULL;
-        u->fwd = NULL;
-        u->moe = NULL;
-        u->net = NULL;
-        u->x = u->gy = NULL;
-    }
+    if (c->mode == LOADGEN_MOE) lg_moe_close(g);
+    else if (c->mode == LOADGEN_DHT) lg_dht_close(g);
+    else lg_node_close(g);
 }
 
 /* ---- start-up ---- */
@@ -781,95 +277,8 @@ static void start_users(lg *g)
     maybe_finish(g);
 }
 
-static int same_io(const kern_io_info *a, int na, const kern_io_info *b, int nb)
-{
-    if (na != nb) return 0;
-    for (int i = 0; i < na; i++) {
-        if (a[i].dtype != b[i].dtype || a[i].ndim != b[i].ndim) return 0;
-        for (int d = 0; d < a[i].ndim; d++)
-            if (a[i].dims[d] != b[i].dims[d]) return 0;
-    }
-    return 1;
-}
-
-/* Choose the targets among the node's experts and check they share one schema. */
-static int pick_targets(lg *g, const msgpack_object *experts)
-{
-    const loadgen_cfg *c = g->cfg;
-    uint32_t n = experts->via.array.size;
-    int want = 0;
-    if (!c->all)
-        while (c->uids[want]) want++;
-    int cap = c->all ? (int)n : want;
-    if (cap < 1) { set_err(g, DMOE_EINVAL, "%s%s", "the node hosts no experts", ""); return g->rc; }
-    if (cap > LOADGEN_MAX_TARGETS) cap = LOADGEN_MAX_TARGETS;
-    g->uids = calloc((size_t)cap, sizeof *g->uids);
-    if (!g->uids) { set_err(g, DMOE_ENOMEM, "%s%s", "out of memory", ""); return g->rc; }
-    for (int t = 0; t < cap; t++) {
-        rx_schema s;
-        char e[256];
-        int found = 0;
-        for (uint32_t i = 0; i < n && !found; i++) {
-            if (rx_schema_parse(&experts->via.array.ptr[i], &s, e, sizeof e) != 0) {
-                set_err(g, DMOE_EPROTO, "the node's info is unreadable: %s%s", e, "");
-                return g->rc;
-            }
-            found = c->all ? (int)i == t : strcmp(s.uid, c->uids[t]) == 0;
-        }
-        if (!found) { set_err(g, DMOE_EINVAL, "the node has no expert %s%s", c->uids[t], ""); return g->rc; }
-        if (t == 0) {
-            g->schema = s;
-        } else if (!same_io(s.in, s.n_in, g->schema.in, g->schema.n_in) ||
-                   !same_io(s.out, s.n_out, g->schema.out, g->schema.n_out)) {
-            set_err(g, DMOE_EINVAL, "experts %s and %s take different inputs: target one kind at a time", g->schema.uid, s.uid);
-            return g->rc;
-        }
-        if (s.max_batch_size < g->schema.max_batch_size) g->schema.max_batch_size = s.max_batch_size;
-        snprintf(g->uids[t], sizeof g->uids[t], "%s", s.uid);
-        g->n_targets = t + 1;
-    }
-    if (c->batch_max > g->schema.max_batch_size) {
-        char a[32], b[32];
-        snprintf(a, sizeof a, "%lld", (long long)c->batch_max);
-        snprintf(b, sizeof b, "%lld", (long long)g->schema.max_batch_size);
-        set_err(g, DMOE_EINVAL, "batch %s is over the node's max_batch_size %s", a, b);
-        return g->rc;
-    }
-    if (g->schema.n_in < 1 || g->schema.n_out < 1) {
-        set_err(g, DMOE_EINVAL, "expert %s has no inputs or outputs%s", g->schema.uid, "");
-        return g->rc;
-    }
-    return 0;
-}
-
-static int make_users(lg *g)
-{
-    const loadgen_cfg *c = g->cfg;
-    g->users = calloc((size_t)c->clients, sizeof *g->users);
-    if (!g->users) return DMOE_ENOMEM;
-    g->n_users = c->clients;
-    for (int i = 0; i < g->n_users; i++) {
-        lg_user *u = &g->users[i];
-        u->g = g;
-        kern_rng_seed(&u->rng, c->seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 1);
-        u->cl = client_new(g->loop, NULL);
-        if (!u->cl) return DMOE_ENOMEM;
-        for (int k = 0; k < g->schema.n_in; k++) {
-            u->in[k] = buf_new((size_t)c->batch_max * kern_io_numel(&g->schema.in[k]) * kern_dtype_size(g->schema.in[k].dtype));
-            if (!u->in[k]) return DMOE_ENOMEM;
-            fill_rows(u->in[k], &g->schema.in[k], &u->rng);
-        }
-        for (int k = 0; c->mix > 0 && k < g->schema.n_out; k++) {
-            u->gout[k] = buf_new((size_t)c->batch_max * kern_io_numel(&g->schema.out[k]) * sizeof(float));
-            if (!u->gout[k]) return DMOE_ENOMEM;
-            fill_rows(u->gout[k], &g->schema.out[k], &u->rng);
-        }
-    }
-    return 0;
-}
-
-/* start_run starts the clock, the timers and the first wave of users. */
-static void start_run(lg *g)
+/* lg_start_run starts the clock, the timers and the first wave of users. */
+void lg_start_run(lg *g)
 {
     g->phase = PH_RUN;
     g->t0_us = g->t_tick_us = rt_clock_us();
@@ -878,31 +287,6 @@ static void start_run(lg *g)
     rt_timer_start(&g->tick, LG_TICK_MS, 1);
     if (g->cfg->duration_s > 0) rt_timer_start(&g->deadline, (uint64_t)(g->cfg->duration_s * 1000.0 + 0.5), 0);
     start_users(g);
-}
-
-static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
-{
-    lg *g = arg;
-    if (g->phase != PH_INFO) return 0;
-    if (err) {
-        set_err(g, err, "info from the node failed: %s%s", msg ? msg : dmoe_strerror(err), "");
-        finish(g);
-        return 0;
-    }
-    const msgpack_object *ex = reply->result ? wire_map_get(reply->result, "experts") : NULL;
-    if (!ex || ex->type != MSGPACK_OBJECT_ARRAY) {
-        set_err(g, DMOE_EPROTO, "the node's info has no experts list%s%s", "", "");
-        finish(g);
-        return 0;
-    }
-    if (pick_targets(g, ex) != 0) { finish(g); return 0; }
-    g->r->n_targets = g->n_targets;
-    snprintf(g->r->first_target, sizeof g->r->first_target, "%s", g->uids[0]);
-    g->r->row_elems = (int64_t)kern_io_numel(&g->schema.in[0]);
-    int rc = make_users(g);
-    if (rc) { set_err(g, rc, "%s%s", "out of memory for the users' rows", ""); finish(g); return 0; }
-    start_run(g);
-    return 0;
 }
 
 static void lg_handle(rt_actor *self, rt_msg *m)
@@ -915,9 +299,9 @@ static void lg_handle(rt_actor *self, rt_msg *m)
     else if (type == LG_MSG_START) start_users(g);
     else if (type == LG_MSG_DEADLINE) {
         if (g->phase == PH_RUN) enter_drain(g);
-        else finish(g);   /* the wait for the last replies is over */
+        else lg_finish(g);   /* the wait for the last replies is over */
     }
-    if (g->rc) finish(g);
+    if (g->rc) lg_finish(g);
 }
 
 static void lg_destroy(rt_actor *self)
@@ -1011,17 +395,12 @@ int loadgen_run(const loadgen_cfg *c, loadgen_report *r, char *err, size_t errle
     rt_signal_init(&g->start_sig, &g->actor, LG_MSG_START);
 
     if (c->mode == LOADGEN_NODE) {
-        g->info_cl = client_new(g->loop, NULL);
-        wire_out *o = g->info_cl ? wire_out_new() : NULL;
-        if (!o) { snprintf(err, errlen, "out of memory"); rc = DMOE_ENOMEM; goto out_loop; }
-        uint64_t id = client_next_id(g->info_cl);
-        wire_request_begin(o, id, "info", 2);
-        rc = client_call(g->info_cl, &c->peer, id, o, c->timeout_ms, on_info, g);
-        if (rc) { snprintf(err, errlen, "cannot call %s (an IP address is needed)", c->peer.host); goto out_loop; }
-    } else {
-        rc = c->mode == LOADGEN_MOE ? moe_setup(g) : dht_setup(g);
+        rc = lg_node_start(g);   /* the info reply builds the users and starts the run */
         if (rc) goto out_loop;
-        start_run(g);
+    } else {
+        rc = c->mode == LOADGEN_MOE ? lg_moe_setup(g) : lg_dht_setup(g);
+        if (rc) goto out_loop;
+        lg_start_run(g);
     }
     if (g->phase != PH_DONE) rt_loop_run(g->loop);
     rc = g->rc;
@@ -1051,14 +430,8 @@ out_loop:
     rt_loop_run(g->loop);   /* reaps the stopped actors (calls, connections, ours) */
     rt_loop_free(g->loop);
 out:
-    for (int i = 0; i < g->n_users; i++) {
-        for (int k = 0; k < KERN_MAX_IO; k++) {
-            buf_unref(g->users[i].in[k]);
-            buf_unref(g->users[i].gout[k]);
-        }
-    }
+    if (c->mode == LOADGEN_NODE) lg_node_free(g);   /* the users' row buffers, the targets */
     free(g->users);
-    free(g->uids);
     free(g->keys);
     free(g->lat[0].v);
     free(g->lat[1].v);

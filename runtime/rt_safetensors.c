@@ -1,4 +1,4 @@
-/* rt_safetensors.c -- safetensors writing, strict reading, and checkpoint folders (see rt_safetensors.h).
+/* rt_safetensors.c -- safetensors writing and strict reading (see rt_safetensors.h).
  *
  * Design notes.
  *   Writing goes through st_out, a sticky-error file writer in the manner of SQLite's vdbesort.c: each
@@ -7,19 +7,21 @@
  *   unlink the temporary file. The header is built in memory first (st_buf, also sticky: an allocation
  *   failure is reported at the end), because its length is the first thing in the file.
  *
- *   Reading parses the JSON with a cursor over exactly the subset the format uses: one object of
- *   objects, strings with every JSON escape (\uXXXX with surrogate pairs, to UTF-8; \u0000 refused
- *   because names are C strings), non-negative integers, arrays of them. The structure is fixed, so the
- *   parser is not recursive and a hostile header cannot exhaust the stack. Floats, true/false/null,
- *   unknown fields and duplicate keys are refused. Tensors are then checked against the buffer: sorted
- *   by offsets, each must start where the previous one ended, and the last must end at the end of the
- *   file; that catches overlaps, holes and trailing bytes in one pass.
+ *   Reading checks that the header is UTF-8, then walks it with the JSON-subset cursor of rt_json.c
+ *   (strings with every escape, non-negative integers, arrays of them; see rt_json.h). This file supplies
+ *   the structure: one object whose members are "__metadata__" (an object of strings) or tensors (an
+ *   object of exactly dtype, shape and data_offsets). The structure is fixed, so nothing recurses and a
+ *   hostile header cannot exhaust the stack. Floats, true/false/null, unknown fields and duplicate keys
+ *   are refused. Tensors are then checked against the buffer: sorted by offsets, each must start where
+ *   the previous one ended, and the last must end at the end of the file; that catches overlaps, holes
+ *   and trailing bytes in one pass.
+ *
+ *   Checkpoint folders (rt_ckpt_*, declared in rt_safetensors.h) live in rt_ckpt_files.c.
  *
  * No global state; blocking I/O only.
  */
 #include "runtime/rt_safetensors.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -31,8 +33,8 @@
 #include <unistd.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_json.h"
 
-#define ST_SUFFIX ".safetensors"
 #define ST_META_KEY "__metadata__"
 
 /* st_fail formats the message into err (if any) and returns code. */
@@ -360,217 +362,6 @@ struct rt_st_file {
     size_t nmeta, mcap;
 };
 
-/* The JSON cursor over [start, end). */
-typedef struct {
-    const char *p, *end, *start;
-    char *err;
-    size_t errlen;
-} st_js;
-
-static int js_fail(st_js *j, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int js_fail(st_js *j, int code, const char *fmt, ...)
-{
-    if (j->err && j->errlen) {
-        int n = snprintf(j->err, j->errlen, "header byte %zu: ", (size_t)(j->p - j->start));
-        if (n >= 0 && (size_t)n < j->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(j->err + n, j->errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
-}
-
-static void js_ws(st_js *j)
-{
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
-}
-
-/* js_peek skips whitespace and returns the next byte, or 0 at the end. */
-static char js_peek(st_js *j)
-{
-    js_ws(j);
-    return j->p < j->end ? *j->p : 0;
-}
-
-static int js_expect(st_js *j, char c)
-{
-    if (js_peek(j) != c) return js_fail(j, DMOE_EPROTO, "bad JSON: expected '%c'", c);
-    j->p++;
-    return 0;
-}
-
-static int js_hex4(st_js *j, unsigned *v)
-{
-    if (j->end - j->p < 4) return js_fail(j, DMOE_EPROTO, "bad JSON: short \\u escape");
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = *j->p++;
-        unsigned d = (c >= '0' && c <= '9') ? (unsigned)(c - '0')
-                   : (c >= 'a' && c <= 'f') ? (unsigned)(c - 'a' + 10)
-                   : (c >= 'A' && c <= 'F') ? (unsigned)(c - 'A' + 10) : 16u;
-        if (d == 16) return js_fail(j, DMOE_EPROTO, "bad JSON: bad hex digit in \\u escape");
-        *v = *v << 4 | d;
-    }
-    return 0;
-}
-
-/* js_string parses a string literal into a malloc'd, NUL-terminated UTF-8 copy (*out, caller frees). */
-static int js_string(st_js *j, char **out)
-{
-    if (js_peek(j) != '"') return js_fail(j, DMOE_EPROTO, "bad JSON: expected a string");
-    j->p++;
-    const char *q = j->p;
-    while (q < j->end && *q != '"') q += (*q == '\\' && q + 1 < j->end) ? 2 : 1;
-    char *s = malloc((size_t)(q - j->p) + 1);   /* escapes never expand */
-    if (!s) return js_fail(j, DMOE_ENOMEM, "out of memory");
-    size_t n = 0;
-    int rc = 0;
-    for (;;) {
-        if (j->p >= j->end) {
-            rc = js_fail(j, DMOE_EPROTO, "bad JSON: unterminated string");
-            break;
-        }
-        unsigned char c = (unsigned char)*j->p++;
-        if (c == '"') break;
-        if (c < 0x20) {
-            rc = js_fail(j, DMOE_EPROTO, "bad JSON: control character in a string");
-            break;
-        }
-        if (c != '\\') {
-            s[n++] = (char)c;
-            continue;
-        }
-        if (j->p >= j->end) {
-            rc = js_fail(j, DMOE_EPROTO, "bad JSON: unterminated escape");
-            break;
-        }
-        static const char esc[] = "\"\\/bfnrt", repl[] = "\"\\/\b\f\n\r\t";
-        char e = *j->p++;
-        const char *simple = e ? strchr(esc, e) : NULL;
-        if (simple) {
-            s[n++] = repl[simple - esc];
-            continue;
-        }
-        if (e != 'u') {
-            rc = js_fail(j, DMOE_EPROTO, "bad JSON: unknown escape");
-            break;
-        }
-        unsigned cp, lo;
-        if ((rc = js_hex4(j, &cp))) break;
-        if (cp >= 0xdc00 && cp <= 0xdfff) {
-            rc = js_fail(j, DMOE_EPROTO, "bad JSON: lone low surrogate");
-            break;
-        }
-        if (cp >= 0xd800 && cp <= 0xdbff) {
-            if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u') {
-                rc = js_fail(j, DMOE_EPROTO, "bad JSON: lone high surrogate");
-                break;
-            }
-            j->p += 2;
-            if ((rc = js_hex4(j, &lo))) break;
-            if (lo < 0xdc00 || lo > 0xdfff) {
-                rc = js_fail(j, DMOE_EPROTO, "bad JSON: bad surrogate pair");
-                break;
-            }
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-        }
-        if (cp == 0) {
-            rc = js_fail(j, DMOE_EPROTO, "bad JSON: \\u0000 in a string");
-            break;
-        }
-        /* an escape of 6 (or 12) bytes becomes at most 3 (or 4) bytes of UTF-8 */
-        if (cp < 0x80) {
-            s[n++] = (char)cp;
-        } else if (cp < 0x800) {
-            s[n++] = (char)(0xc0 | cp >> 6);
-            s[n++] = (char)(0x80 | (cp & 0x3f));
-        } else if (cp < 0x10000) {
-            s[n++] = (char)(0xe0 | cp >> 12);
-            s[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-            s[n++] = (char)(0x80 | (cp & 0x3f));
-        } else {
-            s[n++] = (char)(0xf0 | cp >> 18);
-            s[n++] = (char)(0x80 | ((cp >> 12) & 0x3f));
-            s[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-            s[n++] = (char)(0x80 | (cp & 0x3f));
-        }
-    }
-    if (rc) {
-        free(s);
-        return rc;
-    }
-    s[n] = 0;
-    *out = s;
-    return 0;
-}
-
-/* js_uint parses a non-negative JSON integer up to max. */
-static int js_uint(st_js *j, uint64_t max, uint64_t *v)
-{
-    char c = js_peek(j);
-    if (c == '-') return js_fail(j, DMOE_EPROTO, "bad header: negative number");
-    if (c < '0' || c > '9') return js_fail(j, DMOE_EPROTO, "bad JSON: expected an integer");
-    if (c == '0' && j->p + 1 < j->end && j->p[1] >= '0' && j->p[1] <= '9')
-        return js_fail(j, DMOE_EPROTO, "bad JSON: leading zero");
-    uint64_t x = 0;
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
-        unsigned d = (unsigned)(*j->p - '0');
-        if (x > (max - d) / 10) return js_fail(j, DMOE_ETOOBIG, "bad header: number too large");
-        x = x * 10 + d;
-        j->p++;
-    }
-    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E'))
-        return js_fail(j, DMOE_EPROTO, "bad header: not an integer");
-    *v = x;
-    return 0;
-}
-
-/* js_uints parses an array of at most max integers (each <= lim) into v; sets *n. */
-static int js_uints(st_js *j, uint64_t *v, int max, uint64_t lim, int *n, const char *what)
-{
-    int rc = js_expect(j, '[');
-    if (rc) return rc;
-    *n = 0;
-    if (js_peek(j) == ']') {
-        j->p++;
-        return 0;
-    }
-    for (;;) {
-        if (*n == max) return js_fail(j, DMOE_ETOOBIG, "%s has more than %d entries", what, max);
-        if ((rc = js_uint(j, lim, &v[(*n)++]))) return rc;
-        char c = js_peek(j);
-        j->p++;
-        if (c == ']') return 0;
-        if (c != ',') return js_fail(j, DMOE_EPROTO, "bad JSON: expected ',' or ']' in %s", what);
-    }
-}
-
-/* js_members walks an object's members: calls member(j, key, ctx) after each "key":, which parses the
- * value. Takes ownership of nothing; key is freed after the call. */
-static int js_members(st_js *j, int (*member)(st_js *, const char *, void *), void *ctx)
-{
-    int rc = js_expect(j, '{');
-    if (rc) return rc;
-    if (js_peek(j) == '}') {
-        j->p++;
-        return 0;
-    }
-    for (;;) {
-        char *key;
-        if ((rc = js_string(j, &key))) return rc;
-        rc = js_expect(j, ':');
-        if (!rc) rc = member(j, key, ctx);
-        free(key);
-        if (rc) return rc;
-        char c = js_peek(j);
-        j->p++;
-        if (c == '}') return 0;
-        if (c != ',') return js_fail(j, DMOE_EPROTO, "bad JSON: expected ',' or '}'");
-    }
-}
-
 /* One tensor entry as parsed, before the checks against the buffer. */
 typedef struct {
     const char *name;
@@ -581,56 +372,56 @@ typedef struct {
     uint64_t off[2];
 } st_entry;
 
-static int st_tensor_member(st_js *j, const char *key, void *ctx)
+static int st_tensor_member(rt_json_cur *j, const char *key, void *ctx)
 {
     st_entry *e = ctx;
     int rc, n;
     if (strcmp(key, "dtype") == 0) {
-        if (e->has_dtype) return js_fail(j, DMOE_EPROTO, "tensor '%s': duplicate \"dtype\"", e->name);
+        if (e->has_dtype) return rt_json_fail(j, DMOE_EPROTO, "tensor '%s': duplicate \"dtype\"", e->name);
         char *s;
-        if ((rc = js_string(j, &s))) return rc;
+        if ((rc = rt_json_string(j, &s))) return rc;
         rc = 0;
         if (strcmp(s, "F32") == 0) e->dtype = RT_ST_F32;
         else if (strcmp(s, "I64") == 0) e->dtype = RT_ST_I64;
         else if (strcmp(s, "U8") == 0) e->dtype = RT_ST_U8;
-        else rc = js_fail(j, DMOE_EINVAL, "tensor '%s': dtype \"%.16s\" is not supported", e->name, s);
+        else rc = rt_json_fail(j, DMOE_EINVAL, "tensor '%s': dtype \"%.16s\" is not supported", e->name, s);
         free(s);
         e->has_dtype = true;
         return rc;
     }
     if (strcmp(key, "shape") == 0) {
-        if (e->has_shape) return js_fail(j, DMOE_EPROTO, "tensor '%s': duplicate \"shape\"", e->name);
-        if ((rc = js_uints(j, e->shape, RT_ST_MAX_NDIM, INT64_MAX, &e->ndim, "shape"))) return rc;
+        if (e->has_shape) return rt_json_fail(j, DMOE_EPROTO, "tensor '%s': duplicate \"shape\"", e->name);
+        if ((rc = rt_json_uints(j, e->shape, RT_ST_MAX_NDIM, INT64_MAX, &e->ndim, "shape"))) return rc;
         e->has_shape = true;
         return 0;
     }
     if (strcmp(key, "data_offsets") == 0) {
-        if (e->has_off) return js_fail(j, DMOE_EPROTO, "tensor '%s': duplicate \"data_offsets\"", e->name);
-        if ((rc = js_uints(j, e->off, 2, UINT64_MAX, &n, "data_offsets"))) return rc;
-        if (n != 2) return js_fail(j, DMOE_EPROTO, "tensor '%s': data_offsets needs 2 numbers", e->name);
+        if (e->has_off) return rt_json_fail(j, DMOE_EPROTO, "tensor '%s': duplicate \"data_offsets\"", e->name);
+        if ((rc = rt_json_uints(j, e->off, 2, UINT64_MAX, &n, "data_offsets"))) return rc;
+        if (n != 2) return rt_json_fail(j, DMOE_EPROTO, "tensor '%s': data_offsets needs 2 numbers", e->name);
         e->has_off = true;
         return 0;
     }
-    return js_fail(j, DMOE_EPROTO, "tensor '%s': unknown field \"%.32s\"", e->name, key);
+    return rt_json_fail(j, DMOE_EPROTO, "tensor '%s': unknown field \"%.32s\"", e->name, key);
 }
 
-static int st_meta_member(st_js *j, const char *key, void *ctx)
+static int st_meta_member(rt_json_cur *j, const char *key, void *ctx)
 {
     rt_st_file *f = ctx;
     if (f->nmeta == f->mcap) {
         size_t cap = f->mcap ? 2 * f->mcap : 8;
         rt_st_kv *m = realloc(f->meta, cap * sizeof *m);
-        if (!m) return js_fail(j, DMOE_ENOMEM, "out of memory");
+        if (!m) return rt_json_fail(j, DMOE_ENOMEM, "out of memory");
         f->meta = m;
         f->mcap = cap;
     }
     char *k = strdup(key), *v = NULL;
-    if (!k) return js_fail(j, DMOE_ENOMEM, "out of memory");
-    if (js_peek(j) != '"') {
+    if (!k) return rt_json_fail(j, DMOE_ENOMEM, "out of memory");
+    if (rt_json_peek(j) != '"') {
         free(k);
-        return js_fail(j, DMOE_EPROTO, "__metadata__ value of \"%.32s\" is not a string", key);
+        return rt_json_fail(j, DMOE_EPROTO, "__metadata__ value of \"%.32s\" is not a string", key);
     }
-    int rc = js_string(j, &v);
+    int rc = rt_json_string(j, &v);
     if (rc) {
         free(k);
         return rc;
@@ -647,32 +438,32 @@ typedef struct {
     bool seen_meta;
 } st_top;
 
-static int st_top_member(st_js *j, const char *key, void *ctx)
+static int st_top_member(rt_json_cur *j, const char *key, void *ctx)
 {
     st_top *top = ctx;
     rt_st_file *f = top->f;
     if (strcmp(key, ST_META_KEY) == 0) {
-        if (top->seen_meta) return js_fail(j, DMOE_EPROTO, "duplicate key \"__metadata__\"");
+        if (top->seen_meta) return rt_json_fail(j, DMOE_EPROTO, "duplicate key \"__metadata__\"");
         top->seen_meta = true;
-        return js_members(j, st_meta_member, f);
+        return rt_json_members(j, st_meta_member, f);
     }
-    if (!key[0]) return js_fail(j, DMOE_EPROTO, "empty tensor name");
+    if (!key[0]) return rt_json_fail(j, DMOE_EPROTO, "empty tensor name");
     if (f->nt == f->tcap) {
         size_t cap = f->tcap ? 2 * f->tcap : 8;
         rt_st_tensor *t = realloc(f->t, cap * sizeof *t);
-        if (!t) return js_fail(j, DMOE_ENOMEM, "out of memory");
+        if (!t) return rt_json_fail(j, DMOE_ENOMEM, "out of memory");
         f->t = t;
         uint64_t(*off)[2] = realloc(f->off, cap * sizeof *off);
-        if (!off) return js_fail(j, DMOE_ENOMEM, "out of memory");
+        if (!off) return rt_json_fail(j, DMOE_ENOMEM, "out of memory");
         f->off = off;
         f->tcap = cap;
     }
     char *name = strdup(key);
-    if (!name) return js_fail(j, DMOE_ENOMEM, "out of memory");
+    if (!name) return rt_json_fail(j, DMOE_ENOMEM, "out of memory");
     st_entry e = {.name = name};
-    int rc = js_members(j, st_tensor_member, &e);
+    int rc = rt_json_members(j, st_tensor_member, &e);
     if (!rc && !(e.has_dtype && e.has_shape && e.has_off))
-        rc = js_fail(j, DMOE_EPROTO, "tensor '%s': missing %s", name,
+        rc = rt_json_fail(j, DMOE_EPROTO, "tensor '%s': missing %s", name,
                      !e.has_dtype ? "\"dtype\"" : !e.has_shape ? "\"shape\"" : "\"data_offsets\"");
     if (rc) {
         free(name);
@@ -688,37 +479,6 @@ static int st_top_member(st_js *j, const char *key, void *ctx)
     f->off[f->nt][1] = e.off[1];
     f->nt++;
     return 0;
-}
-
-/* st_utf8_ok returns whether s[0..n) is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF). */
-static bool st_utf8_ok(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t k;
-        uint32_t cp, min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            k = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            k = 2, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            k = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if (n - i <= k) return false;
-        for (size_t m = 1; m <= k; m++) {
-            if ((s[i + m] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + m] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += k + 1;
-    }
-    return true;
 }
 
 /* st_cmp_off orders tensor indices by data_offsets (qsort_r, the file as context). */
@@ -875,16 +635,17 @@ int rt_st_open(const char *path, rt_st_file **out, char *err, size_t errlen)
         rc = st_fail(err, errlen, DMOE_EPROTO, "bad header: does not start with '{'");
         goto fail;
     }
-    if (!st_utf8_ok(f->buf + 8, (size_t)hn)) {
+    if (!rt_json_utf8_ok(f->buf + 8, (size_t)hn)) {
         rc = st_fail(err, errlen, DMOE_EPROTO, "bad header: not UTF-8");
         goto fail;
     }
-    st_js j = {.p = h, .end = h + hn, .start = h, .err = err, .errlen = errlen};
+    rt_json_cur j;
+    rt_json_init(&j, h, (size_t)hn, err, errlen);
     st_top top = {.f = f};
-    rc = js_members(&j, st_top_member, &top);
+    rc = rt_json_members(&j, st_top_member, &top);
     if (!rc) {
-        js_ws(&j);   /* the Rust writer pads with spaces; JSON allows any whitespace here */
-        if (j.p != j.end) rc = js_fail(&j, DMOE_EPROTO, "bad JSON: bytes after the header object");
+        rt_json_ws(&j);   /* the Rust writer pads with spaces; JSON allows any whitespace here */
+        if (j.p != j.end) rc = rt_json_fail(&j, DMOE_EPROTO, "bad JSON: bytes after the header object");
     }
     if (rc) goto fail;
     rc = st_validate(f, f->buf + 8 + hn, f->size - 8 - hn, err, errlen);
@@ -967,107 +728,4 @@ int rt_st_copy(const rt_st_file *f, const char *name, rt_st_dtype dtype, int ndi
                        dst_bytes);
     if (dst_bytes) memcpy(dst, t->data, dst_bytes);
     return 0;
-}
-
-/* ---- checkpoint folders ------------------------------------------------------------------------ */
-
-int rt_ckpt_path(const char *dir, const char *prefix, int64_t step, char *buf, size_t len)
-{
-    if (!dir || !prefix || !buf || step < 0) return DMOE_EINVAL;
-    int n = snprintf(buf, len, "%s/%s%lld" ST_SUFFIX, dir, prefix, (long long)step);
-    return n < 0 || (size_t)n >= len ? DMOE_ETOOBIG : 0;
-}
-
-/* ck_step returns whether name is PREFIX<N>.safetensors with canonical N, and sets *step. */
-static bool ck_step(const char *name, const char *prefix, int64_t *step)
-{
-    size_t pl = strlen(prefix), sl = strlen(ST_SUFFIX), nl = strlen(name);
-    if (nl <= pl + sl || strncmp(name, prefix, pl) != 0 || strcmp(name + nl - sl, ST_SUFFIX) != 0) return false;
-    const char *d = name + pl, *e = name + nl - sl;
-    if (e - d > 1 && d[0] == '0') return false;
-    int64_t v = 0;
-    for (; d < e; d++) {
-        if (*d < '0' || *d > '9') return false;
-        if (v > (INT64_MAX - (*d - '0')) / 10) return false;
-        v = v * 10 + (*d - '0');
-    }
-    *step = v;
-    return true;
-}
-
-static int ck_cmp_desc(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x < y) - (x > y);
-}
-
-/* ck_scan returns all steps in dir, sorted largest first, in a malloc'd array (*steps, *n). */
-static int ck_scan(const char *dir, const char *prefix, int64_t **steps, size_t *n)
-{
-    if (!dir || !prefix) return DMOE_EINVAL;
-    DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? DMOE_ENOTFOUND : DMOE_EIO;
-    int64_t *v = NULL;
-    size_t cnt = 0, cap = 0;
-    int rc = 0;
-    struct dirent *de;
-    errno = 0;
-    while ((de = readdir(d)) != NULL) {
-        int64_t s;
-        if (!ck_step(de->d_name, prefix, &s)) continue;
-        if (cnt == cap) {
-            size_t nc = cap ? 2 * cap : 16;
-            int64_t *nv = realloc(v, nc * sizeof *nv);
-            if (!nv) {
-                rc = DMOE_ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = nc;
-        }
-        v[cnt++] = s;
-        errno = 0;
-    }
-    if (!rc && errno != 0) rc = DMOE_EIO;
-    closedir(d);
-    if (rc) {
-        free(v);
-        return rc;
-    }
-    if (cnt) qsort(v, cnt, sizeof *v, ck_cmp_desc);
-    *steps = v;
-    *n = cnt;
-    return 0;
-}
-
-int rt_ckpt_list(const char *dir, const char *prefix, int64_t *steps, size_t cap, size_t *count)
-{
-    if (!count || (cap && !steps)) return DMOE_EINVAL;
-    int64_t *all = NULL;
-    size_t n = 0;
-    int rc = ck_scan(dir, prefix, &all, &n);
-    if (rc) return rc;
-    for (size_t i = 0; i < n && i < cap; i++) steps[i] = all[i];
-    free(all);
-    *count = n;
-    return 0;
-}
-
-int rt_ckpt_prune(const char *dir, const char *prefix, size_t keep, size_t *removed)
-{
-    int64_t *all = NULL;
-    size_t n = 0, gone = 0;
-    int rc = ck_scan(dir, prefix, &all, &n);
-    if (rc) return rc;
-    for (size_t i = keep; i < n; i++) {
-        char path[4096];
-        if (rt_ckpt_path(dir, prefix, all[i], path, sizeof path) || unlink(path) != 0) {
-            rc = DMOE_EIO;
-            continue;
-        }
-        gone++;
-    }
-    free(all);
-    if (removed) *removed = gone;
-    return rc;
 }

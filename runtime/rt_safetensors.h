@@ -22,6 +22,9 @@
  * Checkpoint folders: rt_ckpt_list lists PREFIX<N>.safetensors files (N a canonical decimal) newest
  * (highest N) first and rt_ckpt_prune deletes all but the newest K.
  *
+ * Implemented in three files: rt_safetensors.c (writing, reading), rt_json.c (the header's JSON
+ * subset), rt_ckpt_files.c (checkpoint folders).
+ *
  * Plain blocking file I/O: call from a worker thread or a tool's main thread, never from the event loop.
  * An rt_st_file is read-only after rt_st_open and may be shared by threads until rt_st_close.
  */

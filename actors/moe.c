@@ -9,8 +9,9 @@
  * then are abandoned: their replies are dropped when they come (the client's own timeout bounds them),
  * and the op frees itself only when the last one has come back, so no callback ever sees freed memory.
  *
- * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows (the same
- * refcounted tensors are sent again), outputs and weights. Gradients follow hivemind's autograd graph:
+ * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
+ * of the extra inputs (the same refcounted tensors are sent again: the node needs every input), outputs
+ * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph:
  * grad_output_j = weight_j * gy goes to expert j; d loss / d logit comes from the softmax (or, in switch
  * mode, the per-dimension softmaxes and the balancing loss); the gating Linear's gradients and its input
  * gradient are computed locally; experts that fail the backward contribute nothing.
@@ -55,7 +56,8 @@ typedef struct {
     int coords[MOE_MAX_DIMS];
     int64_t *rows;            /* samples routed here */
     int64_t nrows;
-    rx_tensor x, out, gx;
+    rx_tensor in[KERN_MAX_IO];  /* x's rows routed here, then the extra inputs' same rows */
+    rx_tensor out, gx;
     int ok, bok;
 } moe_exp;
 
@@ -64,6 +66,8 @@ struct moe_fwd {
     int64_t B;
     int in, D, k;
     float *x, *noise;         /* input; switch jitter factors (NULL otherwise) */
+    rx_tensor extra[KERN_MAX_IO - 1];   /* extra inputs for all B samples (copies) */
+    int n_extra;
     float *xg, *S, *P;        /* gating input, scores [B, total], switch probabilities */
     int *slot_exp;            /* [B, k]: expert index or -1 */
     int64_t *slot_row;        /* [B, k]: row within the expert's request */
@@ -185,11 +189,12 @@ void moe_fwd_free(moe_fwd *f)
     if (!f) return;
     for (int e = 0; e < f->nexp; e++) {
         free(f->exp[e].rows);
-        rx_tensor_free(&f->exp[e].x);
+        for (int i = 0; i < KERN_MAX_IO; i++) rx_tensor_free(&f->exp[e].in[i]);
         rx_tensor_free(&f->exp[e].out);
         rx_tensor_free(&f->exp[e].gx);
     }
     free(f->exp);
+    for (int i = 0; i < f->n_extra; i++) rx_tensor_free(&f->extra[i]);
     free(f->x);
     free(f->noise);
     free(f->xg);
@@ -399,8 +404,8 @@ static void send_all(op *o)
         uint64_t now = rt_clock_us();
         uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
         o->ctx[ei] = (call_ctx){ o, ei };
-        int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, &e->x, o->backward ? &gout : NULL, ms,
-                                   on_answer, &o->ctx[ei]);
+        int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra,
+                                   o->backward ? &gout : NULL, ms, on_answer, &o->ctx[ei]);
         rx_tensor_free(&gout);
         if (rc) {
             LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
@@ -451,9 +456,20 @@ static int group_experts(op *o)
     for (int ei = 0; ei < f->nexp; ei++) {
         moe_exp *e = &f->exp[ei];
         int64_t shape[2] = { e->nrows, f->in };
-        if (rx_tensor_alloc(&e->x, WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
-        float *xe = rx_tensor_f32(&e->x);
+        if (rx_tensor_alloc(&e->in[0], WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
+        float *xe = rx_tensor_f32(&e->in[0]);
         for (int64_t r = 0; r < e->nrows; r++) memcpy(xe + r * f->in, f->x + e->rows[r] * f->in, (size_t)f->in * sizeof *xe);
+        for (int i = 0; i < f->n_extra; i++) {
+            const rx_tensor *t = &f->extra[i];
+            int64_t sh[WIRE_MAX_NDIM];
+            memcpy(sh, t->shape, sizeof sh);
+            sh[0] = e->nrows;
+            if (rx_tensor_alloc(&e->in[1 + i], t->dtype, t->ndim, sh) != 0) return DMOE_ENOMEM;
+            size_t row = t->numel / (size_t)f->B * wire_dtype_size(t->dtype);
+            uint8_t *dst = e->in[1 + i].buf ? e->in[1 + i].buf->data : NULL;
+            if (!dst || row == 0) continue;
+            for (int64_t r = 0; r < e->nrows; r++) memcpy(dst + (size_t)r * row, t->buf->data + (size_t)e->rows[r] * row, row);
+        }
     }
     f->st.experts_chosen = f->nexp;
     return 0;
@@ -501,13 +517,41 @@ static void gating(moe_layer *m, moe_fwd *f)
     if (kp != keep) free(kp);
 }
 
+/* extra_ok checks an extra input: float32 or uint8, [B, ...], finite with detect_anomalies. */
+static int extra_ok(const moe_layer *m, const rx_tensor *t, int64_t B)
+{
+    if (t->dtype != WIRE_DT_F32 && t->dtype != WIRE_DT_U8) return 0;
+    if (t->ndim < 1 || t->ndim > WIRE_MAX_NDIM || t->shape[0] != B) return 0;
+    if (t->numel && !t->buf) return 0;
+    if (t->dtype == WIRE_DT_F32 && m->c.detect_anomalies && t->numel && !kern_all_finite(rx_tensor_f32(t), t->numel))
+        return 0;
+    return 1;
+}
+
 int moe_forward(moe_layer *m, const float *x, int64_t B, moe_fwd_cb cb, void *arg)
 {
+    return moe_forward_ex(m, x, B, NULL, 0, cb, arg);
+}
+
+int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd_cb cb,
+                   void *arg)
+{
     if (B < 1 || B > (1 << 24)) return DMOE_EINVAL;
+    if (n_extra < 0 || n_extra > KERN_MAX_IO - 1 || (n_extra > 0 && !extra)) return DMOE_EINVAL;
+    for (int i = 0; i < n_extra; i++)
+        if (!extra_ok(m, &extra[i], B)) return DMOE_EINVAL;
     int in = m->c.in_features, T = m->total, k = m->c.k_best;
     if (m->c.detect_anomalies && !kern_all_finite(x, (size_t)B * (size_t)in)) return DMOE_EINVAL;
     moe_fwd *f = calloc(1, sizeof *f);
     if (!f) return DMOE_ENOMEM;
+    for (int i = 0; i < n_extra; i++) {
+        if (rx_tensor_alloc(&f->extra[i], extra[i].dtype, extra[i].ndim, extra[i].shape) != 0) {
+            moe_fwd_free(f);
+            return DMOE_ENOMEM;
+        }
+        f->n_extra = i + 1;
+        if (extra[i].numel) memcpy(f->extra[i].buf->data, extra[i].buf->data, extra[i].numel * wire_dtype_size(extra[i].dtype));
+    }
     f->m = m;
     f->B = B;
     f->in = in;
@@ -779,7 +823,7 @@ typedef struct {
     moe_call_cb cb;
     void *arg;
     int backward;
-    rx_buf *xbuf;   /* the input's buffer: a forward's reply leaves its activation handle there */
+    rx_buf *xbuf;   /* the first input's buffer: a forward's reply leaves its activation handle there */
 } client_ctx;
 
 static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
@@ -805,10 +849,12 @@ static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
     return 0;
 }
 
-static int client_caller_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *x,
+static int client_caller_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
                               const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg)
 {
     client *cl = impl;
+    if (n_in < 1 || n_in > KERN_MAX_IO) return DMOE_EINVAL;
+    const rx_tensor *x = &in[0];
     client_ctx *c = malloc(sizeof *c);
     if (!c) return DMOE_ENOMEM;
     *c = (client_ctx){ cb, arg, gout != NULL, x->buf };
@@ -821,7 +867,7 @@ static int client_caller_call(void *impl, const char *uid, const wire_maddr *add
         }
     }
     uint64_t id = client_next_id(cl);
-    wire_out *req = rx_request_with_handle(id, uid, x, 1, gout, gout ? 1 : 0, WIRE_COMP_NONE, handle);
+    wire_out *req = rx_request_with_handle(id, uid, in, n_in, gout, gout ? 1 : 0, WIRE_COMP_NONE, handle);
     if (!req) { rx_buf_unref(c->xbuf); free(c); return DMOE_ENOMEM; }
     int rc = client_call(cl, addr, id, req, timeout_ms, on_client_reply, c);
     if (rc) { rx_buf_unref(c->xbuf); free(c); }
@@ -866,8 +912,14 @@ static void sync_bwd(void *arg, int err, const char *msg, const float *gx)
 
 int moe_forward_run(moe_layer *m, const float *x, int64_t B, moe_fwd **out, char *err, size_t errlen)
 {
+    return moe_forward_run_ex(m, x, B, NULL, 0, out, err, errlen);
+}
+
+int moe_forward_run_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd **out,
+                       char *err, size_t errlen)
+{
     sync_wait s = { .l = m->loop };
-    int rc = moe_forward(m, x, B, sync_fwd, &s);
+    int rc = moe_forward_ex(m, x, B, extra, n_extra, sync_fwd, &s);
     if (rc) { snprintf(err, errlen, "cannot start the forward: %s", dmoe_strerror(rc)); return rc; }
     while (!s.done) rt_loop_run(m->loop);   /* the op's timer keeps the loop alive until it ends */
     if (s.err) { snprintf(err, errlen, "%s", s.msg); return s.err; }

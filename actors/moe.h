@@ -70,13 +70,14 @@ void moe_cfg_default(moe_cfg *c);
  * gradient (backward), which the callback takes over (rx_tensor_free it); else a DMOE_* code and msg. */
 typedef void (*moe_call_cb)(void *arg, int err, const char *msg, rx_tensor *out);
 
-/* A way to call experts. call sends x (and gout for a backward; NULL for a forward) to uid at addr; the
- * tensors are referenced, not consumed. cb runs later, exactly once, never inside call. Returns 0 or a
- * negative code (cb will not run). */
+/* A way to call experts. call sends in[0..n_in) (1 <= n_in <= KERN_MAX_IO; in[0] is x, the rest the
+ * expert's extra inputs, row-aligned with x) and gout (a backward; NULL for a forward) to uid at addr;
+ * the tensors are referenced, not consumed. cb runs later, exactly once, never inside call. Returns 0
+ * or a negative code (cb will not run). */
 typedef struct {
     void *impl;
-    int (*call)(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *x, const rx_tensor *gout,
-                uint64_t timeout_ms, moe_call_cb cb, void *arg);
+    int (*call)(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
+                const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg);
 } moe_caller;
 
 /* moe_caller_client fills *out with a caller over cl (which must outlive every call). */
@@ -119,6 +120,14 @@ typedef void (*moe_fwd_cb)(void *arg, int err, const char *msg, moe_fwd *f);
 /* moe_forward starts a forward of x[B, in_features] (copied). Returns 0 (cb runs later) or DMOE_EINVAL
  * (bad B, or with detect_anomalies a non-finite x) / DMOE_ENOMEM, cb not called. */
 int moe_forward(moe_layer *m, const float *x, int64_t B, moe_fwd_cb cb, void *arg);
+/* moe_forward_ex is moe_forward for experts with several inputs (hivemind's extra positional inputs,
+ * e.g. det_dropout's 0/1 mask or a transformer's uint8 padding mask): extra[0..n_extra) (n_extra <
+ * KERN_MAX_IO; float32 or uint8, shape [B, ...]; copied) go to every chosen expert as inputs 1..n_extra,
+ * each expert getting the rows routed to it, in the forward and again in the backward. They get no
+ * gradient. moe_forward is moe_forward_ex with n_extra 0. Returns as moe_forward (DMOE_EINVAL also for a
+ * bad extra tensor). */
+int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd_cb cb,
+                   void *arg);
 /* moe_fwd_output returns the output [B, D] (owned by f) and sets *B and *D. */
 const float *moe_fwd_output(const moe_fwd *f, int64_t *B, int *D);
 /* moe_fwd_balancing_loss returns the switch layer's load-balancing loss (0 otherwise). */
@@ -142,6 +151,9 @@ int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, 
 /* moe_forward_run runs moe_forward on the layer's loop until it ends. Returns 0 and *out, or the error
  * with err filled. */
 int moe_forward_run(moe_layer *m, const float *x, int64_t B, moe_fwd **out, char *err, size_t errlen);
+/* moe_forward_run_ex runs moe_forward_ex until it ends, like moe_forward_run. */
+int moe_forward_run_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd **out,
+                       char *err, size_t errlen);
 /* moe_backward_run runs moe_backward until it ends. Returns 0 and *gx (owned by f), or the error. */
 int moe_backward_run(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, const float **gx, char *err,
                      size_t errlen);

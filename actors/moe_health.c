@@ -64,14 +64,14 @@ static void on_called(void *arg, int err, const char *msg, rx_tensor *out)
     free(c);
 }
 
-static int health_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *x, const rx_tensor *gout,
-                       uint64_t timeout_ms, moe_call_cb cb, void *arg)
+static int health_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
+                       const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg)
 {
     moe_health *h = impl;
     call_ctx *c = malloc(sizeof *c);
     if (!c) return DMOE_ENOMEM;
     *c = (call_ctx){h, *addr, cb, arg};
-    int rc = h->inner_caller.call(h->inner_caller.impl, uid, addr, x, gout, timeout_ms, on_called, c);
+    int rc = h->inner_caller.call(h->inner_caller.impl, uid, addr, in, n_in, gout, timeout_ms, on_called, c);
     if (rc) free(c);
     return rc;
 }

@@ -90,7 +90,7 @@ static int call_expert(app *a, const dht_expert_loc *loc, const char *uid, const
 {
     wait_t w = { .l = a->l };
     const moe_caller *c = moe_net_caller(a->net);
-    int rc = c->call(c->impl, uid, &loc->addr, x, gout, (uint64_t)(a->fwd_timeout * 1000), on_called, &w);
+    int rc = c->call(c->impl, uid, &loc->addr, x, 1, gout, (uint64_t)(a->fwd_timeout * 1000), on_called, &w);
     if (rc) { snprintf(err, errlen, "cannot call %s: %s", uid, dmoe_strerror(rc)); return rc; }
     while (!w.done) rt_loop_run(a->l);
     if (w.err) { snprintf(err, errlen, "%s: %s", uid, w.msg); rx_tensor_free(&w.out); return w.err; }

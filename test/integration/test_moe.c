@@ -2,7 +2,8 @@
  * equals the softmax-weighted combination of single-expert calls; training continues with the survivors
  * when a node is SIGKILLed (k_min 1); a node answering NaN is ignored with detect_anomalies; a hanging
  * node is cut off by timeout_after_k_min; every expert gone gives a clear error, or zeros with
- * allow_zero_outputs; dmoe-train's chain and moe tasks learn. Every node started here is stopped here. */
+ * allow_zero_outputs; a multi-input expert (det_dropout) gets its mask rows through the layer;
+ * dmoe-train's chain and moe tasks learn. Every node started here is stopped here. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <signal.h>
@@ -138,7 +139,7 @@ Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
             rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape);
             memcpy(rx_tensor_f32(&xi), x + r * H, H * sizeof(float));
             one o = { .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, NULL, 5000, on_one, &o), 0);
+            cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, 1, NULL, 5000, on_one, &o), 0);
             while (!o.done) rt_loop_run(s.l);
             cr_assert_eq(o.err, 0);
             const float *oe = rx_tensor_f32(&o.out);
@@ -274,7 +275,7 @@ static void single_call(side *s, const char *uid, const char *maddr, const float
     memcpy(rx_tensor_f32(&xi), x, H * sizeof(float));
     one o = { .l = s->l };
     const moe_caller *cl = moe_net_caller(s->net);
-    cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, NULL, 5000, on_one, &o), 0);
+    cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, 1, NULL, 5000, on_one, &o), 0);
     while (!o.done) rt_loop_run(s->l);
     cr_assert_eq(o.err, 0, "%s", uid);
     memcpy(out, rx_tensor_f32(&o.out), H * sizeof(float));
@@ -431,5 +432,120 @@ Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
     cr_assert_lt(l1, l0 / 2, "moe: %s", sum);
     cr_assert_gt(acc, 0.5, "moe accuracy (chance 0.125): %s", sum);
     th_node_stop(&b, SIGTERM);
+    th_node_stop(&a, SIGTERM);
+}
+
+/* multi-input experts: det_dropout takes x and a 0/1 mask [B, HD]; the layer sends every chosen expert
+ * its rows of both, in the forward and again in the backward */
+#define HD 16
+
+Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
+{
+    th_node a;
+    const char *args[] = { "--expert_cls", "det_dropout", "--hidden_dim", "16", "--num_experts", "4",
+                           "--expert_pattern", "expert.[0:4]", "--update_period", "0.5", "--expiration", "2",
+                           "--num_workers", "1", NULL };
+    cr_assert_eq(th_node_start(&a, args), 0);
+    side s;
+    s.l = rt_loop_new();
+    char err[512];
+    const char *peers[1] = { a.maddr };
+    s.net = moe_net_open(s.l, peers, 1, 0.5, err, sizeof err);
+    cr_assert(s.net, "%s", err);
+    moe_cfg c;
+    moe_cfg_default(&c);
+    c.in_features = HD;
+    c.ndim = 1;
+    c.grid_size[0] = 4;
+    c.k_best = 2;
+    c.seed = 3;
+    c.timeout_after_k_min = -1;
+    c.forward_timeout = 10;
+    c.backward_timeout = 10;
+    cr_assert_eq(moe_layer_new(s.l, &c, moe_net_succ(s.net), moe_net_caller(s.net), &s.m, err, sizeof err), 0, "%s", err);
+
+    enum { B = 12 };
+    float x[B * HD], gy[B * HD];
+    fill(x, B * HD, 21);
+    fill(gy, B * HD, 22);
+    rx_tensor mask;
+    int64_t shape[2] = { B, HD };
+    cr_assert_eq(rx_tensor_alloc(&mask, WIRE_DT_F32, 2, shape), 0);
+    float *mk = rx_tensor_f32(&mask);
+    for (int i = 0; i < B * HD; i++) mk[i] = (float)((i * 7 + i / 5) % 3 != 0);
+
+    /* wait until the layer sees all 4 experts (a forward without the mask fails: the node needs it) */
+    moe_fwd *f = NULL;
+    for (int i = 0; i < 100; i++) {
+        if (moe_forward_run_ex(s.m, x, B, &mask, 1, &f, err, sizeof err) == 0) {
+            if (moe_fwd_stats_of(f)->experts_chosen == 4 && moe_fwd_stats_of(f)->experts_answered == 4) break;
+            moe_fwd_free(f);
+            f = NULL;
+        }
+        usleep(50000);   /* the test's thread, not a loop: give the node time to declare */
+    }
+    cr_assert(f, "the layer never saw the 4 det_dropout experts: %s", err);
+    int D;
+    const float *y = moe_fwd_output(f, NULL, &D);
+    cr_assert_eq(D, HD);
+
+    wire_maddr addr;
+    char e2[256];
+    cr_assert_eq(wire_maddr_parse(a.maddr, &addr, e2, sizeof e2), 0, "%s", e2);
+    const moe_caller *cl = moe_net_caller(s.net);
+    int masked_differs = 0;
+    for (int64_t r = 0; r < B; r++) {
+        float want[HD] = {0}, wsum = 0;
+        for (int e = 0; e < 4; e++) {
+            char uid[16];
+            snprintf(uid, sizeof uid, "expert.%d", e);
+            float w = moe_fwd_expert_weight(f, r, uid);
+            if (w == 0) continue;
+            wsum += w;
+            rx_tensor in[2];
+            int64_t one_row[2] = { 1, HD };
+            cr_assert_eq(rx_tensor_alloc(&in[0], WIRE_DT_F32, 2, one_row), 0);
+            cr_assert_eq(rx_tensor_alloc(&in[1], WIRE_DT_F32, 2, one_row), 0);
+            memcpy(rx_tensor_f32(&in[0]), x + r * HD, HD * sizeof(float));
+            memcpy(rx_tensor_f32(&in[1]), mk + r * HD, HD * sizeof(float));
+            one o = { .l = s.l };
+            cr_assert_eq(cl->call(cl->impl, uid, &addr, in, 2, NULL, 5000, on_one, &o), 0);
+            while (!o.done) rt_loop_run(s.l);
+            cr_assert_eq(o.err, 0, "%s", uid);
+            float oe[HD];
+            memcpy(oe, rx_tensor_f32(&o.out), sizeof oe);
+            for (int d = 0; d < HD; d++) want[d] += w * oe[d];
+            rx_tensor_free(&o.out);
+            /* the same row with an all-ones mask answers differently: the mask was really applied */
+            for (int d = 0; d < HD; d++) rx_tensor_f32(&in[1])[d] = 1.0f;
+            o = (one){ .l = s.l };
+            cr_assert_eq(cl->call(cl->impl, uid, &addr, in, 2, NULL, 5000, on_one, &o), 0);
+            while (!o.done) rt_loop_run(s.l);
+            cr_assert_eq(o.err, 0, "%s", uid);
+            const float *unmasked = rx_tensor_f32(&o.out);
+            for (int d = 0; d < HD; d++) masked_differs |= fabsf(unmasked[d] - oe[d]) > 1e-4f;
+            rx_tensor_free(&o.out);
+            rx_tensor_free(&in[0]);
+            rx_tensor_free(&in[1]);
+        }
+        cr_assert_float_eq(wsum, 1.0f, 1e-5);
+        cr_assert_lt(th_max_abs_diff(y + r * HD, want, HD), 1e-4, "row %lld", (long long)r);
+    }
+    cr_assert(masked_differs, "the mask changed no output");
+
+    const float *gx;
+    cr_assert_eq(moe_backward_run(s.m, f, gy, 0, &gx, err, sizeof err), 0, "%s", err);
+    int nonzero = 0;
+    for (int i = 0; i < B * HD; i++) {
+        cr_assert(isfinite(gx[i]), "gx[%d]", i);
+        nonzero += gx[i] != 0;
+    }
+    cr_assert_gt(nonzero, 0);
+    size_t ng;
+    const float *gg = moe_layer_grads(s.m, &ng);
+    for (size_t i = 0; i < ng; i++) cr_assert(isfinite(gg[i]));
+    moe_fwd_free(f);
+    rx_tensor_free(&mask);
+    close_side(&s);
     th_node_stop(&a, SIGTERM);
 }

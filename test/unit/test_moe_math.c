@@ -1,7 +1,8 @@
 /* test_moe_math.c -- the MoE layer's math with local fake experts behind the same dispatch interface
  * (moe_caller) and a table of declarations as the successors provider: the softmax-weighted output,
  * masking of failed and non-finite answers, allow_zero_outputs (zeros, never NaN), the straggler cut-off,
- * and the backward (input and gating gradients, plain and switch) against central finite differences. */
+ * the backward (input and gating gradients, plain and switch) against central finite differences, and
+ * extra inputs (moe_forward_ex) reaching every expert row-aligned with x, forward and backward. */
 #include <criterion/criterion.h>
 #include <event2/event.h>
 #include <math.h>
@@ -24,6 +25,8 @@ typedef struct {
     rt_loop *l;
     const char *fail, *nan, *hang;   /* uids that fail / answer NaN / never answer (until the timeout) */
     int calls, outstanding;
+    const float *xall;               /* extra-input check: in[1] row r is uint8 sample index of x's row r */
+    int extra_calls[2], extra_bad;   /* calls with 2 inputs, forward and backward; rows that disagreed */
 } world;
 
 typedef struct {
@@ -56,10 +59,20 @@ static void fire_call(evutil_socket_t fd, short what, void *arg)
     free(p);
 }
 
-static int fake_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *x, const rx_tensor *gout,
-                     uint64_t timeout_ms, moe_call_cb cb, void *arg)
+static int fake_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
+                     const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg)
 {
     world *w = impl;
+    const rx_tensor *x = &in[0];
+    if (n_in > 1) {
+        w->extra_calls[gout != NULL]++;
+        const rx_tensor *e = &in[1];
+        if (n_in != 2 || !w->xall || e->dtype != WIRE_DT_U8 || e->ndim != 2 || e->shape[0] != x->shape[0] || e->shape[1] != 1)
+            w->extra_bad++;
+        else
+            for (int64_t r = 0; r < x->shape[0]; r++)
+                w->extra_bad += memcmp(rx_tensor_f32(x) + r * IN, w->xall + e->buf->data[r] * IN, IN * sizeof(float)) != 0;
+    }
     w->calls++;
     pending *p = calloc(1, sizeof *p);
     p->w = w;
@@ -470,6 +483,46 @@ Test(moe_math, switch_utilization_and_input_untouched, .timeout = 20)
     cr_assert_float_eq(s1, 1.0, 1e-5);
     cr_assert_gt(moe_fwd_balancing_loss(f), 0);
     moe_fwd_free(f);
+    moe_layer_free(m);
+    rt_loop_free(w.l);
+}
+
+Test(moe_math, extra_inputs_follow_their_rows_forward_and_backward, .timeout = 20)
+{
+    world w = { .l = rt_loop_new() };
+    moe_layer *m = make_layer(&w, 3, 0, NULL);
+    const int64_t B = 16;
+    float x[B * IN], y[OUT], gy[B * OUT];
+    input(x, B * IN, 4);
+    input(gy, B * OUT, 5);
+    w.xall = x;
+    rx_tensor ex;
+    int64_t shape[2] = { B, 1 };
+    cr_assert_eq(rx_tensor_alloc(&ex, WIRE_DT_U8, 2, shape), 0);
+    for (int64_t b = 0; b < B; b++) ex.buf->data[b] = (uint8_t)b;
+    moe_fwd *f;
+    char err[256];
+    cr_assert_eq(moe_forward_run_ex(m, x, B, &ex, 1, &f, err, sizeof err), 0, "%s", err);
+    const float *out = moe_fwd_output(f, NULL, NULL);
+    for (int64_t b = 0; b < B; b++) {
+        expected(m, x + b * IN, 3, NULL, NULL, y);
+        for (int o = 0; o < OUT; o++) cr_assert_float_eq(out[b * OUT + o], y[o], 1e-5);
+    }
+    cr_assert_eq(w.extra_calls[0], w.calls);
+    const float *gx;
+    cr_assert_eq(moe_backward_run(m, f, gy, 0, &gx, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(w.extra_calls[1], moe_fwd_stats_of(f)->experts_answered);
+    cr_assert_eq(w.extra_bad, 0);
+    moe_fwd_free(f);
+
+    /* a bad extra input is refused before anything starts */
+    rx_tensor bad;
+    int64_t short_shape[2] = { B - 1, 1 };
+    cr_assert_eq(rx_tensor_alloc(&bad, WIRE_DT_U8, 2, short_shape), 0);
+    cr_assert_eq(moe_forward_ex(m, x, B, &bad, 1, NULL, NULL), DMOE_EINVAL);
+    cr_assert_eq(moe_forward_ex(m, x, B, &ex, KERN_MAX_IO, NULL, NULL), DMOE_EINVAL);
+    rx_tensor_free(&bad);
+    rx_tensor_free(&ex);
     moe_layer_free(m);
     rt_loop_free(w.l);
 }

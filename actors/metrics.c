@@ -26,6 +26,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_strbuf.h"
 
 #define MET_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"   /* the text format's media type */
 
@@ -232,119 +233,89 @@ double metrics_value(const met_series *s)
 
 /* ---- rendering --------------------------------------------------------------------------------- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} met_buf;
-
-static void mb_put(met_buf *b, const char *s, size_t n)
-{
-    if (b->failed) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->failed = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void mb_str(met_buf *b, const char *s)
-{
-    mb_put(b, s, strlen(s));
-}
-
 /* mb_escaped writes s escaping backslash and newline, and double quotes when quote is set. */
-static void mb_escaped(met_buf *b, const char *s, bool quote)
+static void mb_escaped(rt_strbuf *b, const char *s, bool quote)
 {
     for (const char *c = s; *c; c++) {
-        if (*c == '\\') mb_put(b, "\\\\", 2);
-        else if (*c == '\n') mb_put(b, "\\n", 2);
-        else if (quote && *c == '"') mb_put(b, "\\\"", 2);
-        else mb_put(b, c, 1);
+        if (*c == '\\') rt_strbuf_put(b, "\\\\", 2);
+        else if (*c == '\n') rt_strbuf_put(b, "\\n", 2);
+        else if (quote && *c == '"') rt_strbuf_put(b, "\\\"", 2);
+        else rt_strbuf_put(b, c, 1);
     }
 }
 
 /* mb_num writes v as plain digits when it is a whole number below 1e15, else in the shortest %g form
  * that reads back exactly; +Inf, -Inf, NaN as Prometheus spells them. */
-static void mb_num(met_buf *b, double v)
+static void mb_num(rt_strbuf *b, double v)
 {
     char t[40];
     if (isnan(v)) {
-        mb_str(b, "NaN");
+        rt_strbuf_str(b, "NaN");
         return;
     }
     if (isinf(v)) {
-        mb_str(b, v > 0 ? "+Inf" : "-Inf");
+        rt_strbuf_str(b, v > 0 ? "+Inf" : "-Inf");
         return;
     }
     if (v == floor(v) && fabs(v) < 1e15) {          /* counts and sizes: plain digits, never 2e+01 */
         snprintf(t, sizeof t, "%.0f", v);
-        mb_str(b, t);
+        rt_strbuf_str(b, t);
         return;
     }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(t, sizeof t, "%.*g", prec, v);
         if (strtod(t, NULL) == v) break;
     }
-    mb_str(b, t);
+    rt_strbuf_str(b, t);
 }
 
 /* mb_labels writes {a="x",b="y"[,le="bound"]} or nothing when there are no labels at all. */
-static void mb_labels(met_buf *b, const met_series *s, const char *le)
+static void mb_labels(rt_strbuf *b, const met_series *s, const char *le)
 {
     const met_family *f = s->family;
     if (f->nlabels == 0 && !le) return;
-    mb_put(b, "{", 1);
+    rt_strbuf_put(b, "{", 1);
     for (int i = 0; i < f->nlabels; i++) {
-        if (i) mb_put(b, ",", 1);
-        mb_str(b, f->labels[i]);
-        mb_put(b, "=\"", 2);
+        if (i) rt_strbuf_put(b, ",", 1);
+        rt_strbuf_str(b, f->labels[i]);
+        rt_strbuf_put(b, "=\"", 2);
         mb_escaped(b, s->values[i], true);
-        mb_put(b, "\"", 1);
+        rt_strbuf_put(b, "\"", 1);
     }
     if (le) {
-        if (f->nlabels) mb_put(b, ",", 1);
-        mb_str(b, "le=\"");
-        mb_str(b, le);
-        mb_put(b, "\"", 1);
+        if (f->nlabels) rt_strbuf_put(b, ",", 1);
+        rt_strbuf_str(b, "le=\"");
+        rt_strbuf_str(b, le);
+        rt_strbuf_put(b, "\"", 1);
     }
-    mb_put(b, "}", 1);
+    rt_strbuf_put(b, "}", 1);
 }
 
-static void mb_sample(met_buf *b, const met_series *s, const char *suffix, const char *le, double v)
+static void mb_sample(rt_strbuf *b, const met_series *s, const char *suffix, const char *le, double v)
 {
-    mb_str(b, s->family->name);
-    mb_str(b, suffix);
+    rt_strbuf_str(b, s->family->name);
+    rt_strbuf_str(b, suffix);
     mb_labels(b, s, le);
-    mb_put(b, " ", 1);
+    rt_strbuf_put(b, " ", 1);
     mb_num(b, v);
-    mb_put(b, "\n", 1);
+    rt_strbuf_put(b, "\n", 1);
 }
 
 char *metrics_render(const metrics *m, size_t *len)
 {
     static const char *const kinds[] = {"counter", "gauge", "histogram"};
-    met_buf b = {0};
-    mb_put(&b, "", 0);   /* an empty registry still renders "" */
+    rt_strbuf b = {0};
+    rt_strbuf_put(&b, "", 0);   /* an empty registry still renders "" */
     for (const met_family *f = m ? m->head : NULL; f; f = f->next) {
-        mb_str(&b, "# HELP ");
-        mb_str(&b, f->name);
-        mb_put(&b, " ", 1);
+        rt_strbuf_str(&b, "# HELP ");
+        rt_strbuf_str(&b, f->name);
+        rt_strbuf_put(&b, " ", 1);
         mb_escaped(&b, f->help, false);
-        mb_str(&b, "\n# TYPE ");
-        mb_str(&b, f->name);
-        mb_put(&b, " ", 1);
-        mb_str(&b, kinds[f->kind]);
-        mb_put(&b, "\n", 1);
+        rt_strbuf_str(&b, "\n# TYPE ");
+        rt_strbuf_str(&b, f->name);
+        rt_strbuf_put(&b, " ", 1);
+        rt_strbuf_str(&b, kinds[f->kind]);
+        rt_strbuf_put(&b, "\n", 1);
         for (const met_series *s = f->head; s; s = s->next) {
             if (f->kind != MET_HISTOGRAM) {
                 mb_sample(&b, s, "", NULL, s->value);
@@ -352,7 +323,7 @@ char *metrics_render(const metrics *m, size_t *len)
             }
             unsigned long long cum = 0;
             for (int i = 0; i < f->nbounds; i++) {
-                met_buf le = {0};
+                rt_strbuf le = {0};
                 mb_num(&le, f->bounds[i]);
                 cum += s->buckets[i];
                 mb_sample(&b, s, "_bucket", le.failed ? "" : le.p, (double)cum);

@@ -4,7 +4,7 @@
  *   Writing goes through st_out, a sticky-error file writer in the manner of SQLite's vdbesort.c: each
  *   so_write is a no-op once one has failed, and so_finish (fsync, close) reports the first error. So
  *   rt_st_write issues all its writes without checking each, and decides once: rename into place, or
- *   unlink the temporary file. The header is built in memory first (st_buf, also sticky: an allocation
+ *   unlink the temporary file. The header is built in memory first (rt_strbuf, also sticky: an allocation
  *   failure is reported at the end), because its length is the first thing in the file.
  *
  *   Reading checks that the header is UTF-8, then walks it with the JSON-subset cursor of rt_json.c
@@ -21,6 +21,7 @@
  * No global state; blocking I/O only.
  */
 #include "runtime/rt_safetensors.h"
+#include "runtime/rt_strbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -98,72 +99,38 @@ static const char *st_first_dup(const char **names, size_t n)
 
 /* ---- the in-memory header: a growable buffer with a sticky allocation error -------------------- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} st_buf;
 
-static void sb_put(st_buf *b, const void *s, size_t n)
-{
-    if (b->failed) return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n) {
-            if (cap > SIZE_MAX / 2) {
-                b->failed = true;
-                return;
-            }
-            cap *= 2;
-        }
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->failed = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void sb_str(st_buf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-static void sb_u64(st_buf *b, uint64_t v)
+static void sb_u64(rt_strbuf *b, uint64_t v)
 {
     char t[24];
     int n = snprintf(t, sizeof t, "%llu", (unsigned long long)v);
-    sb_put(b, t, (size_t)n);
+    rt_strbuf_put(b, t, (size_t)n);
 }
 
 /* sb_json writes s as a JSON string literal, escaped as serde_json does. */
-static void sb_json(st_buf *b, const char *s)
+static void sb_json(rt_strbuf *b, const char *s)
 {
-    sb_put(b, "\"", 1);
+    rt_strbuf_put(b, "\"", 1);
     for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
         char e[8];
         switch (*c) {
-        case '"': sb_put(b, "\\\"", 2); break;
-        case '\\': sb_put(b, "\\\\", 2); break;
-        case '\b': sb_put(b, "\\b", 2); break;
-        case '\f': sb_put(b, "\\f", 2); break;
-        case '\n': sb_put(b, "\\n", 2); break;
-        case '\r': sb_put(b, "\\r", 2); break;
-        case '\t': sb_put(b, "\\t", 2); break;
+        case '"': rt_strbuf_put(b, "\\\"", 2); break;
+        case '\\': rt_strbuf_put(b, "\\\\", 2); break;
+        case '\b': rt_strbuf_put(b, "\\b", 2); break;
+        case '\f': rt_strbuf_put(b, "\\f", 2); break;
+        case '\n': rt_strbuf_put(b, "\\n", 2); break;
+        case '\r': rt_strbuf_put(b, "\\r", 2); break;
+        case '\t': rt_strbuf_put(b, "\\t", 2); break;
         default:
             if (*c < 0x20) {
                 snprintf(e, sizeof e, "\\u%04x", *c);
-                sb_put(b, e, 6);
+                rt_strbuf_put(b, e, 6);
             } else {
-                sb_put(b, c, 1);
+                rt_strbuf_put(b, c, 1);
             }
         }
     }
-    sb_put(b, "\"", 1);
+    rt_strbuf_put(b, "\"", 1);
 }
 
 /* ---- the sticky-error file writer -------------------------------------------------------------- */
@@ -248,42 +215,42 @@ static int st_check_tensors(const rt_st_tensor *t, size_t nt, const rt_st_kv *me
 }
 
 /* st_header builds the padded JSON header into b; returns 0 or a code. */
-static int st_header(st_buf *b, const rt_st_tensor *t, size_t nt, const rt_st_kv *meta, size_t nmeta)
+static int st_header(rt_strbuf *b, const rt_st_tensor *t, size_t nt, const rt_st_kv *meta, size_t nmeta)
 {
     uint64_t off = 0;
-    sb_put(b, "{", 1);
+    rt_strbuf_put(b, "{", 1);
     if (nmeta) {
         sb_json(b, ST_META_KEY);
-        sb_put(b, ":{", 2);
+        rt_strbuf_put(b, ":{", 2);
         for (size_t i = 0; i < nmeta; i++) {
-            if (i) sb_put(b, ",", 1);
+            if (i) rt_strbuf_put(b, ",", 1);
             sb_json(b, meta[i].key);
-            sb_put(b, ":", 1);
+            rt_strbuf_put(b, ":", 1);
             sb_json(b, meta[i].value);
         }
-        sb_put(b, "}", 1);
+        rt_strbuf_put(b, "}", 1);
     }
     for (size_t i = 0; i < nt; i++) {
         size_t nb = 0;
         st_nbytes(t[i].dtype, t[i].ndim, t[i].shape, &nb);   /* checked by st_check_tensors */
         if (__builtin_add_overflow(off, (uint64_t)nb, &off)) return DMOE_ETOOBIG;
-        if (nmeta || i) sb_put(b, ",", 1);
+        if (nmeta || i) rt_strbuf_put(b, ",", 1);
         sb_json(b, t[i].name);
-        sb_str(b, ":{\"dtype\":");
+        rt_strbuf_str(b, ":{\"dtype\":");
         sb_json(b, rt_st_dtype_name(t[i].dtype));
-        sb_str(b, ",\"shape\":[");
+        rt_strbuf_str(b, ",\"shape\":[");
         for (int d = 0; d < t[i].ndim; d++) {
-            if (d) sb_put(b, ",", 1);
+            if (d) rt_strbuf_put(b, ",", 1);
             sb_u64(b, (uint64_t)t[i].shape[d]);
         }
-        sb_str(b, "],\"data_offsets\":[");
+        rt_strbuf_str(b, "],\"data_offsets\":[");
         sb_u64(b, off - nb);
-        sb_put(b, ",", 1);
+        rt_strbuf_put(b, ",", 1);
         sb_u64(b, off);
-        sb_str(b, "]}");
+        rt_strbuf_str(b, "]}");
     }
-    sb_put(b, "}", 1);
-    while (!b->failed && b->len % 8) sb_put(b, " ", 1);   /* the Rust writer's padding: data 8-aligned */
+    rt_strbuf_put(b, "}", 1);
+    while (!b->failed && b->len % 8) rt_strbuf_put(b, " ", 1);   /* the Rust writer's padding: data 8-aligned */
     if (b->failed) return DMOE_ENOMEM;
     if (b->len > RT_ST_MAX_HEADER) return DMOE_ETOOBIG;
     return 0;
@@ -296,7 +263,7 @@ int rt_st_write(const char *dir, const char *name, const rt_st_tensor *t, size_t
         return st_fail(err, errlen, DMOE_EINVAL, "bad folder or file name");
     int rc = st_check_tensors(t, nt, meta, nmeta, err, errlen);
     if (rc) return rc;
-    st_buf hdr = {0};
+    rt_strbuf hdr = {0};
     rc = st_header(&hdr, t, nt, meta, nmeta);
     if (rc) {
         free(hdr.p);

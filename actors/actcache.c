@@ -170,9 +170,6 @@ act_entry *actcache_take(actcache *c, uint64_t handle, const void *owner, int64_
 
 const float *act_entry_rows(const act_entry *e) { return e->block->data + (size_t)e->first * e->block->row_floats; }
 
-size_t actcache_bytes(const actcache *c) { return c ? c->bytes : 0; }
-size_t actcache_count(const actcache *c) { return c ? c->count : 0; }
-
 void actcache_free(actcache *c)
 {
     if (!c) return;

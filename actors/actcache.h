@@ -49,8 +49,5 @@ act_entry *actcache_take(actcache *c, uint64_t handle, const void *owner, int64_
 const float *act_entry_rows(const act_entry *e);
 /* act_entry_release frees a taken entry (and its block reference). NULL is a no-op. */
 void act_entry_release(act_entry *e);
-/* actcache_bytes / actcache_count: what the cache holds now. */
-size_t actcache_bytes(const actcache *c);
-size_t actcache_count(const actcache *c);
 
 #endif

@@ -257,8 +257,6 @@ client *client_new(rt_loop *l, const conn_limits *lim)
 
 uint64_t client_next_id(client *cl) { return cl->next_id++; }
 
-int client_pending(const client *cl) { return cl->n_live; }
-
 int client_call(client *cl, const wire_maddr *peer_addr, uint64_t id, wire_out *req, uint64_t timeout_ms,
                 client_cb cb, void *arg)
 {

@@ -37,8 +37,6 @@ uint64_t client_next_id(client *c);
  * is not an IP literal, DMOE_ENOMEM. */
 int client_call(client *c, const wire_maddr *peer, uint64_t id, wire_out *req, uint64_t timeout_ms,
                 client_cb cb, void *arg);
-/* client_pending returns the calls not yet completed. */
-int client_pending(const client *c);
 /* client_free fails every pending call with DMOE_ESHUTDOWN (callbacks run inside), closes the
  * connections and frees the client. NULL is a no-op. */
 void client_free(client *c);

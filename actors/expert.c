@@ -454,15 +454,6 @@ const char *expert_uid(const expert *e) { return e->uid; }
 const kern_model *expert_model(const expert *e) { return &e->model; }
 const expert_stats *expert_stats_get(const expert *e) { return &e->stats; }
 const expert_cfg *expert_cfg_get(const expert *e) { return &e->cfg; }
-const float *expert_params(const expert *e) { return e->params; }
-
-int expert_set_params(expert *e, const float *params, size_t n)
-{
-    if (n != e->model.n_floats || expert_busy(e)) return DMOE_EINVAL;
-    memcpy(e->params, params, n * sizeof(float));
-    return 0;
-}
-
 void expert_submit(expert *e, ex_req *req)
 {
     batchq_push(e->q[req->dir], req);

@@ -98,11 +98,6 @@ const expert_cfg *expert_cfg_get(const expert *e);
 void expert_submit(expert *e, ex_req *req);
 /* expert_pack_info packs the expert's schema and stats map (wire/PROTOCOL.md, method info). */
 void expert_pack_info(const expert *e, msgpack_packer *pk);
-/* expert_params returns the flat parameter buffer (m->n_floats floats). Only read it while the expert
- * is idle (expert_busy() == 0): a backward job may be writing it. */
-const float *expert_params(const expert *e);
-/* expert_set_params copies n floats into the parameters; only while idle. Returns 0 or DMOE_EINVAL. */
-int expert_set_params(expert *e, const float *params, size_t n);
 /* expert_busy returns the number of requests queued or computing. */
 int expert_busy(const expert *e);
 /* expert_shutdown fails every queued request with DMOE_ESHUTDOWN and lets running batches finish and

@@ -517,24 +517,6 @@ fail:
     return NULL;
 }
 
-const wire_maddr *node_addr(const node *n, int i) { return i >= 0 && i < n->n_addrs ? &n->addrs[i] : NULL; }
-
-void node_dht_maddr(const node *n, char *buf, size_t cap)
-{
-    if (n->dht) dht_node_maddr(n->dht, buf, cap);
-    else if (cap) buf[0] = '\0';
-}
-
-int node_metrics_port(const node *n) { return n->metrics_port; }
-
-expert *node_expert(const node *n, const char *uid) { return n->srv ? server_find(n->srv, uid) : NULL; }
-
-int node_experts(const node *n, expert ***out)
-{
-    *out = n->experts;
-    return n->n_experts;
-}
-
 void node_stop(node *n, void (*done)(void *), void *arg)
 {
     if (n->state >= ST_DRAIN) return;

@@ -76,16 +76,6 @@ void node_default_cfg(node_cfg *c);
 /* node_start builds a node on loop l and starts its asynchronous part (see above). c's strings and
  * arrays must outlive the node. Returns NULL with err filled on a synchronous failure. */
 node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen);
-/* node_addr returns the i-th address the node announces (the bound one when not told otherwise),
- * or NULL past the end. */
-const wire_maddr *node_addr(const node *n, int i);
-/* node_dht_maddr writes the node's DHT multiaddr (with /p2p/ID) into buf. */
-void node_dht_maddr(const node *n, char *buf, size_t cap);
-/* node_metrics_port returns the metrics endpoint's port, or -1. */
-int node_metrics_port(const node *n);
-/* node_expert returns the hosted expert with uid, or NULL; node_experts lists all of them. */
-expert *node_expert(const node *n, const char *uid);
-int node_experts(const node *n, expert ***out);
 /* node_stop starts the graceful stop; done(arg) runs on the loop when it is over. Idempotent. */
 void node_stop(node *n, void (*done)(void *arg), void *arg);
 /* node_free releases everything (stop first for a graceful end). NULL is a no-op. */

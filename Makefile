@@ -5,8 +5,9 @@
 #   make demo     the same, then scripts/demo.sh on loopback
 #   make test SAN=1   everything under ASan+UBSan, in build-san/
 #
-# Sources are discovered: every .c in runtime/ wire/ kernels/ actors/ goes into one static library;
-# every cmd/<name>.c is a program; every test/**/*.c is linked into build/test/dmoe-tests.
+# Sources are discovered: every .c below runtime/ wire/ kernels/ actors/ goes into one static library;
+# every cmd/dmoe-<name>.c is a program, linked with the .c files of cmd/<name>/ when that folder exists
+# (the command-line code only that program uses); every .c below test/ is linked into build/test/dmoe-tests.
 
 PKGS      := libevent libevent_pthreads msgpack openblas libxxhash
 TEST_PKGS := criterion
@@ -39,16 +40,19 @@ CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror -Wshadow -Wno-unu
 LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LIBS     = $(PKG_LIBS) -lpthread -lm
 
-LIB_SRCS  := $(wildcard runtime/*.c wire/*.c kernels/*.c actors/*.c)
+LIB_SRCS  := $(shell find runtime wire kernels actors -name '*.c' | sort)
 CMD_SRCS  := $(wildcard cmd/*.c)
-TEST_SRCS := $(wildcard test/unit/*.c test/integration/*.c)
+CMD_EXTRA := $(shell find cmd -mindepth 2 -name '*.c' | sort)
+TEST_SRCS := $(shell find test -name '*.c' | sort)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
 TEST_BIN  := $(BUILD)/test/dmoe-tests
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all deps test demo bench valgrind clean
+.PHONY: all deps test demo bench valgrind depcheck clean
+# Keep the programs' objects (make would delete them as intermediates of the pattern rule).
+.SECONDARY:
 all: $(PROGS)
 
 # deps: install the Debian packages when any pkg-config check fails. Runs once per build folder.
@@ -71,7 +75,9 @@ $(BUILD)/libdmoe.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%: $(BUILD)/obj/cmd/%.o $(BUILD)/libdmoe.a
+# dmoe-<name> links cmd/dmoe-<name>.c, the files of cmd/<name>/ (if any) and the library.
+.SECONDEXPANSION:
+$(BUILD)/dmoe-%: $(BUILD)/obj/cmd/dmoe-%.o $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(basename $$(wildcard cmd/$$*/*.c)))) $(BUILD)/libdmoe.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 $(TEST_BIN): $(TEST_OBJS) $(BUILD)/libdmoe.a
@@ -98,7 +104,11 @@ valgrind: $(PROGS)
 bench: $(PROGS)
 	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/bench.sh
 
+# depcheck: no dependency cycle among our files (#include or symbol use), and the layers hold.
+depcheck: $(PROGS)
+	python3 scripts/depcheck.py $(BUILD)
+
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d)
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.d)

@@ -40,15 +40,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "actors/dht_memnet.h"
-#include "actors/loadgen.h"
-#include "actors/moe.h"
-#include "actors/moe_cli.h"
+#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/load/loadgen.h"
+#include "actors/moe/moe.h"
+#include "actors/moe/moe_net.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_actor.h"
-#include "runtime/rt_args.h"
+#include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 

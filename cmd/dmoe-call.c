@@ -20,18 +20,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/client.h"
-#include "actors/dht_cli.h"
-#include "actors/dht_experts.h"
-#include "actors/loadgen.h"
-#include "actors/moe_cli.h"
-#include "actors/remote.h"
+#include "actors/net/client.h"
+#include "actors/dht/dht_cli.h"
+#include "actors/grid/dht_experts.h"
+#include "actors/load/loadgen.h"
+#include "actors/moe/moe_net.h"
+#include "actors/net/remote.h"
 #include "kernels/kern_rng.h"
-#include "runtime/rt_args.h"
+#include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
-#include "wire/wire_json.h"
-#include "wire/wire_npy.h"
+#include "wire/codec/wire_json.h"
+#include "wire/codec/wire_npy.h"
 
 typedef struct {
     rt_loop *loop;

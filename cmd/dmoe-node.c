@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/node.h"
+#include "actors/node/node.h"
 #include "kernels/kern_expert.h"
-#include "runtime/rt_args.h"
+#include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 

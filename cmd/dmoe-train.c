@@ -23,13 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/dht_experts.h"
-#include "actors/moe.h"
-#include "actors/moe_cli.h"
+#include "actors/grid/dht_experts.h"
+#include "actors/moe/moe.h"
+#include "actors/moe/moe_net.h"
 #include "kernels/kern_ops.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
-#include "runtime/rt_args.h"
+#include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 

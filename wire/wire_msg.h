@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "wire/wire_compress.h"
+#include "wire/codec/wire_compress.h"
 #include "wire/wire_out.h"
 
 #define WIRE_MAX_DEPTH   16      /* nesting depth of any message */

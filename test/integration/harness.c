@@ -22,7 +22,7 @@
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "wire/wire_frame.h"
-#include "wire/wire_npy.h"
+#include "wire/codec/wire_npy.h"
 
 static const char *build_dir(void)
 {

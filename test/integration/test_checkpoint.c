@@ -12,12 +12,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "actors/ckpt.h"
-#include "actors/node.h"
+#include "actors/node/ckpt.h"
+#include "actors/node/node.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "runtime/rt_err.h"
-#include "runtime/rt_safetensors.h"
+#include "runtime/files/rt_safetensors.h"
 #include "test/integration/harness.h"
 #include "test/unit/refdata.h"
 

@@ -13,13 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/client.h"
-#include "actors/dht_experts.h"
-#include "actors/dht_lookup.h"
-#include "actors/dht_net.h"
-#include "actors/server.h"
-#include "actors/dht_memnet.h"
-#include "actors/dht_node.h"
+#include "actors/net/client.h"
+#include "actors/grid/dht_experts.h"
+#include "actors/dht/dht_lookup.h"
+#include "actors/dht/rpc/dht_net.h"
+#include "actors/serve/server.h"
+#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/dht_node.h"
 #include "runtime/rt_err.h"
 
 #define NET_N 64

@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/dht_lookup.h"
-#include "actors/dht_memnet.h"
-#include "actors/dht_node.h"
+#include "actors/dht/dht_lookup.h"
+#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/dht_node.h"
 #include "runtime/rt_err.h"
 
 #define SW_MAX 64

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/loadgen.h"
+#include "actors/load/loadgen.h"
 #include "runtime/rt_err.h"
 #include "test/integration/harness.h"
 

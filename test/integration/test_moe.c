@@ -12,8 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "actors/moe.h"
-#include "actors/moe_cli.h"
+#include "actors/moe/moe.h"
+#include "actors/moe/moe_net.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "test/integration/harness.h"

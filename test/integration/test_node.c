@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "actors/node.h"
+#include "actors/node/node.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "test/integration/harness.h"

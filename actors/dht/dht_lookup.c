@@ -1,0 +1,586 @@
+/* dht_lookup.c -- one actor per iterative lookup: find nodes, store, get (see dht_lookup.h).
+ *
+ * Design notes. A lookup keeps its candidates sorted by XOR distance to the target (at most
+ * DHT_LOOKUP_MAX_CAND; the farthest fall off), each NEW, WAITING (a find in flight), OK (answered) or
+ * FAILED. step() walks the list from the nearest, counting non-failed candidates up to k, and sends a
+ * dht_find to each NEW one while fewer than alpha are in flight; when nothing is in flight and no NEW
+ * candidate is among the k nearest, the search is over (Kademlia's termination rule). Each candidate
+ * remembers its hop count: the seeds from our routing table are hop 1, a peer named by a hop-h reply is
+ * hop h + 1.
+ *
+ * Phases: SEARCH -> (STORING for a store) -> DONE. The lookup sits in its node's list while not DONE:
+ * gets of the same key and latest flag join a SEARCHing one as waiters, and dht_node_stop aborts them
+ * all. Callbacks run from the lookup's handler (start, deadline) or from an RPC's completion, never
+ * from the call that created the lookup. The actor is stopped (and freed after the round) only when it
+ * is DONE and no RPC of it is in flight, so completions never meet freed memory.
+ *
+ * Values found are copied into the lookup (plain value, or a dictionary merged per subkey, the newest
+ * expiration winning; between a plain value and a dictionary the later expiration wins, as the
+ * storage rules decide).
+ */
+#include "actors/dht/dht_lookup.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+enum { LK_NODES = 0, LK_GET = 1, LK_STORE = 2 };
+enum { PH_SEARCH = 0, PH_STORING = 1, PH_DONE = 2 };
+enum { C_NEW = 0, C_WAIT = 1, C_OK = 2, C_FAIL = 3 };
+enum { MSG_START = 1, MSG_DEADLINE = 2 };
+
+typedef struct {
+    dht_node n;
+    int state, hops, had_value;
+} cand;
+
+typedef struct {
+    dht_get_cb cb;
+    void *arg;
+} waiter;
+
+struct dht_lookup {
+    rt_actor actor;
+    rt_timer deadline;
+    rt_signal start;
+    dht *d;
+    int mode, phase, latest;
+    dht_id target;
+    size_t k;
+    struct dht_lookup *prev, *next;
+    cand c[DHT_LOOKUP_MAX_CAND];
+    size_t nc;
+    int inflight;
+    size_t rpcs;
+    /* what was found */
+    int found, is_dict, hops_found;
+    uint8_t *value;
+    size_t vlen;
+    dht_subitem *subs;
+    size_t nsubs, capsubs;
+    double exp;
+    /* who waits */
+    waiter *w;
+    size_t nw, capw;
+    dht_nodes_cb nodes_cb;
+    void *nodes_arg;
+    dht_store_item item;
+    dht_store_cb store_cb;
+    void *store_arg;
+    size_t n_stored;
+    int store_pending;
+};
+
+typedef struct {
+    dht_lookup *lk;
+    dht_id id;
+    int hops;
+} lk_rpc;
+
+/* ---- list, lifetime ---- */
+
+static void unlink_lookup(dht_lookup *lk)
+{
+    struct dht_lookup **head = dht_node_lookups(lk->d);
+    if (lk->prev) lk->prev->next = lk->next;
+    else if (*head == lk) *head = lk->next;
+    if (lk->next) lk->next->prev = lk->prev;
+    lk->prev = lk->next = NULL;
+}
+
+static void set_done(dht_lookup *lk)
+{
+    if (lk->phase == PH_DONE) return;
+    lk->phase = PH_DONE;
+    unlink_lookup(lk);
+    rt_timer_cancel(&lk->deadline);
+}
+
+static void maybe_reap(dht_lookup *lk)
+{
+    if (lk->phase == PH_DONE && lk->inflight == 0) rt_actor_stop(&lk->actor);
+}
+
+static void free_subs(dht_lookup *lk)
+{
+    for (size_t i = 0; i < lk->nsubs; i++) {
+        free((void *)lk->subs[i].subkey);
+        free((void *)lk->subs[i].value);
+    }
+    lk->nsubs = 0;
+}
+
+static void destroy(rt_actor *self)
+{
+    dht_lookup *lk = (dht_lookup *)self;
+    rt_timer_deinit(&lk->deadline);
+    free(lk->value);
+    free_subs(lk);
+    free(lk->subs);
+    free(lk->w);
+    free((void *)lk->item.subkey);
+    free((void *)lk->item.value);
+    free(lk);
+}
+
+/* ---- found values ---- */
+
+static uint8_t *dup_bytes(const uint8_t *p, size_t n)
+{
+    uint8_t *q = malloc(n ? n : 1);
+    if (q && n) memcpy(q, p, n);
+    return q;
+}
+
+static int set_plain(dht_lookup *lk, const uint8_t *v, size_t n, double exp)
+{
+    uint8_t *q = dup_bytes(v, n);
+    if (!q) return DMOE_ENOMEM;
+    free(lk->value);
+    free_subs(lk);
+    lk->value = q;
+    lk->vlen = n;
+    lk->exp = exp;
+    lk->is_dict = 0;
+    lk->found = 1;
+    return 0;
+}
+
+static int merge_sub(dht_lookup *lk, const dht_subitem *s)
+{
+    for (size_t i = 0; i < lk->nsubs; i++) {
+        dht_subitem *t = &lk->subs[i];
+        if (t->sklen != s->sklen || memcmp(t->subkey, s->subkey, s->sklen) != 0) continue;
+        if (s->expiration <= t->expiration) return 0;
+        uint8_t *q = dup_bytes(s->value, s->vlen);
+        if (!q) return DMOE_ENOMEM;
+        free((void *)t->value);
+        t->value = q;
+        t->vlen = s->vlen;
+        t->expiration = s->expiration;
+        return 0;
+    }
+    if (lk->nsubs == lk->capsubs) {
+        size_t cap = lk->capsubs ? lk->capsubs * 2 : 8;
+        dht_subitem *ns = realloc(lk->subs, cap * sizeof *ns);
+        if (!ns) return DMOE_ENOMEM;
+        lk->subs = ns;
+        lk->capsubs = cap;
+    }
+    uint8_t *sk = dup_bytes(s->subkey, s->sklen), *v = dup_bytes(s->value, s->vlen);
+    if (!sk || !v) {
+        free(sk);
+        free(v);
+        return DMOE_ENOMEM;
+    }
+    lk->subs[lk->nsubs++] = (dht_subitem){ sk, s->sklen, v, s->vlen, s->expiration };
+    return 0;
+}
+
+/* merge takes in a value found somewhere (plain or dictionary); entries expired at now are ignored. */
+static void merge(dht_lookup *lk, int is_dict, const uint8_t *v, size_t vlen, const dht_subitem *subs,
+                  size_t nsubs, double exp, double now, int hops)
+{
+    if (exp < now) return;
+    int first = !lk->found;
+    if (!is_dict) {
+        if (!lk->found || exp > lk->exp) {
+            if (set_plain(lk, v, vlen, exp) == 0) lk->hops_found = hops;
+        }
+        return;
+    }
+    if (lk->found && !lk->is_dict) {
+        if (exp <= lk->exp) return;
+        free(lk->value);
+        lk->value = NULL;
+        lk->vlen = 0;
+        lk->exp = 0;
+    }
+    lk->is_dict = 1;
+    lk->found = 1;
+    for (size_t i = 0; i < nsubs; i++)
+        if (subs[i].expiration >= now && merge_sub(lk, &subs[i]) == 0 && subs[i].expiration > lk->exp)
+            lk->exp = subs[i].expiration;
+    if (first || lk->nsubs == 0) lk->hops_found = hops;
+    if (lk->nsubs == 0) lk->found = 0;
+}
+
+/* ---- candidates ---- */
+
+static void add_cand(dht_lookup *lk, const dht_node *n, int hops)
+{
+    if (dht_id_eq(&n->id, dht_node_id(lk->d))) return;
+    size_t pos = lk->nc;
+    for (size_t i = 0; i < lk->nc; i++) {
+        int c = dht_id_distance_cmp(&lk->target, &n->id, &lk->c[i].n.id);
+        if (c == 0) return;
+        if (c < 0 && pos == lk->nc) pos = i;
+    }
+    for (size_t i = pos; i < lk->nc; i++)
+        if (dht_id_eq(&lk->c[i].n.id, &n->id)) return;
+    if (pos == DHT_LOOKUP_MAX_CAND) return;
+    size_t last = lk->nc < DHT_LOOKUP_MAX_CAND ? lk->nc : DHT_LOOKUP_MAX_CAND - 1;
+    memmove(&lk->c[pos + 1], &lk->c[pos], (last - pos) * sizeof lk->c[0]);
+    lk->c[pos] = (cand){ *n, C_NEW, hops, 0 };
+    lk->c[pos].n.last_seen = 0;
+    lk->c[pos].n.ping_pending = 0;
+    if (lk->nc < DHT_LOOKUP_MAX_CAND) lk->nc++;
+}
+
+static cand *find_cand(dht_lookup *lk, const dht_id *id)
+{
+    for (size_t i = 0; i < lk->nc; i++)
+        if (dht_id_eq(&lk->c[i].n.id, id)) return &lk->c[i];
+    return NULL;
+}
+
+/* ---- phases ---- */
+
+static void search_done(dht_lookup *lk, int err);
+
+static void on_find(void *arg, int err, const char *msg, const dht_find_rep *rep);
+
+static void step(dht_lookup *lk)
+{
+    if (lk->phase != PH_SEARCH) return;
+    if (lk->mode == LK_GET && lk->found && !lk->latest) {
+        search_done(lk, 0);
+        return;
+    }
+    size_t live = 0, alpha = dht_node_cfg(lk->d)->alpha;
+    for (size_t i = 0; i < lk->nc && live < lk->k; i++) {
+        cand *c = &lk->c[i];
+        if (c->state == C_FAIL) continue;
+        if (c->state == C_NEW) {
+            if ((size_t)lk->inflight >= alpha) {
+                live++;
+                continue;
+            }
+            lk_rpc *r = malloc(sizeof *r);
+            int rc = r ? 0 : DMOE_ENOMEM;
+            if (r) {
+                *r = (lk_rpc){ lk, c->n.id, c->hops };
+                rc = dht_node_find(lk->d, &c->n, &lk->target, 1, on_find, r);
+                if (rc) free(r);
+            }
+            if (rc) {
+                c->state = C_FAIL;
+                continue;
+            }
+            c->state = C_WAIT;
+            lk->inflight++;
+            lk->rpcs++;
+        }
+        live++;
+    }
+    if (lk->inflight == 0) search_done(lk, 0);
+}
+
+static void on_find(void *arg, int err, const char *msg, const dht_find_rep *rep)
+{
+    lk_rpc *r = arg;
+    dht_lookup *lk = r->lk;
+    lk->inflight--;
+    cand *c = find_cand(lk, &r->id);
+    if (lk->phase == PH_SEARCH) {
+        if (err) {
+            if (c) c->state = C_FAIL;
+        } else {
+            const dht_find_result *res = &rep->results[0];
+            if (c) c->state = C_OK;
+            for (size_t i = 0; i < res->n_nearest; i++) add_cand(lk, &res->nearest[i], r->hops + 1);
+            if (res->type != DHT_FOUND_NONE) {
+                merge(lk, res->type == DHT_FOUND_DICT, res->value, res->vlen, res->subs, res->nsubs, res->expiration,
+                      dht_node_now(lk->d), r->hops);
+                c = find_cand(lk, &r->id);
+                if (c) c->had_value = 1;
+            }
+        }
+        step(lk);
+    }
+    free(r);
+    maybe_reap(lk);
+}
+
+static void on_cache_store(void *arg, int err, const char *msg, const dht_store_rep *rep)
+{
+    dht_lookup *lk = arg;
+    lk->inflight--;
+    maybe_reap(lk);
+}
+
+/* value_items lists what was found as store items (at most cap); returns the count. */
+static size_t value_items(const dht_lookup *lk, dht_store_item *items, size_t cap)
+{
+    if (!lk->is_dict) {
+        items[0] = (dht_store_item){ lk->target, NULL, 0, lk->value, lk->vlen, lk->exp };
+        return 1;
+    }
+    size_t n = lk->nsubs < cap ? lk->nsubs : cap;
+    for (size_t i = 0; i < n; i++)
+        items[i] = (dht_store_item){ lk->target, lk->subs[i].subkey, lk->subs[i].sklen, lk->subs[i].value,
+                                     lk->subs[i].vlen, lk->subs[i].expiration };
+    return n;
+}
+
+static void cache_found(dht_lookup *lk)
+{
+    dht *d = lk->d;
+    dht_store_item items[DHT_PROTO_MAX_KEYS];
+    size_t n = value_items(lk, items, DHT_PROTO_MAX_KEYS);
+    for (size_t i = 0; i < n; i++) dht_node_store_local(d, &items[i], 1);
+    /* The nearest node that answered without the value; those that had it are skipped (a plain get
+     * usually ends at its nearest answering node, the one that had the value). */
+    for (size_t i = 0; i < lk->nc; i++) {
+        cand *c = &lk->c[i];
+        if (c->state != C_OK || c->had_value) continue;
+        if (dht_node_store_rpc(d, &c->n, items, n, 1, on_cache_store, lk) == 0) lk->inflight++;
+        break;
+    }
+}
+
+static void finish_get(dht_lookup *lk, int err, const char *msg)
+{
+    if (err == 0 && lk->found && !dht_node_cfg(lk->d)->no_cache && !dht_node_is_stopped(lk->d)) cache_found(lk);
+    set_done(lk);
+    dht_get_result r = { lk->found && err == 0, lk->is_dict, lk->value, lk->vlen, lk->subs, lk->nsubs, lk->exp,
+                         lk->hops_found, lk->rpcs };
+    if (!r.found) {
+        r.is_dict = 0;
+        r.nsubs = 0;
+    }
+    for (size_t i = 0; i < lk->nw; i++) lk->w[i].cb(lk->w[i].arg, err, msg, &r);
+    lk->nw = 0;
+}
+
+static void on_store_done(void *arg, int err, const char *msg, const dht_store_rep *rep)
+{
+    dht_lookup *lk = arg;
+    lk->inflight--;
+    lk->store_pending--;
+    if (!err && rep->stored[0]) lk->n_stored++;
+    if (lk->store_pending == 0 && lk->phase == PH_STORING) {
+        set_done(lk);
+        if (lk->store_cb)
+            lk->store_cb(lk->store_arg, lk->n_stored ? 0 : DMOE_ENOTFOUND,
+                         lk->n_stored ? "" : "no replica accepted the value", lk->n_stored);
+    }
+    maybe_reap(lk);
+}
+
+static void start_storing(dht_lookup *lk)
+{
+    dht *d = lk->d;
+    const dht_cfg *cfg = dht_node_cfg(d);
+    size_t want = cfg->num_replicas, sent = 0;
+    lk->phase = PH_STORING;
+    lk->store_pending = 1;   /* held while sending, released by the on_store_done call below */
+    lk->inflight++;
+    size_t nok = 0;
+    const dht_node *kth = NULL;
+    for (size_t i = 0; i < lk->nc; i++)
+        if (lk->c[i].state == C_OK && ++nok == want) {
+            kth = &lk->c[i].n;
+            break;
+        }
+    if (!cfg->client_mode && (!kth || dht_id_distance_cmp(&lk->target, dht_node_id(d), &kth->id) < 0)) {
+        if (dht_node_store_local(d, &lk->item, 0) == 1) lk->n_stored++;
+        want--;
+    }
+    for (size_t i = 0; i < lk->nc && sent < want; i++) {
+        cand *c = &lk->c[i];
+        if (c->state != C_OK) continue;
+        sent++;
+        if (dht_node_store_rpc(d, &c->n, &lk->item, 1, 0, on_store_done, lk) == 0) {
+            lk->inflight++;
+            lk->store_pending++;
+        }
+    }
+    on_store_done(lk, DMOE_ECONN, "", NULL);
+}
+
+static void search_done(dht_lookup *lk, int err)
+{
+    if (lk->phase != PH_SEARCH) return;
+    if (lk->mode == LK_GET) {
+        finish_get(lk, lk->found ? 0 : err, lk->found || !err ? "" : "the lookup deadline passed");
+    } else if (lk->mode == LK_STORE) {
+        start_storing(lk);
+    } else {
+        dht_node out[DHT_LOOKUP_MAX_CAND];
+        size_t n = 0;
+        int hops = 0;
+        for (size_t i = 0; i < lk->nc && n < lk->k; i++)
+            if (lk->c[i].state == C_OK) {
+                out[n++] = lk->c[i].n;
+                if (lk->c[i].hops > hops) hops = lk->c[i].hops;
+            }
+        set_done(lk);
+        if (lk->nodes_cb) lk->nodes_cb(lk->nodes_arg, 0, "", out, n, hops);
+    }
+}
+
+static void abort_lookup(dht_lookup *lk, int err, const char *msg)
+{
+    if (lk->phase == PH_DONE) return;
+    int mode = lk->mode;
+    if (mode == LK_GET) {
+        lk->found = 0;
+        finish_get(lk, err, msg);
+    } else {
+        set_done(lk);
+        if (mode == LK_STORE && lk->store_cb) lk->store_cb(lk->store_arg, err, msg, lk->n_stored);
+        if (mode == LK_NODES && lk->nodes_cb) lk->nodes_cb(lk->nodes_arg, err, msg, NULL, 0, 0);
+    }
+    maybe_reap(lk);
+}
+
+/* ---- the actor ---- */
+
+static void start(dht_lookup *lk)
+{
+    dht *d = lk->d;
+    if (dht_node_is_stopped(d)) {
+        abort_lookup(lk, DMOE_ESHUTDOWN, "the DHT node is stopping");
+        return;
+    }
+    if (lk->mode == LK_GET) {
+        double now = dht_node_now(d);
+        dht_stored st;
+        if (dht_storage_get(dht_node_storage(d), &lk->target, now, &st) == 0)
+            merge(lk, st.is_dict, st.value, st.vlen, st.subs, st.nsubs, st.expiration, now, 0);
+        if (dht_storage_get(dht_node_cache(d), &lk->target, now, &st) == 0)
+            merge(lk, st.is_dict, st.value, st.vlen, st.subs, st.nsubs, st.expiration, now, 0);
+        if (lk->found && !lk->latest) {
+            set_done(lk);   /* found locally: nothing to cache, answer now */
+            dht_get_result r = { 1, lk->is_dict, lk->value, lk->vlen, lk->subs, lk->nsubs, lk->exp, 0, 0 };
+            for (size_t i = 0; i < lk->nw; i++) lk->w[i].cb(lk->w[i].arg, 0, "", &r);
+            lk->nw = 0;
+            maybe_reap(lk);
+            return;
+        }
+    }
+    dht_node seeds[DHT_LOOKUP_MAX_CAND];
+    size_t n = dht_routing_nearest(dht_node_routing(d), &lk->target, lk->k, NULL, seeds);
+    for (size_t i = 0; i < n; i++) add_cand(lk, &seeds[i], 1);
+    rt_timer_start(&lk->deadline, dht_node_cfg(d)->lookup_timeout_ms, 0);
+    step(lk);
+    maybe_reap(lk);
+}
+
+static void handle(rt_actor *self, rt_msg *m)
+{
+    dht_lookup *lk = (dht_lookup *)self;
+    if (m->type == MSG_START) {
+        rt_msg_drop(m);
+        start(lk);
+        return;
+    }
+    if (m->type == MSG_DEADLINE && lk->phase == PH_SEARCH) {
+        LOG_DEBUG("lookup deadline: %d RPCs still in flight", lk->inflight);
+        search_done(lk, DMOE_ETIMEDOUT);
+        maybe_reap(lk);
+    }
+    rt_msg_drop(m);
+}
+
+static dht_lookup *lookup_new(dht *d, int mode, const dht_id *target, size_t k)
+{
+    dht_lookup *lk = calloc(1, sizeof *lk);
+    if (!lk) return NULL;
+    rt_actor_init(&lk->actor, dht_node_loop(d), "dht_lookup", handle, destroy);
+    if (rt_timer_init(&lk->deadline, &lk->actor, MSG_DEADLINE) != 0) {
+        free(lk);
+        return NULL;
+    }
+    rt_signal_init(&lk->start, &lk->actor, MSG_START);
+    lk->d = d;
+    lk->mode = mode;
+    lk->target = *target;
+    lk->k = k ? k : dht_node_cfg(d)->bucket_size;
+    if (lk->k > DHT_LOOKUP_MAX_CAND) lk->k = DHT_LOOKUP_MAX_CAND;
+    struct dht_lookup **head = dht_node_lookups(d);
+    lk->next = *head;
+    if (*head) (*head)->prev = lk;
+    *head = lk;
+    return lk;
+}
+
+static int add_waiter(dht_lookup *lk, dht_get_cb cb, void *arg)
+{
+    if (lk->nw == lk->capw) {
+        size_t cap = lk->capw ? lk->capw * 2 : 4;
+        waiter *w = realloc(lk->w, cap * sizeof *w);
+        if (!w) return DMOE_ENOMEM;
+        lk->w = w;
+        lk->capw = cap;
+    }
+    lk->w[lk->nw++] = (waiter){ cb, arg };
+    return 0;
+}
+
+int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    for (dht_lookup *lk = *dht_node_lookups(d); lk; lk = lk->next)
+        if (lk->mode == LK_GET && lk->phase == PH_SEARCH && lk->latest == !!latest && lk->nw < DHT_LOOKUP_MAX_WAITERS &&
+            dht_id_eq(&lk->target, key))
+            return add_waiter(lk, cb, arg);
+    dht_lookup *lk = lookup_new(d, LK_GET, key, 0);
+    if (!lk) return DMOE_ENOMEM;
+    lk->latest = !!latest;
+    if (add_waiter(lk, cb, arg) != 0) {
+        set_done(lk);
+        rt_actor_stop(&lk->actor);
+        return DMOE_ENOMEM;
+    }
+    rt_signal_raise(&lk->start);
+    return 0;
+}
+
+int dht_store(dht *d, const dht_id *key, const void *subkey, size_t sklen, const void *value, size_t vlen,
+              double expiration, dht_store_cb cb, void *arg)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    if (vlen > DHT_MAX_VALUE_BYTES || (subkey && (sklen == 0 || sklen > DHT_MAX_SUBKEY_BYTES))) return DMOE_ETOOBIG;
+    if (!isfinite(expiration)) return DMOE_EINVAL;
+    dht_lookup *lk = lookup_new(d, LK_STORE, key, 0);
+    if (!lk) return DMOE_ENOMEM;
+    size_t k = dht_node_cfg(d)->num_replicas;
+    if (lk->k < k) lk->k = k;
+    uint8_t *sk = subkey ? dup_bytes(subkey, sklen) : NULL, *v = dup_bytes(value, vlen);
+    if ((subkey && !sk) || !v) {
+        free(sk);
+        free(v);
+        set_done(lk);
+        rt_actor_stop(&lk->actor);
+        return DMOE_ENOMEM;
+    }
+    lk->item = (dht_store_item){ *key, sk, subkey ? sklen : 0, v, vlen, expiration };
+    lk->store_cb = cb;
+    lk->store_arg = arg;
+    rt_signal_raise(&lk->start);
+    return 0;
+}
+
+int dht_find_nodes(dht *d, const dht_id *target, size_t k, dht_nodes_cb cb, void *arg)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    dht_lookup *lk = lookup_new(d, LK_NODES, target, k);
+    if (!lk) return DMOE_ENOMEM;
+    lk->nodes_cb = cb;
+    lk->nodes_arg = arg;
+    rt_signal_raise(&lk->start);
+    return 0;
+}
+
+void dht_lookup_abort_all(dht *d)
+{
+    struct dht_lookup **head = dht_node_lookups(d);
+    size_t guard = 0;
+    while (*head && guard++ < ((size_t)1 << 30)) abort_lookup(*head, DMOE_ESHUTDOWN, "the DHT node is stopping");
+}

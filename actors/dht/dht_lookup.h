@@ -1,0 +1,75 @@
+/* dht_lookup.h -- iterative Kademlia lookups (hivemind's traverse_dht, DHTNode.store / get).
+ *
+ * Each lookup is an actor with its own deadline timer. It starts from the k nearest peers of the
+ * node's routing table and asks at most alpha of them at a time (dht_find) for the target, merging the
+ * peers each reply names into its candidate list, until the k nearest candidates that answered have
+ * all been asked (or, for a get that does not want the latest value, an unexpired value was found).
+ * A peer that fails is skipped (the node evicts it). The whole lookup ends at lookup_timeout_ms.
+ *
+ *  - dht_find_nodes: the k nearest live nodes to a target.
+ *  - dht_store: finds the num_replicas nearest nodes to the key and stores there (and locally when this
+ *    node is itself among them).
+ *  - dht_get: the local storage and cache first, then a lookup; with latest, every one of the k
+ *    nearest is asked and the newest value wins (dictionaries merge per subkey, newest expiration
+ *    wins). The result is cached locally and on the nearest asked node that lacked it. Concurrent
+ *    gets of one key (same latest flag) share one lookup.
+ *
+ * Callbacks run on the loop thread, never inside the call that started the lookup; what they are given
+ * is borrowed for the duration of the callback. Loop thread only.
+ */
+#ifndef DMOE_DHT_LOOKUP_H
+#define DMOE_DHT_LOOKUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/dht/dht_node.h"
+
+/* Candidates one lookup remembers, nearest first: a few times k is plenty for convergence. */
+#define DHT_LOOKUP_MAX_CAND 96
+/* Waiters sharing one get. */
+#define DHT_LOOKUP_MAX_WAITERS 256
+
+typedef struct dht_lookup dht_lookup;
+
+/* What a get found. found 0: nothing live. Plain value: value[vlen]; dictionary: subs[nsubs]. hops is
+ * the number of RPC rounds on the path to the node that answered (0: found locally); rpcs the number
+ * of find RPCs the lookup made. */
+typedef struct {
+    int found, is_dict;
+    const uint8_t *value;
+    size_t vlen;
+    const dht_subitem *subs;
+    size_t nsubs;
+    double expiration;
+    int hops;
+    size_t rpcs;
+} dht_get_result;
+
+/* Completion of dht_get: err 0 (r->found says whether a value was found), DMOE_ETIMEDOUT (the deadline
+ * passed without a value), DMOE_ESHUTDOWN. r is never NULL and is borrowed. */
+typedef void (*dht_get_cb)(void *arg, int err, const char *msg, const dht_get_result *r);
+/* Completion of dht_store: n_stored replicas accepted the value (the local one included); err 0 when
+ * n_stored > 0, else DMOE_ENOTFOUND (no replica would take it) or DMOE_ESHUTDOWN. */
+typedef void (*dht_store_cb)(void *arg, int err, const char *msg, size_t n_stored);
+/* Completion of dht_find_nodes: nearest[0..n) (borrowed), nearest first, and the rounds it took. */
+typedef void (*dht_nodes_cb)(void *arg, int err, const char *msg, const dht_node *nearest, size_t n, int hops);
+
+/* dht_get looks key up. Returns 0 (cb runs later, once) or DMOE_ESHUTDOWN / DMOE_ENOMEM. */
+int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg);
+
+/* dht_store stores value[vlen] (with subkey[sklen] into key's dictionary when subkey is not NULL) until
+ * expiration on the num_replicas nearest nodes. The bytes are copied. Returns 0 (cb runs later, once),
+ * DMOE_ETOOBIG (value or subkey over the protocol bounds), DMOE_EINVAL (expiration not finite),
+ * DMOE_ESHUTDOWN, DMOE_ENOMEM. */
+int dht_store(dht *d, const dht_id *key, const void *subkey, size_t sklen, const void *value, size_t vlen,
+              double expiration, dht_store_cb cb, void *arg);
+
+/* dht_find_nodes finds the k (0: bucket size) nearest live nodes to target. Returns 0 (cb runs later,
+ * once) or DMOE_ESHUTDOWN / DMOE_ENOMEM. */
+int dht_find_nodes(dht *d, const dht_id *target, size_t k, dht_nodes_cb cb, void *arg);
+
+/* dht_lookup_abort_all ends every active lookup of d with DMOE_ESHUTDOWN (dht_node_stop calls it). */
+void dht_lookup_abort_all(dht *d);
+
+#endif

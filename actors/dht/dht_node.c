@@ -1,0 +1,774 @@
+/* dht_node.c -- the DHT node actor: routing table, storage, RPC handlers, bootstrap, refresh, hand-over
+ * (see dht_node.h).
+ *
+ * Design notes. Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
+ * a burst of requests is served at most RT_ACTOR_BATCH per round; each is decoded by dht_proto, applied
+ * to the tables, and answered at once (nothing in a DHT request waits for anything else). Outgoing RPCs
+ * are rpc records handed to the transport; their completion (on_reply) applies the liveness rules --
+ * learn the peer on success, evict and blacklist it on timeout or connection failure -- before the
+ * caller's callback runs. A remote error reply proves the peer alive, so it neither evicts nor learns --
+ * except DMOE_ESHUTDOWN, which says the peer is leaving: that evicts it as a timeout would.
+ *
+ * The storage has no iteration, so the node keeps an index of the keys it stored as a replica (an
+ * open-addressing set of ids) for Kademlia's hand-over; keys that vanished from the storage (expired)
+ * leave the index when the hand-over next meets them.
+ *
+ * Timers, both on the node actor: the sweep (one-shot, armed at the earliest expiration held) and the
+ * refresh (periodic: stale buckets are looked up, expired keys swept). The bootstrap's retry timer too.
+ */
+#include "actors/dht/dht_node.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "actors/dht/dht_lookup.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+enum { MSG_REQ = 1, MSG_REFRESH = 2, MSG_SWEEP = 3, MSG_BOOT_RETRY = 4 };
+enum { RPC_PING = 0, RPC_FIND = 1, RPC_STORE = 2 };
+
+/* Stale buckets refreshed per refresh tick: bounds the lookups one tick can start. */
+#define DHT_REFRESH_MAX_BUCKETS 8
+
+typedef struct {
+    rt_msg msg;
+    dht *d;
+    wire_msg *m;
+    dht_respond_fn respond;
+    void *ctx;
+    int answered;
+} inreq;
+
+typedef void (*ping_done)(void *arg, int err, const char *msg, const dht_peer_info *who);
+
+typedef struct {
+    dht *d;
+    int kind;
+    dht_node peer;
+    int has_id;
+    size_t n;
+    dht_find_done find_cb;
+    dht_store_done store_cb;
+    ping_done ping_cb;
+    void *arg;
+} rpc;
+
+typedef struct {
+    dht *d;
+    char text[WIRE_MADDR_TEXT];
+    dht_addr addr;
+    dht_id id;
+    int has_id, ok;
+    char why[160];
+} boot_peer;
+
+typedef struct {
+    boot_peer peers[DHT_MAX_INITIAL_PEERS];
+    size_t n, pending;
+    int round;
+    dht_bootstrap_cb cb;
+    void *arg;
+} boot_state;
+
+/* The key index: open addressing, linear probing; used[i]: 0 empty, 1 key, 2 tombstone. */
+typedef struct {
+    dht_id *ids;
+    uint8_t *used;
+    size_t cap, n, filled;
+} key_index;
+
+struct dht {
+    rt_actor actor;
+    rt_loop *loop;
+    dht_cfg cfg;
+    dht_transport t;
+    dht_peer_info self;
+    dht_routing *rt;
+    dht_blacklist *bl;
+    dht_storage *store, *cache, *neg;
+    key_index idx;
+    rt_timer refresh, sweep, boot_timer;
+    double sweep_at;
+    boot_state *boot;
+    struct dht_lookup *lookups;
+    uint64_t rpcs;
+    int stopped;
+};
+
+/* ---- the key index ---- */
+
+static size_t idx_slot(const key_index *x, const dht_id *k)
+{
+    uint64_t h;
+    memcpy(&h, k->b, sizeof h);
+    return (size_t)(h * 0x9E3779B97F4A7C15ull) & (x->cap - 1);
+}
+
+static int idx_rehash(key_index *x, size_t cap)
+{
+    key_index y = { calloc(cap, sizeof *y.ids), calloc(cap, 1), cap, 0, 0 };
+    if (!y.ids || !y.used) {
+        free(y.ids);
+        free(y.used);
+        return DMOE_ENOMEM;
+    }
+    for (size_t i = 0; i < x->cap; i++)
+        if (x->used[i] == 1) {
+            size_t s = idx_slot(&y, &x->ids[i]);
+            while (y.used[s]) s = (s + 1) & (cap - 1);
+            y.ids[s] = x->ids[i];
+            y.used[s] = 1;
+            y.n++;
+        }
+    y.filled = y.n;
+    free(x->ids);
+    free(x->used);
+    *x = y;
+    return 0;
+}
+
+static int idx_add(key_index *x, const dht_id *k)
+{
+    if ((x->filled + 1) * 2 > x->cap) {
+        size_t cap = x->cap ? x->cap : 64;
+        while ((x->n + 1) * 2 > cap / 2 && cap < ((size_t)1 << 40)) cap *= 2;
+        int rc = idx_rehash(x, cap);
+        if (rc) return rc;
+    }
+    size_t s = idx_slot(x, k), tomb = (size_t)-1;
+    while (x->used[s]) {
+        if (x->used[s] == 1 && dht_id_eq(&x->ids[s], k)) return 0;
+        if (x->used[s] == 2 && tomb == (size_t)-1) tomb = s;
+        s = (s + 1) & (x->cap - 1);
+    }
+    if (tomb != (size_t)-1) s = tomb;
+    else x->filled++;
+    x->ids[s] = *k;
+    x->used[s] = 1;
+    x->n++;
+    return 0;
+}
+
+/* ---- time, configuration ---- */
+
+double dht_node_now(const dht *d)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void dht_cfg_default(dht_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->seed = rt_clock_us() ^ 0x5DEECE66Dull;
+    c->bootstrap_retries = -1;
+}
+
+static void fill_defaults(dht_cfg *c)
+{
+    if (!c->bucket_size) c->bucket_size = DHT_BUCKET_SIZE;
+    if (!c->num_replicas) c->num_replicas = DHT_NUM_REPLICAS;
+    if (!c->alpha) c->alpha = DHT_ALPHA;
+    if (!c->rpc_timeout_ms) c->rpc_timeout_ms = DHT_RPC_TIMEOUT_MS;
+    if (!c->lookup_timeout_ms) c->lookup_timeout_ms = DHT_LOOKUP_TIMEOUT_MS;
+    if (c->refresh_period_s == 0) c->refresh_period_s = DHT_REFRESH_PERIOD_S;
+    if (c->bootstrap_retries < 0) c->bootstrap_retries = DHT_BOOTSTRAP_RETRIES;
+    if (!c->bootstrap_retry_ms) c->bootstrap_retry_ms = DHT_BOOTSTRAP_RETRY_MS;
+}
+
+/* ---- outgoing RPCs ---- */
+
+static void learn(dht *d, const dht_peer_info *p);
+
+/* rpc_failed applies the failure rules: evict and blacklist, unless the peer answered with an error
+ * (which proves it alive) or our own transport is shutting down (no reply, DMOE_ESHUTDOWN). A peer that
+ * answers DMOE_ESHUTDOWN is leaving: it is evicted and banned as if it had not answered. */
+static void rpc_failed(dht *d, const rpc *r, int err, const wire_msg *reply)
+{
+    if (d->stopped) return;
+    if (reply ? err != DMOE_ESHUTDOWN : err == DMOE_ESHUTDOWN) return;
+    if (r->has_id) dht_routing_remove(d->rt, &r->peer.id);
+    dht_blacklist_fail(d->bl, &r->peer.addr, dht_node_now(d));
+}
+
+static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
+{
+    rpc *r = arg;
+    dht *d = r->d;
+    char emsg[256] = "";
+    dht_find_rep frep;
+    dht_store_rep srep;
+    dht_peer_info who;
+    memset(&frep, 0, sizeof frep);
+    memset(&who, 0, sizeof who);
+    if (err == 0) {
+        int rc;
+        if (r->kind == RPC_FIND) {
+            rc = dht_proto_find_rep_decode(reply->result, r->n, dht_node_now(d), &frep, emsg, sizeof emsg);
+            who = frep.node;
+        } else if (r->kind == RPC_STORE) {
+            rc = dht_proto_store_rep_decode(reply->result, r->n, &srep, emsg, sizeof emsg);
+            who = srep.node;
+        } else {
+            rc = reply->result && reply->result->type == MSGPACK_OBJECT_MAP
+                     ? dht_proto_peer_decode(reply->result, "node", &who, emsg, sizeof emsg)
+                     : DMOE_EINVAL;
+            if (rc && !emsg[0]) snprintf(emsg, sizeof emsg, "ping reply is not a map");
+        }
+        if (rc == 0 && r->has_id && who.present && !dht_id_eq(&who.id, &r->peer.id)) {
+            char a[DHT_ID_HEX_LEN + 1], b[DHT_ID_HEX_LEN + 1];
+            snprintf(emsg, sizeof emsg, "peer answered with node id %s, expected %s", dht_id_to_hex(&who.id, a),
+                     dht_id_to_hex(&r->peer.id, b));
+            rc = DMOE_EINVAL;
+        }
+        if (rc) {
+            err = rc;
+            msg = emsg;
+            reply = NULL;   /* a garbled answer counts as a failure of the peer */
+        }
+    }
+    if (err) {
+        rpc_failed(d, r, err, reply);
+    } else if (!d->stopped) {
+        dht_blacklist_ok(d->bl, &r->peer.addr);
+        learn(d, &who);
+    }
+    if (r->kind == RPC_FIND) r->find_cb(r->arg, err, msg, err ? NULL : &frep);
+    else if (r->kind == RPC_STORE) r->store_cb(r->arg, err, msg, err ? NULL : &srep);
+    else r->ping_cb(r->arg, err, msg, err ? NULL : &who);
+    dht_proto_find_rep_free(&frep);
+    free(r);
+}
+
+/* send_rpc hands req to the transport for r's peer; consumes req and r on failure too. */
+static int send_rpc(dht *d, rpc *r, uint64_t id, wire_out *req)
+{
+    wire_maddr to;
+    if (!req) {
+        free(r);
+        return DMOE_ENOMEM;
+    }
+    if (d->stopped || dht_proto_addr_to_maddr(&r->peer.addr, r->has_id ? &r->peer.id : NULL, &to) != 0 ||
+        dht_blacklist_banned(d->bl, &r->peer.addr, dht_node_now(d))) {
+        int rc = d->stopped ? DMOE_ESHUTDOWN : DMOE_ECONN;
+        wire_out_free(req);
+        free(r);
+        return rc;
+    }
+    d->rpcs++;
+    int rc = d->t.call(d->t.impl, &to, id, req, d->cfg.rpc_timeout_ms, on_reply, r);
+    if (rc) free(r);
+    return rc;
+}
+
+static rpc *rpc_new(dht *d, int kind, const dht_node *peer, int has_id, size_t n, void *arg)
+{
+    rpc *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->d = d;
+    r->kind = kind;
+    r->peer = *peer;
+    r->has_id = has_id;
+    r->n = n;
+    r->arg = arg;
+    return r;
+}
+
+int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dht_find_done cb, void *arg)
+{
+    if (d->stopped) return DMOE_ESHUTDOWN;
+    rpc *r = rpc_new(d, RPC_FIND, peer, 1, n, arg);
+    if (!r) return DMOE_ENOMEM;
+    r->find_cb = cb;
+    uint64_t id = d->t.next_id(d->t.impl);
+    return send_rpc(d, r, id, dht_proto_find_req(id, &d->self, keys, n));
+}
+
+int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items, size_t n, int in_cache,
+                       dht_store_done cb, void *arg)
+{
+    if (d->stopped) return DMOE_ESHUTDOWN;
+    rpc *r = rpc_new(d, RPC_STORE, peer, 1, n, arg);
+    if (!r) return DMOE_ENOMEM;
+    r->store_cb = cb;
+    uint64_t id = d->t.next_id(d->t.impl);
+    return send_rpc(d, r, id, dht_proto_store_req(id, &d->self, items, n, in_cache));
+}
+
+static int send_ping(dht *d, const dht_node *peer, int has_id, ping_done cb, void *arg)
+{
+    rpc *r = rpc_new(d, RPC_PING, peer, has_id, 0, arg);
+    if (!r) return DMOE_ENOMEM;
+    r->ping_cb = cb;
+    uint64_t id = d->t.next_id(d->t.impl);
+    return send_rpc(d, r, id, dht_proto_ping_req(id, &d->self));
+}
+
+static void ignore_store(void *arg, int err, const char *msg, const dht_store_rep *rep) {}
+static void ignore_ping(void *arg, int err, const char *msg, const dht_peer_info *who) {}
+
+/* ---- storage, hand-over ---- */
+
+static void arm_sweep(dht *d)
+{
+    double next = dht_storage_next_expiration(d->store);
+    double c = dht_storage_next_expiration(d->cache);
+    if (c < next) next = c;
+    if (!isfinite(next) || d->stopped || (d->sweep_at > 0 && d->sweep_at <= next)) return;
+    double now = dht_node_now(d);
+    double wait = next - now;
+    d->sweep_at = next;
+    rt_timer_start(&d->sweep, wait > 0 ? (uint64_t)(wait * 1000.0) + 1 : 0, 0);
+}
+
+int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
+{
+    int rc = dht_storage_store(in_cache ? d->cache : d->store, &it->key, it->subkey, it->sklen, it->value, it->vlen,
+                               it->expiration, dht_node_now(d));
+    if (rc == 1) {
+        if (!in_cache && idx_add(&d->idx, &it->key) != 0) LOG_WARN("out of memory indexing a stored key");
+        arm_sweep(d);
+    }
+    return rc;
+}
+
+/* handover sends the new node p the keys it should now store with us (hivemind's rule). */
+static void handover(dht *d, const dht_peer_info *p)
+{
+    if (d->idx.n == 0) return;
+    double now = dht_node_now(d);
+    dht_storage_expire(d->store, now);
+    dht_node peer = { .id = p->id, .addr = p->addr };
+    dht_store_item batch[DHT_HANDOVER_BATCH];
+    size_t nb = 0;
+    dht_node nb_nodes[DHT_NUM_REPLICAS * 4];
+    size_t want = d->cfg.num_replicas < DHT_NUM_REPLICAS * 4 ? d->cfg.num_replicas : DHT_NUM_REPLICAS * 4;
+    for (size_t i = 0; i < d->idx.cap; i++) {
+        if (d->idx.used[i] != 1) continue;
+        const dht_id *key = &d->idx.ids[i];
+        dht_stored st;
+        if (dht_storage_get(d->store, key, now, &st) != 0) {
+            d->idx.used[i] = 2;
+            d->idx.n--;
+            continue;
+        }
+        size_t nn = dht_routing_nearest(d->rt, key, want, &d->self.id, nb_nodes);
+        if (nn > 0) {
+            int should = nn < want || dht_id_distance_cmp(key, &p->id, &nb_nodes[nn - 1].id) < 0;
+            int responsible = dht_id_distance_cmp(key, &d->self.id, &nb_nodes[0].id) < 0;
+            if (!should || !responsible) continue;
+        }
+        size_t parts = st.is_dict ? st.nsubs : 1;
+        for (size_t j = 0; j < parts; j++) {
+            dht_store_item *it = &batch[nb++];
+            it->key = *key;
+            if (st.is_dict) {
+                it->subkey = st.subs[j].subkey;
+                it->sklen = st.subs[j].sklen;
+                it->value = st.subs[j].value;
+                it->vlen = st.subs[j].vlen;
+                it->expiration = st.subs[j].expiration;
+            } else {
+                it->subkey = NULL;
+                it->sklen = 0;
+                it->value = st.value;
+                it->vlen = st.vlen;
+                it->expiration = st.expiration;
+            }
+            if (nb == DHT_HANDOVER_BATCH) {
+                dht_node_store_rpc(d, &peer, batch, nb, 0, ignore_store, NULL);
+                nb = 0;
+            }
+        }
+    }
+    if (nb) dht_node_store_rpc(d, &peer, batch, nb, 0, ignore_store, NULL);
+}
+
+/* learn refreshes peer p in the routing table (nothing for nil senders or ourselves). */
+static void learn(dht *d, const dht_peer_info *p)
+{
+    if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
+    dht_node known, to_ping;
+    int is_new = dht_routing_get(d->rt, &p->id, &known) != 0;
+    if (is_new && !d->cfg.client_mode) handover(d, p);
+    int rc = dht_routing_add_or_update(d->rt, &p->id, &p->addr, dht_node_now(d), &to_ping);
+    if (rc == DHT_RT_PING) send_ping(d, &to_ping, 1, ignore_ping, NULL);
+}
+
+/* ---- incoming requests ---- */
+
+static void answer(inreq *q, wire_out *o)
+{
+    q->answered = 1;
+    q->respond(q->ctx, o);
+}
+
+static void answer_error(inreq *q, int code, const char *msg)
+{
+    LOG_DEBUG("dht request %s refused: %s", q->m->method, msg);
+    answer(q, wire_error_reply(q->m->id, code, msg));
+}
+
+static void serve_find(dht *d, inreq *q)
+{
+    dht_find_req req;
+    char err[256] = "";
+    int rc = dht_proto_find_decode(&q->m->root, &req, err, sizeof err);
+    if (rc) {
+        answer_error(q, rc, err);
+        return;
+    }
+    learn(d, &req.sender);
+    double now = dht_node_now(d);
+    size_t k = d->cfg.bucket_size < DHT_PROTO_MAX_NEAREST ? d->cfg.bucket_size : DHT_PROTO_MAX_NEAREST;
+    dht_find_entry *e = calloc(req.n, sizeof *e);
+    dht_stored *st = calloc(req.n, sizeof *st);
+    dht_node *near = calloc(req.n * k, sizeof *near);
+    if (!e || !st || !near) {
+        free(e);
+        free(st);
+        free(near);
+        answer_error(q, DMOE_ENOMEM, "out of memory");
+        return;
+    }
+    /* Expire first so that the gets below drop nothing and every pointer stays valid. */
+    dht_storage_expire(d->store, now);
+    dht_storage_expire(d->cache, now);
+    for (size_t i = 0; i < req.n; i++) {
+        if (dht_storage_get(d->store, &req.keys[i], now, &st[i]) == 0 ||
+            dht_storage_get(d->cache, &req.keys[i], now, &st[i]) == 0)
+            e[i].found = &st[i];
+        e[i].nearest = near + i * k;
+        e[i].n_nearest = dht_routing_nearest(d->rt, &req.keys[i], k, req.sender.present ? &req.sender.id : NULL,
+                                             near + i * k);
+    }
+    answer(q, dht_proto_find_reply(q->m->id, &d->self, e, req.n));
+    free(e);
+    free(st);
+    free(near);
+}
+
+static void serve_store(dht *d, inreq *q)
+{
+    dht_store_req req;
+    char err[256] = "";
+    double now = dht_node_now(d);
+    int rc = dht_proto_store_decode(&q->m->root, now, &req, err, sizeof err);
+    if (rc) {
+        answer_error(q, rc, err);
+        return;
+    }
+    learn(d, &req.sender);
+    uint8_t stored[DHT_PROTO_MAX_KEYS];
+    for (size_t i = 0; i < req.n; i++) stored[i] = dht_node_store_local(d, &req.items[i], req.in_cache) == 1;
+    answer(q, dht_proto_store_reply(q->m->id, &d->self, stored, req.n));
+}
+
+static void serve(dht *d, inreq *q)
+{
+    if (d->stopped) {
+        answer_error(q, DMOE_ESHUTDOWN, "the DHT node is stopping");
+    } else if (d->cfg.client_mode) {
+        answer_error(q, DMOE_ENOMETHOD, "a client-mode DHT node answers no DHT requests");
+    } else if (strcmp(q->m->method, "dht_ping") == 0) {
+        dht_peer_info who;
+        char err[256] = "";
+        int rc = dht_proto_peer_decode(&q->m->root, "node", &who, err, sizeof err);
+        if (rc) {
+            answer_error(q, rc, err);
+            return;
+        }
+        learn(d, &who);
+        answer(q, dht_proto_ping_reply(q->m->id, &d->self));
+    } else if (strcmp(q->m->method, "dht_find") == 0) {
+        serve_find(d, q);
+    } else if (strcmp(q->m->method, "dht_store") == 0) {
+        serve_store(d, q);
+    } else {
+        char err[96];
+        snprintf(err, sizeof err, "unknown DHT method %.40s", q->m->method);
+        answer_error(q, DMOE_ENOMETHOD, err);
+    }
+}
+
+static void inreq_drop(rt_msg *m)
+{
+    inreq *q = (inreq *)m;
+    if (!q->answered) q->respond(q->ctx, NULL);
+    wire_msg_free(q->m);
+    free(q->m);
+    free(q);
+}
+
+void dht_node_deliver(dht *d, wire_msg *m, dht_respond_fn respond, void *ctx)
+{
+    inreq *q = calloc(1, sizeof *q);
+    if (!q) {
+        respond(ctx, wire_error_reply(m->id, DMOE_ENOMEM, "out of memory"));
+        wire_msg_free(m);
+        free(m);
+        return;
+    }
+    q->msg.type = MSG_REQ;
+    q->msg.drop = inreq_drop;
+    q->d = d;
+    q->m = m;
+    q->respond = respond;
+    q->ctx = ctx;
+    if (rt_send(&d->actor, &q->msg) != 0) {
+        answer(q, wire_error_reply(m->id, DMOE_ESHUTDOWN, "the DHT node is stopping"));
+        inreq_drop(&q->msg);
+    }
+}
+
+/* ---- bootstrap ---- */
+
+static void boot_round(dht *d);
+
+static void boot_finish(dht *d, int err, const char *msg)
+{
+    boot_state *b = d->boot;
+    d->boot = NULL;
+    b->cb(b->arg, err, msg);
+    free(b);
+}
+
+static void boot_found(void *arg, int err, const char *msg, const dht_node *nearest, size_t n, int hops)
+{
+    dht *d = arg;
+    if (!d->boot) return;
+    LOG_DEBUG("bootstrap lookup found %zu nodes in %d hops", n, hops);
+    boot_finish(d, err == DMOE_ESHUTDOWN ? err : 0, err == DMOE_ESHUTDOWN ? msg : "");
+}
+
+static void boot_check(dht *d)
+{
+    boot_state *b = d->boot;
+    if (!b || b->pending > 0) return;
+    size_t ok = 0;
+    for (size_t i = 0; i < b->n; i++) ok += b->peers[i].ok;
+    if (d->stopped) {
+        boot_finish(d, DMOE_ESHUTDOWN, "the DHT node is stopping");
+    } else if (ok > 0) {
+        if (dht_find_nodes(d, &d->self.id, 0, boot_found, d) != 0) boot_finish(d, 0, "");
+    } else if (b->round < d->cfg.bootstrap_retries) {
+        b->round++;
+        rt_timer_start(&d->boot_timer, d->cfg.bootstrap_retry_ms, 0);
+    } else {
+        char m[1024];
+        size_t off = (size_t)snprintf(m, sizeof m,
+                                      "DHT bootstrap failed after %d attempts: none of the initial peers answered:",
+                                      b->round + 1);
+        for (size_t i = 0; i < b->n && off < sizeof m; i++)
+            off += (size_t)snprintf(m + off, sizeof m - off, "%s %s (%s)", i ? ";" : "", b->peers[i].text,
+                                    b->peers[i].why);
+        LOG_WARN("%s", m);
+        boot_finish(d, DMOE_ECONN, m);
+    }
+}
+
+static void boot_pinged(void *arg, int err, const char *msg, const dht_peer_info *who)
+{
+    boot_peer *p = arg;
+    dht *d = p->d;
+    if (!d->boot) return;
+    d->boot->pending--;
+    if (err == 0) p->ok = 1;
+    else snprintf(p->why, sizeof p->why, "%s", msg && msg[0] ? msg : dmoe_strerror(err));
+    boot_check(d);
+}
+
+static void boot_round(dht *d)
+{
+    boot_state *b = d->boot;
+    b->pending = 1;   /* held while sending, so that a synchronous failure cannot end the round early */
+    for (size_t i = 0; i < b->n; i++) {
+        boot_peer *p = &b->peers[i];
+        if (p->ok) continue;
+        b->pending++;
+        dht_node peer = { .id = p->id, .addr = p->addr };
+        /* A new round is a deliberate retry: lift the ban the previous failure put on the address. */
+        dht_blacklist_ok(d->bl, &p->addr);
+        int rc = send_ping(d, &peer, p->has_id, boot_pinged, p);
+        if (rc) boot_pinged(p, rc, dmoe_strerror(rc), NULL);
+    }
+    b->pending--;
+    boot_check(d);
+}
+
+int dht_node_bootstrap(dht *d, const char *const *peers, size_t n, dht_bootstrap_cb cb, void *arg, char *err,
+                       size_t errlen)
+{
+    if (d->stopped) return DMOE_ESHUTDOWN;
+    if (d->boot) {
+        snprintf(err, errlen, "a bootstrap is already running");
+        return DMOE_EINVAL;
+    }
+    if (n > DHT_MAX_INITIAL_PEERS) {
+        snprintf(err, errlen, "%zu initial peers, at most %d", n, DHT_MAX_INITIAL_PEERS);
+        return DMOE_ETOOBIG;
+    }
+    boot_state *b = calloc(1, sizeof *b);
+    if (!b) return DMOE_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        boot_peer *p = &b->peers[i];
+        p->d = d;
+        int rc = dht_proto_parse_peer(peers[i], &p->addr, &p->id, &p->has_id, err, errlen);
+        if (rc) {
+            free(b);
+            return rc;
+        }
+        snprintf(p->text, sizeof p->text, "%s", peers[i]);
+    }
+    b->n = n;
+    b->cb = cb;
+    b->arg = arg;
+    d->boot = b;
+    if (n == 0) {
+        /* A first node: nothing to ping; finish through the timer so cb runs later, never inside. */
+        b->round = -1;
+        rt_timer_start(&d->boot_timer, 0, 0);
+        return 0;
+    }
+    boot_round(d);
+    return 0;
+}
+
+/* ---- the actor ---- */
+
+static void refresh_tick(dht *d)
+{
+    double now = dht_node_now(d);
+    dht_storage_expire(d->store, now);
+    dht_storage_expire(d->cache, now);
+    dht_storage_expire(d->neg, now);
+    dht_id ids[DHT_REFRESH_MAX_BUCKETS];
+    size_t n = dht_routing_stale(d->rt, now, d->cfg.refresh_period_s, ids, DHT_REFRESH_MAX_BUCKETS);
+    for (size_t i = 0; i < n; i++) {
+        dht_routing_touch(d->rt, &ids[i], now);
+        dht_find_nodes(d, &ids[i], 0, NULL, NULL);
+    }
+}
+
+static void handle(rt_actor *self, rt_msg *m)
+{
+    dht *d = (dht *)self;
+    switch (m->type) {
+    case MSG_REQ:
+        serve(d, (inreq *)m);
+        break;
+    case MSG_REFRESH:
+        if (!d->stopped) refresh_tick(d);
+        break;
+    case MSG_SWEEP: {
+        double now = dht_node_now(d);
+        dht_storage_expire(d->store, now);
+        dht_storage_expire(d->cache, now);
+        d->sweep_at = 0;
+        arm_sweep(d);
+        break;
+    }
+    case MSG_BOOT_RETRY:
+        if (d->boot && d->boot->round < 0) boot_finish(d, 0, "");
+        else if (d->boot) boot_round(d);
+        break;
+    }
+    rt_msg_drop(m);
+}
+
+static void destroy(rt_actor *self)
+{
+    dht *d = (dht *)self;
+    rt_timer_deinit(&d->refresh);
+    rt_timer_deinit(&d->sweep);
+    rt_timer_deinit(&d->boot_timer);
+    dht_routing_free(d->rt);
+    dht_blacklist_free(d->bl);
+    dht_storage_free(d->store);
+    dht_storage_free(d->cache);
+    dht_storage_free(d->neg);
+    free(d->idx.ids);
+    free(d->idx.used);
+    free(d->boot);
+    free(d);
+}
+
+int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out)
+{
+    if (!c->client_mode && (c->addr.host[0] == 0 || c->addr.port == 0)) return DMOE_EINVAL;
+    dht *d = calloc(1, sizeof *d);
+    if (!d) return DMOE_ENOMEM;
+    d->loop = l;
+    d->cfg = *c;
+    fill_defaults(&d->cfg);
+    d->cfg.limits = NULL;
+    d->t = *t;
+    uint64_t rng = c->seed;
+    if (c->has_id) d->self.id = c->id;
+    else dht_id_random(&d->self.id, &rng);
+    d->cfg.id = d->self.id;
+    d->cfg.has_id = 1;
+    d->self.addr = c->addr;
+    d->self.present = !c->client_mode;
+    rt_actor_init(&d->actor, l, "dht", handle, destroy);
+    double now = dht_node_now(d);
+    if (dht_routing_new(&d->rt, &d->self.id, d->cfg.bucket_size, 0, rng ^ 0xA5A5A5A5ull, now) != 0 ||
+        dht_blacklist_new(&d->bl, 0, 0, 0) != 0 || dht_storage_new(&d->store, c->limits) != 0 ||
+        dht_storage_new(&d->cache, c->limits) != 0 || dht_storage_new(&d->neg, NULL) != 0 ||
+        rt_timer_init(&d->refresh, &d->actor, MSG_REFRESH) != 0 || rt_timer_init(&d->sweep, &d->actor, MSG_SWEEP) != 0 ||
+        rt_timer_init(&d->boot_timer, &d->actor, MSG_BOOT_RETRY) != 0) {
+        destroy(&d->actor);
+        return DMOE_ENOMEM;
+    }
+    if (d->cfg.refresh_period_s > 0) rt_timer_start(&d->refresh, (uint64_t)(d->cfg.refresh_period_s * 1000.0), 1);
+    *out = d;
+    return 0;
+}
+
+void dht_node_stop(dht *d)
+{
+    if (d->stopped) return;
+    d->stopped = 1;
+    rt_timer_cancel(&d->refresh);
+    rt_timer_cancel(&d->sweep);
+    rt_timer_cancel(&d->boot_timer);
+    if (d->boot) boot_finish(d, DMOE_ESHUTDOWN, "the DHT node is stopping");
+    dht_lookup_abort_all(d);
+}
+
+void dht_node_free(dht *d)
+{
+    if (!d) return;
+    dht_node_stop(d);
+    rt_actor_stop(&d->actor);
+}
+
+const dht_id *dht_node_id(const dht *d) { return &d->self.id; }
+const dht_peer_info *dht_node_self(const dht *d) { return &d->self; }
+const dht_cfg *dht_node_cfg(const dht *d) { return &d->cfg; }
+rt_loop *dht_node_loop(const dht *d) { return d->loop; }
+dht_routing *dht_node_routing(dht *d) { return d->rt; }
+dht_storage *dht_node_storage(dht *d) { return d->store; }
+dht_storage *dht_node_cache(dht *d) { return d->cache; }
+dht_storage *dht_node_negcache(dht *d) { return d->neg; }
+int dht_node_is_stopped(const dht *d) { return d->stopped; }
+size_t dht_node_stored_keys(const dht *d) { return d->idx.n; }
+uint64_t dht_node_rpc_count(const dht *d) { return d->rpcs; }
+struct dht_lookup **dht_node_lookups(dht *d) { return &d->lookups; }
+
+void dht_node_maddr(const dht *d, char *buf, size_t cap)
+{
+    wire_maddr m;
+    if (d->cfg.client_mode || dht_proto_addr_to_maddr(&d->self.addr, &d->self.id, &m) != 0) {
+        snprintf(buf, cap, "(client mode)");
+        return;
+    }
+    char text[WIRE_MADDR_TEXT];
+    wire_maddr_format(&m, text, sizeof text);
+    snprintf(buf, cap, "%s", text);
+}

@@ -1,0 +1,159 @@
+/* dht_node.h -- one Kademlia DHT node (hivemind's DHTNode + DHTProtocol) as an actor, transport-agnostic.
+ *
+ * The node owns its routing table, blacklist, storage (values it is a replica for), cache (values seen
+ * by its own gets) and a negative cache (used by dht_experts.c). It talks to the world only through a
+ * dht_transport: outgoing requests go through transport->call (one callback each: reply, remote error,
+ * timeout, connection failure); incoming requests are handed to dht_node_deliver by the transport, which
+ * also supplies how to answer them. The TCP transport is dht_net.h, the in-memory one dht_memnet.h.
+ *
+ * Rules applied here, as hivemind's DHTProtocol: every request and every reply refreshes its sender in
+ * the routing table, unless the sender is in client mode (its PEER is nil); a failed RPC (no answer, a
+ * refused connection, a garbled reply, or an error reply saying the peer is stopping) removes the peer
+ * (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
+ * least-recently-seen node for a ping and drops it if the ping fails; a newly seen node that is now
+ * nearer to a stored key than our farthest known replica, while we are nearer than all of them, is
+ * given that key (Kademlia's hand-over); every refresh_period the stale buckets are refreshed with a
+ * lookup of a random id inside them. A client-mode node makes requests and answers none.
+ *
+ * Order: dht_node_new -> dht_node_bootstrap (optional) -> dht_store / dht_get (dht_lookup.h),
+ * dht_declare_experts... (dht_experts.h) -> dht_node_stop -> free the transport (its pending calls end)
+ * -> dht_node_free. Loop thread only.
+ */
+#ifndef DMOE_DHT_NODE_H
+#define DMOE_DHT_NODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/dht/dht_id.h"
+#include "actors/dht/rpc/dht_proto.h"
+#include "actors/dht/dht_routing.h"
+#include "actors/dht/dht_storage.h"
+#include "runtime/rt_actor.h"
+#include "wire/wire_maddr.h"
+#include "wire/wire_msg.h"
+
+/* Defaults (hivemind's DHTNode.create): replicas per key, RPCs in flight per lookup, timeouts. */
+#define DHT_NUM_REPLICAS 5
+#define DHT_ALPHA 3
+#define DHT_RPC_TIMEOUT_MS 3000           /* one RPC; hivemind's wait_timeout */
+#define DHT_LOOKUP_TIMEOUT_MS 15000       /* a whole lookup */
+#define DHT_REFRESH_PERIOD_S 600.0        /* stale-bucket refresh (hivemind's refresh_timeout) */
+#define DHT_BOOTSTRAP_RETRIES 2           /* extra ping rounds for initial peers that did not answer */
+#define DHT_BOOTSTRAP_RETRY_MS 500        /* pause before each extra round */
+#define DHT_MAX_INITIAL_PEERS 32
+#define DHT_HANDOVER_BATCH DHT_PROTO_MAX_KEYS /* keys per hand-over store request */
+
+typedef struct dht dht;
+
+/* The reply to one outgoing call. err 0: reply is a WIRE_REPLY_OK message; else a DMOE_* code (a remote
+ * error's code with reply set, or DMOE_ETIMEDOUT / DMOE_ECONN / DMOE_ESHUTDOWN with reply NULL) and msg
+ * a human description. reply is borrowed: valid only during the callback. */
+typedef void (*dht_reply_fn)(void *arg, int err, const char *msg, const wire_msg *reply);
+/* How a transport answers a delivered request: called exactly once per delivery with the reply (which
+ * it consumes) or NULL (no answer: just release ctx). */
+typedef void (*dht_respond_fn)(void *ctx, wire_out *reply);
+
+/* A transport: the node's only way out. call consumes req in every case; returns 0 (cb will run later,
+ * exactly once, never inside call) or a negative code (cb will not run). */
+typedef struct {
+    void *impl;
+    uint64_t (*next_id)(void *impl);
+    int (*call)(void *impl, const wire_maddr *to, uint64_t id, wire_out *req, uint64_t timeout_ms, dht_reply_fn cb,
+                void *arg);
+} dht_transport;
+
+typedef struct {
+    int has_id;                  /* 1: use id; 0: draw a random id from seed */
+    dht_id id;
+    dht_addr addr;               /* the address others reach us at (ignored in client mode) */
+    int client_mode;
+    uint64_t seed;
+    size_t bucket_size;          /* k (0: DHT_BUCKET_SIZE) */
+    size_t num_replicas;         /* 0: DHT_NUM_REPLICAS */
+    size_t alpha;                /* 0: DHT_ALPHA */
+    uint64_t rpc_timeout_ms;     /* 0: DHT_RPC_TIMEOUT_MS */
+    uint64_t lookup_timeout_ms;  /* 0: DHT_LOOKUP_TIMEOUT_MS */
+    double refresh_period_s;     /* 0: DHT_REFRESH_PERIOD_S; < 0: never */
+    int bootstrap_retries;       /* -1: DHT_BOOTSTRAP_RETRIES */
+    uint64_t bootstrap_retry_ms; /* 0: DHT_BOOTSTRAP_RETRY_MS */
+    int no_cache;                /* 1: gets neither cache locally nor on the nearest node lacking the value */
+    const dht_storage_limits *limits; /* NULL: defaults */
+} dht_cfg;
+
+/* dht_cfg_default fills c with defaults: random id, client_mode 0, addr empty (set it). */
+void dht_cfg_default(dht_cfg *c);
+
+/* dht_node_new creates a node on loop l speaking through *t (copied; t->impl must outlive the node).
+ * Returns 0 and *out, or DMOE_EINVAL (no address outside client mode) or DMOE_ENOMEM. */
+int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out);
+
+/* Called once when a bootstrap ends: err 0 when at least one initial peer answered (the table was then
+ * filled by a lookup of our own id), else DMOE_ECONN or DMOE_ETIMEDOUT with msg naming every address
+ * that did not answer and why. */
+typedef void (*dht_bootstrap_cb)(void *arg, int err, const char *msg);
+
+/* dht_node_bootstrap pings the n initial peers (multiaddr texts; a /p2p/ part must be the id the peer
+ * answers with), retrying those that fail up to bootstrap_retries times, then looks up our own id.
+ * n == 0 completes at once (a first node). Returns 0 (cb runs later) or DMOE_EINVAL with err naming the
+ * malformed address, or DMOE_ETOOBIG (over DHT_MAX_INITIAL_PEERS); cb is then not called. */
+int dht_node_bootstrap(dht *d, const char *const *peers, size_t n, dht_bootstrap_cb cb, void *arg, char *err,
+                       size_t errlen);
+
+/* dht_node_deliver hands an incoming request to the node, which takes m (wire_msg_free + free) and
+ * answers through respond(ctx, ...) exactly once, now or later. */
+void dht_node_deliver(dht *d, wire_msg *m, dht_respond_fn respond, void *ctx);
+
+/* dht_node_stop stops timers and lookups (their callbacks get DMOE_ESHUTDOWN) and answers later
+ * requests with DMOE_ESHUTDOWN. Idempotent. */
+void dht_node_stop(dht *d);
+/* dht_node_free stops the node if needed and frees it (after its transport, see the order above).
+ * NULL is a no-op. */
+void dht_node_free(dht *d);
+
+/* dht_node_id returns the node's id. */
+const dht_id *dht_node_id(const dht *d);
+/* dht_node_self returns the node's PEER as sent on the wire (present 0 in client mode). */
+const dht_peer_info *dht_node_self(const dht *d);
+/* dht_node_maddr writes the node's multiaddr text ("/ip4/.../tcp/PORT/p2p/ID") into buf[cap]. */
+void dht_node_maddr(const dht *d, char *buf, size_t cap);
+/* dht_node_cfg returns the node's configuration with every default filled in. */
+const dht_cfg *dht_node_cfg(const dht *d);
+/* dht_node_loop returns the node's loop. */
+rt_loop *dht_node_loop(const dht *d);
+/* dht_node_now returns the DHT time in seconds (wall clock, as hivemind's get_dht_time). */
+double dht_node_now(const dht *d);
+/* dht_node_routing / dht_node_storage / dht_node_cache / dht_node_negcache return the node's tables
+ * (owned by the node; loop thread only). */
+dht_routing *dht_node_routing(dht *d);
+dht_storage *dht_node_storage(dht *d);
+dht_storage *dht_node_cache(dht *d);
+dht_storage *dht_node_negcache(dht *d);
+/* dht_node_is_stopped returns 1 after dht_node_stop. */
+int dht_node_is_stopped(const dht *d);
+/* dht_node_stored_keys returns how many keys the node holds as a replica (expired ones included until
+ * the next sweep). */
+size_t dht_node_stored_keys(const dht *d);
+/* dht_node_rpc_count returns the outgoing RPCs this node has started. */
+uint64_t dht_node_rpc_count(const dht *d);
+
+/* ---- the node's RPCs, for dht_lookup.c (they apply the routing and blacklist rules above) ---- */
+
+/* Completion of dht_node_find: err 0 and rep (borrowed) or a DMOE_* code and msg. */
+typedef void (*dht_find_done)(void *arg, int err, const char *msg, const dht_find_rep *rep);
+/* Completion of dht_node_store_rpc: err 0 and rep (borrowed) or a DMOE_* code and msg. */
+typedef void (*dht_store_done)(void *arg, int err, const char *msg, const dht_store_rep *rep);
+
+/* dht_node_find sends dht_find for keys[0..n) to peer. Returns 0 (cb runs later, once) or a negative code
+ * (DMOE_ECONN: peer is blacklisted; DMOE_ENOMEM; DMOE_ESHUTDOWN). */
+int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dht_find_done cb, void *arg);
+/* dht_node_store_rpc sends dht_store for items[0..n) to peer; as dht_node_find. */
+int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items, size_t n, int in_cache,
+                       dht_store_done cb, void *arg);
+/* dht_node_lookups returns the head of the node's list of active lookups (owned by dht_lookup.c). */
+struct dht_lookup **dht_node_lookups(dht *d);
+/* dht_node_store_local stores one item in the node's storage (or cache) and indexes the key for
+ * hand-over. Returns what dht_storage_store returns. */
+int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache);
+
+#endif

@@ -1,0 +1,102 @@
+/* dht_storage.h -- a node's local DHT storage: values and dictionaries with expiration times.
+ *
+ * Semantics of hivemind's DHTLocalStorage / TimedStorage / DictionaryDHTValue, for opaque msgpack bytes:
+ *  - a plain store of (key, value, expiration) succeeds if expiration is not in the past and the key
+ *    holds nothing live or something that expires strictly earlier (a later plain value replaces a
+ *    dictionary too);
+ *  - a subkey store adds (subkey, value, expiration) to the dictionary at key: it makes one if the key
+ *    holds nothing or a plain value expiring strictly earlier; in a dictionary each subkey keeps the
+ *    entry with the latest expiration, and the dictionary's expiration is the latest of its subkeys'.
+ *    Subkeys are opaque bytes too (a msgpack int or str, as the caller encoded it);
+ *  - expired entries disappear when touched and in dht_storage_expire sweeps.
+ * Bounds (dht_storage_limits): sizes of one value or subkey, subkeys per dictionary, keys and bytes in
+ * total, and how far in the future an expiration may be. When a count or byte bound is reached the
+ * entry that expires first is evicted, the newcomer included: if the newcomer would be that entry, the
+ * store is refused. Time is the caller's `now` (seconds, hivemind's get_dht_time()).
+ *
+ * No I/O, not thread-safe: one owner, the DHT actor. Pointers returned by dht_storage_get stay valid
+ * until the next call that stores, expires or removes.
+ */
+#ifndef DMOE_DHT_STORAGE_H
+#define DMOE_DHT_STORAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/dht/dht_id.h"
+
+/* Defaults: generous for expert declarations ([uid, address] values of tens of bytes). */
+#define DHT_MAX_VALUE_BYTES   (64 * 1024)       /* one value, as a peer may send it */
+#define DHT_MAX_SUBKEY_BYTES  1024              /* one msgpack-encoded subkey */
+#define DHT_MAX_SUBKEYS       4096              /* entries of one dictionary (a wide expert grid row) */
+#define DHT_MAX_KEYS          (1 << 20)         /* keys held by one node */
+#define DHT_MAX_BYTES         ((size_t)256 << 20) /* value + subkey bytes held by one node */
+#define DHT_MAX_HORIZON       (24.0 * 3600)     /* expirations further ahead are refused */
+
+typedef struct {
+    size_t max_value_bytes, max_subkey_bytes, max_subkeys, max_keys, max_bytes;
+    double max_horizon;
+} dht_storage_limits;
+
+/* One dictionary entry, as seen through dht_storage_get. */
+typedef struct {
+    const uint8_t *subkey;
+    size_t sklen;
+    const uint8_t *value;
+    size_t vlen;
+    double expiration;
+} dht_subitem;
+
+/* What a key holds: a plain value (is_dict 0: value, vlen) or a dictionary (is_dict 1: subs[nsubs],
+ * unordered, all live). expiration is the value's, or the dictionary's latest. */
+typedef struct {
+    int is_dict;
+    const uint8_t *value;
+    size_t vlen;
+    const dht_subitem *subs;
+    size_t nsubs;
+    double expiration;
+} dht_stored;
+
+typedef struct dht_storage dht_storage;
+
+/* dht_storage_default_limits fills *lim with the DHT_MAX_* defaults. */
+void dht_storage_default_limits(dht_storage_limits *lim);
+
+/* dht_storage_new creates an empty storage with limits *lim (NULL: defaults; a 0 field: its default).
+ * Returns 0 and *out, or DMOE_ENOMEM. */
+int dht_storage_new(dht_storage **out, const dht_storage_limits *lim);
+
+/* dht_storage_free frees s and everything in it; NULL is a no-op. */
+void dht_storage_free(dht_storage *s);
+
+/* dht_storage_store stores value[0..vlen) under key until expiration; with subkey != NULL, under
+ * subkey[0..sklen) of key's dictionary. Copies the bytes. Returns 1 if stored, 0 if refused by the
+ * rules above (past expiration, something newer there, or evicted at once when full); DMOE_ETOOBIG for
+ * a value or subkey over its limit; DMOE_EINVAL for an expiration beyond now + max_horizon or not a
+ * number; DMOE_ENOMEM (storage unchanged). */
+int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, size_t sklen, const void *value,
+                      size_t vlen, double expiration, double now);
+
+/* dht_storage_get describes what key holds at now into *out, dropping expired entries first. Returns
+ * 0, or DMOE_ENOTFOUND (*out untouched). The pointers in *out belong to s. */
+int dht_storage_get(dht_storage *s, const dht_id *key, double now, dht_stored *out);
+
+/* dht_storage_remove drops key and all it holds. Returns 0 or DMOE_ENOTFOUND. */
+int dht_storage_remove(dht_storage *s, const dht_id *key);
+
+/* dht_storage_expire drops every key whose expiration is before now. Expired subkeys of live
+ * dictionaries go when their key is next read or written. Returns the number of keys dropped. */
+size_t dht_storage_expire(dht_storage *s, double now);
+
+/* dht_storage_count returns the number of keys held (some may have expired since the last sweep). */
+size_t dht_storage_count(const dht_storage *s);
+
+/* dht_storage_bytes returns the value and subkey bytes held. */
+size_t dht_storage_bytes(const dht_storage *s);
+
+/* dht_storage_next_expiration returns the earliest expiration held, or +inf when empty: the time at
+ * which the owner should next call dht_storage_expire. */
+double dht_storage_next_expiration(const dht_storage *s);
+
+#endif

@@ -1,0 +1,351 @@
+/* dht_experts.c -- expert declarations and lookups on the DHT (see dht_experts.h).
+ *
+ * Design notes. A batch is a small actor: it starts one dht_store or dht_get per record, uid or prefix,
+ * counts them down as they complete, and when the count reaches zero raises its "done" signal; its
+ * handler runs the caller's callback and stops the actor. So the callback never runs inside the call
+ * that started the batch, even when nothing needed the network (every prefix negatively cached).
+ * Values are small msgpack arrays of two strings, packed and parsed here with msgpack-c; anything
+ * else found under an expert's key (another program's data, a malicious peer) is ignored, never
+ * trusted: the uid must be valid and lie under the prefix and coordinate it was found at.
+ */
+#include "actors/grid/dht_experts.h"
+
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/dht/dht_lookup.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+enum { B_DECLARE = 0, B_EXPERTS = 1, B_SUCC = 2 };
+enum { MSG_DONE = 1 };
+
+typedef struct batch batch;
+
+typedef struct {
+    batch *b;
+    size_t i;
+} sub;
+
+struct batch {
+    rt_actor actor;
+    rt_signal done;
+    dht *d;
+    int kind;
+    size_t n, pending;
+    void *arg;
+    sub *subs;
+    uint8_t *ok;
+    dht_declare_cb dcb;
+    dht_expert_loc *locs;
+    dht_experts_cb ecb;
+    dht_successors *per;
+    dht_successor **items;
+    char **prefixes;
+    double neg_s;
+    dht_successors_cb scb;
+    int err;
+};
+
+/* ---- lifetime ---- */
+
+static void destroy(rt_actor *self)
+{
+    batch *b = (batch *)self;
+    for (size_t i = 0; b->items && i < b->n; i++) free(b->items[i]);
+    for (size_t i = 0; b->prefixes && i < b->n; i++) free(b->prefixes[i]);
+    free(b->items);
+    free(b->prefixes);
+    free(b->per);
+    free(b->locs);
+    free(b->ok);
+    free(b->subs);
+    free(b);
+}
+
+static void handle(rt_actor *self, rt_msg *m)
+{
+    batch *b = (batch *)self;
+    rt_msg_drop(m);
+    const char *msg = b->err ? dmoe_strerror(b->err) : "";
+    if (b->kind == B_DECLARE) {
+        int all = 1;
+        for (size_t i = 0; i < b->n; i++) all &= b->ok[i];
+        b->dcb(b->arg, b->err ? b->err : all ? 0 : DMOE_ENOTFOUND,
+               b->err ? msg : all ? "" : "some experts could not be declared", b->ok, b->n);
+    } else if (b->kind == B_EXPERTS) {
+        b->ecb(b->arg, b->err, msg, b->locs, b->n);
+    } else {
+        b->scb(b->arg, b->err, msg, b->per, b->n);
+    }
+    rt_actor_stop(&b->actor);
+}
+
+static batch *batch_new(dht *d, int kind, size_t n, size_t nsubs, void *arg)
+{
+    batch *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->subs = calloc(nsubs ? nsubs : 1, sizeof *b->subs);
+    if (!b->subs) {
+        free(b);
+        return NULL;
+    }
+    rt_actor_init(&b->actor, dht_node_loop(d), "dht_experts", handle, destroy);
+    rt_signal_init(&b->done, &b->actor, MSG_DONE);
+    b->d = d;
+    b->kind = kind;
+    b->n = n;
+    b->arg = arg;
+    b->pending = 1;   /* held until every sub-operation has been started */
+    return b;
+}
+
+static void batch_release(batch *b)
+{
+    if (--b->pending == 0) rt_signal_raise(&b->done);
+}
+
+/* ---- value encoding ---- */
+
+static int pack_pair(const char *a, const char *b, msgpack_sbuffer *sb)
+{
+    msgpack_packer pk;
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_str_with_body(&pk, a, strlen(a));
+    msgpack_pack_str_with_body(&pk, b, strlen(b));
+    return sb->data ? 0 : DMOE_ENOMEM;
+}
+
+/* unpack_pair reads msgpack [str, str] into a[acap], b[bcap]. Returns 0 or DMOE_EINVAL. */
+static int unpack_pair(const uint8_t *p, size_t n, char *a, size_t acap, char *b, size_t bcap)
+{
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    int rc = DMOE_EINVAL;
+    if (msgpack_unpack_next(&u, (const char *)p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n &&
+        u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size == 2 &&
+        wire_get_str(&u.data.via.array.ptr[0], a, acap) == 0 && wire_get_str(&u.data.via.array.ptr[1], b, bcap) == 0)
+        rc = 0;
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}
+
+/* pack_int writes the msgpack encoding of v into buf[9]; returns its length. */
+static size_t pack_int(int64_t v, uint8_t *buf)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_int64(&pk, v);
+    size_t n = sb.size <= 9 ? sb.size : 0;
+    if (n) memcpy(buf, sb.data, n);
+    msgpack_sbuffer_destroy(&sb);
+    return n;
+}
+
+static int unpack_int(const uint8_t *p, size_t n, int64_t *v)
+{
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    int rc = DMOE_EINVAL;
+    if (msgpack_unpack_next(&u, (const char *)p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n)
+        rc = wire_get_i64(&u.data, v);
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}
+
+static int key_id(const char *key, dht_id *out) { return dht_id_from_str(out, key, strlen(key)); }
+
+/* ---- declare ---- */
+
+static void on_declared(void *arg, int err, const char *msg, size_t n_stored)
+{
+    sub *s = arg;
+    if (err) s->b->ok[s->i] = 0;
+    if (err == DMOE_ESHUTDOWN) s->b->err = err;
+    batch_release(s->b);
+}
+
+int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
+                        dht_declare_cb cb, void *arg, char *err, size_t errlen)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    if (n > DHT_EXPERTS_MAX_BATCH) {
+        snprintf(err, errlen, "%zu uids in one declaration, at most %d", n, DHT_EXPERTS_MAX_BATCH);
+        return DMOE_ETOOBIG;
+    }
+    uid_decl_key keys[UID_MAX_DECL_KEYS];   /* about 35 KiB: fine on the loop thread's stack */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
+        if (k < 0) {
+            snprintf(err, errlen, "invalid expert uid '%.200s': %s", uids[i], dmoe_strerror(k));
+            return k;
+        }
+        total += (size_t)k;
+    }
+    char maddr[WIRE_MADDR_TEXT], hex[DHT_ID_HEX_LEN + 1];
+    wire_maddr_format(endpoint, maddr, sizeof maddr);
+    dht_id_to_hex(dht_node_id(d), hex);
+    batch *b = batch_new(d, B_DECLARE, n, total, arg);
+    if (!b || !(b->ok = malloc(n ? n : 1))) {
+        if (b) destroy(&b->actor);
+        return DMOE_ENOMEM;
+    }
+    memset(b->ok, 1, n);
+    b->dcb = cb;
+    size_t si = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
+        for (int j = 0; j < k; j++) {
+            msgpack_sbuffer sb;
+            dht_id id;
+            uint8_t skbuf[9];
+            size_t sklen = keys[j].has_subkey ? pack_int(keys[j].subkey, skbuf) : 0;
+            int rc = key_id(keys[j].key, &id);
+            if (rc == 0) rc = keys[j].has_subkey ? pack_pair(uids[i], maddr, &sb) : pack_pair(hex, maddr, &sb);
+            sub *s = &b->subs[si++];
+            *s = (sub){ b, i };
+            if (rc == 0) {
+                rc = dht_store(d, &id, keys[j].has_subkey ? skbuf : NULL, sklen, sb.data, sb.size, expiration,
+                               on_declared, s);
+                msgpack_sbuffer_destroy(&sb);
+            }
+            if (rc == 0) b->pending++;
+            else b->ok[i] = 0;
+        }
+    }
+    batch_release(b);
+    return 0;
+}
+
+/* ---- get experts ---- */
+
+static void on_expert(void *arg, int err, const char *msg, const dht_get_result *r)
+{
+    sub *s = arg;
+    batch *b = s->b;
+    dht_expert_loc *loc = &b->locs[s->i];
+    char node[WIRE_MADDR_PEER], text[WIRE_MADDR_TEXT];
+    if (err == DMOE_ESHUTDOWN) b->err = err;
+    if (r->found && !r->is_dict && unpack_pair(r->value, r->vlen, node, sizeof node, text, sizeof text) == 0 &&
+        wire_maddr_parse(text, &loc->addr, NULL, 0) == 0) {
+        loc->found = 1;
+        snprintf(loc->node_id, sizeof loc->node_id, "%s", node);
+    }
+    batch_release(b);
+}
+
+int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
+                    size_t errlen)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    if (n > DHT_EXPERTS_MAX_BATCH) {
+        snprintf(err, errlen, "%zu uids in one batch, at most %d", n, DHT_EXPERTS_MAX_BATCH);
+        return DMOE_ETOOBIG;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!uid_is_valid(uids[i]) || strlen(uids[i]) > UID_MAX_LEN) {
+            snprintf(err, errlen, "invalid expert uid '%.200s' (want name.coord[.coord...])", uids[i]);
+            return DMOE_EINVAL;
+        }
+    batch *b = batch_new(d, B_EXPERTS, n, n, arg);
+    if (!b || !(b->locs = calloc(n ? n : 1, sizeof *b->locs))) {
+        if (b) destroy(&b->actor);
+        return DMOE_ENOMEM;
+    }
+    b->ecb = cb;
+    for (size_t i = 0; i < n; i++) {
+        dht_id id;
+        b->subs[i] = (sub){ b, i };
+        if (key_id(uids[i], &id) == 0 && dht_get(d, &id, 0, on_expert, &b->subs[i]) == 0) b->pending++;
+    }
+    batch_release(b);
+    return 0;
+}
+
+/* ---- active successors ---- */
+
+/* under_prefix checks that uid lies under prefix at coord (hivemind's UidEndpoint check). */
+static int under_prefix(const char *uid, const char *prefix, int64_t coord)
+{
+    size_t pl = strlen(prefix), ul = strlen(uid);
+    if (!uid_is_valid(uid)) return 0;
+    if (coord == UID_FLAT_EXPERT) return ul + 1 == pl && strncmp(uid, prefix, ul) == 0;
+    char c[24];
+    int cl = snprintf(c, sizeof c, "%lld", (long long)coord);
+    if (coord < 0 || ul < pl + (size_t)cl || strncmp(uid, prefix, pl) != 0 || strncmp(uid + pl, c, (size_t)cl) != 0)
+        return 0;
+    return uid[pl + (size_t)cl] == 0 || uid[pl + (size_t)cl] == UID_DELIMITER;
+}
+
+static void on_successors(void *arg, int err, const char *msg, const dht_get_result *r)
+{
+    sub *s = arg;
+    batch *b = s->b;
+    size_t i = s->i;
+    if (err == DMOE_ESHUTDOWN) b->err = err;
+    size_t cnt = 0;
+    if (r->found && r->is_dict && r->nsubs) {
+        b->items[i] = calloc(r->nsubs, sizeof *b->items[i]);
+        for (size_t j = 0; b->items[i] && j < r->nsubs; j++) {
+            dht_successor *o = &b->items[i][cnt];
+            char text[WIRE_MADDR_TEXT];
+            if (unpack_int(r->subs[j].subkey, r->subs[j].sklen, &o->coord) != 0 ||
+                unpack_pair(r->subs[j].value, r->subs[j].vlen, o->uid, sizeof o->uid, text, sizeof text) != 0 ||
+                !under_prefix(o->uid, b->prefixes[i], o->coord) || wire_maddr_parse(text, &o->addr, NULL, 0) != 0)
+                continue;
+            cnt++;
+        }
+    }
+    b->per[i].items = b->items[i];
+    b->per[i].n = cnt;
+    if (cnt == 0 && b->neg_s > 0 && err == 0 && !dht_node_is_stopped(b->d)) {
+        dht_id id;
+        double now = dht_node_now(b->d);
+        if (key_id(b->prefixes[i], &id) == 0) dht_storage_store(dht_node_negcache(b->d), &id, NULL, 0, "", 0, now + b->neg_s, now);
+    }
+    batch_release(b);
+}
+
+int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s,
+                              dht_successors_cb cb, void *arg, char *err, size_t errlen)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    if (n > DHT_EXPERTS_MAX_BATCH) {
+        snprintf(err, errlen, "%zu prefixes in one batch, at most %d", n, DHT_EXPERTS_MAX_BATCH);
+        return DMOE_ETOOBIG;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!uid_is_valid_prefix(prefixes[i]) || strlen(prefixes[i]) > UID_MAX_LEN) {
+            snprintf(err, errlen, "invalid expert prefix '%.200s' (want name.[coord.]...)", prefixes[i]);
+            return DMOE_EINVAL;
+        }
+    batch *b = batch_new(d, B_SUCC, n, n, arg);
+    if (!b || !(b->per = calloc(n ? n : 1, sizeof *b->per)) || !(b->items = calloc(n ? n : 1, sizeof *b->items)) ||
+        !(b->prefixes = calloc(n ? n : 1, sizeof *b->prefixes))) {
+        if (b) destroy(&b->actor);
+        return DMOE_ENOMEM;
+    }
+    b->scb = cb;
+    b->neg_s = neg_cache_s;
+    double now = dht_node_now(d);
+    for (size_t i = 0; i < n; i++) {
+        dht_id id;
+        dht_stored st;
+        b->subs[i] = (sub){ b, i };
+        b->prefixes[i] = strdup(prefixes[i]);
+        if (!b->prefixes[i] || key_id(prefixes[i], &id) != 0) continue;
+        if (neg_cache_s > 0 && dht_storage_get(dht_node_negcache(d), &id, now, &st) == 0) continue;
+        if (dht_get(d, &id, 0, on_successors, &b->subs[i]) == 0) b->pending++;
+    }
+    batch_release(b);
+    return 0;
+}

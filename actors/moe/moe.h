@@ -1,0 +1,161 @@
+/* moe.h -- the client-side Mixture-of-Experts layer (hivemind's RemoteMixtureOfExperts and
+ * RemoteSwitchMixtureOfExperts): a local gating projection, beam search over the DHT for the best
+ * live experts, fault-tolerant dispatch to them, and the backward pass through the experts that
+ * answered.
+ *
+ * Order: moe_cfg_default -> set the fields -> moe_layer_new (with a successors provider, moe_beam.h,
+ * and an expert caller, below) -> moe_forward (cb gets a moe_fwd) -> moe_backward(fwd, grad_output)
+ * (fills the layer's gating gradients and the input gradient; the servers update their own experts)
+ * -> step the gating parameters (moe_layer_params / moe_layer_grads with kern_optim) -> moe_fwd_free
+ * -> ... -> moe_layer_free once no call is running. moe_forward_run and moe_backward_run are blocking
+ * drivers for programs: they run the loop until their call ends.
+ *
+ * Forward, for a batch x[B, in_features]: scores = x W^T + b split per grid dimension; the beam search
+ * picks up to k_best experts per sample; ONE request per expert carries every row routed to it; all
+ * requests go out at once. Answers are collected until every sample has k_min of them (or can get no
+ * more), then for at most timeout_after_k_min more, never past forward_timeout (the beam search counts
+ * against forward_timeout too). Failed, late and -- with detect_anomalies -- non-finite answers are
+ * masked out. Output row b = sum over the experts that answered of softmax(logits of those experts)_j *
+ * output_j, where an expert's logit is the sum of its coordinates' scores. A sample nobody answered is
+ * an error unless allow_zero_outputs (its row is then zeros, never NaN).
+ * Switch mode (is_switch): per-dimension softmax of the scores (grid_dropout keeps each coordinate with
+ * that probability), an expert's weight is the product of its coordinates' probabilities (not
+ * renormalised), the output adds the input (residual), the gating input is jittered by a factor in
+ * [1 - jitter_eps, 1 + jitter_eps] (on a copy), and the layer keeps an exponential moving average of
+ * grid utilisation that the load-balancing loss uses, exactly as hivemind defines them.
+ *
+ * Threads: everything on the loop thread. Each forward or backward call is an actor with a deadline
+ * timer; callbacks run on the loop, never inside the call that started them.
+ */
+#ifndef DMOE_MOE_H
+#define DMOE_MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/net/client.h"
+#include "actors/moe/moe_beam.h"
+#include "actors/net/remote.h"
+#include "runtime/rt_actor.h"
+
+typedef struct {
+    int in_features;
+    int out_features;           /* the experts' output width; 0: in_features (only used when no expert answered) */
+    int ndim;
+    int grid_size[MOE_MAX_DIMS];
+    char uid_prefix[UID_MAX_LEN + 1];
+    int k_best;
+    int k_min;                  /* 1 */
+    double forward_timeout;     /* seconds for the whole forward, beam search included; <= 0: 30 */
+    double timeout_after_k_min; /* seconds to wait for stragglers once k_min answered; < 0: until forward_timeout */
+    int backward_k_min;         /* 1 */
+    double backward_timeout;    /* seconds; <= 0: 30 */
+    int detect_anomalies;
+    int allow_zero_outputs;
+    double neg_cache_s;         /* negative caching of empty prefixes in the beam search (DHT_NEG_CACHE_S) */
+    uint64_t seed;              /* gating initialisation, jitter and grid dropout */
+    int is_switch;              /* RemoteSwitchMixtureOfExperts */
+    double jitter_eps;          /* switch: 1e-2 */
+    double grid_dropout;        /* switch: probability of KEEPING a coordinate, 1.0 */
+    double utilization_alpha;   /* switch: 0.9 */
+} moe_cfg;
+
+/* moe_cfg_default fills c with hivemind's defaults (k_best 1 in switch mode, else 4; the caller sets
+ * in_features, grid_size, ndim, uid_prefix). */
+void moe_cfg_default(moe_cfg *c);
+
+/* ---- how experts are called ---- */
+
+/* Completion of one expert call: err 0 with out the expert's first output (forward) or first input
+ * gradient (backward), which the callback takes over (rx_tensor_free it); else a DMOE_* code and msg. */
+typedef void (*moe_call_cb)(void *arg, int err, const char *msg, rx_tensor *out);
+
+/* A way to call experts. call sends in[0..n_in) (1 <= n_in <= KERN_MAX_IO; in[0] is x, the rest the
+ * expert's extra inputs, row-aligned with x) and gout (a backward; NULL for a forward) to uid at addr;
+ * the tensors are referenced, not consumed. cb runs later, exactly once, never inside call. Returns 0
+ * or a negative code (cb will not run). */
+typedef struct {
+    void *impl;
+    int (*call)(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
+                const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg);
+} moe_caller;
+
+/* moe_caller_client fills *out with a caller over cl (which must outlive every call). */
+void moe_caller_client(client *cl, moe_caller *out);
+
+/* ---- the layer ---- */
+
+typedef struct moe_layer moe_layer;
+typedef struct moe_fwd moe_fwd;
+
+/* moe_layer_new creates a layer on loop l; succ and caller are copied (their impl must outlive the layer).
+ * The gating weights get PyTorch's Linear initialisation from c->seed. Returns 0 and *out, or DMOE_EINVAL
+ * with err naming the bad setting, or DMOE_ENOMEM. */
+int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, const moe_caller *caller,
+                  moe_layer **out, char *err, size_t errlen);
+/* moe_layer_cfg returns the layer's configuration (with defaults filled in). */
+const moe_cfg *moe_layer_cfg(const moe_layer *m);
+/* moe_layer_params returns the gating parameters, W[total, in] then b[total], as one flat buffer of *n
+ * floats (owned by the layer; write it to load weights). moe_layer_grads returns their gradients from
+ * the last backward, same layout. */
+float *moe_layer_params(moe_layer *m, size_t *n);
+float *moe_layer_grads(moe_layer *m, size_t *n);
+/* moe_layer_utilization returns the switch layer's grid utilisation EMA (sum(grid) floats, per
+ * dimension concatenated). */
+const float *moe_layer_utilization(const moe_layer *m);
+/* moe_layer_free frees m (no call may still be running). NULL is a no-op. */
+void moe_layer_free(moe_layer *m);
+
+/* What a forward did. */
+typedef struct {
+    int experts_chosen;     /* distinct experts the beam search found for the batch */
+    int experts_answered;   /* of those, how many answered with a usable output */
+    int64_t zero_rows;      /* samples nobody answered (zeros with allow_zero_outputs) */
+    double search_ms, total_ms;
+    int beam_rounds;
+} moe_fwd_stats;
+
+/* Completion of moe_forward: err 0 and f (the caller's now: moe_fwd_free), or an error with f NULL. */
+typedef void (*moe_fwd_cb)(void *arg, int err, const char *msg, moe_fwd *f);
+/* moe_forward starts a forward of x[B, in_features] (copied). Returns 0 (cb runs later) or DMOE_EINVAL
+ * (bad B, or with detect_anomalies a non-finite x) / DMOE_ENOMEM, cb not called. */
+int moe_forward(moe_layer *m, const float *x, int64_t B, moe_fwd_cb cb, void *arg);
+/* moe_forward_ex is moe_forward for experts with several inputs (hivemind's extra positional inputs,
+ * e.g. det_dropout's 0/1 mask or a transformer's uint8 padding mask): extra[0..n_extra) (n_extra <
+ * KERN_MAX_IO; float32 or uint8, shape [B, ...]; copied) go to every chosen expert as inputs 1..n_extra,
+ * each expert getting the rows routed to it, in the forward and again in the backward. They get no
+ * gradient. moe_forward is moe_forward_ex with n_extra 0. Returns as moe_forward (DMOE_EINVAL also for a
+ * bad extra tensor). */
+int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd_cb cb,
+                   void *arg);
+/* moe_fwd_output returns the output [B, D] (owned by f) and sets *B and *D. */
+const float *moe_fwd_output(const moe_fwd *f, int64_t *B, int *D);
+/* moe_fwd_balancing_loss returns the switch layer's load-balancing loss (0 otherwise). */
+float moe_fwd_balancing_loss(const moe_fwd *f);
+/* moe_fwd_stats_of returns what the forward did. */
+const moe_fwd_stats *moe_fwd_stats_of(const moe_fwd *f);
+/* moe_fwd_expert_weight returns the weight the forward gave expert uid in sample b (0 if none). */
+float moe_fwd_expert_weight(const moe_fwd *f, int64_t b, const char *uid);
+/* moe_fwd_free frees f (no backward of f may still be running). NULL is a no-op. */
+void moe_fwd_free(moe_fwd *f);
+
+/* Completion of moe_backward: err 0 and gx[B, in_features] (owned by f), or an error. */
+typedef void (*moe_bwd_cb)(void *arg, int err, const char *msg, const float *gx);
+/* moe_backward sends grad_output gy[B, D] (copied) back through the experts that answered f's forward,
+ * collecting answers with backward_k_min / backward_timeout / timeout_after_k_min, and computes the
+ * gating gradients (moe_layer_grads, overwritten) and the input gradient locally; balance_coef scales
+ * the switch layer's load-balancing loss added to the objective (0: none). Returns 0 (cb runs later) or
+ * DMOE_EINVAL / DMOE_ENOMEM, cb not called. */
+int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, moe_bwd_cb cb, void *arg);
+
+/* moe_forward_run runs moe_forward on the layer's loop until it ends. Returns 0 and *out, or the error
+ * with err filled. */
+int moe_forward_run(moe_layer *m, const float *x, int64_t B, moe_fwd **out, char *err, size_t errlen);
+/* moe_forward_run_ex runs moe_forward_ex until it ends, like moe_forward_run. */
+int moe_forward_run_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd **out,
+                       char *err, size_t errlen);
+/* moe_backward_run runs moe_backward until it ends. Returns 0 and *gx (owned by f), or the error. */
+int moe_backward_run(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, const float **gx, char *err,
+                     size_t errlen);
+
+#endif

@@ -1,0 +1,300 @@
+/* client.c -- call actors and pooled peer connections (see client.h).
+ *
+ * Design notes. A peer holds one connection and a hash table of its calls in flight, keyed by request
+ * id. Every way a call can end (reply, error reply, timeout, connection failure, client freed) goes
+ * through complete(): the first one wins, detaches the call from its peer and raises the call's
+ * "done" signal; the call actor's handler then runs the user's callback and stops the actor. A reply
+ * that arrives for an id no longer in the table (it timed out) is dropped.
+ */
+#include "actors/net/client.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+#define CLIENT_CONNECT_TIMEOUT_MS 5000
+
+enum { CALL_DONE = 1, CALL_TIMEOUT = 2 };
+
+typedef struct peer peer;
+
+typedef struct call {
+    rt_actor actor;
+    rt_timer timer;
+    rt_signal done_sig;
+    client *cl;
+    peer *p;
+    uint64_t id;
+    client_cb cb;
+    void *arg;
+    int done;
+    int err;
+    char msg[256];
+    wire_msg *reply;
+    struct call *hnext;                 /* peer's hash chain */
+    struct call *prev_live, *next_live; /* client's list of pending calls */
+} call;
+
+struct peer {
+    client *cl;
+    char key[WIRE_MADDR_HOST + 8];
+    conn *c;
+    call **table;
+    size_t nbuckets, ncalls;
+    peer *next;
+};
+
+struct client {
+    rt_loop *loop;
+    conn_limits lim;
+    uint64_t next_id;
+    peer *peers;
+    call *live;
+    int n_live;
+};
+
+/* ---- the id table of a peer ---- */
+
+static size_t slot(const peer *p, uint64_t id) { return (size_t)(id * 0x9E3779B97F4A7C15ull >> 20) & (p->nbuckets - 1); }
+
+static int table_put(peer *p, call *k)
+{
+    if (p->ncalls + 1 > p->nbuckets) {
+        size_t nb = p->nbuckets ? p->nbuckets * 2 : 16;
+        call **t = calloc(nb, sizeof *t);
+        if (!t) return DMOE_ENOMEM;
+        call **old = p->table;
+        size_t ob = p->nbuckets;
+        p->table = t;
+        p->nbuckets = nb;
+        for (size_t i = 0; i < ob; i++)
+            for (call *x = old[i], *nx; x; x = nx) {
+                nx = x->hnext;
+                size_t s = slot(p, x->id);
+                x->hnext = t[s];
+                t[s] = x;
+            }
+        free(old);
+    }
+    size_t s = slot(p, k->id);
+    k->hnext = p->table[s];
+    p->table[s] = k;
+    p->ncalls++;
+    return 0;
+}
+
+static call *table_take(peer *p, uint64_t id)
+{
+    if (!p->nbuckets) return NULL;
+    for (call **pp = &p->table[slot(p, id)]; *pp; pp = &(*pp)->hnext)
+        if ((*pp)->id == id) {
+            call *k = *pp;
+            *pp = k->hnext;
+            k->hnext = NULL;
+            p->ncalls--;
+            return k;
+        }
+    return NULL;
+}
+
+/* ---- completing calls ---- */
+
+static void complete(call *k, int err, const char *msg, wire_msg *reply)
+{
+    if (k->done) {
+        if (reply) { wire_msg_free(reply); free(reply); }
+        return;
+    }
+    k->done = 1;
+    k->err = err;
+    k->reply = reply;
+    if (msg) snprintf(k->msg, sizeof k->msg, "%s", msg);
+    if (k->p) {
+        table_take(k->p, k->id);
+        k->p = NULL;
+    }
+    rt_timer_cancel(&k->timer);
+    rt_signal_raise(&k->done_sig);
+}
+
+static void unlink_live(call *k)
+{
+    client *cl = k->cl;
+    if (!cl) return;
+    if (k->prev_live) k->prev_live->next_live = k->next_live;
+    else cl->live = k->next_live;
+    if (k->next_live) k->next_live->prev_live = k->prev_live;
+    cl->n_live--;
+    k->cl = NULL;
+}
+
+static void run_callback(call *k)
+{
+    unlink_live(k);
+    int kept = k->cb(k->arg, k->err, k->msg[0] ? k->msg : NULL, k->reply);
+    if (!kept && k->reply) { wire_msg_free(k->reply); free(k->reply); }
+    k->reply = NULL;
+}
+
+static void call_handle(rt_actor *self, rt_msg *m)
+{
+    call *k = (call *)self;
+    int type = m->type;
+    rt_msg_drop(m);
+    if (type == CALL_TIMEOUT) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "no reply from %s in time", k->p ? k->p->key : "the peer");
+        complete(k, DMOE_ETIMEDOUT, msg, NULL);
+        return;   /* the done signal brings us back */
+    }
+    if (type == CALL_DONE && k->done) {
+        run_callback(k);
+        rt_actor_stop(self);
+    }
+}
+
+static void call_destroy(rt_actor *self)
+{
+    call *k = (call *)self;
+    if (k->reply) { wire_msg_free(k->reply); free(k->reply); }
+    rt_timer_deinit(&k->timer);
+    free(k);
+}
+
+/* ---- peer connections ---- */
+
+static void peer_on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
+{
+    peer *p = arg;
+    call *k = table_take(p, m->id);
+    if (!k) {   /* late reply for a call that timed out, or garbage: drop */
+        LOG_DEBUG("dropping a reply with unknown id %llu from %s", (unsigned long long)m->id, p->key);
+        wire_msg_free(m);
+        free(m);
+        return;
+    }
+    k->p = NULL;
+    if (m->kind == WIRE_REPLY_ERR) complete(k, m->err_code < 0 ? m->err_code : DMOE_EINTERNAL, m->err_msg, m);
+    else if (m->kind == WIRE_REPLY_OK) complete(k, 0, NULL, m);
+    else {
+        wire_msg_free(m);
+        free(m);
+        complete(k, DMOE_EPROTO, "the peer sent a request where a reply was expected", NULL);
+    }
+}
+
+static void peer_free(peer *p)
+{
+    client *cl = p->cl;
+    for (peer **pp = &cl->peers; *pp; pp = &(*pp)->next)
+        if (*pp == p) { *pp = p->next; break; }
+    free(p->table);
+    free(p);
+}
+
+static void peer_on_close(conn *c, int err, void *arg)
+{
+    peer *p = arg;
+    char msg[160];
+    snprintf(msg, sizeof msg, "connection to %s %s", p->key,
+             err == 0 ? "closed by the peer" : err == DMOE_ETIMEDOUT ? "timed out" : "failed (refused or reset)");
+    for (size_t i = 0; i < p->nbuckets; i++) {
+        call *k = p->table[i];
+        p->table[i] = NULL;
+        while (k) {
+            call *next = k->hnext;
+            k->hnext = NULL;
+            k->p = NULL;
+            complete(k, DMOE_ECONN, msg, NULL);
+            k = next;
+        }
+    }
+    p->ncalls = 0;
+    p->c = NULL;
+    conn_unref(c);   /* the peer's reference */
+    peer_free(p);
+}
+
+static const conn_ops peer_ops = {peer_on_msg, peer_on_close, NULL};
+
+static peer *get_peer(client *cl, const wire_maddr *a)
+{
+    const char *host = a->host;
+    if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
+    char key[sizeof ((peer *)0)->key];
+    snprintf(key, sizeof key, "%s:%u", host, (unsigned)a->port);
+    for (peer *p = cl->peers; p; p = p->next)
+        if (strcmp(p->key, key) == 0 && p->c && conn_is_open(p->c)) return p;
+    peer *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->cl = cl;
+    snprintf(p->key, sizeof p->key, "%s", key);
+    p->c = conn_connect(cl->loop, host, a->port, &peer_ops, p, &cl->lim, CLIENT_CONNECT_TIMEOUT_MS);
+    if (!p->c) { free(p); return NULL; }
+    conn_ref(p->c);
+    p->next = cl->peers;
+    cl->peers = p;
+    return p;
+}
+
+/* ---- public ---- */
+
+client *client_new(rt_loop *l, const conn_limits *lim)
+{
+    client *cl = calloc(1, sizeof *cl);
+    if (!cl) return NULL;
+    cl->loop = l;
+    if (lim) cl->lim = *lim;
+    else conn_default_limits(&cl->lim);
+    cl->lim.budget = NULL;   /* replies we asked for are always read */
+    cl->lim.max_inflight = 1 << 30;
+    cl->next_id = 1;
+    return cl;
+}
+
+uint64_t client_next_id(client *cl) { return cl->next_id++; }
+
+int client_call(client *cl, const wire_maddr *peer_addr, uint64_t id, wire_out *req, uint64_t timeout_ms,
+                client_cb cb, void *arg)
+{
+    peer *p = get_peer(cl, peer_addr);
+    if (!p) { wire_out_free(req); return DMOE_EINVAL; }
+    call *k = calloc(1, sizeof *k);
+    if (!k) { wire_out_free(req); return DMOE_ENOMEM; }
+    rt_actor_init(&k->actor, cl->loop, "call", call_handle, call_destroy);
+    if (rt_timer_init(&k->timer, &k->actor, CALL_TIMEOUT) != 0) { free(k); wire_out_free(req); return DMOE_ENOMEM; }
+    rt_signal_init(&k->done_sig, &k->actor, CALL_DONE);
+    k->cl = cl;
+    k->id = id;
+    k->cb = cb;
+    k->arg = arg;
+    if (table_put(p, k) != 0) { rt_timer_deinit(&k->timer); free(k); wire_out_free(req); return DMOE_ENOMEM; }
+    k->p = p;
+    k->next_live = cl->live;
+    if (cl->live) cl->live->prev_live = k;
+    cl->live = k;
+    cl->n_live++;
+    if (timeout_ms) rt_timer_start(&k->timer, timeout_ms, 0);
+    int rc = conn_send(p->c, req);
+    if (rc != 0) complete(k, rc, "cannot send the request", NULL);
+    return 0;
+}
+
+void client_free(client *cl)
+{
+    if (!cl) return;
+    while (cl->live) {
+        call *k = cl->live;
+        complete(k, DMOE_ESHUTDOWN, "the client is shutting down", NULL);
+        run_callback(k);   /* unlinks k from live */
+        rt_actor_stop(&k->actor);
+    }
+    while (cl->peers) {
+        peer *p = cl->peers;
+        conn_close(p->c, 0);   /* peer_on_close frees p */
+    }
+    free(cl);
+}

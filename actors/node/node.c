@@ -1,0 +1,563 @@
+/* node.c -- assembling, running and stopping a node (see node.h).
+ *
+ * Design notes. The node actor's mail is its timers: NODE_TICK (the stop sequence's poll), NODE_UPDATE
+ * (every update_period: declare the experts in the DHT and checkpoint them), NODE_STATS (the stats log
+ * line and the metrics gauges). Start-up continues from DHT callbacks: bootstrap_done -> (uid check in the
+ * DHT) -> create_experts.
+ */
+#include "actors/node/node.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "actors/node/ckpt.h"
+#include "actors/net/client.h"
+#include "actors/grid/dht_experts.h"
+#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/dht_node.h"
+#include "actors/node/metrics.h"
+#include "actors/serve/server.h"
+#include "actors/grid/uid.h"
+#include "runtime/rt_budget.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+#include "runtime/rt_pool.h"
+#include "wire/wire_frame.h"
+
+#define NODE_DRAIN_MS 30000   /* longest wait for computing batches at stop */
+#define NODE_CKPT_MS  30000   /* longest wait for the last checkpoints at stop */
+#define NODE_FLUSH_MS 5000    /* longest wait for replies to reach the sockets at stop */
+#define NODE_POLL_MS  10
+#define NODE_GAUGE_MS 1000    /* metrics gauges refresh */
+#define NODE_UID_ATTEMPTS 10  /* candidate uids per expert when avoiding taken ones (hivemind's) */
+
+enum { NODE_TICK = 1, NODE_UPDATE, NODE_STATS };
+enum { ST_STARTING, ST_RUNNING, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DONE };
+
+struct node {
+    rt_actor actor;
+    rt_loop *loop;
+    node_cfg cfg;
+    const kern_class *cls;
+    rt_pool *pool;
+    rt_budget budget;
+    server *srv;
+    client *cl;
+    dht_net *dnet;
+    dht *dht;
+    metrics *met;
+    met_std ms;
+    actcache *cache;
+    int metrics_port;
+    expert **experts;
+    int n_experts;
+    char **pending_uids;          /* chosen, experts not yet created */
+    char **candidates;            /* pattern draws checked against the DHT */
+    wire_maddr addrs[NODE_MAX_ADDRS];
+    int n_addrs;
+    rt_timer tick, update, stats;
+    int state;
+    uint64_t phase_deadline;
+    expert_stats *last;           /* stats at the previous report */
+    uint64_t last_report_us;
+    void (*done)(void *);
+    void *done_arg;
+};
+
+uint64_t node_expert_seed(uint64_t seed, const char *uid)
+{
+    return XXH3_64bits_withSeed(uid, strlen(uid), seed);
+}
+
+void node_default_cfg(node_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->expert_cls = "ffn";
+    c->kcfg.hidden_dim = 1024;
+    c->num_experts = 1;
+    c->max_batch_size = 16384;
+    c->min_batch_size = 1;
+    c->batch_wait_ms = 10;
+    wire_maddr_parse_listen("/ip4/127.0.0.1/tcp/0", &c->host[0], NULL, 0);
+    c->n_host = 1;
+    kern_optim_parse("adam", &c->opt);
+    kern_sched_parse("none", &c->sched);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    c->num_workers = cores > 0 ? (int)cores : 1;
+    c->max_frame = WIRE_MAX_FRAME_DEFAULT;
+    c->max_pending_bytes = (size_t)2 << 30;
+    c->max_inflight = 256;
+    c->update_period = 30;
+    c->keep_checkpoints = 3;
+    c->activation_cache_bytes = (size_t)256 << 20;
+    c->metrics_port = -1;
+}
+
+static void fatal(node *n, const char *msg)
+{
+    LOG_ERROR("%s", msg);
+    if (n->cfg.on_fatal) n->cfg.on_fatal(n->cfg.fatal_arg, msg);
+}
+
+static double expiration_s(const node *n)
+{
+    if (n->cfg.expiration > 0) return n->cfg.expiration;
+    return fmax(2 * n->cfg.update_period, 3);
+}
+
+/* ---- declaring experts ---- */
+
+static void declared(void *arg, int err, const char *msg, const uint8_t *ok, size_t cnt)
+{
+    node *n = arg;
+    if (err) LOG_WARN("declaring experts in the DHT: %s", msg ? msg : dmoe_strerror(err));
+    else LOG_DEBUG("declared %zu experts in the DHT", cnt);
+    (void)n;
+}
+
+static void declare_experts(node *n)
+{
+    if (!n->dht || n->cfg.client_mode || n->n_experts == 0) return;
+    const char **uids = malloc((size_t)n->n_experts * sizeof *uids);
+    if (!uids) return;
+    for (int i = 0; i < n->n_experts; i++) uids[i] = expert_uid(n->experts[i]);
+    char text[WIRE_MADDR_TEXT], err[256];
+    wire_maddr endpoint;
+    dht_node_maddr(n->dht, text, sizeof text);
+    if (wire_maddr_parse(text, &endpoint, err, sizeof err) == 0 &&
+        dht_declare_experts(n->dht, uids, (size_t)n->n_experts, &endpoint, dht_node_now(n->dht) + expiration_s(n),
+                            declared, n, err, sizeof err) != 0)
+        LOG_WARN("cannot declare experts: %s", err);
+    free(uids);
+}
+
+/* ---- creating experts ---- */
+
+static void create_experts(node *n, char **uids)
+{
+    char err[1024];
+    int count = 0;
+    while (uids[count]) count++;
+    n->experts = calloc((size_t)(count > 0 ? count : 1), sizeof *n->experts);
+    n->last = calloc((size_t)(count > 0 ? count : 1), sizeof *n->last);
+    if (!n->experts || !n->last) { fatal(n, "out of memory creating experts"); return; }
+    const node_cfg *c = &n->cfg;
+    for (int i = 0; i < count; i++) {
+        expert_cfg ec = {
+            .cls = n->cls, .kcfg = c->kcfg, .opt = c->opt, .sched = c->sched, .max_batch_size = c->max_batch_size,
+            .min_batch_size = c->min_batch_size, .batch_wait_ms = c->batch_wait_ms,
+            .max_parallel_fwd = c->num_workers, .seed = node_expert_seed(c->seed, uids[i]), .pool = n->pool,
+            .budget = &n->budget, .ckpt_dir = c->checkpoint_dir, .keep_ckpts = c->keep_checkpoints,
+            .met = n->met ? &n->ms : NULL, .compression = c->compression, .cache = n->cache,
+        };
+        n->experts[i] = expert_new(n->loop, uids[i], &ec, err, sizeof err);
+        if (!n->experts[i]) { fatal(n, err); return; }
+        n->n_experts++;
+    }
+    if (server_set_experts(n->srv, n->experts, n->n_experts) != 0) { fatal(n, "out of memory"); return; }
+    LOG_INFO("Server started with %d experts", n->n_experts);
+    for (int i = 0; i < n->n_experts; i++) {
+        const kern_model *m = expert_model(n->experts[i]);
+        LOG_INFO("%s: %s, %zu parameters", expert_uid(n->experts[i]), n->cls->module_name, m->n_floats);
+    }
+    n->state = ST_RUNNING;
+    n->last_report_us = rt_clock_us();
+    declare_experts(n);
+    if (n->cfg.update_period > 0) rt_timer_start(&n->update, (uint64_t)(n->cfg.update_period * 1000), 1);
+    if (n->cfg.stats_report_interval > 0 || n->met)
+        rt_timer_start(&n->stats, n->cfg.stats_report_interval > 0 ? (uint64_t)(n->cfg.stats_report_interval * 1000)
+                                                                   : NODE_GAUGE_MS, 1);
+    if (n->cfg.on_ready) n->cfg.on_ready(n->cfg.ready_arg);
+}
+
+/* Append src's strings not already in *dst (a NULL-terminated strdup'd list). */
+static int list_add(char ***dst, char *const *src, int limit)
+{
+    int n = 0;
+    while (*dst && (*dst)[n]) n++;
+    for (int i = 0; src && src[i] && (limit < 0 || n < limit); i++) {
+        int dup = 0;
+        for (int j = 0; j < n && !dup; j++) dup = strcmp((*dst)[j], src[i]) == 0;
+        if (dup) continue;
+        char **grown = realloc(*dst, (size_t)(n + 2) * sizeof *grown);
+        if (!grown) return DMOE_ENOMEM;
+        *dst = grown;
+        (*dst)[n] = strdup(src[i]);
+        (*dst)[++n] = NULL;
+    }
+    return n;
+}
+
+static void taken_checked(void *arg, int err, const char *msg, const dht_expert_loc *locs, size_t cnt)
+{
+    node *n = arg;
+    if (n->state != ST_STARTING) return;
+    int have = 0;
+    while (n->pending_uids && n->pending_uids[have]) have++;
+    for (size_t i = 0; i < cnt && have < n->cfg.num_experts; i++) {
+        if (!err && locs[i].found) continue;   /* declared elsewhere already */
+        char *one[2] = {n->candidates[i], NULL};
+        have = list_add(&n->pending_uids, one, -1);
+    }
+    if (have < n->cfg.num_experts)
+        LOG_WARN("found only %d free uids for %d experts in pattern %s", have, n->cfg.num_experts, n->cfg.expert_pattern);
+    uid_list_free(n->candidates);
+    n->candidates = NULL;
+    if (have == 0) { fatal(n, "no free expert uid left in the pattern"); return; }
+    create_experts(n, n->pending_uids);
+}
+
+/* Draw candidates from the pattern: as many as NODE_UID_ATTEMPTS per missing expert when the grid has
+ * them, fewer when it is smaller. */
+static int draw_candidates(node *n, int want, char ***out, char *err, size_t errlen)
+{
+    for (int mult = NODE_UID_ATTEMPTS; mult >= 1; mult = mult > 2 ? mult / 2 : mult - 1) {
+        int got = uid_pattern_generate(n->cfg.expert_pattern, want * mult, n->cfg.seed, NULL, NULL, out, err, errlen);
+        if (got >= 0) return got;
+        if (got != DMOE_EINVAL || mult == 1) return got;
+    }
+    return DMOE_EINVAL;
+}
+
+static void choose_uids(node *n)
+{
+    char err[512];
+    const node_cfg *c = &n->cfg;
+    if (c->checkpoint_dir) {
+        char **found = ckpt_list_uids(c->checkpoint_dir, err, sizeof err);
+        if (!found) { fatal(n, err); return; }
+        int k = list_add(&n->pending_uids, found, -1);
+        if (k > 0) LOG_INFO("Found %d experts in %s", k, c->checkpoint_dir);
+        uid_list_free(found);
+    }
+    int have = 0;
+    while (n->pending_uids && n->pending_uids[have]) have++;
+    if (c->expert_uids) {
+        list_add(&n->pending_uids, c->expert_uids, -1);
+        create_experts(n, n->pending_uids);
+        return;
+    }
+    if (have >= c->num_experts) { create_experts(n, n->pending_uids); return; }
+    int want = c->num_experts - have;
+    LOG_INFO("Generating %d expert uids from pattern %s", want, c->expert_pattern ? c->expert_pattern : "expert.[0:N]");
+    char **draws = NULL;
+    int got = draw_candidates(n, want, &draws, err, sizeof err);
+    if (got < 0) { fatal(n, err); return; }
+    /* drop the ones we already host */
+    char **fresh = NULL;
+    list_add(&fresh, n->pending_uids, -1);
+    int before = have;
+    int total = list_add(&fresh, draws, -1);
+    uid_list_free(draws);
+    char **cand = calloc((size_t)(total - before + 1), sizeof *cand);
+    for (int i = before; cand && i < total; i++) { cand[i - before] = fresh[i]; fresh[i] = NULL; }
+    uid_list_free(fresh);
+    if (!cand) { fatal(n, "out of memory"); return; }
+    int ncand = total - before;
+    if (!n->dht || !c->initial_peers || !c->initial_peers[0]) {
+        /* the first node of a swarm: nobody else declared anything */
+        char **take = calloc((size_t)want + 1, sizeof *take);
+        for (int i = 0; take && i < want && i < ncand; i++) take[i] = cand[i];
+        if (take) list_add(&n->pending_uids, take, -1);
+        free(take);
+        uid_list_free(cand);
+        create_experts(n, n->pending_uids);
+        return;
+    }
+    n->candidates = cand;
+    if (ncand > DHT_EXPERTS_MAX_BATCH) ncand = DHT_EXPERTS_MAX_BATCH;
+    if (dht_get_experts(n->dht, (const char *const *)cand, (size_t)ncand, taken_checked, n, err, sizeof err) != 0)
+        fatal(n, err);
+}
+
+static void bootstrap_done(void *arg, int err, const char *msg)
+{
+    node *n = arg;
+    if (n->state != ST_STARTING) return;
+    if (err) {
+        char m[1024];
+        snprintf(m, sizeof m, "cannot join the DHT: %s", msg ? msg : dmoe_strerror(err));
+        fatal(n, m);
+        return;
+    }
+    choose_uids(n);
+}
+
+/* ---- statistics ---- */
+
+static void report_stats(node *n)
+{
+    uint64_t now = rt_clock_us();
+    double dt = (double)(now - n->last_report_us) / 1e6;
+    if (dt <= 0) dt = 1e-6;
+    for (int i = 0; i < n->n_experts; i++) {
+        const expert_stats *s = expert_stats_get(n->experts[i]);
+        expert_stats *p = &n->last[i];
+        for (int dir = 0; dir < 2; dir++) {
+            uint64_t batches = s->batches[dir] - p->batches[dir], rows = s->rows[dir] - p->rows[dir];
+            uint64_t calls = s->calls[dir] - p->calls[dir];
+            uint64_t wait = s->queue_wait_us[dir] - p->queue_wait_us[dir];
+            if (n->cfg.stats_report_interval > 0)
+                LOG_INFO("%s %s: %.2f batches/s, %.2f samples/s, mean batch %.1f, queue depth %d, mean queue wait %.2f ms",
+                         expert_uid(n->experts[i]), dir == EX_FWD ? "forward" : "backward", batches / dt, rows / dt,
+                         batches ? (double)rows / batches : 0.0, expert_busy(n->experts[i]),
+                         calls ? wait / 1000.0 / calls : 0.0);
+        }
+        *p = *s;
+    }
+    n->last_report_us = now;
+}
+
+static void update_gauges(node *n)
+{
+    if (!n->met) return;
+    int depth = 0;
+    for (int i = 0; i < n->n_experts; i++) depth += expert_busy(n->experts[i]);
+    metrics_set(n->ms.queue_depth, depth);
+    if (n->dht) metrics_set(n->ms.routing_table, (double)dht_routing_size(dht_node_routing(n->dht)));
+    uint64_t in = 0, out = 0;
+    server_bytes(n->srv, &in, &out);
+    metrics_set(n->ms.bytes_in, (double)in);
+    metrics_set(n->ms.bytes_out, (double)out);
+}
+
+/* ---- the stop sequence ---- */
+
+static int experts_busy(node *n)
+{
+    int busy = 0;
+    for (int i = 0; i < n->n_experts; i++) busy += expert_busy(n->experts[i]);
+    return busy;
+}
+
+static void stop_step(node *n)
+{
+    uint64_t now = rt_loop_now_ms(n->loop);
+    if (n->state == ST_DRAIN) {
+        int busy = experts_busy(n);
+        if (busy > 0 && now < n->phase_deadline) return;
+        if (busy > 0) LOG_WARN("stopping with %d requests still computing", busy);
+        for (int i = 0; i < n->n_experts; i++) expert_checkpoint(n->experts[i]);
+        n->state = ST_CKPT;
+        n->phase_deadline = now + NODE_CKPT_MS;
+    }
+    if (n->state == ST_CKPT) {
+        int pending = 0;
+        for (int i = 0; i < n->n_experts; i++) pending += expert_checkpoint_pending(n->experts[i]);
+        if (pending > 0 && now < n->phase_deadline) return;
+        if (pending > 0) LOG_WARN("stopping with %d checkpoints unwritten", pending);
+        server_close_all(n->srv);
+        n->state = ST_FLUSH;
+        n->phase_deadline = now + NODE_FLUSH_MS;
+    }
+    if (n->state == ST_FLUSH) {
+        if (server_connections(n->srv) > 0 && now < n->phase_deadline) return;
+        n->state = ST_DONE;
+        rt_timer_cancel(&n->tick);
+        if (n->dht) dht_node_stop(n->dht);
+        if (n->done) n->done(n->done_arg);
+    }
+}
+
+static void node_handle(rt_actor *self, rt_msg *m)
+{
+    node *n = (node *)self;
+    int type = m->type;
+    rt_msg_drop(m);
+    switch (type) {
+    case NODE_TICK:
+        stop_step(n);
+        break;
+    case NODE_UPDATE:
+        if (n->state != ST_RUNNING) break;
+        declare_experts(n);
+        for (int i = 0; i < n->n_experts; i++) expert_checkpoint(n->experts[i]);
+        break;
+    case NODE_STATS:
+        if (n->state != ST_RUNNING) break;
+        if (n->cfg.stats_report_interval > 0) report_stats(n);
+        update_gauges(n);
+        break;
+    default:
+        break;
+    }
+}
+
+static void node_destroy(rt_actor *self)
+{
+    node *n = (node *)self;
+    rt_timer_deinit(&n->tick);
+    rt_timer_deinit(&n->update);
+    rt_timer_deinit(&n->stats);
+    free(n);
+}
+
+/* ---- start ---- */
+
+static int start_dht(node *n, char *err, size_t errlen)
+{
+    n->cl = client_new(n->loop, NULL);
+    if (!n->cl) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
+    dht_transport tr;
+    if (dht_net_new(n->cl, &n->dnet, &tr) != 0) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
+    dht_cfg dc;
+    dht_cfg_default(&dc);
+    dc.seed = n->cfg.seed ^ XXH3_64bits(n->addrs, sizeof n->addrs[0]) ^ (uint64_t)getpid();
+    dc.client_mode = n->cfg.client_mode;
+    snprintf(dc.addr.host, sizeof dc.addr.host, "%.63s", n->addrs[0].host);
+    dc.addr.port = n->addrs[0].port;
+    int rc = dht_node_new(n->loop, &dc, &tr, &n->dht);
+    if (rc) { snprintf(err, errlen, "cannot create the DHT node: %s", dmoe_strerror(rc)); return rc; }
+    if (!n->cfg.client_mode && (rc = dht_net_serve(n->dnet, n->srv, n->dht)) != 0) {
+        snprintf(err, errlen, "cannot serve the DHT: %s", dmoe_strerror(rc));
+        return rc;
+    }
+    char self[WIRE_MADDR_TEXT], peers[1024] = "";
+    dht_node_maddr(n->dht, self, sizeof self);
+    size_t np = 0, off = 0;
+    for (; n->cfg.initial_peers && n->cfg.initial_peers[np]; np++)
+        off += (size_t)snprintf(peers + off, off < sizeof peers ? sizeof peers - off : 0, "%s'%s'", np ? ", " : "",
+                                n->cfg.initial_peers[np]);
+    LOG_INFO("Running DHT node on ['%s'], initial peers = [%s]", n->cfg.client_mode ? "client mode" : self, peers);
+    return dht_node_bootstrap(n->dht, (const char *const *)n->cfg.initial_peers, np, bootstrap_done, n, err, errlen);
+}
+
+node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
+{
+    const kern_class *cls = kern_expert_find(c->expert_cls);
+    if (!cls) {
+        snprintf(err, errlen, "unknown --expert_cls %s (known: %s)", c->expert_cls, kern_expert_names());
+        return NULL;
+    }
+    if (kern_sched_check(&c->sched) != 0) {
+        snprintf(err, errlen, "--scheduler linear needs --num_training_steps >= 1 and --num_warmup_steps >= 0");
+        return NULL;
+    }
+    if (c->max_batch_size < 1 || c->min_batch_size < 1 || c->min_batch_size > c->max_batch_size) {
+        snprintf(err, errlen, "need 1 <= min_batch_size <= max_batch_size");
+        return NULL;
+    }
+    if (!c->expert_uids && c->num_experts < 1 && !c->checkpoint_dir) {
+        snprintf(err, errlen, "--num_experts must be at least 1");
+        return NULL;
+    }
+    for (int i = 0; c->expert_uids && c->expert_uids[i]; i++)
+        if (!uid_is_valid(c->expert_uids[i]) || (c->checkpoint_dir && !ckpt_uid_ok(c->expert_uids[i]))) {
+            snprintf(err, errlen, "invalid expert uid %s (expected name.coord[.coord...], e.g. expert.3)", c->expert_uids[i]);
+            return NULL;
+        }
+    node *n = calloc(1, sizeof *n);
+    if (!n) { snprintf(err, errlen, "out of memory"); return NULL; }
+    rt_actor_init(&n->actor, l, "node", node_handle, node_destroy);
+    n->loop = l;
+    n->cfg = *c;
+    n->cls = cls;
+    n->metrics_port = -1;
+    rt_budget_init(&n->budget, c->max_pending_bytes);
+    if (rt_timer_init(&n->tick, &n->actor, NODE_TICK) != 0 || rt_timer_init(&n->update, &n->actor, NODE_UPDATE) != 0 ||
+        rt_timer_init(&n->stats, &n->actor, NODE_STATS) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+
+    if (c->activation_cache_bytes > 0 &&
+        !(n->cache = actcache_new(c->activation_cache_bytes, c->seed ^ rt_clock_us() ^ (uint64_t)getpid()))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+
+    /* the pool's threads are the parallelism: OpenBLAS runs single-threaded inside each */
+    openblas_set_num_threads(1);
+    n->pool = rt_pool_new(l, c->num_workers);
+    if (!n->pool) { snprintf(err, errlen, "cannot start %d worker threads", c->num_workers); goto fail; }
+
+    if (c->metrics_port >= 0) {
+        n->met = metrics_new();
+        if (!n->met || metrics_std_init(n->met, &n->ms) != 0 ||
+            metrics_listen(n->met, rt_loop_base(l), NULL, c->metrics_port, &n->metrics_port, err, errlen) != 0) {
+            if (!err[0]) snprintf(err, errlen, "cannot start the metrics endpoint");
+            goto fail;
+        }
+        LOG_INFO("Serving metrics on http://127.0.0.1:%d/metrics", n->metrics_port);
+    }
+
+    server_cfg scfg = {.num_workers = c->num_workers, .met = n->met ? &n->ms : NULL};
+    conn_default_limits(&scfg.limits);
+    scfg.limits.max_frame = c->max_frame;
+    scfg.limits.max_inflight = c->max_inflight;
+    scfg.limits.budget = &n->budget;
+
+    /* listen first: the address is the first thing a user needs (and a busy port fails fast) */
+    n->srv = server_new(l, &scfg);
+    if (!n->srv) { snprintf(err, errlen, "out of memory"); goto fail; }
+    for (int i = 0; i < c->n_host; i++) {
+        wire_maddr bound;
+        if (server_listen(n->srv, &c->host[i], &bound, err, errlen) != 0) goto fail;
+        if (n->n_addrs < NODE_MAX_ADDRS) n->addrs[n->n_addrs++] = bound;
+    }
+    if (c->n_announce > 0) {
+        n->n_addrs = c->n_announce;
+        memcpy(n->addrs, c->announce, (size_t)c->n_announce * sizeof c->announce[0]);
+    }
+    for (int i = 0; i < n->n_addrs; i++) {
+        char text[WIRE_MADDR_TEXT];
+        wire_maddr_format(&n->addrs[i], text, sizeof text);
+        LOG_INFO("Listening on %s", text);
+    }
+    if (start_dht(n, err, errlen) != 0) goto fail;
+    return n;
+
+fail:
+    node_free(n);
+    return NULL;
+}
+
+void node_stop(node *n, void (*done)(void *), void *arg)
+{
+    if (n->state >= ST_DRAIN) return;
+    n->state = ST_DRAIN;
+    n->done = done;
+    n->done_arg = arg;
+    n->phase_deadline = rt_loop_now_ms(n->loop) + NODE_DRAIN_MS;
+    rt_timer_cancel(&n->update);
+    rt_timer_cancel(&n->stats);
+    server_shutdown(n->srv);
+    for (int i = 0; i < n->n_experts; i++) expert_shutdown(n->experts[i]);
+    rt_timer_start(&n->tick, NODE_POLL_MS, 1);
+}
+
+void node_free(node *n)
+{
+    if (!n) return;
+    rt_timer_cancel(&n->tick);
+    rt_timer_cancel(&n->update);
+    rt_timer_cancel(&n->stats);
+    if (n->dht) dht_node_stop(n->dht);
+    server_free(n->srv);
+    n->srv = NULL;
+    client_free(n->cl);
+    n->cl = NULL;
+    dht_node_free(n->dht);
+    n->dht = NULL;
+    dht_net_free(n->dnet);
+    n->dnet = NULL;
+    for (int i = 0; i < n->n_experts; i++) expert_free(n->experts[i]);
+    free(n->experts);
+    n->experts = NULL;
+    free(n->last);
+    uid_list_free(n->pending_uids);
+    uid_list_free(n->candidates);
+    /* finish the jobs in flight before their owners are reaped */
+    rt_pool_free(n->pool);
+    n->pool = NULL;
+    actcache_free(n->cache);   /* after the pool: batches in flight hold blocks */
+    n->cache = NULL;
+    metrics_free(n->met);
+    n->met = NULL;
+    rt_actor_stop(&n->actor);
+}

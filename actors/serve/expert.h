@@ -1,0 +1,123 @@
+/* expert.h -- the expert actor and its two batch queues (forward, backward).
+ *
+ * The expert actor owns one hosted expert: its architecture (kern_model), flat parameters, gradient
+ * buffer, optimizer state and statistics. It never computes on the loop thread: it pulls a batch from
+ * one of its queues (batchq.c), hands it to the worker pool as a job, and when the job comes back it
+ * passes the batch to the queue, which answers the callers.
+ *
+ * Scheduling inside one expert: forwards may run several at a time (they only read the parameters, up
+ * to max_parallel_fwd batches, so one busy expert can use every worker); a backward runs alone, since it
+ * writes the parameters (the optimizer step follows the gradient in the same job). Backward work waiting
+ * stops new forwards from starting, so steps are never starved. A queue is pulled only when the expert
+ * can start its batch right away, so batches grow with load and a lone request waits for nobody.
+ *
+ * Requests reach the queues already validated against the expert's schema by the server (server.c).
+ *
+ * Loop thread only, except the job's run function, which touches nothing but the batch's buffers and,
+ * for a backward, the parameters, gradients and optimizer state that the schedule gives it alone.
+ */
+#ifndef DMOE_EXPERT_H
+#define DMOE_EXPERT_H
+
+#include <msgpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/serve/actcache.h"
+#include "actors/net/conn.h"
+#include "kernels/kern_expert.h"
+#include "kernels/kern_optim.h"
+#include "kernels/kern_sched.h"
+#include "runtime/rt_actor.h"
+#include "runtime/rt_budget.h"
+#include "runtime/rt_pool.h"
+#include "wire/wire_msg.h"
+
+enum { EX_FWD = 0, EX_BWD = 1 };
+
+/* One forward or backward request, from the server to a queue, answered through its connection. */
+typedef struct ex_req {
+    rt_msg msg;
+    struct ex_req *next;
+    conn *c;                              /* referenced while the request lives */
+    uint64_t id;
+    int dir;
+    int64_t rows;
+    wire_msg *wm;                         /* owns the frame the row pointers point into */
+    size_t charge;                        /* budget bytes to release with the frame */
+    rt_budget *budget;                    /* where charge was taken (NULL: none) */
+    struct met_std_s *met;                /* where errors are counted (NULL: none) */
+    const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
+    const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
+    float *owned[2 * KERN_MAX_IO];        /* decompressed tensors the row pointers may point into */
+    uint64_t in_hash;                     /* hash of the input rows (activation cache), 0 when unused */
+    act_entry *cached;                    /* backward: the saved activations of its forward, or NULL */
+    uint64_t t_arrive_us;
+} ex_req;
+
+typedef struct {
+    const kern_class *cls;
+    kern_config kcfg;
+    kern_optim_cfg opt;
+    kern_sched_cfg sched;     /* learning rate per optimizer step */
+    int64_t max_batch_size;   /* rows per batch, and per request */
+    int64_t min_batch_size;   /* a queue waits up to batch_wait_ms for this many rows */
+    int batch_wait_ms;
+    int max_parallel_fwd;     /* forward batches of this expert computing at once */
+    uint64_t seed;            /* initialisation */
+    rt_pool *pool;
+    rt_budget *budget;        /* where request frames are charged (may be NULL) */
+    struct met_std_s *met;    /* the node's metrics (NULL: none) */
+    wire_scheme compression;  /* how returned input gradients are compressed; advertised in info */
+    actcache *cache;          /* the node's activation cache (NULL: none) */
+    const char *ckpt_dir;     /* checkpoint root (NULL: none); must outlive the expert */
+    int keep_ckpts;           /* checkpoint files kept per expert */
+} expert_cfg;
+
+typedef struct {
+    uint64_t calls[2], batches[2], rows[2], errors[2];
+    uint64_t steps, samples_seen;
+    uint64_t backward_cached;    /* backward batches that ran from saved activations */
+    uint64_t queue_wait_us[2];   /* summed over requests */
+    uint64_t compute_us[2];      /* summed over batches */
+} expert_stats;
+
+typedef struct expert expert;
+
+/* expert_new creates the expert actor for uid and its queues, with its newest usable checkpoint from
+ * cfg->ckpt_dir or else freshly initialised parameters. Blocking (file reads): call before the loop
+ * runs. Returns NULL and fills err on failure (settings the class refuses, checkpoints that exist but
+ * are all unusable, out of memory). */
+expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err, size_t errlen);
+/* expert_uid / expert_model / expert_stats_get / expert_cfg_get: read-only views (loop thread). */
+const char *expert_uid(const expert *e);
+const kern_model *expert_model(const expert *e);
+const expert_stats *expert_stats_get(const expert *e);
+const expert_cfg *expert_cfg_get(const expert *e);
+/* expert_submit hands a validated request to the queue of its direction; the expert owns req now. */
+void expert_submit(expert *e, ex_req *req);
+/* expert_pack_info packs the expert's schema and stats map (wire/PROTOCOL.md, method info). */
+void expert_pack_info(const expert *e, msgpack_packer *pk);
+/* expert_busy returns the number of requests queued or computing. */
+int expert_busy(const expert *e);
+/* expert_shutdown fails every queued request with DMOE_ESHUTDOWN and lets running batches finish and
+ * answer; once idle the expert and its queues stop. */
+void expert_shutdown(expert *e);
+/* expert_checkpoint asks for a checkpoint of the current state (a no-op without a checkpoint root, or
+ * when nothing changed since the last one). It is written on the pool as soon as no backward is
+ * running; forwards go on meanwhile. */
+void expert_checkpoint(expert *e);
+/* expert_checkpoint_pending returns whether a checkpoint is asked for or being written. */
+int expert_checkpoint_pending(const expert *e);
+/* expert_free stops the expert actor and its queues (they are reaped by the loop); call it after
+ * expert_shutdown once expert_busy() is 0, or at teardown. NULL is a no-op. */
+void expert_free(expert *e);
+/* ex_req_free releases a request: its frame, its budget charge, its hold on the connection's
+ * in-flight count and its reference to the connection. */
+void ex_req_free(ex_req *r);
+/* ex_req_drop_frame frees the request's frame and releases its budget charge (the rows were copied). */
+void ex_req_drop_frame(ex_req *r);
+/* ex_reply_error answers a request with an error and frees it. */
+void ex_reply_error(ex_req *r, int code, const char *msg);
+
+#endif

@@ -1,0 +1,480 @@
+/* server.c -- listeners, connections and the request router of a node (see server.h). */
+#include "actors/serve/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "actors/node/metrics.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+#include "wire/wire_frame.h"
+
+#define SERVER_MAX_LISTENERS 8
+
+typedef struct srv_conn {
+    conn *c;
+    server *s;
+    struct srv_conn *prev, *next;
+} srv_conn;
+
+#define SERVER_MAX_HANDLERS 4
+
+struct server {
+    struct {
+        char prefix[16];
+        server_method_fn fn;
+        void *arg;
+    } handlers[SERVER_MAX_HANDLERS];
+    int n_handlers;
+    rt_loop *loop;
+    server_cfg cfg;
+    expert **experts;          /* sorted by uid */
+    int n_experts;
+    struct evconnlistener *listeners[SERVER_MAX_LISTENERS];
+    int n_listeners;
+    srv_conn *conns;
+    int n_conns;
+    uint64_t closed_in, closed_out;   /* bytes of connections already closed */
+    int shutting;
+};
+
+static int cmp_expert(const void *a, const void *b)
+{
+    return strcmp(expert_uid(*(expert *const *)a), expert_uid(*(expert *const *)b));
+}
+
+expert *server_find(const server *s, const char *uid)
+{
+    int lo = 0, hi = s->n_experts - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        int c = strcmp(uid, expert_uid(s->experts[mid]));
+        if (c == 0) return s->experts[mid];
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return NULL;
+}
+
+/* ---- replies ---- */
+
+static void reply_error(server *s, conn *c, uint64_t id, int code, const char *msg)
+{
+    metrics_std_error(s->cfg.met, code);
+    wire_out *o = wire_error_reply(id, code, msg);
+    if (o) conn_send(c, o);
+}
+
+
+static void count_request(server *s, const char *method)
+{
+    if (!s->cfg.met) return;
+    const char *labels[2] = {method, ""};
+    metrics_inc(metrics_series(s->cfg.met->requests, labels), 1);
+}
+
+static void reply_ping(conn *c, uint64_t id)
+{
+    wire_out *o = wire_out_new();
+    if (!o) return;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    wire_reply_begin(o, id);
+    msgpack_packer *pk = wire_out_pk(o);
+    msgpack_pack_map(pk, 1);
+    wire_pack_str(pk, "time");
+    msgpack_pack_double(pk, (double)tv.tv_sec + tv.tv_usec / 1e6);
+    conn_send(c, o);
+}
+
+static void reply_info(server *s, conn *c, const wire_msg *m)
+{
+    const msgpack_object *uo = wire_map_get(&m->root, "uid");
+    wire_out *o = wire_out_new();
+    if (!o) return;
+    msgpack_packer *pk = wire_out_pk(o);
+    if (uo && uo->type != MSGPACK_OBJECT_NIL) {
+        char uid[256];
+        if (wire_get_str(uo, uid, sizeof uid) != 0) {
+            wire_out_free(o);
+            reply_error(s, c, m->id, DMOE_EINVAL, "info: uid must be a string of at most 255 bytes");
+            return;
+        }
+        expert *e = server_find(s, uid);
+        if (!e) {
+            wire_out_free(o);
+            char msg[320];
+            snprintf(msg, sizeof msg, "no expert %s on this node", uid);
+            reply_error(s, c, m->id, DMOE_ENOEXPERT, msg);
+            return;
+        }
+        wire_reply_begin(o, m->id);
+        expert_pack_info(e, pk);
+    } else {
+        wire_reply_begin(o, m->id);
+        msgpack_pack_map(pk, 2);
+        wire_pack_str(pk, "experts");
+        msgpack_pack_array(pk, (size_t)s->n_experts);
+        for (int i = 0; i < s->n_experts; i++) expert_pack_info(s->experts[i], pk);
+        wire_pack_str(pk, "node");
+        msgpack_pack_map(pk, 4);
+        wire_pack_str(pk, "version");
+        wire_pack_str(pk, "dmoe 0.1");
+        wire_pack_str(pk, "num_workers");
+        msgpack_pack_int(pk, s->cfg.num_workers);
+        wire_pack_str(pk, "max_frame");
+        msgpack_pack_uint64(pk, s->cfg.limits.max_frame);
+        wire_pack_str(pk, "connections");
+        msgpack_pack_int(pk, s->n_conns);
+    }
+    conn_send(c, o);
+}
+
+/* ---- checking forward and backward requests ---- */
+
+/* Whether n little-endian float32 values at unaligned p are all finite (exponent not all ones). */
+static int finite_f32_bytes(const uint8_t *p, size_t n)
+{
+    uint32_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, p + 4 * i, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u) acc = 1;
+    }
+    return acc == 0;
+}
+
+/* Check the tensors under key against the schema io[0..n); set row pointers and the common B. Compressed
+ * tensors are decompressed into owned[] (freed with the request). */
+static int check_tensors(const wire_msg *m, const char *key, const kern_io_info *io, int n, int64_t *B,
+                         const uint8_t **rows, float **owned, char *err, size_t errlen)
+{
+    const msgpack_object *arr = wire_map_get(&m->root, key);
+    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) {
+        snprintf(err, errlen, "%s must be an array of tensors", key);
+        return DMOE_EINVAL;
+    }
+    if ((int)arr->via.array.size != n) {
+        snprintf(err, errlen, "%s: expected %d tensor%s, got %u", key, n, n == 1 ? "" : "s", arr->via.array.size);
+        return DMOE_ESHAPE;
+    }
+    for (int i = 0; i < n; i++) {
+        wire_tensor t;
+        char terr[128];
+        int rc = wire_tensor_decode(&arr->via.array.ptr[i], &t, terr, sizeof terr);
+        if (rc < 0) {
+            snprintf(err, errlen, "%s[%d] (%s): %s", key, i, io[i].name, terr);
+            return rc;
+        }
+        wire_dtype want = io[i].dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32;
+        if (t.dtype != want) {
+            snprintf(err, errlen, "%s[%d] (%s): dtype %s, expected %s", key, i, io[i].name, wire_dtype_name(t.dtype),
+                     wire_dtype_name(want));
+            return DMOE_ESHAPE;
+        }
+        int shape_ok = t.ndim == io[i].ndim + 1;
+        for (int d = 0; shape_ok && d < io[i].ndim; d++) shape_ok = t.shape[d + 1] == io[i].dims[d];
+        if (!shape_ok) {
+            char want_s[96] = "[B";
+            size_t off = 2;
+            for (int d = 0; d < io[i].ndim && off < sizeof want_s; d++)
+                off += (size_t)snprintf(want_s + off, sizeof want_s - off, ", %lld", (long long)io[i].dims[d]);
+            snprintf(err, errlen, "%s[%d] (%s): shape of %d dims does not match %s]", key, i, io[i].name, t.ndim,
+                     want_s);
+            return DMOE_ESHAPE;
+        }
+        if (t.shape[0] < 1) {
+            snprintf(err, errlen, "%s[%d] (%s): zero rows", key, i, io[i].name);
+            return DMOE_ESHAPE;
+        }
+        if (*B < 0) *B = t.shape[0];
+        else if (*B != t.shape[0]) {
+            snprintf(err, errlen, "%s[%d] (%s): %lld rows, but other tensors have %lld", key, i, io[i].name,
+                     (long long)t.shape[0], (long long)*B);
+            return DMOE_ESHAPE;
+        }
+        if (t.compression != WIRE_COMP_NONE) {
+            if (posix_memalign((void **)&owned[i], 64, (t.numel ? t.numel : 1) * sizeof(float)) != 0) {
+                owned[i] = NULL;
+                snprintf(err, errlen, "out of memory decompressing %s[%d]", key, i);
+                return DMOE_ENOMEM;
+            }
+            if (wire_tensor_f32(&t, owned[i]) != 0) {
+                snprintf(err, errlen, "%s[%d] (%s): malformed %s data", key, i, io[i].name, wire_compress_name(t.compression));
+                return DMOE_EINVAL;
+            }
+            t.data = (const uint8_t *)owned[i];
+        }
+        if (t.dtype == WIRE_DT_F32 && !finite_f32_bytes(t.data, t.numel)) {
+            snprintf(err, errlen, "%s[%d] (%s) contains NaN or Inf: rejected", key, i, io[i].name);
+            return DMOE_ENONFINITE;
+        }
+        rows[i] = t.data;
+    }
+    return 0;
+}
+
+static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int dir)
+{
+    char err[384];
+    int rc;
+    char uid[256];
+    const msgpack_object *uo = wire_map_get(&m->root, "uid");
+    if (!uo || wire_get_str(uo, uid, sizeof uid) != 0) {
+        rc = DMOE_EINVAL;
+        snprintf(err, sizeof err, "%s: uid must be a string of at most 255 bytes", m->method);
+        goto fail;
+    }
+    expert *e = server_find(s, uid);
+    if (!e) {
+        rc = DMOE_ENOEXPERT;
+        snprintf(err, sizeof err, "no expert %s on this node", uid);
+        goto fail;
+    }
+    if (s->shutting) {
+        rc = DMOE_ESHUTDOWN;
+        snprintf(err, sizeof err, "the node is stopping");
+        goto fail;
+    }
+    const kern_model *km = expert_model(e);
+    ex_req *r = calloc(1, sizeof *r);
+    if (!r) { rc = DMOE_ENOMEM; snprintf(err, sizeof err, "out of memory"); goto fail; }
+    int64_t B = -1;
+    rc = check_tensors(m, "inputs", km->in, km->n_in, &B, r->in, r->owned, err, sizeof err);
+    if (rc == 0 && dir == EX_BWD)
+        rc = check_tensors(m, "grad_outputs", km->out, km->n_out, &B, r->gout, r->owned + KERN_MAX_IO, err, sizeof err);
+    if (rc == 0 && B > expert_cfg_get(e)->max_batch_size) {
+        rc = DMOE_ETOOBIG;
+        snprintf(err, sizeof err, "%lld rows is over this node's max_batch_size %lld: split the request",
+                 (long long)B, (long long)expert_cfg_get(e)->max_batch_size);
+    }
+    if (rc != 0) {
+        for (int i = 0; i < 2 * KERN_MAX_IO; i++) free(r->owned[i]);
+        free(r);
+        goto fail;
+    }
+    actcache *cache = expert_cfg_get(e)->cache;
+    if (cache && km->cls->forward_save) {
+        const void *ptrs[KERN_MAX_IO];
+        size_t lens[KERN_MAX_IO];
+        for (int i = 0; i < km->n_in; i++) {
+            ptrs[i] = r->in[i];
+            lens[i] = (size_t)B * kern_io_numel(&km->in[i]) * kern_dtype_size(km->in[i].dtype);
+        }
+        r->in_hash = actcache_hash(ptrs, lens, km->n_in);
+        const msgpack_object *h = dir == EX_BWD ? wire_map_get(&m->root, "handle") : NULL;
+        if (h && h->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            r->cached = actcache_take(cache, h->via.u64, km, B, r->in_hash);
+    }
+    r->c = c;
+    conn_ref(c);
+    conn_hold(c);
+    r->id = m->id;
+    r->dir = dir;
+    r->rows = B;
+    r->wm = m;
+    r->charge = charge;
+    r->budget = s->cfg.limits.budget;
+    r->met = s->cfg.met;
+    r->t_arrive_us = rt_clock_us();
+    expert_submit(e, r);
+    return;
+fail:
+    reply_error(s, c, m->id, rc, err);
+    wire_msg_free(m);
+    free(m);
+    if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+}
+
+static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
+{
+    srv_conn *sc = arg;
+    server *s = sc->s;
+    if (m->kind == WIRE_REQUEST) {
+        if (strcmp(m->method, "forward") == 0) { route_compute(s, c, m, charge, EX_FWD); return; }
+        if (strcmp(m->method, "backward") == 0) { route_compute(s, c, m, charge, EX_BWD); return; }
+        for (int i = 0; i < s->n_handlers; i++)
+            if (strncmp(m->method, s->handlers[i].prefix, strlen(s->handlers[i].prefix)) == 0) {
+                if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+                s->handlers[i].fn(s->handlers[i].arg, c, m);
+                return;
+            }
+        if (strcmp(m->method, "ping") == 0) { reply_ping(c, m->id); count_request(s, "ping"); }
+        else if (strcmp(m->method, "info") == 0) { reply_info(s, c, m); count_request(s, "info"); }
+        else {
+            char err[96];
+            snprintf(err, sizeof err, "unknown method %.40s", m->method);
+            reply_error(s, c, m->id, DMOE_ENOMETHOD, err);
+        }
+    } else {
+        reply_error(s, c, m->id, DMOE_EINVAL, "a node takes requests, not replies");
+    }
+    wire_msg_free(m);
+    free(m);
+    if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+}
+
+static void on_bad_frame(conn *c, uint64_t id, int code, const char *msg, void *arg)
+{
+    srv_conn *sc = arg;
+    server *s = sc->s;
+    reply_error(s, c, id, code, msg);
+}
+
+static void on_close(conn *c, int err, void *arg)
+{
+    srv_conn *sc = arg;
+    server *s = sc->s;
+    if (sc->prev) sc->prev->next = sc->next;
+    else s->conns = sc->next;
+    if (sc->next) sc->next->prev = sc->prev;
+    s->n_conns--;
+    s->closed_in += conn_bytes_in(c);
+    s->closed_out += conn_bytes_out(c);
+    LOG_DEBUG("connection from %s closed (%s)", conn_peer(c), err ? dmoe_strerror(err) : "ok");
+    free(sc);
+}
+
+static const conn_ops server_ops = {on_msg, on_close, on_bad_frame};
+
+static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg)
+{
+    server *s = arg;
+    if (s->shutting) { evutil_closesocket(fd); return; }
+    srv_conn *sc = calloc(1, sizeof *sc);
+    struct bufferevent *bev = bufferevent_socket_new(rt_loop_base(s->loop), fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!sc || !bev) {
+        free(sc);
+        if (bev) bufferevent_free(bev);
+        else evutil_closesocket(fd);
+        LOG_WARN("out of memory accepting a connection");
+        return;
+    }
+    sc->s = s;
+    sc->c = conn_new(s->loop, bev, &server_ops, sc, &s->cfg.limits);
+    if (!sc->c) { free(sc); return; }
+    sc->next = s->conns;
+    if (s->conns) s->conns->prev = sc;
+    s->conns = sc;
+    s->n_conns++;
+}
+
+static void reenable_listener(evutil_socket_t fd, short what, void *arg) { evconnlistener_enable(arg); }
+
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    int e = EVUTIL_SOCKET_ERROR();
+    LOG_WARN("accept failed: %s", evutil_socket_error_to_string(e));
+    if (e == EMFILE || e == ENFILE) {
+        /* out of descriptors: pause accepting briefly instead of spinning */
+        evconnlistener_disable(lev);
+        struct timeval tv = {0, 100000};
+        event_base_once(evconnlistener_get_base(lev), -1, EV_TIMEOUT, reenable_listener, lev, &tv);
+    }
+}
+
+server *server_new(rt_loop *l, const server_cfg *cfg)
+{
+    server *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->loop = l;
+    s->cfg = *cfg;
+    return s;
+}
+
+int server_set_experts(server *s, expert **experts, int n)
+{
+    expert **copy = calloc((size_t)(n > 0 ? n : 1), sizeof *copy);
+    if (!copy) return DMOE_ENOMEM;
+    if (n > 0) memcpy(copy, experts, (size_t)n * sizeof *experts);
+    qsort(copy, (size_t)n, sizeof *copy, cmp_expert);
+    free(s->experts);
+    s->experts = copy;
+    s->n_experts = n;
+    return 0;
+}
+
+int server_add_handler(server *s, const char *prefix, server_method_fn fn, void *arg)
+{
+    if (s->n_handlers == SERVER_MAX_HANDLERS || strlen(prefix) >= sizeof s->handlers[0].prefix) return DMOE_ETOOBIG;
+    snprintf(s->handlers[s->n_handlers].prefix, sizeof s->handlers[0].prefix, "%s", prefix);
+    s->handlers[s->n_handlers].fn = fn;
+    s->handlers[s->n_handlers].arg = arg;
+    s->n_handlers++;
+    return 0;
+}
+
+int server_listen(server *s, const wire_maddr *addr, wire_maddr *bound, char *err, size_t errlen)
+{
+    if (s->n_listeners == SERVER_MAX_LISTENERS) {
+        snprintf(err, errlen, "at most %d listening addresses", SERVER_MAX_LISTENERS);
+        return DMOE_EINVAL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (wire_maddr_sockaddr(addr, &ss, &sl) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: not an IP address", addr->host);
+        return DMOE_EINVAL;
+    }
+    struct evconnlistener *lev = evconnlistener_new_bind(rt_loop_base(s->loop), on_accept, s,
+                                                         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 511,
+                                                         (struct sockaddr *)&ss, (int)sl);
+    if (!lev) {
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", addr->host, (unsigned)addr->port,
+                 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        return DMOE_EIO;
+    }
+    evconnlistener_set_error_cb(lev, on_accept_error);
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof got;
+    getsockname(evconnlistener_get_fd(lev), (struct sockaddr *)&got, &gl);
+    *bound = *addr;
+    bound->port = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+                                                  : ((struct sockaddr_in *)&got)->sin_port);
+    s->listeners[s->n_listeners++] = lev;
+    return 0;
+}
+
+void server_shutdown(server *s)
+{
+    s->shutting = 1;
+    for (int i = 0; i < s->n_listeners; i++) evconnlistener_disable(s->listeners[i]);
+}
+
+void server_close_all(server *s)
+{
+    srv_conn *sc = s->conns;
+    while (sc) {
+        srv_conn *next = sc->next;
+        conn_close(sc->c, 1);   /* on_close may free sc */
+        sc = next;
+    }
+}
+
+int server_connections(const server *s) { return s->n_conns; }
+
+void server_bytes(const server *s, uint64_t *in, uint64_t *out)
+{
+    *in = s->closed_in;
+    *out = s->closed_out;
+    for (const srv_conn *sc = s->conns; sc; sc = sc->next) {
+        *in += conn_bytes_in(sc->c);
+        *out += conn_bytes_out(sc->c);
+    }
+}
+
+void server_free(server *s)
+{
+    if (!s) return;
+    for (int i = 0; i < s->n_listeners; i++) evconnlistener_free(s->listeners[i]);
+    while (s->conns) conn_close(s->conns->c, 0);
+    free(s->experts);
+    free(s);
+}

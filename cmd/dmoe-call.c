@@ -23,7 +23,7 @@
 #include "actors/net/client.h"
 #include "actors/dht/dht_cli.h"
 #include "actors/grid/dht_experts.h"
-#include "actors/load/loadgen.h"
+#include "cmd/call/load_cmd.h"
 #include "actors/moe/moe_net.h"
 #include "actors/net/remote.h"
 #include "kernels/kern_rng.h"

@@ -1,7 +1,7 @@
 /* loadgen_dht.c -- the load generator's DHT mode: each user is a client-mode DHT peer that stores fresh
  * keys and gets stored ones (`dmoe-call --initial_peers MADDR load --dht`).
  *
- * Set-up (lg_dht_setup, before the run): every user gets a client and a client-mode DHT node without
+ * Set-up (dht_start, before the run): every user gets a client and a client-mode DHT node without
  * caching (so every get is a real lookup); all bootstrap at once through the initial peers and the loop
  * runs until every join has ended. One failed join fails the run.
  *
@@ -11,19 +11,20 @@
  * Keys whose store succeeded go into the run's pool (bounded by LG_DHT_POOL: a full pool replaces a
  * random entry); gets draw from it, so a get may read another user's key.
  *
- * Requests. lg_dht_send sends a store of a fresh key (the engine's "forward", value of u->rows bytes)
+ * Requests. dht_send sends a store of a fresh key (the engine's "forward", value of u->rows bytes)
  * or a get of a pooled key (its "backward"). on_dht_stored pools the key; on_dht_got counts a get that
  * found nothing, or another value, as an error. Both end in lg_user_done; each counts one row.
  *
- * At the end lg_dht_close stops the nodes (their lookups end now: lost when in flight) and frees them
- * with their clients. Loop thread only.
+ * At the end dht_close stops the nodes (their lookups end now: lost when in flight) and frees them
+ * with their clients; dht_free drops the key pool. The engine calls all of these through lg_dht_ops.
+ * Loop thread only.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "actors/dht/dht_lookup.h"
-#include "actors/load/loadgen_impl.h"
+#include "actors/load/loadgen_engine.h"
 #include "runtime/rt_err.h"
 
 _Static_assert(LOADGEN_MAX_CLIENTS <= 4096, "DHT keys keep the user index in 12 bits");
@@ -90,7 +91,7 @@ static void on_dht_got(void *arg, int err, const char *msg, const dht_get_result
     lg_user_done(u, err, msg);
 }
 
-int lg_dht_send(lg_user *u)
+static int dht_send(lg_user *u)
 {
     lg *g = u->g;
     char key[64];
@@ -124,8 +125,9 @@ static void on_dht_joined(void *arg, int err, const char *msg)
     if (g->joined == g->n_users) rt_loop_break(g->loop);
 }
 
-/* Every user becomes a client-mode DHT node; all join at once, the loop runs until every join ended. */
-int lg_dht_setup(lg *g)
+/* Every user becomes a client-mode DHT node; all join at once, the loop runs until every join ended;
+ * then the run starts. */
+static int dht_start(lg *g)
 {
     const loadgen_cfg *c = g->cfg;
     size_t np = 0;
@@ -165,10 +167,11 @@ int lg_dht_setup(lg *g)
         return g->join_err;
     }
     g->r->row_elems = c->batch_max;
+    lg_start_run(g);
     return 0;
 }
 
-void lg_dht_close(lg *g)
+static void dht_close(lg *g)
 {
     for (int i = 0; i < g->n_users; i++) {
         lg_user *u = &g->users[i];
@@ -181,3 +184,21 @@ void lg_dht_close(lg *g)
         u->dn = NULL;
     }
 }
+
+static void dht_free(lg *g)
+{
+    free(g->keys);
+    g->keys = NULL;
+}
+
+static int dht_can_backward(const lg_user *u) { return u->g->n_keys > 0; }
+
+const lg_mode_ops lg_dht_ops = {
+    .name = "dht",
+    .start = dht_start,
+    .send = dht_send,
+    .can_backward = dht_can_backward,
+    .close = dht_close,
+    .free = dht_free,
+    .one_row_per_request = 1,
+};

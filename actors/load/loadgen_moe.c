@@ -1,13 +1,13 @@
 /* loadgen_moe.c -- the load generator's MoE mode: each user runs a Mixture-of-Experts layer over the live
  * experts of a DHT (`dmoe-call --initial_peers MADDR load --moe`).
  *
- * Set-up (lg_moe_setup, blocking, before the run): each user opens its own moe_net (a client and a
+ * Set-up (moe_start, blocking, before the run): each user opens its own moe_net (a client and a
  * client-mode DHT node, joined one user after the other) and its own layer (moe.h; gating seeded per
  * user, so users route differently), and draws batch_max random input rows. The layer waits for every
  * chosen expert (timeout_after_k_min -1) up to the call timeout, so a masked expert is a failure to
  * report, not a straggler to forgive.
  *
- * Requests. lg_moe_send runs one layer forward of the user's first u->rows rows, or -- when the engine
+ * Requests. moe_send runs one layer forward of the user's first u->rows rows, or -- when the engine
  * chose a backward -- the backward of the forward the user kept. on_moe_fwd checks the output's row
  * count and that every chosen expert answered (else the forward counts as an error, LG_EPARTIAL, shown
  * as "other"), notes the most experts one forward chose (the report's n_targets), makes the output
@@ -15,13 +15,13 @@
  * a user's backward always belongs to its previous, successful forward. Both callbacks end in
  * lg_user_done.
  *
- * At the end lg_moe_close lets every call in flight end by its own deadline (a layer may not be freed
- * under a running call), then frees the layers, the kept forwards, the networks and the rows. Loop
- * thread only.
+ * At the end moe_close lets every call in flight end by its own deadline (a layer may not be freed
+ * under a running call), then frees the layers, the kept forwards, the networks and the rows. The
+ * engine calls all of these through lg_moe_ops. Loop thread only.
  */
 #include <stdlib.h>
 
-#include "actors/load/loadgen_impl.h"
+#include "actors/load/loadgen_engine.h"
 #include "runtime/rt_err.h"
 
 #define LG_EPARTIAL (-100)     /* not a DMOE code: a MoE forward some chosen expert did not answer ("other") */
@@ -73,14 +73,15 @@ static void on_moe_fwd(void *arg, int err, const char *msg, moe_fwd *f)
     lg_user_done(u, err, msg);
 }
 
-int lg_moe_send(lg_user *u)
+static int moe_send(lg_user *u)
 {
     if (u->dir) return moe_backward(u->moe, u->fwd, u->gy, 0.0f, on_moe_bwd, u);
     return moe_forward(u->moe, u->x, u->rows, on_moe_fwd, u);
 }
 
-/* Each user joins the DHT (blocking, one after the other) and makes its layer and input rows. */
-int lg_moe_setup(lg *g)
+/* Each user joins the DHT (blocking, one after the other) and makes its layer and input rows; then the
+ * run starts. */
+static int moe_start(lg *g)
 {
     const loadgen_cfg *c = g->cfg;
     size_t np = 0;
@@ -113,10 +114,11 @@ int lg_moe_setup(lg *g)
     }
     g->r->row_elems = c->in_features;
     snprintf(g->r->first_target, sizeof g->r->first_target, "%s", c->uid_prefix);
+    lg_start_run(g);
     return 0;
 }
 
-void lg_moe_close(lg *g)
+static void moe_close(lg *g)
 {
     if (g->inflight > 0) {
         /* a layer may not be freed under a running call: every call ends by its own deadline */
@@ -136,3 +138,13 @@ void lg_moe_close(lg *g)
         u->x = u->gy = NULL;
     }
 }
+
+static int moe_can_backward(const lg_user *u) { return u->fwd != NULL; }
+
+const lg_mode_ops lg_moe_ops = {
+    .name = "moe",
+    .start = moe_start,
+    .send = moe_send,
+    .can_backward = moe_can_backward,
+    .close = moe_close,
+};

@@ -1,7 +1,7 @@
 /* loadgen_node.c -- the load generator's node mode: forward and backward requests sent straight to the
  * experts of one dmoe node (`dmoe-call --peer ADDR load`).
  *
- * Set-up is asynchronous. lg_node_start sends one info call (no uid) to the node; its reply lists the
+ * Set-up is asynchronous. node_start sends one info call (no uid) to the node; its reply lists the
  * experts, from which pick_targets chooses the run's targets (the given uids, or every expert with
  * --all) and checks they share one schema and that batch_max fits the smallest max_batch_size. Then
  * make_users gives each user its own client (its own connection) and, per schema input, batch_max
@@ -10,19 +10,20 @@
  * reference count keeps a buffer alive while a request still points into it. Finally lg_start_run
  * hands the users to the engine.
  *
- * Requests. lg_node_send packs a forward {uid, inputs} or a backward {uid, inputs, grad_outputs} with
+ * Requests. node_send packs a forward {uid, inputs} or a backward {uid, inputs, grad_outputs} with
  * the handle of the user's previous forward when the node returned one (as a training client does: the
  * node then skips recomputing the forward). on_reply counts the reply's bytes, checks it carries one
  * tensor per output (forward) or input (backward) with the request's row count, keeps a forward's
  * handle, and ends in lg_user_done.
  *
- * At the end lg_node_close frees the clients (calls still in flight end as lost) and, after the loop is
- * gone, lg_node_free drops the buffers and the target list. Loop thread only.
+ * At the end node_close frees the clients (calls still in flight end as lost) and, after the loop is
+ * gone, node_free drops the buffers and the target list. The engine calls all of these through
+ * lg_node_ops. Loop thread only.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/load/loadgen_impl.h"
+#include "actors/load/loadgen_engine.h"
 #include "runtime/rt_err.h"
 
 /* A buffer of rows referenced by requests in flight; freed by the last reference. */
@@ -145,7 +146,7 @@ static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
 }
 
 /* Node mode: one forward or backward request to the user's target expert. */
-int lg_node_send(lg_user *u)
+static int node_send(lg_user *u)
 {
     lg *g = u->g;
     const loadgen_cfg *c = g->cfg;
@@ -292,7 +293,7 @@ static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
     return 0;
 }
 
-int lg_node_start(lg *g)
+static int node_start(lg *g)
 {
     const loadgen_cfg *c = g->cfg;
     g->info_cl = client_new(g->loop, NULL);
@@ -305,15 +306,17 @@ int lg_node_start(lg *g)
     return rc;
 }
 
-void lg_node_close(lg *g)
+static void node_close(lg *g)
 {
     for (int i = 0; i < g->n_users; i++) {
         client_free(g->users[i].cl);   /* fails its call in flight: lost */
         g->users[i].cl = NULL;
     }
+    client_free(g->info_cl);
+    g->info_cl = NULL;
 }
 
-void lg_node_free(lg *g)
+static void node_free(lg *g)
 {
     for (int i = 0; i < g->n_users; i++) {
         for (int k = 0; k < KERN_MAX_IO; k++) {
@@ -324,3 +327,14 @@ void lg_node_free(lg *g)
     free(g->uids);
     g->uids = NULL;
 }
+
+static int node_can_backward(const lg_user *u) { return u->has_prev; }
+
+const lg_mode_ops lg_node_ops = {
+    .name = "node",
+    .start = node_start,
+    .send = node_send,
+    .can_backward = node_can_backward,
+    .close = node_close,
+    .free = node_free,
+};

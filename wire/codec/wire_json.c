@@ -3,6 +3,9 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <string.h>
+
+#include "runtime/rt_err.h"
 
 void wire_json_string(FILE *f, const char *s, size_t n)
 {
@@ -71,5 +74,17 @@ void wire_json_print(FILE *f, const msgpack_object *o)
         fputc('}', f);
         break;
     default: fputs("null", f); break;
+    }
+}
+
+void wire_json_error(int json, const char *prog, int code, const char *msg)
+{
+    if (!msg) msg = "";
+    if (json) {
+        printf("{\"ok\": false, \"code\": %d, \"error\": ", code < 0 ? -code : code);
+        wire_json_string(stdout, msg, strlen(msg));
+        printf("}\n");
+    } else {
+        fprintf(stderr, "%s: %s: %s\n", prog, dmoe_strerror(code), msg);
     }
 }

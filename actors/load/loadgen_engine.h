@@ -1,26 +1,26 @@
-/* loadgen_impl.h -- what the load generator's files share: the run (lg), its users (lg_user), the
- * tunables, and the calls between the engine and its three modes. Not a public header: only
- * loadgen*.c include it; the API is loadgen.h.
+/* loadgen_engine.h -- how a load run is made: the run (lg), its users (lg_user), the tunables, the
+ * engine's calls, and lg_mode_ops, the table through which the engine drives a mode. Not a public
+ * header: only loadgen*.c include it; the API is loadgen.h.
  *
- * The files. loadgen.c is the engine: it owns the run's state machine (phases, bounds, timers, the
- * figures and the report), loadgen_run, the printing and loadgen_main. loadgen_node.c, loadgen_moe.c
- * and loadgen_dht.c are the modes: each sets up its users, sends one request for a user, and closes
- * what its users hold. Every request a mode sends ends in exactly one lg_user_done, from the mode's
- * completion callback; lg_user_done records the outcome and sends that user's next request through
- * the engine again.
+ * The files, bottom up. loadgen_cfg.c: the settings and the report. loadgen_engine.c: the run's state
+ * machine (phases, bounds, timers, the figures and the report). loadgen_node.c, loadgen_moe.c and
+ * loadgen_dht.c: the modes; each exports one const lg_mode_ops that sets up its users, sends one request
+ * for a user, and closes what its users hold. loadgen.c (the top): picks the mode's table and hands it
+ * to lg_engine_run, and prints reports. The engine never names a mode: it calls only through the table
+ * it was given, so the calls go one way: modes -> engine, loadgen.c -> both.
  *
- * Calls between them, in run order:
- *   engine -> lg_node_start (the info call; its reply builds the users and calls lg_start_run), or
- *             lg_moe_setup / lg_dht_setup (blocking joins) followed by lg_start_run;
- *   engine -> lg_node_send / lg_moe_send / lg_dht_send, one per request (from user_send);
- *   mode   -> lg_user_done, once per request that was sent;
- *   engine -> lg_node_close / lg_moe_close / lg_dht_close at the end (may run twice: idempotent), then
- *             lg_node_free when the loop is gone.
+ * Calls, in run order:
+ *   engine -> ops->start (node: the info call, whose reply builds the users and calls lg_start_run;
+ *             MoE, DHT: blocking joins, then lg_start_run);
+ *   engine -> ops->send, one per request (ops->can_backward says whether a user may send a backward);
+ *   mode   -> lg_user_done, once per request that was sent (from the mode's completion callback), which
+ *             records the outcome and sends that user's next request through ops->send again;
+ *   engine -> ops->close at the end (may run twice: idempotent), then ops->free when the loop is gone.
  *
  * Loop thread only; nothing here is shared between runs. The prefix lg_ is this module's internal one.
  */
-#ifndef DMOE_LOADGEN_IMPL_H
-#define DMOE_LOADGEN_IMPL_H
+#ifndef DMOE_LOADGEN_ENGINE_H
+#define DMOE_LOADGEN_ENGINE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +29,7 @@
 #include "actors/net/client.h"
 #include "actors/dht/rpc/dht_net.h"
 #include "actors/dht/dht_node.h"
-#include "actors/load/loadgen.h"
+#include "actors/load/loadgen_cfg.h"
 #include "actors/moe/moe.h"
 #include "actors/moe/moe_net.h"
 #include "actors/net/remote.h"
@@ -41,7 +41,6 @@
 #define LG_DRAIN_EXTRA_MS 1000 /* wait for replies in flight: the call timeout plus this */
 #define LG_DHT_POOL (1 << 16)  /* stored keys gets draw from: plenty for variety, 512 KiB at most */
 #define LG_DHT_EXPIRATION_S 600.0 /* outlives any run; the nodes forget the keys afterwards */
-#define LG_DHT_MAX_VALUE 60000 /* value bytes: under the DHT's 64 KiB bound with the msgpack header */
 
 enum { LG_MSG_TICK = 1, LG_MSG_DEADLINE = 2, LG_MSG_START = 3 };
 enum { PH_INFO, PH_RUN, PH_DRAIN, PH_DONE };
@@ -56,6 +55,7 @@ typedef struct {
 } lg_vec;
 
 typedef struct lg lg;
+typedef struct lg_mode_ops lg_mode_ops;
 
 /* One simulated user: at most one request in flight. */
 typedef struct {
@@ -91,6 +91,7 @@ struct lg {
     rt_signal start_sig;
     rt_loop *loop;
     const loadgen_cfg *cfg;
+    const lg_mode_ops *ops;  /* the mode */
     loadgen_report *r;
     int phase;
     int rc;
@@ -120,8 +121,35 @@ struct lg {
     char join_msg[256];
 };
 
-/* ---- the engine (loadgen.c) ---- */
+/* What the engine calls a mode through. One const table per mode (below). */
+struct lg_mode_ops {
+    const char *name;        /* "node", "moe", "dht" */
+    /* start makes the users and starts the run by calling lg_start_run, at once or later from a callback
+     * (the run then stays in PH_INFO until it does). Returns 0, or a code with g->err filled. */
+    int (*start)(lg *g);
+    /* send sends u's request (u->dir 0 forward, 1 backward; u->target, u->rows); 0, or a code when
+     * nothing was sent. A request sent ends in exactly one lg_user_done. */
+    int (*send)(lg_user *u);
+    /* can_backward returns whether u may send a backward now (it has something to go backward on). */
+    int (*can_backward)(const lg_user *u);
+    /* close ends what the users hold; calls in flight end as lost. Idempotent. */
+    void (*close)(lg *g);
+    /* free drops what the mode allocated for the run, after the loop is gone; NULL when nothing. */
+    void (*free)(lg *g);
+    int one_row_per_request; /* each request counts one row (DHT), not u->rows */
+};
 
+/* The modes (loadgen_node.c, loadgen_moe.c, loadgen_dht.c). */
+extern const lg_mode_ops lg_node_ops;
+extern const lg_mode_ops lg_moe_ops;
+extern const lg_mode_ops lg_dht_ops;
+
+/* ---- the engine (loadgen_engine.c) ---- */
+
+/* lg_engine_run runs the load test c (already checked) with the mode ops on a fresh loop on the calling
+ * thread, and fills *r (zeroed first). Returns 0 when the run took place, or a code with err filled; on
+ * error r holds no samples. */
+int lg_engine_run(const loadgen_cfg *c, const lg_mode_ops *ops, loadgen_report *r, char *err, size_t errlen);
 /* lg_user_done records the outcome of u's request (err 0: success; msg describes an error and stays the
  * caller's) and sends u's next one. Every request sent ends here exactly once. */
 void lg_user_done(lg_user *u, int err, const char *msg);
@@ -131,40 +159,5 @@ void lg_set_err(lg *g, int rc, const char *fmt, const char *a, const char *b);
 void lg_finish(lg *g);
 /* lg_start_run starts the clock, the timers and the first wave of users (phase RUN). */
 void lg_start_run(lg *g);
-
-/* ---- node mode (loadgen_node.c) ---- */
-
-/* lg_node_start sends the info call to cfg->peer; its reply picks the targets, builds the users and
- * starts the run (or fails it). Returns 0, or a code with g->err filled when the call could not start. */
-int lg_node_start(lg *g);
-/* lg_node_send sends u's forward or backward (u->dir, u->target, u->rows) to its expert. Returns 0 or a
- * code when nothing was sent. */
-int lg_node_send(lg_user *u);
-/* lg_node_close frees the users' clients (calls in flight end as lost). Idempotent. */
-void lg_node_close(lg *g);
-/* lg_node_free drops the users' row buffers and the target list; after the loop is freed. */
-void lg_node_free(lg *g);
-
-/* ---- MoE mode (loadgen_moe.c) ---- */
-
-/* lg_moe_setup makes the users: each joins the DHT (blocking) and makes its layer and rows. Returns 0
- * or a code with g->err filled. */
-int lg_moe_setup(lg *g);
-/* lg_moe_send runs u's layer forward, or the backward of its kept forward. Returns 0 or a code. */
-int lg_moe_send(lg_user *u);
-/* lg_moe_close waits for the calls in flight to end by their deadline, then frees the users' layers,
- * forwards, networks and rows. Idempotent. */
-void lg_moe_close(lg *g);
-
-/* ---- DHT mode (loadgen_dht.c) ---- */
-
-/* lg_dht_setup makes the users client-mode DHT nodes and joins them all (blocking). Returns 0 or a
- * code with g->err filled. */
-int lg_dht_setup(lg *g);
-/* lg_dht_send stores a fresh key (forward) or gets a stored one (backward) for u. Returns 0 or a code. */
-int lg_dht_send(lg_user *u);
-/* lg_dht_close stops and frees the users' DHT nodes and clients (lookups in flight end as lost).
- * Idempotent. */
-void lg_dht_close(lg *g);
 
 #endif

@@ -1,0 +1,139 @@
+/* load_cmd.c -- `dmoe-call ... load [flags]`: the load generator's command line. It reads the flags into
+ * a loadgen_cfg (actors/load/loadgen.h), raises the descriptor limit to one socket per client, runs the
+ * load and prints the report (or the error, as JSON with --json). Linked into dmoe-call only.
+ */
+#include "cmd/call/load_cmd.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "actors/load/loadgen.h"
+#include "actors/moe/moe_net.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+#include "runtime/text/rt_args.h"
+#include "wire/codec/wire_json.h"
+
+static int parse_batch(const char *s, int64_t *lo, int64_t *hi)
+{
+    char *end;
+    long long a = strtoll(s, &end, 10);
+    long long b = a;
+    if (end == s) return DMOE_EINVAL;
+    if (*end == '-') {
+        const char *t = end + 1;
+        b = strtoll(t, &end, 10);
+        if (end == t) return DMOE_EINVAL;
+    }
+    if (*end || a < 1 || b < a) return DMOE_EINVAL;
+    *lo = a;
+    *hi = b;
+    return 0;
+}
+
+static int is_number_word(const char *w) { return w[0] >= '0' && w[0] <= '9'; }
+
+int loadgen_main(int argc, char **argv)
+{
+    loadgen_cfg c;
+    loadgen_default_cfg(&c);
+    const char *peer = NULL, *log_level = NULL, *batch = "1", *csv = NULL;
+    char **uids = NULL, **initial_peers = NULL, **grid_words = NULL;
+    int json = 0, moe = 0, dht_mode = 0;
+    double timeout_s = (double)c.timeout_ms / 1000.0;
+    uint64_t requests = 0;
+    const rt_arg flags[] = {
+        {"peer", ARG_STR, &peer, "the node to load, e.g. /ip4/127.0.0.1/tcp/PORT", "Target"},
+        {"uids", ARG_LIST, &uids, "experts to call (a random one per forward); default: every expert", "Target"},
+        {"all", ARG_FLAG, &c.all, "call every expert of the node (read from info)", "Target"},
+        {"moe", ARG_FLAG, &moe, "each client runs a MoE layer over the live experts of the DHT (--initial_peers)", "Target"},
+        {"dht", ARG_FLAG, &dht_mode, "each client is a client-mode DHT peer storing and getting random keys", "Target"},
+        {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join (--moe, --dht)", "Target", rt_args_is_maddr},
+        {"uid_prefix", ARG_STR, &c.uid_prefix, "--moe: the experts' uid prefix", "MoE"},
+        {"grid_size", ARG_LIST, &grid_words, "--moe: grid dimensions, e.g. 250 or 32 32", "MoE", is_number_word},
+        {"k_best", ARG_INT, &c.k_best, "--moe: experts per sample", "MoE"},
+        {"in_features", ARG_INT, &c.in_features, "--moe: the experts' input width (their hidden_dim)", "MoE"},
+        {"clients", ARG_INT, &c.clients, "concurrent connections, one request in flight each", "Load"},
+        {"requests", ARG_U64, &requests, "stop after this many requests (0: no count bound)", "Load"},
+        {"duration", ARG_F64, &c.duration_s, "stop after this many seconds (0: no time bound)", "Load"},
+        {"warmup", ARG_F64, &c.warmup_s, "seconds of replies left out of the throughput and latency figures", "Load"},
+        {"mix", ARG_F64, &c.mix, "fraction of backwards (0.5: forward, backward, forward, ... as training); --dht: of gets", "Load"},
+        {"batch", ARG_STR, &batch, "rows per forward: fixed (32) or uniform in a range (1-64); --dht: value bytes", "Load"},
+        {"seed", ARG_U64, &c.seed, "seed for inputs, batch sizes and targets", "Load"},
+        {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Load"},
+        {"csv", ARG_STR, &csv, "write per-second samples (time, requests, rows, p50, p99, errors) here", "Output"},
+        {"json", ARG_FLAG, &json, "print one JSON object instead of a summary", "Output"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output"},
+    };
+    const int nflags = (int)(sizeof flags / sizeof flags[0]);
+    const char *synopsis = "dmoe-call --peer ADDR load [--uids UID... | --all] [--clients N] [--requests N] [--duration S]\n"
+                           "       [--mix F] [--batch B | --batch LO-HI] [--csv FILE] [--json]\n"
+                           "       dmoe-call --initial_peers MADDR... load --moe --grid_size N... [--uid_prefix P] [--k_best K]\n"
+                           "       [--in_features H] [load flags]\n"
+                           "       dmoe-call --initial_peers MADDR... load --dht [load flags]";
+    char err[512];
+    char *pos[2];
+    int npos;
+    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 2, &npos, err, sizeof err);
+    if (rc == 1) { rt_args_usage(stdout, synopsis, flags, nflags); rt_args_free(flags, nflags); return 0; }
+    int status = 2;
+    if (rc != 0) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+    if (npos > 1 || (npos == 1 && strcmp(pos[0], "load") != 0)) { fprintf(stderr, "usage: %s\n", synopsis); goto out; }
+    if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));
+    else if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_WARN);
+    if (moe && dht_mode) { fprintf(stderr, "dmoe-call load: give --moe or --dht, not both\n"); goto out; }
+    c.mode = moe ? LOADGEN_MOE : dht_mode ? LOADGEN_DHT : LOADGEN_NODE;
+    if (c.mode == LOADGEN_NODE) {
+        if (!peer) { fprintf(stderr, "dmoe-call load: --peer ADDR is required (or --moe / --dht with --initial_peers)\n"); goto out; }
+        if (wire_maddr_parse(peer, &c.peer, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --peer %s: %s\n", peer, err); goto out; }
+    } else {
+        if (peer || uids || c.all) { fprintf(stderr, "dmoe-call load: --moe and --dht take --initial_peers, not --peer, --uids or --all\n"); goto out; }
+        if (!initial_peers) { fprintf(stderr, "dmoe-call load: --moe and --dht need --initial_peers MADDR...\n"); goto out; }
+        c.initial_peers = (const char *const *)initial_peers;
+    }
+    if (c.mode == LOADGEN_MOE) {
+        int grid[MOE_MAX_DIMS], ndim = 0;
+        if (moe_cli_parse_grid(grid_words, grid, &ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+        if (ndim > LOADGEN_MAX_DIMS) { fprintf(stderr, "dmoe-call load: at most %d grid dimensions\n", LOADGEN_MAX_DIMS); goto out; }
+        for (int d = 0; d < ndim; d++) c.grid_size[d] = grid[d];
+        c.ndim = ndim;
+    }
+    if (parse_batch(batch, &c.batch_min, &c.batch_max) != 0) {
+        fprintf(stderr, "dmoe-call load: --batch %s: expected a row count (32) or a range (1-64)\n", batch);
+        goto out;
+    }
+    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call load: --timeout must be positive\n"); goto out; }
+    c.timeout_ms = (uint64_t)(timeout_s * 1000.0);
+    c.max_requests = requests;
+    c.csv_path = csv;
+    c.uids = (const char *const *)uids;
+    if (!uids && c.mode == LOADGEN_NODE) c.all = 1;
+    if (uids && c.all) { fprintf(stderr, "dmoe-call load: give --uids or --all, not both\n"); goto out; }
+    rc = loadgen_check_cfg(&c, err, sizeof err);
+    if (rc) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+
+    /* one socket per client: make sure the descriptor limit allows it */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)c.clients + 64 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = (rlim_t)c.clients + 64 < rl.rlim_max ? (rlim_t)c.clients + 64 : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    loadgen_report r;
+    rc = loadgen_run(&c, &r, err, sizeof err);
+    if (rc) {
+        wire_json_error(json, "dmoe-call load", rc, err);
+        status = rc == DMOE_EINVAL ? 2 : 1;
+        goto out;
+    }
+    loadgen_print(stdout, &c, &r, json);
+    fflush(stdout);
+    status = r.errors == 0 && r.lost == 0 ? 0 : 1;
+    loadgen_report_free(&r);
+out:
+    rt_args_free(flags, nflags);
+    return status;
+}

@@ -44,7 +44,7 @@
 #include "actors/load/loadgen.h"
 #include "actors/moe/moe.h"
 #include "actors/moe/moe_net.h"
-#include "kernels/kern_expert.h"
+#include "kernels/kern_classes.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_actor.h"

@@ -1,44 +1,12 @@
-/* kern_expert.c -- the registry of expert architectures and kern_model helpers (see kern_expert.h).
- * To add an architecture: define a `const kern_class kern_<name>_class` in its own file and list it here. */
+/* kern_expert.c -- the kern_model helpers every expert architecture's setup uses (see kern_expert.h):
+ * named parameters at their offsets in the flat buffer, input and output descriptions. The list of
+ * architectures is kern_classes.c. */
 #include "kernels/kern_expert.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #include "runtime/rt_err.h"
-
-extern const kern_class kern_ffn_class;
-extern const kern_class kern_det_dropout_class;
-extern const kern_class kern_nop_class;
-extern const kern_class kern_nop_delay_class;
-extern const kern_class kern_transformer_class;
-
-static const kern_class *const registry[] = {
-    &kern_ffn_class,
-    &kern_det_dropout_class,
-    &kern_nop_class,
-    &kern_nop_delay_class,
-    &kern_transformer_class,
-};
-
-const kern_class *kern_expert_find(const char *name)
-{
-    if (!name) return NULL;
-    for (size_t i = 0; i < sizeof registry / sizeof registry[0]; i++)
-        if (strcmp(registry[i]->name, name) == 0) return registry[i];
-    return NULL;
-}
-
-const char *kern_expert_names(void)
-{
-    static char names[256];
-    if (!names[0]) {
-        size_t off = 0;
-        for (size_t i = 0; i < sizeof registry / sizeof registry[0] && off < sizeof names; i++)
-            off += (size_t)snprintf(names + off, sizeof names - off, "%s%s", i ? ", " : "", registry[i]->name);
-    }
-    return names;
-}
 
 const kern_param_info *kern_model_param(const kern_model *m, const char *name)
 {

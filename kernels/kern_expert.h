@@ -1,5 +1,5 @@
 /* kern_expert.h -- the interface every expert architecture (ffn, det_dropout, transformer, nop, ...)
- * implements, and the registry that finds one by its --expert_cls name.
+ * implements, and the helpers their setup uses; kern_classes.h finds a class by its --expert_cls name.
  *
  * An expert is pure computation over caller-owned buffers: no I/O, no threads, no globals, no
  * allocation inside forward/backward (the caller hands in a workspace of the size the class asks for).
@@ -14,7 +14,7 @@
  * kern_io_numel(&m->in[i]) elements of dtype m->in[i].dtype, rows contiguous (C order). Outputs and all
  * gradients are float32.
  *
- * Call order: kern_expert_find -> cls->setup(model, cfg) -> cls->init(params, seed) once ->
+ * Call order: kern_expert_find (kern_classes.h) -> cls->setup(model, cfg) -> cls->init(params, seed) once ->
  * any number of forward/backward calls, possibly concurrent on different threads as long as no
  * optimizer step writes the parameters at the same time.
  */
@@ -117,10 +117,6 @@ typedef struct kern_class {
                           float *grad_params, float *ws, uint64_t rng_seed);
 } kern_class;
 
-/* kern_expert_find returns the class registered under name, or NULL. */
-const kern_class *kern_expert_find(const char *name);
-/* kern_expert_names returns a static, comma-separated list of the registered class names. */
-const char *kern_expert_names(void);
 /* kern_model_param returns the parameter called name in m, or NULL. */
 const kern_param_info *kern_model_param(const kern_model *m, const char *name);
 /* kern_io_set describes one input or output: name, dtype, and a row of [d0] (d1 == 0) or [d0, d1]. */

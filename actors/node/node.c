@@ -23,6 +23,7 @@
 #include "actors/node/metrics.h"
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
+#include "kernels/kern_classes.h"
 #include "runtime/rt_budget.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"

@@ -14,7 +14,7 @@
 
 #include "actors/node/ckpt.h"
 #include "actors/node/node.h"
-#include "kernels/kern_expert.h"
+#include "kernels/kern_classes.h"
 #include "kernels/kern_optim.h"
 #include "runtime/rt_err.h"
 #include "runtime/files/rt_safetensors.h"

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "actors/node/node.h"
-#include "kernels/kern_expert.h"
+#include "kernels/kern_classes.h"
 #include "kernels/kern_optim.h"
 #include "test/integration/harness.h"
 

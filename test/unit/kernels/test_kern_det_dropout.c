@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/kern_expert.h"
+#include "kernels/kern_classes.h"
 #include "runtime/rt_err.h"
 #include "test/unit/refdata.h"
 

@@ -3,7 +3,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "kernels/kern_expert.h"
+#include "kernels/kern_classes.h"
 #include "kernels/kern_optim.h"
 #include "runtime/rt_err.h"
 

@@ -21,6 +21,7 @@
 #include "actors/dht/rpc/dht_net.h"
 #include "actors/dht/dht_node.h"
 #include "actors/node/metrics.h"
+#include "actors/node/node_banner.h"
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
 #include "kernels/kern_classes.h"
@@ -161,7 +162,7 @@ static void create_experts(node *n, char **uids)
         n->n_experts++;
     }
     if (server_set_experts(n->srv, n->experts, n->n_experts) != 0) { fatal(n, "out of memory"); return; }
-    LOG_INFO("Server started with %d experts", n->n_experts);
+    LOG_INFO(NODE_BANNER_STARTED " with %d experts", n->n_experts);
     for (int i = 0; i < n->n_experts; i++) {
         const kern_model *m = expert_model(n->experts[i]);
         LOG_INFO("%s: %s, %zu parameters", expert_uid(n->experts[i]), n->cls->module_name, m->n_floats);
@@ -424,7 +425,7 @@ static int start_dht(node *n, char *err, size_t errlen)
     for (; n->cfg.initial_peers && n->cfg.initial_peers[np]; np++)
         off += (size_t)snprintf(peers + off, off < sizeof peers ? sizeof peers - off : 0, "%s'%s'", np ? ", " : "",
                                 n->cfg.initial_peers[np]);
-    LOG_INFO("Running DHT node on ['%s'], initial peers = [%s]", n->cfg.client_mode ? "client mode" : self, peers);
+    LOG_INFO(NODE_BANNER_DHT "%s'], initial peers = [%s]", n->cfg.client_mode ? "client mode" : self, peers);
     return dht_node_bootstrap(n->dht, (const char *const *)n->cfg.initial_peers, np, bootstrap_done, n, err, errlen);
 }
 
@@ -508,7 +509,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
     for (int i = 0; i < n->n_addrs; i++) {
         char text[WIRE_MADDR_TEXT];
         wire_maddr_format(&n->addrs[i], text, sizeof text);
-        LOG_INFO("Listening on %s", text);
+        LOG_INFO(NODE_BANNER_LISTENING "%s", text);
     }
     if (start_dht(n, err, errlen) != 0) goto fail;
     return n;

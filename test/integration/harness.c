@@ -1,4 +1,7 @@
-/* harness.c -- processes and raw sockets for the integration tests (see harness.h). */
+/* harness.c -- processes and raw sockets for the integration tests (see harness.h). Processes are
+ * started with rt_spawn (they die with the test: PR_SET_PDEATHSIG) and remembered until stopped, so an
+ * atexit handler kills what a failed assertion left running; a node's start-up lines are read with
+ * node_banner_wait, the one parser of them. */
 #include "test/integration/harness.h"
 
 #include <arpa/inet.h>
@@ -12,15 +15,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "actors/node/node_banner.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
+#include "runtime/rt_spawn.h"
 #include "wire/wire_frame.h"
 #include "wire/codec/wire_npy.h"
 
@@ -28,12 +32,6 @@ static const char *build_dir(void)
 {
     const char *b = getenv("DMOE_BUILD");
     return b && *b ? b : "build";
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static double now_s(void)
@@ -97,33 +95,18 @@ int th_node_start(th_node *n, const char *const *args)
     argv[k++] = "/ip4/127.0.0.1/tcp/0";
     for (int i = 0; args && args[i] && k < 62; i++) argv[k++] = args[i];
     argv[k] = NULL;
-    pid_t pid = fork();
-    if (pid < 0) { close(lfd); return -1; }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* a test killed by its timeout takes the node along */
-        dup2(lfd, 2);
-        int devnull = open("/dev/null", O_RDWR);
-        dup2(devnull, 0);
-        dup2(devnull, 1);
-        execv(prog, (char *const *)argv);
-        _exit(127);
-    }
+    /* the log is the node's stderr; a test killed by its timeout takes the node along (rt_spawn) */
+    pid_t pid = rt_spawn(prog, argv, RT_SPAWN_DEVNULL, RT_SPAWN_DEVNULL, lfd);
     close(lfd);
+    if (pid < 0) return -1;
     n->pid = pid;
     remember(pid, 1);
-    double deadline = now_s() + 20;
-    while (now_s() < deadline) {
-        char *log = th_node_log(n);
-        const char *p = strstr(log, "Listening on /ip4/127.0.0.1/tcp/");
-        if (p && strstr(p, "Server started")) {
-            n->port = atoi(p + strlen("Listening on /ip4/127.0.0.1/tcp/"));
-            snprintf(n->maddr, sizeof n->maddr, "/ip4/127.0.0.1/tcp/%d", n->port);
-            free(log);
-            return 0;
-        }
-        free(log);
-        if (!th_node_alive(n)) break;
-        sleep_ms(20);
+    node_banner b;
+    if (node_banner_wait(n->log_path, pid, 20, &b) == 0 && strcmp(b.addr.host, "127.0.0.1") == 0) {
+        n->port = b.addr.port;
+        snprintf(n->maddr, sizeof n->maddr, "/ip4/127.0.0.1/tcp/%d", n->port);
+        snprintf(n->dht_maddr, sizeof n->dht_maddr, "%s", b.dht_maddr);
+        return 0;
     }
     char *log = th_node_log(n);
     fprintf(stderr, "dmoe-node did not start; its log:\n%s\n", log);
@@ -132,39 +115,15 @@ int th_node_start(th_node *n, const char *const *args)
     return -1;
 }
 
-int th_node_alive(const th_node *n)
-{
-    if (n->pid <= 0) return 0;
-    return waitpid(n->pid, NULL, WNOHANG) == 0;
-}
+int th_node_alive(const th_node *n) { return rt_spawn_alive(n->pid); }
 
-static int wait_exit(pid_t pid, double timeout_s)
-{
-    double deadline = now_s() + timeout_s;
-    int st;
-    while (now_s() < deadline) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) {
-            if (WIFEXITED(st)) return WEXITSTATUS(st);
-            if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-            return -1;
-        }
-        if (r < 0) return -1;
-        sleep_ms(10);
-    }
-    return -2;
-}
+/* The exit status as rt_spawn_stop / rt_spawn_wait give it, or -1 for any of their error codes. */
+static int status_of(int rc) { return rc >= 0 ? rc : -1; }
 
 int th_node_stop(th_node *n, int sig)
 {
     if (n->pid <= 0) return -1;
-    kill(n->pid, sig);
-    int rc = wait_exit(n->pid, 20);
-    if (rc == -2) {
-        kill(n->pid, SIGKILL);
-        rc = wait_exit(n->pid, 5);
-        if (rc >= 0) rc = -1;
-    }
+    int rc = status_of(rt_spawn_stop(n->pid, sig, 20));
     remember(n->pid, 0);
     n->pid = 0;
     unlink(n->log_path);
@@ -182,29 +141,19 @@ pid_t th_spawn(const char *prog, const char *const *args, const char *out_path)
     argv[k] = NULL;
     int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
+    pid_t pid = rt_spawn(path, argv, RT_SPAWN_INHERIT, fd, fd);
     close(fd);
-    if (pid > 0) remember(pid, 1);
+    if (pid < 0) return -1;
+    remember(pid, 1);
     return pid;
 }
 
 int th_wait(pid_t pid, int timeout_s)
 {
-    int rc = wait_exit(pid, timeout_s);
-    if (rc == -2) {
-        kill(pid, SIGKILL);
-        wait_exit(pid, 5);
-        rc = -1;
-    }
+    int rc = rt_spawn_wait(pid, timeout_s);
+    if (rc == DMOE_ETIMEDOUT) rt_spawn_stop(pid, SIGKILL, 5);
     remember(pid, 0);
-    return rc;
+    return status_of(rc);
 }
 
 int th_run(const char *prog, const char *const *args, char *out, size_t cap, int timeout_s)
@@ -217,19 +166,10 @@ int th_run(const char *prog, const char *const *args, char *out, size_t cap, int
     for (int i = 0; args[i] && k < 63; i++) argv[k++] = args[i];
     argv[k] = NULL;
     int pfd[2];
-    if (pipe(pfd) != 0) return -1;
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(pfd[1], 1);
-        dup2(pfd[1], 2);
-        close(pfd[0]);
-        close(pfd[1]);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
+    if (pipe2(pfd, O_CLOEXEC) != 0) return -1;   /* the child keeps only its stdout and stderr (dup2'd) */
+    pid_t pid = rt_spawn(path, argv, RT_SPAWN_INHERIT, pfd[1], pfd[1]);
     close(pfd[1]);
+    if (pid < 0) { close(pfd[0]); return -1; }
     size_t got = 0;
     double deadline = now_s() + timeout_s;
     for (;;) {
@@ -248,9 +188,9 @@ int th_run(const char *prog, const char *const *args, char *out, size_t cap, int
     }
     if (out && cap) out[got] = '\0';
     close(pfd[0]);
-    int rc = wait_exit(pid, deadline - now_s() > 1 ? deadline - now_s() : 1);
-    if (rc == -2) { kill(pid, SIGKILL); wait_exit(pid, 5); return -1; }
-    return rc;
+    int rc = rt_spawn_wait(pid, deadline - now_s() > 1 ? deadline - now_s() : 1);
+    if (rc == DMOE_ETIMEDOUT) { rt_spawn_stop(pid, SIGKILL, 5); return -1; }
+    return status_of(rc);
 }
 
 int th_connect(int port)

@@ -2,8 +2,10 @@
  * to a node over raw TCP with blocking sockets, stop everything the test started.
  *
  * The programs are found in $DMOE_BUILD (set by `make test`, default "build"). A node is started with
- * --host_maddrs /ip4/127.0.0.1/tcp/0 and its port is read from its log ("Listening on ..."); its log
- * goes to a temporary file that th_node_log returns. Every wait is bounded in time.
+ * --host_maddrs /ip4/127.0.0.1/tcp/0 and its port and DHT address are read from its start-up lines
+ * (actors/node/node_banner.h); its log goes to a temporary file that th_node_log returns. Every wait is
+ * bounded in time, and every process a test starts is stopped when the test ends, also when an
+ * assertion fails half-way.
  */
 #ifndef DMOE_TEST_HARNESS_H
 #define DMOE_TEST_HARNESS_H
@@ -19,6 +21,7 @@ typedef struct {
     int port;
     char log_path[256];
     char maddr[96];
+    char dht_maddr[256];   /* from its "Running DHT node on ['...']" line ("client mode" in client mode) */
 } th_node;
 
 /* th_node_start runs dmoe-node with the NULL-terminated extra args and waits (<= 20 s) for its port.

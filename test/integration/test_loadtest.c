@@ -103,12 +103,8 @@ static void start_net(void)
     const char *a1[] = {"--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "4", "--expert_pattern",
                         "expert.[0:4]", "--num_workers", "1", NULL};
     cr_assert_eq(th_node_start(&net1, a1), 0);
-    char *log = th_node_log(&net1);
-    char *p = log ? strstr(log, "Running DHT node on ['") : NULL;
-    cr_assert(p, "the first node printed no DHT address");
-    p += strlen("Running DHT node on ['");
-    snprintf(net_peer, sizeof net_peer, "%.*s", (int)strcspn(p, "'"), p);
-    free(log);
+    cr_assert(net1.dht_maddr[0], "the first node printed no DHT address");
+    snprintf(net_peer, sizeof net_peer, "%s", net1.dht_maddr);
     const char *a2[] = {"--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "8", "--expert_pattern",
                         "expert.[4:16]", "--num_workers", "1", "--initial_peers", net_peer, NULL};
     cr_assert_eq(th_node_start(&net2, a2), 0);

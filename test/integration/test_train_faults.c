@@ -19,12 +19,8 @@ static double now_s(void)
 
 static void dht_maddr(const th_node *n, char *out, size_t cap)
 {
-    char *log = th_node_log(n);
-    const char *p = strstr(log, "Running DHT node on ['");
-    cr_assert_not_null(p, "%s", log);
-    p += strlen("Running DHT node on ['");
-    snprintf(out, cap, "%.*s", (int)(strchr(p, '\'') - p), p);
-    free(log);
+    cr_assert(n->dht_maddr[0], "the node printed no DHT address");
+    snprintf(out, cap, "%s", n->dht_maddr);
 }
 
 /* The loss printed on the progress line of step, or -1 when there is none yet. */

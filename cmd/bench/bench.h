@@ -1,0 +1,114 @@
+/* bench.h -- what the files of dmoe-bench share (cmd/bench/, linked into build/dmoe-bench only): the
+ * figures of one run (bench), the tunables, and each file's entry points.
+ *
+ * The files, in the order main (cmd/dmoe-bench.c) runs them:
+ *   bench_kernel.c  the limit (cblas) and the ffn kernel in-process, over bench_batches, on b->threads
+ *                   threads; the 1-row kernel latency and one Adam step;
+ *   bench_node.c    dmoe-node as a subprocess (started with rt_spawn, ready by node_banner_wait), driven
+ *                   by loadgen_run: throughput, latency, memory;
+ *   bench_moe.c     the Mixture-of-Experts layer over two such nodes;
+ *   bench_report.c  the table on stdout and the JSON file.
+ * Each measuring function fills its fields of bench, sets its have_* flag on success and counts
+ * b->failures otherwise. Single-threaded except inside bench_kernel.c's measurements, whose threads are
+ * joined before they return.
+ */
+#ifndef DMOE_BENCH_H
+#define DMOE_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "actors/dht/rpc/dht_memnet.h"
+#include "kernels/kern_expert.h"
+#include "wire/wire_maddr.h"
+
+#define NB 4                     /* batch sizes of the throughput figures (bench_batches) */
+#define BENCH_CLIENTS 8          /* concurrent clients for the node's throughput figures */
+#define BENCH_REPEATS 3          /* in-process figures: the best of this many runs */
+#define BENCH_MEM_EXPERTS 5      /* experts in the memory figure */
+#define BENCH_DHT_NODES 1024
+#define BENCH_DHT_LOOKUPS 256
+#define BENCH_DHT_LATENCY_MS 1   /* each way, per message */
+#define NODE_START_S 20          /* longest wait for a node's "Server started" line */
+#define NODE_STOP_S 20           /* longest wait for a node to exit after SIGTERM */
+#define MOE_GRID 250             /* the tutorial's grid: expert.[0:250], 15 of them live */
+#define MOE_K_BEST 2
+#define MOE_LIVE 15              /* experts the two nodes host (5 + 10) */
+#define MOE_VISIBLE_S 15         /* longest wait for the layer to see every live expert */
+#define MOE_N_SMALL 60           /* forwards of 3 rows timed */
+#define MOE_N_BIG 20             /* forwards, and training steps, of 256 rows timed */
+#define MOE_MAX_S 20.0           /* a fence on each timed series (the counts end it long before) */
+
+/* The batch sizes of the throughput figures: 1, 64, 256, 1024 rows (bench_kernel.c). */
+extern const int64_t bench_batches[NB];
+
+/* One run's settings and figures. */
+typedef struct {
+    int threads;
+    double seconds;              /* per in-process measurement */
+    int hidden;
+    const char *node_path;
+    /* results */
+    double gemm_gflops[NB], kfwd[NB], kfwdbwd[NB], nfwd[NB], nfwdbwd[NB];
+    double lat_fwd_p50, lat_fwd_p99, lat_bwd_p50, lat_bwd_p99, kfwd_b1_p50, kfwd_b1_p99;
+    double adam_step_p50;
+    double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
+    double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
+    int moe_experts, moe_n[3];
+    int have_node, have_mem, have_dht, have_moe;
+    dht_memnet_stats dht;
+    int failures;
+} bench;
+
+/* ---- bench_kernel.c ---- */
+
+enum { W_GEMM, W_FWD, W_FWDBWD };   /* what a measurement runs: cblas limit, kernel forward, fwd + bwd */
+
+/* bench_alloc_normal returns n seeded normal floats (times 0.1), malloc'd; NULL when out of memory. */
+float *bench_alloc_normal(size_t n, uint64_t seed);
+/* bench_measure returns the rows per second of kind (W_*) over B rows split across b->threads threads,
+ * the best of BENCH_REPEATS runs sharing b->seconds; 0 (and a failure counted) on error. m and params
+ * are the ffn expert (NULL for W_GEMM). */
+double bench_measure(bench *b, int kind, const kern_model *m, const float *params, int64_t B);
+/* bench_kernel_latency fills kfwd_b1_p50/p99: one thread, one row, the kernel's forward. */
+void bench_kernel_latency(bench *b, const kern_model *m, const float *params);
+/* bench_optimizer_latency fills adam_step_p50: one Adam step over the expert's parameters. */
+void bench_optimizer_latency(bench *b, const kern_model *m, const float *params);
+
+/* ---- bench_node.c ---- */
+
+/* A dmoe-node started by the bench. */
+typedef struct {
+    pid_t pid;
+    char log[64];
+    wire_maddr addr;
+    char dht_maddr[256];         /* from "Running DHT node on ['...']" */
+} bench_child;
+
+/* bench_node_start starts dmoe-node with n_experts ffn experts and the NULL-terminated extra flags (or
+ * NULL), and waits for its "Server started". Returns 0, or DMOE_EIO with the node's log on stderr; c
+ * must be given to bench_node_stop in both cases. */
+int bench_node_start(bench *b, bench_child *c, int n_experts, const char *const *extra);
+/* bench_node_stop stops c's node (SIGTERM, then SIGKILL after NODE_STOP_S) and removes its log. */
+void bench_node_stop(bench_child *c);
+/* bench_node_figures fills the node's throughput (nfwd, nfwdbwd) and 1-row latency figures. */
+void bench_node_figures(bench *b);
+/* bench_memory_figures fills the memory figures of a node with BENCH_MEM_EXPERTS experts. */
+void bench_memory_figures(bench *b, const kern_model *m);
+
+/* ---- bench_moe.c ---- */
+
+/* bench_moe_figures fills the MoE figures: two nodes, one in-process client layer. */
+void bench_moe_figures(bench *b);
+
+/* ---- bench_report.c ---- */
+
+/* bench_cpu_name writes the CPU's model name (or "unknown") into buf. */
+void bench_cpu_name(char *buf, size_t cap);
+/* bench_write_json writes every figure of b as JSON to path; 0 or DMOE_EIO. */
+int bench_write_json(const bench *b, const char *path, const char *cpu, long cores);
+/* bench_print_table prints the figures as a table on stdout. */
+void bench_print_table(const bench *b, const char *cpu, long cores);
+
+#endif

@@ -1,0 +1,149 @@
+/* bench_moe.c -- dmoe-bench's Mixture-of-Experts figures (see bench.h), as in the tutorial: two nodes (5
+ * experts expert.[0:5], then 10 from expert.[5:250] joining the first through the DHT), and in-process a
+ * client-mode DHT peer with a MoE layer (grid MOE_GRID, k_best MOE_K_BEST) timing forwards of 3 and 256
+ * rows and training steps of 256 rows (forward, backward through the experts -- which step their own
+ * weights -- and an Adam step of the gating): the median and the 99th percentile of a fixed number of
+ * calls. The layer runs on its own loop through the blocking moe_*_run calls.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "actors/moe/moe.h"
+#include "actors/moe/moe_net.h"
+#include "cmd/bench/bench.h"
+#include "kernels/kern_optim.h"
+#include "runtime/rt_actor.h"
+#include "runtime/rt_err.h"
+
+static int cmp_f64(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* p50 and p99 (nearest rank) of t[0..n) into out[0..2). */
+static void pcts(double *t, int n, double *out)
+{
+    out[0] = out[1] = 0;
+    if (n < 1) return;
+    qsort(t, (size_t)n, sizeof *t, cmp_f64);
+    int k50 = (int)ceil(0.50 * n), k99 = (int)ceil(0.99 * n);
+    out[0] = t[(k50 < 1 ? 1 : k50) - 1];
+    out[1] = t[(k99 < 1 ? 1 : k99) - 1];
+}
+
+/* Time up to n calls of kind 0 (forward), 1 (training step) on B rows of x; fills p[2] in ms and returns
+ * how many calls succeeded (every one must, or the figure is left out as a failure). */
+static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, const float *gy, int64_t B, int kind,
+                      int n, double *p)
+{
+    double t[64];
+    int done = 0;
+    uint64_t end = rt_clock_us() + (uint64_t)(MOE_MAX_S * 1e6);
+    char err[256];
+    size_t np;
+    float *params = moe_layer_params(m, &np), *grads = moe_layer_grads(m, &np);
+    while (done < n && done < 64 && rt_clock_us() < end) {
+        uint64_t t0 = rt_clock_us();
+        moe_fwd *f = NULL;
+        int rc = moe_forward_run(m, x, B, &f, err, sizeof err);
+        if (rc == 0 && moe_fwd_stats_of(f)->experts_answered < moe_fwd_stats_of(f)->experts_chosen) {
+            rc = DMOE_ETIMEDOUT;
+            snprintf(err, sizeof err, "%d of %d experts answered", moe_fwd_stats_of(f)->experts_answered,
+                     moe_fwd_stats_of(f)->experts_chosen);
+        }
+        if (rc == 0 && kind == 1) {
+            const float *gx;
+            rc = moe_backward_run(m, f, gy, 0.0f, &gx, err, sizeof err);
+            if (rc == 0) kern_optim_step(opt, NULL, params, grads, lr);
+        }
+        moe_fwd_free(f);
+        if (rc) {
+            fprintf(stderr, "dmoe-bench: moe %s of %lld rows failed: %s\n", kind ? "training step" : "forward", (long long)B, err);
+            return 0;
+        }
+        t[done++] = (double)(rt_clock_us() - t0) / 1000.0;
+    }
+    pcts(t, done, p);
+    return done;
+}
+
+void bench_moe_figures(bench *b)
+{
+    bench_child n1, n2;
+    memset(&n2, 0, sizeof n2);
+    const char *const first[] = {"--expert_pattern", "expert.[0:5]", NULL};
+    if (bench_node_start(b, &n1, 5, first) != 0 || !n1.dht_maddr[0]) {
+        if (n1.pid) fprintf(stderr, "dmoe-bench: the first MoE node printed no DHT address\n");
+        b->failures++;
+        bench_node_stop(&n1);
+        return;
+    }
+    const char *const second[] = {"--expert_pattern", "expert.[5:250]", "--initial_peers", n1.dht_maddr, NULL};
+    rt_loop *l = NULL;
+    moe_net *net = NULL;
+    moe_layer *m = NULL;
+    kern_optim opt;
+    memset(&opt, 0, sizeof opt);
+    const int64_t BIG = 256, SMALL = 3;
+    const int H = b->hidden;
+    float *x = bench_alloc_normal((size_t)BIG * (size_t)H, 11), *gy = bench_alloc_normal((size_t)BIG * (size_t)H, 12);
+    char err[512];
+    if (bench_node_start(b, &n2, 10, second) != 0 || !x || !gy) goto fail;
+    l = rt_loop_new();
+    const char *peers[1] = {n1.dht_maddr};
+    net = l ? moe_net_open(l, peers, 1, 0.5, err, sizeof err) : NULL;
+    if (!net) { fprintf(stderr, "dmoe-bench: moe: %s\n", l ? err : "out of memory"); goto fail; }
+    moe_cfg mc;
+    moe_cfg_default(&mc);
+    mc.in_features = H;
+    mc.ndim = 1;
+    mc.grid_size[0] = MOE_GRID;
+    mc.k_best = MOE_K_BEST;
+    mc.seed = 5;
+    if (moe_layer_new(l, &mc, moe_net_succ(net), moe_net_caller(net), &m, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-bench: moe: %s\n", err);
+        goto fail;
+    }
+    /* the nodes declare their experts at start; wait until a 256-row forward reaches all of them */
+    uint64_t until = rt_clock_us() + MOE_VISIBLE_S * 1000000ull;
+    while (rt_clock_us() < until) {
+        moe_fwd *f = NULL;
+        if (moe_forward_run(m, x, BIG, &f, err, sizeof err) == 0) {
+            int seen = moe_fwd_stats_of(f)->experts_answered;
+            if (seen > b->moe_experts) b->moe_experts = seen;
+        }
+        moe_fwd_free(f);
+        if (b->moe_experts >= MOE_LIVE) break;
+        usleep(200000);
+    }
+    if (b->moe_experts < MOE_LIVE)
+        fprintf(stderr, "dmoe-bench: moe: the layer reached %d of the %d live experts; timing anyway\n", b->moe_experts, MOE_LIVE);
+    kern_optim_cfg oc;
+    size_t np;
+    moe_layer_params(m, &np);
+    if (kern_optim_parse("adam", &oc) != 0 || kern_optim_init(&opt, &oc, np) != 0) goto fail;
+    b->moe_n[0] = moe_series(m, &opt, oc.lr, x, gy, SMALL, 0, MOE_N_SMALL, b->moe_fwd3);
+    fprintf(stderr, ".");
+    b->moe_n[1] = moe_series(m, &opt, oc.lr, x, gy, BIG, 0, MOE_N_BIG, b->moe_fwd256);
+    fprintf(stderr, ".");
+    b->moe_n[2] = moe_series(m, &opt, oc.lr, x, gy, BIG, 1, MOE_N_BIG, b->moe_train256);
+    fprintf(stderr, ".");
+    b->have_moe = b->moe_n[0] > 0 && b->moe_n[1] > 0 && b->moe_n[2] > 0;
+    if (!b->have_moe) b->failures++;
+    goto out;
+fail:
+    b->failures++;
+out:
+    kern_optim_free(&opt);
+    moe_layer_free(m);
+    moe_net_close(net);
+    if (l) rt_loop_free(l);
+    free(x);
+    free(gy);
+    bench_node_stop(&n2);
+    bench_node_stop(&n1);
+}

@@ -1,0 +1,146 @@
+/* bench_node.c -- dmoe-bench's node figures (see bench.h): build/dmoe-node as a subprocess on loopback
+ * (rt_spawn: it dies with the bench; node_banner_wait: its address once it serves), driven in-process by
+ * loadgen_run with BENCH_CLIENTS concurrent clients per batch size, then one client with 1 row for
+ * latency; and a node with BENCH_MEM_EXPERTS experts for its memory (VmRSS idle and after a load).
+ * Every node started here is stopped here (bench_node_stop), SIGTERM first.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "actors/load/loadgen.h"
+#include "actors/node/node_banner.h"
+#include "cmd/bench/bench.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_spawn.h"
+
+int bench_node_start(bench *b, bench_child *c, int n_experts, const char *const *extra)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->log, sizeof c->log, "/tmp/dmoe-bench-node-XXXXXX");
+    int fd = mkstemp(c->log);
+    if (fd < 0) return DMOE_EIO;
+    char workers[16], experts[16], hidden[16];
+    snprintf(workers, sizeof workers, "%d", b->threads);
+    snprintf(experts, sizeof experts, "%d", n_experts);
+    snprintf(hidden, sizeof hidden, "%d", b->hidden);
+    const char *argv[32] = {b->node_path, "--expert_cls", "ffn", "--hidden_dim", hidden, "--num_experts", experts,
+                            "--num_workers", workers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--log_level", "INFO"};
+    int na = 13;
+    for (int i = 0; extra && extra[i] && na < 31; i++) argv[na++] = extra[i];
+    argv[na] = NULL;
+    pid_t pid = rt_spawn(b->node_path, argv, RT_SPAWN_INHERIT, fd, fd);   /* dies with the bench */
+    close(fd);
+    if (pid < 0) { unlink(c->log); return DMOE_EIO; }
+    c->pid = pid;
+    node_banner nb;
+    int rc = node_banner_wait(c->log, pid, NODE_START_S, &nb);
+    if (rc == 0) {
+        c->addr = nb.addr;
+        snprintf(c->dht_maddr, sizeof c->dht_maddr, "%s", nb.dht_maddr);
+        return 0;
+    }
+    if (rc == DMOE_EIO) c->pid = 0;   /* it exited (and is reaped) */
+    fprintf(stderr, "dmoe-bench: the node did not start; its log (%s):\n", c->log);
+    FILE *f = fopen(c->log, "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) fputs(line, stderr);
+    if (f) fclose(f);
+    return DMOE_EIO;
+}
+
+void bench_node_stop(bench_child *c)
+{
+    if (c->pid > 0) rt_spawn_stop(c->pid, SIGTERM, NODE_STOP_S);
+    c->pid = 0;
+    if (c->log[0]) unlink(c->log);
+}
+
+/* VmRSS (or VmHWM) of pid in MiB, or -1. */
+static double proc_mb(pid_t pid, const char *key)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    double mb = -1;
+    size_t kl = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, kl) == 0 && line[kl] == ':') mb = strtod(line + kl + 1, NULL) / 1024.0;
+    if (f) fclose(f);
+    return mb;
+}
+
+static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
+                loadgen_report *r)
+{
+    static const char *const one[] = {"expert.0", NULL};
+    loadgen_cfg c;
+    loadgen_default_cfg(&c);
+    c.peer = *addr;
+    c.clients = clients;
+    c.batch_min = c.batch_max = batch;
+    c.mix = mix;
+    c.all = all;
+    c.uids = all ? NULL : one;
+    c.duration_s = seconds;
+    c.warmup_s = seconds > 1.5 ? 0.5 : 0.2;
+    c.duration_s += c.warmup_s;
+    c.seed = 42;
+    char err[256];
+    int rc = loadgen_run(&c, r, err, sizeof err);
+    if (rc) { fprintf(stderr, "dmoe-bench: load failed: %s\n", err); b->failures++; return rc; }
+    if (r->errors || r->lost) {
+        fprintf(stderr, "dmoe-bench: load batch %lld had %llu errors, %llu lost (%s)\n", (long long)batch,
+                (unsigned long long)r->errors, (unsigned long long)r->lost, r->first_error);
+        b->failures++;
+    }
+    return 0;
+}
+
+void bench_node_figures(bench *b)
+{
+    bench_child c;
+    if (bench_node_start(b, &c, 1, NULL) != 0) { b->failures++; bench_node_stop(&c); return; }
+    double secs = 2.0 * b->seconds;
+    for (int i = 0; i < NB; i++) {
+        loadgen_report r;
+        if (load(b, &c.addr, BENCH_CLIENTS, bench_batches[i], 0.0, 0, secs, &r) == 0) b->nfwd[i] = r.rows_per_s;
+        loadgen_report_free(&r);
+        fprintf(stderr, ".");
+    }
+    for (int i = 0; i < NB; i++) {
+        loadgen_report r;   /* forward then backward per batch: training samples per second */
+        if (load(b, &c.addr, BENCH_CLIENTS, bench_batches[i], 0.5, 0, secs, &r) == 0) b->nfwdbwd[i] = r.rows_per_s / 2.0;
+        loadgen_report_free(&r);
+        fprintf(stderr, ".");
+    }
+    loadgen_report r;
+    if (load(b, &c.addr, 1, 1, 0.0, 0, secs, &r) == 0) { b->lat_fwd_p50 = r.lat.p50; b->lat_fwd_p99 = r.lat.p99; }
+    loadgen_report_free(&r);
+    if (load(b, &c.addr, 1, 1, 1.0, 0, secs, &r) == 0) { b->lat_bwd_p50 = r.lat_bwd.p50; b->lat_bwd_p99 = r.lat_bwd.p99; }
+    loadgen_report_free(&r);
+    fprintf(stderr, ".");
+    b->have_node = 1;
+    bench_node_stop(&c);
+}
+
+void bench_memory_figures(bench *b, const kern_model *m)
+{
+    bench_child c;
+    if (bench_node_start(b, &c, BENCH_MEM_EXPERTS, NULL) != 0) { b->failures++; bench_node_stop(&c); return; }
+    usleep(300000);
+    b->rss_idle_mb = proc_mb(c.pid, "VmRSS");
+    loadgen_report r;
+    if (load(b, &c.addr, BENCH_CLIENTS, 256, 0.5, 1, 2.0 * b->seconds, &r) == 0) {
+        b->rss_loaded_mb = proc_mb(c.pid, "VmRSS");
+        b->hwm_loaded_mb = proc_mb(c.pid, "VmHWM");
+    }
+    loadgen_report_free(&r);
+    /* per expert: parameters, gradients, and Adam's two moments (the node's default optimizer) */
+    b->weights_mb = (double)BENCH_MEM_EXPERTS * 4.0 * (double)m->n_floats * sizeof(float) / 1048576.0;
+    b->have_mem = b->rss_idle_mb > 0 && b->rss_loaded_mb > 0;
+    bench_node_stop(&c);
+    fprintf(stderr, ".");
+}

@@ -1,0 +1,145 @@
+/* bench_report.c -- dmoe-bench's output (see bench.h): the table on stdout (with kernel efficiency =
+ * kernel forward FLOP rate / gemm FLOP rate, and node/kernel ratios) and every figure as JSON in one
+ * file. Reads the figures only.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/bench/bench.h"
+#include "runtime/rt_err.h"
+
+void bench_cpu_name(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) != 0) continue;
+        char *p = strchr(line, ':');
+        if (!p) continue;
+        p += 1 + strspn(p + 1, " \t");
+        p[strcspn(p, "\r\n")] = 0;
+        snprintf(buf, cap, "%s", p);
+        break;
+    }
+    if (f) fclose(f);
+}
+
+static void json_batches(FILE *f, const char *key, const double *v, int last)
+{
+    fprintf(f, "    \"%s\": {", key);
+    for (int i = 0; i < NB; i++) fprintf(f, "%s\"%lld\": %.1f", i ? ", " : "", (long long)bench_batches[i], v[i]);
+    fprintf(f, "}%s\n", last ? "" : ",");
+}
+
+int bench_write_json(const bench *b, const char *path, const char *cpu, long cores)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return DMOE_EIO;
+    double flop_row = 16.0 * b->hidden * (double)b->hidden;
+    double eff[NB];
+    for (int i = 0; i < NB; i++) eff[i] = b->gemm_gflops[i] > 0 ? 100.0 * b->kfwd[i] * flop_row / 1e9 / b->gemm_gflops[i] : 0;
+    fprintf(f, "{\n  \"machine\": {\"cores\": %ld, \"cpu\": ", cores);
+    fprintf(f, "\"");
+    for (const char *p = cpu; *p; p++)
+        if (*p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) fputc(*p, f);
+    fprintf(f, "\"},\n  \"threads\": {\"pool\": %d, \"openblas\": 1},\n", b->threads);
+    fprintf(f, "  \"ffn_h%d\": {\n", b->hidden);
+    json_batches(f, "gemm_gflops", b->gemm_gflops, 0);
+    json_batches(f, "kernel_fwd_samples_per_s", b->kfwd, 0);
+    json_batches(f, "kernel_fwdbwd_samples_per_s", b->kfwdbwd, 0);
+    json_batches(f, "kernel_fwd_efficiency_pct", eff, 0);
+    if (b->have_node) {
+        json_batches(f, "node_fwd_samples_per_s", b->nfwd, 0);
+        json_batches(f, "node_fwdbwd_samples_per_s", b->nfwdbwd, 0);
+        fprintf(f, "    \"node_clients\": %d,\n", BENCH_CLIENTS);
+        fprintf(f, "    \"latency_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_p50, b->lat_fwd_p99);
+        fprintf(f, "    \"latency_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_bwd_p50, b->lat_bwd_p99);
+    }
+    fprintf(f, "    \"adam_step_us\": {\"p50\": %.0f},\n", b->adam_step_p50);
+    fprintf(f, "    \"kernel_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f}\n  }", b->kfwd_b1_p50, b->kfwd_b1_p99);
+    if (b->have_dht)
+        fprintf(f, ",\n  \"dht\": {\"nodes\": %zu, \"lookups\": %zu, \"latency_ms_each_way\": %d, \"lookup_hops_p50\": %d, "
+                   "\"lookup_hops_p99\": %d, \"lookup_ms_p50\": %.2f, \"lookup_ms_p99\": %.2f, \"rpcs_per_lookup\": %.2f, "
+                   "\"success_rate\": %.4f}",
+                b->dht.nodes, b->dht.lookups, BENCH_DHT_LATENCY_MS, b->dht.hops_p50, b->dht.hops_p99, b->dht.lat_p50_ms,
+                b->dht.lat_p99_ms, b->dht.rpcs_per_lookup, b->dht.lookups ? (double)b->dht.found / (double)b->dht.lookups : 0);
+    if (b->have_mem)
+        fprintf(f, ",\n  \"memory_mb\": {\"node_idle_5x_h%d\": %.1f, \"node_loaded_5x_h%d\": %.1f, \"node_peak_5x_h%d\": %.1f, "
+                   "\"weights_and_optimizer_5x_h%d\": %.1f}",
+                b->hidden, b->rss_idle_mb, b->hidden, b->rss_loaded_mb, b->hidden, b->hwm_loaded_mb, b->hidden, b->weights_mb);
+    if (b->have_moe)
+        fprintf(f, ",\n  \"moe\": {\"hidden\": %d, \"grid\": %d, \"k_best\": %d, \"live_experts\": %d, "
+                   "\"fwd_b3_ms_p50\": %.2f, \"fwd_b3_ms_p99\": %.2f, \"fwd_b256_ms_p50\": %.2f, \"fwd_b256_ms_p99\": %.2f, "
+                   "\"train_step_b256_ms_p50\": %.2f, \"train_step_b256_ms_p99\": %.2f, \"calls\": [%d, %d, %d]}",
+                b->hidden, MOE_GRID, MOE_K_BEST, b->moe_experts, b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0],
+                b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1], b->moe_n[0], b->moe_n[1], b->moe_n[2]);
+    fprintf(f, "\n}\n");
+    return fclose(f) == 0 ? 0 : DMOE_EIO;
+}
+
+static void row(const char *name, const double *v, const char *fmt)
+{
+    printf("  %-30s", name);
+    for (int i = 0; i < NB; i++) {
+        if (v[i] > 0) printf(fmt, v[i]);
+        else printf("%12s", "-");
+    }
+    printf("\n");
+}
+
+void bench_print_table(const bench *b, const char *cpu, long cores)
+{
+    double flop_row = 16.0 * b->hidden * (double)b->hidden;
+    double eff[NB], eff_fb[NB], rf[NB], rfb[NB];
+    for (int i = 0; i < NB; i++) {
+        eff[i] = b->gemm_gflops[i] > 0 ? 100.0 * b->kfwd[i] * flop_row / 1e9 / b->gemm_gflops[i] : 0;
+        eff_fb[i] = b->gemm_gflops[i] > 0 ? 100.0 * b->kfwdbwd[i] * 3.0 * flop_row / 1e9 / b->gemm_gflops[i] : 0;
+        rf[i] = b->kfwd[i] > 0 ? 100.0 * b->nfwd[i] / b->kfwd[i] : 0;
+        rfb[i] = b->kfwdbwd[i] > 0 ? 100.0 * b->nfwdbwd[i] / b->kfwdbwd[i] : 0;
+    }
+    printf("\ndmoe-bench: %s, %ld cores; %d kernel threads (= the node's --num_workers), OpenBLAS 1 thread each\n",
+           cpu, cores, b->threads);
+    printf("ffn, hidden %d (%.1f MFLOP per row forward)\n", b->hidden, flop_row / 1e6);
+    printf("  %-30s", "batch rows");
+    for (int i = 0; i < NB; i++) printf("%12lld", (long long)bench_batches[i]);
+    printf("\n");
+    row("BLAS limit, GFLOP/s", b->gemm_gflops, "%12.1f");
+    row("kernel fwd, samples/s", b->kfwd, "%12.0f");
+    row("  efficiency vs gemm, %", eff, "%12.1f");
+    row("kernel fwd+bwd, samples/s", b->kfwdbwd, "%12.0f");
+    row("  efficiency vs gemm, %", eff_fb, "%12.1f");
+    if (b->have_node) {
+        char name[64];
+        snprintf(name, sizeof name, "node fwd (%d clients), samples/s", BENCH_CLIENTS);
+        row(name, b->nfwd, "%12.0f");
+        row("  node / kernel, %", rf, "%12.1f");
+        row("node fwd+bwd, samples/s", b->nfwdbwd, "%12.0f");
+        row("  node / kernel, %", rfb, "%12.1f");
+        printf("  latency, 1 client, 1 row:  forward p50 %.0f us, p99 %.0f us;  backward p50 %.0f us, p99 %.0f us\n",
+               b->lat_fwd_p50, b->lat_fwd_p99, b->lat_bwd_p50, b->lat_bwd_p99);
+    }
+    printf("  in-process, 1 thread: kernel forward of 1 row p50 %.0f us, p99 %.0f us; one Adam step p50 %.0f us\n",
+           b->kfwd_b1_p50, b->kfwd_b1_p99, b->adam_step_p50);
+    printf("  notes: the limit is cblas_sgemm on the ffn's two shapes (sgemv for 1 row, as the kernel does); fwd+bwd\n"
+           "  counts 3x the forward's FLOPs: the backward takes the forward's saved activations (in-process and\n"
+           "  in the node, whose load sends each backward with its forward's handle). The node merges the\n"
+           "  requests waiting for an expert into one batch and splits big batches across its workers; an\n"
+           "  expert's backwards run one at a time, each followed by an Adam step over all its parameters.\n");
+    if (b->have_mem)
+        printf("memory, node with %d ffn experts (hidden %d): idle %.1f MiB, after load %.1f MiB (peak %.1f MiB); "
+               "weights + grads + Adam state %.1f MiB\n",
+               BENCH_MEM_EXPERTS, b->hidden, b->rss_idle_mb, b->rss_loaded_mb, b->hwm_loaded_mb, b->weights_mb);
+    if (b->have_dht)
+        printf("dht, %zu in-memory nodes (%d ms each way): %zu/%zu lookups found, hops p50 %d p99 %d, "
+               "%.1f ms p50, %.1f ms p99, %.1f RPCs per lookup\n",
+               b->dht.nodes, BENCH_DHT_LATENCY_MS, b->dht.found, b->dht.lookups, b->dht.hops_p50, b->dht.hops_p99,
+               b->dht.lat_p50_ms, b->dht.lat_p99_ms, b->dht.rpcs_per_lookup);
+    if (b->have_moe) {
+        printf("moe, grid %d, k_best %d over %d live ffn experts (hidden %d) on 2 nodes, one client:\n", MOE_GRID,
+               MOE_K_BEST, b->moe_experts, b->hidden);
+        printf("  forward 3 rows p50 %.2f ms p99 %.2f ms;  forward 256 rows p50 %.2f ms p99 %.2f ms;\n"
+               "  training step 256 rows (forward, backward, Adam on the gating) p50 %.2f ms p99 %.2f ms\n",
+               b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0], b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1]);
+    }
+}

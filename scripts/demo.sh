@@ -7,6 +7,7 @@
 #   4. a short summary (start/end loss, accuracy, steps/s); both nodes are stopped on any exit (trap).
 # Programs come from $DMOE_BUILD (default build/). Exits 0 when the loss fell.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BUILD=${DMOE_BUILD:-build}
 STEPS=${STEPS:-300}
 TMP=$(mktemp -d /tmp/dmoe-demo-moe.XXXXXX)
@@ -21,25 +22,24 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# wait_for LOG TEXT: wait (<= 20 s) until LOG contains TEXT
-wait_for() {
-    for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "demo_moe: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+# wait_started LOG PID: wait (<= 20 s) until the node has started (lib.sh's node_wait); sets NODE_DHT
+wait_started() {
+    node_wait "$1" "$2" 20 || { echo "demo_moe: the node did not start; its log $1:" >&2; cat "$1" >&2; return 1; }
 }
 
 echo "== node 1: 5 experts expert.[0:5], hidden 512"
 "$BUILD/dmoe-node" --expert_cls ffn --hidden_dim 512 --num_experts 5 --expert_pattern "expert.[0:5]" \
     --num_workers 1 2>"$TMP/node1.log" &
 PIDS+=($!)
-wait_for "$TMP/node1.log" "Server started"
-PEER=$(grep -o "Running DHT node on \['[^']*'" "$TMP/node1.log" | sed "s/.*\['//; s/'//")
+wait_started "$TMP/node1.log" "$!"
+PEER=$NODE_DHT
 echo "   DHT address: $PEER"
 
 echo "== node 2: 10 experts from expert.[5:250], joining through node 1"
 "$BUILD/dmoe-node" --expert_cls ffn --hidden_dim 512 --num_experts 10 --expert_pattern "expert.[5:250]" \
     --initial_peers "$PEER" --num_workers 1 2>"$TMP/node2.log" &
 PIDS+=($!)
-wait_for "$TMP/node2.log" "Server started"
+wait_started "$TMP/node2.log" "$!"
 grep -o "expert\.[0-9]*: FeedforwardBlock" "$TMP/node2.log" | cut -d: -f1 | tr '\n' ' '; echo
 sleep 1   # both nodes declare their experts at start; give the declarations a moment to land
 

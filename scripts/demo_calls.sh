@@ -5,6 +5,7 @@
 # runs a forward and a backward through expert.1 and expert.4 (the backward applies one Adam step on
 # the node, visible in the stats), then stops the node with SIGTERM and checks it exited cleanly.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BUILD=${DMOE_BUILD:-build}
 LOG=$(mktemp /tmp/dmoe-demo-node.XXXXXX)
 WORK=$(mktemp -d /tmp/dmoe-demo.XXXXXX)
@@ -19,13 +20,10 @@ echo "== starting dmoe-node: 5 ffn experts, hidden 512"
 "$BUILD/dmoe-node" --expert_cls ffn --hidden_dim 512 --num_experts 5 --expert_pattern "expert.[0:5]" \
     --host_maddrs /ip4/127.0.0.1/tcp/0 2>"$LOG" &
 NODE_PID=$!
-ADDR=
-for _ in $(seq 1 200); do
-    ADDR=$(grep -o '/ip4/127.0.0.1/tcp/[0-9]*' "$LOG" | head -n 1 || true)
-    if [ -n "$ADDR" ] && grep -q "Server started" "$LOG"; then break; fi
-    kill -0 "$NODE_PID" 2>/dev/null || { cat "$LOG"; echo "dmoe-node failed to start" >&2; exit 1; }
-    sleep 0.05
-done
+RC=0
+node_wait "$LOG" "$NODE_PID" 10 || RC=$?
+[ "$RC" -ne 1 ] || { cat "$LOG"; echo "dmoe-node failed to start" >&2; exit 1; }
+ADDR=$NODE_ADDR
 [ -n "$ADDR" ] || { cat "$LOG"; echo "dmoe-node did not report its address" >&2; exit 1; }
 cat "$LOG"
 CALL="$BUILD/dmoe-call --peer $ADDR"

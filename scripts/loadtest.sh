@@ -17,6 +17,7 @@
 # only with zero errors and zero lost replies; otherwise the script exits 1. 2: unknown or unavailable
 # scenario. Every process it starts is stopped on exit (trap). $DMOE_CALL overrides the dmoe-call used.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 BUILD=${DMOE_BUILD:-build}
 CALL=${DMOE_CALL:-$BUILD/dmoe-call}
@@ -98,16 +99,12 @@ start_node() {
     "$NODE_BIN" "$@" --host_maddrs /ip4/127.0.0.1/tcp/0 2>"$log" &
     local pid=$!
     PIDS+=("$pid")
-    ADDR=
-    for _ in $(seq 1 400); do
-        ADDR=$(grep -o '/ip4/127.0.0.1/tcp/[0-9]*' "$log" | head -n 1 || true)
-        if [ -n "$ADDR" ] && grep -q "Server started" "$log"; then break; fi
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "loadtest.sh: dmoe-node failed to start" >&2; exit 1; }
-        ADDR=
-        sleep 0.05
-    done
-    [ -n "$ADDR" ] || { cat "$log" >&2; echo "loadtest.sh: dmoe-node did not start in 20 s" >&2; exit 1; }
-    DHT_ADDR=$(grep -o "Running DHT node on \['[^']*'" "$log" | head -n 1 | sed "s/.*\['//; s/'//" || true)
+    local rc=0
+    node_wait "$log" "$pid" 20 || rc=$?
+    [ "$rc" -ne 1 ] || { cat "$log" >&2; echo "loadtest.sh: dmoe-node failed to start" >&2; exit 1; }
+    [ "$rc" -eq 0 ] || { cat "$log" >&2; echo "loadtest.sh: dmoe-node did not start in 20 s" >&2; exit 1; }
+    ADDR=$NODE_ADDR
+    DHT_ADDR=$NODE_DHT
 }
 
 echo "== $SCENARIO: dmoe-node ${NODE_ARGS[*]}"

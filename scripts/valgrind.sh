@@ -6,6 +6,7 @@
 # msgpack, a truncated frame, a length over the limit), stops it with SIGTERM and fails unless valgrind
 # saw no error and no definitely lost block.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BUILD=${DMOE_BUILD:-build}
 command -v valgrind >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind; }
 LOG=$(mktemp /tmp/dmoe-vg.XXXXXX)
@@ -18,14 +19,11 @@ valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite -
     "$BUILD/dmoe-node" --hidden_dim 32 --expert_uids expert.0 expert.1 --checkpoint_dir "$CK" \
     --max_frame_mb 1 --metrics_port 0 2>"$LOG" &
 PID=$!
-ADDR=
-for _ in $(seq 1 600); do
-    ADDR=$(grep -o '/ip4/127.0.0.1/tcp/[0-9]*' "$LOG" | head -n 1 || true)
-    if [ -n "$ADDR" ] && grep -q "Server started" "$LOG"; then break; fi
-    kill -0 "$PID" 2>/dev/null || { cat "$LOG"; exit 1; }
-    sleep 0.1
-done
-DHT=$(grep -o "Running DHT node on \['[^']*" "$LOG" | sed "s/.*\['//")
+RC=0
+node_wait "$LOG" "$PID" 60 || RC=$?
+[ "$RC" -ne 1 ] || { cat "$LOG"; exit 1; }
+ADDR=$NODE_ADDR
+DHT=$NODE_DHT
 PORT=${ADDR##*/}
 C="$BUILD/dmoe-call --peer $ADDR --timeout 60"
 $C info --all >/dev/null

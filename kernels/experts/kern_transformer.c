@@ -2,7 +2,7 @@
  * post-LayerNorm encoder layer (PyTorch nn.TransformerEncoderLayer, 16 heads, norm_first=False,
  * activation gelu in its tanh form, feed-forward width 4H).
  *
- * Interface: kern_transformer_class (kern_expert.h), found through the registry in kern_expert.c.
+ * Interface: kern_transformer_class (kern_expert.h), found through the registry in kern_classes.c.
  * Call order as for every class: setup -> init -> forward/backward (concurrently from several threads
  * is fine: the class keeps no state, every byte it writes is in the caller's out/grad/ws buffers).
  *

@@ -24,7 +24,7 @@
 #include "actors/dht/dht_cli.h"
 #include "actors/grid/dht_experts.h"
 #include "actors/load/loadgen.h"
-#include "actors/moe/moe_net.h"
+#include "cmd/call/moe_cmd.h"
 #include "actors/net/remote.h"
 #include "kernels/kern_rng.h"
 #include "runtime/text/rt_args.h"

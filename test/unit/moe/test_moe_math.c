@@ -361,19 +361,25 @@ static int fake_succ(void *impl, const char *const *prefixes, size_t n, dht_succ
     return 0;
 }
 
+/* grid_cfg fills c with the defaults for the fake world's G0 x G1 grid of IN-wide experts. */
+static void grid_cfg(moe_cfg *c, int k_best, int is_switch, uint64_t seed)
+{
+    moe_cfg_default(c);
+    c->in_features = IN;
+    c->ndim = 2;
+    c->grid_size[0] = G0;
+    c->grid_size[1] = G1;
+    c->k_best = k_best;
+    c->is_switch = is_switch;
+    c->seed = seed;
+}
+
 static moe_layer *make_layer(world *w, int k_best, int is_switch, moe_cfg *out_cfg)
 {
     moe_cfg c;
-    moe_cfg_default(&c);
-    c.in_features = IN;
-    c.ndim = 2;
-    c.grid_size[0] = G0;
-    c.grid_size[1] = G1;
-    c.k_best = k_best;
-    c.seed = 3;
+    grid_cfg(&c, k_best, is_switch, 3);
     c.forward_timeout = 20;
     c.backward_timeout = 20;
-    c.is_switch = is_switch;
     c.jitter_eps = 0;   /* deterministic for finite differences */
     if (out_cfg) {
         c.detect_anomalies = out_cfg->detect_anomalies;
@@ -748,14 +754,7 @@ static void on_bwd(void *arg, int err, const char *msg, const float *gx)
 static uint64_t run_layer(world *w, rt_pool *pool)
 {
     moe_cfg c;
-    moe_cfg_default(&c);
-    c.in_features = IN;
-    c.ndim = 2;
-    c.grid_size[0] = G0;
-    c.grid_size[1] = G1;
-    c.k_best = 2;
-    c.seed = 9;
-    c.is_switch = 1;
+    grid_cfg(&c, 2, 1, 9);
     c.grid_dropout = 0.8;
     c.jitter_eps = 0.05;
     c.timeout_after_k_min = -1;

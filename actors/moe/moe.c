@@ -131,8 +131,9 @@ typedef struct op {
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
     uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
-    float *gy;                /* backward: the output gradient, then d loss / d scores etc. */
-    float *gS, *gP, *gxg, *gW;
+    float *gy;                /* backward: the output gradient [B, D] (a copy) */
+    float *gS, *gP;           /* backward: d loss / d scores, d loss / d probabilities (switch) [B, total] */
+    float *gxg, *gW;          /* backward: the job's scratch [B, in] and gradients [total, in + 1] */
     float bal_coef;
     moe_fwd_cb fcb;
     moe_bwd_cb bcb;

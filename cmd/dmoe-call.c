@@ -6,7 +6,7 @@
  *   dmoe-call --initial_peers MADDR... forward UID ...      (the expert is looked up in the DHT)
  *   dmoe-call --initial_peers MADDR... find UID...
  *   dmoe-call --initial_peers MADDR... dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest]
- *   dmoe-call --peer ADDR load [flags]                       (the load generator: actors/loadgen.h)
+ *   dmoe-call --peer ADDR load [flags]                       (the load generator: cmd/call/load_cmd.c)
  *   dmoe-call --initial_peers MADDR... moe --uid_prefix expert. --grid_size 15 --k_best 2 --random 3x512
  *
  * forward and backward first ask the expert for its schema (info) and check the tensors against it
@@ -24,7 +24,7 @@
 #include "actors/dht/dht_cli.h"
 #include "actors/grid/dht_experts.h"
 #include "cmd/call/load_cmd.h"
-#include "actors/moe/moe_net.h"
+#include "cmd/call/moe_cmd.h"
 #include "actors/net/remote.h"
 #include "kernels/kern_rng.h"
 #include "runtime/text/rt_args.h"
@@ -66,13 +66,7 @@ static void finish(app *a)
 static void fail(app *a, int status, int code, const char *msg)
 {
     a->status = status;
-    if (a->json) {
-        printf("{\"ok\": false, \"code\": %d, \"error\": ", code < 0 ? -code : code);
-        wire_json_string(stdout, msg, strlen(msg));
-        printf("}\n");
-    } else {
-        fprintf(stderr, "dmoe-call: %s: %s\n", dmoe_strerror(code), msg);
-    }
+    wire_json_error(a->json, "dmoe-call", code, msg);
     finish(a);
 }
 

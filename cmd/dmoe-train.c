@@ -393,7 +393,7 @@ int main(int argc, char **argv)
     }
     moe_cfg_default(&a.mc);
     if (grid_words) {
-        if (moe_cli_parse_grid(grid_words, a.mc.grid_size, &a.mc.ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-train: %s\n", err); bad = 1; }
+        if (moe_parse_grid(grid_words, a.mc.grid_size, &a.mc.ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-train: %s\n", err); bad = 1; }
     } else {
         a.mc.ndim = 1;
         a.mc.grid_size[0] = 15;

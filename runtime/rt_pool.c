@@ -3,7 +3,9 @@
  * Design notes, after libuv's threadpool and memcached's notify pipe: one mutex guards the submission
  * queue (workers wait on a condition variable) and another guards the completion list. The eventfd is
  * written only when the completion list goes from empty to non-empty, so a burst of completions costs
- * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap.
+ * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap. The eventfd's
+ * event is registered only while jobs are in flight, so an idle pool does not keep rt_loop_run from
+ * returning when nothing else is pending (a stale wake-up left behind is read and finds nothing).
  */
 #include "runtime/rt_pool.h"
 
@@ -79,7 +81,7 @@ static void deliver(rt_pool *p, rt_job *j)
         rt_job *next = j->next_job;
         rt_actor *owner = j->owner;
         j->next_job = NULL;
-        p->inflight--;
+        if (--p->inflight == 0) event_del(p->ev);
         if (rt_send(owner, &j->msg) != 0) rt_msg_drop(&j->msg);
         rt_actor_job_done(owner);
         j = next;
@@ -107,7 +109,7 @@ rt_pool *rt_pool_new(rt_loop *l, int nthreads)
     pthread_mutex_init(&p->dlock, NULL);
     pthread_cond_init(&p->qcond, NULL);
     p->ev = event_new(rt_loop_base(l), p->efd, EV_READ | EV_PERSIST, on_wake, p);
-    if (!p->ev || event_add(p->ev, NULL) != 0) goto fail_sync;
+    if (!p->ev) goto fail_sync;
     for (int i = 0; i < nthreads; i++) {
         if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0) {
             LOG_ERROR("cannot start worker thread %d", i);
@@ -138,6 +140,7 @@ int rt_pool_submit(rt_pool *p, rt_job *j)
     if (j->owner->stopped) return DMOE_ESHUTDOWN;
     pthread_mutex_lock(&p->qlock);
     if (p->stopping) { pthread_mutex_unlock(&p->qlock); return DMOE_ESHUTDOWN; }
+    if (p->inflight == 0 && event_add(p->ev, NULL) != 0) { pthread_mutex_unlock(&p->qlock); return DMOE_EINTERNAL; }
     j->next_job = NULL;
     if (p->q_tail) p->q_tail->next_job = j;
     else p->q_head = j;

@@ -34,7 +34,8 @@ int rt_pool_threads(const rt_pool *p);
 /* rt_pool_queued returns the jobs submitted and not yet delivered (loop thread). */
 int rt_pool_inflight(const rt_pool *p);
 /* rt_pool_submit queues j (run and owner set) from the loop thread; the pool owns j until it comes
- * back as mail. Returns 0 or DMOE_ESHUTDOWN (owner stopped or pool stopping: the caller keeps j). */
+ * back as mail. Returns 0 or DMOE_ESHUTDOWN (owner stopped or pool stopping) / DMOE_EINTERNAL (the
+ * loop refused the wake-up event); on error the caller keeps j. */
 int rt_pool_submit(rt_pool *p, rt_job *j);
 /* rt_pool_free finishes the queued jobs, joins the workers, drops completions not yet delivered. */
 void rt_pool_free(rt_pool *p);

@@ -1,46 +1,60 @@
-/* moe.c -- the Mixture-of-Experts layer: gating, dispatch with deadlines, masking, backward (see moe.h).
+/* moe.c -- the Mixture-of-Experts layer: its parameters, the forward record, and the call actor that
+ * runs one forward or backward (see moe.h).
  *
- * Design notes. A forward or backward is an "op": an actor with one deadline timer. A forward computes
- * the gating scores on the loop (a small gemm), runs the batched beam search (moe_beam.h), groups the
- * chosen (sample, expert) pairs by expert, and sends one request per expert with all its rows. Each
- * reply updates per-sample answer counts; once every sample has k_min answers or nothing left pending,
- * the finish time moves to now + timeout_after_k_min (never later than the deadline). At the finish
- * time, or when nothing is pending, the op combines what it has and calls back. Requests still out
- * then are abandoned: their replies are dropped when they come (the client's own timeout bounds them),
- * and the op frees itself only when the last one has come back, so no callback ever sees freed memory.
+ * The arithmetic lives in moe_math.c, the beam search in moe_beam.c, the network behind the two ports
+ * (moe_succ_provider, moe_caller) in moe_adapt.c; this file owns the state and the timing.
+ *
+ * Design notes. A forward or backward is an "op": an actor with one deadline timer and one worker job.
+ *   Forward:  moe_forward_ex copies the input, draws the switch layer's jitter and dropout mask (the
+ *             layer's random stream, in call order), snapshots the gating parameters and hands the
+ *             gating GEMM (and the switch softmax) to the pool -> the job comes back as mail ->
+ *             batched beam search (moe_beam.h) -> the chosen (sample, expert) pairs grouped by expert
+ *             -> one request per expert with all its rows, all sent at once -> answers -> combine.
+ *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
+ *             answered the forward -> answers -> d loss / d scores on the loop -> the gating backward
+ *             GEMM on the pool -> the gradients copied into the layer -> callback.
+ * Each reply updates per-sample answer counts; once every sample has k_min answers or nothing left
+ * pending, the finish time moves to now + timeout_after_k_min (never later than the deadline). At the
+ * finish time, or when nothing is pending, the op combines what it has. Failed and late answers -- and,
+ * with detect_anomalies, answers with NaN or Inf -- are masked out. Requests still out then are
+ * abandoned: their replies are dropped when they come (the caller's own timeout bounds them), and the
+ * op stops itself only when it has called back, no request is out and its job is back, so no callback
+ * ever sees freed memory.
  *
  * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
  * of the extra inputs (the same refcounted tensors are sent again: the node needs every input), outputs
- * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph:
- * grad_output_j = weight_j * gy goes to expert j; d loss / d logit comes from the softmax (or, in switch
- * mode, the per-dimension softmaxes and the balancing loss); the gating Linear's gradients and its input
- * gradient are computed locally; experts that fail the backward contribute nothing.
+ * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
+ * fail the backward contribute nothing to the input gradient.
  *
- * Loop thread only.
+ * Threads. Everything here runs on the loop thread except the two gating GEMMs, which run on a worker
+ * of the layer's pool (cfg.pool, or one worker of its own) on buffers nothing else touches meanwhile:
+ * the op's parameter snapshot and the moe_fwd's gating buffers, which the caller may not read before
+ * the callback. Callbacks run on the loop, never inside the call that started them. Every allocation
+ * failure after a call started is reported through its callback (DMOE_ENOMEM).
  */
 #include "actors/moe/moe.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
+#include "actors/moe/moe_math.h"
 #include "kernels/kern_ops.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_map.h"
 
 #define MOE_DEFAULT_TIMEOUT_S 30.0   /* hivemind's None would wait forever; a bound keeps programs alive */
 
-enum { MSG_TIMER = 1 };
+enum { MSG_TIMER = 1, MSG_START, MSG_GATED };
 
 struct moe_layer {
     rt_loop *loop;
-    moe_cfg c;
-    int total;
-    int off[MOE_MAX_DIMS];
+    rt_pool *own_pool;        /* the pool the layer started when cfg.pool was NULL */
+    moe_cfg c;                /* c.pool: the pool the gating GEMMs run on */
+    moe_grid g;
     float *params, *grads;    /* W[total, in] then b[total] */
     size_t nparams;
     float *util;              /* switch: utilisation EMA */
@@ -79,6 +93,21 @@ struct moe_fwd {
     moe_fwd_stats st;
 };
 
+/* One gating GEMM for a worker: only these buffers, which nothing else touches while the job is out. */
+typedef struct {
+    rt_job job;
+    int backward;
+    moe_grid g;
+    int64_t B;
+    int in;
+    const float *W, *b;       /* the op's parameter snapshot */
+    const float *xg, *noise;
+    const uint8_t *keep;      /* forward, switch: the dropout mask, or NULL */
+    float *S, *P;             /* forward: the moe_fwd's scores and probabilities */
+    const float *gS;          /* backward: d loss / d scores */
+    float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
+} gate_job;
+
 typedef struct {
     struct op *o;
     int e;
@@ -87,17 +116,24 @@ typedef struct {
 typedef struct op {
     rt_actor actor;
     rt_timer timer;
+    rt_msg start;             /* backward: dispatch on the next loop round */
+    gate_job gj;
+    int job_out;              /* the gating job is on the pool */
     moe_layer *m;
     moe_fwd *f;
     int backward;
     moe_beam *beam;
     moe_search *search;
     call_ctx *ctx;
-    int pending, finished, dispatched;
+    int pending, finished;
     int *need, *got;          /* per sample: answers wanted, answers received */
     int *left;                /* per sample: requests still out */
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
-    float *gy;
+    float *wsnap;             /* the gating parameters when the GEMM was handed out */
+    uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
+    float *gy;                /* backward: the output gradient [B, D] (a copy) */
+    float *gS, *gP;           /* backward: d loss / d scores, d loss / d probabilities (switch) [B, total] */
+    float *gxg, *gW;          /* backward: the job's scratch [B, in] and gradients [total, in + 1] */
     float bal_coef;
     moe_fwd_cb fcb;
     moe_bwd_cb bcb;
@@ -132,40 +168,46 @@ int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, c
     if (c->k_min < 0 || c->backward_k_min < 0) BAD("k_min and backward_k_min must be >= 0");
     if (c->is_switch && (c->grid_dropout <= 0 || c->grid_dropout > 1 || c->jitter_eps < 0 || c->jitter_eps >= 1))
         BAD("grid_dropout must be in (0, 1] and jitter_eps in [0, 1)");
+    for (int d = 0; d < c->ndim; d++)
+        if (c->grid_size[d] < 1 || c->grid_size[d] > (1 << 20)) BAD("grid_size[%d] must be in 1..%d", d, 1 << 20);
+    char prefix[sizeof c->uid_prefix];
+    size_t pl = strlen(c->uid_prefix);
+    snprintf(prefix, sizeof prefix, "%s", c->uid_prefix);
+    if (pl == 0 || prefix[pl - 1] != UID_DELIMITER) {
+        if (pl + 1 >= sizeof prefix) BAD("uid_prefix too long");
+        prefix[pl] = UID_DELIMITER;
+        prefix[pl + 1] = '\0';
+    }
+    if (!uid_is_valid_prefix(prefix)) BAD("uid_prefix %s is not a valid prefix", c->uid_prefix);
+#undef BAD
     moe_layer *m = calloc(1, sizeof *m);
     if (!m) return DMOE_ENOMEM;
     m->loop = l;
     m->c = *c;
+    memcpy(m->c.uid_prefix, prefix, sizeof prefix);
     if (m->c.forward_timeout <= 0) m->c.forward_timeout = MOE_DEFAULT_TIMEOUT_S;
     if (m->c.backward_timeout <= 0) m->c.backward_timeout = MOE_DEFAULT_TIMEOUT_S;
-    size_t pl = strlen(m->c.uid_prefix);
-    if (pl == 0 || m->c.uid_prefix[pl - 1] != UID_DELIMITER) {
-        if (pl + 1 >= sizeof m->c.uid_prefix) { free(m); BAD("uid_prefix too long"); }
-        m->c.uid_prefix[pl] = UID_DELIMITER;
-        m->c.uid_prefix[pl + 1] = '\0';
-    }
-    if (!uid_is_valid_prefix(m->c.uid_prefix)) { free(m); BAD("uid_prefix %s is not a valid prefix", c->uid_prefix); }
-    for (int d = 0; d < c->ndim; d++) {
-        if (c->grid_size[d] < 1 || c->grid_size[d] > (1 << 20)) { free(m); BAD("grid_size[%d] must be in 1..%d", d, 1 << 20); }
-        m->off[d] = m->total;
-        m->total += c->grid_size[d];
-    }
-    m->nparams = (size_t)m->total * (size_t)(c->in_features + 1);
+    moe_grid_init(&m->g, c->grid_size, c->ndim);
+    m->nparams = (size_t)m->g.total * (size_t)(c->in_features + 1);
     m->params = malloc(m->nparams * sizeof *m->params);
     m->grads = calloc(m->nparams, sizeof *m->grads);
-    m->util = malloc((size_t)m->total * sizeof *m->util);
-    if (!m->params || !m->grads || !m->util) { moe_layer_free(m); return DMOE_ENOMEM; }
+    m->util = malloc((size_t)m->g.total * sizeof *m->util);
+    if (!c->pool) m->c.pool = m->own_pool = rt_pool_new(l, 1);
+    if (!m->params || !m->grads || !m->util || !m->c.pool) {
+        moe_layer_free(m);
+        snprintf(err, errlen, "out of memory");
+        return DMOE_ENOMEM;
+    }
     kern_rng_seed(&m->rng, c->seed);
     float bound = 1.0f / sqrtf((float)c->in_features);
     kern_init_uniform(m->params, m->nparams, bound, &m->rng);
     for (int d = 0; d < c->ndim; d++)
-        for (int i = 0; i < c->grid_size[d]; i++) m->util[m->off[d] + i] = 1.0f / (float)c->grid_size[d];
+        for (int i = 0; i < c->grid_size[d]; i++) m->util[m->g.off[d] + i] = 1.0f / (float)c->grid_size[d];
     m->succ = *succ;
     m->caller = *caller;
     m->out_dim = c->out_features > 0 ? c->out_features : 0;
     *out = m;
     return 0;
-#undef BAD
 }
 
 const moe_cfg *moe_layer_cfg(const moe_layer *m) { return &m->c; }
@@ -176,6 +218,7 @@ const float *moe_layer_utilization(const moe_layer *m) { return m->util; }
 void moe_layer_free(moe_layer *m)
 {
     if (!m) return;
+    rt_pool_free(m->own_pool);
     free(m->params);
     free(m->grads);
     free(m->util);
@@ -227,6 +270,19 @@ float moe_fwd_expert_weight(const moe_fwd *f, int64_t b, const char *uid)
     return 0;
 }
 
+/* slots_of describes sample b's slots for moe_math: each slot's coordinates, whether it answered the
+ * forward, and its output row (NULL when it did not answer or the output is not there yet). */
+static void slots_of(const moe_fwd *f, int ndim, int64_t b, int *coords, uint8_t *ok, const float **out)
+{
+    for (int j = 0; j < f->k; j++) {
+        int ei = f->slot_exp[b * f->k + j];
+        const moe_exp *e = ei >= 0 ? &f->exp[ei] : NULL;
+        memcpy(coords + j * ndim, e ? e->coords : (const int[MOE_MAX_DIMS]){ 0 }, (size_t)ndim * sizeof *coords);
+        ok[j] = e && e->ok;
+        out[j] = ok[j] && e->out.buf ? rx_tensor_f32(&e->out) + f->slot_row[b * f->k + j] * f->D : NULL;
+    }
+}
+
 /* ---- the op actor ---- */
 
 static void op_destroy(rt_actor *self)
@@ -238,14 +294,20 @@ static void op_destroy(rt_actor *self)
     free(o->need);
     free(o->got);
     free(o->left);
+    free(o->wsnap);
+    free(o->keep);
     free(o->gy);
+    free(o->gS);
+    free(o->gP);
+    free(o->gxg);
+    free(o->gW);
     free(o);
 }
 
-/* op_release stops o once it has called back and no request is out. */
+/* op_release stops o once it has called back, no request is out and its job is back. */
 static void op_release(op *o)
 {
-    if (o->finished && o->pending == 0) rt_actor_stop(&o->actor);
+    if (o->finished && o->pending == 0 && !o->job_out) rt_actor_stop(&o->actor);
 }
 
 static void arm(op *o)
@@ -255,24 +317,35 @@ static void arm(op *o)
     rt_timer_start(&o->timer, at > now ? (at - now + 999) / 1000 : 0, 0);
 }
 
+/* op_fail calls back with err (a forward's record is freed) and ends the op. */
 static void op_fail(op *o, int err, const char *msg)
 {
     o->finished = 1;
     rt_timer_cancel(&o->timer);
     if (o->search) { moe_search_cancel(o->search); o->search = NULL; }
+    moe_fwd *f = o->f;
+    o->f = NULL;
     if (o->backward) {
         o->bcb(o->arg, err, msg, NULL);
     } else {
-        moe_fwd *f = o->f;
-        o->f = NULL;
         o->fcb(o->arg, err, msg, NULL);
         moe_fwd_free(f);
     }
     op_release(o);
 }
 
+/* submit_gating hands o->gj to the pool. Returns 0 or the pool's error. */
+static int submit_gating(op *o)
+{
+    int rc = rt_pool_submit(o->m->c.pool, &o->gj.job);
+    if (rc == 0) o->job_out = 1;
+    return rc;
+}
+
 static void fwd_complete(op *o);
 static void bwd_complete(op *o);
+static void on_gated(op *o);
+static void send_all(op *o);
 
 static void op_complete(op *o)
 {
@@ -297,11 +370,9 @@ static void settle(op *o)
     }
 }
 
-static void op_handle(rt_actor *self, rt_msg *msg)
+static void on_timer(op *o)
 {
-    op *o = (op *)self;
-    rt_msg_drop(msg);
-    if (o->finished) return;
+    if (o->finished || o->job_out) return;   /* a forward's gating job re-arms the timer when it is back */
     uint64_t now = rt_clock_us();
     if (now + 500 < o->finish_at && now + 500 < o->deadline) { arm(o); return; }
     if (o->search) {
@@ -311,19 +382,47 @@ static void op_handle(rt_actor *self, rt_msg *msg)
     op_complete(o);
 }
 
+static void op_handle(rt_actor *self, rt_msg *msg)
+{
+    op *o = (op *)self;
+    int type = msg->type;
+    rt_msg_drop(msg);
+    if (type == MSG_TIMER) on_timer(o);
+    else if (type == MSG_START && !o->finished) send_all(o);
+    else if (type == MSG_GATED) on_gated(o);
+}
+
+static void gate_run(rt_job *j)
+{
+    gate_job *g = (gate_job *)j;
+    if (g->backward)
+        moe_math_gating_bwd(&g->g, g->xg, g->gS, g->B, g->in, g->W, g->noise, g->gW, g->gb, g->gx, g->gxg);
+    else
+        moe_math_gating(&g->g, g->xg, g->B, g->in, g->W, g->b, g->keep, g->S, g->P);
+}
+
 static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
 {
     op *o = calloc(1, sizeof *o);
     if (!o) return NULL;
     rt_actor_init(&o->actor, m->loop, backward ? "moe_bwd" : "moe_fwd", op_handle, op_destroy);
     if (rt_timer_init(&o->timer, &o->actor, MSG_TIMER) != 0) { free(o); return NULL; }
+    o->start.type = MSG_START;
+    o->gj.job.msg.type = MSG_GATED;
+    o->gj.job.run = gate_run;
+    o->gj.job.owner = &o->actor;
+    o->gj.backward = backward;
+    o->gj.g = m->g;
+    o->gj.B = f->B;
+    o->gj.in = f->in;
     o->m = m;
     o->f = f;
     o->backward = backward;
     o->need = calloc((size_t)f->B, sizeof *o->need);
     o->got = calloc((size_t)f->B, sizeof *o->got);
     o->left = calloc((size_t)f->B, sizeof *o->left);
-    if (!o->need || !o->got || !o->left) { rt_actor_stop(&o->actor); return NULL; }
+    o->wsnap = malloc(m->nparams * sizeof *o->wsnap);
+    if (!o->need || !o->got || !o->left || !o->wsnap) { rt_actor_stop(&o->actor); return NULL; }
     o->t0 = rt_clock_us();
     o->deadline = o->t0 + (uint64_t)(timeout_s * 1e6);
     o->finish_at = o->deadline;
@@ -331,12 +430,20 @@ static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
     return o;
 }
 
+/* op_abort ends an op that never called back and has nothing out (its starter reports the error). */
+static void op_abort(op *o)
+{
+    o->f = NULL;
+    o->finished = 1;
+    op_release(o);
+}
+
 /* ---- dispatch ---- */
 
 static int valid_answer(const op *o, const moe_exp *e, const rx_tensor *t, int D)
 {
     if (t->dtype != WIRE_DT_F32 || t->ndim != 2 || t->shape[0] != e->nrows) return 0;
-    if (D > 0 && t->shape[1] != D) return 0;
+    if (D > 0 ? t->shape[1] != D : t->shape[1] < 1) return 0;   /* a forward's first answer sets D */
     if (o->m->c.detect_anomalies && t->numel && !kern_all_finite(rx_tensor_f32(t), t->numel)) return 0;
     return 1;
 }
@@ -384,14 +491,16 @@ static void send_all(op *o)
     moe_fwd *f = o->f;
     o->ctx = calloc((size_t)(f->nexp ? f->nexp : 1), sizeof *o->ctx);
     if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
-    o->dispatched = 1;
     for (int ei = 0; ei < f->nexp; ei++) {
         moe_exp *e = &f->exp[ei];
         if (o->backward && !e->ok) continue;
         rx_tensor gout = {0};
         if (o->backward) {
             int64_t shape[2] = { e->nrows, f->D };
-            if (rx_tensor_alloc(&gout, WIRE_DT_F32, 2, shape) != 0) continue;
+            if (rx_tensor_alloc(&gout, WIRE_DT_F32, 2, shape) != 0) {
+                op_fail(o, DMOE_ENOMEM, "out of memory for an expert's output gradient");
+                return;
+            }
             float *g = rx_tensor_f32(&gout);
             for (int64_t r = 0; r < e->nrows; r++) {
                 int64_t b = e->rows[r];
@@ -417,34 +526,41 @@ static void send_all(op *o)
     settle(o);
 }
 
+/* add_expert appends the expert ch to f's requests and indexes it by uid in by_uid. Returns its index,
+ * -1 when its uid is not a grid coordinate of the layer (skipped), or DMOE_ENOMEM. */
+static int add_expert(moe_layer *m, moe_fwd *f, rt_map *by_uid, const moe_beam_expert *ch)
+{
+    moe_exp *e = &f->exp[f->nexp];
+    snprintf(e->uid, sizeof e->uid, "%s", ch->uid);
+    e->addr = ch->addr;
+    if (moe_beam_expert_coords(m->c.uid_prefix, m->c.grid_size, m->c.ndim, e->uid, e->coords) != 0)
+        return -1;   /* a FLAT_EXPERT entry of a 1-d grid always parses; anything else was filtered */
+    e->rows = malloc((size_t)f->B * sizeof *e->rows);
+    if (!e->rows) return DMOE_ENOMEM;
+    if (rt_map_put(by_uid, e->uid, strlen(e->uid), e) != 0) {   /* the key lives in e, as long as f */
+        free(e->rows);
+        e->rows = NULL;
+        return DMOE_ENOMEM;
+    }
+    return f->nexp++;
+}
+
 /* group_experts turns the beam search's per-sample choices into one request per expert. */
 static int group_experts(op *o)
 {
     moe_fwd *f = o->f;
     moe_layer *m = o->m;
-    size_t cap = 64;
-    while (cap < (size_t)(f->B * f->k) * 2) cap *= 2;
-    int *slots = malloc(cap * sizeof *slots);
     f->exp = calloc((size_t)(f->B * f->k), sizeof *f->exp);
-    if (!slots || !f->exp) { free(slots); return DMOE_ENOMEM; }
-    for (size_t i = 0; i < cap; i++) slots[i] = -1;
+    if (!f->exp) return DMOE_ENOMEM;
+    rt_map by_uid = RT_MAP_INIT;   /* uid -> its moe_exp */
     for (int64_t b = 0; b < f->B; b++) {
         const moe_beam_expert *ch;
         size_t n = moe_beam_result(o->beam, b, &ch);
         for (size_t j = 0; j < n; j++) {
-            size_t h = (size_t)XXH3_64bits(ch[j].uid, strlen(ch[j].uid)) & (cap - 1);
-            while (slots[h] >= 0 && strcmp(f->exp[slots[h]].uid, ch[j].uid) != 0) h = (h + 1) & (cap - 1);
-            if (slots[h] < 0) {
-                moe_exp *e = &f->exp[f->nexp];
-                snprintf(e->uid, sizeof e->uid, "%s", ch[j].uid);
-                e->addr = ch[j].addr;
-                if (moe_beam_expert_coords(m->c.uid_prefix, m->c.grid_size, m->c.ndim, e->uid, e->coords) != 0)
-                    continue;   /* a FLAT_EXPERT entry of a 1-d grid always parses; anything else was filtered */
-                e->rows = malloc((size_t)f->B * sizeof *e->rows);
-                if (!e->rows) { free(slots); return DMOE_ENOMEM; }
-                slots[h] = f->nexp++;
-            }
-            int ei = slots[h];
+            moe_exp *found = rt_map_get(&by_uid, ch[j].uid, strlen(ch[j].uid));
+            int ei = found ? (int)(found - f->exp) : add_expert(m, f, &by_uid, &ch[j]);
+            if (ei == DMOE_ENOMEM) { rt_map_clear(&by_uid); return DMOE_ENOMEM; }
+            if (ei < 0) continue;
             moe_exp *e = &f->exp[ei];
             f->slot_exp[b * f->k + (int64_t)j] = ei;
             f->slot_row[b * f->k + (int64_t)j] = e->nrows;
@@ -452,7 +568,7 @@ static int group_experts(op *o)
         }
         o->need[b] = m->c.k_min < (int)n ? m->c.k_min : (int)n;
     }
-    free(slots);
+    rt_map_clear(&by_uid);
     for (int ei = 0; ei < f->nexp; ei++) {
         moe_exp *e = &f->exp[ei];
         int64_t shape[2] = { e->nrows, f->in };
@@ -489,34 +605,6 @@ static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
 
 /* ---- forward ---- */
 
-/* gating computes S = xg W^T + b, and in switch mode the dropout and per-dimension softmax P. */
-static void gating(moe_layer *m, moe_fwd *f)
-{
-    int T = m->total, in = f->in;
-    kern_linear_fwd(f->xg, f->B, in, m->params, m->params + (size_t)T * (size_t)in, T, f->S);
-    if (!m->c.is_switch) return;
-    uint8_t keep[1 << 12];
-    uint8_t *kp = T <= (int)sizeof keep ? keep : malloc((size_t)T);
-    for (int t = 0; t < T; t++) kp[t] = 1;
-    if (kp && m->c.grid_dropout < 1.0)
-        for (int t = 0; t < T; t++) kp[t] = kern_rng_uniform(&m->rng) < m->c.grid_dropout;
-    for (int64_t b = 0; b < f->B; b++) {
-        for (int d = 0; d < m->c.ndim; d++) {
-            float *s = f->S + b * T + m->off[d], *p = f->P + b * T + m->off[d];
-            int G = m->c.grid_size[d];
-            float mx = -INFINITY;
-            for (int i = 0; i < G; i++) {
-                if (kp && !kp[m->off[d] + i]) s[i] = -INFINITY;
-                if (s[i] > mx) mx = s[i];
-            }
-            double z = 0;
-            for (int i = 0; i < G; i++) z += (p[i] = isinf(s[i]) ? 0.0f : expf(s[i] - mx));
-            for (int i = 0; i < G; i++) p[i] = z > 0 ? (float)(p[i] / z) : 0.0f;
-        }
-    }
-    if (kp != keep) free(kp);
-}
-
 /* extra_ok checks an extra input: float32 or uint8, [B, ...], finite with detect_anomalies. */
 static int extra_ok(const moe_layer *m, const rx_tensor *t, int64_t B)
 {
@@ -533,21 +621,17 @@ int moe_forward(moe_layer *m, const float *x, int64_t B, moe_fwd_cb cb, void *ar
     return moe_forward_ex(m, x, B, NULL, 0, cb, arg);
 }
 
-int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd_cb cb,
-                   void *arg)
+/* fwd_new makes the forward record for x[B, in] and the extra inputs (copied), with room for the
+ * gating. Returns NULL when out of memory. */
+static moe_fwd *fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra)
 {
-    if (B < 1 || B > (1 << 24)) return DMOE_EINVAL;
-    if (n_extra < 0 || n_extra > KERN_MAX_IO - 1 || (n_extra > 0 && !extra)) return DMOE_EINVAL;
-    for (int i = 0; i < n_extra; i++)
-        if (!extra_ok(m, &extra[i], B)) return DMOE_EINVAL;
-    int in = m->c.in_features, T = m->total, k = m->c.k_best;
-    if (m->c.detect_anomalies && !kern_all_finite(x, (size_t)B * (size_t)in)) return DMOE_EINVAL;
+    int in = m->c.in_features, T = m->g.total, k = m->c.k_best;
     moe_fwd *f = calloc(1, sizeof *f);
-    if (!f) return DMOE_ENOMEM;
+    if (!f) return NULL;
     for (int i = 0; i < n_extra; i++) {
         if (rx_tensor_alloc(&f->extra[i], extra[i].dtype, extra[i].ndim, extra[i].shape) != 0) {
             moe_fwd_free(f);
-            return DMOE_ENOMEM;
+            return NULL;
         }
         f->n_extra = i + 1;
         if (extra[i].numel) memcpy(f->extra[i].buf->data, extra[i].buf->data, extra[i].numel * wire_dtype_size(extra[i].dtype));
@@ -568,33 +652,78 @@ int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *ext
     f->w = calloc((size_t)(B * k), sizeof *f->w);
     if (!f->x || !f->xg || !f->S || !f->slot_exp || !f->slot_row || !f->w || (m->c.is_switch && (!f->P || !f->noise))) {
         moe_fwd_free(f);
-        return DMOE_ENOMEM;
+        return NULL;
     }
     for (int64_t i = 0; i < B * k; i++) f->slot_exp[i] = -1;
     memcpy(f->x, x, nx * sizeof *f->x);
     memcpy(f->xg, x, nx * sizeof *f->xg);
-    if (m->c.is_switch) {
-        float eps = (float)m->c.jitter_eps;
-        for (size_t i = 0; i < nx; i++) {
-            f->noise[i] = 1.0f - eps + 2.0f * eps * kern_rng_uniform(&m->rng);
-            f->xg[i] *= f->noise[i];
-        }
-    }
-    gating(m, f);
+    return f;
+}
+
+int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd_cb cb,
+                   void *arg)
+{
+    if (B < 1 || B > (1 << 24)) return DMOE_EINVAL;
+    if (n_extra < 0 || n_extra > KERN_MAX_IO - 1 || (n_extra > 0 && !extra)) return DMOE_EINVAL;
+    for (int i = 0; i < n_extra; i++)
+        if (!extra_ok(m, &extra[i], B)) return DMOE_EINVAL;
+    int in = m->c.in_features, T = m->g.total;
+    if (m->c.detect_anomalies && !kern_all_finite(x, (size_t)B * (size_t)in)) return DMOE_EINVAL;
+    moe_fwd *f = fwd_new(m, x, B, extra, n_extra);
+    if (!f) return DMOE_ENOMEM;
     op *o = op_new(m, f, 0, m->c.forward_timeout);
     if (!o) { moe_fwd_free(f); return DMOE_ENOMEM; }
     o->fcb = cb;
     o->arg = arg;
-    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, B, f->S, k, &o->beam);
-    if (rc == 0) rc = moe_beam_search(&m->succ, o->beam, on_searched, o, &o->search);
-    if (rc) {
-        o->f = NULL;
-        o->finished = 1;
-        op_release(o);
-        moe_fwd_free(f);
-        return rc;
+    if (m->c.is_switch && m->c.grid_dropout < 1.0) {
+        o->keep = malloc((size_t)T);
+        if (!o->keep) { op_abort(o); moe_fwd_free(f); return DMOE_ENOMEM; }
     }
+    /* the layer's random stream, in call order: the jitter of the gating input, then the dropout mask */
+    if (m->c.is_switch) {
+        float eps = (float)m->c.jitter_eps;
+        for (size_t i = 0; i < (size_t)B * (size_t)in; i++) {
+            f->noise[i] = 1.0f - eps + 2.0f * eps * kern_rng_uniform(&m->rng);
+            f->xg[i] *= f->noise[i];
+        }
+    }
+    for (int t = 0; o->keep && t < T; t++) o->keep[t] = kern_rng_uniform(&m->rng) < m->c.grid_dropout;
+    memcpy(o->wsnap, m->params, m->nparams * sizeof *o->wsnap);
+    gate_job *g = &o->gj;
+    g->W = o->wsnap;
+    g->b = o->wsnap + (size_t)T * (size_t)in;
+    g->xg = f->xg;
+    g->keep = o->keep;
+    g->S = f->S;
+    g->P = f->P;
+    int rc = submit_gating(o);
+    if (rc) { op_abort(o); moe_fwd_free(f); return rc; }
     return 0;
+}
+
+/* on_gated: the gating job is back. A forward starts its beam search; a backward is done. */
+static void on_gated(op *o)
+{
+    o->job_out = 0;
+    if (o->backward) {
+        moe_fwd *f = o->f;
+        memcpy(o->m->grads, o->gW, o->m->nparams * sizeof *o->gW);
+        o->f = NULL;
+        o->bcb(o->arg, 0, "", f->gx);
+        op_release(o);
+        return;
+    }
+    moe_layer *m = o->m;
+    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, o->f->k, &o->beam);
+    if (rc) { op_fail(o, rc, "cannot start the beam search"); return; }
+    rc = moe_beam_search(&m->succ, o->beam, on_searched, o, &o->search);
+    if (rc) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cannot start the beam search: %s", dmoe_strerror(rc));
+        op_fail(o, rc, msg);
+        return;
+    }
+    arm(o);   /* the deadline may have passed while the job was out */
 }
 
 /* fwd_complete combines the answers: weights, output, switch utilisation and balancing loss. */
@@ -602,88 +731,38 @@ static void fwd_complete(op *o)
 {
     moe_fwd *f = o->f;
     moe_layer *m = o->m;
-    o->finished = 1;
-    rt_timer_cancel(&o->timer);
-    int T = m->total, k = f->k;
+    int T = m->g.total, k = f->k, ndim = m->g.ndim;
     if (f->D <= 0) f->D = m->c.out_features > 0 ? m->c.out_features : f->in;
-    if (m->out_dim <= 0) m->out_dim = f->D;
-    for (int ei = 0; ei < f->nexp; ei++) f->st.experts_answered += f->exp[ei].ok;
     f->y = calloc((size_t)f->B * (size_t)f->D, sizeof *f->y);
     f->gx = calloc((size_t)f->B * (size_t)f->in, sizeof *f->gx);
-    if (!f->y || !f->gx) { o->finished = 0; op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    float *count = m->c.is_switch ? calloc((size_t)T, sizeof *count) : NULL;
+    if (!f->y || !f->gx || (m->c.is_switch && !count)) { free(count); op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    o->finished = 1;
+    rt_timer_cancel(&o->timer);
+    if (m->out_dim <= 0) m->out_dim = f->D;
+    for (int ei = 0; ei < f->nexp; ei++) f->st.experts_answered += f->exp[ei].ok;
     int64_t bad = -1;
+    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
+    uint8_t ok[MOE_MAX_BEAM];
+    const float *outs[MOE_MAX_BEAM];
     for (int64_t b = 0; b < f->B; b++) {
-        float *w = f->w + b * k, logit[MOE_MAX_BEAM];
-        float mx = -INFINITY;
-        int any = 0;
-        for (int j = 0; j < k; j++) {
-            int ei = f->slot_exp[b * k + j];
-            w[j] = 0;
-            if (ei < 0 || !f->exp[ei].ok) continue;
-            any = 1;
-            const moe_exp *e = &f->exp[ei];
-            if (m->c.is_switch) {
-                float p = 1;
-                for (int d = 0; d < m->c.ndim; d++) p *= f->P[b * T + m->off[d] + e->coords[d]];
-                w[j] = p;
-            } else {
-                float l = 0;
-                for (int d = 0; d < m->c.ndim; d++) l += f->S[b * T + m->off[d] + e->coords[d]];
-                logit[j] = l;
-                if (l > mx) mx = l;
-            }
-        }
-        if (!any) {
+        slots_of(f, ndim, b, coords, ok, outs);
+        const float *p = m->c.is_switch ? f->P + b * T : NULL;
+        if (moe_math_weights(&m->g, f->S + b * T, p, k, coords, ok, f->w + b * k) == 0) {
             f->st.zero_rows++;
             if (bad < 0) bad = b;
-        } else if (!m->c.is_switch) {
-            double z = 0;
-            for (int j = 0; j < k; j++) {
-                int ei = f->slot_exp[b * k + j];
-                if (ei >= 0 && f->exp[ei].ok) z += (w[j] = expf(logit[j] - mx));
-            }
-            for (int j = 0; j < k; j++) w[j] = (float)(w[j] / z);
         }
-        float *y = f->y + b * f->D;
-        for (int j = 0; j < k; j++) {
-            int ei = f->slot_exp[b * k + j];
-            if (ei < 0 || !f->exp[ei].ok || w[j] == 0) continue;
-            const float *oe = rx_tensor_f32(&f->exp[ei].out) + f->slot_row[b * k + j] * f->D;
-            for (int d = 0; d < f->D; d++) y[d] += w[j] * oe[d];
-        }
-        if (m->c.is_switch && f->D == f->in)
-            for (int d = 0; d < f->D; d++) y[d] += f->x[b * f->in + d];
+        const float *residual = m->c.is_switch && f->D == f->in ? f->x + b * f->in : NULL;
+        moe_math_mix(k, f->w + b * k, outs, f->D, residual, f->y + b * f->D);
     }
     if (m->c.is_switch) {
-        /* utilisation of the answering experts this batch, L1-normalised per dimension, into the EMA */
-        float *bu = calloc((size_t)T, sizeof *bu);
-        if (bu) {
-            for (int ei = 0; ei < f->nexp; ei++)
-                if (f->exp[ei].ok)
-                    for (int d = 0; d < m->c.ndim; d++) bu[m->off[d] + f->exp[ei].coords[d]] += (float)f->exp[ei].nrows;
-            float a = (float)m->c.utilization_alpha;
-            for (int d = 0; d < m->c.ndim; d++) {
-                double s = 0;
-                for (int i = 0; i < m->c.grid_size[d]; i++) s += bu[m->off[d] + i];
-                for (int i = 0; i < m->c.grid_size[d]; i++) {
-                    float v = s > 0 ? (float)(bu[m->off[d] + i] / s) : 0.0f;
-                    m->util[m->off[d] + i] = a * m->util[m->off[d] + i] + (1 - a) * v;
-                }
-            }
-            free(bu);
-        }
-        double bal = 0;
-        for (int d = 0; d < m->c.ndim; d++) {
-            int G = m->c.grid_size[d];
-            double s = 0;
-            for (int i = 0; i < G; i++) {
-                double pm = 0;
-                for (int64_t b = 0; b < f->B; b++) pm += f->P[b * T + m->off[d] + i];
-                s += pm / (double)f->B * m->util[m->off[d] + i];
-            }
-            bal += s / G * (double)G * (double)G;
-        }
-        f->bal = (float)bal;
+        /* rows sent to answering experts per coordinate this batch, into the EMA; then the loss */
+        for (int ei = 0; ei < f->nexp; ei++)
+            if (f->exp[ei].ok)
+                for (int d = 0; d < ndim; d++) count[m->g.off[d] + f->exp[ei].coords[d]] += (float)f->exp[ei].nrows;
+        moe_math_util_update(&m->g, count, (float)m->c.utilization_alpha, m->util);
+        free(count);
+        f->bal = moe_math_balancing_loss(&m->g, f->P, f->B, m->util);
     }
     f->st.total_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
     o->f = NULL;
@@ -704,13 +783,17 @@ static void fwd_complete(op *o)
 int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, moe_bwd_cb cb, void *arg)
 {
     if (!f || !gy || f->m != m) return DMOE_EINVAL;
-    size_t ny = (size_t)f->B * (size_t)f->D;
+    size_t ny = (size_t)f->B * (size_t)f->D, ns = (size_t)f->B * (size_t)m->g.total;
     if (m->c.detect_anomalies && !kern_all_finite(gy, ny)) return DMOE_EINVAL;
-    for (int ei = 0; ei < f->nexp; ei++) { rx_tensor_free(&f->exp[ei].gx); f->exp[ei].bok = 0; }
     op *o = op_new(m, f, 1, m->c.backward_timeout);
     if (!o) return DMOE_ENOMEM;
     o->gy = malloc(ny * sizeof *o->gy);
-    if (!o->gy) { o->f = NULL; o->finished = 1; op_release(o); return DMOE_ENOMEM; }
+    o->gS = calloc(ns, sizeof *o->gS);
+    o->gP = m->c.is_switch ? calloc(ns, sizeof *o->gP) : NULL;
+    o->gxg = malloc((size_t)f->B * (size_t)f->in * sizeof *o->gxg);
+    o->gW = malloc(m->nparams * sizeof *o->gW);
+    if (!o->gy || !o->gS || (m->c.is_switch && !o->gP) || !o->gxg || !o->gW) { op_abort(o); return DMOE_ENOMEM; }
+    for (int ei = 0; ei < f->nexp; ei++) { rx_tensor_free(&f->exp[ei].gx); f->exp[ei].bok = 0; }
     memcpy(o->gy, gy, ny * sizeof *o->gy);
     o->bal_coef = balance_coef;
     o->bcb = cb;
@@ -723,41 +806,28 @@ int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, 
         }
         o->need[b] = m->c.backward_k_min < answered ? m->c.backward_k_min : answered;
     }
-    send_all(o);
+    if (rt_send(&o->actor, &o->start) != 0) { op_abort(o); return DMOE_ESHUTDOWN; }
     return 0;
 }
 
-/* gating_backward turns dL/dS into the gating gradients and adds the gating input's gradient to gx. */
-static void gating_backward(moe_layer *m, moe_fwd *f, const float *gS)
-{
-    int T = m->total, in = f->in;
-    float *gxg = malloc((size_t)f->B * (size_t)in * sizeof *gxg);
-    if (!gxg) return;
-    kern_linear_bwd(f->xg, gS, f->B, in, T, m->params, gxg, m->grads, m->grads + (size_t)T * (size_t)in);
-    for (size_t i = 0; i < (size_t)f->B * (size_t)in; i++) f->gx[i] += f->noise ? gxg[i] * f->noise[i] : gxg[i];
-    free(gxg);
-}
-
+/* bwd_complete computes d loss / d scores from the answers on the loop, then hands the gating backward
+ * to the pool (on_gated calls back). */
 static void bwd_complete(op *o)
 {
     moe_fwd *f = o->f;
     moe_layer *m = o->m;
-    o->finished = 1;
-    rt_timer_cancel(&o->timer);
-    int T = m->total, k = f->k, D = f->D;
+    int T = m->g.total, k = f->k, D = f->D, ndim = m->g.ndim;
     for (int64_t b = 0; b < f->B; b++) {
         if (o->got[b] < o->need[b]) {
             char msg[160];
             snprintf(msg, sizeof msg, "backward: sample %lld got %d of the %d expert answers it needs (backward_k_min)",
                      (long long)b, o->got[b], o->need[b]);
-            o->f = NULL;
-            o->bcb(o->arg, DMOE_ETIMEDOUT, msg, NULL);
-            op_release(o);
+            op_fail(o, DMOE_ETIMEDOUT, msg);
             return;
         }
     }
-    float *gS = calloc((size_t)f->B * (size_t)T, sizeof *gS);
-    if (!gS) { o->finished = 0; op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    o->finished = 1;
+    rt_timer_cancel(&o->timer);
     memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
     for (int ei = 0; ei < f->nexp; ei++) {
         const moe_exp *e = &f->exp[ei];
@@ -766,118 +836,35 @@ static void bwd_complete(op *o)
         for (int64_t r = 0; r < e->nrows; r++)
             for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += g[r * f->in + i];
     }
-    float *gP = m->c.is_switch ? calloc((size_t)f->B * (size_t)T, sizeof *gP) : NULL;
+    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
+    uint8_t ok[MOE_MAX_BEAM];
+    const float *outs[MOE_MAX_BEAM];
     for (int64_t b = 0; b < f->B; b++) {
-        const float *gy = o->gy + b * D, *y = f->y + b * D;
-        double gyy = 0;
-        for (int d = 0; d < D; d++) gyy += (double)gy[d] * y[d];
+        const float *gy = o->gy + b * D;
         if (m->c.is_switch && D == f->in)
             for (int d = 0; d < D; d++) f->gx[b * f->in + d] += gy[d];   /* the residual */
-        for (int j = 0; j < k; j++) {
-            int ei = f->slot_exp[b * k + j];
-            if (ei < 0 || !f->exp[ei].ok) continue;
-            const moe_exp *e = &f->exp[ei];
-            const float *oe = rx_tensor_f32(&e->out) + f->slot_row[b * k + j] * D;
-            double go = 0;
-            for (int d = 0; d < D; d++) go += (double)gy[d] * oe[d];
-            float w = f->w[b * k + j];
-            if (!m->c.is_switch) {
-                float gl = (float)(w * (go - gyy));
-                for (int d = 0; d < m->c.ndim; d++) gS[b * T + m->off[d] + e->coords[d]] += gl;
-            } else if (gP) {
-                for (int d = 0; d < m->c.ndim; d++) {
-                    float others = 1;
-                    for (int q = 0; q < m->c.ndim; q++)
-                        if (q != d) others *= f->P[b * T + m->off[q] + e->coords[q]];
-                    gP[b * T + m->off[d] + e->coords[d]] += (float)go * others;
-                }
-            }
-        }
+        slots_of(f, ndim, b, coords, ok, outs);
+        const float *p = m->c.is_switch ? f->P + b * T : NULL;
+        moe_math_slot_grads(&m->g, gy, f->y + b * D, D, k, outs, f->w + b * k, coords, p, o->gS + b * T,
+                            o->gP ? o->gP + b * T : NULL);
+        if (p) moe_math_switch_bwd(&m->g, p, m->util, o->bal_coef, f->B, o->gP + b * T, o->gS + b * T);
     }
-    if (gP) {
-        for (int d = 0; d < m->c.ndim; d++) {
-            int G = m->c.grid_size[d];
-            for (int64_t b = 0; b < f->B; b++) {
-                float *gp = gP + b * T + m->off[d], *gs = gS + b * T + m->off[d];
-                const float *p = f->P + b * T + m->off[d];
-                double dot = 0;
-                for (int i = 0; i < G; i++) {
-                    gp[i] += o->bal_coef * (float)G * m->util[m->off[d] + i] / (float)f->B;
-                    dot += (double)p[i] * gp[i];
-                }
-                for (int i = 0; i < G; i++) gs[i] = p[i] * (float)(gp[i] - dot);
-            }
-        }
-        free(gP);
+    memcpy(o->wsnap, m->params, (size_t)T * (size_t)f->in * sizeof *o->wsnap);
+    gate_job *g = &o->gj;
+    g->W = o->wsnap;
+    g->xg = f->xg;
+    g->noise = f->noise;
+    g->gS = o->gS;
+    g->gW = o->gW;
+    g->gb = o->gW + (size_t)T * (size_t)f->in;
+    g->gx = f->gx;
+    g->gxg = o->gxg;
+    int rc = submit_gating(o);
+    if (rc) {
+        o->f = NULL;
+        o->bcb(o->arg, rc, "cannot hand the gating backward to the worker pool", NULL);
+        op_release(o);
     }
-    gating_backward(m, f, gS);
-    free(gS);
-    o->f = NULL;
-    o->bcb(o->arg, 0, "", f->gx);
-    op_release(o);
-}
-
-/* ---- the client as a caller ---- */
-
-typedef struct {
-    moe_call_cb cb;
-    void *arg;
-    int backward;
-    rx_buf *xbuf;   /* the first input's buffer: a forward's reply leaves its activation handle there */
-} client_ctx;
-
-static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
-{
-    client_ctx *c = arg;
-    rx_tensor out[KERN_MAX_IO];
-    char e[256];
-    if (err) {
-        c->cb(c->arg, err, msg ? msg : dmoe_strerror(err), NULL);
-    } else {
-        int n = rx_result(reply, c->backward ? "grad_inputs" : "outputs", out, KERN_MAX_IO, e, sizeof e);
-        if (n < 1) {
-            c->cb(c->arg, n < 0 ? n : DMOE_EPROTO, n < 0 ? e : "no tensor in the reply", NULL);
-        } else {
-            for (int i = 1; i < n; i++) rx_tensor_free(&out[i]);
-            /* the backward of these rows will send the handle back, so the node skips the recompute */
-            if (!c->backward && c->xbuf) c->xbuf->handle = rx_reply_handle(reply);
-            c->cb(c->arg, 0, "", &out[0]);
-        }
-    }
-    rx_buf_unref(c->xbuf);
-    free(c);
-    return 0;
-}
-
-static int client_caller_call(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
-                              const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg)
-{
-    client *cl = impl;
-    if (n_in < 1 || n_in > KERN_MAX_IO) return DMOE_EINVAL;
-    const rx_tensor *x = &in[0];
-    client_ctx *c = malloc(sizeof *c);
-    if (!c) return DMOE_ENOMEM;
-    *c = (client_ctx){ cb, arg, gout != NULL, x->buf };
-    uint64_t handle = 0;
-    if (x->buf) {
-        rx_buf_ref(x->buf);
-        if (gout) {   /* a handle is good once */
-            handle = x->buf->handle;
-            x->buf->handle = 0;
-        }
-    }
-    uint64_t id = client_next_id(cl);
-    wire_out *req = rx_request_with_handle(id, uid, in, n_in, gout, gout ? 1 : 0, WIRE_COMP_NONE, handle);
-    if (!req) { rx_buf_unref(c->xbuf); free(c); return DMOE_ENOMEM; }
-    int rc = client_call(cl, addr, id, req, timeout_ms, on_client_reply, c);
-    if (rc) { rx_buf_unref(c->xbuf); free(c); }
-    return rc;
-}
-
-void moe_caller_client(client *cl, moe_caller *out)
-{
-    out->impl = cl;
-    out->call = client_caller_call;
 }
 
 /* ---- blocking drivers ---- */

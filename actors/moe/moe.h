@@ -24,8 +24,14 @@
  * [1 - jitter_eps, 1 + jitter_eps] (on a copy), and the layer keeps an exponential moving average of
  * grid utilisation that the load-balancing loss uses, exactly as hivemind defines them.
  *
- * Threads: everything on the loop thread. Each forward or backward call is an actor with a deadline
- * timer; callbacks run on the loop, never inside the call that started them.
+ * Threads: the layer belongs to the loop thread. Each forward or backward call is an actor with a
+ * deadline timer; the gating GEMMs (forward and backward) run on a worker of a pool (cfg.pool, or one
+ * worker the layer starts for itself) and come back as mail. Callbacks run on the loop, never inside
+ * the call that started them.
+ *
+ * Files: moe.c (the layer and its calls), moe_math.c (the arithmetic), moe_beam.c (the search),
+ * moe_adapt.c (the DHT and the client behind the two ports), moe_health.c (leaving dead peers out),
+ * moe_net.c (the set-up programs share).
  */
 #ifndef DMOE_MOE_H
 #define DMOE_MOE_H
@@ -33,10 +39,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "actors/net/client.h"
 #include "actors/moe/moe_beam.h"
 #include "actors/net/remote.h"
 #include "runtime/rt_actor.h"
+#include "runtime/rt_pool.h"
 
 typedef struct {
     int in_features;
@@ -58,6 +64,8 @@ typedef struct {
     double jitter_eps;          /* switch: 1e-2 */
     double grid_dropout;        /* switch: probability of KEEPING a coordinate, 1.0 */
     double utilization_alpha;   /* switch: 0.9 */
+    rt_pool *pool;              /* workers for the gating GEMMs, on the layer's loop (must outlive the
+                                   layer); NULL: the layer starts one worker of its own */
 } moe_cfg;
 
 /* moe_cfg_default fills c with hivemind's defaults (k_best 1 in switch mode, else 4; the caller sets
@@ -80,8 +88,7 @@ typedef struct {
                 const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg);
 } moe_caller;
 
-/* moe_caller_client fills *out with a caller over cl (which must outlive every call). */
-void moe_caller_client(client *cl, moe_caller *out);
+/* moe_caller_client (moe_adapt.h) is the caller over the expert-call client. */
 
 /* ---- the layer ---- */
 
@@ -89,8 +96,9 @@ typedef struct moe_layer moe_layer;
 typedef struct moe_fwd moe_fwd;
 
 /* moe_layer_new creates a layer on loop l; succ and caller are copied (their impl must outlive the layer).
- * The gating weights get PyTorch's Linear initialisation from c->seed. Returns 0 and *out, or DMOE_EINVAL
- * with err naming the bad setting, or DMOE_ENOMEM. */
+ * The gating weights get PyTorch's Linear initialisation from c->seed. Without c->pool the layer starts
+ * a one-worker pool of its own. Returns 0 and *out,
+ * or DMOE_EINVAL with err naming the bad setting, or DMOE_ENOMEM (also when the pool cannot start). */
 int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, const moe_caller *caller,
                   moe_layer **out, char *err, size_t errlen);
 /* moe_layer_cfg returns the layer's configuration (with defaults filled in). */
@@ -117,8 +125,9 @@ typedef struct {
 
 /* Completion of moe_forward: err 0 and f (the caller's now: moe_fwd_free), or an error with f NULL. */
 typedef void (*moe_fwd_cb)(void *arg, int err, const char *msg, moe_fwd *f);
-/* moe_forward starts a forward of x[B, in_features] (copied). Returns 0 (cb runs later) or DMOE_EINVAL
- * (bad B, or with detect_anomalies a non-finite x) / DMOE_ENOMEM, cb not called. */
+/* moe_forward starts a forward of x[B, in_features] (copied). Returns 0 (cb runs later, also with the
+ * errors found on the way: the search's, DMOE_ETIMEDOUT, DMOE_ENOMEM) or DMOE_EINVAL (bad B, or with
+ * detect_anomalies a non-finite x) / DMOE_ENOMEM / the pool's error, cb not called. */
 int moe_forward(moe_layer *m, const float *x, int64_t B, moe_fwd_cb cb, void *arg);
 /* moe_forward_ex is moe_forward for experts with several inputs (hivemind's extra positional inputs,
  * e.g. det_dropout's 0/1 mask or a transformer's uint8 padding mask): extra[0..n_extra) (n_extra <

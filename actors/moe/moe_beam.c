@@ -24,8 +24,8 @@
  * coordinates: IEEE addition rounds monotonically, so a bound is never below any score under it, and
  * the float sums equal those of a reference that adds coordinates in order. NaN scores count as -inf.
  *
- * Prefixes are interned in a string table (xxHash, open addressing over stable entry indices); a
- * frontier node names its parent's entry and its coordinate and is interned only when popped.
+ * Prefixes are interned in a table of entries indexed by an rt_map (prefix -> entry index); a frontier
+ * node names its parent's entry and its coordinate and is interned only when popped.
  * Plain data, no I/O, no globals; the driver at the end runs on the loop thread.
  */
 #include "actors/moe/moe_beam.h"
@@ -34,9 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_map.h"
 
 /* Prefixes asked in one round: dht_get_active_successors takes at most this many. */
 #define BEAM_MAX_ROUND DHT_EXPERTS_MAX_BATCH
@@ -83,8 +83,7 @@ struct moe_beam {
     float *maxes;          /* [batch, ndim] */
     entry *ents;
     size_t nents, capents;
-    int32_t *slots;        /* hash index into ents, -1 empty */
-    size_t nslots;
+    rt_map index;          /* prefix -> entry index + 1 */
     const char **want;
     int32_t *want_ent;
     size_t nwant, capwant;
@@ -97,33 +96,13 @@ struct moe_beam {
 
 /* ---- the prefix table ---- */
 
-static int grow_slots(moe_beam *b)
-{
-    size_t ns = b->nslots ? b->nslots * 2 : 256;
-    int32_t *s = malloc(ns * sizeof *s);
-    if (!s) return DMOE_ENOMEM;
-    for (size_t i = 0; i < ns; i++) s[i] = -1;
-    for (size_t e = 0; e < b->nents; e++) {
-        size_t h = (size_t)XXH3_64bits(b->ents[e].key, strlen(b->ents[e].key)) & (ns - 1);
-        while (s[h] >= 0) h = (h + 1) & (ns - 1);
-        s[h] = (int32_t)e;
-    }
-    free(b->slots);
-    b->slots = s;
-    b->nslots = ns;
-    return 0;
-}
-
-/* intern returns the entry index of key, creating an unknown entry; -1 when out of memory. */
+/* intern returns the entry index of key, creating an unknown entry; -1 when out of memory. The map holds
+ * index + 1 (its values are never NULL) under the entry's own copy of the key. */
 static int32_t intern(moe_beam *b, const char *key)
 {
-    if ((b->nents + 1) * 2 > b->nslots && grow_slots(b) != 0) return -1;
     size_t len = strlen(key);
-    size_t h = (size_t)XXH3_64bits(key, len) & (b->nslots - 1);
-    while (b->slots[h] >= 0) {
-        if (strcmp(b->ents[b->slots[h]].key, key) == 0) return b->slots[h];
-        h = (h + 1) & (b->nslots - 1);
-    }
+    void *v = rt_map_get(&b->index, key, len);
+    if (v) return (int32_t)((uintptr_t)v - 1);
     if (b->nents == b->capents) {
         size_t nc = b->capents ? b->capents * 2 : 128;
         entry *ne = realloc(b->ents, nc * sizeof *ne);
@@ -135,7 +114,11 @@ static int32_t intern(moe_beam *b, const char *key)
     memset(e, 0, sizeof *e);
     e->key = strdup(key);
     if (!e->key) return -1;
-    b->slots[h] = (int32_t)b->nents;
+    if (rt_map_put(&b->index, e->key, len, (void *)(uintptr_t)(b->nents + 1)) != 0) {
+        free(e->key);
+        e->key = NULL;
+        return -1;
+    }
     return (int32_t)b->nents++;
 }
 
@@ -494,7 +477,7 @@ void moe_beam_free(moe_beam *b)
     }
     free(b->smp);
     free(b->ents);
-    free(b->slots);
+    rt_map_clear(&b->index);
     free(b->want);
     free(b->want_ent);
     free(b->scores);
@@ -511,19 +494,6 @@ struct moe_search {
     void *arg;
     int cancelled;
 };
-
-static int dht_provider_get(void *impl, const char *const *prefixes, size_t n, dht_successors_cb cb, void *arg)
-{
-    moe_dht_succ *s = impl;
-    char err[256];
-    return dht_get_active_successors(s->d, prefixes, n, s->neg_cache_s, cb, arg, err, sizeof err);
-}
-
-void moe_succ_dht(moe_dht_succ *s, moe_succ_provider *p)
-{
-    p->impl = s;
-    p->get = dht_provider_get;
-}
 
 static void on_successors(void *arg, int err, const char *msg, const dht_successors *per, size_t n);
 

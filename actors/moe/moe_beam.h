@@ -15,7 +15,8 @@
  * The core (moe_beam_new / want / feed / result) is a pure state machine that does no I/O: it says which
  * prefixes it needs next -- the union over all samples, each prefix once per search -- and is fed their
  * successors. A test can feed it from a table; moe_beam_search drives it from any successors provider
- * (the DHT through moe_succ_dht: one dht_get_active_successors call per round, with negative caching).
+ * (the DHT through moe_succ_dht, moe_adapt.h: one dht_get_active_successors call per round, with
+ * negative caching).
  * A one-dimensional grid of up to 256 coordinates takes one round; a dense grid of D dimensions about
  * D - 1.
  *
@@ -79,15 +80,6 @@ typedef struct {
     void *impl;
     int (*get)(void *impl, const char *const *prefixes, size_t n, dht_successors_cb cb, void *arg);
 } moe_succ_provider;
-
-/* The DHT as a provider: fill d and neg_cache_s, then moe_succ_dht gives the provider (it points at s,
- * which must outlive every search using it). */
-typedef struct {
-    dht *d;
-    double neg_cache_s;
-} moe_dht_succ;
-/* moe_succ_dht fills *p with a provider over s. */
-void moe_succ_dht(moe_dht_succ *s, moe_succ_provider *p);
 
 typedef struct moe_search moe_search;
 

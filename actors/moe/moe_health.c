@@ -1,4 +1,11 @@
-/* moe_health.c -- leaving gone peers out of MoE searches (see moe_health.h). */
+/* moe_health.c -- leaving gone peers out of MoE searches (see moe_health.h).
+ *
+ * A wrapper around a layer's two ports. Calls pass through to the inner caller; the reply callback
+ * marks the peer dead on "connection failed" or "shutting down". Successor lookups pass through to
+ * the inner provider; the reply is copied without the dead peers' experts before the search sees it.
+ * The dead list is a small array (MOE_HEALTH_MAX_PEERS) of addresses with the time their sentence ends;
+ * when it is full, the entry whose sentence ends first is reused. Loop thread only.
+ */
 #include "actors/moe/moe_health.h"
 
 #include <stdlib.h>
@@ -97,10 +104,10 @@ static void on_got(void *arg, int err, const char *msg, const dht_successors *pe
     for (size_t i = 0; i < n; i++) total += per[i].n;
     dht_successors *kept = calloc(n ? n : 1, sizeof *kept);
     dht_successor *items = malloc((total ? total : 1) * sizeof *items);
-    if (!kept || !items) {   /* out of memory: report what the DHT said, unfiltered */
+    if (!kept || !items) {
         free(kept);
         free(items);
-        g->cb(g->arg, err, msg, per, n);
+        g->cb(g->arg, DMOE_ENOMEM, "out of memory filtering the successors", NULL, 0);
         free(g);
         return;
     }

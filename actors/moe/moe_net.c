@@ -1,25 +1,21 @@
-/* moe_net.c -- joining the DHT for MoE programs, and `dmoe-call moe` (see moe_net.h).
+/* moe_net.c -- joining the DHT for MoE programs (see moe_net.h).
  *
  * moe_net_open is the blocking set-up every MoE program shares: client, client-mode DHT node through
- * dht_cli_join, then the loop runs until the join callback. moe_call_main parses hivemind's layer flags,
- * opens the network, runs one forward with moe_forward_run and prints a summary.
- * Loop thread only (the programs' only thread besides the pool).
+ * dht_cli_join, then the loop runs until the join callback; then the provider and the caller
+ * (moe_adapt.h), wrapped by moe_health. moe_parse_grid reads the programs' --grid_size words.
+ * Loop thread only (the programs' only thread besides the pools).
  */
 #include "actors/moe/moe_net.h"
 
-#include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "actors/dht/dht_cli.h"
+#include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_health.h"
-#include "kernels/kern_rng.h"
-#include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
-#include "wire/codec/wire_json.h"
 
 struct moe_net {
     rt_loop *l;
@@ -86,7 +82,7 @@ void moe_net_close(moe_net *net)
     free(net);   /* the actors stopped above are reaped by the loop's next round or by rt_loop_free */
 }
 
-int moe_cli_parse_grid(char *const *words, int *grid, int *ndim, char *err, size_t errlen)
+int moe_parse_grid(char *const *words, int *grid, int *ndim, char *err, size_t errlen)
 {
     int n = 0;
     for (int i = 0; words && words[i]; i++) {
@@ -106,130 +102,4 @@ int moe_cli_parse_grid(char *const *words, int *grid, int *ndim, char *err, size
     if (n == 0) { snprintf(err, errlen, "--grid_size needs at least one size"); return DMOE_EINVAL; }
     *ndim = n;
     return 0;
-}
-
-static int is_number_word(const char *w) { return w[0] >= '0' && w[0] <= '9'; }
-
-int moe_call_main(int argc, char **argv)
-{
-    char **peers = NULL, **grid_words = NULL;
-    const char *prefix = "expert.", *random = "3x512", *log_level = NULL;
-    int k_best = 2, k_min = 1, json = 0, detect = 0, allow_zero = 0, is_switch = 0;
-    double fwd_timeout = 30, after_k_min = 1.0;
-    uint64_t seed = 0;
-    const rt_arg flags[] = {
-        {"initial_peers", ARG_LIST, &peers, "DHT peers to join", "DHT", rt_args_is_maddr},
-        {"uid_prefix", ARG_STR, &prefix, "experts' uid prefix", "Layer", NULL},
-        {"grid_size", ARG_LIST, &grid_words, "grid dimensions, e.g. 15 or 32 32", "Layer", is_number_word},
-        {"k_best", ARG_INT, &k_best, "experts per sample", "Layer", NULL},
-        {"k_min", ARG_INT, &k_min, "answers per sample before the straggler timer starts", "Layer", NULL},
-        {"forward_timeout", ARG_F64, &fwd_timeout, "seconds for the whole call", "Layer", NULL},
-        {"timeout_after_k_min", ARG_F64, &after_k_min, "seconds to wait for stragglers after k_min answers", "Layer", NULL},
-        {"detect_anomalies", ARG_FLAG, &detect, "mask answers with NaN/Inf", "Layer", NULL},
-        {"allow_zero_outputs", ARG_FLAG, &allow_zero, "zeros for samples nobody answered instead of an error", "Layer", NULL},
-        {"switch", ARG_FLAG, &is_switch, "RemoteSwitchMixtureOfExperts (k_best 1 routing, residual)", "Layer", NULL},
-        {"random", ARG_STR, &random, "input shape BxH (seeded normal values)", "Input", NULL},
-        {"seed", ARG_U64, &seed, "seed of the input and the gating weights", "Input", NULL},
-        {"json", ARG_FLAG, &json, "print one JSON object", "Output", NULL},
-        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output", NULL},
-    };
-    const int nflags = (int)(sizeof flags / sizeof flags[0]);
-    char err[512];
-    char *pos[4];
-    int npos = 0;
-    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 4, &npos, err, sizeof err);
-    if (rc == 1) {
-        rt_args_usage(stdout, "dmoe-call moe --initial_peers MADDR... --grid_size N... [flags]   (one MoE forward)", flags, nflags);
-        return 0;
-    }
-    if (rc != 0) { fprintf(stderr, "dmoe-call moe: %s\n", err); rt_args_free(flags, nflags); return 2; }
-    moe_cfg c;
-    moe_cfg_default(&c);
-    int64_t shape[2];
-    int status = 2;
-    if (log_level) {
-        int lv = rt_log_parse_level(log_level);
-        if (lv < 0) { fprintf(stderr, "dmoe-call moe: bad --log_level %s\n", log_level); goto out; }
-        rt_log_set_level(lv);
-    }
-    if (moe_cli_parse_grid(grid_words, c.grid_size, &c.ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call moe: %s\n", err); goto out; }
-    if (rt_args_shape(random, shape, 2) != 2 || shape[0] < 1 || shape[1] < 1) {
-        fprintf(stderr, "dmoe-call moe: --random %s: expected BxH, e.g. 3x512\n", random);
-        goto out;
-    }
-    snprintf(c.uid_prefix, sizeof c.uid_prefix, "%s", prefix);
-    c.in_features = (int)shape[1];
-    c.k_best = k_best;
-    c.k_min = k_min;
-    c.forward_timeout = fwd_timeout;
-    c.timeout_after_k_min = after_k_min;
-    c.detect_anomalies = detect;
-    c.allow_zero_outputs = allow_zero;
-    c.is_switch = is_switch;
-    c.seed = seed;
-    size_t np = 0;
-    while (peers && peers[np]) np++;
-
-    signal(SIGPIPE, SIG_IGN);
-    rt_loop *l = rt_loop_new();
-    if (!l) { fprintf(stderr, "dmoe-call moe: out of memory\n"); status = 1; goto out; }
-    uint64_t t0 = rt_clock_us();
-    moe_net *net = moe_net_open(l, (const char *const *)peers, np, DHT_NEG_CACHE_S, err, sizeof err);
-    moe_layer *m = NULL;
-    if (!net) {
-        fprintf(stderr, "dmoe-call moe: %s\n", err);
-        status = np ? 1 : 2;
-    } else if ((rc = moe_layer_new(l, &c, moe_net_succ(net), moe_net_caller(net), &m, err, sizeof err)) != 0) {
-        fprintf(stderr, "dmoe-call moe: %s\n", err);
-    } else {
-        size_t n = (size_t)shape[0] * (size_t)shape[1];
-        float *x = malloc(n * sizeof *x);
-        kern_rng r;
-        kern_rng_seed(&r, seed);
-        for (size_t i = 0; x && i < n; i++) x[i] = kern_rng_normal(&r);
-        moe_fwd *f = NULL;
-        uint64_t t1 = rt_clock_us();
-        rc = x ? moe_forward_run(m, x, shape[0], &f, err, sizeof err) : DMOE_ENOMEM;
-        double ms = (double)(rt_clock_us() - t1) / 1000.0, join_ms = (double)(t1 - t0) / 1000.0;
-        if (rc) {
-            if (json) {
-                printf("{\"ok\": false, \"code\": %d, \"error\": ", -rc);
-                wire_json_string(stdout, err, strlen(err));
-                printf("}\n");
-            } else {
-                fprintf(stderr, "dmoe-call moe: %s: %s\n", dmoe_strerror(rc), err);
-            }
-            status = 1;
-        } else {
-            int64_t B;
-            int D;
-            const float *y = moe_fwd_output(f, &B, &D);
-            const moe_fwd_stats *st = moe_fwd_stats_of(f);
-            double s = 0, s2 = 0;
-            for (size_t i = 0; i < (size_t)B * (size_t)D; i++) { s += y[i]; s2 += (double)y[i] * y[i]; }
-            double cnt = (double)B * D, mean = s / cnt, var = s2 / cnt - mean * mean;
-            if (json)
-                printf("{\"ok\": true, \"shape\": [%lld, %d], \"mean\": %.9g, \"std\": %.9g, \"experts_chosen\": %d, "
-                       "\"experts_answered\": %d, \"zero_rows\": %lld, \"search_ms\": %.3f, \"elapsed_ms\": %.3f, "
-                       "\"join_ms\": %.3f}\n",
-                       (long long)B, D, mean, var > 0 ? sqrt(var) : 0, st->experts_chosen, st->experts_answered,
-                       (long long)st->zero_rows, st->search_ms, ms, join_ms);
-            else
-                printf("moe %s grid %d%s: output shape [%lld, %d]  mean %.6g  std %.6g\n"
-                       "experts answering %d of %d chosen (%lld samples with none)\n"
-                       "elapsed %.3f ms (beam search %.3f ms, %d DHT rounds; joining the DHT took %.3f ms)\n",
-                       c.uid_prefix, c.grid_size[0], c.ndim > 1 ? "x..." : "", (long long)B, D, mean,
-                       var > 0 ? sqrt(var) : 0, st->experts_answered, st->experts_chosen, (long long)st->zero_rows, ms,
-                       st->search_ms, st->beam_rounds, join_ms);
-            status = 0;
-        }
-        moe_fwd_free(f);
-        free(x);
-    }
-    moe_layer_free(m);
-    moe_net_close(net);
-    rt_loop_free(l);
-out:
-    rt_args_free(flags, nflags);
-    return status;
 }

@@ -1,15 +1,11 @@
-/* moe_net.h -- the Mixture-of-Experts layer for programs: joining the DHT as a client, and dmoe-call's
- * one-off `moe` command.
+/* moe_net.h -- what every Mixture-of-Experts program sets up: joining the DHT as a client, and reading
+ * the grid from the command line.
  *
  * moe_net_open makes what a program needs to run MoE layers on its loop: a client for expert calls, a
  * client-mode DHT node bootstrapped from the initial peers (blocking until it has joined, bounded by
  * the DHT's own timeouts), a successors provider over that node (with negative caching) and a caller
- * over the client. moe_call_main is `dmoe-call moe ...`:
- *
- *   dmoe-call moe --initial_peers MADDR... --uid_prefix expert. --grid_size 15 --k_best 2 --random 3x512
- *
- * runs one forward of the layer on seeded random input and prints the output's shape, mean and std, how
- * many experts were chosen and answered, and the elapsed time (or one JSON object with --json).
+ * over the client (moe_adapt.h), both wrapped by moe_health so that gone peers are left out. Used by
+ * dmoe-train, dmoe-bench, `dmoe-call moe` (cmd/call/moe_cmd.c) and the load generator.
  * Loop thread only.
  */
 #ifndef DMOE_MOE_NET_H
@@ -35,12 +31,8 @@ client *moe_net_client(moe_net *net);
  * actors in its next round or in rt_loop_free. No layer may still use net. NULL is a no-op. */
 void moe_net_close(moe_net *net);
 
-/* moe_cli_parse_grid reads grid sizes from words (a NULL-terminated list: "15" or "32 32"; "32x32" too)
+/* moe_parse_grid reads grid sizes from words (a NULL-terminated list: "15" or "32 32"; "32x32" too)
  * into grid[0..*ndim). Returns 0 or DMOE_EINVAL with err. */
-int moe_cli_parse_grid(char *const *words, int *grid, int *ndim, char *err, size_t errlen);
-
-/* moe_call_main runs `dmoe-call moe` with dmoe-call's argv (the word "moe" among the positionals).
- * Returns the exit status: 0 success, 1 a failed call, 2 bad usage. */
-int moe_call_main(int argc, char **argv);
+int moe_parse_grid(char *const *words, int *grid, int *ndim, char *err, size_t errlen);
 
 #endif

@@ -96,7 +96,7 @@ int loadgen_main(int argc, char **argv)
     }
     if (c.mode == LOADGEN_MOE) {
         int grid[MOE_MAX_DIMS], ndim = 0;
-        if (moe_cli_parse_grid(grid_words, grid, &ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
+        if (moe_parse_grid(grid_words, grid, &ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: %s\n", err); goto out; }
         if (ndim > LOADGEN_MAX_DIMS) { fprintf(stderr, "dmoe-call load: at most %d grid dimensions\n", LOADGEN_MAX_DIMS); goto out; }
         for (int d = 0; d < ndim; d++) c.grid_size[d] = grid[d];
         c.ndim = ndim;

@@ -12,6 +12,7 @@
 
 #include "actors/grid/dht_experts.h"
 #include "actors/dht/rpc/dht_memnet.h"
+#include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_beam.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"

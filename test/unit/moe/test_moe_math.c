@@ -1,8 +1,11 @@
-/* test_moe_math.c -- the MoE layer's math with local fake experts behind the same dispatch interface
- * (moe_caller) and a table of declarations as the successors provider: the softmax-weighted output,
- * masking of failed and non-finite answers, allow_zero_outputs (zeros, never NaN), the straggler cut-off,
- * the backward (input and gating gradients, plain and switch) against central finite differences, and
- * extra inputs (moe_forward_ex) reaching every expert row-aligned with x, forward and backward. */
+/* test_moe_math.c -- the MoE layer's math. First the pure functions of moe_math.h on small hand-made
+ * buffers (gating with dropout, mixing weights, the output, utilisation and balancing loss, and their
+ * gradients against central finite differences). Then the whole layer with local fake experts behind
+ * the same dispatch interface (moe_caller) and a table of declarations as the successors provider: the
+ * softmax-weighted output, masking of failed and non-finite answers, allow_zero_outputs (zeros, never
+ * NaN), the straggler cut-off, the backward (input and gating gradients, plain and switch) against
+ * central finite differences, extra inputs (moe_forward_ex) reaching every expert row-aligned with x,
+ * and a shared worker pool giving the same bits as the layer's own. */
 #include <criterion/criterion.h>
 #include <event2/event.h>
 #include <math.h>
@@ -11,6 +14,7 @@
 #include <string.h>
 
 #include "actors/moe/moe.h"
+#include "actors/moe/moe_math.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 
@@ -18,6 +22,201 @@
 #define OUT 5
 #define G0 3
 #define G1 3
+
+/* ---- the pure functions ---- */
+
+/* a 2-d grid of 3 x 2 (5 gating columns), two slots: (0, 1) and (2, 0) */
+static const int mgrid[2] = { 3, 2 };
+static const int mcoords[4] = { 0, 1, 2, 0 };
+
+Test(moe_math, gating_scores_dropout_and_softmax)
+{
+    moe_grid g;
+    moe_grid_init(&g, mgrid, 2);
+    cr_assert_eq(g.total, 5);
+    cr_assert_eq(g.off[1], 3);
+    /* in 2, B 2: W rows (1, 0), (0, 1), (1, 1), (2, 0), (0, -1); b = 0.5 each */
+    const float W[10] = { 1, 0, 0, 1, 1, 1, 2, 0, 0, -1 }, b[5] = { 0.5f, 0.5f, 0.5f, 0.5f, 0.5f };
+    const float x[4] = { 1, 2, -1, 3 };
+    float S[10], P[10];
+    moe_math_gating(&g, x, 2, 2, W, b, NULL, S, NULL);
+    const float want[10] = { 1.5f, 2.5f, 3.5f, 2.5f, -1.5f, -0.5f, 3.5f, 2.5f, -1.5f, -2.5f };
+    for (int i = 0; i < 10; i++) cr_assert_float_eq(S[i], want[i], 1e-6, "S[%d]", i);
+    /* switch: column 1 dropped; the second dimension loses both columns */
+    const uint8_t keep[5] = { 1, 0, 1, 0, 0 };
+    moe_math_gating(&g, x, 2, 2, W, b, keep, S, P);
+    for (int r = 0; r < 2; r++) {
+        float *s = S + r * 5, *p = P + r * 5;
+        cr_assert(isinf(s[1]) && s[1] < 0);
+        cr_assert_eq(p[1], 0.0f);
+        double e0 = exp(s[0]), e2 = exp(s[2]);
+        cr_assert_float_eq(p[0], e0 / (e0 + e2), 1e-6);
+        cr_assert_float_eq(p[2], e2 / (e0 + e2), 1e-6);
+        cr_assert_eq(p[3], 0.0f);
+        cr_assert_eq(p[4], 0.0f);
+    }
+    /* without a mask every dimension sums to 1 */
+    moe_math_gating(&g, x, 2, 2, W, b, NULL, S, P);
+    for (int r = 0; r < 2; r++) {
+        cr_assert_float_eq(P[r * 5] + P[r * 5 + 1] + P[r * 5 + 2], 1.0, 1e-6);
+        cr_assert_float_eq(P[r * 5 + 3] + P[r * 5 + 4], 1.0, 1e-6);
+    }
+}
+
+Test(moe_math, weights_mix_and_residual)
+{
+    moe_grid g;
+    moe_grid_init(&g, mgrid, 2);
+    const float s[5] = { 0.1f, 0.2f, 0.3f, 1.0f, -1.0f }, p[5] = { 0.5f, 0.2f, 0.3f, 0.6f, 0.4f };
+    uint8_t ok[2] = { 1, 1 };
+    float w[2];
+    /* softmax of the logits 0.1 + -1.0 and 0.3 + 1.0 */
+    cr_assert_eq(moe_math_weights(&g, s, NULL, 2, mcoords, ok, w), 2);
+    double a = exp(0.1 - 1.0), c = exp(0.3 + 1.0);
+    cr_assert_float_eq(w[0], a / (a + c), 1e-6);
+    cr_assert_float_eq(w[1], c / (a + c), 1e-6);
+    /* switch: products of probabilities, not renormalised */
+    cr_assert_eq(moe_math_weights(&g, s, p, 2, mcoords, ok, w), 2);
+    cr_assert_float_eq(w[0], 0.5f * 0.4f, 1e-7);
+    cr_assert_float_eq(w[1], 0.3f * 0.6f, 1e-7);
+    /* a slot that did not answer weighs 0; the other takes everything */
+    ok[0] = 0;
+    cr_assert_eq(moe_math_weights(&g, s, NULL, 2, mcoords, ok, w), 1);
+    cr_assert_eq(w[0], 0.0f);
+    cr_assert_float_eq(w[1], 1.0f, 1e-7);
+    ok[1] = 0;
+    cr_assert_eq(moe_math_weights(&g, s, NULL, 2, mcoords, ok, w), 0);
+    cr_assert(w[0] == 0.0f && w[1] == 0.0f);
+
+    const float o0[3] = { 1, 2, 3 }, o1[3] = { -1, 0, 4 }, x[3] = { 10, 20, 30 };
+    const float *outs[2] = { o0, o1 };
+    const float mw[2] = { 0.25f, 0.75f };
+    float y[3] = { 0 };
+    moe_math_mix(2, mw, outs, 3, NULL, y);
+    for (int d = 0; d < 3; d++) cr_assert_float_eq(y[d], 0.25f * o0[d] + 0.75f * o1[d], 1e-6);
+    float yr[3] = { 0 };
+    outs[0] = NULL;   /* did not answer */
+    moe_math_mix(2, mw, outs, 3, x, yr);
+    for (int d = 0; d < 3; d++) cr_assert_float_eq(yr[d], 0.75f * o1[d] + x[d], 1e-5);
+}
+
+Test(moe_math, utilization_average_and_balancing_loss)
+{
+    moe_grid g;
+    moe_grid_init(&g, mgrid, 2);
+    float util[5] = { 1.0f / 3, 1.0f / 3, 1.0f / 3, 0.5f, 0.5f };
+    const float count[5] = { 3, 0, 1, 0, 0 };   /* the second dimension counted nothing */
+    moe_math_util_update(&g, count, 0.9f, util);
+    cr_assert_float_eq(util[0], 0.9f / 3 + 0.1f * 0.75f, 1e-6);
+    cr_assert_float_eq(util[1], 0.9f / 3, 1e-6);
+    cr_assert_float_eq(util[2], 0.9f / 3 + 0.1f * 0.25f, 1e-6);
+    cr_assert_float_eq(util[3], 0.45f, 1e-6);
+    cr_assert_float_eq(util[4], 0.45f, 1e-6);
+    /* uniform probabilities and utilisation: G * sum_i (1/G)(1/G) = 1 per dimension */
+    float P[10], u[5] = { 1.0f / 3, 1.0f / 3, 1.0f / 3, 0.5f, 0.5f };
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 5; t++) P[r * 5 + t] = t < 3 ? 1.0f / 3 : 0.5f;
+    cr_assert_float_eq(moe_math_balancing_loss(&g, P, 2, u), 2.0f, 1e-6);
+    /* all probability on coordinate 0, all utilisation there too: G per dimension */
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 5; t++) P[r * 5 + t] = t == 0 || t == 3 ? 1.0f : 0.0f;
+    const float u1[5] = { 1, 0, 0, 1, 0 };
+    cr_assert_float_eq(moe_math_balancing_loss(&g, P, 2, u1), 5.0f, 1e-6);
+}
+
+/* one sample's loss gy . y for slot outputs outs, from its scores s (softmax) or probabilities p (switch) */
+static double slot_loss(const moe_grid *g, const float *s, const float *p, const float *const *outs, const float *gy,
+                        int D)
+{
+    uint8_t ok[2] = { 1, 1 };
+    float w[2], y[4] = { 0 };
+    moe_math_weights(g, s, p, 2, mcoords, ok, w);
+    moe_math_mix(2, w, outs, D, NULL, y);
+    double l = 0;
+    for (int d = 0; d < D; d++) l += (double)gy[d] * y[d];
+    return l;
+}
+
+Test(moe_math, slot_and_switch_gradients_match_finite_differences)
+{
+    moe_grid g;
+    moe_grid_init(&g, mgrid, 2);
+    const int D = 4;
+    const float o0[4] = { 0.3f, -1.2f, 0.8f, 0.1f }, o1[4] = { -0.5f, 0.4f, 1.1f, -0.7f };
+    const float *outs[2] = { o0, o1 };
+    const float gy[4] = { 0.9f, -0.3f, 0.5f, 1.4f };
+    const float eps = 1e-2f;
+    for (int sw = 0; sw < 2; sw++) {
+        float v[5] = { 0.2f, -0.4f, 0.7f, 0.35f, 0.65f };   /* scores, or (switch) probabilities */
+        const float *p = sw ? v : NULL;
+        uint8_t ok[2] = { 1, 1 };
+        float w[2], y[4] = { 0 }, gs[5] = { 0 }, gp[5] = { 0 };
+        moe_math_weights(&g, v, p, 2, mcoords, ok, w);
+        moe_math_mix(2, w, outs, D, NULL, y);
+        moe_math_slot_grads(&g, gy, y, D, 2, outs, w, mcoords, p, gs, gp);
+        const float *an = sw ? gp : gs;
+        for (int t = 0; t < 5; t++) {
+            float keep = v[t];
+            v[t] = keep + eps;
+            double lp = slot_loss(&g, sw ? NULL : v, sw ? v : NULL, outs, gy, D);
+            v[t] = keep - eps;
+            double lm = slot_loss(&g, sw ? NULL : v, sw ? v : NULL, outs, gy, D);
+            v[t] = keep;
+            double fd = (lp - lm) / (2 * eps);
+            cr_assert(fabs(fd - an[t]) < 1e-3, "switch %d column %d: analytic %g, numeric %g", sw, t, an[t], fd);
+        }
+    }
+    /* the per-dimension softmax backward with the balancing term: loss = gp . P(x) + coef * G * util . P / B,
+     * P = softmax per dimension of x (moe_math_gating with W = I, b = 0) */
+    float Wi[25] = { 0 }, b0[5] = { 0 };
+    for (int t = 0; t < 5; t++) Wi[t * 5 + t] = 1;
+    float x[5] = { 0.3f, -0.2f, 0.9f, 0.1f, -0.6f }, S[5], P[5];
+    const float gp0[5] = { 0.4f, -1.0f, 0.2f, 0.7f, -0.3f }, util[5] = { 0.2f, 0.5f, 0.3f, 0.6f, 0.4f };
+    const float coef = 0.5f;
+    const int64_t B = 4;
+    float gp[5], gs[5];
+    memcpy(gp, gp0, sizeof gp);
+    moe_math_gating(&g, x, 1, 5, Wi, b0, NULL, S, P);
+    moe_math_switch_bwd(&g, P, util, coef, B, gp, gs);
+    for (int t = 0; t < 5; t++) {
+        double l[2];
+        for (int side = 0; side < 2; side++) {
+            float keep = x[t];
+            x[t] = keep + (side ? -eps : eps);
+            moe_math_gating(&g, x, 1, 5, Wi, b0, NULL, S, P);
+            x[t] = keep;
+            l[side] = 0;
+            for (int i = 0; i < 5; i++) {
+                int G = i < 3 ? 3 : 2;
+                l[side] += (gp0[i] + coef * G * util[i] / B) * P[i];
+            }
+        }
+        double fd = (l[0] - l[1]) / (2 * eps);
+        cr_assert(fabs(fd - gs[t]) < 1e-3, "softmax column %d: analytic %g, numeric %g", t, gs[t], fd);
+    }
+}
+
+Test(moe_math, gating_backward_adds_the_input_gradient)
+{
+    moe_grid g;
+    moe_grid_init(&g, mgrid, 2);
+    const float W[10] = { 1, 0, 0, 1, 1, 1, 2, 0, 0, -1 }, x[4] = { 1, 2, -1, 3 };
+    const float gS[10] = { 1, 0, 0, 0, 0, 0, 0, 0, 0, 2 }, noise[4] = { 2, 2, 1, 1 };
+    float gW[10], gb[5], gx[4] = { 1, 1, 1, 1 }, gxg[4];
+    moe_math_gating_bwd(&g, x, gS, 2, 2, W, noise, gW, gb, gx, gxg);
+    /* row 0 of gS picks W row 0 = (1, 0), scaled by its noise 2; row 1 picks 2 * W row 4 = (0, -2) */
+    cr_assert_float_eq(gx[0], 1 + 2, 1e-6);
+    cr_assert_float_eq(gx[1], 1 + 0, 1e-6);
+    cr_assert_float_eq(gx[2], 1 + 0, 1e-6);
+    cr_assert_float_eq(gx[3], 1 - 2, 1e-6);
+    cr_assert_float_eq(gW[0], 1, 1e-6);    /* gS[0, 0] x[0] */
+    cr_assert_float_eq(gW[1], 2, 1e-6);
+    cr_assert_float_eq(gW[8], -2, 1e-6);   /* gS[1, 4] x[1] */
+    cr_assert_float_eq(gW[9], 6, 1e-6);
+    cr_assert_float_eq(gb[0], 1, 1e-6);
+    cr_assert_float_eq(gb[4], 2, 1e-6);
+    cr_assert_float_eq(gb[2], 0, 1e-6);
+}
 
 /* ---- fake world: every expert of a G0 x G1 grid; o = tanh(x A_e), A_e seeded by the uid ---- */
 
@@ -162,19 +361,25 @@ static int fake_succ(void *impl, const char *const *prefixes, size_t n, dht_succ
     return 0;
 }
 
+/* grid_cfg fills c with the defaults for the fake world's G0 x G1 grid of IN-wide experts. */
+static void grid_cfg(moe_cfg *c, int k_best, int is_switch, uint64_t seed)
+{
+    moe_cfg_default(c);
+    c->in_features = IN;
+    c->ndim = 2;
+    c->grid_size[0] = G0;
+    c->grid_size[1] = G1;
+    c->k_best = k_best;
+    c->is_switch = is_switch;
+    c->seed = seed;
+}
+
 static moe_layer *make_layer(world *w, int k_best, int is_switch, moe_cfg *out_cfg)
 {
     moe_cfg c;
-    moe_cfg_default(&c);
-    c.in_features = IN;
-    c.ndim = 2;
-    c.grid_size[0] = G0;
-    c.grid_size[1] = G1;
-    c.k_best = k_best;
-    c.seed = 3;
+    grid_cfg(&c, k_best, is_switch, 3);
     c.forward_timeout = 20;
     c.backward_timeout = 20;
-    c.is_switch = is_switch;
     c.jitter_eps = 0;   /* deterministic for finite differences */
     if (out_cfg) {
         c.detect_anomalies = out_cfg->detect_anomalies;
@@ -524,5 +729,88 @@ Test(moe_math, extra_inputs_follow_their_rows_forward_and_backward, .timeout = 2
     rx_tensor_free(&bad);
     rx_tensor_free(&ex);
     moe_layer_free(m);
+    rt_loop_free(w.l);
+}
+
+/* ---- the worker pool ---- */
+
+typedef struct {
+    int calls;
+    int err;
+    const float *gx;
+} bwd_seen;
+
+static void on_bwd(void *arg, int err, const char *msg, const float *gx)
+{
+    bwd_seen *b = arg;
+    b->calls++;
+    b->err = err;
+    b->gx = gx;
+}
+
+/* run_layer does two forward + backward rounds of a switch layer with jitter and grid dropout on pool
+ * (NULL: the layer's own) and returns a checksum of every output, input gradient, gating gradient and
+ * utilisation, bit for bit. */
+static uint64_t run_layer(world *w, rt_pool *pool)
+{
+    moe_cfg c;
+    grid_cfg(&c, 2, 1, 9);
+    c.grid_dropout = 0.8;
+    c.jitter_eps = 0.05;
+    c.timeout_after_k_min = -1;
+    c.pool = pool;
+    moe_succ_provider sp = { w, fake_succ };
+    moe_caller cl = { w, fake_call };
+    moe_layer *m;
+    char err[256];
+    cr_assert_eq(moe_layer_new(w->l, &c, &sp, &cl, &m, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(moe_layer_cfg(m)->pool != NULL, 1);
+    const int64_t B = 12;
+    float x[B * IN], gy[B * OUT];
+    uint64_t h = 1469598103934665603ull;
+#define MIX(p, n) do { const uint8_t *q_ = (const uint8_t *)(p); for (size_t i_ = 0; i_ < (n); i_++) h = (h ^ q_[i_]) * 1099511628211ull; } while (0)
+    for (int rep = 0; rep < 2; rep++) {
+        input(x, B * IN, 30 + rep);
+        input(gy, B * OUT, 40 + rep);
+        moe_fwd *f;
+        cr_assert_eq(moe_forward_run(m, x, B, &f, err, sizeof err), 0, "%s", err);
+        int D;
+        const float *y = moe_fwd_output(f, NULL, &D);
+        MIX(y, (size_t)B * (size_t)D * sizeof *y);
+        /* the callback never runs inside moe_backward: only once the loop turns */
+        bwd_seen seen = { 0 };
+        cr_assert_eq(moe_backward(m, f, gy, 0.25f, on_bwd, &seen), 0);
+        cr_assert_eq(seen.calls, 0);
+        while (!seen.calls) {
+            struct timeval tv = { 0, 1000 };
+            event_base_loopexit(rt_loop_base(w->l), &tv);
+            rt_loop_run(w->l);
+        }
+        cr_assert_eq(seen.calls, 1);
+        cr_assert_eq(seen.err, 0);
+        MIX(seen.gx, (size_t)B * IN * sizeof *seen.gx);
+        size_t np;
+        const float *g = moe_layer_grads(m, &np);
+        MIX(g, np * sizeof *g);
+        MIX(moe_layer_utilization(m), (G0 + G1) * sizeof(float));
+        moe_fwd_free(f);
+    }
+#undef MIX
+    moe_layer_free(m);
+    return h;
+}
+
+Test(moe_math, shared_pool_gives_the_same_bits_as_the_layers_own, .timeout = 30)
+{
+    world w = { .l = rt_loop_new() };
+    uint64_t own = run_layer(&w, NULL);
+    rt_pool *p = rt_pool_new(w.l, 3);
+    cr_assert_not_null(p);
+    uint64_t shared = run_layer(&w, p);
+    cr_assert_eq(rt_pool_inflight(p), 0);
+    cr_assert_eq(own, shared, "own pool %016llx, shared pool %016llx", (unsigned long long)own, (unsigned long long)shared);
+    /* an idle pool keeps nothing pending on the loop: it returns at once */
+    cr_assert_eq(rt_loop_run(w.l), 0);
+    rt_pool_free(p);
     rt_loop_free(w.l);
 }

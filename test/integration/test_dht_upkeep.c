@@ -671,3 +671,39 @@ Test(dht_upkeep, a_latest_get_asks_past_the_first_value_and_returns_the_newest, 
     }
     swarm_down(&s);
 }
+
+/* ---- 6. a bootstrap cut short ---- */
+
+typedef struct {
+    int calls, err;
+} boot_res;
+
+static void on_boot_res(void *arg, int err, const char *msg)
+{
+    boot_res *b = arg;
+    b->calls++;
+    b->err = err;
+}
+
+Test(dht_upkeep, a_node_stopped_while_bootstrapping_reports_shutdown_once, .timeout = 60)
+{
+    swarm s;
+    swarm_up(&s, 4, 0, 1000);
+    dht_memnet_set_down(s.net, s.ep[1], 1);
+    dht *d = add_node(&s, NULL);
+    char text[WIRE_MADDR_TEXT], err[256];
+    dht_node_maddr(s.nodes[1], text, sizeof text);
+    const char *peers[1] = { text };
+    boot_res b = { 0, 0 };
+    cr_assert_eq(dht_node_bootstrap(d, peers, 1, on_boot_res, &b, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(dht_node_bootstrap(d, peers, 1, on_boot_res, &b, err, sizeof err), DMOE_EINVAL,
+                 "one bootstrap at a time");
+    run_for(&s, 100);   /* the ping is out; it times out after 1 s */
+    cr_expect_eq(b.calls, 0, "no answer yet");
+    dht_node_stop(d);
+    cr_expect_eq(b.calls, 1, "stopping ends the bootstrap");
+    cr_expect_eq(b.err, DMOE_ESHUTDOWN);
+    run_for(&s, 2000);   /* the ping's timeout comes back to the ended bootstrap */
+    cr_expect_eq(b.calls, 1, "its callback ran once");
+    swarm_down(&s);
+}

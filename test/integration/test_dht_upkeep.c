@@ -6,8 +6,10 @@
  * it; concurrent gets of one key from one node share one lookup; a failed RPC evicts the peer and the
  * freshest replacement takes its place, the failed address is banned and the ban doubles when it keeps
  * failing; crashed and stopped nodes vanish from the tables of the nodes that try them; a get with
- * `latest` asks past the first value and returns the newest. Every wait is bounded by a deadline of
- * virtual time; nothing asserts a duration except the ban lengths, with seconds of margin. */
+ * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
+ * reports it once; per-link latencies set each RPC's time exactly. Every wait is bounded by a deadline
+ * of virtual time; durations asserted are virtual (the ban lengths, with seconds of margin, and the
+ * exact round trips of the latency test), so none depends on the machine's speed. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -705,5 +707,47 @@ Test(dht_upkeep, a_node_stopped_while_bootstrapping_reports_shutdown_once, .time
     cr_expect_eq(b.err, DMOE_ESHUTDOWN);
     run_for(&s, 2000);   /* the ping's timeout comes back to the ended bootstrap */
     cr_expect_eq(b.calls, 1, "its callback ran once");
+    swarm_down(&s);
+}
+
+/* ---- 7. per-link latency, in exact virtual time ---- */
+
+typedef struct {
+    op o;
+    uint64_t done_at;
+} clocked_op;
+
+static void on_find_clocked(void *arg, int err, const char *msg, const dht_find_rep *rep)
+{
+    clocked_op *t = arg;
+    t->done_at = dht_clock_us(t->o.s->clock);
+    on_find_rpc(&t->o, err, msg, rep);
+}
+
+/* slow_link: 7 ms each way on links that touch endpoint 2, 1 ms elsewhere. */
+static uint32_t slow_link(void *arg, int from, int to)
+{
+    const int *slow = arg;
+    return from == *slow || to == *slow ? 7 : 1;
+}
+
+Test(dht_upkeep, per_link_latencies_set_each_rpc_time_exactly, .timeout = 30)
+{
+    swarm s;
+    swarm_up(&s, 4, 0, 1000);
+    int slow = s.ep[2];
+    dht_memnet_set_latency(s.net, slow_link, &slow);
+    dht *d = s.nodes[1];
+    for (size_t to = 2; to <= 3; to++) {
+        dht_node peer = { .id = *dht_node_id(s.nodes[to]), .addr = dht_node_self(s.nodes[to])->addr };
+        clocked_op t = { .o = { .s = &s } };
+        uint64_t t0 = dht_clock_us(s.clock);
+        s.pending++;
+        cr_assert_eq(dht_node_find(d, &peer, &peer.id, 1, on_find_clocked, &t), 0);
+        cr_assert(run_until(&s, 5000));
+        cr_assert_eq(t.o.err, 0);
+        cr_expect_eq(t.done_at - t0, to == 2 ? 14000u : 2000u, "node %zu answered after %llu us", to,
+                     (unsigned long long)(t.done_at - t0));
+    }
     swarm_down(&s);
 }

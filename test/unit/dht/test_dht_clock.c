@@ -59,6 +59,26 @@ static void rig_down(rig *r)
     for (int i = 0; i < 4; i++) dht_timer_deinit(&r->t[i]);
 }
 
+/* virtual_up makes a loop and a virtual clock with a rig on them. */
+static dht_clock *virtual_up(rig *r, rt_loop **l)
+{
+    dht_clock *c;
+    *l = rt_loop_new();
+    cr_assert(*l);
+    cr_assert_eq(dht_vclock_new(*l, &c), 0);
+    rig_up(r, *l, c);
+    return c;
+}
+
+/* all_down frees the rig's timers, then the loop (which reaps the rig's actor), then the clock. */
+static void all_down(rig *r, rt_loop *l, dht_clock *c)
+{
+    rig_down(r);
+    rt_actor_stop(&r->actor);
+    rt_loop_free(l);
+    dht_vclock_free(c);
+}
+
 static int fired_at_least(void *arg)
 {
     rig *r = arg;
@@ -67,13 +87,11 @@ static int fired_at_least(void *arg)
 
 Test(dht_clock, virtual_timers_fire_in_due_order_at_their_due_time)
 {
-    rt_loop *l = rt_loop_new();
-    dht_clock *c;
-    cr_assert_eq(dht_vclock_new(l, &c), 0);
+    rt_loop *l;
+    rig r;
+    dht_clock *c = virtual_up(&r, &l);
     cr_assert(dht_clock_is_virtual(c));
     cr_expect_eq(dht_clock_now(c), DHT_VCLOCK_EPOCH_S);
-    rig r;
-    rig_up(&r, l, c);
     cr_assert_eq(dht_timer_start(&r.t[3], 30, 0), 0);
     cr_assert_eq(dht_timer_start(&r.t[1], 10, 0), 0);
     cr_assert_eq(dht_timer_start(&r.t[2], 20, 0), 0);
@@ -88,19 +106,14 @@ Test(dht_clock, virtual_timers_fire_in_due_order_at_their_due_time)
     }
     cr_expect_eq(dht_clock_us(c), 30000, "time stops at the last timer once the goal holds");
     cr_expect(fabs(dht_clock_now(c) - (DHT_VCLOCK_EPOCH_S + 0.03)) < 1e-9);
-    rig_down(&r);
-    rt_actor_stop(&r.actor);
-    rt_loop_free(l);
-    dht_vclock_free(c);
+    all_down(&r, l, c);
 }
 
 Test(dht_clock, cancelled_and_rearmed_timers_do_not_fire_at_their_old_time)
 {
-    rt_loop *l = rt_loop_new();
-    dht_clock *c;
-    cr_assert_eq(dht_vclock_new(l, &c), 0);
+    rt_loop *l;
     rig r;
-    rig_up(&r, l, c);
+    dht_clock *c = virtual_up(&r, &l);
     cr_assert_eq(dht_timer_start(&r.t[0], 5, 0), 0);
     cr_assert_eq(dht_timer_start(&r.t[1], 7, 0), 0);
     cr_assert_eq(dht_timer_start(&r.t[2], 9, 0), 0);
@@ -113,19 +126,14 @@ Test(dht_clock, cancelled_and_rearmed_timers_do_not_fire_at_their_old_time)
     cr_expect_eq(r.fired[1], 0);
     cr_expect_eq(r.at[1], 50000);
     cr_expect_eq(dht_clock_us(c), 100000, "the clock stands at the limit");
-    rig_down(&r);
-    rt_actor_stop(&r.actor);
-    rt_loop_free(l);
-    dht_vclock_free(c);
+    all_down(&r, l, c);
 }
 
 Test(dht_clock, a_periodic_timer_fires_every_period_and_idle_time_jumps)
 {
-    rt_loop *l = rt_loop_new();
-    dht_clock *c;
-    cr_assert_eq(dht_vclock_new(l, &c), 0);
+    rt_loop *l;
     rig r;
-    rig_up(&r, l, c);
+    dht_clock *c = virtual_up(&r, &l);
     cr_assert_eq(dht_timer_start(&r.t[0], 100000, 1), 0);   /* every 100 s */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -139,19 +147,14 @@ Test(dht_clock, a_periodic_timer_fires_every_period_and_idle_time_jumps)
     dht_timer_cancel(&r.t[0]);
     cr_expect_eq(dht_vclock_run(c, NULL, NULL, 1000000), 0);
     cr_expect_eq(r.n, 3, "a cancelled periodic timer stops");
-    rig_down(&r);
-    rt_actor_stop(&r.actor);
-    rt_loop_free(l);
-    dht_vclock_free(c);
+    all_down(&r, l, c);
 }
 
 Test(dht_clock, time_stands_still_while_an_actor_has_mail)
 {
-    rt_loop *l = rt_loop_new();
-    dht_clock *c;
-    cr_assert_eq(dht_vclock_new(l, &c), 0);
+    rt_loop *l;
     rig r;
-    rig_up(&r, l, c);
+    dht_clock *c = virtual_up(&r, &l);
     r.follow_up = 1;
     cr_assert_eq(dht_timer_start(&r.t[0], 10, 0), 0);
     cr_assert_eq(dht_timer_start(&r.t[1], 10, 0), 0);
@@ -166,10 +169,7 @@ Test(dht_clock, time_stands_still_while_an_actor_has_mail)
     cr_expect_eq(r.fired[2], 1);
     cr_expect_eq(r.fired[3], 2);
     cr_expect_eq(r.at[3], 11000);
-    rig_down(&r);
-    rt_actor_stop(&r.actor);
-    rt_loop_free(l);
-    dht_vclock_free(c);
+    all_down(&r, l, c);
 }
 
 Test(dht_clock, the_real_clock_is_the_wall_clock_and_fires_through_the_loop, .timeout = 10)
@@ -186,8 +186,5 @@ Test(dht_clock, the_real_clock_is_the_wall_clock_and_fires_through_the_loop, .ti
     rt_loop_run(l);
     cr_assert_eq(r.n, 1);
     cr_expect(dht_clock_us(c) - t0 >= 19000, "the real timer waited its 20 ms");
-    rig_down(&r);
-    rt_actor_stop(&r.actor);
-    rt_loop_free(l);
-    dht_vclock_free(c);   /* a no-op on the real clock */
+    all_down(&r, l, c);   /* its dht_vclock_free is a no-op on the real clock */
 }

@@ -175,8 +175,10 @@ static void on_got(void *arg, int err, const char *msg, const dht_get_result *r)
     }
     double now = dht_node_now(c->d);
     if (!r->is_dict) {
-        if (c->json) { printf("{\"found\": true, \"value\": "); print_packed(r->value, r->vlen); printf(", \"expires_in\": %.3f}\n", r->expiration - now); }
-        else { print_packed(r->value, r->vlen); printf("  (expires in %.1f s)\n", r->expiration - now); }
+        if (c->json) printf("{\"found\": true, \"value\": ");
+        print_packed(r->value, r->vlen);
+        if (c->json) printf(", \"expires_in\": %.3f}\n", r->expiration - now);
+        else printf("  (expires in %.1f s)\n", r->expiration - now);
     } else {
         if (c->json) printf("{\"found\": true, \"subkeys\": [");
         for (size_t i = 0; i < r->nsubs; i++) {

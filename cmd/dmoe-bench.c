@@ -10,7 +10,8 @@
  *   3. the node over loopback TCP: build/dmoe-node as a subprocess (1 expert), driven in-process by
  *      loadgen_run with several concurrent clients; then one client with 1 row for latency;
  *   4. memory: a node with 5 experts, its VmRSS idle and after a forward/backward load;
- *   5. the DHT: lookups on 1024 in-memory nodes (dht_memnet_measure);
+ *   5. the DHT: lookups on 1024 in-memory nodes in virtual time (dht_memnet_measure: the lookup times
+ *      are network time, hops times the link latency, whatever the machine's speed);
  *   6. the Mixture-of-Experts layer, as in the tutorial: two nodes (5 experts expert.[0:5], then 10 from
  *      expert.[5:250] joining the first through the DHT), and in-process a client-mode DHT peer with a
  *      MoE layer (grid 250, k_best 2) timing forwards of 3 and 256 rows and training steps of 256 rows

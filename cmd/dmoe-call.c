@@ -21,11 +21,12 @@
 #include <string.h>
 
 #include "actors/net/client.h"
-#include "actors/dht/dht_cli.h"
+#include "actors/dht/rpc/dht_join.h"
 #include "actors/grid/dht_experts.h"
 #include "cmd/call/load_cmd.h"
 #include "cmd/call/moe_cmd.h"
 #include "actors/net/remote.h"
+#include "cmd/call/dht_cmds.h"
 #include "kernels/kern_rng.h"
 #include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
@@ -49,7 +50,7 @@ typedef struct {
     int status;
     int done;
     char **initial_peers;
-    dht_cli *dc;
+    dht_join *dc;
     char **words;             /* positional words after the command */
     int n_words;
     double expiration;
@@ -356,16 +357,16 @@ static void on_joined(void *arg, int err, const char *msg)
     char e[512] = "";
     int rc = 0;
     if (!strcmp(a->cmd, "find")) {
-        rc = dht_cli_find(a->dc, (const char *const *)a->words, (size_t)a->n_words, a->json, cli_done, a, e, sizeof e);
+        rc = dht_cmd_find(dht_join_node(a->dc), (const char *const *)a->words, (size_t)a->n_words, a->json, cli_done, a, e, sizeof e);
     } else if (!strcmp(a->cmd, "dht")) {
         if (a->n_words == 3 && !strcmp(a->words[0], "store"))
-            rc = dht_cli_store(a->dc, a->words[1], a->words[2], a->subkey, a->expiration, a->json, cli_done, a, e, sizeof e);
+            rc = dht_cmd_store(dht_join_node(a->dc), a->words[1], a->words[2], a->subkey, a->expiration, a->json, cli_done, a, e, sizeof e);
         else if (a->n_words == 2 && !strcmp(a->words[0], "get"))
-            rc = dht_cli_get(a->dc, a->words[1], a->latest, a->json, cli_done, a, e, sizeof e);
+            rc = dht_cmd_get(dht_join_node(a->dc), a->words[1], a->latest, a->json, cli_done, a, e, sizeof e);
         else { rc = DMOE_EINVAL; snprintf(e, sizeof e, "usage: dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest]"); }
     } else {
         const char *uid = a->uid;
-        rc = dht_get_experts(dht_cli_node(a->dc), &uid, 1, on_located, a, e, sizeof e);
+        rc = dht_get_experts(dht_join_node(a->dc), &uid, 1, on_located, a, e, sizeof e);
     }
     if (rc) fail(a, rc == DMOE_EINVAL ? 2 : 1, rc, e);
 }
@@ -447,15 +448,15 @@ int main(int argc, char **argv)
     if (via_dht) {
         size_t np = 0;
         while (a.initial_peers[np]) np++;
-        a.dc = dht_cli_join(a.loop, a.cl, (const char *const *)a.initial_peers, np, on_joined, &a, err, sizeof err);
+        a.dc = dht_join_start(a.loop, a.cl, (const char *const *)a.initial_peers, np, on_joined, &a, err, sizeof err);
         if (!a.dc) fail(&a, 2, DMOE_EINVAL, err);
     } else {
         start(&a);
     }
     if (!a.done) rt_loop_run(a.loop);
-    if (a.dc) dht_node_stop(dht_cli_node(a.dc));
+    if (a.dc) dht_node_stop(dht_join_node(a.dc));
     client_free(a.cl);
-    dht_cli_free(a.dc);
+    dht_join_free(a.dc);
     for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
     rt_loop_run(a.loop);   /* no-op unless actors wait to be reaped */
     rt_loop_free(a.loop);

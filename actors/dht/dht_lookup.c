@@ -10,7 +10,11 @@
  *
  * Phases: SEARCH -> (STORING for a store) -> DONE. The lookup sits in its node's list while not DONE:
  * gets of the same key and latest flag join a SEARCHing one as waiters, and dht_node_stop aborts them
- * all. Callbacks run from the lookup's handler (start, deadline) or from an RPC's completion, never
+ * all. The list belongs to this file: its head is in a lookup_set, the part (dht_node.h) this file
+ * attaches to the node the first time it is needed; the node reaches it only through the part's hooks
+ * (stop: abort them all; refresh: look up the ids of stale buckets; release: free the set).
+ *
+ * Callbacks run from the lookup's handler (start, deadline) or from an RPC's completion, never
  * from the call that created the lookup. The actor is stopped (and freed after the round) only when it
  * is DONE and no RPC of it is in flight, so completions never meet freed memory.
  *
@@ -45,9 +49,10 @@ typedef struct {
 
 struct dht_lookup {
     rt_actor actor;
-    rt_timer deadline;
+    dht_timer deadline;
     rt_signal start;
     dht *d;
+    struct lookup_set *set;
     int mode, phase, latest;
     dht_id target;
     size_t k;
@@ -81,11 +86,21 @@ typedef struct {
     int hops;
 } lk_rpc;
 
+/* A node's lookups: the part this file attaches to the node, and the head of its list. */
+typedef struct lookup_set {
+    dht_part part;
+    dht *d;
+    dht_lookup *head;
+} lookup_set;
+
+/* The kind of a lookup_set's part. */
+static const char set_kind = 0;
+
 /* ---- list, lifetime ---- */
 
 static void unlink_lookup(dht_lookup *lk)
 {
-    struct dht_lookup **head = dht_node_lookups(lk->d);
+    dht_lookup **head = &lk->set->head;
     if (lk->prev) lk->prev->next = lk->next;
     else if (*head == lk) *head = lk->next;
     if (lk->next) lk->next->prev = lk->prev;
@@ -97,7 +112,7 @@ static void set_done(dht_lookup *lk)
     if (lk->phase == PH_DONE) return;
     lk->phase = PH_DONE;
     unlink_lookup(lk);
-    rt_timer_cancel(&lk->deadline);
+    dht_timer_cancel(&lk->deadline);
 }
 
 static void maybe_reap(dht_lookup *lk)
@@ -117,7 +132,7 @@ static void free_subs(dht_lookup *lk)
 static void destroy(rt_actor *self)
 {
     dht_lookup *lk = (dht_lookup *)self;
-    rt_timer_deinit(&lk->deadline);
+    dht_timer_deinit(&lk->deadline);
     free(lk->value);
     free_subs(lk);
     free(lk->subs);
@@ -467,7 +482,10 @@ static void start(dht_lookup *lk)
     dht_node seeds[DHT_LOOKUP_MAX_CAND];
     size_t n = dht_routing_nearest(dht_node_routing(d), &lk->target, lk->k, NULL, seeds);
     for (size_t i = 0; i < n; i++) add_cand(lk, &seeds[i], 1);
-    rt_timer_start(&lk->deadline, dht_node_cfg(d)->lookup_timeout_ms, 0);
+    if (dht_timer_start(&lk->deadline, dht_node_cfg(d)->lookup_timeout_ms, 0) != 0) {
+        abort_lookup(lk, DMOE_ENOMEM, "out of memory arming the lookup deadline");
+        return;
+    }
     step(lk);
     maybe_reap(lk);
 }
@@ -488,25 +506,60 @@ static void handle(rt_actor *self, rt_msg *m)
     rt_msg_drop(m);
 }
 
+/* ---- the set ---- */
+
+static void set_stop(dht_part *p)
+{
+    lookup_set *set = (lookup_set *)p;
+    /* Each abort unlinks the head, so the loop ends when the list is empty. */
+    while (set->head) abort_lookup(set->head, DMOE_ESHUTDOWN, "the DHT node is stopping");
+}
+
+static void set_refresh(dht_part *p, const dht_id *ids, size_t n)
+{
+    lookup_set *set = (lookup_set *)p;
+    for (size_t i = 0; i < n; i++)
+        if (dht_find_nodes(set->d, &ids[i], 0, NULL, NULL) != 0) LOG_DEBUG("a stale-bucket refresh did not start");
+}
+
+static void set_release(dht_part *p) { free(p); }
+
+static lookup_set *get_set(dht *d)
+{
+    lookup_set *set = (lookup_set *)dht_node_part(d, &set_kind);
+    if (set) return set;
+    set = calloc(1, sizeof *set);
+    if (!set) return NULL;
+    set->part = (dht_part){ NULL, &set_kind, set_stop, set_refresh, set_release };
+    set->d = d;
+    dht_node_attach(d, &set->part);
+    return set;
+}
+
+int dht_lookup_attach(dht *d) { return get_set(d) ? 0 : DMOE_ENOMEM; }
+
 static dht_lookup *lookup_new(dht *d, int mode, const dht_id *target, size_t k)
 {
+    lookup_set *set = get_set(d);
+    if (!set) return NULL;
     dht_lookup *lk = calloc(1, sizeof *lk);
     if (!lk) return NULL;
     rt_actor_init(&lk->actor, dht_node_loop(d), "dht_lookup", handle, destroy);
-    if (rt_timer_init(&lk->deadline, &lk->actor, MSG_DEADLINE) != 0) {
+    if (dht_timer_init(&lk->deadline, dht_node_clock(d), &lk->actor, MSG_DEADLINE) != 0) {
+        dht_timer_deinit(&lk->deadline);
         free(lk);
         return NULL;
     }
+    lk->set = set;
     rt_signal_init(&lk->start, &lk->actor, MSG_START);
     lk->d = d;
     lk->mode = mode;
     lk->target = *target;
     lk->k = k ? k : dht_node_cfg(d)->bucket_size;
     if (lk->k > DHT_LOOKUP_MAX_CAND) lk->k = DHT_LOOKUP_MAX_CAND;
-    struct dht_lookup **head = dht_node_lookups(d);
-    lk->next = *head;
-    if (*head) (*head)->prev = lk;
-    *head = lk;
+    lk->next = set->head;
+    if (set->head) set->head->prev = lk;
+    set->head = lk;
     return lk;
 }
 
@@ -526,7 +579,9 @@ static int add_waiter(dht_lookup *lk, dht_get_cb cb, void *arg)
 int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
-    for (dht_lookup *lk = *dht_node_lookups(d); lk; lk = lk->next)
+    lookup_set *set = get_set(d);
+    if (!set) return DMOE_ENOMEM;
+    for (dht_lookup *lk = set->head; lk; lk = lk->next)
         if (lk->mode == LK_GET && lk->phase == PH_SEARCH && lk->latest == !!latest && lk->nw < DHT_LOOKUP_MAX_WAITERS &&
             dht_id_eq(&lk->target, key))
             return add_waiter(lk, cb, arg);
@@ -576,11 +631,4 @@ int dht_find_nodes(dht *d, const dht_id *target, size_t k, dht_nodes_cb cb, void
     lk->nodes_arg = arg;
     rt_signal_raise(&lk->start);
     return 0;
-}
-
-void dht_lookup_abort_all(dht *d)
-{
-    struct dht_lookup **head = dht_node_lookups(d);
-    size_t guard = 0;
-    while (*head && guard++ < ((size_t)1 << 30)) abort_lookup(*head, DMOE_ESHUTDOWN, "the DHT node is stopping");
 }

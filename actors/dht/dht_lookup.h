@@ -1,10 +1,11 @@
 /* dht_lookup.h -- iterative Kademlia lookups (hivemind's traverse_dht, DHTNode.store / get).
  *
- * Each lookup is an actor with its own deadline timer. It starts from the k nearest peers of the
- * node's routing table and asks at most alpha of them at a time (dht_find) for the target, merging the
- * peers each reply names into its candidate list, until the k nearest candidates that answered have
- * all been asked (or, for a get that does not want the latest value, an unexpired value was found).
- * A peer that fails is skipped (the node evicts it). The whole lookup ends at lookup_timeout_ms.
+ * Each lookup is an actor with its own deadline timer (on the node's clock). It starts from the k
+ * nearest peers of the node's routing table and asks at most alpha of them at a time (dht_find) for
+ * the target, merging the peers each reply names into its candidate list, until the k nearest
+ * candidates that answered have all been asked (or, for a get that does not want the latest value,
+ * an unexpired value was found). A peer that fails is skipped (the node evicts it). The whole lookup
+ * ends at lookup_timeout_ms.
  *
  *  - dht_find_nodes: the k nearest live nodes to a target.
  *  - dht_store: finds the num_replicas nearest nodes to the key and stores there (and locally when this
@@ -69,7 +70,9 @@ int dht_store(dht *d, const dht_id *key, const void *subkey, size_t sklen, const
  * once) or DMOE_ESHUTDOWN / DMOE_ENOMEM. */
 int dht_find_nodes(dht *d, const dht_id *target, size_t k, dht_nodes_cb cb, void *arg);
 
-/* dht_lookup_abort_all ends every active lookup of d with DMOE_ESHUTDOWN (dht_node_stop calls it). */
-void dht_lookup_abort_all(dht *d);
+/* dht_lookup_attach attaches d's lookups to d (a part, see dht_node.h) if they are not yet: from then
+ * on dht_node_stop aborts them with DMOE_ESHUTDOWN and the node's refresh looks its stale buckets up.
+ * Every lookup attaches them; dht_node_bootstrap does too. Returns 0 or DMOE_ENOMEM. */
+int dht_lookup_attach(dht *d);
 
 #endif

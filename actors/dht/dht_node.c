@@ -1,4 +1,4 @@
-/* dht_node.c -- the DHT node actor: routing table, storage, RPC handlers, bootstrap, refresh, hand-over
+/* dht_node.c -- the DHT node actor: routing table, storage, RPC handlers, refresh, hand-over
  * (see dht_node.h).
  *
  * Design notes. Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
@@ -10,11 +10,13 @@
  * except DMOE_ESHUTDOWN, which says the peer is leaving: that evicts it as a timeout would.
  *
  * The storage has no iteration, so the node keeps an index of the keys it stored as a replica (an
- * open-addressing set of ids) for Kademlia's hand-over; keys that vanished from the storage (expired)
- * leave the index when the hand-over next meets them.
+ * rt_map of ids) for Kademlia's hand-over; keys that vanished from the storage (expired) leave the
+ * index when the hand-over next meets them.
  *
- * Timers, both on the node actor: the sweep (one-shot, armed at the earliest expiration held) and the
- * refresh (periodic: stale buckets are looked up, expired keys swept). The bootstrap's retry timer too.
+ * Timers, both on the node actor and on the node's clock (dht_clock.h): the sweep (one-shot, armed at
+ * the earliest expiration held) and the refresh (periodic: expired keys swept, stale buckets handed to
+ * the parts' refresh hooks -- the lookups look them up). The node calls nothing above it: the lookups
+ * and the bootstrap attach parts, and dht_node_stop and the refresh reach them through their hooks.
  */
 #include "actors/dht/dht_node.h"
 
@@ -22,13 +24,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "actors/dht/dht_lookup.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_map.h"
 
-enum { MSG_REQ = 1, MSG_REFRESH = 2, MSG_SWEEP = 3, MSG_BOOT_RETRY = 4 };
+enum { MSG_REQ = 1, MSG_REFRESH = 2, MSG_SWEEP = 3 };
 enum { RPC_PING = 0, RPC_FIND = 1, RPC_STORE = 2 };
 
 /* Stale buckets refreshed per refresh tick: bounds the lookups one tick can start. */
@@ -43,8 +44,6 @@ typedef struct {
     int answered;
 } inreq;
 
-typedef void (*ping_done)(void *arg, int err, const char *msg, const dht_peer_info *who);
-
 typedef struct {
     dht *d;
     int kind;
@@ -53,33 +52,9 @@ typedef struct {
     size_t n;
     dht_find_done find_cb;
     dht_store_done store_cb;
-    ping_done ping_cb;
+    dht_ping_done ping_cb;
     void *arg;
 } rpc;
-
-typedef struct {
-    dht *d;
-    char text[WIRE_MADDR_TEXT];
-    dht_addr addr;
-    dht_id id;
-    int has_id, ok;
-    char why[160];
-} boot_peer;
-
-typedef struct {
-    boot_peer peers[DHT_MAX_INITIAL_PEERS];
-    size_t n, pending;
-    int round;
-    dht_bootstrap_cb cb;
-    void *arg;
-} boot_state;
-
-/* The key index: open addressing, linear probing; used[i]: 0 empty, 1 key, 2 tombstone. */
-typedef struct {
-    dht_id *ids;
-    uint8_t *used;
-    size_t cap, n, filled;
-} key_index;
 
 struct dht {
     rt_actor actor;
@@ -90,77 +65,21 @@ struct dht {
     dht_routing *rt;
     dht_blacklist *bl;
     dht_storage *store, *cache, *neg;
-    key_index idx;
-    rt_timer refresh, sweep, boot_timer;
+    dht_clock *clock;
+    rt_map keys;                 /* the keys stored as a replica: id -> &key_present */
+    dht_timer refresh, sweep;
     double sweep_at;
-    boot_state *boot;
-    struct dht_lookup *lookups;
+    dht_part *parts;
     uint64_t rpcs;
     int stopped;
 };
 
-/* ---- the key index ---- */
-
-static size_t idx_slot(const key_index *x, const dht_id *k)
-{
-    uint64_t h;
-    memcpy(&h, k->b, sizeof h);
-    return (size_t)(h * 0x9E3779B97F4A7C15ull) & (x->cap - 1);
-}
-
-static int idx_rehash(key_index *x, size_t cap)
-{
-    key_index y = { calloc(cap, sizeof *y.ids), calloc(cap, 1), cap, 0, 0 };
-    if (!y.ids || !y.used) {
-        free(y.ids);
-        free(y.used);
-        return DMOE_ENOMEM;
-    }
-    for (size_t i = 0; i < x->cap; i++)
-        if (x->used[i] == 1) {
-            size_t s = idx_slot(&y, &x->ids[i]);
-            while (y.used[s]) s = (s + 1) & (cap - 1);
-            y.ids[s] = x->ids[i];
-            y.used[s] = 1;
-            y.n++;
-        }
-    y.filled = y.n;
-    free(x->ids);
-    free(x->used);
-    *x = y;
-    return 0;
-}
-
-static int idx_add(key_index *x, const dht_id *k)
-{
-    if ((x->filled + 1) * 2 > x->cap) {
-        size_t cap = x->cap ? x->cap : 64;
-        while ((x->n + 1) * 2 > cap / 2 && cap < ((size_t)1 << 40)) cap *= 2;
-        int rc = idx_rehash(x, cap);
-        if (rc) return rc;
-    }
-    size_t s = idx_slot(x, k), tomb = (size_t)-1;
-    while (x->used[s]) {
-        if (x->used[s] == 1 && dht_id_eq(&x->ids[s], k)) return 0;
-        if (x->used[s] == 2 && tomb == (size_t)-1) tomb = s;
-        s = (s + 1) & (x->cap - 1);
-    }
-    if (tomb != (size_t)-1) s = tomb;
-    else x->filled++;
-    x->ids[s] = *k;
-    x->used[s] = 1;
-    x->n++;
-    return 0;
-}
+/* The value of every entry of the key index (an rt_map value is never NULL). */
+static char key_present;
 
 /* ---- time, configuration ---- */
 
-double dht_node_now(const dht *d)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+double dht_node_now(const dht *d) { return dht_clock_now(d->clock); }
 
 void dht_cfg_default(dht_cfg *c)
 {
@@ -177,6 +96,7 @@ static void fill_defaults(dht_cfg *c)
     if (!c->rpc_timeout_ms) c->rpc_timeout_ms = DHT_RPC_TIMEOUT_MS;
     if (!c->lookup_timeout_ms) c->lookup_timeout_ms = DHT_LOOKUP_TIMEOUT_MS;
     if (c->refresh_period_s == 0) c->refresh_period_s = DHT_REFRESH_PERIOD_S;
+    if (!c->clock) c->clock = dht_clock_real();
     if (c->bootstrap_retries < 0) c->bootstrap_retries = DHT_BOOTSTRAP_RETRIES;
     if (!c->bootstrap_retry_ms) c->bootstrap_retry_ms = DHT_BOOTSTRAP_RETRY_MS;
 }
@@ -300,8 +220,9 @@ int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items
     return send_rpc(d, r, id, dht_proto_store_req(id, &d->self, items, n, in_cache));
 }
 
-static int send_ping(dht *d, const dht_node *peer, int has_id, ping_done cb, void *arg)
+int dht_node_ping(dht *d, const dht_node *peer, int has_id, dht_ping_done cb, void *arg)
 {
+    if (d->stopped) return DMOE_ESHUTDOWN;
     rpc *r = rpc_new(d, RPC_PING, peer, has_id, 0, arg);
     if (!r) return DMOE_ENOMEM;
     r->ping_cb = cb;
@@ -323,7 +244,10 @@ static void arm_sweep(dht *d)
     double now = dht_node_now(d);
     double wait = next - now;
     d->sweep_at = next;
-    rt_timer_start(&d->sweep, wait > 0 ? (uint64_t)(wait * 1000.0) + 1 : 0, 0);
+    if (dht_timer_start(&d->sweep, wait > 0 ? (uint64_t)(wait * 1000.0) + 1 : 0, 0) != 0) {
+        LOG_WARN("out of memory arming the storage sweep; the refresh sweeps instead");
+        d->sweep_at = 0;
+    }
 }
 
 int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
@@ -331,7 +255,8 @@ int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
     int rc = dht_storage_store(in_cache ? d->cache : d->store, &it->key, it->subkey, it->sklen, it->value, it->vlen,
                                it->expiration, dht_node_now(d));
     if (rc == 1) {
-        if (!in_cache && idx_add(&d->idx, &it->key) != 0) LOG_WARN("out of memory indexing a stored key");
+        if (!in_cache && rt_map_put(&d->keys, it->key.b, sizeof it->key.b, &key_present) != 0)
+            LOG_WARN("out of memory indexing a stored key");
         arm_sweep(d);
     }
     return rc;
@@ -340,7 +265,7 @@ int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
 /* handover sends the new node p the keys it should now store with us (hivemind's rule). */
 static void handover(dht *d, const dht_peer_info *p)
 {
-    if (d->idx.n == 0) return;
+    if (rt_map_count(&d->keys) == 0) return;
     double now = dht_node_now(d);
     dht_storage_expire(d->store, now);
     dht_node peer = { .id = p->id, .addr = p->addr };
@@ -348,13 +273,16 @@ static void handover(dht *d, const dht_peer_info *p)
     size_t nb = 0;
     dht_node nb_nodes[DHT_NUM_REPLICAS * 4];
     size_t want = d->cfg.num_replicas < DHT_NUM_REPLICAS * 4 ? d->cfg.num_replicas : DHT_NUM_REPLICAS * 4;
-    for (size_t i = 0; i < d->idx.cap; i++) {
-        if (d->idx.used[i] != 1) continue;
-        const dht_id *key = &d->idx.ids[i];
+    rt_map_iter iter = RT_MAP_ITER_INIT;
+    const void *kb;
+    size_t klen;
+    while (rt_map_next(&d->keys, &iter, &kb, &klen)) {
+        dht_id kcopy;
+        memcpy(kcopy.b, kb, sizeof kcopy.b);
+        const dht_id *key = &kcopy;
         dht_stored st;
         if (dht_storage_get(d->store, key, now, &st) != 0) {
-            d->idx.used[i] = 2;
-            d->idx.n--;
+            rt_map_del_at(&d->keys, &iter);
             continue;
         }
         size_t nn = dht_routing_nearest(d->rt, key, want, &d->self.id, nb_nodes);
@@ -397,7 +325,7 @@ static void learn(dht *d, const dht_peer_info *p)
     int is_new = dht_routing_get(d->rt, &p->id, &known) != 0;
     if (is_new && !d->cfg.client_mode) handover(d, p);
     int rc = dht_routing_add_or_update(d->rt, &p->id, &p->addr, dht_node_now(d), &to_ping);
-    if (rc == DHT_RT_PING) send_ping(d, &to_ping, 1, ignore_ping, NULL);
+    if (rc == DHT_RT_PING) dht_node_ping(d, &to_ping, 1, ignore_ping, NULL);
 }
 
 /* ---- incoming requests ---- */
@@ -526,117 +454,29 @@ void dht_node_deliver(dht *d, wire_msg *m, dht_respond_fn respond, void *ctx)
     }
 }
 
-/* ---- bootstrap ---- */
+/* ---- parts ---- */
 
-static void boot_round(dht *d);
-
-static void boot_finish(dht *d, int err, const char *msg)
+void dht_node_attach(dht *d, dht_part *p)
 {
-    boot_state *b = d->boot;
-    d->boot = NULL;
-    b->cb(b->arg, err, msg);
-    free(b);
+    p->next = d->parts;
+    d->parts = p;
 }
 
-static void boot_found(void *arg, int err, const char *msg, const dht_node *nearest, size_t n, int hops)
+void dht_node_detach(dht *d, dht_part *p)
 {
-    dht *d = arg;
-    if (!d->boot) return;
-    LOG_DEBUG("bootstrap lookup found %zu nodes in %d hops", n, hops);
-    boot_finish(d, err == DMOE_ESHUTDOWN ? err : 0, err == DMOE_ESHUTDOWN ? msg : "");
-}
-
-static void boot_check(dht *d)
-{
-    boot_state *b = d->boot;
-    if (!b || b->pending > 0) return;
-    size_t ok = 0;
-    for (size_t i = 0; i < b->n; i++) ok += b->peers[i].ok;
-    if (d->stopped) {
-        boot_finish(d, DMOE_ESHUTDOWN, "the DHT node is stopping");
-    } else if (ok > 0) {
-        if (dht_find_nodes(d, &d->self.id, 0, boot_found, d) != 0) boot_finish(d, 0, "");
-    } else if (b->round < d->cfg.bootstrap_retries) {
-        b->round++;
-        rt_timer_start(&d->boot_timer, d->cfg.bootstrap_retry_ms, 0);
-    } else {
-        char m[1024];
-        size_t off = (size_t)snprintf(m, sizeof m,
-                                      "DHT bootstrap failed after %d attempts: none of the initial peers answered:",
-                                      b->round + 1);
-        for (size_t i = 0; i < b->n && off < sizeof m; i++)
-            off += (size_t)snprintf(m + off, sizeof m - off, "%s %s (%s)", i ? ";" : "", b->peers[i].text,
-                                    b->peers[i].why);
-        LOG_WARN("%s", m);
-        boot_finish(d, DMOE_ECONN, m);
-    }
-}
-
-static void boot_pinged(void *arg, int err, const char *msg, const dht_peer_info *who)
-{
-    boot_peer *p = arg;
-    dht *d = p->d;
-    if (!d->boot) return;
-    d->boot->pending--;
-    if (err == 0) p->ok = 1;
-    else snprintf(p->why, sizeof p->why, "%s", msg && msg[0] ? msg : dmoe_strerror(err));
-    boot_check(d);
-}
-
-static void boot_round(dht *d)
-{
-    boot_state *b = d->boot;
-    b->pending = 1;   /* held while sending, so that a synchronous failure cannot end the round early */
-    for (size_t i = 0; i < b->n; i++) {
-        boot_peer *p = &b->peers[i];
-        if (p->ok) continue;
-        b->pending++;
-        dht_node peer = { .id = p->id, .addr = p->addr };
-        /* A new round is a deliberate retry: lift the ban the previous failure put on the address. */
-        dht_blacklist_ok(d->bl, &p->addr);
-        int rc = send_ping(d, &peer, p->has_id, boot_pinged, p);
-        if (rc) boot_pinged(p, rc, dmoe_strerror(rc), NULL);
-    }
-    b->pending--;
-    boot_check(d);
-}
-
-int dht_node_bootstrap(dht *d, const char *const *peers, size_t n, dht_bootstrap_cb cb, void *arg, char *err,
-                       size_t errlen)
-{
-    if (d->stopped) return DMOE_ESHUTDOWN;
-    if (d->boot) {
-        snprintf(err, errlen, "a bootstrap is already running");
-        return DMOE_EINVAL;
-    }
-    if (n > DHT_MAX_INITIAL_PEERS) {
-        snprintf(err, errlen, "%zu initial peers, at most %d", n, DHT_MAX_INITIAL_PEERS);
-        return DMOE_ETOOBIG;
-    }
-    boot_state *b = calloc(1, sizeof *b);
-    if (!b) return DMOE_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        boot_peer *p = &b->peers[i];
-        p->d = d;
-        int rc = dht_proto_parse_peer(peers[i], &p->addr, &p->id, &p->has_id, err, errlen);
-        if (rc) {
-            free(b);
-            return rc;
+    for (dht_part **pp = &d->parts; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            return;
         }
-        snprintf(p->text, sizeof p->text, "%s", peers[i]);
-    }
-    b->n = n;
-    b->cb = cb;
-    b->arg = arg;
-    d->boot = b;
-    if (n == 0) {
-        /* A first node: nothing to ping; finish through the timer so cb runs later, never inside. */
-        b->round = -1;
-        rt_timer_start(&d->boot_timer, 0, 0);
-        return 0;
-    }
-    boot_round(d);
-    return 0;
+}
+
+dht_part *dht_node_part(dht *d, const void *kind)
+{
+    for (dht_part *p = d->parts; p; p = p->next)
+        if (p->kind == kind) return p;
+    return NULL;
 }
 
 /* ---- the actor ---- */
@@ -649,9 +489,10 @@ static void refresh_tick(dht *d)
     dht_storage_expire(d->neg, now);
     dht_id ids[DHT_REFRESH_MAX_BUCKETS];
     size_t n = dht_routing_stale(d->rt, now, d->cfg.refresh_period_s, ids, DHT_REFRESH_MAX_BUCKETS);
-    for (size_t i = 0; i < n; i++) {
-        dht_routing_touch(d->rt, &ids[i], now);
-        dht_find_nodes(d, &ids[i], 0, NULL, NULL);
+    for (size_t i = 0; i < n; i++) dht_routing_touch(d->rt, &ids[i], now);
+    for (dht_part *p = d->parts, *next; n > 0 && p; p = next) {
+        next = p->next;
+        if (p->refresh) p->refresh(p, ids, n);
     }
 }
 
@@ -673,10 +514,6 @@ static void handle(rt_actor *self, rt_msg *m)
         arm_sweep(d);
         break;
     }
-    case MSG_BOOT_RETRY:
-        if (d->boot && d->boot->round < 0) boot_finish(d, 0, "");
-        else if (d->boot) boot_round(d);
-        break;
     }
     rt_msg_drop(m);
 }
@@ -684,17 +521,19 @@ static void handle(rt_actor *self, rt_msg *m)
 static void destroy(rt_actor *self)
 {
     dht *d = (dht *)self;
-    rt_timer_deinit(&d->refresh);
-    rt_timer_deinit(&d->sweep);
-    rt_timer_deinit(&d->boot_timer);
+    for (dht_part *p = d->parts, *next; p; p = next) {
+        next = p->next;
+        p->next = NULL;
+        if (p->release) p->release(p);
+    }
+    dht_timer_deinit(&d->refresh);
+    dht_timer_deinit(&d->sweep);
     dht_routing_free(d->rt);
     dht_blacklist_free(d->bl);
     dht_storage_free(d->store);
     dht_storage_free(d->cache);
     dht_storage_free(d->neg);
-    free(d->idx.ids);
-    free(d->idx.used);
-    free(d->boot);
+    rt_map_clear(&d->keys);
     free(d);
 }
 
@@ -708,6 +547,7 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
     fill_defaults(&d->cfg);
     d->cfg.limits = NULL;
     d->t = *t;
+    d->clock = d->cfg.clock;
     uint64_t rng = c->seed;
     if (c->has_id) d->self.id = c->id;
     else dht_id_random(&d->self.id, &rng);
@@ -720,12 +560,13 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
     if (dht_routing_new(&d->rt, &d->self.id, d->cfg.bucket_size, 0, rng ^ 0xA5A5A5A5ull, now) != 0 ||
         dht_blacklist_new(&d->bl, 0, 0, 0) != 0 || dht_storage_new(&d->store, c->limits) != 0 ||
         dht_storage_new(&d->cache, c->limits) != 0 || dht_storage_new(&d->neg, NULL) != 0 ||
-        rt_timer_init(&d->refresh, &d->actor, MSG_REFRESH) != 0 || rt_timer_init(&d->sweep, &d->actor, MSG_SWEEP) != 0 ||
-        rt_timer_init(&d->boot_timer, &d->actor, MSG_BOOT_RETRY) != 0) {
+        dht_timer_init(&d->refresh, d->clock, &d->actor, MSG_REFRESH) != 0 ||
+        dht_timer_init(&d->sweep, d->clock, &d->actor, MSG_SWEEP) != 0 ||
+        (d->cfg.refresh_period_s > 0 &&
+         dht_timer_start(&d->refresh, (uint64_t)(d->cfg.refresh_period_s * 1000.0), 1) != 0)) {
         destroy(&d->actor);
         return DMOE_ENOMEM;
     }
-    if (d->cfg.refresh_period_s > 0) rt_timer_start(&d->refresh, (uint64_t)(d->cfg.refresh_period_s * 1000.0), 1);
     *out = d;
     return 0;
 }
@@ -734,11 +575,12 @@ void dht_node_stop(dht *d)
 {
     if (d->stopped) return;
     d->stopped = 1;
-    rt_timer_cancel(&d->refresh);
-    rt_timer_cancel(&d->sweep);
-    rt_timer_cancel(&d->boot_timer);
-    if (d->boot) boot_finish(d, DMOE_ESHUTDOWN, "the DHT node is stopping");
-    dht_lookup_abort_all(d);
+    dht_timer_cancel(&d->refresh);
+    dht_timer_cancel(&d->sweep);
+    for (dht_part *p = d->parts, *next; p; p = next) {   /* a stop hook may detach its own part only */
+        next = p->next;
+        p->stop(p);
+    }
 }
 
 void dht_node_free(dht *d)
@@ -757,9 +599,10 @@ dht_storage *dht_node_storage(dht *d) { return d->store; }
 dht_storage *dht_node_cache(dht *d) { return d->cache; }
 dht_storage *dht_node_negcache(dht *d) { return d->neg; }
 int dht_node_is_stopped(const dht *d) { return d->stopped; }
-size_t dht_node_stored_keys(const dht *d) { return d->idx.n; }
+size_t dht_node_stored_keys(const dht *d) { return rt_map_count(&d->keys); }
 uint64_t dht_node_rpc_count(const dht *d) { return d->rpcs; }
-struct dht_lookup **dht_node_lookups(dht *d) { return &d->lookups; }
+dht_clock *dht_node_clock(const dht *d) { return d->clock; }
+dht_blacklist *dht_node_blacklist(dht *d) { return d->bl; }
 
 void dht_node_maddr(const dht *d, char *buf, size_t cap)
 {

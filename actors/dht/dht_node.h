@@ -5,6 +5,8 @@
  * dht_transport: outgoing requests go through transport->call (one callback each: reply, remote error,
  * timeout, connection failure); incoming requests are handed to dht_node_deliver by the transport, which
  * also supplies how to answer them. The TCP transport is dht_net.h, the in-memory one dht_memnet.h.
+ * It reads the time and arms its timers only through its dht_clock (dht_clock.h): the wall clock, or a
+ * virtual one under which a test swarm runs with no sleep.
  *
  * Rules applied here, as hivemind's DHTProtocol: every request and every reply refreshes its sender in
  * the routing table, unless the sender is in client mode (its PEER is nil); a failed RPC (no answer, a
@@ -15,7 +17,11 @@
  * given that key (Kademlia's hand-over); every refresh_period the stale buckets are refreshed with a
  * lookup of a random id inside them. A client-mode node makes requests and answers none.
  *
- * Order: dht_node_new -> dht_node_bootstrap (optional) -> dht_store / dht_get (dht_lookup.h),
+ * The floors above. The lookups (dht_lookup.h) and the bootstrap (dht_boot.h) call the node's RPCs
+ * below; the node never calls them. Each attaches a dht_part whose hooks the node runs: stop (from
+ * dht_node_stop), refresh (the stale buckets to look up) and release (when the node is freed).
+ *
+ * Order: dht_node_new -> dht_node_bootstrap (dht_boot.h) -> dht_store / dht_get (dht_lookup.h),
  * dht_declare_experts... (dht_experts.h) -> dht_node_stop -> free the transport (its pending calls end)
  * -> dht_node_free. Loop thread only.
  */
@@ -26,6 +32,7 @@
 #include <stdint.h>
 
 #include "actors/dht/dht_id.h"
+#include "actors/dht/rpc/dht_clock.h"
 #include "actors/dht/rpc/dht_proto.h"
 #include "actors/dht/dht_routing.h"
 #include "actors/dht/dht_storage.h"
@@ -41,7 +48,6 @@
 #define DHT_REFRESH_PERIOD_S 600.0        /* stale-bucket refresh (hivemind's refresh_timeout) */
 #define DHT_BOOTSTRAP_RETRIES 2           /* extra ping rounds for initial peers that did not answer */
 #define DHT_BOOTSTRAP_RETRY_MS 500        /* pause before each extra round */
-#define DHT_MAX_INITIAL_PEERS 32
 #define DHT_HANDOVER_BATCH DHT_PROTO_MAX_KEYS /* keys per hand-over store request */
 
 typedef struct dht dht;
@@ -79,6 +85,7 @@ typedef struct {
     uint64_t bootstrap_retry_ms; /* 0: DHT_BOOTSTRAP_RETRY_MS */
     int no_cache;                /* 1: gets neither cache locally nor on the nearest node lacking the value */
     const dht_storage_limits *limits; /* NULL: defaults */
+    dht_clock *clock;            /* NULL: dht_clock_real(); a virtual one must outlive the node */
 } dht_cfg;
 
 /* dht_cfg_default fills c with defaults: random id, client_mode 0, addr empty (set it). */
@@ -87,18 +94,6 @@ void dht_cfg_default(dht_cfg *c);
 /* dht_node_new creates a node on loop l speaking through *t (copied; t->impl must outlive the node).
  * Returns 0 and *out, or DMOE_EINVAL (no address outside client mode) or DMOE_ENOMEM. */
 int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out);
-
-/* Called once when a bootstrap ends: err 0 when at least one initial peer answered (the table was then
- * filled by a lookup of our own id), else DMOE_ECONN or DMOE_ETIMEDOUT with msg naming every address
- * that did not answer and why. */
-typedef void (*dht_bootstrap_cb)(void *arg, int err, const char *msg);
-
-/* dht_node_bootstrap pings the n initial peers (multiaddr texts; a /p2p/ part must be the id the peer
- * answers with), retrying those that fail up to bootstrap_retries times, then looks up our own id.
- * n == 0 completes at once (a first node). Returns 0 (cb runs later) or DMOE_EINVAL with err naming the
- * malformed address, or DMOE_ETOOBIG (over DHT_MAX_INITIAL_PEERS); cb is then not called. */
-int dht_node_bootstrap(dht *d, const char *const *peers, size_t n, dht_bootstrap_cb cb, void *arg, char *err,
-                       size_t errlen);
 
 /* dht_node_deliver hands an incoming request to the node, which takes m (wire_msg_free + free) and
  * answers through respond(ctx, ...) exactly once, now or later. */
@@ -121,8 +116,13 @@ void dht_node_maddr(const dht *d, char *buf, size_t cap);
 const dht_cfg *dht_node_cfg(const dht *d);
 /* dht_node_loop returns the node's loop. */
 rt_loop *dht_node_loop(const dht *d);
-/* dht_node_now returns the DHT time in seconds (wall clock, as hivemind's get_dht_time). */
+/* dht_node_now returns the DHT time in seconds from the node's clock (the wall clock, as hivemind's
+ * get_dht_time, unless cfg.clock is virtual). */
 double dht_node_now(const dht *d);
+/* dht_node_clock returns the node's clock, for the timers of the floors above. */
+dht_clock *dht_node_clock(const dht *d);
+/* dht_node_blacklist returns the node's blacklist (owned by the node). */
+dht_blacklist *dht_node_blacklist(dht *d);
 /* dht_node_routing / dht_node_storage / dht_node_cache / dht_node_negcache return the node's tables
  * (owned by the node; loop thread only). */
 dht_routing *dht_node_routing(dht *d);
@@ -137,7 +137,8 @@ size_t dht_node_stored_keys(const dht *d);
 /* dht_node_rpc_count returns the outgoing RPCs this node has started. */
 uint64_t dht_node_rpc_count(const dht *d);
 
-/* ---- the node's RPCs, for dht_lookup.c (they apply the routing and blacklist rules above) ---- */
+/* ---- the node's RPCs, for the lookups and the bootstrap (they apply the routing and blacklist rules
+ * above) ---- */
 
 /* Completion of dht_node_find: err 0 and rep (borrowed) or a DMOE_* code and msg. */
 typedef void (*dht_find_done)(void *arg, int err, const char *msg, const dht_find_rep *rep);
@@ -150,10 +151,38 @@ int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dh
 /* dht_node_store_rpc sends dht_store for items[0..n) to peer; as dht_node_find. */
 int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items, size_t n, int in_cache,
                        dht_store_done cb, void *arg);
-/* dht_node_lookups returns the head of the node's list of active lookups (owned by dht_lookup.c). */
-struct dht_lookup **dht_node_lookups(dht *d);
+/* Completion of dht_node_ping: err 0 and who (borrowed: the PEER the node answered with) or a DMOE_*
+ * code and msg. */
+typedef void (*dht_ping_done)(void *arg, int err, const char *msg, const dht_peer_info *who);
+/* dht_node_ping sends dht_ping to peer (whose id is checked against the answer when has_id); as
+ * dht_node_find. */
+int dht_node_ping(dht *d, const dht_node *peer, int has_id, dht_ping_done cb, void *arg);
 /* dht_node_store_local stores one item in the node's storage (or cache) and indexes the key for
  * hand-over. Returns what dht_storage_store returns. */
 int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache);
+
+
+/* ---- parts: how the floors above hang on the node ---- */
+
+/* A part, embedded in the state a file above keeps per node (the lookups' list, a running bootstrap).
+ * The node runs its hooks, on the loop thread: stop from dht_node_stop (end everything with
+ * DMOE_ESHUTDOWN; it may detach its own part, no other), refresh (may be NULL) with the ids of the
+ * stale buckets to look up, release (may be NULL) when the node is freed with the part still attached.
+ * kind tells parts apart: the address of a static of the file that owns it. */
+typedef struct dht_part dht_part;
+struct dht_part {
+    dht_part *next;
+    const void *kind;
+    void (*stop)(dht_part *p);
+    void (*refresh)(dht_part *p, const dht_id *ids, size_t n);
+    void (*release)(dht_part *p);
+};
+
+/* dht_node_attach attaches p (which stays its owner's; it must stay valid until detached or released). */
+void dht_node_attach(dht *d, dht_part *p);
+/* dht_node_detach detaches p; nothing when p is not attached. */
+void dht_node_detach(dht *d, dht_part *p);
+/* dht_node_part returns the attached part of this kind, or NULL. */
+dht_part *dht_node_part(dht *d, const void *kind);
 
 #endif

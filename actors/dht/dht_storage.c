@@ -1,7 +1,7 @@
 /* dht_storage.c -- local DHT storage with expirations (see dht_storage.h).
  *
- * Design notes. Keys live in a chained hash table (the first 8 bytes of the id are already a good
- * hash) and in an indexed binary min-heap ordered by expiration, so sweeps and "evict the entry that
+ * Design notes. Keys live in an rt_map (id -> entry; the id bytes stay inside the entry) and in an
+ * indexed binary min-heap ordered by expiration, so sweeps and "evict the entry that
  * expires first" are O(log n). A plain value is one malloc'd buffer; a dictionary is an unordered
  * array of dht_subitem whose buffers the storage owns. Every store first decides by hivemind's rules,
  * then allocates everything it may need, then evicts to make room, then applies: a refusal or a failed
@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_map.h"
 
 typedef struct entry {
     dht_id key;
@@ -26,13 +27,11 @@ typedef struct entry {
     size_t nsubs, capsubs;
     size_t bytes;          /* value bytes, or the sum of subkey + value bytes */
     size_t hidx;           /* position in the heap */
-    struct entry *next;    /* hash chain */
 } entry;
 
 struct dht_storage {
     dht_storage_limits lim;
-    entry **tab;
-    size_t tabcap;         /* power of two */
+    rt_map tab;            /* key id -> entry */
     entry **heap;
     size_t n, heapcap;
     size_t bytes;
@@ -61,12 +60,6 @@ int dht_storage_new(dht_storage **out, const dht_storage_limits *lim)
         if (lim->max_bytes) s->lim.max_bytes = lim->max_bytes;
         if (lim->max_horizon > 0) s->lim.max_horizon = lim->max_horizon;
     }
-    s->tabcap = 64;
-    s->tab = calloc(s->tabcap, sizeof *s->tab);
-    if (!s->tab) {
-        free(s);
-        return DMOE_ENOMEM;
-    }
     *out = s;
     return 0;
 }
@@ -94,52 +87,8 @@ void dht_storage_free(dht_storage *s)
         free(s->heap[i]);
     }
     free(s->heap);
-    free(s->tab);
+    rt_map_clear(&s->tab);
     free(s);
-}
-
-/* ---- hash table ---------------------------------------------------------------------------------- */
-
-static size_t slot_of(const dht_id *k, size_t cap)
-{
-    uint64_t h = 0;
-    memcpy(&h, k->b, sizeof h);
-    return (size_t)(h & (cap - 1));
-}
-
-static entry *tab_find(const dht_storage *s, const dht_id *k)
-{
-    for (entry *e = s->tab[slot_of(k, s->tabcap)]; e; e = e->next)
-        if (dht_id_eq(&e->key, k)) return e;
-    return NULL;
-}
-
-/* tab_reserve grows the table so that one more key keeps the load under 1. 0 or DMOE_ENOMEM. */
-static int tab_reserve(dht_storage *s)
-{
-    if (s->n + 1 <= s->tabcap) return 0;
-    size_t ncap = s->tabcap * 2;
-    entry **nt = calloc(ncap, sizeof *nt);
-    if (!nt) return DMOE_ENOMEM;
-    for (size_t i = 0; i < s->tabcap; i++) {
-        for (entry *e = s->tab[i], *next; e; e = next) {
-            next = e->next;
-            size_t j = slot_of(&e->key, ncap);
-            e->next = nt[j];
-            nt[j] = e;
-        }
-    }
-    free(s->tab);
-    s->tab = nt;
-    s->tabcap = ncap;
-    return 0;
-}
-
-static void tab_unlink(dht_storage *s, entry *e)
-{
-    entry **pp = &s->tab[slot_of(&e->key, s->tabcap)];
-    while (*pp != e) pp = &(*pp)->next;
-    *pp = e->next;
 }
 
 /* ---- heap ---------------------------------------------------------------------------------------- */
@@ -195,7 +144,7 @@ static int heap_reserve(dht_storage *s)
 static void remove_entry(dht_storage *s, entry *e)
 {
     size_t i = e->hidx;
-    tab_unlink(s, e);
+    rt_map_del(&s->tab, e->key.b, sizeof e->key.b);
     s->n--;
     if (i != s->n) {
         s->heap[i] = s->heap[s->n];
@@ -230,7 +179,7 @@ static void drop_expired_subs(dht_storage *s, entry *e, double now)
 /* get_live returns key's entry if it has not expired at now, removing it (or its expired subkeys). */
 static entry *get_live(dht_storage *s, const dht_id *key, double now)
 {
-    entry *e = tab_find(s, key);
+    entry *e = rt_map_get(&s->tab, key->b, sizeof key->b);
     if (!e) return NULL;
     if (e->exp < now) {
         remove_entry(s, e);
@@ -285,15 +234,10 @@ static int reserve_subs(entry *e, size_t want)
     return 0;
 }
 
-/* new_entry inserts an empty entry for key expiring at exp; table and heap were reserved. */
-static entry *new_entry(dht_storage *s, entry *e, const dht_id *key, double exp)
+/* new_entry fills e, already in the map under its key, and puts it in the (reserved) heap. */
+static entry *new_entry(dht_storage *s, entry *e, double exp)
 {
-    memset(e, 0, sizeof *e);
-    e->key = *key;
     e->exp = exp;
-    size_t j = slot_of(key, s->tabcap);
-    e->next = s->tab[j];
-    s->tab[j] = e;
     e->hidx = s->n;
     s->heap[s->n++] = e;
     heap_up(s, e->hidx);
@@ -342,13 +286,21 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
     uint8_t *skcopy = subkey && sub_at < 0 ? dup_bytes(subkey, sklen) : NULL;
     entry *fresh = e ? NULL : malloc(sizeof *fresh);
     dht_subitem *subs1 = to_dict ? malloc(4 * sizeof *subs1) : NULL;
-    int rc = 0;
+    int rc = 0, mapped = 0;
     if (!vcopy || (subkey && sub_at < 0 && !skcopy) || (!e && !fresh) || (to_dict && !subs1)) rc = DMOE_ENOMEM;
-    if (rc == 0 && !e && (tab_reserve(s) < 0 || heap_reserve(s) < 0)) rc = DMOE_ENOMEM;
+    if (rc == 0 && !e) {   /* the newcomer joins the map now (the only step that may fail) and leaves on refusal */
+        memset(fresh, 0, sizeof *fresh);
+        fresh->key = *key;
+        if (heap_reserve(s) < 0 || rt_map_put(&s->tab, fresh->key.b, sizeof fresh->key.b, fresh) != 0)
+            rc = DMOE_ENOMEM;
+        else
+            mapped = 1;
+    }
     if (rc == 0 && e && e->is_dict && sub_at < 0 && victim < 0 && reserve_subs(e, e->nsubs + 1) < 0)
         rc = DMOE_ENOMEM;
     if (rc == 0 && !make_room(s, e, expiration, !e, delta)) rc = 1;   /* refused for room */
     if (rc != 0) {
+        if (mapped) rt_map_del(&s->tab, key->b, sizeof key->b);
         free(vcopy);
         free(skcopy);
         free(fresh);
@@ -356,7 +308,7 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
         return rc < 0 ? rc : 0;
     }
 
-    if (!e) e = new_entry(s, fresh, key, expiration);
+    if (!e) e = new_entry(s, fresh, expiration);
     if (!subkey || to_dict) {
         s->bytes -= e->bytes;
         clear_content(e);
@@ -416,7 +368,7 @@ int dht_storage_get(dht_storage *s, const dht_id *key, double now, dht_stored *o
 
 int dht_storage_remove(dht_storage *s, const dht_id *key)
 {
-    entry *e = tab_find(s, key);
+    entry *e = rt_map_get(&s->tab, key->b, sizeof key->b);
     if (!e) return DMOE_ENOTFOUND;
     remove_entry(s, e);
     return 0;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_lookup.h"
 #include "actors/load/loadgen_engine.h"
 #include "runtime/rt_err.h"

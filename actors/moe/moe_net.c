@@ -1,7 +1,7 @@
 /* moe_net.c -- joining the DHT for MoE programs (see moe_net.h).
  *
  * moe_net_open is the blocking set-up every MoE program shares: client, client-mode DHT node through
- * dht_cli_join, then the loop runs until the join callback; then the provider and the caller
+ * dht_join_start, then the loop runs until the join callback; then the provider and the caller
  * (moe_adapt.h), wrapped by moe_health. moe_parse_grid reads the programs' --grid_size words.
  * Loop thread only (the programs' only thread besides the pools).
  */
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/dht/dht_cli.h"
+#include "actors/dht/rpc/dht_join.h"
 #include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_health.h"
 #include "runtime/rt_err.h"
@@ -20,7 +20,7 @@
 struct moe_net {
     rt_loop *l;
     client *cl;
-    dht_cli *dc;
+    dht_join *dc;
     moe_dht_succ ds;
     moe_succ_provider succ;
     moe_caller caller;
@@ -46,7 +46,7 @@ moe_net *moe_net_open(rt_loop *l, const char *const *peers, size_t n, double neg
     net->l = l;
     net->cl = client_new(l, NULL);
     if (!net->cl) { free(net); snprintf(err, errlen, "out of memory"); return NULL; }
-    net->dc = dht_cli_join(l, net->cl, peers, n, on_joined, net, err, errlen);
+    net->dc = dht_join_start(l, net->cl, peers, n, on_joined, net, err, errlen);
     if (!net->dc) { client_free(net->cl); free(net); return NULL; }
     while (!net->joined) rt_loop_run(l);   /* the bootstrap's own timers bound this */
     if (net->err) {
@@ -54,7 +54,7 @@ moe_net *moe_net_open(rt_loop *l, const char *const *peers, size_t n, double neg
         moe_net_close(net);
         return NULL;
     }
-    net->ds.d = dht_cli_node(net->dc);
+    net->ds.d = dht_join_node(net->dc);
     net->ds.neg_cache_s = neg_cache_s;
     moe_succ_dht(&net->ds, &net->succ);
     moe_caller_client(net->cl, &net->caller);
@@ -69,15 +69,15 @@ moe_net *moe_net_open(rt_loop *l, const char *const *peers, size_t n, double neg
 
 const moe_succ_provider *moe_net_succ(moe_net *net) { return moe_health_succ(net->health); }
 const moe_caller *moe_net_caller(moe_net *net) { return moe_health_caller(net->health); }
-dht *moe_net_dht(moe_net *net) { return dht_cli_node(net->dc); }
+dht *moe_net_dht(moe_net *net) { return dht_join_node(net->dc); }
 client *moe_net_client(moe_net *net) { return net->cl; }
 
 void moe_net_close(moe_net *net)
 {
     if (!net) return;
-    if (net->dc) dht_node_stop(dht_cli_node(net->dc));
+    if (net->dc) dht_node_stop(dht_join_node(net->dc));
     client_free(net->cl);
-    dht_cli_free(net->dc);
+    dht_join_free(net->dc);
     moe_health_free(net->health);   /* last: the calls and gets failed above report through it */
     free(net);   /* the actors stopped above are reaped by the loop's next round or by rt_loop_free */
 }

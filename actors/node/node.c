@@ -18,6 +18,7 @@
 #include "actors/node/ckpt.h"
 #include "actors/net/client.h"
 #include "actors/grid/dht_experts.h"
+#include "actors/dht/dht_boot.h"
 #include "actors/dht/rpc/dht_net.h"
 #include "actors/dht/dht_node.h"
 #include "actors/node/metrics.h"

@@ -1,25 +1,29 @@
 /* test_dht_many.c -- the DHT end to end.
  *
- * 64 nodes on the in-memory transport in one process (actors/dht_memnet.h): every key found from every
- * node, replicas on the 5 nearest nodes, a quarter of the nodes down, expiry, dictionary merge across
- * replicas, client-mode nodes kept out of routing tables, 256 nodes' gets all found within 4 hops (p99).
- * Then 8 nodes over real TCP on loopback (actors/dht_net.c), each with its own server and client on a
- * port the OS picks: expert declarations found by uid and by prefix; a bad bootstrap address fails
- * fast with a message naming it; malformed dht_* requests are answered with errors and leave the
- * routing table as it was. Every wait is bounded by a deadline; timings are printed, never asserted. */
+ * 64 nodes on the in-memory transport in one process (actors/dht/rpc/dht_memnet.h), in virtual time
+ * (dht_clock.h: no sleep; time jumps to the next due event): every key found from every node, replicas
+ * on the 5 nearest nodes, a quarter of the nodes down, expiry, dictionary merge across replicas,
+ * client-mode nodes kept out of routing tables, 256 nodes' gets all found within 4 hops (p99).
+ * Then 8 nodes over real TCP on loopback (actors/dht/rpc/dht_net.c), on the real clock, each with its
+ * own server and client on a port the OS picks: expert declarations found by uid and by prefix; a bad
+ * bootstrap address fails fast with a message naming it; malformed dht_* requests are answered with
+ * errors and leave the routing table as it was. Every wait is bounded by a deadline (virtual time for
+ * the memnet); timings are printed, never asserted. */
 #include <criterion/criterion.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/net/client.h"
-#include "actors/grid/dht_experts.h"
+#include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_lookup.h"
-#include "actors/dht/rpc/dht_net.h"
-#include "actors/serve/server.h"
-#include "actors/dht/rpc/dht_memnet.h"
 #include "actors/dht/dht_node.h"
+#include "actors/dht/rpc/dht_clock.h"
+#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/rpc/dht_net.h"
+#include "actors/grid/dht_experts.h"
+#include "actors/net/client.h"
+#include "actors/serve/server.h"
 #include "runtime/rt_err.h"
 
 #define NET_N 64
@@ -27,31 +31,25 @@
 
 typedef struct {
     rt_loop *l;
+    dht_clock *clock;            /* virtual */
     dht_memnet *net;
     dht *nodes[MAX_NODES];
     int ep[MAX_NODES];
     size_t n;
     int pending;
-    uint64_t end_us;
 } mesh;
 
-static void on_tick(evutil_socket_t fd, short what, void *arg)
-{
-    mesh *m = arg;
-    if (m->pending <= 0 || rt_clock_us() >= m->end_us) rt_loop_break(m->l);
-}
+static int nothing_pending(void *arg) { return ((mesh *)arg)->pending <= 0; }
 
-/* run_until runs the loop until m->pending drops to 0 or ms pass; returns 1 if it did. */
+/* run_until runs the mesh until m->pending drops to 0 or ms of virtual time pass; returns 1 if it did. */
 static int run_until(mesh *m, int ms)
 {
-    struct event *tick = event_new(rt_loop_base(m->l), -1, EV_PERSIST, on_tick, m);
-    struct timeval tv = { 0, 2000 };
-    event_add(tick, &tv);
-    m->end_us = rt_clock_us() + (uint64_t)ms * 1000;
-    while (m->pending > 0 && rt_clock_us() < m->end_us) rt_loop_run(m->l);
-    event_free(tick);
+    dht_vclock_run(m->clock, nothing_pending, m, (uint64_t)ms);
     return m->pending <= 0;
 }
+
+/* run_for lets ms of virtual time pass with the mesh running. */
+static void run_for(mesh *m, int ms) { dht_vclock_run(m->clock, NULL, NULL, (uint64_t)ms); }
 
 static void on_boot(void *arg, int err, const char *msg)
 {
@@ -70,6 +68,7 @@ static dht *add_node(mesh *m, int client_mode, uint64_t rpc_timeout_ms)
     c.refresh_period_s = -1;
     c.rpc_timeout_ms = rpc_timeout_ms;
     c.lookup_timeout_ms = 10000;
+    c.clock = m->clock;
     int ep = dht_memnet_add(m->net, &c.addr, &t);
     cr_assert(ep >= 0);
     dht *d;
@@ -85,7 +84,9 @@ static void mesh_up(mesh *m, size_t n, uint64_t rpc_timeout_ms)
 {
     memset(m, 0, sizeof *m);
     m->l = rt_loop_new();
-    cr_assert_eq(dht_memnet_new(m->l, 1, &m->net), 0);
+    cr_assert(m->l);
+    cr_assert_eq(dht_vclock_new(m->l, &m->clock), 0);
+    cr_assert_eq(dht_memnet_new(m->l, m->clock, 1, &m->net), 0);
     uint64_t rng = 99;
     for (size_t i = 0; i < n; i++) {
         dht *d = add_node(m, 0, rpc_timeout_ms);
@@ -107,6 +108,7 @@ static void mesh_down(mesh *m)
     dht_memnet_free(m->net);
     for (size_t i = 0; i < m->n; i++) dht_node_free(m->nodes[i]);
     rt_loop_free(m->l);
+    dht_vclock_free(m->clock);
 }
 
 typedef struct {
@@ -264,9 +266,7 @@ Test(dht_many, values_expire_on_time, .timeout = 60)
     }
     cr_assert(run_until(&m, 10000));
     for (int i = 0; i < 4; i++) cr_expect(ops[i].found, "key %d before expiry", i);
-    m.pending = 1;
-    run_until(&m, 1300);   /* nothing to wait for: let 1.3 s pass with the loop running */
-    m.pending = 0;
+    run_for(&m, 1300);   /* nothing to wait for: let 1.3 s pass with the loop running */
     for (int i = 0; i < 4; i++) {
         dht_id k = key_of(i);
         ops[i] = (op){ .m = &m };

@@ -1,21 +1,25 @@
-/* test_dht_upkeep.c -- how the DHT keeps itself in shape, on the in-memory transport (actors/dht_memnet.h).
+/* test_dht_upkeep.c -- how the DHT keeps itself in shape, on the in-memory transport
+ * (actors/dht/rpc/dht_memnet.h) in virtual time (dht_clock.h: no sleep; time jumps to the next event).
  *
  * The behaviours test_dht_many.c does not reach: a joining node is handed the keys it is now nearest
  * to (Kademlia's hand-over); a get caches its result locally and on the nearest asked node that lacked
  * it; concurrent gets of one key from one node share one lookup; a failed RPC evicts the peer and the
  * freshest replacement takes its place, the failed address is banned and the ban doubles when it keeps
  * failing; crashed and stopped nodes vanish from the tables of the nodes that try them; a get with
- * `latest` asks past the first value and returns the newest. Every wait is bounded by a deadline and
- * every loop by a count; nothing asserts a duration except the ban lengths, with seconds of margin. */
+ * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
+ * reports it once; per-link latencies set each RPC's time exactly. Every wait is bounded by a deadline
+ * of virtual time; durations asserted are virtual (the ban lengths, with seconds of margin, and the
+ * exact round trips of the latency test), so none depends on the machine's speed. */
 #include <criterion/criterion.h>
-#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_lookup.h"
-#include "actors/dht/rpc/dht_memnet.h"
 #include "actors/dht/dht_node.h"
+#include "actors/dht/rpc/dht_clock.h"
+#include "actors/dht/rpc/dht_memnet.h"
 #include "runtime/rt_err.h"
 
 #define SW_MAX 64
@@ -25,6 +29,7 @@ typedef int (*sw_pred)(swarm *s, void *arg);
 
 struct swarm {
     rt_loop *l;
+    dht_clock *clock;            /* virtual */
     dht_memnet *net;
     dht *nodes[SW_MAX];
     int ep[SW_MAX];
@@ -32,35 +37,24 @@ struct swarm {
     size_t bucket_size;
     uint64_t rpc_timeout_ms;
     int pending;
-    uint64_t end_us;
     sw_pred pred;
     void *pred_arg;
 };
 
-static void on_tick(evutil_socket_t fd, short what, void *arg)
+static int goal_met(void *arg)
 {
     swarm *s = arg;
-    int done = s->pred ? s->pred(s, s->pred_arg) : s->pending <= 0;
-    if (done || rt_clock_us() >= s->end_us) rt_loop_break(s->l);
+    return s->pred ? s->pred(s, s->pred_arg) : s->pending <= 0;
 }
 
-/* run_cond runs the loop until pred holds (NULL: pending drops to 0) or ms pass; returns 1 if it did. */
+/* run_cond runs the swarm until pred holds (NULL: pending drops to 0) or ms of virtual time pass;
+ * returns 1 if it did. */
 static int run_cond(swarm *s, sw_pred pred, void *arg, int ms)
 {
     s->pred = pred;
     s->pred_arg = arg;
-    struct event *tick = event_new(rt_loop_base(s->l), -1, EV_PERSIST, on_tick, s);
-    struct timeval tv = { 0, 2000 };
-    event_add(tick, &tv);
-    s->end_us = rt_clock_us() + (uint64_t)ms * 1000;
-    int done = 0;
-    for (int turns = 0; turns < 1000000 && rt_clock_us() < s->end_us; turns++) {
-        done = pred ? pred(s, arg) : s->pending <= 0;
-        if (done) break;
-        rt_loop_run(s->l);
-    }
-    done = pred ? pred(s, arg) : s->pending <= 0;
-    event_free(tick);
+    dht_vclock_run(s->clock, goal_met, s, (uint64_t)ms);
+    int done = goal_met(s);
     s->pred = NULL;
     return done;
 }
@@ -94,6 +88,7 @@ static dht *add_node(swarm *s, const dht_id *id)
     c.bucket_size = s->bucket_size;
     c.rpc_timeout_ms = s->rpc_timeout_ms;
     c.lookup_timeout_ms = 10000;
+    c.clock = s->clock;
     int ep = dht_memnet_add(s->net, &c.addr, &t);
     cr_assert(ep >= 0);
     dht *d;
@@ -119,9 +114,11 @@ static void swarm_up(swarm *s, size_t n, size_t bucket_size, uint64_t rpc_timeou
 {
     memset(s, 0, sizeof *s);
     s->l = rt_loop_new();
+    cr_assert(s->l);
     s->bucket_size = bucket_size;
     s->rpc_timeout_ms = rpc_timeout_ms;
-    cr_assert_eq(dht_memnet_new(s->l, 1, &s->net), 0);
+    cr_assert_eq(dht_vclock_new(s->l, &s->clock), 0);
+    cr_assert_eq(dht_memnet_new(s->l, s->clock, 1, &s->net), 0);
     uint64_t rng = 12345;
     for (size_t i = 0; i < n; i++) {
         dht *d = add_node(s, NULL);
@@ -139,6 +136,7 @@ static void swarm_down(swarm *s)
     dht_memnet_free(s->net);
     for (size_t i = 0; i < s->n; i++) dht_node_free(s->nodes[i]);
     rt_loop_free(s->l);
+    dht_vclock_free(s->clock);
 }
 
 /* index_of returns the swarm index of the node with id, or -1. */
@@ -513,14 +511,14 @@ typedef struct {
 static void on_find_timed(void *arg, int err, const char *msg, const dht_find_rep *rep)
 {
     timed_op *t = arg;
-    t->failed_at = rt_clock_us();
+    t->failed_at = dht_clock_us(t->o.s->clock);
     on_find_rpc(&t->o, err, msg, rep);
 }
 
-/* wait_until lets the loop run until the clock reaches t_us (bounded: at most ms_cap). */
+/* wait_until lets the swarm run until its clock reaches t_us (bounded: at most ms_cap). */
 static void wait_until(swarm *s, uint64_t t_us, int ms_cap)
 {
-    uint64_t now = rt_clock_us();
+    uint64_t now = dht_clock_us(s->clock);
     if (t_us > now) run_for(s, (int)((t_us - now) / 1000) < ms_cap ? (int)((t_us - now) / 1000) + 1 : ms_cap);
 }
 
@@ -672,6 +670,84 @@ Test(dht_upkeep, a_latest_get_asks_past_the_first_value_and_returns_the_newest, 
         cr_expect_eq(o.value[1], 2, "latest get %d returns the newest value", r);
         cr_expect(o.expiration > now + 119 && o.expiration < now + 121, "with its expiration");
         cr_expect(o.rpcs >= DHT_NUM_REPLICAS, "latest get %d asked past the first value (%zu finds)", r, o.rpcs);
+    }
+    swarm_down(&s);
+}
+
+/* ---- 6. a bootstrap cut short ---- */
+
+typedef struct {
+    int calls, err;
+} boot_res;
+
+static void on_boot_res(void *arg, int err, const char *msg)
+{
+    boot_res *b = arg;
+    b->calls++;
+    b->err = err;
+}
+
+Test(dht_upkeep, a_node_stopped_while_bootstrapping_reports_shutdown_once, .timeout = 60)
+{
+    swarm s;
+    swarm_up(&s, 4, 0, 1000);
+    dht_memnet_set_down(s.net, s.ep[1], 1);
+    dht *d = add_node(&s, NULL);
+    char text[WIRE_MADDR_TEXT], err[256];
+    dht_node_maddr(s.nodes[1], text, sizeof text);
+    const char *peers[1] = { text };
+    boot_res b = { 0, 0 };
+    cr_assert_eq(dht_node_bootstrap(d, peers, 1, on_boot_res, &b, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(dht_node_bootstrap(d, peers, 1, on_boot_res, &b, err, sizeof err), DMOE_EINVAL,
+                 "one bootstrap at a time");
+    run_for(&s, 100);   /* the ping is out; it times out after 1 s */
+    cr_expect_eq(b.calls, 0, "no answer yet");
+    dht_node_stop(d);
+    cr_expect_eq(b.calls, 1, "stopping ends the bootstrap");
+    cr_expect_eq(b.err, DMOE_ESHUTDOWN);
+    run_for(&s, 2000);   /* the ping's timeout comes back to the ended bootstrap */
+    cr_expect_eq(b.calls, 1, "its callback ran once");
+    swarm_down(&s);
+}
+
+/* ---- 7. per-link latency, in exact virtual time ---- */
+
+typedef struct {
+    op o;
+    uint64_t done_at;
+} clocked_op;
+
+static void on_find_clocked(void *arg, int err, const char *msg, const dht_find_rep *rep)
+{
+    clocked_op *t = arg;
+    t->done_at = dht_clock_us(t->o.s->clock);
+    on_find_rpc(&t->o, err, msg, rep);
+}
+
+/* slow_link: 7 ms each way on links that touch endpoint 2, 1 ms elsewhere. */
+static uint32_t slow_link(void *arg, int from, int to)
+{
+    const int *slow = arg;
+    return from == *slow || to == *slow ? 7 : 1;
+}
+
+Test(dht_upkeep, per_link_latencies_set_each_rpc_time_exactly, .timeout = 30)
+{
+    swarm s;
+    swarm_up(&s, 4, 0, 1000);
+    int slow = s.ep[2];
+    dht_memnet_set_latency(s.net, slow_link, &slow);
+    dht *d = s.nodes[1];
+    for (size_t to = 2; to <= 3; to++) {
+        dht_node peer = { .id = *dht_node_id(s.nodes[to]), .addr = dht_node_self(s.nodes[to])->addr };
+        clocked_op t = { .o = { .s = &s } };
+        uint64_t t0 = dht_clock_us(s.clock);
+        s.pending++;
+        cr_assert_eq(dht_node_find(d, &peer, &peer.id, 1, on_find_clocked, &t), 0);
+        cr_assert(run_until(&s, 5000));
+        cr_assert_eq(t.o.err, 0);
+        cr_expect_eq(t.done_at - t0, to == 2 ? 14000u : 2000u, "node %zu answered after %llu us", to,
+                     (unsigned long long)(t.done_at - t0));
     }
     swarm_down(&s);
 }

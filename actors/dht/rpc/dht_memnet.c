@@ -6,17 +6,21 @@
  * ones just drop their reference. Events sit in one binary min-heap ordered by (due time, sequence), so
  * messages with equal latency keep their order; the memnet's single timer is armed at the earliest
  * event. Bytes cross the network encoded, so the DHT under test runs exactly the decoders a socket
- * would feed.
+ * would feed. The timer and every due time are on the memnet's clock (dht_clock.h): on a virtual clock
+ * the swarm runs with no sleep, as fast as the machine computes it, in the same order on every run.
+ *
+ * The measurement runs its own loop on a virtual clock: the latencies it reports are network time
+ * (the hops times the link latency), not the machine's speed; run_s is the real time it took.
  */
 #include "actors/dht/rpc/dht_memnet.h"
 
 #include <arpa/inet.h>
-#include <event2/event.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_lookup.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -26,7 +30,7 @@ enum { MSG_TICK = 1 };
 
 typedef struct mcall {
     dht_memnet *net;
-    int to;
+    int from, to;
     dht_reply_fn cb;
     void *arg;
     int done, refs;
@@ -43,13 +47,16 @@ typedef struct {
 typedef struct {
     dht_memnet *net;
     dht *d;
-    int down, bound;
+    int index, down, bound;
 } endpoint;
 
 struct dht_memnet {
     rt_actor actor;
-    rt_timer timer;
+    dht_clock *clock;
+    dht_timer timer;
     uint32_t latency_ms;
+    dht_memnet_latency_fn latency_fn;
+    void *latency_arg;
     endpoint **eps;             /* each malloc'd: its address is the transport's impl */
     size_t n, cap;
     event *heap;
@@ -62,6 +69,23 @@ struct dht_memnet {
 /* ---- the event heap ---- */
 
 static int ev_less(const event *a, const event *b) { return a->due < b->due || (a->due == b->due && a->seq < b->seq); }
+
+/* arm sets the timer to wake the memnet at due (microseconds on its clock). On a virtual clock that
+ * cannot grow, the memnet is woken by the next call instead (armed_at stays 0). */
+static void arm(dht_memnet *net, uint64_t due)
+{
+    uint64_t now = dht_clock_us(net->clock);
+    net->armed_at = due > now ? due : now;
+    if (dht_timer_start(&net->timer, due > now ? (due - now + 999) / 1000 : 0, 0) != 0) net->armed_at = 0;
+}
+
+/* link_us returns the one-way delay from endpoint from to endpoint to, in microseconds. */
+static uint64_t link_us(const dht_memnet *net, int from, int to)
+{
+    uint32_t ms = net->latency_fn && from >= 0 && to >= 0 ? net->latency_fn(net->latency_arg, from, to)
+                                                             : net->latency_ms;
+    return (uint64_t)ms * 1000;
+}
 
 static int push(dht_memnet *net, int type, uint64_t due, mcall *c, uint8_t *bytes, size_t len)
 {
@@ -79,11 +103,7 @@ static int push(dht_memnet *net, int type, uint64_t due, mcall *c, uint8_t *byte
         i = (i - 1) / 2;
     }
     net->heap[i] = e;
-    uint64_t now = rt_clock_us();
-    if (net->armed_at == 0 || due < net->armed_at) {
-        net->armed_at = due > now ? due : now;
-        rt_timer_start(&net->timer, due > now ? (due - now + 999) / 1000 : 0, 0);
-    }
+    if (net->armed_at == 0 || due < net->armed_at) arm(net, due);
     return 0;
 }
 
@@ -153,14 +173,14 @@ static int mem_call(void *impl, const wire_maddr *to, uint64_t id, wire_out *req
         free(bytes);
         return DMOE_ENOMEM;
     }
-    *c = (mcall){ net, addr_index(net, to), cb, arg, 0, 2 };
-    uint64_t now = rt_clock_us();
+    *c = (mcall){ net, self->index, addr_index(net, to), cb, arg, 0, 2 };
+    uint64_t now = dht_clock_us(net->clock);
     if (push(net, ME_TIMEOUT, now + timeout_ms * 1000, c, NULL, 0) != 0) {
         free(bytes);
         free(c);
         return DMOE_ENOMEM;
     }
-    if (push(net, ME_REQ, now + (uint64_t)net->latency_ms * 1000, c, bytes, len) != 0) {
+    if (push(net, ME_REQ, now + link_us(net, c->from, c->to), c, bytes, len) != 0) {
         free(bytes);
         c->refs--;   /* the timeout event stays and completes the call */
     }
@@ -186,7 +206,7 @@ static void respond(void *ctx, wire_out *reply)
     if (reply && !net->closed && !c->done && c->to >= 0 && !net->eps[c->to]->down &&
         wire_out_flatten(reply, &bytes, &len) == 0) {
         reply = NULL;
-        if (push(net, ME_REP, rt_clock_us() + (uint64_t)net->latency_ms * 1000, c, bytes, len) == 0) sent = 1;
+        if (push(net, ME_REP, dht_clock_us(net->clock) + link_us(net, c->to, c->from), c, bytes, len) == 0) sent = 1;
         else free(bytes);
     }
     wire_out_free(reply);
@@ -257,24 +277,19 @@ static void handle(rt_actor *self, rt_msg *msg)
 {
     dht_memnet *net = (dht_memnet *)self;
     net->armed_at = 0;
-    uint64_t now = rt_clock_us();
+    uint64_t now = dht_clock_us(net->clock);
     for (int i = 0; i < DHT_MEMNET_BATCH && net->nh && net->heap[0].due <= now; i++) {
         event e = pop(net);
         run_event(net, &e);
     }
-    if (net->nh && net->armed_at == 0) {
-        uint64_t due = net->heap[0].due;
-        now = rt_clock_us();
-        net->armed_at = due > now ? due : now;
-        rt_timer_start(&net->timer, due > now ? (due - now + 999) / 1000 : 0, 0);
-    }
+    if (net->nh && net->armed_at == 0) arm(net, net->heap[0].due);
     rt_msg_drop(msg);
 }
 
 static void destroy(rt_actor *self)
 {
     dht_memnet *net = (dht_memnet *)self;
-    rt_timer_deinit(&net->timer);
+    dht_timer_deinit(&net->timer);
     for (size_t i = 0; i < net->n; i++) free(net->eps[i]);
     free(net->eps);
     free(net->heap);
@@ -289,12 +304,14 @@ static void net_maybe_free(dht_memnet *net)
     }
 }
 
-int dht_memnet_new(rt_loop *l, uint32_t latency_ms, dht_memnet **out)
+int dht_memnet_new(rt_loop *l, dht_clock *c, uint32_t latency_ms, dht_memnet **out)
 {
     dht_memnet *net = calloc(1, sizeof *net);
     if (!net) return DMOE_ENOMEM;
     rt_actor_init(&net->actor, l, "dht_memnet", handle, destroy);
-    if (rt_timer_init(&net->timer, &net->actor, MSG_TICK) != 0) {
+    net->clock = c ? c : dht_clock_real();
+    if (dht_timer_init(&net->timer, net->clock, &net->actor, MSG_TICK) != 0) {
+        dht_timer_deinit(&net->timer);
         free(net);
         return DMOE_ENOMEM;
     }
@@ -317,6 +334,7 @@ int dht_memnet_add(dht_memnet *net, dht_addr *addr, dht_transport *t)
     if (!ep) return DMOE_ENOMEM;
     ep->net = net;
     int i = (int)net->n++;
+    ep->index = i;
     net->eps[i] = ep;
     uint32_t ip = (10u << 24) | (uint32_t)(i + 1);
     memset(addr, 0, sizeof *addr);
@@ -340,13 +358,19 @@ void dht_memnet_set_down(dht_memnet *net, int i, int down)
     if (i >= 0 && (size_t)i < net->n) net->eps[i]->down = down;
 }
 
+void dht_memnet_set_latency(dht_memnet *net, dht_memnet_latency_fn fn, void *arg)
+{
+    net->latency_fn = fn;
+    net->latency_arg = arg;
+}
+
 uint64_t dht_memnet_messages(const dht_memnet *net) { return net->messages; }
 
 void dht_memnet_free(dht_memnet *net)
 {
     if (!net || net->closed) return;
     net->closed = 1;
-    rt_timer_cancel(&net->timer);
+    dht_timer_cancel(&net->timer);
     /* Fail every call first (callbacks may start nothing new: mem_call refuses once closed), then drop
      * the events and their references. */
     for (size_t i = 0; i < net->nh; i++) complete(net->heap[i].c, DMOE_ESHUTDOWN, "the network is shut down", NULL);
@@ -363,6 +387,7 @@ void dht_memnet_free(dht_memnet *net)
 
 /* Operations in flight while measuring: enough to keep the loop busy, few enough not to queue. */
 #define MEASURE_CONCURRENCY 16
+/* Virtual seconds a measurement may take: far beyond what 1,024 nodes need, a bound in case of a bug. */
 #define MEASURE_LIMIT_S 300
 
 typedef struct measure measure;
@@ -375,6 +400,7 @@ typedef struct {
 
 struct measure {
     rt_loop *l;
+    dht_clock *clock;
     dht_memnet *net;
     dht **nodes;
     size_t n, nkeys;
@@ -385,7 +411,7 @@ struct measure {
     double *lat_ms;
     size_t *rpcs;
     size_t next, done, found;
-    int phase, err;
+    int phase, finished;
 };
 
 static uint64_t ms_rand(measure *ms)
@@ -417,7 +443,7 @@ static void ms_got(void *arg, int err, const char *msg, const dht_get_result *r)
 {
     op_ctx *o = arg;
     measure *ms = o->ms;
-    ms->lat_ms[o->i] = (double)(rt_clock_us() - o->t0) / 1000.0;
+    ms->lat_ms[o->i] = (double)(dht_clock_us(ms->clock) - o->t0) / 1000.0;
     ms->hops[o->i] = r->found ? r->hops : -1;
     ms->rpcs[o->i] = r->rpcs;
     ms->found += r->found;
@@ -441,7 +467,7 @@ static void ms_start_one(measure *ms, size_t i)
             ms->done++;
     } else {
         op_ctx *o = &ms->ops[i];
-        *o = (op_ctx){ ms, i, rt_clock_us() };
+        *o = (op_ctx){ ms, i, dht_clock_us(ms->clock) };
         if (dht_get(ms->nodes[ms_rand(ms) % ms->n], &ms->keys[i], 0, ms_got, o) != 0) {
             ms->hops[i] = -1;
             ms->done++;
@@ -455,7 +481,7 @@ static void ms_pump(measure *ms)
     size_t total = ms->phase == 0 ? ms->n : ms->nkeys;
     if (ms->done == total) {
         if (ms->phase == 2) {
-            rt_loop_break(ms->l);
+            ms->finished = 1;
             return;
         }
         ms->phase++;
@@ -471,12 +497,7 @@ static void ms_pump(measure *ms)
     if (ms->done == total) ms_pump(ms);
 }
 
-static void ms_limit(evutil_socket_t fd, short what, void *arg)
-{
-    measure *ms = arg;
-    ms->err = DMOE_ETIMEDOUT;
-    rt_loop_break(ms->l);
-}
+static int ms_finished(void *arg) { return ((measure *)arg)->finished; }
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -535,9 +556,8 @@ int dht_memnet_measure(size_t n_nodes, size_t n_lookups, uint32_t latency_ms, ui
     ms.lat_ms = calloc(n_lookups, sizeof *ms.lat_ms);
     ms.rpcs = calloc(n_lookups, sizeof *ms.rpcs);
     int rc = DMOE_ENOMEM;
-    struct event *limit = NULL;
     if (!ms.l || !ms.nodes || !ms.keys || !ms.ops || !ms.hops || !ms.lat_ms || !ms.rpcs ||
-        dht_memnet_new(ms.l, latency_ms, &ms.net) != 0)
+        dht_vclock_new(ms.l, &ms.clock) != 0 || dht_memnet_new(ms.l, ms.clock, latency_ms, &ms.net) != 0)
         goto out;
     for (size_t i = 0; i < n_nodes; i++) {
         dht_cfg c;
@@ -547,6 +567,7 @@ int dht_memnet_measure(size_t n_nodes, size_t n_lookups, uint32_t latency_ms, ui
         c.refresh_period_s = -1;
         c.no_cache = 1;
         c.rpc_timeout_ms = 2000;
+        c.clock = ms.clock;
         int ep = dht_memnet_add(ms.net, &c.addr, &t);
         if (ep < 0 || dht_node_new(ms.l, &c, &t, &ms.nodes[i]) != 0) goto out;
         dht_memnet_bind(ms.net, ep, ms.nodes[i]);
@@ -556,26 +577,20 @@ int dht_memnet_measure(size_t n_nodes, size_t n_lookups, uint32_t latency_ms, ui
         int len = snprintf(name, sizeof name, "measure.%zu", i);
         dht_id_from_str(&ms.keys[i], name, (size_t)len);
     }
-    limit = evtimer_new(rt_loop_base(ms.l), ms_limit, &ms);
-    if (!limit) goto out;
-    struct timeval tv = { MEASURE_LIMIT_S, 0 };
-    evtimer_add(limit, &tv);
     uint64_t t0 = rt_clock_us();
     ms_pump(&ms);
-    rt_loop_run(ms.l);
-    (void)t0;
-    rc = ms.err;
+    rc = dht_vclock_run(ms.clock, ms_finished, &ms, (uint64_t)MEASURE_LIMIT_S * 1000) ? 0 : DMOE_ETIMEDOUT;
     if (rc == 0) {
         ms_stats(&ms, out);
         out->run_s = (double)(rt_clock_us() - t0) / 1e6;
     }
 out:
-    if (limit) event_free(limit);
     for (size_t i = 0; ms.nodes && i < n_nodes; i++)
         if (ms.nodes[i]) dht_node_stop(ms.nodes[i]);
     dht_memnet_free(ms.net);
     for (size_t i = 0; ms.nodes && i < n_nodes; i++) dht_node_free(ms.nodes[i]);
     if (ms.l) rt_loop_free(ms.l);
+    dht_vclock_free(ms.clock);
     free(ms.nodes);
     free(ms.keys);
     free(ms.ops);

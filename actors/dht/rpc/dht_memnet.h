@@ -1,16 +1,22 @@
 /* dht_memnet.h -- an in-memory transport for DHT nodes: thousands of nodes in one process and one loop.
  *
  * The memnet gives each endpoint a fake IPv4 address (10.x.y.z, port 7000) and moves messages between
- * them through the loop: a request is encoded (wire_out_flatten), delivered after `latency_ms` to the
- * destination node (dht_node_deliver, decoded by wire_msg_decode exactly as from a socket), and its
- * reply comes back after `latency_ms` more. A call to an address with no bound node fails with
+ * them through the loop: a request is encoded (wire_out_flatten), delivered after the link's latency
+ * (`latency_ms`, or what dht_memnet_set_latency's function says for that pair) to the destination node
+ * (dht_node_deliver, decoded by wire_msg_decode exactly as from a socket), and its reply comes back
+ * after the latency of the way back. A call to an address with no bound node fails with
  * DMOE_ECONN; a call to an endpoint that is down (dht_memnet_set_down) is dropped and times out, as a
  * crashed host would. Every call gets exactly one callback (reply, timeout, DMOE_ECONN, or
  * DMOE_ESHUTDOWN from dht_memnet_free).
  *
- * Order: dht_memnet_new -> dht_memnet_add per node (gives its address and transport) -> dht_node_new ->
- * dht_memnet_bind -> ... -> dht_node_stop (all) -> dht_memnet_free -> dht_node_free (all).
- * The memnet is one actor with one timer and a heap of due events. Loop thread only.
+ * Time is the memnet's clock (dht_clock.h). Give it and every node the same virtual clock and drive
+ * the loop with dht_vclock_run: a swarm of thousands then runs with no sleep, at the machine's full
+ * speed, and a test waits for a minute of DHT time in the milliseconds it takes to compute.
+ *
+ * Order: dht_vclock_new -> dht_memnet_new -> dht_memnet_add per node (gives its address and transport)
+ * -> dht_node_new (cfg.clock: the same clock) -> dht_memnet_bind -> ... -> dht_node_stop (all) ->
+ * dht_memnet_free -> dht_node_free (all) -> rt_loop_free -> dht_vclock_free. The memnet is one actor
+ * with one timer and a heap of due events. Loop thread only.
  */
 #ifndef DMOE_DHT_MEMNET_H
 #define DMOE_DHT_MEMNET_H
@@ -28,9 +34,16 @@
 
 typedef struct dht_memnet dht_memnet;
 
-/* dht_memnet_new creates a network on l whose messages take latency_ms each way. Returns 0 and *out,
- * or DMOE_ENOMEM. */
-int dht_memnet_new(rt_loop *l, uint32_t latency_ms, dht_memnet **out);
+/* dht_memnet_new creates a network on l and clock c (NULL: the real clock; a virtual one must outlive
+ * the memnet) whose messages take latency_ms each way. Returns 0 and *out, or DMOE_ENOMEM. */
+int dht_memnet_new(rt_loop *l, dht_clock *c, uint32_t latency_ms, dht_memnet **out);
+
+/* A link's one-way latency in milliseconds, from endpoint `from` to endpoint `to`. */
+typedef uint32_t (*dht_memnet_latency_fn)(void *arg, int from, int to);
+
+/* dht_memnet_set_latency makes fn(arg, from, to) decide every message's latency from now on (NULL: the
+ * latency_ms given to dht_memnet_new). fn must not call the memnet. */
+void dht_memnet_set_latency(dht_memnet *net, dht_memnet_latency_fn fn, void *arg);
 
 /* dht_memnet_add creates an endpoint: *addr gets its address, *t the transport for its node. Returns
  * the endpoint's index (>= 0) or DMOE_ENOMEM / DMOE_ETOOBIG. */
@@ -60,10 +73,11 @@ typedef struct {
     double setup_s, run_s;
 } dht_memnet_stats;
 
-/* dht_memnet_measure builds n_nodes nodes on a fresh loop and memnet (latency_ms each way), bootstraps
- * them, stores n_lookups keys from random nodes, then gets each key from another random node (caching
- * off, so every get is a real lookup) and reports hops and latency percentiles. Bounded by 300 s.
- * Returns 0 and *out, DMOE_EINVAL (n_nodes < 2), DMOE_ETIMEDOUT, or DMOE_ENOMEM. */
+/* dht_memnet_measure builds n_nodes nodes on a fresh loop, virtual clock and memnet (latency_ms each
+ * way), bootstraps them, stores n_lookups keys from random nodes, then gets each key from another
+ * random node (caching off, so every get is a real lookup) and reports hops and latency percentiles
+ * (virtual time: network latency only) and run_s (the real seconds it took). Bounded by 300 s of
+ * virtual time. Returns 0 and *out, DMOE_EINVAL (n_nodes < 2), DMOE_ETIMEDOUT, or DMOE_ENOMEM. */
 int dht_memnet_measure(size_t n_nodes, size_t n_lookups, uint32_t latency_ms, uint64_t seed, dht_memnet_stats *out);
 
 #endif

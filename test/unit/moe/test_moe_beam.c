@@ -5,13 +5,14 @@
  * bounds on rounds and prefixes fetched; then the whole search over 16 in-memory DHT nodes holding
  * 1,000 experts of a 32x32 grid. */
 #include <criterion/criterion.h>
-#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/grid/dht_experts.h"
+#include "actors/dht/dht_boot.h"
+#include "actors/dht/rpc/dht_clock.h"
 #include "actors/dht/rpc/dht_memnet.h"
+#include "actors/grid/dht_experts.h"
 #include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_beam.h"
 #include "kernels/kern_rng.h"
@@ -386,28 +387,20 @@ Test(moe_beam, rejects_bad_arguments, .timeout = 10)
 
 typedef struct {
     rt_loop *l;
+    dht_clock *clock;   /* virtual: the network runs with no sleep */
     dht_memnet *net;
     dht *d[NODES];
     int pending;
-    uint64_t end_us;
     int err;
     moe_beam *done_beam;
 } net16;
 
-static void tick(evutil_socket_t fd, short what, void *arg)
-{
-    net16 *m = arg;
-    if (m->pending <= 0 || rt_clock_us() >= m->end_us) rt_loop_break(m->l);
-}
+static int nothing_pending(void *arg) { return ((net16 *)arg)->pending <= 0; }
 
+/* run_until runs the network until pending drops to 0 or ms of virtual time pass; 1 if it did. */
 static int run_until(net16 *m, int ms)
 {
-    struct event *ev = event_new(rt_loop_base(m->l), -1, EV_PERSIST, tick, m);
-    struct timeval tv = { 0, 2000 };
-    event_add(ev, &tv);
-    m->end_us = rt_clock_us() + (uint64_t)ms * 1000;
-    while (m->pending > 0 && rt_clock_us() < m->end_us) rt_loop_run(m->l);
-    event_free(ev);
+    dht_vclock_run(m->clock, nothing_pending, m, (uint64_t)ms);
     return m->pending <= 0;
 }
 
@@ -442,7 +435,9 @@ static void dht_grid(const int *cells, int n_cells, int reps)
     net16 m;
     memset(&m, 0, sizeof m);
     m.l = rt_loop_new();
-    cr_assert_eq(dht_memnet_new(m.l, 1, &m.net), 0);
+    cr_assert(m.l);
+    cr_assert_eq(dht_vclock_new(m.l, &m.clock), 0);
+    cr_assert_eq(dht_memnet_new(m.l, m.clock, 1, &m.net), 0);
     for (int i = 0; i < NODES; i++) {
         dht_cfg c;
         dht_transport tr;
@@ -450,6 +445,7 @@ static void dht_grid(const int *cells, int n_cells, int reps)
         c.seed = 100 + (uint64_t)i;
         c.refresh_period_s = -1;
         c.rpc_timeout_ms = 2000;
+        c.clock = m.clock;
         int ep = dht_memnet_add(m.net, &c.addr, &tr);
         cr_assert(ep >= 0);
         cr_assert_eq(dht_node_new(m.l, &c, &tr, &m.d[i]), 0);
@@ -527,6 +523,7 @@ static void dht_grid(const int *cells, int n_cells, int reps)
     dht_memnet_free(m.net);
     for (int i = 0; i < NODES; i++) dht_node_free(m.d[i]);
     rt_loop_free(m.l);
+    dht_vclock_free(m.clock);
 }
 
 static void shuffle(int *v, int n, uint64_t seed)

@@ -1,79 +1,57 @@
-/* dht_cli.c -- client-mode DHT for tools, and dmoe-call's find / dht store / dht get (see dht_cli.h). */
-#include "actors/dht/dht_cli.h"
+/* dht_cmds.c -- dmoe-call's find / dht store / dht get (see dht_cmds.h).
+ *
+ * Each command allocates a small context (the node, how to print, whom to tell) that its completion
+ * frees after calling done.
+ */
+#include "cmd/call/dht_cmds.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "actors/grid/dht_experts.h"
 #include "actors/dht/dht_lookup.h"
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/grid/dht_experts.h"
 #include "runtime/rt_err.h"
 #include "wire/codec/wire_json.h"
 
-struct dht_cli {
-    dht_net *net;
+typedef struct {
     dht *d;
-    dht_cli_joined joined;
-    void *joined_arg;
-    dht_cli_done done;
+    dht_cmd_done done;
     void *done_arg;
     int json;
-    char **names;        /* find: the uids asked */
-};
+    const char **names;   /* find: the uids asked (the strings stay the caller's) */
+} cmd;
 
-static void on_joined(void *arg, int err, const char *msg)
+static cmd *cmd_new(dht *d, int json, dht_cmd_done done, void *arg, char *err, size_t errlen)
 {
-    dht_cli *c = arg;
-    c->joined(c->joined_arg, err, msg);
-}
-
-dht_cli *dht_cli_join(rt_loop *l, client *cl, const char *const *peers, size_t n, dht_cli_joined cb, void *arg,
-                      char *err, size_t errlen)
-{
-    dht_cli *c = calloc(1, sizeof *c);
-    if (!c) { snprintf(err, errlen, "out of memory"); return NULL; }
-    c->joined = cb;
-    c->joined_arg = arg;
-    dht_transport tr;
-    dht_cfg dc;
-    dht_cfg_default(&dc);
-    dc.client_mode = 1;
-    dc.seed = (uint64_t)getpid() ^ rt_clock_us();
-    if (dht_net_new(cl, &c->net, &tr) != 0 || dht_node_new(l, &dc, &tr, &c->d) != 0) {
-        snprintf(err, errlen, "cannot create a DHT node");
-        dht_cli_free(c);
+    cmd *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (dht_node_bootstrap(c->d, peers, n, on_joined, c, err, errlen) != 0) {
-        dht_cli_free(c);
-        return NULL;
-    }
+    *c = (cmd){ d, done, arg, json, NULL };
     return c;
 }
 
-dht *dht_cli_node(dht_cli *c) { return c->d; }
-
-void dht_cli_free(dht_cli *c)
+/* cmd_end tells the caller and frees c. */
+static void cmd_end(cmd *c, int status)
 {
-    if (!c) return;
-    if (c->d) dht_node_stop(c->d);
-    dht_node_free(c->d);
-    dht_net_free(c->net);
+    dht_cmd_done done = c->done;
+    void *arg = c->done_arg;
     free(c->names);
     free(c);
+    done(arg, status);
 }
 
 /* ---- find ---- */
 
 static void on_found(void *arg, int err, const char *msg, const dht_expert_loc *locs, size_t n)
 {
-    dht_cli *c = arg;
+    cmd *c = arg;
     if (err) {
         fprintf(stderr, "dmoe-call: find: %s\n", msg ? msg : dmoe_strerror(err));
-        c->done(c->done_arg, 1);
+        cmd_end(c, 1);
         return;
     }
     int missing = 0;
@@ -93,31 +71,38 @@ static void on_found(void *arg, int err, const char *msg, const dht_expert_loc *
         }
     }
     if (c->json) printf("}\n");
-    c->done(c->done_arg, missing ? 1 : 0);
+    cmd_end(c, missing ? 1 : 0);
 }
 
-int dht_cli_find(dht_cli *c, const char *const *uids, size_t n, int json, dht_cli_done done, void *arg, char *err,
+int dht_cmd_find(dht *d, const char *const *uids, size_t n, int json, dht_cmd_done done, void *arg, char *err,
                  size_t errlen)
 {
-    c->done = done;
-    c->done_arg = arg;
-    c->json = json;
-    free(c->names);
+    cmd *c = cmd_new(d, json, done, arg, err, errlen);
+    if (!c) return DMOE_ENOMEM;
     c->names = malloc((n ? n : 1) * sizeof *c->names);
-    if (!c->names) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
+    if (!c->names) {
+        free(c);
+        snprintf(err, errlen, "out of memory");
+        return DMOE_ENOMEM;
+    }
     memcpy(c->names, uids, n * sizeof *uids);
-    return dht_get_experts(c->d, uids, n, on_found, c, err, errlen);
+    int rc = dht_get_experts(d, uids, n, on_found, c, err, errlen);
+    if (rc) {
+        free(c->names);
+        free(c);
+    }
+    return rc;
 }
 
 /* ---- store ---- */
 
 static void on_stored(void *arg, int err, const char *msg, size_t n_stored)
 {
-    dht_cli *c = arg;
+    cmd *c = arg;
     if (c->json) printf("{\"ok\": %s, \"replicas\": %zu}\n", err ? "false" : "true", n_stored);
     else if (err) fprintf(stderr, "dmoe-call: dht store: %s\n", msg ? msg : dmoe_strerror(err));
     else printf("stored on %zu replica%s\n", n_stored, n_stored == 1 ? "" : "s");
-    c->done(c->done_arg, err ? 1 : 0);
+    cmd_end(c, err ? 1 : 0);
 }
 
 /* Pack s as a msgpack int when it is a decimal integer, else as a str. */
@@ -133,14 +118,13 @@ static void pack_scalar(msgpack_packer *pk, const char *s)
     }
 }
 
-int dht_cli_store(dht_cli *c, const char *key, const char *value, const char *subkey, double expiration_s, int json,
-                  dht_cli_done done, void *arg, char *err, size_t errlen)
+int dht_cmd_store(dht *d, const char *key, const char *value, const char *subkey, double expiration_s, int json,
+                  dht_cmd_done done, void *arg, char *err, size_t errlen)
 {
-    c->done = done;
-    c->done_arg = arg;
-    c->json = json;
     dht_id id;
     if (dht_id_from_str(&id, key, strlen(key)) != 0) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
+    cmd *c = cmd_new(d, json, done, arg, err, errlen);
+    if (!c) return DMOE_ENOMEM;
     msgpack_sbuffer vb, sb;
     msgpack_sbuffer_init(&vb);
     msgpack_sbuffer_init(&sb);
@@ -156,7 +140,10 @@ int dht_cli_store(dht_cli *c, const char *key, const char *value, const char *su
                        dht_node_now(c->d) + expiration_s, on_stored, c);
     msgpack_sbuffer_destroy(&vb);
     msgpack_sbuffer_destroy(&sb);
-    if (rc) snprintf(err, errlen, "dht store: %s", dmoe_strerror(rc));
+    if (rc) {
+        free(c);
+        snprintf(err, errlen, "dht store: %s", dmoe_strerror(rc));
+    }
     return rc;
 }
 
@@ -174,22 +161,24 @@ static void print_packed(const uint8_t *p, size_t n)
 
 static void on_got(void *arg, int err, const char *msg, const dht_get_result *r)
 {
-    dht_cli *c = arg;
+    cmd *c = arg;
     if (err && err != DMOE_ETIMEDOUT) {
         fprintf(stderr, "dmoe-call: dht get: %s\n", msg ? msg : dmoe_strerror(err));
-        c->done(c->done_arg, 1);
+        cmd_end(c, 1);
         return;
     }
     if (!r->found) {
         if (c->json) printf("{\"found\": false}\n");
         else printf("not found\n");
-        c->done(c->done_arg, 1);
+        cmd_end(c, 1);
         return;
     }
     double now = dht_node_now(c->d);
     if (!r->is_dict) {
-        if (c->json) { printf("{\"found\": true, \"value\": "); print_packed(r->value, r->vlen); printf(", \"expires_in\": %.3f}\n", r->expiration - now); }
-        else { print_packed(r->value, r->vlen); printf("  (expires in %.1f s)\n", r->expiration - now); }
+        if (c->json) printf("{\"found\": true, \"value\": ");
+        print_packed(r->value, r->vlen);
+        if (c->json) printf(", \"expires_in\": %.3f}\n", r->expiration - now);
+        else printf("  (expires in %.1f s)\n", r->expiration - now);
     } else {
         if (c->json) printf("{\"found\": true, \"subkeys\": [");
         for (size_t i = 0; i < r->nsubs; i++) {
@@ -208,18 +197,20 @@ static void on_got(void *arg, int err, const char *msg, const dht_get_result *r)
         }
         if (c->json) printf("]}\n");
     }
-    c->done(c->done_arg, 0);
+    cmd_end(c, 0);
 }
 
-int dht_cli_get(dht_cli *c, const char *key, int latest, int json, dht_cli_done done, void *arg, char *err,
+int dht_cmd_get(dht *d, const char *key, int latest, int json, dht_cmd_done done, void *arg, char *err,
                 size_t errlen)
 {
-    c->done = done;
-    c->done_arg = arg;
-    c->json = json;
     dht_id id;
     if (dht_id_from_str(&id, key, strlen(key)) != 0) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
-    int rc = dht_get(c->d, &id, latest, on_got, c);
-    if (rc) snprintf(err, errlen, "dht get: %s", dmoe_strerror(rc));
+    cmd *c = cmd_new(d, json, done, arg, err, errlen);
+    if (!c) return DMOE_ENOMEM;
+    int rc = dht_get(d, &id, latest, on_got, c);
+    if (rc) {
+        free(c);
+        snprintf(err, errlen, "dht get: %s", dmoe_strerror(rc));
+    }
     return rc;
 }

@@ -38,7 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/io/dht_memnet.h"
 #include "cmd/bench/bench.h"
 #include "kernels/kern_classes.h"
 #include "runtime/rt_err.h"

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "actors/net/client.h"
-#include "actors/dht/rpc/dht_join.h"
+#include "actors/dht/io/dht_join.h"
 #include "actors/grid/dht_experts.h"
 #include "cmd/call/load_cmd.h"
 #include "cmd/call/moe_cmd.h"

@@ -55,6 +55,8 @@ def symbol_edges(build):
                     continue
                 obj = os.path.join(dirpath, f)
                 r = room(os.path.relpath(obj, objdir))
+                if not os.path.exists(r + ".c"):
+                    continue                    # left over from a file that moved or went away
                 nm = subprocess.run(["nm", obj], capture_output=True, text=True, check=True).stdout
                 for line in nm.splitlines():
                     parts = line.split()

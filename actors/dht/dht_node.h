@@ -32,8 +32,8 @@
 #include <stdint.h>
 
 #include "actors/dht/dht_id.h"
-#include "actors/dht/rpc/dht_clock.h"
-#include "actors/dht/rpc/dht_proto.h"
+#include "actors/dht/io/dht_clock.h"
+#include "actors/dht/io/dht_proto.h"
 #include "actors/dht/dht_routing.h"
 #include "actors/dht/dht_storage.h"
 #include "runtime/rt_actor.h"

@@ -27,7 +27,7 @@
 #include <stdio.h>
 
 #include "actors/net/client.h"
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/io/dht_net.h"
 #include "actors/dht/dht_node.h"
 #include "actors/load/loadgen_cfg.h"
 #include "actors/moe/moe.h"

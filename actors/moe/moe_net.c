@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/dht/rpc/dht_join.h"
+#include "actors/dht/io/dht_join.h"
 #include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_health.h"
 #include "runtime/rt_err.h"

@@ -19,7 +19,7 @@
 #include "actors/net/client.h"
 #include "actors/grid/dht_experts.h"
 #include "actors/dht/dht_boot.h"
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/io/dht_net.h"
 #include "actors/dht/dht_node.h"
 #include "actors/node/metrics.h"
 #include "actors/node/node_banner.h"

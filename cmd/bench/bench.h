@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/io/dht_memnet.h"
 #include "kernels/kern_expert.h"
 #include "wire/wire_maddr.h"
 

@@ -1,4 +1,4 @@
-/* dht_cmds.h -- dmoe-call's DHT commands, run on a joined client-mode node (actors/dht/rpc/dht_join.h):
+/* dht_cmds.h -- dmoe-call's DHT commands, run on a joined client-mode node (actors/dht/io/dht_join.h):
  *
  *   find UID...                              where each expert is hosted, or "not found"
  *   dht store KEY VALUE --expiration S [--subkey S]

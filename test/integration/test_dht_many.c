@@ -1,10 +1,10 @@
 /* test_dht_many.c -- the DHT end to end.
  *
- * 64 nodes on the in-memory transport in one process (actors/dht/rpc/dht_memnet.h), in virtual time
+ * 64 nodes on the in-memory transport in one process (actors/dht/io/dht_memnet.h), in virtual time
  * (dht_clock.h: no sleep; time jumps to the next due event): every key found from every node, replicas
  * on the 5 nearest nodes, a quarter of the nodes down, expiry, dictionary merge across replicas,
  * client-mode nodes kept out of routing tables, 256 nodes' gets all found within 4 hops (p99).
- * Then 8 nodes over real TCP on loopback (actors/dht/rpc/dht_net.c), on the real clock, each with its
+ * Then 8 nodes over real TCP on loopback (actors/dht/io/dht_net.c), on the real clock, each with its
  * own server and client on a port the OS picks: expert declarations found by uid and by prefix; a bad
  * bootstrap address fails fast with a message naming it; malformed dht_* requests are answered with
  * errors and leave the routing table as it was. Every wait is bounded by a deadline (virtual time for
@@ -18,9 +18,9 @@
 #include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_lookup.h"
 #include "actors/dht/dht_node.h"
-#include "actors/dht/rpc/dht_clock.h"
-#include "actors/dht/rpc/dht_memnet.h"
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/io/dht_clock.h"
+#include "actors/dht/io/dht_memnet.h"
+#include "actors/dht/io/dht_net.h"
 #include "actors/grid/dht_experts.h"
 #include "actors/net/client.h"
 #include "actors/serve/server.h"

@@ -1,5 +1,5 @@
 /* test_dht_upkeep.c -- how the DHT keeps itself in shape, on the in-memory transport
- * (actors/dht/rpc/dht_memnet.h) in virtual time (dht_clock.h: no sleep; time jumps to the next event).
+ * (actors/dht/io/dht_memnet.h) in virtual time (dht_clock.h: no sleep; time jumps to the next event).
  *
  * The behaviours test_dht_many.c does not reach: a joining node is handed the keys it is now nearest
  * to (Kademlia's hand-over); a get caches its result locally and on the nearest asked node that lacked
@@ -18,8 +18,8 @@
 #include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_lookup.h"
 #include "actors/dht/dht_node.h"
-#include "actors/dht/rpc/dht_clock.h"
-#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/io/dht_clock.h"
+#include "actors/dht/io/dht_memnet.h"
 #include "runtime/rt_err.h"
 
 #define SW_MAX 64

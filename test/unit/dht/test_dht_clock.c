@@ -1,4 +1,4 @@
-/* test_dht_clock.c -- the DHT's clocks (actors/dht/rpc/dht_clock.h).
+/* test_dht_clock.c -- the DHT's clocks (actors/dht/io/dht_clock.h).
  *
  * The virtual clock: timers fire in due order (ties in arming order) at exactly their due time; a
  * cancelled or re-armed timer does not fire at its old time; a periodic one fires every period; time
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "actors/dht/rpc/dht_clock.h"
+#include "actors/dht/io/dht_clock.h"
 #include "runtime/rt_err.h"
 
 #define MAX_FIRES 64

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/dht/rpc/dht_proto.h"
+#include "actors/dht/io/dht_proto.h"
 #include "runtime/rt_err.h"
 
 static const double NOW = 1.7e9;

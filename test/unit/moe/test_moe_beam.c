@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "actors/dht/dht_boot.h"
-#include "actors/dht/rpc/dht_clock.h"
-#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/io/dht_clock.h"
+#include "actors/dht/io/dht_memnet.h"
 #include "actors/grid/dht_experts.h"
 #include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_beam.h"

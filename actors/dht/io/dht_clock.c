@@ -9,7 +9,7 @@
  * periodic one first). Time never moves while an actor has mail, so everything that happens "at once"
  * in virtual time happens before the next timer.
  */
-#include "actors/dht/rpc/dht_clock.h"
+#include "actors/dht/io/dht_clock.h"
 
 #include <event2/event.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * write their output struct as they go, so on failure the caller must treat it as garbage; the only
  * allocation (dictionary entries of a find reply) is released on every failure path.
  */
-#include "actors/dht/rpc/dht_proto.h"
+#include "actors/dht/io/dht_proto.h"
 
 #include <arpa/inet.h>
 #include <math.h>

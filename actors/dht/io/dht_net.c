@@ -5,7 +5,7 @@
  * borrow it). Incoming: the server gives us the request and the connection; we hold a conn reference
  * and a backpressure slot (conn_hold) until the DHT node answers through net_respond.
  */
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/io/dht_net.h"
 
 #include <stdlib.h>
 

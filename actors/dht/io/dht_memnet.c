@@ -12,7 +12,7 @@
  * The measurement runs its own loop on a virtual clock: the latencies it reports are network time
  * (the hops times the link latency), not the machine's speed; run_s is the real time it took.
  */
-#include "actors/dht/rpc/dht_memnet.h"
+#include "actors/dht/io/dht_memnet.h"
 
 #include <arpa/inet.h>
 #include <math.h>

@@ -1,12 +1,12 @@
 /* dht_join.c -- a client-mode DHT node joining over TCP (see dht_join.h). */
-#include "actors/dht/rpc/dht_join.h"
+#include "actors/dht/io/dht_join.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "actors/dht/dht_boot.h"
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/io/dht_net.h"
 #include "runtime/rt_err.h"
 
 struct dht_join {

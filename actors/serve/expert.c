@@ -284,9 +284,7 @@ static void finish_batch(expert *e, ex_batch *b)
     s->compute_us[dir] += b->t_compute_us;
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
-    int nreq = 0;
-    for (ex_req *r = b->reqs; r; r = r->next) nreq++;
-    s->calls[dir] += (uint64_t)nreq;
+    s->calls[dir] += (uint64_t)b->nreq;
     if (b->rc < 0) {
         s->errors[dir]++;
         LOG_WARN("%s: %s batch of %lld rows failed: %s", e->uid, dir == EX_FWD ? "forward" : "backward",

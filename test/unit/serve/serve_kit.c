@@ -1,6 +1,7 @@
 /* serve_kit.c -- see serve_kit.h. */
 #include "test/unit/serve/serve_kit.h"
 
+#include <criterion/criterion.h>
 #include <errno.h>
 #include <event2/bufferevent.h>
 #include <stdlib.h>
@@ -64,6 +65,17 @@ int sk_recv_msg(rt_loop *l, int fd, wire_msg *m, int max_ms)
         sk_spin(l, 1);
     }
     return -1;
+}
+
+void sk_expect_error(rt_loop *l, int fd, uint64_t id, int code, const char *msg)
+{
+    wire_msg m;
+    cr_assert_eq(sk_recv_msg(l, fd, &m, 2000), 0, "no reply to %llu", (unsigned long long)id);
+    cr_assert_eq(m.kind, WIRE_REPLY_ERR, "reply to %llu is not an error", (unsigned long long)id);
+    cr_assert_eq(m.id, id);
+    cr_assert_eq(m.err_code, code, "code %d, expected %d (%s)", m.err_code, code, m.err_msg);
+    if (msg) cr_assert_str_eq(m.err_msg, msg);
+    wire_msg_free(&m);
 }
 
 int sk_send_out(int fd, wire_out *o)

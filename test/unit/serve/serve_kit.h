@@ -23,6 +23,9 @@ conn *sk_conn_pair(rt_loop *l, const conn_ops *ops, void *arg, const conn_limits
 /* sk_recv_msg runs the loop until one whole frame can be read from fd and decodes it into *m
  * (wire_msg_free it). Returns 0, or -1 when none came within max_ms. */
 int sk_recv_msg(rt_loop *l, int fd, wire_msg *m, int max_ms);
+/* sk_expect_error asserts that the next frame on fd (within 2 s) is an error reply to id with code (and,
+ * when msg is not NULL, that message). */
+void sk_expect_error(rt_loop *l, int fd, uint64_t id, int code, const char *msg);
 /* sk_send_out writes o (consumed) to fd as one frame. Returns 0 or -1. */
 int sk_send_out(int fd, wire_out *o);
 /* sk_result_f32 copies tensor idx of the result array key of a success reply into out (n floats) and

@@ -115,13 +115,7 @@ Test(batchq, max_batch_size_bounds_a_batch_and_a_failed_batch_answers_everyone)
     batchq_answer(q, b2);
     expect_rows(fd, 1, x, 3);
     expect_rows(fd, 2, x + 3 * W, 3);
-    wire_msg m;
-    cr_assert_eq(sk_recv_msg(l, fd, &m, 2000), 0);
-    cr_assert_eq(m.kind, WIRE_REPLY_ERR);
-    cr_assert_eq(m.id, 3);
-    cr_assert_eq(m.err_code, DMOE_EINTERNAL);
-    cr_assert_str_eq(m.err_msg, "the kernel broke");
-    wire_msg_free(&m);
+    sk_expect_error(l, fd, 3, DMOE_EINTERNAL, "the kernel broke");
     batchq_free(q);
     conn_close(c, 0);
     close(fd);
@@ -191,12 +185,7 @@ Test(batchq, free_fails_what_still_waits)
     float x[W] = {0};
     batchq_push(q, sk_req(c, 9, EX_FWD, 1, x));
     batchq_free(q);
-    wire_msg m;
-    cr_assert_eq(sk_recv_msg(l, fd, &m, 2000), 0);
-    cr_assert_eq(m.kind, WIRE_REPLY_ERR);
-    cr_assert_eq(m.id, 9);
-    cr_assert_eq(m.err_code, DMOE_ESHUTDOWN);
-    wire_msg_free(&m);
+    sk_expect_error(l, fd, 9, DMOE_ESHUTDOWN, NULL);
     conn_close(c, 0);
     close(fd);
 }

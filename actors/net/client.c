@@ -1,10 +1,9 @@
 /* client.c -- call actors and pooled peer connections (see client.h).
  *
- * Design notes. A peer holds one connection and a hash table of its calls in flight, keyed by request
- * id. Every way a call can end (reply, error reply, timeout, connection failure, client freed) goes
+ * Design notes. A peer holds one connection and an rt_map of its calls in flight, keyed by request id. Every way a call can end (reply, error reply, timeout, connection failure, client freed) goes
  * through complete(): the first one wins, detaches the call from its peer and raises the call's
  * "done" signal; the call actor's handler then runs the user's callback and stops the actor. A reply
- * that arrives for an id no longer in the table (it timed out) is dropped.
+ * that arrives for an id no longer in the map (it timed out) is dropped.
  */
 #include "actors/net/client.h"
 
@@ -14,6 +13,7 @@
 
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_map.h"
 
 #define CLIENT_CONNECT_TIMEOUT_MS 5000
 
@@ -34,7 +34,6 @@ typedef struct call {
     int err;
     char msg[256];
     wire_msg *reply;
-    struct call *hnext;                 /* peer's hash chain */
     struct call *prev_live, *next_live; /* client's list of pending calls */
 } call;
 
@@ -42,8 +41,7 @@ struct peer {
     client *cl;
     char key[WIRE_MADDR_HOST + 8];
     conn *c;
-    call **table;
-    size_t nbuckets, ncalls;
+    rt_map calls;                       /* request id -> call in flight */
     peer *next;
 };
 
@@ -55,50 +53,6 @@ struct client {
     call *live;
     int n_live;
 };
-
-/* ---- the id table of a peer ---- */
-
-static size_t slot(const peer *p, uint64_t id) { return (size_t)(id * 0x9E3779B97F4A7C15ull >> 20) & (p->nbuckets - 1); }
-
-static int table_put(peer *p, call *k)
-{
-    if (p->ncalls + 1 > p->nbuckets) {
-        size_t nb = p->nbuckets ? p->nbuckets * 2 : 16;
-        call **t = calloc(nb, sizeof *t);
-        if (!t) return DMOE_ENOMEM;
-        call **old = p->table;
-        size_t ob = p->nbuckets;
-        p->table = t;
-        p->nbuckets = nb;
-        for (size_t i = 0; i < ob; i++)
-            for (call *x = old[i], *nx; x; x = nx) {
-                nx = x->hnext;
-                size_t s = slot(p, x->id);
-                x->hnext = t[s];
-                t[s] = x;
-            }
-        free(old);
-    }
-    size_t s = slot(p, k->id);
-    k->hnext = p->table[s];
-    p->table[s] = k;
-    p->ncalls++;
-    return 0;
-}
-
-static call *table_take(peer *p, uint64_t id)
-{
-    if (!p->nbuckets) return NULL;
-    for (call **pp = &p->table[slot(p, id)]; *pp; pp = &(*pp)->hnext)
-        if ((*pp)->id == id) {
-            call *k = *pp;
-            *pp = k->hnext;
-            k->hnext = NULL;
-            p->ncalls--;
-            return k;
-        }
-    return NULL;
-}
 
 /* ---- completing calls ---- */
 
@@ -113,7 +67,7 @@ static void complete(call *k, int err, const char *msg, wire_msg *reply)
     k->reply = reply;
     if (msg) snprintf(k->msg, sizeof k->msg, "%s", msg);
     if (k->p) {
-        table_take(k->p, k->id);
+        if (rt_map_get_u64(&k->p->calls, k->id) == k) rt_map_del_u64(&k->p->calls, k->id);
         k->p = NULL;
     }
     rt_timer_cancel(&k->timer);
@@ -169,7 +123,7 @@ static void call_destroy(rt_actor *self)
 static void peer_on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 {
     peer *p = arg;
-    call *k = table_take(p, m->id);
+    call *k = rt_map_del_u64(&p->calls, m->id);
     if (!k) {   /* late reply for a call that timed out, or garbage: drop */
         LOG_DEBUG("dropping a reply with unknown id %llu from %s", (unsigned long long)m->id, p->key);
         wire_msg_free(m);
@@ -191,7 +145,7 @@ static void peer_free(peer *p)
     client *cl = p->cl;
     for (peer **pp = &cl->peers; *pp; pp = &(*pp)->next)
         if (*pp == p) { *pp = p->next; break; }
-    free(p->table);
+    rt_map_clear(&p->calls);
     free(p);
 }
 
@@ -201,18 +155,13 @@ static void peer_on_close(conn *c, int err, void *arg)
     char msg[160];
     snprintf(msg, sizeof msg, "connection to %s %s", p->key,
              err == 0 ? "closed by the peer" : err == DMOE_ETIMEDOUT ? "timed out" : "failed (refused or reset)");
-    for (size_t i = 0; i < p->nbuckets; i++) {
-        call *k = p->table[i];
-        p->table[i] = NULL;
-        while (k) {
-            call *next = k->hnext;
-            k->hnext = NULL;
-            k->p = NULL;
-            complete(k, DMOE_ECONN, msg, NULL);
-            k = next;
-        }
+    rt_map_iter it = RT_MAP_ITER_INIT;
+    call *k;
+    while ((k = rt_map_next(&p->calls, &it, NULL, NULL))) {
+        rt_map_del_at(&p->calls, &it);
+        k->p = NULL;   /* detached: complete() leaves the map alone */
+        complete(k, DMOE_ECONN, msg, NULL);
     }
-    p->ncalls = 0;
     p->c = NULL;
     conn_unref(c);   /* the peer's reference */
     peer_free(p);
@@ -261,7 +210,7 @@ int client_call(client *cl, const wire_maddr *peer_addr, uint64_t id, wire_out *
                 client_cb cb, void *arg)
 {
     peer *p = get_peer(cl, peer_addr);
-    if (!p) { wire_out_free(req); return DMOE_EINVAL; }
+    if (!p || rt_map_get_u64(&p->calls, id)) { wire_out_free(req); return DMOE_EINVAL; }
     call *k = calloc(1, sizeof *k);
     if (!k) { wire_out_free(req); return DMOE_ENOMEM; }
     rt_actor_init(&k->actor, cl->loop, "call", call_handle, call_destroy);
@@ -271,7 +220,7 @@ int client_call(client *cl, const wire_maddr *peer_addr, uint64_t id, wire_out *
     k->id = id;
     k->cb = cb;
     k->arg = arg;
-    if (table_put(p, k) != 0) { rt_timer_deinit(&k->timer); free(k); wire_out_free(req); return DMOE_ENOMEM; }
+    if (rt_map_put_u64(&p->calls, id, k) != 0) { rt_timer_deinit(&k->timer); free(k); wire_out_free(req); return DMOE_ENOMEM; }
     k->p = p;
     k->next_live = cl->live;
     if (cl->live) cl->live->prev_live = k;

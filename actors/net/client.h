@@ -34,7 +34,7 @@ client *client_new(rt_loop *l, const conn_limits *lim);
 uint64_t client_next_id(client *c);
 /* client_call sends req (consumed in every case) with id to peer. The callback runs later, never from
  * inside client_call. Returns 0, or a negative code (then cb is not called): DMOE_EINVAL for a peer that
- * is not an IP literal, DMOE_ENOMEM. */
+ * is not an IP literal (or an id already in flight to that peer), DMOE_ENOMEM. */
 int client_call(client *c, const wire_maddr *peer, uint64_t id, wire_out *req, uint64_t timeout_ms,
                 client_cb cb, void *arg);
 /* client_free fails every pending call with DMOE_ESHUTDOWN (callbacks run inside), closes the

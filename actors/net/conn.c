@@ -234,9 +234,13 @@ static void conn_handle(rt_actor *self, rt_msg *m)
         size_t n = wire_out_len(s->out) + WIRE_FRAME_HDR;
         int rc = wire_out_send(s->out, bufferevent_get_output(c->bev));
         s->out = NULL;
-        if (rc == 0) c->bytes_out += n;
-        else LOG_WARN("cannot queue %zu bytes to %s: %s", n, c->peer, dmoe_strerror(rc));
-        if (over_limits(c)) set_reading(c, 0);
+        if (rc == 0) {
+            c->bytes_out += n;
+            if (over_limits(c)) set_reading(c, 0);
+        } else {   /* a reply lost in silence would leave the peer waiting: it sees the connection close */
+            LOG_WARN("cannot queue %zu bytes to %s: %s: closing", n, c->peer, dmoe_strerror(rc));
+            conn_close(c, 1);
+        }
     }
     rt_msg_drop(m);
 }
@@ -348,7 +352,12 @@ int conn_send(conn *c, wire_out *o)
 {
     if (!c->open || c->closing) { wire_out_free(o); return DMOE_ECONN; }
     send_msg *s = malloc(sizeof *s);
-    if (!s) { wire_out_free(o); return DMOE_ENOMEM; }
+    if (!s) {   /* as in conn_handle: no silent loss, the peer sees the connection close */
+        wire_out_free(o);
+        LOG_WARN("out of memory sending to %s: closing", c->peer);
+        conn_close(c, 1);
+        return DMOE_ENOMEM;
+    }
     s->msg.type = CONN_SEND;
     s->msg.drop = send_msg_drop;
     s->out = o;

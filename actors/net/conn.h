@@ -59,7 +59,9 @@ conn *conn_new(rt_loop *l, struct bufferevent *bev, const conn_ops *ops, void *a
  * created or host is not an IP literal. */
 conn *conn_connect(rt_loop *l, const char *host, uint16_t port, const conn_ops *ops, void *arg,
                    const conn_limits *lim, int connect_timeout_ms);
-/* conn_send queues o to be written; consumes o in every case. Returns 0, or DMOE_ECONN when closed. */
+/* conn_send queues o to be written; consumes o in every case. Returns 0, DMOE_ECONN when closed, or
+ * DMOE_ENOMEM (then the connection closes after what is already queued: a message is never lost in
+ * silence, the peer sees the close). */
 int conn_send(conn *c, wire_out *o);
 /* conn_close closes now (pending output is discarded) unless after_flush, in which case reading stops
  * and the socket closes once the output is written (bounded by a few seconds). */

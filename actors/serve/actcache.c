@@ -1,7 +1,6 @@
 /* actcache.c -- the activation cache (see actcache.h).
  *
- * Design notes. Entries sit in a hash table by handle (chained, doubling) and on an LRU list (oldest at
- * the head). A put that pushes the total over the bound evicts from the head. Handles are a counter
+ * Design notes. Entries sit in an rt_map by handle and on an LRU list (oldest at the head). A put that pushes the total over the bound evicts from the head. Handles are a counter
  * mixed through splitmix64 with a per-node seed, so they are unique per node and not guessable.
  */
 #include "actors/serve/actcache.h"
@@ -10,21 +9,21 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "runtime/rt_map.h"
+
 struct act_entry {
     uint64_t handle, hash;
     const void *owner;
     act_block *block;
     int64_t first, rows;
     size_t bytes;
-    act_entry *hnext;
     act_entry *prev, *next;     /* LRU */
 };
 
 struct actcache {
     size_t max_bytes, bytes, count;
     uint64_t counter, seed;
-    act_entry **table;
-    size_t nbuckets;
+    rt_map by_handle;           /* handle -> act_entry */
     act_entry *head, *tail;
 };
 
@@ -71,8 +70,6 @@ uint64_t actcache_hash(const void *const *ptrs, const size_t *lens, int n)
     return h;
 }
 
-static size_t slot(const actcache *c, uint64_t h) { return (size_t)(h ^ (h >> 29)) & (c->nbuckets - 1); }
-
 static void lru_unlink(actcache *c, act_entry *e)
 {
     if (e->prev) e->prev->next = e->next;
@@ -82,17 +79,10 @@ static void lru_unlink(actcache *c, act_entry *e)
     e->prev = e->next = NULL;
 }
 
-static void table_unlink(actcache *c, act_entry *e)
-{
-    for (act_entry **pp = &c->table[slot(c, e->handle)]; *pp; pp = &(*pp)->hnext)
-        if (*pp == e) { *pp = e->hnext; break; }
-    e->hnext = NULL;
-}
-
 static void detach(actcache *c, act_entry *e)
 {
     lru_unlink(c, e);
-    table_unlink(c, e);
+    rt_map_del_u64(&c->by_handle, e->handle);
     c->bytes -= e->bytes;
     c->count--;
 }
@@ -104,39 +94,19 @@ void act_entry_release(act_entry *e)
     free(e);
 }
 
-static int grow(actcache *c)
-{
-    size_t nb = c->nbuckets ? c->nbuckets * 2 : 64;
-    act_entry **t = calloc(nb, sizeof *t);
-    if (!t) return -1;
-    act_entry **old = c->table;
-    size_t ob = c->nbuckets;
-    c->table = t;
-    c->nbuckets = nb;
-    for (size_t i = 0; i < ob; i++)
-        for (act_entry *e = old[i], *nx; e; e = nx) {
-            nx = e->hnext;
-            size_t s = slot(c, e->handle);
-            e->hnext = t[s];
-            t[s] = e;
-        }
-    free(old);
-    return 0;
-}
-
 uint64_t actcache_put(actcache *c, const void *owner, act_block *b, int64_t first, int64_t rows, uint64_t hash)
 {
     size_t bytes = (size_t)rows * b->row_floats * sizeof(float);
     if (!c || bytes > c->max_bytes) return 0;
-    if (c->count + 1 > c->nbuckets && grow(c) != 0) return 0;
     act_entry *e = calloc(1, sizeof *e);
-    if (!e) return 0;
+    if (!e) return 0;   /* no memory only means no handle: the backward recomputes */
+    e->handle = mix(c->seed ^ ++c->counter) | 1;   /* never 0 */
+    if (rt_map_put_u64(&c->by_handle, e->handle, e) != 0) { free(e); return 0; }
     while (c->bytes + bytes > c->max_bytes && c->head) {   /* make room: the oldest go */
         act_entry *old = c->head;
         detach(c, old);
         act_entry_release(old);
     }
-    e->handle = mix(c->seed ^ ++c->counter) | 1;   /* never 0 */
     e->hash = hash;
     e->owner = owner;
     e->block = b;
@@ -144,9 +114,6 @@ uint64_t actcache_put(actcache *c, const void *owner, act_block *b, int64_t firs
     e->first = first;
     e->rows = rows;
     e->bytes = bytes;
-    size_t s = slot(c, e->handle);
-    e->hnext = c->table[s];
-    c->table[s] = e;
     e->prev = c->tail;
     if (c->tail) c->tail->next = e;
     else c->head = e;
@@ -158,14 +125,11 @@ uint64_t actcache_put(actcache *c, const void *owner, act_block *b, int64_t firs
 
 act_entry *actcache_take(actcache *c, uint64_t handle, const void *owner, int64_t rows, uint64_t hash)
 {
-    if (!c || !c->nbuckets || handle == 0) return NULL;
-    for (act_entry *e = c->table[slot(c, handle)]; e; e = e->hnext) {
-        if (e->handle != handle) continue;
-        if (e->owner != owner || e->rows != rows || e->hash != hash) return NULL;
-        detach(c, e);
-        return e;
-    }
-    return NULL;
+    if (!c || handle == 0) return NULL;
+    act_entry *e = rt_map_get_u64(&c->by_handle, handle);
+    if (!e || e->owner != owner || e->rows != rows || e->hash != hash) return NULL;
+    detach(c, e);
+    return e;
 }
 
 const float *act_entry_rows(const act_entry *e) { return e->block->data + (size_t)e->first * e->block->row_floats; }
@@ -178,6 +142,6 @@ void actcache_free(actcache *c)
         detach(c, e);
         act_entry_release(e);
     }
-    free(c->table);
+    rt_map_clear(&c->by_handle);
     free(c);
 }

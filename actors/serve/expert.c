@@ -1,9 +1,10 @@
 /* expert.c -- the expert actor: parameters, optimizer, scheduling of its batches on the pool
- * (see expert.h for the model and batchq.h for the queue side).
+ * (see expert.h for the model, batch.h for its mail, batchq.h for the queue side).
  *
- * Mail in: from its queues, EX_MSG_WORK (work waiting), EX_MSG_BATCH (a batch to compute),
- * EX_MSG_NOTHING (a pull found nothing); from the pool, EX_MSG_JOB_DONE (the same batch, computed);
- * from a batch's delay timer, EX_MSG_DELAY_DONE (nop_delay). The direction rides in bits 8+ of the type.
+ * Design notes. The handler does one thing per message and ends with schedule(), which decides from
+ * the counters alone (running[dir], the queues' waiting requests, a checkpoint wanted or running) what
+ * may start now: a checkpoint, one backward, or forwards up to max_parallel_fwd. A queue that holds
+ * requests but not yet min_batch_size rows arms its direction's tick timer for the time left.
  */
 #include "actors/serve/expert.h"
 
@@ -11,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/serve/batchq.h"
 #include "actors/node/ckpt.h"
 #include "actors/node/metrics.h"
+#include "actors/serve/batchq.h"
 #include "kernels/kern_ops.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -29,8 +30,12 @@ struct expert {
     float *grads_extra;     /* gradients of the chunks past the first of a split backward */
     kern_optim opt;
     batchq *q[2];
-    int running[2], pulling[2], wanted[2];
-    int delayed;            /* batches held by nop_delay timers */
+    rt_timer tick[2];       /* a queue waits for min_batch_size rows (EX_MSG_TICK) */
+    int tick_armed[2];
+    rt_signal sched;        /* EX_MSG_SCHEDULE: raised by each request, runs behind the burst */
+    int running[2];         /* batches of each direction on the pool */
+    ex_batch *delayed;      /* batches held by nop_delay timers */
+    int n_delayed;
     int ckpt_wanted, ckpt_running;
     int64_t ckpt_step;      /* optimizer step of the newest checkpoint on disk (-1: none) */
     ckpt_job ckpt;
@@ -38,45 +43,6 @@ struct expert {
     uint64_t batch_seq;     /* seeds per-batch randomness */
     expert_stats stats;
 };
-
-/* ---- requests ---- */
-
-void ex_req_drop_frame(ex_req *r)
-{
-    if (r->wm) {
-        wire_msg_free(r->wm);
-        free(r->wm);
-        r->wm = NULL;
-    }
-    if (r->budget && r->charge) rt_budget_release(r->budget, r->charge);
-    r->charge = 0;
-    for (int i = 0; i < 2 * KERN_MAX_IO; i++) {
-        free(r->owned[i]);
-        r->owned[i] = NULL;
-    }
-}
-
-void ex_req_free(ex_req *r)
-{
-    if (!r) return;
-    ex_req_drop_frame(r);
-    act_entry_release(r->cached);
-    if (r->c) {
-        conn_release(r->c);
-        conn_unref(r->c);
-    }
-    free(r);
-}
-
-void ex_reply_error(ex_req *r, int code, const char *msg)
-{
-    metrics_std_error(r->met, code);
-    if (r->c && conn_is_open(r->c)) {
-        wire_out *o = wire_error_reply(r->id, code, msg);
-        if (o) conn_send(r->c, o);
-    }
-    ex_req_free(r);
-}
 
 /* ---- the jobs, on worker threads ---- */
 
@@ -130,7 +96,10 @@ static void job_run(rt_job *j)
     ex_batch *b = (ex_batch *)j;
     uint64_t t0 = b->t_compute_us;
     b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
-    if (b->dir == EX_BWD) step(b);
+    if (b->dir == EX_BWD) {
+        step(b);
+        batchq_compress(b);
+    }
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
     b->t_compute_us = rt_clock_us() - t0;
 }
@@ -151,18 +120,12 @@ static void chunk_run(rt_job *j)
             for (size_t i = 0; i < n; i++) b->grads[i] += g[i];
         }
         step(b);
+        batchq_compress(b);
     }
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
 }
 
 /* ---- scheduling ---- */
-
-static void pull(expert *e, int dir)
-{
-    e->wanted[dir] = 0;
-    e->pulling[dir] = 1;
-    batchq_pull(e->q[dir]);
-}
 
 static void start_checkpoint(expert *e)
 {
@@ -198,23 +161,6 @@ static void finish_checkpoint(expert *e)
     } else {
         LOG_ERROR("%s: checkpoint not written: %s", e->uid, j->err);
     }
-}
-
-static void schedule(expert *e)
-{
-    int fwd_busy = e->running[EX_FWD] + e->pulling[EX_FWD];
-    int bwd_busy = e->running[EX_BWD] + e->pulling[EX_BWD];
-    /* a checkpoint reads the weights: no backward may write them meanwhile; forwards may run */
-    if (e->ckpt_wanted && !e->ckpt_running && bwd_busy == 0) start_checkpoint(e);
-    if (e->shutting || e->ckpt_running || e->ckpt_wanted) return;
-    if (e->wanted[EX_BWD] && fwd_busy == 0 && bwd_busy == 0) {
-        pull(e, EX_BWD);
-        return;
-    }
-    /* backward waiting or running: let the forwards in flight finish, start no new ones */
-    if (e->wanted[EX_FWD] && !e->wanted[EX_BWD] && bwd_busy == 0 && !e->pulling[EX_FWD] &&
-        e->running[EX_FWD] < e->cfg.max_parallel_fwd)
-        pull(e, EX_FWD);
 }
 
 /* A chunk's completion dropped undelivered (the expert stopped): the last one gives the batch up. */
@@ -259,12 +205,19 @@ static int split(expert *e, ex_batch *b)
     return (int)k;
 }
 
+/* The job could not be submitted (only at shutdown): the batch fails with DMOE_ESHUTDOWN. */
+static void refuse_batch(expert *e, ex_batch *b)
+{
+    e->running[b->dir]--;
+    b->rc = DMOE_ESHUTDOWN;
+    batchq_release_work(b);
+    batchq_answer(b->q, b);
+}
+
 static void start_batch(expert *e, ex_batch *b)
 {
     b->job.run = job_run;
     b->job.owner = &e->actor;
-    b->job.msg.type = EX_MSG_JOB_DONE | (b->dir << 8);
-    b->model = &e->model;
     b->params = e->params;
     b->grads = e->grads;
     b->opt = &e->opt;
@@ -284,20 +237,40 @@ static void start_batch(expert *e, ex_batch *b)
             c->job.msg.drop = chunk_drop;
             if (rt_pool_submit(e->cfg.pool, &c->job) != 0) {
                 /* only at shutdown, and then for every chunk alike: none was submitted */
-                e->running[b->dir]--;
-                b->rc = DMOE_ESHUTDOWN;
-                batchq_release_work(b);
-                batchq_done(b->q, b);
+                refuse_batch(e, b);
                 return;
             }
         }
         return;
     }
-    if (rt_pool_submit(e->cfg.pool, &b->job) != 0) {
-        e->running[b->dir]--;
-        b->rc = DMOE_ESHUTDOWN;
-        batchq_release_work(b);
-        batchq_done(b->q, b);
+    if (rt_pool_submit(e->cfg.pool, &b->job) != 0) refuse_batch(e, b);
+}
+
+/* Start what may start now (see the design notes). */
+static void schedule(expert *e)
+{
+    /* a checkpoint reads the weights: no backward may write them meanwhile; forwards may run */
+    if (e->ckpt_wanted && !e->ckpt_running && e->running[EX_BWD] == 0) start_checkpoint(e);
+    if (e->shutting || e->ckpt_running || e->ckpt_wanted) return;
+    uint64_t now = rt_clock_us();
+    int64_t bwd_wait = batchq_wait_us(e->q[EX_BWD], now);
+    if (bwd_wait == 0 && e->running[EX_FWD] == 0 && e->running[EX_BWD] == 0) {
+        ex_batch *b = batchq_take(e->q[EX_BWD], now);
+        if (b) start_batch(e, b);
+    }
+    /* backward waiting or running: let the forwards in flight finish, start no new ones. Each pass
+     * takes requests off the queue, so the loop ends when it is empty or the workers are all given. */
+    while (batchq_waiting(e->q[EX_BWD]) == 0 && e->running[EX_BWD] == 0 &&
+           e->running[EX_FWD] < e->cfg.max_parallel_fwd && batchq_wait_us(e->q[EX_FWD], now) == 0) {
+        ex_batch *b = batchq_take(e->q[EX_FWD], now);
+        if (b) start_batch(e, b);
+    }
+    for (int dir = 0; dir < 2; dir++) {
+        int64_t wait = batchq_wait_us(e->q[dir], now);
+        if (wait > 0 && !e->tick_armed[dir]) {   /* too few rows yet: look again when the oldest waited enough */
+            e->tick_armed[dir] = 1;
+            rt_timer_start(&e->tick[dir], (uint64_t)(wait + 999) / 1000, 0);
+        }
     }
 }
 
@@ -311,9 +284,7 @@ static void finish_batch(expert *e, ex_batch *b)
     s->compute_us[dir] += b->t_compute_us;
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
-    int nreq = 0;
-    for (ex_req *r = b->reqs; r; r = r->next) nreq++;
-    s->calls[dir] += (uint64_t)nreq;
+    s->calls[dir] += (uint64_t)b->nreq;
     if (b->rc < 0) {
         s->errors[dir]++;
         LOG_WARN("%s: %s batch of %lld rows failed: %s", e->uid, dir == EX_FWD ? "forward" : "backward",
@@ -326,30 +297,42 @@ static void finish_batch(expert *e, ex_batch *b)
             s->steps = (uint64_t)e->opt.step;
         }
     }
-    if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0) {
-        e->delayed++;
+    /* nop_delay holds a good answer; a delay timer that cannot be made only means no delay */
+    if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0 && rt_timer_init(&b->delay, &e->actor, EX_MSG_DELAY_DONE) == 0) {
+        b->next_delayed = e->delayed;
+        e->delayed = b;
+        e->n_delayed++;
         rt_timer_start(&b->delay, (uint64_t)e->cfg.kcfg.delay_ms, 0);
         return;
     }
-    batchq_done(b->q, b);
+    batchq_answer(b->q, b);
+}
+
+static void answer_delayed(expert *e, ex_batch *b)
+{
+    for (ex_batch **pp = &e->delayed; *pp; pp = &(*pp)->next_delayed)
+        if (*pp == b) { *pp = b->next_delayed; break; }
+    e->n_delayed--;
+    batchq_answer(b->q, b);
 }
 
 static void expert_handle(rt_actor *self, rt_msg *m)
 {
     expert *e = (expert *)self;
-    int type = m->type & 0xff, dir = (m->type >> 8) & 1;
-    switch (type) {
-    case EX_MSG_WORK:
+    switch (m->type) {
+    case EX_MSG_REQ: {
+        ex_req *r = (ex_req *)m;
+        if (e->shutting) { ex_reply_error(r, DMOE_ESHUTDOWN, "the node is stopping"); return; }
+        batchq_push(e->q[r->dir], r);
+        rt_signal_raise(&e->sched);   /* behind the requests already in the mailbox */
+        return;
+    }
+    case EX_MSG_SCHEDULE:
         rt_msg_drop(m);
-        e->wanted[dir] = 1;
         break;
-    case EX_MSG_NOTHING:
+    case EX_MSG_TICK:
+        e->tick_armed[(rt_timer *)m == &e->tick[EX_BWD] ? EX_BWD : EX_FWD] = 0;
         rt_msg_drop(m);
-        e->pulling[dir] = 0;
-        break;
-    case EX_MSG_BATCH:
-        e->pulling[dir] = 0;
-        start_batch(e, (ex_batch *)m);
         break;
     case EX_MSG_JOB_DONE:
         finish_batch(e, (ex_batch *)m);
@@ -365,12 +348,9 @@ static void expert_handle(rt_actor *self, rt_msg *m)
     case EX_MSG_CKPT_DONE:
         finish_checkpoint(e);
         break;
-    case EX_MSG_DELAY_DONE: {
-        ex_batch *b = (ex_batch *)((char *)m - offsetof(ex_batch, delay));
-        e->delayed--;
-        batchq_done(b->q, b);
+    case EX_MSG_DELAY_DONE:
+        answer_delayed(e, (ex_batch *)((char *)m - offsetof(ex_batch, delay)));
         break;
-    }
     default:
         rt_msg_drop(m);
     }
@@ -380,6 +360,14 @@ static void expert_handle(rt_actor *self, rt_msg *m)
 static void expert_destroy(rt_actor *self)
 {
     expert *e = (expert *)self;
+    while (e->delayed) {   /* the timers' mail was dropped with the mailbox: answer now */
+        rt_timer_cancel(&e->delayed->delay);
+        answer_delayed(e, e->delayed);
+    }
+    for (int dir = 0; dir < 2; dir++) {
+        batchq_free(e->q[dir]);
+        rt_timer_deinit(&e->tick[dir]);
+    }
     kern_optim_free(&e->opt);
     free(e->params);
     free(e->grads);
@@ -438,14 +426,17 @@ expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err
                      got.has_optimizer ? "" : ", weights only: the optimizer starts fresh");
         }
     }
-    e->q[EX_FWD] = batchq_new(l, &e->actor, EX_FWD, &e->cfg, &e->model, e->uid);
-    e->q[EX_BWD] = batchq_new(l, &e->actor, EX_BWD, &e->cfg, &e->model, e->uid);
-    if (!e->q[EX_FWD] || !e->q[EX_BWD]) {
-        snprintf(err, errlen, "out of memory");
-        if (e->q[EX_FWD]) batchq_stop(e->q[EX_FWD]);
-        if (e->q[EX_BWD]) batchq_stop(e->q[EX_BWD]);
-        expert_destroy(&e->actor);
-        return NULL;
+    batchq_cfg qc = {.max_batch_size = cfg->max_batch_size, .min_batch_size = cfg->min_batch_size,
+                     .batch_wait_ms = cfg->batch_wait_ms, .compression = cfg->compression, .cache = cfg->cache,
+                     .met = cfg->met};
+    rt_signal_init(&e->sched, &e->actor, EX_MSG_SCHEDULE);
+    for (int dir = 0; dir < 2; dir++) {
+        e->q[dir] = batchq_new(dir, &qc, &e->model, e->uid);
+        if (!e->q[dir] || rt_timer_init(&e->tick[dir], &e->actor, EX_MSG_TICK) != 0) {
+            snprintf(err, errlen, "out of memory");
+            expert_destroy(&e->actor);
+            return NULL;
+        }
     }
     return e;
 }
@@ -456,20 +447,24 @@ const expert_stats *expert_stats_get(const expert *e) { return &e->stats; }
 const expert_cfg *expert_cfg_get(const expert *e) { return &e->cfg; }
 void expert_submit(expert *e, ex_req *req)
 {
-    batchq_push(e->q[req->dir], req);
+    req->msg.type = EX_MSG_REQ;
+    req->msg.drop = NULL;
+    if (rt_send(&e->actor, &req->msg) != 0) ex_reply_error(req, DMOE_ESHUTDOWN, "the node is stopping");
 }
 
 int expert_busy(const expert *e)
 {
     return batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD]) + e->running[EX_FWD] +
-           e->running[EX_BWD] + e->delayed + (int)e->actor.depth;
+           e->running[EX_BWD] + e->n_delayed + (int)e->actor.depth;
 }
 
 void expert_shutdown(expert *e)
 {
     e->shutting = 1;
-    batchq_shutdown(e->q[EX_FWD]);
-    batchq_shutdown(e->q[EX_BWD]);
+    for (int dir = 0; dir < 2; dir++) {
+        batchq_fail_waiting(e->q[dir], DMOE_ESHUTDOWN, "the node is stopping");
+        rt_timer_cancel(&e->tick[dir]);
+    }
 }
 
 void expert_checkpoint(expert *e)
@@ -484,8 +479,6 @@ int expert_checkpoint_pending(const expert *e) { return e->ckpt_wanted || e->ckp
 void expert_free(expert *e)
 {
     if (!e) return;
-    batchq_stop(e->q[EX_FWD]);
-    batchq_stop(e->q[EX_BWD]);
     rt_actor_stop(&e->actor);
 }
 

@@ -1,17 +1,21 @@
-/* expert.h -- the expert actor and its two batch queues (forward, backward).
+/* expert.h -- the expert actor: one hosted expert, its two batch queues, its schedule.
  *
  * The expert actor owns one hosted expert: its architecture (kern_model), flat parameters, gradient
- * buffer, optimizer state and statistics. It never computes on the loop thread: it pulls a batch from
- * one of its queues (batchq.c), hands it to the worker pool as a job, and when the job comes back it
- * passes the batch to the queue, which answers the callers.
+ * buffer, optimizer state, statistics and its two batch queues (batchq.c: forward, backward). It never
+ * computes on the loop thread: requests arrive as mail (EX_MSG_REQ, from the server through
+ * expert_submit) and wait in their queue; when the expert can start a batch it takes one from the queue,
+ * hands it to the worker pool as a job, and when the job comes back (EX_MSG_JOB_DONE) it gives the
+ * batch back to the queue, which answers the callers. batch.h lists every message it receives.
  *
  * Scheduling inside one expert: forwards may run several at a time (they only read the parameters, up
  * to max_parallel_fwd batches, so one busy expert can use every worker); a backward runs alone, since it
- * writes the parameters (the optimizer step follows the gradient in the same job). Backward work waiting
- * stops new forwards from starting, so steps are never starved. A queue is pulled only when the expert
- * can start its batch right away, so batches grow with load and a lone request waits for nobody.
+ * writes the parameters (the optimizer step follows the gradient in the same job: one step per batch).
+ * Backward work waiting stops new forwards from starting, so steps are never starved. A batch is taken
+ * only when it can start right away, so batches grow with load and a lone request waits for nobody;
+ * requests that arrive together (in one mailbox run) are queued before the expert looks (EX_MSG_SCHEDULE
+ * goes behind them), so they share a batch.
  *
- * Requests reach the queues already validated against the expert's schema by the server (server.c).
+ * Requests reach the expert already validated against its schema by the server (server.c).
  *
  * Loop thread only, except the job's run function, which touches nothing but the batch's buffers and,
  * for a backward, the parameters, gradients and optimizer state that the schedule gives it alone.
@@ -23,37 +27,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "actors/serve/actcache.h"
-#include "actors/net/conn.h"
+#include "actors/serve/batch.h"
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_sched.h"
-#include "runtime/rt_actor.h"
-#include "runtime/rt_budget.h"
-#include "runtime/rt_pool.h"
-#include "wire/wire_msg.h"
-
-enum { EX_FWD = 0, EX_BWD = 1 };
-
-/* One forward or backward request, from the server to a queue, answered through its connection. */
-typedef struct ex_req {
-    rt_msg msg;
-    struct ex_req *next;
-    conn *c;                              /* referenced while the request lives */
-    uint64_t id;
-    int dir;
-    int64_t rows;
-    wire_msg *wm;                         /* owns the frame the row pointers point into */
-    size_t charge;                        /* budget bytes to release with the frame */
-    rt_budget *budget;                    /* where charge was taken (NULL: none) */
-    struct met_std_s *met;                /* where errors are counted (NULL: none) */
-    const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
-    const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
-    float *owned[2 * KERN_MAX_IO];        /* decompressed tensors the row pointers may point into */
-    uint64_t in_hash;                     /* hash of the input rows (activation cache), 0 when unused */
-    act_entry *cached;                    /* backward: the saved activations of its forward, or NULL */
-    uint64_t t_arrive_us;
-} ex_req;
 
 typedef struct {
     const kern_class *cls;
@@ -94,14 +71,15 @@ const char *expert_uid(const expert *e);
 const kern_model *expert_model(const expert *e);
 const expert_stats *expert_stats_get(const expert *e);
 const expert_cfg *expert_cfg_get(const expert *e);
-/* expert_submit hands a validated request to the queue of its direction; the expert owns req now. */
+/* expert_submit mails a validated request (EX_MSG_REQ) to the expert, which owns it from now on; when
+ * the expert is stopped, the request is answered with DMOE_ESHUTDOWN here. */
 void expert_submit(expert *e, ex_req *req);
 /* expert_pack_info packs the expert's schema and stats map (wire/PROTOCOL.md, method info). */
 void expert_pack_info(const expert *e, msgpack_packer *pk);
 /* expert_busy returns the number of requests queued or computing. */
 int expert_busy(const expert *e);
-/* expert_shutdown fails every queued request with DMOE_ESHUTDOWN and lets running batches finish and
- * answer; once idle the expert and its queues stop. */
+/* expert_shutdown fails every queued request with DMOE_ESHUTDOWN (and those that arrive later) and
+ * lets running batches finish and answer; the owner waits for expert_busy() == 0, then expert_free. */
 void expert_shutdown(expert *e);
 /* expert_checkpoint asks for a checkpoint of the current state (a no-op without a checkpoint root, or
  * when nothing changed since the last one). It is written on the pool as soon as no backward is
@@ -109,15 +87,8 @@ void expert_shutdown(expert *e);
 void expert_checkpoint(expert *e);
 /* expert_checkpoint_pending returns whether a checkpoint is asked for or being written. */
 int expert_checkpoint_pending(const expert *e);
-/* expert_free stops the expert actor and its queues (they are reaped by the loop); call it after
- * expert_shutdown once expert_busy() is 0, or at teardown. NULL is a no-op. */
+/* expert_free stops the expert actor (the loop reaps it, with its queues, once no job of it is out;
+ * batches still held by a delay timer are answered then); call it after expert_shutdown once
+ * expert_busy() is 0, or at teardown. NULL is a no-op. */
 void expert_free(expert *e);
-/* ex_req_free releases a request: its frame, its budget charge, its hold on the connection's
- * in-flight count and its reference to the connection. */
-void ex_req_free(ex_req *r);
-/* ex_req_drop_frame frees the request's frame and releases its budget charge (the rows were copied). */
-void ex_req_drop_frame(ex_req *r);
-/* ex_reply_error answers a request with an error and frees it. */
-void ex_reply_error(ex_req *r, int code, const char *msg);
-
 #endif

@@ -3,13 +3,42 @@
  * The server accepts connections (each a conn actor), and routes every decoded request: ping and info
  * are answered at once from the experts' state (loop thread, read-only); forward and backward are
  * checked against the target expert's schema -- tensor count, dtype, row shape, batch size, finite
- * values -- and, if sound, handed to the expert's queue as an ex_req whose row pointers point into the
+ * values -- and, if sound, handed to the expert as an ex_req whose row pointers point into the
  * received frame (no copy until the batch is built). Anything wrong gets an error reply with the
  * request's id and the connection stays open; a malformed frame gets an error reply and the connection
  * is closed (wire/PROTOCOL.md).
  *
- * Order: server_new -> server_listen (once per address) -> server_set_experts -> ... -> server_shutdown (stop accepting, fail
- * new requests with DMOE_ESHUTDOWN) -> server_close_all -> server_free. Loop thread only.
+ * A forward request, from the socket to the kernel and back ([mail] marks a mailbox hop):
+ *   1. actors/net/conn.c      the bufferevent read callback (process_input) charges the frame's length to
+ *                             the node's byte budget (runtime/rt_budget.c), cuts the frame
+ *                             (wire/wire_frame.c) and decodes it without copying (wire/wire_msg.c), then
+ *                             calls the owner's on_msg: this server's.
+ *   2. actors/serve/server.c  route_compute finds the expert by uid and builds the ex_req (batch.h), which
+ *                             from now on owns the frame, the budget charge and a hold on the connection
+ *                             (max_inflight). check_request checks the tensors inline, or for a payload
+ *                             over 64 KiB on a worker (runtime/rt_pool.c) [mail: SRV_CHECKED back here];
+ *                             checked() then hands the request over with expert_submit [mail: EX_MSG_REQ].
+ *   3. actors/serve/expert.c  queues it in its forward batchq (batchq.c) and raises its own
+ *                             EX_MSG_SCHEDULE [mail], which runs after every request that arrived in the
+ *                             same burst. schedule() takes a batch (batchq_take copies the rows of whole
+ *                             requests into one matrix and frees their frames) and submits it to the pool.
+ *   4. a worker thread        job_run calls the class's forward (kernels/kern_expert.h, e.g.
+ *                             kernels/experts/kern_ffn.c) on the batch's buffers [mail: EX_MSG_JOB_DONE].
+ *                             A backward also takes the optimizer step (kernels/kern_optim.c) and
+ *                             compresses each caller's grad_inputs (batchq_compress) in the same job.
+ *   5. actors/serve/expert.c  finish_batch counts it and gives it back to the queue (nop_delay first holds
+ *                             it on a timer [mail: EX_MSG_DELAY_DONE]); batchq_answer builds one reply per
+ *                             request that references its rows of the output block (wire/wire_out.c),
+ *                             keeps the forward's activations for the backward (actcache.c), and
+ *                             conn_send's it [mail: CONN_SEND].
+ *   6. actors/net/conn.c      conn_handle moves the reply onto the socket's output by reference; freeing
+ *                             the request released its hold, so a paused connection resumes reading.
+ * That is four mailbox hops for a small request (five when checked on a worker), all on the loop
+ * thread except step 4 and a big request's check.
+ *
+ * Order: server_new -> server_listen (once per address) -> server_set_experts -> ... -> server_shutdown
+ * (stop accepting, fail new requests with DMOE_ESHUTDOWN) -> server_close_all -> server_free. Loop thread
+ * only; the experts (and the pool in their expert_cfg) outlive the server.
  */
 #ifndef DMOE_SERVER_H
 #define DMOE_SERVER_H
@@ -54,7 +83,9 @@ void server_close_all(server *s);
 void server_bytes(const server *s, uint64_t *in, uint64_t *out);
 /* server_connections returns the number of open connections. */
 int server_connections(const server *s);
-/* server_free frees the listeners and the router; connections still open are closed now. */
+/* server_free frees the listeners and the router; connections still open are closed now. Checks still
+ * on the pool fail their requests with DMOE_ESHUTDOWN; the server's memory goes when the loop reaps its
+ * actor (after them). NULL is a no-op. */
 void server_free(server *s);
 
 #endif

@@ -1,0 +1,134 @@
+/* batch.h -- the request and the batch of the serving path, and the mail the expert actor receives.
+ *
+ * This floor sits below the three rooms of serve/ that handle work: the server (server.c) builds an
+ * ex_req and mails it to the expert; the expert (expert.c) queues it in a batch queue (batchq.c), which
+ * builds an ex_batch out of several requests; the batch runs on the pool and comes back to the expert
+ * as mail; the queue answers every request of it. The types live here so that none of those files
+ * needs another's insides, and each message is a struct of its own:
+ *
+ *   EX_MSG_REQ         an ex_req (dir is a field), from the server
+ *   EX_MSG_SCHEDULE    the expert's own signal: requests were queued, look whether a batch can start
+ *   EX_MSG_TICK        one of the expert's two rt_timers (which one tells the direction)
+ *   EX_MSG_JOB_DONE    an ex_batch (dir is a field), computed, from the pool
+ *   EX_MSG_CHUNK_DONE  an ex_chunk (a slice of a batch), computed, from the pool
+ *   EX_MSG_DELAY_DONE  the delay rt_timer embedded in an ex_batch (nop_delay answers late)
+ *   EX_MSG_CKPT_DONE   a ckpt_job (actors/node/ckpt.h), written, from the pool
+ *
+ * Requests (ex_req_*) are created and touched on the loop thread only. A batch belongs to the loop
+ * thread except while its job is out: then a worker touches its buffers and nothing else.
+ */
+#ifndef DMOE_BATCH_H
+#define DMOE_BATCH_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/net/conn.h"
+#include "actors/serve/actcache.h"
+#include "kernels/kern_expert.h"
+#include "kernels/kern_optim.h"
+#include "runtime/rt_actor.h"
+#include "runtime/rt_budget.h"
+#include "runtime/rt_pool.h"
+#include "wire/codec/wire_compress.h"
+#include "wire/wire_msg.h"
+
+enum { EX_FWD = 0, EX_BWD = 1 };
+
+/* The message types of the expert actor (see the header comment for the struct each one is). */
+enum {
+    EX_MSG_REQ = 1,
+    EX_MSG_SCHEDULE,
+    EX_MSG_TICK,
+    EX_MSG_JOB_DONE,
+    EX_MSG_CHUNK_DONE,
+    EX_MSG_DELAY_DONE,
+    EX_MSG_CKPT_DONE,
+};
+
+/* One forward or backward request, from the server to the expert, answered through its connection. */
+typedef struct ex_req {
+    rt_msg msg;                           /* EX_MSG_REQ */
+    struct ex_req *next;                  /* queue or batch link */
+    conn *c;                              /* referenced and held (conn_hold) while the request lives */
+    uint64_t id;
+    int dir;                              /* EX_FWD or EX_BWD */
+    int64_t rows;
+    wire_msg *wm;                         /* owns the frame the row pointers point into */
+    size_t charge;                        /* budget bytes to release with the frame */
+    rt_budget *budget;                    /* where charge was taken (NULL: none) */
+    struct met_std_s *met;                /* where errors are counted (NULL: none) */
+    const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
+    const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
+    float *owned[2 * KERN_MAX_IO];        /* decompressed tensors the row pointers may point into */
+    uint64_t in_hash;                     /* hash of the input rows (activation cache), 0 when unused */
+    act_entry *cached;                    /* backward: the saved activations of its forward, or NULL */
+    uint64_t t_arrive_us;
+} ex_req;
+
+/* A backward reply's input gradients, compressed by the worker for one request of the batch. */
+typedef struct ex_packed {
+    uint8_t *buf[KERN_MAX_IO];            /* one per input; freed with the reply (or the batch) */
+    size_t len[KERN_MAX_IO];
+    int rc;                               /* 0, or why it could not be compressed (not finite) */
+} ex_packed;
+
+/* Rows of several requests of one direction, computed as one pool job (or as chunks, see ex_chunk). */
+typedef struct ex_batch {
+    rt_job job;                  /* its msg (EX_MSG_JOB_DONE) brings the batch back to the expert */
+    struct batchq *q;            /* the queue that built it and answers it */
+    int dir;
+    int64_t B;
+    ex_req *reqs;                /* the requests it holds, in row order */
+    int nreq;
+    void *in[KERN_MAX_IO];       /* B rows of each input */
+    float *gout[KERN_MAX_IO];    /* backward: B rows of each grad_output */
+    float *res[KERN_MAX_IO];     /* forward: outputs; backward: grad_inputs (one per input) */
+    float *ws;
+    size_t ws_floats;
+    void *work;                  /* block holding in, gout, ws: freed when the job is back */
+    act_block *saved;            /* forward: where the activations go (NULL: not kept) */
+    float *gathered;             /* backward: the requests' saved activations, in the work block */
+    float *res_block;            /* block holding res: freed when the last reply is written */
+    wire_scheme compression;     /* backward: how the worker compresses each request's grad_inputs */
+    ex_packed *packed;           /* backward with compression: one per request, filled by the worker */
+    int refs;
+    int rc;                      /* 0, or a DMOE_* code from the kernel */
+    char err[128];
+    uint64_t seed;               /* randomness of this batch (dropout) */
+    uint64_t t_queued_us;        /* summed queue wait of its requests */
+    uint64_t t_compute_us;
+    rt_timer delay;              /* nop_delay: holds the answer without blocking anything (EX_MSG_DELAY_DONE) */
+    struct ex_batch *next_delayed;   /* the expert's list of batches held by their delay timer */
+    /* set by the expert for the worker: */
+    const kern_model *model;
+    float *params, *grads;
+    kern_optim *opt;
+    float lr;
+    int nchunks, chunks_left;    /* chunk jobs out (0: the batch runs as one job) */
+    struct ex_chunk *chunks;
+    atomic_int chunks_running;   /* workers still computing: the last one reduces and steps */
+} ex_batch;
+
+/* A slice of rows of a batch, computed as its own job (EX_MSG_CHUNK_DONE) when a batch is split across
+ * the workers. */
+typedef struct ex_chunk {
+    rt_job job;
+    ex_batch *b;
+    int idx;
+    int64_t r0, r1;
+    float *grads, *ws;
+    int rc;
+} ex_chunk;
+
+/* ex_req_free releases a request: its frame, its budget charge, its hold on the connection's
+ * in-flight count and its reference to the connection. NULL is a no-op. */
+void ex_req_free(ex_req *r);
+/* ex_req_drop_frame frees the request's frame and decompressed tensors and releases its budget charge
+ * (the rows were copied). */
+void ex_req_drop_frame(ex_req *r);
+/* ex_reply_error answers a request with an error (counted in its metrics) and frees it. */
+void ex_reply_error(ex_req *r, int code, const char *msg);
+
+#endif

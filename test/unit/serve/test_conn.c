@@ -1,0 +1,142 @@
+/* test_conn.c -- the connection actor's backpressure, in process over a socketpair: with max_inflight
+ * requests held it stops reading and a release resumes it; with more than max_outbuf bytes waiting to
+ * be written it stops reading and resumes once the peer has read them. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "test/unit/serve/serve_kit.h"
+
+static rt_loop *l;
+
+static void setup(void) { l = rt_loop_new(); }
+static void teardown(void)
+{
+    sk_spin(l, 5);
+    rt_loop_free(l);
+}
+
+TestSuite(conn, .init = setup, .fini = teardown, .timeout = 20);
+
+/* An owner that holds every request it gets (conn_hold) until the test releases it. */
+typedef struct {
+    wire_msg *held[16];
+    int n;
+} holder;
+
+static void hold_msg(conn *c, wire_msg *m, size_t charge, void *arg)
+{
+    holder *h = arg;
+    conn_hold(c);
+    h->held[h->n++] = m;
+}
+
+static const conn_ops hold_ops = {hold_msg, NULL, NULL};
+
+static void release_all(conn *c, holder *h)
+{
+    for (int i = 0; i < h->n; i++) {
+        if (!h->held[i]) continue;
+        wire_msg_free(h->held[i]);
+        free(h->held[i]);
+        h->held[i] = NULL;
+        conn_release(c);
+    }
+}
+
+static void send_ping(int fd, uint64_t id)
+{
+    wire_out *o = wire_out_new();
+    wire_request_begin(o, id, "ping", 2);
+    cr_assert_eq(sk_send_out(fd, o), 0);
+}
+
+Test(conn, max_inflight_stops_reading_and_a_release_resumes_it)
+{
+    holder h = {0};
+    conn_limits lim;
+    conn_default_limits(&lim);
+    lim.max_inflight = 2;
+    int fd;
+    conn *c = sk_conn_pair(l, &hold_ops, &h, &lim, &fd);
+    for (uint64_t id = 1; id <= 4; id++) send_ping(fd, id);
+    sk_spin(l, 50);
+    cr_assert_eq(h.n, 2, "%d requests read with max_inflight 2", h.n);
+    /* one answered: room for one more */
+    wire_msg_free(h.held[0]);
+    free(h.held[0]);
+    h.held[0] = NULL;
+    conn_release(c);
+    sk_spin(l, 50);
+    cr_assert_eq(h.n, 3);
+    cr_assert_eq(h.held[2]->id, 3, "in order");
+    release_all(c, &h);
+    sk_spin(l, 50);
+    cr_assert_eq(h.n, 4);
+    release_all(c, &h);
+    conn_close(c, 0);
+    close(fd);
+}
+
+Test(conn, output_over_max_outbuf_stops_reading_until_the_peer_reads)
+{
+    holder h = {0};
+    conn_limits lim;
+    conn_default_limits(&lim);
+    lim.max_outbuf = 64 << 10;
+    int fd;
+    conn *c = sk_conn_pair(l, &hold_ops, &h, &lim, &fd);
+    /* 8 MiB the peer does not read yet: far more than the socket buffers take */
+    size_t big = (size_t)8 << 20;
+    uint8_t *blob = calloc(1, big);
+    wire_out *o = wire_out_new();
+    wire_reply_begin(o, 1);
+    msgpack_pack_bin(wire_out_pk(o), big);
+    msgpack_pack_bin_body(wire_out_pk(o), blob, big);
+    free(blob);
+    cr_assert_eq(conn_send(c, o), 0);
+    sk_spin(l, 20);
+    send_ping(fd, 7);
+    sk_spin(l, 50);
+    cr_assert_eq(h.n, 0, "read a request while %zu bytes wait to be written", big);
+    /* the peer reads everything: output drains, reading resumes */
+    size_t got = 0;
+    uint8_t buf[1 << 16];
+    for (int spins = 0; got < big && spins < 5000; spins++) {
+        ssize_t n;
+        while ((n = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) got += (size_t)n;
+        sk_spin(l, 1);
+    }
+    cr_assert_geq(got, big, "the reply was not delivered");
+    sk_spin(l, 20);
+    cr_assert_eq(h.n, 1, "reading did not resume after the output drained");
+    cr_assert_eq(h.held[0]->id, 7);
+    release_all(c, &h);
+    conn_close(c, 0);
+    close(fd);
+}
+
+static void count_close(conn *c, int err, void *arg) { ++*(int *)arg; }
+
+Test(conn, peer_close_calls_on_close_once_and_sends_are_refused)
+{
+    int closed = 0;
+    int fd;
+    conn_ops ops = sk_noop_ops;
+    ops.on_close = count_close;
+    conn *c = sk_conn_pair(l, &ops, &closed, NULL, &fd);
+    conn_ref(c);   /* like a request waiting for its answer */
+    close(fd);
+    sk_spin(l, 20);
+    cr_assert_not(conn_is_open(c));
+    cr_assert_eq(closed, 1);
+    conn_close(c, 0);
+    cr_assert_eq(closed, 1, "on_close runs once");
+    wire_out *o = wire_out_new();
+    wire_reply_begin(o, 1);
+    msgpack_pack_nil(wire_out_pk(o));
+    cr_assert_neq(conn_send(c, o), 0, "a send on a closed connection is refused (and o freed)");
+    conn_unref(c);
+}

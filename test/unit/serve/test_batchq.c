@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "actors/serve/batchq.h"
+#include "kernels/kern_classes.h"
 #include "runtime/rt_err.h"
 #include "test/unit/serve/serve_kit.h"
 

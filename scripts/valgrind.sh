@@ -21,7 +21,7 @@ valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite -
 PID=$!
 RC=0
 node_wait "$LOG" "$PID" 60 || RC=$?
-[ "$RC" -ne 1 ] || { cat "$LOG"; exit 1; }
+[ "$RC" -eq 0 ] || { cat "$LOG"; echo "valgrind: dmoe-node did not start (node_wait: $RC)" >&2; exit 1; }
 ADDR=$NODE_ADDR
 DHT=$NODE_DHT
 PORT=${ADDR##*/}

@@ -138,6 +138,7 @@ class MixtureOfExperts:
         self._h = h
         self.nparams = lib.dmoe_moe_nparams(h)
         self.k_best = c.k_best
+        self.last_forward = None   # the MoEForward of the last call (its experts_chosen / experts_answered)
 
     @property
     def params(self):
@@ -174,7 +175,8 @@ class MixtureOfExperts:
         e = errbuf()
         check(lib.dmoe_moe_forward(self._h, pp, _fptr(x), x.shape[0], views if extra else None, len(extra),
                                    ctypes.byref(f), e, ERRBUF), e)
-        return MoEForward(self, f)
+        self.last_forward = MoEForward(self, f)
+        return self.last_forward
 
     def __call__(self, x, *extra):
         return self.forward(x, *extra).output

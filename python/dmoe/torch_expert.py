@@ -14,9 +14,14 @@ from .expert import DEFAULT_TIMEOUT, ExpertHandle, get_expert_handles
 __all__ = ["RemoteExpert", "get_experts"]
 
 
+# hivemind's DUMMY: an input that requires grad, so that the outputs always do and backward always reaches
+# the node (which trains the expert) even when no local input needs a gradient
+DUMMY = torch.empty(0, requires_grad=True)
+
+
 class _RemoteExpertCall(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, handle, timeout, *inputs):
+    def forward(ctx, dummy, handle, timeout, *inputs):
         arrays = [t.detach().cpu().numpy() for t in inputs]
         outputs = handle.forward(*arrays, timeout=timeout)
         ctx.handle, ctx.timeout = handle, timeout
@@ -32,11 +37,11 @@ class _RemoteExpertCall(torch.autograd.Function):
         grads = ctx.handle.backward(arrays, gouts, timeout=ctx.timeout)
         result = []
         for i, t in enumerate(inputs):
-            if i < len(grads) and t.is_floating_point() and ctx.needs_input_grad[2 + i]:
+            if i < len(grads) and t.is_floating_point() and ctx.needs_input_grad[3 + i]:
                 result.append(torch.from_numpy(grads[i]).to(dtype=t.dtype, device=t.device))
             else:
                 result.append(None)
-        return (None, None, *result)
+        return (None, None, None, *result)
 
 
 class RemoteExpert(torch.nn.Module):
@@ -63,7 +68,7 @@ class RemoteExpert(torch.nn.Module):
     def forward(self, *args):
         if not args:
             raise TypeError("RemoteExpert needs at least one input")
-        outputs = _RemoteExpertCall.apply(self.handle, self.timeout, *args)
+        outputs = _RemoteExpertCall.apply(DUMMY, self.handle, self.timeout, *args)
         return outputs[0] if len(outputs) == 1 else outputs
 
 

@@ -77,13 +77,17 @@ class RemoteMixtureOfExperts(nn.Module):
             forward_timeout=forward_timeout, timeout_after_k_min=timeout_after_k_min, backward_k_min=backward_k_min,
             backward_timeout=backward_timeout, detect_anomalies=detect_anomalies,
             allow_zero_outputs=allow_zero_outputs, is_switch=self._is_switch, seed=seed, **switch)
-        self.last_forward = None   # the MoEForward of the last call (experts chosen / answered)
 
     def _run(self, input, args):
         if input.ndim != 2:
             raise ValueError("input must be [batch, in_features]; got shape %s" % (tuple(input.shape),))
         out, balancing_loss = _MoECall.apply(self._layer, len(args), input, self.proj.weight, self.proj.bias, *args)
         return out, balancing_loss
+
+    @property
+    def last_forward(self):
+        """The last forward's MoEForward: experts_chosen, experts_answered, expert_weight(sample, uid)."""
+        return self._layer.last_forward
 
     def forward(self, input, *args, **kwargs):
         """input [batch, in_features] (args: the experts' further inputs, row-aligned) -> [batch, out]."""

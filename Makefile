@@ -39,9 +39,12 @@ TEST_LIBS  = $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
 # about what might not fit are not bugs. -Wno-missing-field-initializers: designated initializers that
 # leave the rest zero are the idiom of the flag tables.
 NO_TRUNC := $(shell $(CC) -Werror -Wno-format-truncation -E -x c /dev/null >/dev/null 2>&1 && echo -Wno-format-truncation)
+# -fPIC (the objects also make libdmoe.so) would stop gcc from inlining global functions within a file,
+# since a shared library's symbols may be interposed; libdmoe's are not (only the API is exported).
+NO_INTERPOSE := $(shell $(CC) -Werror -fno-semantic-interposition -E -x c /dev/null >/dev/null 2>&1 && echo -fno-semantic-interposition)
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers \
            $(NO_TRUNC) \
-           -fPIC -I. $(SANFLAGS) $(EXTRA_CFLAGS)
+           -fPIC $(NO_INTERPOSE) -I. $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LIBS     = $(PKG_LIBS) -lpthread -lm
 

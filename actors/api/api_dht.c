@@ -35,13 +35,10 @@ static void dht_shutdown(dmoe_dht *d)
 {
     if (d->stopped) return;
     d->stopped = 1;
-    if (d->srv) {
-        server_shutdown(d->srv);
-        server_close_all(d->srv);
-        server_free(d->srv);
-        d->srv = NULL;
-    }
+    if (d->srv) server_shutdown(d->srv);   /* dmoe-node's order: stop accepting, stop the node, close */
     if (d->d) dht_node_stop(d->d);
+    server_free(d->srv);
+    d->srv = NULL;
     client_free(d->cl);
     d->cl = NULL;
 }
@@ -54,6 +51,21 @@ void api_dht_unref(dmoe_dht *d)
     dht_node_free(d->d);
     dht_net_free(d->net);
     free(d);
+}
+
+/* ---- free ---- */
+
+typedef struct {
+    api_op op;
+    dmoe_dht *d;
+} unref_op;
+
+static void run_dht_free(api_op *op)
+{
+    dmoe_dht *d = ((unref_op *)op)->d;
+    dht_shutdown(d);
+    api_dht_unref(d);
+    api_done(op, 0, "");
 }
 
 /* ---- join ---- */
@@ -83,6 +95,14 @@ static void on_bootstrap(void *arg, int err, const char *msg)
     dmoe_dht *d = j->d;
     char m[600];
     if (err) {
+        /* the node is freed by a later op: never inside its own bootstrap callback */
+        unref_op *u = calloc(1, sizeof *u);
+        if (u) {
+            u->op.run = run_dht_free;
+            u->d = d;
+            j->d = NULL;
+            api_async(j->op.ctx, &u->op, NULL, NULL);   /* fails only while the context stops: then d leaks */
+        }
         snprintf(m, sizeof m, "cannot join the DHT: %s", msg && msg[0] ? msg : dmoe_strerror(err));
         api_done(&j->op, err, m);
         return;
@@ -169,21 +189,6 @@ int dmoe_dht_maddr(dmoe_dht *d, char *buf, size_t cap)
 {
     if (cap) snprintf(buf, cap, "%s", d->maddr);   /* written once, before the handle was handed out */
     return 0;
-}
-
-/* ---- free ---- */
-
-typedef struct {
-    api_op op;
-    dmoe_dht *d;
-} unref_op;
-
-static void run_dht_free(api_op *op)
-{
-    dmoe_dht *d = ((unref_op *)op)->d;
-    dht_shutdown(d);
-    api_dht_unref(d);
-    api_done(op, 0, "");
 }
 
 void dmoe_dht_free(dmoe_dht *d)

@@ -250,15 +250,20 @@ int dmoe_moe_utilization(dmoe_moe *m, float *u, size_t n)
     return m && u && n == m->nutil ? copy_call(m, 2, u, NULL) : DMOE_EINVAL;
 }
 
-void dmoe_moe_free(dmoe_moe *m)
+/* Drop a reference in a later op (loop thread or any). */
+static void moe_release_later(dmoe_moe *m)
 {
-    if (!m) return;
     copy_op *c = calloc(1, sizeof *c);
-    if (!c) return;
+    if (!c) return;   /* out of memory: the layer leaks rather than being freed under its own call */
     c->op.run = run_copy;
     c->m = m;
     c->what = 3;
     api_async(m->d->ctx, &c->op, NULL, NULL);
+}
+
+void dmoe_moe_free(dmoe_moe *m)
+{
+    if (m) moe_release_later(m);
 }
 
 /* ---- forward ---- */
@@ -275,10 +280,12 @@ typedef struct {
     dmoe_moe_fwd **out;
 } fwd_op;
 
+static void moe_release_later(dmoe_moe *m);
+
 static void fwd_free(api_op *op)
 {
     fwd_op *o = (fwd_op *)op;
-    if (o->held) moe_unref(o->m);
+    if (o->held) moe_release_later(o->m);   /* maybe the last reference: not inside the layer's callback */
     free(o->params);
     free(o->x);
     for (int i = 0; i < o->n_extra; i++) rx_tensor_free(&o->extra[i]);

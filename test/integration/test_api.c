@@ -91,6 +91,16 @@ Test(api, dht_store_get_in_both_modes, .timeout = 60)
     cr_assert_eq(dmoe_value_kind(v), 0);
     dmoe_value_free(v);
 
+    /* uids sharing prefixes: one record per (prefix, coordinate), every uid declared */
+    const char *uids[3] = { "z.1.2.3", "z.1.2.4", "z.1.5.3" };
+    cr_assert_eq(dmoe_dht_declare_experts(cli, uids, 3, maddr, exp, err, sizeof err), 0, "%s", err);
+    dmoe_expert *found[3];
+    cr_assert_eq(dmoe_get_experts(full, uids, 3, found, err, sizeof err), 0, "%s", err);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_not_null(found[i], "%s", uids[i]);
+        dmoe_expert_free(found[i]);
+    }
+
     dmoe_dht_free(cli);
     dmoe_dht_free(full);
     /* the full node is gone: joining through it fails with a message naming the address */

@@ -139,11 +139,12 @@ depcheck: $(PROGS)
 	python3 scripts/depcheck.py $(BUILD)
 
 # install: programs to bin/, the library to lib/ (libdmoe.so.1 and the libdmoe.so link), <dmoe.h> to
-# include/, dmoe.pc to lib/pkgconfig/, the Python package to lib/python3/dist-packages/ (on Debian's
-# python3 path for PREFIX /usr/local and /usr), told where the library is.
+# include/, dmoe.pc to lib/pkgconfig/, the Python package where Debian's python3 looks (/usr/lib/python3/
+# dist-packages for PREFIX /usr, else PREFIX/lib/python3.X/dist-packages), told where the library is.
 PREFIX  ?= /usr/local
 LIBDIR  := $(PREFIX)/lib
-PYDIR   := $(PREFIX)/lib/python3/dist-packages
+PYVER    = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYDIR    = $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
 PY_SRCS := $(wildcard python/dmoe/*.py)
 install: $(PROGS) $(BUILD)/libdmoe.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PYDIR)/dmoe

@@ -18,10 +18,14 @@ fail() { echo "install test: FAILED: $*" >&2; exit 1; }
 
 make -s install DESTDIR="$tmp/root" PREFIX=/usr/local >/dev/null
 p=$tmp/root/usr/local
+pydir=$(cd "$p" && ls -d lib/python3*/dist-packages 2>/dev/null | head -1)
+[ -n "$pydir" ] || fail "make install did not install the python package"
 for f in bin/dmoe-node bin/dmoe-call lib/libdmoe.so.1 lib/libdmoe.so include/dmoe.h lib/pkgconfig/dmoe.pc \
-         lib/python3/dist-packages/dmoe/__init__.py lib/python3/dist-packages/dmoe/_libpath.txt; do
+         "$pydir/dmoe/__init__.py" "$pydir/dmoe/_libpath.txt"; do
     [ -e "$p/$f" ] || fail "make install did not install $f"
 done
+"$PYTHON" -c "import sys; sys.exit('/usr/local/$pydir' not in sys.path)" \
+    || fail "$PYTHON does not look in /usr/local/$pydir"
 
 # the library exports the public API and nothing else
 others=$(nm -D --defined-only "$p/lib/libdmoe.so.1" | awk '$2 ~ /[TDBR]/ && $3 !~ /^dmoe_/ {print $3}' | grep -v '^_' || true)
@@ -82,12 +86,12 @@ out=$(LD_LIBRARY_PATH=$p/lib timeout 60 "$tmp/call_expert" "$maddr") || fail "th
 [ "$out" = "output 2x8" ] || fail "unexpected output: $out"
 
 # the installed Python package finds the installed library (not the build tree's)
-lib=$(env -u DMOE_LIB PYTHONPATH=$p/lib/python3/dist-packages "$PYTHON" -c \
+lib=$(env -u DMOE_LIB PYTHONPATH=$p/$pydir "$PYTHON" -c \
       'import dmoe, dmoe._lib as L; print(L.lib._name)') || fail "the installed package does not import"
 [ "$lib" = "$p/lib/libdmoe.so.1" ] || fail "the installed package loaded $lib"
 
 kill "$node_pid"; wait "$node_pid" 2>/dev/null || true; node_pid=
 make -s uninstall DESTDIR="$tmp/root" PREFIX=/usr/local >/dev/null
-left=$(find "$p" -type f | grep -v '/lib/python3/dist-packages$' || true)
+left=$(find "$p" -type f || true)
 [ -z "$left" ] || fail "make uninstall left: $left"
 echo "install test: ok (make install/uninstall, pkg-config, an outside C program called an expert, python package)"

@@ -119,6 +119,30 @@ class TestDeterminism(unittest.TestCase):
         self.assertTrue(torch.allclose(grad, grad_rerun, atol=atol, rtol=0), "Gradients are non-deterministic.")
 
 
+class TestTransformerMask(unittest.TestCase):
+    def test_padding_mask_input(self):
+        """A transformer expert takes [B, S, H] and a key-padding mask [B, S]: a bool mask goes as uint8, gets no
+        gradient, and changes the output of the rows it masks."""
+        node = Node("--expert_cls", "transformer", "--hidden_dim", "32", "--seq_len", "5", "--dropout", "0",
+                    "--num_experts", "1", "--optimizer", "none", "--update_period", "0.5")
+        self.addCleanup(node.stop)
+        dht = dmoe.DHT(initial_peers=[node.maddr], client_mode=True, start=True)
+        self.addCleanup(dht.shutdown)
+        (expert,) = find(dht, ["expert.0"])
+        self.assertEqual(expert.info["inputs"], [("float32", (5, 32)), ("uint8", (5,))])
+        x = torch.randn(2, 5, 32, requires_grad=True)
+        mask = torch.zeros(2, 5, dtype=torch.bool)
+        mask[1, 3:] = True
+        out = expert(x, mask)
+        self.assertEqual(out.shape, (2, 5, 32))
+        out.sum().backward()
+        self.assertEqual(x.grad.shape, x.shape)
+        self.assertTrue(torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0)
+        unmasked = expert(x, torch.zeros(2, 5, dtype=torch.bool))
+        self.assertTrue(torch.allclose(unmasked[0], out[0], atol=1e-5))
+        self.assertFalse(torch.allclose(unmasked[1], out[1], atol=1e-3))
+
+
 class TestTraining(unittest.TestCase):
     def test_training(self, max_steps=100, threshold=0.9):
         """hivemind's test_training: nn.Sequential(expert2, ReLU, expert1, Linear) learns to >= 90%."""

@@ -4,6 +4,8 @@
 #   make test     the same, then the whole suite (unit + integration, one Criterion binary)
 #   make demo     the same, then scripts/demo.sh on loopback
 #   make test SAN=1   everything under ASan+UBSan, in build-san/
+#   make install PREFIX=/usr/local [DESTDIR=...]   programs, libdmoe.so, <dmoe.h>, dmoe.pc, the Python package
+#   make uninstall    removes what make install put there
 #
 # Sources are discovered: every .c below runtime/ wire/ kernels/ actors/ goes into one static library;
 # every cmd/dmoe-<name>.c is a program, linked with the .c files of cmd/<name>/ when that folder exists
@@ -12,7 +14,10 @@
 PKGS      := libevent libevent_pthreads msgpack openblas libxxhash
 TEST_PKGS := criterion
 # Debian packages that provide the pkg-config names above (checked by `make deps`).
-DEB_PKGS  := pkg-config libevent-dev libmsgpack-dev libopenblas-dev libxxhash-dev libcriterion-dev
+DEB_PKGS  := pkg-config libevent-dev libmsgpack-dev libopenblas-dev libxxhash-dev libcriterion-dev \
+             python3-numpy python3-torch
+# The Python package and its tests run on Debian's interpreter (python3-numpy, python3-torch).
+PYTHON    := /usr/bin/python3
 
 CC       ?= cc
 SAN      ?= 0
@@ -34,9 +39,12 @@ TEST_LIBS  = $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
 # about what might not fit are not bugs. -Wno-missing-field-initializers: designated initializers that
 # leave the rest zero are the idiom of the flag tables.
 NO_TRUNC := $(shell $(CC) -Werror -Wno-format-truncation -E -x c /dev/null >/dev/null 2>&1 && echo -Wno-format-truncation)
+# -fPIC (the objects also make libdmoe.so) would stop gcc from inlining global functions within a file,
+# since a shared library's symbols may be interposed; libdmoe's are not (only the API is exported).
+NO_INTERPOSE := $(shell $(CC) -Werror -fno-semantic-interposition -E -x c /dev/null >/dev/null 2>&1 && echo -fno-semantic-interposition)
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers \
            $(NO_TRUNC) \
-           -I. $(SANFLAGS) $(EXTRA_CFLAGS)
+           -fPIC $(NO_INTERPOSE) -I. $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LIBS     = $(PKG_LIBS) -lpthread -lm
 
@@ -50,21 +58,24 @@ PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
 TEST_BIN  := $(BUILD)/test/dmoe-tests
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all deps test demo bench valgrind depcheck clean
+.PHONY: all deps test demo bench valgrind depcheck clean install uninstall
+# -fPIC: the same objects make the programs, build/libdmoe.a and build/libdmoe.so.
 # Keep the programs' objects (make would delete them as intermediates of the pattern rule).
 .SECONDARY:
-all: $(PROGS)
+all: $(PROGS) $(BUILD)/libdmoe.so
 
 # deps: install the Debian packages when any pkg-config check fails. Runs once per build folder.
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP):
-	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(PKGS) $(TEST_PKGS); then \
+	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(PKGS) $(TEST_PKGS) \
+	    || ! $(PYTHON) -c 'import numpy, torch' >/dev/null 2>&1; then \
 	  echo "deps: installing $(DEB_PKGS)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(DEB_PKGS) \
 	    || { echo "deps: apt-get failed; install $(DEB_PKGS) by hand" >&2; exit 1; }; \
 	fi
 	@pkg-config --exists $(PKGS) $(TEST_PKGS) || { echo "deps: pkg-config still misses one of $(PKGS) $(TEST_PKGS)" >&2; exit 1; }
+	@$(PYTHON) -c 'import numpy, torch' || { echo "deps: $(PYTHON) cannot import numpy and torch" >&2; exit 1; }
 	@mkdir -p $(BUILD) && touch $@
 
 $(BUILD)/obj/%.o: %.c $(DEPS_STAMP) Makefile
@@ -74,6 +85,17 @@ $(BUILD)/obj/%.o: %.c $(DEPS_STAMP) Makefile
 $(BUILD)/libdmoe.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
+
+# libdmoe.so: the whole library, exporting only the functions of the public header actors/api/dmoe.h
+# (the version script is generated from the header: one list of names, the header's).
+SONAME := libdmoe.so.1
+$(BUILD)/dmoe.map: actors/api/dmoe.h
+	@mkdir -p $(dir $@)
+	{ echo '{ global:'; grep -oE '\bdmoe_[a-z0-9_]+\(' $< | tr -d '(' | sort -u | sed 's/$$/;/'; echo 'local: *; };'; } > $@
+
+$(BUILD)/libdmoe.so: $(LIB_OBJS) $(BUILD)/dmoe.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=$(BUILD)/dmoe.map -Wl,--no-undefined $(LDFLAGS) \
+	  $(LIB_OBJS) -o $@ $(LIBS)
 
 # dmoe-<name> links cmd/dmoe-<name>.c, the files of cmd/<name>/ (if any) and the library.
 .SECONDEXPANSION:
@@ -92,8 +114,16 @@ TEST_ENV += ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_sta
 endif
 CRITERION_FLAGS ?= --jobs 2
 
-test: $(PROGS) $(TEST_BIN)
+# After the Criterion suite: the Python package's suite (test/python, over build/libdmoe.so) and the
+# installed-header test (test/install). Both are skipped under SAN=1: python3 cannot load an ASan build.
+test: $(PROGS) $(TEST_BIN) $(BUILD)/libdmoe.so
 	$(TEST_ENV) $(TEST_BIN) $(CRITERION_FLAGS)
+ifeq ($(SAN),1)
+	@echo "test: python and install suites skipped under SAN=1 (the C API is covered by the Criterion suite)"
+else
+	$(TEST_ENV) DMOE_LIB=$(abspath $(BUILD)/libdmoe.so) PYTHONPATH=$(abspath python) $(PYTHON) test/python/run.py
+	$(TEST_ENV) PYTHON=$(PYTHON) bash test/install/test_install.sh
+endif
 
 demo: $(PROGS)
 	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/demo.sh
@@ -107,6 +137,32 @@ bench: $(PROGS)
 # depcheck: no dependency cycle among our files (#include or symbol use), and the layers hold.
 depcheck: $(PROGS)
 	python3 scripts/depcheck.py $(BUILD)
+
+# install: programs to bin/, the library to lib/ (libdmoe.so.1 and the libdmoe.so link), <dmoe.h> to
+# include/, dmoe.pc to lib/pkgconfig/, the Python package where Debian's python3 looks (/usr/lib/python3/
+# dist-packages for PREFIX /usr, else PREFIX/lib/python3.X/dist-packages), told where the library is.
+PREFIX  ?= /usr/local
+LIBDIR  := $(PREFIX)/lib
+PYVER    = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYDIR    = $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
+PY_SRCS := $(wildcard python/dmoe/*.py)
+install: $(PROGS) $(BUILD)/libdmoe.so
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PYDIR)/dmoe
+	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(BUILD)/libdmoe.so $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdmoe.so
+	install -m 644 actors/api/dmoe.h $(DESTDIR)$(PREFIX)/include/dmoe.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBS@|$(PKG_LIBS) -lpthread -lm|' scripts/dmoe.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/dmoe.pc
+	install -m 644 $(PY_SRCS) $(DESTDIR)$(PYDIR)/dmoe/
+	echo '$(LIBDIR)/$(SONAME)' > $(DESTDIR)$(PYDIR)/dmoe/_libpath.txt
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(notdir $(PROGS)))
+	rm -f $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libdmoe.so $(DESTDIR)$(PREFIX)/include/dmoe.h
+	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/dmoe.pc
+	rm -rf $(DESTDIR)$(PYDIR)/dmoe
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:
 	rm -rf build build-san

@@ -18,6 +18,7 @@
 #include "actors/dht/dht_lookup.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_map.h"
 
 enum { B_DECLARE = 0, B_EXPERTS = 1, B_SUCC = 2 };
 enum { MSG_DONE = 1 };
@@ -202,9 +203,19 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
     memset(b->ok, 1, n);
     b->dcb = cb;
     size_t si = 0;
+    rt_map seen = RT_MAP_INIT;   /* (prefix, coordinate) records already stored by this batch */
     for (size_t i = 0; i < n; i++) {
         int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
         for (int j = 0; j < k; j++) {
+            if (keys[j].has_subkey) {   /* one record per (prefix, coordinate), as hivemind's declare_experts */
+                char rec[UID_MAX_LEN + 24];
+                dht_id rid;
+                snprintf(rec, sizeof rec, "%s%lld", keys[j].key, (long long)keys[j].subkey);
+                if (key_id(rec, &rid) == 0) {
+                    if (rt_map_get(&seen, &rid, sizeof rid)) continue;
+                    if (rt_map_put(&seen, &rid, sizeof rid, b) != 0) b->ok[i] = 0;
+                }
+            }
             msgpack_sbuffer sb;
             dht_id id;
             uint8_t skbuf[9];
@@ -222,6 +233,7 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
             else b->ok[i] = 0;
         }
     }
+    rt_map_clear(&seen);
     batch_release(b);
     return 0;
 }

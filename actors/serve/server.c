@@ -212,8 +212,11 @@ static int check_tensors(const wire_msg *m, const char *key, const kern_io_info 
             size_t off = 2;
             for (int d = 0; d < io[i].ndim && off < sizeof want_s; d++)
                 off += (size_t)snprintf(want_s + off, sizeof want_s - off, ", %lld", (long long)io[i].dims[d]);
-            snprintf(err, errlen, "%s[%d] (%s): shape of %d dims does not match %s]", key, i, io[i].name, t.ndim,
-                     want_s);
+            char got_s[96] = "[";
+            size_t got = 1;
+            for (int d = 0; d < t.ndim && got < sizeof got_s; d++)
+                got += (size_t)snprintf(got_s + got, sizeof got_s - got, "%s%lld", d ? ", " : "", (long long)t.shape[d]);
+            snprintf(err, errlen, "%s[%d] (%s): shape %s] does not match %s]", key, i, io[i].name, got_s, want_s);
             return DMOE_ESHAPE;
         }
         if (t.shape[0] < 1) {

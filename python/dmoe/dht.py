@@ -1,0 +1,145 @@
+"""dht.py -- dmoe.DHT: a node of a dmoe DHT, with hivemind.DHT's names (store, get, shutdown,
+get_visible_maddrs) and declare_experts / get_dht_time.
+
+The node runs inside libdmoe's loop thread (no process of its own, unlike hivemind's). Keys, subkeys and
+values are serialized with msgpack exactly as hivemind serializes them, so a dmoe node and this package
+agree on what a key is.
+"""
+import ctypes
+from collections import namedtuple
+
+from . import _lib
+from ._lib import ERRBUF, check, errbuf, lib
+from ._msgpack import packb, unpackb
+
+__all__ = ["DHT", "ValueWithExpiration", "get_dht_time", "declare_experts"]
+
+ValueWithExpiration = namedtuple("ValueWithExpiration", ["value", "expiration_time"])
+
+
+def get_dht_time():
+    """The DHT's clock: seconds since the epoch (hivemind.utils.get_dht_time)."""
+    return lib.dmoe_dht_time()
+
+
+class DHT:
+    """A DHT node. initial_peers: multiaddrs of running nodes ("/ip4/127.0.0.1/tcp/PORT/p2p/ID", as a node
+    logs them). client_mode=True: the node only asks (initial peers required). Otherwise it also serves the
+    DHT on host_maddrs[0] (default /ip4/127.0.0.1/tcp/0) and may be the first node of a network."""
+
+    def __init__(self, initial_peers=None, *, start=True, client_mode=False, host_maddrs=None, **_ignored):
+        if isinstance(initial_peers, str):
+            initial_peers = [initial_peers]
+        self.initial_peers = [str(p) for p in (initial_peers or [])]
+        self.client_mode = bool(client_mode)
+        self.host_maddrs = list(host_maddrs) if host_maddrs else None
+        self._h = None
+        if start:
+            self.run_in_background()
+
+    def run_in_background(self, await_ready=True, timeout=None):
+        """Join the network (blocking until joined or failed, bounded by the DHT's own timeouts)."""
+        if self._h is not None:
+            return
+        peers = (ctypes.c_char_p * max(1, len(self.initial_peers)))(*[p.encode() for p in self.initial_peers])
+        h = ctypes.c_void_p()
+        e = errbuf()
+        listen = self.host_maddrs[0].encode() if self.host_maddrs else None
+        rc = lib.dmoe_dht_join(_lib.ctx(), peers, len(self.initial_peers), int(self.client_mode), listen,
+                               ctypes.byref(h), e, ERRBUF)
+        check(rc, e)
+        self._h = h
+        _lib.track_dht(self)
+
+    def _handle(self):
+        if self._h is None:
+            raise _lib.DMoEError(_lib.ESHUTDOWN, "the DHT is not running (shut down, or start=False)")
+        return self._h
+
+    def is_alive(self):
+        return self._h is not None
+
+    def get_visible_maddrs(self, latest=False):
+        """The node's own multiaddrs ([] in client mode)."""
+        buf = ctypes.create_string_buffer(256)
+        lib.dmoe_dht_maddr(self._handle(), buf, 256)
+        return [buf.value.decode()] if buf.value else []
+
+    def store(self, key, value, expiration_time, subkey=None, return_future=False):
+        """Store value under key (into key's dictionary under subkey) until expiration_time (DHT time).
+        Returns True when at least one replica took it."""
+        k, v = packb(key), packb(value)
+        sk = packb(subkey) if subkey is not None else None
+        e = errbuf()
+        rc = lib.dmoe_dht_store(self._handle(), k, len(k), sk, len(sk) if sk else 0, v, len(v),
+                                float(expiration_time), e, ERRBUF)
+        if rc == _lib.ENOTFOUND:
+            return False
+        check(rc, e)
+        return True
+
+    def get(self, key, latest=False, return_future=False):
+        """The value stored under key as ValueWithExpiration(value, expiration_time), or None. A dictionary
+        comes back as {subkey: ValueWithExpiration}."""
+        k = packb(key)
+        v = ctypes.c_void_p()
+        e = errbuf()
+        check(lib.dmoe_dht_get(self._handle(), k, len(k), int(bool(latest)), ctypes.byref(v), e, ERRBUF), e)
+        try:
+            kind = lib.dmoe_value_kind(v)
+            if kind == 0:
+                return None
+            exp = lib.dmoe_value_expiration(v)
+            if kind == 1:
+                n = ctypes.c_size_t()
+                p = lib.dmoe_value_bytes(v, ctypes.byref(n))
+                return ValueWithExpiration(unpackb(ctypes.string_at(p, n.value)), exp)
+            out = {}
+            for i in range(lib.dmoe_value_nsubs(v)):
+                sk, skl, sv, svl, se = (ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_void_p(), ctypes.c_size_t(),
+                                        ctypes.c_double())
+                lib.dmoe_value_sub(v, i, ctypes.byref(sk), ctypes.byref(skl), ctypes.byref(sv), ctypes.byref(svl),
+                                   ctypes.byref(se))
+                out[unpackb(ctypes.string_at(sk, skl.value))] = ValueWithExpiration(
+                    unpackb(ctypes.string_at(sv, svl.value)), se.value)
+            return ValueWithExpiration(out, exp)
+        finally:
+            lib.dmoe_value_free(v)
+
+    def shutdown(self):
+        """Stop the node; calls through it then fail. Idempotent."""
+        h, self._h = self._h, None
+        if h is not None and not _lib.closed():
+            lib.dmoe_dht_free(h)
+
+    def __del__(self):
+        try:
+            self.shutdown()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def declare_experts(dht, uids, expiration_time, endpoint=None):
+    """Declare uids as served at endpoint (a node's multiaddr with /p2p/ID; default: this DHT node's own
+    address, as hivemind's declare_experts does) until expiration_time, with the records hivemind's servers
+    write. Returns one boolean per uid."""
+    uids = list(uids)
+    if endpoint is None:
+        own = dht.get_visible_maddrs()
+        if not own:
+            raise _lib.DMoEValueError(_lib.EINVAL, "a client-mode DHT node has no address: give endpoint=")
+        endpoint = own[0]
+    arr = (ctypes.c_char_p * max(1, len(uids)))(*[u.encode() for u in uids])
+    e = errbuf()
+    rc = lib.dmoe_dht_declare_experts(dht._handle(), arr, len(uids), str(endpoint).encode(), float(expiration_time),
+                                      e, ERRBUF)
+    if rc == _lib.ENOTFOUND:
+        return [False] * len(uids)
+    check(rc, e)
+    return [True] * len(uids)

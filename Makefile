@@ -136,7 +136,7 @@ bench: $(PROGS)
 
 # depcheck: no dependency cycle among our files (#include or symbol use), and the layers hold.
 depcheck: $(PROGS)
-	python3 scripts/depcheck.py $(BUILD)
+	$(PYTHON) scripts/depcheck.py $(BUILD)
 
 # install: programs to bin/, the library to lib/ (libdmoe.so.1 and the libdmoe.so link), <dmoe.h> to
 # include/, dmoe.pc to lib/pkgconfig/, the Python package where Debian's python3 looks (/usr/lib/python3/

@@ -18,9 +18,11 @@
 
 #include "runtime/rt_err.h"
 #include "actors/api/dmoe.h"
+#include "actors/dht/dht_boot.h"
 #include "actors/dht/dht_node.h"
-#include "actors/dht/rpc/dht_net.h"
+#include "actors/dht/io/dht_net.h"
 #include "actors/moe/moe.h"
+#include "actors/moe/moe_adapt.h"
 #include "actors/moe/moe_health.h"
 #include "actors/net/client.h"
 #include "actors/net/remote.h"

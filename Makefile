@@ -15,7 +15,7 @@ PKGS      := libevent libevent_pthreads msgpack openblas libxxhash
 TEST_PKGS := criterion
 # Debian packages that provide the pkg-config names above (checked by `make deps`).
 DEB_PKGS  := pkg-config libevent-dev libmsgpack-dev libopenblas-dev libxxhash-dev libcriterion-dev \
-             python3-numpy python3-torch
+             python3-numpy python3-torch python3-msgpack
 # The Python package and its tests run on Debian's interpreter (python3-numpy, python3-torch).
 PYTHON    := /usr/bin/python3
 
@@ -68,14 +68,14 @@ all: $(PROGS) $(BUILD)/libdmoe.so
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP):
 	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(PKGS) $(TEST_PKGS) \
-	    || ! $(PYTHON) -c 'import numpy, torch' >/dev/null 2>&1; then \
+	    || ! $(PYTHON) -c 'import numpy, torch, msgpack' >/dev/null 2>&1; then \
 	  echo "deps: installing $(DEB_PKGS)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(DEB_PKGS) \
 	    || { echo "deps: apt-get failed; install $(DEB_PKGS) by hand" >&2; exit 1; }; \
 	fi
 	@pkg-config --exists $(PKGS) $(TEST_PKGS) || { echo "deps: pkg-config still misses one of $(PKGS) $(TEST_PKGS)" >&2; exit 1; }
-	@$(PYTHON) -c 'import numpy, torch' || { echo "deps: $(PYTHON) cannot import numpy and torch" >&2; exit 1; }
+	@$(PYTHON) -c 'import numpy, torch, msgpack' || { echo "deps: $(PYTHON) cannot import numpy, torch and msgpack" >&2; exit 1; }
 	@mkdir -p $(BUILD) && touch $@
 
 $(BUILD)/obj/%.o: %.c $(DEPS_STAMP) Makefile

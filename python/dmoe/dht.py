@@ -8,9 +8,10 @@ agree on what a key is.
 import ctypes
 from collections import namedtuple
 
+import msgpack
+
 from . import _lib
 from ._lib import ERRBUF, check, errbuf, lib
-from ._msgpack import packb, unpackb
 
 __all__ = ["DHT", "ValueWithExpiration", "get_dht_time", "declare_experts"]
 
@@ -20,6 +21,20 @@ ValueWithExpiration = namedtuple("ValueWithExpiration", ["value", "expiration_ti
 def get_dht_time():
     """The DHT's clock: seconds since the epoch (hivemind.utils.get_dht_time)."""
     return lib.dmoe_dht_time()
+
+
+def packb(obj):
+    """The msgpack bytes of a key, subkey or value, as hivemind serializes them (str as str, bytes as bin)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _hashable_keys(pairs):
+    return {(tuple(k) if isinstance(k, list) else k): v for k, v in pairs}
+
+
+def unpackb(data):
+    """A stored value back as Python objects (arrays as lists; an array used as a map key as a tuple)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=_hashable_keys)
 
 
 class DHT:

@@ -25,7 +25,7 @@
 
 #include "actors/grid/dht_experts.h"
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "kernels/kern_ops.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"

@@ -22,7 +22,7 @@
 
 #include <stdint.h>
 
-#include "actors/moe/moe_beam.h"
+#include "actors/moe/route/moe_beam.h"
 
 /* The shape of a grid's gating output. */
 typedef struct {

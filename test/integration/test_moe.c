@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "test/integration/harness.h"

@@ -549,24 +549,35 @@ typedef struct {
     const float *gx;
 } sync_wait;
 
-static void sync_fwd(void *arg, int err, const char *msg, moe_fwd *f)
+/* sync_end records how the call ended and stops the loop the driver runs. */
+static void sync_end(sync_wait *s, int err, const char *msg)
 {
-    sync_wait *s = arg;
     s->done = 1;
     s->err = err;
-    s->f = f;
     snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
     rt_loop_break(s->l);
 }
 
+static void sync_fwd(void *arg, int err, const char *msg, moe_fwd *f)
+{
+    ((sync_wait *)arg)->f = f;
+    sync_end(arg, err, msg);
+}
+
 static void sync_bwd(void *arg, int err, const char *msg, const float *gx)
 {
-    sync_wait *s = arg;
-    s->done = 1;
-    s->err = err;
-    s->gx = gx;
-    snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
-    rt_loop_break(s->l);
+    ((sync_wait *)arg)->gx = gx;
+    sync_end(arg, err, msg);
+}
+
+/* sync_wait_for runs m's loop until the call started with rc (what: "forward" or "backward") ends.
+ * Returns 0, or the error with err filled. */
+static int sync_wait_for(moe_layer *m, sync_wait *s, int rc, const char *what, char *err, size_t errlen)
+{
+    if (rc) { snprintf(err, errlen, "cannot start the %s: %s", what, dmoe_strerror(rc)); return rc; }
+    while (!s->done) rt_loop_run(m->loop);   /* the op's timer keeps the loop alive until it ends */
+    if (s->err) { snprintf(err, errlen, "%s", s->msg); return s->err; }
+    return 0;
 }
 
 int moe_forward_run(moe_layer *m, const float *x, int64_t B, moe_fwd **out, char *err, size_t errlen)
@@ -578,22 +589,16 @@ int moe_forward_run_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor 
                        char *err, size_t errlen)
 {
     sync_wait s = { .l = m->loop };
-    int rc = moe_forward_ex(m, x, B, extra, n_extra, sync_fwd, &s);
-    if (rc) { snprintf(err, errlen, "cannot start the forward: %s", dmoe_strerror(rc)); return rc; }
-    while (!s.done) rt_loop_run(m->loop);   /* the op's timer keeps the loop alive until it ends */
-    if (s.err) { snprintf(err, errlen, "%s", s.msg); return s.err; }
-    *out = s.f;
-    return 0;
+    int rc = sync_wait_for(m, &s, moe_forward_ex(m, x, B, extra, n_extra, sync_fwd, &s), "forward", err, errlen);
+    if (rc == 0) *out = s.f;
+    return rc;
 }
 
 int moe_backward_run(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, const float **gx, char *err,
                      size_t errlen)
 {
     sync_wait s = { .l = m->loop };
-    int rc = moe_backward(m, f, gy, balance_coef, sync_bwd, &s);
-    if (rc) { snprintf(err, errlen, "cannot start the backward: %s", dmoe_strerror(rc)); return rc; }
-    while (!s.done) rt_loop_run(m->loop);
-    if (s.err) { snprintf(err, errlen, "%s", s.msg); return s.err; }
-    *gx = s.gx;
-    return 0;
+    int rc = sync_wait_for(m, &s, moe_backward(m, f, gy, balance_coef, sync_bwd, &s), "backward", err, errlen);
+    if (rc == 0) *gx = s.gx;
+    return rc;
 }

@@ -8,6 +8,8 @@
  */
 #include "test/unit/refdata.h"
 
+#include <criterion/criterion.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,4 +190,46 @@ int refdata_shape(const refdata *rd, const char *name, int64_t *shape)
     if (shape)
         for (int i = 0; i < t->ndim; i++) shape[i] = t->shape[i];
     return t->ndim;
+}
+
+void refdata_expect_close(const char *what, const float *got, const float *want, size_t n, float atol, float rtol)
+{
+    for (size_t i = 0; i < n; i++) {
+        float tol = atol + rtol * fabsf(want[i]);
+        cr_assert(isfinite(got[i]) && fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i,
+                  (double)got[i], (double)want[i]);
+    }
+}
+
+/* ref_param returns rd's tensor "<prefix>.<p's name>", asserting that it has p's shape. */
+static const float *ref_param(const refdata *rd, const char *prefix, const kern_param_info *p, char *key, size_t keylen)
+{
+    snprintf(key, keylen, "%s.%s", prefix, p->name);
+    int64_t shape[REFDATA_MAX_DIMS];
+    cr_assert_eq(refdata_shape(rd, key, shape), p->ndim, "%s missing or of another rank", key);
+    for (int d = 0; d < p->ndim; d++) cr_assert_eq(shape[d], p->shape[d], "%s dim %d", key, d);
+    size_t n = 0;
+    const float *t = refdata_f32(rd, key, &n);
+    cr_assert(t, "%s is not f32", key);
+    cr_assert_eq(n, p->numel, "%s numel", key);
+    return t;
+}
+
+void refdata_load_params(const refdata *rd, const kern_model *m, float *params)
+{
+    for (int i = 0; i < m->n_params; i++) {
+        char key[96];
+        const kern_param_info *p = &m->params[i];
+        memcpy(params + p->offset, ref_param(rd, "param", p, key, sizeof key), p->numel * sizeof *params);
+    }
+}
+
+void refdata_expect_grads(const refdata *rd, const kern_model *m, const float *grads, float atol, float rtol)
+{
+    for (int i = 0; i < m->n_params; i++) {
+        char key[96];
+        const kern_param_info *p = &m->params[i];
+        const float *want = ref_param(rd, "grad", p, key, sizeof key);
+        refdata_expect_close(key, grads + p->offset, want, p->numel, atol, rtol);
+    }
 }

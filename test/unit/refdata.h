@@ -1,4 +1,5 @@
-/* refdata.h -- a small loader for the PyTorch reference vectors in the test/data msgpack files (test-only).
+/* refdata.h -- a small loader for the PyTorch reference vectors in the test/data msgpack files, and the
+ * checks the kernel tests share against them (test-only).
  *
  * A file is a msgpack map from a name ("input0", "output", "param.ffn.weight", "grad.ffn.bias", ...)
  * to a tensor {"shape": [d0, ...], "dtype": "f32" | "u8", "data": <bin, row-major, little-endian>}
@@ -17,6 +18,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kernels/kern_expert.h"
 
 #define REFDATA_MAX_DIMS 8
 
@@ -43,5 +46,17 @@ const uint8_t *refdata_u8(const refdata *rd, const char *name, size_t *numel);
 /* refdata_shape copies the dims of tensor name into shape[REFDATA_MAX_DIMS] (shape may be NULL) and
  * returns the number of dims, or -1 when there is no such tensor. */
 int refdata_shape(const refdata *rd, const char *name, int64_t *shape);
+
+/* ---- Criterion checks against the vectors (they fail the running test) ---- */
+
+/* refdata_expect_close asserts got[i] finite and |got[i] - want[i]| <= atol + rtol |want[i]| for i < n;
+ * what names the tensor in the message. (The expert vectors use 1e-5, 1e-5: test/data/README.md.) */
+void refdata_expect_close(const char *what, const float *got, const float *want, size_t n, float atol, float rtol);
+/* refdata_load_params copies every "param.<name>" tensor of rd into m's flat buffer params, asserting
+ * that each is there with m's shape. */
+void refdata_load_params(const refdata *rd, const kern_model *m, float *params);
+/* refdata_expect_grads asserts each of m's parameter gradients in grads close (as refdata_expect_close)
+ * to rd's "grad.<name>" tensor. */
+void refdata_expect_grads(const refdata *rd, const kern_model *m, const float *grads, float atol, float rtol);
 
 #endif

@@ -13,10 +13,7 @@
 /* ddt_close asserts |got - want| <= 1e-5 + 1e-5 |want| element-wise (test/data/README.md). */
 static void ddt_close(const char *what, const float *got, const float *want, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        float tol = 1e-5f + 1e-5f * fabsf(want[i]);
-        cr_assert(fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i, got[i], want[i]);
-    }
+    refdata_expect_close(what, got, want, n, 1e-5f, 1e-5f);
 }
 
 /* ddt_mask_f32 returns a malloc'd f32 copy of the reference mask input1 (stored as f32 or u8). */
@@ -56,15 +53,7 @@ static void ddt_check_case(const char *file)
     cr_assert_eq(m.n_floats, (size_t)(2 * H * H + 2 * H + 2 * H * H + H));
 
     float *params = calloc(m.n_floats, sizeof *params), *grads = calloc(m.n_floats, sizeof *grads);
-    for (int i = 0; i < m.n_params; i++) {
-        char key[96];
-        size_t n = 0;
-        snprintf(key, sizeof key, "param.%s", m.params[i].name);
-        const float *src = refdata_f32(rd, key, &n);
-        cr_assert(src, "%s missing", key);
-        cr_assert_eq(n, m.params[i].numel, "%s numel", key);
-        memcpy(params + m.params[i].offset, src, n * sizeof *src);
-    }
+    refdata_load_params(rd, &m, params);
     size_t nx = 0, nm = 0;
     const float *x = refdata_f32(rd, "input0", &nx);
     float *mask = ddt_mask_f32(rd, &nm);
@@ -89,15 +78,7 @@ static void ddt_check_case(const char *file)
     cr_assert_eq(cls->backward(&m, params, B, in, gout, gin, grads, ws, 7), 0);
     ddt_close("grad_input0", gx, want_gx, nx);
     for (size_t i = 0; i < nx; i++) cr_assert_eq(gm[i], 0.0f, "the mask's gradient is zero");
-    for (int i = 0; i < m.n_params; i++) {
-        char key[96];
-        size_t n = 0;
-        snprintf(key, sizeof key, "grad.%s", m.params[i].name);
-        const float *want = refdata_f32(rd, key, &n);
-        cr_assert(want, "%s missing", key);
-        cr_assert_eq(n, m.params[i].numel);
-        ddt_close(key, grads + m.params[i].offset, want, n);
-    }
+    refdata_expect_grads(rd, &m, grads, 1e-5f, 1e-5f);
 
     /* A mask value that is neither 0 nor 1 is refused, in both directions, before any write. */
     float keep = mask[nm - 1];

@@ -13,10 +13,7 @@
 /* ffnt_close asserts |got - want| <= 1e-5 + 1e-5 |want| element-wise (test/data/README.md). */
 static void ffnt_close(const char *what, const float *got, const float *want, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        float tol = 1e-5f + 1e-5f * fabsf(want[i]);
-        cr_assert(fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i, got[i], want[i]);
-    }
+    refdata_expect_close(what, got, want, n, 1e-5f, 1e-5f);
 }
 
 /* ffnt_check_case runs the whole forward/backward comparison for one reference file. */
@@ -41,15 +38,7 @@ static void ffnt_check_case(const char *file)
     float *params = calloc(m.n_floats, sizeof *params);
     float *grads = calloc(m.n_floats, sizeof *grads);
     cr_assert(params && grads);
-    for (int i = 0; i < m.n_params; i++) {
-        char key[96];
-        size_t n = 0;
-        snprintf(key, sizeof key, "param.%s", m.params[i].name);
-        const float *src = refdata_f32(rd, key, &n);
-        cr_assert(src, "%s missing", key);
-        cr_assert_eq(n, m.params[i].numel, "%s numel", key);
-        memcpy(params + m.params[i].offset, src, n * sizeof *src);
-    }
+    refdata_load_params(rd, &m, params);
 
     size_t nx = 0, ny = 0, ng = 0;
     const float *x = refdata_f32(rd, "input0", &nx);
@@ -75,15 +64,7 @@ static void ffnt_check_case(const char *file)
     memset(grads, 0xff, m.n_floats * sizeof *grads); /* NaN: every gradient must be overwritten */
     cr_assert_eq(cls->backward(&m, params, B, in, gout, gin, grads, ws, 1), 0);
     ffnt_close("grad_input0", gx, want_gx, nx);
-    for (int i = 0; i < m.n_params; i++) {
-        char key[96];
-        size_t n = 0;
-        snprintf(key, sizeof key, "grad.%s", m.params[i].name);
-        const float *want = refdata_f32(rd, key, &n);
-        cr_assert(want, "%s missing", key);
-        cr_assert_eq(n, m.params[i].numel);
-        ffnt_close(key, grads + m.params[i].offset, want, n);
-    }
+    refdata_expect_grads(rd, &m, grads, 1e-5f, 1e-5f);
 
     /* Backward without grad_in still writes the parameter gradients. */
     cr_assert_eq(cls->backward(&m, params, B, in, gout, NULL, grads, ws, 1), 0);

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/kern_classes.h"
 #include "kernels/kern_expert.h"
 
 #define REFDATA_MAX_DIMS 8
@@ -58,5 +59,34 @@ void refdata_load_params(const refdata *rd, const kern_model *m, float *params);
 /* refdata_expect_grads asserts each of m's parameter gradients in grads close (as refdata_expect_close)
  * to rd's "grad.<name>" tensor. */
 void refdata_expect_grads(const refdata *rd, const kern_model *m, const float *grads, float atol, float rtol);
+
+/* ---- one expert class against one reference file (float32 inputs) ---- */
+
+typedef struct {
+    refdata *rd;
+    const kern_class *cls;
+    kern_model m;                 /* set up for the file's hidden size */
+    int64_t B;
+    size_t nx;                    /* elements of input0 and of the output */
+    float *params, *grads, *ws;   /* the file's parameters; gradients; workspace for either pass */
+    float *in[KERN_MAX_IO];       /* the file's input<i> as float32 (a u8 mask converted) */
+    size_t n_in_elems[KERN_MAX_IO];
+    float *gin[KERN_MAX_IO];      /* the input gradients of the last backward with grad_in */
+    float *y;                     /* the output of the last forward */
+} refdata_case;
+
+/* refdata_case_open loads file (input0 [B, H]), sets the class cls_name up for H and fills c: the
+ * file's parameters and inputs, buffers for the rest. Asserts on any failure. */
+void refdata_case_open(refdata_case *c, const char *cls_name, const char *file);
+/* refdata_case_forward runs the forward of c's inputs into c->y; returns the class's code. */
+int refdata_case_forward(refdata_case *c, uint64_t seed);
+/* refdata_case_backward runs the backward of the file's grad_output into c->grads (and c->gin when
+ * with_grad_in); returns the class's code. */
+int refdata_case_backward(refdata_case *c, int with_grad_in, uint64_t seed);
+/* refdata_case_check asserts the forward's output, and the backward's grad_input0 and parameter
+ * gradients (each first filled with NaN), close to the file's within atol + rtol |want|. */
+void refdata_case_check(refdata_case *c, float atol, float rtol, uint64_t seed);
+/* refdata_case_close frees what c holds. */
+void refdata_case_close(refdata_case *c);
 
 #endif

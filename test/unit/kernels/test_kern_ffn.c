@@ -10,73 +10,27 @@
 #include "runtime/rt_err.h"
 #include "test/unit/refdata.h"
 
-/* ffnt_close asserts |got - want| <= 1e-5 + 1e-5 |want| element-wise (test/data/README.md). */
-static void ffnt_close(const char *what, const float *got, const float *want, size_t n)
-{
-    refdata_expect_close(what, got, want, n, 1e-5f, 1e-5f);
-}
-
-/* ffnt_check_case runs the whole forward/backward comparison for one reference file. */
+/* ffnt_check_case runs the whole forward/backward comparison for one reference file, then a backward
+ * without grad_in, which still writes the parameter gradients. */
 static void ffnt_check_case(const char *file)
 {
-    refdata *rd = refdata_load(file);
-    cr_assert(rd, "cannot load %s", file);
-    int64_t shape[REFDATA_MAX_DIMS];
-    cr_assert_eq(refdata_shape(rd, "input0", shape), 2);
-    int64_t B = shape[0], H = shape[1];
+    refdata_case c;
+    refdata_case_open(&c, "ffn", file);
+    int64_t H = c.m.cfg.hidden_dim;
+    cr_assert_eq(c.m.n_in, 1);
+    cr_assert_eq(c.m.n_out, 1);
+    cr_assert_eq(kern_io_numel(&c.m.in[0]), (size_t)H);
+    cr_assert_eq(c.nx, (size_t)(c.B * H));
+    size_t ny = 0;
+    cr_assert(refdata_f32(c.rd, "output", &ny));
+    cr_assert_eq(ny, (size_t)(c.B * H));
 
-    const kern_class *cls = kern_expert_find("ffn");
-    cr_assert(cls);
-    kern_config cfg = {.hidden_dim = (int)H};
-    kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
-    cr_assert_eq(m.cls, cls);
-    cr_assert_eq(m.n_in, 1);
-    cr_assert_eq(m.n_out, 1);
-    cr_assert_eq(kern_io_numel(&m.in[0]), (size_t)H);
+    refdata_case_check(&c, 1e-5f, 1e-5f, 1);
 
-    float *params = calloc(m.n_floats, sizeof *params);
-    float *grads = calloc(m.n_floats, sizeof *grads);
-    cr_assert(params && grads);
-    refdata_load_params(rd, &m, params);
-
-    size_t nx = 0, ny = 0, ng = 0;
-    const float *x = refdata_f32(rd, "input0", &nx);
-    const float *want_y = refdata_f32(rd, "output", &ny);
-    const float *gy = refdata_f32(rd, "grad_output", &ng);
-    const float *want_gx = refdata_f32(rd, "grad_input0", NULL);
-    cr_assert(x && want_y && gy && want_gx);
-    cr_assert_eq(nx, (size_t)(B * H));
-    cr_assert_eq(ny, (size_t)(B * H));
-
-    float *y = calloc(ny, sizeof *y), *gx = calloc(nx, sizeof *gx);
-    size_t wsn = cls->forward_ws(&m, B), wbn = cls->backward_ws(&m, B);
-    float *ws = malloc((wsn > wbn ? wsn : wbn) * sizeof *ws);
-    cr_assert(y && gx && ws);
-
-    const void *in[1] = {x};
-    float *out[1] = {y};
-    cr_assert_eq(cls->forward(&m, params, B, in, out, ws, 1), 0);
-    ffnt_close("output", y, want_y, ny);
-
-    const float *gout[1] = {gy};
-    float *gin[1] = {gx};
-    memset(grads, 0xff, m.n_floats * sizeof *grads); /* NaN: every gradient must be overwritten */
-    cr_assert_eq(cls->backward(&m, params, B, in, gout, gin, grads, ws, 1), 0);
-    ffnt_close("grad_input0", gx, want_gx, nx);
-    refdata_expect_grads(rd, &m, grads, 1e-5f, 1e-5f);
-
-    /* Backward without grad_in still writes the parameter gradients. */
-    cr_assert_eq(cls->backward(&m, params, B, in, gout, NULL, grads, ws, 1), 0);
-    ffnt_close("grad.ffn.weight (no grad_in)", grads + m.params[0].offset,
-               refdata_f32(rd, "grad.ffn.weight", NULL), m.params[0].numel);
-
-    free(ws);
-    free(gx);
-    free(y);
-    free(grads);
-    free(params);
-    refdata_free(rd);
+    cr_assert_eq(refdata_case_backward(&c, 0, 1), 0);
+    refdata_expect_close("grad.ffn.weight (no grad_in)", c.grads + c.m.params[0].offset,
+                         refdata_f32(c.rd, "grad.ffn.weight", NULL), c.m.params[0].numel, 1e-5f, 1e-5f);
+    refdata_case_close(&c);
 }
 
 Test(kern_ffn, matches_torch_h16_b3, .timeout = 30)

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,13 +27,24 @@ typedef struct {
     moe_layer *m;
 } side;
 
-static void open_side(side *s, const th_node *peer, int k_best, moe_cfg *over)
+/* open_layer joins a client to the swarm through peer and makes a layer of configuration c on it, its
+ * forward_timeout capped at 10 s and its backward_timeout 10 s. */
+static void open_layer(side *s, const th_node *peer, moe_cfg c)
 {
     s->l = rt_loop_new();
     char err[512];
     const char *peers[1] = { peer->maddr };
     s->net = moe_net_open(s->l, peers, 1, 0.5, err, sizeof err);
     cr_assert(s->net, "%s", err);
+    if (c.forward_timeout <= 0 || c.forward_timeout > 10) c.forward_timeout = 10;
+    c.backward_timeout = 10;
+    cr_assert_eq(moe_layer_new(s->l, &c, moe_net_succ(s->net), moe_net_caller(s->net), &s->m, err, sizeof err), 0, "%s", err);
+}
+
+/* open_side is open_layer for the tests' usual layer: c (NULL: the defaults) over H inputs and a grid of
+ * 8 experts in one dimension, k_best, seed 9. */
+static void open_side(side *s, const th_node *peer, int k_best, const moe_cfg *over)
+{
     moe_cfg c;
     if (over) c = *over;
     else moe_cfg_default(&c);
@@ -41,9 +53,7 @@ static void open_side(side *s, const th_node *peer, int k_best, moe_cfg *over)
     c.grid_size[0] = 8;
     c.k_best = k_best;
     c.seed = 9;
-    if (c.forward_timeout <= 0 || c.forward_timeout > 10) c.forward_timeout = 10;
-    c.backward_timeout = 10;
-    cr_assert_eq(moe_layer_new(s->l, &c, moe_net_succ(s->net), moe_net_caller(s->net), &s->m, err, sizeof err), 0, "%s", err);
+    open_layer(s, peer, c);
 }
 
 static void close_side(side *s)
@@ -53,18 +63,43 @@ static void close_side(side *s)
     rt_loop_free(s->l);
 }
 
-static void start(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
-                  const char *extra1, const char *extra2)
+/* start_v starts node n serving num experts of pattern, of class cls (NULL: ffn) and hidden size hid,
+ * joined through peer_maddr (NULL: the first node), with the flags in ap (up to a NULL). */
+static void start_v(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
+                    const char *hid, va_list ap)
 {
-    const char *args[24] = { "--expert_cls", cls ? cls : "ffn", "--hidden_dim", "32", "--num_experts", num,
+    const char *args[32] = { "--expert_cls", cls ? cls : "ffn", "--hidden_dim", hid, "--num_experts", num,
                              "--expert_pattern", pattern, "--update_period", "0.5", "--expiration", "2",
                              "--num_workers", "1" };
     int k = 14;
     if (peer_maddr) { args[k++] = "--initial_peers"; args[k++] = peer_maddr; }
-    if (extra1) args[k++] = extra1;
-    if (extra2) args[k++] = extra2;
+    for (const char *e; (e = va_arg(ap, const char *)) != NULL;) {
+        cr_assert(k < 31, "too many flags");
+        args[k++] = e;
+    }
     args[k] = NULL;
     cr_assert_eq(th_node_start(n, args), 0);
+}
+
+/* start is start_v with the flags as arguments, NULL last. */
+static void start(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
+                  const char *hid, ...)
+{
+    va_list ap;
+    va_start(ap, hid);
+    start_v(n, pattern, num, peer_maddr, cls, hid, ap);
+    va_end(ap);
+}
+
+/* start_pair starts the tests' usual swarm of hidden size H: a serves ffn experts expert.[0:4], b serves
+ * expert.[4:8] of class cls_b (NULL: ffn) with the flags that follow (NULL last), joined through a. */
+static void start_pair(th_node *a, th_node *b, const char *cls_b, ...)
+{
+    start(a, "expert.[0:4]", "4", NULL, NULL, "32", NULL);
+    va_list ap;
+    va_start(ap, cls_b);
+    start_v(b, "expert.[4:8]", "4", a->maddr, cls_b, "32", ap);
+    va_end(ap);
 }
 
 static void fill(float *x, size_t n, uint64_t seed) { th_fill_normal(x, n, seed); }
@@ -105,8 +140,7 @@ static void on_one(void *arg, int err, const char *msg, rx_tensor *out)
 Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[4:8]", "4", a.maddr, NULL, NULL, NULL);
+    start_pair(&a, &b, NULL, NULL);
     side s;
     moe_cfg c;
     moe_cfg_default(&c);
@@ -178,8 +212,7 @@ static int step(side *s, uint64_t seed, int *answered)
 Test(moe_net, training_survives_sigkill_and_all_gone_is_an_error, .timeout = 120)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[4:8]", "4", a.maddr, NULL, NULL, NULL);
+    start_pair(&a, &b, NULL, NULL);
     side s;
     moe_cfg c;
     moe_cfg_default(&c);
@@ -231,8 +264,7 @@ Test(moe_net, training_survives_sigkill_and_all_gone_is_an_error, .timeout = 120
 Test(moe_net, hanging_node_cut_off_by_timeout_after_k_min, .timeout = 90)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[4:8]", "4", a.maddr, "nop_delay", "--delay_ms", "5000");
+    start_pair(&a, &b, "nop_delay", "--delay_ms", "5000", NULL);
     side s;
     moe_cfg c;
     moe_cfg_default(&c);
@@ -298,11 +330,7 @@ static int all_finite(const float *v, size_t n)
 Test(moe_net, node_answering_nan_is_ignored_with_detect_anomalies, .timeout = 120)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    const char *args_b[] = { "--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "4", "--expert_pattern",
-                             "expert.[4:8]", "--update_period", "0.5", "--expiration", "2", "--num_workers", "1",
-                             "--initial_peers", a.maddr, "--optimizer", "sgd", "--lr", "1e30", NULL };
-    cr_assert_eq(th_node_start(&b, args_b), 0);
+    start_pair(&a, &b, NULL, "--optimizer", "sgd", "--lr", "1e30", NULL);
 
     char dir[] = "/tmp/dmoe-nan.XXXXXX", xp[64], gp[64], yp[64], out[8192];
     cr_assert(mkdtemp(dir));
@@ -408,8 +436,8 @@ Test(moe_net, node_answering_nan_is_ignored_with_detect_anomalies, .timeout = 12
 Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
 {
     th_node a, b;
-    start(&a, "expert.[0:5]", "5", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[5:15]", "10", a.maddr, NULL, NULL, NULL);
+    start(&a, "expert.[0:5]", "5", NULL, NULL, "32", NULL);
+    start(&b, "expert.[5:15]", "10", a.maddr, NULL, "32", NULL);
     char out[16384];
     const char *chain[] = { "--task", "chain", "--initial_peers", a.maddr, "--hidden_dim", "32", "--steps", "300",
                             "--batch_size", "32", "--log_every", "50", "--seed", "1", NULL };
@@ -442,16 +470,8 @@ Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
 Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
 {
     th_node a;
-    const char *args[] = { "--expert_cls", "det_dropout", "--hidden_dim", "16", "--num_experts", "4",
-                           "--expert_pattern", "expert.[0:4]", "--update_period", "0.5", "--expiration", "2",
-                           "--num_workers", "1", NULL };
-    cr_assert_eq(th_node_start(&a, args), 0);
+    start(&a, "expert.[0:4]", "4", NULL, "det_dropout", "16", NULL);
     side s;
-    s.l = rt_loop_new();
-    char err[512];
-    const char *peers[1] = { a.maddr };
-    s.net = moe_net_open(s.l, peers, 1, 0.5, err, sizeof err);
-    cr_assert(s.net, "%s", err);
     moe_cfg c;
     moe_cfg_default(&c);
     c.in_features = HD;
@@ -461,8 +481,8 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
     c.seed = 3;
     c.timeout_after_k_min = -1;
     c.forward_timeout = 10;
-    c.backward_timeout = 10;
-    cr_assert_eq(moe_layer_new(s.l, &c, moe_net_succ(s.net), moe_net_caller(s.net), &s.m, err, sizeof err), 0, "%s", err);
+    open_layer(&s, &a, c);
+    char err[512];
 
     enum { B = 12 };
     float x[B * HD], gy[B * HD];

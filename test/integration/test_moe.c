@@ -137,6 +137,36 @@ static void on_one(void *arg, int err, const char *msg, rx_tensor *out)
     rt_loop_break(o->l);
 }
 
+/* call_rows calls expert uid at maddr through the layer's caller with n_in one-row float32 inputs,
+ * rows[i] of D floats each (x, then the extra inputs), and writes its output row (D floats) to out. */
+static void call_rows(side *s, const char *uid, const char *maddr, const float *const *rows, int n_in, int D,
+                      float *out)
+{
+    wire_maddr addr;
+    char e2[256];
+    cr_assert_eq(wire_maddr_parse(maddr, &addr, e2, sizeof e2), 0, "%s", e2);
+    rx_tensor in[KERN_MAX_IO];
+    int64_t shape[2] = { 1, D };
+    for (int i = 0; i < n_in; i++) {
+        cr_assert_eq(rx_tensor_alloc(&in[i], WIRE_DT_F32, 2, shape), 0);
+        memcpy(rx_tensor_f32(&in[i]), rows[i], (size_t)D * sizeof(float));
+    }
+    one o = { .l = s->l };
+    const moe_caller *cl = moe_net_caller(s->net);
+    cr_assert_eq(cl->call(cl->impl, uid, &addr, in, n_in, NULL, 5000, on_one, &o), 0);
+    while (!o.done) rt_loop_run(s->l);
+    cr_assert_eq(o.err, 0, "%s", uid);
+    memcpy(out, rx_tensor_f32(&o.out), (size_t)D * sizeof(float));
+    rx_tensor_free(&o.out);
+    for (int i = 0; i < n_in; i++) rx_tensor_free(&in[i]);
+}
+
+/* single_call returns expert uid's output for row x (H floats) through the layer's caller. */
+static void single_call(side *s, const char *uid, const char *maddr, const float *x, float *out)
+{
+    call_rows(s, uid, maddr, &x, 1, H, out);
+}
+
 Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
 {
     th_node a, b;
@@ -156,7 +186,6 @@ Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
     int D;
     const float *y = moe_fwd_output(f, NULL, &D);
     cr_assert_eq(D, H);
-    const moe_caller *cl = moe_net_caller(s.net);
     for (int64_t r = 0; r < B; r++) {
         float want[H] = {0}, wsum = 0;
         for (int e = 0; e < 8; e++) {
@@ -165,21 +194,9 @@ Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
             float w = moe_fwd_expert_weight(f, r, uid);
             if (w == 0) continue;
             wsum += w;
-            wire_maddr addr;
-            char e2[256];
-            cr_assert_eq(wire_maddr_parse(e < 4 ? a.maddr : b.maddr, &addr, e2, sizeof e2), 0);
-            rx_tensor xi;
-            int64_t shape[2] = { 1, H };
-            rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape);
-            memcpy(rx_tensor_f32(&xi), x + r * H, H * sizeof(float));
-            one o = { .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, 1, NULL, 5000, on_one, &o), 0);
-            while (!o.done) rt_loop_run(s.l);
-            cr_assert_eq(o.err, 0);
-            const float *oe = rx_tensor_f32(&o.out);
+            float oe[H];
+            single_call(&s, uid, e < 4 ? a.maddr : b.maddr, x + r * H, oe);
             for (int d = 0; d < H; d++) want[d] += w * oe[d];
-            rx_tensor_free(&o.out);
-            rx_tensor_free(&xi);
         }
         cr_assert_float_eq(wsum, 1.0f, 1e-5);
         cr_assert_lt(th_max_abs_diff(y + r * H, want, H), 1e-4, "row %lld", (long long)r);
@@ -293,26 +310,6 @@ Test(moe_net, hanging_node_cut_off_by_timeout_after_k_min, .timeout = 90)
     close_side(&s);
     th_node_stop(&b, SIGKILL);
     th_node_stop(&a, SIGTERM);
-}
-
-/* single_call returns expert uid's output for row x (H floats) through the layer's caller. */
-static void single_call(side *s, const char *uid, const char *maddr, const float *x, float *out)
-{
-    wire_maddr addr;
-    char e2[256];
-    cr_assert_eq(wire_maddr_parse(maddr, &addr, e2, sizeof e2), 0, "%s", e2);
-    rx_tensor xi;
-    int64_t shape[2] = { 1, H };
-    cr_assert_eq(rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape), 0);
-    memcpy(rx_tensor_f32(&xi), x, H * sizeof(float));
-    one o = { .l = s->l };
-    const moe_caller *cl = moe_net_caller(s->net);
-    cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, 1, NULL, 5000, on_one, &o), 0);
-    while (!o.done) rt_loop_run(s->l);
-    cr_assert_eq(o.err, 0, "%s", uid);
-    memcpy(out, rx_tensor_f32(&o.out), H * sizeof(float));
-    rx_tensor_free(&o.out);
-    rx_tensor_free(&xi);
 }
 
 static int all_finite(const float *v, size_t n)
@@ -509,10 +506,6 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
     const float *y = moe_fwd_output(f, NULL, &D);
     cr_assert_eq(D, HD);
 
-    wire_maddr addr;
-    char e2[256];
-    cr_assert_eq(wire_maddr_parse(a.maddr, &addr, e2, sizeof e2), 0, "%s", e2);
-    const moe_caller *cl = moe_net_caller(s.net);
     int masked_differs = 0;
     for (int64_t r = 0; r < B; r++) {
         float want[HD] = {0}, wsum = 0;
@@ -522,31 +515,13 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
             float w = moe_fwd_expert_weight(f, r, uid);
             if (w == 0) continue;
             wsum += w;
-            rx_tensor in[2];
-            int64_t one_row[2] = { 1, HD };
-            cr_assert_eq(rx_tensor_alloc(&in[0], WIRE_DT_F32, 2, one_row), 0);
-            cr_assert_eq(rx_tensor_alloc(&in[1], WIRE_DT_F32, 2, one_row), 0);
-            memcpy(rx_tensor_f32(&in[0]), x + r * HD, HD * sizeof(float));
-            memcpy(rx_tensor_f32(&in[1]), mk + r * HD, HD * sizeof(float));
-            one o = { .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, in, 2, NULL, 5000, on_one, &o), 0);
-            while (!o.done) rt_loop_run(s.l);
-            cr_assert_eq(o.err, 0, "%s", uid);
-            float oe[HD];
-            memcpy(oe, rx_tensor_f32(&o.out), sizeof oe);
+            float oe[HD], unmasked[HD], ones[HD];
+            call_rows(&s, uid, a.maddr, (const float *[]){ x + r * HD, mk + r * HD }, 2, HD, oe);
             for (int d = 0; d < HD; d++) want[d] += w * oe[d];
-            rx_tensor_free(&o.out);
             /* the same row with an all-ones mask answers differently: the mask was really applied */
-            for (int d = 0; d < HD; d++) rx_tensor_f32(&in[1])[d] = 1.0f;
-            o = (one){ .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, in, 2, NULL, 5000, on_one, &o), 0);
-            while (!o.done) rt_loop_run(s.l);
-            cr_assert_eq(o.err, 0, "%s", uid);
-            const float *unmasked = rx_tensor_f32(&o.out);
+            for (int d = 0; d < HD; d++) ones[d] = 1.0f;
+            call_rows(&s, uid, a.maddr, (const float *[]){ x + r * HD, ones }, 2, HD, unmasked);
             for (int d = 0; d < HD; d++) masked_differs |= fabsf(unmasked[d] - oe[d]) > 1e-4f;
-            rx_tensor_free(&o.out);
-            rx_tensor_free(&in[0]);
-            rx_tensor_free(&in[1]);
         }
         cr_assert_float_eq(wsum, 1.0f, 1e-5);
         cr_assert_lt(th_max_abs_diff(y + r * HD, want, HD), 1e-4, "row %lld", (long long)r);

@@ -234,6 +234,16 @@ void refdata_expect_grads(const refdata *rd, const kern_model *m, const float *g
     }
 }
 
+const kern_class *refdata_model(const char *cls_name, int hidden, kern_model *m)
+{
+    const kern_class *cls = kern_expert_find(cls_name);
+    cr_assert(cls, "no expert class %s", cls_name);
+    kern_config cfg = {.hidden_dim = hidden};
+    cr_assert_eq(cls->setup(m, &cfg), 0, "%s setup at hidden size %d", cls_name, hidden);
+    cr_assert_eq(m->cls, cls);
+    return cls;
+}
+
 /* ---- one expert class against one reference file ---- */
 
 void refdata_case_open(refdata_case *c, const char *cls_name, const char *file)
@@ -244,11 +254,7 @@ void refdata_case_open(refdata_case *c, const char *cls_name, const char *file)
     int64_t shape[REFDATA_MAX_DIMS];
     cr_assert_eq(refdata_shape(c->rd, "input0", shape), 2);
     c->B = shape[0];
-    c->cls = kern_expert_find(cls_name);
-    cr_assert(c->cls, "no expert class %s", cls_name);
-    kern_config cfg = {.hidden_dim = (int)shape[1]};
-    cr_assert_eq(c->cls->setup(&c->m, &cfg), 0);
-    cr_assert_eq(c->m.cls, c->cls);
+    c->cls = refdata_model(cls_name, (int)shape[1], &c->m);
     c->params = calloc(c->m.n_floats, sizeof *c->params);
     c->grads = calloc(c->m.n_floats, sizeof *c->grads);
     cr_assert(c->params && c->grads);

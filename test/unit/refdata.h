@@ -60,6 +60,10 @@ void refdata_load_params(const refdata *rd, const kern_model *m, float *params);
  * to rd's "grad.<name>" tensor. */
 void refdata_expect_grads(const refdata *rd, const kern_model *m, const float *grads, float atol, float rtol);
 
+/* refdata_model finds the expert class cls_name and sets *m up for hidden size hidden, asserting both
+ * succeed. Returns the class. */
+const kern_class *refdata_model(const char *cls_name, int hidden, kern_model *m);
+
 /* ---- one expert class against one reference file (float32 inputs) ---- */
 
 typedef struct {

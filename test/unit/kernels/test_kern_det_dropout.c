@@ -54,10 +54,8 @@ Test(kern_det_dropout, matches_torch_h64_b5, .timeout = 30)
 
 Test(kern_det_dropout, init_deterministic_and_bounded, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("det_dropout");
-    kern_config cfg = {.hidden_dim = 16};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    const kern_class *cls = refdata_model("det_dropout", 16, &m);
     float *a = malloc(m.n_floats * sizeof *a), *b = malloc(m.n_floats * sizeof *b);
     cls->init(&m, a, 5);
     cls->init(&m, b, 5);

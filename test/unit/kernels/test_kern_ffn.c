@@ -73,10 +73,8 @@ Test(kern_ffn, layout_at_h512, .timeout = 30)
 
 Test(kern_ffn, init_deterministic_and_bounded, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config cfg = {.hidden_dim = 32};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    const kern_class *cls = refdata_model("ffn", 32, &m);
     float *a = malloc(m.n_floats * sizeof *a), *b = malloc(m.n_floats * sizeof *b),
           *c = malloc(m.n_floats * sizeof *c);
     cr_assert(a && b && c);
@@ -124,10 +122,8 @@ Test(kern_ffn, init_deterministic_and_bounded, .timeout = 30)
 
 Test(kern_ffn, empty_batch, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config cfg = {.hidden_dim = 8};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    const kern_class *cls = refdata_model("ffn", 8, &m);
     float *params = calloc(m.n_floats, sizeof *params), *grads = malloc(m.n_floats * sizeof *grads);
     float x = 0.0f, y = 0.0f;
     const void *in[1] = {&x};
@@ -146,11 +142,8 @@ Test(kern_ffn, empty_batch, .timeout = 30)
 /* The activation cache: forward_save + backward_saved give exactly what backward gives. */
 Test(kern_ffn, backward_from_saved_activations_matches_recompute, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config cfg = {.hidden_dim = 24};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
-    m.cls = cls;
+    const kern_class *cls = refdata_model("ffn", 24, &m);
     enum { B = 7, H = 24 };
     float *p = calloc(m.n_floats, 4), *g1 = calloc(m.n_floats, 4), *g2 = calloc(m.n_floats, 4);
     float x[B * H], gy[B * H], y1[B * H], y2[B * H], gx1[B * H], gx2[B * H];

@@ -167,6 +167,45 @@ static void single_call(side *s, const char *uid, const char *maddr, const float
     call_rows(s, uid, maddr, &x, 1, H, out);
 }
 
+/* expect_mix asserts, for each of f's rows (D floats), that the weights the forward gave expert.0 ..
+ * expert.<n_exp - 1> sum to 1 and that the row is their weighted sum of the experts' own answers, which
+ * answer(arg, e, uid, r, out) writes (D floats, at most 64). */
+static void expect_mix(const moe_fwd *f, int n_exp, void (*answer)(void *arg, int e, const char *uid, int64_t r, float *out),
+                       void *arg)
+{
+    int64_t B;
+    int D;
+    const float *y = moe_fwd_output(f, &B, &D);
+    cr_assert(D > 0 && D <= 64);
+    for (int64_t r = 0; r < B; r++) {
+        float want[64] = {0}, oe[64], wsum = 0;
+        for (int e = 0; e < n_exp; e++) {
+            char uid[16];
+            snprintf(uid, sizeof uid, "expert.%d", e);
+            float w = moe_fwd_expert_weight(f, r, uid);
+            if (w == 0) continue;
+            wsum += w;
+            answer(arg, e, uid, r, oe);
+            for (int d = 0; d < D; d++) want[d] += w * oe[d];
+        }
+        cr_assert_float_eq(wsum, 1.0f, 1e-5);
+        cr_assert_lt(th_max_abs_diff(y + r * D, want, D), 1e-4, "row %lld", (long long)r);
+    }
+}
+
+typedef struct {
+    side *s;
+    const th_node *a, *b;   /* expert.0-3 live on a, expert.4-7 on b */
+    const float *x;
+} plain_calls;
+
+/* plain_answer: expert e's answer to row r of x, called alone. */
+static void plain_answer(void *arg, int e, const char *uid, int64_t r, float *out)
+{
+    plain_calls *p = arg;
+    single_call(p->s, uid, e < 4 ? p->a->maddr : p->b->maddr, p->x + r * H, out);
+}
+
 Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
 {
     th_node a, b;
@@ -184,23 +223,10 @@ Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
     char err[256];
     cr_assert_eq(moe_forward_run(s.m, x, B, &f, err, sizeof err), 0, "%s", err);
     int D;
-    const float *y = moe_fwd_output(f, NULL, &D);
+    moe_fwd_output(f, NULL, &D);
     cr_assert_eq(D, H);
-    for (int64_t r = 0; r < B; r++) {
-        float want[H] = {0}, wsum = 0;
-        for (int e = 0; e < 8; e++) {
-            char uid[16];
-            snprintf(uid, sizeof uid, "expert.%d", e);
-            float w = moe_fwd_expert_weight(f, r, uid);
-            if (w == 0) continue;
-            wsum += w;
-            float oe[H];
-            single_call(&s, uid, e < 4 ? a.maddr : b.maddr, x + r * H, oe);
-            for (int d = 0; d < H; d++) want[d] += w * oe[d];
-        }
-        cr_assert_float_eq(wsum, 1.0f, 1e-5);
-        cr_assert_lt(th_max_abs_diff(y + r * H, want, H), 1e-4, "row %lld", (long long)r);
-    }
+    plain_calls pc = { &s, &a, &b, x };
+    expect_mix(f, 8, plain_answer, &pc);
     moe_fwd_free(f);
     close_side(&s);
     th_node_stop(&b, SIGTERM);
@@ -464,6 +490,25 @@ Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
  * its rows of both, in the forward and again in the backward */
 #define HD 16
 
+typedef struct {
+    side *s;
+    const th_node *a;
+    const float *x, *mask;   /* [B, HD] each */
+    int masked_differs;      /* some answer with an all-ones mask differed from the masked one */
+} masked_calls;
+
+/* masked_answer: expert e's answer to row r of x with its mask row, called alone; the same row with an
+ * all-ones mask must answer differently somewhere (the mask was really applied). */
+static void masked_answer(void *arg, int e, const char *uid, int64_t r, float *out)
+{
+    masked_calls *mc = arg;
+    float unmasked[HD], ones[HD];
+    call_rows(mc->s, uid, mc->a->maddr, (const float *[]){ mc->x + r * HD, mc->mask + r * HD }, 2, HD, out);
+    for (int d = 0; d < HD; d++) ones[d] = 1.0f;
+    call_rows(mc->s, uid, mc->a->maddr, (const float *[]){ mc->x + r * HD, ones }, 2, HD, unmasked);
+    for (int d = 0; d < HD; d++) mc->masked_differs |= fabsf(unmasked[d] - out[d]) > 1e-4f;
+}
+
 Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
 {
     th_node a;
@@ -503,30 +548,12 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
     }
     cr_assert(f, "the layer never saw the 4 det_dropout experts: %s", err);
     int D;
-    const float *y = moe_fwd_output(f, NULL, &D);
+    moe_fwd_output(f, NULL, &D);
     cr_assert_eq(D, HD);
 
-    int masked_differs = 0;
-    for (int64_t r = 0; r < B; r++) {
-        float want[HD] = {0}, wsum = 0;
-        for (int e = 0; e < 4; e++) {
-            char uid[16];
-            snprintf(uid, sizeof uid, "expert.%d", e);
-            float w = moe_fwd_expert_weight(f, r, uid);
-            if (w == 0) continue;
-            wsum += w;
-            float oe[HD], unmasked[HD], ones[HD];
-            call_rows(&s, uid, a.maddr, (const float *[]){ x + r * HD, mk + r * HD }, 2, HD, oe);
-            for (int d = 0; d < HD; d++) want[d] += w * oe[d];
-            /* the same row with an all-ones mask answers differently: the mask was really applied */
-            for (int d = 0; d < HD; d++) ones[d] = 1.0f;
-            call_rows(&s, uid, a.maddr, (const float *[]){ x + r * HD, ones }, 2, HD, unmasked);
-            for (int d = 0; d < HD; d++) masked_differs |= fabsf(unmasked[d] - oe[d]) > 1e-4f;
-        }
-        cr_assert_float_eq(wsum, 1.0f, 1e-5);
-        cr_assert_lt(th_max_abs_diff(y + r * HD, want, HD), 1e-4, "row %lld", (long long)r);
-    }
-    cr_assert(masked_differs, "the mask changed no output");
+    masked_calls mc = { &s, &a, x, mk, 0 };
+    expect_mix(f, 4, masked_answer, &mc);
+    cr_assert(mc.masked_differs, "the mask changed no output");
 
     const float *gx;
     cr_assert_eq(moe_backward_run(s.m, f, gy, 0, &gx, err, sizeof err), 0, "%s", err);

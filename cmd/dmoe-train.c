@@ -25,7 +25,7 @@
 
 #include "actors/grid/dht_experts.h"
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "kernels/kern_ops.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
@@ -318,27 +318,27 @@ out:
 
 int main(int argc, char **argv)
 {
-    app a;
-    memset(&a, 0, sizeof a);
-    a.task = "moe";
-    a.optimizer = "adam";
-    a.prefix = "expert.";
-    a.steps = 200;
-    a.batch = 64;
-    a.lr = 1e-3;
-    a.hidden = 512;
-    a.in_dim = 64;
-    a.classes = 8;
-    a.k_best = 2;
-    a.k_min = 1;
-    a.backward_k_min = 1;
-    a.log_every = 20;
-    a.fwd_timeout = 10;
-    a.after_k_min = 1.0;
-    a.bwd_timeout = 10;
-    a.balance = 0.01;
-    a.max_failed = 10;
-    a.first_loss = -1;
+    app a = {
+        .task = "moe",
+        .optimizer = "adam",
+        .prefix = "expert.",
+        .steps = 200,
+        .batch = 64,
+        .lr = 1e-3,
+        .hidden = 512,
+        .in_dim = 64,
+        .classes = 8,
+        .k_best = 2,
+        .k_min = 1,
+        .backward_k_min = 1,
+        .log_every = 20,
+        .fwd_timeout = 10,
+        .after_k_min = 1.0,
+        .bwd_timeout = 10,
+        .balance = 0.01,
+        .max_failed = 10,
+        .first_loss = -1,
+    };
     char **peers = NULL, **grid_words = NULL;
     const char *log_level = NULL;
     const rt_arg flags[] = {

@@ -1,8 +1,10 @@
 /* kern_expert.c -- the kern_model helpers every expert architecture's setup uses (see kern_expert.h):
- * named parameters at their offsets in the flat buffer, input and output descriptions. The list of
+ * named parameters at their offsets in the flat buffer, input and output descriptions, the common start
+ * of a setup and PyTorch's Linear initialisation. The list of
  * architectures is kern_classes.c. */
 #include "kernels/kern_expert.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,4 +40,23 @@ void kern_io_set(kern_io_info *io, const char *name, kern_dtype dtype, int64_t d
     io->ndim = d1 ? 2 : 1;
     io->dims[0] = d0;
     io->dims[1] = d1;
+}
+
+void kern_model_start(kern_model *m, const kern_class *cls, const kern_config *cfg, int64_t d0, int64_t d1)
+{
+    memset(m, 0, sizeof *m);
+    m->cls = cls;
+    m->cfg = *cfg;
+    m->n_in = 1;
+    kern_io_set(&m->in[0], "x", KERN_F32, d0, d1);
+    m->n_out = 1;
+    kern_io_set(&m->out[0], "output", KERN_F32, d0, d1);
+}
+
+void kern_init_linear(const kern_model *m, float *params, int w, kern_rng *r)
+{
+    const kern_param_info *pw = &m->params[w], *pb = &m->params[w + 1];
+    float bound = 1.0f / sqrtf((float)pw->shape[1]);
+    kern_init_uniform(params + pw->offset, pw->numel, bound, r);
+    kern_init_uniform(params + pb->offset, pb->numel, bound, r);
 }

@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/kern_rng.h"
+
 #define KERN_MAX_PARAMS 32   /* named parameter tensors per expert (the transformer has 12) */
 #define KERN_MAX_IO     4    /* inputs or outputs per expert */
 #define KERN_MAX_DIMS   4    /* dims of one row (the batch dim excluded) */
@@ -124,5 +126,11 @@ void kern_io_set(kern_io_info *io, const char *name, kern_dtype dtype, int64_t d
 /* kern_model_add_param appends a parameter of shape [d0] (d1 == 0) or [d0, d1] at the next offset;
  * a helper for setup functions. Returns 0 or DMOE_EINVAL when KERN_MAX_PARAMS is reached. */
 int kern_model_add_param(kern_model *m, const char *name, int64_t d0, int64_t d1);
+/* kern_model_start fills m for cls with cfg: no parameters, one input "x" and one output "output", both
+ * float32 rows of [d0] (d1 == 0) or [d0, d1]; a setup then adds its parameters and further inputs. */
+void kern_model_start(kern_model *m, const struct kern_class *cls, const kern_config *cfg, int64_t d0, int64_t d1);
+/* kern_init_linear gives parameter w of m (a Linear weight [out, in]) and parameter w + 1 (its bias [out])
+ * PyTorch's nn.Linear initialisation from r: U(-1/sqrt(in), 1/sqrt(in)), the weight drawn first. */
+void kern_init_linear(const kern_model *m, float *params, int w, kern_rng *r);
 
 #endif

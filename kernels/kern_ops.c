@@ -23,6 +23,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "runtime/rt_moments.h"
+
 /* ---------------------------------------------------------------- Linear */
 
 void kern_linear_fwd(const float *x, int64_t B, int64_t in, const float *W, const float *b, int64_t out,
@@ -206,14 +208,8 @@ void kern_layernorm_fwd(const float *x, int64_t B, int64_t H, const float *g, co
     for (int64_t i = 0; i < B; i++) {
         const float *xr = x + i * H;
         float *yr = y + i * H;
-        double s = 0.0;
-        for (int64_t j = 0; j < H; j++) s += xr[j];
-        float mu = (float)(s / (double)H);
-        double ss = 0.0;
-        for (int64_t j = 0; j < H; j++) {
-            float d = xr[j] - mu;
-            ss += (double)d * d;
-        }
+        double ss;
+        float mu = rt_row_moments(xr, (size_t)H, &ss);
         float rs = (float)(1.0 / sqrt(ss / (double)H + (double)eps));
         for (int64_t j = 0; j < H; j++) yr[j] = (xr[j] - mu) * rs * g[j] + b[j];
         if (mean) mean[i] = mu;

@@ -31,44 +31,32 @@
 #define OPTIM_CLIP_EPS 1e-6        /* torch.nn.utils.clip_grad_norm_ adds this to the norm */
 #define OPTIM_LAMB_CLAMP 10.0      /* torch_optimizer.Lamb clamps the weight norm to [0, 10] */
 
+/* Each optimizer's name and PyTorch defaults; the kind is the index. */
+static const struct {
+    const char *name;
+    kern_optim_cfg defaults;
+} optim_table[] = {
+    [KERN_OPT_NONE] = { "none", { .kind = KERN_OPT_NONE } },
+    [KERN_OPT_SGD] = { "sgd", { .kind = KERN_OPT_SGD, .lr = 0.01f } },
+    [KERN_OPT_ADAM] = { "adam", { .kind = KERN_OPT_ADAM, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f } },
+    [KERN_OPT_LAMB] = { "lamb", { .kind = KERN_OPT_LAMB, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f } },
+};
+#define OPTIM_KINDS (int)(sizeof optim_table / sizeof optim_table[0])
+
 int kern_optim_parse(const char *name, kern_optim_cfg *cfg)
 {
     if (!name || !cfg) return DMOE_EINVAL;
-    kern_optim_cfg c;
-    memset(&c, 0, sizeof c);
-    if (strcmp(name, "none") == 0) {
-        c.kind = KERN_OPT_NONE;
-    } else if (strcmp(name, "sgd") == 0) {
-        c.kind = KERN_OPT_SGD;
-        c.lr = 0.01f;
-    } else if (strcmp(name, "adam") == 0) {
-        c.kind = KERN_OPT_ADAM;
-        c.lr = 1e-3f;
-        c.beta1 = 0.9f;
-        c.beta2 = 0.999f;
-        c.eps = 1e-8f;
-    } else if (strcmp(name, "lamb") == 0) {
-        c.kind = KERN_OPT_LAMB;
-        c.lr = 1e-3f;
-        c.beta1 = 0.9f;
-        c.beta2 = 0.999f;
-        c.eps = 1e-6f;
-    } else {
-        return DMOE_EINVAL;
-    }
-    *cfg = c;
-    return 0;
+    for (int k = 0; k < OPTIM_KINDS; k++)
+        if (strcmp(name, optim_table[k].name) == 0) {
+            *cfg = optim_table[k].defaults;
+            return 0;
+        }
+    return DMOE_EINVAL;
 }
 
 const char *kern_optim_name(kern_optim_kind kind)
 {
-    switch (kind) {
-    case KERN_OPT_NONE: return "none";
-    case KERN_OPT_SGD: return "sgd";
-    case KERN_OPT_ADAM: return "adam";
-    case KERN_OPT_LAMB: return "lamb";
-    }
-    return "unknown";
+    return (int)kind >= 0 && (int)kind < OPTIM_KINDS ? optim_table[kind].name : "unknown";
 }
 
 int kern_optim_init(kern_optim *o, const kern_optim_cfg *cfg, size_t n)

@@ -31,7 +31,7 @@
 #include "actors/dht/dht_node.h"
 #include "actors/load/loadgen_cfg.h"
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "actors/net/remote.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_actor.h"

@@ -29,9 +29,10 @@
  * worker the layer starts for itself) and come back as mail. Callbacks run on the loop, never inside
  * the call that started them.
  *
- * Files: moe.c (the layer and its calls), moe_math.c (the arithmetic), moe_beam.c (the search),
- * moe_adapt.c (the DHT and the client behind the two ports), moe_health.c (leaving dead peers out),
- * moe_net.c (the set-up programs share).
+ * Files: moe.c (the layer and its forward record), moe_call.c (the call actor: dispatch, timing, the
+ * backward), moe_impl.h (their shared structs), moe_types.h (this interface's types), moe_math.c (the
+ * arithmetic); route/ finds the experts: moe_beam.c (the search), moe_adapt.c (the DHT and the client
+ * behind the two ports), moe_health.c (leaving dead peers out), moe_net.c (the set-up programs share).
  */
 #ifndef DMOE_MOE_H
 #define DMOE_MOE_H
@@ -39,61 +40,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "actors/moe/moe_beam.h"
-#include "actors/net/remote.h"
+#include "actors/moe/moe_types.h"   /* moe_cfg, moe_caller, moe_fwd_stats */
 #include "runtime/rt_actor.h"
-#include "runtime/rt_pool.h"
-
-typedef struct {
-    int in_features;
-    int out_features;           /* the experts' output width; 0: in_features (only used when no expert answered) */
-    int ndim;
-    int grid_size[MOE_MAX_DIMS];
-    char uid_prefix[UID_MAX_LEN + 1];
-    int k_best;
-    int k_min;                  /* 1 */
-    double forward_timeout;     /* seconds for the whole forward, beam search included; <= 0: 30 */
-    double timeout_after_k_min; /* seconds to wait for stragglers once k_min answered; < 0: until forward_timeout */
-    int backward_k_min;         /* 1 */
-    double backward_timeout;    /* seconds; <= 0: 30 */
-    int detect_anomalies;
-    int allow_zero_outputs;
-    double neg_cache_s;         /* negative caching of empty prefixes in the beam search (DHT_NEG_CACHE_S) */
-    uint64_t seed;              /* gating initialisation, jitter and grid dropout */
-    int is_switch;              /* RemoteSwitchMixtureOfExperts */
-    double jitter_eps;          /* switch: 1e-2 */
-    double grid_dropout;        /* switch: probability of KEEPING a coordinate, 1.0 */
-    double utilization_alpha;   /* switch: 0.9 */
-    rt_pool *pool;              /* workers for the gating GEMMs, on the layer's loop (must outlive the
-                                   layer); NULL: the layer starts one worker of its own */
-} moe_cfg;
 
 /* moe_cfg_default fills c with hivemind's defaults (k_best 1 in switch mode, else 4; the caller sets
  * in_features, grid_size, ndim, uid_prefix). */
 void moe_cfg_default(moe_cfg *c);
 
-/* ---- how experts are called ---- */
-
-/* Completion of one expert call: err 0 with out the expert's first output (forward) or first input
- * gradient (backward), which the callback takes over (rx_tensor_free it); else a DMOE_* code and msg. */
-typedef void (*moe_call_cb)(void *arg, int err, const char *msg, rx_tensor *out);
-
-/* A way to call experts. call sends in[0..n_in) (1 <= n_in <= KERN_MAX_IO; in[0] is x, the rest the
- * expert's extra inputs, row-aligned with x) and gout (a backward; NULL for a forward) to uid at addr;
- * the tensors are referenced, not consumed. cb runs later, exactly once, never inside call. Returns 0
- * or a negative code (cb will not run). */
-typedef struct {
-    void *impl;
-    int (*call)(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
-                const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg);
-} moe_caller;
-
-/* moe_caller_client (moe_adapt.h) is the caller over the expert-call client. */
-
 /* ---- the layer ---- */
-
-typedef struct moe_layer moe_layer;
-typedef struct moe_fwd moe_fwd;
 
 /* moe_layer_new creates a layer on loop l; succ and caller are copied (their impl must outlive the layer).
  * The gating weights get PyTorch's Linear initialisation from c->seed. Without c->pool the layer starts
@@ -114,14 +68,7 @@ const float *moe_layer_utilization(const moe_layer *m);
 /* moe_layer_free frees m (no call may still be running). NULL is a no-op. */
 void moe_layer_free(moe_layer *m);
 
-/* What a forward did. */
-typedef struct {
-    int experts_chosen;     /* distinct experts the beam search found for the batch */
-    int experts_answered;   /* of those, how many answered with a usable output */
-    int64_t zero_rows;      /* samples nobody answered (zeros with allow_zero_outputs) */
-    double search_ms, total_ms;
-    int beam_rounds;
-} moe_fwd_stats;
+/* ---- calls ---- */
 
 /* Completion of moe_forward: err 0 and f (the caller's now: moe_fwd_free), or an error with f NULL. */
 typedef void (*moe_fwd_cb)(void *arg, int err, const char *msg, moe_fwd *f);

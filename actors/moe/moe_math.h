@@ -1,7 +1,7 @@
 /* moe_math.h -- the Mixture-of-Experts layer's arithmetic: pure functions on buffers.
  *
- * Everything the layer (moe.c) computes, as opposed to waits for: the gating projection and the switch
- * layer's per-dimension softmax, one sample's mixing weights and output, the switch layer's
+ * Everything the layer (moe.c, moe_call.c) computes, as opposed to waits for: the gating projection and
+ * the switch layer's per-dimension softmax, one sample's mixing weights and output, the switch layer's
  * utilisation average and load-balancing loss, and the backward of each of them. No I/O, no clock, no
  * random draws (the layer draws the jitter and the dropout mask and hands them in), no allocation: the
  * caller owns every buffer. moe_math_gating and moe_math_gating_bwd, the two GEMMs, run on a worker
@@ -22,7 +22,7 @@
 
 #include <stdint.h>
 
-#include "actors/moe/moe_beam.h"
+#include "actors/moe/route/moe_beam.h"
 
 /* The shape of a grid's gating output. */
 typedef struct {

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "cmd/bench/bench.h"
 #include "kernels/kern_optim.h"
 #include "runtime/rt_actor.h"

@@ -11,7 +11,7 @@
 #include <sys/resource.h>
 
 #include "actors/load/loadgen.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/text/rt_args.h"

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"

@@ -14,7 +14,6 @@
  * Workspace (floats, B rows): forward and backward both use xm [B, H] (the masked, rescaled input)
  * and h [B, 2H] (the hidden activation after ReLU); the backward adds gh [B, 2H] (its gradient).
  */
-#include <math.h>
 #include <string.h>
 
 #include "kernels/kern_expert.h"
@@ -34,32 +33,22 @@ static int dd_setup(kern_model *m, const kern_config *cfg)
     if (!m || !cfg || cfg->hidden_dim <= 0 || cfg->hidden_dim > DD_MAX_HIDDEN) return DMOE_EINVAL;
     int64_t H = cfg->hidden_dim;
     kern_model t;
-    memset(&t, 0, sizeof t);
-    t.cls = &kern_det_dropout_class;
-    t.cfg = *cfg;
+    kern_model_start(&t, &kern_det_dropout_class, cfg, H, 0);
     if (kern_model_add_param(&t, "linear_in.weight", 2 * H, H) || kern_model_add_param(&t, "linear_in.bias", 2 * H, 0) ||
         kern_model_add_param(&t, "linear_out.weight", H, 2 * H) || kern_model_add_param(&t, "linear_out.bias", H, 0))
         return DMOE_EINVAL;
     t.n_in = 2;
-    kern_io_set(&t.in[0], "x", KERN_F32, H, 0);
     kern_io_set(&t.in[1], "mask", KERN_F32, H, 0);
-    t.n_out = 1;
-    kern_io_set(&t.out[0], "output", KERN_F32, H, 0);
     *m = t;
     return 0;
 }
 
 static void dd_init(const kern_model *m, float *params, uint64_t seed)
 {
-    int64_t H = m->cfg.hidden_dim;
     kern_rng r;
     kern_rng_seed(&r, seed);
-    float bound1 = 1.0f / sqrtf((float)H), bound2 = 1.0f / sqrtf((float)(2 * H));
-    const kern_param_info *p = m->params;
-    kern_init_uniform(params + p[DD_W1].offset, p[DD_W1].numel, bound1, &r);
-    kern_init_uniform(params + p[DD_B1].offset, p[DD_B1].numel, bound1, &r);
-    kern_init_uniform(params + p[DD_W2].offset, p[DD_W2].numel, bound2, &r);
-    kern_init_uniform(params + p[DD_B2].offset, p[DD_B2].numel, bound2, &r);
+    kern_init_linear(m, params, DD_W1, &r);
+    kern_init_linear(m, params, DD_W2, &r);
 }
 
 static size_t dd_forward_ws(const kern_model *m, int64_t B)

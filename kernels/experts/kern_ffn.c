@@ -20,7 +20,6 @@
  * forward's two GEMMs (a third of the work); GELU and the LayerNorm statistics are recomputed from them,
  * which costs little next to the products.
  */
-#include <math.h>
 #include <string.h>
 
 #include "kernels/kern_expert.h"
@@ -58,33 +57,23 @@ static int ffn_setup(kern_model *m, const kern_config *cfg)
     if (!m || !cfg || cfg->hidden_dim <= 0 || cfg->hidden_dim > FFN_MAX_HIDDEN) return DMOE_EINVAL;
     int64_t H = cfg->hidden_dim;
     kern_model t;
-    memset(&t, 0, sizeof t);
-    t.cls = &kern_ffn_class;
-    t.cfg = *cfg;
+    kern_model_start(&t, &kern_ffn_class, cfg, H, 0);
     if (kern_model_add_param(&t, "ffn.weight", 4 * H, H) || kern_model_add_param(&t, "ffn.bias", 4 * H, 0) ||
         kern_model_add_param(&t, "ffn_output.weight", H, 4 * H) ||
         kern_model_add_param(&t, "ffn_output.bias", H, 0) || kern_model_add_param(&t, "layer_norm.weight", H, 0) ||
         kern_model_add_param(&t, "layer_norm.bias", H, 0))
         return DMOE_EINVAL;
-    t.n_in = 1;
-    kern_io_set(&t.in[0], "x", KERN_F32, H, 0);
-    t.n_out = 1;
-    kern_io_set(&t.out[0], "output", KERN_F32, H, 0);
     *m = t;
     return 0;
 }
 
 static void ffn_init(const kern_model *m, float *params, uint64_t seed)
 {
-    int64_t H = m->cfg.hidden_dim;
     kern_rng r;
     kern_rng_seed(&r, seed);
-    float bound1 = 1.0f / sqrtf((float)H), bound2 = 1.0f / sqrtf((float)(4 * H));
+    kern_init_linear(m, params, FFN_W1, &r);
+    kern_init_linear(m, params, FFN_W2, &r);
     const kern_param_info *p = m->params;
-    kern_init_uniform(params + p[FFN_W1].offset, p[FFN_W1].numel, bound1, &r);
-    kern_init_uniform(params + p[FFN_B1].offset, p[FFN_B1].numel, bound1, &r);
-    kern_init_uniform(params + p[FFN_W2].offset, p[FFN_W2].numel, bound2, &r);
-    kern_init_uniform(params + p[FFN_B2].offset, p[FFN_B2].numel, bound2, &r);
     kern_init_const(params + p[FFN_G].offset, p[FFN_G].numel, 1.0f);
     kern_init_const(params + p[FFN_BETA].offset, p[FFN_BETA].numel, 0.0f);
 }

@@ -22,15 +22,7 @@ static int nop_setup_as(const kern_class *cls, kern_model *m, const kern_config 
 {
     if (!m || !cfg || cfg->hidden_dim <= 0 || cfg->hidden_dim > NOP_MAX_HIDDEN || cfg->delay_ms < 0)
         return DMOE_EINVAL;
-    kern_model t;
-    memset(&t, 0, sizeof t);
-    t.cls = cls;
-    t.cfg = *cfg;
-    t.n_in = 1;
-    kern_io_set(&t.in[0], "x", KERN_F32, cfg->hidden_dim, 0);
-    t.n_out = 1;
-    kern_io_set(&t.out[0], "output", KERN_F32, cfg->hidden_dim, 0);
-    *m = t;
+    kern_model_start(m, cls, cfg, cfg->hidden_dim, 0);
     return 0;
 }
 

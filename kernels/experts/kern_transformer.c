@@ -230,16 +230,22 @@ static const float *tr_probs_dropped(const tr_dims *d, const float *P, float *pd
     return pd;
 }
 
+/* tr_attn_scale is the scale 1/sqrt(D) of one head's scores q k^T. */
+static float tr_attn_scale(const tr_dims *d) { return 1.0f / sqrtf((float)d->D); }
+
+/* tr_head_at is where head h of row b starts in a packed [B, S, 3H] projection (or its gradient): its q
+ * there, its k H floats on, its v 2H floats on, each row 3H floats after the last. */
+static int64_t tr_head_at(const tr_dims *d, int64_t b, int64_t h) { return b * d->S * 3 * d->H + h * d->D; }
+
 /* tr_attention_fwd fills A->P and A->ctx from A->qkv and the key masks. */
 static void tr_attention_fwd(const tr_dims *d, const uint8_t *mask, tr_acts *A, uint64_t rng_seed)
 {
     const int64_t S = d->S, H = d->H, D = d->D, ld = 3 * H;
-    const float scale = 1.0f / sqrtf((float)D);
+    const float scale = tr_attn_scale(d);
     const uint64_t key = tr_site_key(rng_seed, SITE_ATTN);
     for (int64_t b = 0; b < d->B; b++) {
-        const float *qkv = A->qkv + b * S * ld;
         for (int64_t h = 0; h < TR_HEADS; h++) {
-            const float *q = qkv + h * D, *k = qkv + H + h * D, *v = qkv + 2 * H + h * D;
+            const float *q = A->qkv + tr_head_at(d, b, h), *k = q + H, *v = q + 2 * H;
             float *P = A->P + (b * TR_HEADS + h) * S * S;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)S, (int)S, (int)D, scale, q, (int)ld, k,
                         (int)ld, 0.0f, P, (int)S);
@@ -255,15 +261,13 @@ static void tr_attention_fwd(const tr_dims *d, const uint8_t *mask, tr_acts *A, 
 static void tr_attention_bwd(const tr_dims *d, const tr_acts *A, tr_grads *G, uint64_t rng_seed)
 {
     const int64_t S = d->S, H = d->H, D = d->D, ld = 3 * H;
-    const float scale = 1.0f / sqrtf((float)D);
+    const float scale = tr_attn_scale(d);
     const uint64_t key = tr_site_key(rng_seed, SITE_ATTN);
     for (int64_t b = 0; b < d->B; b++) {
-        const float *qkv = A->qkv + b * S * ld;
-        float *gqkv = G->gqkv + b * S * ld;
         const float *gctx = G->gctx + b * S * H;
         for (int64_t h = 0; h < TR_HEADS; h++) {
-            const float *q = qkv + h * D, *k = qkv + H + h * D, *v = qkv + 2 * H + h * D;
-            float *gq = gqkv + h * D, *gk = gqkv + H + h * D, *gv = gqkv + 2 * H + h * D;
+            const float *q = A->qkv + tr_head_at(d, b, h), *k = q + H, *v = q + 2 * H;
+            float *gq = G->gqkv + tr_head_at(d, b, h), *gk = gq + H, *gv = gq + 2 * H;
             const float *P = A->P + (b * TR_HEADS + h) * S * S;
             const float *Pd = tr_probs_dropped(d, P, A->pd, b, h, key);
             float *gs = G->gs;
@@ -333,9 +337,7 @@ static int tr_setup(kern_model *m, const kern_config *cfg)
     if (S > TR_MAX_DIM || H > TR_MAX_DIM) return DMOE_EINVAL;
 
     kern_model t;
-    memset(&t, 0, sizeof t);
-    t.cls = &kern_transformer_class;
-    t.cfg = *cfg;
+    kern_model_start(&t, &kern_transformer_class, cfg, S, H);
     t.cfg.seq_len = (int)S;
     int rc = 0;
     rc |= kern_model_add_param(&t, "self_attn.in_proj_weight", 3 * H, H);
@@ -353,10 +355,7 @@ static int tr_setup(kern_model *m, const kern_config *cfg)
     if (rc) return DMOE_EINVAL;
 
     t.n_in = 2;
-    kern_io_set(&t.in[0], "x", KERN_F32, S, H);
     kern_io_set(&t.in[1], "mask", KERN_U8, S, 0);
-    t.n_out = 1;
-    kern_io_set(&t.out[0], "output", KERN_F32, S, H);
     *m = t;
     return 0;
 }

@@ -130,15 +130,22 @@ int th_node_stop(th_node *n, int sig)
     return rc;
 }
 
-pid_t th_spawn(const char *prog, const char *const *args, const char *out_path)
+/* prog_argv fills path with prog's path in the build folder and argv[0..63] with it, then args (up to
+ * 62 of them), then NULL. */
+static void prog_argv(const char *prog, const char *const *args, char *path, size_t pathlen, const char **argv)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", build_dir(), prog);
-    const char *argv[64];
+    snprintf(path, pathlen, "%s/%s", build_dir(), prog);
     int k = 0;
     argv[k++] = path;
     for (int i = 0; args[i] && k < 63; i++) argv[k++] = args[i];
     argv[k] = NULL;
+}
+
+pid_t th_spawn(const char *prog, const char *const *args, const char *out_path)
+{
+    char path[512];
+    const char *argv[64];
+    prog_argv(prog, args, path, sizeof path, argv);
     int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return -1;
     pid_t pid = rt_spawn(path, argv, RT_SPAWN_INHERIT, fd, fd);
@@ -159,12 +166,8 @@ int th_wait(pid_t pid, int timeout_s)
 int th_run(const char *prog, const char *const *args, char *out, size_t cap, int timeout_s)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", build_dir(), prog);
     const char *argv[64];
-    int k = 0;
-    argv[k++] = path;
-    for (int i = 0; args[i] && k < 63; i++) argv[k++] = args[i];
-    argv[k] = NULL;
+    prog_argv(prog, args, path, sizeof path, argv);
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) != 0) return -1;   /* the child keeps only its stdout and stderr (dup2'd) */
     pid_t pid = rt_spawn(path, argv, RT_SPAWN_INHERIT, pfd[1], pfd[1]);

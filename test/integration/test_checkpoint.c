@@ -161,6 +161,24 @@ static size_t count_files(const char *dir)
     return count;
 }
 
+/* load_expert0 sets *m up as the nodes' ffn of hidden size H, and loads expert.0's newest checkpoint
+ * under root into a new *params (the caller frees it) and an adam *opt (kern_optim_free). Returns
+ * ckpt_load's code, with err filled. */
+static int load_expert0(const char *root, kern_model *m, float **params, kern_optim *opt, ckpt_loaded *info,
+                        char *err, size_t errlen)
+{
+    const kern_class *cls = kern_expert_find("ffn");
+    kern_config kc = {.hidden_dim = H};
+    *m = (kern_model){0};
+    cr_assert_eq(cls->setup(m, &kc), 0);
+    *params = calloc(m->n_floats, 4);
+    cr_assert(*params);
+    kern_optim_cfg oc;
+    cr_assert_eq(kern_optim_parse("adam", &oc), 0);
+    cr_assert_eq(kern_optim_init(opt, &oc, m->n_floats), 0);
+    return ckpt_load(root, "expert.0", m, *params, opt, info, err, errlen);
+}
+
 Test(checkpoint, restart_continues_bit_identically, .timeout = 90)
 {
     char root[128], dir[256], path[300];
@@ -179,20 +197,14 @@ Test(checkpoint, restart_continues_bit_identically, .timeout = 90)
     cr_assert_eq(access(path, R_OK), 0, "no %s", path);
 
     /* what the node should do next, computed here from the file */
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config kc = {.hidden_dim = H};
-    kern_model m = {0};
-    cls->setup(&m, &kc);
-    m.cls = cls;
-    float *params = calloc(m.n_floats, 4), *grads = calloc(m.n_floats, 4);
-    float *ws = calloc(cls->backward_ws(&m, B) + 16, 4), *gx = calloc(B * H, 4);
-    kern_optim_cfg oc;
-    kern_optim_parse("adam", &oc);
+    kern_model m;
+    float *params;
     kern_optim opt;
-    kern_optim_init(&opt, &oc, m.n_floats);
     ckpt_loaded info;
     char err[512];
-    cr_assert_eq(ckpt_load(root, "expert.0", &m, params, &opt, &info, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(load_expert0(root, &m, &params, &opt, &info, err, sizeof err), 1, "%s", err);
+    const kern_class *cls = m.cls;
+    float *grads = calloc(m.n_floats, 4), *ws = calloc(cls->backward_ws(&m, B) + 16, 4), *gx = calloc(B * H, 4);
     cr_assert_eq(info.step, 3);
     cr_assert_eq(info.samples_seen, 3 * B);
     cr_assert(info.has_optimizer);
@@ -201,7 +213,7 @@ Test(checkpoint, restart_continues_bit_identically, .timeout = 90)
     const float *go[1] = {gy};
     float *gi[1] = {gx};
     cls->backward(&m, params, B, in, go, gi, grads, ws, 0);
-    kern_optim_step(&opt, &m, params, grads, oc.lr);
+    kern_optim_step(&opt, &m, params, grads, opt.cfg.lr);
 
     /* restart from the file, one more step, stop: step-4 must hold exactly that */
     cr_assert_eq(th_node_start(&n, args), 0);
@@ -210,11 +222,10 @@ Test(checkpoint, restart_continues_bit_identically, .timeout = 90)
     free(log);
     backward_once(n.port, x, gy);
     cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
-    kern_model m2 = m;
-    float *p2 = calloc(m.n_floats, 4);
+    kern_model m2;
+    float *p2;
     kern_optim o2;
-    kern_optim_init(&o2, &oc, m.n_floats);
-    cr_assert_eq(ckpt_load(root, "expert.0", &m2, p2, &o2, &info, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(load_expert0(root, &m2, &p2, &o2, &info, err, sizeof err), 1, "%s", err);
     cr_assert_eq(info.step, 4);
     cr_assert_eq(memcmp(p2, params, m.n_floats * 4), 0, "weights differ from one exact step after the restart");
     cr_assert_eq(memcmp(o2.m, opt.m, m.n_floats * 4), 0, "first moments differ");
@@ -256,19 +267,12 @@ Test(checkpoint, sigkill_during_writes_keeps_a_loadable_state, .timeout = 120)
         usleep((useconds_t)(20000 + 3000 * round));
         cr_assert_eq(th_node_stop(&n, SIGKILL), 128 + SIGKILL);
         /* whatever the kill interrupted, the newest file that loads is at most one step behind the count */
-        const kern_class *cls = kern_expert_find("ffn");
-        kern_config kc = {.hidden_dim = H};
-        kern_model m = {0};
-        cls->setup(&m, &kc);
-        m.cls = cls;
-        float *params = calloc(m.n_floats, 4);
-        kern_optim_cfg oc;
-        kern_optim_parse("adam", &oc);
+        kern_model m;
+        float *params;
         kern_optim opt;
-        kern_optim_init(&opt, &oc, m.n_floats);
         ckpt_loaded info;
         char err[512];
-        int rc = ckpt_load(root, "expert.0", &m, params, &opt, &info, err, sizeof err);
+        int rc = load_expert0(root, &m, &params, &opt, &info, err, sizeof err);
         cr_assert_eq(rc, 1, "round %d: %s", round, err);
         cr_assert_geq(info.step, last_step, "round %d went back in time", round);
         last_step = info.step;

@@ -7,13 +7,14 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "test/integration/harness.h"
@@ -26,13 +27,24 @@ typedef struct {
     moe_layer *m;
 } side;
 
-static void open_side(side *s, const th_node *peer, int k_best, moe_cfg *over)
+/* open_layer joins a client to the swarm through peer and makes a layer of configuration c on it, its
+ * forward_timeout capped at 10 s and its backward_timeout 10 s. */
+static void open_layer(side *s, const th_node *peer, moe_cfg c)
 {
     s->l = rt_loop_new();
     char err[512];
     const char *peers[1] = { peer->maddr };
     s->net = moe_net_open(s->l, peers, 1, 0.5, err, sizeof err);
     cr_assert(s->net, "%s", err);
+    if (c.forward_timeout <= 0 || c.forward_timeout > 10) c.forward_timeout = 10;
+    c.backward_timeout = 10;
+    cr_assert_eq(moe_layer_new(s->l, &c, moe_net_succ(s->net), moe_net_caller(s->net), &s->m, err, sizeof err), 0, "%s", err);
+}
+
+/* open_side is open_layer for the tests' usual layer: c (NULL: the defaults) over H inputs and a grid of
+ * 8 experts in one dimension, k_best, seed 9. */
+static void open_side(side *s, const th_node *peer, int k_best, const moe_cfg *over)
+{
     moe_cfg c;
     if (over) c = *over;
     else moe_cfg_default(&c);
@@ -41,9 +53,7 @@ static void open_side(side *s, const th_node *peer, int k_best, moe_cfg *over)
     c.grid_size[0] = 8;
     c.k_best = k_best;
     c.seed = 9;
-    if (c.forward_timeout <= 0 || c.forward_timeout > 10) c.forward_timeout = 10;
-    c.backward_timeout = 10;
-    cr_assert_eq(moe_layer_new(s->l, &c, moe_net_succ(s->net), moe_net_caller(s->net), &s->m, err, sizeof err), 0, "%s", err);
+    open_layer(s, peer, c);
 }
 
 static void close_side(side *s)
@@ -53,18 +63,43 @@ static void close_side(side *s)
     rt_loop_free(s->l);
 }
 
-static void start(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
-                  const char *extra1, const char *extra2)
+/* start_v starts node n serving num experts of pattern, of class cls (NULL: ffn) and hidden size hid,
+ * joined through peer_maddr (NULL: the first node), with the flags in ap (up to a NULL). */
+static void start_v(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
+                    const char *hid, va_list ap)
 {
-    const char *args[24] = { "--expert_cls", cls ? cls : "ffn", "--hidden_dim", "32", "--num_experts", num,
+    const char *args[32] = { "--expert_cls", cls ? cls : "ffn", "--hidden_dim", hid, "--num_experts", num,
                              "--expert_pattern", pattern, "--update_period", "0.5", "--expiration", "2",
                              "--num_workers", "1" };
     int k = 14;
     if (peer_maddr) { args[k++] = "--initial_peers"; args[k++] = peer_maddr; }
-    if (extra1) args[k++] = extra1;
-    if (extra2) args[k++] = extra2;
+    for (const char *e; (e = va_arg(ap, const char *)) != NULL;) {
+        cr_assert(k < 31, "too many flags");
+        args[k++] = e;
+    }
     args[k] = NULL;
     cr_assert_eq(th_node_start(n, args), 0);
+}
+
+/* start is start_v with the flags as arguments, NULL last. */
+static void start(th_node *n, const char *pattern, const char *num, const char *peer_maddr, const char *cls,
+                  const char *hid, ...)
+{
+    va_list ap;
+    va_start(ap, hid);
+    start_v(n, pattern, num, peer_maddr, cls, hid, ap);
+    va_end(ap);
+}
+
+/* start_pair starts the tests' usual swarm of hidden size H: a serves ffn experts expert.[0:4], b serves
+ * expert.[4:8] of class cls_b (NULL: ffn) with the flags that follow (NULL last), joined through a. */
+static void start_pair(th_node *a, th_node *b, const char *cls_b, ...)
+{
+    start(a, "expert.[0:4]", "4", NULL, NULL, "32", NULL);
+    va_list ap;
+    va_start(ap, cls_b);
+    start_v(b, "expert.[4:8]", "4", a->maddr, cls_b, "32", ap);
+    va_end(ap);
 }
 
 static void fill(float *x, size_t n, uint64_t seed) { th_fill_normal(x, n, seed); }
@@ -102,11 +137,79 @@ static void on_one(void *arg, int err, const char *msg, rx_tensor *out)
     rt_loop_break(o->l);
 }
 
+/* call_rows calls expert uid at maddr through the layer's caller with n_in one-row float32 inputs,
+ * rows[i] of D floats each (x, then the extra inputs), and writes its output row (D floats) to out. */
+static void call_rows(side *s, const char *uid, const char *maddr, const float *const *rows, int n_in, int D,
+                      float *out)
+{
+    wire_maddr addr;
+    char e2[256];
+    cr_assert_eq(wire_maddr_parse(maddr, &addr, e2, sizeof e2), 0, "%s", e2);
+    rx_tensor in[KERN_MAX_IO];
+    int64_t shape[2] = { 1, D };
+    for (int i = 0; i < n_in; i++) {
+        cr_assert_eq(rx_tensor_alloc(&in[i], WIRE_DT_F32, 2, shape), 0);
+        memcpy(rx_tensor_f32(&in[i]), rows[i], (size_t)D * sizeof(float));
+    }
+    one o = { .l = s->l };
+    const moe_caller *cl = moe_net_caller(s->net);
+    cr_assert_eq(cl->call(cl->impl, uid, &addr, in, n_in, NULL, 5000, on_one, &o), 0);
+    while (!o.done) rt_loop_run(s->l);
+    cr_assert_eq(o.err, 0, "%s", uid);
+    memcpy(out, rx_tensor_f32(&o.out), (size_t)D * sizeof(float));
+    rx_tensor_free(&o.out);
+    for (int i = 0; i < n_in; i++) rx_tensor_free(&in[i]);
+}
+
+/* single_call returns expert uid's output for row x (H floats) through the layer's caller. */
+static void single_call(side *s, const char *uid, const char *maddr, const float *x, float *out)
+{
+    call_rows(s, uid, maddr, &x, 1, H, out);
+}
+
+/* expect_mix asserts, for each of f's rows (D floats), that the weights the forward gave expert.0 ..
+ * expert.<n_exp - 1> sum to 1 and that the row is their weighted sum of the experts' own answers, which
+ * answer(arg, e, uid, r, out) writes (D floats, at most 64). */
+static void expect_mix(const moe_fwd *f, int n_exp, void (*answer)(void *arg, int e, const char *uid, int64_t r, float *out),
+                       void *arg)
+{
+    int64_t B;
+    int D;
+    const float *y = moe_fwd_output(f, &B, &D);
+    cr_assert(D > 0 && D <= 64);
+    for (int64_t r = 0; r < B; r++) {
+        float want[64] = {0}, oe[64], wsum = 0;
+        for (int e = 0; e < n_exp; e++) {
+            char uid[16];
+            snprintf(uid, sizeof uid, "expert.%d", e);
+            float w = moe_fwd_expert_weight(f, r, uid);
+            if (w == 0) continue;
+            wsum += w;
+            answer(arg, e, uid, r, oe);
+            for (int d = 0; d < D; d++) want[d] += w * oe[d];
+        }
+        cr_assert_float_eq(wsum, 1.0f, 1e-5);
+        cr_assert_lt(th_max_abs_diff(y + r * D, want, D), 1e-4, "row %lld", (long long)r);
+    }
+}
+
+typedef struct {
+    side *s;
+    const th_node *a, *b;   /* expert.0-3 live on a, expert.4-7 on b */
+    const float *x;
+} plain_calls;
+
+/* plain_answer: expert e's answer to row r of x, called alone. */
+static void plain_answer(void *arg, int e, const char *uid, int64_t r, float *out)
+{
+    plain_calls *p = arg;
+    single_call(p->s, uid, e < 4 ? p->a->maddr : p->b->maddr, p->x + r * H, out);
+}
+
 Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[4:8]", "4", a.maddr, NULL, NULL, NULL);
+    start_pair(&a, &b, NULL, NULL);
     side s;
     moe_cfg c;
     moe_cfg_default(&c);
@@ -120,36 +223,10 @@ Test(moe_net, forward_is_softmax_combination_of_single_calls, .timeout = 90)
     char err[256];
     cr_assert_eq(moe_forward_run(s.m, x, B, &f, err, sizeof err), 0, "%s", err);
     int D;
-    const float *y = moe_fwd_output(f, NULL, &D);
+    moe_fwd_output(f, NULL, &D);
     cr_assert_eq(D, H);
-    const moe_caller *cl = moe_net_caller(s.net);
-    for (int64_t r = 0; r < B; r++) {
-        float want[H] = {0}, wsum = 0;
-        for (int e = 0; e < 8; e++) {
-            char uid[16];
-            snprintf(uid, sizeof uid, "expert.%d", e);
-            float w = moe_fwd_expert_weight(f, r, uid);
-            if (w == 0) continue;
-            wsum += w;
-            wire_maddr addr;
-            char e2[256];
-            cr_assert_eq(wire_maddr_parse(e < 4 ? a.maddr : b.maddr, &addr, e2, sizeof e2), 0);
-            rx_tensor xi;
-            int64_t shape[2] = { 1, H };
-            rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape);
-            memcpy(rx_tensor_f32(&xi), x + r * H, H * sizeof(float));
-            one o = { .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, 1, NULL, 5000, on_one, &o), 0);
-            while (!o.done) rt_loop_run(s.l);
-            cr_assert_eq(o.err, 0);
-            const float *oe = rx_tensor_f32(&o.out);
-            for (int d = 0; d < H; d++) want[d] += w * oe[d];
-            rx_tensor_free(&o.out);
-            rx_tensor_free(&xi);
-        }
-        cr_assert_float_eq(wsum, 1.0f, 1e-5);
-        cr_assert_lt(th_max_abs_diff(y + r * H, want, H), 1e-4, "row %lld", (long long)r);
-    }
+    plain_calls pc = { &s, &a, &b, x };
+    expect_mix(f, 8, plain_answer, &pc);
     moe_fwd_free(f);
     close_side(&s);
     th_node_stop(&b, SIGTERM);
@@ -178,8 +255,7 @@ static int step(side *s, uint64_t seed, int *answered)
 Test(moe_net, training_survives_sigkill_and_all_gone_is_an_error, .timeout = 120)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[4:8]", "4", a.maddr, NULL, NULL, NULL);
+    start_pair(&a, &b, NULL, NULL);
     side s;
     moe_cfg c;
     moe_cfg_default(&c);
@@ -231,8 +307,7 @@ Test(moe_net, training_survives_sigkill_and_all_gone_is_an_error, .timeout = 120
 Test(moe_net, hanging_node_cut_off_by_timeout_after_k_min, .timeout = 90)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[4:8]", "4", a.maddr, "nop_delay", "--delay_ms", "5000");
+    start_pair(&a, &b, "nop_delay", "--delay_ms", "5000", NULL);
     side s;
     moe_cfg c;
     moe_cfg_default(&c);
@@ -263,26 +338,6 @@ Test(moe_net, hanging_node_cut_off_by_timeout_after_k_min, .timeout = 90)
     th_node_stop(&a, SIGTERM);
 }
 
-/* single_call returns expert uid's output for row x (H floats) through the layer's caller. */
-static void single_call(side *s, const char *uid, const char *maddr, const float *x, float *out)
-{
-    wire_maddr addr;
-    char e2[256];
-    cr_assert_eq(wire_maddr_parse(maddr, &addr, e2, sizeof e2), 0, "%s", e2);
-    rx_tensor xi;
-    int64_t shape[2] = { 1, H };
-    cr_assert_eq(rx_tensor_alloc(&xi, WIRE_DT_F32, 2, shape), 0);
-    memcpy(rx_tensor_f32(&xi), x, H * sizeof(float));
-    one o = { .l = s->l };
-    const moe_caller *cl = moe_net_caller(s->net);
-    cr_assert_eq(cl->call(cl->impl, uid, &addr, &xi, 1, NULL, 5000, on_one, &o), 0);
-    while (!o.done) rt_loop_run(s->l);
-    cr_assert_eq(o.err, 0, "%s", uid);
-    memcpy(out, rx_tensor_f32(&o.out), H * sizeof(float));
-    rx_tensor_free(&o.out);
-    rx_tensor_free(&xi);
-}
-
 static int all_finite(const float *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -298,11 +353,7 @@ static int all_finite(const float *v, size_t n)
 Test(moe_net, node_answering_nan_is_ignored_with_detect_anomalies, .timeout = 120)
 {
     th_node a, b;
-    start(&a, "expert.[0:4]", "4", NULL, NULL, NULL, NULL);
-    const char *args_b[] = { "--expert_cls", "ffn", "--hidden_dim", "32", "--num_experts", "4", "--expert_pattern",
-                             "expert.[4:8]", "--update_period", "0.5", "--expiration", "2", "--num_workers", "1",
-                             "--initial_peers", a.maddr, "--optimizer", "sgd", "--lr", "1e30", NULL };
-    cr_assert_eq(th_node_start(&b, args_b), 0);
+    start_pair(&a, &b, NULL, "--optimizer", "sgd", "--lr", "1e30", NULL);
 
     char dir[] = "/tmp/dmoe-nan.XXXXXX", xp[64], gp[64], yp[64], out[8192];
     cr_assert(mkdtemp(dir));
@@ -408,8 +459,8 @@ Test(moe_net, node_answering_nan_is_ignored_with_detect_anomalies, .timeout = 12
 Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
 {
     th_node a, b;
-    start(&a, "expert.[0:5]", "5", NULL, NULL, NULL, NULL);
-    start(&b, "expert.[5:15]", "10", a.maddr, NULL, NULL, NULL);
+    start(&a, "expert.[0:5]", "5", NULL, NULL, "32", NULL);
+    start(&b, "expert.[5:15]", "10", a.maddr, NULL, "32", NULL);
     char out[16384];
     const char *chain[] = { "--task", "chain", "--initial_peers", a.maddr, "--hidden_dim", "32", "--steps", "300",
                             "--batch_size", "32", "--log_every", "50", "--seed", "1", NULL };
@@ -439,19 +490,30 @@ Test(moe_net, dmoe_train_chain_and_moe_learn, .timeout = 120)
  * its rows of both, in the forward and again in the backward */
 #define HD 16
 
+typedef struct {
+    side *s;
+    const th_node *a;
+    const float *x, *mask;   /* [B, HD] each */
+    int masked_differs;      /* some answer with an all-ones mask differed from the masked one */
+} masked_calls;
+
+/* masked_answer: expert e's answer to row r of x with its mask row, called alone; the same row with an
+ * all-ones mask must answer differently somewhere (the mask was really applied). */
+static void masked_answer(void *arg, int e, const char *uid, int64_t r, float *out)
+{
+    masked_calls *mc = arg;
+    float unmasked[HD], ones[HD];
+    call_rows(mc->s, uid, mc->a->maddr, (const float *[]){ mc->x + r * HD, mc->mask + r * HD }, 2, HD, out);
+    for (int d = 0; d < HD; d++) ones[d] = 1.0f;
+    call_rows(mc->s, uid, mc->a->maddr, (const float *[]){ mc->x + r * HD, ones }, 2, HD, unmasked);
+    for (int d = 0; d < HD; d++) mc->masked_differs |= fabsf(unmasked[d] - out[d]) > 1e-4f;
+}
+
 Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
 {
     th_node a;
-    const char *args[] = { "--expert_cls", "det_dropout", "--hidden_dim", "16", "--num_experts", "4",
-                           "--expert_pattern", "expert.[0:4]", "--update_period", "0.5", "--expiration", "2",
-                           "--num_workers", "1", NULL };
-    cr_assert_eq(th_node_start(&a, args), 0);
+    start(&a, "expert.[0:4]", "4", NULL, "det_dropout", "16", NULL);
     side s;
-    s.l = rt_loop_new();
-    char err[512];
-    const char *peers[1] = { a.maddr };
-    s.net = moe_net_open(s.l, peers, 1, 0.5, err, sizeof err);
-    cr_assert(s.net, "%s", err);
     moe_cfg c;
     moe_cfg_default(&c);
     c.in_features = HD;
@@ -461,8 +523,8 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
     c.seed = 3;
     c.timeout_after_k_min = -1;
     c.forward_timeout = 10;
-    c.backward_timeout = 10;
-    cr_assert_eq(moe_layer_new(s.l, &c, moe_net_succ(s.net), moe_net_caller(s.net), &s.m, err, sizeof err), 0, "%s", err);
+    open_layer(&s, &a, c);
+    char err[512];
 
     enum { B = 12 };
     float x[B * HD], gy[B * HD];
@@ -486,52 +548,12 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
     }
     cr_assert(f, "the layer never saw the 4 det_dropout experts: %s", err);
     int D;
-    const float *y = moe_fwd_output(f, NULL, &D);
+    moe_fwd_output(f, NULL, &D);
     cr_assert_eq(D, HD);
 
-    wire_maddr addr;
-    char e2[256];
-    cr_assert_eq(wire_maddr_parse(a.maddr, &addr, e2, sizeof e2), 0, "%s", e2);
-    const moe_caller *cl = moe_net_caller(s.net);
-    int masked_differs = 0;
-    for (int64_t r = 0; r < B; r++) {
-        float want[HD] = {0}, wsum = 0;
-        for (int e = 0; e < 4; e++) {
-            char uid[16];
-            snprintf(uid, sizeof uid, "expert.%d", e);
-            float w = moe_fwd_expert_weight(f, r, uid);
-            if (w == 0) continue;
-            wsum += w;
-            rx_tensor in[2];
-            int64_t one_row[2] = { 1, HD };
-            cr_assert_eq(rx_tensor_alloc(&in[0], WIRE_DT_F32, 2, one_row), 0);
-            cr_assert_eq(rx_tensor_alloc(&in[1], WIRE_DT_F32, 2, one_row), 0);
-            memcpy(rx_tensor_f32(&in[0]), x + r * HD, HD * sizeof(float));
-            memcpy(rx_tensor_f32(&in[1]), mk + r * HD, HD * sizeof(float));
-            one o = { .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, in, 2, NULL, 5000, on_one, &o), 0);
-            while (!o.done) rt_loop_run(s.l);
-            cr_assert_eq(o.err, 0, "%s", uid);
-            float oe[HD];
-            memcpy(oe, rx_tensor_f32(&o.out), sizeof oe);
-            for (int d = 0; d < HD; d++) want[d] += w * oe[d];
-            rx_tensor_free(&o.out);
-            /* the same row with an all-ones mask answers differently: the mask was really applied */
-            for (int d = 0; d < HD; d++) rx_tensor_f32(&in[1])[d] = 1.0f;
-            o = (one){ .l = s.l };
-            cr_assert_eq(cl->call(cl->impl, uid, &addr, in, 2, NULL, 5000, on_one, &o), 0);
-            while (!o.done) rt_loop_run(s.l);
-            cr_assert_eq(o.err, 0, "%s", uid);
-            const float *unmasked = rx_tensor_f32(&o.out);
-            for (int d = 0; d < HD; d++) masked_differs |= fabsf(unmasked[d] - oe[d]) > 1e-4f;
-            rx_tensor_free(&o.out);
-            rx_tensor_free(&in[0]);
-            rx_tensor_free(&in[1]);
-        }
-        cr_assert_float_eq(wsum, 1.0f, 1e-5);
-        cr_assert_lt(th_max_abs_diff(y + r * HD, want, HD), 1e-4, "row %lld", (long long)r);
-    }
-    cr_assert(masked_differs, "the mask changed no output");
+    masked_calls mc = { &s, &a, x, mk, 0 };
+    expect_mix(f, 4, masked_answer, &mc);
+    cr_assert(mc.masked_differs, "the mask changed no output");
 
     const float *gx;
     cr_assert_eq(moe_backward_run(s.m, f, gy, 0, &gx, err, sizeof err), 0, "%s", err);

@@ -8,6 +8,8 @@
  */
 #include "test/unit/refdata.h"
 
+#include <criterion/criterion.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,4 +190,136 @@ int refdata_shape(const refdata *rd, const char *name, int64_t *shape)
     if (shape)
         for (int i = 0; i < t->ndim; i++) shape[i] = t->shape[i];
     return t->ndim;
+}
+
+void refdata_expect_close(const char *what, const float *got, const float *want, size_t n, float atol, float rtol)
+{
+    for (size_t i = 0; i < n; i++) {
+        float tol = atol + rtol * fabsf(want[i]);
+        cr_assert(isfinite(got[i]) && fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i,
+                  (double)got[i], (double)want[i]);
+    }
+}
+
+/* ref_param returns rd's tensor "<prefix>.<p's name>", asserting that it has p's shape. */
+static const float *ref_param(const refdata *rd, const char *prefix, const kern_param_info *p, char *key, size_t keylen)
+{
+    snprintf(key, keylen, "%s.%s", prefix, p->name);
+    int64_t shape[REFDATA_MAX_DIMS];
+    cr_assert_eq(refdata_shape(rd, key, shape), p->ndim, "%s missing or of another rank", key);
+    for (int d = 0; d < p->ndim; d++) cr_assert_eq(shape[d], p->shape[d], "%s dim %d", key, d);
+    size_t n = 0;
+    const float *t = refdata_f32(rd, key, &n);
+    cr_assert(t, "%s is not f32", key);
+    cr_assert_eq(n, p->numel, "%s numel", key);
+    return t;
+}
+
+void refdata_load_params(const refdata *rd, const kern_model *m, float *params)
+{
+    for (int i = 0; i < m->n_params; i++) {
+        char key[96];
+        const kern_param_info *p = &m->params[i];
+        memcpy(params + p->offset, ref_param(rd, "param", p, key, sizeof key), p->numel * sizeof *params);
+    }
+}
+
+void refdata_expect_grads(const refdata *rd, const kern_model *m, const float *grads, float atol, float rtol)
+{
+    for (int i = 0; i < m->n_params; i++) {
+        char key[96];
+        const kern_param_info *p = &m->params[i];
+        const float *want = ref_param(rd, "grad", p, key, sizeof key);
+        refdata_expect_close(key, grads + p->offset, want, p->numel, atol, rtol);
+    }
+}
+
+const kern_class *refdata_model(const char *cls_name, int hidden, kern_model *m)
+{
+    const kern_class *cls = kern_expert_find(cls_name);
+    cr_assert(cls, "no expert class %s", cls_name);
+    kern_config cfg = {.hidden_dim = hidden};
+    cr_assert_eq(cls->setup(m, &cfg), 0, "%s setup at hidden size %d", cls_name, hidden);
+    cr_assert_eq(m->cls, cls);
+    return cls;
+}
+
+/* ---- one expert class against one reference file ---- */
+
+void refdata_case_open(refdata_case *c, const char *cls_name, const char *file)
+{
+    memset(c, 0, sizeof *c);
+    c->rd = refdata_load(file);
+    cr_assert(c->rd, "cannot load %s", file);
+    int64_t shape[REFDATA_MAX_DIMS];
+    cr_assert_eq(refdata_shape(c->rd, "input0", shape), 2);
+    c->B = shape[0];
+    c->cls = refdata_model(cls_name, (int)shape[1], &c->m);
+    c->params = calloc(c->m.n_floats, sizeof *c->params);
+    c->grads = calloc(c->m.n_floats, sizeof *c->grads);
+    cr_assert(c->params && c->grads);
+    refdata_load_params(c->rd, &c->m, c->params);
+    for (int i = 0; i < c->m.n_in; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "input%d", i);
+        size_t n = 0;
+        const float *f = refdata_f32(c->rd, key, &n);
+        const uint8_t *u = f ? NULL : refdata_u8(c->rd, key, &n);
+        cr_assert(f || u, "%s missing", key);
+        cr_assert_eq(n, (size_t)c->B * kern_io_numel(&c->m.in[i]), "%s numel", key);
+        cr_assert_eq(c->m.in[i].dtype, KERN_F32, "%s: only float32 inputs here", key);
+        c->in[i] = malloc(n * sizeof *c->in[i]);   /* a u8 0/1 mask is stored as u8 or f32 */
+        c->gin[i] = malloc(n * sizeof *c->gin[i]);
+        cr_assert(c->in[i] && c->gin[i]);
+        for (size_t j = 0; j < n; j++) c->in[i][j] = f ? f[j] : (float)u[j];
+        c->n_in_elems[i] = n;
+    }
+    c->nx = c->n_in_elems[0];
+    c->y = calloc(c->nx, sizeof *c->y);
+    size_t wsn = c->cls->forward_ws(&c->m, c->B), wbn = c->cls->backward_ws(&c->m, c->B);
+    c->ws = malloc((wsn > wbn ? wsn : wbn) * sizeof *c->ws);
+    cr_assert(c->y && c->ws);
+}
+
+int refdata_case_forward(refdata_case *c, uint64_t seed)
+{
+    const void *in[KERN_MAX_IO];
+    for (int i = 0; i < c->m.n_in; i++) in[i] = c->in[i];
+    float *out[1] = {c->y};
+    return c->cls->forward(&c->m, c->params, c->B, in, out, c->ws, seed);
+}
+
+int refdata_case_backward(refdata_case *c, int with_grad_in, uint64_t seed)
+{
+    const void *in[KERN_MAX_IO];
+    for (int i = 0; i < c->m.n_in; i++) in[i] = c->in[i];
+    const float *gout[1] = {refdata_f32(c->rd, "grad_output", NULL)};
+    cr_assert(gout[0], "grad_output missing");
+    return c->cls->backward(&c->m, c->params, c->B, in, gout, with_grad_in ? c->gin : NULL, c->grads, c->ws, seed);
+}
+
+void refdata_case_check(refdata_case *c, float atol, float rtol, uint64_t seed)
+{
+    const float *want_y = refdata_f32(c->rd, "output", NULL), *want_gx = refdata_f32(c->rd, "grad_input0", NULL);
+    cr_assert(want_y && want_gx, "output or grad_input0 missing");
+    cr_assert_eq(refdata_case_forward(c, seed), 0);
+    refdata_expect_close("output", c->y, want_y, c->nx, atol, rtol);
+    memset(c->grads, 0xff, c->m.n_floats * sizeof *c->grads);   /* NaN: every gradient must be overwritten */
+    for (int i = 0; i < c->m.n_in; i++) memset(c->gin[i], 0xff, c->n_in_elems[i] * sizeof *c->gin[i]);
+    cr_assert_eq(refdata_case_backward(c, 1, seed), 0);
+    refdata_expect_close("grad_input0", c->gin[0], want_gx, c->nx, atol, rtol);
+    refdata_expect_grads(c->rd, &c->m, c->grads, atol, rtol);
+}
+
+void refdata_case_close(refdata_case *c)
+{
+    for (int i = 0; i < KERN_MAX_IO; i++) {
+        free(c->in[i]);
+        free(c->gin[i]);
+    }
+    free(c->ws);
+    free(c->y);
+    free(c->grads);
+    free(c->params);
+    refdata_free(c->rd);
 }

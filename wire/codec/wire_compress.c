@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_moments.h"
 
 #define CS_F16_MAX 65504.0f        /* torch.finfo(torch.float16).max: hivemind clamps to +-this */
 #define CS_U8_BINS 256             /* 8-bit indices */
@@ -226,14 +227,8 @@ static void cs_meanstd_enc(const float *x, size_t n, size_t rows, uint8_t *out)
         }
         const float *row = x + r * len;
         uint8_t *body = out + 2 * r * len;
-        double sum = 0.0;
-        for (size_t i = 0; i < len; i++) sum += row[i];
-        float mean = (float)(sum / (double)len);
-        double ss = 0.0;
-        for (size_t i = 0; i < len; i++) {
-            float c = row[i] - mean;
-            ss += (double)c * c;
-        }
+        double ss;
+        float mean = rt_row_moments(row, len, &ss);
         float std = (float)(sqrt(ss) / sqrt((double)len));
         if (!(std >= FLT_EPSILON)) std = FLT_EPSILON;       /* hivemind's clamp_min_(FP32_EPS) */
         for (size_t i = 0; i < len; i++) {

@@ -168,6 +168,48 @@ int dht_proto_peer_decode(const msgpack_object *map, const char *key, dht_peer_i
     return 0;
 }
 
+/* pack_node ends a message with its "node" field: the sender's own peer info. Returns o. */
+static wire_out *pack_node(wire_out *o, const dht_peer_info *self)
+{
+    wire_pack_str(wire_out_pk(o), "node");
+    pack_peer(wire_out_pk(o), self);
+    return o;
+}
+
+/* reply_new starts the reply to request id as a map of nfields fields, or returns NULL (no memory). */
+static wire_out *reply_new(uint64_t id, uint32_t nfields)
+{
+    wire_out *o = wire_out_new();
+    if (!o) return NULL;
+    wire_reply_begin(o, id);
+    msgpack_pack_map(wire_out_pk(o), nfields);
+    return o;
+}
+
+/* list_reply starts the reply {key: [n items], node} to request id: the caller packs the n items, then
+ * pack_node. Returns NULL when out of memory. */
+static wire_out *list_reply(uint64_t id, const char *key, size_t n)
+{
+    wire_out *o = reply_new(id, 2);
+    if (!o) return NULL;
+    wire_pack_str(wire_out_pk(o), key);
+    msgpack_pack_array(wire_out_pk(o), n);
+    return o;
+}
+
+/* keys_req starts request method with nfields fields, the first "keys" (an array of n ids, which the
+ * caller packs next). Returns NULL for n outside 1..DHT_PROTO_MAX_KEYS or when out of memory. */
+static wire_out *keys_req(uint64_t id, const char *method, uint32_t nfields, size_t n)
+{
+    if (n == 0 || n > DHT_PROTO_MAX_KEYS) return NULL;
+    wire_out *o = wire_out_new();
+    if (!o) return NULL;
+    wire_request_begin(o, id, method, nfields);
+    wire_pack_str(wire_out_pk(o), "keys");
+    msgpack_pack_array(wire_out_pk(o), n);
+    return o;
+}
+
 /* ---- ping ---- */
 
 wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self)
@@ -175,20 +217,13 @@ wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self)
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     wire_request_begin(o, id, "dht_ping", 3);
-    wire_pack_str(wire_out_pk(o), "node");
-    pack_peer(wire_out_pk(o), self);
-    return o;
+    return pack_node(o, self);
 }
 
 wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self)
 {
-    wire_out *o = wire_out_new();
-    if (!o) return NULL;
-    wire_reply_begin(o, id);
-    msgpack_pack_map(wire_out_pk(o), 1);
-    wire_pack_str(wire_out_pk(o), "node");
-    pack_peer(wire_out_pk(o), self);
-    return o;
+    wire_out *o = reply_new(id, 1);
+    return o ? pack_node(o, self) : NULL;
 }
 
 /* ---- store ---- */
@@ -196,13 +231,9 @@ wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self)
 wire_out *dht_proto_store_req(uint64_t id, const dht_peer_info *sender, const dht_store_item *items, size_t n,
                               int in_cache)
 {
-    if (n == 0 || n > DHT_PROTO_MAX_KEYS) return NULL;
-    wire_out *o = wire_out_new();
+    wire_out *o = keys_req(id, "dht_store", 8, n);
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    wire_request_begin(o, id, "dht_store", 8);
-    wire_pack_str(pk, "keys");
-    msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) pack_bin(pk, items[i].key.b, DHT_ID_BYTES);
     wire_pack_str(pk, "subkeys");
     msgpack_pack_array(pk, n);
@@ -302,20 +333,14 @@ int dht_proto_store_decode(const msgpack_object *root, double now, dht_store_req
 
 wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n)
 {
-    wire_out *o = wire_out_new();
+    wire_out *o = list_reply(id, "stored", n);
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    wire_reply_begin(o, id);
-    msgpack_pack_map(pk, 2);
-    wire_pack_str(pk, "stored");
-    msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) {
         if (stored[i]) msgpack_pack_true(pk);
         else msgpack_pack_false(pk);
     }
-    wire_pack_str(pk, "node");
-    pack_peer(pk, self);
-    return o;
+    return pack_node(o, self);
 }
 
 int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dht_store_rep *out, char *err,
@@ -338,13 +363,9 @@ int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dh
 
 wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n)
 {
-    if (n == 0 || n > DHT_PROTO_MAX_KEYS) return NULL;
-    wire_out *o = wire_out_new();
+    wire_out *o = keys_req(id, "dht_find", 4, n);
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    wire_request_begin(o, id, "dht_find", 4);
-    wire_pack_str(pk, "keys");
-    msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) pack_bin(pk, keys[i].b, DHT_ID_BYTES);
     wire_pack_str(pk, "sender");
     pack_peer(pk, sender);
@@ -401,17 +422,10 @@ static void pack_entry(msgpack_packer *pk, const dht_find_entry *e)
 
 wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n)
 {
-    wire_out *o = wire_out_new();
+    wire_out *o = list_reply(id, "results", n);
     if (!o) return NULL;
-    msgpack_packer *pk = wire_out_pk(o);
-    wire_reply_begin(o, id);
-    msgpack_pack_map(pk, 2);
-    wire_pack_str(pk, "results");
-    msgpack_pack_array(pk, n);
-    for (size_t i = 0; i < n; i++) pack_entry(pk, &entries[i]);
-    wire_pack_str(pk, "node");
-    pack_peer(pk, self);
-    return o;
+    for (size_t i = 0; i < n; i++) pack_entry(wire_out_pk(o), &entries[i]);
+    return pack_node(o, self);
 }
 
 static int decode_dict(const msgpack_object *d, double now, dht_find_result *r, char *err, size_t errlen)

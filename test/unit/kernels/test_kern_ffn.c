@@ -10,92 +10,27 @@
 #include "runtime/rt_err.h"
 #include "test/unit/refdata.h"
 
-/* ffnt_close asserts |got - want| <= 1e-5 + 1e-5 |want| element-wise (test/data/README.md). */
-static void ffnt_close(const char *what, const float *got, const float *want, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        float tol = 1e-5f + 1e-5f * fabsf(want[i]);
-        cr_assert(fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i, got[i], want[i]);
-    }
-}
-
-/* ffnt_check_case runs the whole forward/backward comparison for one reference file. */
+/* ffnt_check_case runs the whole forward/backward comparison for one reference file, then a backward
+ * without grad_in, which still writes the parameter gradients. */
 static void ffnt_check_case(const char *file)
 {
-    refdata *rd = refdata_load(file);
-    cr_assert(rd, "cannot load %s", file);
-    int64_t shape[REFDATA_MAX_DIMS];
-    cr_assert_eq(refdata_shape(rd, "input0", shape), 2);
-    int64_t B = shape[0], H = shape[1];
+    refdata_case c;
+    refdata_case_open(&c, "ffn", file);
+    int64_t H = c.m.cfg.hidden_dim;
+    cr_assert_eq(c.m.n_in, 1);
+    cr_assert_eq(c.m.n_out, 1);
+    cr_assert_eq(kern_io_numel(&c.m.in[0]), (size_t)H);
+    cr_assert_eq(c.nx, (size_t)(c.B * H));
+    size_t ny = 0;
+    cr_assert(refdata_f32(c.rd, "output", &ny));
+    cr_assert_eq(ny, (size_t)(c.B * H));
 
-    const kern_class *cls = kern_expert_find("ffn");
-    cr_assert(cls);
-    kern_config cfg = {.hidden_dim = (int)H};
-    kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
-    cr_assert_eq(m.cls, cls);
-    cr_assert_eq(m.n_in, 1);
-    cr_assert_eq(m.n_out, 1);
-    cr_assert_eq(kern_io_numel(&m.in[0]), (size_t)H);
+    refdata_case_check(&c, 1e-5f, 1e-5f, 1);
 
-    float *params = calloc(m.n_floats, sizeof *params);
-    float *grads = calloc(m.n_floats, sizeof *grads);
-    cr_assert(params && grads);
-    for (int i = 0; i < m.n_params; i++) {
-        char key[96];
-        size_t n = 0;
-        snprintf(key, sizeof key, "param.%s", m.params[i].name);
-        const float *src = refdata_f32(rd, key, &n);
-        cr_assert(src, "%s missing", key);
-        cr_assert_eq(n, m.params[i].numel, "%s numel", key);
-        memcpy(params + m.params[i].offset, src, n * sizeof *src);
-    }
-
-    size_t nx = 0, ny = 0, ng = 0;
-    const float *x = refdata_f32(rd, "input0", &nx);
-    const float *want_y = refdata_f32(rd, "output", &ny);
-    const float *gy = refdata_f32(rd, "grad_output", &ng);
-    const float *want_gx = refdata_f32(rd, "grad_input0", NULL);
-    cr_assert(x && want_y && gy && want_gx);
-    cr_assert_eq(nx, (size_t)(B * H));
-    cr_assert_eq(ny, (size_t)(B * H));
-
-    float *y = calloc(ny, sizeof *y), *gx = calloc(nx, sizeof *gx);
-    size_t wsn = cls->forward_ws(&m, B), wbn = cls->backward_ws(&m, B);
-    float *ws = malloc((wsn > wbn ? wsn : wbn) * sizeof *ws);
-    cr_assert(y && gx && ws);
-
-    const void *in[1] = {x};
-    float *out[1] = {y};
-    cr_assert_eq(cls->forward(&m, params, B, in, out, ws, 1), 0);
-    ffnt_close("output", y, want_y, ny);
-
-    const float *gout[1] = {gy};
-    float *gin[1] = {gx};
-    memset(grads, 0xff, m.n_floats * sizeof *grads); /* NaN: every gradient must be overwritten */
-    cr_assert_eq(cls->backward(&m, params, B, in, gout, gin, grads, ws, 1), 0);
-    ffnt_close("grad_input0", gx, want_gx, nx);
-    for (int i = 0; i < m.n_params; i++) {
-        char key[96];
-        size_t n = 0;
-        snprintf(key, sizeof key, "grad.%s", m.params[i].name);
-        const float *want = refdata_f32(rd, key, &n);
-        cr_assert(want, "%s missing", key);
-        cr_assert_eq(n, m.params[i].numel);
-        ffnt_close(key, grads + m.params[i].offset, want, n);
-    }
-
-    /* Backward without grad_in still writes the parameter gradients. */
-    cr_assert_eq(cls->backward(&m, params, B, in, gout, NULL, grads, ws, 1), 0);
-    ffnt_close("grad.ffn.weight (no grad_in)", grads + m.params[0].offset,
-               refdata_f32(rd, "grad.ffn.weight", NULL), m.params[0].numel);
-
-    free(ws);
-    free(gx);
-    free(y);
-    free(grads);
-    free(params);
-    refdata_free(rd);
+    cr_assert_eq(refdata_case_backward(&c, 0, 1), 0);
+    refdata_expect_close("grad.ffn.weight (no grad_in)", c.grads + c.m.params[0].offset,
+                         refdata_f32(c.rd, "grad.ffn.weight", NULL), c.m.params[0].numel, 1e-5f, 1e-5f);
+    refdata_case_close(&c);
 }
 
 Test(kern_ffn, matches_torch_h16_b3, .timeout = 30)
@@ -138,10 +73,8 @@ Test(kern_ffn, layout_at_h512, .timeout = 30)
 
 Test(kern_ffn, init_deterministic_and_bounded, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config cfg = {.hidden_dim = 32};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    const kern_class *cls = refdata_model("ffn", 32, &m);
     float *a = malloc(m.n_floats * sizeof *a), *b = malloc(m.n_floats * sizeof *b),
           *c = malloc(m.n_floats * sizeof *c);
     cr_assert(a && b && c);
@@ -189,10 +122,8 @@ Test(kern_ffn, init_deterministic_and_bounded, .timeout = 30)
 
 Test(kern_ffn, empty_batch, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config cfg = {.hidden_dim = 8};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
+    const kern_class *cls = refdata_model("ffn", 8, &m);
     float *params = calloc(m.n_floats, sizeof *params), *grads = malloc(m.n_floats * sizeof *grads);
     float x = 0.0f, y = 0.0f;
     const void *in[1] = {&x};
@@ -211,11 +142,8 @@ Test(kern_ffn, empty_batch, .timeout = 30)
 /* The activation cache: forward_save + backward_saved give exactly what backward gives. */
 Test(kern_ffn, backward_from_saved_activations_matches_recompute, .timeout = 30)
 {
-    const kern_class *cls = kern_expert_find("ffn");
-    kern_config cfg = {.hidden_dim = 24};
     kern_model m;
-    cr_assert_eq(cls->setup(&m, &cfg), 0);
-    m.cls = cls;
+    const kern_class *cls = refdata_model("ffn", 24, &m);
     enum { B = 7, H = 24 };
     float *p = calloc(m.n_floats, 4), *g1 = calloc(m.n_floats, 4), *g2 = calloc(m.n_floats, 4);
     float x[B * H], gy[B * H], y1[B * H], y2[B * H], gx1[B * H], gx2[B * H];

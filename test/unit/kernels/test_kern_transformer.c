@@ -89,11 +89,7 @@ static int tr_bwd(tr_case *c, uint64_t seed)
 static void tr_expect_close(const char *what, const float *got, const float *want, size_t n, float atol,
                             float rtol)
 {
-    for (size_t i = 0; i < n; i++) {
-        float tol = atol + rtol * fabsf(want[i]);
-        cr_assert(isfinite(got[i]) && fabsf(got[i] - want[i]) <= tol, "%s[%zu]: got %.7g, want %.7g", what, i,
-                  (double)got[i], (double)want[i]);
-    }
+    refdata_expect_close(what, got, want, n, atol, rtol);
 }
 
 /* tr_ref returns the f32 reference tensor called name, asserting that it has numel elements. */
@@ -120,15 +116,7 @@ static refdata *tr_load_ref(tr_case *c)
     memcpy(c->mask, mask, nm);
     memcpy(c->gout, tr_ref(r, "grad_output", n), n * sizeof(float));
     cr_assert_eq(c->m.n_params, 12);
-    for (int i = 0; i < c->m.n_params; i++) {
-        char name[96];
-        const kern_param_info *p = &c->m.params[i];
-        snprintf(name, sizeof name, "param.%s", p->name);
-        int64_t shape[REFDATA_MAX_DIMS];
-        cr_assert_eq(refdata_shape(r, name, shape), p->ndim, "%s", name);
-        for (int d = 0; d < p->ndim; d++) cr_assert_eq(shape[d], p->shape[d], "%s dim %d", name, d);
-        memcpy(c->params + p->offset, tr_ref(r, name, p->numel), p->numel * sizeof(float));
-    }
+    refdata_load_params(r, &c->m, c->params);
     return r;
 }
 
@@ -219,12 +207,7 @@ Test(kern_transformer, backward_matches_reference, .timeout = 30)
     memset(c.gparams, 0xff, c.m.n_floats * sizeof(float)); /* NaN: every gradient must be overwritten */
     cr_assert_eq(tr_bwd(&c, 1), 0);
     tr_expect_close("grad_input0", c.gx, tr_ref(r, "grad_input0", n), n, 1e-4f, 1e-4f);
-    for (int i = 0; i < c.m.n_params; i++) {
-        char name[96];
-        const kern_param_info *p = &c.m.params[i];
-        snprintf(name, sizeof name, "grad.%s", p->name);
-        tr_expect_close(name, c.gparams + p->offset, tr_ref(r, name, p->numel), p->numel, 1e-4f, 1e-4f);
-    }
+    refdata_expect_grads(r, &c.m, c.gparams, 1e-4f, 1e-4f);
     refdata_free(r);
     tr_case_free(&c);
 }

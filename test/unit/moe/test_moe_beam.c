@@ -13,8 +13,8 @@
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
 #include "actors/grid/dht_experts.h"
-#include "actors/moe/moe_adapt.h"
-#include "actors/moe/moe_beam.h"
+#include "actors/moe/route/moe_adapt.h"
+#include "actors/moe/route/moe_beam.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 

@@ -33,6 +33,18 @@ static int wm_decode_out(wire_out *o, wire_msg *m)
     return wire_msg_decode(f, n, m, NULL, 0);
 }
 
+/* wm_envelope starts the map {"id": 1, key: <the caller packs it next>} on sb with msgpack-c's own
+ * packer pk (the caller destroys sb). */
+static void wm_envelope(msgpack_sbuffer *sb, msgpack_packer *pk, const char *key)
+{
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_map(pk, 2);
+    msgpack_pack_str_with_body(pk, "id", 2);
+    msgpack_pack_uint64(pk, 1);
+    msgpack_pack_str_with_body(pk, key, strlen(key));
+}
+
 /* ---- the PROTOCOL.md example ---- */
 
 Test(wire_msg, protocol_md_ping_example, .timeout = 30)
@@ -50,13 +62,8 @@ Test(wire_msg, protocol_md_ping_example, .timeout = 30)
 
     /* And the same bytes with msgpack-c's own packer onto a plain buffer. */
     msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    msgpack_pack_str_with_body(&pk, "id", 2);
-    msgpack_pack_uint64(&pk, 1);
-    msgpack_pack_str_with_body(&pk, "method", 6);
+    wm_envelope(&sb, &pk, "method");
     msgpack_pack_str_with_body(&pk, "ping", 4);
     cr_assert_eq(sb.size, sizeof expect - 4);
     cr_assert_arr_eq(sb.data, expect + 4, sb.size);
@@ -365,13 +372,8 @@ typedef struct {
 static int wm_tensor_rc(const wm_tspec *s)
 {
     msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    msgpack_pack_str_with_body(&pk, "id", 2);
-    msgpack_pack_uint8(&pk, 1);
-    msgpack_pack_str_with_body(&pk, "result", 6);
+    wm_envelope(&sb, &pk, "result");
     size_t n = (s->dtype != NULL) + (s->ndim >= 0) + (s->data_len != -1) + (s->compression != NULL);
     msgpack_pack_map(&pk, n);
     if (s->dtype) {

@@ -4,7 +4,7 @@
  * the replies back. The client caller owns one small context per call, freed by the reply callback,
  * which the client runs exactly once (with an error when the call fails or times out).
  */
-#include "actors/moe/moe_adapt.h"
+#include "actors/moe/route/moe_adapt.h"
 
 #include <stdlib.h>
 

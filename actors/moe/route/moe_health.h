@@ -15,7 +15,7 @@
 #define DMOE_MOE_HEALTH_H
 
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_beam.h"
+#include "actors/moe/route/moe_beam.h"
 
 #define MOE_HEALTH_DEAD_S 10.0    /* how long a peer that refused a call is left out */
 #define MOE_HEALTH_MAX_PEERS 256  /* peers remembered; the one whose sentence ends first is forgotten */

@@ -9,7 +9,7 @@
 #define DMOE_MOE_ADAPT_H
 
 #include "actors/moe/moe.h"
-#include "actors/moe/moe_beam.h"
+#include "actors/moe/route/moe_beam.h"
 #include "actors/net/client.h"
 
 /* The DHT as a provider: fill d and neg_cache_s (seconds an empty prefix is remembered as empty), then

@@ -28,7 +28,7 @@
  * node names its parent's entry and its coordinate and is interned only when popped.
  * Plain data, no I/O, no globals; the driver at the end runs on the loop thread.
  */
-#include "actors/moe/moe_beam.h"
+#include "actors/moe/route/moe_beam.h"
 
 #include <math.h>
 #include <stdio.h>

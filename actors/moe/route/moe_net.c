@@ -5,15 +5,15 @@
  * (moe_adapt.h), wrapped by moe_health. moe_parse_grid reads the programs' --grid_size words.
  * Loop thread only (the programs' only thread besides the pools).
  */
-#include "actors/moe/moe_net.h"
+#include "actors/moe/route/moe_net.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "actors/dht/io/dht_join.h"
-#include "actors/moe/moe_adapt.h"
-#include "actors/moe/moe_health.h"
+#include "actors/moe/route/moe_adapt.h"
+#include "actors/moe/route/moe_health.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 

@@ -6,7 +6,7 @@
  * The dead list is a small array (MOE_HEALTH_MAX_PEERS) of addresses with the time their sentence ends;
  * when it is full, the entry whose sentence ends first is reused. Loop thread only.
  */
-#include "actors/moe/moe_health.h"
+#include "actors/moe/route/moe_health.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,0 +1,604 @@
+/* moe_call.c -- the call actor of the Mixture-of-Experts layer: one forward or backward (see moe.h),
+ * from the gating job to the callback.
+ *
+ * Design notes. A forward or backward is an "op": an actor with one deadline timer and one worker job.
+ *   Forward:  moe_forward_ex copies the input, draws the switch layer's jitter and dropout mask (the
+ *             layer's random stream, in call order), snapshots the gating parameters and hands the
+ *             gating GEMM (and the switch softmax) to the pool -> the job comes back as mail ->
+ *             batched beam search (moe_beam.h) -> the chosen (sample, expert) pairs grouped by expert
+ *             -> one request per expert with all its rows, all sent at once -> answers -> combine.
+ *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
+ *             answered the forward -> answers -> d loss / d scores on the loop -> the gating backward
+ *             GEMM on the pool -> the gradients copied into the layer -> callback.
+ * Each reply updates per-sample answer counts; once every sample has k_min answers or nothing left
+ * pending, the finish time moves to now + timeout_after_k_min (never later than the deadline). At the
+ * finish time, or when nothing is pending, the op combines what it has. Failed and late answers -- and,
+ * with detect_anomalies, answers with NaN or Inf -- are masked out. Requests still out then are
+ * abandoned: their replies are dropped when they come (the caller's own timeout bounds them), and the
+ * op stops itself only when it has called back, no request is out and its job is back, so no callback
+ * ever sees freed memory.
+ *
+ * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
+ * of the extra inputs (the same refcounted tensors are sent again: the node needs every input), outputs
+ * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
+ * fail the backward contribute nothing to the input gradient.
+ *
+ * Threads. Everything here runs on the loop thread except the two gating GEMMs, which run on a worker
+ * of the layer's pool (cfg.pool, or one worker of its own) on buffers nothing else touches meanwhile:
+ * the op's parameter snapshot and the moe_fwd's gating buffers, which the caller may not read before
+ * the callback. Callbacks run on the loop, never inside the call that started them. Every allocation
+ * failure after a call started is reported through its callback (DMOE_ENOMEM).
+ *
+ * The layer and its forward record (moe_impl.h) are moe.c's; this file owns the timing, the requests
+ * and the backward's gradients, and calls into moe.c, never the other way round.
+ */
+#include "actors/moe/moe.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/moe/moe_impl.h"
+#include "kernels/kern_ops.h"
+#include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
+
+enum { MSG_TIMER = 1, MSG_START, MSG_GATED };
+
+/* One gating GEMM for a worker: only these buffers, which nothing else touches while the job is out. */
+typedef struct {
+    rt_job job;
+    int backward;
+    moe_grid g;
+    int64_t B;
+    int in;
+    const float *W, *b;       /* the op's parameter snapshot */
+    const float *xg, *noise;
+    const uint8_t *keep;      /* forward, switch: the dropout mask, or NULL */
+    float *S, *P;             /* forward: the moe_fwd's scores and probabilities */
+    const float *gS;          /* backward: d loss / d scores */
+    float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
+} gate_job;
+
+typedef struct {
+    struct op *o;
+    int e;
+} call_ctx;
+
+typedef struct op {
+    rt_actor actor;
+    rt_timer timer;
+    rt_msg start;             /* backward: dispatch on the next loop round */
+    gate_job gj;
+    int job_out;              /* the gating job is on the pool */
+    moe_layer *m;
+    moe_fwd *f;
+    int backward;
+    moe_beam *beam;
+    moe_search *search;
+    call_ctx *ctx;
+    int pending, finished;
+    int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
+    uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
+    float *wsnap;             /* the gating parameters when the GEMM was handed out */
+    uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
+    /* backward, one block from gy: */
+    float *gy;                /* the output gradient [B, D] (a copy) */
+    float *gS, *gP;           /* d loss / d scores, d loss / d probabilities (switch, else NULL) [B, total] */
+    float *gxg, *gW;          /* the job's scratch [B, in] and gradients [total, in + 1] */
+    float bal_coef;
+    moe_fwd_cb fcb;
+    moe_bwd_cb bcb;
+    void *arg;
+} op;
+
+/* ---- the op actor ---- */
+
+static void op_destroy(rt_actor *self)
+{
+    op *o = (op *)self;
+    rt_timer_deinit(&o->timer);
+    moe_beam_free(o->beam);
+    free(o->ctx);
+    free(o->need);   /* and got, left */
+    free(o->wsnap);
+    free(o->keep);
+    free(o->gy);     /* and the rest of the backward's block */
+    free(o);
+}
+
+/* op_release stops o once it has called back, no request is out and its job is back. */
+static void op_release(op *o)
+{
+    if (o->finished && o->pending == 0 && !o->job_out) rt_actor_stop(&o->actor);
+}
+
+static void arm(op *o)
+{
+    uint64_t now = rt_clock_us();
+    uint64_t at = o->finish_at < o->deadline ? o->finish_at : o->deadline;
+    rt_timer_start(&o->timer, at > now ? (at - now + 999) / 1000 : 0, 0);
+}
+
+/* op_fail calls back with err (a forward's record is freed) and ends the op. */
+static void op_fail(op *o, int err, const char *msg)
+{
+    o->finished = 1;
+    rt_timer_cancel(&o->timer);
+    if (o->search) { moe_search_cancel(o->search); o->search = NULL; }
+    moe_fwd *f = o->f;
+    o->f = NULL;
+    if (o->backward) {
+        o->bcb(o->arg, err, msg, NULL);
+    } else {
+        o->fcb(o->arg, err, msg, NULL);
+        moe_fwd_free(f);
+    }
+    op_release(o);
+}
+
+/* submit_gating hands o->gj to the pool. Returns 0 or the pool's error. */
+static int submit_gating(op *o)
+{
+    int rc = rt_pool_submit(o->m->c.pool, &o->gj.job);
+    if (rc == 0) o->job_out = 1;
+    return rc;
+}
+
+static void fwd_complete(op *o);
+static void bwd_complete(op *o);
+static void on_gated(op *o);
+static void send_all(op *o);
+
+static void op_complete(op *o)
+{
+    if (o->finished) return;
+    if (o->backward) bwd_complete(o);
+    else fwd_complete(o);
+}
+
+/* settle moves the finish time forward once every sample has what it waits for. */
+static void settle(op *o)
+{
+    int64_t B = o->f->B;
+    if (o->pending == 0) { op_complete(o); return; }
+    for (int64_t b = 0; b < B; b++)
+        if (o->got[b] < o->need[b] && o->left[b] > 0) return;
+    double after = o->m->c.timeout_after_k_min;
+    if (after < 0) return;
+    uint64_t t = rt_clock_us() + (uint64_t)(after * 1e6);
+    if (t < o->finish_at) {
+        o->finish_at = t;
+        arm(o);
+    }
+}
+
+static void on_timer(op *o)
+{
+    if (o->finished || o->job_out) return;   /* a forward's gating job re-arms the timer when it is back */
+    uint64_t now = rt_clock_us();
+    if (now + 500 < o->finish_at && now + 500 < o->deadline) { arm(o); return; }
+    if (o->search) {
+        op_fail(o, DMOE_ETIMEDOUT, "beam search did not finish within forward_timeout");
+        return;
+    }
+    op_complete(o);
+}
+
+static void op_handle(rt_actor *self, rt_msg *msg)
+{
+    op *o = (op *)self;
+    int type = msg->type;
+    rt_msg_drop(msg);
+    if (type == MSG_TIMER) on_timer(o);
+    else if (type == MSG_START && !o->finished) send_all(o);
+    else if (type == MSG_GATED) on_gated(o);
+}
+
+static void gate_run(rt_job *j)
+{
+    gate_job *g = (gate_job *)j;
+    if (g->backward)
+        moe_math_gating_bwd(&g->g, g->xg, g->gS, g->B, g->in, g->W, g->noise, g->gW, g->gb, g->gx, g->gxg);
+    else
+        moe_math_gating(&g->g, g->xg, g->B, g->in, g->W, g->b, g->keep, g->S, g->P);
+}
+
+static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
+{
+    op *o = calloc(1, sizeof *o);
+    if (!o) return NULL;
+    rt_actor_init(&o->actor, m->loop, backward ? "moe_bwd" : "moe_fwd", op_handle, op_destroy);
+    if (rt_timer_init(&o->timer, &o->actor, MSG_TIMER) != 0) { free(o); return NULL; }
+    o->start.type = MSG_START;
+    o->gj.job.msg.type = MSG_GATED;
+    o->gj.job.run = gate_run;
+    o->gj.job.owner = &o->actor;
+    o->gj.backward = backward;
+    o->gj.g = m->g;
+    o->gj.B = f->B;
+    o->gj.in = f->in;
+    o->m = m;
+    o->f = f;
+    o->backward = backward;
+    o->need = calloc(3 * (size_t)f->B, sizeof *o->need);
+    o->wsnap = malloc(m->nparams * sizeof *o->wsnap);
+    if (!o->need || !o->wsnap) { rt_actor_stop(&o->actor); return NULL; }
+    o->got = o->need + f->B;
+    o->left = o->got + f->B;
+    o->t0 = rt_clock_us();
+    o->deadline = o->t0 + (uint64_t)(timeout_s * 1e6);
+    o->finish_at = o->deadline;
+    arm(o);
+    return o;
+}
+
+/* op_abort ends an op that never called back and has nothing out (its starter reports the error). */
+static void op_abort(op *o)
+{
+    o->f = NULL;
+    o->finished = 1;
+    op_release(o);
+}
+
+/* ---- dispatch ---- */
+
+static int valid_answer(const op *o, const moe_exp *e, const rx_tensor *t, int D)
+{
+    if (t->dtype != WIRE_DT_F32 || t->ndim != 2 || t->shape[0] != e->nrows) return 0;
+    if (D > 0 ? t->shape[1] != D : t->shape[1] < 1) return 0;   /* a forward's first answer sets D */
+    if (o->m->c.detect_anomalies && t->numel && !kern_all_finite(rx_tensor_f32(t), t->numel)) return 0;
+    return 1;
+}
+
+static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
+{
+    call_ctx *c = arg;
+    op *o = c->o;
+    o->pending--;
+    if (o->finished || !o->f) {
+        if (out) rx_tensor_free(out);
+        op_release(o);
+        return;
+    }
+    moe_fwd *f = o->f;
+    moe_exp *e = &f->exp[c->e];
+    int ok = 0;
+    if (err == 0) {
+        int want = o->backward ? f->in : (f->D > 0 ? f->D : 0);
+        ok = valid_answer(o, e, out, want);
+        if (ok && o->backward) e->gx = *out;
+        else if (ok) { e->out = *out; if (f->D <= 0) f->D = (int)out->shape[1]; }
+        else {
+            LOG_WARN("%s %s: answer has the wrong shape%s", o->backward ? "backward" : "forward", e->uid,
+                     o->m->c.detect_anomalies ? " or non-finite values" : "");
+            rx_tensor_free(out);
+        }
+    } else {
+        LOG_DEBUG("%s %s failed: %s", o->backward ? "backward" : "forward", e->uid, msg);
+        if (out) rx_tensor_free(out);
+    }
+    if (o->backward) e->bok = ok;
+    else e->ok = ok;
+    for (int64_t r = 0; r < e->nrows; r++) {
+        int64_t b = e->rows[r];
+        o->left[b]--;
+        if (ok) o->got[b]++;
+    }
+    settle(o);
+}
+
+/* send_all sends one request per expert (in backward, only to those that answered the forward). */
+static void send_all(op *o)
+{
+    moe_fwd *f = o->f;
+    o->ctx = calloc((size_t)(f->nexp ? f->nexp : 1), sizeof *o->ctx);
+    if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    for (int ei = 0; ei < f->nexp; ei++) {
+        moe_exp *e = &f->exp[ei];
+        if (o->backward && !e->ok) continue;
+        rx_tensor gout = {0};
+        if (o->backward) {
+            int64_t shape[2] = { e->nrows, f->D };
+            if (rx_tensor_alloc(&gout, WIRE_DT_F32, 2, shape) != 0) {
+                op_fail(o, DMOE_ENOMEM, "out of memory for an expert's output gradient");
+                return;
+            }
+            float *g = rx_tensor_f32(&gout);
+            for (int64_t r = 0; r < e->nrows; r++) {
+                int64_t b = e->rows[r];
+                float w = 0;
+                for (int j = 0; j < f->k; j++)
+                    if (f->slot_exp[b * f->k + j] == ei) w = f->w[b * f->k + j];
+                for (int d = 0; d < f->D; d++) g[r * f->D + d] = w * o->gy[b * f->D + d];
+            }
+        }
+        uint64_t now = rt_clock_us();
+        uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
+        o->ctx[ei] = (call_ctx){ o, ei };
+        int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra,
+                                   o->backward ? &gout : NULL, ms, on_answer, &o->ctx[ei]);
+        rx_tensor_free(&gout);
+        if (rc) {
+            LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
+            continue;
+        }
+        o->pending++;
+        for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
+    }
+    settle(o);
+}
+
+static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
+{
+    op *o = arg;
+    o->search = NULL;
+    if (err) { op_fail(o, err, msg); return; }
+    o->f->st.search_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
+    o->f->st.beam_rounds = moe_beam_rounds(b);
+    int rc = moe_fwd_group(o->f, o->beam, o->need);
+    if (rc) { op_fail(o, rc, "out of memory"); return; }
+    send_all(o);
+}
+
+/* ---- forward ---- */
+
+/* extra_ok checks an extra input: float32 or uint8, [B, ...], finite with detect_anomalies. */
+static int extra_ok(const moe_layer *m, const rx_tensor *t, int64_t B)
+{
+    if (t->dtype != WIRE_DT_F32 && t->dtype != WIRE_DT_U8) return 0;
+    if (t->ndim < 1 || t->ndim > WIRE_MAX_NDIM || t->shape[0] != B) return 0;
+    if (t->numel && !t->buf) return 0;
+    if (t->dtype == WIRE_DT_F32 && m->c.detect_anomalies && t->numel && !kern_all_finite(rx_tensor_f32(t), t->numel))
+        return 0;
+    return 1;
+}
+
+int moe_forward(moe_layer *m, const float *x, int64_t B, moe_fwd_cb cb, void *arg)
+{
+    return moe_forward_ex(m, x, B, NULL, 0, cb, arg);
+}
+
+
+int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd_cb cb,
+                   void *arg)
+{
+    if (B < 1 || B > (1 << 24)) return DMOE_EINVAL;
+    if (n_extra < 0 || n_extra > KERN_MAX_IO - 1 || (n_extra > 0 && !extra)) return DMOE_EINVAL;
+    for (int i = 0; i < n_extra; i++)
+        if (!extra_ok(m, &extra[i], B)) return DMOE_EINVAL;
+    int in = m->c.in_features, T = m->g.total;
+    if (m->c.detect_anomalies && !kern_all_finite(x, (size_t)B * (size_t)in)) return DMOE_EINVAL;
+    moe_fwd *f = moe_fwd_new(m, x, B, extra, n_extra);
+    if (!f) return DMOE_ENOMEM;
+    op *o = op_new(m, f, 0, m->c.forward_timeout);
+    if (!o) { moe_fwd_free(f); return DMOE_ENOMEM; }
+    o->fcb = cb;
+    o->arg = arg;
+    if (m->c.is_switch && m->c.grid_dropout < 1.0) {
+        o->keep = malloc((size_t)T);
+        if (!o->keep) { op_abort(o); moe_fwd_free(f); return DMOE_ENOMEM; }
+    }
+    /* the layer's random stream, in call order: the jitter of the gating input, then the dropout mask */
+    if (m->c.is_switch) {
+        float eps = (float)m->c.jitter_eps;
+        for (size_t i = 0; i < (size_t)B * (size_t)in; i++) {
+            f->noise[i] = 1.0f - eps + 2.0f * eps * kern_rng_uniform(&m->rng);
+            f->xg[i] *= f->noise[i];
+        }
+    }
+    for (int t = 0; o->keep && t < T; t++) o->keep[t] = kern_rng_uniform(&m->rng) < m->c.grid_dropout;
+    memcpy(o->wsnap, m->params, m->nparams * sizeof *o->wsnap);
+    gate_job *g = &o->gj;
+    g->W = o->wsnap;
+    g->b = o->wsnap + (size_t)T * (size_t)in;
+    g->xg = f->xg;
+    g->keep = o->keep;
+    g->S = f->S;
+    g->P = f->P;
+    int rc = submit_gating(o);
+    if (rc) { op_abort(o); moe_fwd_free(f); return rc; }
+    return 0;
+}
+
+/* on_gated: the gating job is back. A forward starts its beam search; a backward is done. */
+static void on_gated(op *o)
+{
+    o->job_out = 0;
+    if (o->backward) {
+        moe_fwd *f = o->f;
+        memcpy(o->m->grads, o->gW, o->m->nparams * sizeof *o->gW);
+        o->f = NULL;
+        o->bcb(o->arg, 0, "", f->gx);
+        op_release(o);
+        return;
+    }
+    moe_layer *m = o->m;
+    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, o->f->k, &o->beam);
+    if (rc) { op_fail(o, rc, "cannot start the beam search"); return; }
+    rc = moe_beam_search(&m->succ, o->beam, on_searched, o, &o->search);
+    if (rc) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cannot start the beam search: %s", dmoe_strerror(rc));
+        op_fail(o, rc, msg);
+        return;
+    }
+    arm(o);   /* the deadline may have passed while the job was out */
+}
+
+/* fwd_complete combines the answers (moe_fwd_combine) and calls back. */
+static void fwd_complete(op *o)
+{
+    moe_fwd *f = o->f;
+    int64_t bad;
+    int rc = moe_fwd_combine(f, &bad);
+    if (rc) { op_fail(o, rc, "out of memory"); return; }
+    o->finished = 1;
+    rt_timer_cancel(&o->timer);
+    f->st.total_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
+    o->f = NULL;
+    if (bad >= 0 && !o->m->c.allow_zero_outputs) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "no expert answered for sample %lld (%lld of %lld samples; %d of %d experts answered)",
+                 (long long)bad, (long long)f->st.zero_rows, (long long)f->B, f->st.experts_answered, f->st.experts_chosen);
+        o->fcb(o->arg, f->st.experts_chosen ? DMOE_ETIMEDOUT : DMOE_ENOTFOUND, msg, NULL);
+        moe_fwd_free(f);
+    } else {
+        o->fcb(o->arg, 0, "", f);
+    }
+    op_release(o);
+}
+
+/* ---- backward ---- */
+
+int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, moe_bwd_cb cb, void *arg)
+{
+    if (!f || !gy || f->m != m) return DMOE_EINVAL;
+    size_t ny = (size_t)f->B * (size_t)f->D, ns = (size_t)f->B * (size_t)m->g.total;
+    if (m->c.detect_anomalies && !kern_all_finite(gy, ny)) return DMOE_EINVAL;
+    op *o = op_new(m, f, 1, m->c.backward_timeout);
+    if (!o) return DMOE_ENOMEM;
+    size_t np = m->c.is_switch ? ns : 0, nxg = (size_t)f->B * (size_t)f->in;
+    o->gy = calloc(ny + ns + np + nxg + m->nparams, sizeof *o->gy);
+    if (!o->gy) { op_abort(o); return DMOE_ENOMEM; }
+    o->gS = o->gy + ny;
+    o->gP = np ? o->gS + ns : NULL;
+    o->gxg = o->gS + ns + np;
+    o->gW = o->gxg + nxg;
+    for (int ei = 0; ei < f->nexp; ei++) { rx_tensor_free(&f->exp[ei].gx); f->exp[ei].bok = 0; }
+    memcpy(o->gy, gy, ny * sizeof *o->gy);
+    o->bal_coef = balance_coef;
+    o->bcb = cb;
+    o->arg = arg;
+    for (int64_t b = 0; b < f->B; b++) {
+        int answered = 0;
+        for (int j = 0; j < f->k; j++) {
+            int ei = f->slot_exp[b * f->k + j];
+            answered += ei >= 0 && f->exp[ei].ok;
+        }
+        o->need[b] = m->c.backward_k_min < answered ? m->c.backward_k_min : answered;
+    }
+    if (rt_send(&o->actor, &o->start) != 0) { op_abort(o); return DMOE_ESHUTDOWN; }
+    return 0;
+}
+
+/* bwd_complete computes d loss / d scores from the answers on the loop, then hands the gating backward
+ * to the pool (on_gated calls back). */
+static void bwd_complete(op *o)
+{
+    moe_fwd *f = o->f;
+    moe_layer *m = o->m;
+    int T = m->g.total, k = f->k, D = f->D;
+    for (int64_t b = 0; b < f->B; b++) {
+        if (o->got[b] < o->need[b]) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "backward: sample %lld got %d of the %d expert answers it needs (backward_k_min)",
+                     (long long)b, o->got[b], o->need[b]);
+            op_fail(o, DMOE_ETIMEDOUT, msg);
+            return;
+        }
+    }
+    o->finished = 1;
+    rt_timer_cancel(&o->timer);
+    memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
+    for (int ei = 0; ei < f->nexp; ei++) {
+        const moe_exp *e = &f->exp[ei];
+        if (!e->bok) continue;
+        const float *g = rx_tensor_f32(&e->gx);
+        for (int64_t r = 0; r < e->nrows; r++)
+            for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += g[r * f->in + i];
+    }
+    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
+    uint8_t ok[MOE_MAX_BEAM];
+    const float *outs[MOE_MAX_BEAM];
+    for (int64_t b = 0; b < f->B; b++) {
+        const float *gy = o->gy + b * D;
+        if (m->c.is_switch && D == f->in)
+            for (int d = 0; d < D; d++) f->gx[b * f->in + d] += gy[d];   /* the residual */
+        moe_fwd_slots(f, b, coords, ok, outs);
+        const float *p = m->c.is_switch ? f->P + b * T : NULL;
+        moe_math_slot_grads(&m->g, gy, f->y + b * D, D, k, outs, f->w + b * k, coords, p, o->gS + b * T,
+                            o->gP ? o->gP + b * T : NULL);
+        if (p) moe_math_switch_bwd(&m->g, p, m->util, o->bal_coef, f->B, o->gP + b * T, o->gS + b * T);
+    }
+    memcpy(o->wsnap, m->params, (size_t)T * (size_t)f->in * sizeof *o->wsnap);
+    gate_job *g = &o->gj;
+    g->W = o->wsnap;
+    g->xg = f->xg;
+    g->noise = f->noise;
+    g->gS = o->gS;
+    g->gW = o->gW;
+    g->gb = o->gW + (size_t)T * (size_t)f->in;
+    g->gx = f->gx;
+    g->gxg = o->gxg;
+    int rc = submit_gating(o);
+    if (rc) {
+        o->f = NULL;
+        o->bcb(o->arg, rc, "cannot hand the gating backward to the worker pool", NULL);
+        op_release(o);
+    }
+}
+
+/* ---- blocking drivers ---- */
+
+typedef struct {
+    rt_loop *l;
+    int done, err;
+    char msg[512];
+    moe_fwd *f;
+    const float *gx;
+} sync_wait;
+
+/* sync_end records how the call ended and stops the loop the driver runs. */
+static void sync_end(sync_wait *s, int err, const char *msg)
+{
+    s->done = 1;
+    s->err = err;
+    snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
+    rt_loop_break(s->l);
+}
+
+static void sync_fwd(void *arg, int err, const char *msg, moe_fwd *f)
+{
+    ((sync_wait *)arg)->f = f;
+    sync_end(arg, err, msg);
+}
+
+static void sync_bwd(void *arg, int err, const char *msg, const float *gx)
+{
+    ((sync_wait *)arg)->gx = gx;
+    sync_end(arg, err, msg);
+}
+
+/* sync_wait_for runs m's loop until the call started with rc (what: "forward" or "backward") ends.
+ * Returns 0, or the error with err filled. */
+static int sync_wait_for(moe_layer *m, sync_wait *s, int rc, const char *what, char *err, size_t errlen)
+{
+    if (rc) { snprintf(err, errlen, "cannot start the %s: %s", what, dmoe_strerror(rc)); return rc; }
+    while (!s->done) rt_loop_run(m->loop);   /* the op's timer keeps the loop alive until it ends */
+    if (s->err) { snprintf(err, errlen, "%s", s->msg); return s->err; }
+    return 0;
+}
+
+int moe_forward_run(moe_layer *m, const float *x, int64_t B, moe_fwd **out, char *err, size_t errlen)
+{
+    return moe_forward_run_ex(m, x, B, NULL, 0, out, err, errlen);
+}
+
+int moe_forward_run_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra, moe_fwd **out,
+                       char *err, size_t errlen)
+{
+    sync_wait s = { .l = m->loop };
+    int rc = sync_wait_for(m, &s, moe_forward_ex(m, x, B, extra, n_extra, sync_fwd, &s), "forward", err, errlen);
+    if (rc == 0) *out = s.f;
+    return rc;
+}
+
+int moe_backward_run(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, const float **gx, char *err,
+                     size_t errlen)
+{
+    sync_wait s = { .l = m->loop };
+    int rc = sync_wait_for(m, &s, moe_backward(m, f, gy, balance_coef, sync_bwd, &s), "backward", err, errlen);
+    if (rc == 0) *gx = s.gx;
+    return rc;
+}

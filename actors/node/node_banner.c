@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "runtime/rt_err.h"
-#include "runtime/rt_spawn.h"
+#include "runtime/proc/rt_spawn.h"
 
 #define BANNER_POLL_MS 20   /* between reads of the log: the node starts in tens of milliseconds */
 

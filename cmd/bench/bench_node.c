@@ -14,7 +14,7 @@
 #include "actors/node/node_banner.h"
 #include "cmd/bench/bench.h"
 #include "runtime/rt_err.h"
-#include "runtime/rt_spawn.h"
+#include "runtime/proc/rt_spawn.h"
 
 int bench_node_start(bench *b, bench_child *c, int n_experts, const char *const *extra)
 {

@@ -24,7 +24,7 @@
 #include "actors/node/node_banner.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
-#include "runtime/rt_spawn.h"
+#include "runtime/proc/rt_spawn.h"
 #include "wire/wire_frame.h"
 #include "wire/codec/wire_npy.h"
 

@@ -1,6 +1,6 @@
 /* rt_spawn.c -- child processes with bounded waits (see rt_spawn.h). fork + execv; the child sets
  * PR_SET_PDEATHSIG before it runs the program, so a parent killed by a timeout takes it along. */
-#include "runtime/rt_spawn.h"
+#include "runtime/proc/rt_spawn.h"
 
 #include <fcntl.h>
 #include <signal.h>

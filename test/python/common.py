@@ -1,11 +1,13 @@
 """common.py -- what several Python tests share: hivemind's FeedforwardBlock in plain torch (the reference the
 node's ffn experts must equal), a node whose ffn experts' weights are read back from its checkpoints,
-and a small separable classification task in place of sklearn's digits."""
+and a small separable classification task in place of sklearn's digits, with hivemind's training loop
+for it."""
 import os
 import shutil
 import tempfile
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dmoe
@@ -61,3 +63,25 @@ def separable_task(n=64, dim=64, seed=0):
     y = torch.arange(n) % 2
     X = (means[y] + 3 * torch.randn(n, dim, generator=g)).round().clamp(0, 16)
     return X, y
+
+
+def train_until(model, X, y, max_steps, threshold, balance_coef=0.01):
+    """hivemind's training loop of test_training.py: SGD (lr 0.05) on the cross-entropy of model(X) -- plus
+    balance_coef times the balancing loss when the model returns (outputs, balancing_loss) -- until the
+    accuracy reaches threshold or max_steps ran. Returns the last accuracy."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    accuracy = 0.0
+    for _ in range(max_steps):
+        outputs = model(X)
+        loss = 0.0
+        if isinstance(outputs, tuple):
+            outputs, balancing_loss = outputs
+            loss = balance_coef * balancing_loss
+        loss = loss + F.cross_entropy(outputs, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        accuracy = (outputs.argmax(dim=1) == y).float().mean().item()
+        if accuracy >= threshold:
+            break
+    return accuracy

@@ -7,11 +7,10 @@ import unittest
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import dmoe
-from common import checkpointed_ffn_node, separable_task
+from common import checkpointed_ffn_node, separable_task, train_until
 from nodes import Node, wait_until
 
 H = 16
@@ -155,16 +154,7 @@ class TestTraining(unittest.TestCase):
         self.addCleanup(dht.shutdown)
         expert1, expert2 = find(dht, ["expert.0", "expert.1"])
         model = nn.Sequential(expert2, nn.ReLU(), expert1, nn.Linear(64, 2))
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for step in range(max_steps):
-            outputs = model(X_train)
-            loss = F.cross_entropy(outputs, y_train)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            accuracy = (outputs.argmax(dim=1) == y_train).float().mean().item()
-            if accuracy >= threshold:
-                break
+        accuracy = train_until(model, X_train, y_train, max_steps, threshold)
         self.assertGreaterEqual(accuracy, threshold, "too small accuracy: %s" % accuracy)
 
 

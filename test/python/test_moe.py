@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dmoe
-from common import checkpointed_ffn_node, separable_task
+from common import checkpointed_ffn_node, separable_task, train_until
 from nodes import Node, wait_until
 
 H = 16
@@ -202,16 +202,7 @@ class TestTraining(unittest.TestCase):
                                           k_best=2)
         wait_all_visible(moe, num_experts, X_train)
         model = nn.Sequential(moe, nn.Linear(64, 2))
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for step in range(max_steps):
-            outputs = model(X_train)
-            loss = F.cross_entropy(outputs, y_train)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            accuracy = (outputs.argmax(dim=1) == y_train).float().mean().item()
-            if accuracy >= threshold:
-                break
+        accuracy = train_until(model, X_train, y_train, max_steps, threshold)
         self.assertGreaterEqual(accuracy, threshold, "too small accuracy: %s" % accuracy)
 
     def test_switch_training(self, max_steps=10, threshold=0.9, num_experts=5):
@@ -233,16 +224,7 @@ class TestTraining(unittest.TestCase):
 
         model = SwitchNetwork(dht, 64, 2, num_experts)
         wait_until(lambda: model(X_train) and model.moe.last_forward.experts_chosen >= 1, what="switch experts")
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for step in range(max_steps):
-            outputs, balancing_loss = model(X_train)
-            loss = F.cross_entropy(outputs, y_train) + 0.01 * balancing_loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            accuracy = (outputs.argmax(dim=1) == y_train).float().mean().item()
-            if accuracy >= threshold:
-                break
+        accuracy = train_until(model, X_train, y_train, max_steps, threshold)
         self.assertGreater(model.moe.grid_utilization.min().item(), (1 / num_experts) / 2)
         self.assertGreaterEqual(accuracy, threshold, "too small accuracy: %s" % accuracy)
 

@@ -271,7 +271,7 @@ Test(lying_expert, dmoe_train_stops_when_answers_go_nan, .timeout = 120)
     const char *base[] = { "--task", "moe", "--initial_peers", n.maddr, "--hidden_dim", "32", "--in_dim", "8",
                            "--num_classes", "4", "--grid_size", "4", "--k_best", "4", "--k_min", "1",
                            "--timeout_after_k_min", "1", "--forward_timeout", "5", "--backward_timeout", "5",
-                           "--steps", "20", "--batch_size", "16", "--log_every", "1", "--max_failed_steps", "3",
+                           "--steps", "20", "--batch_size", "16", "--log_every", "1", "--max_failed_steps", "5",
                            "--no_detect_anomalies", NULL };
     int rc = th_run("dmoe-train", base, out, sizeof out, 60);
     cr_assert_eq(rc, 1, "exit %d:\n%s", rc, out);

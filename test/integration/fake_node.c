@@ -1,9 +1,9 @@
 /* fake_node.c -- a lying node in a thread of the test process (see fake_node.h).
  *
  * One thread polls the listening socket, a wake-up pipe and the accepted connections. Clients send
- * whole frames, so a readable connection is read one frame at a time with blocking reads (bounded by a
- * receive timeout); each request gets its reply before the next one is read. fake_node_stop writes the
- * pipe, joins the thread and closes what it opened.
+ * whole frames, so a readable connection is read one frame at a time with the harness's blocking
+ * th_recv_msg (bounded by a receive timeout); each request gets its reply before the next one is
+ * read. fake_node_stop writes the pipe, joins the thread and closes what it opened.
  */
 #include "test/integration/fake_node.h"
 
@@ -37,19 +37,6 @@ struct fake_node {
     int calls[FAKE_MAX_EXPERTS];
     pthread_t thread;
 };
-
-static int recv_all(int fd, void *p, size_t n)
-{
-    char *c = p;
-    while (n) {
-        ssize_t r = recv(fd, c, n, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        c += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
 
 static const fake_expert *find(fake_node *f, const char *uid, int *idx)
 {
@@ -181,18 +168,12 @@ static wire_out *answer(fake_node *f, const wire_msg *m)
     return compute_reply(f, m->id, e, backward, &t);
 }
 
-/* serve_one reads one frame from fd and answers it. Returns 0, or -1 when the connection is done. */
+/* serve_one reads one frame from fd (th_recv_msg) and answers it. Returns 0, or -1 when the connection
+ * is done. */
 static int serve_one(fake_node *f, int fd)
 {
-    uint8_t hdr[4];
-    if (recv_all(fd, hdr, 4) != 0) return -1;
-    size_t len = ((size_t)hdr[0] << 24) | ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
-    if (len == 0 || len > ((size_t)64 << 20)) return -1;
-    uint8_t *body = malloc(len);
-    if (!body || recv_all(fd, body, len) != 0) { free(body); return -1; }
     wire_msg m;
-    char err[128];
-    if (wire_msg_decode(body, len, &m, err, sizeof err) != 0) return -1;   /* body is the decoder's */
+    if (th_recv_msg(fd, &m) != 0) return -1;
     wire_out *o = m.kind == WIRE_REQUEST ? answer(f, &m) : NULL;
     wire_msg_free(&m);
     return o && th_send_out(fd, o) == 0 ? 0 : -1;

@@ -10,9 +10,11 @@
  *   dmoe-call --initial_peers MADDR... moe --uid_prefix expert. --grid_size 15 --k_best 2 --random 3x512
  *
  * forward and backward first ask the expert for its schema (info) and check the tensors against it
- * before sending them; the node checks them again. Prints a short human summary, or one JSON object
- * with --json. Exit status: 0 success, 1 a failed call (unreachable, timeout, remote error), 2 bad
- * usage or bad local input.
+ * before sending them; the node checks them again. The answer is checked against the same schema
+ * (rx_reply_check: count, dtype, shape, rows) and refused when it holds NaN or Inf unless
+ * --no_detect_anomalies; a refused answer is a failed call. Prints a short human summary, or one JSON
+ * object with --json. Exit status: 0 success, 1 a failed call (unreachable, timeout, remote error, an
+ * answer that does not fit), 2 bad usage or bad local input.
  */
 #include <math.h>
 #include <signal.h>
@@ -42,6 +44,7 @@ typedef struct {
     char **inputs, **grad_outputs;
     uint64_t seed;
     int json, all;
+    int no_detect;            /* --no_detect_anomalies: accept outputs with NaN/Inf */
     uint64_t timeout_ms;
     rx_schema schema;
     rx_tensor in[KERN_MAX_IO], gout[KERN_MAX_IO];
@@ -138,13 +141,27 @@ static int on_compute(void *arg, int err, const char *msg, wire_msg *reply)
 {
     app *a = arg;
     double ms = (double)(rt_clock_us() - a->t0) / 1000.0;
-    if (err) { fail(a, 1, err, msg ? msg : dmoe_strerror(err)); return 0; }
+    if (err) {
+        char m[640];
+        snprintf(m, sizeof m, "%s %s at %s:%u: %s", a->cmd, a->uid, a->peer.host, (unsigned)a->peer.port,
+                 msg ? msg : dmoe_strerror(err));
+        fail(a, 1, err, m);
+        return 0;
+    }
     int bwd = strcmp(a->cmd, "backward") == 0;
     const char *key = bwd ? "grad_inputs" : "outputs";
     rx_tensor res[KERN_MAX_IO];
     char e[256];
     int n = rx_result(reply, key, res, KERN_MAX_IO, e, sizeof e);
-    if (n < 0) { fail(a, 1, n, e); return 0; }
+    int rc = n < 0 ? n : rx_reply_check(&a->schema, bwd, a->in, a->n_in, res, n, !a->no_detect, e, sizeof e);
+    if (rc) {
+        char m[512];
+        snprintf(m, sizeof m, "expert %s at %s:%u answered badly: %s%s", a->uid, a->peer.host, (unsigned)a->peer.port, e,
+                 rc == DMOE_ENONFINITE ? " (--no_detect_anomalies accepts it)" : "");
+        for (int i = 0; i < n; i++) rx_tensor_free(&res[i]);
+        fail(a, 1, rc, m);
+        return 0;
+    }
     a->status = 0;
     if (a->json) printf("{\"ok\": true, \"method\": \"%s\", \"uid\": ", a->cmd), wire_json_string(stdout, a->uid, strlen(a->uid)),
                  printf(", \"elapsed_ms\": %.3f, \"%s\": [", ms, key);
@@ -390,6 +407,7 @@ int main(int argc, char **argv)
         {"seed", ARG_U64, &a.seed, "seed for --random", "Tensors"},
         {"output", ARG_STR, &a.output, "write the outputs (or input gradients) to this .npy file", "Tensors"},
         {"all", ARG_FLAG, &a.all, "info: every expert of the node, with its stats", "Output"},
+        {"no_detect_anomalies", ARG_FLAG, &a.no_detect, "forward/backward: accept outputs with NaN/Inf (refused by default)", "Tensors"},
         {"json", ARG_FLAG, &a.json, "print one JSON object instead of a summary", "Output"},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output"},
         {"initial_peers", ARG_LIST, &a.initial_peers, "DHT peers to join (find experts by uid instead of --peer)", "DHT", rt_args_is_maddr},

@@ -14,7 +14,10 @@
  * (adam or sgd, kern_optim); the experts with the optimizer of their node. SIGINT or SIGTERM end the
  * training after the current step (exit 0). A step that fails (no expert answered, a backward short of
  * backward_k_min) is skipped with a warning; --max_failed_steps failures in a row end the program with
- * exit 1. Bad flags exit 2. One thread runs the loop; the experts' math runs on the nodes.
+ * exit 1. Answers are checked (shape, dtype, rows) and, unless --no_detect_anomalies, an answer with NaN
+ * or Inf is a failed expert; a loss that becomes NaN or Inf all the same ends the program at once with
+ * exit 1 and "loss became non-finite at step N". Bad flags exit 2. One thread runs the loop; the
+ * experts' math runs on the nodes.
  */
 #include <event2/event.h>
 #include <math.h>
@@ -42,7 +45,8 @@ typedef struct {
     int64_t steps, batch;
     double lr;
     uint64_t seed;
-    int hidden, in_dim, classes, k_best, k_min, backward_k_min, log_every, is_switch, allow_zero, detect, max_failed;
+    int hidden, in_dim, classes, k_best, k_min, backward_k_min, log_every, is_switch, allow_zero, detect, no_detect,
+        max_failed;
     double fwd_timeout, after_k_min, bwd_timeout, balance;
     moe_cfg mc;
     /* local parameters, flat: [Win, bin, Wout, bout] */
@@ -94,10 +98,14 @@ static int call_expert(app *a, const dht_expert_loc *loc, const char *uid, const
     if (rc) { snprintf(err, errlen, "cannot call %s: %s", uid, dmoe_strerror(rc)); return rc; }
     while (!w.done) rt_loop_run(a->l);
     if (w.err) { snprintf(err, errlen, "%s: %s", uid, w.msg); rx_tensor_free(&w.out); return w.err; }
-    if (w.out.dtype != WIRE_DT_F32 || w.out.ndim != 2 || w.out.shape[0] != x->shape[0]) {
-        snprintf(err, errlen, "%s answered an unexpected shape", uid);
+    int64_t width = a->hidden;
+    char why[256];
+    rc = rx_tensor_check(&w.out, WIRE_DT_F32, x->shape[0], 1, &width, a->mc.detect_anomalies,
+                         gout ? "grad_inputs[0]" : "outputs[0]", why, sizeof why);
+    if (rc) {
+        snprintf(err, errlen, "%s answered badly: %s", uid, why);
         rx_tensor_free(&w.out);
-        return DMOE_ESHAPE;
+        return rc;
     }
     *out = w.out;
     return 0;
@@ -186,7 +194,13 @@ static int train_chain(app *a)
                 loss += (double)d * d / (double)B;
                 gp[b] = 2.0f * d / (float)B;
             }
-            rc = rx_tensor_alloc(&gh1, WIRE_DT_F32, 2, shape);
+            if (!isfinite(loss)) {
+                fprintf(stderr, "dmoe-train: loss became non-finite at step %lld (%g) from %s's outputs and the local "
+                        "projection; detect_anomalies %s\n", (long long)a->done_steps + 1, loss, uids[1],
+                        a->mc.detect_anomalies ? "on" : "off");
+                rc = DMOE_ENONFINITE;
+            }
+            if (rc == 0) rc = rx_tensor_alloc(&gh1, WIRE_DT_F32, 2, shape);
             if (rc == 0) {
                 kern_linear_bwd(hf, gp, B, H, 1, Wo, rx_tensor_f32(&gh1), gWo, gbo);
                 rc = call_expert(a, &w.loc[1], uids[1], &h4, &gh1, &g1, err, sizeof err);
@@ -201,6 +215,7 @@ static int train_chain(app *a)
         rx_tensor_free(&g4);
         rx_tensor_free(&gh4);
         rx_tensor_free(&gh1);
+        if (!isfinite(loss)) return 1;
         if (rc) {
             if (step_failed(a, "expert call", err)) return 1;
             continue;
@@ -279,6 +294,15 @@ static int train_moe(app *a)
             for (int c = 0; c < C; c++) gl[b * C + c] = (float)((exp((double)l[c] - mx) / zs - (c == label[b])) / (double)B);
         }
         if (a->is_switch) loss += a->balance * moe_fwd_balancing_loss(f);
+        if (!isfinite(loss)) {
+            const moe_fwd_stats *st = moe_fwd_stats_of(f);
+            fprintf(stderr, "dmoe-train: loss became non-finite at step %lld (%g); the layer reported %d of %d chosen "
+                    "experts answering, %lld samples with none, detect_anomalies %s\n", (long long)a->done_steps + 1, loss,
+                    st->experts_answered, st->experts_chosen, (long long)st->zero_rows, a->mc.detect_anomalies ? "on" : "off");
+            moe_fwd_free(f);
+            rc = 1;
+            goto out;
+        }
         kern_linear_bwd(z, gl, B, H, C, Wo, gz, gWo, gbo);
         const float *gh;
         rc = moe_backward_run(m, f, gz, (float)a->balance, &gh, err, sizeof err);
@@ -362,7 +386,8 @@ int main(int argc, char **argv)
         {"forward_timeout", ARG_F64, &a.fwd_timeout, "seconds for a forward, beam search included", "MoE", NULL},
         {"timeout_after_k_min", ARG_F64, &a.after_k_min, "seconds to wait for stragglers after k_min", "MoE", NULL},
         {"backward_timeout", ARG_F64, &a.bwd_timeout, "seconds for a backward", "MoE", NULL},
-        {"detect_anomalies", ARG_FLAG, &a.detect, "mask answers with NaN/Inf", "MoE", NULL},
+        {"detect_anomalies", ARG_FLAG, &a.detect, "treat answers with NaN/Inf as failed experts (the default)", "MoE", NULL},
+        {"no_detect_anomalies", ARG_FLAG, &a.no_detect, "use answers with NaN/Inf (hivemind's default)", "MoE", NULL},
         {"allow_zero_outputs", ARG_FLAG, &a.allow_zero, "zeros for samples nobody answered instead of failing the step", "MoE", NULL},
         {"switch", ARG_FLAG, &a.is_switch, "use RemoteSwitchMixtureOfExperts", "MoE", NULL},
         {"log_every", ARG_INT, &a.log_every, "steps between progress lines", "Logging", NULL},
@@ -391,6 +416,7 @@ int main(int argc, char **argv)
         if (lv < 0) { fprintf(stderr, "dmoe-train: bad --log_level\n"); bad = 1; }
         else rt_log_set_level(lv);
     }
+    if (a.detect && a.no_detect) { fprintf(stderr, "dmoe-train: --detect_anomalies or --no_detect_anomalies, not both\n"); bad = 1; }
     moe_cfg_default(&a.mc);
     if (grid_words) {
         if (moe_parse_grid(grid_words, a.mc.grid_size, &a.mc.ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-train: %s\n", err); bad = 1; }
@@ -410,7 +436,7 @@ int main(int argc, char **argv)
     a.mc.forward_timeout = a.fwd_timeout;
     a.mc.timeout_after_k_min = a.after_k_min;
     a.mc.backward_timeout = a.bwd_timeout;
-    a.mc.detect_anomalies = a.detect;
+    a.mc.detect_anomalies = !a.no_detect;
     a.mc.allow_zero_outputs = a.allow_zero;
     a.mc.is_switch = a.is_switch;
     a.mc.seed = a.seed + 1;

@@ -4,8 +4,9 @@
  * An expert handle is plain data (uid, host address) plus a reference on its DHT handle, whose client
  * carries the calls (pooled connections, one per peer). A call copies its tensors on the caller's
  * thread, posts an operation, and on the loop thread builds the request (remote.h) and sends it
- * (client.h); the reply's tensors become a dmoe_tensors list, an error reply becomes the node's code
- * and message. Handles are created and released on the loop thread (the reference count lives there).
+ * (client.h); the reply's tensors, once they fit the request (rx_reply_check: rows, float32 or uint8
+ * outputs, one gradient per input with its shape; the values are the caller's to judge), become a
+ * dmoe_tensors list, an error reply becomes the node's code and message. Handles are created and released on the loop thread (the reference count lives there).
  */
 #include "actors/api/api_impl.h"
 
@@ -268,7 +269,14 @@ static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
     }
     rx_tensor res[KERN_MAX_IO];
     int n = rx_result(reply, c->kind ? "grad_inputs" : "outputs", res, KERN_MAX_IO, e, sizeof e);
-    if (n < 0) { api_done(&c->op, n, e); return 0; }
+    int rc = n < 0 ? n : rx_reply_check(NULL, c->kind, c->in, c->n_in, res, n, 0, e, sizeof e);
+    if (rc) {
+        char m[640];
+        snprintf(m, sizeof m, "%s %s answered badly: %s", c->kind ? "backward" : "forward", c->e->uid, e);
+        for (int i = 0; i < n; i++) rx_tensor_free(&res[i]);
+        api_done(&c->op, rc, m);
+        return 0;
+    }
     dmoe_tensors *ts = api_tensors_new(res, n);
     if (!ts) { api_done(&c->op, DMOE_ENOMEM, "out of memory"); return 0; }
     *c->out = ts;

@@ -134,6 +134,7 @@ void dmoe_moe_config_init(dmoe_moe_config *c, int is_switch)
     c->timeout_after_k_min = mc.timeout_after_k_min;
     c->backward_k_min = mc.backward_k_min;
     c->backward_timeout = mc.backward_timeout;
+    c->detect_anomalies = mc.detect_anomalies;
     c->is_switch = is_switch;
     c->jitter_eps = mc.jitter_eps;
     c->grid_dropout = mc.grid_dropout;

@@ -175,7 +175,9 @@ int dmoe_expert_info(dmoe_expert *e, int *n_in, int *n_out, int *in_dtype, int *
                      double timeout_s, char *err, size_t errlen);
 /* dmoe_expert_forward sends in[0..n_in) (row-aligned, shape[0] the batch) to the expert and returns its
  * outputs in *out. timeout_s <= 0: 30 s. Returns 0, the node's error code with its message in err, or
- * DMOE_ETIMEDOUT / DMOE_ECONN / DMOE_ESHUTDOWN. */
+ * DMOE_ETIMEDOUT / DMOE_ECONN / DMOE_ESHUTDOWN, or DMOE_ESHAPE / DMOE_EPROTO for an answer that does not
+ * fit the request (other rows, a dtype other than float32 or uint8, a backward's gradient of another
+ * shape than its input; the values are not judged). */
 int dmoe_expert_forward(dmoe_expert *e, const dmoe_tensor *in, int n_in, double timeout_s, dmoe_tensors **out,
                         char *err, size_t errlen);
 /* dmoe_expert_backward sends the inputs and the gradients of the outputs gout[0..n_gout) and returns
@@ -227,7 +229,7 @@ typedef struct {
     double timeout_after_k_min;  /* seconds; < 0: until forward_timeout */
     int backward_k_min;          /* 1 */
     double backward_timeout;     /* seconds; <= 0: 30 */
-    int detect_anomalies;
+    int detect_anomalies;        /* 1 (hivemind: False): answers with NaN/Inf count as failed experts */
     int allow_zero_outputs;
     uint64_t seed;               /* the gating's initialisation, jitter and grid dropout */
     int is_switch;               /* RemoteSwitchMixtureOfExperts */
@@ -236,7 +238,8 @@ typedef struct {
     double utilization_alpha;    /* switch: 0.9 */
 } dmoe_moe_config;
 
-/* dmoe_moe_config_init fills c with hivemind's defaults for a plain (is_switch 0) or switch layer. */
+/* dmoe_moe_config_init fills c with hivemind's defaults for a plain (is_switch 0) or switch layer,
+ * except detect_anomalies, which is on. */
 void dmoe_moe_config_init(dmoe_moe_config *c, int is_switch);
 
 typedef struct dmoe_moe dmoe_moe;

@@ -35,6 +35,7 @@ void moe_cfg_default(moe_cfg *c)
     c->forward_timeout = MOE_DEFAULT_TIMEOUT_S;
     c->backward_timeout = MOE_DEFAULT_TIMEOUT_S;
     c->timeout_after_k_min = -1;
+    c->detect_anomalies = 1;   /* on an open network an answer with NaN/Inf is a failed expert */
     c->neg_cache_s = DHT_NEG_CACHE_S;
     c->jitter_eps = 1e-2;
     c->grid_dropout = 1.0;

@@ -14,7 +14,8 @@
  * picks up to k_best experts per sample; ONE request per expert carries every row routed to it; all
  * requests go out at once. Answers are collected until every sample has k_min of them (or can get no
  * more), then for at most timeout_after_k_min more, never past forward_timeout (the beam search counts
- * against forward_timeout too). Failed, late and -- with detect_anomalies -- non-finite answers are
+ * against forward_timeout too). Failed and late answers, answers that are not float32 [the expert's
+ * rows, D] (rx_tensor_check), and -- with detect_anomalies, on by default -- non-finite answers are
  * masked out. Output row b = sum over the experts that answered of softmax(logits of those experts)_j *
  * output_j, where an expert's logit is the sum of its coordinates' scores. A sample nobody answered is
  * an error unless allow_zero_outputs (its row is then zeros, never NaN).
@@ -44,7 +45,7 @@
 #include "runtime/rt_actor.h"
 
 /* moe_cfg_default fills c with hivemind's defaults (k_best 1 in switch mode, else 4; the caller sets
- * in_features, grid_size, ndim, uid_prefix). */
+ * in_features, grid_size, ndim, uid_prefix), except detect_anomalies, which is on. */
 void moe_cfg_default(moe_cfg *c);
 
 /* ---- the layer ---- */

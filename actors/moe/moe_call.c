@@ -13,7 +13,7 @@
  * Each reply updates per-sample answer counts; once every sample has k_min answers or nothing left
  * pending, the finish time moves to now + timeout_after_k_min (never later than the deadline). At the
  * finish time, or when nothing is pending, the op combines what it has. Failed and late answers -- and,
- * with detect_anomalies, answers with NaN or Inf -- are masked out. Requests still out then are
+ * with detect_anomalies (on by default), answers with NaN or Inf -- are masked out. Requests still out then are
  * abandoned: their replies are dropped when they come (the caller's own timeout bounds them), and the
  * op stops itself only when it has called back, no request is out and its job is back, so no callback
  * ever sees freed memory.
@@ -243,12 +243,16 @@ static void op_abort(op *o)
 
 /* ---- dispatch ---- */
 
-static int valid_answer(const op *o, const moe_exp *e, const rx_tensor *t, int D)
+/* valid_answer: float32 [e's rows, D] (a forward's first answer sets D: want 0 takes any width), finite
+ * with detect_anomalies (rx_tensor_check says what is wrong in err). */
+static int valid_answer(const op *o, const moe_exp *e, const rx_tensor *t, int D, char *err, size_t errlen)
 {
-    if (t->dtype != WIRE_DT_F32 || t->ndim != 2 || t->shape[0] != e->nrows) return 0;
-    if (D > 0 ? t->shape[1] != D : t->shape[1] < 1) return 0;   /* a forward's first answer sets D */
-    if (o->m->c.detect_anomalies && t->numel && !kern_all_finite(rx_tensor_f32(t), t->numel)) return 0;
-    return 1;
+    int64_t width = D;
+    if (rx_tensor_check(t, WIRE_DT_F32, e->nrows, 1, &width, o->m->c.detect_anomalies,
+                        o->backward ? "grad_inputs[0]" : "outputs[0]", err, errlen) != 0) return 0;
+    if (t->shape[1] >= 1) return 1;
+    snprintf(err, errlen, "outputs[0] has no columns");
+    return 0;
 }
 
 static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
@@ -266,12 +270,13 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     int ok = 0;
     if (err == 0) {
         int want = o->backward ? f->in : (f->D > 0 ? f->D : 0);
-        ok = valid_answer(o, e, out, want);
+        char why[256];
+        ok = valid_answer(o, e, out, want, why, sizeof why);
         if (ok && o->backward) e->gx = *out;
         else if (ok) { e->out = *out; if (f->D <= 0) f->D = (int)out->shape[1]; }
         else {
-            LOG_WARN("%s %s: answer has the wrong shape%s", o->backward ? "backward" : "forward", e->uid,
-                     o->m->c.detect_anomalies ? " or non-finite values" : "");
+            LOG_WARN("%s %s: answer refused, the expert counts as failed: %s", o->backward ? "backward" : "forward",
+                     e->uid, why);
             rx_tensor_free(out);
         }
     } else {

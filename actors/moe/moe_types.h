@@ -25,7 +25,7 @@ typedef struct {
     double timeout_after_k_min; /* seconds to wait for stragglers once k_min answered; < 0: until forward_timeout */
     int backward_k_min;         /* 1 */
     double backward_timeout;    /* seconds; <= 0: 30 */
-    int detect_anomalies;
+    int detect_anomalies;       /* 1 (hivemind: False): answers with NaN/Inf count as failed experts */
     int allow_zero_outputs;
     double neg_cache_s;         /* negative caching of empty prefixes in the beam search (DHT_NEG_CACHE_S) */
     uint64_t seed;              /* gating initialisation, jitter and grid dropout */

@@ -3,7 +3,8 @@
  * Design notes. A peer holds one connection and an rt_map of its calls in flight, keyed by request id. Every way a call can end (reply, error reply, timeout, connection failure, client freed) goes
  * through complete(): the first one wins, detaches the call from its peer and raises the call's
  * "done" signal; the call actor's handler then runs the user's callback and stops the actor. A reply
- * that arrives for an id no longer in the map (it timed out) is dropped.
+ * that arrives for an id no longer in the map (it timed out) is dropped; one that does not decode ends
+ * its call at once (DMOE_EPROTO) when its id can be read.
  */
 #include "actors/net/client.h"
 
@@ -167,7 +168,20 @@ static void peer_on_close(conn *c, int err, void *arg)
     peer_free(p);
 }
 
-static const conn_ops peer_ops = {peer_on_msg, peer_on_close, NULL};
+/* A reply that does not decode (an error reply with code 0, a result that is no map...) ends its call
+ * at once with DMOE_EPROTO when its id could be read, instead of leaving it to time out; a frame that
+ * breaks the connection fails every call through peer_on_close right after. */
+static void peer_on_bad_frame(conn *c, uint64_t id, int code, const char *msg, void *arg)
+{
+    peer *p = arg;
+    call *k = id ? rt_map_get_u64(&p->calls, id) : NULL;
+    if (!k) return;
+    char m[320];
+    snprintf(m, sizeof m, "malformed reply from %s: %s", p->key, msg);
+    complete(k, DMOE_EPROTO, m, NULL);   /* detaches k from p->calls */
+}
+
+static const conn_ops peer_ops = {peer_on_msg, peer_on_close, peer_on_bad_frame};
 
 static peer *get_peer(client *cl, const wire_maddr *a)
 {

@@ -24,8 +24,9 @@ typedef struct client client;
 
 /* Called once per call on the loop thread. err is 0 with reply->kind == WIRE_REPLY_OK, or a DMOE_*
  * code: the remote error's code (with reply set and msg its message), DMOE_ETIMEDOUT, DMOE_ECONN,
- * DMOE_ESHUTDOWN (client freed) with reply NULL and msg a human description. Return 1 to keep reply
- * (then wire_msg_free and free() it yourself), 0 to let the client free it. */
+ * DMOE_ESHUTDOWN (client freed), DMOE_EPROTO (a reply that does not decode) with reply NULL and msg a
+ * human description. Return 1 to keep reply (then wire_msg_free and free() it yourself), 0 to let the
+ * client free it. */
 typedef int (*client_cb)(void *arg, int err, const char *msg, wire_msg *reply);
 
 /* client_new creates a client on loop l; lim may be NULL (defaults). Returns NULL when out of memory. */

@@ -249,6 +249,81 @@ wire_out *rx_request_with_handle(uint64_t id, const char *uid, const rx_tensor *
     return o;
 }
 
+/* ---- answers ---- */
+
+static int shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    int off = snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && off > 0 && (size_t)off < cap; d++)
+        off += snprintf(buf + off, cap - (size_t)off, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (off > 0 && (size_t)off < cap) off += snprintf(buf + off, cap - (size_t)off, "]");
+    return off;
+}
+
+int rx_tensor_check(const rx_tensor *t, int dtype, int64_t rows, int row_ndim, const int64_t *row_dims, int finite,
+                    const char *what, char *err, size_t errlen)
+{
+    int dt_ok = dtype == RX_ANY_DTYPE ? t->dtype == WIRE_DT_F32 || t->dtype == WIRE_DT_U8 : (int)t->dtype == dtype;
+    if (!dt_ok) {
+        snprintf(err, errlen, "%s: dtype %s, expected %s", what, wire_dtype_name(t->dtype),
+                 dtype == RX_ANY_DTYPE ? "float32 or uint8" : wire_dtype_name((wire_dtype)dtype));
+        return DMOE_ESHAPE;
+    }
+    int ok = t->ndim >= 1 && t->shape[0] == rows && (row_ndim < 0 || t->ndim == row_ndim + 1);
+    for (int d = 0; ok && row_ndim > 0 && d < row_ndim; d++) ok = row_dims[d] <= 0 || t->shape[d + 1] == row_dims[d];
+    if (!ok) {
+        char got[160], want[160] = "";
+        int off = snprintf(want, sizeof want, "[%lld", (long long)rows);
+        for (int d = 0; d < row_ndim && off > 0 && (size_t)off < sizeof want; d++)
+            off += row_dims[d] > 0 ? snprintf(want + off, sizeof want - (size_t)off, ", %lld", (long long)row_dims[d])
+                                   : snprintf(want + off, sizeof want - (size_t)off, ", *");
+        if (off > 0 && (size_t)off < sizeof want) snprintf(want + off, sizeof want - (size_t)off, "%s]", row_ndim < 0 ? ", ..." : "");
+        shape_str(got, sizeof got, t->ndim, t->shape);
+        snprintf(err, errlen, "%s: shape %s, expected %s", what, got, want);
+        return DMOE_ESHAPE;
+    }
+    if (finite && t->dtype == WIRE_DT_F32 && t->numel && !kern_all_finite(rx_tensor_f32(t), t->numel)) {
+        snprintf(err, errlen, "%s contains NaN or Inf", what);
+        return DMOE_ENONFINITE;
+    }
+    return 0;
+}
+
+int rx_reply_check(const rx_schema *s, int backward, const rx_tensor *in, int n_in, const rx_tensor *out, int n,
+                   int finite, char *err, size_t errlen)
+{
+    const char *key = backward ? "grad_inputs" : "outputs";
+    int want = s ? (backward ? s->n_in : s->n_out) : backward ? n_in : -1;
+    if (n_in < 1 || (want >= 0 && n != want) || n < 1) {
+        snprintf(err, errlen, "%d %s, expected %s%d", n, key, want < 0 ? "at least " : "", want < 0 ? 1 : want);
+        return DMOE_ESHAPE;
+    }
+    int64_t rows = in[0].ndim >= 1 ? in[0].shape[0] : 0;
+    for (int i = 0; i < n; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s[%d]", key, i);
+        int dtype, row_ndim;
+        const int64_t *row_dims;
+        if (s) {
+            const kern_io_info *io = backward ? &s->in[i] : &s->out[i];
+            dtype = backward || io->dtype != KERN_U8 ? WIRE_DT_F32 : WIRE_DT_U8;
+            row_ndim = io->ndim;
+            row_dims = io->dims;
+        } else if (backward) {
+            dtype = WIRE_DT_F32;
+            row_ndim = in[i].ndim - 1;
+            row_dims = in[i].shape + 1;
+        } else {
+            dtype = RX_ANY_DTYPE;
+            row_ndim = -1;
+            row_dims = NULL;
+        }
+        int rc = rx_tensor_check(&out[i], dtype, rows, row_ndim, row_dims, finite, what, err, errlen);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int rx_result(const wire_msg *reply, const char *key, rx_tensor *out, int max, char *err, size_t errlen)
 {
     const msgpack_object *arr = reply->result && reply->result->type == MSGPACK_OBJECT_MAP

@@ -5,6 +5,11 @@
  * the buffer (no copy) and drops its reference once the bytes have left for the socket, so a caller may
  * free its tensors as soon as a call ends, whatever state the connection is in.
  *
+ * Answers are hostile until checked: rx_tensor_check / rx_reply_check are the one place where a
+ * client compares what an expert answered with what it asked for (count, dtype, shape, rows, and
+ * NaN/Inf when the caller detects anomalies). dmoe-call, the Mixture-of-Experts layer (moe_adapt.c,
+ * moe.c), dmoe-train and libdmoe's expert calls use them.
+ *
  * Pure functions plus allocation; no I/O. dmoe-call and the Mixture-of-Experts layer build on it.
  */
 #ifndef DMOE_REMOTE_H
@@ -76,6 +81,24 @@ wire_out *rx_request_with_handle(uint64_t id, const char *uid, const rx_tensor *
                                  int n_gout, wire_scheme comp, uint64_t handle);
 /* rx_reply_handle returns the activation handle of a forward reply, or 0 when the node kept none. */
 uint64_t rx_reply_handle(const wire_msg *reply);
+/* RX_ANY_DTYPE, as rx_tensor_check's dtype: float32 or uint8 (a forward's outputs without a schema). */
+#define RX_ANY_DTYPE (-1)
+
+/* rx_tensor_check is the one check of a tensor an expert answered, before anything uses it: dtype
+ * (a wire_dtype, or RX_ANY_DTYPE), rows rows (shape[0]), then row_ndim row dims equal to row_dims
+ * (an entry <= 0 takes any size; row_ndim < 0 takes any row shape), and with finite no NaN or Inf in
+ * float32 data. what names the tensor in err ("outputs[0]"). Returns 0, or DMOE_ESHAPE /
+ * DMOE_ENONFINITE with err saying what was wrong. */
+int rx_tensor_check(const rx_tensor *t, int dtype, int64_t rows, int row_ndim, const int64_t *row_dims, int finite,
+                    const char *what, char *err, size_t errlen);
+/* rx_reply_check checks the out[0..n) a node answered to a forward (backward 0: "outputs") or a
+ * backward ("grad_inputs") of the request's inputs in[0..n_in): with the expert's schema s, one tensor
+ * per schema output (forward) or input (backward), of its dtype (float32 for gradients) and row shape;
+ * without one (s NULL), at least one output of float32 or uint8, or exactly one float32 gradient per
+ * input with that input's shape. Every tensor has in[0]'s rows; with finite, float32 data has no NaN or
+ * Inf. Returns 0 or DMOE_ESHAPE / DMOE_ENONFINITE with err (rx_tensor_check). */
+int rx_reply_check(const rx_schema *s, int backward, const rx_tensor *in, int n_in, const rx_tensor *out, int n,
+                   int finite, char *err, size_t errlen);
 /* rx_result reads the tensor array under key ("outputs", "grad_inputs") of a reply's result into
  * out[0..max). Returns the count, or DMOE_EPROTO / DMOE_ENOMEM with err. */
 int rx_result(const wire_msg *reply, const char *key, rx_tensor *out, int max, char *err, size_t errlen);

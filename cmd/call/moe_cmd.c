@@ -26,7 +26,7 @@ int moe_call_main(int argc, char **argv)
 {
     char **peers = NULL, **grid_words = NULL;
     const char *prefix = "expert.", *random = "3x512", *log_level = NULL;
-    int k_best = 2, k_min = 1, json = 0, detect = 0, allow_zero = 0, is_switch = 0;
+    int k_best = 2, k_min = 1, json = 0, detect = 0, no_detect = 0, allow_zero = 0, is_switch = 0;
     double fwd_timeout = 30, after_k_min = 1.0;
     uint64_t seed = 0;
     const rt_arg flags[] = {
@@ -37,7 +37,8 @@ int moe_call_main(int argc, char **argv)
         {"k_min", ARG_INT, &k_min, "answers per sample before the straggler timer starts", "Layer", NULL},
         {"forward_timeout", ARG_F64, &fwd_timeout, "seconds for the whole call", "Layer", NULL},
         {"timeout_after_k_min", ARG_F64, &after_k_min, "seconds to wait for stragglers after k_min answers", "Layer", NULL},
-        {"detect_anomalies", ARG_FLAG, &detect, "mask answers with NaN/Inf", "Layer", NULL},
+        {"detect_anomalies", ARG_FLAG, &detect, "mask answers with NaN/Inf (the default)", "Layer", NULL},
+        {"no_detect_anomalies", ARG_FLAG, &no_detect, "use answers with NaN/Inf (hivemind's default)", "Layer", NULL},
         {"allow_zero_outputs", ARG_FLAG, &allow_zero, "zeros for samples nobody answered instead of an error", "Layer", NULL},
         {"switch", ARG_FLAG, &is_switch, "RemoteSwitchMixtureOfExperts (k_best 1 routing, residual)", "Layer", NULL},
         {"random", ARG_STR, &random, "input shape BxH (seeded normal values)", "Input", NULL},
@@ -64,6 +65,7 @@ int moe_call_main(int argc, char **argv)
         if (lv < 0) { fprintf(stderr, "dmoe-call moe: bad --log_level %s\n", log_level); goto out; }
         rt_log_set_level(lv);
     }
+    if (detect && no_detect) { fprintf(stderr, "dmoe-call moe: --detect_anomalies or --no_detect_anomalies, not both\n"); goto out; }
     if (moe_parse_grid(grid_words, c.grid_size, &c.ndim, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call moe: %s\n", err); goto out; }
     if (rt_args_shape(random, shape, 2) != 2 || shape[0] < 1 || shape[1] < 1) {
         fprintf(stderr, "dmoe-call moe: --random %s: expected BxH, e.g. 3x512\n", random);
@@ -75,7 +77,7 @@ int moe_call_main(int argc, char **argv)
     c.k_min = k_min;
     c.forward_timeout = fwd_timeout;
     c.timeout_after_k_min = after_k_min;
-    c.detect_anomalies = detect;
+    c.detect_anomalies = !no_detect;
     c.allow_zero_outputs = allow_zero;
     c.is_switch = is_switch;
     c.seed = seed;

@@ -1,6 +1,7 @@
 /* test_moe.c -- the Mixture-of-Experts layer over real dmoe-node processes on loopback: the forward
  * equals the softmax-weighted combination of single-expert calls; training continues with the survivors
- * when a node is SIGKILLed (k_min 1); a node answering NaN is ignored with detect_anomalies; a hanging
+ * when a node is SIGKILLed (k_min 1); a node answering NaN is ignored with detect_anomalies (the
+ * default; test_lying_expert.c has liars of every kind); a hanging
  * node is cut off by timeout_after_k_min; every expert gone gives a clear error, or zeros with
  * allow_zero_outputs; a multi-input expert (det_dropout) gets its mask rows through the layer;
  * dmoe-train's chain and moe tasks learn. Every node started here is stopped here. */
@@ -371,9 +372,15 @@ Test(moe_net, node_answering_nan_is_ignored_with_detect_anomalies, .timeout = 12
         /* one backward: finite gradients, an sgd step of 1e30 */
         const char *bwd[] = { "--peer", b.maddr, "backward", uid, "--input", xp, "--grad_output", gp, NULL };
         cr_assert_eq(th_run("dmoe-call", bwd, out, sizeof out, 30), 0, "%s", out);
-        /* the premise: the expert now answers non-finite values to a finite input */
+        /* the premise: the expert now answers non-finite values to a finite input; dmoe-call refuses
+         * them (exit 1) unless --no_detect_anomalies */
         const char *fwd[] = { "--peer", b.maddr, "forward", uid, "--input", xp, "--output", yp, NULL };
-        cr_assert_eq(th_run("dmoe-call", fwd, out, sizeof out, 30), 0, "%s", out);
+        cr_assert_eq(th_run("dmoe-call", fwd, out, sizeof out, 30), 1, "%s", out);
+        cr_assert(strstr(out, "contains NaN or Inf"), "%s", out);
+        cr_assert_eq(access(yp, F_OK), -1, "a refused answer is not written");
+        const char *fwd_any[] = { "--peer", b.maddr, "forward", uid, "--input", xp, "--output", yp,
+                                  "--no_detect_anomalies", NULL };
+        cr_assert_eq(th_run("dmoe-call", fwd_any, out, sizeof out, 30), 0, "%s", out);
         float *y = th_read_npy(yp, 4, H);
         cr_assert(y, "%s", out);
         cr_assert(!all_finite(y, 4 * H), "%s still answers finite values after the step", uid);

@@ -2,7 +2,9 @@
  *
  * Both are thin: they translate the layer's calls into dht_get_active_successors and client_call, and
  * the replies back. The client caller owns one small context per call, freed by the reply callback,
- * which the client runs exactly once (with an error when the call fails or times out).
+ * which the client runs exactly once (with an error when the call fails or times out). The caller
+ * checks each answer's structure against the request (rx_reply_check: count, dtype, rows, a gradient's
+ * shape); the layer then checks the width and, with detect_anomalies, the values.
  */
 #include "actors/moe/route/moe_adapt.h"
 
@@ -32,6 +34,8 @@ typedef struct {
     void *arg;
     int backward;
     rx_buf *xbuf;   /* the first input's buffer: a forward's reply leaves its activation handle there */
+    int n_in;
+    rx_tensor in[KERN_MAX_IO];   /* the request's inputs (shapes only, for checking the answer; no data) */
 } client_ctx;
 
 static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
@@ -43,8 +47,10 @@ static int on_client_reply(void *arg, int err, const char *msg, wire_msg *reply)
         c->cb(c->arg, err, msg ? msg : dmoe_strerror(err), NULL);
     } else {
         int n = rx_result(reply, c->backward ? "grad_inputs" : "outputs", out, KERN_MAX_IO, e, sizeof e);
-        if (n < 1) {
-            c->cb(c->arg, n < 0 ? n : DMOE_EPROTO, n < 0 ? e : "no tensor in the reply", NULL);
+        int rc = n < 0 ? n : rx_reply_check(NULL, c->backward, c->in, c->n_in, out, n, 0, e, sizeof e);
+        if (rc) {
+            for (int i = 0; i < n; i++) rx_tensor_free(&out[i]);
+            c->cb(c->arg, rc, e, NULL);
         } else {
             for (int i = 1; i < n; i++) rx_tensor_free(&out[i]);
             /* the backward of these rows will send the handle back, so the node skips the recompute */
@@ -65,7 +71,11 @@ static int client_caller_call(void *impl, const char *uid, const wire_maddr *add
     const rx_tensor *x = &in[0];
     client_ctx *c = malloc(sizeof *c);
     if (!c) return DMOE_ENOMEM;
-    *c = (client_ctx){ cb, arg, gout != NULL, x->buf };
+    *c = (client_ctx){ cb, arg, gout != NULL, x->buf, n_in };
+    for (int i = 0; i < n_in; i++) {   /* the answer is checked against these shapes */
+        c->in[i] = in[i];
+        c->in[i].buf = NULL;
+    }
     uint64_t handle = 0;
     if (x->buf) {
         rx_buf_ref(x->buf);

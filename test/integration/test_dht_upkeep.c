@@ -72,18 +72,18 @@ static void on_boot(void *arg, int err, const char *msg)
     s->pending--;
 }
 
-/* add_node adds a node (with id *id when not NULL) to the swarm, bound to its endpoint. */
-static dht *add_node(swarm *s, const dht_id *id)
+/* add_node adds a node (its key, hence its id, drawn from its index) to the swarm, bound to its
+ * endpoint. */
+static dht *add_node(swarm *s)
 {
     cr_assert(s->n < SW_MAX);
     dht_cfg c;
     dht_transport t;
+    dht_ident key;
     dht_cfg_default(&c);
     c.seed = 9001 + s->n * 131;
-    if (id) {
-        c.has_id = 1;
-        c.id = *id;
-    }
+    cr_assert_eq(dht_ident_for_test(&key, c.seed), 0);
+    c.ident = &key;
     c.refresh_period_s = -1;
     c.bucket_size = s->bucket_size;
     c.rpc_timeout_ms = s->rpc_timeout_ms;
@@ -121,7 +121,7 @@ static void swarm_up(swarm *s, size_t n, size_t bucket_size, uint64_t rpc_timeou
     cr_assert_eq(dht_memnet_new(s->l, s->clock, 1, &s->net), 0);
     uint64_t rng = 12345;
     for (size_t i = 0; i < n; i++) {
-        dht *d = add_node(s, NULL);
+        dht *d = add_node(s);
         if (i == 0) continue;
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         boot_from(s, d, (rng >> 33) % i);
@@ -298,12 +298,17 @@ Test(dht_upkeep, a_joining_node_is_handed_the_keys_it_is_nearest_to, .timeout = 
     swarm_up(&s, 32, 0, 1000);
     double exp = dht_node_now(s.nodes[0]) + 600;
     handover_goal g = { .n = HO_NEW + 1 };
-    for (int i = 0; i < HO_NEW; i++) {
-        g.key[i] = key_of("handover", i);
-        store_plain(&s, (size_t)(i * 5) % s.n, &g.key[i], (uint8_t)(40 + i), exp);
+    size_t old_n = s.n;
+    /* Newcomers (not joined yet: nobody knows them) and keys that differ from a newcomer's id in the last
+     * bit only: each newcomer will be nearer to its key than any replica. Ids come from keys, so the keys
+     * are chosen after the ids. */
+    for (size_t i = 0; i < g.n; i++) {
+        g.newcomer[i] = add_node(&s);
+        g.key[i] = *dht_node_id(g.newcomer[i]);
+        g.key[i].b[DHT_ID_BYTES - 1] ^= 1;
     }
+    for (int i = 0; i < HO_NEW; i++) store_plain(&s, (size_t)(i * 5) % old_n, &g.key[i], (uint8_t)(40 + i), exp);
     /* and a dictionary of two subkeys, each stored from a different node */
-    g.key[HO_NEW] = key_of("handover.dict", 0);
     for (int j = 0; j < 2; j++) {
         op o = { .s = &s };
         uint8_t sk = (uint8_t)(j + 1), v[2] = { 0xcc, (uint8_t)(50 + j) };
@@ -312,12 +317,7 @@ Test(dht_upkeep, a_joining_node_is_handed_the_keys_it_is_nearest_to, .timeout = 
         cr_assert(run_until(&s, 10000));
         cr_assert_eq(o.err, 0);
     }
-    size_t old_n = s.n;
-    /* Newcomers whose ids differ from a key in the last bit only: nearer to it than any replica. */
     for (size_t i = 0; i < g.n; i++) {
-        dht_id id = g.key[i];
-        id.b[DHT_ID_BYTES - 1] ^= 1;
-        g.newcomer[i] = add_node(&s, &id);
         cr_assert(!has_key(g.newcomer[i], dht_node_storage(g.newcomer[i]), &g.key[i]));
         boot_from(&s, g.newcomer[i], (i * 11) % old_n);
     }
@@ -692,7 +692,7 @@ Test(dht_upkeep, a_node_stopped_while_bootstrapping_reports_shutdown_once, .time
     swarm s;
     swarm_up(&s, 4, 0, 1000);
     dht_memnet_set_down(s.net, s.ep[1], 1);
-    dht *d = add_node(&s, NULL);
+    dht *d = add_node(&s);
     char text[WIRE_MADDR_TEXT], err[256];
     dht_node_maddr(s.nodes[1], text, sizeof text);
     const char *peers[1] = { text };

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/dht/dht_ident.h"
 #include "runtime/rt_err.h"
 
 /* ---- small helpers ---- */
@@ -168,39 +169,134 @@ int dht_proto_peer_decode(const msgpack_object *map, const char *key, dht_peer_i
     return 0;
 }
 
+/* ---- identity: challenges and proofs ---- */
+
+static int has_proof(const dht_proof *p) { return p && p->present; }
+
+/* pack_challenge packs the "challenge" field when c is not NULL. */
+static void pack_challenge(msgpack_packer *pk, const uint8_t *c)
+{
+    if (!c) return;
+    wire_pack_str(pk, "challenge");
+    pack_bin(pk, c, DHT_CHALLENGE_BYTES);
+}
+
+/* pack_proof packs the "proof" field when p is present. */
+static void pack_proof(msgpack_packer *pk, const dht_proof *p)
+{
+    if (!has_proof(p)) return;
+    wire_pack_str(pk, "proof");
+    msgpack_pack_map(pk, 2);
+    wire_pack_str(pk, "pubkey");
+    pack_bin(pk, p->pk, DHT_IDENT_PK_BYTES);
+    wire_pack_str(pk, "sig");
+    pack_bin(pk, p->sig, DHT_IDENT_SIG_BYTES);
+}
+
+int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
+                               size_t errlen)
+{
+    const msgpack_object *o = wire_map_get(root, "challenge");
+    const uint8_t *p;
+    size_t n;
+    if (!o || o->type == MSGPACK_OBJECT_NIL) {
+        *has = 0;
+        return 0;
+    }
+    if (get_bin(o, &p, &n) != 0 || n != DHT_CHALLENGE_BYTES)
+        return fail(err, errlen, DMOE_EINVAL, "%s must be 32 bytes of bin", "challenge");
+    memcpy(out, p, DHT_CHALLENGE_BYTES);
+    *has = 1;
+    return 0;
+}
+
+/* proof_msg writes the signed bytes -- DHT_PROOF_TAG, the challenge, the id, the addr text -- into buf
+ * (at least DHT_PROOF_MSG_MAX bytes) and returns their length. */
+static size_t proof_msg(const uint8_t *challenge, const dht_id *id, const char *addr, size_t alen, uint8_t *buf)
+{
+    size_t n = sizeof DHT_PROOF_TAG - 1;
+    memcpy(buf, DHT_PROOF_TAG, n);
+    memcpy(buf + n, challenge, DHT_CHALLENGE_BYTES);
+    n += DHT_CHALLENGE_BYTES;
+    memcpy(buf + n, id->b, DHT_ID_BYTES);
+    n += DHT_ID_BYTES;
+    memcpy(buf + n, addr, alen);
+    return n + alen;
+}
+
+int dht_proto_proof_make(const dht_ident *k, const uint8_t challenge[DHT_CHALLENGE_BYTES], const dht_peer_info *self,
+                         dht_proof *out)
+{
+    wire_maddr m;
+    char text[WIRE_MADDR_TEXT];
+    uint8_t buf[DHT_PROOF_MSG_MAX];
+    if (!self->present || dht_proto_addr_to_maddr(&self->addr, &self->id, &m) != 0) return DMOE_EINVAL;
+    wire_maddr_format(&m, text, sizeof text);
+    size_t n = proof_msg(challenge, &self->id, text, strlen(text), buf);
+    memcpy(out->pk, k->pk, DHT_IDENT_PK_BYTES);
+    dht_ident_sign(k, buf, n, out->sig);
+    out->present = 1;
+    return 0;
+}
+
+int dht_proto_proof_check(const msgpack_object *result, const uint8_t challenge[DHT_CHALLENGE_BYTES],
+                          const dht_peer_info *who, char *err, size_t errlen)
+{
+    const msgpack_object *po = result ? wire_map_get(result, "proof") : NULL;
+    const msgpack_object *node = result ? wire_map_get(result, "node") : NULL;
+    const msgpack_object *ao = node && node->type == MSGPACK_OBJECT_MAP ? wire_map_get(node, "addr") : NULL;
+    const uint8_t *pk, *sig;
+    size_t npk, nsig;
+    if (!who->present || !ao || ao->type != MSGPACK_OBJECT_STR || ao->via.str.size >= WIRE_MADDR_TEXT)
+        return fail(err, errlen, DMOE_EINVAL, "%s", "no PEER to prove");
+    if (!po || po->type != MSGPACK_OBJECT_MAP) return fail(err, errlen, DMOE_EINVAL, "%s", "the peer sent no proof of its id");
+    if (get_bin(wire_map_get(po, "pubkey"), &pk, &npk) != 0 || npk != DHT_IDENT_PK_BYTES ||
+        get_bin(wire_map_get(po, "sig"), &sig, &nsig) != 0 || nsig != DHT_IDENT_SIG_BYTES)
+        return fail(err, errlen, DMOE_EINVAL, "%s", "proof needs pubkey (32 bytes) and sig (64 bytes)");
+    dht_id kid;
+    dht_ident_id_of(pk, &kid);
+    if (!dht_id_eq(&kid, &who->id)) return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's id is not the hash of its key");
+    uint8_t buf[DHT_PROOF_MSG_MAX];
+    size_t n = proof_msg(challenge, &who->id, ao->via.str.ptr, ao->via.str.size, buf);
+    if (!dht_ident_verify(pk, buf, n, sig)) return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's proof of its id does not verify");
+    return 0;
+}
+
 /* ---- ping ---- */
 
-wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self)
+wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self, const uint8_t *challenge)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
-    wire_request_begin(o, id, "dht_ping", 3);
+    wire_request_begin(o, id, "dht_ping", challenge ? 4 : 3);
     wire_pack_str(wire_out_pk(o), "node");
     pack_peer(wire_out_pk(o), self);
+    pack_challenge(wire_out_pk(o), challenge);
     return o;
 }
 
-wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self)
+wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self, const dht_proof *proof)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     wire_reply_begin(o, id);
-    msgpack_pack_map(wire_out_pk(o), 1);
+    msgpack_pack_map(wire_out_pk(o), has_proof(proof) ? 2 : 1);
     wire_pack_str(wire_out_pk(o), "node");
     pack_peer(wire_out_pk(o), self);
+    pack_proof(wire_out_pk(o), proof);
     return o;
 }
 
 /* ---- store ---- */
 
 wire_out *dht_proto_store_req(uint64_t id, const dht_peer_info *sender, const dht_store_item *items, size_t n,
-                              int in_cache)
+                              int in_cache, const uint8_t *challenge)
 {
     if (n == 0 || n > DHT_PROTO_MAX_KEYS) return NULL;
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    wire_request_begin(o, id, "dht_store", 8);
+    wire_request_begin(o, id, "dht_store", challenge ? 9 : 8);
     wire_pack_str(pk, "keys");
     msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) pack_bin(pk, items[i].key.b, DHT_ID_BYTES);
@@ -221,6 +317,7 @@ wire_out *dht_proto_store_req(uint64_t id, const dht_peer_info *sender, const dh
     else msgpack_pack_false(pk);
     wire_pack_str(pk, "sender");
     pack_peer(pk, sender);
+    pack_challenge(pk, challenge);
     return o;
 }
 
@@ -300,13 +397,14 @@ int dht_proto_store_decode(const msgpack_object *root, double now, dht_store_req
     return 0;
 }
 
-wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n)
+wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n,
+                                const dht_proof *proof)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
     wire_reply_begin(o, id);
-    msgpack_pack_map(pk, 2);
+    msgpack_pack_map(pk, has_proof(proof) ? 3 : 2);
     wire_pack_str(pk, "stored");
     msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) {
@@ -315,6 +413,7 @@ wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const ui
     }
     wire_pack_str(pk, "node");
     pack_peer(pk, self);
+    pack_proof(pk, proof);
     return o;
 }
 
@@ -336,18 +435,20 @@ int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dh
 
 /* ---- find ---- */
 
-wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n)
+wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
+                             const uint8_t *challenge)
 {
     if (n == 0 || n > DHT_PROTO_MAX_KEYS) return NULL;
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    wire_request_begin(o, id, "dht_find", 4);
+    wire_request_begin(o, id, "dht_find", challenge ? 5 : 4);
     wire_pack_str(pk, "keys");
     msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) pack_bin(pk, keys[i].b, DHT_ID_BYTES);
     wire_pack_str(pk, "sender");
     pack_peer(pk, sender);
+    pack_challenge(pk, challenge);
     return o;
 }
 
@@ -399,18 +500,20 @@ static void pack_entry(msgpack_packer *pk, const dht_find_entry *e)
     }
 }
 
-wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n)
+wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n,
+                               const dht_proof *proof)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
     wire_reply_begin(o, id);
-    msgpack_pack_map(pk, 2);
+    msgpack_pack_map(pk, has_proof(proof) ? 3 : 2);
     wire_pack_str(pk, "results");
     msgpack_pack_array(pk, n);
     for (size_t i = 0; i < n; i++) pack_entry(pk, &entries[i]);
     wire_pack_str(pk, "node");
     pack_peer(pk, self);
+    pack_proof(pk, proof);
     return o;
 }
 

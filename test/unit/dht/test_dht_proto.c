@@ -47,18 +47,18 @@ Test(dht_proto, ping_round_trip, .timeout = 10)
 {
     dht_peer_info a = peer(1), got;
     wire_msg m;
-    decode(dht_proto_ping_req(5, &a), &m);
+    decode(dht_proto_ping_req(5, &a, NULL), &m);
     cr_assert_str_eq(m.method, "dht_ping");
     cr_assert_eq(dht_proto_peer_decode(&m.root, "node", &got, NULL, 0), 0);
     cr_assert(got.present && dht_id_eq(&got.id, &a.id) && dht_addr_eq(&got.addr, &a.addr));
     wire_msg_free(&m);
 
-    decode(dht_proto_ping_req(6, NULL), &m);
+    decode(dht_proto_ping_req(6, NULL, NULL), &m);
     cr_assert_eq(dht_proto_peer_decode(&m.root, "node", &got, NULL, 0), 0);
     cr_assert_eq(got.present, 0, "client mode sends nil");
     wire_msg_free(&m);
 
-    decode(dht_proto_ping_reply(7, &a), &m);
+    decode(dht_proto_ping_reply(7, &a, NULL), &m);
     cr_assert_eq(m.kind, WIRE_REPLY_OK);
     cr_assert_eq(dht_proto_peer_decode(m.result, "node", &got, NULL, 0), 0);
     cr_assert(dht_id_eq(&got.id, &a.id));
@@ -76,7 +76,7 @@ Test(dht_proto, store_round_trip, .timeout = 10)
     it[1] = (dht_store_item){ it[1].key, sk, 2, v2, 1, NOW + 20.5 };
     it[2] = (dht_store_item){ it[1].key, sk, 2, v2, 0, NOW - 5 };
     wire_msg m;
-    decode(dht_proto_store_req(11, &a, it, 3, 1), &m);
+    decode(dht_proto_store_req(11, &a, it, 3, 1, NULL), &m);
     dht_store_req r;
     char err[200] = "";
     cr_assert_eq(dht_proto_store_decode(&m.root, NOW, &r, err, sizeof err), 0, "%s", err);
@@ -92,14 +92,14 @@ Test(dht_proto, store_round_trip, .timeout = 10)
     wire_msg_free(&m);
 
     uint8_t ok[3] = { 1, 0, 1 };
-    decode(dht_proto_store_reply(11, &a, ok, 3), &m);
+    decode(dht_proto_store_reply(11, &a, ok, 3, NULL), &m);
     dht_store_rep rep;
     cr_assert_eq(dht_proto_store_rep_decode(m.result, 3, &rep, err, sizeof err), 0, "%s", err);
     cr_assert(rep.stored[0] && !rep.stored[1] && rep.stored[2]);
     cr_assert_eq(dht_proto_store_rep_decode(m.result, 2, &rep, err, sizeof err), DMOE_EINVAL, "count mismatch");
     wire_msg_free(&m);
-    cr_assert_null(dht_proto_store_req(1, &a, it, 0, 0));
-    cr_assert_null(dht_proto_store_req(1, &a, it, DHT_PROTO_MAX_KEYS + 1, 0));
+    cr_assert_null(dht_proto_store_req(1, &a, it, 0, 0, NULL));
+    cr_assert_null(dht_proto_store_req(1, &a, it, DHT_PROTO_MAX_KEYS + 1, 0, NULL));
 }
 
 Test(dht_proto, find_round_trip, .timeout = 10)
@@ -108,7 +108,7 @@ Test(dht_proto, find_round_trip, .timeout = 10)
     dht_id keys[3];
     for (int i = 0; i < 3; i++) dht_id_from_int(&keys[i], i);
     wire_msg m;
-    decode(dht_proto_find_req(12, NULL, keys, 3), &m);
+    decode(dht_proto_find_req(12, NULL, keys, 3, NULL), &m);
     dht_find_req fr;
     char err[200] = "";
     cr_assert_eq(dht_proto_find_decode(&m.root, &fr, err, sizeof err), 0, "%s", err);
@@ -126,7 +126,7 @@ Test(dht_proto, find_round_trip, .timeout = 10)
     dht_subitem subs[2] = { { sk1, 1, d1, 1, NOW + 5 }, { sk2, 1, d2, 1, NOW + 6 } };
     dht_stored plain = { 0, val, 2, NULL, 0, NOW + 3 }, dict = { 1, NULL, 0, subs, 2, NOW + 6 };
     dht_find_entry e[3] = { { NULL, near, 2 }, { &plain, near, 1 }, { &dict, NULL, 0 } };
-    decode(dht_proto_find_reply(12, &a, e, 3), &m);
+    decode(dht_proto_find_reply(12, &a, e, 3, NULL), &m);
     dht_find_rep rep;
     cr_assert_eq(dht_proto_find_rep_decode(m.result, 3, NOW, &rep, err, sizeof err), 0, "%s", err);
     cr_assert_eq(rep.results[0].type, DHT_FOUND_NONE);

@@ -7,7 +7,9 @@
  * freshest replacement takes its place, the failed address is banned and the ban doubles when it keeps
  * failing; crashed and stopped nodes vanish from the tables of the nodes that try them; a get with
  * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
- * reports it once; per-link latencies set each RPC's time exactly. Every wait is bounded by a deadline
+ * reports it once; per-link latencies set each RPC's time exactly; a peer that claims another node's
+ * id (in a ping, a find or a store) cannot repoint that id's routing entry, and lookups go on finding
+ * values. Every wait is bounded by a deadline
  * of virtual time; durations asserted are virtual (the ban lengths, with seconds of margin, and the
  * exact round trips of the latency test), so none depends on the machine's speed. */
 #include <criterion/criterion.h>
@@ -20,6 +22,7 @@
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
+#include "actors/dht/io/dht_proto.h"
 #include "runtime/rt_err.h"
 
 #define SW_MAX 64
@@ -748,6 +751,80 @@ Test(dht_upkeep, per_link_latencies_set_each_rpc_time_exactly, .timeout = 30)
         cr_assert_eq(t.o.err, 0);
         cr_expect_eq(t.done_at - t0, to == 2 ? 14000u : 2000u, "node %zu answered after %llu us", to,
                      (unsigned long long)(t.done_at - t0));
+    }
+    swarm_down(&s);
+}
+
+/* ---- 7. identity: a claim the claimant cannot prove changes nothing ---- */
+
+typedef struct {
+    swarm *s;
+    int err;
+} raw_call;
+
+static void on_raw(void *arg, int err, const char *msg, const wire_msg *reply)
+{
+    raw_call *r = arg;
+    r->err = err;
+    r->s->pending--;
+}
+
+Test(dht_upkeep, a_peer_claiming_another_nodes_id_does_not_repoint_its_entry, .timeout = 60)
+{
+    swarm s;
+    swarm_up(&s, 24, 0, 1000);
+    run_for(&s, 2000);   /* the last challenge pings of the joins complete */
+    dht *target = s.nodes[0];
+    dht_routing *rt = dht_node_routing(target);
+    /* The victim: a node the target holds; the attacker: a node of the swarm with its own key. */
+    size_t v = 0;
+    dht_node before;
+    for (size_t i = 1; i < s.n && !v; i++)
+        if (dht_routing_get(rt, dht_node_id(s.nodes[i]), &before) == 0) v = i;
+    cr_assert(v > 0, "the target knows some node");
+    dht *attacker = s.nodes[v == s.n - 1 ? 1 : s.n - 1];
+    const dht_id victim = *dht_node_id(s.nodes[v]);
+    cr_assert(dht_addr_eq(&before.addr, &dht_node_self(s.nodes[v])->addr));
+
+    /* From a spare endpoint, requests whose sender claims the victim's id at the attacker's address. */
+    dht_addr spare;
+    dht_transport t;
+    cr_assert(dht_memnet_add(s.net, &spare, &t) >= 0);
+    dht_peer_info forged = { .present = 1, .id = victim, .addr = dht_node_self(attacker)->addr };
+    wire_maddr to;
+    cr_assert_eq(dht_proto_addr_to_maddr(&dht_node_self(target)->addr, dht_node_id(target), &to), 0);
+    dht_store_item it = { .key = key_of("forged", 0), .value = (const uint8_t *)"\xc3", .vlen = 1,
+                          .expiration = dht_node_now(target) + 600 };
+    dht_id k = key_of("forged", 1);
+    raw_call rc[3];
+    for (int i = 0; i < 3; i++) {
+        uint64_t id = t.next_id(t.impl);
+        wire_out *req = i == 0 ? dht_proto_ping_req(id, &forged, NULL)
+                      : i == 1 ? dht_proto_find_req(id, &forged, &k, 1, NULL)
+                               : dht_proto_store_req(id, &forged, &it, 1, 0, NULL);
+        rc[i] = (raw_call){ &s, -1 };
+        s.pending++;
+        cr_assert_eq(t.call(t.impl, &to, id, req, 2000, on_raw, &rc[i]), 0);
+    }
+    cr_assert(run_until(&s, 5000));
+    run_for(&s, 3000);   /* the target's challenge pings to the claimed address are answered (or not) */
+    for (int i = 0; i < 3; i++) cr_expect_eq(rc[i].err, 0, "request %d is answered", i);
+
+    dht_node after;
+    cr_assert_eq(dht_routing_get(rt, &victim, &after), 0, "the victim's entry is still there");
+    cr_expect(dht_addr_eq(&after.addr, &before.addr), "the victim's entry still points at the victim, not at %s:%u",
+              after.addr.host, (unsigned)after.addr.port);
+    dht_ident_stats st = dht_node_ident_stats(target);
+    cr_expect(st.probes >= 1, "the target challenged the claimed address");
+    cr_expect(st.refused_proofs + st.probes >= 1);
+
+    /* Honest lookups still find values, from nodes on either side. */
+    dht_id key = key_of("honest", 0);
+    store_plain(&s, 3, &key, 77, dht_node_now(s.nodes[0]) + 600);
+    for (size_t from = 1; from < s.n; from += 5) {
+        op o;
+        get_one(&s, from, &key, 0, &o);
+        cr_expect(o.found && o.vlen == 2 && o.value[1] == 77, "node %zu finds the honest value", from);
     }
     swarm_down(&s);
 }

@@ -9,7 +9,7 @@
  * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
  * reports it once; per-link latencies set each RPC's time exactly; a peer that claims another node's
  * id (in a ping, a find or a store) cannot repoint that id's routing entry, and lookups go on finding
- * values. Every wait is bounded by a deadline
+ * values; a sender that claims a new id at someone else's address gets no hand-over sent there. Every wait is bounded by a deadline
  * of virtual time; durations asserted are virtual (the ban lengths, with seconds of margin, and the
  * exact round trips of the latency test), so none depends on the machine's speed. */
 #include <criterion/criterion.h>
@@ -767,6 +767,48 @@ static void on_raw(void *arg, int err, const char *msg, const wire_msg *reply)
     raw_call *r = arg;
     r->err = err;
     r->s->pending--;
+}
+
+/* send_forged sends, from a spare endpoint of the swarm, a dht_ping whose sender is *claim, to node to;
+ * runs until it is answered and expects an answer. */
+static void send_forged(swarm *s, dht *to, const dht_peer_info *claim)
+{
+    dht_addr spare;
+    dht_transport t;
+    cr_assert(dht_memnet_add(s->net, &spare, &t) >= 0);
+    wire_maddr dst;
+    cr_assert_eq(dht_proto_addr_to_maddr(&dht_node_self(to)->addr, dht_node_id(to), &dst), 0);
+    uint64_t id = t.next_id(t.impl);
+    raw_call r = { s, -1 };
+    s->pending++;
+    cr_assert_eq(t.call(t.impl, &dst, id, dht_proto_ping_req(id, claim, NULL), 2000, on_raw, &r), 0);
+    cr_assert(run_until(s, 5000));
+    cr_expect_eq(r.err, 0, "the forged ping is answered");
+}
+
+Test(dht_upkeep, no_hand_over_to_an_address_a_sender_only_claims, .timeout = 60)
+{
+    swarm s;
+    swarm_up(&s, 24, 0, 1000);
+    dht *holder = s.nodes[4];
+    /* A key next to the holder's id: the holder is nearest to it, and a newcomer with an id nearer still
+     * would be handed it. */
+    dht_id key = *dht_node_id(holder);
+    key.b[DHT_ID_BYTES - 1] ^= 1;
+    store_plain(&s, 9, &key, 55, dht_node_now(holder) + 600);
+    cr_assert(has_key(holder, dht_node_storage(holder), &key), "the holder is a replica");
+    /* The bystander: a real node that joined nobody; the claim: a new id, nearer to the key than the
+     * holder, at the bystander's address. */
+    dht *bystander = add_node(&s);
+    dht_peer_info claim = { .present = 1, .id = key, .addr = dht_node_self(bystander)->addr };
+    claim.id.b[DHT_ID_BYTES - 1] ^= 2;
+    send_forged(&s, holder, &claim);
+    run_for(&s, 3000);
+    cr_expect(!has_key(bystander, dht_node_storage(bystander), &key), "nothing was handed over to the bystander");
+    cr_expect_eq(dht_node_stored_keys(bystander), 0);
+    dht_node e;
+    cr_expect_neq(dht_routing_get(dht_node_routing(holder), &claim.id, &e), 0, "the claimed id is not in the table");
+    swarm_down(&s);
 }
 
 Test(dht_upkeep, a_peer_claiming_another_nodes_id_does_not_repoint_its_entry, .timeout = 60)

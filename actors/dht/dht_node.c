@@ -6,7 +6,9 @@
  * challenge (rpc.chal) from the address it claims. An incoming request from a sender not held goes to
  * probe(): a challenge ping to the claimed address, at most one in flight per id (the probing map), at
  * most DHT_PROBES_MAX in all; its failure changes nothing (an attacker could otherwise get an honest
- * address banned by naming it). Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
+ * address banned by naming it).
+ *
+ * Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
  * a burst of requests is served at most RT_ACTOR_BATCH per round; each is decoded by dht_proto, applied
  * to the tables, and answered at once (nothing in a DHT request waits for anything else). Outgoing RPCs
  * are rpc records handed to the transport; their completion (on_reply) applies the liveness rules --

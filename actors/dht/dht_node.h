@@ -16,9 +16,9 @@
  * adds it. A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
  *
  * Rules applied here, as hivemind's DHTProtocol: every request and every reply from a proven peer
- * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed RPC (no answer, a
- * refused connection, a garbled reply, or an error reply saying the peer is stopping) removes the peer
- * (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
+ * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
+ * RPC (no answer, a refused connection, a garbled or unproven reply, or an error reply saying the peer
+ * is stopping) removes the peer (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
  * least-recently-seen node for a ping and drops it if the ping fails; a newly seen node that is now
  * nearer to a stored key than our farthest known replica, while we are nearer than all of them, is
  * given that key (Kademlia's hand-over); every refresh_period the stale buckets are refreshed with a

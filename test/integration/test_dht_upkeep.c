@@ -9,9 +9,10 @@
  * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
  * reports it once; per-link latencies set each RPC's time exactly; a peer that claims another node's
  * id (in a ping, a find or a store) cannot repoint that id's routing entry, and lookups go on finding
- * values; a sender that claims a new id at someone else's address gets no hand-over sent there. Every wait is bounded by a deadline
- * of virtual time; durations asserted are virtual (the ban lengths, with seconds of margin, and the
- * exact round trips of the latency test), so none depends on the machine's speed. */
+ * values; a sender that claims a new id at someone else's address gets no hand-over sent there. Every
+ * wait is bounded by a deadline of virtual time; durations asserted are virtual (the ban lengths, with
+ * seconds of margin, and the exact round trips of the latency test), so none depends on the machine's
+ * speed. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>

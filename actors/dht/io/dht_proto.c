@@ -249,16 +249,19 @@ int dht_proto_proof_check(const msgpack_object *result, const uint8_t challenge[
     size_t npk, nsig;
     if (!who->present || !ao || ao->type != MSGPACK_OBJECT_STR || ao->via.str.size >= WIRE_MADDR_TEXT)
         return fail(err, errlen, DMOE_EINVAL, "%s", "no PEER to prove");
-    if (!po || po->type != MSGPACK_OBJECT_MAP) return fail(err, errlen, DMOE_EINVAL, "%s", "the peer sent no proof of its id");
+    if (!po || po->type != MSGPACK_OBJECT_MAP)
+        return fail(err, errlen, DMOE_EINVAL, "%s", "the peer sent no proof of its id");
     if (get_bin(wire_map_get(po, "pubkey"), &pk, &npk) != 0 || npk != DHT_IDENT_PK_BYTES ||
         get_bin(wire_map_get(po, "sig"), &sig, &nsig) != 0 || nsig != DHT_IDENT_SIG_BYTES)
         return fail(err, errlen, DMOE_EINVAL, "%s", "proof needs pubkey (32 bytes) and sig (64 bytes)");
     dht_id kid;
     dht_ident_id_of(pk, &kid);
-    if (!dht_id_eq(&kid, &who->id)) return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's id is not the hash of its key");
+    if (!dht_id_eq(&kid, &who->id))
+        return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's id is not the hash of its key");
     uint8_t buf[DHT_PROOF_MSG_MAX];
     size_t n = proof_msg(challenge, &who->id, ao->via.str.ptr, ao->via.str.size, buf);
-    if (!dht_ident_verify(pk, buf, n, sig)) return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's proof of its id does not verify");
+    if (!dht_ident_verify(pk, buf, n, sig))
+        return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's proof of its id does not verify");
     return 0;
 }
 

@@ -11,12 +11,12 @@
 # every cmd/dmoe-<name>.c is a program, linked with the .c files of cmd/<name>/ when that folder exists
 # (the command-line code only that program uses); every .c below test/ is linked into build/test/dmoe-tests.
 
-PKGS      := libevent libevent_pthreads msgpack openblas libxxhash
+PKGS      := libevent libevent_pthreads msgpack openblas libxxhash libsodium
 TEST_PKGS := criterion
 # Debian packages that provide the pkg-config names above (checked by `make deps`).
-DEB_PKGS  := pkg-config libevent-dev libmsgpack-dev libopenblas-dev libxxhash-dev libcriterion-dev \
+DEB_PKGS  := pkg-config libevent-dev libmsgpack-dev libopenblas-dev libxxhash-dev libsodium-dev libcriterion-dev \
              python3-numpy python3-torch python3-msgpack
-# The Python package and its tests run on Debian's interpreter (python3-numpy, python3-torch).
+# The Python package and its tests run on Debian's interpreter (python3-numpy, python3-torch, python3-msgpack).
 PYTHON    := /usr/bin/python3
 
 CC       ?= cc
@@ -64,9 +64,10 @@ DEPS_STAMP := $(BUILD)/.deps-ok
 .SECONDARY:
 all: $(PROGS) $(BUILD)/libdmoe.so
 
-# deps: install the Debian packages when any pkg-config check fails. Runs once per build folder.
+# deps: install the Debian packages when any pkg-config check fails. Runs once per build folder, and again
+# when the Makefile changes (a package may have been added to the lists above).
 deps: $(DEPS_STAMP)
-$(DEPS_STAMP):
+$(DEPS_STAMP): Makefile
 	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(PKGS) $(TEST_PKGS) \
 	    || ! $(PYTHON) -c 'import numpy, torch, msgpack' >/dev/null 2>&1; then \
 	  echo "deps: installing $(DEB_PKGS)"; \

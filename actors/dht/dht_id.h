@@ -2,8 +2,9 @@
  *
  * A key's id is XXH3-128 of the key's msgpack encoding (hivemind hashes the serialized key, so "ffn.1."
  * and the integer 5 name different ids), written big-endian (XXH128 canonical form), so byte 0 holds
- * the most significant bits and comparisons are memcmp. Node ids are random draws from a caller-seeded
- * generator. Pure value functions, no I/O, no global state; safe from any thread.
+ * the most significant bits and comparisons are memcmp. Node ids are hashes of the nodes' public keys
+ * (dht_ident.h); dht_id_random draws the ids of refresh lookups. Pure value functions, no I/O, no
+ * global state; safe from any thread.
  */
 #ifndef DMOE_DHT_ID_H
 #define DMOE_DHT_ID_H

@@ -1,7 +1,14 @@
 /* dht_node.c -- the DHT node actor: routing table, storage, RPC handlers, refresh, hand-over
  * (see dht_node.h).
  *
- * Design notes. Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
+ * Design notes. Identity first: learn() is the only way into the routing table, and it takes a peer only
+ * when it is already held at that id and address or has just proven itself: a reply that signed our
+ * challenge (rpc.chal) from the address it claims. An incoming request from a sender not held goes to
+ * probe(): a challenge ping to the claimed address, at most one in flight per id (the probing map), at
+ * most DHT_PROBES_MAX in all; its failure changes nothing (an attacker could otherwise get an honest
+ * address banned by naming it).
+ *
+ * Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
  * a burst of requests is served at most RT_ACTOR_BATCH per round; each is decoded by dht_proto, applied
  * to the tables, and answered at once (nothing in a DHT request waits for anything else). Outgoing RPCs
  * are rpc records handed to the transport; their completion (on_reply) applies the liveness rules --
@@ -49,6 +56,9 @@ typedef struct {
     int kind;
     dht_node peer;
     int has_id;
+    int has_chal;                /* the request carried chal: the reply must prove the peer's id */
+    int probe;                   /* a challenge ping to an unproven sender: no failure rules */
+    uint8_t chal[DHT_CHALLENGE_BYTES];
     size_t n;
     dht_find_done find_cb;
     dht_store_done store_cb;
@@ -62,6 +72,9 @@ struct dht {
     dht_cfg cfg;
     dht_transport t;
     dht_peer_info self;
+    dht_ident ident;
+    dht_ident_stats istats;
+    rt_map probing;              /* ids being probed: id -> &key_present */
     dht_routing *rt;
     dht_blacklist *bl;
     dht_storage *store, *cache, *neg;
@@ -103,16 +116,17 @@ static void fill_defaults(dht_cfg *c)
 
 /* ---- outgoing RPCs ---- */
 
-static void learn(dht *d, const dht_peer_info *p);
+static void learn(dht *d, const dht_peer_info *p, int proven);
 
-/* rpc_failed applies the failure rules: evict and blacklist, unless the peer answered with an error
- * (which proves it alive) or our own transport is shutting down (no reply, DMOE_ESHUTDOWN). A peer that
- * answers DMOE_ESHUTDOWN is leaving: it is evicted and banned as if it had not answered. */
+/* rpc_failed applies the failure rules: evict (the entry at the address called only) and blacklist,
+ * unless the peer answered with an error (which proves it alive) or our own transport is shutting down
+ * (no reply, DMOE_ESHUTDOWN). A peer that answers DMOE_ESHUTDOWN is leaving: it is evicted and banned as
+ * if it had not answered. Probes fail silently. */
 static void rpc_failed(dht *d, const rpc *r, int err, const wire_msg *reply)
 {
-    if (d->stopped) return;
+    if (d->stopped || r->probe) return;
     if (reply ? err != DMOE_ESHUTDOWN : err == DMOE_ESHUTDOWN) return;
-    if (r->has_id) dht_routing_remove(d->rt, &r->peer.id);
+    if (r->has_id) dht_routing_remove_at(d->rt, &r->peer.id, &r->peer.addr);
     dht_blacklist_fail(d->bl, &r->peer.addr, dht_node_now(d));
 }
 
@@ -120,6 +134,7 @@ static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
 {
     rpc *r = arg;
     dht *d = r->d;
+    int wrong_peer = 0, proven = 0;
     char emsg[256] = "";
     dht_find_rep frep;
     dht_store_rep srep;
@@ -145,19 +160,31 @@ static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
             snprintf(emsg, sizeof emsg, "peer answered with node id %s, expected %s", dht_id_to_hex(&who.id, a),
                      dht_id_to_hex(&r->peer.id, b));
             rc = DMOE_EINVAL;
+            wrong_peer = 1;
+        }
+        if (rc == 0 && r->has_chal && who.present) {
+            d->istats.checked_proofs++;
+            rc = dht_proto_proof_check(reply->result, r->chal, &who, emsg, sizeof emsg);
+            if (rc) d->istats.refused_proofs++;
+            proven = rc == 0 && dht_addr_eq(&who.addr, &r->peer.addr);
         }
         if (rc) {
             err = rc;
             msg = emsg;
-            reply = NULL;   /* a garbled answer counts as a failure of the peer */
+            reply = NULL;   /* a garbled or unproven answer counts as a failure of the peer */
         }
     }
-    if (err) {
+    if (wrong_peer) {
+        /* Someone else answers at that address: whatever pointed us there was stale or a lie. The address
+         * is alive, so it is not banned. */
+        if (!d->stopped && !r->probe) dht_routing_remove_at(d->rt, &r->peer.id, &r->peer.addr);
+    } else if (err) {
         rpc_failed(d, r, err, reply);
     } else if (!d->stopped) {
         dht_blacklist_ok(d->bl, &r->peer.addr);
-        learn(d, &who);
+        learn(d, &who, proven);
     }
+    if (r->probe) rt_map_del(&d->probing, r->peer.id.b, sizeof r->peer.id.b);
     if (r->kind == RPC_FIND) r->find_cb(r->arg, err, msg, err ? NULL : &frep);
     else if (r->kind == RPC_STORE) r->store_cb(r->arg, err, msg, err ? NULL : &srep);
     else r->ping_cb(r->arg, err, msg, err ? NULL : &who);
@@ -186,6 +213,8 @@ static int send_rpc(dht *d, rpc *r, uint64_t id, wire_out *req)
     return rc;
 }
 
+/* rpc_new returns a call record for peer, with a fresh challenge unless the table holds peer's id at
+ * peer's address already (NULL when out of memory). */
 static rpc *rpc_new(dht *d, int kind, const dht_node *peer, int has_id, size_t n, void *arg)
 {
     rpc *r = calloc(1, sizeof *r);
@@ -196,8 +225,13 @@ static rpc *rpc_new(dht *d, int kind, const dht_node *peer, int has_id, size_t n
     r->has_id = has_id;
     r->n = n;
     r->arg = arg;
+    r->has_chal = !has_id || !dht_routing_knows(d->rt, &peer->id, &peer->addr);
+    if (r->has_chal) dht_ident_random(r->chal, sizeof r->chal);
     return r;
 }
+
+/* chal_of returns r's challenge for the encoders, or NULL. */
+static const uint8_t *chal_of(const rpc *r) { return r->has_chal ? r->chal : NULL; }
 
 int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dht_find_done cb, void *arg)
 {
@@ -206,7 +240,7 @@ int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dh
     if (!r) return DMOE_ENOMEM;
     r->find_cb = cb;
     uint64_t id = d->t.next_id(d->t.impl);
-    return send_rpc(d, r, id, dht_proto_find_req(id, &d->self, keys, n));
+    return send_rpc(d, r, id, dht_proto_find_req(id, &d->self, keys, n, chal_of(r)));
 }
 
 int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items, size_t n, int in_cache,
@@ -217,7 +251,7 @@ int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items
     if (!r) return DMOE_ENOMEM;
     r->store_cb = cb;
     uint64_t id = d->t.next_id(d->t.impl);
-    return send_rpc(d, r, id, dht_proto_store_req(id, &d->self, items, n, in_cache));
+    return send_rpc(d, r, id, dht_proto_store_req(id, &d->self, items, n, in_cache, chal_of(r)));
 }
 
 int dht_node_ping(dht *d, const dht_node *peer, int has_id, dht_ping_done cb, void *arg)
@@ -227,11 +261,37 @@ int dht_node_ping(dht *d, const dht_node *peer, int has_id, dht_ping_done cb, vo
     if (!r) return DMOE_ENOMEM;
     r->ping_cb = cb;
     uint64_t id = d->t.next_id(d->t.impl);
-    return send_rpc(d, r, id, dht_proto_ping_req(id, &d->self));
+    return send_rpc(d, r, id, dht_proto_ping_req(id, &d->self, chal_of(r)));
 }
 
 static void ignore_store(void *arg, int err, const char *msg, const dht_store_rep *rep) {}
 static void ignore_ping(void *arg, int err, const char *msg, const dht_peer_info *who) {}
+
+/* probe sends a challenge ping to p, an unproven sender of a request; the reply adds it when it proves
+ * its id from the address it claims (on_reply -> learn). One probe per id at a time, DHT_PROBES_MAX in
+ * all: beyond, the claim is ignored until the peer writes again. */
+static void probe(dht *d, const dht_peer_info *p)
+{
+    if (rt_map_get(&d->probing, p->id.b, sizeof p->id.b) || rt_map_count(&d->probing) >= DHT_PROBES_MAX) return;
+    if (dht_blacklist_banned(d->bl, &p->addr, dht_node_now(d))) return;
+    dht_node peer = { .id = p->id, .addr = p->addr };
+    rpc *r = rpc_new(d, RPC_PING, &peer, 1, 0, NULL);
+    if (!r) return;
+    if (!r->has_chal) {   /* learn() found it held already; nothing to prove */
+        free(r);
+        return;
+    }
+    r->probe = 1;
+    r->ping_cb = ignore_ping;
+    if (rt_map_put(&d->probing, p->id.b, sizeof p->id.b, &key_present) != 0) {
+        free(r);
+        return;
+    }
+    d->istats.probes++;
+    uint64_t id = d->t.next_id(d->t.impl);
+    if (send_rpc(d, r, id, dht_proto_ping_req(id, &d->self, chal_of(r))) != 0)
+        rt_map_del(&d->probing, p->id.b, sizeof p->id.b);
+}
 
 /* ---- storage, hand-over ---- */
 
@@ -317,15 +377,26 @@ static void handover(dht *d, const dht_peer_info *p)
     if (nb) dht_node_store_rpc(d, &peer, batch, nb, 0, ignore_store, NULL);
 }
 
-/* learn refreshes peer p in the routing table (nothing for nil senders or ourselves). */
-static void learn(dht *d, const dht_peer_info *p)
+/* learn refreshes peer p in the routing table when it is proven (just now, or held at that id and
+ * address already); nothing for nil senders, ourselves or unproven claims. */
+static void learn(dht *d, const dht_peer_info *p, int proven)
 {
     if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
+    if (!proven && !dht_routing_knows(d->rt, &p->id, &p->addr)) return;
     dht_node known, to_ping;
     int is_new = dht_routing_get(d->rt, &p->id, &known) != 0;
     if (is_new && !d->cfg.client_mode) handover(d, p);
     int rc = dht_routing_add_or_update(d->rt, &p->id, &p->addr, dht_node_now(d), &to_ping);
     if (rc == DHT_RT_PING) dht_node_ping(d, &to_ping, 1, ignore_ping, NULL);
+}
+
+/* heard handles the sender of an incoming request: refreshed when held at that id and address, else
+ * probed. */
+static void heard(dht *d, const dht_peer_info *p)
+{
+    if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
+    if (dht_routing_knows(d->rt, &p->id, &p->addr)) learn(d, p, 1);
+    else probe(d, p);
 }
 
 /* ---- incoming requests ---- */
@@ -342,7 +413,15 @@ static void answer_error(inreq *q, int code, const char *msg)
     answer(q, wire_error_reply(q->m->id, code, msg));
 }
 
-static void serve_find(dht *d, inreq *q)
+/* proof_for returns the proof answering q's challenge (NULL when it carried none). */
+static const dht_proof *proof_for(dht *d, const uint8_t *chal, dht_proof *out)
+{
+    if (!chal || dht_proto_proof_make(&d->ident, chal, &d->self, out) != 0) return NULL;
+    d->istats.signed_proofs++;
+    return out;
+}
+
+static void serve_find(dht *d, inreq *q, const uint8_t *chal)
 {
     dht_find_req req;
     char err[256] = "";
@@ -351,7 +430,7 @@ static void serve_find(dht *d, inreq *q)
         answer_error(q, rc, err);
         return;
     }
-    learn(d, &req.sender);
+    heard(d, &req.sender);
     double now = dht_node_now(d);
     size_t k = d->cfg.bucket_size < DHT_PROTO_MAX_NEAREST ? d->cfg.bucket_size : DHT_PROTO_MAX_NEAREST;
     dht_find_entry *e = calloc(req.n, sizeof *e);
@@ -375,13 +454,14 @@ static void serve_find(dht *d, inreq *q)
         e[i].n_nearest = dht_routing_nearest(d->rt, &req.keys[i], k, req.sender.present ? &req.sender.id : NULL,
                                              near + i * k);
     }
-    answer(q, dht_proto_find_reply(q->m->id, &d->self, e, req.n));
+    dht_proof proof;
+    answer(q, dht_proto_find_reply(q->m->id, &d->self, e, req.n, proof_for(d, chal, &proof)));
     free(e);
     free(st);
     free(near);
 }
 
-static void serve_store(dht *d, inreq *q)
+static void serve_store(dht *d, inreq *q, const uint8_t *chal)
 {
     dht_store_req req;
     char err[256] = "";
@@ -391,34 +471,40 @@ static void serve_store(dht *d, inreq *q)
         answer_error(q, rc, err);
         return;
     }
-    learn(d, &req.sender);
+    heard(d, &req.sender);
     uint8_t stored[DHT_PROTO_MAX_KEYS];
     for (size_t i = 0; i < req.n; i++) stored[i] = dht_node_store_local(d, &req.items[i], req.in_cache) == 1;
-    answer(q, dht_proto_store_reply(q->m->id, &d->self, stored, req.n));
+    dht_proof proof;
+    answer(q, dht_proto_store_reply(q->m->id, &d->self, stored, req.n, proof_for(d, chal, &proof)));
 }
 
 static void serve(dht *d, inreq *q)
 {
+    uint8_t chal[DHT_CHALLENGE_BYTES];
+    int has_chal = 0;
+    char err[256] = "";
     if (d->stopped) {
         answer_error(q, DMOE_ESHUTDOWN, "the DHT node is stopping");
     } else if (d->cfg.client_mode) {
         answer_error(q, DMOE_ENOMETHOD, "a client-mode DHT node answers no DHT requests");
+    } else if (strncmp(q->m->method, "dht_", 4) == 0 &&
+               dht_proto_challenge_decode(&q->m->root, chal, &has_chal, err, sizeof err) != 0) {
+        answer_error(q, DMOE_EINVAL, err);
     } else if (strcmp(q->m->method, "dht_ping") == 0) {
         dht_peer_info who;
-        char err[256] = "";
         int rc = dht_proto_peer_decode(&q->m->root, "node", &who, err, sizeof err);
         if (rc) {
             answer_error(q, rc, err);
             return;
         }
-        learn(d, &who);
-        answer(q, dht_proto_ping_reply(q->m->id, &d->self));
+        heard(d, &who);
+        dht_proof proof;
+        answer(q, dht_proto_ping_reply(q->m->id, &d->self, proof_for(d, has_chal ? chal : NULL, &proof)));
     } else if (strcmp(q->m->method, "dht_find") == 0) {
-        serve_find(d, q);
+        serve_find(d, q, has_chal ? chal : NULL);
     } else if (strcmp(q->m->method, "dht_store") == 0) {
-        serve_store(d, q);
+        serve_store(d, q, has_chal ? chal : NULL);
     } else {
-        char err[96];
         snprintf(err, sizeof err, "unknown DHT method %.40s", q->m->method);
         answer_error(q, DMOE_ENOMETHOD, err);
     }
@@ -534,6 +620,8 @@ static void destroy(rt_actor *self)
     dht_storage_free(d->cache);
     dht_storage_free(d->neg);
     rt_map_clear(&d->keys);
+    rt_map_clear(&d->probing);
+    dht_ident_wipe(&d->ident);
     free(d);
 }
 
@@ -549,10 +637,13 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
     d->t = *t;
     d->clock = d->cfg.clock;
     uint64_t rng = c->seed;
-    if (c->has_id) d->self.id = c->id;
-    else dht_id_random(&d->self.id, &rng);
-    d->cfg.id = d->self.id;
-    d->cfg.has_id = 1;
+    if (c->ident) d->ident = *c->ident;
+    if ((!c->ident && dht_ident_generate(&d->ident) != 0) || dht_ident_init() != 0) {
+        free(d);
+        return DMOE_EINTERNAL;
+    }
+    dht_ident_id(&d->ident, &d->self.id);
+    d->cfg.ident = &d->ident;
     d->self.addr = c->addr;
     d->self.present = !c->client_mode;
     rt_actor_init(&d->actor, l, "dht", handle, destroy);
@@ -593,6 +684,8 @@ void dht_node_free(dht *d)
 const dht_id *dht_node_id(const dht *d) { return &d->self.id; }
 const dht_peer_info *dht_node_self(const dht *d) { return &d->self; }
 const dht_cfg *dht_node_cfg(const dht *d) { return &d->cfg; }
+const dht_ident *dht_node_ident(const dht *d) { return &d->ident; }
+dht_ident_stats dht_node_ident_stats(const dht *d) { return d->istats; }
 rt_loop *dht_node_loop(const dht *d) { return d->loop; }
 dht_routing *dht_node_routing(dht *d) { return d->rt; }
 dht_storage *dht_node_storage(dht *d) { return d->store; }

@@ -8,10 +8,17 @@
  * It reads the time and arms its timers only through its dht_clock (dht_clock.h): the wall clock, or a
  * virtual one under which a test swarm runs with no sleep.
  *
- * Rules applied here, as hivemind's DHTProtocol: every request and every reply refreshes its sender in
- * the routing table, unless the sender is in client mode (its PEER is nil); a failed RPC (no answer, a
- * refused connection, a garbled reply, or an error reply saying the peer is stopping) removes the peer
- * (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
+ * Identity (dht_ident.h, wire/PROTOCOL_DHT.md): the node's id is the hash of its Ed25519 public key, and
+ * nothing a peer claims enters the routing table before the peer has proven it: an outgoing request to
+ * a peer not already known at that id and address carries a random challenge, which the reply must sign;
+ * an incoming request from an unknown sender is answered, and the sender is sent a challenge ping at the
+ * address it claims (a probe: one extra round trip per new peer); only a proof from that very address
+ * adds it. A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
+ *
+ * Rules applied here, as hivemind's DHTProtocol: every request and every reply from a proven peer
+ * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
+ * RPC (no answer, a refused connection, a garbled or unproven reply, or an error reply saying the peer
+ * is stopping) removes the peer (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
  * least-recently-seen node for a ping and drops it if the ping fails; a newly seen node that is now
  * nearer to a stored key than our farthest known replica, while we are nearer than all of them, is
  * given that key (Kademlia's hand-over); every refresh_period the stale buckets are refreshed with a
@@ -32,6 +39,7 @@
 #include <stdint.h>
 
 #include "actors/dht/dht_id.h"
+#include "actors/dht/dht_ident.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_proto.h"
 #include "actors/dht/dht_routing.h"
@@ -49,6 +57,7 @@
 #define DHT_BOOTSTRAP_RETRIES 2           /* extra ping rounds for initial peers that did not answer */
 #define DHT_BOOTSTRAP_RETRY_MS 500        /* pause before each extra round */
 #define DHT_HANDOVER_BATCH DHT_PROTO_MAX_KEYS /* keys per hand-over store request */
+#define DHT_PROBES_MAX 256                /* unknown senders challenged at once; more are ignored until later */
 
 typedef struct dht dht;
 
@@ -70,8 +79,7 @@ typedef struct {
 } dht_transport;
 
 typedef struct {
-    int has_id;                  /* 1: use id; 0: draw a random id from seed */
-    dht_id id;
+    const dht_ident *ident;      /* the node's key pair (copied; its id is the node id); NULL: a fresh one */
     dht_addr addr;               /* the address others reach us at (ignored in client mode) */
     int client_mode;
     uint64_t seed;
@@ -88,11 +96,13 @@ typedef struct {
     dht_clock *clock;            /* NULL: dht_clock_real(); a virtual one must outlive the node */
 } dht_cfg;
 
-/* dht_cfg_default fills c with defaults: random id, client_mode 0, addr empty (set it). */
+/* dht_cfg_default fills c with defaults: a fresh key (hence a random id), client_mode 0, addr empty (set
+ * it). */
 void dht_cfg_default(dht_cfg *c);
 
 /* dht_node_new creates a node on loop l speaking through *t (copied; t->impl must outlive the node).
- * Returns 0 and *out, or DMOE_EINVAL (no address outside client mode) or DMOE_ENOMEM. */
+ * Returns 0 and *out, or DMOE_EINVAL (no address outside client mode), DMOE_ENOMEM or DMOE_EINTERNAL
+ * (libsodium could not start). */
 int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out);
 
 /* dht_node_deliver hands an incoming request to the node, which takes m (wire_msg_free + free) and
@@ -112,7 +122,9 @@ const dht_id *dht_node_id(const dht *d);
 const dht_peer_info *dht_node_self(const dht *d);
 /* dht_node_maddr writes the node's multiaddr text ("/ip4/.../tcp/PORT/p2p/ID") into buf[cap]. */
 void dht_node_maddr(const dht *d, char *buf, size_t cap);
-/* dht_node_cfg returns the node's configuration with every default filled in. */
+/* dht_node_ident returns the node's key pair (owned by the node). */
+const dht_ident *dht_node_ident(const dht *d);
+/* dht_node_cfg returns the node's configuration with every default filled in (ident: the node's own). */
 const dht_cfg *dht_node_cfg(const dht *d);
 /* dht_node_loop returns the node's loop. */
 rt_loop *dht_node_loop(const dht *d);
@@ -134,8 +146,14 @@ int dht_node_is_stopped(const dht *d);
 /* dht_node_stored_keys returns how many keys the node holds as a replica (expired ones included until
  * the next sweep). */
 size_t dht_node_stored_keys(const dht *d);
-/* dht_node_rpc_count returns the outgoing RPCs this node has started. */
+/* dht_node_rpc_count returns the outgoing RPCs this node has started (probes included). */
 uint64_t dht_node_rpc_count(const dht *d);
+/* Identity counters: proofs signed (replies to challenges), proofs checked and refused, probes sent. */
+typedef struct {
+    uint64_t signed_proofs, checked_proofs, refused_proofs, probes;
+} dht_ident_stats;
+/* dht_node_ident_stats returns the node's identity counters. */
+dht_ident_stats dht_node_ident_stats(const dht *d);
 
 /* ---- the node's RPCs, for the lookups and the bootstrap (they apply the routing and blacklist rules
  * above) ---- */
@@ -155,7 +173,9 @@ int dht_node_store_rpc(dht *d, const dht_node *peer, const dht_store_item *items
  * code and msg. */
 typedef void (*dht_ping_done)(void *arg, int err, const char *msg, const dht_peer_info *who);
 /* dht_node_ping sends dht_ping to peer (whose id is checked against the answer when has_id); as
- * dht_node_find. */
+ * dht_node_find. Every RPC to a peer the table does not hold at that id and address carries a challenge:
+ * its reply must prove the id (else the call fails with DMOE_EINVAL), and it is learned only when the
+ * PEER it answers with has the address called. */
 int dht_node_ping(dht *d, const dht_node *peer, int has_id, dht_ping_done cb, void *arg);
 /* dht_node_store_local stores one item in the node's storage (or cache) and indexes the key for
  * hand-over. Returns what dht_storage_store returns. */

@@ -274,6 +274,25 @@ int dht_routing_remove(dht_routing *t, const dht_id *id)
     return 0;
 }
 
+int dht_routing_remove_at(dht_routing *t, const dht_id *id, const dht_addr *addr)
+{
+    const bucket *bk = &t->b[dht_routing_bucket_of(t, id)];
+    long at = find_in(bk->nodes, bk->n, id);
+    const dht_node *e = at >= 0 ? &bk->nodes[at] : NULL;
+    if (!e && (at = find_in(bk->repl, bk->nrepl, id)) >= 0) e = &bk->repl[at];
+    if (!e || !dht_addr_eq(&e->addr, addr)) return DMOE_ENOTFOUND;
+    return dht_routing_remove(t, id);
+}
+
+int dht_routing_knows(const dht_routing *t, const dht_id *id, const dht_addr *addr)
+{
+    const bucket *bk = &t->b[dht_routing_bucket_of(t, id)];
+    long at = find_in(bk->nodes, bk->n, id);
+    if (at >= 0) return dht_addr_eq(&bk->nodes[at].addr, addr);
+    at = find_in(bk->repl, bk->nrepl, id);
+    return at >= 0 && dht_addr_eq(&bk->repl[at].addr, addr);
+}
+
 int dht_routing_get(const dht_routing *t, const dht_id *id, dht_node *out)
 {
     const bucket *bk = &t->b[dht_routing_bucket_of(t, id)];

@@ -103,6 +103,12 @@ int dht_routing_add_or_update(dht_routing *t, const dht_id *id, const dht_addr *
  * the bucket, the most recently seen replacement takes its place. Returns 0 or DMOE_ENOTFOUND. */
 int dht_routing_remove(dht_routing *t, const dht_id *id);
 
+/* dht_routing_remove_at forgets id as dht_routing_remove does, but only when the table holds it (in the
+ * bucket or its replacement cache) at addr: a failure at another address says nothing about the peer.
+ * Returns 0 or DMOE_ENOTFOUND. */
+int dht_routing_remove_at(dht_routing *t, const dht_id *id, const dht_addr *addr);
+/* dht_routing_knows returns 1 when the table holds id at addr, in the bucket or its replacement cache. */
+int dht_routing_knows(const dht_routing *t, const dht_id *id, const dht_addr *addr);
 /* dht_routing_get copies the bucket entry (not replacements) for id into *out. 0 or DMOE_ENOTFOUND. */
 int dht_routing_get(const dht_routing *t, const dht_id *id, dht_node *out);
 

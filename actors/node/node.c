@@ -409,12 +409,21 @@ static int start_dht(node *n, char *err, size_t errlen)
     dht_transport tr;
     if (dht_net_new(n->cl, &n->dnet, &tr) != 0) { snprintf(err, errlen, "out of memory"); return DMOE_ENOMEM; }
     dht_cfg dc;
+    dht_ident key;
     dht_cfg_default(&dc);
+    if (n->cfg.identity_path) {
+        int created = 0;
+        int rc = dht_ident_load_or_create(n->cfg.identity_path, &key, &created, err, errlen);
+        if (rc) return rc;
+        if (created) LOG_INFO("Created a new identity in %s", n->cfg.identity_path);
+        dc.ident = &key;
+    }
     dc.seed = n->cfg.seed ^ XXH3_64bits(n->addrs, sizeof n->addrs[0]) ^ (uint64_t)getpid();
     dc.client_mode = n->cfg.client_mode;
     snprintf(dc.addr.host, sizeof dc.addr.host, "%.63s", n->addrs[0].host);
     dc.addr.port = n->addrs[0].port;
     int rc = dht_node_new(n->loop, &dc, &tr, &n->dht);
+    dht_ident_wipe(&key);
     if (rc) { snprintf(err, errlen, "cannot create the DHT node: %s", dmoe_strerror(rc)); return rc; }
     if (!n->cfg.client_mode && (rc = dht_net_serve(n->dnet, n->srv, n->dht)) != 0) {
         snprintf(err, errlen, "cannot serve the DHT: %s", dmoe_strerror(rc));

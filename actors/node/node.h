@@ -52,6 +52,7 @@ typedef struct {
     int client_mode;             /* join the DHT without serving it (experts are then not declared) */
     double update_period;        /* seconds between declarations and checkpoints (30) */
     double expiration;           /* seconds a declaration lives (0: max(2 * update_period, 3)) */
+    const char *identity_path;   /* the node's key file (dht_ident.h), or NULL: a new key each start */
     /* checkpoints */
     const char *checkpoint_dir;  /* NULL: none */
     int keep_checkpoints;        /* files kept per expert (3) */

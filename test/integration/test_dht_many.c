@@ -64,6 +64,9 @@ static dht *add_node(mesh *m, int client_mode, uint64_t rpc_timeout_ms)
     dht_transport t;
     dht_cfg_default(&c);
     c.seed = 7777 + m->n * 31;
+    dht_ident key;
+    cr_assert_eq(dht_ident_for_test(&key, c.seed), 0);
+    c.ident = &key;
     c.client_mode = client_mode;
     c.refresh_period_s = -1;
     c.rpc_timeout_ms = rpc_timeout_ms;
@@ -449,6 +452,15 @@ static void start_node(tnet *t, int i)
     cr_assert_eq(dht_net_serve(n->net, n->srv, n->d), 0);
 }
 
+/* t_settle lets the loop run for ms: the challenge pings a node sends to peers it has just heard from
+ * (to prove their ids) complete, and the routing tables stop changing. */
+static void t_settle(tnet *t, int ms)
+{
+    t->pending = 1;
+    t_run_until(t, ms);
+    t->pending = 0;
+}
+
 static void tnet_up(tnet *t)
 {
     memset(t, 0, sizeof *t);
@@ -465,6 +477,7 @@ static void tnet_up(tnet *t)
         cr_assert(t_run_until(t, 10000), "bootstrap of node %d", i);
         cr_assert_eq(t->err, 0, "bootstrap of node %d: %s", i, t->msg);
     }
+    t_settle(t, 200);
 }
 
 static void tnet_down(tnet *t)

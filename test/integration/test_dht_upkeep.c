@@ -7,9 +7,12 @@
  * freshest replacement takes its place, the failed address is banned and the ban doubles when it keeps
  * failing; crashed and stopped nodes vanish from the tables of the nodes that try them; a get with
  * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
- * reports it once; per-link latencies set each RPC's time exactly. Every wait is bounded by a deadline
- * of virtual time; durations asserted are virtual (the ban lengths, with seconds of margin, and the
- * exact round trips of the latency test), so none depends on the machine's speed. */
+ * reports it once; per-link latencies set each RPC's time exactly; a peer that claims another node's
+ * id (in a ping, a find or a store) cannot repoint that id's routing entry, and lookups go on finding
+ * values; a sender that claims a new id at someone else's address gets no hand-over sent there. Every
+ * wait is bounded by a deadline of virtual time; durations asserted are virtual (the ban lengths, with
+ * seconds of margin, and the exact round trips of the latency test), so none depends on the machine's
+ * speed. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,7 @@
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
+#include "actors/dht/io/dht_proto.h"
 #include "runtime/rt_err.h"
 
 #define SW_MAX 64
@@ -72,18 +76,18 @@ static void on_boot(void *arg, int err, const char *msg)
     s->pending--;
 }
 
-/* add_node adds a node (with id *id when not NULL) to the swarm, bound to its endpoint. */
-static dht *add_node(swarm *s, const dht_id *id)
+/* add_node adds a node (its key, hence its id, drawn from its index) to the swarm, bound to its
+ * endpoint. */
+static dht *add_node(swarm *s)
 {
     cr_assert(s->n < SW_MAX);
     dht_cfg c;
     dht_transport t;
+    dht_ident key;
     dht_cfg_default(&c);
     c.seed = 9001 + s->n * 131;
-    if (id) {
-        c.has_id = 1;
-        c.id = *id;
-    }
+    cr_assert_eq(dht_ident_for_test(&key, c.seed), 0);
+    c.ident = &key;
     c.refresh_period_s = -1;
     c.bucket_size = s->bucket_size;
     c.rpc_timeout_ms = s->rpc_timeout_ms;
@@ -121,7 +125,7 @@ static void swarm_up(swarm *s, size_t n, size_t bucket_size, uint64_t rpc_timeou
     cr_assert_eq(dht_memnet_new(s->l, s->clock, 1, &s->net), 0);
     uint64_t rng = 12345;
     for (size_t i = 0; i < n; i++) {
-        dht *d = add_node(s, NULL);
+        dht *d = add_node(s);
         if (i == 0) continue;
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         boot_from(s, d, (rng >> 33) % i);
@@ -298,12 +302,17 @@ Test(dht_upkeep, a_joining_node_is_handed_the_keys_it_is_nearest_to, .timeout = 
     swarm_up(&s, 32, 0, 1000);
     double exp = dht_node_now(s.nodes[0]) + 600;
     handover_goal g = { .n = HO_NEW + 1 };
-    for (int i = 0; i < HO_NEW; i++) {
-        g.key[i] = key_of("handover", i);
-        store_plain(&s, (size_t)(i * 5) % s.n, &g.key[i], (uint8_t)(40 + i), exp);
+    size_t old_n = s.n;
+    /* Newcomers (not joined yet: nobody knows them) and keys that differ from a newcomer's id in the last
+     * bit only: each newcomer will be nearer to its key than any replica. Ids come from keys, so the keys
+     * are chosen after the ids. */
+    for (size_t i = 0; i < g.n; i++) {
+        g.newcomer[i] = add_node(&s);
+        g.key[i] = *dht_node_id(g.newcomer[i]);
+        g.key[i].b[DHT_ID_BYTES - 1] ^= 1;
     }
+    for (int i = 0; i < HO_NEW; i++) store_plain(&s, (size_t)(i * 5) % old_n, &g.key[i], (uint8_t)(40 + i), exp);
     /* and a dictionary of two subkeys, each stored from a different node */
-    g.key[HO_NEW] = key_of("handover.dict", 0);
     for (int j = 0; j < 2; j++) {
         op o = { .s = &s };
         uint8_t sk = (uint8_t)(j + 1), v[2] = { 0xcc, (uint8_t)(50 + j) };
@@ -312,12 +321,7 @@ Test(dht_upkeep, a_joining_node_is_handed_the_keys_it_is_nearest_to, .timeout = 
         cr_assert(run_until(&s, 10000));
         cr_assert_eq(o.err, 0);
     }
-    size_t old_n = s.n;
-    /* Newcomers whose ids differ from a key in the last bit only: nearer to it than any replica. */
     for (size_t i = 0; i < g.n; i++) {
-        dht_id id = g.key[i];
-        id.b[DHT_ID_BYTES - 1] ^= 1;
-        g.newcomer[i] = add_node(&s, &id);
         cr_assert(!has_key(g.newcomer[i], dht_node_storage(g.newcomer[i]), &g.key[i]));
         boot_from(&s, g.newcomer[i], (i * 11) % old_n);
     }
@@ -692,7 +696,7 @@ Test(dht_upkeep, a_node_stopped_while_bootstrapping_reports_shutdown_once, .time
     swarm s;
     swarm_up(&s, 4, 0, 1000);
     dht_memnet_set_down(s.net, s.ep[1], 1);
-    dht *d = add_node(&s, NULL);
+    dht *d = add_node(&s);
     char text[WIRE_MADDR_TEXT], err[256];
     dht_node_maddr(s.nodes[1], text, sizeof text);
     const char *peers[1] = { text };
@@ -748,6 +752,122 @@ Test(dht_upkeep, per_link_latencies_set_each_rpc_time_exactly, .timeout = 30)
         cr_assert_eq(t.o.err, 0);
         cr_expect_eq(t.done_at - t0, to == 2 ? 14000u : 2000u, "node %zu answered after %llu us", to,
                      (unsigned long long)(t.done_at - t0));
+    }
+    swarm_down(&s);
+}
+
+/* ---- 7. identity: a claim the claimant cannot prove changes nothing ---- */
+
+typedef struct {
+    swarm *s;
+    int err;
+} raw_call;
+
+static void on_raw(void *arg, int err, const char *msg, const wire_msg *reply)
+{
+    raw_call *r = arg;
+    r->err = err;
+    r->s->pending--;
+}
+
+/* send_forged sends, from a spare endpoint of the swarm, a dht_ping whose sender is *claim, to node to;
+ * runs until it is answered and expects an answer. */
+static void send_forged(swarm *s, dht *to, const dht_peer_info *claim)
+{
+    dht_addr spare;
+    dht_transport t;
+    cr_assert(dht_memnet_add(s->net, &spare, &t) >= 0);
+    wire_maddr dst;
+    cr_assert_eq(dht_proto_addr_to_maddr(&dht_node_self(to)->addr, dht_node_id(to), &dst), 0);
+    uint64_t id = t.next_id(t.impl);
+    raw_call r = { s, -1 };
+    s->pending++;
+    cr_assert_eq(t.call(t.impl, &dst, id, dht_proto_ping_req(id, claim, NULL), 2000, on_raw, &r), 0);
+    cr_assert(run_until(s, 5000));
+    cr_expect_eq(r.err, 0, "the forged ping is answered");
+}
+
+Test(dht_upkeep, no_hand_over_to_an_address_a_sender_only_claims, .timeout = 60)
+{
+    swarm s;
+    swarm_up(&s, 24, 0, 1000);
+    dht *holder = s.nodes[4];
+    /* A key next to the holder's id: the holder is nearest to it, and a newcomer with an id nearer still
+     * would be handed it. */
+    dht_id key = *dht_node_id(holder);
+    key.b[DHT_ID_BYTES - 1] ^= 1;
+    store_plain(&s, 9, &key, 55, dht_node_now(holder) + 600);
+    cr_assert(has_key(holder, dht_node_storage(holder), &key), "the holder is a replica");
+    /* The bystander: a real node that joined nobody; the claim: a new id, nearer to the key than the
+     * holder, at the bystander's address. */
+    dht *bystander = add_node(&s);
+    dht_peer_info claim = { .present = 1, .id = key, .addr = dht_node_self(bystander)->addr };
+    claim.id.b[DHT_ID_BYTES - 1] ^= 2;
+    send_forged(&s, holder, &claim);
+    run_for(&s, 3000);
+    cr_expect(!has_key(bystander, dht_node_storage(bystander), &key), "nothing was handed over to the bystander");
+    cr_expect_eq(dht_node_stored_keys(bystander), 0);
+    dht_node e;
+    cr_expect_neq(dht_routing_get(dht_node_routing(holder), &claim.id, &e), 0, "the claimed id is not in the table");
+    swarm_down(&s);
+}
+
+Test(dht_upkeep, a_peer_claiming_another_nodes_id_does_not_repoint_its_entry, .timeout = 60)
+{
+    swarm s;
+    swarm_up(&s, 24, 0, 1000);
+    run_for(&s, 2000);   /* the last challenge pings of the joins complete */
+    dht *target = s.nodes[0];
+    dht_routing *rt = dht_node_routing(target);
+    /* The victim: a node the target holds; the attacker: a node of the swarm with its own key. */
+    size_t v = 0;
+    dht_node before;
+    for (size_t i = 1; i < s.n && !v; i++)
+        if (dht_routing_get(rt, dht_node_id(s.nodes[i]), &before) == 0) v = i;
+    cr_assert(v > 0, "the target knows some node");
+    dht *attacker = s.nodes[v == s.n - 1 ? 1 : s.n - 1];
+    const dht_id victim = *dht_node_id(s.nodes[v]);
+    cr_assert(dht_addr_eq(&before.addr, &dht_node_self(s.nodes[v])->addr));
+
+    /* From a spare endpoint, requests whose sender claims the victim's id at the attacker's address. */
+    dht_addr spare;
+    dht_transport t;
+    cr_assert(dht_memnet_add(s.net, &spare, &t) >= 0);
+    dht_peer_info forged = { .present = 1, .id = victim, .addr = dht_node_self(attacker)->addr };
+    wire_maddr to;
+    cr_assert_eq(dht_proto_addr_to_maddr(&dht_node_self(target)->addr, dht_node_id(target), &to), 0);
+    dht_store_item it = { .key = key_of("forged", 0), .value = (const uint8_t *)"\xc3", .vlen = 1,
+                          .expiration = dht_node_now(target) + 600 };
+    dht_id k = key_of("forged", 1);
+    raw_call rc[3];
+    for (int i = 0; i < 3; i++) {
+        uint64_t id = t.next_id(t.impl);
+        wire_out *req = i == 0 ? dht_proto_ping_req(id, &forged, NULL)
+                      : i == 1 ? dht_proto_find_req(id, &forged, &k, 1, NULL)
+                               : dht_proto_store_req(id, &forged, &it, 1, 0, NULL);
+        rc[i] = (raw_call){ &s, -1 };
+        s.pending++;
+        cr_assert_eq(t.call(t.impl, &to, id, req, 2000, on_raw, &rc[i]), 0);
+    }
+    cr_assert(run_until(&s, 5000));
+    run_for(&s, 3000);   /* the target's challenge pings to the claimed address are answered (or not) */
+    for (int i = 0; i < 3; i++) cr_expect_eq(rc[i].err, 0, "request %d is answered", i);
+
+    dht_node after;
+    cr_assert_eq(dht_routing_get(rt, &victim, &after), 0, "the victim's entry is still there");
+    cr_expect(dht_addr_eq(&after.addr, &before.addr), "the victim's entry still points at the victim, not at %s:%u",
+              after.addr.host, (unsigned)after.addr.port);
+    dht_ident_stats st = dht_node_ident_stats(target);
+    cr_expect(st.probes >= 1, "the target challenged the claimed address");
+    cr_expect(st.refused_proofs + st.probes >= 1);
+
+    /* Honest lookups still find values, from nodes on either side. */
+    dht_id key = key_of("honest", 0);
+    store_plain(&s, 3, &key, 77, dht_node_now(s.nodes[0]) + 600);
+    for (size_t from = 1; from < s.n; from += 5) {
+        op o;
+        get_one(&s, from, &key, 0, &o);
+        cr_expect(o.found && o.vlen == 2 && o.value[1] == 77, "node %zu finds the honest value", from);
     }
     swarm_down(&s);
 }

@@ -563,7 +563,10 @@ int dht_memnet_measure(size_t n_nodes, size_t n_lookups, uint32_t latency_ms, ui
         dht_cfg c;
         dht_transport t;
         dht_cfg_default(&c);
+        dht_ident key;
         c.seed = seed * 1000003u + i;
+        if (dht_ident_for_test(&key, c.seed) != 0) goto out;
+        c.ident = &key;
         c.refresh_period_s = -1;
         c.no_cache = 1;
         c.rpc_timeout_ms = 2000;

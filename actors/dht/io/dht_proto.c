@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/dht/dht_ident.h"
 #include "runtime/rt_err.h"
 
 /* ---- small helpers ---- */
@@ -168,70 +169,172 @@ int dht_proto_peer_decode(const msgpack_object *map, const char *key, dht_peer_i
     return 0;
 }
 
-/* pack_node ends a message with its "node" field: the sender's own peer info. Returns o. */
-static wire_out *pack_node(wire_out *o, const dht_peer_info *self)
+/* ---- identity: challenges and proofs ---- */
+
+static int has_proof(const dht_proof *p) { return p && p->present; }
+
+/* pack_challenge packs the "challenge" field when c is not NULL. */
+static void pack_challenge(msgpack_packer *pk, const uint8_t *c)
 {
-    wire_pack_str(wire_out_pk(o), "node");
-    pack_peer(wire_out_pk(o), self);
-    return o;
+    if (!c) return;
+    wire_pack_str(pk, "challenge");
+    pack_bin(pk, c, DHT_CHALLENGE_BYTES);
 }
 
-/* reply_new starts the reply to request id as a map of nfields fields, or returns NULL (no memory). */
-static wire_out *reply_new(uint64_t id, uint32_t nfields)
+/* pack_proof packs the "proof" field when p is present. */
+static void pack_proof(msgpack_packer *pk, const dht_proof *p)
+{
+    if (!has_proof(p)) return;
+    wire_pack_str(pk, "proof");
+    msgpack_pack_map(pk, 2);
+    wire_pack_str(pk, "pubkey");
+    pack_bin(pk, p->pk, DHT_IDENT_PK_BYTES);
+    wire_pack_str(pk, "sig");
+    pack_bin(pk, p->sig, DHT_IDENT_SIG_BYTES);
+}
+
+/* reply_new starts the reply to request id as a map of nfields fields plus one for a present proof,
+ * or returns NULL (no memory). */
+static wire_out *reply_new(uint64_t id, uint32_t nfields, const dht_proof *proof)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     wire_reply_begin(o, id);
-    msgpack_pack_map(wire_out_pk(o), nfields);
+    msgpack_pack_map(wire_out_pk(o), nfields + (has_proof(proof) ? 1 : 0));
     return o;
 }
 
-/* list_reply starts the reply {key: [n items], node} to request id: the caller packs the n items, then
- * pack_node. Returns NULL when out of memory. */
-static wire_out *list_reply(uint64_t id, const char *key, size_t n)
+/* reply_end ends a reply with its "node" field (the sender's own peer info) and its proof. Returns o. */
+static wire_out *reply_end(wire_out *o, const dht_peer_info *self, const dht_proof *proof)
 {
-    wire_out *o = reply_new(id, 2);
+    wire_pack_str(wire_out_pk(o), "node");
+    pack_peer(wire_out_pk(o), self);
+    pack_proof(wire_out_pk(o), proof);
+    return o;
+}
+
+/* list_reply starts the reply {key: [n items], node, proof?} to request id: the caller packs the n
+ * items, then reply_end. Returns NULL when out of memory. */
+static wire_out *list_reply(uint64_t id, const char *key, size_t n, const dht_proof *proof)
+{
+    wire_out *o = reply_new(id, 2, proof);
     if (!o) return NULL;
     wire_pack_str(wire_out_pk(o), key);
     msgpack_pack_array(wire_out_pk(o), n);
     return o;
 }
 
-/* keys_req starts request method with nfields fields, the first "keys" (an array of n ids, which the
- * caller packs next). Returns NULL for n outside 1..DHT_PROTO_MAX_KEYS or when out of memory. */
-static wire_out *keys_req(uint64_t id, const char *method, uint32_t nfields, size_t n)
+/* keys_req starts request method with nfields fields (plus one for a challenge), the first "keys" (an
+ * array of n ids, which the caller packs next). Returns NULL for n outside 1..DHT_PROTO_MAX_KEYS or
+ * when out of memory. */
+static wire_out *keys_req(uint64_t id, const char *method, uint32_t nfields, size_t n, const uint8_t *challenge)
 {
     if (n == 0 || n > DHT_PROTO_MAX_KEYS) return NULL;
     wire_out *o = wire_out_new();
     if (!o) return NULL;
-    wire_request_begin(o, id, method, nfields);
+    wire_request_begin(o, id, method, nfields + (challenge ? 1 : 0));
     wire_pack_str(wire_out_pk(o), "keys");
     msgpack_pack_array(wire_out_pk(o), n);
     return o;
 }
 
+int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
+                               size_t errlen)
+{
+    const msgpack_object *o = wire_map_get(root, "challenge");
+    const uint8_t *p;
+    size_t n;
+    if (!o || o->type == MSGPACK_OBJECT_NIL) {
+        *has = 0;
+        return 0;
+    }
+    if (get_bin(o, &p, &n) != 0 || n != DHT_CHALLENGE_BYTES)
+        return fail(err, errlen, DMOE_EINVAL, "%s must be 32 bytes of bin", "challenge");
+    memcpy(out, p, DHT_CHALLENGE_BYTES);
+    *has = 1;
+    return 0;
+}
+
+/* proof_msg writes the signed bytes -- DHT_PROOF_TAG, the challenge, the id, the addr text -- into buf
+ * (at least DHT_PROOF_MSG_MAX bytes) and returns their length. */
+static size_t proof_msg(const uint8_t *challenge, const dht_id *id, const char *addr, size_t alen, uint8_t *buf)
+{
+    size_t n = sizeof DHT_PROOF_TAG - 1;
+    memcpy(buf, DHT_PROOF_TAG, n);
+    memcpy(buf + n, challenge, DHT_CHALLENGE_BYTES);
+    n += DHT_CHALLENGE_BYTES;
+    memcpy(buf + n, id->b, DHT_ID_BYTES);
+    n += DHT_ID_BYTES;
+    memcpy(buf + n, addr, alen);
+    return n + alen;
+}
+
+int dht_proto_proof_make(const dht_ident *k, const uint8_t challenge[DHT_CHALLENGE_BYTES], const dht_peer_info *self,
+                         dht_proof *out)
+{
+    wire_maddr m;
+    char text[WIRE_MADDR_TEXT];
+    uint8_t buf[DHT_PROOF_MSG_MAX];
+    if (!self->present || dht_proto_addr_to_maddr(&self->addr, &self->id, &m) != 0) return DMOE_EINVAL;
+    wire_maddr_format(&m, text, sizeof text);
+    size_t n = proof_msg(challenge, &self->id, text, strlen(text), buf);
+    memcpy(out->pk, k->pk, DHT_IDENT_PK_BYTES);
+    dht_ident_sign(k, buf, n, out->sig);
+    out->present = 1;
+    return 0;
+}
+
+int dht_proto_proof_check(const msgpack_object *result, const uint8_t challenge[DHT_CHALLENGE_BYTES],
+                          const dht_peer_info *who, char *err, size_t errlen)
+{
+    const msgpack_object *po = result ? wire_map_get(result, "proof") : NULL;
+    const msgpack_object *node = result ? wire_map_get(result, "node") : NULL;
+    const msgpack_object *ao = node && node->type == MSGPACK_OBJECT_MAP ? wire_map_get(node, "addr") : NULL;
+    const uint8_t *pk, *sig;
+    size_t npk, nsig;
+    if (!who->present || !ao || ao->type != MSGPACK_OBJECT_STR || ao->via.str.size >= WIRE_MADDR_TEXT)
+        return fail(err, errlen, DMOE_EINVAL, "%s", "no PEER to prove");
+    if (!po || po->type != MSGPACK_OBJECT_MAP)
+        return fail(err, errlen, DMOE_EINVAL, "%s", "the peer sent no proof of its id");
+    if (get_bin(wire_map_get(po, "pubkey"), &pk, &npk) != 0 || npk != DHT_IDENT_PK_BYTES ||
+        get_bin(wire_map_get(po, "sig"), &sig, &nsig) != 0 || nsig != DHT_IDENT_SIG_BYTES)
+        return fail(err, errlen, DMOE_EINVAL, "%s", "proof needs pubkey (32 bytes) and sig (64 bytes)");
+    dht_id kid;
+    dht_ident_id_of(pk, &kid);
+    if (!dht_id_eq(&kid, &who->id))
+        return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's id is not the hash of its key");
+    uint8_t buf[DHT_PROOF_MSG_MAX];
+    size_t n = proof_msg(challenge, &who->id, ao->via.str.ptr, ao->via.str.size, buf);
+    if (!dht_ident_verify(pk, buf, n, sig))
+        return fail(err, errlen, DMOE_EINVAL, "%s", "the peer's proof of its id does not verify");
+    return 0;
+}
+
 /* ---- ping ---- */
 
-wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self)
+wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self, const uint8_t *challenge)
 {
     wire_out *o = wire_out_new();
     if (!o) return NULL;
-    wire_request_begin(o, id, "dht_ping", 3);
-    return pack_node(o, self);
+    wire_request_begin(o, id, "dht_ping", challenge ? 4 : 3);
+    wire_pack_str(wire_out_pk(o), "node");
+    pack_peer(wire_out_pk(o), self);
+    pack_challenge(wire_out_pk(o), challenge);
+    return o;
 }
 
-wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self)
+wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self, const dht_proof *proof)
 {
-    wire_out *o = reply_new(id, 1);
-    return o ? pack_node(o, self) : NULL;
+    wire_out *o = reply_new(id, 1, proof);
+    return o ? reply_end(o, self, proof) : NULL;
 }
 
 /* ---- store ---- */
 
 wire_out *dht_proto_store_req(uint64_t id, const dht_peer_info *sender, const dht_store_item *items, size_t n,
-                              int in_cache)
+                              int in_cache, const uint8_t *challenge)
 {
-    wire_out *o = keys_req(id, "dht_store", 8, n);
+    wire_out *o = keys_req(id, "dht_store", 8, n, challenge);
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
     for (size_t i = 0; i < n; i++) pack_bin(pk, items[i].key.b, DHT_ID_BYTES);
@@ -252,6 +355,7 @@ wire_out *dht_proto_store_req(uint64_t id, const dht_peer_info *sender, const dh
     else msgpack_pack_false(pk);
     wire_pack_str(pk, "sender");
     pack_peer(pk, sender);
+    pack_challenge(pk, challenge);
     return o;
 }
 
@@ -331,16 +435,16 @@ int dht_proto_store_decode(const msgpack_object *root, double now, dht_store_req
     return 0;
 }
 
-wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n)
+wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n,
+                                const dht_proof *proof)
 {
-    wire_out *o = list_reply(id, "stored", n);
+    wire_out *o = list_reply(id, "stored", n, proof);
     if (!o) return NULL;
-    msgpack_packer *pk = wire_out_pk(o);
     for (size_t i = 0; i < n; i++) {
-        if (stored[i]) msgpack_pack_true(pk);
-        else msgpack_pack_false(pk);
+        if (stored[i]) msgpack_pack_true(wire_out_pk(o));
+        else msgpack_pack_false(wire_out_pk(o));
     }
-    return pack_node(o, self);
+    return reply_end(o, self, proof);
 }
 
 int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dht_store_rep *out, char *err,
@@ -361,14 +465,16 @@ int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dh
 
 /* ---- find ---- */
 
-wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n)
+wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
+                             const uint8_t *challenge)
 {
-    wire_out *o = keys_req(id, "dht_find", 4, n);
+    wire_out *o = keys_req(id, "dht_find", 4, n, challenge);
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
     for (size_t i = 0; i < n; i++) pack_bin(pk, keys[i].b, DHT_ID_BYTES);
     wire_pack_str(pk, "sender");
     pack_peer(pk, sender);
+    pack_challenge(pk, challenge);
     return o;
 }
 
@@ -420,12 +526,13 @@ static void pack_entry(msgpack_packer *pk, const dht_find_entry *e)
     }
 }
 
-wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n)
+wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n,
+                               const dht_proof *proof)
 {
-    wire_out *o = list_reply(id, "results", n);
+    wire_out *o = list_reply(id, "results", n, proof);
     if (!o) return NULL;
     for (size_t i = 0; i < n; i++) pack_entry(wire_out_pk(o), &entries[i]);
-    return pack_node(o, self);
+    return reply_end(o, self, proof);
 }
 
 static int decode_dict(const msgpack_object *d, double now, dht_find_result *r, char *err, size_t errlen)

@@ -1,10 +1,13 @@
 /* dht_proto.h -- the DHT's RPCs as msgpack request and reply maps (wire/PROTOCOL_DHT.md is normative).
  *
- *   dht_ping  {id, method, node: PEER | nil}                                   -> {node: PEER | nil}
+ *   dht_ping  {id, method, node: PEER | nil, challenge?}                       -> {node: PEER | nil, proof?}
  *   dht_store {id, method, keys: [bin16...], subkeys: [nil | bin...], values: [bin...],
- *              expirations: [float...], in_cache: bool, sender: PEER | nil}       -> {stored: [bool...], node}
- *   dht_find  {id, method, keys: [bin16...], sender: PEER | nil}               -> {results: [RESULT...], node}
+ *              expirations: [float...], in_cache: bool, sender: PEER | nil, challenge?}
+ *                                                                        -> {stored: [bool...], node, proof?}
+ *   dht_find  {id, method, keys: [bin16...], sender: PEER | nil, challenge?}   -> {results: [RESULT...], node, proof?}
  *   PEER   = {id: 32 hex digits, addr: "/ip4/A.B.C.D/tcp/PORT/p2p/ID"}  (nil: a client-mode node)
+ *   challenge = bin32 (random); proof = {pubkey: bin32, sig: bin64}, Ed25519 over DHT_PROOF_TAG || challenge
+ *              || the PEER's 16-byte id || the PEER's addr string as sent (present when a challenge was)
  *   RESULT = {type: 0 none | 1 value | 2 dictionary, expiration: float (types 1, 2), value: bin (type 1),
  *             dict: {subkey bin: [value bin, expiration float]} (type 2), nearest: [[bin16, addr]...]}
  *
@@ -26,6 +29,7 @@
 #include <stdint.h>
 
 #include "actors/dht/dht_id.h"
+#include "actors/dht/dht_ident.h"
 #include "actors/dht/dht_routing.h"
 #include "actors/dht/dht_storage.h"
 #include "wire/wire_maddr.h"
@@ -35,6 +39,19 @@
 #define DHT_PROTO_MAX_KEYS 64
 /* Peers listed per key in a find reply: k (20) is what nodes send; a little slack for other builds. */
 #define DHT_PROTO_MAX_NEAREST 32
+
+/* Identity proofs (wire/PROTOCOL_DHT.md, "Identity"): a request may carry a random challenge; the
+ * answering node signs the tag, the challenge, its id and its PEER's addr string. */
+#define DHT_CHALLENGE_BYTES 32
+#define DHT_PROOF_TAG "dmoe-dht-proof-v1"
+#define DHT_PROOF_MSG_MAX (sizeof DHT_PROOF_TAG - 1 + DHT_CHALLENGE_BYTES + DHT_ID_BYTES + WIRE_MADDR_TEXT)
+
+/* A proof to send with a reply: present 0 means none. */
+typedef struct {
+    int present;
+    uint8_t pk[DHT_IDENT_PK_BYTES];
+    uint8_t sig[DHT_IDENT_SIG_BYTES];
+} dht_proof;
 
 /* Outcomes of one key in a find reply. */
 enum { DHT_FOUND_NONE = 0, DHT_FOUND_VALUE = 1, DHT_FOUND_DICT = 2 };
@@ -114,34 +131,55 @@ int dht_proto_addr_to_maddr(const dht_addr *a, const dht_id *id, wire_maddr *out
  * Returns 0 or DMOE_EINVAL with err filled; outputs are written only on success. */
 int dht_proto_parse_peer(const char *text, dht_addr *addr, dht_id *id, int *has_id, char *err, size_t errlen);
 
+/* dht_proto_challenge_decode reads the optional "challenge" of a request's root map: *has 1 and out[], or
+ * *has 0 when absent or nil. Returns 0 or DMOE_EINVAL (not 32 bytes of bin). */
+int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
+                               size_t errlen);
+/* dht_proto_proof_make signs challenge for the PEER self (present, with an /ip4 or /ip6 address) with key
+ * k, whose id self->id must be. Returns 0 and *out, or DMOE_EINVAL (no address to sign). */
+int dht_proto_proof_make(const dht_ident *k, const uint8_t challenge[DHT_CHALLENGE_BYTES], const dht_peer_info *self,
+                         dht_proof *out);
+/* dht_proto_proof_check checks the proof in a reply's result against the challenge we sent: who (the
+ * decoded "node" of that result) must be present, its id the hash of the proof's pubkey, and sig that
+ * key's signature over the tag, challenge, id and the addr string exactly as in the result. Returns 0
+ * (proven) or DMOE_EINVAL with err filled. */
+int dht_proto_proof_check(const msgpack_object *result, const uint8_t challenge[DHT_CHALLENGE_BYTES],
+                          const dht_peer_info *who, char *err, size_t errlen);
+
 /* dht_proto_ping_req returns a new dht_ping request (NULL when out of memory); self may be NULL or not
- * present (client mode). The caller owns the result. */
-wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self);
-/* dht_proto_ping_reply returns the reply to a ping (NULL when out of memory). */
-wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self);
+ * present (client mode); challenge NULL or DHT_CHALLENGE_BYTES to be signed. The caller owns the result. */
+wire_out *dht_proto_ping_req(uint64_t id, const dht_peer_info *self, const uint8_t *challenge);
+/* dht_proto_ping_reply returns the reply to a ping (NULL when out of memory), with proof when it is not
+ * NULL and present. */
+wire_out *dht_proto_ping_reply(uint64_t id, const dht_peer_info *self, const dht_proof *proof);
 /* dht_proto_peer_decode reads the PEER or nil under key of map into *out. Returns 0, DMOE_EINVAL. */
 int dht_proto_peer_decode(const msgpack_object *map, const char *key, dht_peer_info *out, char *err, size_t errlen);
 
 /* dht_proto_store_req returns a dht_store request for items[0..n) (n 1..DHT_PROTO_MAX_KEYS), or NULL
- * when out of memory or n is out of range. The bytes are copied. */
+ * when out of memory or n is out of range. The bytes are copied. challenge: as dht_proto_ping_req. */
 wire_out *dht_proto_store_req(uint64_t id, const dht_peer_info *sender, const dht_store_item *items, size_t n,
-                              int in_cache);
+                              int in_cache, const uint8_t *challenge);
 /* dht_proto_store_decode reads a dht_store request's root map into *out (pointers into root). Returns 0,
  * DMOE_EINVAL or DMOE_ETOOBIG with err filled. */
 int dht_proto_store_decode(const msgpack_object *root, double now, dht_store_req *out, char *err, size_t errlen);
-/* dht_proto_store_reply returns the reply {stored, node} (NULL when out of memory). */
-wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n);
+/* dht_proto_store_reply returns the reply {stored, node, proof?} (NULL when out of memory). */
+wire_out *dht_proto_store_reply(uint64_t id, const dht_peer_info *self, const uint8_t *stored, size_t n,
+                                const dht_proof *proof);
 /* dht_proto_store_rep_decode reads a store reply's result, which must list exactly expect_n flags.
  * Returns 0, DMOE_EINVAL or DMOE_ETOOBIG. */
 int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dht_store_rep *out, char *err,
                                size_t errlen);
 
-/* dht_proto_find_req returns a dht_find request for keys[0..n), or NULL (out of memory, n out of range). */
-wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n);
+/* dht_proto_find_req returns a dht_find request for keys[0..n), or NULL (out of memory, n out of range);
+ * challenge as dht_proto_ping_req. */
+wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
+                             const uint8_t *challenge);
 /* dht_proto_find_decode reads a dht_find request. Returns 0, DMOE_EINVAL or DMOE_ETOOBIG. */
 int dht_proto_find_decode(const msgpack_object *root, dht_find_req *out, char *err, size_t errlen);
-/* dht_proto_find_reply returns the reply for entries[0..n) (NULL when out of memory). */
-wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n);
+/* dht_proto_find_reply returns the reply for entries[0..n), with proof when present (NULL when out of
+ * memory). */
+wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n,
+                               const dht_proof *proof);
 /* dht_proto_find_rep_decode reads a find reply's result, which must hold exactly expect_n results.
  * Returns 0 (then free with dht_proto_find_rep_free), DMOE_EINVAL, DMOE_ETOOBIG or DMOE_ENOMEM; on
  * failure nothing needs freeing. */

@@ -1,5 +1,6 @@
 /* test_dht_proto.c -- the DHT RPC encoders and decoders (actors/dht_proto.c): round trips of ping,
- * store and find, and every malformed field the decoders must refuse with its error code. */
+ * store and find, identity challenges and proofs, and every malformed field the decoders must refuse
+ * with its error code. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <msgpack.h>
@@ -47,22 +48,102 @@ Test(dht_proto, ping_round_trip, .timeout = 10)
 {
     dht_peer_info a = peer(1), got;
     wire_msg m;
-    decode(dht_proto_ping_req(5, &a), &m);
+    decode(dht_proto_ping_req(5, &a, NULL), &m);
     cr_assert_str_eq(m.method, "dht_ping");
     cr_assert_eq(dht_proto_peer_decode(&m.root, "node", &got, NULL, 0), 0);
     cr_assert(got.present && dht_id_eq(&got.id, &a.id) && dht_addr_eq(&got.addr, &a.addr));
     wire_msg_free(&m);
 
-    decode(dht_proto_ping_req(6, NULL), &m);
+    decode(dht_proto_ping_req(6, NULL, NULL), &m);
     cr_assert_eq(dht_proto_peer_decode(&m.root, "node", &got, NULL, 0), 0);
     cr_assert_eq(got.present, 0, "client mode sends nil");
     wire_msg_free(&m);
 
-    decode(dht_proto_ping_reply(7, &a), &m);
+    decode(dht_proto_ping_reply(7, &a, NULL), &m);
     cr_assert_eq(m.kind, WIRE_REPLY_OK);
     cr_assert_eq(dht_proto_peer_decode(m.result, "node", &got, NULL, 0), 0);
     cr_assert(dht_id_eq(&got.id, &a.id));
     wire_msg_free(&m);
+}
+
+/* ---- identity: challenges and proofs ---- */
+
+static void pack_short_challenge(msgpack_packer *pk, int variant)
+{
+    wire_pack_str(pk, "node");
+    msgpack_pack_nil(pk);
+    wire_pack_str(pk, "challenge");
+    msgpack_pack_bin(pk, 31);
+    msgpack_pack_bin_body(pk, "0123456789012345678901234567890", 31);
+}
+
+Test(dht_proto, requests_carry_the_challenge, .timeout = 10)
+{
+    dht_peer_info a = peer(3);
+    uint8_t chal[DHT_CHALLENGE_BYTES], got[DHT_CHALLENGE_BYTES];
+    for (int i = 0; i < DHT_CHALLENGE_BYTES; i++) chal[i] = (uint8_t)(200 - i);
+    dht_id k = a.id;
+    dht_store_item it = { .key = a.id, .value = (const uint8_t *)"v", .vlen = 1, .expiration = NOW + 10 };
+    for (int v = 0; v < 4; v++) {
+        wire_msg m;
+        decode(v == 0 ? dht_proto_ping_req(1, &a, chal)
+               : v == 1 ? dht_proto_find_req(2, &a, &k, 1, chal)
+               : v == 2 ? dht_proto_store_req(3, &a, &it, 1, 0, chal)
+                        : dht_proto_find_req(4, &a, &k, 1, NULL), &m);
+        int has = -1;
+        cr_assert_eq(dht_proto_challenge_decode(&m.root, got, &has, NULL, 0), 0);
+        cr_expect_eq(has, v < 3, "variant %d", v);
+        if (v < 3) cr_expect_eq(memcmp(got, chal, sizeof chal), 0);
+        wire_msg_free(&m);
+    }
+    wire_msg m;
+    int has;
+    char err[200];
+    raw("dht_ping", 2, pack_short_challenge, 0, &m);
+    cr_expect_eq(dht_proto_challenge_decode(&m.root, got, &has, err, sizeof err), DMOE_EINVAL);
+    wire_msg_free(&m);
+}
+
+/* proven_reply encodes a ping reply from `as` carrying a proof by k for `signed_as` and checks it against
+ * chal: returns what dht_proto_proof_check returns. */
+static int proven_reply(const dht_ident *k, const dht_peer_info *signed_as, const dht_peer_info *as,
+                        const uint8_t *sign_chal, const uint8_t *chal, int with_proof)
+{
+    dht_proof pr;
+    cr_assert_eq(dht_proto_proof_make(k, sign_chal, signed_as, &pr), 0);
+    wire_msg m;
+    decode(dht_proto_ping_reply(3, as, with_proof ? &pr : NULL), &m);
+    dht_peer_info who;
+    char err[200] = "";
+    cr_assert_eq(dht_proto_peer_decode(m.result, "node", &who, err, sizeof err), 0, "%s", err);
+    int rc = dht_proto_proof_check(m.result, chal, &who, err, sizeof err);
+    wire_msg_free(&m);
+    return rc;
+}
+
+Test(dht_proto, proofs_bind_the_challenge_the_key_and_the_address, .timeout = 10)
+{
+    dht_ident k, other;
+    cr_assert_eq(dht_ident_for_test(&k, 7), 0);
+    cr_assert_eq(dht_ident_for_test(&other, 8), 0);
+    dht_peer_info me = { .present = 1, .addr = { "127.0.0.1", 4000 } };
+    dht_ident_id(&k, &me.id);
+    uint8_t chal[DHT_CHALLENGE_BYTES], chal2[DHT_CHALLENGE_BYTES];
+    for (int i = 0; i < DHT_CHALLENGE_BYTES; i++) {
+        chal[i] = (uint8_t)i;
+        chal2[i] = (uint8_t)(i + (i == 17));
+    }
+    cr_expect_eq(proven_reply(&k, &me, &me, chal, chal, 1), 0, "a proof by the id's key verifies");
+    cr_expect_eq(proven_reply(&k, &me, &me, chal, chal2, 1), DMOE_EINVAL, "another challenge (a replay)");
+    cr_expect_eq(proven_reply(&k, &me, &me, chal, chal, 0), DMOE_EINVAL, "no proof at all");
+    cr_expect_eq(proven_reply(&other, &me, &me, chal, chal, 1), DMOE_EINVAL, "a key whose hash is another id");
+    dht_peer_info moved = me;
+    moved.addr.port = 4001;
+    cr_expect_eq(proven_reply(&k, &me, &moved, chal, chal, 1), DMOE_EINVAL, "a reply naming another address");
+    cr_expect_eq(proven_reply(&k, &moved, &moved, chal, chal, 1), 0, "the new address, signed");
+    dht_peer_info nil = { 0 };
+    dht_proof pr;
+    cr_expect_eq(dht_proto_proof_make(&k, chal, &nil, &pr), DMOE_EINVAL, "client mode has no address to sign");
 }
 
 Test(dht_proto, store_round_trip, .timeout = 10)
@@ -76,7 +157,7 @@ Test(dht_proto, store_round_trip, .timeout = 10)
     it[1] = (dht_store_item){ it[1].key, sk, 2, v2, 1, NOW + 20.5 };
     it[2] = (dht_store_item){ it[1].key, sk, 2, v2, 0, NOW - 5 };
     wire_msg m;
-    decode(dht_proto_store_req(11, &a, it, 3, 1), &m);
+    decode(dht_proto_store_req(11, &a, it, 3, 1, NULL), &m);
     dht_store_req r;
     char err[200] = "";
     cr_assert_eq(dht_proto_store_decode(&m.root, NOW, &r, err, sizeof err), 0, "%s", err);
@@ -92,14 +173,14 @@ Test(dht_proto, store_round_trip, .timeout = 10)
     wire_msg_free(&m);
 
     uint8_t ok[3] = { 1, 0, 1 };
-    decode(dht_proto_store_reply(11, &a, ok, 3), &m);
+    decode(dht_proto_store_reply(11, &a, ok, 3, NULL), &m);
     dht_store_rep rep;
     cr_assert_eq(dht_proto_store_rep_decode(m.result, 3, &rep, err, sizeof err), 0, "%s", err);
     cr_assert(rep.stored[0] && !rep.stored[1] && rep.stored[2]);
     cr_assert_eq(dht_proto_store_rep_decode(m.result, 2, &rep, err, sizeof err), DMOE_EINVAL, "count mismatch");
     wire_msg_free(&m);
-    cr_assert_null(dht_proto_store_req(1, &a, it, 0, 0));
-    cr_assert_null(dht_proto_store_req(1, &a, it, DHT_PROTO_MAX_KEYS + 1, 0));
+    cr_assert_null(dht_proto_store_req(1, &a, it, 0, 0, NULL));
+    cr_assert_null(dht_proto_store_req(1, &a, it, DHT_PROTO_MAX_KEYS + 1, 0, NULL));
 }
 
 Test(dht_proto, find_round_trip, .timeout = 10)
@@ -108,7 +189,7 @@ Test(dht_proto, find_round_trip, .timeout = 10)
     dht_id keys[3];
     for (int i = 0; i < 3; i++) dht_id_from_int(&keys[i], i);
     wire_msg m;
-    decode(dht_proto_find_req(12, NULL, keys, 3), &m);
+    decode(dht_proto_find_req(12, NULL, keys, 3, NULL), &m);
     dht_find_req fr;
     char err[200] = "";
     cr_assert_eq(dht_proto_find_decode(&m.root, &fr, err, sizeof err), 0, "%s", err);
@@ -126,7 +207,7 @@ Test(dht_proto, find_round_trip, .timeout = 10)
     dht_subitem subs[2] = { { sk1, 1, d1, 1, NOW + 5 }, { sk2, 1, d2, 1, NOW + 6 } };
     dht_stored plain = { 0, val, 2, NULL, 0, NOW + 3 }, dict = { 1, NULL, 0, subs, 2, NOW + 6 };
     dht_find_entry e[3] = { { NULL, near, 2 }, { &plain, near, 1 }, { &dict, NULL, 0 } };
-    decode(dht_proto_find_reply(12, &a, e, 3), &m);
+    decode(dht_proto_find_reply(12, &a, e, 3, NULL), &m);
     dht_find_rep rep;
     cr_assert_eq(dht_proto_find_rep_decode(m.result, 3, NOW, &rep, err, sizeof err), 0, "%s", err);
     cr_assert_eq(rep.results[0].type, DHT_FOUND_NONE);

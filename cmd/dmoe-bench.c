@@ -16,7 +16,8 @@
  *      expert.[5:250] joining the first through the DHT), and in-process a client-mode DHT peer with a
  *      MoE layer (grid 250, k_best 2) timing forwards of 3 and 256 rows and training steps of 256 rows
  *      (forward, backward through the experts -- which step their own weights -- and an Adam step of
- *      the gating); the median and the 99th percentile of a fixed number of calls.
+ *      the gating); the median and the 99th percentile of a fixed number of calls;
+ *   7. node identities: Ed25519 signatures and verifications per second (the DHT's proofs of ids).
  * Each in-process figure is the best of 3 runs (the least disturbed by other work on the machine).
  * It prints a table (with kernel efficiency = kernel forward FLOP rate / gemm FLOP rate, and node/kernel
  * ratios) and writes every figure as JSON to --out. A benchmark, not a test: nothing is asserted, and
@@ -27,7 +28,8 @@
  * Exits 0, 1 when a step failed (the node would not start, a load run had errors), 2 on bad flags.
  *
  * This file reads the flags and runs the steps in order; the steps are cmd/bench/ (see bench.h):
- * bench_kernel.c (1-2), bench_node.c (3-4), bench_moe.c (6), bench_report.c (the table and the JSON);
+ * bench_kernel.c (1-2), bench_node.c (3-4), bench_moe.c (6), bench_ident.c (7), bench_report.c (the
+ * table and the JSON);
  * step 5 is dht_memnet_measure.
  */
 #include <cblas.h>
@@ -112,6 +114,7 @@ int main(int argc, char **argv)
         else { fprintf(stderr, "dmoe-bench: dht measurement failed: %s\n", dmoe_strerror(rc)); b.failures++; }
     }
     if (!skip_moe) bench_moe_figures(&b);
+    bench_ident_figures(&b);
     fprintf(stderr, " done\n");
     free(params);
     bench_print_table(&b, cpu, cores);

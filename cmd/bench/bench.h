@@ -7,6 +7,7 @@
  *   bench_node.c    dmoe-node as a subprocess (started with rt_spawn, ready by node_banner_wait), driven
  *                   by loadgen_run: throughput, latency, memory;
  *   bench_moe.c     the Mixture-of-Experts layer over two such nodes;
+ *   bench_ident.c   Ed25519 signatures and verifications per second (the DHT's identity proofs);
  *   bench_report.c  the table on stdout and the JSON file.
  * Each measuring function fills its fields of bench, sets its have_* flag on success and counts
  * b->failures otherwise. Single-threaded except inside bench_kernel.c's measurements, whose threads are
@@ -56,10 +57,16 @@ typedef struct {
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
     double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
     int moe_experts, moe_n[3];
-    int have_node, have_mem, have_dht, have_moe;
+    double sign_per_s, verify_per_s;                     /* Ed25519 on one thread (bench_ident.c) */
+    int have_node, have_mem, have_dht, have_moe, have_ident;
     dht_memnet_stats dht;
     int failures;
 } bench;
+
+/* ---- bench_ident.c ---- */
+
+/* bench_ident_figures fills sign_per_s and verify_per_s: what a node identity's proofs cost. */
+void bench_ident_figures(bench *b);
 
 /* ---- bench_kernel.c ---- */
 

@@ -64,6 +64,10 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
                    "\"success_rate\": %.4f}",
                 b->dht.nodes, b->dht.lookups, BENCH_DHT_LATENCY_MS, b->dht.hops_p50, b->dht.hops_p99, b->dht.lat_p50_ms,
                 b->dht.lat_p99_ms, b->dht.rpcs_per_lookup, b->dht.lookups ? (double)b->dht.found / (double)b->dht.lookups : 0);
+    if (b->have_ident)
+        fprintf(f, ",\n  \"identity\": {\"ed25519_signs_per_s\": %.0f, \"ed25519_verifies_per_s\": %.0f, "
+                   "\"verify_us_per_lookup_at_most\": %.1f}",
+                b->sign_per_s, b->verify_per_s, b->have_dht ? b->dht.rpcs_per_lookup * 1e6 / b->verify_per_s : 0.0);
     if (b->have_mem)
         fprintf(f, ",\n  \"memory_mb\": {\"node_idle_5x_h%d\": %.1f, \"node_loaded_5x_h%d\": %.1f, \"node_peak_5x_h%d\": %.1f, "
                    "\"weights_and_optimizer_5x_h%d\": %.1f}",
@@ -135,6 +139,14 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
                "%.1f ms p50, %.1f ms p99, %.1f RPCs per lookup\n",
                b->dht.nodes, BENCH_DHT_LATENCY_MS, b->dht.found, b->dht.lookups, b->dht.hops_p50, b->dht.hops_p99,
                b->dht.lat_p50_ms, b->dht.lat_p99_ms, b->dht.rpcs_per_lookup);
+    if (b->have_ident) {
+        printf("identity (Ed25519, one thread): %.0f signatures/s, %.0f verifications/s (%.1f us each)", b->sign_per_s,
+               b->verify_per_s, 1e6 / b->verify_per_s);
+        if (b->have_dht)
+            printf("; a lookup of %.1f RPCs verifies at most that many proofs: <= %.0f us of CPU", b->dht.rpcs_per_lookup,
+                   b->dht.rpcs_per_lookup * 1e6 / b->verify_per_s);
+        printf("\n");
+    }
     if (b->have_moe) {
         printf("moe, grid %d, k_best %d over %d live ffn experts (hidden %d) on 2 nodes, one client:\n", MOE_GRID,
                MOE_K_BEST, b->moe_experts, b->hidden);

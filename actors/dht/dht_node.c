@@ -108,6 +108,7 @@ static void fill_defaults(dht_cfg *c)
     if (!c->alpha) c->alpha = DHT_ALPHA;
     if (!c->rpc_timeout_ms) c->rpc_timeout_ms = DHT_RPC_TIMEOUT_MS;
     if (!c->lookup_timeout_ms) c->lookup_timeout_ms = DHT_LOOKUP_TIMEOUT_MS;
+    if (!c->max_per_host) c->max_per_host = DHT_MAX_PER_HOST;
     if (c->refresh_period_s == 0) c->refresh_period_s = DHT_REFRESH_PERIOD_S;
     if (!c->clock) c->clock = dht_clock_real();
     if (c->bootstrap_retries < 0) c->bootstrap_retries = DHT_BOOTSTRAP_RETRIES;
@@ -273,7 +274,8 @@ static void ignore_ping(void *arg, int err, const char *msg, const dht_peer_info
 static void probe(dht *d, const dht_peer_info *p)
 {
     if (rt_map_get(&d->probing, p->id.b, sizeof p->id.b) || rt_map_count(&d->probing) >= DHT_PROBES_MAX) return;
-    if (dht_blacklist_banned(d->bl, &p->addr, dht_node_now(d))) return;
+    if (dht_blacklist_banned(d->bl, &p->addr, dht_node_now(d)) || !dht_routing_admits(d->rt, &p->id, &p->addr))
+        return;
     dht_node peer = { .id = p->id, .addr = p->addr };
     rpc *r = rpc_new(d, RPC_PING, &peer, 1, 0, NULL);
     if (!r) return;
@@ -383,6 +385,7 @@ static void learn(dht *d, const dht_peer_info *p, int proven)
 {
     if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
     if (!proven && !dht_routing_knows(d->rt, &p->id, &p->addr)) return;
+    if (!dht_routing_admits(d->rt, &p->id, &p->addr)) return;   /* its host holds its share of the table */
     dht_node known, to_ping;
     int is_new = dht_routing_get(d->rt, &p->id, &known) != 0;
     if (is_new && !d->cfg.client_mode) handover(d, p);
@@ -658,6 +661,7 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
         destroy(&d->actor);
         return DMOE_ENOMEM;
     }
+    dht_routing_set_host_limit(d->rt, d->cfg.max_per_host, d->cfg.limit_loopback);
     *out = d;
     return 0;
 }

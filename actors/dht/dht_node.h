@@ -13,7 +13,8 @@
  * a peer not already known at that id and address carries a random challenge, which the reply must sign;
  * an incoming request from an unknown sender is answered, and the sender is sent a challenge ping at the
  * address it claims (a probe: one extra round trip per new peer); only a proof from that very address
- * adds it. A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
+ * adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
+ * ground on one host cannot fill the slots nearest to a key; a sender beyond it is not even probed. A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
  *
  * Rules applied here, as hivemind's DHTProtocol: every request and every reply from a proven peer
  * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
@@ -93,6 +94,8 @@ typedef struct {
     uint64_t bootstrap_retry_ms; /* 0: DHT_BOOTSTRAP_RETRY_MS */
     int no_cache;                /* 1: gets neither cache locally nor on the nearest node lacking the value */
     const dht_storage_limits *limits; /* NULL: defaults */
+    size_t max_per_host;         /* routing entries and lookup candidates per IP address (0: DHT_MAX_PER_HOST) */
+    int limit_loopback;          /* 1: the per-host limit counts loopback too (default 0: exempt, for tests) */
     dht_clock *clock;            /* NULL: dht_clock_real(); a virtual one must outlive the node */
 } dht_cfg;
 

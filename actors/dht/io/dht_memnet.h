@@ -49,6 +49,12 @@ void dht_memnet_set_latency(dht_memnet *net, dht_memnet_latency_fn fn, void *arg
  * the endpoint's index (>= 0) or DMOE_ENOMEM / DMOE_ETOOBIG. */
 int dht_memnet_add(dht_memnet *net, dht_addr *addr, dht_transport *t);
 
+/* dht_memnet_add_colocated creates an endpoint on the same IP address as endpoint `with` (made by
+ * dht_memnet_add), at the next free port from 7001: many nodes on one host, as an attacker grinding
+ * ids would run them. Returns the endpoint's index, DMOE_EINVAL (no such primary endpoint), DMOE_ETOOBIG
+ * (ports exhausted) or DMOE_ENOMEM. */
+int dht_memnet_add_colocated(dht_memnet *net, int with, dht_addr *addr, dht_transport *t);
+
 /* dht_memnet_bind makes endpoint i deliver incoming requests to d (NULL: none, calls to it get
  * DMOE_ECONN; leave client-mode nodes unbound). d stays the caller's. */
 void dht_memnet_bind(dht_memnet *net, int i, dht *d);

@@ -249,7 +249,13 @@ static void deliver_request(dht_memnet *net, event *e)
     net->messages++;
     *r = (responder){ net, c };
     net->holders++;
-    dht_node_deliver(ep->d, m, respond, r);
+    char from[DHT_HOST_MAX] = "?";
+    if (c->from >= 0) {
+        const endpoint *src = net->eps[c->from];
+        uint32_t ip = (10u << 24) | (uint32_t)((src->host_of < 0 ? src->index : src->host_of) + 1);
+        snprintf(from, sizeof from, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
+    }
+    dht_node_deliver(ep->d, m, from, respond, r);
 }
 
 static void deliver_reply(event *e)

@@ -6,7 +6,8 @@
  * dht_find to each NEW one while fewer than alpha are in flight; when nothing is in flight and no NEW
  * candidate is among the k nearest, the search is over (Kademlia's termination rule). Each candidate
  * remembers its hop count: the seeds from our routing table are hop 1, a peer named by a hop-h reply is
- * hop h + 1.
+ * hop h + 1. Like the routing table, the list takes at most max_per_host candidates from one IP address
+ * (the nearest ones it hears of first), so ids ground on one host cannot crowd out the honest replicas.
  *
  * Phases: SEARCH -> (STORING for a store) -> DONE. The lookup sits in its node's list while not DONE:
  * gets of the same key and latest flag join a SEARCHing one as waiters, and dht_node_stop aborts them
@@ -238,6 +239,12 @@ static void add_cand(dht_lookup *lk, const dht_node *n, int hops)
     for (size_t i = pos; i < lk->nc; i++)
         if (dht_id_eq(&lk->c[i].n.id, &n->id)) return;
     if (pos == DHT_LOOKUP_MAX_CAND) return;
+    const dht_cfg *cfg = dht_node_cfg(lk->d);
+    if (cfg->limit_loopback || !dht_addr_is_loopback(&n->addr)) {   /* at most max_per_host per IP address */
+        size_t same = 0;
+        for (size_t i = 0; i < lk->nc; i++) same += dht_addr_same_host(&lk->c[i].n.addr, &n->addr);
+        if (same >= cfg->max_per_host) return;
+    }
     size_t last = lk->nc < DHT_LOOKUP_MAX_CAND ? lk->nc : DHT_LOOKUP_MAX_CAND - 1;
     memmove(&lk->c[pos + 1], &lk->c[pos], (last - pos) * sizeof lk->c[0]);
     lk->c[pos] = (cand){ *n, C_NEW, hops, 0 };

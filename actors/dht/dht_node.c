@@ -49,6 +49,7 @@ typedef struct {
     dht_respond_fn respond;
     void *ctx;
     int answered;
+    char from[DHT_OWNER_MAX_BYTES];   /* the sender's IP address ("?": unknown) */
 } inreq;
 
 typedef struct {
@@ -108,6 +109,7 @@ static void fill_defaults(dht_cfg *c)
     if (!c->alpha) c->alpha = DHT_ALPHA;
     if (!c->rpc_timeout_ms) c->rpc_timeout_ms = DHT_RPC_TIMEOUT_MS;
     if (!c->lookup_timeout_ms) c->lookup_timeout_ms = DHT_LOOKUP_TIMEOUT_MS;
+    if (!c->max_per_host) c->max_per_host = DHT_MAX_PER_HOST;
     if (c->refresh_period_s == 0) c->refresh_period_s = DHT_REFRESH_PERIOD_S;
     if (!c->clock) c->clock = dht_clock_real();
     if (c->bootstrap_retries < 0) c->bootstrap_retries = DHT_BOOTSTRAP_RETRIES;
@@ -273,7 +275,8 @@ static void ignore_ping(void *arg, int err, const char *msg, const dht_peer_info
 static void probe(dht *d, const dht_peer_info *p)
 {
     if (rt_map_get(&d->probing, p->id.b, sizeof p->id.b) || rt_map_count(&d->probing) >= DHT_PROBES_MAX) return;
-    if (dht_blacklist_banned(d->bl, &p->addr, dht_node_now(d))) return;
+    if (dht_blacklist_banned(d->bl, &p->addr, dht_node_now(d)) || !dht_routing_admits(d->rt, &p->id, &p->addr))
+        return;
     dht_node peer = { .id = p->id, .addr = p->addr };
     rpc *r = rpc_new(d, RPC_PING, &peer, 1, 0, NULL);
     if (!r) return;
@@ -310,16 +313,22 @@ static void arm_sweep(dht *d)
     }
 }
 
-int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
+/* store_from stores it charged to owner (NULL: the node's own); see dht_node_store_local. */
+static int store_from(dht *d, const char *owner, const dht_store_item *it, int in_cache)
 {
-    int rc = dht_storage_store(in_cache ? d->cache : d->store, &it->key, it->subkey, it->sklen, it->value, it->vlen,
-                               it->expiration, dht_node_now(d));
+    int rc = dht_storage_store_from(in_cache ? d->cache : d->store, owner, &it->key, it->subkey, it->sklen,
+                                    it->value, it->vlen, it->expiration, dht_node_now(d));
     if (rc == 1) {
         if (!in_cache && rt_map_put(&d->keys, it->key.b, sizeof it->key.b, &key_present) != 0)
             LOG_WARN("out of memory indexing a stored key");
         arm_sweep(d);
     }
     return rc;
+}
+
+int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
+{
+    return store_from(d, NULL, it, in_cache);
 }
 
 /* handover sends the new node p the keys it should now store with us (hivemind's rule). */
@@ -383,6 +392,7 @@ static void learn(dht *d, const dht_peer_info *p, int proven)
 {
     if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
     if (!proven && !dht_routing_knows(d->rt, &p->id, &p->addr)) return;
+    if (!dht_routing_admits(d->rt, &p->id, &p->addr)) return;   /* its host holds its share of the table */
     dht_node known, to_ping;
     int is_new = dht_routing_get(d->rt, &p->id, &known) != 0;
     if (is_new && !d->cfg.client_mode) handover(d, p);
@@ -473,7 +483,10 @@ static void serve_store(dht *d, inreq *q, const uint8_t *chal)
     }
     heard(d, &req.sender);
     uint8_t stored[DHT_PROTO_MAX_KEYS];
-    for (size_t i = 0; i < req.n; i++) stored[i] = dht_node_store_local(d, &req.items[i], req.in_cache) == 1;
+    for (size_t i = 0; i < req.n; i++) {
+        const dht_store_item *it = &req.items[i];
+        stored[i] = store_from(d, q->from, it, req.in_cache) == 1;
+    }
     dht_proof proof;
     answer(q, dht_proto_store_reply(q->m->id, &d->self, stored, req.n, proof_for(d, chal, &proof)));
 }
@@ -519,7 +532,7 @@ static void inreq_drop(rt_msg *m)
     free(q);
 }
 
-void dht_node_deliver(dht *d, wire_msg *m, dht_respond_fn respond, void *ctx)
+void dht_node_deliver(dht *d, wire_msg *m, const char *from, dht_respond_fn respond, void *ctx)
 {
     inreq *q = calloc(1, sizeof *q);
     if (!q) {
@@ -534,6 +547,7 @@ void dht_node_deliver(dht *d, wire_msg *m, dht_respond_fn respond, void *ctx)
     q->m = m;
     q->respond = respond;
     q->ctx = ctx;
+    snprintf(q->from, sizeof q->from, "%s", from && *from ? from : "?");
     if (rt_send(&d->actor, &q->msg) != 0) {
         answer(q, wire_error_reply(m->id, DMOE_ESHUTDOWN, "the DHT node is stopping"));
         inreq_drop(&q->msg);
@@ -658,6 +672,7 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
         destroy(&d->actor);
         return DMOE_ENOMEM;
     }
+    dht_routing_set_host_limit(d->rt, d->cfg.max_per_host, d->cfg.limit_loopback);
     *out = d;
     return 0;
 }

@@ -13,7 +13,10 @@
  * a peer not already known at that id and address carries a random challenge, which the reply must sign;
  * an incoming request from an unknown sender is answered, and the sender is sent a challenge ping at the
  * address it claims (a probe: one extra round trip per new peer); only a proof from that very address
- * adds it. A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
+ * adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
+ * ground on one host cannot fill the slots nearest to a key; a sender beyond it is not even probed.
+ * What a request stores is charged to the IP address it came from (the transport's word, not the PEER
+ * it claims), and one address may fill only its share of the storage (DHT_OWNER_SHARE). A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
  *
  * Rules applied here, as hivemind's DHTProtocol: every request and every reply from a proven peer
  * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
@@ -93,6 +96,8 @@ typedef struct {
     uint64_t bootstrap_retry_ms; /* 0: DHT_BOOTSTRAP_RETRY_MS */
     int no_cache;                /* 1: gets neither cache locally nor on the nearest node lacking the value */
     const dht_storage_limits *limits; /* NULL: defaults */
+    size_t max_per_host;         /* routing entries and lookup candidates per IP address (0: DHT_MAX_PER_HOST) */
+    int limit_loopback;          /* 1: the per-host limit counts loopback too (default 0: exempt, for tests) */
     dht_clock *clock;            /* NULL: dht_clock_real(); a virtual one must outlive the node */
 } dht_cfg;
 
@@ -106,8 +111,10 @@ void dht_cfg_default(dht_cfg *c);
 int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out);
 
 /* dht_node_deliver hands an incoming request to the node, which takes m (wire_msg_free + free) and
- * answers through respond(ctx, ...) exactly once, now or later. */
-void dht_node_deliver(dht *d, wire_msg *m, dht_respond_fn respond, void *ctx);
+ * answers through respond(ctx, ...) exactly once, now or later. from is the IP address the request came
+ * from, as the transport saw it (NULL or "?": unknown; copied): what a sender stores is charged to it
+ * (dht_storage.h's owner shares). */
+void dht_node_deliver(dht *d, wire_msg *m, const char *from, dht_respond_fn respond, void *ctx);
 
 /* dht_node_stop stops timers and lookups (their callbacks get DMOE_ESHUTDOWN) and answers later
  * requests with DMOE_ESHUTDOWN. Idempotent. */

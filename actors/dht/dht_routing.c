@@ -10,6 +10,9 @@
  * an entry to the end and the ping candidate is the first entry without a ping pending. The
  * replacement cache holds at most k entries; when full the stalest is dropped.
  *
+ * The per-host limit is checked by a scan of the whole table, only for an id that is new or moves to
+ * another host: a known peer refreshed at its host (the common case) costs nothing more.
+ *
  * The blacklist is a small unsorted array scanned linearly: it only holds peers that failed lately.
  */
 #include "actors/dht/dht_routing.h"
@@ -33,6 +36,8 @@ struct dht_routing {
     size_t k;
     int depth_modulo;
     uint64_t rng;
+    size_t max_per_host;
+    int limit_loopback;
     bucket *b;
     size_t nb, capb;
 };
@@ -81,6 +86,16 @@ int dht_addr_eq(const dht_addr *a, const dht_addr *b)
     return a->port == b->port && strcmp(a->host, b->host) == 0;
 }
 
+int dht_addr_same_host(const dht_addr *a, const dht_addr *b)
+{
+    return strcmp(a->host, b->host) == 0;
+}
+
+int dht_addr_is_loopback(const dht_addr *a)
+{
+    return strncmp(a->host, "127.", 4) == 0 || strcmp(a->host, "::1") == 0 || strcmp(a->host, "localhost") == 0;
+}
+
 /* ---- table --------------------------------------------------------------------------------------- */
 
 static int bucket_alloc(bucket *bk, size_t k)
@@ -112,6 +127,7 @@ int dht_routing_new(dht_routing **out, const dht_id *self, size_t bucket_size, i
     t->k = bucket_size ? bucket_size : DHT_BUCKET_SIZE;
     t->depth_modulo = depth_modulo ? depth_modulo : DHT_DEPTH_MODULO;
     t->rng = seed;
+    t->max_per_host = DHT_MAX_PER_HOST;
     t->capb = 8;
     t->b = calloc(t->capb, sizeof *t->b);
     if (!t->b || bucket_alloc(&t->b[0], t->k) < 0) {
@@ -131,6 +147,12 @@ void dht_routing_free(dht_routing *t)
     for (size_t i = 0; i < t->nb; i++) bucket_free(&t->b[i]);
     free(t->b);
     free(t);
+}
+
+void dht_routing_set_host_limit(dht_routing *t, size_t max_per_host, int limit_loopback)
+{
+    t->max_per_host = max_per_host ? max_per_host : DHT_MAX_PER_HOST;
+    t->limit_loopback = limit_loopback != 0;
 }
 
 const dht_id *dht_routing_self(const dht_routing *t)
@@ -165,6 +187,36 @@ static void remove_at(dht_node *arr, size_t *n, size_t i)
 {
     memmove(&arr[i], &arr[i + 1], (*n - i - 1) * sizeof *arr);
     (*n)--;
+}
+
+/* host_count counts the entries at host, skipping id (NULL: none). */
+static size_t host_count(const dht_routing *t, const char *host, const dht_id *skip)
+{
+    size_t n = 0;
+    for (size_t bi = 0; bi < t->nb; bi++) {
+        const bucket *bk = &t->b[bi];
+        for (size_t j = 0; j < bk->n; j++)
+            n += strcmp(bk->nodes[j].addr.host, host) == 0 && !(skip && dht_id_eq(&bk->nodes[j].id, skip));
+        for (size_t j = 0; j < bk->nrepl; j++)
+            n += strcmp(bk->repl[j].addr.host, host) == 0 && !(skip && dht_id_eq(&bk->repl[j].id, skip));
+    }
+    return n;
+}
+
+size_t dht_routing_host_count(const dht_routing *t, const char *host)
+{
+    return host_count(t, host, NULL);
+}
+
+int dht_routing_admits(const dht_routing *t, const dht_id *id, const dht_addr *addr)
+{
+    if (!t->limit_loopback && dht_addr_is_loopback(addr)) return 1;
+    const bucket *bk = &t->b[dht_routing_bucket_of(t, id)];
+    long at = find_in(bk->nodes, bk->n, id);
+    if (at >= 0 && dht_addr_same_host(&bk->nodes[at].addr, addr)) return 1;
+    at = find_in(bk->repl, bk->nrepl, id);
+    if (at >= 0 && dht_addr_same_host(&bk->repl[at].addr, addr)) return 1;
+    return host_count(t, addr->host, id) < t->max_per_host;
 }
 
 /* file_node puts a node into a fresh half during a split: bucket if room, else replacements. */
@@ -210,6 +262,7 @@ static int split_bucket(dht_routing *t, size_t i)
 int dht_routing_add_or_update(dht_routing *t, const dht_id *id, const dht_addr *addr, double now, dht_node *to_ping)
 {
     if (dht_id_eq(id, &t->self)) return DMOE_EINVAL;
+    if (!dht_routing_admits(t, id, addr)) return DHT_RT_REFUSED;
     for (;;) {
         size_t bi = dht_routing_bucket_of(t, id);
         bucket *bk = &t->b[bi];

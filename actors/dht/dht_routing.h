@@ -30,6 +30,11 @@
 #define DHT_BAN_MAX 600.0
 /* Addresses remembered by the blacklist; the one whose ban ends first is forgotten beyond this. */
 #define DHT_BLACKLIST_MAX 4096
+/* Table entries (bucket and replacements together) one IP address may hold: ids are free to grind, so
+ * without this one host could fill the k slots nearest to any key (issue 10). Two, not one, so that a
+ * host running a node and its restart (or two nodes behind one NAT) both fit. Loopback is exempt
+ * unless asked (dht_routing_set_host_limit): tests run many nodes on 127.0.0.1. */
+#define DHT_MAX_PER_HOST 2
 
 #define DHT_HOST_MAX 64
 
@@ -65,7 +70,8 @@ enum {
     DHT_RT_ADDED = 1,   /* a new node in its bucket */
     DHT_RT_UPDATED = 2, /* already known: moved to most recently seen, address refreshed */
     DHT_RT_CACHED = 3,  /* bucket full: kept as a replacement; a ping is already pending for it */
-    DHT_RT_PING = 4     /* bucket full: kept as a replacement; ping *to_ping, remove it if it fails */
+    DHT_RT_PING = 4,    /* bucket full: kept as a replacement; ping *to_ping, remove it if it fails */
+    DHT_RT_REFUSED = 5  /* its IP address holds max_per_host entries already: nothing recorded */
 };
 
 typedef struct dht_routing dht_routing;
@@ -81,11 +87,29 @@ char *dht_addr_format(const dht_addr *a, char *buf, size_t cap);
 /* dht_addr_eq returns 1 if a and b have the same host text and port. */
 int dht_addr_eq(const dht_addr *a, const dht_addr *b);
 
+/* dht_addr_same_host returns 1 if a and b have the same host text (any ports). */
+int dht_addr_same_host(const dht_addr *a, const dht_addr *b);
+
+/* dht_addr_is_loopback returns 1 for a loopback host: 127.0.0.0/8, ::1 or "localhost". */
+int dht_addr_is_loopback(const dht_addr *a);
+
 /* dht_routing_new creates an empty table for a node with id self. bucket_size 0 means DHT_BUCKET_SIZE,
  * depth_modulo 0 means DHT_DEPTH_MODULO; seed drives the refresh ids; now stamps the first bucket.
  * Returns 0 and *out, DMOE_EINVAL or DMOE_ENOMEM. Free with dht_routing_free. */
 int dht_routing_new(dht_routing **out, const dht_id *self, size_t bucket_size, int depth_modulo, uint64_t seed,
                     double now);
+
+/* dht_routing_set_host_limit sets how many entries one IP address may hold (0: DHT_MAX_PER_HOST;
+ * SIZE_MAX: no limit) and whether loopback addresses count (limit_loopback 1) or are exempt (0, the
+ * default). Entries already held stay; the limit applies to the next additions and address changes. */
+void dht_routing_set_host_limit(dht_routing *t, size_t max_per_host, int limit_loopback);
+
+/* dht_routing_admits returns 1 if dht_routing_add_or_update(t, id, addr) would record the peer, 0 if it
+ * would answer DHT_RT_REFUSED (addr's host holds the limit already, id itself not counted). */
+int dht_routing_admits(const dht_routing *t, const dht_id *id, const dht_addr *addr);
+
+/* dht_routing_host_count returns the entries (bucket and replacements) held at host's address. */
+size_t dht_routing_host_count(const dht_routing *t, const char *host);
 
 /* dht_routing_free frees the table; NULL is a no-op. */
 void dht_routing_free(dht_routing *t);
@@ -95,8 +119,9 @@ const dht_id *dht_routing_self(const dht_routing *t);
 
 /* dht_routing_add_or_update records that peer id answered or wrote from addr at time now. Returns
  * DHT_RT_ADDED, DHT_RT_UPDATED, DHT_RT_CACHED or DHT_RT_PING (then *to_ping, which may be NULL, gets the
- * bucket's least-recently-seen node not already offered, now marked ping_pending); DMOE_EINVAL for our
- * own id; DMOE_ENOMEM (table unchanged). */
+ * bucket's least-recently-seen node not already offered, now marked ping_pending); DHT_RT_REFUSED when
+ * addr's host holds its limit of entries already (a known id keeps its old address); DMOE_EINVAL for
+ * our own id; DMOE_ENOMEM (table unchanged). */
 int dht_routing_add_or_update(dht_routing *t, const dht_id *id, const dht_addr *addr, double now, dht_node *to_ping);
 
 /* dht_routing_remove forgets id (a failed peer), in the bucket or its replacement cache. If it was in

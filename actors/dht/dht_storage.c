@@ -7,6 +7,11 @@
  * then allocates everything it may need, then evicts to make room, then applies: a refusal or a failed
  * allocation leaves the storage as it was (evictions aside, which hivemind's maxsize also performs).
  * Byte accounting counts value and subkey bytes only.
+ *
+ * Owners. Each plain value and each dictionary entry points at its owner's account (an rt_map of name ->
+ * acct, an acct living while it holds something), charged with one item and the entry's bytes. A store
+ * checks the owner's share first, counting what it replaces of the owner's own as freed; the account
+ * is pinned for the whole store (evictions may empty it meanwhile) and dropped at the end if empty.
  */
 #include "actors/dht/dht_storage.h"
 
@@ -17,6 +22,12 @@
 #include "runtime/rt_err.h"
 #include "runtime/rt_map.h"
 
+typedef struct acct {
+    size_t items, bytes;
+    size_t len;
+    char name[DHT_OWNER_MAX_BYTES];    /* the map's key points here */
+} acct;
+
 typedef struct entry {
     dht_id key;
     double exp;
@@ -24,6 +35,8 @@ typedef struct entry {
     uint8_t *val;
     size_t vlen;
     dht_subitem *subs;
+    acct *own;             /* a plain value's owner (NULL: none) */
+    acct **subown;         /* the owner of each dictionary entry, parallel to subs */
     size_t nsubs, capsubs;
     size_t bytes;          /* value bytes, or the sum of subkey + value bytes */
     size_t hidx;           /* position in the heap */
@@ -35,6 +48,9 @@ struct dht_storage {
     entry **heap;
     size_t n, heapcap;
     size_t bytes;
+    rt_map owners;         /* owner name -> acct */
+    size_t owner_items, owner_bytes;   /* one owner's share */
+    acct *pinned;          /* the account of the store in progress: not freed when it empties */
 };
 
 void dht_storage_default_limits(dht_storage_limits *lim)
@@ -45,6 +61,7 @@ void dht_storage_default_limits(dht_storage_limits *lim)
     lim->max_keys = DHT_MAX_KEYS;
     lim->max_bytes = DHT_MAX_BYTES;
     lim->max_horizon = DHT_MAX_HORIZON;
+    lim->owner_share = DHT_OWNER_SHARE;
 }
 
 int dht_storage_new(dht_storage **out, const dht_storage_limits *lim)
@@ -59,22 +76,50 @@ int dht_storage_new(dht_storage **out, const dht_storage_limits *lim)
         if (lim->max_keys) s->lim.max_keys = lim->max_keys;
         if (lim->max_bytes) s->lim.max_bytes = lim->max_bytes;
         if (lim->max_horizon > 0) s->lim.max_horizon = lim->max_horizon;
+        if (lim->owner_share) s->lim.owner_share = lim->owner_share;
     }
+    s->owner_items = s->lim.max_keys / s->lim.owner_share ? s->lim.max_keys / s->lim.owner_share : 1;
+    s->owner_bytes = s->lim.max_bytes / s->lim.owner_share;
     *out = s;
     return 0;
 }
 
-static void clear_content(entry *e)
+static void charge(acct *a, size_t bytes)
 {
+    if (!a) return;
+    a->items++;
+    a->bytes += bytes;
+}
+
+/* release takes one item of bytes off a's account and drops the account when it empties (unless it is
+ * the pinned one). */
+static void release(dht_storage *s, acct *a, size_t bytes)
+{
+    if (!a) return;
+    a->items--;
+    a->bytes -= bytes;
+    if (a->items == 0 && a != s->pinned) {
+        rt_map_del(&s->owners, a->name, a->len);
+        free(a);
+    }
+}
+
+static void clear_content(dht_storage *s, entry *e)
+{
+    if (!e->is_dict) release(s, e->own, e->vlen);
+    e->own = NULL;
     free(e->val);
     e->val = NULL;
     e->vlen = 0;
     for (size_t i = 0; i < e->nsubs; i++) {
+        release(s, e->subown[i], e->subs[i].sklen + e->subs[i].vlen);
         free((void *)e->subs[i].subkey);
         free((void *)e->subs[i].value);
     }
     free(e->subs);
+    free(e->subown);
     e->subs = NULL;
+    e->subown = NULL;
     e->nsubs = e->capsubs = 0;
     e->bytes = 0;
 }
@@ -83,11 +128,12 @@ void dht_storage_free(dht_storage *s)
 {
     if (!s) return;
     for (size_t i = 0; i < s->n; i++) {
-        clear_content(s->heap[i]);
+        clear_content(s, s->heap[i]);
         free(s->heap[i]);
     }
     free(s->heap);
     rt_map_clear(&s->tab);
+    rt_map_clear(&s->owners);   /* empty by now: every account went with its last entry */
     free(s);
 }
 
@@ -152,7 +198,7 @@ static void remove_entry(dht_storage *s, entry *e)
         heap_fix(s, i);
     }
     s->bytes -= e->bytes;
-    clear_content(e);
+    clear_content(s, e);
     free(e);
 }
 
@@ -170,9 +216,11 @@ static void drop_expired_subs(dht_storage *s, entry *e, double now)
         size_t b = it->sklen + it->vlen;
         e->bytes -= b;
         s->bytes -= b;
+        release(s, e->subown[i], b);
         free((void *)it->subkey);
         free((void *)it->value);
         e->subs[i] = e->subs[--e->nsubs];
+        e->subown[i] = e->subown[e->nsubs];
     }
 }
 
@@ -230,6 +278,9 @@ static int reserve_subs(entry *e, size_t want)
     dht_subitem *ns = realloc(e->subs, ncap * sizeof *ns);
     if (!ns) return DMOE_ENOMEM;
     e->subs = ns;
+    acct **no = realloc(e->subown, ncap * sizeof *no);
+    if (!no) return DMOE_ENOMEM;   /* subs grew, capsubs did not: the next reserve retries both */
+    e->subown = no;
     e->capsubs = ncap;
     return 0;
 }
@@ -244,8 +295,9 @@ static entry *new_entry(dht_storage *s, entry *e, double exp)
     return e;
 }
 
-int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, size_t sklen, const void *value,
-                      size_t vlen, double expiration, double now)
+/* store_as is dht_storage_store charged to account a (NULL: none). */
+static int store_as(dht_storage *s, acct *a, const dht_id *key, const void *subkey, size_t sklen, const void *value,
+                    size_t vlen, double expiration, double now)
 {
     if (isnan(expiration) || expiration > now + s->lim.max_horizon) return DMOE_EINVAL;
     if (vlen > s->lim.max_value_bytes) return DMOE_ETOOBIG;
@@ -280,14 +332,30 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
     } else {
         return 0;                                /* a plain value that lives at least as long */
     }
+    if (a) {   /* the owner's share, what it replaces of its own counted as freed */
+        acct *old = NULL;
+        size_t old_bytes = 0;
+        if (e && !e->is_dict && (!subkey || to_dict)) {
+            old = e->own;
+            old_bytes = e->vlen;
+        } else if (sub_at >= 0 || victim >= 0) {
+            long i = sub_at >= 0 ? sub_at : victim;
+            old = e->subown[i];
+            old_bytes = e->subs[i].sklen + e->subs[i].vlen;
+        }
+        size_t items = a->items - (old == a), bytes = a->bytes - (old == a ? old_bytes : 0);
+        if (items + 1 > s->owner_items || bytes + (subkey ? sklen : 0) + vlen > s->owner_bytes) return 0;
+    }
 
     /* Allocate everything before touching the storage. */
     uint8_t *vcopy = dup_bytes(value, vlen);
     uint8_t *skcopy = subkey && sub_at < 0 ? dup_bytes(subkey, sklen) : NULL;
     entry *fresh = e ? NULL : malloc(sizeof *fresh);
     dht_subitem *subs1 = to_dict ? malloc(4 * sizeof *subs1) : NULL;
+    acct **own1 = to_dict ? malloc(4 * sizeof *own1) : NULL;
     int rc = 0, mapped = 0;
-    if (!vcopy || (subkey && sub_at < 0 && !skcopy) || (!e && !fresh) || (to_dict && !subs1)) rc = DMOE_ENOMEM;
+    if (!vcopy || (subkey && sub_at < 0 && !skcopy) || (!e && !fresh) || (to_dict && (!subs1 || !own1)))
+        rc = DMOE_ENOMEM;
     if (rc == 0 && !e) {   /* the newcomer joins the map now (the only step that may fail) and leaves on refusal */
         memset(fresh, 0, sizeof *fresh);
         fresh->key = *key;
@@ -305,23 +373,28 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
         free(skcopy);
         free(fresh);
         free(subs1);
+        free(own1);
         return rc < 0 ? rc : 0;
     }
 
     if (!e) e = new_entry(s, fresh, expiration);
+    charge(a, (subkey ? sklen : 0) + vlen);   /* before any release: a stays alive */
     if (!subkey || to_dict) {
         s->bytes -= e->bytes;
-        clear_content(e);
+        clear_content(s, e);
         if (!subkey) {
             e->is_dict = 0;
             e->val = vcopy;
             e->vlen = vlen;
             e->bytes = vlen;
+            e->own = a;
         } else {
             e->is_dict = 1;
             e->subs = subs1;
+            e->subown = own1;
             e->capsubs = 4;
             e->subs[0] = (dht_subitem){skcopy, sklen, vcopy, vlen, expiration};
+            e->subown[0] = a;
             e->nsubs = 1;
             e->bytes = sklen + vlen;
         }
@@ -332,16 +405,21 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
     }
     if (sub_at >= 0) {
         dht_subitem *it = &e->subs[sub_at];
+        release(s, e->subown[sub_at], it->sklen + it->vlen);
+        e->subown[sub_at] = a;
         free((void *)it->value);
         it->value = vcopy;
         it->vlen = vlen;
         it->expiration = expiration;
     } else if (victim >= 0) {
         dht_subitem *it = &e->subs[victim];
+        release(s, e->subown[victim], it->sklen + it->vlen);
+        e->subown[victim] = a;
         free((void *)it->subkey);
         free((void *)it->value);
         *it = (dht_subitem){skcopy, sklen, vcopy, vlen, expiration};
     } else {
+        e->subown[e->nsubs] = a;
         e->subs[e->nsubs++] = (dht_subitem){skcopy, sklen, vcopy, vlen, expiration};
     }
     e->bytes = (size_t)((long long)e->bytes + delta);
@@ -351,6 +429,46 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
         heap_fix(s, e->hidx);
     }
     return 1;
+}
+
+int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, size_t sklen, const void *value,
+                      size_t vlen, double expiration, double now)
+{
+    return store_as(s, NULL, key, subkey, sklen, value, vlen, expiration, now);
+}
+
+int dht_storage_store_from(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
+                           const void *value, size_t vlen, double expiration, double now)
+{
+    if (!owner) return store_as(s, NULL, key, subkey, sklen, value, vlen, expiration, now);
+    size_t len = strlen(owner);
+    if (len >= DHT_OWNER_MAX_BYTES) return DMOE_EINVAL;
+    acct *a = rt_map_get(&s->owners, owner, len);
+    if (!a) {
+        if (!(a = calloc(1, sizeof *a))) return DMOE_ENOMEM;
+        memcpy(a->name, owner, len);
+        a->len = len;
+        if (rt_map_put(&s->owners, a->name, a->len, a) != 0) {
+            free(a);
+            return DMOE_ENOMEM;
+        }
+    }
+    s->pinned = a;
+    int rc = store_as(s, a, key, subkey, sklen, value, vlen, expiration, now);
+    s->pinned = NULL;
+    if (a->items == 0) {
+        rt_map_del(&s->owners, a->name, a->len);
+        free(a);
+    }
+    return rc;
+}
+
+void dht_storage_owner_usage(const dht_storage *s, const char *owner, size_t *items, size_t *bytes)
+{
+    size_t len = strlen(owner);
+    const acct *a = len < DHT_OWNER_MAX_BYTES ? rt_map_get(&s->owners, owner, len) : NULL;
+    *items = a ? a->items : 0;
+    *bytes = a ? a->bytes : 0;
 }
 
 int dht_storage_get(dht_storage *s, const dht_id *key, double now, dht_stored *out)

@@ -12,7 +12,11 @@
  * Bounds (dht_storage_limits): sizes of one value or subkey, subkeys per dictionary, keys and bytes in
  * total, and how far in the future an expiration may be. When a count or byte bound is reached the
  * entry that expires first is evicted, the newcomer included: if the newcomer would be that entry, the
- * store is refused. Time is the caller's `now` (seconds, hivemind's get_dht_time()).
+ * store is refused. Owners (dht_storage_store_from): each value or dictionary entry may be charged to
+ * an owner, a byte string naming who sent it (the node uses the sender's IP address); one owner holds
+ * at most 1/owner_share of max_keys entries and of max_bytes, beyond which its stores are refused, so
+ * one peer's flood fills its own share and evicts nobody. Entries with no owner (the node's own) are not
+ * charged. Time is the caller's `now` (seconds, hivemind's get_dht_time()).
  *
  * No I/O, not thread-safe: one owner, the DHT actor. Pointers returned by dht_storage_get stay valid
  * until the next call that stores, expires or removes.
@@ -32,10 +36,15 @@
 #define DHT_MAX_KEYS          (1 << 20)         /* keys held by one node */
 #define DHT_MAX_BYTES         ((size_t)256 << 20) /* value + subkey bytes held by one node */
 #define DHT_MAX_HORIZON       (24.0 * 3600)     /* expirations further ahead are refused */
+/* One owner holds at most 1/16 of the entries and bytes: it takes 16 flooding addresses, not one, to
+ * fill a node's store and start evicting others' records. */
+#define DHT_OWNER_SHARE       16
+#define DHT_OWNER_MAX_BYTES   64                /* an owner's name (an IP address as text) */
 
 typedef struct {
     size_t max_value_bytes, max_subkey_bytes, max_subkeys, max_keys, max_bytes;
     double max_horizon;
+    size_t owner_share;    /* one owner: at most max_keys / owner_share entries, max_bytes / owner_share bytes */
 } dht_storage_limits;
 
 /* One dictionary entry, as seen through dht_storage_get. */
@@ -77,6 +86,17 @@ void dht_storage_free(dht_storage *s);
  * number; DMOE_ENOMEM (storage unchanged). */
 int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, size_t sklen, const void *value,
                       size_t vlen, double expiration, double now);
+
+/* dht_storage_store_from stores as dht_storage_store does, charging the value (or dictionary entry) to
+ * owner (a NUL-terminated name of at most DHT_OWNER_MAX_BYTES - 1 bytes; NULL: no owner). Returns what
+ * dht_storage_store returns; 0 too when the owner's share is full (what it replaces of its own is
+ * counted as freed). */
+int dht_storage_store_from(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
+                           const void *value, size_t vlen, double expiration, double now);
+
+/* dht_storage_owner_usage writes the entries and bytes charged to owner into *items and *bytes (0 and 0
+ * for an owner holding nothing). */
+void dht_storage_owner_usage(const dht_storage *s, const char *owner, size_t *items, size_t *bytes);
 
 /* dht_storage_get describes what key holds at now into *out, dropping expired entries first. Returns
  * 0, or DMOE_ENOTFOUND (*out untouched). The pointers in *out belong to s. */

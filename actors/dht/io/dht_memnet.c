@@ -48,6 +48,8 @@ typedef struct {
     dht_memnet *net;
     dht *d;
     int index, down, bound;
+    int host_of;                /* -1; else the endpoint whose IP this one shares (at port 7000 + k) */
+    uint16_t port;
 } endpoint;
 
 struct dht_memnet {
@@ -58,6 +60,7 @@ struct dht_memnet {
     dht_memnet_latency_fn latency_fn;
     void *latency_arg;
     endpoint **eps;             /* each malloc'd: its address is the transport's impl */
+    size_t colocated;           /* endpoints added by dht_memnet_add_colocated */
     size_t n, cap;
     event *heap;
     size_t nh, caph;
@@ -149,11 +152,15 @@ static uint64_t mem_next_id(void *impl)
 static int addr_index(const dht_memnet *net, const wire_maddr *to)
 {
     struct in_addr a;
-    if (to->family != AF_INET || to->port != 7000 || inet_pton(AF_INET, to->host, &a) != 1) return -1;
+    if (to->family != AF_INET || inet_pton(AF_INET, to->host, &a) != 1) return -1;
     uint32_t ip = ntohl(a.s_addr);
     if ((ip >> 24) != 10) return -1;
     long i = (long)(ip & 0xFFFFFF) - 1;
-    return i >= 0 && (size_t)i < net->n ? (int)i : -1;
+    if (i < 0 || (size_t)i >= net->n) return -1;
+    if (to->port == 7000) return net->eps[i]->host_of < 0 ? (int)i : -1;
+    for (size_t j = 0; j < net->n && net->colocated; j++)   /* a test's colocated endpoints: few */
+        if (net->eps[j]->host_of == i && net->eps[j]->port == to->port) return (int)j;
+    return -1;
 }
 
 static int mem_call(void *impl, const wire_maddr *to, uint64_t id, wire_out *req, uint64_t timeout_ms, dht_reply_fn cb,
@@ -242,7 +249,13 @@ static void deliver_request(dht_memnet *net, event *e)
     net->messages++;
     *r = (responder){ net, c };
     net->holders++;
-    dht_node_deliver(ep->d, m, respond, r);
+    char from[DHT_HOST_MAX] = "?";
+    if (c->from >= 0) {
+        const endpoint *src = net->eps[c->from];
+        uint32_t ip = (10u << 24) | (uint32_t)((src->host_of < 0 ? src->index : src->host_of) + 1);
+        snprintf(from, sizeof from, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
+    }
+    dht_node_deliver(ep->d, m, from, respond, r);
 }
 
 static void deliver_reply(event *e)
@@ -320,7 +333,8 @@ int dht_memnet_new(rt_loop *l, dht_clock *c, uint32_t latency_ms, dht_memnet **o
     return 0;
 }
 
-int dht_memnet_add(dht_memnet *net, dht_addr *addr, dht_transport *t)
+/* add_endpoint appends an endpoint at IP 10.x.y.z of endpoint host_of (-1: its own) and port. */
+static int add_endpoint(dht_memnet *net, int host_of, uint16_t port, dht_addr *addr, dht_transport *t)
 {
     if (net->n >= DHT_MEMNET_MAX_NODES - 1) return DMOE_ETOOBIG;
     if (net->n == net->cap) {
@@ -335,15 +349,31 @@ int dht_memnet_add(dht_memnet *net, dht_addr *addr, dht_transport *t)
     ep->net = net;
     int i = (int)net->n++;
     ep->index = i;
+    ep->host_of = host_of;
+    ep->port = port;
     net->eps[i] = ep;
-    uint32_t ip = (10u << 24) | (uint32_t)(i + 1);
+    uint32_t ip = (10u << 24) | (uint32_t)((host_of < 0 ? i : host_of) + 1);
     memset(addr, 0, sizeof *addr);
     snprintf(addr->host, sizeof addr->host, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
-    addr->port = 7000;
+    addr->port = port;
     t->impl = ep;
     t->next_id = mem_next_id;
     t->call = mem_call;
     return i;
+}
+
+int dht_memnet_add(dht_memnet *net, dht_addr *addr, dht_transport *t)
+{
+    return add_endpoint(net, -1, 7000, addr, t);
+}
+
+int dht_memnet_add_colocated(dht_memnet *net, int with, dht_addr *addr, dht_transport *t)
+{
+    if (with < 0 || (size_t)with >= net->n || net->eps[with]->host_of >= 0) return DMOE_EINVAL;
+    if (net->colocated >= 65535 - 7000) return DMOE_ETOOBIG;
+    int rc = add_endpoint(net, with, (uint16_t)(7001 + net->colocated), addr, t);
+    if (rc >= 0) net->colocated++;
+    return rc;
 }
 
 void dht_memnet_bind(dht_memnet *net, int i, dht *d)

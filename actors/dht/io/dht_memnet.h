@@ -1,13 +1,14 @@
 /* dht_memnet.h -- an in-memory transport for DHT nodes: thousands of nodes in one process and one loop.
  *
- * The memnet gives each endpoint a fake IPv4 address (10.x.y.z, port 7000) and moves messages between
+ * The memnet gives each endpoint a fake IPv4 address (10.x.y.z, port 7000; or another endpoint's IP at
+ * port 7001 and up, dht_memnet_add_colocated: one host running many nodes) and moves messages between
  * them through the loop: a request is encoded (wire_out_flatten), delivered after the link's latency
  * (`latency_ms`, or what dht_memnet_set_latency's function says for that pair) to the destination node
  * (dht_node_deliver, decoded by wire_msg_decode exactly as from a socket), and its reply comes back
- * after the latency of the way back. A call to an address with no bound node fails with
- * DMOE_ECONN; a call to an endpoint that is down (dht_memnet_set_down) is dropped and times out, as a
- * crashed host would. Every call gets exactly one callback (reply, timeout, DMOE_ECONN, or
- * DMOE_ESHUTDOWN from dht_memnet_free).
+ * after the latency of the way back, the sender endpoint's IP given as the request's source. A call
+ * to an address with no bound node fails with DMOE_ECONN; a call to an endpoint that is down
+ * (dht_memnet_set_down) is dropped and times out, as a crashed host would. Every call gets exactly
+ * one callback (reply, timeout, DMOE_ECONN, or DMOE_ESHUTDOWN from dht_memnet_free).
  *
  * Time is the memnet's clock (dht_clock.h). Give it and every node the same virtual clock and drive
  * the loop with dht_vclock_run: a swarm of thousands then runs with no sleep, at the machine's full
@@ -48,6 +49,12 @@ void dht_memnet_set_latency(dht_memnet *net, dht_memnet_latency_fn fn, void *arg
 /* dht_memnet_add creates an endpoint: *addr gets its address, *t the transport for its node. Returns
  * the endpoint's index (>= 0) or DMOE_ENOMEM / DMOE_ETOOBIG. */
 int dht_memnet_add(dht_memnet *net, dht_addr *addr, dht_transport *t);
+
+/* dht_memnet_add_colocated creates an endpoint on the same IP address as endpoint `with` (made by
+ * dht_memnet_add), at the next free port from 7001: many nodes on one host, as an attacker grinding
+ * ids would run them. Returns the endpoint's index, DMOE_EINVAL (no such primary endpoint), DMOE_ETOOBIG
+ * (ports exhausted) or DMOE_ENOMEM. */
+int dht_memnet_add_colocated(dht_memnet *net, int with, dht_addr *addr, dht_transport *t);
 
 /* dht_memnet_bind makes endpoint i deliver incoming requests to d (NULL: none, calls to it get
  * DMOE_ECONN; leave client-mode nodes unbound). d stays the caller's. */

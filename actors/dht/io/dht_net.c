@@ -7,7 +7,9 @@
  */
 #include "actors/dht/io/dht_net.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -65,7 +67,11 @@ static void on_dht_request(void *arg, conn *c, wire_msg *m)
     dht_net *n = arg;
     conn_ref(c);
     conn_hold(c);
-    dht_node_deliver(n->d, m, net_respond, c);
+    char host[DHT_OWNER_MAX_BYTES];   /* conn_peer is "ip:port" (a v6 ip without brackets) or "?" */
+    snprintf(host, sizeof host, "%s", conn_peer(c));
+    char *colon = strrchr(host, ':');
+    if (colon) *colon = '\0';
+    dht_node_deliver(n->d, m, host, net_respond, c);
 }
 
 int dht_net_new(client *cl, dht_net **out, dht_transport *t)

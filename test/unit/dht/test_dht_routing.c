@@ -339,3 +339,49 @@ Test(dht_routing, addr_parse_format, .timeout = 30)
         cr_expect_eq(dht_addr_parse(&a, bad[i]), DMOE_EINVAL, "%s", bad[i]);
     cr_expect_eq(dht_addr_parse(&a, NULL), DMOE_EINVAL);
 }
+
+Test(dht_routing, one_ip_address_holds_at_most_max_per_host_entries)
+{
+    dht_id self, id[6];
+    memset(&self, 0, sizeof self);
+    for (int i = 0; i < 6; i++) {
+        memset(&id[i], 0, sizeof id[i]);
+        id[i].b[0] = 0x80;
+        id[i].b[15] = (uint8_t)(i + 1);
+    }
+    dht_routing *t;
+    cr_assert_eq(dht_routing_new(&t, &self, 0, 0, 1, 0.0), 0);
+    dht_addr a = {"203.0.113.7", 4000};
+    for (int i = 0; i < DHT_MAX_PER_HOST; i++) {
+        a.port = (uint16_t)(4000 + i);                 /* other ports of one host count together */
+        cr_expect(dht_routing_admits(t, &id[i], &a));
+        cr_assert_eq(dht_routing_add_or_update(t, &id[i], &a, 1, NULL), DHT_RT_ADDED);
+    }
+    a.port = 4100;
+    cr_expect_not(dht_routing_admits(t, &id[DHT_MAX_PER_HOST], &a));
+    cr_expect_eq(dht_routing_add_or_update(t, &id[DHT_MAX_PER_HOST], &a, 2, NULL), DHT_RT_REFUSED);
+    cr_expect_eq(dht_routing_host_count(t, "203.0.113.7"), DHT_MAX_PER_HOST);
+    cr_expect_eq(dht_routing_add_or_update(t, &id[0], &(dht_addr){"203.0.113.7", 4000}, 3, NULL), DHT_RT_UPDATED);
+
+    /* A known id cannot move onto a full host; it keeps its old address. */
+    dht_addr other = {"198.51.100.1", 5000};
+    cr_assert_eq(dht_routing_add_or_update(t, &id[4], &other, 4, NULL), DHT_RT_ADDED);
+    cr_expect_eq(dht_routing_add_or_update(t, &id[4], &a, 5, NULL), DHT_RT_REFUSED);
+    dht_node got;
+    cr_assert_eq(dht_routing_get(t, &id[4], &got), 0);
+    cr_expect(dht_addr_eq(&got.addr, &other));
+
+    /* Loopback is exempt unless asked; the limit is tunable. */
+    dht_addr lo = {"127.0.0.1", 6000};
+    for (int i = 0; i < 4; i++) {
+        lo.port = (uint16_t)(6000 + i);
+        cr_expect(dht_routing_admits(t, &id[i], &lo));
+    }
+    dht_routing_set_host_limit(t, 0, 1);
+    cr_expect_eq(dht_routing_add_or_update(t, &id[2], &(dht_addr){"127.0.0.1", 6000}, 6, NULL), DHT_RT_ADDED);
+    cr_expect_eq(dht_routing_add_or_update(t, &id[3], &(dht_addr){"127.0.0.1", 6001}, 6, NULL), DHT_RT_ADDED);
+    cr_expect_eq(dht_routing_add_or_update(t, &id[5], &(dht_addr){"127.0.0.1", 6002}, 6, NULL), DHT_RT_REFUSED);
+    dht_routing_set_host_limit(t, 3, 1);
+    cr_expect_eq(dht_routing_add_or_update(t, &id[5], &(dht_addr){"127.0.0.1", 6002}, 7, NULL), DHT_RT_ADDED);
+    dht_routing_free(t);
+}

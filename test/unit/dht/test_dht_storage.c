@@ -315,3 +315,61 @@ Test(dht_storage, random_ops_match_model, .timeout = 30)
     }
     dht_storage_free(s);
 }
+
+Test(dht_storage, one_owner_fills_only_its_share_and_evicts_nobody)
+{
+    dht_storage_limits lim;
+    memset(&lim, 0, sizeof lim);
+    lim.max_keys = 64;
+    lim.max_bytes = 4096;
+    lim.owner_share = 4;                          /* 16 entries, 1024 bytes per owner */
+    dht_storage *s;
+    cr_assert_eq(dht_storage_new(&s, &lim), 0);
+    uint8_t v[100];
+    memset(v, 7, sizeof v);
+    for (int i = 0; i < 8; i++) {                 /* others first: short-lived, the first to evict */
+        dht_id k = key_n(i);
+        cr_assert_eq(dht_storage_store_from(s, i % 2 ? "10.0.0.1" : "10.0.0.2", &k, NULL, 0, v, 10, 50.0, 0.0), 1);
+    }
+    int stored = 0;
+    for (int i = 100; i < 200; i++) {             /* the flood lives longer: today it would evict them */
+        dht_id k = key_n(i);
+        stored += dht_storage_store_from(s, "10.6.6.6", &k, NULL, 0, v, 10, 900.0, 0.0) == 1;
+    }
+    cr_expect_eq(stored, 16);
+    size_t items, bytes;
+    dht_storage_owner_usage(s, "10.6.6.6", &items, &bytes);
+    cr_expect_eq(items, 16);
+    cr_expect_eq(bytes, 160);
+    for (int i = 0; i < 8; i++) {
+        dht_id k = key_n(i);
+        dht_stored st;
+        cr_expect_eq(dht_storage_get(s, &k, 1.0, &st), 0, "key %d was evicted", i);
+    }
+    /* Replacing its own value is no new entry; a dictionary entry is one; bytes count too. */
+    dht_id k100 = key_n(100), kd = key_n(300);
+    cr_expect_eq(dht_storage_store_from(s, "10.6.6.6", &k100, NULL, 0, v, 12, 901.0, 0.0), 1);
+    cr_expect_eq(dht_storage_store_from(s, "10.6.6.6", &kd, "a", 1, v, 1, 901.0, 0.0), 0);
+    cr_expect_eq(dht_storage_store_from(s, "10.0.0.9", &kd, "a", 1, v, 100, 901.0, 0.0), 1);
+    for (int i = 0; i < 10; i++) {
+        char sk[2] = { (char)('b' + i), 0 };
+        cr_expect_eq(dht_storage_store_from(s, "10.0.0.9", &kd, sk, 1, v, 100, 901.0, 0.0), i < 9 ? 1 : 0,
+                     "subkey %d", i);             /* 10 x 101 bytes > 1024 */
+    }
+    dht_storage_owner_usage(s, "10.0.0.9", &items, &bytes);
+    cr_expect_eq(items, 10);
+    cr_expect_eq(bytes, 1010);
+    /* A newer value by another owner replaces the flood's entry: the flood's account shrinks. */
+    cr_expect_eq(dht_storage_store_from(s, "10.0.0.1", &k100, NULL, 0, v, 10, 902.0, 0.0), 1);
+    dht_storage_owner_usage(s, "10.6.6.6", &items, &bytes);
+    cr_expect_eq(items, 15);
+    cr_expect_eq(bytes, 150);
+    /* Everything expired: every account is empty. */
+    dht_storage_expire(s, 1000.0);
+    dht_storage_owner_usage(s, "10.6.6.6", &items, &bytes);
+    cr_expect_eq(items + bytes, 0);
+    dht_storage_owner_usage(s, "10.0.0.9", &items, &bytes);
+    cr_expect_eq(items + bytes, 0);
+    cr_expect_eq(dht_storage_store_from(s, "10.6.6.6", &k100, NULL, 0, v, 10, 2000.0, 1000.0), 1);
+    dht_storage_free(s);
+}

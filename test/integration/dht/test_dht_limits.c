@@ -1,0 +1,338 @@
+/* test_dht_limits.c -- the limits that keep one host from taking over the DHT (issue 10, item 4), as
+ * attacks on the in-memory transport (actors/dht/io/dht_memnet.h) in virtual time (no sleep).
+ *
+ * One-address Sybil: an attacker grinds key pairs until it has ids nearer to a target key than any
+ * honest node, and runs them all on one IP address (colocated memnet endpoints, one port each); its
+ * nodes prove their ids as honest ones do, but swallow every store. The honest routing tables must
+ * hold at most DHT_MAX_PER_HOST entries from that address, and a value stored by an honest node under
+ * the target key must still be found by the other honest nodes.
+ *
+ * Store flood: a client-mode node sends one node far more long-lived values than its store holds
+ * (small bounds here). What honest nodes stored there before must stay, and their new stores must
+ * still be taken: the flood fills its sender's share (DHT_OWNER_SHARE) and is refused beyond.
+ * Every wait is bounded in virtual time.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/dht/dht_boot.h"
+#include "actors/dht/dht_lookup.h"
+#include "actors/dht/dht_node.h"
+#include "actors/dht/io/dht_clock.h"
+#include "actors/dht/io/dht_memnet.h"
+#include "runtime/rt_err.h"
+
+#define LM_MAX 96
+
+typedef struct {
+    rt_loop *l;
+    dht_clock *clock;
+    dht_memnet *net;
+    dht *nodes[LM_MAX];
+    int ep[LM_MAX];
+    size_t n;
+    int pending;
+} swarm;
+
+static int nothing_pending(void *arg) { return ((swarm *)arg)->pending <= 0; }
+
+/* run_until runs the swarm until nothing is pending or ms of virtual time pass; 1 if it settled. */
+static int run_until(swarm *s, int ms)
+{
+    dht_vclock_run(s->clock, nothing_pending, s, (uint64_t)ms);
+    return s->pending <= 0;
+}
+
+static void on_boot(void *arg, int err, const char *msg)
+{
+    swarm *s = arg;
+    cr_expect_eq(err, 0, "bootstrap: %s", msg);
+    s->pending--;
+}
+
+/* add_node adds a node with the test key of number seed; colocate_with >= 0 puts it on that
+ * endpoint's IP address. limits may be NULL. */
+static dht *add_node(swarm *s, uint64_t seed, int colocate_with, const dht_storage_limits *limits)
+{
+    cr_assert(s->n < LM_MAX);
+    dht_cfg c;
+    dht_transport t;
+    dht_ident key;
+    dht_cfg_default(&c);
+    c.seed = seed;
+    cr_assert_eq(dht_ident_for_test(&key, seed), 0);
+    c.ident = &key;
+    c.refresh_period_s = -1;
+    c.rpc_timeout_ms = 1000;
+    c.lookup_timeout_ms = 10000;
+    c.limits = limits;
+    c.clock = s->clock;
+    int ep = colocate_with < 0 ? dht_memnet_add(s->net, &c.addr, &t)
+                               : dht_memnet_add_colocated(s->net, colocate_with, &c.addr, &t);
+    cr_assert(ep >= 0);
+    dht *d;
+    cr_assert_eq(dht_node_new(s->l, &c, &t, &d), 0);
+    dht_memnet_bind(s->net, ep, d);
+    s->ep[s->n] = ep;
+    s->nodes[s->n++] = d;
+    return d;
+}
+
+static void boot_from(swarm *s, dht *d, size_t from)
+{
+    char text[WIRE_MADDR_TEXT], err[256];
+    dht_node_maddr(s->nodes[from], text, sizeof text);
+    const char *peers[1] = { text };
+    s->pending++;
+    cr_assert_eq(dht_node_bootstrap(d, peers, 1, on_boot, s, err, sizeof err), 0, "%s", err);
+}
+
+static void swarm_init(swarm *s)
+{
+    memset(s, 0, sizeof *s);
+    s->l = rt_loop_new();
+    cr_assert(s->l);
+    cr_assert_eq(dht_vclock_new(s->l, &s->clock), 0);
+    cr_assert_eq(dht_memnet_new(s->l, s->clock, 1, &s->net), 0);
+}
+
+static void swarm_down(swarm *s)
+{
+    for (size_t i = 0; i < s->n; i++) dht_node_stop(s->nodes[i]);
+    dht_memnet_free(s->net);
+    for (size_t i = 0; i < s->n; i++) dht_node_free(s->nodes[i]);
+    rt_loop_free(s->l);
+    dht_vclock_free(s->clock);
+}
+
+typedef struct {
+    swarm *s;
+    int called, err, found;
+    size_t n_stored, vlen;
+    uint8_t value[16];
+} op;
+
+static void on_store(void *arg, int err, const char *msg, size_t n_stored)
+{
+    op *o = arg;
+    o->called++;
+    o->err = err;
+    o->n_stored = n_stored;
+    o->s->pending--;
+}
+
+static void on_get(void *arg, int err, const char *msg, const dht_get_result *r)
+{
+    op *o = arg;
+    o->called++;
+    o->err = err;
+    o->found = r->found;
+    o->vlen = 0;
+    if (r->found && !r->is_dict && r->vlen <= sizeof o->value) {
+        memcpy(o->value, r->value, r->vlen);
+        o->vlen = r->vlen;
+    }
+    o->s->pending--;
+}
+
+/* ---- one-address Sybil ---- */
+
+#define SY_HONEST 24
+#define SY_SYBILS 40
+#define SY_GRIND 4000
+
+typedef struct {
+    uint64_t seed;
+    dht_id id;
+} ground;
+
+static const dht_id *sort_target;
+static int by_distance(const void *a, const void *b)
+{
+    return dht_id_distance_cmp(sort_target, &((const ground *)a)->id, &((const ground *)b)->id);
+}
+
+Test(dht_limits, ids_ground_on_one_address_cannot_own_a_keys_neighbourhood, .timeout = 120)
+{
+    swarm s;
+    swarm_init(&s);
+    dht_id target;
+    cr_assert_eq(dht_id_from_str(&target, "expert.0", 8), 0);
+
+    for (size_t i = 0; i < SY_HONEST; i++) {
+        dht *d = add_node(&s, 7001 + i * 131, -1, NULL);
+        if (i > 0) boot_from(&s, d, (i * 7) % i);
+        if (s.pending >= 8) cr_assert(run_until(&s, 20000), "bootstrap wave");
+    }
+    cr_assert(run_until(&s, 20000), "bootstrap");
+
+    /* The attacker grinds SY_GRIND key pairs and keeps the SY_SYBILS ids nearest to the target. */
+    ground *g = malloc(SY_GRIND * sizeof *g);
+    cr_assert(g);
+    for (size_t i = 0; i < SY_GRIND; i++) {
+        dht_ident k;
+        g[i].seed = 900000 + i;
+        cr_assert_eq(dht_ident_for_test(&k, g[i].seed), 0);
+        dht_ident_id(&k, &g[i].id);
+    }
+    sort_target = &target;
+    qsort(g, SY_GRIND, sizeof *g, by_distance);
+    for (size_t h = 0; h < SY_HONEST; h++)   /* they are all nearer than any honest node */
+        cr_assert(dht_id_distance_cmp(&target, &g[SY_SYBILS - 1].id, dht_node_id(s.nodes[h])) < 0);
+
+    /* Its nodes take no value (a value of 1 byte at most: msgpack values are longer). */
+    dht_storage_limits swallow;
+    memset(&swallow, 0, sizeof swallow);
+    swallow.max_value_bytes = 1;
+    int host = -1;
+    for (size_t i = 0; i < SY_SYBILS; i++) {
+        dht *d = add_node(&s, g[i].seed, host, &swallow);
+        if (host < 0) host = s.ep[s.n - 1];
+        boot_from(&s, d, i % SY_HONEST);
+        if (s.pending >= 8) cr_assert(run_until(&s, 20000), "sybil wave");
+    }
+    cr_assert(run_until(&s, 20000), "sybils up");
+    free(g);
+    const char *attacker = dht_node_cfg(s.nodes[SY_HONEST])->addr.host;
+    cr_assert_str_eq(dht_node_cfg(s.nodes[SY_HONEST + 1])->addr.host, attacker);
+
+    /* An honest node stores under the target; the others look for it. */
+    op st = { .s = &s };
+    uint8_t v[2] = { 0xcc, 0x5a };
+    s.pending++;
+    cr_assert_eq(dht_store(s.nodes[3], &target, NULL, 0, v, 2, dht_node_now(s.nodes[3]) + 600, on_store, &st), 0);
+    cr_assert(run_until(&s, 15000), "store");
+    cr_assert_eq(st.err, 0, "store: %d", st.err);
+    cr_assert_geq(st.n_stored, 2, "only %zu honest replicas took the value", st.n_stored);
+
+    size_t found = 0;
+    for (size_t h = 0; h < SY_HONEST; h++) {
+        if (h == 3) continue;
+        op o = { .s = &s };
+        s.pending++;
+        cr_assert_eq(dht_get(s.nodes[h], &target, 0, on_get, &o), 0);
+        cr_assert(run_until(&s, 15000), "get");
+        found += o.err == 0 && o.found && o.vlen == 2 && o.value[1] == 0x5a;
+    }
+    cr_expect_eq(found, SY_HONEST - 1, "%zu of %d honest gets found the value", found, SY_HONEST - 1);
+
+    for (size_t h = 0; h < SY_HONEST; h++) {
+        size_t held = dht_routing_host_count(dht_node_routing(s.nodes[h]), attacker);
+        cr_expect_leq(held, DHT_MAX_PER_HOST, "honest node %zu holds %zu entries at the attacker's address", h, held);
+    }
+    swarm_down(&s);
+}
+
+/* ---- store flood ---- */
+
+#define FL_HONEST 6
+#define FL_FLOOD 600
+
+typedef struct {
+    swarm *s;
+    size_t taken, answered;
+} flood;
+
+static void on_flood(void *arg, int err, const char *msg, const dht_store_rep *rep)
+{
+    flood *f = arg;
+    if (err == 0) {
+        f->answered++;
+        for (size_t i = 0; i < rep->n; i++) f->taken += rep->stored[i] != 0;
+    }
+    f->s->pending--;
+}
+
+static dht_store_item item(const dht_id *key, const uint8_t *v, size_t vlen, double exp)
+{
+    return (dht_store_item){ .key = *key, .value = v, .vlen = vlen, .expiration = exp };
+}
+
+Test(dht_limits, one_sender_cannot_flood_others_records_out_of_a_store, .timeout = 60)
+{
+    swarm s;
+    swarm_init(&s);
+    dht_storage_limits small;
+    memset(&small, 0, sizeof small);
+    small.max_keys = 256;                       /* 16 entries per address with the default share */
+    small.max_bytes = 64 * 1024;
+    for (size_t i = 0; i < FL_HONEST; i++) {
+        dht *d = add_node(&s, 5001 + i * 17, -1, &small);
+        if (i > 0) boot_from(&s, d, 0);
+    }
+    cr_assert(run_until(&s, 20000), "bootstrap");
+    dht *target = s.nodes[0];
+    dht_node at = { .id = *dht_node_id(target), .addr = dht_node_cfg(target)->addr };
+    double now = dht_node_now(target);
+
+    /* Honest nodes 1.. store three values each on the target, directly, living 10 minutes. */
+    uint8_t hv[2] = { 0xcc, 0x11 };
+    flood honest = { .s = &s };
+    for (size_t i = 1; i < FL_HONEST; i++) {
+        dht_store_item it[3];
+        dht_id k[3];
+        for (int j = 0; j < 3; j++) {
+            char name[32];
+            int n = snprintf(name, sizeof name, "honest.%zu.%d", i, j);
+            cr_assert_eq(dht_id_from_str(&k[j], name, (size_t)n), 0);
+            it[j] = item(&k[j], hv, 2, now + 600);
+        }
+        s.pending++;
+        cr_assert_eq(dht_node_store_rpc(s.nodes[i], &at, it, 3, 0, on_flood, &honest), 0);
+    }
+    cr_assert(run_until(&s, 10000), "honest stores");
+    cr_assert_eq(honest.taken, 3 * (FL_HONEST - 1));
+
+    /* A client floods it with values that outlive them (the store keeps the later expirations). */
+    dht_cfg c;
+    dht_transport t;
+    dht_cfg_default(&c);
+    c.client_mode = 1;
+    c.clock = s.clock;
+    c.rpc_timeout_ms = 1000;
+    dht_addr caddr;
+    cr_assert(dht_memnet_add(s.net, &caddr, &t) >= 0);
+    dht *attacker;
+    cr_assert_eq(dht_node_new(s.l, &c, &t, &attacker), 0);
+    s.nodes[s.n++] = attacker;                  /* swarm_down stops and frees it in order */
+    uint8_t big[202] = { 0xc4, 200 };           /* msgpack bin 8 of 200 bytes */
+    flood fl = { .s = &s };
+    for (size_t b = 0; b < FL_FLOOD / 20; b++) {
+        dht_store_item it[20];
+        dht_id k[20];
+        for (size_t j = 0; j < 20; j++) {
+            dht_id_from_int(&k[j], (int)(1000000 + b * 20 + j));
+            it[j] = item(&k[j], big, sizeof big, now + 3600);
+        }
+        s.pending++;
+        cr_assert_eq(dht_node_store_rpc(attacker, &at, it, 20, 0, on_flood, &fl), 0);
+        cr_assert(run_until(&s, 5000), "flood batch");
+    }
+    cr_expect_eq(fl.answered, FL_FLOOD / 20);
+    cr_expect_leq(fl.taken, small.max_keys / DHT_OWNER_SHARE, "the flood placed %zu values", fl.taken);
+    cr_expect_gt(fl.taken, 0);
+
+    /* Every honest value is still there, and a new honest store is still taken. */
+    for (size_t i = 1; i < FL_HONEST; i++)
+        for (int j = 0; j < 3; j++) {
+            char name[32];
+            int n = snprintf(name, sizeof name, "honest.%zu.%d", i, j);
+            dht_id k;
+            cr_assert_eq(dht_id_from_str(&k, name, (size_t)n), 0);
+            dht_stored st;
+            cr_expect_eq(dht_storage_get(dht_node_storage(target), &k, dht_node_now(target), &st), 0,
+                         "%s was pushed out by the flood", name);
+        }
+    dht_id later;
+    cr_assert_eq(dht_id_from_str(&later, "honest.later", 12), 0);
+    dht_store_item it = item(&later, hv, 2, dht_node_now(target) + 600);
+    flood after = { .s = &s };
+    s.pending++;
+    cr_assert_eq(dht_node_store_rpc(s.nodes[1], &at, &it, 1, 0, on_flood, &after), 0);
+    cr_assert(run_until(&s, 5000), "store after the flood");
+    cr_expect_eq(after.taken, 1);
+
+    swarm_down(&s);
+}

@@ -22,6 +22,7 @@
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
+#include "test/integration/dht/dht_test_op.h"
 #include "runtime/rt_err.h"
 
 #define LM_MAX 96
@@ -107,35 +108,7 @@ static void swarm_down(swarm *s)
     dht_vclock_free(s->clock);
 }
 
-typedef struct {
-    swarm *s;
-    int called, err, found;
-    size_t n_stored, vlen;
-    uint8_t value[16];
-} op;
-
-static void on_store(void *arg, int err, const char *msg, size_t n_stored)
-{
-    op *o = arg;
-    o->called++;
-    o->err = err;
-    o->n_stored = n_stored;
-    o->s->pending--;
-}
-
-static void on_get(void *arg, int err, const char *msg, const dht_get_result *r)
-{
-    op *o = arg;
-    o->called++;
-    o->err = err;
-    o->found = r->found;
-    o->vlen = 0;
-    if (r->found && !r->is_dict && r->vlen <= sizeof o->value) {
-        memcpy(o->value, r->value, r->vlen);
-        o->vlen = r->vlen;
-    }
-    o->s->pending--;
-}
+typedef dht_test_op op;
 
 /* ---- one-address Sybil ---- */
 
@@ -199,10 +172,10 @@ Test(dht_limits, ids_ground_on_one_address_cannot_own_a_keys_neighbourhood, .tim
     cr_assert_str_eq(dht_node_cfg(s.nodes[SY_HONEST + 1])->addr.host, attacker);
 
     /* An honest node stores under the target; the others look for it. */
-    op st = { .s = &s };
+    op st = DHT_TEST_OP(&s);
     uint8_t v[2] = { 0xcc, 0x5a };
     s.pending++;
-    cr_assert_eq(dht_store(s.nodes[3], &target, NULL, 0, v, 2, dht_node_now(s.nodes[3]) + 600, on_store, &st), 0);
+    cr_assert_eq(dht_store(s.nodes[3], &target, NULL, 0, v, 2, dht_node_now(s.nodes[3]) + 600, dht_test_on_store, &st), 0);
     cr_assert(run_until(&s, 15000), "store");
     cr_assert_eq(st.err, 0, "store: %d", st.err);
     cr_assert_geq(st.n_stored, 2, "only %zu honest replicas took the value", st.n_stored);
@@ -210,9 +183,9 @@ Test(dht_limits, ids_ground_on_one_address_cannot_own_a_keys_neighbourhood, .tim
     size_t found = 0;
     for (size_t h = 0; h < SY_HONEST; h++) {
         if (h == 3) continue;
-        op o = { .s = &s };
+        op o = DHT_TEST_OP(&s);
         s.pending++;
-        cr_assert_eq(dht_get(s.nodes[h], &target, 0, on_get, &o), 0);
+        cr_assert_eq(dht_get(s.nodes[h], &target, 0, dht_test_on_get, &o), 0);
         cr_assert(run_until(&s, 15000), "get");
         found += o.err == 0 && o.found && o.vlen == 2 && o.value[1] == 0x5a;
     }

@@ -23,6 +23,7 @@
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
+#include "test/integration/dht/dht_test_op.h"
 #include "actors/dht/io/dht_proto.h"
 #include "runtime/rt_err.h"
 
@@ -182,41 +183,7 @@ static int has_key(dht *d, dht_storage *st, const dht_id *key)
 
 /* ---- operations and their completions ---- */
 
-typedef struct {
-    swarm *s;
-    int called, err, found, is_dict, hops;
-    uint8_t value[16];
-    size_t vlen, nsubs, rpcs, n_stored;
-    double expiration;
-} op;
-
-static void on_store(void *arg, int err, const char *msg, size_t n_stored)
-{
-    op *o = arg;
-    o->called++;
-    o->err = err;
-    o->n_stored = n_stored;
-    o->s->pending--;
-}
-
-static void on_get(void *arg, int err, const char *msg, const dht_get_result *r)
-{
-    op *o = arg;
-    o->called++;
-    o->err = err;
-    o->found = r->found;
-    o->is_dict = r->is_dict;
-    o->hops = r->hops;
-    o->rpcs = r->rpcs;
-    o->expiration = r->expiration;
-    o->nsubs = r->nsubs;
-    o->vlen = 0;
-    if (r->found && !r->is_dict && r->vlen <= sizeof o->value) {
-        memcpy(o->value, r->value, r->vlen);
-        o->vlen = r->vlen;
-    }
-    o->s->pending--;
-}
+typedef dht_test_op op;
 
 static void on_store_rpc(void *arg, int err, const char *msg, const dht_store_rep *rep)
 {
@@ -224,7 +191,7 @@ static void on_store_rpc(void *arg, int err, const char *msg, const dht_store_re
     o->called++;
     o->err = err;
     o->n_stored = err == 0 && rep->stored[0];
-    o->s->pending--;
+    (*o->pending)--;
 }
 
 static void on_find_rpc(void *arg, int err, const char *msg, const dht_find_rep *rep)
@@ -232,7 +199,7 @@ static void on_find_rpc(void *arg, int err, const char *msg, const dht_find_rep 
     op *o = arg;
     o->called++;
     o->err = err;
-    o->s->pending--;
+    (*o->pending)--;
 }
 
 static void on_nodes(void *arg, int err, const char *msg, const dht_node *nearest, size_t n, int hops)
@@ -241,16 +208,16 @@ static void on_nodes(void *arg, int err, const char *msg, const dht_node *neares
     o->called++;
     o->err = err;
     o->n_stored = n;
-    o->s->pending--;
+    (*o->pending)--;
 }
 
 /* store_plain stores value {0xcc, tag} (msgpack uint8 tag) under key from node `from`, until exp. */
 static void store_plain(swarm *s, size_t from, const dht_id *key, uint8_t tag, double exp)
 {
-    op o = { .s = s };
+    op o = DHT_TEST_OP(s);
     uint8_t v[2] = { 0xcc, tag };
     s->pending++;
-    cr_assert_eq(dht_store(s->nodes[from], key, NULL, 0, v, 2, exp, on_store, &o), 0);
+    cr_assert_eq(dht_store(s->nodes[from], key, NULL, 0, v, 2, exp, dht_test_on_store, &o), 0);
     cr_assert(run_until(s, 10000), "store");
     cr_assert_eq(o.err, 0, "store: %d", o.err);
     cr_assert(o.n_stored >= 1);
@@ -259,9 +226,9 @@ static void store_plain(swarm *s, size_t from, const dht_id *key, uint8_t tag, d
 /* get_one runs one get of key from node `from` to completion into *o. */
 static void get_one(swarm *s, size_t from, const dht_id *key, int latest, op *o)
 {
-    *o = (op){ .s = s };
+    *o = DHT_TEST_OP(s);
     s->pending++;
-    cr_assert_eq(dht_get(s->nodes[from], key, latest, on_get, o), 0);
+    cr_assert_eq(dht_get(s->nodes[from], key, latest, dht_test_on_get, o), 0);
     cr_assert(run_until(s, 15000), "get");
     cr_assert_eq(o->called, 1);
 }
@@ -314,10 +281,10 @@ Test(dht_upkeep, a_joining_node_is_handed_the_keys_it_is_nearest_to, .timeout = 
     for (int i = 0; i < HO_NEW; i++) store_plain(&s, (size_t)(i * 5) % old_n, &g.key[i], (uint8_t)(40 + i), exp);
     /* and a dictionary of two subkeys, each stored from a different node */
     for (int j = 0; j < 2; j++) {
-        op o = { .s = &s };
+        op o = DHT_TEST_OP(&s);
         uint8_t sk = (uint8_t)(j + 1), v[2] = { 0xcc, (uint8_t)(50 + j) };
         s.pending++;
-        cr_assert_eq(dht_store(s.nodes[3 + (size_t)j * 7], &g.key[HO_NEW], &sk, 1, v, 2, exp, on_store, &o), 0);
+        cr_assert_eq(dht_store(s.nodes[3 + (size_t)j * 7], &g.key[HO_NEW], &sk, 1, v, 2, exp, dht_test_on_store, &o), 0);
         cr_assert(run_until(&s, 10000));
         cr_assert_eq(o.err, 0);
     }
@@ -432,9 +399,9 @@ Test(dht_upkeep, concurrent_gets_of_one_key_share_one_lookup, .timeout = 60)
     static op ops[2 * CONC_GETS];
     uint64_t before = dht_node_rpc_count(g);
     for (int i = 0; i < 2 * CONC_GETS; i++) {
-        ops[i] = (op){ .s = &s };
+        ops[i] = DHT_TEST_OP(&s);
         s.pending++;
-        cr_assert_eq(dht_get(g, &k, i >= CONC_GETS, on_get, &ops[i]), 0);   /* half plain, half latest */
+        cr_assert_eq(dht_get(g, &k, i >= CONC_GETS, dht_test_on_get, &ops[i]), 0);   /* half plain, half latest */
     }
     cr_assert(run_until(&s, 15000), "every get completes");
     uint64_t used = dht_node_rpc_count(g) - before;
@@ -483,7 +450,7 @@ Test(dht_upkeep, a_failed_rpc_evicts_the_peer_and_promotes_a_replacement, .timeo
     cr_assert(vi >= 0);
     dht_memnet_set_down(s.net, s.ep[vi], 1);
 
-    op o = { .s = &s };
+    op o = DHT_TEST_OP(&s);
     uint64_t before = dht_node_rpc_count(d);
     s.pending++;
     cr_assert_eq(dht_node_find(d, &victim, &victim.id, 1, on_find_rpc, &o), 0);
@@ -515,7 +482,7 @@ typedef struct {
 static void on_find_timed(void *arg, int err, const char *msg, const dht_find_rep *rep)
 {
     timed_op *t = arg;
-    t->failed_at = dht_clock_us(t->o.s->clock);
+    t->failed_at = dht_clock_us(t->o.clock);
     on_find_rpc(&t->o, err, msg, rep);
 }
 
@@ -535,7 +502,7 @@ Test(dht_upkeep, a_peer_that_keeps_failing_is_banned_longer_each_time, .timeout 
     dht_memnet_set_down(s.net, s.ep[5], 1);
 
     /* First failure: a ban of DHT_BAN_BASE (5 s). */
-    timed_op t = { .o = { .s = &s } };
+    timed_op t = { .o = DHT_TEST_OP(&s) };
     s.pending++;
     cr_assert_eq(dht_node_find(d, &victim, &victim.id, 1, on_find_timed, &t), 0);
     cr_assert(run_until(&s, 5000));
@@ -545,7 +512,7 @@ Test(dht_upkeep, a_peer_that_keeps_failing_is_banned_longer_each_time, .timeout 
 
     /* Once the first ban is over the peer is tried again; it fails again: the ban doubles (10 s). */
     wait_until(&s, first + (uint64_t)((DHT_BAN_BASE + 1.0) * 1e6), 8000);
-    t = (timed_op){ .o = { .s = &s } };
+    t = (timed_op){ .o = DHT_TEST_OP(&s) };
     s.pending++;
     cr_assert_eq(dht_node_find(d, &victim, &victim.id, 1, on_find_timed, &t), 0, "the first ban has ended");
     cr_assert(run_until(&s, 5000));
@@ -598,7 +565,7 @@ Test(dht_upkeep, crashed_and_stopped_nodes_vanish_from_the_tables_that_try_them,
         for (size_t i = 0; i < s.n; i++) {
             if (!dead[i]) continue;
             op *o = &m.ops[m.n++];
-            *o = (op){ .s = &s };
+            *o = DHT_TEST_OP(&s);
             s.pending++;
             cr_assert_eq(dht_find_nodes(s.nodes[j], dht_node_id(s.nodes[i]), 0, on_nodes, o), 0);
         }
@@ -652,7 +619,7 @@ Test(dht_upkeep, a_latest_get_asks_past_the_first_value_and_returns_the_newest, 
     for (int r = 0; r < 2; r++) {
         size_t idx = order[DHT_NUM_REPLICAS - 2 + (size_t)r];
         dht_node peer = { .id = *dht_node_id(s.nodes[idx]), .addr = dht_node_self(s.nodes[idx])->addr };
-        w[r] = (op){ .s = &s };
+        w[r] = DHT_TEST_OP(&s);
         s.pending++;
         cr_assert_eq(dht_node_store_rpc(writer, &peer, &it, 1, 0, on_store_rpc, &w[r]), 0);
     }
@@ -724,7 +691,7 @@ typedef struct {
 static void on_find_clocked(void *arg, int err, const char *msg, const dht_find_rep *rep)
 {
     clocked_op *t = arg;
-    t->done_at = dht_clock_us(t->o.s->clock);
+    t->done_at = dht_clock_us(t->o.clock);
     on_find_rpc(&t->o, err, msg, rep);
 }
 
@@ -744,7 +711,7 @@ Test(dht_upkeep, per_link_latencies_set_each_rpc_time_exactly, .timeout = 30)
     dht *d = s.nodes[1];
     for (size_t to = 2; to <= 3; to++) {
         dht_node peer = { .id = *dht_node_id(s.nodes[to]), .addr = dht_node_self(s.nodes[to])->addr };
-        clocked_op t = { .o = { .s = &s } };
+        clocked_op t = { .o = DHT_TEST_OP(&s) };
         uint64_t t0 = dht_clock_us(s.clock);
         s.pending++;
         cr_assert_eq(dht_node_find(d, &peer, &peer.id, 1, on_find_clocked, &t), 0);

@@ -42,7 +42,7 @@
 #include <stdint.h>
 
 #include "actors/dht/dht_id.h"
-#include "actors/dht/dht_ident.h"
+#include "actors/dht/trust/dht_ident.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_proto.h"
 #include "actors/dht/dht_routing.h"

@@ -1,4 +1,4 @@
-/* bench_ident.c -- what node identities cost (actors/dht/dht_ident.h): Ed25519 signatures and
+/* bench_ident.c -- what node identities cost (actors/dht/trust/dht_ident.h): Ed25519 signatures and
  * verifications per second on one thread, over the 81-byte message a DHT proof signs (tag, 32-byte
  * challenge, 16-byte id, a multiaddr). A peer is verified once, when it first enters a routing table,
  * so a lookup verifies at most one proof per RPC it makes: the report multiplies the verification time
@@ -8,7 +8,7 @@
 
 #include <string.h>
 
-#include "actors/dht/dht_ident.h"
+#include "actors/dht/trust/dht_ident.h"
 #include "runtime/rt_actor.h"
 
 #define IDENT_MSG_BYTES 81        /* the size of a proof's signed bytes with a short /ip4 address */

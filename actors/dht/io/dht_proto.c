@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/dht/dht_ident.h"
+#include "actors/dht/trust/dht_ident.h"
 #include "runtime/rt_err.h"
 
 /* ---- small helpers ---- */

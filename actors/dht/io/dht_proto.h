@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #include "actors/dht/dht_id.h"
-#include "actors/dht/dht_ident.h"
+#include "actors/dht/trust/dht_ident.h"
 #include "actors/dht/dht_routing.h"
 #include "actors/dht/dht_storage.h"
 #include "wire/wire_maddr.h"

@@ -22,91 +22,18 @@
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
-#include "test/integration/dht/dht_test_op.h"
+#include "test/integration/dht/dht_swarm.h"
 #include "runtime/rt_err.h"
 
-#define LM_MAX 96
+typedef dht_swarm swarm;
 
-typedef struct {
-    rt_loop *l;
-    dht_clock *clock;
-    dht_memnet *net;
-    dht *nodes[LM_MAX];
-    int ep[LM_MAX];
-    size_t n;
-    int pending;
-} swarm;
+static int run_until(swarm *s, int ms) { return dht_swarm_run_until(s, ms); }
+#define add_node dht_swarm_add
+#define boot_from dht_swarm_boot_from
+#define swarm_down dht_swarm_down
 
-static int nothing_pending(void *arg) { return ((swarm *)arg)->pending <= 0; }
-
-/* run_until runs the swarm until nothing is pending or ms of virtual time pass; 1 if it settled. */
-static int run_until(swarm *s, int ms)
-{
-    dht_vclock_run(s->clock, nothing_pending, s, (uint64_t)ms);
-    return s->pending <= 0;
-}
-
-static void on_boot(void *arg, int err, const char *msg)
-{
-    swarm *s = arg;
-    cr_expect_eq(err, 0, "bootstrap: %s", msg);
-    s->pending--;
-}
-
-/* add_node adds a node with the test key of number seed; colocate_with >= 0 puts it on that
- * endpoint's IP address. limits may be NULL. */
-static dht *add_node(swarm *s, uint64_t seed, int colocate_with, const dht_storage_limits *limits)
-{
-    cr_assert(s->n < LM_MAX);
-    dht_cfg c;
-    dht_transport t;
-    dht_ident key;
-    dht_cfg_default(&c);
-    c.seed = seed;
-    cr_assert_eq(dht_ident_for_test(&key, seed), 0);
-    c.ident = &key;
-    c.refresh_period_s = -1;
-    c.rpc_timeout_ms = 1000;
-    c.lookup_timeout_ms = 10000;
-    c.limits = limits;
-    c.clock = s->clock;
-    int ep = colocate_with < 0 ? dht_memnet_add(s->net, &c.addr, &t)
-                               : dht_memnet_add_colocated(s->net, colocate_with, &c.addr, &t);
-    cr_assert(ep >= 0);
-    dht *d;
-    cr_assert_eq(dht_node_new(s->l, &c, &t, &d), 0);
-    dht_memnet_bind(s->net, ep, d);
-    s->ep[s->n] = ep;
-    s->nodes[s->n++] = d;
-    return d;
-}
-
-static void boot_from(swarm *s, dht *d, size_t from)
-{
-    char text[WIRE_MADDR_TEXT], err[256];
-    dht_node_maddr(s->nodes[from], text, sizeof text);
-    const char *peers[1] = { text };
-    s->pending++;
-    cr_assert_eq(dht_node_bootstrap(d, peers, 1, on_boot, s, err, sizeof err), 0, "%s", err);
-}
-
-static void swarm_init(swarm *s)
-{
-    memset(s, 0, sizeof *s);
-    s->l = rt_loop_new();
-    cr_assert(s->l);
-    cr_assert_eq(dht_vclock_new(s->l, &s->clock), 0);
-    cr_assert_eq(dht_memnet_new(s->l, s->clock, 1, &s->net), 0);
-}
-
-static void swarm_down(swarm *s)
-{
-    for (size_t i = 0; i < s->n; i++) dht_node_stop(s->nodes[i]);
-    dht_memnet_free(s->net);
-    for (size_t i = 0; i < s->n; i++) dht_node_free(s->nodes[i]);
-    rt_loop_free(s->l);
-    dht_vclock_free(s->clock);
-}
+/* swarm_init: the limits tests' nodes use the default buckets and a 1 s RPC timeout. */
+static void swarm_init(swarm *s) { dht_swarm_init(s, 0, 1000); }
 
 typedef dht_test_op op;
 

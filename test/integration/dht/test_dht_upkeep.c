@@ -23,107 +23,28 @@
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
-#include "test/integration/dht/dht_test_op.h"
+#include "test/integration/dht/dht_swarm.h"
 #include "actors/dht/io/dht_proto.h"
 #include "runtime/rt_err.h"
 
-#define SW_MAX 64
+typedef dht_swarm swarm;
+typedef dht_swarm_pred sw_pred;
 
-typedef struct swarm swarm;
-typedef int (*sw_pred)(swarm *s, void *arg);
-
-struct swarm {
-    rt_loop *l;
-    dht_clock *clock;            /* virtual */
-    dht_memnet *net;
-    dht *nodes[SW_MAX];
-    int ep[SW_MAX];
-    size_t n;
-    size_t bucket_size;
-    uint64_t rpc_timeout_ms;
-    int pending;
-    sw_pred pred;
-    void *pred_arg;
-};
-
-static int goal_met(void *arg)
-{
-    swarm *s = arg;
-    return s->pred ? s->pred(s, s->pred_arg) : s->pending <= 0;
-}
-
-/* run_cond runs the swarm until pred holds (NULL: pending drops to 0) or ms of virtual time pass;
- * returns 1 if it did. */
-static int run_cond(swarm *s, sw_pred pred, void *arg, int ms)
-{
-    s->pred = pred;
-    s->pred_arg = arg;
-    dht_vclock_run(s->clock, goal_met, s, (uint64_t)ms);
-    int done = goal_met(s);
-    s->pred = NULL;
-    return done;
-}
-
-static int run_until(swarm *s, int ms) { return run_cond(s, NULL, NULL, ms); }
+static int run_cond(swarm *s, sw_pred pred, void *arg, int ms) { return dht_swarm_run_cond(s, pred, arg, ms); }
+static int run_until(swarm *s, int ms) { return dht_swarm_run_until(s, ms); }
 
 /* run_for lets ms pass with the loop running. */
 static int never(swarm *s, void *arg) { return 0; }
 static void run_for(swarm *s, int ms) { run_cond(s, never, NULL, ms); }
 
-static void on_boot(void *arg, int err, const char *msg)
-{
-    swarm *s = arg;
-    cr_expect_eq(err, 0, "bootstrap: %s", msg);
-    s->pending--;
-}
-
-/* add_node adds a node (its key, hence its id, drawn from its index) to the swarm, bound to its
- * endpoint. */
-static dht *add_node(swarm *s)
-{
-    cr_assert(s->n < SW_MAX);
-    dht_cfg c;
-    dht_transport t;
-    dht_ident key;
-    dht_cfg_default(&c);
-    c.seed = 9001 + s->n * 131;
-    cr_assert_eq(dht_ident_for_test(&key, c.seed), 0);
-    c.ident = &key;
-    c.refresh_period_s = -1;
-    c.bucket_size = s->bucket_size;
-    c.rpc_timeout_ms = s->rpc_timeout_ms;
-    c.lookup_timeout_ms = 10000;
-    c.clock = s->clock;
-    int ep = dht_memnet_add(s->net, &c.addr, &t);
-    cr_assert(ep >= 0);
-    dht *d;
-    cr_assert_eq(dht_node_new(s->l, &c, &t, &d), 0);
-    dht_memnet_bind(s->net, ep, d);
-    s->ep[s->n] = ep;
-    s->nodes[s->n++] = d;
-    return d;
-}
-
-/* boot_from starts d's bootstrap from node `from` of the swarm (pending counts it). */
-static void boot_from(swarm *s, dht *d, size_t from)
-{
-    char text[WIRE_MADDR_TEXT], err[256];
-    dht_node_maddr(s->nodes[from], text, sizeof text);
-    const char *peers[1] = { text };
-    s->pending++;
-    cr_assert_eq(dht_node_bootstrap(d, peers, 1, on_boot, s, err, sizeof err), 0, "%s", err);
-}
+/* add_node adds a node (its key, hence its id, drawn from its index) to the swarm. */
+static dht *add_node(swarm *s) { return dht_swarm_add(s, 9001 + s->n * 131, -1, NULL); }
+#define boot_from dht_swarm_boot_from
 
 /* swarm_up builds n nodes, each bootstrapping from a random earlier node, 8 at a time. */
 static void swarm_up(swarm *s, size_t n, size_t bucket_size, uint64_t rpc_timeout_ms)
 {
-    memset(s, 0, sizeof *s);
-    s->l = rt_loop_new();
-    cr_assert(s->l);
-    s->bucket_size = bucket_size;
-    s->rpc_timeout_ms = rpc_timeout_ms;
-    cr_assert_eq(dht_vclock_new(s->l, &s->clock), 0);
-    cr_assert_eq(dht_memnet_new(s->l, s->clock, 1, &s->net), 0);
+    dht_swarm_init(s, bucket_size, rpc_timeout_ms);
     uint64_t rng = 12345;
     for (size_t i = 0; i < n; i++) {
         dht *d = add_node(s);
@@ -135,14 +56,7 @@ static void swarm_up(swarm *s, size_t n, size_t bucket_size, uint64_t rpc_timeou
     cr_assert(run_until(s, 20000), "bootstrap");
 }
 
-static void swarm_down(swarm *s)
-{
-    for (size_t i = 0; i < s->n; i++) dht_node_stop(s->nodes[i]);
-    dht_memnet_free(s->net);
-    for (size_t i = 0; i < s->n; i++) dht_node_free(s->nodes[i]);
-    rt_loop_free(s->l);
-    dht_vclock_free(s->clock);
-}
+#define swarm_down dht_swarm_down
 
 /* index_of returns the swarm index of the node with id, or -1. */
 static int index_of(const swarm *s, const dht_id *id)
@@ -326,7 +240,7 @@ Test(dht_upkeep, a_get_caches_locally_and_on_the_nearest_node_that_lacked_the_va
 {
     swarm s;
     swarm_up(&s, 48, 0, 1000);
-    size_t order[SW_MAX];
+    size_t order[DHT_SWARM_MAX];
     double exp = dht_node_now(s.nodes[0]) + 600;
 
     /* A plain get: the getter caches the result and then answers the next get locally. */
@@ -379,7 +293,7 @@ Test(dht_upkeep, concurrent_gets_of_one_key_share_one_lookup, .timeout = 60)
 {
     swarm s;
     swarm_up(&s, 48, 0, 1000);
-    size_t order[SW_MAX];
+    size_t order[DHT_SWARM_MAX];
     dht_id k = key_of("shared", 0);
     store_plain(&s, 2, &k, 99, dht_node_now(s.nodes[0]) + 600);
     rank_by_distance(&s, &k, order);
@@ -388,7 +302,7 @@ Test(dht_upkeep, concurrent_gets_of_one_key_share_one_lookup, .timeout = 60)
     /* For comparison: one get of another key, from a node as far from it. */
     dht_id k1 = key_of("shared", 1);
     store_plain(&s, 2, &k1, 98, dht_node_now(s.nodes[0]) + 600);
-    size_t order1[SW_MAX];
+    size_t order1[DHT_SWARM_MAX];
     rank_by_distance(&s, &k1, order1);
     op single;
     uint64_t b1 = dht_node_rpc_count(s.nodes[order1[s.n - 1]]);
@@ -428,9 +342,9 @@ Test(dht_upkeep, a_failed_rpc_evicts_the_peer_and_promotes_a_replacement, .timeo
     swarm s;
     swarm_up(&s, 48, 2, 300);   /* k = 2: buckets fill and keep replacements */
     /* Find a node with a full bucket that has replacements. */
-    size_t x = SW_MAX, bi = 0;
+    size_t x = DHT_SWARM_MAX, bi = 0;
     dht_bucket_view bv;
-    for (size_t i = 0; i < s.n && x == SW_MAX; i++) {
+    for (size_t i = 0; i < s.n && x == DHT_SWARM_MAX; i++) {
         dht_routing *rt = dht_node_routing(s.nodes[i]);
         for (size_t b = 0; b < dht_routing_num_buckets(rt); b++) {
             cr_assert_eq(dht_routing_bucket(rt, b, &bv), 0);
@@ -441,7 +355,7 @@ Test(dht_upkeep, a_failed_rpc_evicts_the_peer_and_promotes_a_replacement, .timeo
             }
         }
     }
-    cr_assert(x < SW_MAX, "some node has a full bucket with replacements");
+    cr_assert(x < DHT_SWARM_MAX, "some node has a full bucket with replacements");
     dht *d = s.nodes[x];
     dht_routing *rt = dht_node_routing(d);
     cr_assert_eq(dht_routing_bucket(rt, bi, &bv), 0);
@@ -530,14 +444,14 @@ Test(dht_upkeep, a_peer_that_keeps_failing_is_banned_longer_each_time, .timeout 
 
 typedef struct {
     size_t n;
-    op ops[SW_MAX * 16];
+    op ops[DHT_SWARM_MAX * 16];
 } many_ops;
 
 Test(dht_upkeep, crashed_and_stopped_nodes_vanish_from_the_tables_that_try_them, .timeout = 90)
 {
     swarm s;
     swarm_up(&s, 48, 0, 300);
-    int dead[SW_MAX] = { 0 };
+    int dead[DHT_SWARM_MAX] = { 0 };
     size_t ndead = 0;
     for (size_t i = 3; i < s.n; i += 6) {   /* 8 nodes: half crash, half stop but keep answering errors */
         dead[i] = 1;
@@ -603,7 +517,7 @@ Test(dht_upkeep, a_latest_get_asks_past_the_first_value_and_returns_the_newest, 
 {
     swarm s;
     swarm_up(&s, 32, 0, 1000);
-    size_t order[SW_MAX];
+    size_t order[DHT_SWARM_MAX];
     dht_id k = key_of("latest", 0);
     double now = dht_node_now(s.nodes[0]);
     store_plain(&s, 0, &k, 1, now + 60);   /* the old value, on all 5 replicas */

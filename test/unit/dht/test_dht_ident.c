@@ -1,4 +1,4 @@
-/* test_dht_ident.c -- node identities (actors/dht/dht_ident.c): Ed25519 against RFC 8032's first test
+/* test_dht_ident.c -- node identities (actors/dht/trust/dht_ident.c): Ed25519 against RFC 8032's first test
  * vector, the node id as BLAKE2b-128 of the public key (checked against Python's hashlib), signatures
  * that any change to the message, the signature or the key breaks, and the key file: created private,
  * read back as the same key, refused when group or others may read it, when malformed, or when it is
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "actors/dht/dht_ident.h"
+#include "actors/dht/trust/dht_ident.h"
 #include "runtime/rt_err.h"
 
 static void unhex(const char *h, uint8_t *out, size_t n)

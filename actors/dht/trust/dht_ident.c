@@ -6,7 +6,7 @@
  * file that exists is checked (regular, no group or other permission bits, exactly one well-formed
  * line) before a byte of it is trusted. Secrets on the stack are wiped before returning.
  */
-#include "actors/dht/dht_ident.h"
+#include "actors/dht/trust/dht_ident.h"
 
 #include <errno.h>
 #include <fcntl.h>

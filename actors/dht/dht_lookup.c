@@ -240,7 +240,7 @@ static void add_cand(dht_lookup *lk, const dht_node *n, int hops)
         if (dht_id_eq(&lk->c[i].n.id, &n->id)) return;
     if (pos == DHT_LOOKUP_MAX_CAND) return;
     const dht_cfg *cfg = dht_node_cfg(lk->d);
-    if (cfg->limit_loopback || !dht_addr_is_loopback(&n->addr)) {   /* at most max_per_host per IP address */
+    if (dht_addr_host_limited(&n->addr, cfg->limit_loopback)) {   /* at most max_per_host per IP address */
         size_t same = 0;
         for (size_t i = 0; i < lk->nc; i++) same += dht_addr_same_host(&lk->c[i].n.addr, &n->addr);
         if (same >= cfg->max_per_host) return;

@@ -91,9 +91,10 @@ int dht_addr_same_host(const dht_addr *a, const dht_addr *b)
     return strcmp(a->host, b->host) == 0;
 }
 
-int dht_addr_is_loopback(const dht_addr *a)
+int dht_addr_host_limited(const dht_addr *a, int limit_loopback)
 {
-    return strncmp(a->host, "127.", 4) == 0 || strcmp(a->host, "::1") == 0 || strcmp(a->host, "localhost") == 0;
+    if (limit_loopback) return 1;
+    return !(strncmp(a->host, "127.", 4) == 0 || strcmp(a->host, "::1") == 0 || strcmp(a->host, "localhost") == 0);
 }
 
 /* ---- table --------------------------------------------------------------------------------------- */
@@ -210,7 +211,7 @@ size_t dht_routing_host_count(const dht_routing *t, const char *host)
 
 int dht_routing_admits(const dht_routing *t, const dht_id *id, const dht_addr *addr)
 {
-    if (!t->limit_loopback && dht_addr_is_loopback(addr)) return 1;
+    if (!dht_addr_host_limited(addr, t->limit_loopback)) return 1;
     const bucket *bk = &t->b[dht_routing_bucket_of(t, id)];
     long at = find_in(bk->nodes, bk->n, id);
     if (at >= 0 && dht_addr_same_host(&bk->nodes[at].addr, addr)) return 1;

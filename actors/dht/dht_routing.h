@@ -90,8 +90,10 @@ int dht_addr_eq(const dht_addr *a, const dht_addr *b);
 /* dht_addr_same_host returns 1 if a and b have the same host text (any ports). */
 int dht_addr_same_host(const dht_addr *a, const dht_addr *b);
 
-/* dht_addr_is_loopback returns 1 for a loopback host: 127.0.0.0/8, ::1 or "localhost". */
-int dht_addr_is_loopback(const dht_addr *a);
+/* dht_addr_host_limited returns 1 if the per-host limit applies to a's host: always when
+ * limit_loopback, else for every host but a loopback one (127.0.0.0/8, ::1, "localhost"). The routing
+ * table and the lookups' candidate lists both ask it. */
+int dht_addr_host_limited(const dht_addr *a, int limit_loopback);
 
 /* dht_routing_new creates an empty table for a node with id self. bucket_size 0 means DHT_BUCKET_SIZE,
  * depth_modulo 0 means DHT_DEPTH_MODULO; seed drives the refresh ids; now stamps the first bucket.

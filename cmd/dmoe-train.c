@@ -29,6 +29,7 @@
 #include "actors/grid/dht_experts.h"
 #include "actors/moe/moe.h"
 #include "actors/moe/route/moe_net.h"
+#include "actors/net/resolve.h"
 #include "kernels/kern_ops.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
@@ -377,7 +378,7 @@ int main(int argc, char **argv)
         {"lr", ARG_F64, &a.lr, "local learning rate", "Training", NULL},
         {"balance_coef", ARG_F64, &a.balance, "switch: weight of the load-balancing loss", "Training", NULL},
         {"max_failed_steps", ARG_INT, &a.max_failed, "failed steps in a row before giving up (exit 1)", "Training", NULL},
-        {"initial_peers", ARG_LIST, &peers, "DHT peers to join", "DHT", rt_args_is_maddr},
+        {"initial_peers", ARG_LIST, &peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
         {"uid_prefix", ARG_STR, &a.prefix, "experts' uid prefix", "MoE", NULL},
         {"grid_size", ARG_LIST, &grid_words, "grid dimensions (default 15)", "MoE", NULL},
         {"k_best", ARG_INT, &a.k_best, "experts per sample", "MoE", NULL},
@@ -427,7 +428,12 @@ int main(int argc, char **argv)
     size_t np = 0;
     while (peers && peers[np]) np++;
     if (np == 0) { fprintf(stderr, "dmoe-train: --initial_peers is required\n"); bad = 1; }
-    if (bad) { rt_args_free(flags, nflags); return 2; }
+    char **resolved = NULL;   /* host names resolved, before the loop runs */
+    if (np && resolve_now((const char *const *)peers, np, &resolved, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-train: --initial_peers: %s\n", err);
+        bad = 1;
+    }
+    if (bad) { resolve_list_free(resolved); rt_args_free(flags, nflags); return 2; }
     snprintf(a.mc.uid_prefix, sizeof a.mc.uid_prefix, "%s", a.prefix);
     a.mc.in_features = a.hidden;
     a.mc.k_best = a.is_switch && a.k_best == 2 ? 1 : a.k_best;
@@ -463,7 +469,8 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     int status = 1;
-    a.net = moe_net_open(a.l, (const char *const *)peers, np, a.mc.neg_cache_s, err, sizeof err);
+    a.net = moe_net_open(a.l, (const char *const *)resolved, np, a.mc.neg_cache_s, err, sizeof err);
+    resolve_list_free(resolved);
     if (!a.net) {
         fprintf(stderr, "dmoe-train: %s\n", err);
     } else {

@@ -323,3 +323,33 @@ Test(deploy, several_machines_walkthrough_on_loopback_addresses, .timeout = 120)
     cr_assert_eq(stop(&boot), 0);
     unlink(id_path);
 }
+
+/* The example config the systemd unit reads (scripts/dmoe-node.conf) starts a node, with the machine-
+ * specific values overridden on the command line; SIGTERM, systemd's stop, ends it gracefully: exit 0
+ * after the last checkpoints were written. */
+Test(deploy, example_config_runs_and_sigterm_stops_gracefully, .timeout = 60)
+{
+    const char *data = getenv("DMOE_TEST_DATA");
+    char conf[512], dir[] = "/tmp/dmoe-deploy-state-XXXXXX", id[600], ckpt[600], cmd[700];
+    snprintf(conf, sizeof conf, "%s/../../scripts/dmoe-node.conf", data ? data : "test/data");
+    cr_assert(mkdtemp(dir) != NULL);
+    snprintf(id, sizeof id, "%s/identity.key", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoints", dir);
+    proc n;
+    start(&n, (const char *const[]){"--config", conf, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--identity_path", id,
+                                    "--checkpoint_dir", ckpt, "--hidden_dim", "16", "--num_workers", "1", NULL});
+    char *log = th_file(n.log);
+    cr_assert(strstr(log, "Server started with 4 experts") != NULL, "num_experts from the example:\n%s", log);
+    cr_assert(strstr(log, "Created a new identity") != NULL, "%s", log);
+    free(log);
+    kill(n.pid, SIGTERM);
+    cr_assert_eq(th_wait(n.pid, 30), 0, "SIGTERM is a graceful stop, exit 0");
+    log = th_file(n.log);
+    cr_assert(strstr(log, "Caught SIGTERM, shutting down") != NULL && strstr(log, "Server stopped") != NULL, "%s", log);
+    free(log);
+    unlink(n.log);
+    snprintf(cmd, sizeof cmd, "test $(find %s -name 'step-*.safetensors' | wc -l) -ge 4", ckpt);
+    cr_assert_eq(system(cmd), 0, "the graceful stop wrote every expert's checkpoint");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}

@@ -93,12 +93,12 @@ static int format_one(item *it, const struct sockaddr *sa)
 
 static int is_name(const item *it) { return it->a.family == AF_UNSPEC; }
 
-int resolve_has_names(const char *const *texts, size_t n)
+int resolve_needed(const char *const *texts, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         item it;
         char err[8];
-        if (parse_one(texts[i], &it, err, sizeof err) == 0 && is_name(&it)) return 1;
+        if (parse_one(texts[i], &it, err, sizeof err) == 0 && (is_name(&it) || texts[i][0] != '/')) return 1;
     }
     return 0;
 }

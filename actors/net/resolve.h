@@ -27,8 +27,9 @@ typedef struct resolve resolve;
  * that did not resolve and maddrs NULL. */
 typedef void (*resolve_cb)(void *arg, int err, const char *msg, char **maddrs);
 
-/* resolve_has_names returns 1 if one of texts[0..n) is a well-formed address with a host name. */
-int resolve_has_names(const char *const *texts, size_t n);
+/* resolve_needed returns 1 if one of texts[0..n) is a well-formed address that is not already a dialable
+ * multiaddr: a host name, or the HOST:PORT spelling (the DHT takes /ip4 and /ip6 multiaddrs only). */
+int resolve_needed(const char *const *texts, size_t n);
 /* resolve_now resolves texts[0..n) with blocking getaddrinfo into *out (NULL-terminated, malloc'd; free
  * with resolve_list_free). Returns 0, DMOE_EINVAL (a malformed address), DMOE_ENOTFOUND or DMOE_ENOMEM,
  * with err naming the address. *out is written only on success. */

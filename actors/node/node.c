@@ -5,6 +5,9 @@
  * line and the metrics gauges). Start-up continues from callbacks: (peers_resolved, when an initial peer
  * is a host name) -> bootstrap_done -> (uid check in the DHT) -> create_experts.
  *
+ * Initial peers given as HOST:PORT or with a host name go through resolve_start (actors/net/resolve.h)
+ * first: the DHT takes IP multiaddrs only, and names are looked up without blocking the loop.
+ *
  * Addresses: the node binds cfg.host and announces node_addrs_choose's choice (never a wildcard), which
  * is the DHT node's own address; it logs one NODE_BANNER_LISTENING line per bound address and one
  * NODE_BANNER_ANNOUNCING line per announced one. A node with no experts to host (num_experts 0, no uids,
@@ -498,7 +501,7 @@ static int start_dht(node *n, char *err, size_t errlen)
                                 n->cfg.initial_peers[np]);
     LOG_INFO(NODE_BANNER_DHT "%s'], initial peers = [%s]", n->cfg.client_mode ? "client mode" : self, peers);
     const char *const *given = (const char *const *)n->cfg.initial_peers;
-    if (!resolve_has_names(given, np)) return dht_node_bootstrap(n->dht, given, np, bootstrap_done, n, err, errlen);
+    if (!resolve_needed(given, np)) return dht_node_bootstrap(n->dht, given, np, bootstrap_done, n, err, errlen);
     n->resolving = resolve_start(n->loop, given, np, peers_resolved, n, err, errlen);
     return n->resolving ? 0 : DMOE_EINVAL;
 }

@@ -84,8 +84,8 @@ int dht_proto_parse_peer(const char *text, dht_addr *addr, dht_id *id, int *has_
 {
     wire_maddr m;
     char e[128] = "";
-    if (wire_maddr_parse(text, &m, e, sizeof e) != 0) {
-        if (err && errlen) snprintf(err, errlen, "bad peer address '%.120s': %s", text, e);
+    if (text[0] != '/' || wire_maddr_parse(text, &m, e, sizeof e) != 0) {
+        if (err && errlen) snprintf(err, errlen, "bad peer address '%.120s': %s", text, e[0] ? e : "not a multiaddr");
         return DMOE_EINVAL;
     }
     if (m.family != AF_INET && m.family != AF_INET6) {
@@ -140,7 +140,6 @@ static int decode_addr_of(const msgpack_object *o, const dht_id *id, dht_addr *o
 {
     char text[WIRE_MADDR_TEXT];
     if (wire_get_str(o, text, sizeof text) != 0) return fail(err, errlen, DMOE_EINVAL, "%s must be a short string", "addr");
-    if (text[0] != '/') return fail(err, errlen, DMOE_EINVAL, "address '%.120s' is not a multiaddr", text);
     dht_id pid;
     int has = 0;
     int rc = dht_proto_parse_peer(text, out, &pid, &has, err, errlen);

@@ -126,10 +126,8 @@ typedef struct {
  * Returns 0 or DMOE_EINVAL when a->host is not an IPv4 or IPv6 literal. */
 int dht_proto_addr_to_maddr(const dht_addr *a, const dht_id *id, wire_maddr *out);
 
-/* dht_proto_parse_peer reads a multiaddr text (or the tools' IP:PORT / [IPV6]:PORT) into *addr and, when
- * it has a /p2p/ part of exactly 32 hex digits, the id into *id and *has_id = 1 (else *has_id = 0). Only
- * IP addresses are accepted (names are resolved before, actors/net/resolve.h); peers' replies must
- * carry multiaddrs (decode_addr_of checks that).
+/* dht_proto_parse_peer reads a multiaddr text into *addr and, when it has a /p2p/ part of exactly 32
+ * hex digits, the id into *id and *has_id = 1 (else *has_id = 0). Only /ip4 and /ip6 are accepted.
  * Returns 0 or DMOE_EINVAL with err filled; outputs are written only on success. */
 int dht_proto_parse_peer(const char *text, dht_addr *addr, dht_id *id, int *has_id, char *err, size_t errlen);
 

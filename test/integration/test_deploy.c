@@ -309,11 +309,18 @@ Test(deploy, several_machines_walkthrough_on_loopback_addresses, .timeout = 120)
     find_addr(boot.b.dht_maddr, "expert.6", addr, sizeof addr);
     cr_assert(strstr(addr, "/ip4/127.0.0.4/") == addr, "%s", addr);
 
-    char out[16384];
-    const char *train[] = {"--task", "moe", "--initial_peers", boot.b.dht_maddr, "--hidden_dim", "32", "--grid_size", "8",
-                           "--k_best", "2", "--steps", "200", "--batch_size", "32", "--log_every", "50", "--seed", "3",
-                           "--lr", "3e-3", NULL};
+    /* the trainer takes its flags from a config file too; --steps on the command line wins */
+    char conf[] = "/tmp/dmoe-deploy-train-XXXXXX", out[16384];
+    fd = mkstemp(conf);
+    cr_assert(fd >= 0);
+    const char *text = "task: moe\nhidden_dim: 32\ngrid_size: [8]\nk_best: 2\nsteps: 100000\nbatch_size: 32\n"
+                       "log_every: 50\nseed: 3\nlr: 3e-3\n";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    const char *train[] = {"--config", conf, "--initial_peers", boot.b.dht_maddr, "--steps", "200", NULL};
     cr_assert_eq(th_run("dmoe-train", train, out, sizeof out, 90), 0, "%s", out);
+    unlink(conf);
+    cr_assert(strstr(out, "steps 200") != NULL, "%s", out);
     const char *sum = strstr(out, "summary:");
     double l0, l1;
     cr_assert(sum && sscanf(strstr(sum, "loss ") + 5, "%lf -> %lf", &l0, &l1) == 2, "%s", out);

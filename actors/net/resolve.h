@@ -41,8 +41,9 @@ int resolve_one_now(const char *text, wire_maddr *out, char *err, size_t errlen)
  * NULL with err filled for a malformed address or no memory (cb is then never called). */
 resolve *resolve_start(rt_loop *l, const char *const *texts, size_t n, resolve_cb cb, void *arg, char *err,
                        size_t errlen);
-/* resolve_cancel makes sure cb is not called; the resolver frees itself once its lookups are
- * cancelled. NULL is a no-op; not after cb ran. */
+/* resolve_cancel makes sure cb is not called; the resolver frees itself once evdns has reported its
+ * lookups cancelled, on a later turn of the loop (a program that stops running its loop first leaves
+ * that memory to its exit). NULL is a no-op; not after cb ran. */
 void resolve_cancel(resolve *r);
 /* resolve_list_free frees a list from resolve_now or a resolve_cb. NULL is a no-op. */
 void resolve_list_free(char **maddrs);

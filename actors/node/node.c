@@ -156,7 +156,7 @@ static void create_experts(node *n, char **uids)
 {
     char err[1024];
     int count = 0;
-    while (uids[count]) count++;
+    while (uids && uids[count]) count++;   /* NULL: none (an empty checkpoint folder, a DHT-only node) */
     n->experts = calloc((size_t)(count > 0 ? count : 1), sizeof *n->experts);
     n->last = calloc((size_t)(count > 0 ? count : 1), sizeof *n->last);
     if (!n->experts || !n->last) { fatal(n, "out of memory creating experts"); return; }
@@ -433,7 +433,8 @@ static void peers_resolved(void *arg, int err, const char *msg, char **maddrs)
     n->resolving = NULL;
     size_t np = 0;
     while (maddrs && maddrs[np]) np++;
-    if (err) snprintf(m, sizeof m, "cannot join the DHT: %s", msg);
+    if (n->state != ST_STARTING) err = 0;   /* stopped meanwhile: nothing to join */
+    else if (err) snprintf(m, sizeof m, "cannot join the DHT: %s", msg);
     else if (dht_node_bootstrap(n->dht, (const char *const *)maddrs, np, bootstrap_done, n, m, sizeof m) != 0)
         err = DMOE_EINVAL;
     resolve_list_free(maddrs);

@@ -226,6 +226,10 @@ int main(int argc, char **argv)
     rt_loop_run(a.loop);
     event_free(sigint);
     event_free(sigterm);
+    /* The stop is done or under way: a signal from now on (a supervisor's repeated SIGTERM) changes
+     * nothing, and must not turn the clean exit into a death by signal while the process tears down. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     node_free(a.n);
     rt_loop_free(a.loop);
     rt_args_free(flags, nflags);   /* the node kept pointers into these lists until now */

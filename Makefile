@@ -4,7 +4,8 @@
 #   make test     the same, then the whole suite (unit + integration, one Criterion binary)
 #   make demo     the same, then scripts/demo.sh on loopback
 #   make test SAN=1   everything under ASan+UBSan, in build-san/
-#   make install PREFIX=/usr/local [DESTDIR=...]   programs, libdmoe.so, <dmoe.h>, dmoe.pc, the Python package
+#   make install PREFIX=/usr/local [DESTDIR=...]   programs, libdmoe.so, <dmoe.h>, dmoe.pc, the Python package,
+#                 and in share/dmoe/ an example node config and systemd unit
 #   make uninstall    removes what make install put there
 #
 # Sources are discovered: every .c below runtime/ wire/ kernels/ actors/ goes into one static library;
@@ -141,14 +142,17 @@ depcheck: $(PROGS)
 
 # install: programs to bin/, the library to lib/ (libdmoe.so.1 and the libdmoe.so link), <dmoe.h> to
 # include/, dmoe.pc to lib/pkgconfig/, the Python package where Debian's python3 looks (/usr/lib/python3/
-# dist-packages for PREFIX /usr, else PREFIX/lib/python3.X/dist-packages), told where the library is.
+# dist-packages for PREFIX /usr, else PREFIX/lib/python3.X/dist-packages), told where the library is; the
+# example config and systemd unit to share/dmoe/ (the unit's ExecStart pointed at PREFIX/bin).
 PREFIX  ?= /usr/local
 LIBDIR  := $(PREFIX)/lib
 PYVER    = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 PYDIR    = $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
 PY_SRCS := $(wildcard python/dmoe/*.py)
+SHAREDIR := $(PREFIX)/share/dmoe
 install: $(PROGS) $(BUILD)/libdmoe.so
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PYDIR)/dmoe
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PYDIR)/dmoe \
+	  $(DESTDIR)$(SHAREDIR)
 	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 $(BUILD)/libdmoe.so $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdmoe.so
@@ -156,13 +160,16 @@ install: $(PROGS) $(BUILD)/libdmoe.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBS@|$(PKG_LIBS) -lpthread -lm|' scripts/dmoe.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/dmoe.pc
 	install -m 644 $(PY_SRCS) $(DESTDIR)$(PYDIR)/dmoe/
 	echo '$(LIBDIR)/$(SONAME)' > $(DESTDIR)$(PYDIR)/dmoe/_libpath.txt
+	install -m 644 scripts/dmoe-node.conf $(DESTDIR)$(SHAREDIR)/dmoe-node.conf
+	sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|' -e 's|/usr/local/share/dmoe/|$(SHAREDIR)/|g' scripts/dmoe-node.service \
+	  > $(DESTDIR)$(SHAREDIR)/dmoe-node.service
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(notdir $(PROGS)))
 	rm -f $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libdmoe.so $(DESTDIR)$(PREFIX)/include/dmoe.h
 	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/dmoe.pc
-	rm -rf $(DESTDIR)$(PYDIR)/dmoe
+	rm -rf $(DESTDIR)$(PYDIR)/dmoe $(DESTDIR)$(SHAREDIR)
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "actors/net/client.h"
+#include "actors/net/resolve.h"
 #include "actors/dht/io/dht_join.h"
 #include "actors/grid/dht_experts.h"
 #include "cmd/call/load_cmd.h"
@@ -399,7 +400,7 @@ int main(int argc, char **argv)
     const char *peer = NULL, *log_level = NULL;
     double timeout_s = 30;
     const rt_arg flags[] = {
-        {"peer", ARG_STR, &peer, "the node to call, e.g. /ip4/127.0.0.1/tcp/PORT", "Connection"},
+        {"peer", ARG_STR, &peer, "the node to call: a multiaddr (/ip4/127.0.0.1/tcp/PORT, /dns/HOST/tcp/PORT) or HOST:PORT", "Connection"},
         {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Connection"},
         {"input", ARG_MULTI, &a.inputs, "an input tensor as .npy (repeat for experts with several inputs)", "Tensors"},
         {"grad_output", ARG_MULTI, &a.grad_outputs, "backward: the gradient of each output, as .npy", "Tensors"},
@@ -451,7 +452,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!(a.expiration > 0)) { fprintf(stderr, "dmoe-call: --expiration must be positive\n"); rt_args_free(flags, nflags); return 2; }
-    if (peer && wire_maddr_parse(peer, &a.peer, err, sizeof err) != 0) {
+    if (peer && resolve_one_now(peer, &a.peer, err, sizeof err) != 0) {
         fprintf(stderr, "dmoe-call: --peer %s: %s\n", peer, err);
         rt_args_free(flags, nflags);
         return 2;
@@ -465,8 +466,11 @@ int main(int argc, char **argv)
     if (!a.cl) { fprintf(stderr, "dmoe-call: out of memory\n"); return 1; }
     if (via_dht) {
         size_t np = 0;
+        char **peers = NULL;   /* host names resolved, before the loop runs */
         while (a.initial_peers[np]) np++;
-        a.dc = dht_join_start(a.loop, a.cl, (const char *const *)a.initial_peers, np, on_joined, &a, err, sizeof err);
+        if (resolve_now((const char *const *)a.initial_peers, np, &peers, err, sizeof err) == 0)
+            a.dc = dht_join_start(a.loop, a.cl, (const char *const *)peers, np, on_joined, &a, err, sizeof err);
+        resolve_list_free(peers);
         if (!a.dc) fail(&a, 2, DMOE_EINVAL, err);
     } else {
         start(&a);

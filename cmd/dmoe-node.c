@@ -1,8 +1,9 @@
 /* dmoe-node -- host experts over TCP (hivemind-server's counterpart).
  *
- * Parses hivemind's flags into a node_cfg, starts the node on a fresh loop, and runs until SIGINT or
- * SIGTERM, which start the graceful stop (node.h). Exits 0 after a clean stop, 1 on a start-up error,
- * 2 on bad flags.
+ * Parses hivemind's flags (from --config FILE too, runtime/text/rt_conf.h: the command line wins) into a
+ * node_cfg, starts the node on a fresh loop, and runs until SIGINT or SIGTERM, which start the graceful
+ * stop (node.h); a second signal stops at once. Exits 0 after a clean stop, 1 on a start-up error, 2 on
+ * bad flags. `--num_experts 0` runs a DHT-only node (a bootstrap node for the others).
  */
 #include <event2/event.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include "actors/node/node.h"
 #include "kernels/kern_expert.h"
 #include "runtime/text/rt_args.h"
+#include "runtime/text/rt_conf.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 
@@ -61,7 +63,7 @@ int main(int argc, char **argv)
     double lr = -1, dropout = 0.1, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
     char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
-    const char *checkpoint_dir = NULL, *compression = "NONE", *identity_path = NULL;
+    const char *checkpoint_dir = NULL, *compression = "NONE", *identity_path = NULL, *config = NULL;
     int metrics_port = -1;
     double cache_mb = (double)(c.activation_cache_bytes >> 20);
     int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
@@ -69,7 +71,7 @@ int main(int argc, char **argv)
     const rt_arg flags[] = {
         {"expert_cls", ARG_STR, &expert_cls, "expert class: ffn, det_dropout, transformer, nop, nop_delay", "Experts"},
         {"hidden_dim", ARG_INT, &hidden, "main dimension of the experts", "Experts"},
-        {"num_experts", ARG_INT, &c.num_experts, "how many experts to host (with --expert_pattern)", "Experts"},
+        {"num_experts", ARG_INT, &c.num_experts, "how many experts to host (with --expert_pattern; 0: a DHT-only node)", "Experts"},
         {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts"},
         {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts"},
         {"seq_len", ARG_INT, &seq_len, "transformer: sequence length of its [B, S, H] input (0: 512)", "Experts"},
@@ -89,13 +91,13 @@ int main(int argc, char **argv)
         {"num_training_steps", ARG_I64, &total_steps, "linear: the step at which the rate reaches 0", "Training"},
         {"num_total_steps", ARG_I64, &total_steps_alias, "the same as --num_training_steps (hivemind's older name)", "Training"},
         {"seed", ARG_U64, &c.seed, "seed for uids drawn from patterns and initial weights", "Training"},
-        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on (default /ip4/127.0.0.1/tcp/0)", "Network", rt_args_is_maddr},
-        {"announce_maddrs", ARG_LIST, &announce_maddrs, "addresses to tell others instead of the bound ones", "Network", rt_args_is_maddr},
+        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on, multiaddrs or IP:PORT (default /ip4/127.0.0.1/tcp/0; a wildcard 0.0.0.0 or :: announces the machine's addresses)", "Network", rt_args_is_maddr},
+        {"announce_maddrs", ARG_LIST, &announce_maddrs, "IP addresses to tell others instead of the bound ones (behind NAT, a forwarded port)", "Network", rt_args_is_maddr},
         {"compression", ARG_STR, &compression, "wire compression of inputs and input gradients: NONE, FLOAT16, MEANSTD_16BIT, UNIFORM_8BIT, BLOCKWISE_8BIT", "Network"},
         {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network"},
         {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network"},
         {"max_inflight", ARG_INT, &c.max_inflight, "open requests per connection before reading pauses", "Network"},
-        {"initial_peers", ARG_LIST, &initial_peers, "multiaddrs of DHT peers to join, e.g. /ip4/127.0.0.1/tcp/40123/p2p/ID", "DHT", rt_args_is_maddr},
+        {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
         {"client_mode", ARG_FLAG, &c.client_mode, "join the DHT without serving it (experts are then not declared)", "DHT"},
         {"update_period", ARG_F64, &c.update_period, "seconds between declaring the experts in the DHT (and checkpoints)", "DHT"},
         {"expiration", ARG_F64, &c.expiration, "seconds a declaration lives (0: max(2 * update_period, 3))", "DHT"},
@@ -105,19 +107,28 @@ int main(int argc, char **argv)
         {"stats_report_interval", ARG_F64, &c.stats_report_interval, "seconds between per-expert stats lines (0: never)", "Logging"},
         {"metrics_port", ARG_INT, &metrics_port, "serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port; -1: off)", "Logging"},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR (also $DMOE_LOG)", "Logging"},
+        {"config", ARG_STR, &config, "read flags from FILE, YAML 'key: value' lines as hivemind's config.yml (scripts/dmoe-node.conf); command-line flags win", "Config"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     char err[512];
     char *pos[1];
     int npos;
-    int rc = rt_args_parse(argc, argv, flags, nflags, pos, 0, &npos, err, sizeof err);
+    rt_conf conf;
+    if (rt_conf_merge(argc, argv, flags, nflags, &conf, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-node: %s\n", err);
+        return 2;
+    }
+    int rc = rt_args_parse(conf.argc, conf.argv, flags, nflags, pos, 0, &npos, err, sizeof err);
     if (rc == 1) {
         rt_args_usage(stdout, "dmoe-node [flags]   (host experts over TCP)", flags, nflags);
+        rt_args_free(flags, nflags);
+        rt_conf_free(&conf);
         return 0;
     }
     if (rc != 0) {
         fprintf(stderr, "dmoe-node: %s\n", err);
         rt_args_free(flags, nflags);
+        rt_conf_free(&conf);
         return 2;
     }
     int bad = 0;
@@ -165,8 +176,13 @@ int main(int argc, char **argv)
     if (announce_maddrs) {
         for (int i = 0; announce_maddrs[i] && !bad; i++) {
             if (c.n_announce == NODE_MAX_ADDRS) { fprintf(stderr, "dmoe-node: at most %d --announce_maddrs\n", NODE_MAX_ADDRS); bad = 1; break; }
-            if (wire_maddr_parse(announce_maddrs[i], &c.announce[c.n_announce++], err, sizeof err) != 0) {
+            wire_maddr *an = &c.announce[c.n_announce++];
+            if (wire_maddr_parse(announce_maddrs[i], an, err, sizeof err) != 0) {
                 fprintf(stderr, "dmoe-node: --announce_maddrs %s: %s\n", announce_maddrs[i], err);
+                bad = 1;
+            } else if (an->family == AF_UNSPEC || wire_maddr_is_wildcard(an)) {
+                fprintf(stderr, "dmoe-node: --announce_maddrs %s: announce an IP address others can dial "
+                        "(peers do not resolve names; 0.0.0.0 and :: reach nobody)\n", announce_maddrs[i]);
                 bad = 1;
             }
         }
@@ -187,12 +203,12 @@ int main(int argc, char **argv)
     c.checkpoint_dir = checkpoint_dir;
     c.identity_path = identity_path;
     c.initial_peers = initial_peers;
-    if (bad) { rt_args_free(flags, nflags); return 2; }
+    if (bad) { rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
 
     signal(SIGPIPE, SIG_IGN);
     app a = {0};
     a.loop = rt_loop_new();
-    if (!a.loop) { fprintf(stderr, "dmoe-node: cannot create the event loop\n"); return 1; }
+    if (!a.loop) { fprintf(stderr, "dmoe-node: cannot create the event loop\n"); rt_conf_free(&conf); return 1; }
     c.on_fatal = on_fatal;
     c.fatal_arg = &a;
     a.n = node_start(a.loop, &c, err, sizeof err);
@@ -200,6 +216,7 @@ int main(int argc, char **argv)
         LOG_ERROR("%s", err);
         rt_loop_free(a.loop);
         rt_args_free(flags, nflags);
+        rt_conf_free(&conf);
         return 1;
     }
     struct event *sigint = evsignal_new(rt_loop_base(a.loop), SIGINT, on_signal, &a);
@@ -209,8 +226,13 @@ int main(int argc, char **argv)
     rt_loop_run(a.loop);
     event_free(sigint);
     event_free(sigterm);
+    /* The stop is done or under way: a signal from now on (a supervisor's repeated SIGTERM) changes
+     * nothing, and must not turn the clean exit into a death by signal while the process tears down. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     node_free(a.n);
     rt_loop_free(a.loop);
     rt_args_free(flags, nflags);   /* the node kept pointers into these lists until now */
+    rt_conf_free(&conf);           /* and into the config's words */
     return a.failed ? 1 : 0;
 }

@@ -16,8 +16,9 @@
  * backward_k_min) is skipped with a warning; --max_failed_steps failures in a row end the program with
  * exit 1. Answers are checked (shape, dtype, rows) and, unless --no_detect_anomalies, an answer with NaN
  * or Inf is a failed expert; a loss that becomes NaN or Inf all the same ends the program at once with
- * exit 1 and "loss became non-finite at step N". Bad flags exit 2. One thread runs the loop; the
- * experts' math runs on the nodes.
+ * exit 1 and "loss became non-finite at step N". Bad flags exit 2. Flags may come from --config FILE
+ * too (runtime/text/rt_conf.h; the command line wins); host names in --initial_peers are resolved before
+ * the loop starts. One thread runs the loop; the experts' math runs on the nodes.
  */
 #include <event2/event.h>
 #include <math.h>
@@ -29,10 +30,12 @@
 #include "actors/grid/dht_experts.h"
 #include "actors/moe/moe.h"
 #include "actors/moe/route/moe_net.h"
+#include "actors/net/resolve.h"
 #include "kernels/kern_ops.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
 #include "runtime/text/rt_args.h"
+#include "runtime/text/rt_conf.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 
@@ -364,7 +367,7 @@ int main(int argc, char **argv)
         .first_loss = -1,
     };
     char **peers = NULL, **grid_words = NULL;
-    const char *log_level = NULL;
+    const char *log_level = NULL, *config = NULL;
     const rt_arg flags[] = {
         {"task", ARG_STR, &a.task, "chain (proj_out(expert.1(expert.4(x)))) or moe (proj -> MoE -> proj)", "Task", NULL},
         {"steps", ARG_I64, &a.steps, "training steps", "Task", NULL},
@@ -377,7 +380,7 @@ int main(int argc, char **argv)
         {"lr", ARG_F64, &a.lr, "local learning rate", "Training", NULL},
         {"balance_coef", ARG_F64, &a.balance, "switch: weight of the load-balancing loss", "Training", NULL},
         {"max_failed_steps", ARG_INT, &a.max_failed, "failed steps in a row before giving up (exit 1)", "Training", NULL},
-        {"initial_peers", ARG_LIST, &peers, "DHT peers to join", "DHT", rt_args_is_maddr},
+        {"initial_peers", ARG_LIST, &peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
         {"uid_prefix", ARG_STR, &a.prefix, "experts' uid prefix", "MoE", NULL},
         {"grid_size", ARG_LIST, &grid_words, "grid dimensions (default 15)", "MoE", NULL},
         {"k_best", ARG_INT, &a.k_best, "experts per sample", "MoE", NULL},
@@ -392,13 +395,21 @@ int main(int argc, char **argv)
         {"switch", ARG_FLAG, &a.is_switch, "use RemoteSwitchMixtureOfExperts", "MoE", NULL},
         {"log_every", ARG_INT, &a.log_every, "steps between progress lines", "Logging", NULL},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Logging", NULL},
+        {"config", ARG_STR, &config, "read flags from FILE (YAML 'key: value' lines, as dmoe-node's); command-line flags win", "Config", NULL},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     char err[512];
     char *pos[1];
-    int npos, rc = rt_args_parse(argc, argv, flags, nflags, pos, 0, &npos, err, sizeof err);
-    if (rc == 1) { rt_args_usage(stdout, "dmoe-train --task chain|moe --initial_peers MADDR... [flags]", flags, nflags); return 0; }
-    if (rc) { fprintf(stderr, "dmoe-train: %s\n", err); rt_args_free(flags, nflags); return 2; }
+    rt_conf conf;
+    if (rt_conf_merge(argc, argv, flags, nflags, &conf, err, sizeof err) != 0) { fprintf(stderr, "dmoe-train: %s\n", err); return 2; }
+    int npos, rc = rt_args_parse(conf.argc, conf.argv, flags, nflags, pos, 0, &npos, err, sizeof err);
+    if (rc == 1) rt_args_usage(stdout, "dmoe-train --task chain|moe --initial_peers MADDR... [flags]", flags, nflags);
+    if (rc) {
+        if (rc != 1) fprintf(stderr, "dmoe-train: %s\n", err);
+        rt_args_free(flags, nflags);
+        rt_conf_free(&conf);
+        return rc == 1 ? 0 : 2;
+    }
     int bad = 0, chain = strcmp(a.task, "chain") == 0;
     if (!chain && strcmp(a.task, "moe") != 0) { fprintf(stderr, "dmoe-train: --task must be chain or moe\n"); bad = 1; }
     kern_optim_cfg oc;
@@ -427,7 +438,12 @@ int main(int argc, char **argv)
     size_t np = 0;
     while (peers && peers[np]) np++;
     if (np == 0) { fprintf(stderr, "dmoe-train: --initial_peers is required\n"); bad = 1; }
-    if (bad) { rt_args_free(flags, nflags); return 2; }
+    char **resolved = NULL;   /* host names resolved, before the loop runs */
+    if (np && resolve_now((const char *const *)peers, np, &resolved, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-train: --initial_peers: %s\n", err);
+        bad = 1;
+    }
+    if (bad) { resolve_list_free(resolved); rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
     snprintf(a.mc.uid_prefix, sizeof a.mc.uid_prefix, "%s", a.prefix);
     a.mc.in_features = a.hidden;
     a.mc.k_best = a.is_switch && a.k_best == 2 ? 1 : a.k_best;
@@ -463,7 +479,8 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     int status = 1;
-    a.net = moe_net_open(a.l, (const char *const *)peers, np, a.mc.neg_cache_s, err, sizeof err);
+    a.net = moe_net_open(a.l, (const char *const *)resolved, np, a.mc.neg_cache_s, err, sizeof err);
+    resolve_list_free(resolved);
     if (!a.net) {
         fprintf(stderr, "dmoe-train: %s\n", err);
     } else {
@@ -488,5 +505,6 @@ int main(int argc, char **argv)
     free(a.p);
     free(a.g);
     rt_args_free(flags, nflags);
+    rt_conf_free(&conf);   /* after the last use of the flags' strings */
     return status;
 }

@@ -2,14 +2,21 @@
 #
 # Reading a node's start-up lines out of its log (stderr). They are the lines actors/node/node_banner.h
 # defines, and this is the shell's one parser of them (node_banner_parse is the C one):
-#   Listening on /ip4/127.0.0.1/tcp/PORT
+#   Listening on /ip4/127.0.0.1/tcp/PORT       (bound)
+#   Announcing /ip4/127.0.0.1/tcp/PORT         (told to others; never a wildcard)
 #   Running DHT node on ['MADDR'], initial peers = [...]
 #   Server started with N experts
 # Safe under `set -euo pipefail`: a line not printed yet gives an empty result, not an exit.
 
-# node_addr LOG: prints the node's first listening address (nothing when not printed yet).
+# node_addr LOG: prints the node's first listening address, or its first announced one when it listens on
+# a wildcard (0.0.0.0, ::); nothing when not printed yet.
 node_addr() {
-    sed -n "s/.*Listening on \([^ ]*\).*/\1/p" "$1" 2>/dev/null | head -n 1 || true
+    local a
+    a=$(sed -n "s/.*Listening on \([^ ]*\).*/\1/p" "$1" 2>/dev/null | head -n 1 || true)
+    case "$a" in
+        /ip4/0.0.0.0/*|/ip6/::/*) a=$(sed -n "s/.*Announcing \([^ ]*\).*/\1/p" "$1" 2>/dev/null | head -n 1 || true) ;;
+    esac
+    if [ -n "$a" ]; then echo "$a"; fi
 }
 
 # node_dht_addr LOG: prints the node's DHT multiaddr (nothing when not printed yet).

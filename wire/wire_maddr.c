@@ -272,3 +272,42 @@ int wire_maddr_sockaddr(const wire_maddr *a, struct sockaddr_storage *ss, sockle
     }
     return DMOE_EINVAL;
 }
+
+int wire_maddr_from_sockaddr(const struct sockaddr *sa, wire_maddr *out)
+{
+    wire_maddr a;
+    memset(&a, 0, sizeof a);
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        if (!inet_ntop(AF_INET, &sin->sin_addr, a.host, sizeof a.host)) return DMOE_EINVAL;
+        a.port = ntohs(sin->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+        if (!inet_ntop(AF_INET6, &sin6->sin6_addr, a.host, sizeof a.host)) return DMOE_EINVAL;
+        a.port = ntohs(sin6->sin6_port);
+    } else {
+        return DMOE_EINVAL;
+    }
+    a.family = sa->sa_family;
+    *out = a;
+    return 0;
+}
+
+int wire_maddr_is_wildcard(const wire_maddr *a)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (wire_maddr_sockaddr(a, &ss, &len) != 0) return 0;
+    if (a->family == AF_INET) return ((const struct sockaddr_in *)&ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&ss)->sin6_addr);
+}
+
+int wire_maddr_is_loopback(const wire_maddr *a)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (wire_maddr_sockaddr(a, &ss, &len) != 0) return 0;
+    if (a->family == AF_INET) return (ntohl(((const struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    const struct in6_addr *v6 = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(v6) || (IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127);
+}

@@ -39,5 +39,13 @@ void wire_maddr_format(const wire_maddr *a, char *buf, size_t cap);
 /* wire_maddr_sockaddr fills *ss and *len for an IPv4 or IPv6 address. Returns 0, or DMOE_EINVAL for a
  * DNS name (resolve a->host yourself, e.g. with evdns or getaddrinfo). */
 int wire_maddr_sockaddr(const wire_maddr *a, struct sockaddr_storage *ss, socklen_t *len);
+/* wire_maddr_from_sockaddr writes the IPv4 or IPv6 address and port of sa into *out (no node id).
+ * Returns 0, or DMOE_EINVAL for another family. */
+int wire_maddr_from_sockaddr(const struct sockaddr *sa, wire_maddr *out);
+/* wire_maddr_is_wildcard returns 1 for the any-address of its family (0.0.0.0 or ::): good to listen
+ * on, never to announce, since no other machine can dial it. */
+int wire_maddr_is_wildcard(const wire_maddr *a);
+/* wire_maddr_is_loopback returns 1 for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+int wire_maddr_is_loopback(const wire_maddr *a);
 
 #endif

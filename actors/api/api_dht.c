@@ -22,6 +22,8 @@
 
 #include "actors/dht/dht_lookup.h"
 #include "actors/grid/dht_experts.h"
+#include "actors/net/resolve.h"
+#include "actors/node/node_addrs.h"
 
 double dmoe_dht_time(void)
 {
@@ -138,10 +140,12 @@ static void run_join(api_op *op)
         server_cfg scfg = {.num_workers = 0};
         conn_default_limits(&scfg.limits);
         if (!(d->srv = server_new(l, &scfg))) goto fail;
-        wire_maddr bound;
+        wire_maddr bound, ifs[32], announced;
         if ((rc = server_listen(d->srv, &j->listen, &bound, err, sizeof err)) != 0) goto fail;
-        snprintf(dc.addr.host, sizeof dc.addr.host, "%s", bound.host);
-        dc.addr.port = bound.port;
+        /* a wildcard is never announced (node_addrs.h) */
+        node_addrs_choose(&bound, 1, ifs, node_addrs_interfaces(ifs, 32), &announced, 1);
+        snprintf(dc.addr.host, sizeof dc.addr.host, "%s", announced.host);
+        dc.addr.port = announced.port;
     }
     dht_transport tr;
     rc = DMOE_ENOMEM;
@@ -174,11 +178,12 @@ int dmoe_dht_join(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_
     j->client_mode = client_mode;
     j->out = out;
     int rc = wire_maddr_parse_listen(listen_maddr ? listen_maddr : "/ip4/127.0.0.1/tcp/0", &j->listen, err, errlen);
-    if (rc == 0 && n && !(j->peers = calloc(n, sizeof *j->peers))) rc = DMOE_ENOMEM;
-    for (size_t i = 0; rc == 0 && i < n; i++, j->n++)
-        if (!peers[i] || !(j->peers[i] = strdup(peers[i]))) rc = peers[i] ? DMOE_ENOMEM : DMOE_EINVAL;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (!peers[i]) { dmoe_set_err(err, errlen, "dmoe_dht_join: peer %zu is NULL", i); rc = DMOE_EINVAL; }
+    /* HOST:PORT and /dns names become IP multiaddrs here, on the caller's thread (it waits for the join
+     * anyway): the loop thread never blocks on a name */
+    if (rc == 0 && n && (rc = resolve_now(peers, n, &j->peers, err, errlen)) == 0) j->n = n;
     if (rc) {
-        if (rc != DMOE_EINVAL || !peers) dmoe_set_err(err, errlen, "%s", dmoe_strerror(rc));
         join_free(&j->op);
         return rc;
     }

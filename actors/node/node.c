@@ -2,8 +2,16 @@
  *
  * Design notes. The node actor's mail is its timers: NODE_TICK (the stop sequence's poll), NODE_UPDATE
  * (every update_period: declare the experts in the DHT and checkpoint them), NODE_STATS (the stats log
- * line and the metrics gauges). Start-up continues from DHT callbacks: bootstrap_done -> (uid check in the
- * DHT) -> create_experts.
+ * line and the metrics gauges). Start-up continues from callbacks: (peers_resolved, when an initial peer
+ * is a host name) -> bootstrap_done -> (uid check in the DHT) -> create_experts.
+ *
+ * Initial peers given as HOST:PORT or with a host name go through resolve_start (actors/net/resolve.h)
+ * first: the DHT takes IP multiaddrs only, and names are looked up without blocking the loop.
+ *
+ * Addresses: the node binds cfg.host and announces node_addrs_choose's choice (never a wildcard), which
+ * is the DHT node's own address; it logs one NODE_BANNER_LISTENING line per bound address and one
+ * NODE_BANNER_ANNOUNCING line per announced one. A node with no experts to host (num_experts 0, no uids,
+ * no checkpoints) is DHT-only: no worker pool, no activation cache; it serves the DHT and nothing else.
  */
 #include "actors/node/node.h"
 
@@ -21,7 +29,9 @@
 #include "actors/dht/dht_boot.h"
 #include "actors/dht/io/dht_net.h"
 #include "actors/dht/dht_node.h"
+#include "actors/net/resolve.h"
 #include "actors/node/metrics.h"
+#include "actors/node/node_addrs.h"
 #include "actors/node/node_banner.h"
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
@@ -61,8 +71,9 @@ struct node {
     int n_experts;
     char **pending_uids;          /* chosen, experts not yet created */
     char **candidates;            /* pattern draws checked against the DHT */
-    wire_maddr addrs[NODE_MAX_ADDRS];
+    wire_maddr addrs[NODE_MAX_ADDRS];   /* announced */
     int n_addrs;
+    resolve *resolving;                 /* initial peers' names, while they resolve */
     rt_timer tick, update, stats;
     int state;
     uint64_t phase_deadline;
@@ -145,7 +156,7 @@ static void create_experts(node *n, char **uids)
 {
     char err[1024];
     int count = 0;
-    while (uids[count]) count++;
+    while (uids && uids[count]) count++;   /* NULL: none (an empty checkpoint folder, a DHT-only node) */
     n->experts = calloc((size_t)(count > 0 ? count : 1), sizeof *n->experts);
     n->last = calloc((size_t)(count > 0 ? count : 1), sizeof *n->last);
     if (!n->experts || !n->last) { fatal(n, "out of memory creating experts"); return; }
@@ -227,10 +238,22 @@ static int draw_candidates(node *n, int want, char ***out, char *err, size_t err
     return DMOE_EINVAL;
 }
 
+/* dht_only says whether the node hosts no experts at all (see the design notes). */
+static int dht_only(const node_cfg *c)
+{
+    return c->num_experts == 0 && !c->expert_uids && !c->checkpoint_dir;
+}
+
 static void choose_uids(node *n)
 {
     char err[512];
     const node_cfg *c = &n->cfg;
+    if (dht_only(c)) {
+        char *none[1] = {NULL};
+        LOG_INFO("DHT-only node: hosting no experts");
+        create_experts(n, none);
+        return;
+    }
     if (c->checkpoint_dir) {
         char **found = ckpt_list_uids(c->checkpoint_dir, err, sizeof err);
         if (!found) { fatal(n, err); return; }
@@ -402,6 +425,48 @@ static void node_destroy(rt_actor *self)
 
 /* ---- start ---- */
 
+/* peers_resolved continues the start once the initial peers' host names have addresses. */
+static void peers_resolved(void *arg, int err, const char *msg, char **maddrs)
+{
+    node *n = arg;
+    char m[1024];
+    n->resolving = NULL;
+    size_t np = 0;
+    while (maddrs && maddrs[np]) np++;
+    if (n->state != ST_STARTING) err = 0;   /* stopped meanwhile: nothing to join */
+    else if (err) snprintf(m, sizeof m, "cannot join the DHT: %s", msg);
+    else if (dht_node_bootstrap(n->dht, (const char *const *)maddrs, np, bootstrap_done, n, m, sizeof m) != 0)
+        err = DMOE_EINVAL;
+    resolve_list_free(maddrs);
+    if (err) fatal(n, m);
+}
+
+/* listen_all binds the configured addresses and chooses the announced ones (see node_addrs.h). */
+static int listen_all(node *n, char *err, size_t errlen)
+{
+    const node_cfg *c = &n->cfg;
+    wire_maddr bound[NODE_MAX_ADDRS], ifs[64];
+    int n_bound = 0;
+    for (int i = 0; i < c->n_host && i < NODE_MAX_ADDRS; i++)
+        if (server_listen(n->srv, &c->host[i], &bound[n_bound++], err, errlen) != 0) return DMOE_EIO;
+    if (c->n_announce > 0) {
+        n->n_addrs = c->n_announce;
+        memcpy(n->addrs, c->announce, (size_t)c->n_announce * sizeof c->announce[0]);
+    } else {
+        n->n_addrs = node_addrs_choose(bound, n_bound, ifs, node_addrs_interfaces(ifs, 64), n->addrs, NODE_MAX_ADDRS);
+    }
+    char text[WIRE_MADDR_TEXT];
+    for (int i = 0; i < n_bound; i++) {
+        wire_maddr_format(&bound[i], text, sizeof text);
+        LOG_INFO(NODE_BANNER_LISTENING "%s", text);
+    }
+    for (int i = 0; i < n->n_addrs; i++) {
+        wire_maddr_format(&n->addrs[i], text, sizeof text);
+        LOG_INFO(NODE_BANNER_ANNOUNCING "%s", text);
+    }
+    return 0;
+}
+
 static int start_dht(node *n, char *err, size_t errlen)
 {
     n->cl = client_new(n->loop, NULL);
@@ -436,7 +501,10 @@ static int start_dht(node *n, char *err, size_t errlen)
         off += (size_t)snprintf(peers + off, off < sizeof peers ? sizeof peers - off : 0, "%s'%s'", np ? ", " : "",
                                 n->cfg.initial_peers[np]);
     LOG_INFO(NODE_BANNER_DHT "%s'], initial peers = [%s]", n->cfg.client_mode ? "client mode" : self, peers);
-    return dht_node_bootstrap(n->dht, (const char *const *)n->cfg.initial_peers, np, bootstrap_done, n, err, errlen);
+    const char *const *given = (const char *const *)n->cfg.initial_peers;
+    if (!resolve_needed(given, np)) return dht_node_bootstrap(n->dht, given, np, bootstrap_done, n, err, errlen);
+    n->resolving = resolve_start(n->loop, given, np, peers_resolved, n, err, errlen);
+    return n->resolving ? 0 : DMOE_EINVAL;
 }
 
 node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
@@ -454,8 +522,12 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
         snprintf(err, errlen, "need 1 <= min_batch_size <= max_batch_size");
         return NULL;
     }
-    if (!c->expert_uids && c->num_experts < 1 && !c->checkpoint_dir) {
-        snprintf(err, errlen, "--num_experts must be at least 1");
+    if (c->num_experts < 0) {
+        snprintf(err, errlen, "--num_experts must be at least 0 (0: a DHT-only node)");
+        return NULL;
+    }
+    if (dht_only(c) && c->client_mode) {
+        snprintf(err, errlen, "--num_experts 0 runs a DHT-only node, which cannot be in --client_mode");
         return NULL;
     }
     for (int i = 0; c->expert_uids && c->expert_uids[i]; i++)
@@ -477,7 +549,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
         goto fail;
     }
 
-    if (c->activation_cache_bytes > 0 &&
+    if (c->activation_cache_bytes > 0 && !dht_only(c) &&
         !(n->cache = actcache_new(c->activation_cache_bytes, c->seed ^ rt_clock_us() ^ (uint64_t)getpid()))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -485,8 +557,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
 
     /* the pool's threads are the parallelism: OpenBLAS runs single-threaded inside each */
     openblas_set_num_threads(1);
-    n->pool = rt_pool_new(l, c->num_workers);
-    if (!n->pool) { snprintf(err, errlen, "cannot start %d worker threads", c->num_workers); goto fail; }
+    if (!dht_only(c) && !(n->pool = rt_pool_new(l, c->num_workers))) { snprintf(err, errlen, "cannot start %d worker threads", c->num_workers); goto fail; }
 
     if (c->metrics_port >= 0) {
         n->met = metrics_new();
@@ -507,20 +578,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
     /* listen first: the address is the first thing a user needs (and a busy port fails fast) */
     n->srv = server_new(l, &scfg);
     if (!n->srv) { snprintf(err, errlen, "out of memory"); goto fail; }
-    for (int i = 0; i < c->n_host; i++) {
-        wire_maddr bound;
-        if (server_listen(n->srv, &c->host[i], &bound, err, errlen) != 0) goto fail;
-        if (n->n_addrs < NODE_MAX_ADDRS) n->addrs[n->n_addrs++] = bound;
-    }
-    if (c->n_announce > 0) {
-        n->n_addrs = c->n_announce;
-        memcpy(n->addrs, c->announce, (size_t)c->n_announce * sizeof c->announce[0]);
-    }
-    for (int i = 0; i < n->n_addrs; i++) {
-        char text[WIRE_MADDR_TEXT];
-        wire_maddr_format(&n->addrs[i], text, sizeof text);
-        LOG_INFO(NODE_BANNER_LISTENING "%s", text);
-    }
+    if (listen_all(n, err, errlen) != 0) goto fail;
     if (start_dht(n, err, errlen) != 0) goto fail;
     return n;
 
@@ -549,6 +607,8 @@ void node_free(node *n)
     rt_timer_cancel(&n->tick);
     rt_timer_cancel(&n->update);
     rt_timer_cancel(&n->stats);
+    resolve_cancel(n->resolving);
+    n->resolving = NULL;
     if (n->dht) dht_node_stop(n->dht);
     server_free(n->srv);
     n->srv = NULL;

@@ -12,20 +12,30 @@
 
 #define BANNER_POLL_MS 20   /* between reads of the log: the node starts in tens of milliseconds */
 
+/* read_addr reads the address after the first line starting with prefix into b's addr and text;
+ * returns 1 when it parses. */
+static int read_addr(const char *log, const char *prefix, node_banner *b)
+{
+    const char *p = strstr(log, prefix);
+    if (!p) return 0;
+    p += strlen(prefix);
+    size_t n = strcspn(p, " \r\n");
+    if (n >= sizeof b->addr_text) return 0;
+    memcpy(b->addr_text, p, n);
+    b->addr_text[n] = '\0';
+    char err[128];
+    return wire_maddr_parse_listen(b->addr_text, &b->addr, err, sizeof err) == 0 && b->addr.port != 0;
+}
+
 int node_banner_parse(const char *log, node_banner *b)
 {
     memset(b, 0, sizeof *b);
-    const char *p = strstr(log, NODE_BANNER_LISTENING);
-    if (p) {
-        p += strlen(NODE_BANNER_LISTENING);
-        size_t n = strcspn(p, " \r\n");
-        if (n < sizeof b->addr_text) {
-            memcpy(b->addr_text, p, n);
-            b->addr_text[n] = '\0';
-            char err[128];
-            b->listening = wire_maddr_parse(b->addr_text, &b->addr, err, sizeof err) == 0;
-        }
+    b->listening = read_addr(log, NODE_BANNER_LISTENING, b);
+    if (b->listening && wire_maddr_is_wildcard(&b->addr)) {
+        node_banner wild = *b;
+        if (!read_addr(log, NODE_BANNER_ANNOUNCING, b)) *b = wild;
     }
+    const char *p;
     if ((p = strstr(log, NODE_BANNER_DHT)) != NULL) {
         p += strlen(NODE_BANNER_DHT);
         size_t n = strcspn(p, "'\r\n");

@@ -4,7 +4,8 @@
  * copy of the same parse).
  *
  * The lines, in the order a node prints them:
- *   Listening on /ip4/127.0.0.1/tcp/PORT              (one per address; the first is read)
+ *   Listening on /ip4/127.0.0.1/tcp/PORT              (one per bound address; the first is read)
+ *   Announcing /ip4/127.0.0.1/tcp/PORT                (one per address told to others: never a wildcard)
  *   Running DHT node on ['MADDR'], initial peers = [...]   (MADDR is "client mode" in client mode)
  *   Server started with N experts                     (the node serves: it is ready)
  *
@@ -20,6 +21,7 @@
 #include "wire/wire_maddr.h"
 
 #define NODE_BANNER_LISTENING "Listening on "           /* + the address */
+#define NODE_BANNER_ANNOUNCING "Announcing "         /* + the address */
 #define NODE_BANNER_DHT "Running DHT node on ['"        /* + the DHT multiaddr + "']" */
 #define NODE_BANNER_STARTED "Server started"            /* + " with N experts" */
 
@@ -28,8 +30,8 @@
 /* What a node's start-up lines said. */
 typedef struct {
     int listening;                        /* a "Listening on" line with an address that parses */
-    wire_maddr addr;                      /* its address */
-    char addr_text[WIRE_MADDR_TEXT];      /* as printed */
+    wire_maddr addr;                      /* its address, or the first announced one when it is a wildcard */
+    char addr_text[WIRE_MADDR_TEXT];      /* addr as printed */
     char dht_maddr[NODE_BANNER_DHT_MAX];  /* from "Running DHT node on ['...']", "" when not printed */
     int started;                          /* "Server started" was printed */
 } node_banner;

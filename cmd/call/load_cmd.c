@@ -12,6 +12,7 @@
 
 #include "actors/load/loadgen.h"
 #include "actors/moe/route/moe_net.h"
+#include "actors/net/resolve.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/text/rt_args.h"
@@ -41,7 +42,7 @@ int loadgen_main(int argc, char **argv)
     loadgen_cfg c;
     loadgen_default_cfg(&c);
     const char *peer = NULL, *log_level = NULL, *batch = "1", *csv = NULL;
-    char **uids = NULL, **initial_peers = NULL, **grid_words = NULL;
+    char **uids = NULL, **initial_peers = NULL, **grid_words = NULL, **resolved = NULL;
     int json = 0, moe = 0, dht_mode = 0;
     double timeout_s = (double)c.timeout_ms / 1000.0;
     uint64_t requests = 0;
@@ -88,11 +89,14 @@ int loadgen_main(int argc, char **argv)
     c.mode = moe ? LOADGEN_MOE : dht_mode ? LOADGEN_DHT : LOADGEN_NODE;
     if (c.mode == LOADGEN_NODE) {
         if (!peer) { fprintf(stderr, "dmoe-call load: --peer ADDR is required (or --moe / --dht with --initial_peers)\n"); goto out; }
-        if (wire_maddr_parse(peer, &c.peer, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --peer %s: %s\n", peer, err); goto out; }
+        if (resolve_one_now(peer, &c.peer, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --peer %s: %s\n", peer, err); goto out; }
     } else {
         if (peer || uids || c.all) { fprintf(stderr, "dmoe-call load: --moe and --dht take --initial_peers, not --peer, --uids or --all\n"); goto out; }
         if (!initial_peers) { fprintf(stderr, "dmoe-call load: --moe and --dht need --initial_peers MADDR...\n"); goto out; }
-        c.initial_peers = (const char *const *)initial_peers;
+        size_t np = 0;
+        while (initial_peers[np]) np++;
+        if (resolve_now((const char *const *)initial_peers, np, &resolved, err, sizeof err) != 0) { fprintf(stderr, "dmoe-call load: --initial_peers: %s\n", err); goto out; }
+        c.initial_peers = (const char *const *)resolved;
     }
     if (c.mode == LOADGEN_MOE) {
         int grid[MOE_MAX_DIMS], ndim = 0;
@@ -134,6 +138,7 @@ int loadgen_main(int argc, char **argv)
     status = r.errors == 0 && r.lost == 0 ? 0 : 1;
     loadgen_report_free(&r);
 out:
+    resolve_list_free(resolved);
     rt_args_free(flags, nflags);
     return status;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "actors/moe/route/moe_net.h"
+#include "actors/net/resolve.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -88,7 +89,11 @@ int moe_call_main(int argc, char **argv)
     rt_loop *l = rt_loop_new();
     if (!l) { fprintf(stderr, "dmoe-call moe: out of memory\n"); status = 1; goto out; }
     uint64_t t0 = rt_clock_us();
-    moe_net *net = moe_net_open(l, (const char *const *)peers, np, DHT_NEG_CACHE_S, err, sizeof err);
+    char **resolved = NULL;   /* host names resolved, before the loop runs */
+    moe_net *net = np == 0 || resolve_now((const char *const *)peers, np, &resolved, err, sizeof err) == 0
+                       ? moe_net_open(l, (const char *const *)resolved, np, DHT_NEG_CACHE_S, err, sizeof err)
+                       : NULL;
+    resolve_list_free(resolved);
     moe_layer *m = NULL;
     if (!net) {
         fprintf(stderr, "dmoe-call moe: %s\n", err);

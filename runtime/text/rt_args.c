@@ -156,7 +156,15 @@ void rt_args_usage(FILE *f, const char *synopsis, const rt_arg *table, int n)
     }
 }
 
-int rt_args_is_maddr(const char *word) { return word[0] == '/'; }
+int rt_args_is_maddr(const char *word)
+{
+    if (word[0] == '/' || word[0] == '[') return 1;
+    const char *colon = strrchr(word, ':');
+    if (!colon || colon == word || !colon[1]) return 0;
+    for (const char *p = colon + 1; *p; p++)
+        if (*p < '0' || *p > '9') return 0;
+    return 1;
+}
 
 int rt_args_shape(const char *s, int64_t *dims, int max)
 {

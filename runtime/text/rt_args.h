@@ -26,8 +26,9 @@ typedef struct {
     int (*accept)(const char *word);  /* LIST: takes following words only while this says 1 (NULL: all) */
 } rt_arg;
 
-/* rt_args_is_maddr accepts words that look like multiaddrs ("/ip4/..."), so that a list of addresses
- * stops before a subcommand: `--initial_peers /ip4/... find expert.1`. */
+/* rt_args_is_maddr accepts words that look like addresses -- multiaddrs ("/ip4/..."), "[v6]:PORT" and
+ * "HOST:PORT" -- so that a list of addresses stops before a subcommand: `--initial_peers /ip4/... find
+ * expert.1`. A shape check only: wire_maddr_parse says whether the address is valid. */
 int rt_args_is_maddr(const char *word);
 
 /* rt_args_parse parses argv[1..argc) (argv[0] is the program). Positional words go to pos (at most

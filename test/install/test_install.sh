@@ -21,11 +21,17 @@ p=$tmp/root/usr/local
 pydir=$(cd "$p" && ls -d lib/python3*/dist-packages 2>/dev/null | head -1)
 [ -n "$pydir" ] || fail "make install did not install the python package"
 for f in bin/dmoe-node bin/dmoe-call lib/libdmoe.so.1 lib/libdmoe.so include/dmoe.h lib/pkgconfig/dmoe.pc \
-         "$pydir/dmoe/__init__.py" "$pydir/dmoe/_libpath.txt"; do
+         "$pydir/dmoe/__init__.py" "$pydir/dmoe/_libpath.txt" share/dmoe/dmoe-node.conf share/dmoe/dmoe-node.service; do
     [ -e "$p/$f" ] || fail "make install did not install $f"
 done
 "$PYTHON" -c "import sys; sys.exit('/usr/local/$pydir' not in sys.path)" \
     || fail "$PYTHON does not look in /usr/local/$pydir"
+
+# the example unit runs the installed program with a config file; the example config is one dmoe-node reads
+grep -q '^ExecStart=/usr/local/bin/dmoe-node --config /etc/dmoe/node.conf$' "$p/share/dmoe/dmoe-node.service" \
+    || fail "the installed unit does not run /usr/local/bin/dmoe-node --config /etc/dmoe/node.conf"
+"$p/bin/dmoe-node" --config "$p/share/dmoe/dmoe-node.conf" --help >/dev/null \
+    || fail "the installed example config does not parse"
 
 # the library exports the public API and nothing else
 others=$(nm -D --defined-only "$p/lib/libdmoe.so.1" | awk '$2 ~ /[TDBR]/ && $3 !~ /^dmoe_/ {print $3}' | grep -v '^_' || true)

@@ -147,3 +147,33 @@ Test(wire_maddr, sockaddr_and_small_buffers, .timeout = 30)
     wire_maddr_format(&a, small, sizeof small);
     cr_assert_eq(strlen(small), sizeof small - 1, "truncated, terminated");
 }
+
+Test(wire_maddr, wildcard_loopback_and_sockaddr_back, .timeout = 30)
+{
+    static const struct { const char *in; int wildcard, loopback; } t[] = {
+        {"/ip4/0.0.0.0/tcp/1", 1, 0},       {"[::]:1", 1, 0},
+        {"/ip4/127.0.0.1/tcp/1", 0, 1},     {"127.0.0.3:1", 0, 1},
+        {"[::1]:1", 0, 1},                  {"[::ffff:127.0.0.2]:1", 0, 1},
+        {"/ip4/10.0.0.1/tcp/1", 0, 0},      {"/ip6/2001:db8::1/tcp/1", 0, 0},
+        {"/dns/localhost/tcp/1", 0, 0},     /* a name is neither until resolved */
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        wire_maddr a;
+        cr_assert_eq(wire_maddr_parse(t[i].in, &a, NULL, 0), 0, "%s", t[i].in);
+        cr_assert_eq(wire_maddr_is_wildcard(&a), t[i].wildcard, "%s", t[i].in);
+        cr_assert_eq(wire_maddr_is_loopback(&a), t[i].loopback, "%s", t[i].in);
+        struct sockaddr_storage ss;
+        socklen_t len;
+        wire_maddr back;
+        if (a.family == AF_UNSPEC) continue;
+        cr_assert_eq(wire_maddr_sockaddr(&a, &ss, &len), 0);
+        cr_assert_eq(wire_maddr_from_sockaddr((struct sockaddr *)&ss, &back), 0);
+        cr_assert_str_eq(back.host, a.host);
+        cr_assert_eq(back.port, a.port);
+        cr_assert_eq(back.family, a.family);
+    }
+    struct sockaddr sa = {.sa_family = AF_UNIX};
+    wire_maddr untouched = {.port = 7};
+    cr_assert_eq(wire_maddr_from_sockaddr(&sa, &untouched), DMOE_EINVAL);
+    cr_assert_eq(untouched.port, 7);
+}

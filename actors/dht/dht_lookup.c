@@ -453,7 +453,12 @@ static void start_storing(dht_lookup *lk)
     if (!cfg->client_mode && (!kth || dht_id_distance_cmp(&lk->target, dht_node_id(d), &kth->id) < 0)) {
         int rc = dht_node_store_local(d, &lk->item, 0);
         if (rc == 1) lk->n_stored++;
-        else if (rc == DMOE_EINVAL) snprintf(lk->refused, sizeof lk->refused, "this node's policy refuses it");
+        else if (rc == DMOE_EINVAL) {   /* the policy's reason, as a replica would give it */
+            const dht_store_item *it = &lk->item;
+            dht_trust_check_store(cfg->trusted_keys, cfg->max_record_lifetime_s, &it->key, it->subkey, it->sklen,
+                                  it->value, it->vlen, it->expiration, dht_node_now(d), lk->refused,
+                                  sizeof lk->refused);
+        }
         want--;
     }
     for (size_t i = 0; i < lk->nc && sent < want; i++) {

@@ -8,6 +8,7 @@
 #include "actors/dht/trust/dht_record.h"
 
 #include <msgpack.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,10 @@
 #define MAGIC_LEN (sizeof DHT_RECORD_MAGIC - 1)
 /* fixarray of 4, fixstr of 9, the magic */
 static const uint8_t record_head[2 + MAGIC_LEN] = { 0x94, 0xa0 | MAGIC_LEN, 'd', 'm', 'o', 'e', '/', 'r', 'e', 'c', '1' };
+
+static atomic_ullong verifications;   /* signatures checked in this process (dht_record_verifications) */
+
+unsigned long long dht_record_verifications(void) { return atomic_load(&verifications); }
 
 int dht_record_is_record(const uint8_t *value, size_t vlen)
 {
@@ -183,6 +188,7 @@ int dht_record_open(const dht_id *key, const uint8_t *subkey, size_t sklen, cons
     if (signed_bytes(&sb, key, subkey, sklen, expiration, r.pk, r.payload, r.plen) != 0)
         return refuse(err, errlen, "out of memory checking a signature");
     int good = dht_ident_verify(r.pk, sb.data, sb.size, sig);
+    atomic_fetch_add(&verifications, 1);
     msgpack_sbuffer_destroy(&sb);
     if (!good)
         return refuse(err, errlen, "bad signature (the record was changed, or moved to another key, subkey or "

@@ -327,6 +327,7 @@ static int store_as(dht_storage *s, acct *a, int sealed, const dht_id *key, cons
         } else {
             delta = (long long)(sklen + vlen);
             if (e->nsubs >= s->lim.max_subkeys) {   /* evict the subkey expiring first, or refuse */
+                if (e->sealed) return 0;            /* one signer's record never evicts another's */
                 victim = 0;
                 for (size_t i = 1; i < e->nsubs; i++)
                     if (e->subs[i].expiration < e->subs[victim].expiration) victim = (long)i;

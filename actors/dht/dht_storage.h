@@ -13,7 +13,8 @@
  *    sealed dictionaries: a signed store replaces whatever unsigned content the key holds, whatever its
  *    expiration, and then adds entries by the dictionary rules above; an unsigned store (plain or subkey)
  *    to a key holding a sealed dictionary is refused. Since a record's subkey names its signer, one
- *    key's record never replaces another's.
+ *    key's record never replaces another's; a full sealed dictionary refuses new subkeys rather than
+ *    evicting one (its records are renewed under their own subkeys).
  * Bounds (dht_storage_limits): sizes of one value or subkey, subkeys per dictionary, keys and bytes in
  * total, and how far in the future an expiration may be. When a count or byte bound is reached the
  * entry that expires first is evicted, the newcomer included: if the newcomer would be that entry, the

@@ -230,6 +230,21 @@ Test(dht_sealed, unsigned_values_cannot_touch_records_and_owners_coexist)
     cr_expect(st.sealed && st.nsubs == 2 && dht_storage_bytes(s) == bytes, "the refusals left the storage as it was");
     /* a signed store needs a subkey */
     cr_expect_eq(dht_storage_store_signed(s, NULL, &a.key, NULL, 0, a.v, a.vlen, a.exp, NOW), DMOE_EINVAL);
+    /* a full sealed dictionary refuses a third signer rather than evicting one */
+    dht_storage *small;
+    dht_storage_limits lim = { .max_subkeys = 2 };
+    cr_assert_eq(dht_storage_new(&small, &lim), 0);
+    rec c;
+    make(&c, 3, "expert.0", 0, 0, "c", NOW + 90);
+    cr_assert_eq(dht_storage_store_signed(small, NULL, &a.key, a.sk, a.sklen, a.v, a.vlen, a.exp, NOW), 1);
+    cr_assert_eq(dht_storage_store_signed(small, NULL, &b.key, b.sk, b.sklen, b.v, b.vlen, b.exp, NOW), 1);
+    cr_expect_eq(dht_storage_store_signed(small, NULL, &c.key, c.sk, c.sklen, c.v, c.vlen, c.exp, NOW), 0);
+    cr_assert_eq(dht_storage_get(small, &a.key, NOW, &st), 0);
+    cr_expect_eq(st.nsubs, 2);
+    cr_expect_eq(dht_storage_store_signed(small, NULL, &a.key, a.sk, a.sklen, a.v, a.vlen, a.exp, NOW), 0,
+                 "the same record again: nothing newer");
+    dht_storage_free(small);
+    free(c.v);
     /* when every record expired, the key is free again */
     cr_expect_eq(dht_storage_store(s, &a.key, NULL, 0, "late", 4, NOW + 100, NOW + 61), 1);
     dht_storage_free(s);

@@ -17,7 +17,8 @@
  *      MoE layer (grid 250, k_best 2) timing forwards of 3 and 256 rows and training steps of 256 rows
  *      (forward, backward through the experts -- which step their own weights -- and an Adam step of
  *      the gating); the median and the 99th percentile of a fixed number of calls;
- *   7. node identities: Ed25519 signatures and verifications per second (the DHT's proofs of ids).
+ *   7. node identities: Ed25519 signatures and verifications per second (the DHT's proofs of ids);
+ *   8. signed records: the signature checks' share of an expert lookup (bench_record.c).
  * Each in-process figure is the best of 3 runs (the least disturbed by other work on the machine).
  * It prints a table (with kernel efficiency = kernel forward FLOP rate / gemm FLOP rate, and node/kernel
  * ratios) and writes every figure as JSON to --out. A benchmark, not a test: nothing is asserted, and
@@ -28,7 +29,7 @@
  * Exits 0, 1 when a step failed (the node would not start, a load run had errors), 2 on bad flags.
  *
  * This file reads the flags and runs the steps in order; the steps are cmd/bench/ (see bench.h):
- * bench_kernel.c (1-2), bench_node.c (3-4), bench_moe.c (6), bench_ident.c (7), bench_report.c (the
+ * bench_kernel.c (1-2), bench_node.c (3-4), bench_moe.c (6), bench_ident.c (7), bench_record.c (8), bench_report.c (the
  * table and the JSON);
  * step 5 is dht_memnet_measure.
  */
@@ -115,6 +116,7 @@ int main(int argc, char **argv)
     }
     if (!skip_moe) bench_moe_figures(&b);
     bench_ident_figures(&b);
+    if (!skip_dht) bench_record_figures(&b);
     fprintf(stderr, " done\n");
     free(params);
     bench_print_table(&b, cpu, cores);

@@ -397,7 +397,8 @@ int main(int argc, char **argv)
     }
 
     app a = {.status = 1};
-    const char *peer = NULL, *log_level = NULL;
+    const char *peer = NULL, *log_level = NULL, *trusted_keys = NULL;
+    dht_trust *trusted = NULL;
     double timeout_s = 30;
     const rt_arg flags[] = {
         {"peer", ARG_STR, &peer, "the node to call: a multiaddr (/ip4/127.0.0.1/tcp/PORT, /dns/HOST/tcp/PORT) or HOST:PORT", "Connection"},
@@ -415,6 +416,7 @@ int main(int argc, char **argv)
         {"expiration", ARG_F64, &a.expiration, "dht store: seconds the value lives", "DHT"},
         {"subkey", ARG_STR, &a.subkey, "dht store: store under this subkey of the key's dictionary", "DHT"},
         {"latest", ARG_FLAG, &a.latest, "dht get: ask every replica for the newest value", "DHT"},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     const char *synopsis =
@@ -464,12 +466,14 @@ int main(int argc, char **argv)
     a.loop = rt_loop_new();
     a.cl = a.loop ? client_new(a.loop, NULL) : NULL;
     if (!a.cl) { fprintf(stderr, "dmoe-call: out of memory\n"); return 1; }
-    if (via_dht) {
+    if (via_dht && trusted_keys && dht_trust_load(trusted_keys, &trusted, err, sizeof err) != 0) {
+        fail(&a, 2, DMOE_EINVAL, err);
+    } else if (via_dht) {
         size_t np = 0;
         char **peers = NULL;   /* host names resolved, before the loop runs */
         while (a.initial_peers[np]) np++;
         if (resolve_now((const char *const *)a.initial_peers, np, &peers, err, sizeof err) == 0)
-            a.dc = dht_join_start(a.loop, a.cl, (const char *const *)peers, np, on_joined, &a, err, sizeof err);
+            a.dc = dht_join_start(a.loop, a.cl, (const char *const *)peers, np, trusted, on_joined, &a, err, sizeof err);
         resolve_list_free(peers);
         if (!a.dc) fail(&a, 2, DMOE_EINVAL, err);
     } else {
@@ -479,6 +483,7 @@ int main(int argc, char **argv)
     if (a.dc) dht_node_stop(dht_join_node(a.dc));
     client_free(a.cl);
     dht_join_free(a.dc);
+    dht_trust_free(trusted);
     for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
     rt_loop_run(a.loop);   /* no-op unless actors wait to be reaped */
     rt_loop_free(a.loop);

@@ -64,6 +64,7 @@ int main(int argc, char **argv)
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
     char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
     const char *checkpoint_dir = NULL, *compression = "NONE", *identity_path = NULL, *config = NULL;
+    const char *trusted_keys = NULL;
     int metrics_port = -1;
     double cache_mb = (double)(c.activation_cache_bytes >> 20);
     int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
@@ -101,6 +102,7 @@ int main(int argc, char **argv)
         {"client_mode", ARG_FLAG, &c.client_mode, "join the DHT without serving it (experts are then not declared)", "DHT"},
         {"update_period", ARG_F64, &c.update_period, "seconds between declaring the experts in the DHT (and checkpoints)", "DHT"},
         {"expiration", ARG_F64, &c.expiration, "seconds a declaration lives (0: max(2 * update_period, 3))", "DHT"},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: store and use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT"},
         {"identity_path", ARG_STR, &identity_path, "keep the node's Ed25519 key, hence its DHT id, in FILE across restarts (created 0600 if absent; default: a new key each start)", "DHT"},
         {"checkpoint_dir", ARG_STR, &checkpoint_dir, "save experts to DIR/<uid>/step-N.safetensors and load them at start", "Checkpoints"},
         {"keep_checkpoints", ARG_INT, &c.keep_checkpoints, "checkpoint files kept per expert", "Checkpoints"},
@@ -202,6 +204,7 @@ int main(int argc, char **argv)
     }
     c.checkpoint_dir = checkpoint_dir;
     c.identity_path = identity_path;
+    c.trusted_keys_path = trusted_keys;
     c.initial_peers = initial_peers;
     if (bad) { rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
 

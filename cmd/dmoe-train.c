@@ -367,7 +367,7 @@ int main(int argc, char **argv)
         .first_loss = -1,
     };
     char **peers = NULL, **grid_words = NULL;
-    const char *log_level = NULL, *config = NULL;
+    const char *log_level = NULL, *config = NULL, *trusted_keys = NULL;
     const rt_arg flags[] = {
         {"task", ARG_STR, &a.task, "chain (proj_out(expert.1(expert.4(x)))) or moe (proj -> MoE -> proj)", "Task", NULL},
         {"steps", ARG_I64, &a.steps, "training steps", "Task", NULL},
@@ -381,6 +381,7 @@ int main(int argc, char **argv)
         {"balance_coef", ARG_F64, &a.balance, "switch: weight of the load-balancing loss", "Training", NULL},
         {"max_failed_steps", ARG_INT, &a.max_failed, "failed steps in a row before giving up (exit 1)", "Training", NULL},
         {"initial_peers", ARG_LIST, &peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL},
         {"uid_prefix", ARG_STR, &a.prefix, "experts' uid prefix", "MoE", NULL},
         {"grid_size", ARG_LIST, &grid_words, "grid dimensions (default 15)", "MoE", NULL},
         {"k_best", ARG_INT, &a.k_best, "experts per sample", "MoE", NULL},
@@ -479,7 +480,10 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     int status = 1;
-    a.net = moe_net_open(a.l, (const char *const *)resolved, np, a.mc.neg_cache_s, err, sizeof err);
+    dht_trust *trusted = NULL;
+    if (!trusted_keys || dht_trust_load(trusted_keys, &trusted, err, sizeof err) == 0)
+        a.net = moe_net_open_trusted(a.l, (const char *const *)resolved, np, a.mc.neg_cache_s, trusted, err,
+                                     sizeof err);
     resolve_list_free(resolved);
     if (!a.net) {
         fprintf(stderr, "dmoe-train: %s\n", err);
@@ -501,6 +505,7 @@ int main(int argc, char **argv)
     event_free(sigterm);
     moe_net_close(a.net);
     rt_loop_free(a.l);
+    dht_trust_free(trusted);
     kern_optim_free(&a.opt);
     free(a.p);
     free(a.g);

@@ -21,7 +21,10 @@
  *
  * Values found are copied into the lookup (plain value, or a dictionary merged per subkey, the newest
  * expiration winning; between a plain value and a dictionary the later expiration wins, as the
- * storage rules decide).
+ * storage rules decide). Only what the signed-record policy accepts is merged (dht_trust_accept: good
+ * signatures, capped lifetimes, trusted keys in a private swarm, records only for dht_get_signed), so a
+ * forged answer is dropped before it can end a search early: the lookup goes on to honest replicas. An
+ * entry already held with a later expiration is not checked again.
  */
 #include "actors/dht/dht_lookup.h"
 
@@ -30,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/dht/trust/dht_trust.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 
@@ -55,6 +59,8 @@ struct dht_lookup {
     dht *d;
     struct lookup_set *set;
     int mode, phase, latest;
+    int signed_only;       /* a get that keeps signed records only (dht_get_signed) */
+    char refused[200];     /* a store: the first replica's reason for refusing it */
     dht_id target;
     size_t k;
     struct dht_lookup *prev, *next;
@@ -197,20 +203,53 @@ static int merge_sub(dht_lookup *lk, const dht_subitem *s)
     return 0;
 }
 
-/* merge takes in a value found somewhere (plain or dictionary); entries expired at now are ignored. */
+/* policy_ok applies the signed-record policy to one entry found (subkey NULL: a plain value). */
+static int policy_ok(const dht_lookup *lk, const uint8_t *subkey, size_t sklen, const uint8_t *v, size_t vlen, double exp,
+                  double now)
+{
+    const dht_cfg *c = dht_node_cfg(lk->d);
+    return dht_trust_accept(c->trusted_keys, c->max_record_lifetime_s, lk->signed_only, &lk->target, subkey, sklen, v,
+                            vlen, exp, now);
+}
+
+/* held_newer returns 1 when the lookup already holds subkey s with an expiration at least s's. */
+static int held_newer(const dht_lookup *lk, const dht_subitem *s)
+{
+    if (!lk->found || !lk->is_dict) return 0;
+    for (size_t i = 0; i < lk->nsubs; i++)
+        if (lk->subs[i].sklen == s->sklen && memcmp(lk->subs[i].subkey, s->subkey, s->sklen) == 0)
+            return s->expiration <= lk->subs[i].expiration;
+    return 0;
+}
+
+/* merge takes in a value found somewhere (plain or dictionary); entries expired at now, or that the
+ * policy refuses, are ignored. */
 static void merge(dht_lookup *lk, int is_dict, const uint8_t *v, size_t vlen, const dht_subitem *subs,
                   size_t nsubs, double exp, double now, int hops)
 {
     if (exp < now) return;
     int first = !lk->found;
     if (!is_dict) {
-        if (!lk->found || exp > lk->exp) {
+        if ((!lk->found || exp > lk->exp) && policy_ok(lk, NULL, 0, v, vlen, exp, now)) {
             if (set_plain(lk, v, vlen, exp) == 0) lk->hops_found = hops;
         }
         return;
     }
+    uint8_t *ok = calloc(nsubs ? nsubs : 1, 1);
+    if (!ok) return;
+    double okexp = -INFINITY;
+    for (size_t i = 0; i < nsubs; i++)
+        if (subs[i].expiration >= now && !held_newer(lk, &subs[i]) &&
+            policy_ok(lk, subs[i].subkey, subs[i].sklen, subs[i].value, subs[i].vlen, subs[i].expiration, now)) {
+            ok[i] = 1;
+            if (subs[i].expiration > okexp) okexp = subs[i].expiration;
+        }
+    exp = okexp;
+    if (exp == -INFINITY || (lk->found && !lk->is_dict && exp <= lk->exp)) {
+        free(ok);
+        return;
+    }
     if (lk->found && !lk->is_dict) {
-        if (exp <= lk->exp) return;
         free(lk->value);
         lk->value = NULL;
         lk->vlen = 0;
@@ -219,8 +258,8 @@ static void merge(dht_lookup *lk, int is_dict, const uint8_t *v, size_t vlen, co
     lk->is_dict = 1;
     lk->found = 1;
     for (size_t i = 0; i < nsubs; i++)
-        if (subs[i].expiration >= now && merge_sub(lk, &subs[i]) == 0 && subs[i].expiration > lk->exp)
-            lk->exp = subs[i].expiration;
+        if (ok[i] && merge_sub(lk, &subs[i]) == 0 && subs[i].expiration > lk->exp) lk->exp = subs[i].expiration;
+    free(ok);
     if (first || lk->nsubs == 0) lk->hops_found = hops;
     if (lk->nsubs == 0) lk->found = 0;
 }
@@ -385,11 +424,13 @@ static void on_store_done(void *arg, int err, const char *msg, const dht_store_r
     lk->inflight--;
     lk->store_pending--;
     if (!err && rep->stored[0]) lk->n_stored++;
+    if (err == DMOE_EINVAL && msg && msg[0] && !lk->refused[0]) snprintf(lk->refused, sizeof lk->refused, "%s", msg);
     if (lk->store_pending == 0 && lk->phase == PH_STORING) {
+        char m[280] = "";
+        if (!lk->n_stored)
+            snprintf(m, sizeof m, "no replica accepted the value%s%s", lk->refused[0] ? ": " : "", lk->refused);
         set_done(lk);
-        if (lk->store_cb)
-            lk->store_cb(lk->store_arg, lk->n_stored ? 0 : DMOE_ENOTFOUND,
-                         lk->n_stored ? "" : "no replica accepted the value", lk->n_stored);
+        if (lk->store_cb) lk->store_cb(lk->store_arg, lk->n_stored ? 0 : DMOE_ENOTFOUND, m, lk->n_stored);
     }
     maybe_reap(lk);
 }
@@ -410,7 +451,14 @@ static void start_storing(dht_lookup *lk)
             break;
         }
     if (!cfg->client_mode && (!kth || dht_id_distance_cmp(&lk->target, dht_node_id(d), &kth->id) < 0)) {
-        if (dht_node_store_local(d, &lk->item, 0) == 1) lk->n_stored++;
+        int rc = dht_node_store_local(d, &lk->item, 0);
+        if (rc == 1) lk->n_stored++;
+        else if (rc == DMOE_EINVAL) {   /* the policy's reason, as a replica would give it */
+            const dht_store_item *it = &lk->item;
+            dht_trust_check_store(cfg->trusted_keys, cfg->max_record_lifetime_s, &it->key, it->subkey, it->sklen,
+                                  it->value, it->vlen, it->expiration, dht_node_now(d), lk->refused,
+                                  sizeof lk->refused);
+        }
         want--;
     }
     for (size_t i = 0; i < lk->nc && sent < want; i++) {
@@ -583,18 +631,20 @@ static int add_waiter(dht_lookup *lk, dht_get_cb cb, void *arg)
     return 0;
 }
 
-int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg)
+/* get is dht_get, keeping signed records only when signed_only. */
+static int get(dht *d, const dht_id *key, int latest, int signed_only, dht_get_cb cb, void *arg)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     lookup_set *set = get_set(d);
     if (!set) return DMOE_ENOMEM;
     for (dht_lookup *lk = set->head; lk; lk = lk->next)
-        if (lk->mode == LK_GET && lk->phase == PH_SEARCH && lk->latest == !!latest && lk->nw < DHT_LOOKUP_MAX_WAITERS &&
-            dht_id_eq(&lk->target, key))
+        if (lk->mode == LK_GET && lk->phase == PH_SEARCH && lk->latest == !!latest &&
+            lk->signed_only == signed_only && lk->nw < DHT_LOOKUP_MAX_WAITERS && dht_id_eq(&lk->target, key))
             return add_waiter(lk, cb, arg);
     dht_lookup *lk = lookup_new(d, LK_GET, key, 0);
     if (!lk) return DMOE_ENOMEM;
     lk->latest = !!latest;
+    lk->signed_only = signed_only;
     if (add_waiter(lk, cb, arg) != 0) {
         set_done(lk);
         rt_actor_stop(&lk->actor);
@@ -602,6 +652,13 @@ int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg)
     }
     rt_signal_raise(&lk->start);
     return 0;
+}
+
+int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg) { return get(d, key, latest, 0, cb, arg); }
+
+int dht_get_signed(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg)
+{
+    return get(d, key, latest, 1, cb, arg);
 }
 
 int dht_store(dht *d, const dht_id *key, const void *subkey, size_t sklen, const void *value, size_t vlen,

@@ -12,7 +12,7 @@
  *    node is itself among them).
  *  - dht_get: the local storage and cache first, then a lookup; with latest, every one of the k
  *    nearest is asked and the newest value wins (dictionaries merge per subkey, newest expiration
- *    wins). The result is cached locally and on the nearest asked node that lacked it. Concurrent
+ *    wins). Entries that fail the signed-record policy (dht_trust.h) are dropped as if not found. The result is cached locally and on the nearest asked node that lacked it. Concurrent
  *    gets of one key (same latest flag) share one lookup.
  *
  * Callbacks run on the loop thread, never inside the call that started the lookup; what they are given
@@ -58,6 +58,11 @@ typedef void (*dht_nodes_cb)(void *arg, int err, const char *msg, const dht_node
 
 /* dht_get looks key up. Returns 0 (cb runs later, once) or DMOE_ESHUTDOWN / DMOE_ENOMEM. */
 int dht_get(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg);
+
+/* dht_get_signed is dht_get keeping only signed records that pass the policy (dht_trust.h): unsigned
+ * values found are dropped as forged ones are, and the lookup goes on past them. For keys whose values
+ * name peers (expert declarations). */
+int dht_get_signed(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *arg);
 
 /* dht_store stores value[vlen] (with subkey[sklen] into key's dictionary when subkey is not NULL) until
  * expiration on the num_replicas nearest nodes. The bytes are copied. Returns 0 (cb runs later, once),

@@ -114,6 +114,7 @@ static void fill_defaults(dht_cfg *c)
     if (!c->clock) c->clock = dht_clock_real();
     if (c->bootstrap_retries < 0) c->bootstrap_retries = DHT_BOOTSTRAP_RETRIES;
     if (!c->bootstrap_retry_ms) c->bootstrap_retry_ms = DHT_BOOTSTRAP_RETRY_MS;
+    if (!(c->max_record_lifetime_s > 0)) c->max_record_lifetime_s = DHT_RECORD_MAX_LIFETIME_S;
 }
 
 /* ---- outgoing RPCs ---- */
@@ -313,11 +314,21 @@ static void arm_sweep(dht *d)
     }
 }
 
-/* store_from stores it charged to owner (NULL: the node's own); see dht_node_store_local. */
-static int store_from(dht *d, const char *owner, const dht_store_item *it, int in_cache)
+/* classify applies the signed-record policy (dht_trust.h) to it: 1 a valid record, 0 an unsigned value,
+ * or DMOE_EINVAL with the reason in err. */
+static int classify(const dht *d, const dht_store_item *it, char *err, size_t errlen)
 {
-    int rc = dht_storage_store_from(in_cache ? d->cache : d->store, owner, &it->key, it->subkey, it->sklen,
-                                    it->value, it->vlen, it->expiration, dht_node_now(d));
+    return dht_trust_check_store(d->cfg.trusted_keys, d->cfg.max_record_lifetime_s, &it->key, it->subkey, it->sklen,
+                                 it->value, it->vlen, it->expiration, dht_node_now(d), err, errlen);
+}
+
+/* store_from stores it, of class cls (classify), charged to owner (NULL: the node's own); see
+ * dht_node_store_local. */
+static int store_from(dht *d, const char *owner, const dht_store_item *it, int in_cache, int cls)
+{
+    int rc = (cls == 1 ? dht_storage_store_signed : dht_storage_store_from)(
+        in_cache ? d->cache : d->store, owner, &it->key, it->subkey, it->sklen, it->value, it->vlen, it->expiration,
+        dht_node_now(d));
     if (rc == 1) {
         if (!in_cache && rt_map_put(&d->keys, it->key.b, sizeof it->key.b, &key_present) != 0)
             LOG_WARN("out of memory indexing a stored key");
@@ -328,7 +339,13 @@ static int store_from(dht *d, const char *owner, const dht_store_item *it, int i
 
 int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
 {
-    return store_from(d, NULL, it, in_cache);
+    char err[256];
+    int cls = classify(d, it, err, sizeof err);
+    if (cls < 0) {
+        LOG_DEBUG("local store refused: %s", err);
+        return cls;
+    }
+    return store_from(d, NULL, it, in_cache, cls);
 }
 
 /* handover sends the new node p the keys it should now store with us (hivemind's rule). */
@@ -482,11 +499,18 @@ static void serve_store(dht *d, inreq *q, const uint8_t *chal)
         return;
     }
     heard(d, &req.sender);
-    uint8_t stored[DHT_PROTO_MAX_KEYS];
-    for (size_t i = 0; i < req.n; i++) {
-        const dht_store_item *it = &req.items[i];
-        stored[i] = store_from(d, q->from, it, req.in_cache) == 1;
+    uint8_t stored[DHT_PROTO_MAX_KEYS], cls[DHT_PROTO_MAX_KEYS];
+    for (size_t i = 0; i < req.n; i++) {   /* one item the policy refuses refuses the request, nothing stored */
+        int c = classify(d, &req.items[i], err, sizeof err);
+        if (c < 0) {
+            char m[320];
+            snprintf(m, sizeof m, "item %zu: %s", i, err);
+            answer_error(q, c, m);
+            return;
+        }
+        cls[i] = (uint8_t)c;
     }
+    for (size_t i = 0; i < req.n; i++) stored[i] = store_from(d, q->from, &req.items[i], req.in_cache, cls[i]) == 1;
     dht_proof proof;
     answer(q, dht_proto_store_reply(q->m->id, &d->self, stored, req.n, proof_for(d, chal, &proof)));
 }

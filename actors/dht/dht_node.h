@@ -16,7 +16,9 @@
  * adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
  * ground on one host cannot fill the slots nearest to a key; a sender beyond it is not even probed.
  * What a request stores is charged to the IP address it came from (the transport's word, not the PEER
- * it claims), and one address may fill only its share of the storage (DHT_OWNER_SHARE). A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
+ * it claims), and one address may fill only its share of the storage (DHT_OWNER_SHARE). Every item stored,
+ * from a peer or from our own lookups, passes the signed-record policy first (dht_trust.h): a forged,
+ * over-long or (in a private swarm) untrusted record or unsigned value refuses the whole request. A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
  *
  * Rules applied here, as hivemind's DHTProtocol: every request and every reply from a proven peer
  * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
@@ -43,6 +45,7 @@
 
 #include "actors/dht/dht_id.h"
 #include "actors/dht/trust/dht_ident.h"
+#include "actors/dht/trust/dht_trust.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_proto.h"
 #include "actors/dht/dht_routing.h"
@@ -99,6 +102,9 @@ typedef struct {
     size_t max_per_host;         /* routing entries and lookup candidates per IP address (0: DHT_MAX_PER_HOST) */
     int limit_loopback;          /* 1: the per-host limit counts loopback too (default 0: exempt, for tests) */
     dht_clock *clock;            /* NULL: dht_clock_real(); a virtual one must outlive the node */
+    const dht_trust *trusted_keys; /* a private swarm: only records signed by these keys are stored or used
+                                    * (dht_trust.h; must outlive the node); NULL: an open swarm */
+    double max_record_lifetime_s;  /* a signed record expires at most this far ahead (0: DHT_RECORD_MAX_LIFETIME_S) */
 } dht_cfg;
 
 /* dht_cfg_default fills c with defaults: a fresh key (hence a random id), client_mode 0, addr empty (set

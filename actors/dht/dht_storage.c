@@ -32,6 +32,7 @@ typedef struct entry {
     dht_id key;
     double exp;
     int is_dict;
+    int sealed;            /* a dictionary of signed records: unsigned stores cannot touch it */
     uint8_t *val;
     size_t vlen;
     dht_subitem *subs;
@@ -295,11 +296,11 @@ static entry *new_entry(dht_storage *s, entry *e, double exp)
     return e;
 }
 
-/* store_as is dht_storage_store charged to account a (NULL: none). */
-static int store_as(dht_storage *s, acct *a, const dht_id *key, const void *subkey, size_t sklen, const void *value,
-                    size_t vlen, double expiration, double now)
+/* store_as is dht_storage_store charged to account a (NULL: none); sealed 1 stores a signed record. */
+static int store_as(dht_storage *s, acct *a, int sealed, const dht_id *key, const void *subkey, size_t sklen,
+                    const void *value, size_t vlen, double expiration, double now)
 {
-    if (isnan(expiration) || expiration > now + s->lim.max_horizon) return DMOE_EINVAL;
+    if (isnan(expiration) || expiration > now + s->lim.max_horizon || (sealed && !subkey)) return DMOE_EINVAL;
     if (vlen > s->lim.max_value_bytes) return DMOE_ETOOBIG;
     if (subkey && sklen > s->lim.max_subkey_bytes) return DMOE_ETOOBIG;
     if (expiration < now) return 0;
@@ -308,7 +309,11 @@ static int store_as(dht_storage *s, acct *a, const dht_id *key, const void *subk
     long sub_at = -1, victim = -1;
     int to_dict = 0;
     long long delta;
-    if (!subkey) {
+    if (e && e->sealed && !sealed) return 0;    /* unsigned values cannot touch signed records */
+    if (e && !e->sealed && sealed) {             /* signed records replace unsigned content, whatever its age */
+        to_dict = 1;
+        delta = (long long)(sklen + vlen) - (long long)e->bytes;
+    } else if (!subkey) {
         if (e && !(e->exp < expiration)) return 0;
         delta = (long long)vlen - (long long)(e ? e->bytes : 0);
     } else if (!e || (!e->is_dict && e->exp < expiration)) {
@@ -322,6 +327,7 @@ static int store_as(dht_storage *s, acct *a, const dht_id *key, const void *subk
         } else {
             delta = (long long)(sklen + vlen);
             if (e->nsubs >= s->lim.max_subkeys) {   /* evict the subkey expiring first, or refuse */
+                if (e->sealed) return 0;            /* one signer's record never evicts another's */
                 victim = 0;
                 for (size_t i = 1; i < e->nsubs; i++)
                     if (e->subs[i].expiration < e->subs[victim].expiration) victim = (long)i;
@@ -382,6 +388,7 @@ static int store_as(dht_storage *s, acct *a, const dht_id *key, const void *subk
     if (!subkey || to_dict) {
         s->bytes -= e->bytes;
         clear_content(s, e);
+        e->sealed = sealed;
         if (!subkey) {
             e->is_dict = 0;
             e->val = vcopy;
@@ -434,13 +441,14 @@ static int store_as(dht_storage *s, acct *a, const dht_id *key, const void *subk
 int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, size_t sklen, const void *value,
                       size_t vlen, double expiration, double now)
 {
-    return store_as(s, NULL, key, subkey, sklen, value, vlen, expiration, now);
+    return store_as(s, NULL, 0, key, subkey, sklen, value, vlen, expiration, now);
 }
 
-int dht_storage_store_from(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
-                           const void *value, size_t vlen, double expiration, double now)
+/* store_owned is dht_storage_store_from with the sealed flag. */
+static int store_owned(dht_storage *s, const char *owner, int sealed, const dht_id *key, const void *subkey,
+                       size_t sklen, const void *value, size_t vlen, double expiration, double now)
 {
-    if (!owner) return store_as(s, NULL, key, subkey, sklen, value, vlen, expiration, now);
+    if (!owner) return store_as(s, NULL, sealed, key, subkey, sklen, value, vlen, expiration, now);
     size_t len = strlen(owner);
     if (len >= DHT_OWNER_MAX_BYTES) return DMOE_EINVAL;
     acct *a = rt_map_get(&s->owners, owner, len);
@@ -454,13 +462,25 @@ int dht_storage_store_from(dht_storage *s, const char *owner, const dht_id *key,
         }
     }
     s->pinned = a;
-    int rc = store_as(s, a, key, subkey, sklen, value, vlen, expiration, now);
+    int rc = store_as(s, a, sealed, key, subkey, sklen, value, vlen, expiration, now);
     s->pinned = NULL;
     if (a->items == 0) {
         rt_map_del(&s->owners, a->name, a->len);
         free(a);
     }
     return rc;
+}
+
+int dht_storage_store_from(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
+                           const void *value, size_t vlen, double expiration, double now)
+{
+    return store_owned(s, owner, 0, key, subkey, sklen, value, vlen, expiration, now);
+}
+
+int dht_storage_store_signed(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
+                             const void *value, size_t vlen, double expiration, double now)
+{
+    return store_owned(s, owner, 1, key, subkey, sklen, value, vlen, expiration, now);
 }
 
 void dht_storage_owner_usage(const dht_storage *s, const char *owner, size_t *items, size_t *bytes)
@@ -476,6 +496,7 @@ int dht_storage_get(dht_storage *s, const dht_id *key, double now, dht_stored *o
     entry *e = get_live(s, key, now);
     if (!e) return DMOE_ENOTFOUND;
     out->is_dict = e->is_dict;
+    out->sealed = e->sealed;
     out->value = e->is_dict ? NULL : e->val;
     out->vlen = e->is_dict ? 0 : e->vlen;
     out->subs = e->is_dict ? e->subs : NULL;

@@ -8,7 +8,13 @@
  *    holds nothing or a plain value expiring strictly earlier; in a dictionary each subkey keeps the
  *    entry with the latest expiration, and the dictionary's expiration is the latest of its subkeys'.
  *    Subkeys are opaque bytes too (a msgpack int or str, as the caller encoded it);
- *  - expired entries disappear when touched and in dht_storage_expire sweeps.
+ *  - expired entries disappear when touched and in dht_storage_expire sweeps;
+ *  - signed records (dht_storage_store_signed; the caller has checked the signature, dht_trust.h) live in
+ *    sealed dictionaries: a signed store replaces whatever unsigned content the key holds, whatever its
+ *    expiration, and then adds entries by the dictionary rules above; an unsigned store (plain or subkey)
+ *    to a key holding a sealed dictionary is refused. Since a record's subkey names its signer, one
+ *    key's record never replaces another's; a full sealed dictionary refuses new subkeys rather than
+ *    evicting one (its records are renewed under their own subkeys).
  * Bounds (dht_storage_limits): sizes of one value or subkey, subkeys per dictionary, keys and bytes in
  * total, and how far in the future an expiration may be. When a count or byte bound is reached the
  * entry that expires first is evicted, the newcomer included: if the newcomer would be that entry, the
@@ -65,6 +71,7 @@ typedef struct {
     const dht_subitem *subs;
     size_t nsubs;
     double expiration;
+    int sealed;            /* a dictionary of signed records */
 } dht_stored;
 
 typedef struct dht_storage dht_storage;
@@ -93,6 +100,12 @@ int dht_storage_store(dht_storage *s, const dht_id *key, const void *subkey, siz
  * counted as freed). */
 int dht_storage_store_from(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
                            const void *value, size_t vlen, double expiration, double now);
+
+/* dht_storage_store_signed stores a signed record (already checked by the caller) under subkey (not
+ * NULL) of key's sealed dictionary, charged to owner as dht_storage_store_from; the sealed rules above.
+ * Returns what dht_storage_store_from returns; DMOE_EINVAL too without a subkey. */
+int dht_storage_store_signed(dht_storage *s, const char *owner, const dht_id *key, const void *subkey, size_t sklen,
+                             const void *value, size_t vlen, double expiration, double now);
 
 /* dht_storage_owner_usage writes the entries and bytes charged to owner into *items and *bytes (0 and 0
  * for an owner holding nothing). */

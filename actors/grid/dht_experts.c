@@ -4,9 +4,21 @@
  * counts them down as they complete, and when the count reaches zero raises its "done" signal; its
  * handler runs the caller's callback and stops the actor. So the callback never runs inside the call
  * that started the batch, even when nothing needed the network (every prefix negatively cached).
- * Values are small msgpack arrays of two strings, packed and parsed here with msgpack-c; anything
- * else found under an expert's key (another program's data, a malicious peer) is ignored, never
- * trusted: the uid must be valid and lie under the prefix and coordinate it was found at.
+ * Every record is signed (dht_record.h): its payload is a small msgpack array of two strings, packed and
+ * parsed here with msgpack-c, sealed with the node's key under a subkey naming that key, so each
+ * declarer holds its own entry and none can replace another's. Lookups use dht_get_signed, which drops
+ * unsigned and forged entries (and, in a private swarm, untrusted ones) before they reach us; anything
+ * else malformed is ignored, never trusted: an expert record must name its signer's node id, a prefix
+ * entry's uid must be valid and lie under the prefix and coordinate it was found at.
+ *
+ * Choosing among owners. A uid (or a prefix coordinate) may be declared by several keys. The client
+ * takes the live record with the latest expiration, ties going to the smallest public key: every server
+ * re-declares each update_period with the same lifetime, so the latest expiration is the owner heard
+ * from most recently -- the likeliest alive -- and a server that died stops being chosen one update
+ * period after its last declaration, long before its record expires; the tie-break makes every client
+ * choose the same owner. On an open network a rival key declaring the same uid is a competing server
+ * (as in hivemind, anyone may serve any uid): whether its outputs are honest is for the reply checks and
+ * moe_health to judge; a lab that wants only its own servers runs a private swarm (--trusted_keys).
  */
 #include "actors/grid/dht_experts.h"
 
@@ -16,6 +28,7 @@
 #include <string.h>
 
 #include "actors/dht/dht_lookup.h"
+#include "actors/dht/trust/dht_record.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/rt_map.h"
@@ -136,32 +149,6 @@ static int unpack_pair(const uint8_t *p, size_t n, char *a, size_t acap, char *b
     return rc;
 }
 
-/* pack_int writes the msgpack encoding of v into buf[9]; returns its length. */
-static size_t pack_int(int64_t v, uint8_t *buf)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_int64(&pk, v);
-    size_t n = sb.size <= 9 ? sb.size : 0;
-    if (n) memcpy(buf, sb.data, n);
-    msgpack_sbuffer_destroy(&sb);
-    return n;
-}
-
-static int unpack_int(const uint8_t *p, size_t n, int64_t *v)
-{
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    size_t off = 0;
-    int rc = DMOE_EINVAL;
-    if (msgpack_unpack_next(&u, (const char *)p, n, &off) == MSGPACK_UNPACK_SUCCESS && off == n)
-        rc = wire_get_i64(&u.data, v);
-    msgpack_unpacked_destroy(&u);
-    return rc;
-}
-
 static int key_id(const char *key, dht_id *out) { return dht_id_from_str(out, key, strlen(key)); }
 
 /* ---- declare ---- */
@@ -195,6 +182,9 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
     char maddr[WIRE_MADDR_TEXT], hex[DHT_ID_HEX_LEN + 1];
     wire_maddr_format(endpoint, maddr, sizeof maddr);
     dht_id_to_hex(dht_node_id(d), hex);
+    const dht_ident *me = dht_node_ident(d);
+    double cap = dht_node_now(d) + dht_node_cfg(d)->max_record_lifetime_s;
+    if (expiration > cap) expiration = cap;   /* replicas refuse records living longer (dht_trust.h) */
     batch *b = batch_new(d, B_DECLARE, n, total, arg);
     if (!b || !(b->ok = malloc(n ? n : 1))) {
         if (b) destroy(&b->actor);
@@ -218,16 +208,19 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
             }
             msgpack_sbuffer sb;
             dht_id id;
-            uint8_t skbuf[9];
-            size_t sklen = keys[j].has_subkey ? pack_int(keys[j].subkey, skbuf) : 0;
+            uint8_t skbuf[DHT_RECORD_SUBKEY_MAX], *rec = NULL;
+            size_t sklen = dht_record_subkey(me->pk, keys[j].has_subkey, keys[j].subkey, skbuf), rlen = 0;
             int rc = key_id(keys[j].key, &id);
             if (rc == 0) rc = keys[j].has_subkey ? pack_pair(uids[i], maddr, &sb) : pack_pair(hex, maddr, &sb);
+            if (rc == 0) {
+                rc = dht_record_seal(me, &id, skbuf, sklen, sb.data, sb.size, expiration, &rec, &rlen);
+                msgpack_sbuffer_destroy(&sb);
+            }
             sub *s = &b->subs[si++];
             *s = (sub){ b, i };
             if (rc == 0) {
-                rc = dht_store(d, &id, keys[j].has_subkey ? skbuf : NULL, sklen, sb.data, sb.size, expiration,
-                               on_declared, s);
-                msgpack_sbuffer_destroy(&sb);
+                rc = dht_store(d, &id, skbuf, sklen, rec, rlen, expiration, on_declared, s);
+                free(rec);
             }
             if (rc == 0) b->pending++;
             else b->ok[i] = 0;
@@ -240,17 +233,42 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
 
 /* ---- get experts ---- */
 
+/* better says whether a record expiring at exp signed by pk beats the best so far (found: whether there
+ * is one): the latest expiration, then the smallest public key (see "Choosing among owners"). */
+static int better(int found, double exp, const uint8_t *pk, double best_exp, const uint8_t *best_pk)
+{
+    if (!found || exp > best_exp) return 1;
+    return exp == best_exp && memcmp(pk, best_pk, DHT_IDENT_PK_BYTES) < 0;
+}
+
 static void on_expert(void *arg, int err, const char *msg, const dht_get_result *r)
 {
     sub *s = arg;
     batch *b = s->b;
     dht_expert_loc *loc = &b->locs[s->i];
-    char node[WIRE_MADDR_PEER], text[WIRE_MADDR_TEXT];
     if (err == DMOE_ESHUTDOWN) b->err = err;
-    if (r->found && !r->is_dict && unpack_pair(r->value, r->vlen, node, sizeof node, text, sizeof text) == 0 &&
-        wire_maddr_parse(text, &loc->addr, NULL, 0) == 0) {
+    double best_exp = 0;
+    uint8_t best_pk[DHT_IDENT_PK_BYTES];
+    for (size_t j = 0; r->found && r->is_dict && j < r->nsubs; j++) {
+        const dht_subitem *it = &r->subs[j];
+        dht_record rec;
+        dht_id signer;
+        char node[WIRE_MADDR_PEER], text[WIRE_MADDR_TEXT], hex[DHT_ID_HEX_LEN + 1];
+        wire_maddr addr;
+        if (dht_record_parse(it->subkey, it->sklen, it->value, it->vlen, &rec) != 0 || rec.has_coord ||
+            unpack_pair(rec.payload, rec.plen, node, sizeof node, text, sizeof text) != 0 ||
+            wire_maddr_parse(text, &addr, NULL, 0) != 0)
+            continue;
+        dht_ident_id_of(rec.pk, &signer);
+        dht_id_to_hex(&signer, hex);
+        if (strcmp(hex, node) != 0) continue;   /* a record names its signer's node */
+        loc->owners++;
+        if (!better(loc->found, it->expiration, rec.pk, best_exp, best_pk)) continue;
         loc->found = 1;
+        loc->addr = addr;
         snprintf(loc->node_id, sizeof loc->node_id, "%s", node);
+        best_exp = it->expiration;
+        memcpy(best_pk, rec.pk, DHT_IDENT_PK_BYTES);
     }
     batch_release(b);
 }
@@ -277,7 +295,7 @@ int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb
     for (size_t i = 0; i < n; i++) {
         dht_id id;
         b->subs[i] = (sub){ b, i };
-        if (key_id(uids[i], &id) == 0 && dht_get(d, &id, 0, on_expert, &b->subs[i]) == 0) b->pending++;
+        if (key_id(uids[i], &id) == 0 && dht_get_signed(d, &id, 0, on_expert, &b->subs[i]) == 0) b->pending++;
     }
     batch_release(b);
     return 0;
@@ -307,15 +325,32 @@ static void on_successors(void *arg, int err, const char *msg, const dht_get_res
     size_t cnt = 0;
     if (r->found && r->is_dict && r->nsubs) {
         b->items[i] = calloc(r->nsubs, sizeof *b->items[i]);
-        for (size_t j = 0; b->items[i] && j < r->nsubs; j++) {
+        double *exps = calloc(r->nsubs, sizeof *exps);
+        uint8_t (*pks)[DHT_IDENT_PK_BYTES] = calloc(r->nsubs, sizeof *pks);
+        for (size_t j = 0; b->items[i] && exps && pks && j < r->nsubs; j++) {
             dht_successor *o = &b->items[i][cnt];
             char text[WIRE_MADDR_TEXT];
-            if (unpack_int(r->subs[j].subkey, r->subs[j].sklen, &o->coord) != 0 ||
-                unpack_pair(r->subs[j].value, r->subs[j].vlen, o->uid, sizeof o->uid, text, sizeof text) != 0 ||
-                !under_prefix(o->uid, b->prefixes[i], o->coord) || wire_maddr_parse(text, &o->addr, NULL, 0) != 0)
+            dht_record rec;
+            if (dht_record_parse(r->subs[j].subkey, r->subs[j].sklen, r->subs[j].value, r->subs[j].vlen, &rec) != 0 ||
+                !rec.has_coord ||
+                unpack_pair(rec.payload, rec.plen, o->uid, sizeof o->uid, text, sizeof text) != 0 ||
+                !under_prefix(o->uid, b->prefixes[i], rec.coord) || wire_maddr_parse(text, &o->addr, NULL, 0) != 0)
                 continue;
-            cnt++;
+            o->coord = rec.coord;
+            size_t k = 0;   /* one successor per coordinate: the owner chosen as for experts */
+            while (k < cnt && b->items[i][k].coord != o->coord) k++;
+            if (k == cnt) {
+                exps[cnt] = r->subs[j].expiration;
+                memcpy(pks[cnt++], rec.pk, DHT_IDENT_PK_BYTES);
+            } else if (better(1, r->subs[j].expiration, rec.pk, exps[k], pks[k])) {
+                b->items[i][k] = *o;
+                exps[k] = r->subs[j].expiration;
+                memcpy(pks[k], rec.pk, DHT_IDENT_PK_BYTES);
+            }
         }
+        free(exps);
+        free(pks);
+        if (!exps || !pks) cnt = 0;
     }
     b->per[i].items = b->items[i];
     b->per[i].n = cnt;
@@ -356,7 +391,7 @@ int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, dou
         b->prefixes[i] = strdup(prefixes[i]);
         if (!b->prefixes[i] || key_id(prefixes[i], &id) != 0) continue;
         if (neg_cache_s > 0 && dht_storage_get(dht_node_negcache(d), &id, now, &st) == 0) continue;
-        if (dht_get(d, &id, 0, on_successors, &b->subs[i]) == 0) b->pending++;
+        if (dht_get_signed(d, &id, 0, on_successors, &b->subs[i]) == 0) b->pending++;
     }
     batch_release(b);
     return 0;

@@ -1,11 +1,14 @@
 /* dht_experts.h -- hivemind's expert declarations on the DHT (moe/server/dht_handler.py and the
  * get_active_successors of moe/client/beam_search.py).
  *
- * Declaring an expert uid stores exactly the records uid_declaration_keys lists (uid.h):
- *   key uid (no subkey)          -> msgpack [node id hex, endpoint multiaddr]
- *   key prefix, subkey coord     -> msgpack [uid, endpoint multiaddr]     (subkey: msgpack int)
+ * Declaring an expert uid stores exactly the records uid_declaration_keys lists (uid.h), each a signed
+ * record (dht_record.h) of the node's key pk, in the key's dictionary:
+ *   key uid,    subkey [nil, pk]    -> record of msgpack [node id hex, endpoint multiaddr]
+ *   key prefix, subkey [coord, pk]  -> record of msgpack [uid, endpoint multiaddr]
  * Keys are hashed as msgpack strings (dht_id_from_str). A server re-declares its experts every
- * update_period with expiration now + expiration, so entries of dead servers fade out.
+ * update_period with expiration now + expiration (at most max_record_lifetime_s ahead: longer is cut to
+ * that), so entries of dead servers fade out. Several servers declaring one uid each keep their entry;
+ * a lookup chooses one (dht_experts.c, "Choosing among owners").
  *
  * Lookups are batched: one dht_get per uid or prefix, all in parallel, one callback for the batch.
  * get_active_successors remembers prefixes found empty in the node's negative cache for neg_cache_s
@@ -44,6 +47,7 @@ typedef struct {
     int found;
     char node_id[WIRE_MADDR_PEER];
     wire_maddr addr;
+    size_t owners;         /* live, well-formed signed declarations found (the chosen one included) */
 } dht_expert_loc;
 
 /* Completion of dht_get_experts: locs[i] for uids[i]. err 0, or DMOE_ESHUTDOWN. */

@@ -63,6 +63,7 @@ struct node {
     client *cl;
     dht_net *dnet;
     dht *dht;
+    dht_trust *trusted;          /* --trusted_keys (NULL: an open swarm); freed after the DHT node */
     metrics *met;
     met_std ms;
     actcache *cache;
@@ -476,6 +477,13 @@ static int start_dht(node *n, char *err, size_t errlen)
     dht_cfg dc;
     dht_ident key;
     dht_cfg_default(&dc);
+    if (n->cfg.trusted_keys_path) {
+        int rc = dht_trust_load(n->cfg.trusted_keys_path, &n->trusted, err, errlen);
+        if (rc) return rc;
+        dc.trusted_keys = n->trusted;
+        LOG_INFO("Private swarm: only records signed by the %zu keys of %s are stored or used",
+                 dht_trust_count(n->trusted), n->cfg.trusted_keys_path);
+    }
     if (n->cfg.identity_path) {
         int created = 0;
         int rc = dht_ident_load_or_create(n->cfg.identity_path, &key, &created, err, errlen);
@@ -488,6 +496,11 @@ static int start_dht(node *n, char *err, size_t errlen)
     snprintf(dc.addr.host, sizeof dc.addr.host, "%.63s", n->addrs[0].host);
     dc.addr.port = n->addrs[0].port;
     int rc = dht_node_new(n->loop, &dc, &tr, &n->dht);
+    if (rc == 0) {
+        char pk[2 * DHT_IDENT_PK_BYTES + 1];
+        dht_trust_hex(dht_node_ident(n->dht)->pk, pk);
+        LOG_INFO("DHT public key %s (for others' --trusted_keys)", pk);
+    }
     dht_ident_wipe(&key);
     if (rc) { snprintf(err, errlen, "cannot create the DHT node: %s", dmoe_strerror(rc)); return rc; }
     if (!n->cfg.client_mode && (rc = dht_net_serve(n->dnet, n->srv, n->dht)) != 0) {
@@ -617,6 +630,7 @@ void node_free(node *n)
     dht_node_free(n->dht);
     n->dht = NULL;
     dht_net_free(n->dnet);
+    dht_trust_free(n->trusted);
     n->dnet = NULL;
     for (int i = 0; i < n->n_experts; i++) expert_free(n->experts[i]);
     free(n->experts);

@@ -53,6 +53,7 @@ typedef struct {
     double update_period;        /* seconds between declarations and checkpoints (30) */
     double expiration;           /* seconds a declaration lives (0: max(2 * update_period, 3)) */
     const char *identity_path;   /* the node's key file (dht_ident.h), or NULL: a new key each start */
+    const char *trusted_keys_path; /* a private swarm's public keys (dht_trust.h), or NULL: an open swarm */
     /* checkpoints */
     const char *checkpoint_dir;  /* NULL: none */
     int keep_checkpoints;        /* files kept per expert (3) */

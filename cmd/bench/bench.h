@@ -8,6 +8,7 @@
  *                   by loadgen_run: throughput, latency, memory;
  *   bench_moe.c     the Mixture-of-Experts layer over two such nodes;
  *   bench_ident.c   Ed25519 signatures and verifications per second (the DHT's identity proofs);
+ *   bench_record.c  the signed records' share of an expert lookup (an in-memory swarm, virtual time);
  *   bench_report.c  the table on stdout and the JSON file.
  * Each measuring function fills its fields of bench, sets its have_* flag on success and counts
  * b->failures otherwise. Single-threaded except inside bench_kernel.c's measurements, whose threads are
@@ -58,7 +59,8 @@ typedef struct {
     double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
     int moe_experts, moe_n[3];
     double sign_per_s, verify_per_s;                     /* Ed25519 on one thread (bench_ident.c) */
-    int have_node, have_mem, have_dht, have_moe, have_ident;
+    double rec_lookup_us, rec_verifies_per_lookup, rec_verify_share, rec_verify_us;   /* bench_record.c */
+    int have_node, have_mem, have_dht, have_moe, have_ident, have_record;
     dht_memnet_stats dht;
     int failures;
 } bench;
@@ -67,6 +69,12 @@ typedef struct {
 
 /* bench_ident_figures fills sign_per_s and verify_per_s: what a node identity's proofs cost. */
 void bench_ident_figures(bench *b);
+
+/* ---- bench_record.c ---- */
+
+/* bench_record_figures fills rec_*: the CPU of one expert lookup (dht_get_experts, every node of an
+ * in-memory swarm together), the signature checks it makes and their share of it. */
+void bench_record_figures(bench *b);
 
 /* ---- bench_kernel.c ---- */
 

@@ -68,6 +68,13 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
         fprintf(f, ",\n  \"identity\": {\"ed25519_signs_per_s\": %.0f, \"ed25519_verifies_per_s\": %.0f, "
                    "\"verify_us_per_lookup_at_most\": %.1f}",
                 b->sign_per_s, b->verify_per_s, b->have_dht ? b->dht.rpcs_per_lookup * 1e6 / b->verify_per_s : 0.0);
+    if (b->have_record)
+        fprintf(f, ",\n  \"signed_records\": {\"lookup_cpu_us\": %.1f, \"verifies_per_lookup\": %.2f, "
+                   "\"record_verify_us\": %.1f, \"verify_share_of_lookup_cpu\": %.3f, "
+                   "\"verify_share_of_networked_lookup\": %.4f}",
+                b->rec_lookup_us, b->rec_verifies_per_lookup, b->rec_verify_us, b->rec_verify_share,
+                b->have_dht && b->dht.lat_p50_ms > 0
+                    ? b->rec_verifies_per_lookup * b->rec_verify_us / (b->dht.lat_p50_ms * 1000.0) : 0.0);
     if (b->have_mem)
         fprintf(f, ",\n  \"memory_mb\": {\"node_idle_5x_h%d\": %.1f, \"node_loaded_5x_h%d\": %.1f, \"node_peak_5x_h%d\": %.1f, "
                    "\"weights_and_optimizer_5x_h%d\": %.1f}",
@@ -147,6 +154,13 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
                    b->dht.rpcs_per_lookup * 1e6 / b->verify_per_s);
         printf("\n");
     }
+    if (b->have_record)
+        printf("signed records: an expert lookup costs %.0f us of CPU (16 in-memory nodes), of which %.2f record "
+               "checks (%.0f us each) take %.0f%%; %.1f%% of a %.1f ms networked lookup\n",
+               b->rec_lookup_us, b->rec_verifies_per_lookup, b->rec_verify_us, 100.0 * b->rec_verify_share,
+               b->have_dht && b->dht.lat_p50_ms > 0
+                   ? 100.0 * b->rec_verifies_per_lookup * b->rec_verify_us / (b->dht.lat_p50_ms * 1000.0) : 0.0,
+               b->dht.lat_p50_ms);
     if (b->have_moe) {
         printf("moe, grid %d, k_best %d over %d live ffn experts (hidden %d) on 2 nodes, one client:\n", MOE_GRID,
                MOE_K_BEST, b->moe_experts, b->hidden);

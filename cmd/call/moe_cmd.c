@@ -26,12 +26,14 @@ static int is_number_word(const char *w) { return w[0] >= '0' && w[0] <= '9'; }
 int moe_call_main(int argc, char **argv)
 {
     char **peers = NULL, **grid_words = NULL;
-    const char *prefix = "expert.", *random = "3x512", *log_level = NULL;
+    const char *prefix = "expert.", *random = "3x512", *log_level = NULL, *trusted_keys = NULL;
+    dht_trust *trusted = NULL;
     int k_best = 2, k_min = 1, json = 0, detect = 0, no_detect = 0, allow_zero = 0, is_switch = 0;
     double fwd_timeout = 30, after_k_min = 1.0;
     uint64_t seed = 0;
     const rt_arg flags[] = {
         {"initial_peers", ARG_LIST, &peers, "DHT peers to join", "DHT", rt_args_is_maddr},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL},
         {"uid_prefix", ARG_STR, &prefix, "experts' uid prefix", "Layer", NULL},
         {"grid_size", ARG_LIST, &grid_words, "grid dimensions, e.g. 15 or 32 32", "Layer", is_number_word},
         {"k_best", ARG_INT, &k_best, "experts per sample", "Layer", NULL},
@@ -90,9 +92,10 @@ int moe_call_main(int argc, char **argv)
     if (!l) { fprintf(stderr, "dmoe-call moe: out of memory\n"); status = 1; goto out; }
     uint64_t t0 = rt_clock_us();
     char **resolved = NULL;   /* host names resolved, before the loop runs */
-    moe_net *net = np == 0 || resolve_now((const char *const *)peers, np, &resolved, err, sizeof err) == 0
-                       ? moe_net_open(l, (const char *const *)resolved, np, DHT_NEG_CACHE_S, err, sizeof err)
-                       : NULL;
+    moe_net *net = NULL;
+    if ((!trusted_keys || dht_trust_load(trusted_keys, &trusted, err, sizeof err) == 0) &&
+        (np == 0 || resolve_now((const char *const *)peers, np, &resolved, err, sizeof err) == 0))
+        net = moe_net_open_trusted(l, (const char *const *)resolved, np, DHT_NEG_CACHE_S, trusted, err, sizeof err);
     resolve_list_free(resolved);
     moe_layer *m = NULL;
     if (!net) {
@@ -142,6 +145,7 @@ int moe_call_main(int argc, char **argv)
     moe_layer_free(m);
     moe_net_close(net);
     rt_loop_free(l);
+    dht_trust_free(trusted);
 out:
     rt_args_free(flags, nflags);
     return status;

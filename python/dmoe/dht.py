@@ -95,7 +95,8 @@ class DHT:
 
     def get(self, key, latest=False, return_future=False):
         """The value stored under key as ValueWithExpiration(value, expiration_time), or None. A dictionary
-        comes back as {subkey: ValueWithExpiration}."""
+        comes back as {subkey: ValueWithExpiration}; a subkey that is a msgpack array (a signed record's
+        [tag, public key], wire/PROTOCOL_DHT.md) comes back as a tuple, so that it can be a dict key."""
         k = packb(key)
         v = ctypes.c_void_p()
         e = errbuf()
@@ -115,7 +116,8 @@ class DHT:
                                         ctypes.c_double())
                 lib.dmoe_value_sub(v, i, ctypes.byref(sk), ctypes.byref(skl), ctypes.byref(sv), ctypes.byref(svl),
                                    ctypes.byref(se))
-                out[unpackb(ctypes.string_at(sk, skl.value))] = ValueWithExpiration(
+                subkey = unpackb(ctypes.string_at(sk, skl.value))
+                out[tuple(subkey) if isinstance(subkey, list) else subkey] = ValueWithExpiration(
                     unpackb(ctypes.string_at(sv, svl.value)), se.value)
             return ValueWithExpiration(out, exp)
         finally:

@@ -3,6 +3,7 @@ msgpack-compatible with hivemind), declare_experts, errors that name what went w
 import unittest
 
 import dmoe
+from dmoe.dht import unpackb
 from nodes import Node
 
 
@@ -39,10 +40,19 @@ class TestDHT(unittest.TestCase):
         found = dmoe.get_expert_handles(first, ["ffn.1.2", "ffn.3.4", "ffn.9.9"])
         self.assertEqual([h.uid if h else None for h in found], ["ffn.1.2", "ffn.3.4", None])
         self.assertEqual(found[0].endpoint, first.get_visible_maddrs()[0])
-        prefix = first.get("ffn.1.", latest=True).value   # hivemind's records: prefix -> {coordinate: [uid, host]}
-        self.assertEqual(list(prefix), [2])
-        self.assertEqual(prefix[2].value, ["ffn.1.2", first.get_visible_maddrs()[0]])
-        self.assertEqual(first.get("ffn.3.4").value[1], first.get_visible_maddrs()[0])
+        # hivemind's records, signed (wire/PROTOCOL_DHT.md): prefix -> {(coordinate, public key): record of
+        # [uid, host]}, uid -> {(None, public key): record of [node id, host]}
+        prefix = first.get("ffn.1.", latest=True).value
+        self.assertEqual(len(prefix), 1)
+        (coord, pk), = prefix
+        self.assertEqual(coord, 2)
+        self.assertEqual(len(pk), 32)
+        magic, signer, sig, payload = prefix[(coord, pk)].value
+        self.assertEqual((magic, signer, len(sig)), ("dmoe/rec1", pk, 64))
+        self.assertEqual(unpackb(payload), ["ffn.1.2", first.get_visible_maddrs()[0]])
+        uid = first.get("ffn.3.4").value
+        self.assertEqual(list(uid), [(None, pk)])
+        self.assertEqual(unpackb(uid[(None, pk)].value[3])[1], first.get_visible_maddrs()[0])
 
     def test_errors(self):
         with self.assertRaises(dmoe.DMoEError) as cm:

@@ -22,8 +22,8 @@ static void on_joined(void *arg, int err, const char *msg)
     j->cb(j->arg, err, msg);
 }
 
-dht_join *dht_join_start(rt_loop *l, client *cl, const char *const *peers, size_t n, dht_join_cb cb, void *arg,
-                         char *err, size_t errlen)
+dht_join *dht_join_start(rt_loop *l, client *cl, const char *const *peers, size_t n, const dht_trust *trusted,
+                         dht_join_cb cb, void *arg, char *err, size_t errlen)
 {
     dht_join *j = calloc(1, sizeof *j);
     if (!j) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -33,6 +33,7 @@ dht_join *dht_join_start(rt_loop *l, client *cl, const char *const *peers, size_
     dht_cfg dc;
     dht_cfg_default(&dc);
     dc.client_mode = 1;
+    dc.trusted_keys = trusted;
     dc.seed = (uint64_t)getpid() ^ rt_clock_us();
     if (dht_net_new(cl, &j->net, &tr) != 0 || dht_node_new(l, &dc, &tr, &j->d) != 0) {
         snprintf(err, errlen, "cannot create a DHT node");

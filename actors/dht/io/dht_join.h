@@ -22,10 +22,11 @@ typedef struct dht_join dht_join;
 typedef void (*dht_join_cb)(void *arg, int err, const char *msg);
 
 /* dht_join_start starts joining through peers[0..n) over cl (which stays the caller's and must outlive
- * the join). Returns the join, or NULL with err filled when the node cannot be created or an address is
+ * the join); trusted (NULL: none) makes the node use only records signed by those keys (dht_trust.h; it
+ * must outlive the join). Returns the join, or NULL with err filled when the node cannot be created or an address is
  * malformed; else cb runs later, once. */
-dht_join *dht_join_start(rt_loop *l, client *cl, const char *const *peers, size_t n, dht_join_cb cb, void *arg,
-                         char *err, size_t errlen);
+dht_join *dht_join_start(rt_loop *l, client *cl, const char *const *peers, size_t n, const dht_trust *trusted,
+                         dht_join_cb cb, void *arg, char *err, size_t errlen);
 /* dht_join_node returns the DHT node (owned by the join), for one's own lookups. */
 dht *dht_join_node(dht_join *j);
 /* dht_join_free stops and frees the node and its transport (after the client, see the order above).

@@ -40,13 +40,19 @@ static void on_joined(void *arg, int err, const char *msg)
 
 moe_net *moe_net_open(rt_loop *l, const char *const *peers, size_t n, double neg_cache_s, char *err, size_t errlen)
 {
+    return moe_net_open_trusted(l, peers, n, neg_cache_s, NULL, err, errlen);
+}
+
+moe_net *moe_net_open_trusted(rt_loop *l, const char *const *peers, size_t n, double neg_cache_s,
+                              const dht_trust *trusted, char *err, size_t errlen)
+{
     if (n == 0) { snprintf(err, errlen, "--initial_peers is required (the address of any node of the DHT)"); return NULL; }
     moe_net *net = calloc(1, sizeof *net);
     if (!net) { snprintf(err, errlen, "out of memory"); return NULL; }
     net->l = l;
     net->cl = client_new(l, NULL);
     if (!net->cl) { free(net); snprintf(err, errlen, "out of memory"); return NULL; }
-    net->dc = dht_join_start(l, net->cl, peers, n, on_joined, net, err, errlen);
+    net->dc = dht_join_start(l, net->cl, peers, n, trusted, on_joined, net, err, errlen);
     if (!net->dc) { client_free(net->cl); free(net); return NULL; }
     while (!net->joined) rt_loop_run(l);   /* the bootstrap's own timers bound this */
     if (net->err) {

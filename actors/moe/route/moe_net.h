@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "actors/net/client.h"
+#include "actors/dht/trust/dht_trust.h"
 #include "actors/moe/moe.h"
 
 typedef struct moe_net moe_net;
@@ -21,6 +22,10 @@ typedef struct moe_net moe_net;
 /* moe_net_open joins the DHT through peers[0..n) on loop l (running it until joined). Returns the handle
  * or NULL with err filled (bad address, nobody answered, out of memory). */
 moe_net *moe_net_open(rt_loop *l, const char *const *peers, size_t n, double neg_cache_s, char *err, size_t errlen);
+/* moe_net_open_trusted is moe_net_open for a private swarm: only experts declared in records signed by
+ * the trusted keys (NULL: any) are used (dht_trust.h; trusted must outlive net). */
+moe_net *moe_net_open_trusted(rt_loop *l, const char *const *peers, size_t n, double neg_cache_s,
+                              const dht_trust *trusted, char *err, size_t errlen);
 /* moe_net_succ / moe_net_caller return the provider and the caller to give moe_layer_new (owned by net). */
 const moe_succ_provider *moe_net_succ(moe_net *net);
 const moe_caller *moe_net_caller(moe_net *net);

@@ -34,6 +34,7 @@ dht *dht_swarm_add(dht_swarm *s, uint64_t seed, int colocate_with, const dht_sto
     c.lookup_timeout_ms = 10000;
     c.limits = limits;
     c.clock = s->clock;
+    c.trusted_keys = s->trusted;
     int ep = colocate_with < 0 ? dht_memnet_add(s->net, &c.addr, &t)
                                : dht_memnet_add_colocated(s->net, colocate_with, &c.addr, &t);
     cr_assert(ep >= 0);

@@ -32,6 +32,7 @@ struct dht_swarm {
     size_t n;
     size_t bucket_size;          /* for the nodes dht_swarm_add makes (0: the default) */
     uint64_t rpc_timeout_ms;
+    const dht_trust *trusted;    /* trusted keys of the nodes dht_swarm_add makes (NULL: an open swarm) */
     int pending;                 /* calls in flight */
     dht_swarm_pred pred;
     void *pred_arg;

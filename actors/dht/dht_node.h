@@ -191,11 +191,13 @@ int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache);
 
 /* ---- parts: how the floors above hang on the node ---- */
 
-/* A part, embedded in the state a file above keeps per node (the lookups' list, a running bootstrap).
- * The node runs its hooks, on the loop thread: stop from dht_node_stop (end everything with
- * DMOE_ESHUTDOWN; it may detach its own part, no other), refresh (may be NULL) with the ids of the
- * stale buckets to look up, release (may be NULL) when the node is freed with the part still attached.
- * kind tells parts apart: the address of a static of the file that owns it. */
+/* A part, embedded in the state a file above keeps per node (the lookups' list, a running bootstrap,
+ * the replica keys). The node runs its hooks, on the loop thread: stop from dht_node_stop (end
+ * everything with DMOE_ESHUTDOWN; it may detach its own part, no other), refresh (may be NULL) with the
+ * ids of the stale buckets to look up, release (may be NULL) when the node is freed with the part still
+ * attached, joined (may be NULL) when a proven peer the table did not hold enters it (p: its PEER, whose
+ * address is the one its proof came from; not in client mode). kind tells parts apart: the address of a
+ * static of the file that owns it. */
 typedef struct dht_part dht_part;
 struct dht_part {
     dht_part *next;
@@ -203,6 +205,7 @@ struct dht_part {
     void (*stop)(dht_part *p);
     void (*refresh)(dht_part *p, const dht_id *ids, size_t n);
     void (*release)(dht_part *p);
+    void (*joined)(dht_part *part, const dht_peer_info *p);
 };
 
 /* dht_node_attach attaches p (which stays its owner's; it must stay valid until detached or released). */

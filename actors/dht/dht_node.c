@@ -6,7 +6,9 @@
  * challenge (rpc.chal) from the address it claims. An incoming request from a sender not held goes to
  * probe(): a challenge ping to the claimed address, at most one in flight per id (the probing map), at
  * most DHT_PROBES_MAX in all; its failure changes nothing (an attacker could otherwise get an honest
- * address banned by naming it). A peer learn() admits for the first time is announced to the parts'
+ * address banned by naming it). Only an address on the IP the request came from is probed: a request
+ * naming a third host makes the node send nothing there (no reflection); such a peer still enters the
+ * table when the node calls it (a lookup meets it) and its proof comes back. A peer learn() admits for the first time is announced to the parts'
  * `joined` hooks (the hand-over, dht_handover.c).
  *
  * Outgoing RPCs are rpc records handed to the transport; their completion (on_reply) applies the
@@ -28,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -97,9 +100,8 @@ static void rpc_failed(dht *d, const rpc *r, int err, const wire_msg *reply)
     dht_blacklist_fail(d->bl, &r->peer.addr, dht_node_now(d));
 }
 
-static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
+static void reply_work(rpc *r, int err, const char *msg, const wire_msg *reply)
 {
-    rpc *r = arg;
     dht *d = r->d;
     int wrong_peer = 0, proven = 0;
     char emsg[256] = "";
@@ -157,6 +159,17 @@ static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
     else r->ping_cb(r->arg, err, msg, err ? NULL : &who);
     dht_proto_find_rep_free(&frep);
     free(r);
+}
+
+/* on_reply completes an outgoing RPC, metered as one of the node's handlers (the callbacks it runs
+ * included). */
+static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
+{
+    rpc *r = arg;
+    dht *d = r->d;
+    rt_lag_mark t0 = rt_lag_begin(&d->lag);
+    reply_work(r, err, msg, reply);
+    rt_lag_end(&d->lag, t0);
 }
 
 /* send_rpc hands req to the transport for r's peer; consumes req and r on failure too. */
@@ -294,11 +307,20 @@ static void learn(dht *d, const dht_peer_info *p, int proven)
     if (rc == DHT_RT_PING) dht_node_ping(d, &to_ping, 1, ignore_ping, NULL);
 }
 
-void dht_node_heard(dht *d, const dht_peer_info *p)
+/* same_host returns 1 when host (an address a sender claims) is src, the IP its request came from; an
+ * IPv4-mapped IPv6 source counts as its IPv4 address. An unknown source matches nothing. */
+static int same_host(const char *host, const char *src)
+{
+    if (!src || !*src || strcmp(src, "?") == 0) return 0;
+    if (strncasecmp(src, "::ffff:", 7) == 0 && strchr(src + 7, '.')) src += 7;
+    return strcmp(host, src) == 0;
+}
+
+void dht_node_heard(dht *d, const dht_peer_info *p, const char *src)
 {
     if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
     if (dht_routing_knows(d->rt, &p->id, &p->addr)) learn(d, p, 1);
-    else probe(d, p);
+    else if (same_host(p->addr.host, src)) probe(d, p);
 }
 
 /* ---- parts, jobs ---- */
@@ -349,9 +371,8 @@ static void refresh_tick(dht *d)
     }
 }
 
-static void handle(rt_actor *self, rt_msg *m)
+static void handle_work(dht *d, rt_msg *m)
 {
-    dht *d = (dht *)self;
     switch (m->type) {
     case MSG_JOB: {   /* the job's run owns the message */
         dht_job *j = (dht_job *)m;
@@ -371,6 +392,15 @@ static void handle(rt_actor *self, rt_msg *m)
     }
     }
     rt_msg_drop(m);
+}
+
+/* handle runs the node's mail, each message metered as a stall of the loop (dht_node_lag). */
+static void handle(rt_actor *self, rt_msg *m)
+{
+    dht *d = (dht *)self;
+    rt_lag_mark t0 = rt_lag_begin(&d->lag);
+    handle_work(d, m);
+    rt_lag_end(&d->lag, t0);
 }
 
 static void destroy(rt_actor *self)
@@ -455,6 +485,7 @@ const dht_peer_info *dht_node_self(const dht *d) { return &d->self; }
 const dht_cfg *dht_node_cfg(const dht *d) { return &d->cfg; }
 const dht_ident *dht_node_ident(const dht *d) { return &d->ident; }
 dht_ident_stats dht_node_ident_stats(const dht *d) { return d->istats; }
+const rt_lag *dht_node_lag(const dht *d) { return &d->lag; }
 rt_loop *dht_node_loop(const dht *d) { return d->loop; }
 dht_routing *dht_node_routing(dht *d) { return d->rt; }
 dht_storage *dht_node_storage(dht *d) { return d->store; }

@@ -12,8 +12,9 @@
  * nothing a peer claims enters the routing table before the peer has proven it: an outgoing request to
  * a peer not already known at that id and address carries a random challenge, which the reply must sign;
  * an incoming request from an unknown sender is answered, and the sender is sent a challenge ping at the
- * address it claims (a probe: one extra round trip per new peer); only a proof from that very address
- * adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
+ * address it claims when that address is on the IP the request came from (a probe: one extra round
+ * trip per new peer; a third host named in a request is sent nothing); only a proof from that very
+ * address adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
  * ground on one host cannot fill the slots nearest to a key; a sender beyond it is not even probed.
  * What a request stores is charged to the IP address it came from (the transport's word, not the PEER
  * it claims), and one address may fill only its share of the storage (DHT_OWNER_SHARE). A claim that is not proven changes nothing: no routing entry, no hand-over, no ban.
@@ -22,9 +23,11 @@
  * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
  * RPC (no answer, a refused connection, a garbled or unproven reply, or an error reply saying the peer
  * is stopping) removes the peer (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
- * least-recently-seen node for a ping and drops it if the ping fails; a newly seen node that is now
+ * least-recently-seen node for a ping and drops it if the ping fails; a newly proven node that is now
  * nearer to a stored key than our farthest known replica, while we are nearer than all of them, is
- * given that key (Kademlia's hand-over); every refresh_period the stale buckets are refreshed with a
+ * given that key (Kademlia's hand-over: at the address its proof came from, at most
+ * DHT_HANDOVER_MAX_KEYS keys and DHT_HANDOVER_MAX_BYTES bytes, DHT_HANDOVER_SCAN keys examined per loop
+ * turn, DHT_HANDOVER_PEERS new peers at a time -- dht_handover.c); every refresh_period the stale buckets are refreshed with a
  * lookup of a random id inside them. A client-mode node makes requests and answers none.
  *
  * The floors above. The lookups (dht_lookup.h) and the bootstrap (dht_boot.h) call the node's RPCs
@@ -48,6 +51,7 @@
 #include "actors/dht/dht_routing.h"
 #include "actors/dht/dht_storage.h"
 #include "runtime/rt_actor.h"
+#include "runtime/rt_lag.h"
 #include "wire/wire_maddr.h"
 #include "wire/wire_msg.h"
 
@@ -60,6 +64,17 @@
 #define DHT_BOOTSTRAP_RETRIES 2           /* extra ping rounds for initial peers that did not answer */
 #define DHT_BOOTSTRAP_RETRY_MS 500        /* pause before each extra round */
 #define DHT_HANDOVER_BATCH DHT_PROTO_MAX_KEYS /* keys per hand-over store request */
+/* Hand-over bounds (dht_handover.c). It is a head start, not the only way a new peer gets its keys:
+ * their storers re-store them (declarations every update period) to the nearest nodes, the new one
+ * included. So it may stop early, and must, for a peer cannot be allowed to make a node send without
+ * bound or stall it: */
+#define DHT_HANDOVER_MAX_KEYS 4096        /* keys to one new peer: ~5x the keys an honest node of a 1,000-
+                                           * node swarm holding 1M values is nearest to (5 replicas) */
+#define DHT_HANDOVER_MAX_BYTES (4u << 20) /* value bytes to one new peer (64 values at the 64 KiB limit) */
+#define DHT_HANDOVER_PEERS 4              /* new peers handed over to at once; newcomers beyond are skipped
+                                           * (a real join meets a few holders per key region at a time) */
+#define DHT_HANDOVER_SCAN 256             /* keys examined per loop turn: ~0.5 ms of work, however many
+                                           * keys are stored */
 #define DHT_PROBES_MAX 256                /* unknown senders challenged at once; more are ignored until later */
 
 typedef struct dht dht;
@@ -159,8 +174,20 @@ uint64_t dht_node_rpc_count(const dht *d);
 typedef struct {
     uint64_t signed_proofs, checked_proofs, refused_proofs, probes;
 } dht_ident_stats;
+/* Hand-over counters: new peers handed over to (started, done), skipped because DHT_HANDOVER_PEERS
+ * were in progress, in progress now (active), and keys sent. */
+typedef struct {
+    uint64_t started, done, skipped, keys_sent;
+    size_t active;
+} dht_handover_stats;
+/* dht_node_handover_stats returns the node's hand-over counters. */
+dht_handover_stats dht_node_handover_stats(const dht *d);
 /* dht_node_ident_stats returns the node's identity counters. */
 dht_ident_stats dht_node_ident_stats(const dht *d);
+/* dht_node_lag returns the node's stall meter (owned by the node): the longest any of its handlers --
+ * its mail (requests served, timers, hand-over turns) and its RPC completions with the callbacks they
+ * run -- kept the loop, in wall and thread CPU time. */
+const rt_lag *dht_node_lag(const dht *d);
 
 /* ---- the node's RPCs, for the lookups and the bootstrap (they apply the routing and blacklist rules
  * above) ---- */

@@ -38,6 +38,7 @@ struct dht {
     dht_peer_info self;
     dht_ident ident;
     dht_ident_stats istats;
+    rt_lag lag;                  /* the node's handlers, metered (dht_node_lag) */
     rt_map probing;              /* ids being probed: id -> &dht_present */
     dht_routing *rt;
     dht_blacklist *bl;
@@ -59,9 +60,11 @@ int dht_node_job(dht *d, dht_job *j);
 /* dht_node_arm_sweep arms the storage sweep at the earliest expiration held (after a store). */
 void dht_node_arm_sweep(dht *d);
 
-/* dht_node_heard handles the sender of an incoming request: refreshed when held at that id and address,
- * else probed (a challenge ping; the proof adds it). */
-void dht_node_heard(dht *d, const dht_peer_info *p);
+/* dht_node_heard handles the sender p of an incoming request that came from IP address src (the
+ * transport's word; NULL or "?": unknown): refreshed when held at that id and address, else probed (a
+ * challenge ping; the proof adds it) -- only when the address it claims is on src, so that a request
+ * naming a third host sends nothing there. */
+void dht_node_heard(dht *d, const dht_peer_info *p, const char *src);
 
 /* dht_node_store_from stores it charged to owner (NULL: the node's own), indexing a key stored as a
  * replica for the hand-over (dht_handover.c). Returns what dht_storage_store_from returns. */

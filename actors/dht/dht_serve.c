@@ -56,7 +56,7 @@ static void serve_find(dht *d, inreq *q, const uint8_t *chal)
         answer_error(q, rc, err);
         return;
     }
-    dht_node_heard(d, &req.sender);
+    dht_node_heard(d, &req.sender, q->from);
     double now = dht_node_now(d);
     size_t k = d->cfg.bucket_size < DHT_PROTO_MAX_NEAREST ? d->cfg.bucket_size : DHT_PROTO_MAX_NEAREST;
     dht_find_entry *e = calloc(req.n, sizeof *e);
@@ -97,7 +97,7 @@ static void serve_store(dht *d, inreq *q, const uint8_t *chal)
         answer_error(q, rc, err);
         return;
     }
-    dht_node_heard(d, &req.sender);
+    dht_node_heard(d, &req.sender, q->from);
     uint8_t stored[DHT_PROTO_MAX_KEYS];
     for (size_t i = 0; i < req.n; i++) {
         const dht_store_item *it = &req.items[i];
@@ -126,7 +126,7 @@ static void serve(dht *d, inreq *q)
             answer_error(q, rc, err);
             return;
         }
-        dht_node_heard(d, &who);
+        dht_node_heard(d, &who, q->from);
         dht_proof proof;
         answer(q, dht_proto_ping_reply(q->m->id, &d->self, proof_for(d, has_chal ? chal : NULL, &proof)));
     } else if (strcmp(q->m->method, "dht_find") == 0) {

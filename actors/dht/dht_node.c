@@ -50,7 +50,9 @@ typedef struct {
     int has_chal;                /* the request carried chal: the reply must prove the peer's id */
     int probe;                   /* a challenge ping to an unproven sender: no failure rules */
     uint8_t chal[DHT_CHALLENGE_BYTES];
+    int retried;                 /* a find sent again with the token of a cut reply */
     size_t n;
+    dht_id keys[DHT_PROTO_MAX_KEYS];   /* a find's keys, for that second send */
     dht_find_done find_cb;
     dht_store_done store_cb;
     dht_ping_done ping_cb;
@@ -88,6 +90,15 @@ static void fill_defaults(dht_cfg *c)
 
 static void learn(dht *d, const dht_peer_info *p, int proven);
 
+/* clear_proven empties the set of proven hosts, freeing the copies. */
+static void clear_proven(dht *d)
+{
+    rt_map_iter it = RT_MAP_ITER_INIT;
+    void *v;
+    while ((v = rt_map_next(&d->proven_hosts, &it, NULL, NULL))) free(v);
+    rt_map_clear(&d->proven_hosts);
+}
+
 /* rpc_failed applies the failure rules: evict (the entry at the address called only) and blacklist,
  * unless the peer answered with an error (which proves it alive) or our own transport is shutting down
  * (no reply, DMOE_ESHUTDOWN). A peer that answers DMOE_ESHUTDOWN is leaving: it is evicted and banned as
@@ -98,6 +109,23 @@ static void rpc_failed(dht *d, const rpc *r, int err, const wire_msg *reply)
     if (reply ? err != DMOE_ESHUTDOWN : err == DMOE_ESHUTDOWN) return;
     if (r->has_id) dht_routing_remove_at(d->rt, &r->peer.id, &r->peer.addr);
     dht_blacklist_fail(d->bl, &r->peer.addr, dht_node_now(d));
+}
+
+static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply);
+static const uint8_t *chal_of(const rpc *r);
+
+/* resend_find sends find r again with the token its cut reply carried: the token shows the peer that
+ * our address is real, and it answers in full. Returns 0 (on_reply runs again later) or a negative code
+ * (r stays the caller's). Counts as the same RPC. */
+static int resend_find(dht *d, rpc *r, const uint8_t *token)
+{
+    wire_maddr to;
+    if (dht_proto_addr_to_maddr(&r->peer.addr, r->has_id ? &r->peer.id : NULL, &to) != 0) return DMOE_EINVAL;
+    uint64_t id = d->t.next_id(d->t.impl);
+    wire_out *req = dht_proto_find_req_token(id, &d->self, r->keys, r->n, chal_of(r), token);
+    if (!req) return DMOE_ENOMEM;
+    r->retried = 1;
+    return d->t.call(d->t.impl, &to, id, req, d->cfg.rpc_timeout_ms, on_reply, r);
 }
 
 static void reply_work(rpc *r, int err, const char *msg, const wire_msg *reply)
@@ -136,6 +164,7 @@ static void reply_work(rpc *r, int err, const char *msg, const wire_msg *reply)
             rc = dht_proto_proof_check(reply->result, r->chal, &who, emsg, sizeof emsg);
             if (rc) d->istats.refused_proofs++;
             proven = rc == 0 && dht_addr_eq(&who.addr, &r->peer.addr);
+            if (rc == 0) dht_node_prove_host(d, r->peer.addr.host);   /* a round trip to that address */
         }
         if (rc) {
             err = rc;
@@ -154,6 +183,11 @@ static void reply_work(rpc *r, int err, const char *msg, const wire_msg *reply)
         learn(d, &who, proven);
     }
     if (r->probe) rt_map_del(&d->probing, r->peer.id.b, sizeof r->peer.id.b);
+    if (err == 0 && r->kind == RPC_FIND && frep.truncated && !r->retried && !d->stopped &&
+        resend_find(d, r, frep.token) == 0) {
+        dht_proto_find_rep_free(&frep);
+        return;   /* the full reply completes the call */
+    }
     if (r->kind == RPC_FIND) r->find_cb(r->arg, err, msg, err ? NULL : &frep);
     else if (r->kind == RPC_STORE) r->store_cb(r->arg, err, msg, err ? NULL : &srep);
     else r->ping_cb(r->arg, err, msg, err ? NULL : &who);
@@ -216,9 +250,11 @@ static const uint8_t *chal_of(const rpc *r) { return r->has_chal ? r->chal : NUL
 int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dht_find_done cb, void *arg)
 {
     if (d->stopped) return DMOE_ESHUTDOWN;
+    if (n == 0 || n > DHT_PROTO_MAX_KEYS) return DMOE_EINVAL;
     rpc *r = rpc_new(d, RPC_FIND, peer, 1, n, arg);
     if (!r) return DMOE_ENOMEM;
     r->find_cb = cb;
+    memcpy(r->keys, keys, n * sizeof *keys);
     uint64_t id = d->t.next_id(d->t.impl);
     return send_rpc(d, r, id, dht_proto_find_req(id, &d->self, keys, n, chal_of(r)));
 }
@@ -305,6 +341,20 @@ static void learn(dht *d, const dht_peer_info *p, int proven)
     }
     int rc = dht_routing_add_or_update(d->rt, &p->id, &p->addr, dht_node_now(d), &to_ping);
     if (rc == DHT_RT_PING) dht_node_ping(d, &to_ping, 1, ignore_ping, NULL);
+}
+
+void dht_node_prove_host(dht *d, const char *host)
+{
+    size_t len = strlen(host);
+    if (len == 0 || rt_map_get(&d->proven_hosts, host, len)) return;
+    if (rt_map_count(&d->proven_hosts) >= DHT_PROVEN_HOSTS) clear_proven(d);
+    char *copy = strdup(host);
+    if (copy && rt_map_put(&d->proven_hosts, copy, len, copy) != 0) free(copy);
+}
+
+int dht_node_host_proven(const dht *d, const char *host)
+{
+    return host && *host && rt_map_get(&d->proven_hosts, host, strlen(host)) != NULL;
 }
 
 /* same_host returns 1 when host (an address a sender claims) is src, the IP its request came from; an
@@ -419,6 +469,7 @@ static void destroy(rt_actor *self)
     dht_storage_free(d->cache);
     dht_storage_free(d->neg);
     rt_map_clear(&d->probing);
+    clear_proven(d);
     dht_ident_wipe(&d->ident);
     free(d);
 }
@@ -441,6 +492,7 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
         return DMOE_EINTERNAL;
     }
     dht_ident_id(&d->ident, &d->self.id);
+    dht_ident_random(d->token_key, sizeof d->token_key);
     d->cfg.ident = &d->ident;
     d->self.addr = c->addr;
     d->self.present = !c->client_mode;

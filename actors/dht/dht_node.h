@@ -76,6 +76,11 @@
 #define DHT_HANDOVER_SCAN 256             /* keys examined per loop turn: ~0.5 ms of work, however many
                                            * keys are stored */
 #define DHT_PROBES_MAX 256                /* unknown senders challenged at once; more are ignored until later */
+/* Replies to an address no round trip has proven are at most this many times the request's bytes (a
+ * find reply is cut to fit: wire/PROTOCOL_DHT.md, "Reply sizes"): a spoofed or reflected request
+ * cannot make the node send much more than it received. */
+#define DHT_REPLY_FACTOR 4
+#define DHT_PROVEN_HOSTS 4096             /* proven IP addresses remembered (a set that starts over when full) */
 
 typedef struct dht dht;
 
@@ -170,9 +175,11 @@ int dht_node_is_stopped(const dht *d);
 size_t dht_node_stored_keys(const dht *d);
 /* dht_node_rpc_count returns the outgoing RPCs this node has started (probes included). */
 uint64_t dht_node_rpc_count(const dht *d);
-/* Identity counters: proofs signed (replies to challenges), proofs checked and refused, probes sent. */
+/* Identity counters: proofs signed (replies to challenges), proofs checked and refused, probes sent,
+ * replies cut to the unproven-address cap. */
 typedef struct {
     uint64_t signed_proofs, checked_proofs, refused_proofs, probes;
+    uint64_t cut_replies;        /* find replies cut to the cap on unproven addresses */
 } dht_ident_stats;
 /* Hand-over counters: new peers handed over to (started, done), skipped because DHT_HANDOVER_PEERS
  * were in progress, in progress now (active), and keys sent. */

@@ -40,6 +40,8 @@ struct dht {
     dht_ident_stats istats;
     rt_lag lag;                  /* the node's handlers, metered (dht_node_lag) */
     rt_map probing;              /* ids being probed: id -> &dht_present */
+    rt_map proven_hosts;         /* IP addresses a round trip proved: host -> its malloc'd copy (the key) */
+    uint8_t token_key[32];       /* keys the address tokens of cut replies (dht_serve.c) */
     dht_routing *rt;
     dht_blacklist *bl;
     dht_storage *store, *cache, *neg;
@@ -65,6 +67,13 @@ void dht_node_arm_sweep(dht *d);
  * challenge ping; the proof adds it) -- only when the address it claims is on src, so that a request
  * naming a third host sends nothing there. */
 void dht_node_heard(dht *d, const dht_peer_info *p, const char *src);
+
+/* dht_node_prove_host records that a round trip proved host (an IP address) real: we called it and its
+ * proof came back, or a request from it carried the token we sent there. At most DHT_PROVEN_HOSTS are
+ * kept; when full the set starts over (its members prove themselves again on their next round trip). */
+void dht_node_prove_host(dht *d, const char *host);
+/* dht_node_host_proven returns 1 when host was proven (dht_node_prove_host). */
+int dht_node_host_proven(const dht *d, const char *host);
 
 /* dht_node_store_from stores it charged to owner (NULL: the node's own), indexing a key stored as a
  * replica for the hand-over (dht_handover.c). Returns what dht_storage_store_from returns. */

@@ -5,7 +5,12 @@
  * its sender is handed to dht_node_heard (refreshed, or probed: nothing it claims is believed before a
  * proof), what it stores goes to dht_node_store_from charged to the IP address it came from, and it is
  * answered at once (nothing in a DHT request waits for anything else), with a proof of our id when it
- * carried a challenge. Every request is answered exactly once, or released unanswered when the node
+ * carried a challenge. A find reply to an address no round trip has proven is at most DHT_REPLY_FACTOR
+ * times its request: beyond, it is cut (values dropped, then nearest peers halved) and carries a token
+ * for that address, which the requester sends back to get it all (wire/PROTOCOL_DHT.md, "Reply
+ * sizes"). A ping without a challenge over the cap is answered with a nil PEER (alive, nothing more); a
+ * ping with one, and a store, fit by their shape (the challenge, the values sent weigh more than the
+ * proof, the flags answered). Every request is answered exactly once, or released unanswered when the node
  * drops it (inreq_drop). Loop thread only; calls the node below it, never the lookups above.
  */
 #include "actors/dht/dht_node.h"
@@ -13,6 +18,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sodium.h>
 #include <string.h>
 
 #include "runtime/rt_err.h"
@@ -45,6 +51,69 @@ static const dht_proof *proof_for(dht *d, const uint8_t *chal, dht_proof *out)
     if (!chal || dht_proto_proof_make(&d->ident, chal, &d->self, out) != 0) return NULL;
     d->istats.signed_proofs++;
     return out;
+}
+
+/* ---- reply sizes ---- */
+
+static int count_bytes(void *data, const char *buf, size_t len)
+{
+    *(size_t *)data += len;
+    return 0;
+}
+
+/* request_bytes returns the size of q's request, as its map packs (without the frame header). */
+static size_t request_bytes(const inreq *q)
+{
+    size_t n = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &n, count_bytes);
+    msgpack_pack_object(&pk, q->m->root);
+    return n;
+}
+
+/* token_for writes the address token of host: a keyed hash only this node can make, sent only to host. */
+static void token_for(const dht *d, const char *host, uint8_t out[DHT_TOKEN_BYTES])
+{
+    crypto_generichash(out, DHT_TOKEN_BYTES, (const uint8_t *)host, strlen(host), d->token_key, sizeof d->token_key);
+}
+
+/* address_proven returns 1 when q's source address is proven: a round trip went there before, or q
+ * carries the token a cut reply sent there (which proves it from now on). */
+static int address_proven(dht *d, const inreq *q)
+{
+    if (strcmp(q->from, "?") == 0) return 0;
+    if (dht_node_host_proven(d, q->from)) return 1;
+    uint8_t tok[DHT_TOKEN_BYTES], want[DHT_TOKEN_BYTES];
+    int has = 0;
+    char err[128];
+    if (dht_proto_token_decode(&q->m->root, tok, &has, err, sizeof err) != 0 || !has) return 0;
+    token_for(d, q->from, want);
+    if (sodium_memcmp(tok, want, DHT_TOKEN_BYTES) != 0) return 0;
+    dht_node_prove_host(d, q->from);
+    return 1;
+}
+
+/* cut_to_cap returns reply o, or, when it is over DHT_REPLY_FACTOR times q's request, a reply cut to
+ * fit with a token for q's address (o is consumed): first without the values found, then with half
+ * the nearest peers each time, down to none -- a reply of that shape always fits (each key's entry
+ * is smaller than the key was in the request). e[0..n) is changed. */
+static wire_out *cut_to_cap(dht *d, const inreq *q, wire_out *o, dht_find_entry *e, size_t n, const dht_proof *pr)
+{
+    size_t cap = DHT_REPLY_FACTOR * request_bytes(q);
+    if (wire_out_len(o) <= cap) return o;
+    wire_out_free(o);
+    uint8_t tok[DHT_TOKEN_BYTES];
+    token_for(d, q->from, tok);
+    d->istats.cut_replies++;
+    for (size_t i = 0; i < n; i++) e[i].found = NULL;
+    for (;;) {
+        o = dht_proto_find_reply_cut(q->m->id, &d->self, e, n, pr, tok);
+        size_t most = 0;
+        for (size_t i = 0; i < n; i++) most = e[i].n_nearest > most ? e[i].n_nearest : most;
+        if (!o || wire_out_len(o) <= cap || most == 0) return o;
+        wire_out_free(o);
+        for (size_t i = 0; i < n; i++) e[i].n_nearest /= 2;
+    }
 }
 
 static void serve_find(dht *d, inreq *q, const uint8_t *chal)
@@ -81,7 +150,10 @@ static void serve_find(dht *d, inreq *q, const uint8_t *chal)
                                              near + i * k);
     }
     dht_proof proof;
-    answer(q, dht_proto_find_reply(q->m->id, &d->self, e, req.n, proof_for(d, chal, &proof)));
+    const dht_proof *pr = proof_for(d, chal, &proof);
+    wire_out *o = dht_proto_find_reply(q->m->id, &d->self, e, req.n, pr);
+    if (o && !address_proven(d, q)) o = cut_to_cap(d, q, o, e, req.n, pr);
+    answer(q, o);
     free(e);
     free(st);
     free(near);
@@ -128,7 +200,14 @@ static void serve(dht *d, inreq *q)
         }
         dht_node_heard(d, &who, q->from);
         dht_proof proof;
-        answer(q, dht_proto_ping_reply(q->m->id, &d->self, proof_for(d, has_chal ? chal : NULL, &proof)));
+        wire_out *o = dht_proto_ping_reply(q->m->id, &d->self, proof_for(d, has_chal ? chal : NULL, &proof));
+        if (o && !has_chal && !address_proven(d, q) && wire_out_len(o) > DHT_REPLY_FACTOR * request_bytes(q)) {
+            /* Cut: a bare ping from an unproven address is answered, but without our PEER. */
+            wire_out_free(o);
+            d->istats.cut_replies++;
+            o = dht_proto_ping_reply(q->m->id, NULL, NULL);
+        }
+        answer(q, o);
     } else if (strcmp(q->m->method, "dht_find") == 0) {
         serve_find(d, q, has_chal ? chal : NULL);
     } else if (strcmp(q->m->method, "dht_store") == 0) {

@@ -7,7 +7,10 @@
  * keys, at most DHT_HANDOVER_PEERS are handed over to at a time (the rest skipped), and no handler of
  * any node keeps the loop longer than DHT_SWARM_MAX_STALL_US (thread CPU time, rt_lag.h). The second runs a real
  * dmoe-node on loopback and a listening socket on 127.0.0.2 (Linux routes all of 127/8 to loopback)
- * that counts the connections and bytes it receives while requests from 127.0.0.1 name it. */
+ * that counts the connections and bytes it receives while requests from 127.0.0.1 name it. The third
+ * asks a real dmoe-node that holds a 32 KiB value for it from an address no round trip has proven: the
+ * reply is at most DHT_REPLY_FACTOR times the request, cut and carrying a token; sent again with the
+ * token, the request gets the value (an honest requester is slowed by one round trip, not refused). */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -187,5 +190,99 @@ Test(dht_handover, a_request_naming_a_third_address_sends_nothing_there, .timeou
     cr_expect_eq(bytes, 0, "the node sent %zu bytes to the address the requests only named", bytes);
     close(fd);
     close(lfd);
+    cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
+}
+
+/* ---- reply sizes ---- */
+
+/* recv_frame reads one frame from fd: its body (malloc'd) and length. */
+static uint8_t *recv_frame(int fd, size_t *len)
+{
+    uint8_t h[4];
+    cr_assert_eq(recv(fd, h, 4, MSG_WAITALL), 4);
+    *len = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
+    uint8_t *b = malloc(*len);
+    cr_assert(b);
+    cr_assert_eq(recv(fd, b, *len, MSG_WAITALL), (ssize_t)*len);
+    return b;
+}
+
+/* find_raw sends o (a dht_find of one key) on fd and decodes the reply into *rep; returns the reply's
+ * bytes. */
+static size_t find_raw(int fd, wire_out *o, dht_find_rep *rep)
+{
+    cr_assert_eq(th_send_out(fd, o), 0);
+    size_t len;
+    uint8_t *body = recv_frame(fd, &len);
+    wire_msg m;
+    char err[256];
+    cr_assert_eq(wire_msg_decode(body, len, &m, err, sizeof err), 0, "%s", err);
+    cr_assert(m.result, "the find succeeds: %s", m.err_msg);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    cr_assert_eq(dht_proto_find_rep_decode(m.result, 1, (double)ts.tv_sec, rep, err, sizeof err), 0, "%s", err);
+    rep->results[0].value = NULL;   /* it pointed into m */
+    wire_msg_free(&m);
+    return len;
+}
+
+Test(dht_handover, an_unproven_requester_gets_at_most_4x_its_request, .timeout = 60)
+{
+    th_node a;
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "1", NULL};
+    cr_assert_eq(th_node_start(&a, args), 0);
+    int fd = th_connect(a.port);
+    cr_assert(fd >= 0);
+
+    /* A 32 KiB value stored (a big request, a small reply). */
+    static uint8_t big[32768];
+    memset(big, 0xab, sizeof big);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    dht_store_item it = { .value = big, .vlen = sizeof big, .expiration = (double)ts.tv_sec + 600 };
+    cr_assert_eq(dht_id_from_str(&it.key, "amplified", 9), 0);
+    wire_out *o = dht_proto_store_req(1, NULL, &it, 1, 0, NULL);
+    cr_assert_eq(th_send_out(fd, o), 0);
+    wire_msg m;
+    cr_assert_eq(th_recv_msg(fd, &m), 0);
+    cr_assert(m.result, "stored: %s", m.err_msg);
+    wire_msg_free(&m);
+
+    /* A ping and a find from this (unproven) address: no reply over 4x its request. */
+    o = dht_proto_ping_req(2, NULL, NULL);
+    size_t ping_req = wire_out_len(o);
+    cr_assert_eq(th_send_out(fd, o), 0);
+    size_t ping_rep;
+    free(recv_frame(fd, &ping_rep));
+    cr_expect(ping_rep <= DHT_REPLY_FACTOR * ping_req, "ping: %zu bytes answered with %zu", ping_req, ping_rep);
+    uint8_t chal[DHT_CHALLENGE_BYTES] = { 1, 2, 3 };
+    o = dht_proto_ping_req(6, NULL, chal);
+    ping_req = wire_out_len(o);
+    cr_assert_eq(th_send_out(fd, o), 0);
+    free(recv_frame(fd, &ping_rep));
+    cr_expect(ping_rep <= DHT_REPLY_FACTOR * ping_req, "challenge ping: %zu bytes answered with %zu", ping_req,
+              ping_rep);
+    o = dht_proto_find_req(3, NULL, &it.key, 1, NULL);
+    size_t find_req = wire_out_len(o);
+    dht_find_rep rep;
+    size_t find_rep = find_raw(fd, o, &rep);
+    printf("dht_handover: an unproven find of %zu bytes answered with %zu (a 32 KiB value held)\n", find_req, find_rep);
+    cr_expect(find_rep <= DHT_REPLY_FACTOR * find_req, "find: %zu bytes answered with %zu, over %dx", find_req,
+              find_rep, DHT_REPLY_FACTOR);
+    cr_expect(rep.truncated, "the reply says it was cut");
+    cr_expect_eq(rep.results[0].type, DHT_FOUND_NONE, "without the value");
+    uint8_t token[DHT_TOKEN_BYTES];
+    memcpy(token, rep.token, sizeof token);
+    dht_proto_find_rep_free(&rep);
+
+    /* The honest requester sends it again with the token: its address is proven, it gets the value. */
+    find_rep = find_raw(fd, dht_proto_find_req_token(4, NULL, &it.key, 1, NULL, token), &rep);
+    cr_expect(!rep.truncated && rep.results[0].type == DHT_FOUND_VALUE && rep.results[0].vlen == sizeof big,
+              "with the token, the whole value (%zu bytes)", find_rep);
+    dht_proto_find_rep_free(&rep);
+    find_raw(fd, dht_proto_find_req(5, NULL, &it.key, 1, NULL), &rep);
+    cr_expect(!rep.truncated && rep.results[0].type == DHT_FOUND_VALUE, "and from then on without one");
+    dht_proto_find_rep_free(&rep);
+    close(fd);
     cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
 }

@@ -22,6 +22,7 @@
 #include "actors/dht/io/dht_net.h"
 #include "actors/dht/dht_node.h"
 #include "actors/node/metrics.h"
+#include "runtime/rt_lag.h"
 #include "actors/node/node_banner.h"
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
@@ -55,6 +56,8 @@ struct node {
     dht *dht;
     metrics *met;
     met_std ms;
+    rt_lag_probe *lag;            /* the loop's lateness, for dmoe_loop_lag_max_seconds (with metrics) */
+    met_series *lag_max;
     actcache *cache;
     int metrics_port;
     expert **experts;
@@ -327,6 +330,7 @@ static void update_gauges(node *n)
     server_bytes(n->srv, &in, &out);
     metrics_set(n->ms.bytes_in, (double)in);
     metrics_set(n->ms.bytes_out, (double)out);
+    if (n->lag) metrics_set(n->lag_max, (double)rt_lag_probe_meter(n->lag)->max_wall_us / 1e6);
 }
 
 /* ---- the stop sequence ---- */
@@ -495,6 +499,14 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
             if (!err[0]) snprintf(err, errlen, "cannot start the metrics endpoint");
             goto fail;
         }
+        met_family *lag = metrics_gauge(n->met, "dmoe_loop_lag_max_seconds",
+                                        "The longest the event loop was late since start (a 10 ms timer's lateness).", 0,
+                                        NULL);
+        if (!lag || rt_lag_probe_new(l, &n->lag) != 0) {
+            snprintf(err, errlen, "cannot start the loop-lag probe");
+            goto fail;
+        }
+        n->lag_max = metrics_series(lag, NULL);
         LOG_INFO("Serving metrics on http://127.0.0.1:%d/metrics", n->metrics_port);
     }
 
@@ -571,5 +583,7 @@ void node_free(node *n)
     n->cache = NULL;
     metrics_free(n->met);
     n->met = NULL;
+    rt_lag_probe_free(n->lag);
+    n->lag = NULL;
     rt_actor_stop(&n->actor);
 }

@@ -28,6 +28,7 @@
 #include "actors/dht/io/dht_proto.h"
 #include "runtime/rt_err.h"
 #include "test/integration/dht/dht_swarm.h"
+#include "test/integration/dht/node_lag.h"
 #include "test/integration/harness.h"
 
 #define BIG_KEYS 100000
@@ -152,7 +153,7 @@ static void drain(int lfd, int ms, int *conns, size_t *bytes)
 Test(dht_handover, a_request_naming_a_third_address_sends_nothing_there, .timeout = 60)
 {
     th_node a;
-    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "1", NULL};
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "1", "--metrics_port", "0", NULL};
     cr_assert_eq(th_node_start(&a, args), 0);
     int third_port;
     int lfd = listen_on("127.0.0.2", &third_port);
@@ -190,6 +191,9 @@ Test(dht_handover, a_request_naming_a_third_address_sends_nothing_there, .timeou
     cr_expect_eq(bytes, 0, "the node sent %zu bytes to the address the requests only named", bytes);
     close(fd);
     close(lfd);
+    double lag = th_node_loop_lag_ms(&a);
+    printf("dht_handover: requests naming a third address: the node's loop was at most %.1f ms late\n", lag);
+    cr_expect(lag <= NODE_LAG_MAX_MS, "the node's loop ran %.1f ms late", lag);
     cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
 }
 
@@ -229,7 +233,7 @@ static size_t find_raw(int fd, wire_out *o, dht_find_rep *rep)
 Test(dht_handover, an_unproven_requester_gets_at_most_4x_its_request, .timeout = 60)
 {
     th_node a;
-    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "1", NULL};
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "1", "--metrics_port", "0", NULL};
     cr_assert_eq(th_node_start(&a, args), 0);
     int fd = th_connect(a.port);
     cr_assert(fd >= 0);
@@ -284,5 +288,8 @@ Test(dht_handover, an_unproven_requester_gets_at_most_4x_its_request, .timeout =
     cr_expect(!rep.truncated && rep.results[0].type == DHT_FOUND_VALUE, "and from then on without one");
     dht_proto_find_rep_free(&rep);
     close(fd);
+    double lag = th_node_loop_lag_ms(&a);
+    printf("dht_handover: reply caps: the node's loop was at most %.1f ms late\n", lag);
+    cr_expect(lag <= NODE_LAG_MAX_MS, "the node's loop ran %.1f ms late", lag);
     cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
 }

@@ -238,21 +238,32 @@ static wire_out *keys_req(uint64_t id, const char *method, uint32_t nfields, siz
     return o;
 }
 
-int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
-                               size_t errlen)
+/* opt_bin reads the optional field name of map root, which must be exactly len bytes of bin when present
+ * and not nil: *has 1 and out[], or *has 0. Returns 0 or DMOE_EINVAL. */
+static int opt_bin(const msgpack_object *root, const char *name, uint8_t *out, size_t len, int *has, char *err,
+                   size_t errlen)
 {
-    const msgpack_object *o = wire_map_get(root, "challenge");
+    const msgpack_object *o = wire_map_get(root, name);
     const uint8_t *p;
     size_t n;
     if (!o || o->type == MSGPACK_OBJECT_NIL) {
         *has = 0;
         return 0;
     }
-    if (get_bin(o, &p, &n) != 0 || n != DHT_CHALLENGE_BYTES)
-        return fail(err, errlen, DMOE_EINVAL, "%s must be 32 bytes of bin", "challenge");
-    memcpy(out, p, DHT_CHALLENGE_BYTES);
+    if (get_bin(o, &p, &n) != 0 || n != len) {
+        char what[64];
+        snprintf(what, sizeof what, "%s must be %zu bytes of bin", name, len);
+        return fail(err, errlen, DMOE_EINVAL, "%s", what);
+    }
+    memcpy(out, p, len);
     *has = 1;
     return 0;
+}
+
+int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
+                               size_t errlen)
+{
+    return opt_bin(root, "challenge", out, DHT_CHALLENGE_BYTES, has, err, errlen);
 }
 
 /* proof_msg writes the signed bytes -- DHT_PROOF_TAG, the challenge, the id, the addr text -- into buf
@@ -491,18 +502,7 @@ wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht
 int dht_proto_token_decode(const msgpack_object *root, uint8_t out[DHT_TOKEN_BYTES], int *has, char *err,
                            size_t errlen)
 {
-    const msgpack_object *o = wire_map_get(root, "token");
-    const uint8_t *p;
-    size_t n;
-    if (!o || o->type == MSGPACK_OBJECT_NIL) {
-        *has = 0;
-        return 0;
-    }
-    if (get_bin(o, &p, &n) != 0 || n != DHT_TOKEN_BYTES)
-        return fail(err, errlen, DMOE_EINVAL, "%s must be 16 bytes of bin", "token");
-    memcpy(out, p, DHT_TOKEN_BYTES);
-    *has = 1;
-    return 0;
+    return opt_bin(root, "token", out, DHT_TOKEN_BYTES, has, err, errlen);
 }
 
 int dht_proto_find_decode(const msgpack_object *root, dht_find_req *out, char *err, size_t errlen)

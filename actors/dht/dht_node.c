@@ -1,56 +1,46 @@
-/* dht_node.c -- the DHT node actor: routing table, storage, RPC handlers, refresh, hand-over
- * (see dht_node.h).
+/* dht_node.c -- the DHT node actor: configuration, outgoing RPCs, who enters the routing table, the
+ * timers and the parts (see dht_node.h; the state is in dht_node_impl.h).
  *
  * Design notes. Identity first: learn() is the only way into the routing table, and it takes a peer only
  * when it is already held at that id and address or has just proven itself: a reply that signed our
  * challenge (rpc.chal) from the address it claims. An incoming request from a sender not held goes to
  * probe(): a challenge ping to the claimed address, at most one in flight per id (the probing map), at
  * most DHT_PROBES_MAX in all; its failure changes nothing (an attacker could otherwise get an honest
- * address banned by naming it).
+ * address banned by naming it). Only an address on the IP the request came from is probed: a request
+ * naming a third host makes the node send nothing there (no reflection); such a peer still enters the
+ * table when the node calls it (a lookup meets it) and its proof comes back. A peer learn() admits for the first time is announced to the parts'
+ * `joined` hooks (the hand-over, dht_handover.c).
  *
- * Incoming requests arrive as mail (dht_node_deliver wraps them in an inreq message), so
- * a burst of requests is served at most RT_ACTOR_BATCH per round; each is decoded by dht_proto, applied
- * to the tables, and answered at once (nothing in a DHT request waits for anything else). Outgoing RPCs
- * are rpc records handed to the transport; their completion (on_reply) applies the liveness rules --
- * learn the peer on success, evict and blacklist it on timeout or connection failure -- before the
- * caller's callback runs. A remote error reply proves the peer alive, so it neither evicts nor learns --
- * except DMOE_ESHUTDOWN, which says the peer is leaving: that evicts it as a timeout would.
+ * Outgoing RPCs are rpc records handed to the transport; their completion (on_reply) applies the
+ * liveness rules -- learn the peer on success, evict and blacklist it on timeout or connection failure --
+ * before the caller's callback runs. A remote error reply proves the peer alive, so it neither evicts
+ * nor learns -- except DMOE_ESHUTDOWN, which says the peer is leaving: that evicts it as a timeout would.
  *
- * The storage has no iteration, so the node keeps an index of the keys it stored as a replica (an
- * rt_map of ids) for Kademlia's hand-over; keys that vanished from the storage (expired) leave the
- * index when the hand-over next meets them.
- *
- * Timers, both on the node actor and on the node's clock (dht_clock.h): the sweep (one-shot, armed at
- * the earliest expiration held) and the refresh (periodic: expired keys swept, stale buckets handed to
- * the parts' refresh hooks -- the lookups look them up). The node calls nothing above it: the lookups
- * and the bootstrap attach parts, and dht_node_stop and the refresh reach them through their hooks.
+ * The actor's mail: jobs (dht_node_impl.h: the incoming requests of dht_serve.c and the work of the
+ * parts, each running its own function) and the timers, both on the node's clock (dht_clock.h): the
+ * sweep (one-shot, armed at the earliest expiration held) and the refresh (periodic: expired keys swept,
+ * stale buckets handed to the parts' refresh hooks -- the lookups look them up). The node calls nothing
+ * above it: the files above queue jobs and attach parts, and dht_node_stop and the refresh reach them
+ * through their hooks.
  */
 #include "actors/dht/dht_node.h"
+#include "actors/dht/dht_node_impl.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/rt_map.h"
 
-enum { MSG_REQ = 1, MSG_REFRESH = 2, MSG_SWEEP = 3 };
+enum { MSG_JOB = 1, MSG_REFRESH = 2, MSG_SWEEP = 3 };
 enum { RPC_PING = 0, RPC_FIND = 1, RPC_STORE = 2 };
 
 /* Stale buckets refreshed per refresh tick: bounds the lookups one tick can start. */
 #define DHT_REFRESH_MAX_BUCKETS 8
-
-typedef struct {
-    rt_msg msg;
-    dht *d;
-    wire_msg *m;
-    dht_respond_fn respond;
-    void *ctx;
-    int answered;
-    char from[DHT_OWNER_MAX_BYTES];   /* the sender's IP address ("?": unknown) */
-} inreq;
 
 typedef struct {
     dht *d;
@@ -60,36 +50,16 @@ typedef struct {
     int has_chal;                /* the request carried chal: the reply must prove the peer's id */
     int probe;                   /* a challenge ping to an unproven sender: no failure rules */
     uint8_t chal[DHT_CHALLENGE_BYTES];
+    int retried;                 /* a find sent again with the token of a cut reply */
     size_t n;
+    dht_id keys[DHT_PROTO_MAX_KEYS];   /* a find's keys, for that second send */
     dht_find_done find_cb;
     dht_store_done store_cb;
     dht_ping_done ping_cb;
     void *arg;
 } rpc;
 
-struct dht {
-    rt_actor actor;
-    rt_loop *loop;
-    dht_cfg cfg;
-    dht_transport t;
-    dht_peer_info self;
-    dht_ident ident;
-    dht_ident_stats istats;
-    rt_map probing;              /* ids being probed: id -> &key_present */
-    dht_routing *rt;
-    dht_blacklist *bl;
-    dht_storage *store, *cache, *neg;
-    dht_clock *clock;
-    rt_map keys;                 /* the keys stored as a replica: id -> &key_present */
-    dht_timer refresh, sweep;
-    double sweep_at;
-    dht_part *parts;
-    uint64_t rpcs;
-    int stopped;
-};
-
-/* The value of every entry of the key index (an rt_map value is never NULL). */
-static char key_present;
+char dht_present;
 
 /* ---- time, configuration ---- */
 
@@ -121,6 +91,15 @@ static void fill_defaults(dht_cfg *c)
 
 static void learn(dht *d, const dht_peer_info *p, int proven);
 
+/* clear_proven empties the set of proven hosts, freeing the copies. */
+static void clear_proven(dht *d)
+{
+    rt_map_iter it = RT_MAP_ITER_INIT;
+    void *v;
+    while ((v = rt_map_next(&d->proven_hosts, &it, NULL, NULL))) free(v);
+    rt_map_clear(&d->proven_hosts);
+}
+
 /* rpc_failed applies the failure rules: evict (the entry at the address called only) and blacklist,
  * unless the peer answered with an error (which proves it alive) or our own transport is shutting down
  * (no reply, DMOE_ESHUTDOWN). A peer that answers DMOE_ESHUTDOWN is leaving: it is evicted and banned as
@@ -133,9 +112,25 @@ static void rpc_failed(dht *d, const rpc *r, int err, const wire_msg *reply)
     dht_blacklist_fail(d->bl, &r->peer.addr, dht_node_now(d));
 }
 
-static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
+static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply);
+static const uint8_t *chal_of(const rpc *r);
+
+/* resend_find sends find r again with the token its cut reply carried: the token shows the peer that
+ * our address is real, and it answers in full. Returns 0 (on_reply runs again later) or a negative code
+ * (r stays the caller's). Counts as the same RPC. */
+static int resend_find(dht *d, rpc *r, const uint8_t *token)
 {
-    rpc *r = arg;
+    wire_maddr to;
+    if (dht_proto_addr_to_maddr(&r->peer.addr, r->has_id ? &r->peer.id : NULL, &to) != 0) return DMOE_EINVAL;
+    uint64_t id = d->t.next_id(d->t.impl);
+    wire_out *req = dht_proto_find_req_token(id, &d->self, r->keys, r->n, chal_of(r), token);
+    if (!req) return DMOE_ENOMEM;
+    r->retried = 1;
+    return d->t.call(d->t.impl, &to, id, req, d->cfg.rpc_timeout_ms, on_reply, r);
+}
+
+static void reply_work(rpc *r, int err, const char *msg, const wire_msg *reply)
+{
     dht *d = r->d;
     int wrong_peer = 0, proven = 0;
     char emsg[256] = "";
@@ -170,6 +165,7 @@ static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
             rc = dht_proto_proof_check(reply->result, r->chal, &who, emsg, sizeof emsg);
             if (rc) d->istats.refused_proofs++;
             proven = rc == 0 && dht_addr_eq(&who.addr, &r->peer.addr);
+            if (rc == 0) dht_node_prove_host(d, r->peer.addr.host);   /* a round trip to that address */
         }
         if (rc) {
             err = rc;
@@ -188,11 +184,27 @@ static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
         learn(d, &who, proven);
     }
     if (r->probe) rt_map_del(&d->probing, r->peer.id.b, sizeof r->peer.id.b);
+    if (err == 0 && r->kind == RPC_FIND && frep.truncated && !r->retried && !d->stopped &&
+        resend_find(d, r, frep.token) == 0) {
+        dht_proto_find_rep_free(&frep);
+        return;   /* the full reply completes the call */
+    }
     if (r->kind == RPC_FIND) r->find_cb(r->arg, err, msg, err ? NULL : &frep);
     else if (r->kind == RPC_STORE) r->store_cb(r->arg, err, msg, err ? NULL : &srep);
     else r->ping_cb(r->arg, err, msg, err ? NULL : &who);
     dht_proto_find_rep_free(&frep);
     free(r);
+}
+
+/* on_reply completes an outgoing RPC, metered as one of the node's handlers (the callbacks it runs
+ * included). */
+static void on_reply(void *arg, int err, const char *msg, const wire_msg *reply)
+{
+    rpc *r = arg;
+    dht *d = r->d;
+    rt_lag_mark t0 = rt_lag_begin(&d->lag);
+    reply_work(r, err, msg, reply);
+    rt_lag_end(&d->lag, t0);
 }
 
 /* send_rpc hands req to the transport for r's peer; consumes req and r on failure too. */
@@ -239,9 +251,11 @@ static const uint8_t *chal_of(const rpc *r) { return r->has_chal ? r->chal : NUL
 int dht_node_find(dht *d, const dht_node *peer, const dht_id *keys, size_t n, dht_find_done cb, void *arg)
 {
     if (d->stopped) return DMOE_ESHUTDOWN;
+    if (n == 0 || n > DHT_PROTO_MAX_KEYS) return DMOE_EINVAL;
     rpc *r = rpc_new(d, RPC_FIND, peer, 1, n, arg);
     if (!r) return DMOE_ENOMEM;
     r->find_cb = cb;
+    memcpy(r->keys, keys, n * sizeof *keys);
     uint64_t id = d->t.next_id(d->t.impl);
     return send_rpc(d, r, id, dht_proto_find_req(id, &d->self, keys, n, chal_of(r)));
 }
@@ -267,7 +281,6 @@ int dht_node_ping(dht *d, const dht_node *peer, int has_id, dht_ping_done cb, vo
     return send_rpc(d, r, id, dht_proto_ping_req(id, &d->self, chal_of(r)));
 }
 
-static void ignore_store(void *arg, int err, const char *msg, const dht_store_rep *rep) {}
 static void ignore_ping(void *arg, int err, const char *msg, const dht_peer_info *who) {}
 
 /* probe sends a challenge ping to p, an unproven sender of a request; the reply adds it when it proves
@@ -287,7 +300,7 @@ static void probe(dht *d, const dht_peer_info *p)
     }
     r->probe = 1;
     r->ping_cb = ignore_ping;
-    if (rt_map_put(&d->probing, p->id.b, sizeof p->id.b, &key_present) != 0) {
+    if (rt_map_put(&d->probing, p->id.b, sizeof p->id.b, &dht_present) != 0) {
         free(r);
         return;
     }
@@ -297,9 +310,9 @@ static void probe(dht *d, const dht_peer_info *p)
         rt_map_del(&d->probing, p->id.b, sizeof p->id.b);
 }
 
-/* ---- storage, hand-over ---- */
+/* ---- storage sweep, who enters the table ---- */
 
-static void arm_sweep(dht *d)
+void dht_node_arm_sweep(dht *d)
 {
     double next = dht_storage_next_expiration(d->store);
     double c = dht_storage_next_expiration(d->cache);
@@ -314,95 +327,6 @@ static void arm_sweep(dht *d)
     }
 }
 
-/* classify applies the signed-record policy (dht_trust.h) to it: 1 a valid record, 0 an unsigned value,
- * or DMOE_EINVAL with the reason in err. */
-static int classify(const dht *d, const dht_store_item *it, char *err, size_t errlen)
-{
-    return dht_trust_check_store(d->cfg.trusted_keys, d->cfg.max_record_lifetime_s, &it->key, it->subkey, it->sklen,
-                                 it->value, it->vlen, it->expiration, dht_node_now(d), err, errlen);
-}
-
-/* store_from stores it, of class cls (classify), charged to owner (NULL: the node's own); see
- * dht_node_store_local. */
-static int store_from(dht *d, const char *owner, const dht_store_item *it, int in_cache, int cls)
-{
-    int rc = (cls == 1 ? dht_storage_store_signed : dht_storage_store_from)(
-        in_cache ? d->cache : d->store, owner, &it->key, it->subkey, it->sklen, it->value, it->vlen, it->expiration,
-        dht_node_now(d));
-    if (rc == 1) {
-        if (!in_cache && rt_map_put(&d->keys, it->key.b, sizeof it->key.b, &key_present) != 0)
-            LOG_WARN("out of memory indexing a stored key");
-        arm_sweep(d);
-    }
-    return rc;
-}
-
-int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache)
-{
-    char err[256];
-    int cls = classify(d, it, err, sizeof err);
-    if (cls < 0) {
-        LOG_DEBUG("local store refused: %s", err);
-        return cls;
-    }
-    return store_from(d, NULL, it, in_cache, cls);
-}
-
-/* handover sends the new node p the keys it should now store with us (hivemind's rule). */
-static void handover(dht *d, const dht_peer_info *p)
-{
-    if (rt_map_count(&d->keys) == 0) return;
-    double now = dht_node_now(d);
-    dht_storage_expire(d->store, now);
-    dht_node peer = { .id = p->id, .addr = p->addr };
-    dht_store_item batch[DHT_HANDOVER_BATCH];
-    size_t nb = 0;
-    dht_node nb_nodes[DHT_NUM_REPLICAS * 4];
-    size_t want = d->cfg.num_replicas < DHT_NUM_REPLICAS * 4 ? d->cfg.num_replicas : DHT_NUM_REPLICAS * 4;
-    rt_map_iter iter = RT_MAP_ITER_INIT;
-    const void *kb;
-    size_t klen;
-    while (rt_map_next(&d->keys, &iter, &kb, &klen)) {
-        dht_id kcopy;
-        memcpy(kcopy.b, kb, sizeof kcopy.b);
-        const dht_id *key = &kcopy;
-        dht_stored st;
-        if (dht_storage_get(d->store, key, now, &st) != 0) {
-            rt_map_del_at(&d->keys, &iter);
-            continue;
-        }
-        size_t nn = dht_routing_nearest(d->rt, key, want, &d->self.id, nb_nodes);
-        if (nn > 0) {
-            int should = nn < want || dht_id_distance_cmp(key, &p->id, &nb_nodes[nn - 1].id) < 0;
-            int responsible = dht_id_distance_cmp(key, &d->self.id, &nb_nodes[0].id) < 0;
-            if (!should || !responsible) continue;
-        }
-        size_t parts = st.is_dict ? st.nsubs : 1;
-        for (size_t j = 0; j < parts; j++) {
-            dht_store_item *it = &batch[nb++];
-            it->key = *key;
-            if (st.is_dict) {
-                it->subkey = st.subs[j].subkey;
-                it->sklen = st.subs[j].sklen;
-                it->value = st.subs[j].value;
-                it->vlen = st.subs[j].vlen;
-                it->expiration = st.subs[j].expiration;
-            } else {
-                it->subkey = NULL;
-                it->sklen = 0;
-                it->value = st.value;
-                it->vlen = st.vlen;
-                it->expiration = st.expiration;
-            }
-            if (nb == DHT_HANDOVER_BATCH) {
-                dht_node_store_rpc(d, &peer, batch, nb, 0, ignore_store, NULL);
-                nb = 0;
-            }
-        }
-    }
-    if (nb) dht_node_store_rpc(d, &peer, batch, nb, 0, ignore_store, NULL);
-}
-
 /* learn refreshes peer p in the routing table when it is proven (just now, or held at that id and
  * address already); nothing for nil senders, ourselves or unproven claims. */
 static void learn(dht *d, const dht_peer_info *p, int proven)
@@ -412,173 +336,51 @@ static void learn(dht *d, const dht_peer_info *p, int proven)
     if (!dht_routing_admits(d->rt, &p->id, &p->addr)) return;   /* its host holds its share of the table */
     dht_node known, to_ping;
     int is_new = dht_routing_get(d->rt, &p->id, &known) != 0;
-    if (is_new && !d->cfg.client_mode) handover(d, p);
+    for (dht_part *q = d->parts, *next; is_new && !d->cfg.client_mode && q; q = next) {
+        next = q->next;
+        if (q->joined) q->joined(q, p);
+    }
     int rc = dht_routing_add_or_update(d->rt, &p->id, &p->addr, dht_node_now(d), &to_ping);
     if (rc == DHT_RT_PING) dht_node_ping(d, &to_ping, 1, ignore_ping, NULL);
 }
 
-/* heard handles the sender of an incoming request: refreshed when held at that id and address, else
- * probed. */
-static void heard(dht *d, const dht_peer_info *p)
+void dht_node_prove_host(dht *d, const char *host)
+{
+    size_t len = strlen(host);
+    if (len == 0 || rt_map_get(&d->proven_hosts, host, len)) return;
+    if (rt_map_count(&d->proven_hosts) >= DHT_PROVEN_HOSTS) clear_proven(d);
+    char *copy = strdup(host);
+    if (copy && rt_map_put(&d->proven_hosts, copy, len, copy) != 0) free(copy);
+}
+
+int dht_node_host_proven(const dht *d, const char *host)
+{
+    return host && *host && rt_map_get(&d->proven_hosts, host, strlen(host)) != NULL;
+}
+
+/* same_host returns 1 when host (an address a sender claims) is src, the IP its request came from; an
+ * IPv4-mapped IPv6 source counts as its IPv4 address. An unknown source matches nothing. */
+static int same_host(const char *host, const char *src)
+{
+    if (!src || !*src || strcmp(src, "?") == 0) return 0;
+    if (strncasecmp(src, "::ffff:", 7) == 0 && strchr(src + 7, '.')) src += 7;
+    return strcmp(host, src) == 0;
+}
+
+void dht_node_heard(dht *d, const dht_peer_info *p, const char *src)
 {
     if (d->stopped || !p->present || dht_id_eq(&p->id, &d->self.id)) return;
     if (dht_routing_knows(d->rt, &p->id, &p->addr)) learn(d, p, 1);
-    else probe(d, p);
+    else if (same_host(p->addr.host, src)) probe(d, p);
 }
 
-/* ---- incoming requests ---- */
+/* ---- parts, jobs ---- */
 
-static void answer(inreq *q, wire_out *o)
+int dht_node_job(dht *d, dht_job *j)
 {
-    q->answered = 1;
-    q->respond(q->ctx, o);
+    j->msg.type = MSG_JOB;
+    return rt_send(&d->actor, &j->msg);
 }
-
-static void answer_error(inreq *q, int code, const char *msg)
-{
-    LOG_DEBUG("dht request %s refused: %s", q->m->method, msg);
-    answer(q, wire_error_reply(q->m->id, code, msg));
-}
-
-/* proof_for returns the proof answering q's challenge (NULL when it carried none). */
-static const dht_proof *proof_for(dht *d, const uint8_t *chal, dht_proof *out)
-{
-    if (!chal || dht_proto_proof_make(&d->ident, chal, &d->self, out) != 0) return NULL;
-    d->istats.signed_proofs++;
-    return out;
-}
-
-static void serve_find(dht *d, inreq *q, const uint8_t *chal)
-{
-    dht_find_req req;
-    char err[256] = "";
-    int rc = dht_proto_find_decode(&q->m->root, &req, err, sizeof err);
-    if (rc) {
-        answer_error(q, rc, err);
-        return;
-    }
-    heard(d, &req.sender);
-    double now = dht_node_now(d);
-    size_t k = d->cfg.bucket_size < DHT_PROTO_MAX_NEAREST ? d->cfg.bucket_size : DHT_PROTO_MAX_NEAREST;
-    dht_find_entry *e = calloc(req.n, sizeof *e);
-    dht_stored *st = calloc(req.n, sizeof *st);
-    dht_node *near = calloc(req.n * k, sizeof *near);
-    if (!e || !st || !near) {
-        free(e);
-        free(st);
-        free(near);
-        answer_error(q, DMOE_ENOMEM, "out of memory");
-        return;
-    }
-    /* Expire first so that the gets below drop nothing and every pointer stays valid. */
-    dht_storage_expire(d->store, now);
-    dht_storage_expire(d->cache, now);
-    for (size_t i = 0; i < req.n; i++) {
-        if (dht_storage_get(d->store, &req.keys[i], now, &st[i]) == 0 ||
-            dht_storage_get(d->cache, &req.keys[i], now, &st[i]) == 0)
-            e[i].found = &st[i];
-        e[i].nearest = near + i * k;
-        e[i].n_nearest = dht_routing_nearest(d->rt, &req.keys[i], k, req.sender.present ? &req.sender.id : NULL,
-                                             near + i * k);
-    }
-    dht_proof proof;
-    answer(q, dht_proto_find_reply(q->m->id, &d->self, e, req.n, proof_for(d, chal, &proof)));
-    free(e);
-    free(st);
-    free(near);
-}
-
-static void serve_store(dht *d, inreq *q, const uint8_t *chal)
-{
-    dht_store_req req;
-    char err[256] = "";
-    double now = dht_node_now(d);
-    int rc = dht_proto_store_decode(&q->m->root, now, &req, err, sizeof err);
-    if (rc) {
-        answer_error(q, rc, err);
-        return;
-    }
-    heard(d, &req.sender);
-    uint8_t stored[DHT_PROTO_MAX_KEYS], cls[DHT_PROTO_MAX_KEYS];
-    for (size_t i = 0; i < req.n; i++) {   /* one item the policy refuses refuses the request, nothing stored */
-        int c = classify(d, &req.items[i], err, sizeof err);
-        if (c < 0) {
-            char m[320];
-            snprintf(m, sizeof m, "item %zu: %s", i, err);
-            answer_error(q, c, m);
-            return;
-        }
-        cls[i] = (uint8_t)c;
-    }
-    for (size_t i = 0; i < req.n; i++) stored[i] = store_from(d, q->from, &req.items[i], req.in_cache, cls[i]) == 1;
-    dht_proof proof;
-    answer(q, dht_proto_store_reply(q->m->id, &d->self, stored, req.n, proof_for(d, chal, &proof)));
-}
-
-static void serve(dht *d, inreq *q)
-{
-    uint8_t chal[DHT_CHALLENGE_BYTES];
-    int has_chal = 0;
-    char err[256] = "";
-    if (d->stopped) {
-        answer_error(q, DMOE_ESHUTDOWN, "the DHT node is stopping");
-    } else if (d->cfg.client_mode) {
-        answer_error(q, DMOE_ENOMETHOD, "a client-mode DHT node answers no DHT requests");
-    } else if (strncmp(q->m->method, "dht_", 4) == 0 &&
-               dht_proto_challenge_decode(&q->m->root, chal, &has_chal, err, sizeof err) != 0) {
-        answer_error(q, DMOE_EINVAL, err);
-    } else if (strcmp(q->m->method, "dht_ping") == 0) {
-        dht_peer_info who;
-        int rc = dht_proto_peer_decode(&q->m->root, "node", &who, err, sizeof err);
-        if (rc) {
-            answer_error(q, rc, err);
-            return;
-        }
-        heard(d, &who);
-        dht_proof proof;
-        answer(q, dht_proto_ping_reply(q->m->id, &d->self, proof_for(d, has_chal ? chal : NULL, &proof)));
-    } else if (strcmp(q->m->method, "dht_find") == 0) {
-        serve_find(d, q, has_chal ? chal : NULL);
-    } else if (strcmp(q->m->method, "dht_store") == 0) {
-        serve_store(d, q, has_chal ? chal : NULL);
-    } else {
-        snprintf(err, sizeof err, "unknown DHT method %.40s", q->m->method);
-        answer_error(q, DMOE_ENOMETHOD, err);
-    }
-}
-
-static void inreq_drop(rt_msg *m)
-{
-    inreq *q = (inreq *)m;
-    if (!q->answered) q->respond(q->ctx, NULL);
-    wire_msg_free(q->m);
-    free(q->m);
-    free(q);
-}
-
-void dht_node_deliver(dht *d, wire_msg *m, const char *from, dht_respond_fn respond, void *ctx)
-{
-    inreq *q = calloc(1, sizeof *q);
-    if (!q) {
-        respond(ctx, wire_error_reply(m->id, DMOE_ENOMEM, "out of memory"));
-        wire_msg_free(m);
-        free(m);
-        return;
-    }
-    q->msg.type = MSG_REQ;
-    q->msg.drop = inreq_drop;
-    q->d = d;
-    q->m = m;
-    q->respond = respond;
-    q->ctx = ctx;
-    snprintf(q->from, sizeof q->from, "%s", from && *from ? from : "?");
-    if (rt_send(&d->actor, &q->msg) != 0) {
-        answer(q, wire_error_reply(m->id, DMOE_ESHUTDOWN, "the DHT node is stopping"));
-        inreq_drop(&q->msg);
-    }
-}
-
-/* ---- parts ---- */
 
 void dht_node_attach(dht *d, dht_part *p)
 {
@@ -620,13 +422,14 @@ static void refresh_tick(dht *d)
     }
 }
 
-static void handle(rt_actor *self, rt_msg *m)
+static void handle_work(dht *d, rt_msg *m)
 {
-    dht *d = (dht *)self;
     switch (m->type) {
-    case MSG_REQ:
-        serve(d, (inreq *)m);
-        break;
+    case MSG_JOB: {   /* the job's run owns the message */
+        dht_job *j = (dht_job *)m;
+        j->run(d, j);
+        return;
+    }
     case MSG_REFRESH:
         if (!d->stopped) refresh_tick(d);
         break;
@@ -635,11 +438,20 @@ static void handle(rt_actor *self, rt_msg *m)
         dht_storage_expire(d->store, now);
         dht_storage_expire(d->cache, now);
         d->sweep_at = 0;
-        arm_sweep(d);
+        dht_node_arm_sweep(d);
         break;
     }
     }
     rt_msg_drop(m);
+}
+
+/* handle runs the node's mail, each message metered as a stall of the loop (dht_node_lag). */
+static void handle(rt_actor *self, rt_msg *m)
+{
+    dht *d = (dht *)self;
+    rt_lag_mark t0 = rt_lag_begin(&d->lag);
+    handle_work(d, m);
+    rt_lag_end(&d->lag, t0);
 }
 
 static void destroy(rt_actor *self)
@@ -657,8 +469,8 @@ static void destroy(rt_actor *self)
     dht_storage_free(d->store);
     dht_storage_free(d->cache);
     dht_storage_free(d->neg);
-    rt_map_clear(&d->keys);
     rt_map_clear(&d->probing);
+    clear_proven(d);
     dht_ident_wipe(&d->ident);
     free(d);
 }
@@ -681,6 +493,7 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
         return DMOE_EINTERNAL;
     }
     dht_ident_id(&d->ident, &d->self.id);
+    dht_ident_random(d->token_key, sizeof d->token_key);
     d->cfg.ident = &d->ident;
     d->self.addr = c->addr;
     d->self.present = !c->client_mode;
@@ -725,13 +538,13 @@ const dht_peer_info *dht_node_self(const dht *d) { return &d->self; }
 const dht_cfg *dht_node_cfg(const dht *d) { return &d->cfg; }
 const dht_ident *dht_node_ident(const dht *d) { return &d->ident; }
 dht_ident_stats dht_node_ident_stats(const dht *d) { return d->istats; }
+const rt_lag *dht_node_lag(const dht *d) { return &d->lag; }
 rt_loop *dht_node_loop(const dht *d) { return d->loop; }
 dht_routing *dht_node_routing(dht *d) { return d->rt; }
 dht_storage *dht_node_storage(dht *d) { return d->store; }
 dht_storage *dht_node_cache(dht *d) { return d->cache; }
 dht_storage *dht_node_negcache(dht *d) { return d->neg; }
 int dht_node_is_stopped(const dht *d) { return d->stopped; }
-size_t dht_node_stored_keys(const dht *d) { return rt_map_count(&d->keys); }
 uint64_t dht_node_rpc_count(const dht *d) { return d->rpcs; }
 dht_clock *dht_node_clock(const dht *d) { return d->clock; }
 dht_blacklist *dht_node_blacklist(dht *d) { return d->bl; }

@@ -12,8 +12,9 @@
  * nothing a peer claims enters the routing table before the peer has proven it: an outgoing request to
  * a peer not already known at that id and address carries a random challenge, which the reply must sign;
  * an incoming request from an unknown sender is answered, and the sender is sent a challenge ping at the
- * address it claims (a probe: one extra round trip per new peer); only a proof from that very address
- * adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
+ * address it claims when that address is on the IP the request came from (a probe: one extra round
+ * trip per new peer; a third host named in a request is sent nothing); only a proof from that very
+ * address adds it. One IP address holds at most max_per_host entries of the table (dht_routing.h), so ids
  * ground on one host cannot fill the slots nearest to a key; a sender beyond it is not even probed.
  * What a request stores is charged to the IP address it came from (the transport's word, not the PEER
  * it claims), and one address may fill only its share of the storage (DHT_OWNER_SHARE). Every item stored,
@@ -24,9 +25,11 @@
  * refreshes it in the routing table, unless the sender is in client mode (its PEER is nil); a failed
  * RPC (no answer, a refused connection, a garbled or unproven reply, or an error reply saying the peer
  * is stopping) removes the peer (the freshest replacement takes its place) and feeds the blacklist; a full bucket offers its
- * least-recently-seen node for a ping and drops it if the ping fails; a newly seen node that is now
+ * least-recently-seen node for a ping and drops it if the ping fails; a newly proven node that is now
  * nearer to a stored key than our farthest known replica, while we are nearer than all of them, is
- * given that key (Kademlia's hand-over); every refresh_period the stale buckets are refreshed with a
+ * given that key (Kademlia's hand-over: at the address its proof came from, at most
+ * DHT_HANDOVER_MAX_KEYS keys and DHT_HANDOVER_MAX_BYTES bytes, DHT_HANDOVER_SCAN keys examined per loop
+ * turn, DHT_HANDOVER_PEERS new peers at a time -- dht_handover.c); every refresh_period the stale buckets are refreshed with a
  * lookup of a random id inside them. A client-mode node makes requests and answers none.
  *
  * The floors above. The lookups (dht_lookup.h) and the bootstrap (dht_boot.h) call the node's RPCs
@@ -51,6 +54,7 @@
 #include "actors/dht/dht_routing.h"
 #include "actors/dht/dht_storage.h"
 #include "runtime/rt_actor.h"
+#include "runtime/rt_lag.h"
 #include "wire/wire_maddr.h"
 #include "wire/wire_msg.h"
 
@@ -63,7 +67,23 @@
 #define DHT_BOOTSTRAP_RETRIES 2           /* extra ping rounds for initial peers that did not answer */
 #define DHT_BOOTSTRAP_RETRY_MS 500        /* pause before each extra round */
 #define DHT_HANDOVER_BATCH DHT_PROTO_MAX_KEYS /* keys per hand-over store request */
+/* Hand-over bounds (dht_handover.c). It is a head start, not the only way a new peer gets its keys:
+ * their storers re-store them (declarations every update period) to the nearest nodes, the new one
+ * included. So it may stop early, and must, for a peer cannot be allowed to make a node send without
+ * bound or stall it: */
+#define DHT_HANDOVER_MAX_KEYS 4096        /* keys to one new peer: ~5x the keys an honest node of a 1,000-
+                                           * node swarm holding 1M values is nearest to (5 replicas) */
+#define DHT_HANDOVER_MAX_BYTES (4u << 20) /* value bytes to one new peer (64 values at the 64 KiB limit) */
+#define DHT_HANDOVER_PEERS 4              /* new peers handed over to at once; newcomers beyond are skipped
+                                           * (a real join meets a few holders per key region at a time) */
+#define DHT_HANDOVER_SCAN 256             /* keys examined per loop turn: ~0.5 ms of work, however many
+                                           * keys are stored */
 #define DHT_PROBES_MAX 256                /* unknown senders challenged at once; more are ignored until later */
+/* Replies to an address no round trip has proven are at most this many times the request's bytes (a
+ * find reply is cut to fit: wire/PROTOCOL_DHT.md, "Reply sizes"): a spoofed or reflected request
+ * cannot make the node send much more than it received. */
+#define DHT_REPLY_FACTOR 4
+#define DHT_PROVEN_HOSTS 4096             /* proven IP addresses remembered (a set that starts over when full) */
 
 typedef struct dht dht;
 
@@ -161,12 +181,26 @@ int dht_node_is_stopped(const dht *d);
 size_t dht_node_stored_keys(const dht *d);
 /* dht_node_rpc_count returns the outgoing RPCs this node has started (probes included). */
 uint64_t dht_node_rpc_count(const dht *d);
-/* Identity counters: proofs signed (replies to challenges), proofs checked and refused, probes sent. */
+/* Identity counters: proofs signed (replies to challenges), proofs checked and refused, probes sent,
+ * replies cut to the unproven-address cap. */
 typedef struct {
     uint64_t signed_proofs, checked_proofs, refused_proofs, probes;
+    uint64_t cut_replies;        /* find replies cut to the cap on unproven addresses */
 } dht_ident_stats;
+/* Hand-over counters: new peers handed over to (started, done), skipped because DHT_HANDOVER_PEERS
+ * were in progress, in progress now (active), and keys sent. */
+typedef struct {
+    uint64_t started, done, skipped, keys_sent;
+    size_t active;
+} dht_handover_stats;
+/* dht_node_handover_stats returns the node's hand-over counters. */
+dht_handover_stats dht_node_handover_stats(const dht *d);
 /* dht_node_ident_stats returns the node's identity counters. */
 dht_ident_stats dht_node_ident_stats(const dht *d);
+/* dht_node_lag returns the node's stall meter (owned by the node): the longest any of its handlers --
+ * its mail (requests served, timers, hand-over turns) and its RPC completions with the callbacks they
+ * run -- kept the loop, in wall and thread CPU time. */
+const rt_lag *dht_node_lag(const dht *d);
 
 /* ---- the node's RPCs, for the lookups and the bootstrap (they apply the routing and blacklist rules
  * above) ---- */
@@ -197,11 +231,13 @@ int dht_node_store_local(dht *d, const dht_store_item *it, int in_cache);
 
 /* ---- parts: how the floors above hang on the node ---- */
 
-/* A part, embedded in the state a file above keeps per node (the lookups' list, a running bootstrap).
- * The node runs its hooks, on the loop thread: stop from dht_node_stop (end everything with
- * DMOE_ESHUTDOWN; it may detach its own part, no other), refresh (may be NULL) with the ids of the
- * stale buckets to look up, release (may be NULL) when the node is freed with the part still attached.
- * kind tells parts apart: the address of a static of the file that owns it. */
+/* A part, embedded in the state a file above keeps per node (the lookups' list, a running bootstrap,
+ * the replica keys). The node runs its hooks, on the loop thread: stop from dht_node_stop (end
+ * everything with DMOE_ESHUTDOWN; it may detach its own part, no other), refresh (may be NULL) with the
+ * ids of the stale buckets to look up, release (may be NULL) when the node is freed with the part still
+ * attached, joined (may be NULL) when a proven peer the table did not hold enters it (p: its PEER, whose
+ * address is the one its proof came from; not in client mode). kind tells parts apart: the address of a
+ * static of the file that owns it. */
 typedef struct dht_part dht_part;
 struct dht_part {
     dht_part *next;
@@ -209,6 +245,7 @@ struct dht_part {
     void (*stop)(dht_part *p);
     void (*refresh)(dht_part *p, const dht_id *ids, size_t n);
     void (*release)(dht_part *p);
+    void (*joined)(dht_part *part, const dht_peer_info *p);
 };
 
 /* dht_node_attach attaches p (which stays its owner's; it must stay valid until detached or released). */

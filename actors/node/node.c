@@ -32,6 +32,7 @@
 #include "actors/net/resolve.h"
 #include "actors/node/metrics.h"
 #include "actors/node/node_addrs.h"
+#include "runtime/rt_lag.h"
 #include "actors/node/node_banner.h"
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
@@ -66,6 +67,8 @@ struct node {
     dht_trust *trusted;          /* --trusted_keys (NULL: an open swarm); freed after the DHT node */
     metrics *met;
     met_std ms;
+    rt_lag_probe *lag;            /* the loop's lateness, for dmoe_loop_lag_max_seconds (with metrics) */
+    met_series *lag_max;
     actcache *cache;
     int metrics_port;
     expert **experts;
@@ -351,6 +354,7 @@ static void update_gauges(node *n)
     server_bytes(n->srv, &in, &out);
     metrics_set(n->ms.bytes_in, (double)in);
     metrics_set(n->ms.bytes_out, (double)out);
+    if (n->lag) metrics_set(n->lag_max, (double)rt_lag_probe_meter(n->lag)->max_wall_us / 1e6);
 }
 
 /* ---- the stop sequence ---- */
@@ -579,6 +583,14 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
             if (!err[0]) snprintf(err, errlen, "cannot start the metrics endpoint");
             goto fail;
         }
+        met_family *lag = metrics_gauge(n->met, "dmoe_loop_lag_max_seconds",
+                                        "The longest the event loop was late since start (a 10 ms timer's lateness).", 0,
+                                        NULL);
+        if (!lag || rt_lag_probe_new(l, &n->lag) != 0) {
+            snprintf(err, errlen, "cannot start the loop-lag probe");
+            goto fail;
+        }
+        n->lag_max = metrics_series(lag, NULL);
         LOG_INFO("Serving metrics on http://127.0.0.1:%d/metrics", n->metrics_port);
     }
 
@@ -645,5 +657,7 @@ void node_free(node *n)
     n->cache = NULL;
     metrics_free(n->met);
     n->met = NULL;
+    rt_lag_probe_free(n->lag);
+    n->lag = NULL;
     rt_actor_stop(&n->actor);
 }

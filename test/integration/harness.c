@@ -381,3 +381,27 @@ float *th_read_npy(const char *path, int64_t rows, int64_t cols)
     }
     return data;
 }
+
+char *th_http_get(int port, const char *path)
+{
+    int fd = th_connect(port);
+    if (fd < 0) return NULL;
+    char req[256];
+    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    if (!buf || th_send_all(fd, req, strlen(req)) != 0) {
+        free(buf);
+        close(fd);
+        return NULL;
+    }
+    for (;;) {
+        ssize_t r = recv(fd, buf + len, cap - 1 - len, 0);
+        if (r <= 0) break;
+        len += (size_t)r;
+        if (len + 1 >= cap) break;
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}

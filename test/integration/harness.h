@@ -61,6 +61,10 @@ int th_recv_msg(int fd, wire_msg *m);
 /* th_peer_closed returns 1 when the peer closed the connection within timeout_ms (reads and discards). */
 int th_peer_closed(int fd, int timeout_ms);
 
+/* th_http_get sends GET path over HTTP/1.0 to 127.0.0.1:port and returns the whole response, headers
+ * included (malloc'd, NUL-terminated; at most 64 KiB), or NULL when it cannot connect. */
+char *th_http_get(int port, const char *path);
+
 /* th_ping checks that the node at port answers a ping on a fresh connection. */
 int th_ping(int port);
 

@@ -125,26 +125,6 @@ Test(server_options, linear_schedule_step_by_step, .timeout = 60)
     cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
 }
 
-static char *http_get(int port, const char *path)
-{
-    int fd = th_connect(port);
-    cr_assert_geq(fd, 0);
-    char req[256];
-    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    cr_assert_eq(th_send_all(fd, req, strlen(req)), 0);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        ssize_t r = recv(fd, buf + len, cap - 1 - len, 0);
-        if (r <= 0) break;
-        len += (size_t)r;
-        if (len + 1 >= cap) break;
-    }
-    buf[len] = '\0';
-    close(fd);
-    return buf;
-}
-
 Test(server_options, metrics_scraped_and_stats_reported, .timeout = 60)
 {
     th_node node;
@@ -171,7 +151,8 @@ Test(server_options, metrics_scraped_and_stats_reported, .timeout = 60)
     wire_msg_free(&m);
     close(fd);
     usleep(1300000);   /* gauges refresh every second, stats every 0.2 s */
-    char *body = http_get(mport, "/metrics");
+    char *body = th_http_get(mport, "/metrics");
+    cr_assert_not_null(body);
     cr_assert(strstr(body, "HTTP/1.0 200") || strstr(body, "HTTP/1.1 200"), "%s", body);
     cr_assert(strstr(body, "dmoe_requests_total{method=\"forward\",expert=\"expert.1\"} 3"), "%s", body);
     cr_assert(strstr(body, "dmoe_errors_total{kind=\"unknown expert\"} 1"), "%s", body);
@@ -179,7 +160,8 @@ Test(server_options, metrics_scraped_and_stats_reported, .timeout = 60)
     cr_assert(strstr(body, "dmoe_request_latency_seconds_count{method=\"forward\"} 3"), "%s", body);
     cr_assert(strstr(body, "dmoe_bytes_in_total "), "%s", body);
     free(body);
-    body = http_get(mport, "/nothing");
+    body = th_http_get(mport, "/nothing");
+    cr_assert_not_null(body);
     cr_assert(strstr(body, " 404 "), "%s", body);
     free(body);
     log = th_node_log(&node);

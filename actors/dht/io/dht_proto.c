@@ -238,21 +238,32 @@ static wire_out *keys_req(uint64_t id, const char *method, uint32_t nfields, siz
     return o;
 }
 
-int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
-                               size_t errlen)
+/* opt_bin reads the optional field name of map root, which must be exactly len bytes of bin when present
+ * and not nil: *has 1 and out[], or *has 0. Returns 0 or DMOE_EINVAL. */
+static int opt_bin(const msgpack_object *root, const char *name, uint8_t *out, size_t len, int *has, char *err,
+                   size_t errlen)
 {
-    const msgpack_object *o = wire_map_get(root, "challenge");
+    const msgpack_object *o = wire_map_get(root, name);
     const uint8_t *p;
     size_t n;
     if (!o || o->type == MSGPACK_OBJECT_NIL) {
         *has = 0;
         return 0;
     }
-    if (get_bin(o, &p, &n) != 0 || n != DHT_CHALLENGE_BYTES)
-        return fail(err, errlen, DMOE_EINVAL, "%s must be 32 bytes of bin", "challenge");
-    memcpy(out, p, DHT_CHALLENGE_BYTES);
+    if (get_bin(o, &p, &n) != 0 || n != len) {
+        char what[64];
+        snprintf(what, sizeof what, "%s must be %zu bytes of bin", name, len);
+        return fail(err, errlen, DMOE_EINVAL, "%s", what);
+    }
+    memcpy(out, p, len);
     *has = 1;
     return 0;
+}
+
+int dht_proto_challenge_decode(const msgpack_object *root, uint8_t out[DHT_CHALLENGE_BYTES], int *has, char *err,
+                               size_t errlen)
+{
+    return opt_bin(root, "challenge", out, DHT_CHALLENGE_BYTES, has, err, errlen);
 }
 
 /* proof_msg writes the signed bytes -- DHT_PROOF_TAG, the challenge, the id, the addr text -- into buf
@@ -465,17 +476,33 @@ int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dh
 
 /* ---- find ---- */
 
-wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
-                             const uint8_t *challenge)
+wire_out *dht_proto_find_req_token(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
+                                   const uint8_t *challenge, const uint8_t *token)
 {
-    wire_out *o = keys_req(id, "dht_find", 4, n, challenge);
+    wire_out *o = keys_req(id, "dht_find", token ? 5 : 4, n, challenge);
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
     for (size_t i = 0; i < n; i++) pack_bin(pk, keys[i].b, DHT_ID_BYTES);
     wire_pack_str(pk, "sender");
     pack_peer(pk, sender);
     pack_challenge(pk, challenge);
+    if (token) {
+        wire_pack_str(pk, "token");
+        pack_bin(pk, token, DHT_TOKEN_BYTES);
+    }
     return o;
+}
+
+wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
+                             const uint8_t *challenge)
+{
+    return dht_proto_find_req_token(id, sender, keys, n, challenge, NULL);
+}
+
+int dht_proto_token_decode(const msgpack_object *root, uint8_t out[DHT_TOKEN_BYTES], int *has, char *err,
+                           size_t errlen)
+{
+    return opt_bin(root, "token", out, DHT_TOKEN_BYTES, has, err, errlen);
 }
 
 int dht_proto_find_decode(const msgpack_object *root, dht_find_req *out, char *err, size_t errlen)
@@ -532,6 +559,22 @@ wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht
     wire_out *o = list_reply(id, "results", n, proof);
     if (!o) return NULL;
     for (size_t i = 0; i < n; i++) pack_entry(wire_out_pk(o), &entries[i]);
+    return reply_end(o, self, proof);
+}
+
+wire_out *dht_proto_find_reply_cut(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n,
+                                   const dht_proof *proof, const uint8_t *token)
+{
+    wire_out *o = reply_new(id, 3, proof);
+    if (!o) return NULL;
+    msgpack_packer *pk = wire_out_pk(o);
+    wire_pack_str(pk, "truncated");
+    msgpack_pack_map(pk, 1);
+    wire_pack_str(pk, "token");
+    pack_bin(pk, token, DHT_TOKEN_BYTES);
+    wire_pack_str(pk, "results");
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) pack_entry(pk, &entries[i]);
     return reply_end(o, self, proof);
 }
 
@@ -610,6 +653,13 @@ int dht_proto_find_rep_decode(const msgpack_object *result, size_t expect_n, dou
     if (!a) return rc;
     rc = dht_proto_peer_decode(result, "node", &out->node, err, errlen);
     if (rc) return rc;
+    const msgpack_object *cut = wire_map_get(result, "truncated");
+    if (cut && cut->type != MSGPACK_OBJECT_NIL) {
+        int has = 0;
+        if (cut->type != MSGPACK_OBJECT_MAP || dht_proto_token_decode(cut, out->token, &has, err, errlen) != 0 || !has)
+            return fail(err, errlen, DMOE_EINVAL, "%s must be {token: bin16}", "truncated");
+        out->truncated = 1;
+    }
     if (expect_n == 0) return 0;
     out->results = calloc(expect_n, sizeof *out->results);
     if (!out->results) return DMOE_ENOMEM;

@@ -4,10 +4,13 @@
  *   dht_store {id, method, keys: [bin16...], subkeys: [nil | bin...], values: [bin...],
  *              expirations: [float...], in_cache: bool, sender: PEER | nil, challenge?}
  *                                                                        -> {stored: [bool...], node, proof?}
- *   dht_find  {id, method, keys: [bin16...], sender: PEER | nil, challenge?}   -> {results: [RESULT...], node, proof?}
+ *   dht_find  {id, method, keys: [bin16...], sender: PEER | nil, challenge?, token?}
+ *                                                    -> {results: [RESULT...], node, proof?, truncated?}
  *   PEER   = {id: 32 hex digits, addr: "/ip4/A.B.C.D/tcp/PORT/p2p/ID"}  (nil: a client-mode node)
  *   challenge = bin32 (random); proof = {pubkey: bin32, sig: bin64}, Ed25519 over DHT_PROOF_TAG || challenge
  *              || the PEER's 16-byte id || the PEER's addr string as sent (present when a challenge was)
+ *   token = bin16, truncated = {token: bin16}: a reply cut to the requester's unproven-address cap carries
+ *              a token for the address it was sent to; the same request sent again with it gets it all
  *   RESULT = {type: 0 none | 1 value | 2 dictionary, expiration: float (types 1, 2), value: bin (type 1),
  *             dict: {subkey bin: [value bin, expiration float]} (type 2), nearest: [[bin16, addr]...]}
  *
@@ -45,6 +48,9 @@
 #define DHT_CHALLENGE_BYTES 32
 #define DHT_PROOF_TAG "dmoe-dht-proof-v1"
 #define DHT_PROOF_MSG_MAX (sizeof DHT_PROOF_TAG - 1 + DHT_CHALLENGE_BYTES + DHT_ID_BYTES + WIRE_MADDR_TEXT)
+
+/* Address tokens (wire/PROTOCOL_DHT.md, "Reply sizes"): what a cut find reply hands its requester. */
+#define DHT_TOKEN_BYTES 16
 
 /* A proof to send with a reply: present 0 means none. */
 typedef struct {
@@ -108,11 +114,14 @@ typedef struct {
     dht_node nearest[DHT_PROTO_MAX_NEAREST];
 } dht_find_result;
 
-/* A decoded find reply. */
+/* A decoded find reply. truncated 1: the reply was cut to the cap on replies to unproven addresses, and
+ * token is what to send with the request again. */
 typedef struct {
     dht_peer_info node;
     size_t n;
     dht_find_result *results;  /* malloc'd, n entries */
+    int truncated;
+    uint8_t token[DHT_TOKEN_BYTES];
 } dht_find_rep;
 
 /* A decoded store reply. */
@@ -174,12 +183,23 @@ int dht_proto_store_rep_decode(const msgpack_object *result, size_t expect_n, dh
  * challenge as dht_proto_ping_req. */
 wire_out *dht_proto_find_req(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
                              const uint8_t *challenge);
+/* dht_proto_find_req_token is dht_proto_find_req with an address token (NULL: none) a cut reply gave. */
+wire_out *dht_proto_find_req_token(uint64_t id, const dht_peer_info *sender, const dht_id *keys, size_t n,
+                                   const uint8_t *challenge, const uint8_t *token);
+/* dht_proto_token_decode reads the optional "token" of a request's root map: *has 1 and out[], or *has 0
+ * when absent or nil. Returns 0 or DMOE_EINVAL (not DHT_TOKEN_BYTES of bin). */
+int dht_proto_token_decode(const msgpack_object *root, uint8_t out[DHT_TOKEN_BYTES], int *has, char *err,
+                           size_t errlen);
 /* dht_proto_find_decode reads a dht_find request. Returns 0, DMOE_EINVAL or DMOE_ETOOBIG. */
 int dht_proto_find_decode(const msgpack_object *root, dht_find_req *out, char *err, size_t errlen);
 /* dht_proto_find_reply returns the reply for entries[0..n), with proof when present (NULL when out of
  * memory). */
 wire_out *dht_proto_find_reply(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n,
                                const dht_proof *proof);
+/* dht_proto_find_reply_cut is dht_proto_find_reply for a reply cut to the cap, with "truncated" carrying
+ * token (DHT_TOKEN_BYTES). */
+wire_out *dht_proto_find_reply_cut(uint64_t id, const dht_peer_info *self, const dht_find_entry *entries, size_t n,
+                                   const dht_proof *proof, const uint8_t *token);
 /* dht_proto_find_rep_decode reads a find reply's result, which must hold exactly expect_n results.
  * Returns 0 (then free with dht_proto_find_rep_free), DMOE_EINVAL, DMOE_ETOOBIG or DMOE_ENOMEM; on
  * failure nothing needs freeing. */

@@ -2,6 +2,7 @@
 #include "test/integration/dht/dht_swarm.h"
 
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "actors/dht/dht_boot.h"
@@ -80,8 +81,28 @@ int dht_swarm_run_cond(dht_swarm *s, dht_swarm_pred pred, void *arg, int ms)
 
 int dht_swarm_run_until(dht_swarm *s, int ms) { return dht_swarm_run_cond(s, NULL, NULL, ms); }
 
+void dht_swarm_stall(const dht_swarm *s, uint64_t *cpu_us, uint64_t *wall_us)
+{
+    *cpu_us = *wall_us = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        const rt_lag *m = dht_node_lag(s->nodes[i]);
+        if (m->max_cpu_us > *cpu_us) *cpu_us = m->max_cpu_us;
+        if (m->max_wall_us > *wall_us) *wall_us = m->max_wall_us;
+    }
+}
+
+void dht_swarm_expect_no_stall(const dht_swarm *s, const char *what)
+{
+    uint64_t cpu, wall;
+    dht_swarm_stall(s, &cpu, &wall);
+    if (what) printf("%s: worst handler stall %.2f ms CPU, %.2f ms wall\n", what, cpu / 1e3, wall / 1e3);
+    cr_expect(cpu <= DHT_SWARM_MAX_STALL_US, "a node's handler kept the loop %.1f ms (CPU; %.1f ms wall), over %d ms",
+              cpu / 1e3, wall / 1e3, DHT_SWARM_MAX_STALL_US / 1000);
+}
+
 void dht_swarm_down(dht_swarm *s)
 {
+    dht_swarm_expect_no_stall(s, NULL);
     for (size_t i = 0; i < s->n; i++) dht_node_stop(s->nodes[i]);
     dht_memnet_free(s->net);
     for (size_t i = 0; i < s->n; i++) dht_node_free(s->nodes[i]);

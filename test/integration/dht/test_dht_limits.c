@@ -10,7 +10,8 @@
  * Store flood: a client-mode node sends one node far more long-lived values than its store holds
  * (small bounds here). What honest nodes stored there before must stay, and their new stores must
  * still be taken: the flood fills its sender's share (DHT_OWNER_SHARE) and is refused beyond.
- * Every wait is bounded in virtual time.
+ * In both, no node's handler keeps the loop longer than DHT_SWARM_MAX_STALL_US (dht_swarm.h; each test
+ * prints its worst). Every wait is bounded in virtual time.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -122,6 +123,7 @@ Test(dht_limits, ids_ground_on_one_address_cannot_own_a_keys_neighbourhood, .tim
         size_t held = dht_routing_host_count(dht_node_routing(s.nodes[h]), attacker);
         cr_expect_leq(held, DHT_MAX_PER_HOST, "honest node %zu holds %zu entries at the attacker's address", h, held);
     }
+    dht_swarm_expect_no_stall(&s, "dht_limits: one-address Sybil");
     swarm_down(&s);
 }
 
@@ -234,5 +236,6 @@ Test(dht_limits, one_sender_cannot_flood_others_records_out_of_a_store, .timeout
     cr_assert(run_until(&s, 5000), "store after the flood");
     cr_expect_eq(after.taken, 1);
 
+    dht_swarm_expect_no_stall(&s, "dht_limits: store flood");
     swarm_down(&s);
 }

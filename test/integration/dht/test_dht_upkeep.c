@@ -9,7 +9,9 @@
  * `latest` asks past the first value and returns the newest; a node stopped while bootstrapping
  * reports it once; per-link latencies set each RPC's time exactly; a peer that claims another node's
  * id (in a ping, a find or a store) cannot repoint that id's routing entry, and lookups go on finding
- * values; a sender that claims a new id at someone else's address gets no hand-over sent there. Every
+ * values; a sender that claims a new id at someone else's address gets no hand-over sent there. In
+ * every test no node's handler keeps the loop longer than DHT_SWARM_MAX_STALL_US (dht_swarm_down; the
+ * two attack tests print their worst). Every
  * wait is bounded by a deadline of virtual time; durations asserted are virtual (the ban lengths, with
  * seconds of margin, and the exact round trips of the latency test), so none depends on the machine's
  * speed. */
@@ -690,6 +692,7 @@ Test(dht_upkeep, no_hand_over_to_an_address_a_sender_only_claims, .timeout = 60)
     cr_expect_eq(dht_node_stored_keys(bystander), 0);
     dht_node e;
     cr_expect_neq(dht_routing_get(dht_node_routing(holder), &claim.id, &e), 0, "the claimed id is not in the table");
+    dht_swarm_expect_no_stall(&s, "dht_upkeep: claimed address");
     swarm_down(&s);
 }
 
@@ -750,5 +753,6 @@ Test(dht_upkeep, a_peer_claiming_another_nodes_id_does_not_repoint_its_entry, .t
         get_one(&s, from, &key, 0, &o);
         cr_expect(o.found && o.vlen == 2 && o.value[1] == 77, "node %zu finds the honest value", from);
     }
+    dht_swarm_expect_no_stall(&s, "dht_upkeep: claimed id");
     swarm_down(&s);
 }

@@ -1,7 +1,8 @@
 /* test_identity.c -- a node's identity over real processes (dmoe-node --identity_path): the key file is
  * created private and the node keeps its /p2p/ id across a restart, so a second node joins through the
  * address saved before the restart; a key file others may read, or a malformed one, stops the node at
- * start with a message that says why. Loopback only; ports from the OS (the restart reuses the port
+ * start with a message that says why; the restarted node's loop never ran late by more than
+ * NODE_LAG_MAX_MS (node_lag.h). Loopback only; ports from the OS (the restart reuses the port
  * the OS gave the first run); every process is stopped by the test. */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "test/integration/dht/node_lag.h"
 #include "test/integration/harness.h"
 
 static char dir[64];
@@ -49,7 +51,7 @@ Test(identity, a_node_keeps_its_id_across_a_restart, .init = setup, .fini = tear
     char listen[64];
     snprintf(listen, sizeof listen, "/ip4/127.0.0.1/tcp/%d", port);
     const char *again[] = {"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "1", "--identity_path",
-                           key_path, "--host_maddrs", listen, NULL};
+                           key_path, "--host_maddrs", listen, "--metrics_port", "0", NULL};
     cr_assert_eq(th_node_start(&a, again), 0);
     cr_expect_str_eq(a.dht_maddr, saved, "the restarted node has the address saved before");
 
@@ -66,6 +68,8 @@ Test(identity, a_node_keeps_its_id_across_a_restart, .init = setup, .fini = tear
         if (!found) usleep(250000);
     }
     cr_expect(found, "a client that knows the saved address finds the joined node's expert: %s", out);
+    double lag = th_node_loop_lag_ms(&a);
+    cr_expect(lag <= NODE_LAG_MAX_MS, "the restarted node's loop ran %.1f ms late", lag);
     cr_assert_eq(th_node_stop(&b, SIGTERM), 0);
     cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
 

@@ -45,6 +45,13 @@ typedef struct {
     size_t max_frame;
     size_t max_pending_bytes;    /* budget for received frames not yet batched */
     int max_inflight;            /* per connection */
+    size_t reply_soft_bytes;     /* per connection: unread replies past this stop reading it */
+    size_t reply_hard_bytes;     /* per connection: ... past this close it */
+    size_t max_replies_bytes;    /* all connections' unread replies (netq.h) */
+    size_t min_rate;             /* bytes/s a frame must arrive at after min_rate_grace_ms (0: any) */
+    int min_rate_grace_ms;
+    int idle_timeout_s;          /* close connections idle this long (0: never) */
+    int max_connections;         /* open connections; the quietest makes room for a new one */
     wire_scheme compression;     /* clients compress inputs, the node input gradients, this way */
     size_t activation_cache_bytes;  /* forward activations kept for their backward (0: none) */
     /* DHT */

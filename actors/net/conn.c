@@ -53,6 +53,7 @@ struct conn {
     size_t pk_charge;     /* bytes charged for the parked frame or message */
     int pk_tree;          /* pk_charge includes the decoded tree */
     size_t stuck;         /* frame_charge + pk_charge counted in the quota's stuck sum while waiting */
+    int lift;             /* the shares do not apply to this frame (wait_for_room lifted them) */
     uint64_t rate_t0_ms, rate_bytes;   /* the current frame's rate window */
     uint64_t last_active_ms;
     struct evbuffer_cb_entry *out_cb;
@@ -99,7 +100,7 @@ static void budget_wake(rt_budget_waiter *w)
 
 static int charge(conn *c, size_t n)
 {
-    return !c->lim.quota || netq_try(c->lim.quota, &c->charged, c->addr, n);
+    return !c->lim.quota || netq_try(c->lim.quota, &c->charged, c->addr, n, c->lift);
 }
 
 static void uncharge(conn *c, size_t n)
@@ -110,8 +111,10 @@ static void uncharge(conn *c, size_t n)
 static void finish_close(conn *c, int err);
 
 /* Wait for room. When every pending byte of the node belongs to connections waiting like this one,
- * none can go on: the one holding most is closed (possibly this one). Returns 0 (waiting) or -1 when
- * this connection was the one closed. */
+ * none can go on by itself: the oldest waiter gets its shares lifted for its current frame (the
+ * budget alone then limits it); when it already had them, the one holding most is closed (possibly
+ * this one). Each round lifts a new connection or closes one, so the waiting always ends. Returns 0
+ * (waiting) or -1 when this connection was the one closed. */
 static int wait_for_room(conn *c)
 {
     netq *q = c->lim.quota;
@@ -120,6 +123,13 @@ static int wait_for_room(conn *c)
     q->stuck += c->stuck;
     rt_budget_wait(&q->pending, &c->waiter);
     if (q->pending.used != q->stuck) return 0;
+    conn *oldest = (conn *)((char *)q->pending.head - offsetof(conn, waiter));
+    if (!oldest->lift) {
+        oldest->lift = 1;
+        rt_budget_cancel(&q->pending, &oldest->waiter);
+        budget_wake(&oldest->waiter);
+        return 0;
+    }
     conn *worst = NULL;
     for (rt_budget_waiter *w = q->pending.head; w; w = w->next) {
         conn *o = (conn *)((char *)w - offsetof(conn, waiter));
@@ -281,6 +291,7 @@ static int advance_parked(conn *c)
     c->pk_msg = NULL;
     c->pk_charge = 0;
     c->pk_tree = 0;
+    c->lift = 0;
     c->ops.on_msg(c, m, total, c->arg);
     return 1;
 }

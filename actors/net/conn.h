@@ -14,7 +14,8 @@
  * before decoding), then what the owner says it will allocate for the message (ops->cost, e.g. the
  * decompressed tensors) -- and reading pauses while a charge does not fit. The sum goes to on_msg as
  * `charge`, which the owner returns with conn_uncharge. When every pending byte of the node belongs to
- * connections waiting for room, the one holding most is closed (it cannot complete within the budget).
+ * connections waiting for room, the oldest may pass its shares; if that is not enough, the one holding
+ * most is closed (it cannot complete within the budget).
  * A frame must arrive at min_rate bytes/s once rate_grace_ms have passed (else the connection closes);
  * an unwritten output past out_hard bytes, or one that would take the node's replies past the quota's
  * out_max, closes the connection too (a slow reader, Redis's client-output-buffer-limit). conn_tick,

@@ -59,14 +59,14 @@ void netq_addr_put(netq *q, netq_addr *a)
     free(a);
 }
 
-int netq_try(netq *q, size_t *conn_charged, netq_addr *a, size_t n)
+int netq_try(netq *q, size_t *conn_charged, netq_addr *a, size_t n, int lift_shares)
 {
     rt_budget *b = &q->pending;
     if (b->max) {
         if (n > b->max || b->used > b->max - n) return 0;
         int alone = b->used == *conn_charged;   /* nothing pending but this connection's own bytes */
         int shares = *conn_charged + n <= q->conn_share && (!a || a->charged + n <= q->addr_share);
-        if (!shares && !alone) return 0;
+        if (!shares && !alone && !lift_shares) return 0;
     }
     b->used += n;
     if (b->used > b->peak) b->peak = b->used;

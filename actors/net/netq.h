@@ -56,8 +56,9 @@ netq_addr *netq_addr_get(netq *q, const struct sockaddr *sa);
  * must be 0 by then). */
 void netq_addr_put(netq *q, netq_addr *a);
 /* netq_try charges n bytes to the node, to *conn_charged and to a (may be NULL) when they fit as the
- * header comment says. Returns 1 when charged, 0 when not (nothing changed). */
-int netq_try(netq *q, size_t *conn_charged, netq_addr *a, size_t n);
+ * header comment says (with lift_shares, the budget alone decides). Returns 1 when charged, 0 when
+ * not (nothing changed). */
+int netq_try(netq *q, size_t *conn_charged, netq_addr *a, size_t n, int lift_shares);
 /* netq_release returns n bytes charged by netq_try (n <= *conn_charged) and wakes the waiters. */
 void netq_release(netq *q, size_t *conn_charged, netq_addr *a, size_t n);
 /* netq_out_add / netq_out_sub account bytes added to and written from the connections' outputs. */

@@ -30,16 +30,19 @@ Test(netq, shares_of_the_budget, .timeout = 10)
     cr_assert_eq(a1->conns, 2);
     size_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
     /* alone, a connection may pass its share (not the budget) */
-    cr_assert(netq_try(&q, &c1, a1, 600));
-    cr_assert_not(netq_try(&q, &c1, a1, 401), "nothing passes the budget");
+    cr_assert(netq_try(&q, &c1, a1, 600, 0));
+    cr_assert_not(netq_try(&q, &c1, a1, 401, 0), "nothing passes the budget");
     netq_release(&q, &c1, a1, 600);
     /* with others pending: a quarter per connection, a half per address */
-    cr_assert(netq_try(&q, &c3, a2, 10));
-    cr_assert(netq_try(&q, &c1, a1, 250));
-    cr_assert_not(netq_try(&q, &c1, a1, 1), "over the connection's quarter");
-    cr_assert(netq_try(&q, &c2, a1, 250));
-    cr_assert_not(netq_try(&q, &c4, a1, 1), "over the address's half");
-    cr_assert(netq_try(&q, &c3, a2, 240), "another address still has room");
+    cr_assert(netq_try(&q, &c3, a2, 10, 0));
+    cr_assert(netq_try(&q, &c1, a1, 250, 0));
+    cr_assert_not(netq_try(&q, &c1, a1, 1, 0), "over the connection's quarter");
+    cr_assert(netq_try(&q, &c2, a1, 250, 0));
+    cr_assert_not(netq_try(&q, &c4, a1, 1, 0), "over the address's half");
+    cr_assert(netq_try(&q, &c3, a2, 240, 0), "another address still has room");
+    cr_assert(netq_try(&q, &c4, a1, 10, 1), "lifted shares: the budget alone decides");
+    cr_assert_not(netq_try(&q, &c4, a1, 241, 1), "... and nothing passes it");
+    netq_release(&q, &c4, a1, 10);
     cr_assert_eq(q.pending.used, 750);
     /* a release wakes a waiter */
     rt_budget_waiter w = {.wake = wake};
@@ -68,6 +71,6 @@ Test(netq, reply_bytes_counted, .timeout = 10)
     cr_assert_eq(q.out_bytes, 20);
     cr_assert_eq(q.out_peak, 120);
     size_t c = 0;
-    cr_assert(netq_try(&q, &c, NULL, (size_t)1 << 40), "max_pending 0: no limit");
+    cr_assert(netq_try(&q, &c, NULL, (size_t)1 << 40, 0), "max_pending 0: no limit");
     netq_deinit(&q);
 }

@@ -43,7 +43,7 @@ typedef struct {
     uint64_t seed;
     int num_workers;
     size_t max_frame;
-    size_t max_pending_bytes;    /* budget for received frames not yet batched */
+    size_t max_pending_bytes;    /* what clients make the node hold: frames, decoded, decompressed (netq.h) */
     int max_inflight;            /* per connection */
     size_t reply_soft_bytes;     /* per connection: unread replies past this stop reading it */
     size_t reply_hard_bytes;     /* per connection: ... past this close it */

@@ -1,7 +1,8 @@
 /* node.h -- one dmoe node: a worker pool, the hosted experts, the server in front of them, its DHT node,
  * checkpoints, statistics and metrics.
  *
- * Start-up runs in two parts. node_start does the synchronous part: bind the listening addresses, create
+ * Start-up runs in two parts. node_start does the synchronous part: raise the descriptor limit (soft to
+ * hard; at most half of it goes to served connections), bind the listening addresses, create
  * the DHT node on the same port (unless client mode), start the metrics endpoint. Then, on the loop: join
  * the DHT through the initial peers (a failure to reach any of them is fatal, reported through
  * cfg->on_fatal), choose the expert uids (checkpointed ones first, then the given ones or fresh ones

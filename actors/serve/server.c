@@ -71,7 +71,6 @@ struct server {
     int shutting;
     rt_timer sweep;            /* SRV_SWEEP: conn_tick on every connection */
     int reserve_fd;            /* a spare descriptor: closed to accept-and-close when out of them */
-    uint64_t evicted;          /* connections closed to make room for new ones */
 };
 
 static int cmp_expert(const void *a, const void *b)
@@ -551,7 +550,6 @@ static void evict_one(server *s)
     for (srv_conn *sc = s->conns; sc; sc = sc->next)
         if (!oldest || conn_last_active_ms(sc->c) < conn_last_active_ms(oldest->c)) oldest = sc;
     if (!oldest) return;
-    s->evicted++;
     LOG_DEBUG("%d connections: closing the quietest, from %s", s->n_conns, conn_peer(oldest->c));
     conn_close(oldest->c, 0);   /* on_close frees oldest */
 }

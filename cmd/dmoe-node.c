@@ -62,6 +62,9 @@ int main(int argc, char **argv)
     int hidden = c.kcfg.hidden_dim, seq_len = 0, delay_ms = 500;
     double lr = -1, dropout = 0.1, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
+    double reply_soft_mb = (double)(c.reply_soft_bytes >> 20), reply_hard_mb = (double)(c.reply_hard_bytes >> 20),
+           max_replies_mb = (double)(c.max_replies_bytes >> 20), min_rate_kbps = (double)(c.min_rate >> 10),
+           min_rate_grace_s = c.min_rate_grace_ms / 1000.0;
     char **uids = NULL, **host_maddrs = NULL, **announce_maddrs = NULL, **initial_peers = NULL;
     const char *checkpoint_dir = NULL, *compression = "NONE", *identity_path = NULL, *config = NULL;
     const char *trusted_keys = NULL;
@@ -98,6 +101,13 @@ int main(int argc, char **argv)
         {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network"},
         {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network"},
         {"max_inflight", ARG_INT, &c.max_inflight, "open requests per connection before reading pauses", "Network"},
+        {"reply_soft_mb", ARG_F64, &reply_soft_mb, "unread replies of one connection before it stops being read, MiB", "Limits"},
+        {"reply_hard_mb", ARG_F64, &reply_hard_mb, "unread replies of one connection before it is closed, MiB", "Limits"},
+        {"max_replies_mb", ARG_F64, &max_replies_mb, "unread replies of all connections; past it a slow reader is closed, MiB", "Limits"},
+        {"min_rate_kbps", ARG_F64, &min_rate_kbps, "slowest a frame may arrive once it is past the grace period, KiB/s (0: any)", "Limits"},
+        {"min_rate_grace_s", ARG_F64, &min_rate_grace_s, "seconds a frame may arrive slower than --min_rate_kbps", "Limits"},
+        {"idle_timeout_s", ARG_INT, &c.idle_timeout_s, "close a connection idle this long (0: never)", "Limits"},
+        {"max_connections", ARG_INT, &c.max_connections, "open connections (at most half the file descriptors); when full the quietest is closed for a new one", "Limits"},
         {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
         {"client_mode", ARG_FLAG, &c.client_mode, "join the DHT without serving it (experts are then not declared)", "DHT"},
         {"update_period", ARG_F64, &c.update_period, "seconds between declaring the experts in the DHT (and checkpoints)", "DHT"},
@@ -164,6 +174,19 @@ int main(int argc, char **argv)
     c.max_frame = (size_t)(max_frame_mb * 1048576.0);
     if (max_pending_mb < 1) { fprintf(stderr, "dmoe-node: --max_pending_mb must be at least 1\n"); bad = 1; }
     c.max_pending_bytes = (size_t)(max_pending_mb * 1048576.0);
+    if (reply_soft_mb < 0.001 || reply_hard_mb < reply_soft_mb || max_replies_mb < reply_soft_mb) {
+        fprintf(stderr, "dmoe-node: need 0 < --reply_soft_mb <= --reply_hard_mb and --reply_soft_mb <= --max_replies_mb\n");
+        bad = 1;
+    }
+    c.reply_soft_bytes = (size_t)(reply_soft_mb * 1048576.0);
+    c.reply_hard_bytes = (size_t)(reply_hard_mb * 1048576.0);
+    c.max_replies_bytes = (size_t)(max_replies_mb * 1048576.0);
+    if (min_rate_kbps < 0 || min_rate_grace_s < 0.1 || c.idle_timeout_s < 0 || c.max_connections < 1) {
+        fprintf(stderr, "dmoe-node: need --min_rate_kbps >= 0, --min_rate_grace_s >= 0.1, --idle_timeout_s >= 0, --max_connections >= 1\n");
+        bad = 1;
+    }
+    c.min_rate = (size_t)(min_rate_kbps * 1024.0);
+    c.min_rate_grace_ms = (int)(min_rate_grace_s * 1000.0);
     if (c.num_workers < 1 || c.num_workers > 256) { fprintf(stderr, "dmoe-node: --num_workers must be in 1..256\n"); bad = 1; }
     if (host_maddrs) {
         c.n_host = 0;

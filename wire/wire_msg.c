@@ -10,7 +10,9 @@
  *      WIRE_MAX_DEPTH, an array or map announcing more elements than bytes remain (every element
  *      takes at least one byte, a map pair two), ext types, the reserved byte 0xc1, a top level that is
  *      not a map, and bytes after the one top-level object. This bounds msgpack-c's up-front
- *      `count * sizeof(msgpack_object)` allocations by the frame size.
+ *      `count * sizeof(msgpack_object)` allocations by the frame size. It also counts the objects:
+ *      a message of more than the caller's max_objects is refused before msgpack-c allocates its
+ *      tree (a 32 MiB frame of nils would otherwise decode to 768 MiB).
  *   2. msgpack_unpack into the message's own zone; strings and bins keep pointing into the frame.
  *   3. The envelope: "id" (uint), then "method" (request), "error" (error reply) or "result".
  * Field accessors (wire_map_get, wire_get_*) and wire_tensor_decode read the tree; they never copy
@@ -41,11 +43,12 @@ static uint64_t get_be(const uint8_t *p, int n)
 
 /* msg_check validates that p[len] is exactly one msgpack map obeying the limits above. Returns 0 or
  * DMOE_EPROTO with err filled. Uses a fixed stack of WIRE_MAX_DEPTH counters; allocates nothing. */
-static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
+static int msg_check(const uint8_t *p, size_t len, size_t *objects, char *err, size_t errlen)
 {
     uint64_t rem[WIRE_MAX_DEPTH]; /* elements still expected by each open container */
     int depth = 0;
     size_t pos = 0;
+    size_t count = 0;
 
     if (len == 0) {
         dmoe_set_err(err, errlen, "empty frame");
@@ -62,6 +65,7 @@ static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
         }
         size_t at = pos;
         uint8_t b = p[pos++];
+        count++;
         uint64_t payload = 0;     /* bytes that follow the header (scalars, str, bin) */
         uint64_t items = 0;       /* elements of a container (map: 2 per pair) */
         int container = 0;
@@ -143,7 +147,20 @@ static int msg_check(const uint8_t *p, size_t len, char *err, size_t errlen)
         dmoe_set_err(err, errlen, "%zu trailing bytes after the msgpack map", len - pos);
         return DMOE_EPROTO;
     }
+    *objects = count;
     return 0;
+}
+
+int wire_msg_count(const uint8_t *p, size_t len, size_t *objects, char *err, size_t errlen)
+{
+    return msg_check(p, len, objects, err, errlen);
+}
+
+size_t wire_msg_decode_cost(size_t objects)
+{
+    /* msgpack-c takes count * 24 bytes per container from the zone; a request the current chunk cannot
+     * hold gets a chunk of the next power-of-two multiple of MSG_ZONE_CHUNK, at most twice its size */
+    return 2 * objects * sizeof(msgpack_object) + MSG_ZONE_CHUNK + sizeof(wire_msg) + 256;
 }
 
 /* ---- field access ------------------------------------------------------------------------------ */
@@ -243,8 +260,18 @@ static int decode_error(const msgpack_object *e, wire_msg *m, char *err, size_t 
 
 int wire_msg_decode(uint8_t *frame, size_t len, wire_msg *m, char *err, size_t errlen)
 {
+    return wire_msg_decode_max(frame, len, WIRE_MAX_OBJECTS, m, err, errlen);
+}
+
+int wire_msg_decode_max(uint8_t *frame, size_t len, size_t max_objects, wire_msg *m, char *err, size_t errlen)
+{
     memset(m, 0, sizeof *m);
-    int rc = msg_check(frame, len, err, errlen);
+    size_t objects = 0;
+    int rc = msg_check(frame, len, &objects, err, errlen);
+    if (rc == 0 && objects > max_objects) {
+        dmoe_set_err(err, errlen, "message of %zu msgpack objects, at most %zu accepted", objects, max_objects);
+        rc = DMOE_ETOOBIG;
+    }
     if (rc) {
         free(frame);
         return rc;
@@ -296,6 +323,7 @@ int wire_msg_decode(uint8_t *frame, size_t len, wire_msg *m, char *err, size_t e
         goto fail;
     }
     m->frame = frame;
+    m->objects = objects;
     return 0;
 
 fail:;

@@ -27,6 +27,12 @@
 #define WIRE_MAX_DEPTH   16      /* nesting depth of any message */
 #define WIRE_MAX_NDIM    8       /* dims of a tensor */
 #define WIRE_MAX_STR     4096    /* bytes of a method, uid, or error message we accept */
+/* msgpack objects in one message: each costs sizeof(msgpack_object) (24 bytes) once decoded, 24 times
+ * its smallest encoding (a nil is 1 byte), so the count is what bounds decoding memory. The default
+ * fits a node's info reply for thousands of experts; a node's server takes requests with far fewer
+ * (WIRE_MAX_REQ_OBJECTS: every request of the protocol needs a few hundred at most). */
+#define WIRE_MAX_OBJECTS     ((size_t)1 << 20)
+#define WIRE_MAX_REQ_OBJECTS ((size_t)1 << 14)
 
 typedef enum { WIRE_DT_F32 = 0, WIRE_DT_U8 = 1, WIRE_DT_F16 = 2 } wire_dtype;
 /* A tensor's "compression": one of hivemind's schemes (wire/wire_compress.h); NONE is plain data. */
@@ -53,6 +59,7 @@ typedef struct {
     const msgpack_object *result; /* WIRE_REPLY_OK: the "result" value */
     int err_code;               /* WIRE_REPLY_ERR: the code, as a negative DMOE_* value */
     char err_msg[256];          /* WIRE_REPLY_ERR: the message, truncated */
+    size_t objects;             /* msgpack objects in the message (the map itself included) */
     /* private: */
     uint8_t *frame;
     msgpack_zone zone;
@@ -64,6 +71,15 @@ typedef struct {
  * short string, or a reply with neither result nor error). err (errlen bytes) gets a human message.
  * On DMOE_EINVAL m->id is set when it could be read (so an error reply can carry it), else 0. */
 int wire_msg_decode(uint8_t *frame, size_t len, wire_msg *m, char *err, size_t errlen);
+/* wire_msg_decode_max is wire_msg_decode refusing (DMOE_ETOOBIG, before anything is allocated) a
+ * message of more than max_objects msgpack objects. wire_msg_decode uses WIRE_MAX_OBJECTS. */
+int wire_msg_decode_max(uint8_t *frame, size_t len, size_t max_objects, wire_msg *m, char *err, size_t errlen);
+/* wire_msg_count checks p[len] as wire_msg_decode does (structure, depth, counts) without allocating
+ * and writes the number of msgpack objects to *objects. Returns 0 or DMOE_EPROTO (err filled). */
+int wire_msg_count(const uint8_t *p, size_t len, size_t *objects, char *err, size_t errlen);
+/* wire_msg_decode_cost returns an upper bound of the bytes decoding a message of that many objects
+ * allocates (the object tree in msgpack-c's zone, its chunk rounding, the wire_msg). */
+size_t wire_msg_decode_cost(size_t objects);
 /* wire_msg_free releases the frame and the unpack zone; zeroed or NULL m is a no-op. */
 void wire_msg_free(wire_msg *m);
 

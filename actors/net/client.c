@@ -212,7 +212,7 @@ client *client_new(rt_loop *l, const conn_limits *lim)
     cl->loop = l;
     if (lim) cl->lim = *lim;
     else conn_default_limits(&cl->lim);
-    cl->lim.budget = NULL;   /* replies we asked for are always read */
+    cl->lim.quota = NULL;   /* replies we asked for are always read */
     cl->lim.max_inflight = 1 << 30;
     cl->next_id = 1;
     return cl;

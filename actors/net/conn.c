@@ -2,13 +2,17 @@
  *
  * Design notes. Input: the bufferevent read callback walks the input evbuffer's chunks with
  * evbuffer_peek and feeds them to the frame reader, draining what it consumed; each whole frame is
- * decoded and handed to ops->on_msg. Before a new frame starts, its 4-byte length is peeked and charged
- * to the node's budget; if it does not fit, or if too many requests are open, or too much output waits,
- * reading pauses (the bytes stay in the kernel's socket buffer and TCP slows the peer). A pause ends
- * by mail (CONN_RESUME), never by re-entering the reader from inside another actor's call.
+ * counted, decoded and handed to ops->on_msg. With a quota, every allocation the peer causes is charged
+ * first (conn.h): the frame's buffer before it grows (the header alone allocates nothing), the decoded
+ * tree before msgpack-c builds it, the owner's cost before on_msg. A charge that does not fit parks
+ * the frame or message in the connection (pk_*), stops reading (the bytes stay in the kernel's socket
+ * buffer and TCP slows the peer) and waits on the budget; too many requests open or too much output
+ * waiting stop reading too. A pause ends by mail (CONN_RESUME), never by re-entering the reader from
+ * inside another actor's call.
  *
  * Output: CONN_SEND mail carries a wire_out; wire_out_send moves it onto the bufferevent's output by
  * reference. The write callback fires when output drains below the low watermark and resumes reading.
+ * An evbuffer callback on the output keeps the quota's node-wide count of unwritten reply bytes exact.
  */
 #include "actors/net/conn.h"
 
@@ -39,8 +43,20 @@ struct conn {
     int refs;             /* the open socket counts as one */
     int inflight;
     int open, closing, reading, connecting;
-    int paused_budget;
-    size_t frame_charge;  /* budget bytes charged for the frame being received */
+    int paused_budget;    /* waiting on the quota's budget */
+    netq_addr *addr;      /* the peer address's account (NULL: none) */
+    size_t charged;       /* bytes charged to this connection: frame, parked, handed to the owner */
+    size_t frame_charge;  /* of which: the buffer of the frame being received */
+    uint8_t *pk_frame;    /* a whole frame waiting for room to decode (pk_len bytes) */
+    size_t pk_len;
+    wire_msg *pk_msg;     /* a decoded message waiting for room for its owner's cost */
+    size_t pk_charge;     /* bytes charged for the parked frame or message */
+    int pk_tree;          /* pk_charge includes the decoded tree */
+    size_t stuck;         /* frame_charge + pk_charge counted in the quota's stuck sum while waiting */
+    int lift;             /* the shares do not apply to this frame (wait_for_room lifted them) */
+    uint64_t rate_t0_ms, rate_bytes;   /* the current frame's rate window */
+    uint64_t last_active_ms;
+    struct evbuffer_cb_entry *out_cb;
     rt_budget_waiter waiter;
     rt_signal resume;
     uint64_t bytes_in, bytes_out;
@@ -59,16 +75,85 @@ static void send_msg_drop(rt_msg *m)
     free(s);
 }
 
+static uint64_t now_ms(conn *c) { return rt_loop_now_ms(c->actor.loop); }
+
 static void schedule_resume(conn *c)
 {
     if (c->open) rt_signal_raise(&c->resume);
+}
+
+/* ---- the quota ---- */
+
+static void unstick(conn *c)
+{
+    if (c->lim.quota) c->lim.quota->stuck -= c->stuck;
+    c->stuck = 0;
 }
 
 static void budget_wake(rt_budget_waiter *w)
 {
     conn *c = (conn *)((char *)w - offsetof(conn, waiter));
     c->paused_budget = 0;
+    unstick(c);
     schedule_resume(c);
+}
+
+static int charge(conn *c, size_t n)
+{
+    return !c->lim.quota || netq_try(c->lim.quota, &c->charged, c->addr, n, c->lift);
+}
+
+static void uncharge(conn *c, size_t n)
+{
+    if (c->lim.quota && n) netq_release(c->lim.quota, &c->charged, c->addr, n);
+}
+
+static void finish_close(conn *c, int err);
+
+/* Wait for room. When every pending byte of the node belongs to connections waiting like this one,
+ * none can go on by itself: the oldest waiter gets its shares lifted for its current frame (the
+ * budget alone then limits it); when it already had them, the one holding most is closed (possibly
+ * this one). Each round lifts a new connection or closes one, so the waiting always ends. Returns 0
+ * (waiting) or -1 when this connection was the one closed. */
+static int wait_for_room(conn *c)
+{
+    netq *q = c->lim.quota;
+    c->paused_budget = 1;
+    c->stuck = c->frame_charge + c->pk_charge;
+    q->stuck += c->stuck;
+    rt_budget_wait(&q->pending, &c->waiter);
+    if (q->pending.used != q->stuck) return 0;
+    conn *oldest = (conn *)((char *)q->pending.head - offsetof(conn, waiter));
+    if (!oldest->lift) {
+        oldest->lift = 1;
+        rt_budget_cancel(&q->pending, &oldest->waiter);
+        budget_wake(&oldest->waiter);
+        return 0;
+    }
+    conn *worst = NULL;
+    for (rt_budget_waiter *w = q->pending.head; w; w = w->next) {
+        conn *o = (conn *)((char *)w - offsetof(conn, waiter));
+        if (!worst || o->stuck > worst->stuck) worst = o;
+    }
+    LOG_WARN("closing connection from %s: its %zu pending bytes cannot grow within the node's budget "
+             "(every pending byte waits for room)", worst->peer, worst->stuck);
+    int self = worst == c;
+    finish_close(worst, DMOE_ETOOBIG);   /* at once: its bytes go back to the budget */
+    return self ? -1 : 0;
+}
+
+static void drop_parked(conn *c)
+{
+    if (c->pk_msg) {
+        wire_msg_free(c->pk_msg);
+        free(c->pk_msg);
+        c->pk_msg = NULL;
+    }
+    free(c->pk_frame);
+    c->pk_frame = NULL;
+    uncharge(c, c->pk_charge);
+    c->pk_charge = 0;
+    c->pk_tree = 0;
 }
 
 void conn_default_limits(conn_limits *lim)
@@ -78,21 +163,42 @@ void conn_default_limits(conn_limits *lim)
     lim->max_inflight = 256;
     lim->max_outbuf = (size_t)64 << 20;
     lim->frame_timeout_s = 60;
+    lim->rate_grace_ms = 5000;
+}
+
+static void out_changed(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    conn *c = arg;
+    if (info->n_added) netq_out_add(c->lim.quota, info->n_added);
+    if (info->n_deleted) netq_out_sub(c->lim.quota, info->n_deleted);
 }
 
 static void finish_close(conn *c, int err)
 {
     if (!c->open) return;
     c->open = 0;
-    if (c->lim.budget) {
-        rt_budget_cancel(c->lim.budget, &c->waiter);
-        if (c->frame_charge) rt_budget_release(c->lim.budget, c->frame_charge);
+    if (c->lim.quota) {
+        rt_budget_cancel(&c->lim.quota->pending, &c->waiter);
+        unstick(c);
     }
+    c->paused_budget = 0;
+    uncharge(c, c->frame_charge);
     c->frame_charge = 0;
+    drop_parked(c);
     wire_frame_reader_free(&c->reader);
+    if (c->addr) {   /* the address's share comes back now; requests still held release the rest */
+        c->addr->charged -= c->charged;
+        netq_addr_put(c->lim.quota, c->addr);
+        c->addr = NULL;
+    }
     if (c->bev) {
         struct evbuffer *out = bufferevent_get_output(c->bev);
         c->bytes_out -= evbuffer_get_length(out);   /* queued but never written */
+        if (c->out_cb) {
+            netq_out_sub(c->lim.quota, evbuffer_get_length(out));
+            evbuffer_remove_cb_entry(out, c->out_cb);
+            c->out_cb = NULL;
+        }
         bufferevent_free(c->bev);
         c->bev = NULL;
     }
@@ -111,8 +217,13 @@ static void set_reading(conn *c, int on)
 {
     if (!c->bev || c->reading == on) return;
     c->reading = on;
-    if (on) bufferevent_enable(c->bev, EV_READ);
-    else bufferevent_disable(c->bev, EV_READ);
+    if (on) {
+        bufferevent_enable(c->bev, EV_READ);
+        c->rate_t0_ms = now_ms(c);   /* a pause of ours does not count against the peer's rate */
+        c->rate_bytes = 0;
+    } else {
+        bufferevent_disable(c->bev, EV_READ);
+    }
 }
 
 static void bad_frame(conn *c, uint64_t id, int code, const char *msg)
@@ -122,21 +233,78 @@ static void bad_frame(conn *c, uint64_t id, int code, const char *msg)
     conn_close(c, 1);
 }
 
-/* Charge the next frame's length before the reader allocates it. Returns 1 to go on, 0 to pause. */
-static int charge_next_frame(conn *c, struct evbuffer *in)
+/* Move the parked frame or message on: count and decode the frame, charge its tree and its owner's
+ * cost, hand it to on_msg. Returns 1 when it is gone (delivered or answered), 0 when waiting for
+ * room, -1 when the connection closes. */
+static int advance_parked(conn *c)
 {
-    if (!c->lim.budget || c->frame_charge || wire_frame_pending(&c->reader)) return 1;
-    uint8_t hdr[WIRE_FRAME_HDR];
-    if (evbuffer_copyout(in, hdr, sizeof hdr) < (ev_ssize_t)sizeof hdr) return 1;
-    size_t len = ((size_t)hdr[0] << 24) | ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
-    if (len > c->lim.max_frame || len == 0) return 1;   /* the reader reports it */
-    if (!rt_budget_try(c->lim.budget, len)) {
-        c->paused_budget = 1;
-        rt_budget_wait(c->lim.budget, &c->waiter);
-        return 0;
+    char err[160];
+    if (c->pk_frame) {
+        size_t objects = 0, max = c->lim.max_objects ? c->lim.max_objects : WIRE_MAX_OBJECTS;
+        int rc = wire_msg_count(c->pk_frame, c->pk_len, &objects, err, sizeof err);
+        if (rc == 0 && objects > max) {
+            snprintf(err, sizeof err, "message of %zu msgpack objects, at most %zu accepted", objects, max);
+            rc = DMOE_ETOOBIG;
+        }
+        if (rc < 0) {
+            drop_parked(c);
+            bad_frame(c, 0, rc, err);
+            return -1;
+        }
+        if (!c->pk_tree) {
+            size_t tree = wire_msg_decode_cost(objects);
+            if (!charge(c, tree)) return wait_for_room(c);
+            if (c->lim.quota) c->pk_charge += tree;
+            c->pk_tree = 1;
+        }
+        wire_msg m;
+        uint8_t *frame = c->pk_frame;
+        c->pk_frame = NULL;
+        rc = wire_msg_decode_max(frame, c->pk_len, max, &m, err, sizeof err);
+        if (rc < 0) {
+            drop_parked(c);
+            if (rc == DMOE_EINVAL) {   /* valid msgpack, bad fields: answer and keep the connection */
+                if (c->ops.on_bad_frame) c->ops.on_bad_frame(c, m.id, rc, err, c->arg);
+                return 1;
+            }
+            bad_frame(c, m.id, rc, err);
+            return -1;
+        }
+        c->pk_msg = malloc(sizeof *c->pk_msg);
+        if (!c->pk_msg) {
+            wire_msg_free(&m);
+            drop_parked(c);
+            bad_frame(c, 0, DMOE_ENOMEM, "out of memory");
+            return -1;
+        }
+        *c->pk_msg = m;
     }
-    c->frame_charge = len;
+    if (c->ops.cost && c->lim.quota) {
+        size_t extra = c->ops.cost(c, c->pk_msg, c->arg);
+        if (extra) {
+            if (!charge(c, extra)) return wait_for_room(c);
+            c->pk_charge += extra;
+        }
+    }
+    wire_msg *m = c->pk_msg;
+    size_t total = c->pk_charge;
+    c->pk_msg = NULL;
+    c->pk_charge = 0;
+    c->pk_tree = 0;
+    c->lift = 0;
+    c->ops.on_msg(c, m, total, c->arg);
     return 1;
+}
+
+/* The largest capacity the frame's buffer may have now: what is charged, grown when the quota lets
+ * it take avail more bytes. SIZE_MAX without a quota. */
+static size_t frame_allowance(conn *c, size_t avail)
+{
+    if (!c->lim.quota) return SIZE_MAX;
+    if (!wire_frame_in_body(&c->reader)) return 0;   /* the header alone: nothing to allocate yet */
+    size_t want = wire_frame_want(&c->reader, avail);
+    if (want > c->frame_charge && charge(c, want - c->frame_charge)) c->frame_charge = want;
+    return c->frame_charge;
 }
 
 static void process_input(conn *c)
@@ -144,44 +312,43 @@ static void process_input(conn *c)
     conn_ref(c);
     while (c->open && !c->closing && c->bev) {
         if (over_limits(c) || c->paused_budget) { set_reading(c, 0); break; }
+        if (c->pk_frame || c->pk_msg) {
+            int rc = advance_parked(c);
+            if (rc < 0) break;
+            if (rc == 0) { set_reading(c, 0); break; }
+            continue;
+        }
         struct evbuffer *in = bufferevent_get_input(c->bev);
         if (evbuffer_get_length(in) == 0) { set_reading(c, 1); break; }
-        if (!charge_next_frame(c, in)) { set_reading(c, 0); break; }
         struct evbuffer_iovec vec;
         if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1) break;
+        size_t cap = frame_allowance(c, vec.iov_len);
+        if (wire_frame_in_body(&c->reader) && cap <= wire_frame_held(&c->reader) && wire_frame_room(&c->reader) == 0) {
+            if (wait_for_room(c) == 0) set_reading(c, 0);
+            break;
+        }
+        if (!wire_frame_pending(&c->reader)) {   /* a new frame: its rate window starts */
+            c->rate_t0_ms = now_ms(c);
+            c->rate_bytes = 0;
+        }
         size_t used = 0, len = 0;
         uint8_t *frame = NULL;
-        int rc = wire_frame_feed(&c->reader, vec.iov_base, vec.iov_len, &used, &frame, &len);
+        int rc = wire_frame_feed_upto(&c->reader, vec.iov_base, vec.iov_len, cap, &used, &frame, &len);
         evbuffer_drain(in, used);
         c->bytes_in += used;
+        c->rate_bytes += used;
+        if (used) c->last_active_ms = now_ms(c);
         if (rc < 0) {
+            uncharge(c, c->frame_charge);
+            c->frame_charge = 0;
             bad_frame(c, 0, rc, rc == DMOE_ETOOBIG ? "frame longer than the limit" : "bad frame header");
             break;
         }
         if (rc == 0) continue;
-        size_t charge = c->frame_charge;
+        c->pk_frame = frame;
+        c->pk_len = len;
+        c->pk_charge = c->frame_charge;
         c->frame_charge = 0;
-        wire_msg m;
-        char err[160];
-        rc = wire_msg_decode(frame, len, &m, err, sizeof err);
-        if (rc < 0) {
-            if (c->lim.budget && charge) rt_budget_release(c->lim.budget, charge);
-            if (rc == DMOE_EINVAL) {   /* valid msgpack, bad fields: answer and keep the connection */
-                if (c->ops.on_bad_frame) c->ops.on_bad_frame(c, m.id, rc, err, c->arg);
-                continue;
-            }
-            bad_frame(c, m.id, rc, err);
-            break;
-        }
-        wire_msg *heap = malloc(sizeof *heap);
-        if (!heap) {
-            wire_msg_free(&m);
-            if (c->lim.budget && charge) rt_budget_release(c->lim.budget, charge);
-            bad_frame(c, 0, DMOE_ENOMEM, "out of memory");
-            break;
-        }
-        *heap = m;
-        c->ops.on_msg(c, heap, charge, c->arg);
     }
     if (c->open && c->bev && c->lim.frame_timeout_s) {
         /* a half-received frame must complete in time; an idle connection may stay */
@@ -196,6 +363,7 @@ static void on_read(struct bufferevent *bev, void *arg) { process_input(arg); }
 static void on_write(struct bufferevent *bev, void *arg)
 {
     conn *c = arg;
+    c->last_active_ms = now_ms(c);
     if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
         finish_close(c, 0);
         return;
@@ -221,6 +389,19 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     finish_close(c, c->closing ? 0 : err);
 }
 
+/* Whether a reply of n more bytes may be queued: a peer that leaves more than out_hard unread, or
+ * whose unread replies would take the node past its reply bound, is a slow reader and is closed. One
+ * reply on an empty output always goes (it may be larger than any limit). */
+static int output_fits(conn *c, size_t n)
+{
+    size_t queued = evbuffer_get_length(bufferevent_get_output(c->bev));
+    if (queued == 0) return 1;
+    if (c->lim.out_hard && queued + n > c->lim.out_hard) return 0;
+    netq *q = c->lim.quota;
+    if (q && q->out_max && q->out_bytes + n > q->out_max) return 0;
+    return 1;
+}
+
 static void conn_handle(rt_actor *self, rt_msg *m)
 {
     conn *c = (conn *)self;
@@ -232,6 +413,13 @@ static void conn_handle(rt_actor *self, rt_msg *m)
     send_msg *s = (send_msg *)m;
     if (c->open && c->bev) {
         size_t n = wire_out_len(s->out) + WIRE_FRAME_HDR;
+        if (!output_fits(c, n)) {
+            LOG_WARN("closing connection from %s: it leaves %zu bytes of replies unread", c->peer,
+                     evbuffer_get_length(bufferevent_get_output(c->bev)));
+            finish_close(c, DMOE_EOVERLOAD);
+            rt_msg_drop(m);
+            return;
+        }
         int rc = wire_out_send(s->out, bufferevent_get_output(c->bev));
         s->out = NULL;
         if (rc == 0) {
@@ -266,6 +454,7 @@ static conn *conn_alloc(rt_loop *l, const conn_ops *ops, void *arg, const conn_l
     c->refs = 1;
     c->open = 1;
     c->waiter.wake = budget_wake;
+    c->last_active_ms = rt_loop_now_ms(l);
     rt_signal_init(&c->resume, &c->actor, CONN_RESUME);
     return c;
 }
@@ -277,6 +466,7 @@ static void setup_bev(conn *c, struct bufferevent *bev)
     bufferevent_set_max_single_read(bev, (size_t)1 << 20);   /* big tensors in fewer callbacks */
     /* on_write runs when output drains to a quarter of the pause threshold */
     bufferevent_setwatermark(bev, EV_WRITE, c->lim.max_outbuf / 4, 0);
+    if (c->lim.quota) c->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), out_changed, c);
 }
 
 conn *conn_new(rt_loop *l, struct bufferevent *bev, const conn_ops *ops, void *arg, const conn_limits *lim)
@@ -301,6 +491,7 @@ conn *conn_new(rt_loop *l, struct bufferevent *bev, const conn_ops *ops, void *a
             port = ntohs(s6->sin6_port);
         }
         snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+        if (c->lim.quota) c->addr = netq_addr_get(c->lim.quota, (struct sockaddr *)&ss);
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -386,6 +577,31 @@ void conn_unref(conn *c)
 {
     if (--c->refs == 0) rt_actor_stop(&c->actor);
 }
+
+void conn_uncharge(conn *c, size_t n) { uncharge(c, n); }
+
+int conn_tick(conn *c, uint64_t now)
+{
+    if (!c->open || c->closing || !c->bev) return 0;
+    if (c->lim.min_rate && c->reading && !c->paused_budget && wire_frame_pending(&c->reader) &&
+        now > c->rate_t0_ms + (uint64_t)c->lim.rate_grace_ms &&
+        c->rate_bytes * 1000 < c->lim.min_rate * (now - c->rate_t0_ms)) {
+        LOG_WARN("closing connection from %s: its frame arrives at %llu bytes/s, under the minimum %zu", c->peer,
+                 (unsigned long long)(c->rate_bytes * 1000 / (now - c->rate_t0_ms)), c->lim.min_rate);
+        finish_close(c, DMOE_ETIMEDOUT);
+        return 1;
+    }
+    if (c->lim.idle_timeout_s && c->inflight == 0 && !wire_frame_pending(&c->reader) && !c->pk_frame &&
+        !c->pk_msg && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 &&
+        now >= c->last_active_ms + (uint64_t)c->lim.idle_timeout_s * 1000) {
+        LOG_DEBUG("closing connection from %s: idle for %d s", c->peer, c->lim.idle_timeout_s);
+        finish_close(c, 0);
+        return 1;
+    }
+    return 0;
+}
+
+uint64_t conn_last_active_ms(const conn *c) { return c->last_active_ms; }
 
 void conn_hold(conn *c) { c->inflight++; }
 

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -37,7 +38,6 @@
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
 #include "kernels/kern_classes.h"
-#include "runtime/rt_budget.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/rt_pool.h"
@@ -59,7 +59,7 @@ struct node {
     node_cfg cfg;
     const kern_class *cls;
     rt_pool *pool;
-    rt_budget budget;
+    netq quota;                   /* pending bytes, shares, unread replies of the server's connections */
     server *srv;
     client *cl;
     dht_net *dnet;
@@ -110,6 +110,13 @@ void node_default_cfg(node_cfg *c)
     c->max_frame = WIRE_MAX_FRAME_DEFAULT;
     c->max_pending_bytes = (size_t)2 << 30;
     c->max_inflight = 256;
+    c->reply_soft_bytes = (size_t)16 << 20;
+    c->reply_hard_bytes = (size_t)64 << 20;
+    c->max_replies_bytes = (size_t)256 << 20;
+    c->min_rate = (size_t)16 << 10;
+    c->min_rate_grace_ms = 5000;
+    c->idle_timeout_s = 300;
+    c->max_connections = 1024;
     c->update_period = 30;
     c->keep_checkpoints = 3;
     c->activation_cache_bytes = (size_t)256 << 20;
@@ -170,7 +177,7 @@ static void create_experts(node *n, char **uids)
             .cls = n->cls, .kcfg = c->kcfg, .opt = c->opt, .sched = c->sched, .max_batch_size = c->max_batch_size,
             .min_batch_size = c->min_batch_size, .batch_wait_ms = c->batch_wait_ms,
             .max_parallel_fwd = c->num_workers, .seed = node_expert_seed(c->seed, uids[i]), .pool = n->pool,
-            .budget = &n->budget, .ckpt_dir = c->checkpoint_dir, .keep_ckpts = c->keep_checkpoints,
+            .ckpt_dir = c->checkpoint_dir, .keep_ckpts = c->keep_checkpoints,
             .met = n->met ? &n->ms : NULL, .compression = c->compression, .cache = n->cache,
         };
         n->experts[i] = expert_new(n->loop, uids[i], &ec, err, sizeof err);
@@ -425,7 +432,20 @@ static void node_destroy(rt_actor *self)
     rt_timer_deinit(&n->tick);
     rt_timer_deinit(&n->update);
     rt_timer_deinit(&n->stats);
+    netq_deinit(&n->quota);
     free(n);
+}
+
+/* The descriptors a node may open: the soft limit raised to the hard one. */
+static long raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl.rlim_cur = rl.rlim_max;
+    }
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1L << 20) ? 1L << 20 : (long)rl.rlim_cur;
 }
 
 /* ---- start ---- */
@@ -559,7 +579,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
     n->cfg = *c;
     n->cls = cls;
     n->metrics_port = -1;
-    rt_budget_init(&n->budget, c->max_pending_bytes);
+    netq_init(&n->quota, c->max_pending_bytes, c->max_replies_bytes);
     if (rt_timer_init(&n->tick, &n->actor, NODE_TICK) != 0 || rt_timer_init(&n->update, &n->actor, NODE_UPDATE) != 0 ||
         rt_timer_init(&n->stats, &n->actor, NODE_STATS) != 0) {
         snprintf(err, errlen, "out of memory");
@@ -596,9 +616,24 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
 
     server_cfg scfg = {.num_workers = c->num_workers, .met = n->met ? &n->ms : NULL};
     conn_default_limits(&scfg.limits);
-    scfg.limits.max_frame = c->max_frame;
+    /* nothing passes the pending budget: a longer frame is refused at its header */
+    scfg.limits.max_frame = c->max_pending_bytes && c->max_pending_bytes < c->max_frame ? c->max_pending_bytes : c->max_frame;
     scfg.limits.max_inflight = c->max_inflight;
-    scfg.limits.budget = &n->budget;
+    scfg.limits.max_outbuf = c->reply_soft_bytes;
+    scfg.limits.out_hard = c->reply_hard_bytes;
+    scfg.limits.min_rate = c->min_rate;
+    scfg.limits.rate_grace_ms = c->min_rate_grace_ms;
+    scfg.limits.idle_timeout_s = c->idle_timeout_s;
+    scfg.limits.max_objects = WIRE_MAX_REQ_OBJECTS;
+    scfg.limits.quota = &n->quota;
+    /* half the descriptors for served connections: the rest for the DHT's, files, the pool */
+    long nofile = raise_nofile();
+    scfg.max_connections = c->max_connections;
+    if (scfg.max_connections > (nofile - 64) / 2) {
+        scfg.max_connections = (int)((nofile - 64) / 2 > 1 ? (nofile - 64) / 2 : 1);
+        LOG_WARN("--max_connections %d is over half the %ld file descriptors: using %d", c->max_connections, nofile,
+                 scfg.max_connections);
+    }
 
     /* listen first: the address is the first thing a user needs (and a busy port fails fast) */
     n->srv = server_new(l, &scfg);

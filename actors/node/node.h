@@ -1,7 +1,8 @@
 /* node.h -- one dmoe node: a worker pool, the hosted experts, the server in front of them, its DHT node,
  * checkpoints, statistics and metrics.
  *
- * Start-up runs in two parts. node_start does the synchronous part: bind the listening addresses, create
+ * Start-up runs in two parts. node_start does the synchronous part: raise the descriptor limit (soft to
+ * hard; at most half of it goes to served connections), bind the listening addresses, create
  * the DHT node on the same port (unless client mode), start the metrics endpoint. Then, on the loop: join
  * the DHT through the initial peers (a failure to reach any of them is fatal, reported through
  * cfg->on_fatal), choose the expert uids (checkpointed ones first, then the given ones or fresh ones
@@ -43,8 +44,15 @@ typedef struct {
     uint64_t seed;
     int num_workers;
     size_t max_frame;
-    size_t max_pending_bytes;    /* budget for received frames not yet batched */
+    size_t max_pending_bytes;    /* what clients make the node hold: frames, decoded, decompressed (netq.h) */
     int max_inflight;            /* per connection */
+    size_t reply_soft_bytes;     /* per connection: unread replies past this stop reading it */
+    size_t reply_hard_bytes;     /* per connection: ... past this close it */
+    size_t max_replies_bytes;    /* all connections' unread replies (netq.h) */
+    size_t min_rate;             /* bytes/s a frame must arrive at after min_rate_grace_ms (0: any) */
+    int min_rate_grace_ms;
+    int idle_timeout_s;          /* close connections idle this long (0: never) */
+    int max_connections;         /* open connections; the quietest makes room for a new one */
     wire_scheme compression;     /* clients compress inputs, the node input gradients, this way */
     size_t activation_cache_bytes;  /* forward activations kept for their backward (0: none) */
     /* DHT */

@@ -12,7 +12,7 @@ void ex_req_drop_frame(ex_req *r)
         free(r->wm);
         r->wm = NULL;
     }
-    if (r->budget && r->charge) rt_budget_release(r->budget, r->charge);
+    if (r->charge) conn_uncharge(r->c, r->charge);
     r->charge = 0;
     for (int i = 0; i < 2 * KERN_MAX_IO; i++) {
         free(r->owned[i]);

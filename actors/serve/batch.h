@@ -29,7 +29,6 @@
 #include "kernels/kern_expert.h"
 #include "kernels/kern_optim.h"
 #include "runtime/rt_actor.h"
-#include "runtime/rt_budget.h"
 #include "runtime/rt_pool.h"
 #include "wire/codec/wire_compress.h"
 #include "wire/wire_msg.h"
@@ -56,8 +55,7 @@ typedef struct ex_req {
     int dir;                              /* EX_FWD or EX_BWD */
     int64_t rows;
     wire_msg *wm;                         /* owns the frame the row pointers point into */
-    size_t charge;                        /* budget bytes to release with the frame */
-    rt_budget *budget;                    /* where charge was taken (NULL: none) */
+    size_t charge;                        /* quota bytes to release with the frame (conn_uncharge) */
     struct met_std_s *met;                /* where errors are counted (NULL: none) */
     const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
     const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */

@@ -2,8 +2,9 @@
  *
  * Design notes. Requests wait on a singly linked list (head to tail, arrival order). A batch is one
  * calloc'd ex_batch plus two blocks: the work block (inputs, grad_outputs, workspace, gathered
- * activations), freed as soon as the job is back, and the result block, which the replies reference
- * and which is freed when the last of them has been written (b->refs). Nothing here blocks or sends
+ * activations), freed as soon as the job is back, and the result block, which a reply covering the
+ * whole batch references (a reply to part of it copies its rows, so that an unread reply never holds
+ * more than its own bytes) and which is freed when the last reference has been written (b->refs). Nothing here blocks or sends
  * mail except the replies (conn_send).
  */
 #include "actors/serve/batchq.h"
@@ -113,6 +114,15 @@ static int pack_result(batchq *q, ex_batch *b, wire_out *o, ex_packed *p, int j,
         return wire_tensor_pack(o, &t, free_ref, (void *)t.data);
     }
     t.data = (const uint8_t *)(b->res[j] + (size_t)row * rf);
+    if (rows < b->B) {
+        /* Part of a batch: copied, so that an unread reply holds its own bytes and not the whole
+         * batch's block (a 1-row reply left unread would otherwise keep max_batch_size rows alive). */
+        void *copy = malloc(t.nbytes ? t.nbytes : 1);
+        if (!copy) return DMOE_ENOMEM;
+        memcpy(copy, t.data, t.nbytes);
+        t.data = copy;
+        return wire_tensor_pack(o, &t, free_ref, copy);
+    }
     b->refs++;
     return wire_tensor_pack(o, &t, res_unref, b);
 }

@@ -43,7 +43,6 @@ typedef struct {
     int max_parallel_fwd;     /* forward batches of this expert computing at once */
     uint64_t seed;            /* initialisation */
     rt_pool *pool;
-    rt_budget *budget;        /* where request frames are charged (may be NULL) */
     struct met_std_s *met;    /* the node's metrics (NULL: none) */
     wire_scheme compression;  /* how returned input gradients are compressed; advertised in info */
     actcache *cache;          /* the node's activation cache (NULL: none) */

@@ -13,12 +13,15 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "actors/node/metrics.h"
 #include "runtime/rt_err.h"
@@ -32,7 +35,13 @@
  * time it saves; above it the scan (and any decompression, slower per byte) goes to a worker. */
 #define SERVER_INLINE_CHECK_BYTES (64u << 10)
 
-enum { SRV_CHECKED = 1 };
+/* How often the connections' rate and idle time are looked at. */
+#define SERVER_SWEEP_MS 250
+/* msgpack objects a forward or backward request may hold: the envelope, then per tensor its map (4
+ * pairs) and shape (at most WIRE_MAX_NDIM dims), with room to spare; anything bigger is not one. */
+#define SERVER_REQ_OBJECTS(n_tensors) (64 + 32 * (size_t)(n_tensors))
+
+enum { SRV_CHECKED = 1, SRV_SWEEP = 2 };
 
 typedef struct srv_conn {
     conn *c;
@@ -60,6 +69,8 @@ struct server {
     int n_conns;
     uint64_t closed_in, closed_out;   /* bytes of connections already closed */
     int shutting;
+    rt_timer sweep;            /* SRV_SWEEP: conn_tick on every connection */
+    int reserve_fd;            /* a spare descriptor: closed to accept-and-close when out of them */
 };
 
 static int cmp_expert(const void *a, const void *b)
@@ -179,8 +190,8 @@ static int finite_f32_bytes(const uint8_t *p, size_t n)
 
 /* Check the tensors under key against the schema io[0..n); set row pointers and the common B. Compressed
  * tensors are decompressed into owned[] (freed with the request). */
-static int check_tensors(const wire_msg *m, const char *key, const kern_io_info *io, int n, int64_t *B,
-                         const uint8_t **rows, float **owned, char *err, size_t errlen)
+static int check_tensors(const wire_msg *m, const char *key, const kern_io_info *io, int n, int64_t max_batch,
+                         int64_t *B, const uint8_t **rows, float **owned, char *err, size_t errlen)
 {
     const msgpack_object *arr = wire_map_get(&m->root, key);
     if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) {
@@ -229,7 +240,17 @@ static int check_tensors(const wire_msg *m, const char *key, const kern_io_info 
                      (long long)t.shape[0], (long long)*B);
             return DMOE_ESHAPE;
         }
+        if (*B > max_batch) {   /* before anything the rows would size is allocated */
+            snprintf(err, errlen, "%lld rows is over this node's max_batch_size %lld: split the request",
+                     (long long)*B, (long long)max_batch);
+            return DMOE_ETOOBIG;
+        }
         if (t.compression != WIRE_COMP_NONE) {
+            if (!wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t))) {
+                snprintf(err, errlen, "%s[%d] (%s): malformed %s data (%zu bytes for %zu values)", key, i, io[i].name,
+                         wire_compress_name(t.compression), t.nbytes, t.numel);
+                return DMOE_EINVAL;
+            }
             if (posix_memalign((void **)&owned[i], 64, (t.numel ? t.numel : 1) * sizeof(float)) != 0) {
                 owned[i] = NULL;
                 snprintf(err, errlen, "out of memory decompressing %s[%d]", key, i);
@@ -270,15 +291,10 @@ static void check_request(srv_check *k)
     ex_req *r = k->r;
     const wire_msg *m = r->wm;
     int64_t B = -1;
-    k->rc = check_tensors(m, "inputs", k->in, k->n_in, &B, r->in, r->owned, k->err, sizeof k->err);
+    k->rc = check_tensors(m, "inputs", k->in, k->n_in, k->max_batch_size, &B, r->in, r->owned, k->err, sizeof k->err);
     if (k->rc == 0 && r->dir == EX_BWD)
-        k->rc = check_tensors(m, "grad_outputs", k->out, k->n_out, &B, r->gout, r->owned + KERN_MAX_IO, k->err,
-                              sizeof k->err);
-    if (k->rc == 0 && B > k->max_batch_size) {
-        k->rc = DMOE_ETOOBIG;
-        snprintf(k->err, sizeof k->err, "%lld rows is over this node's max_batch_size %lld: split the request",
-                 (long long)B, (long long)k->max_batch_size);
-    }
+        k->rc = check_tensors(m, "grad_outputs", k->out, k->n_out, k->max_batch_size, &B, r->gout,
+                              r->owned + KERN_MAX_IO, k->err, sizeof k->err);
     if (k->rc != 0) return;
     r->rows = B;
     if (k->hash) {
@@ -359,6 +375,13 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
     }
     const kern_model *km = expert_model(e);
     const expert_cfg *ec = expert_cfg_get(e);
+    size_t max_objects = SERVER_REQ_OBJECTS(km->n_in + (dir == EX_BWD ? km->n_out : 0));
+    if (m->objects > max_objects) {
+        rc = DMOE_ETOOBIG;
+        snprintf(err, sizeof err, "%s request of %zu msgpack objects: this expert's schema allows at most %zu",
+                 m->method, m->objects, max_objects);
+        goto fail;
+    }
     ex_req *r = calloc(1, sizeof *r);
     srv_check *k = calloc(1, sizeof *k);
     if (!r || !k) {
@@ -376,7 +399,6 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
     r->dir = dir;
     r->wm = m;
     r->charge = charge;
-    r->budget = s->cfg.limits.budget;
     r->met = s->cfg.met;
     r->t_arrive_us = rt_clock_us();
     k->r = r;
@@ -405,16 +427,33 @@ fail:
     reply_error(s, c, m->id, rc, err);
     wire_msg_free(m);
     free(m);
-    if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+    conn_uncharge(c, charge);
+}
+
+static void sweep(server *s)
+{
+    uint64_t now = rt_loop_now_ms(s->loop);
+    srv_conn *sc = s->conns;
+    while (sc) {
+        srv_conn *next = sc->next;
+        conn_tick(sc->c, now);   /* on_close may free sc */
+        sc = next;
+    }
 }
 
 static void server_handle(rt_actor *self, rt_msg *msg)
 {
     if (msg->type == SRV_CHECKED) checked((srv_check *)msg);
+    else if (msg->type == SRV_SWEEP) { sweep((server *)self); rt_msg_drop(msg); }
     else rt_msg_drop(msg);
 }
 
-static void server_destroy(rt_actor *self) { free(self); }
+static void server_destroy(rt_actor *self)
+{
+    server *s = (server *)self;
+    rt_timer_deinit(&s->sweep);
+    free(s);
+}
 
 static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 {
@@ -425,7 +464,7 @@ static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
         if (strcmp(m->method, "backward") == 0) { route_compute(s, c, m, charge, EX_BWD); return; }
         for (int i = 0; i < s->n_handlers; i++)
             if (strncmp(m->method, s->handlers[i].prefix, strlen(s->handlers[i].prefix)) == 0) {
-                if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+                conn_uncharge(c, charge);
                 s->handlers[i].fn(s->handlers[i].arg, c, m);
                 return;
             }
@@ -441,7 +480,43 @@ static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
     }
     wire_msg_free(m);
     free(m);
-    if (s->cfg.limits.budget && charge) rt_budget_release(s->cfg.limits.budget, charge);
+    conn_uncharge(c, charge);
+}
+
+/* The bytes a request will make the node allocate beyond its frame and tree: the request's own
+ * records and its decompressed tensors (each checked as check_tensors will, so a header claiming
+ * more rows than max_batch_size, or more values than its bytes can hold, costs nothing: it is
+ * refused before anything is allocated). */
+static size_t request_cost(const server *s, const wire_msg *m)
+{
+    int dir = strcmp(m->method, "forward") == 0 ? EX_FWD : strcmp(m->method, "backward") == 0 ? EX_BWD : -1;
+    char uid[256];
+    const msgpack_object *uo = wire_map_get(&m->root, "uid");
+    if (dir < 0 || !uo || wire_get_str(uo, uid, sizeof uid) != 0) return 0;
+    expert *e = server_find(s, uid);
+    if (!e) return 0;
+    int64_t max_batch = expert_cfg_get(e)->max_batch_size;
+    size_t bytes = sizeof(ex_req) + 4096;   /* the ex_req, its srv_check */
+    const char *keys[2] = {"inputs", "grad_outputs"};
+    for (int k = 0; k <= dir; k++) {
+        const msgpack_object *arr = wire_map_get(&m->root, keys[k]);
+        if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) continue;
+        for (uint32_t i = 0; i < arr->via.array.size && i < 2 * KERN_MAX_IO; i++) {
+            wire_tensor t;
+            if (wire_tensor_decode(&arr->via.array.ptr[i], &t, NULL, 0) != 0 || t.compression == WIRE_COMP_NONE ||
+                t.ndim < 1 || t.shape[0] > max_batch ||
+                !wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t)))
+                continue;
+            bytes += t.numel * sizeof(float) + 64;
+        }
+    }
+    return bytes;
+}
+
+static size_t on_cost(conn *c, const wire_msg *m, void *arg)
+{
+    srv_conn *sc = arg;
+    return m->kind == WIRE_REQUEST ? request_cost(sc->s, m) : 0;
 }
 
 static void on_bad_frame(conn *c, uint64_t id, int code, const char *msg, void *arg)
@@ -465,12 +540,26 @@ static void on_close(conn *c, int err, void *arg)
     free(sc);
 }
 
-static const conn_ops server_ops = {on_msg, on_close, on_bad_frame};
+static const conn_ops server_ops = {on_msg, on_close, on_bad_frame, on_cost};
+
+/* Make room for one more connection: close the one that has been quiet the longest (rather than
+ * refuse the newcomer, so that idle or stalled connections cannot lock honest clients out). */
+static void evict_one(server *s)
+{
+    srv_conn *oldest = NULL;
+    for (srv_conn *sc = s->conns; sc; sc = sc->next)
+        if (!oldest || conn_last_active_ms(sc->c) < conn_last_active_ms(oldest->c)) oldest = sc;
+    if (!oldest) return;
+    LOG_DEBUG("%d connections: closing the quietest, from %s", s->n_conns, conn_peer(oldest->c));
+    conn_close(oldest->c, 0);   /* on_close frees oldest */
+}
 
 static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg)
 {
     server *s = arg;
     if (s->shutting) { evutil_closesocket(fd); return; }
+    if (s->cfg.max_connections > 0)
+        while (s->n_conns >= s->cfg.max_connections && s->conns) evict_one(s);
     srv_conn *sc = calloc(1, sizeof *sc);
     struct bufferevent *bev = bufferevent_socket_new(rt_loop_base(s->loop), fd, BEV_OPT_CLOSE_ON_FREE);
     if (!sc || !bev) {
@@ -493,10 +582,29 @@ static void reenable_listener(evutil_socket_t fd, short what, void *arg) { evcon
 
 static void on_accept_error(struct evconnlistener *lev, void *arg)
 {
+    server *s = arg;
     int e = EVUTIL_SOCKET_ERROR();
-    LOG_WARN("accept failed: %s", evutil_socket_error_to_string(e));
-    if (e == EMFILE || e == ENFILE) {
-        /* out of descriptors: pause accepting briefly instead of spinning */
+    if (e != EMFILE && e != ENFILE) {
+        LOG_WARN("accept failed: %s", evutil_socket_error_to_string(e));
+        return;
+    }
+    /* Out of descriptors: the pending connections would wake the listener again at once. Spend the
+     * spare descriptor to accept each and close it (the peer sees a clean close, not a hang), as
+     * libuv and Redis do; without a spare, pause accepting briefly instead of spinning. */
+    int dropped = 0;
+    if (s->reserve_fd >= 0) {
+        close(s->reserve_fd);
+        s->reserve_fd = -1;
+        for (int i = 0; i < 64; i++) {
+            int fd = accept(evconnlistener_get_fd(lev), NULL, NULL);
+            if (fd < 0) break;
+            close(fd);
+            dropped++;
+        }
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    LOG_WARN("out of file descriptors: %d connection%s closed at accept", dropped, dropped == 1 ? "" : "s");
+    if (s->reserve_fd < 0) {
         evconnlistener_disable(lev);
         struct timeval tv = {0, 100000};
         event_base_once(evconnlistener_get_base(lev), -1, EV_TIMEOUT, reenable_listener, lev, &tv);
@@ -510,6 +618,13 @@ server *server_new(rt_loop *l, const server_cfg *cfg)
     rt_actor_init(&s->actor, l, "server", server_handle, server_destroy);
     s->loop = l;
     s->cfg = *cfg;
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (rt_timer_init(&s->sweep, &s->actor, SRV_SWEEP) != 0) {
+        if (s->reserve_fd >= 0) close(s->reserve_fd);
+        free(s);
+        return NULL;
+    }
+    if (cfg->limits.min_rate || cfg->limits.idle_timeout_s) rt_timer_start(&s->sweep, SERVER_SWEEP_MS, 1);
     return s;
 }
 
@@ -599,6 +714,9 @@ void server_free(server *s)
     if (!s) return;
     for (int i = 0; i < s->n_listeners; i++) evconnlistener_free(s->listeners[i]);
     while (s->conns) conn_close(s->conns->c, 0);
+    rt_timer_cancel(&s->sweep);
+    if (s->reserve_fd >= 0) close(s->reserve_fd);
+    s->reserve_fd = -1;
     free(s->experts);
     s->experts = NULL;
     s->n_experts = 0;

@@ -9,8 +9,8 @@
  * is closed (wire/PROTOCOL.md).
  *
  * A forward request, from the socket to the kernel and back ([mail] marks a mailbox hop):
- *   1. actors/net/conn.c      the bufferevent read callback (process_input) charges the frame's length to
- *                             the node's byte budget (runtime/rt_budget.c), cuts the frame
+ *   1. actors/net/conn.c      the bufferevent read callback (process_input) charges the frame's bytes as
+ *                             they arrive to the node's quota (actors/net/netq.c), cuts the frame
  *                             (wire/wire_frame.c) and decodes it without copying (wire/wire_msg.c), then
  *                             calls the owner's on_msg: this server's.
  *   2. actors/serve/server.c  route_compute finds the expert by uid and builds the ex_req (batch.h), which
@@ -54,7 +54,8 @@
 typedef struct server server;
 
 typedef struct {
-    conn_limits limits;        /* per connection; limits.budget is the node's byte budget */
+    conn_limits limits;        /* per connection; limits.quota is the node's (netq.h) */
+    int max_connections;       /* when full, the quietest connection is closed for a new one (0: no limit) */
     int num_workers;           /* reported by info */
     struct met_std_s *met;     /* the node's metrics (NULL: none) */
 } server_cfg;
@@ -81,7 +82,9 @@ void server_shutdown(server *s);
 void server_close_all(server *s);
 /* server_bytes adds up the bytes read and written on every connection, open or closed. */
 void server_bytes(const server *s, uint64_t *in, uint64_t *out);
-/* server_connections returns the number of open connections. */
+/* server_connections returns the number of open connections. Connections are closed by the server
+ * when they are too slow or idle (conn_tick, every SERVER_SWEEP_MS) and, the quietest first, to make
+ * room past cfg->max_connections; running out of descriptors at accept closes the newcomers. */
 int server_connections(const server *s);
 /* server_free frees the listeners and the router; connections still open are closed now. Checks still
  * on the pool fail their requests with DMOE_ESHUTDOWN; the server's memory goes when the loop reaps its

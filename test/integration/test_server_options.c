@@ -202,8 +202,9 @@ Test(server_options, help_lists_every_group, .timeout = 30)
     char out[16384];
     const char *args[] = {"--help", NULL};
     cr_assert_eq(th_run("dmoe-node", args, out, sizeof out, 10), 0);
-    const char *want[] = {"Experts:", "Batching:", "Training:", "Network:", "DHT:", "Checkpoints:", "Logging:",
+    const char *want[] = {"Experts:", "Batching:", "Training:", "Network:", "Limits:", "DHT:", "Checkpoints:", "Logging:",
                           "--expert_cls", "--compression", "--checkpoint_dir", "--scheduler", "--initial_peers",
-                          "--metrics_port", "--stats_report_interval", "--keep_checkpoints"};
+                          "--metrics_port", "--stats_report_interval", "--keep_checkpoints", "--max_connections",
+                          "--min_rate_kbps", "--max_replies_mb"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_assert(strstr(out, want[i]), "no %s in:\n%s", want[i], out);
 }

@@ -456,6 +456,14 @@ int wire_compress(wire_scheme scheme, const float *x, size_t n, uint8_t *out, si
     return wire_compress_rows(scheme, x, n, 1, out, out_len);
 }
 
+int wire_compress_len_ok(wire_scheme scheme, size_t len, size_t n, size_t rows)
+{
+    if (scheme == WIRE_SCHEME_UNIFORM_8BIT)   /* 8 + 4K + n bytes, K in 1..256 */
+        return len >= n && len - n >= 12 && len - n <= 8 + 4 * CS_U8_BINS && (len - n - 8) % 4 == 0;
+    size_t exact = wire_compress_bound_rows(scheme, n, rows);
+    return exact != SIZE_MAX && len == exact;
+}
+
 int wire_decompress_rows(wire_scheme scheme, const uint8_t *in, size_t len, size_t n, size_t rows,
                          float *out)
 {

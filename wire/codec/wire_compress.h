@@ -97,6 +97,11 @@ int wire_compress_rows(wire_scheme scheme, const float *x, size_t n, size_t rows
  * match n, index outside the codebook, bad codebook size) or DMOE_ENONFINITE (NaN/Inf or negative scale
  * in a header). out may be partly written on failure. */
 int wire_decompress(wire_scheme scheme, const uint8_t *in, size_t len, size_t n, float *out);
+/* wire_compress_len_ok returns whether len bytes can be scheme's encoding of n values in rows rows, the
+ * check to make BEFORE allocating the n floats a header claims: for every scheme a valid encoding holds
+ * at least one byte per value, so a few bytes cannot claim gigabytes. It reads
+ * no data (UNIFORM_8BIT's codebook size is allowed in 1..256). */
+int wire_compress_len_ok(wire_scheme scheme, size_t len, size_t n, size_t rows);
 /* wire_decompress_rows is wire_decompress for n values in rows rows (MEANSTD_16BIT); DMOE_EINVAL also
  * when rows does not divide n. */
 int wire_decompress_rows(wire_scheme scheme, const uint8_t *in, size_t len, size_t n, size_t rows,

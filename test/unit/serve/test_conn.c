@@ -1,6 +1,7 @@
 /* test_conn.c -- the connection actor's backpressure, in process over a socketpair: with max_inflight
  * requests held it stops reading and a release resumes it; with more than max_outbuf bytes waiting to
- * be written it stops reading and resumes once the peer has read them. */
+ * be written it stops reading and resumes once the peer has read them; with a quota it charges the
+ * bytes received, not the length announced, and a frame under the minimum rate is dropped. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include "test/unit/serve/serve_kit.h"
+#include "wire/wire_frame.h"
 
 static rt_loop *l;
 
@@ -139,4 +141,36 @@ Test(conn, peer_close_calls_on_close_once_and_sends_are_refused)
     msgpack_pack_nil(wire_out_pk(o));
     cr_assert_neq(conn_send(c, o), 0, "a send on a closed connection is refused (and o freed)");
     conn_unref(c);
+}
+
+Test(conn, charged_as_received_and_dropped_under_the_minimum_rate)
+{
+    netq q;
+    netq_init(&q, (size_t)64 << 20, 0);
+    int closed = 0;
+    conn_ops ops = sk_noop_ops;
+    ops.on_close = count_close;
+    conn_limits lim;
+    conn_default_limits(&lim);
+    lim.quota = &q;
+    lim.min_rate = 1 << 20;
+    lim.rate_grace_ms = 100;
+    int fd;
+    conn *c = sk_conn_pair(l, &ops, &closed, &lim, &fd);
+    conn_ref(c);
+    /* 60 MiB announced, 10 bytes sent: the node holds (and charges) one first allocation */
+    const uint8_t bytes[14] = {0x03, 0xc0, 0, 0, 0x82};
+    cr_assert_eq(send(fd, bytes, sizeof bytes, 0), (ssize_t)sizeof bytes);
+    sk_spin(l, 20);
+    cr_assert_gt(q.pending.used, 0);
+    cr_assert_leq(q.pending.used, WIRE_FRAME_GROW_MIN, "%zu bytes charged for 10 received", q.pending.used);
+    cr_assert_not(conn_tick(c, rt_loop_now_ms(l)), "within the grace period");
+    sk_spin(l, 150);
+    cr_assert(conn_tick(c, rt_loop_now_ms(l)), "10 bytes in 150 ms is under 1 MiB/s");
+    cr_assert_eq(closed, 1);
+    cr_assert_eq(q.pending.used, 0, "closing returns the charge");
+    conn_unref(c);
+    close(fd);
+    sk_spin(l, 5);
+    netq_deinit(&q);
 }

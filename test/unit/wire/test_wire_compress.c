@@ -480,3 +480,21 @@ Test(wire_compress, fuzz_garbage, .timeout = 120)
     free(x);
     free(out);
 }
+
+Test(wire_compress, length_checked_before_allocating, .timeout = 30)
+{
+    size_t n = 64 * 1000, rows = 1000;
+    for (size_t k = 0; k < sizeof wct_all / sizeof wct_all[0]; k++) {
+        wire_scheme sc = wct_all[k];
+        size_t exact = wire_compress_bound_rows(sc, n, rows);
+        cr_assert(wire_compress_len_ok(sc, exact, n, rows), "%s: its own size", wire_compress_name(sc));
+        cr_assert_not(wire_compress_len_ok(sc, exact - 1, n, rows), "%s: a byte short", wire_compress_name(sc));
+        /* a header claiming 2^27 x 64 values over a kilobyte */
+        cr_assert_not(wire_compress_len_ok(sc, 1024, (size_t)1 << 33, (size_t)1 << 27), "%s", wire_compress_name(sc));
+    }
+    /* UNIFORM_8BIT's codebook may hold 1..256 entries */
+    cr_assert(wire_compress_len_ok(WIRE_SCHEME_UNIFORM_8BIT, 8 + 4 + n, n, rows));
+    cr_assert_not(wire_compress_len_ok(WIRE_SCHEME_UNIFORM_8BIT, 8 + n, n, rows));
+    cr_assert_not(wire_compress_len_ok(WIRE_SCHEME_UNIFORM_8BIT, 8 + 4 * 257 + n, n, rows));
+    cr_assert_not(wire_compress_len_ok(WIRE_SCHEME_UNIFORM_8BIT, 8 + 6 + n, n, rows));
+}

@@ -198,3 +198,74 @@ Test(wire_frame, free_drops_partial_frame, .timeout = 30)
     cr_assert_not(wire_frame_pending(&r));
     free(s);
 }
+
+Test(wire_frame, body_grows_with_what_arrives, .timeout = 30)
+{
+    /* 1 GiB announced, 8 bytes sent: the reader holds one first allocation, not the announcement */
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, WIRE_MAX_FRAME_DEFAULT);
+    uint8_t s[4 + 8] = {0x40, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+    size_t used = 0, len = 0;
+    uint8_t *f = NULL;
+    cr_assert_eq(wire_frame_feed(&r, s, sizeof s, &used, &f, &len), 0);
+    cr_assert_eq(used, sizeof s);
+    cr_assert_leq(wire_frame_held(&r), WIRE_FRAME_GROW_MIN);
+    cr_assert_eq(wire_frame_room(&r), wire_frame_held(&r) - 8);
+    wire_frame_reader_free(&r);
+
+    /* 200 KiB arriving 1 KiB at a time: the buffer doubles, never past the frame */
+    const size_t lens[] = { 200 << 10 };
+    size_t total;
+    uint8_t *st = wf_stream(lens, 1, &total);
+    wire_frame_reader_init(&r, 1 << 20);
+    size_t off = 0, last = 0;
+    int got = 0;
+    while (off < total) {
+        size_t n = total - off < 1024 ? total - off : 1024;
+        int rc = wire_frame_feed(&r, st + off, n, &used, &f, &len);
+        off += used;
+        if (rc == 1) { wf_check_frame(f, len, lens, 0); free(f); got = 1; break; }
+        size_t held = wire_frame_held(&r);
+        cr_assert(held == last || held >= 2 * last || held == lens[0], "held %zu after %zu", held, last);
+        cr_assert_leq(held, lens[0]);
+        cr_assert_geq(held, r.have);
+        last = held;
+    }
+    cr_assert(got);
+    wire_frame_reader_free(&r);
+    free(st);
+}
+
+Test(wire_frame, feed_upto_stops_at_the_allowance, .timeout = 30)
+{
+    const size_t lens[] = { 100 << 10 };
+    size_t total;
+    uint8_t *s = wf_stream(lens, 1, &total);
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 1 << 20);
+    size_t used = 0, len = 0;
+    uint8_t *f = NULL;
+    /* max_cap 0: the header alone is taken, nothing is allocated */
+    cr_assert_eq(wire_frame_feed_upto(&r, s, total, 0, &used, &f, &len), 0);
+    cr_assert_eq(used, WIRE_FRAME_HDR);
+    cr_assert(wire_frame_in_body(&r));
+    cr_assert_null(r.body);
+    cr_assert_eq(wire_frame_want(&r, 100), WIRE_FRAME_GROW_MIN, "the first allocation");
+    cr_assert_eq(wire_frame_want(&r, total - used), lens[0], "never past the frame");
+    /* an allowance of 1000 bytes takes 1000 */
+    size_t off = used;
+    cr_assert_eq(wire_frame_feed_upto(&r, s + off, total - off, 1000, &used, &f, &len), 0);
+    cr_assert_eq(used, 1000);
+    cr_assert_eq(wire_frame_held(&r), 1000);
+    cr_assert_eq(wire_frame_room(&r), 0);
+    off += used;
+    /* no more allowance: nothing taken */
+    cr_assert_eq(wire_frame_feed_upto(&r, s + off, total - off, 1000, &used, &f, &len), 0);
+    cr_assert_eq(used, 0);
+    /* the rest */
+    cr_assert_eq(wire_frame_feed_upto(&r, s + off, total - off, lens[0], &used, &f, &len), 1);
+    wf_check_frame(f, len, lens, 0);
+    free(f);
+    wire_frame_reader_free(&r);
+    free(s);
+}

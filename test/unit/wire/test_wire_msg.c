@@ -444,3 +444,29 @@ Test(wire_msg, tensor_refusals, .timeout = 30)
     notmap.type = MSGPACK_OBJECT_ARRAY;
     cr_assert_eq(wire_tensor_decode(&notmap, &t, NULL, 0), DMOE_EINVAL);
 }
+
+Test(wire_msg, object_count_bounded_before_decoding, .timeout = 30)
+{
+    /* {"id": 1, "x": [nil * 1000]}: 1 map + 2 keys + id + array + 1000 nils = 1004 objects */
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    wm_envelope(&sb, &pk, "result");
+    msgpack_pack_array(&pk, 1000);
+    for (int i = 0; i < 1000; i++) msgpack_pack_nil(&pk);
+    size_t objects = 0;
+    cr_assert_eq(wire_msg_count((const uint8_t *)sb.data, sb.size, &objects, NULL, 0), 0);
+    cr_assert_eq(objects, 1005, "map, 2 keys, the id, the array, 1000 nils: %zu", objects);
+    wire_msg m;
+    uint8_t *f = malloc(sb.size);
+    memcpy(f, sb.data, sb.size);
+    char err[160] = "";
+    cr_assert_eq(wire_msg_decode_max(f, sb.size, 1004, &m, err, sizeof err), DMOE_ETOOBIG);
+    cr_assert(strstr(err, "1005"), "%s", err);
+    f = malloc(sb.size);
+    memcpy(f, sb.data, sb.size);
+    cr_assert_eq(wire_msg_decode_max(f, sb.size, 1005, &m, NULL, 0), 0);
+    cr_assert_eq(m.objects, 1005);
+    cr_assert_geq(wire_msg_decode_cost(m.objects), 1005 * sizeof(msgpack_object), "the tree is charged");
+    wire_msg_free(&m);
+    msgpack_sbuffer_destroy(&sb);
+}

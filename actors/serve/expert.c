@@ -20,6 +20,9 @@
 #include "runtime/rt_log.h"
 
 #define EX_MIN_CHUNK_ROWS 32   /* smaller slices lose more GEMM efficiency than the second core gains */
+/* a step range under 32 K floats (128 KiB of each of params, grads and moments) costs less than the
+ * wake-up of another worker */
+#define EX_STEP_MIN_FLOATS (8 * KERN_OPTIM_BLOCK)
 
 struct expert {
     rt_actor actor;
@@ -36,6 +39,7 @@ struct expert {
     int running[2];         /* batches of each direction on the pool */
     ex_batch *delayed;      /* batches held by nop_delay timers */
     int n_delayed;
+    ex_step step;           /* the optimizer step after the last backward (step.phase: running or not) */
     int ckpt_wanted, ckpt_running;
     int64_t ckpt_step;      /* optimizer step of the newest checkpoint on disk (-1: none) */
     ckpt_job ckpt;
@@ -78,28 +82,12 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
     return m->cls->backward(m, b->params, n, in, gout, gin, grads, ws, b->seed);
 }
 
-/* After a backward's gradients are complete: check them and take the optimizer step. */
-static void step(ex_batch *b)
-{
-    const kern_model *m = b->model;
-    if (b->rc != 0 || m->n_floats == 0) return;
-    if (!kern_all_finite(b->grads, m->n_floats)) {
-        b->rc = DMOE_ENONFINITE;
-        snprintf(b->err, sizeof b->err, "parameter gradients are not finite: optimizer step skipped");
-        return;
-    }
-    kern_optim_step(b->opt, m, b->params, b->grads, b->lr);
-}
-
 static void job_run(rt_job *j)
 {
     ex_batch *b = (ex_batch *)j;
     uint64_t t0 = b->t_compute_us;
     b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
-    if (b->dir == EX_BWD) {
-        step(b);
-        batchq_compress(b);
-    }
+    if (b->dir == EX_BWD) batchq_compress(b);   /* the reply's share of the work; the step comes after it */
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
     b->t_compute_us = rt_clock_us() - t0;
 }
@@ -109,20 +97,105 @@ static void chunk_run(rt_job *j)
     ex_chunk *c = (ex_chunk *)j;
     ex_batch *b = c->b;
     c->rc = run_rows(b, c->r0, c->r1, c->grads, c->ws);
-    /* the last chunk to finish sums the gradients and steps; the atomic orders the others' writes */
+    /* the last chunk to finish compresses the reply; the atomic orders the others' writes. The
+     * gradients stay in the chunks' buffers: the step sums them (step_run). */
     if (atomic_fetch_sub(&b->chunks_running, 1) != 1) return;
     for (int k = 0; k < b->nchunks; k++)
         if (b->chunks[k].rc < 0 && b->rc == 0) b->rc = b->chunks[k].rc;
-    if (b->dir == EX_BWD && b->rc == 0) {
-        size_t n = b->model->n_floats;
-        for (int k = 1; k < b->nchunks; k++) {
-            const float *g = b->chunks[k].grads;
-            for (size_t i = 0; i < n; i++) b->grads[i] += g[i];
-        }
-        step(b);
-        batchq_compress(b);
-    }
+    if (b->dir == EX_BWD && b->rc == 0) batchq_compress(b);
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
+}
+
+/* A range of the optimizer step: phase 1 sums and checks its gradients, phase 2 updates its parameters. */
+static void step_run(rt_job *j)
+{
+    ex_step_job *sj = (ex_step_job *)j;
+    ex_step *s = sj->s;
+    if (s->phase == EX_STEP_REDUCE)
+        sj->finite = kern_optim_reduce(s->bufs, s->nbuf, sj->i0, sj->i1, s->opt->cfg.clip_grad_norm > 0 ? s->sumsq : NULL);
+    else
+        kern_optim_apply(s->opt, s->model, &s->plan, s->params, s->bufs[0], sj->i0, sj->i1);
+}
+
+/* ---- the optimizer step, after the reply (see expert.h) ---- */
+
+/* A step job's completion dropped undelivered (the expert stopped). */
+static void step_drop(rt_msg *m)
+{
+    ((ex_step_job *)m)->s->out--;
+}
+
+/* Submit the jobs of the step's current phase, n ranges of whole blocks (n == 1: the whole buffer). */
+static void step_submit(expert *e, int n)
+{
+    ex_step *s = &e->step;
+    size_t nf = e->model.n_floats, blocks = (nf + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK;
+    s->lost = 0;
+    for (int i = 0; i < n; i++) {
+        ex_step_job *sj = &s->jobs[i];
+        sj->s = s;
+        sj->i0 = blocks * (size_t)i / (size_t)n * KERN_OPTIM_BLOCK;
+        sj->i1 = i == n - 1 ? nf : blocks * (size_t)(i + 1) / (size_t)n * KERN_OPTIM_BLOCK;
+        sj->finite = 0;
+        sj->job.run = step_run;
+        sj->job.owner = &e->actor;
+        sj->job.msg.type = EX_MSG_STEP_DONE;
+        sj->job.msg.drop = step_drop;
+        if (rt_pool_submit(e->cfg.pool, &sj->job) == 0) s->out++;
+        else s->lost = 1;
+    }
+}
+
+static void step_end(expert *e, const char *why)
+{
+    ex_step *s = &e->step;
+    if (why) {
+        e->stats.errors[EX_BWD]++;
+        LOG_WARN("%s: %s", e->uid, why);
+    }
+    e->stats.step_us += rt_clock_us() - s->t_start_us;
+    s->phase = EX_STEP_IDLE;
+}
+
+/* After a good backward whose gradients are in nbuf buffers (the first, e->grads, then grads_extra) and
+ * whose reply is out: sum and check them, then step with lr (phase 1). */
+static void step_start(expert *e, int nbuf, float lr)
+{
+    ex_step *s = &e->step;
+    size_t nf = e->model.n_floats;
+    if (nf == 0) return;   /* nothing to step (nop): no step is counted, as before */
+    s->nbuf = nbuf;
+    for (int k = 0; k < nbuf; k++) s->bufs[k] = k == 0 ? e->grads : e->grads_extra + (size_t)(k - 1) * nf;
+    s->lr = lr;
+    s->t_start_us = rt_clock_us();
+    size_t want = (nf + EX_STEP_MIN_FLOATS - 1) / EX_STEP_MIN_FLOATS;
+    s->njobs = want < (size_t)rt_pool_threads(e->cfg.pool) ? (int)want : rt_pool_threads(e->cfg.pool);
+    s->phase = EX_STEP_REDUCE;
+    step_submit(e, s->njobs);
+    if (s->out == 0) step_end(e, "the optimizer step could not start: skipped");
+}
+
+/* A step job is back: when its phase is complete, start the next or finish. */
+static void step_job_done(expert *e)
+{
+    ex_step *s = &e->step;
+    if (--s->out > 0) return;
+    if (s->lost) { step_end(e, "the optimizer step could not run on the pool: skipped"); return; }
+    if (s->phase == EX_STEP_APPLY) { step_end(e, NULL); return; }
+    int finite = 1;
+    double sumsq = 0.0;
+    for (int i = 0; i < s->njobs; i++) finite &= s->jobs[i].finite;
+    if (!finite) { step_end(e, "parameter gradients are not finite: optimizer step skipped"); return; }
+    if (e->opt.cfg.clip_grad_norm > 0) {   /* the blocks in order: the norm kern_optim_step computes */
+        size_t blocks = (e->model.n_floats + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK;
+        for (size_t k = 0; k < blocks; k++) sumsq += s->sumsq[k];
+    }
+    kern_optim_begin(&e->opt, s->lr, sumsq, &s->plan);
+    e->stats.steps = (uint64_t)e->opt.step;
+    if (e->opt.cfg.kind == KERN_OPT_NONE && !s->plan.scaled) { step_end(e, NULL); return; }
+    s->phase = EX_STEP_APPLY;
+    step_submit(e, kern_optim_elementwise(&e->opt) ? s->njobs : 1);
+    if (s->out == 0) step_end(e, "the optimizer step could not run on the pool: skipped");
 }
 
 /* ---- scheduling ---- */
@@ -220,7 +293,6 @@ static void start_batch(expert *e, ex_batch *b)
     b->job.owner = &e->actor;
     b->params = e->params;
     b->grads = e->grads;
-    b->opt = &e->opt;
     b->lr = kern_sched_lr(&e->cfg.sched, e->cfg.opt.lr, e->opt.step);   /* no backward runs now */
     b->seed = e->cfg.seed ^ (0x9E3779B97F4A7C15ull * ++e->batch_seq);
     e->running[b->dir]++;
@@ -249,6 +321,7 @@ static void start_batch(expert *e, ex_batch *b)
 /* Start what may start now (see the design notes). */
 static void schedule(expert *e)
 {
+    if (e->step.phase != EX_STEP_IDLE) return;   /* nothing reads or writes the parameters during a step */
     /* a checkpoint reads the weights: no backward may write them meanwhile; forwards may run */
     if (e->ckpt_wanted && !e->ckpt_running && e->running[EX_BWD] == 0) start_checkpoint(e);
     if (e->shutting || e->ckpt_running || e->ckpt_wanted) return;
@@ -294,18 +367,22 @@ static void finish_batch(expert *e, ex_batch *b)
         if (dir == EX_BWD) {
             s->samples_seen += (uint64_t)b->B;
             if (used_saved) s->backward_cached++;
-            s->steps = (uint64_t)e->opt.step;
         }
     }
+    /* reply first: the step of a good backward follows, and nothing else of the expert starts before
+     * it ends, so every result is the one the step inside the backward's job used to give */
+    int step = dir == EX_BWD && b->rc == 0, nbuf = b->nchunks > 0 ? b->nchunks : 1;
+    float lr = b->lr;
     /* nop_delay holds a good answer; a delay timer that cannot be made only means no delay */
     if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0 && rt_timer_init(&b->delay, &e->actor, EX_MSG_DELAY_DONE) == 0) {
         b->next_delayed = e->delayed;
         e->delayed = b;
         e->n_delayed++;
         rt_timer_start(&b->delay, (uint64_t)e->cfg.kcfg.delay_ms, 0);
-        return;
+    } else {
+        batchq_answer(b->q, b);   /* may free b */
     }
-    batchq_answer(b->q, b);
+    if (step) step_start(e, nbuf, lr);
 }
 
 static void answer_delayed(expert *e, ex_batch *b)
@@ -348,6 +425,9 @@ static void expert_handle(rt_actor *self, rt_msg *m)
     case EX_MSG_CKPT_DONE:
         finish_checkpoint(e);
         break;
+    case EX_MSG_STEP_DONE:
+        step_job_done(e);
+        break;
     case EX_MSG_DELAY_DONE:
         answer_delayed(e, (ex_batch *)((char *)m - offsetof(ex_batch, delay)));
         break;
@@ -369,6 +449,9 @@ static void expert_destroy(rt_actor *self)
         rt_timer_deinit(&e->tick[dir]);
     }
     kern_optim_free(&e->opt);
+    free(e->step.jobs);
+    free(e->step.bufs);
+    free(e->step.sumsq);
     free(e->params);
     free(e->grads);
     free(e->grads_extra);
@@ -402,7 +485,15 @@ expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err
     e->model.cls = cfg->cls;
     e->params = alloc_floats(e->model.n_floats);
     e->grads = alloc_floats(e->model.n_floats);
-    if (!e->params || !e->grads || kern_optim_init(&e->opt, &cfg->opt, e->model.n_floats) != 0) {
+    int threads = rt_pool_threads(cfg->pool);
+    e->step.jobs = calloc((size_t)threads, sizeof *e->step.jobs);
+    e->step.bufs = calloc((size_t)threads, sizeof *e->step.bufs);
+    e->step.sumsq = calloc(e->model.n_floats / KERN_OPTIM_BLOCK + 1, sizeof *e->step.sumsq);
+    e->step.opt = &e->opt;
+    e->step.model = &e->model;
+    e->step.params = e->params;
+    if (!e->params || !e->grads || !e->step.jobs || !e->step.bufs || !e->step.sumsq ||
+        kern_optim_init(&e->opt, &cfg->opt, e->model.n_floats) != 0) {
         snprintf(err, errlen, "out of memory for %zu parameters", e->model.n_floats);
         expert_destroy(&e->actor);
         return NULL;
@@ -455,7 +546,7 @@ void expert_submit(expert *e, ex_req *req)
 int expert_busy(const expert *e)
 {
     return batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD]) + e->running[EX_FWD] +
-           e->running[EX_BWD] + e->n_delayed + (int)e->actor.depth;
+           e->running[EX_BWD] + e->n_delayed + (int)e->actor.depth + (e->step.phase != EX_STEP_IDLE);
 }
 
 void expert_shutdown(expert *e)
@@ -475,6 +566,8 @@ void expert_checkpoint(expert *e)
 }
 
 int expert_checkpoint_pending(const expert *e) { return e->ckpt_wanted || e->ckpt_running; }
+
+int expert_stepping(const expert *e) { return e->step.phase != EX_STEP_IDLE; }
 
 void expert_free(expert *e)
 {

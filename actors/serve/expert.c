@@ -192,7 +192,7 @@ static void step_job_done(expert *e)
     }
     kern_optim_begin(&e->opt, s->lr, sumsq, &s->plan);
     e->stats.steps = (uint64_t)e->opt.step;
-    if (e->opt.cfg.kind == KERN_OPT_NONE && !s->plan.scaled) { step_end(e, NULL); return; }
+    if (e->opt.cfg.kind == KERN_OPT_NONE) { step_end(e, NULL); return; }   /* counted; clipping would only scale grads */
     s->phase = EX_STEP_APPLY;
     step_submit(e, kern_optim_elementwise(&e->opt) ? s->njobs : 1);
     if (s->out == 0) step_end(e, "the optimizer step could not run on the pool: skipped");

@@ -153,7 +153,12 @@ static void step_end(expert *e, const char *why)
         e->stats.errors[EX_BWD]++;
         LOG_WARN("%s: %s", e->uid, why);
     }
-    e->stats.step_us += rt_clock_us() - s->t_start_us;
+    uint64_t now = rt_clock_us();
+    e->stats.step_us += now - s->t_start_us;
+    for (int dir = 0; dir < 2; dir++) {   /* how long the step held back requests that were waiting */
+        uint64_t since = batchq_oldest_us(e->q[dir]);
+        if (since) e->stats.step_wait_us += now - (since > s->t_start_us ? since : s->t_start_us);
+    }
     s->phase = EX_STEP_IDLE;
 }
 
@@ -318,6 +323,23 @@ static void start_batch(expert *e, ex_batch *b)
     if (rt_pool_submit(e->cfg.pool, &b->job) != 0) refuse_batch(e, b);
 }
 
+/* The next batch of direction dir (batchq_take), its rows copied in on the loop thread: that time is
+ * counted in batch_build_us. */
+static ex_batch *take(expert *e, int dir, uint64_t now)
+{
+    ex_batch *b = batchq_take(e->q[dir], now);
+    e->stats.batch_build_us += rt_clock_us() - now;
+    return b;
+}
+
+/* The callers of b are answered (batchq_answer): the replies' building is counted in reply_us. */
+static void answer(expert *e, ex_batch *b)
+{
+    uint64_t t0 = rt_clock_us();
+    batchq_answer(b->q, b);
+    e->stats.reply_us += rt_clock_us() - t0;
+}
+
 /* Start what may start now (see the design notes). */
 static void schedule(expert *e)
 {
@@ -328,14 +350,14 @@ static void schedule(expert *e)
     uint64_t now = rt_clock_us();
     int64_t bwd_wait = batchq_wait_us(e->q[EX_BWD], now);
     if (bwd_wait == 0 && e->running[EX_FWD] == 0 && e->running[EX_BWD] == 0) {
-        ex_batch *b = batchq_take(e->q[EX_BWD], now);
+        ex_batch *b = take(e, EX_BWD, now);
         if (b) start_batch(e, b);
     }
     /* backward waiting or running: let the forwards in flight finish, start no new ones. Each pass
      * takes requests off the queue, so the loop ends when it is empty or the workers are all given. */
     while (batchq_waiting(e->q[EX_BWD]) == 0 && e->running[EX_BWD] == 0 &&
            e->running[EX_FWD] < e->cfg.max_parallel_fwd && batchq_wait_us(e->q[EX_FWD], now) == 0) {
-        ex_batch *b = batchq_take(e->q[EX_FWD], now);
+        ex_batch *b = take(e, EX_FWD, now);
         if (b) start_batch(e, b);
     }
     for (int dir = 0; dir < 2; dir++) {
@@ -380,7 +402,7 @@ static void finish_batch(expert *e, ex_batch *b)
         e->n_delayed++;
         rt_timer_start(&b->delay, (uint64_t)e->cfg.kcfg.delay_ms, 0);
     } else {
-        batchq_answer(b->q, b);   /* may free b */
+        answer(e, b);   /* may free b */
     }
     if (step) step_start(e, nbuf, lr);
 }
@@ -390,7 +412,7 @@ static void answer_delayed(expert *e, ex_batch *b)
     for (ex_batch **pp = &e->delayed; *pp; pp = &(*pp)->next_delayed)
         if (*pp == b) { *pp = b->next_delayed; break; }
     e->n_delayed--;
-    batchq_answer(b->q, b);
+    answer(e, b);
 }
 
 static void expert_handle(rt_actor *self, rt_msg *m)
@@ -626,7 +648,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
-    msgpack_pack_map(pk, 13);
+    msgpack_pack_map(pk, 17);
     pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
     pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
     pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
@@ -640,4 +662,8 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "queue_depth", (uint64_t)(batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD])));
     pack_kv_u64(pk, "queue_wait_us", s->queue_wait_us[EX_FWD] + s->queue_wait_us[EX_BWD]);
     pack_kv_u64(pk, "compute_us", s->compute_us[EX_FWD] + s->compute_us[EX_BWD]);
+    pack_kv_u64(pk, "step_us", s->step_us);
+    pack_kv_u64(pk, "step_wait_us", s->step_wait_us);
+    pack_kv_u64(pk, "batch_build_us", s->batch_build_us);
+    pack_kv_u64(pk, "reply_us", s->reply_us);
 }

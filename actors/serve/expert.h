@@ -68,6 +68,10 @@ typedef struct {
     uint64_t queue_wait_us[2];   /* summed over requests */
     uint64_t compute_us[2];      /* summed over batches */
     uint64_t step_us;            /* optimizer steps, from the reply to the end of the update, summed */
+    uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
+                                  * later of the step's start and the oldest request's arrival) */
+    uint64_t batch_build_us;     /* loop thread: building batches, mostly copying rows in (batchq_take) */
+    uint64_t reply_us;           /* loop thread: building and queueing replies (batchq_answer) */
 } expert_stats;
 
 typedef struct expert expert;

@@ -152,7 +152,34 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* One thread, one row: the kernel's forward latency. */
+/* One thread, one row: the kernel's backward latency (recomputing the forward, as a node does for a
+ * backward that brings no handle; no optimizer step), p50 and p99 into bp. */
+static void backward_latency(bench *b, const kern_model *m, const float *params, const float *x, double *bp)
+{
+    enum { N = 500 };
+    static uint64_t t[N];
+    float *gx = malloc((size_t)b->hidden * sizeof(float)), *g = malloc(m->n_floats * sizeof(float));
+    float *ws = malloc((m->cls->backward_ws(m, 1) + 1) * sizeof(float));
+    if (!gx || !g || !ws) { b->failures++; goto out; }
+    const void *in[1] = {x};
+    const float *gout[1] = {x};
+    float *gin[1] = {gx};
+    int n = 0;
+    uint64_t end = rt_clock_us() + (uint64_t)(b->seconds * 1e6);
+    m->cls->backward(m, params, 1, in, gout, gin, g, ws, 0);
+    while (n < N && rt_clock_us() < end) {
+        uint64_t t0 = rt_clock_us();
+        m->cls->backward(m, params, 1, in, gout, gin, g, ws, 0);
+        t[n++] = rt_clock_us() - t0;
+    }
+    qsort(t, (size_t)n, sizeof t[0], cmp_u64);
+    bp[0] = n ? (double)t[n / 2] : 0;
+    bp[1] = n ? (double)t[(size_t)(0.99 * (n - 1))] : 0;
+out:
+    free(gx); free(g); free(ws);
+}
+
+/* One thread, one row: the kernel's forward latency, then its backward's. */
 void bench_kernel_latency(bench *b, const kern_model *m, const float *params)
 {
     enum { N = 2000 };
@@ -160,6 +187,10 @@ void bench_kernel_latency(bench *b, const kern_model *m, const float *params)
     float *x = bench_alloc_normal((size_t)b->hidden, 5), *y = malloc((size_t)b->hidden * sizeof(float));
     float *ws = malloc((m->cls->forward_ws(m, 1) + 1) * sizeof(float));
     if (!x || !y || !ws) { b->failures++; goto out; }
+    double bp[2] = {0, 0};
+    backward_latency(b, m, params, x, bp);
+    b->kbwd_b1_p50 = bp[0];
+    b->kbwd_b1_p99 = bp[1];
     const void *in[1] = {x};
     float *out[1] = {y};
     int n = 0;

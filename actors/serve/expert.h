@@ -70,8 +70,8 @@ typedef struct {
     uint64_t step_us;            /* optimizer steps, from the reply to the end of the update, summed */
     uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
                                   * later of the step's start and the oldest request's arrival) */
-    uint64_t batch_build_us;     /* loop thread CPU: building batches, mostly copying rows in (batchq_take) */
-    uint64_t reply_us;           /* loop thread CPU: building and queueing replies (batchq_answer) */
+    uint64_t batch_build_ns;     /* loop thread CPU: building batches, mostly copying rows in (batchq_take) */
+    uint64_t reply_ns;           /* loop thread CPU: building and queueing replies (batchq_answer) */
 } expert_stats;
 
 typedef struct expert expert;

@@ -329,3 +329,34 @@ Test(expert_step, interleaved_clipped_sgd_sequence_is_the_kernels_bit_for_bit, .
 {
     sequence_matches("sgd", 0.5f);
 }
+
+/* Two experts share the pool: their backwards (and so their steps) run at the same time; nothing on
+ * the loop makes one wait for the other. */
+Test(expert_step, backwards_of_two_experts_run_at_once, .init = setup3)
+{
+    int fd_a, fd_b;
+    conn *ca = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd_a);
+    conn *cb = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd_b);
+    expert *a = probe_expert("probe.0"), *b = probe_expert("probe.1");
+    float x[PW * PW];
+    for (int i = 0; i < PW * PW; i++) x[i] = 1.0f;
+    atomic_store(&hold_bwd, 1);
+    expert_submit(a, sk_req(ca, 1, EX_BWD, PW, x));
+    expert_submit(b, sk_req(cb, 2, EX_BWD, PW, x));
+    cr_assert(spin_until(&bwd_now, 2), "the two experts' backwards did not run together");
+    atomic_store(&hold_bwd, 0);
+    recv_ok(fd_a, 1, "grad_inputs", NULL, 0);
+    recv_ok(fd_b, 2, "grad_inputs", NULL, 0);
+    for (int k = 0; k < 2; k++) {
+        expert *e = k ? b : a;
+        for (int i = 0; i < SPIN_LIMIT && expert_stepping(e); i++) sk_spin(l, 1);
+        cr_assert_eq(expert_stats_get(e)->steps, 1);
+        expert_shutdown(e);
+        cr_assert_eq(expert_busy(e), 0);
+        expert_free(e);
+    }
+    conn_close(ca, 0);
+    conn_close(cb, 0);
+    close(fd_a);
+    close(fd_b);
+}

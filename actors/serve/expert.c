@@ -2,9 +2,16 @@
  * (see expert.h for the model, batch.h for its mail, batchq.h for the queue side).
  *
  * Design notes. The handler does one thing per message and ends with schedule(), which decides from
- * the counters alone (running[dir], the queues' waiting requests, a checkpoint wanted or running) what
- * may start now: a checkpoint, one backward, or forwards up to max_parallel_fwd. A queue that holds
- * requests but not yet min_batch_size rows arms its direction's tick timer for the time left.
+ * the counters alone (a step running, running[dir], the queues' waiting requests, a checkpoint wanted
+ * or running) what may start now: nothing during a step; else a checkpoint, one backward, or forwards
+ * up to max_parallel_fwd. A queue that holds requests but not yet min_batch_size rows arms its
+ * direction's tick timer for the time left.
+ *
+ * The step after a backward (finish_batch answers, then step_start) is a small state machine on
+ * e->step: phase 1 jobs (sum and check ranges of the gradient buffers) all back -> kern_optim_begin on
+ * the loop -> phase 2 jobs (update the ranges) all back -> idle, and schedule() may start the next
+ * batch. Its ranges are whole KERN_OPTIM_BLOCKs, one per worker at most, so the sums and the norm are
+ * those of the single-threaded step.
  */
 #include "actors/serve/expert.h"
 
@@ -147,6 +154,7 @@ static void step_submit(expert *e, int n)
     }
 }
 
+/* The step is over (why: NULL, or why it was skipped): count its time and the waits it caused. */
 static void step_end(expert *e, const char *why)
 {
     ex_step *s = &e->step;

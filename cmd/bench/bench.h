@@ -76,6 +76,9 @@ typedef struct {
     double loop_us_per_req, loop_us_per_mib;             /* the loop thread's cost fitted over those runs */
     int have_split;
     int moe_experts, moe_n[3];
+    /* the MoE training steps against their parts, in ms per step (means over the series): */
+    double moe_train_mean, moe_search, moe_expert_kernels, moe_expert_steps, moe_gating_step;
+    int have_moe_parts;
     double sign_per_s, verify_per_s;                     /* Ed25519 on one thread (bench_ident.c) */
     int have_node, have_mem, have_dht, have_moe, have_ident;
     dht_memnet_stats dht;
@@ -132,8 +135,9 @@ typedef struct {
     double compute_us, step_us, step_wait_us, batch_build_us, reply_us;   /* the expert's info stats */
 } bench_probe;
 
-/* bench_probe_take fills *p for the node pid serving at addr, with expert uid's stats (one info call
- * on a loop of its own). Returns 0, or a negative code (the call failed, /proc unreadable). */
+/* bench_probe_take fills *p for the node pid serving at addr, with expert uid's stats, or every expert's
+ * added up when uid is NULL (one info call on a loop of its own). Returns 0, or a negative code (the
+ * call failed, /proc unreadable). */
 int bench_probe_take(pid_t pid, const wire_maddr *addr, const char *uid, bench_probe *p);
 /* bench_probe_diff writes after - before into *d, field by field. */
 void bench_probe_diff(const bench_probe *before, const bench_probe *after, bench_probe *d);

@@ -1,9 +1,10 @@
 /* bench_probe.c -- what dmoe-bench reads from inside a running node (see bench.h): the CPU time of its
  * loop thread and of its other threads (the workers) from /proc/PID/task/TID/schedstat (nanoseconds on
  * the CPU, the kernel's own account), and one expert's summed timers from its info reply (stats:
- * compute_us, step_us, step_wait_us, batch_build_us, reply_us), over one client call on a loop of its
- * own. bench_node.c takes a probe before and after each load and turns the differences into the
- * breakdown of where a batch's time goes.
+ * compute_us, step_us, step_wait_us, batch_build_us, reply_us) -- or all its experts' added up --, over
+ * one client call on a loop of its own. bench_node.c takes a probe before and after each load and turns
+ * the differences into the breakdown of where a batch's time goes; bench_moe.c does the same around
+ * the MoE training steps.
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -62,19 +63,29 @@ static double stat_us(const msgpack_object *st, const char *key)
     return v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (double)v->via.u64 : 0.0;
 }
 
+/* Add the stats of one expert's info map to p; 0 or DMOE_EPROTO. */
+static int add_stats(const msgpack_object *info, bench_probe *p)
+{
+    const msgpack_object *st = wire_map_get(info, "stats");
+    if (!st || st->type != MSGPACK_OBJECT_MAP) return DMOE_EPROTO;
+    p->compute_us += stat_us(st, "compute_us");
+    p->step_us += stat_us(st, "step_us");
+    p->step_wait_us += stat_us(st, "step_wait_us");
+    p->batch_build_us += stat_us(st, "batch_build_us");
+    p->reply_us += stat_us(st, "reply_us");
+    return 0;
+}
+
+/* The reply to info: one expert's map, or (asked without a uid) the node's, whose "experts" are summed. */
 static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
 {
     info_call *ic = arg;
     rt_loop_break(ic->loop);
-    const msgpack_object *st = err ? NULL : wire_map_get(reply->result, "stats");
-    if (!st || st->type != MSGPACK_OBJECT_MAP) { ic->rc = err ? err : DMOE_EPROTO; return 0; }
-    bench_probe *p = ic->p;
-    p->compute_us = stat_us(st, "compute_us");
-    p->step_us = stat_us(st, "step_us");
-    p->step_wait_us = stat_us(st, "step_wait_us");
-    p->batch_build_us = stat_us(st, "batch_build_us");
-    p->reply_us = stat_us(st, "reply_us");
-    ic->rc = 0;
+    if (err) { ic->rc = err; return 0; }
+    const msgpack_object *ex = wire_map_get(reply->result, "experts");
+    if (!ex) { ic->rc = add_stats(reply->result, ic->p); return 0; }
+    ic->rc = ex->type == MSGPACK_OBJECT_ARRAY ? 0 : DMOE_EPROTO;
+    for (uint32_t i = 0; ic->rc == 0 && i < ex->via.array.size; i++) ic->rc = add_stats(&ex->via.array.ptr[i], ic->p);
     return 0;
 }
 
@@ -89,9 +100,11 @@ static int probe_info(const wire_maddr *addr, const char *uid, bench_probe *p)
         return DMOE_ENOMEM;
     }
     uint64_t id = client_next_id(cl);
-    wire_request_begin(o, id, "info", 3);
-    wire_pack_str(wire_out_pk(o), "uid");
-    wire_pack_str(wire_out_pk(o), uid);
+    wire_request_begin(o, id, "info", uid ? 3 : 2);
+    if (uid) {
+        wire_pack_str(wire_out_pk(o), "uid");
+        wire_pack_str(wire_out_pk(o), uid);
+    }
     if (client_call(cl, addr, id, o, PROBE_TIMEOUT_MS, on_info, &ic) == 0) rt_loop_run(ic.loop);
     client_free(cl);
     rt_loop_free(ic.loop);

@@ -100,6 +100,14 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
                    "\"train_step_b256_ms_p50\": %.2f, \"train_step_b256_ms_p99\": %.2f, \"calls\": [%d, %d, %d]}",
                 b->hidden, MOE_GRID, MOE_K_BEST, b->moe_experts, b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0],
                 b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1], b->moe_n[0], b->moe_n[1], b->moe_n[2]);
+    if (b->have_moe && b->have_moe_parts) {
+        double sum = b->moe_search + b->moe_expert_kernels + b->moe_expert_steps + b->moe_gating_step;
+        fprintf(f, ",\n  \"moe_train_step_parts_ms\": {\"step_mean\": %.2f, \"beam_search\": %.2f, \"expert_kernels\": %.2f, "
+                   "\"expert_optimizer_steps\": %.2f, \"gating_optimizer_step\": %.2f, \"sum_of_parts\": %.2f, "
+                   "\"step_over_sum\": %.2f}",
+                b->moe_train_mean, b->moe_search, b->moe_expert_kernels, b->moe_expert_steps, b->moe_gating_step, sum,
+                sum > 0 ? b->moe_train_mean / sum : 0.0);
+    }
     fprintf(f, "\n}\n");
     return fclose(f) == 0 ? 0 : DMOE_EIO;
 }
@@ -197,5 +205,13 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         printf("  forward 3 rows p50 %.2f ms p99 %.2f ms;  forward 256 rows p50 %.2f ms p99 %.2f ms;\n"
                "  training step 256 rows (forward, backward, Adam on the gating) p50 %.2f ms p99 %.2f ms\n",
                b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0], b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1]);
+        if (b->have_moe_parts) {
+            double sum = b->moe_search + b->moe_expert_kernels + b->moe_expert_steps + b->moe_gating_step;
+            printf("  training step mean %.2f ms against its parts (per step, summed over the experts, which run in\n"
+                   "  parallel on 2 nodes): beam search %.2f, expert kernels %.2f, expert optimizer steps %.2f, gating\n"
+                   "  Adam %.2f; sum %.2f ms, step / sum %.2f\n",
+                   b->moe_train_mean, b->moe_search, b->moe_expert_kernels, b->moe_expert_steps, b->moe_gating_step, sum,
+                   sum > 0 ? b->moe_train_mean / sum : 0.0);
+        }
     }
 }

@@ -69,6 +69,8 @@ typedef struct {
     double gemm_gflops[NB], kfwd[NB], kfwdbwd[NB], nfwd[NB], nfwdbwd[NB];
     double lat_fwd_p50, lat_fwd_p99, lat_bwd_p50, lat_bwd_p99, kfwd_b1_p50, kfwd_b1_p99;
     double kbwd_b1_p50, kbwd_b1_p99;   /* in-process backward of 1 row (recomputing its forward), no step */
+    double kbwd_saved_b1_p50, kbwd_saved_b1_p99;   /* the same from the forward's saved activations */
+    double lat_train_fwd_p50, lat_train_bwd_p50;   /* 1 client, 1 row, forward then backward (with handle) */
     double adam_step_p50;
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
     double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
@@ -100,8 +102,8 @@ float *bench_alloc_normal(size_t n, uint64_t seed);
  * the best of BENCH_REPEATS runs sharing b->seconds; 0 (and a failure counted) on error. m and params
  * are the ffn expert (NULL for W_GEMM). */
 double bench_measure(bench *b, int kind, const kern_model *m, const float *params, int64_t B);
-/* bench_kernel_latency fills kfwd_b1_p50/p99 and kbwd_b1_p50/p99: one thread, one row, the kernel's
- * forward and its backward (no optimizer). */
+/* bench_kernel_latency fills kfwd_b1_*, kbwd_b1_* and kbwd_saved_b1_*: one thread, one row, the
+ * kernel's forward and its backward (no optimizer), recomputing the forward or from its activations. */
 void bench_kernel_latency(bench *b, const kern_model *m, const float *params);
 /* bench_optimizer_latency fills adam_step_p50: one Adam step over the expert's parameters. */
 void bench_optimizer_latency(bench *b, const kern_model *m, const float *params);

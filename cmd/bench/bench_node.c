@@ -181,6 +181,13 @@ void bench_node_figures(bench *b)
     loadgen_report_free(&r);
     if (load(b, &c.addr, 1, 1, 1.0, 0, secs, &r) == 0) { b->lat_bwd_p50 = r.lat_bwd.p50; b->lat_bwd_p99 = r.lat_bwd.p99; }
     loadgen_report_free(&r);
+    /* as a training client: forward, then its backward with the forward's handle. Each backward's reply
+     * comes before its step; the next forward waits for that step, the backward finds the expert idle */
+    if (load(b, &c.addr, 1, 1, 0.5, 0, secs, &r) == 0) {
+        b->lat_train_fwd_p50 = r.lat_fwd.p50;
+        b->lat_train_bwd_p50 = r.lat_bwd.p50;
+    }
+    loadgen_report_free(&r);
     fprintf(stderr, ".");
     b->have_node = 1;
     bench_node_stop(&c);

@@ -67,9 +67,12 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
         fprintf(f, "    \"node_clients\": %d,\n", BENCH_CLIENTS);
         fprintf(f, "    \"latency_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_p50, b->lat_fwd_p99);
         fprintf(f, "    \"latency_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_bwd_p50, b->lat_bwd_p99);
+        fprintf(f, "    \"latency_train_b1_us\": {\"forward_p50\": %.0f, \"backward_p50\": %.0f},\n", b->lat_train_fwd_p50,
+                b->lat_train_bwd_p50);
     }
     fprintf(f, "    \"adam_step_us\": {\"p50\": %.0f},\n", b->adam_step_p50);
     fprintf(f, "    \"kernel_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->kbwd_b1_p50, b->kbwd_b1_p99);
+    fprintf(f, "    \"kernel_bwd_saved_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->kbwd_saved_b1_p50, b->kbwd_saved_b1_p99);
     fprintf(f, "    \"kernel_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f}\n  }", b->kfwd_b1_p50, b->kfwd_b1_p99);
     if (b->have_split) {
         fprintf(f, ",\n  \"breakdown\": {\n    \"units\": \"microseconds per sample (a training sample: one forward and one "
@@ -152,6 +155,8 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         row("  node / kernel, %", rfb, "%12.1f");
         printf("  latency, 1 client, 1 row:  forward p50 %.0f us, p99 %.0f us;  backward p50 %.0f us, p99 %.0f us\n",
                b->lat_fwd_p50, b->lat_fwd_p99, b->lat_bwd_p50, b->lat_bwd_p99);
+        printf("  latency, 1 client, 1 row, forward then backward (with handle): forward p50 %.0f us, backward p50 %.0f us\n",
+               b->lat_train_fwd_p50, b->lat_train_bwd_p50);
     }
     if (b->have_split) {
         double v[8][NB];
@@ -174,8 +179,8 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
                b->loop_us_per_mib);
     }
     printf("  in-process, 1 thread: kernel forward of 1 row p50 %.0f us, p99 %.0f us; backward of 1 row (no step)\n"
-           "  p50 %.0f us, p99 %.0f us; one Adam step p50 %.0f us\n",
-           b->kfwd_b1_p50, b->kfwd_b1_p99, b->kbwd_b1_p50, b->kbwd_b1_p99, b->adam_step_p50);
+           "  p50 %.0f us, p99 %.0f us, from saved activations p50 %.0f us; one Adam step p50 %.0f us\n",
+           b->kfwd_b1_p50, b->kfwd_b1_p99, b->kbwd_b1_p50, b->kbwd_b1_p99, b->kbwd_saved_b1_p50, b->adam_step_p50);
     printf("  notes: the limit is cblas_sgemm on the ffn's two shapes (sgemv for 1 row, as the kernel does); fwd+bwd\n"
            "  counts 3x the forward's FLOPs: the backward takes the forward's saved activations (in-process and\n"
            "  in the node, whose load sends each backward with its forward's handle). The node merges the\n"

@@ -5,8 +5,10 @@
  * give when called one after the other in this thread -- bit for bit, read back from a checkpoint asked
  * for while the last step was still running.
  *
- * The first test holds the workers with a probe class whose kernels wait on a gate the test opens (on
- * the workers: the loop never sleeps), so the order it checks does not depend on timing. */
+ * A last test has two experts' backwards run at once on the shared pool.
+ *
+ * The probe tests hold the workers with a probe class whose kernels wait on a gate the test opens (on
+ * the workers: the loop never sleeps), so the order they check does not depend on timing. */
 #include <criterion/criterion.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -129,14 +131,43 @@ static void recv_ok(int fd, uint64_t id, const char *key, float *out, size_t n)
     wire_msg_free(&m);
 }
 
+/* Two probe experts, each with its own connection (the far ends fd[0], fd[1]), and rows of ones. */
+typedef struct {
+    expert *e[2];
+    conn *c[2];
+    int fd[2];
+    float x[PW * PW];
+} two_experts;
+
+static void two_open(two_experts *t)
+{
+    for (int k = 0; k < 2; k++) {
+        t->c[k] = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &t->fd[k]);
+        t->e[k] = probe_expert(k ? "probe.1" : "probe.0");
+    }
+    for (int i = 0; i < PW * PW; i++) t->x[i] = 1.0f;
+}
+
+/* two_close shuts both experts down (nothing may be left running) and closes the connections. */
+static void two_close(two_experts *t)
+{
+    for (int k = 0; k < 2; k++) {
+        expert_shutdown(t->e[k]);
+        cr_assert_eq(expert_busy(t->e[k]), 0);
+        expert_free(t->e[k]);
+        conn_close(t->c[k], 0);
+        close(t->fd[k]);
+    }
+}
+
 Test(expert_step, the_reply_goes_out_before_the_step_and_nothing_starts_until_it_ends, .init = setup3)
 {
-    int fd_a, fd_b;
-    conn *ca = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd_a);
-    conn *cb = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd_b);
-    expert *a = probe_expert("probe.0"), *b = probe_expert("probe.1");
-    float x[PW * PW];
-    for (int i = 0; i < PW * PW; i++) x[i] = 1.0f;
+    two_experts t;
+    two_open(&t);
+    expert *a = t.e[0], *b = t.e[1];
+    conn *ca = t.c[0], *cb = t.c[1];
+    int fd_a = t.fd[0], fd_b = t.fd[1];
+    const float *x = t.x;
     /* a's backward holds one worker; b's three forwards take the two others and queue behind them */
     atomic_store(&hold_bwd, 1);
     atomic_store(&hold_fwd, 1);
@@ -173,16 +204,7 @@ Test(expert_step, the_reply_goes_out_before_the_step_and_nothing_starts_until_it
     cr_assert_eq(y[0], -7.0f, "the forward after the step sees the stepped weight (got %g)", y[0]);
     cr_assert_not(expert_stepping(a));
     cr_assert_eq(expert_stats_get(a)->steps, 1);
-    for (int k = 0; k < 2; k++) {
-        expert *e = k ? b : a;
-        expert_shutdown(e);
-        cr_assert_eq(expert_busy(e), 0);
-        expert_free(e);
-    }
-    conn_close(ca, 0);
-    conn_close(cb, 0);
-    close(fd_a);
-    close(fd_b);
+    two_close(&t);
 }
 
 /* ---- the serial reference: the kernels and kern_optim_step, one call after the other ---- */
@@ -334,29 +356,16 @@ Test(expert_step, interleaved_clipped_sgd_sequence_is_the_kernels_bit_for_bit, .
  * the loop makes one wait for the other. */
 Test(expert_step, backwards_of_two_experts_run_at_once, .init = setup3)
 {
-    int fd_a, fd_b;
-    conn *ca = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd_a);
-    conn *cb = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd_b);
-    expert *a = probe_expert("probe.0"), *b = probe_expert("probe.1");
-    float x[PW * PW];
-    for (int i = 0; i < PW * PW; i++) x[i] = 1.0f;
+    two_experts t;
+    two_open(&t);
     atomic_store(&hold_bwd, 1);
-    expert_submit(a, sk_req(ca, 1, EX_BWD, PW, x));
-    expert_submit(b, sk_req(cb, 2, EX_BWD, PW, x));
+    for (int k = 0; k < 2; k++) expert_submit(t.e[k], sk_req(t.c[k], 1 + (uint64_t)k, EX_BWD, PW, t.x));
     cr_assert(spin_until(&bwd_now, 2), "the two experts' backwards did not run together");
     atomic_store(&hold_bwd, 0);
-    recv_ok(fd_a, 1, "grad_inputs", NULL, 0);
-    recv_ok(fd_b, 2, "grad_inputs", NULL, 0);
     for (int k = 0; k < 2; k++) {
-        expert *e = k ? b : a;
-        for (int i = 0; i < SPIN_LIMIT && expert_stepping(e); i++) sk_spin(l, 1);
-        cr_assert_eq(expert_stats_get(e)->steps, 1);
-        expert_shutdown(e);
-        cr_assert_eq(expert_busy(e), 0);
-        expert_free(e);
+        recv_ok(t.fd[k], 1 + (uint64_t)k, "grad_inputs", NULL, 0);
+        for (int i = 0; i < SPIN_LIMIT && expert_stepping(t.e[k]); i++) sk_spin(l, 1);
+        cr_assert_eq(expert_stats_get(t.e[k])->steps, 1);
     }
-    conn_close(ca, 0);
-    conn_close(cb, 0);
-    close(fd_a);
-    close(fd_b);
+    two_close(&t);
 }

@@ -100,7 +100,8 @@ typedef struct ex_batch {
     char err[128];
     uint64_t seed;               /* randomness of this batch (dropout) */
     uint64_t t_queued_us;        /* summed queue wait of its requests */
-    uint64_t t_compute_us;
+    uint64_t t_compute_us;       /* from submission to the pool to the last job's end */
+    atomic_ullong t_kernel_us;   /* on the workers: its jobs' running time, summed */
     rt_timer delay;              /* nop_delay: holds the answer without blocking anything (EX_MSG_DELAY_DONE) */
     struct ex_batch *next_delayed;   /* the expert's list of batches held by their delay timer */
     /* set by the expert for the worker: */
@@ -144,6 +145,7 @@ typedef struct ex_step {
     int njobs;                   /* ranges of phase 1 (phase 2 too, unless the optimizer is not elementwise) */
     struct ex_step_job *jobs;
     uint64_t t_start_us;
+    uint64_t work_us;            /* the jobs' running time on the workers, summed so far */
 } ex_step;
 
 /* One range of an optimizer step as a pool job (EX_MSG_STEP_DONE). */
@@ -152,6 +154,7 @@ typedef struct ex_step_job {
     ex_step *s;
     size_t i0, i1;
     int finite;                  /* phase 1: the range's summed gradients are all finite */
+    uint64_t run_us;             /* its running time on the worker */
 } ex_step_job;
 
 /* ex_req_free releases a request: its frame, its budget charge, its hold on the connection's

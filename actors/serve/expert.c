@@ -93,18 +93,22 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
 static void job_run(rt_job *j)
 {
     ex_batch *b = (ex_batch *)j;
-    uint64_t t0 = b->t_compute_us;
+    uint64_t t0 = b->t_compute_us, t_run = rt_clock_us();
     b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
     if (b->dir == EX_BWD) batchq_compress(b);   /* the reply's share of the work; the step comes after it */
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
-    b->t_compute_us = rt_clock_us() - t0;
+    uint64_t now = rt_clock_us();
+    atomic_store(&b->t_kernel_us, now - t_run);
+    b->t_compute_us = now - t0;
 }
 
 static void chunk_run(rt_job *j)
 {
     ex_chunk *c = (ex_chunk *)j;
     ex_batch *b = c->b;
+    uint64_t t_run = rt_clock_us();
     c->rc = run_rows(b, c->r0, c->r1, c->grads, c->ws);
+    atomic_fetch_add(&b->t_kernel_us, rt_clock_us() - t_run);
     /* the last chunk to finish compresses the reply; the atomic orders the others' writes. The
      * gradients stay in the chunks' buffers: the step sums them (step_run). */
     if (atomic_fetch_sub(&b->chunks_running, 1) != 1) return;
@@ -119,13 +123,22 @@ static void step_run(rt_job *j)
 {
     ex_step_job *sj = (ex_step_job *)j;
     ex_step *s = sj->s;
+    uint64_t t_run = rt_clock_us();
     if (s->phase == EX_STEP_REDUCE)
         sj->finite = kern_optim_reduce(s->bufs, s->nbuf, sj->i0, sj->i1, s->opt->cfg.clip_grad_norm > 0 ? s->sumsq : NULL);
     else
         kern_optim_apply(s->opt, s->model, &s->plan, s->params, s->bufs[0], sj->i0, sj->i1);
+    sj->run_us = rt_clock_us() - t_run;
 }
 
 /* ---- the optimizer step, after the reply (see expert.h) ---- */
+
+/* A step job is back: its worker time counts. Returns the jobs of the phase still out. */
+static int step_job_back(ex_step *s, const ex_step_job *sj)
+{
+    s->work_us += sj->run_us;
+    return --s->out;
+}
 
 /* A step job's completion dropped undelivered (the expert stopped). */
 static void step_drop(rt_msg *m)
@@ -164,6 +177,8 @@ static void step_end(expert *e, const char *why)
     }
     uint64_t now = rt_clock_us();
     e->stats.step_us += now - s->t_start_us;
+    e->stats.step_work_us += s->work_us;
+    s->work_us = 0;
     for (int dir = 0; dir < 2; dir++) {   /* how long the step held back requests that were waiting */
         uint64_t since = batchq_oldest_us(e->q[dir]);
         if (since) e->stats.step_wait_us += now - (since > s->t_start_us ? since : s->t_start_us);
@@ -190,10 +205,10 @@ static void step_start(expert *e, int nbuf, float lr)
 }
 
 /* A step job is back: when its phase is complete, start the next or finish. */
-static void step_job_done(expert *e)
+static void step_job_done(expert *e, const ex_step_job *sj)
 {
     ex_step *s = &e->step;
-    if (--s->out > 0) return;
+    if (step_job_back(s, sj) > 0) return;
     if (s->lost) { step_end(e, "the optimizer step could not run on the pool: skipped"); return; }
     if (s->phase == EX_STEP_APPLY) { step_end(e, NULL); return; }
     int finite = 1;
@@ -396,6 +411,7 @@ static void finish_batch(expert *e, ex_batch *b)
     expert_stats *s = &e->stats;
     s->batches[dir]++;
     s->compute_us[dir] += b->t_compute_us;
+    s->kernel_us += atomic_load(&b->t_kernel_us);
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
     s->calls[dir] += (uint64_t)b->nreq;
@@ -467,7 +483,7 @@ static void expert_handle(rt_actor *self, rt_msg *m)
         finish_checkpoint(e);
         break;
     case EX_MSG_STEP_DONE:
-        step_job_done(e);
+        step_job_done(e, (ex_step_job *)m);
         break;
     case EX_MSG_DELAY_DONE:
         answer_delayed(e, (ex_batch *)((char *)m - offsetof(ex_batch, delay)));
@@ -667,7 +683,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
-    msgpack_pack_map(pk, 17);
+    msgpack_pack_map(pk, 19);
     pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
     pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
     pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
@@ -681,7 +697,9 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "queue_depth", (uint64_t)(batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD])));
     pack_kv_u64(pk, "queue_wait_us", s->queue_wait_us[EX_FWD] + s->queue_wait_us[EX_BWD]);
     pack_kv_u64(pk, "compute_us", s->compute_us[EX_FWD] + s->compute_us[EX_BWD]);
+    pack_kv_u64(pk, "kernel_us", s->kernel_us);
     pack_kv_u64(pk, "step_us", s->step_us);
+    pack_kv_u64(pk, "step_work_us", s->step_work_us);
     pack_kv_u64(pk, "step_wait_us", s->step_wait_us);
     pack_kv_u64(pk, "batch_build_us", s->batch_build_ns / 1000u);
     pack_kv_u64(pk, "reply_us", s->reply_ns / 1000u);

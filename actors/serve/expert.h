@@ -66,8 +66,10 @@ typedef struct {
     uint64_t steps, samples_seen;
     uint64_t backward_cached;    /* backward batches that ran from saved activations */
     uint64_t queue_wait_us[2];   /* summed over requests */
-    uint64_t compute_us[2];      /* summed over batches */
+    uint64_t compute_us[2];      /* summed over batches, from submission to the pool to the end */
+    uint64_t kernel_us;          /* the batches' jobs running on the workers (worker time, summed) */
     uint64_t step_us;            /* optimizer steps, from the reply to the end of the update, summed */
+    uint64_t step_work_us;       /* the steps' jobs running on the workers (worker time, summed) */
     uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
                                   * later of the step's start and the oldest request's arrival) */
     uint64_t batch_build_ns;     /* loop thread CPU: building batches, mostly copying rows in (batchq_take) */

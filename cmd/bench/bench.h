@@ -50,8 +50,9 @@ extern const int64_t bench_batches[NB];
 typedef struct {
     double loop_us;              /* the node's loop thread on the CPU */
     double workers_us;           /* its other threads (the pool's workers) on the CPU */
-    double kernel_us;            /* expert kernels (forward and backward jobs, wall time on the workers) */
-    double optimizer_us;         /* optimizer steps, from the reply to the end of the update */
+    double kernel_us;            /* expert kernels: the forward and backward jobs on the workers */
+    double optimizer_us;         /* optimizer steps: their jobs on the workers */
+    double optimizer_wall_us;    /* optimizer steps, from the reply to the end of the update */
     double step_wait_us;         /* requests held back by a running step */
     double copy_in_us;           /* loop: rows copied into batches */
     double reply_us;             /* loop: replies built and queued */
@@ -135,6 +136,8 @@ void bench_memory_figures(bench *b, const kern_model *m);
 typedef struct {
     double loop_ns, others_ns;   /* the loop (main) thread, every other thread */
     double compute_us, step_us, step_wait_us, batch_build_us, reply_us;   /* the expert's info stats */
+    double step_wall_us;         /* compute_us and step_us are the jobs' time on the workers; this the
+                                  * steps' wall time, from the reply to the end of the update */
 } bench_probe;
 
 /* bench_probe_take fills *p for the node pid serving at addr, with expert uid's stats, or every expert's

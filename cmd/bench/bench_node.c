@@ -112,6 +112,7 @@ static int split_of(const bench_probe *before, const bench_probe *after, const l
     s->workers_us = d.others_ns / 1e3 / samples;
     s->kernel_us = d.compute_us / samples;
     s->optimizer_us = d.step_us / samples;
+    s->optimizer_wall_us = d.step_wall_us / samples;
     s->step_wait_us = d.step_wait_us / samples;
     s->copy_in_us = d.batch_build_us / samples;
     s->reply_us = d.reply_us / samples;

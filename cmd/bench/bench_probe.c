@@ -1,7 +1,7 @@
 /* bench_probe.c -- what dmoe-bench reads from inside a running node (see bench.h): the CPU time of its
  * loop thread and of its other threads (the workers) from /proc/PID/task/TID/schedstat (nanoseconds on
  * the CPU, the kernel's own account), and one expert's summed timers from its info reply (stats:
- * compute_us, step_us, step_wait_us, batch_build_us, reply_us) -- or all its experts' added up --, over
+ * kernel_us, step_work_us, step_us, step_wait_us, batch_build_us, reply_us) -- or all its experts' added up --, over
  * one client call on a loop of its own. bench_node.c takes a probe before and after each load and turns
  * the differences into the breakdown of where a batch's time goes; bench_moe.c does the same around
  * the MoE training steps.
@@ -68,8 +68,9 @@ static int add_stats(const msgpack_object *info, bench_probe *p)
 {
     const msgpack_object *st = wire_map_get(info, "stats");
     if (!st || st->type != MSGPACK_OBJECT_MAP) return DMOE_EPROTO;
-    p->compute_us += stat_us(st, "compute_us");
-    p->step_us += stat_us(st, "step_us");
+    p->compute_us += stat_us(st, "kernel_us");
+    p->step_us += stat_us(st, "step_work_us");
+    p->step_wall_us += stat_us(st, "step_us");
     p->step_wait_us += stat_us(st, "step_wait_us");
     p->batch_build_us += stat_us(st, "batch_build_us");
     p->reply_us += stat_us(st, "reply_us");
@@ -124,6 +125,7 @@ void bench_probe_diff(const bench_probe *before, const bench_probe *after, bench
     d->others_ns = after->others_ns - before->others_ns;
     d->compute_us = after->compute_us - before->compute_us;
     d->step_us = after->step_us - before->step_us;
+    d->step_wall_us = after->step_wall_us - before->step_wall_us;
     d->step_wait_us = after->step_wait_us - before->step_wait_us;
     d->batch_build_us = after->batch_build_us - before->batch_build_us;
     d->reply_us = after->reply_us - before->reply_us;

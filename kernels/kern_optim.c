@@ -2,8 +2,10 @@
  * (see kern_optim.h).
  *
  * Owns the moment buffers of one expert (allocated by kern_optim_init, released by kern_optim_free).
- * The expert actor runs kern_optim_step from the job that follows a batched backward, so the state is
- * touched by one thread at a time and needs no lock. Parameters and gradients stay with the caller.
+ * The expert actor steps after each batched backward, in ranges on its worker pool (kern_optim_reduce,
+ * kern_optim_begin, kern_optim_apply; kern_optim.h): each float of the state is touched by one thread
+ * per step and the phases are ordered by the pool's hand-back, so no lock. Parameters and gradients
+ * stay with the caller.
  *
  * Each step, in order:
  *   1. the global L2 norm of all gradients (summed in double); if clip_grad_norm > 0, the gradients
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kern_ops.h"
 #include "runtime/rt_err.h"
 
 #define OPTIM_CLIP_EPS 1e-6        /* torch.nn.utils.clip_grad_norm_ adds this to the norm */
@@ -96,55 +99,45 @@ static double optim_beta(float b)
     return round((double)b * 1e7) / 1e7;
 }
 
-/* optim_sumsq returns the sum of squares of g[n]: eight float lanes over blocks of 4096 (which the
- * compiler vectorizes), each block's total added in double. */
+/* optim_block_sumsq returns the sum of squares of g[n] (n <= KERN_OPTIM_BLOCK): eight float lanes (which
+ * the compiler vectorizes), their total in double. */
+static double optim_block_sumsq(const float *restrict g, size_t n)
+{
+    float acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += g[i + k] * g[i + k];
+    for (; i < n; i++) acc[0] += g[i] * g[i];
+    double s = 0.0;
+    for (int k = 0; k < 8; k++) s += acc[k];
+    return s;
+}
+
+/* optim_sumsq returns the sum of squares of g[n]: the blocks' sums added in double, in order. */
 static double optim_sumsq(const float *restrict g, size_t n)
 {
     double total = 0.0;
-    size_t i = 0;
-    while (i < n) {
-        size_t end = n - i > 4096 ? i + 4096 : n;
-        float acc[8] = {0};
-        for (; i + 8 <= end; i += 8)
-            for (int k = 0; k < 8; k++) acc[k] += g[i + k] * g[i + k];
-        for (; i < end; i++) acc[0] += g[i] * g[i];
-        double s = 0.0;
-        for (int k = 0; k < 8; k++) s += acc[k];
-        total += s;
-    }
+    for (size_t i = 0; i < n; i += KERN_OPTIM_BLOCK)
+        total += optim_block_sumsq(g + i, n - i > KERN_OPTIM_BLOCK ? KERN_OPTIM_BLOCK : n - i);
     return total;
 }
 
-/* optim_clip returns the L2 norm of g[n] and scales g down to max_norm when asked (max_norm > 0). */
-static float optim_clip(float *g, size_t n, float max_norm)
-{
-    double norm = sqrt(optim_sumsq(g, n));
-    if (max_norm > 0.0f) {
-        double coef = (double)max_norm / (norm + OPTIM_CLIP_EPS);
-        if (coef < 1.0) {
-            float c = (float)coef;
-            for (size_t i = 0; i < n; i++) g[i] *= c;
-        }
-    }
-    return (float)norm;
-}
-
-static void optim_sgd(const kern_optim_cfg *c, float *p, const float *g, size_t n, float lr)
+static void optim_sgd(const kern_optim_cfg *c, float *p, const float *g, size_t i0, size_t i1, float lr)
 {
     float wd = c->weight_decay;
-    for (size_t i = 0; i < n; i++) p[i] -= lr * (g[i] + wd * p[i]);
+    for (size_t i = i0; i < i1; i++) p[i] -= lr * (g[i] + wd * p[i]);
 }
 
-static void optim_adam(kern_optim *o, float *restrict p, const float *restrict g, size_t n, float lr)
+static void optim_adam(const kern_optim *o, const kern_optim_plan *pl, float *restrict p, const float *restrict g,
+                       size_t i0, size_t i1)
 {
     const kern_optim_cfg *c = &o->cfg;
-    double b1d = optim_beta(c->beta1), b2d = optim_beta(c->beta2), t = (double)o->step;
+    double b1d = optim_beta(c->beta1), b2d = optim_beta(c->beta2);
     float b1 = (float)b1d, b2 = (float)b2d, wd = c->weight_decay, eps = c->eps;
     float a1 = (float)(1.0 - b1d), a2 = (float)(1.0 - b2d);
-    float step_size = (float)((double)lr / (1.0 - pow(b1d, t)));
-    float sqrt_bc2 = (float)sqrt(1.0 - pow(b2d, t));
+    float step_size = pl->step_size, sqrt_bc2 = pl->sqrt_bc2;
     float *restrict m = o->m, *restrict v = o->v;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = i0; i < i1; i++) {
         float gi = g[i] + wd * p[i];
         m[i] = b1 * m[i] + a1 * gi;
         v[i] = b2 * v[i] + a2 * gi * gi;
@@ -201,17 +194,70 @@ static void optim_lamb(kern_optim *o, const kern_model *m, float *p, const float
     }
 }
 
-float kern_optim_step(kern_optim *o, const kern_model *m, float *params, float *grads, float lr)
+int kern_optim_elementwise(const kern_optim *o)
 {
-    size_t n = o->n;
-    float norm = optim_clip(grads, n, o->cfg.clip_grad_norm);
+    return o->cfg.kind != KERN_OPT_LAMB;
+}
+
+int kern_optim_reduce(float *const *g, int ng, size_t i0, size_t i1, double *sumsq)
+{
+    uint32_t bad = 0;
+    for (size_t b0 = i0; b0 < i1; b0 += KERN_OPTIM_BLOCK) {
+        size_t n = i1 - b0 > KERN_OPTIM_BLOCK ? KERN_OPTIM_BLOCK : i1 - b0;
+        float *restrict dst = g[0] + b0;
+        for (int k = 1; k < ng; k++) {   /* buffer by buffer: per float, ((g0 + g1) + g2) + ... */
+            const float *restrict src = g[k] + b0;
+            for (size_t i = 0; i < n; i++) dst[i] += src[i];
+        }
+        bad |= (uint32_t)!kern_all_finite(dst, n);   /* the block is in cache: the check costs no memory pass */
+        if (sumsq) sumsq[b0 / KERN_OPTIM_BLOCK] = optim_block_sumsq(dst, n);
+    }
+    return !bad;
+}
+
+float kern_optim_begin(kern_optim *o, float lr, double sumsq, kern_optim_plan *p)
+{
+    kern_optim_plan t = {.lr = lr, .scale = 1.0f};
+    double norm = sqrt(sumsq);
+    float max_norm = o->cfg.clip_grad_norm;
+    if (max_norm > 0.0f) {
+        double coef = (double)max_norm / (norm + OPTIM_CLIP_EPS);
+        if (coef < 1.0) {
+            t.scaled = 1;
+            t.scale = (float)coef;
+        }
+    }
     o->step++;
-    if (n == 0) return norm;
+    if (o->cfg.kind == KERN_OPT_ADAM) {
+        double b1d = optim_beta(o->cfg.beta1), b2d = optim_beta(o->cfg.beta2), s = (double)o->step;
+        t.step_size = (float)((double)lr / (1.0 - pow(b1d, s)));
+        t.sqrt_bc2 = (float)sqrt(1.0 - pow(b2d, s));
+    }
+    *p = t;
+    return (float)norm;
+}
+
+void kern_optim_apply(kern_optim *o, const kern_model *m, const kern_optim_plan *p, float *params, float *grads,
+                      size_t i0, size_t i1)
+{
+    if (i1 > o->n) i1 = o->n;
+    if (i0 >= i1) return;
+    if (p->scaled) {
+        float c = p->scale;
+        for (size_t i = i0; i < i1; i++) grads[i] *= c;
+    }
     switch (o->cfg.kind) {
     case KERN_OPT_NONE: break;
-    case KERN_OPT_SGD: optim_sgd(&o->cfg, params, grads, n, lr); break;
-    case KERN_OPT_ADAM: optim_adam(o, params, grads, n, lr); break;
-    case KERN_OPT_LAMB: optim_lamb(o, m, params, grads, n, lr); break;
+    case KERN_OPT_SGD: optim_sgd(&o->cfg, params, grads, i0, i1, p->lr); break;
+    case KERN_OPT_ADAM: optim_adam(o, p, params, grads, i0, i1); break;
+    case KERN_OPT_LAMB: optim_lamb(o, m, params, grads, o->n, p->lr); break;   /* whole tensors: i0 0, i1 n */
     }
+}
+
+float kern_optim_step(kern_optim *o, const kern_model *m, float *params, float *grads, float lr)
+{
+    kern_optim_plan p;
+    float norm = kern_optim_begin(o, lr, optim_sumsq(grads, o->n), &p);
+    kern_optim_apply(o, m, &p, params, grads, 0, o->n);
     return norm;
 }

@@ -13,6 +13,7 @@
  *   EX_MSG_CHUNK_DONE  an ex_chunk (a slice of a batch), computed, from the pool
  *   EX_MSG_DELAY_DONE  the delay rt_timer embedded in an ex_batch (nop_delay answers late)
  *   EX_MSG_CKPT_DONE   a ckpt_job (actors/node/ckpt.h), written, from the pool
+ *   EX_MSG_STEP_DONE   an ex_step_job (a range of an optimizer step), done, from the pool
  *
  * Requests (ex_req_*) are created and touched on the loop thread only. A batch belongs to the loop
  * thread except while its job is out: then a worker touches its buffers and nothing else.
@@ -44,6 +45,7 @@ enum {
     EX_MSG_CHUNK_DONE,
     EX_MSG_DELAY_DONE,
     EX_MSG_CKPT_DONE,
+    EX_MSG_STEP_DONE,
 };
 
 /* One forward or backward request, from the server to the expert, answered through its connection. */
@@ -96,14 +98,14 @@ typedef struct ex_batch {
     char err[128];
     uint64_t seed;               /* randomness of this batch (dropout) */
     uint64_t t_queued_us;        /* summed queue wait of its requests */
-    uint64_t t_compute_us;
+    uint64_t t_compute_us;       /* from submission to the pool to the last job's end */
+    atomic_ullong t_kernel_us;   /* on the workers: its jobs' running time, summed */
     rt_timer delay;              /* nop_delay: holds the answer without blocking anything (EX_MSG_DELAY_DONE) */
     struct ex_batch *next_delayed;   /* the expert's list of batches held by their delay timer */
     /* set by the expert for the worker: */
     const kern_model *model;
     float *params, *grads;
-    kern_optim *opt;
-    float lr;
+    float lr;                    /* backward: of the step that follows it */
     int nchunks, chunks_left;    /* chunk jobs out (0: the batch runs as one job) */
     struct ex_chunk *chunks;
     atomic_int chunks_running;   /* workers still computing: the last one reduces and steps */
@@ -119,6 +121,39 @@ typedef struct ex_chunk {
     float *grads, *ws;
     int rc;
 } ex_chunk;
+
+/* The optimizer step that follows a backward, after its reply (expert.c): phase 1 sums the per-worker
+ * gradient buffers of the batch into the first one and checks them, range by range; phase 2 applies
+ * the update, range by range. Owned by the expert; while its jobs are out, the workers read it and
+ * write only their job's fields and their ranges of the buffers. */
+enum { EX_STEP_IDLE = 0, EX_STEP_REDUCE, EX_STEP_APPLY };
+
+typedef struct ex_step {
+    int phase;                   /* EX_STEP_*: what the jobs out are doing */
+    int out;                     /* jobs on the pool */
+    int lost;                    /* a job of this phase could not be submitted: the step is abandoned */
+    kern_optim *opt;
+    const kern_model *model;
+    float *params;
+    float **bufs;                /* the batch's gradient buffers, bufs[0] receives the sum */
+    int nbuf;
+    double *sumsq;               /* clipping: one sum of squares per KERN_OPTIM_BLOCK floats */
+    kern_optim_plan plan;        /* phase 2 */
+    float lr;
+    int njobs;                   /* ranges of phase 1 (phase 2 too, unless the optimizer is not elementwise) */
+    struct ex_step_job *jobs;
+    uint64_t t_start_us;
+    uint64_t work_us;            /* the jobs' running time on the workers, summed so far */
+} ex_step;
+
+/* One range of an optimizer step as a pool job (EX_MSG_STEP_DONE). */
+typedef struct ex_step_job {
+    rt_job job;
+    ex_step *s;
+    size_t i0, i1;
+    int finite;                  /* phase 1: the range's summed gradients are all finite */
+    uint64_t run_us;             /* its running time on the worker */
+} ex_step_job;
 
 /* ex_req_free releases a request: its frame, its budget charge, its hold on the connection's
  * in-flight count and its reference to the connection. NULL is a no-op. */

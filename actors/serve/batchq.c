@@ -336,6 +336,8 @@ void batchq_push(batchq *q, ex_req *r)
 
 int batchq_waiting(const batchq *q) { return q->waiting; }
 
+uint64_t batchq_oldest_us(const batchq *q) { return q->head ? q->head->t_arrive_us : 0; }
+
 int batchq_pending(const batchq *q) { return q->waiting + q->in_batches; }
 
 batchq *batchq_new(int dir, const batchq_cfg *cfg, const kern_model *model, const char *uid)

@@ -52,6 +52,8 @@ void batchq_compress(ex_batch *b);
 void batchq_answer(batchq *q, ex_batch *b);
 /* batchq_release_work frees a batch's work block (inputs, workspace) once its job is back. */
 void batchq_release_work(ex_batch *b);
+/* batchq_oldest_us returns the arrival time of the oldest waiting request, 0 when none waits. */
+uint64_t batchq_oldest_us(const batchq *q);
 /* batchq_waiting returns the requests waiting to be taken. */
 int batchq_waiting(const batchq *q);
 /* batchq_pending returns the requests waiting plus those inside batches not yet answered. */

@@ -2,15 +2,23 @@
  * (see expert.h for the model, batch.h for its mail, batchq.h for the queue side).
  *
  * Design notes. The handler does one thing per message and ends with schedule(), which decides from
- * the counters alone (running[dir], the queues' waiting requests, a checkpoint wanted or running) what
- * may start now: a checkpoint, one backward, or forwards up to max_parallel_fwd. A queue that holds
- * requests but not yet min_batch_size rows arms its direction's tick timer for the time left.
+ * the counters alone (a step running, running[dir], the queues' waiting requests, a checkpoint wanted
+ * or running) what may start now: nothing during a step; else a checkpoint, one backward, or forwards
+ * up to max_parallel_fwd. A queue that holds requests but not yet min_batch_size rows arms its
+ * direction's tick timer for the time left.
+ *
+ * The step after a backward (finish_batch answers, then step_start) is a small state machine on
+ * e->step: phase 1 jobs (sum and check ranges of the gradient buffers) all back -> kern_optim_begin on
+ * the loop -> phase 2 jobs (update the ranges) all back -> idle, and schedule() may start the next
+ * batch. Its ranges are whole KERN_OPTIM_BLOCKs, one per worker at most, so the sums and the norm are
+ * those of the single-threaded step.
  */
 #include "actors/serve/expert.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "actors/node/ckpt.h"
 #include "actors/node/metrics.h"
@@ -20,6 +28,9 @@
 #include "runtime/rt_log.h"
 
 #define EX_MIN_CHUNK_ROWS 32   /* smaller slices lose more GEMM efficiency than the second core gains */
+/* a step range under 32 K floats (128 KiB of each of params, grads and moments) costs less than the
+ * wake-up of another worker */
+#define EX_STEP_MIN_FLOATS (8 * KERN_OPTIM_BLOCK)
 
 struct expert {
     rt_actor actor;
@@ -36,6 +47,7 @@ struct expert {
     int running[2];         /* batches of each direction on the pool */
     ex_batch *delayed;      /* batches held by nop_delay timers */
     int n_delayed;
+    ex_step step;           /* the optimizer step after the last backward (step.phase: running or not) */
     int ckpt_wanted, ckpt_running;
     int64_t ckpt_step;      /* optimizer step of the newest checkpoint on disk (-1: none) */
     ckpt_job ckpt;
@@ -78,51 +90,141 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
     return m->cls->backward(m, b->params, n, in, gout, gin, grads, ws, b->seed);
 }
 
-/* After a backward's gradients are complete: check them and take the optimizer step. */
-static void step(ex_batch *b)
-{
-    const kern_model *m = b->model;
-    if (b->rc != 0 || m->n_floats == 0) return;
-    if (!kern_all_finite(b->grads, m->n_floats)) {
-        b->rc = DMOE_ENONFINITE;
-        snprintf(b->err, sizeof b->err, "parameter gradients are not finite: optimizer step skipped");
-        return;
-    }
-    kern_optim_step(b->opt, m, b->params, b->grads, b->lr);
-}
-
 static void job_run(rt_job *j)
 {
     ex_batch *b = (ex_batch *)j;
-    uint64_t t0 = b->t_compute_us;
+    uint64_t t0 = b->t_compute_us, t_run = rt_clock_us();
     b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
-    if (b->dir == EX_BWD) {
-        step(b);
-        batchq_compress(b);
-    }
+    if (b->dir == EX_BWD) batchq_compress(b);   /* the reply's share of the work; the step comes after it */
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
-    b->t_compute_us = rt_clock_us() - t0;
+    uint64_t now = rt_clock_us();
+    atomic_store(&b->t_kernel_us, now - t_run);
+    b->t_compute_us = now - t0;
 }
 
 static void chunk_run(rt_job *j)
 {
     ex_chunk *c = (ex_chunk *)j;
     ex_batch *b = c->b;
+    uint64_t t_run = rt_clock_us();
     c->rc = run_rows(b, c->r0, c->r1, c->grads, c->ws);
-    /* the last chunk to finish sums the gradients and steps; the atomic orders the others' writes */
+    atomic_fetch_add(&b->t_kernel_us, rt_clock_us() - t_run);
+    /* the last chunk to finish compresses the reply; the atomic orders the others' writes. The
+     * gradients stay in the chunks' buffers: the step sums them (step_run). */
     if (atomic_fetch_sub(&b->chunks_running, 1) != 1) return;
     for (int k = 0; k < b->nchunks; k++)
         if (b->chunks[k].rc < 0 && b->rc == 0) b->rc = b->chunks[k].rc;
-    if (b->dir == EX_BWD && b->rc == 0) {
-        size_t n = b->model->n_floats;
-        for (int k = 1; k < b->nchunks; k++) {
-            const float *g = b->chunks[k].grads;
-            for (size_t i = 0; i < n; i++) b->grads[i] += g[i];
-        }
-        step(b);
-        batchq_compress(b);
-    }
+    if (b->dir == EX_BWD && b->rc == 0) batchq_compress(b);
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
+}
+
+/* A range of the optimizer step: phase 1 sums and checks its gradients, phase 2 updates its parameters. */
+static void step_run(rt_job *j)
+{
+    ex_step_job *sj = (ex_step_job *)j;
+    ex_step *s = sj->s;
+    uint64_t t_run = rt_clock_us();
+    if (s->phase == EX_STEP_REDUCE)
+        sj->finite = kern_optim_reduce(s->bufs, s->nbuf, sj->i0, sj->i1, s->opt->cfg.clip_grad_norm > 0 ? s->sumsq : NULL);
+    else
+        kern_optim_apply(s->opt, s->model, &s->plan, s->params, s->bufs[0], sj->i0, sj->i1);
+    sj->run_us = rt_clock_us() - t_run;
+}
+
+/* ---- the optimizer step, after the reply (see expert.h) ---- */
+
+/* A step job is back: its worker time counts. Returns the jobs of the phase still out. */
+static int step_job_back(ex_step *s, const ex_step_job *sj)
+{
+    s->work_us += sj->run_us;
+    return --s->out;
+}
+
+/* A step job's completion dropped undelivered (the expert stopped). */
+static void step_drop(rt_msg *m)
+{
+    ((ex_step_job *)m)->s->out--;
+}
+
+/* Submit the jobs of the step's current phase, n ranges of whole blocks (n == 1: the whole buffer). */
+static void step_submit(expert *e, int n)
+{
+    ex_step *s = &e->step;
+    size_t nf = e->model.n_floats, blocks = (nf + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK;
+    s->lost = 0;
+    for (int i = 0; i < n; i++) {
+        ex_step_job *sj = &s->jobs[i];
+        sj->s = s;
+        sj->i0 = blocks * (size_t)i / (size_t)n * KERN_OPTIM_BLOCK;
+        sj->i1 = i == n - 1 ? nf : blocks * (size_t)(i + 1) / (size_t)n * KERN_OPTIM_BLOCK;
+        sj->finite = 0;
+        sj->job.run = step_run;
+        sj->job.owner = &e->actor;
+        sj->job.msg.type = EX_MSG_STEP_DONE;
+        sj->job.msg.drop = step_drop;
+        if (rt_pool_submit(e->cfg.pool, &sj->job) == 0) s->out++;
+        else s->lost = 1;
+    }
+}
+
+/* The step is over (why: NULL, or why it was skipped): count its time and the waits it caused. */
+static void step_end(expert *e, const char *why)
+{
+    ex_step *s = &e->step;
+    if (why) {
+        e->stats.errors[EX_BWD]++;
+        LOG_WARN("%s: %s", e->uid, why);
+    }
+    uint64_t now = rt_clock_us();
+    e->stats.step_us += now - s->t_start_us;
+    e->stats.step_work_us += s->work_us;
+    s->work_us = 0;
+    for (int dir = 0; dir < 2; dir++) {   /* how long the step held back requests that were waiting */
+        uint64_t since = batchq_oldest_us(e->q[dir]);
+        if (since) e->stats.step_wait_us += now - (since > s->t_start_us ? since : s->t_start_us);
+    }
+    s->phase = EX_STEP_IDLE;
+}
+
+/* After a good backward whose gradients are in nbuf buffers (the first, e->grads, then grads_extra) and
+ * whose reply is out: sum and check them, then step with lr (phase 1). */
+static void step_start(expert *e, int nbuf, float lr)
+{
+    ex_step *s = &e->step;
+    size_t nf = e->model.n_floats;
+    if (nf == 0) return;   /* nothing to step (nop): no step is counted, as before */
+    s->nbuf = nbuf;
+    for (int k = 0; k < nbuf; k++) s->bufs[k] = k == 0 ? e->grads : e->grads_extra + (size_t)(k - 1) * nf;
+    s->lr = lr;
+    s->t_start_us = rt_clock_us();
+    size_t want = (nf + EX_STEP_MIN_FLOATS - 1) / EX_STEP_MIN_FLOATS;
+    s->njobs = want < (size_t)rt_pool_threads(e->cfg.pool) ? (int)want : rt_pool_threads(e->cfg.pool);
+    s->phase = EX_STEP_REDUCE;
+    step_submit(e, s->njobs);
+    if (s->out == 0) step_end(e, "the optimizer step could not start: skipped");
+}
+
+/* A step job is back: when its phase is complete, start the next or finish. */
+static void step_job_done(expert *e, const ex_step_job *sj)
+{
+    ex_step *s = &e->step;
+    if (step_job_back(s, sj) > 0) return;
+    if (s->lost) { step_end(e, "the optimizer step could not run on the pool: skipped"); return; }
+    if (s->phase == EX_STEP_APPLY) { step_end(e, NULL); return; }
+    int finite = 1;
+    double sumsq = 0.0;
+    for (int i = 0; i < s->njobs; i++) finite &= s->jobs[i].finite;
+    if (!finite) { step_end(e, "parameter gradients are not finite: optimizer step skipped"); return; }
+    if (e->opt.cfg.clip_grad_norm > 0) {   /* the blocks in order: the norm kern_optim_step computes */
+        size_t blocks = (e->model.n_floats + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK;
+        for (size_t k = 0; k < blocks; k++) sumsq += s->sumsq[k];
+    }
+    kern_optim_begin(&e->opt, s->lr, sumsq, &s->plan);
+    e->stats.steps = (uint64_t)e->opt.step;
+    if (e->opt.cfg.kind == KERN_OPT_NONE) { step_end(e, NULL); return; }   /* counted; clipping would only scale grads */
+    s->phase = EX_STEP_APPLY;
+    step_submit(e, kern_optim_elementwise(&e->opt) ? s->njobs : 1);
+    if (s->out == 0) step_end(e, "the optimizer step could not run on the pool: skipped");
 }
 
 /* ---- scheduling ---- */
@@ -220,7 +322,6 @@ static void start_batch(expert *e, ex_batch *b)
     b->job.owner = &e->actor;
     b->params = e->params;
     b->grads = e->grads;
-    b->opt = &e->opt;
     b->lr = kern_sched_lr(&e->cfg.sched, e->cfg.opt.lr, e->opt.step);   /* no backward runs now */
     b->seed = e->cfg.seed ^ (0x9E3779B97F4A7C15ull * ++e->batch_seq);
     e->running[b->dir]++;
@@ -246,23 +347,51 @@ static void start_batch(expert *e, ex_batch *b)
     if (rt_pool_submit(e->cfg.pool, &b->job) != 0) refuse_batch(e, b);
 }
 
+/* The calling thread's CPU time in nanoseconds: what the loop thread spends, whoever else runs. */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The next batch of direction dir (batchq_take), its rows copied in on the loop thread: that CPU time
+ * is counted in batch_build_ns. */
+static ex_batch *take(expert *e, int dir, uint64_t now)
+{
+    uint64_t t0 = thread_cpu_ns();
+    ex_batch *b = batchq_take(e->q[dir], now);
+    e->stats.batch_build_ns += thread_cpu_ns() - t0;
+    return b;
+}
+
+/* The callers of b are answered (batchq_answer): the loop thread's CPU time for it is counted in
+ * reply_ns. */
+static void answer(expert *e, ex_batch *b)
+{
+    uint64_t t0 = thread_cpu_ns();
+    batchq_answer(b->q, b);
+    e->stats.reply_ns += thread_cpu_ns() - t0;
+}
+
 /* Start what may start now (see the design notes). */
 static void schedule(expert *e)
 {
+    if (e->step.phase != EX_STEP_IDLE) return;   /* nothing reads or writes the parameters during a step */
     /* a checkpoint reads the weights: no backward may write them meanwhile; forwards may run */
     if (e->ckpt_wanted && !e->ckpt_running && e->running[EX_BWD] == 0) start_checkpoint(e);
     if (e->shutting || e->ckpt_running || e->ckpt_wanted) return;
     uint64_t now = rt_clock_us();
     int64_t bwd_wait = batchq_wait_us(e->q[EX_BWD], now);
     if (bwd_wait == 0 && e->running[EX_FWD] == 0 && e->running[EX_BWD] == 0) {
-        ex_batch *b = batchq_take(e->q[EX_BWD], now);
+        ex_batch *b = take(e, EX_BWD, now);
         if (b) start_batch(e, b);
     }
     /* backward waiting or running: let the forwards in flight finish, start no new ones. Each pass
      * takes requests off the queue, so the loop ends when it is empty or the workers are all given. */
     while (batchq_waiting(e->q[EX_BWD]) == 0 && e->running[EX_BWD] == 0 &&
            e->running[EX_FWD] < e->cfg.max_parallel_fwd && batchq_wait_us(e->q[EX_FWD], now) == 0) {
-        ex_batch *b = batchq_take(e->q[EX_FWD], now);
+        ex_batch *b = take(e, EX_FWD, now);
         if (b) start_batch(e, b);
     }
     for (int dir = 0; dir < 2; dir++) {
@@ -282,6 +411,7 @@ static void finish_batch(expert *e, ex_batch *b)
     expert_stats *s = &e->stats;
     s->batches[dir]++;
     s->compute_us[dir] += b->t_compute_us;
+    s->kernel_us += atomic_load(&b->t_kernel_us);
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
     s->calls[dir] += (uint64_t)b->nreq;
@@ -294,18 +424,22 @@ static void finish_batch(expert *e, ex_batch *b)
         if (dir == EX_BWD) {
             s->samples_seen += (uint64_t)b->B;
             if (used_saved) s->backward_cached++;
-            s->steps = (uint64_t)e->opt.step;
         }
     }
+    /* reply first: the step of a good backward follows, and nothing else of the expert starts before
+     * it ends, so every result is the one the step inside the backward's job used to give */
+    int step = dir == EX_BWD && b->rc == 0, nbuf = b->nchunks > 0 ? b->nchunks : 1;
+    float lr = b->lr;
     /* nop_delay holds a good answer; a delay timer that cannot be made only means no delay */
     if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0 && rt_timer_init(&b->delay, &e->actor, EX_MSG_DELAY_DONE) == 0) {
         b->next_delayed = e->delayed;
         e->delayed = b;
         e->n_delayed++;
         rt_timer_start(&b->delay, (uint64_t)e->cfg.kcfg.delay_ms, 0);
-        return;
+    } else {
+        answer(e, b);   /* may free b */
     }
-    batchq_answer(b->q, b);
+    if (step) step_start(e, nbuf, lr);
 }
 
 static void answer_delayed(expert *e, ex_batch *b)
@@ -313,7 +447,7 @@ static void answer_delayed(expert *e, ex_batch *b)
     for (ex_batch **pp = &e->delayed; *pp; pp = &(*pp)->next_delayed)
         if (*pp == b) { *pp = b->next_delayed; break; }
     e->n_delayed--;
-    batchq_answer(b->q, b);
+    answer(e, b);
 }
 
 static void expert_handle(rt_actor *self, rt_msg *m)
@@ -348,6 +482,9 @@ static void expert_handle(rt_actor *self, rt_msg *m)
     case EX_MSG_CKPT_DONE:
         finish_checkpoint(e);
         break;
+    case EX_MSG_STEP_DONE:
+        step_job_done(e, (ex_step_job *)m);
+        break;
     case EX_MSG_DELAY_DONE:
         answer_delayed(e, (ex_batch *)((char *)m - offsetof(ex_batch, delay)));
         break;
@@ -369,6 +506,9 @@ static void expert_destroy(rt_actor *self)
         rt_timer_deinit(&e->tick[dir]);
     }
     kern_optim_free(&e->opt);
+    free(e->step.jobs);
+    free(e->step.bufs);
+    free(e->step.sumsq);
     free(e->params);
     free(e->grads);
     free(e->grads_extra);
@@ -402,7 +542,15 @@ expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err
     e->model.cls = cfg->cls;
     e->params = alloc_floats(e->model.n_floats);
     e->grads = alloc_floats(e->model.n_floats);
-    if (!e->params || !e->grads || kern_optim_init(&e->opt, &cfg->opt, e->model.n_floats) != 0) {
+    int threads = rt_pool_threads(cfg->pool);
+    e->step.jobs = calloc((size_t)threads, sizeof *e->step.jobs);
+    e->step.bufs = calloc((size_t)threads, sizeof *e->step.bufs);
+    e->step.sumsq = calloc(e->model.n_floats / KERN_OPTIM_BLOCK + 1, sizeof *e->step.sumsq);
+    e->step.opt = &e->opt;
+    e->step.model = &e->model;
+    e->step.params = e->params;
+    if (!e->params || !e->grads || !e->step.jobs || !e->step.bufs || !e->step.sumsq ||
+        kern_optim_init(&e->opt, &cfg->opt, e->model.n_floats) != 0) {
         snprintf(err, errlen, "out of memory for %zu parameters", e->model.n_floats);
         expert_destroy(&e->actor);
         return NULL;
@@ -455,7 +603,7 @@ void expert_submit(expert *e, ex_req *req)
 int expert_busy(const expert *e)
 {
     return batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD]) + e->running[EX_FWD] +
-           e->running[EX_BWD] + e->n_delayed + (int)e->actor.depth;
+           e->running[EX_BWD] + e->n_delayed + (int)e->actor.depth + (e->step.phase != EX_STEP_IDLE);
 }
 
 void expert_shutdown(expert *e)
@@ -475,6 +623,8 @@ void expert_checkpoint(expert *e)
 }
 
 int expert_checkpoint_pending(const expert *e) { return e->ckpt_wanted || e->ckpt_running; }
+
+int expert_stepping(const expert *e) { return e->step.phase != EX_STEP_IDLE; }
 
 void expert_free(expert *e)
 {
@@ -533,7 +683,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
-    msgpack_pack_map(pk, 13);
+    msgpack_pack_map(pk, 19);
     pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
     pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
     pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
@@ -547,4 +697,10 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "queue_depth", (uint64_t)(batchq_pending(e->q[EX_FWD]) + batchq_pending(e->q[EX_BWD])));
     pack_kv_u64(pk, "queue_wait_us", s->queue_wait_us[EX_FWD] + s->queue_wait_us[EX_BWD]);
     pack_kv_u64(pk, "compute_us", s->compute_us[EX_FWD] + s->compute_us[EX_BWD]);
+    pack_kv_u64(pk, "kernel_us", s->kernel_us);
+    pack_kv_u64(pk, "step_us", s->step_us);
+    pack_kv_u64(pk, "step_work_us", s->step_work_us);
+    pack_kv_u64(pk, "step_wait_us", s->step_wait_us);
+    pack_kv_u64(pk, "batch_build_us", s->batch_build_ns / 1000u);
+    pack_kv_u64(pk, "reply_us", s->reply_ns / 1000u);
 }

@@ -8,17 +8,27 @@
  * batch back to the queue, which answers the callers. batch.h lists every message it receives.
  *
  * Scheduling inside one expert: forwards may run several at a time (they only read the parameters, up
- * to max_parallel_fwd batches, so one busy expert can use every worker); a backward runs alone, since it
- * writes the parameters (the optimizer step follows the gradient in the same job: one step per batch).
- * Backward work waiting stops new forwards from starting, so steps are never starved. A batch is taken
+ * to max_parallel_fwd batches, so one busy expert can use every worker); a backward runs alone, since
+ * its step writes the parameters. Backward work waiting stops new forwards from starting, so steps are
+ * never starved.
+ *
+ * Reply, then step (one step per backward batch). A backward's job computes the parameter gradients
+ * (into one buffer, or one per chunk when the batch was split across workers) and the input gradients
+ * at the weights as they are; as soon as it is back, the callers are answered. Then the optimizer step
+ * runs on the pool in ranges of the parameter vector: phase 1 sums the buffers into the first, in their
+ * fixed order, and checks that the sums are finite; phase 2 updates each range (kern_optim.h). Nothing
+ * else of the expert -- no forward, backward or checkpoint -- starts until the step has ended, so every
+ * output, gradient and parameter is bit for bit what a step inside the backward's job gave. Gradients
+ * that are not finite skip the step (counted as a backward error and logged); the reply is out by then. A batch is taken
  * only when it can start right away, so batches grow with load and a lone request waits for nobody;
  * requests that arrive together (in one mailbox run) are queued before the expert looks (EX_MSG_SCHEDULE
  * goes behind them), so they share a batch.
  *
  * Requests reach the expert already validated against its schema by the server (server.c).
  *
- * Loop thread only, except the job's run function, which touches nothing but the batch's buffers and,
- * for a backward, the parameters, gradients and optimizer state that the schedule gives it alone.
+ * Loop thread only, except the jobs' run functions: a batch's touches nothing but the batch's buffers
+ * and, for a backward, the gradient buffers; a step's touches its ranges of the parameters, gradients
+ * and optimizer state, which the schedule gives it alone.
  */
 #ifndef DMOE_EXPERT_H
 #define DMOE_EXPERT_H
@@ -55,7 +65,14 @@ typedef struct {
     uint64_t steps, samples_seen;
     uint64_t backward_cached;    /* backward batches that ran from saved activations */
     uint64_t queue_wait_us[2];   /* summed over requests */
-    uint64_t compute_us[2];      /* summed over batches */
+    uint64_t compute_us[2];      /* summed over batches, from submission to the pool to the end */
+    uint64_t kernel_us;          /* the batches' jobs running on the workers (worker time, summed) */
+    uint64_t step_us;            /* optimizer steps, from the reply to the end of the update, summed */
+    uint64_t step_work_us;       /* the steps' jobs running on the workers (worker time, summed) */
+    uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
+                                  * later of the step's start and the oldest request's arrival) */
+    uint64_t batch_build_ns;     /* loop thread CPU: building batches, mostly copying rows in (batchq_take) */
+    uint64_t reply_ns;           /* loop thread CPU: building and queueing replies (batchq_answer) */
 } expert_stats;
 
 typedef struct expert expert;
@@ -86,6 +103,9 @@ void expert_shutdown(expert *e);
 void expert_checkpoint(expert *e);
 /* expert_checkpoint_pending returns whether a checkpoint is asked for or being written. */
 int expert_checkpoint_pending(const expert *e);
+/* expert_stepping returns whether the optimizer step of the last backward is still running (its reply
+ * is out; nothing else of the expert starts until it ends). */
+int expert_stepping(const expert *e);
 /* expert_free stops the expert actor (the loop reaps it, with its queues, once no job of it is out;
  * batches still held by a delay timer are answered then); call it after expert_shutdown once
  * expert_busy() is 0, or at teardown. NULL is a no-op. */

@@ -5,7 +5,8 @@
  *   bench_kernel.c  the limit (cblas) and the ffn kernel in-process, over bench_batches, on b->threads
  *                   threads; the 1-row kernel latency and one Adam step;
  *   bench_node.c    dmoe-node as a subprocess (started with rt_spawn, ready by node_banner_wait), driven
- *                   by loadgen_run: throughput, latency, memory;
+ *                   by loadgen_run: throughput, latency, memory, and where a batch's time goes;
+ *   bench_probe.c   what the node's threads and its expert report before and after each load run;
  *   bench_moe.c     the Mixture-of-Experts layer over two such nodes;
  *   bench_ident.c   Ed25519 signatures and verifications per second (the DHT's identity proofs);
  *   bench_record.c  the signed records' share of an expert lookup (an in-memory swarm, virtual time);
@@ -45,6 +46,21 @@
 /* The batch sizes of the throughput figures: 1, 64, 256, 1024 rows (bench_kernel.c). */
 extern const int64_t bench_batches[NB];
 
+/* Where a load run's time went, per sample (one row; a training sample is a forward and a backward
+ * row): from the probes around the run (bench_probe.c). */
+typedef struct {
+    double loop_us;              /* the node's loop thread on the CPU */
+    double workers_us;           /* its other threads (the pool's workers) on the CPU */
+    double kernel_us;            /* expert kernels: the forward and backward jobs on the workers */
+    double optimizer_us;         /* optimizer steps: their jobs on the workers */
+    double optimizer_wall_us;    /* optimizer steps, from the reply to the end of the update */
+    double step_wait_us;         /* requests held back by a running step */
+    double copy_in_us;           /* loop: rows copied into batches */
+    double reply_us;             /* loop: replies built and queued */
+    double loop_busy_pct;        /* the loop thread's CPU time over the run's wall time */
+    double requests, mib;        /* of the whole run: requests answered, MiB both ways */
+} bench_split;
+
 /* One run's settings and figures. */
 typedef struct {
     int threads;
@@ -54,10 +70,19 @@ typedef struct {
     /* results */
     double gemm_gflops[NB], kfwd[NB], kfwdbwd[NB], nfwd[NB], nfwdbwd[NB];
     double lat_fwd_p50, lat_fwd_p99, lat_bwd_p50, lat_bwd_p99, kfwd_b1_p50, kfwd_b1_p99;
+    double kbwd_b1_p50, kbwd_b1_p99;   /* in-process backward of 1 row (recomputing its forward), no step */
+    double kbwd_saved_b1_p50, kbwd_saved_b1_p99;   /* the same from the forward's saved activations */
+    double lat_train_fwd_p50, lat_train_bwd_p50;   /* 1 client, 1 row, forward then backward (with handle) */
     double adam_step_p50;
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
     double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
+    bench_split split_fwd[NB], split_fb[NB];             /* the node's throughput runs, by batch size */
+    double loop_us_per_req, loop_us_per_mib;             /* the loop thread's cost fitted over those runs */
+    int have_split;
     int moe_experts, moe_n[3];
+    /* the MoE training steps against their parts, in ms per step (means over the series): */
+    double moe_train_mean, moe_search, moe_expert_kernels, moe_expert_steps, moe_gating_step;
+    int have_moe_parts;
     double sign_per_s, verify_per_s;                     /* Ed25519 on one thread (bench_ident.c) */
     double rec_lookup_us, rec_verifies_per_lookup, rec_verify_share, rec_verify_us;   /* bench_record.c */
     int have_node, have_mem, have_dht, have_moe, have_ident, have_record;
@@ -86,7 +111,8 @@ float *bench_alloc_normal(size_t n, uint64_t seed);
  * the best of BENCH_REPEATS runs sharing b->seconds; 0 (and a failure counted) on error. m and params
  * are the ffn expert (NULL for W_GEMM). */
 double bench_measure(bench *b, int kind, const kern_model *m, const float *params, int64_t B);
-/* bench_kernel_latency fills kfwd_b1_p50/p99: one thread, one row, the kernel's forward. */
+/* bench_kernel_latency fills kfwd_b1_*, kbwd_b1_* and kbwd_saved_b1_*: one thread, one row, the
+ * kernel's forward and its backward (no optimizer), recomputing the forward or from its activations. */
 void bench_kernel_latency(bench *b, const kern_model *m, const float *params);
 /* bench_optimizer_latency fills adam_step_p50: one Adam step over the expert's parameters. */
 void bench_optimizer_latency(bench *b, const kern_model *m, const float *params);
@@ -111,6 +137,23 @@ void bench_node_stop(bench_child *c);
 void bench_node_figures(bench *b);
 /* bench_memory_figures fills the memory figures of a node with BENCH_MEM_EXPERTS experts. */
 void bench_memory_figures(bench *b, const kern_model *m);
+
+/* ---- bench_probe.c ---- */
+
+/* What bench_probe_take reads from a node: CPU time of its threads and one expert's summed timers. */
+typedef struct {
+    double loop_ns, others_ns;   /* the loop (main) thread, every other thread */
+    double compute_us, step_us, step_wait_us, batch_build_us, reply_us;   /* the expert's info stats */
+    double step_wall_us;         /* compute_us and step_us are the jobs' time on the workers; this the
+                                  * steps' wall time, from the reply to the end of the update */
+} bench_probe;
+
+/* bench_probe_take fills *p for the node pid serving at addr, with expert uid's stats, or every expert's
+ * added up when uid is NULL (one info call on a loop of its own). Returns 0, or a negative code (the
+ * call failed, /proc unreadable). */
+int bench_probe_take(pid_t pid, const wire_maddr *addr, const char *uid, bench_probe *p);
+/* bench_probe_diff writes after - before into *d, field by field. */
+void bench_probe_diff(const bench_probe *before, const bench_probe *after, bench_probe *d);
 
 /* ---- bench_moe.c ---- */
 

@@ -152,7 +152,44 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* One thread, one row: the kernel's forward latency. */
+/* One thread, one row: the kernel's backward latency, no optimizer step, p50 and p99 into bp: from the
+ * forward's saved activations when saved (as a node runs a training client's backward, which brings its
+ * forward's handle), else recomputing the forward (a backward without a handle). */
+static void backward_latency(bench *b, const kern_model *m, const float *params, const float *x, int saved, double *bp)
+{
+    enum { N = 500 };
+    static uint64_t t[N];
+    const kern_class *c = m->cls;
+    saved = saved && c->forward_save && c->backward_saved;
+    size_t sf = saved ? c->saved_floats(m) : 0, wsf = c->backward_ws(m, 1);
+    if (c->forward_ws(m, 1) > wsf) wsf = c->forward_ws(m, 1);
+    float *gx = malloc((size_t)b->hidden * sizeof(float)), *g = malloc(m->n_floats * sizeof(float));
+    float *ws = malloc((wsf + 1) * sizeof(float)), *act = malloc((sf + 1) * sizeof(float));
+    float *y = malloc((size_t)b->hidden * sizeof(float));
+    if (!gx || !g || !ws || !act || !y) { b->failures++; goto out; }
+    const void *in[1] = {x};
+    const float *gout[1] = {x};
+    float *gin[1] = {gx}, *out[1] = {y};
+    if (saved) c->forward_save(m, params, 1, in, out, ws, 0, act);
+    int n = -1;   /* the first call warms up */
+    uint64_t end = rt_clock_us() + (uint64_t)(b->seconds * 1e6);
+    while (n < N && rt_clock_us() < end) {
+        uint64_t t0 = rt_clock_us();
+        if (saved) c->backward_saved(m, params, 1, in, act, gout, gin, g, ws, 0);
+        else c->backward(m, params, 1, in, gout, gin, g, ws, 0);
+        if (n >= 0) t[n] = rt_clock_us() - t0;
+        n++;
+    }
+    if (n > 0) {
+        qsort(t, (size_t)n, sizeof t[0], cmp_u64);
+        bp[0] = (double)t[n / 2];
+        bp[1] = (double)t[(size_t)(0.99 * (n - 1))];
+    }
+out:
+    free(gx); free(g); free(ws); free(act); free(y);
+}
+
+/* One thread, one row: the kernel's forward latency, then its backward's. */
 void bench_kernel_latency(bench *b, const kern_model *m, const float *params)
 {
     enum { N = 2000 };
@@ -160,6 +197,13 @@ void bench_kernel_latency(bench *b, const kern_model *m, const float *params)
     float *x = bench_alloc_normal((size_t)b->hidden, 5), *y = malloc((size_t)b->hidden * sizeof(float));
     float *ws = malloc((m->cls->forward_ws(m, 1) + 1) * sizeof(float));
     if (!x || !y || !ws) { b->failures++; goto out; }
+    double bp[2] = {0, 0};
+    backward_latency(b, m, params, x, 0, bp);
+    b->kbwd_b1_p50 = bp[0];
+    b->kbwd_b1_p99 = bp[1];
+    backward_latency(b, m, params, x, 1, bp);
+    b->kbwd_saved_b1_p50 = bp[0];
+    b->kbwd_saved_b1_p99 = bp[1];
     const void *in[1] = {x};
     float *out[1] = {y};
     int n = 0;

@@ -36,9 +36,10 @@ static void pcts(double *t, int n, double *out)
 }
 
 /* Time up to n calls of kind 0 (forward), 1 (training step) on B rows of x; fills p[2] in ms and returns
- * how many calls succeeded (every one must, or the figure is left out as a failure). */
+ * how many calls succeeded (every one must, or the figure is left out as a failure). parts (NULL: not
+ * wanted) gets the summed ms of the calls, of their beam searches and of the gating's optimizer steps. */
 static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, const float *gy, int64_t B, int kind,
-                      int n, double *p)
+                      int n, double *p, double parts[3])
 {
     double t[64];
     int done = 0;
@@ -55,10 +56,18 @@ static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, c
             snprintf(err, sizeof err, "%d of %d experts answered", moe_fwd_stats_of(f)->experts_answered,
                      moe_fwd_stats_of(f)->experts_chosen);
         }
+        uint64_t t_opt = 0;
         if (rc == 0 && kind == 1) {
             const float *gx;
             rc = moe_backward_run(m, f, gy, 0.0f, &gx, err, sizeof err);
+            uint64_t t1 = rt_clock_us();
             if (rc == 0) kern_optim_step(opt, NULL, params, grads, lr);
+            t_opt = rt_clock_us() - t1;
+        }
+        if (rc == 0 && parts) {
+            parts[0] += (double)(rt_clock_us() - t0) / 1000.0;
+            parts[1] += moe_fwd_stats_of(f)->search_ms;
+            parts[2] += (double)t_opt / 1000.0;
         }
         moe_fwd_free(f);
         if (rc) {
@@ -126,11 +135,30 @@ void bench_moe_figures(bench *b)
     size_t np;
     moe_layer_params(m, &np);
     if (kern_optim_parse("adam", &oc) != 0 || kern_optim_init(&opt, &oc, np) != 0) goto fail;
-    b->moe_n[0] = moe_series(m, &opt, oc.lr, x, gy, SMALL, 0, MOE_N_SMALL, b->moe_fwd3);
+    b->moe_n[0] = moe_series(m, &opt, oc.lr, x, gy, SMALL, 0, MOE_N_SMALL, b->moe_fwd3, NULL);
     fprintf(stderr, ".");
-    b->moe_n[1] = moe_series(m, &opt, oc.lr, x, gy, BIG, 0, MOE_N_BIG, b->moe_fwd256);
+    b->moe_n[1] = moe_series(m, &opt, oc.lr, x, gy, BIG, 0, MOE_N_BIG, b->moe_fwd256, NULL);
     fprintf(stderr, ".");
-    b->moe_n[2] = moe_series(m, &opt, oc.lr, x, gy, BIG, 1, MOE_N_BIG, b->moe_train256);
+    /* the training steps, and around them every expert's timers on both nodes: the step's parts */
+    bench_probe before[2], after[2], d;
+    double parts[3] = {0, 0, 0};
+    int probes = bench_probe_take(n1.pid, &n1.addr, NULL, &before[0]) == 0 &&
+                 bench_probe_take(n2.pid, &n2.addr, NULL, &before[1]) == 0;
+    b->moe_n[2] = moe_series(m, &opt, oc.lr, x, gy, BIG, 1, MOE_N_BIG, b->moe_train256, parts);
+    probes = probes && bench_probe_take(n1.pid, &n1.addr, NULL, &after[0]) == 0 &&
+             bench_probe_take(n2.pid, &n2.addr, NULL, &after[1]) == 0;
+    if (probes && b->moe_n[2] > 0) {
+        double steps = (double)b->moe_n[2];
+        b->moe_train_mean = parts[0] / steps;
+        b->moe_search = parts[1] / steps;
+        b->moe_gating_step = parts[2] / steps;
+        for (int k = 0; k < 2; k++) {
+            bench_probe_diff(&before[k], &after[k], &d);
+            b->moe_expert_kernels += d.compute_us / 1000.0 / steps;
+            b->moe_expert_steps += d.step_us / 1000.0 / steps;
+        }
+        b->have_moe_parts = 1;
+    }
     fprintf(stderr, ".");
     b->have_moe = b->moe_n[0] > 0 && b->moe_n[1] > 0 && b->moe_n[2] > 0;
     if (!b->have_moe) b->failures++;

@@ -99,27 +99,95 @@ static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, do
     return 0;
 }
 
+/* The breakdown of one load run r of batch rows per request (mix: the share of backwards), from the
+ * probes before and after it; 0, or -1 when a probe failed or nothing was answered. */
+static int split_of(const bench_probe *before, const bench_probe *after, const loadgen_report *r, int64_t batch,
+                    double mix, bench_split *s)
+{
+    bench_probe d;
+    bench_probe_diff(before, after, &d);
+    double samples = (double)r->ok * (double)batch * (mix > 0 ? 0.5 : 1.0);
+    if (samples <= 0 || r->run_s <= 0) return -1;
+    s->loop_us = d.loop_ns / 1e3 / samples;
+    s->workers_us = d.others_ns / 1e3 / samples;
+    s->kernel_us = d.compute_us / samples;
+    s->optimizer_us = d.step_us / samples;
+    s->optimizer_wall_us = d.step_wall_us / samples;
+    s->step_wait_us = d.step_wait_us / samples;
+    s->copy_in_us = d.batch_build_us / samples;
+    s->reply_us = d.reply_us / samples;
+    s->loop_busy_pct = 100.0 * d.loop_ns / 1e9 / r->run_s;
+    s->requests = (double)r->ok;
+    s->mib = (double)(r->bytes_sent + r->bytes_received) / 1048576.0;
+    return 0;
+}
+
+/* Fit the loop thread's CPU time of the runs as a per request + b per MiB (least squares, no constant):
+ * the 1-row runs pin the first, the 1024-row runs the second. */
+static void fit_loop(bench *b)
+{
+    double rr = 0, rm = 0, mm = 0, ry = 0, my = 0;
+    for (int k = 0; k < 2 * NB; k++) {
+        const bench_split *s = k < NB ? &b->split_fwd[k] : &b->split_fb[k - NB];
+        int64_t batch = bench_batches[k % NB];
+        double y = s->loop_us * s->requests * (double)batch * (k < NB ? 1.0 : 0.5);   /* us of the run */
+        rr += s->requests * s->requests;
+        rm += s->requests * s->mib;
+        mm += s->mib * s->mib;
+        ry += s->requests * y;
+        my += s->mib * y;
+    }
+    double det = rr * mm - rm * rm;
+    if (det <= 0) return;
+    b->loop_us_per_req = (ry * mm - my * rm) / det;
+    b->loop_us_per_mib = (my * rr - ry * rm) / det;
+}
+
+/* One throughput run with its breakdown: returns the rows per second (0 on failure). */
+static double run_split(bench *b, const bench_child *c, int64_t batch, double mix, double secs, bench_split *s,
+                        int *probes_ok)
+{
+    bench_probe before, after;
+    loadgen_report r;
+    double rate = 0;
+    int pb = bench_probe_take(c->pid, &c->addr, "expert.0", &before);
+    if (load(b, &c->addr, BENCH_CLIENTS, batch, mix, 0, secs, &r) == 0) {
+        rate = r.rows_per_s;
+        if (pb != 0 || bench_probe_take(c->pid, &c->addr, "expert.0", &after) != 0 ||
+            split_of(&before, &after, &r, batch, mix, s) != 0)
+            *probes_ok = 0;
+    } else {
+        *probes_ok = 0;
+    }
+    loadgen_report_free(&r);
+    fprintf(stderr, ".");
+    return rate;
+}
+
 void bench_node_figures(bench *b)
 {
     bench_child c;
     if (bench_node_start(b, &c, 1, NULL) != 0) { b->failures++; bench_node_stop(&c); return; }
     double secs = 2.0 * b->seconds;
-    for (int i = 0; i < NB; i++) {
-        loadgen_report r;
-        if (load(b, &c.addr, BENCH_CLIENTS, bench_batches[i], 0.0, 0, secs, &r) == 0) b->nfwd[i] = r.rows_per_s;
-        loadgen_report_free(&r);
-        fprintf(stderr, ".");
-    }
-    for (int i = 0; i < NB; i++) {
-        loadgen_report r;   /* forward then backward per batch: training samples per second */
-        if (load(b, &c.addr, BENCH_CLIENTS, bench_batches[i], 0.5, 0, secs, &r) == 0) b->nfwdbwd[i] = r.rows_per_s / 2.0;
-        loadgen_report_free(&r);
-        fprintf(stderr, ".");
+    int probes_ok = 1;
+    for (int i = 0; i < NB; i++) b->nfwd[i] = run_split(b, &c, bench_batches[i], 0.0, secs, &b->split_fwd[i], &probes_ok);
+    for (int i = 0; i < NB; i++)   /* forward then backward per batch: training samples per second */
+        b->nfwdbwd[i] = run_split(b, &c, bench_batches[i], 0.5, secs, &b->split_fb[i], &probes_ok) / 2.0;
+    if (probes_ok) {
+        fit_loop(b);
+        b->have_split = 1;
     }
     loadgen_report r;
     if (load(b, &c.addr, 1, 1, 0.0, 0, secs, &r) == 0) { b->lat_fwd_p50 = r.lat.p50; b->lat_fwd_p99 = r.lat.p99; }
     loadgen_report_free(&r);
     if (load(b, &c.addr, 1, 1, 1.0, 0, secs, &r) == 0) { b->lat_bwd_p50 = r.lat_bwd.p50; b->lat_bwd_p99 = r.lat_bwd.p99; }
+    loadgen_report_free(&r);
+    /* as a training client: forward, then its backward with the forward's handle. Each backward's reply
+     * comes before its step; the next forward waits for that step, the backward finds the expert idle */
+    if (load(b, &c.addr, 1, 1, 0.5, 0, secs, &r) == 0) {
+        b->lat_train_fwd_p50 = r.lat_fwd.p50;
+        b->lat_train_bwd_p50 = r.lat_bwd.p50;
+    }
     loadgen_report_free(&r);
     fprintf(stderr, ".");
     b->have_node = 1;

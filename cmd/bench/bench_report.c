@@ -32,6 +32,18 @@ static void json_batches(FILE *f, const char *key, const double *v, int last)
     fprintf(f, "}%s\n", last ? "" : ",");
 }
 
+/* The breakdown of the node's runs of one kind (fwd or fwdbwd), by batch size, in us per sample. */
+static void json_split(FILE *f, const char *key, const bench_split *s, int last)
+{
+    fprintf(f, "    \"%s\": {", key);
+    for (int i = 0; i < NB; i++)
+        fprintf(f, "%s\"%lld\": {\"loop_us\": %.2f, \"workers_us\": %.2f, \"kernel_us\": %.2f, \"optimizer_us\": %.2f, "
+                   "\"optimizer_wall_us\": %.2f, \"step_wait_us\": %.2f, \"copy_in_us\": %.2f, \"reply_us\": %.2f, \"loop_busy_pct\": %.1f}",
+                i ? ",\n      " : "\n      ", (long long)bench_batches[i], s[i].loop_us, s[i].workers_us, s[i].kernel_us,
+                s[i].optimizer_us, s[i].optimizer_wall_us, s[i].step_wait_us, s[i].copy_in_us, s[i].reply_us, s[i].loop_busy_pct);
+    fprintf(f, "}%s\n", last ? "" : ",");
+}
+
 int bench_write_json(const bench *b, const char *path, const char *cpu, long cores)
 {
     FILE *f = fopen(path, "w");
@@ -55,9 +67,22 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
         fprintf(f, "    \"node_clients\": %d,\n", BENCH_CLIENTS);
         fprintf(f, "    \"latency_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_p50, b->lat_fwd_p99);
         fprintf(f, "    \"latency_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_bwd_p50, b->lat_bwd_p99);
+        fprintf(f, "    \"latency_train_b1_us\": {\"forward_p50\": %.0f, \"backward_p50\": %.0f},\n", b->lat_train_fwd_p50,
+                b->lat_train_bwd_p50);
     }
     fprintf(f, "    \"adam_step_us\": {\"p50\": %.0f},\n", b->adam_step_p50);
+    fprintf(f, "    \"kernel_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->kbwd_b1_p50, b->kbwd_b1_p99);
+    fprintf(f, "    \"kernel_bwd_saved_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->kbwd_saved_b1_p50, b->kbwd_saved_b1_p99);
     fprintf(f, "    \"kernel_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f}\n  }", b->kfwd_b1_p50, b->kfwd_b1_p99);
+    if (b->have_split) {
+        fprintf(f, ",\n  \"breakdown\": {\n    \"units\": \"microseconds per sample (a training sample: one forward and one "
+                   "backward row), %d clients, expert.0 of the node above\",\n", BENCH_CLIENTS);
+        fprintf(f, "    \"loop_us_per_request\": %.2f,\n    \"loop_us_per_mib\": %.1f,\n", b->loop_us_per_req,
+                b->loop_us_per_mib);
+        json_split(f, "fwd", b->split_fwd, 0);
+        json_split(f, "fwdbwd", b->split_fb, 1);
+        fprintf(f, "  }");
+    }
     if (b->have_dht)
         fprintf(f, ",\n  \"dht\": {\"nodes\": %zu, \"lookups\": %zu, \"latency_ms_each_way\": %d, \"lookup_hops_p50\": %d, "
                    "\"lookup_hops_p99\": %d, \"lookup_ms_p50\": %.2f, \"lookup_ms_p99\": %.2f, \"rpcs_per_lookup\": %.2f, "
@@ -85,6 +110,14 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
                    "\"train_step_b256_ms_p50\": %.2f, \"train_step_b256_ms_p99\": %.2f, \"calls\": [%d, %d, %d]}",
                 b->hidden, MOE_GRID, MOE_K_BEST, b->moe_experts, b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0],
                 b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1], b->moe_n[0], b->moe_n[1], b->moe_n[2]);
+    if (b->have_moe && b->have_moe_parts) {
+        double sum = b->moe_search + b->moe_expert_kernels + b->moe_expert_steps + b->moe_gating_step;
+        fprintf(f, ",\n  \"moe_train_step_parts_ms\": {\"step_mean\": %.2f, \"beam_search\": %.2f, \"expert_kernels\": %.2f, "
+                   "\"expert_optimizer_steps\": %.2f, \"gating_optimizer_step\": %.2f, \"sum_of_parts\": %.2f, "
+                   "\"step_over_sum\": %.2f}",
+                b->moe_train_mean, b->moe_search, b->moe_expert_kernels, b->moe_expert_steps, b->moe_gating_step, sum,
+                sum > 0 ? b->moe_train_mean / sum : 0.0);
+    }
     fprintf(f, "\n}\n");
     return fclose(f) == 0 ? 0 : DMOE_EIO;
 }
@@ -129,14 +162,39 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         row("  node / kernel, %", rfb, "%12.1f");
         printf("  latency, 1 client, 1 row:  forward p50 %.0f us, p99 %.0f us;  backward p50 %.0f us, p99 %.0f us\n",
                b->lat_fwd_p50, b->lat_fwd_p99, b->lat_bwd_p50, b->lat_bwd_p99);
+        printf("  latency, 1 client, 1 row, forward then backward (with handle): forward p50 %.0f us, backward p50 %.0f us\n",
+               b->lat_train_fwd_p50, b->lat_train_bwd_p50);
     }
-    printf("  in-process, 1 thread: kernel forward of 1 row p50 %.0f us, p99 %.0f us; one Adam step p50 %.0f us\n",
-           b->kfwd_b1_p50, b->kfwd_b1_p99, b->adam_step_p50);
+    if (b->have_split) {
+        double v[9][NB];
+        for (int i = 0; i < NB; i++) {
+            const bench_split *s = &b->split_fb[i];
+            double row[9] = {s->loop_us, s->copy_in_us, s->reply_us, s->workers_us, s->kernel_us, s->optimizer_us,
+                             s->step_wait_us, s->loop_busy_pct, s->optimizer_wall_us};
+            for (int k = 0; k < 9; k++) v[k][i] = row[k];
+        }
+        printf("  where a training sample's time goes (node fwd+bwd above), us per sample:\n");
+        row("    loop thread CPU", v[0], "%12.2f");
+        row("      copying rows into batches", v[1], "%12.2f");
+        row("      building replies", v[2], "%12.2f");
+        row("    worker threads CPU", v[3], "%12.2f");
+        row("      kernels (jobs on workers)", v[4], "%12.2f");
+        row("      optimizer (jobs on workers)", v[5], "%12.2f");
+        row("    optimizer steps, reply to end", v[8], "%12.2f");
+        row("    waiting for a running step", v[6], "%12.2f");
+        row("    loop thread busy, % of wall", v[7], "%12.1f");
+        printf("  loop thread (all runs, fitted): %.1f us per request + %.1f us per MiB\n", b->loop_us_per_req,
+               b->loop_us_per_mib);
+    }
+    printf("  in-process, 1 thread: kernel forward of 1 row p50 %.0f us, p99 %.0f us; backward of 1 row (no step)\n"
+           "  p50 %.0f us, p99 %.0f us, from saved activations p50 %.0f us; one Adam step p50 %.0f us\n",
+           b->kfwd_b1_p50, b->kfwd_b1_p99, b->kbwd_b1_p50, b->kbwd_b1_p99, b->kbwd_saved_b1_p50, b->adam_step_p50);
     printf("  notes: the limit is cblas_sgemm on the ffn's two shapes (sgemv for 1 row, as the kernel does); fwd+bwd\n"
            "  counts 3x the forward's FLOPs: the backward takes the forward's saved activations (in-process and\n"
            "  in the node, whose load sends each backward with its forward's handle). The node merges the\n"
            "  requests waiting for an expert into one batch and splits big batches across its workers; an\n"
-           "  expert's backwards run one at a time, each followed by an Adam step over all its parameters.\n");
+           "  expert's backwards run one at a time; each replies, then takes an Adam step over all its parameters\n"
+           "  in ranges across the workers before the expert's next batch starts.\n");
     if (b->have_mem)
         printf("memory, node with %d ffn experts (hidden %d): idle %.1f MiB, after load %.1f MiB (peak %.1f MiB); "
                "weights + grads + Adam state %.1f MiB\n",
@@ -167,5 +225,13 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         printf("  forward 3 rows p50 %.2f ms p99 %.2f ms;  forward 256 rows p50 %.2f ms p99 %.2f ms;\n"
                "  training step 256 rows (forward, backward, Adam on the gating) p50 %.2f ms p99 %.2f ms\n",
                b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0], b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1]);
+        if (b->have_moe_parts) {
+            double sum = b->moe_search + b->moe_expert_kernels + b->moe_expert_steps + b->moe_gating_step;
+            printf("  training step mean %.2f ms against its parts (per step, summed over the experts, which run in\n"
+                   "  parallel on 2 nodes): beam search %.2f, expert kernels %.2f, expert optimizer steps %.2f, gating\n"
+                   "  Adam %.2f; sum %.2f ms, step / sum %.2f\n",
+                   b->moe_train_mean, b->moe_search, b->moe_expert_kernels, b->moe_expert_steps, b->moe_gating_step, sum,
+                   sum > 0 ? b->moe_train_mean / sum : 0.0);
+        }
     }
 }

@@ -1,6 +1,7 @@
 /* test_kern_optim.c -- kernels/kern_optim.c against values worked out by hand (the arithmetic is in
  * the comments): SGD, Adam over three steps (bias correction), weight decay, clipping, LAMB's trust
- * ratio and clamp, and empty parameter buffers. */
+ * ratio and clamp, and empty parameter buffers; a step taken in parts (ranges, summed buffers) gives
+ * the bits of the whole step. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
@@ -259,4 +260,87 @@ Test(kern_optim, zero_floats, .timeout = 30)
         cr_assert_eq(kern_optim_step(&o, NULL, NULL, NULL, 0.1f), 0.0f);
         kern_optim_free(&o);
     }
+}
+
+/* optt_fill writes n pseudo-random floats in [-scale, scale) from seed (an LCG: reproducible). */
+static void optt_fill(float *x, size_t n, uint32_t seed, float scale)
+{
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = scale * ((float)(seed >> 8) / 8388608.0f - 1.0f);
+    }
+}
+
+/* One optimizer and clipping setting: three steps taken in parts (three gradient buffers summed by
+ * kern_optim_reduce over ranges taken last to first, the norm from the block sums, kern_optim_apply over
+ * the same ranges) against kern_optim_step on the buffers summed one after the other: the same bits
+ * in parameters, moments, step count and (clipped) gradients. */
+static void optt_parts_match(const char *name, float clip)
+{
+    enum { N = 3 * KERN_OPTIM_BLOCK + 1000, NB = 3, NR = 3 };
+    const int64_t sizes[2] = {KERN_OPTIM_BLOCK + 17, N - KERN_OPTIM_BLOCK - 17};
+    kern_model m = optt_model(sizes, 2);
+    kern_optim_cfg c;
+    cr_assert_eq(kern_optim_parse(name, &c), 0);
+    c.clip_grad_norm = clip;
+    c.weight_decay = 0.01f;
+    kern_optim a, b;
+    cr_assert_eq(kern_optim_init(&a, &c, N), 0);
+    cr_assert_eq(kern_optim_init(&b, &c, N), 0);
+    static float pa[N], pb[N], ga[N], gb[NB][N];
+    static double sumsq[N / KERN_OPTIM_BLOCK + 1];
+    optt_fill(pa, N, 1, 1.0f);
+    memcpy(pb, pa, sizeof pa);
+    /* ranges of whole blocks, the last one ragged */
+    const size_t r0[NR + 1] = {0, KERN_OPTIM_BLOCK, 3 * KERN_OPTIM_BLOCK, N};
+    for (int step = 0; step < 3; step++) {
+        for (int k = 0; k < NB; k++) optt_fill(gb[k], N, 100u * (uint32_t)step + (uint32_t)k + 7, 2.0f);
+        memcpy(ga, gb[0], sizeof ga);
+        for (int k = 1; k < NB; k++)
+            for (size_t i = 0; i < N; i++) ga[i] += gb[k][i];
+        float na = kern_optim_step(&a, &m, pa, ga, 0.05f);
+
+        float *bufs[NB] = {gb[0], gb[1], gb[2]};
+        for (int r = NR - 1; r >= 0; r--) cr_assert_eq(kern_optim_reduce(bufs, NB, r0[r], r0[r + 1], sumsq), 1);
+        double total = 0.0;
+        for (size_t k = 0; k < (N + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK; k++) total += sumsq[k];
+        kern_optim_plan plan;
+        float nb = kern_optim_begin(&b, 0.05f, total, &plan);
+        cr_assert_eq(na, nb, "%s: norm %.9g in parts, %.9g whole", name, nb, na);
+        if (kern_optim_elementwise(&b))
+            for (int r = NR - 1; r >= 0; r--) kern_optim_apply(&b, &m, &plan, pb, gb[0], r0[r], r0[r + 1]);
+        else
+            kern_optim_apply(&b, &m, &plan, pb, gb[0], 0, N);
+        cr_assert_eq(memcmp(ga, gb[0], sizeof ga), 0, "%s clip %g step %d: gradients differ", name, clip, step);
+        cr_assert_eq(memcmp(pa, pb, sizeof pa), 0, "%s clip %g step %d: parameters differ", name, clip, step);
+        cr_assert_eq(a.step, b.step);
+        if (a.m) {
+            cr_assert_eq(memcmp(a.m, b.m, N * sizeof(float)), 0, "%s step %d: first moments differ", name, step);
+            cr_assert_eq(memcmp(a.v, b.v, N * sizeof(float)), 0, "%s step %d: second moments differ", name, step);
+        }
+    }
+    kern_optim_free(&a);
+    kern_optim_free(&b);
+}
+
+Test(kern_optim, a_step_in_parts_is_the_whole_step_bit_for_bit, .timeout = 30)
+{
+    const char *names[4] = {"none", "sgd", "adam", "lamb"};
+    for (int i = 0; i < 4; i++) {
+        optt_parts_match(names[i], 0.0f);
+        optt_parts_match(names[i], 1.0f);   /* the random gradients' norm is far above 1: clipped */
+    }
+}
+
+Test(kern_optim, reduce_reports_sums_that_are_not_finite, .timeout = 30)
+{
+    enum { N = 2 * KERN_OPTIM_BLOCK };
+    static float g0[N], g1[N];
+    float *bufs[2] = {g0, g1};
+    g0[5] = 3e38f;   /* each finite; their sum is not */
+    g1[5] = 3e38f;
+    cr_assert_eq(kern_optim_reduce(bufs, 2, KERN_OPTIM_BLOCK, N, NULL), 1, "the range without it is fine");
+    cr_assert_eq(kern_optim_reduce(bufs, 2, 0, KERN_OPTIM_BLOCK, NULL), 0);
+    g0[N - 1] = NAN;
+    cr_assert_eq(kern_optim_reduce(bufs, 1, KERN_OPTIM_BLOCK, N, NULL), 0, "one buffer is checked too");
 }

@@ -399,6 +399,21 @@ int main(int argc, char **argv)
     uint8_t *b = flat(wire_error_reply(9, -4, "bad field"), &n);
     put("msg", "error_reply", b, n);
     free(b);
+    /* regression: a compressed reply of 4 bytes claiming [65536, 65536] values (test_remote_rx.c) */
+    {
+        static const uint8_t four[4] = {0, 0x3c, 0, 0x3c};
+        wire_tensor t = {.dtype = WIRE_DT_F32, .compression = WIRE_SCHEME_FLOAT16, .ndim = 2,
+                         .shape = {65536, 65536}, .numel = (size_t)1 << 32, .data = four, .nbytes = 4};
+        wire_out *o = wire_out_new();
+        wire_reply_begin(o, 13);
+        msgpack_pack_map(wire_out_pk(o), 1);
+        wire_pack_str(wire_out_pk(o), "outputs");
+        msgpack_pack_array(wire_out_pk(o), 1);
+        if (wire_tensor_pack(o, &t, NULL, NULL) != 0) die("pack");
+        b = flat(o, &n);
+        put("msg", "reply_claim_over_bytes", b, n);
+        free(b);
+    }
 
     /* frame: streams of those bodies, whole and with a zero length or an oversized header after them */
     static const uint8_t zero[4] = {0, 0, 0, 0}, big[6] = {0, 1, 0, 0, 0x82, 0xa2};

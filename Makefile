@@ -220,8 +220,8 @@ $(BUILD)/fuzz/%: $(BUILD)/obj/test/fuzz/fuzz_%.o $(FUZZ_COMMON) $(BUILD)/libdmoe
 	@mkdir -p $(dir $@)
 	$(CC) $(FUZZ_LINK) $^ -o $@ $(LIBS)
 
-# mkseeds: a plain program (its own main) over the same objects; libFuzzer without its main supplies the
-# coverage hooks the instrumented objects call.
+# mkseeds: a plain program (its own main) over the same objects; at link time fuzzer-no-link adds no
+# libFuzzer, and the sanitizer runtime's default coverage hooks serve the instrumented objects.
 $(BUILD)/fuzz/mkseeds: $(BUILD)/obj/test/fuzz/mkseeds.o $(BUILD)/libdmoe.a
 	@mkdir -p $(dir $@)
 	$(CC) -fsanitize=fuzzer-no-link,address,undefined $^ -o $@ $(LIBS)
@@ -229,4 +229,4 @@ $(BUILD)/fuzz/mkseeds: $(BUILD)/obj/test/fuzz/mkseeds.o $(BUILD)/libdmoe.a
 clean:
 	rm -rf build build-san build-fuzz
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(wildcard build-fuzz/obj/test/fuzz/*.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.d)
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(wildcard $(BUILD)/obj/test/fuzz/*.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.d)

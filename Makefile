@@ -182,7 +182,7 @@ uninstall:
 # test/fuzz/mkseeds.c (valid requests built by the library's own encoders).
 FUZZ_CC     ?= clang
 FUZZ_S      ?= 10
-FUZZ_NAMES  := $(patsubst test/fuzz/fuzz_%.c,%,$(wildcard test/fuzz/fuzz_*.c))
+FUZZ_NAMES  := $(filter-out common,$(patsubst test/fuzz/fuzz_%.c,%,$(wildcard test/fuzz/fuzz_*.c)))
 FUZZ_STAMP  := build-fuzz/.fuzz-deps-ok
 FUZZ_LINK   := -fsanitize=fuzzer,address,undefined
 FUZZ_COMMON := $(BUILD)/obj/test/fuzz/fuzz_common.o

@@ -23,6 +23,16 @@ uint8_t *fuzz_dup(const uint8_t *p, size_t n)
     return b;
 }
 
+void fuzz_decode_out(wire_out *o, wire_msg *m)
+{
+    uint8_t *buf;
+    size_t len;
+    char err[256];
+    FUZZ_CHECK(o != NULL);
+    FUZZ_CHECK(wire_out_flatten(o, &buf, &len) == 0);
+    FUZZ_CHECK(wire_msg_decode(buf, len, m, err, sizeof err) == 0);
+}
+
 uint32_t fuzz_be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 
 uint32_t fuzz_be32(const uint8_t *p)

@@ -11,6 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "wire/wire_msg.h"
+#include "wire/wire_out.h"
+
 /* The entry point libFuzzer calls once per input (declared here for -Wmissing-prototypes builds). */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -27,6 +30,10 @@ void fuzz_quiet(void);
 /* fuzz_dup returns a malloc'd copy of p[n] (at least one byte allocated, so n 0 is not NULL), as the
  * frame reader hands frames over; the caller owns it. Aborts when out of memory. */
 uint8_t *fuzz_dup(const uint8_t *p, size_t n);
+
+/* fuzz_decode_out flattens o (consumed; NULL fails) and decodes it into *m, which the caller frees with
+ * wire_msg_free: what the library encodes must decode, so a failure of either is a finding. */
+void fuzz_decode_out(wire_out *o, wire_msg *m);
 
 /* fuzz_be16 / fuzz_be32 read a big-endian number at p. */
 uint32_t fuzz_be16(const uint8_t *p);

@@ -24,17 +24,6 @@
 
 static const uint8_t CHALLENGE[DHT_CHALLENGE_BYTES] = "fuzz challenge, thirty-two bytes";
 
-/* decode_out flattens o (consumed) and decodes it into *m; both must succeed. */
-static void decode_out(wire_out *o, wire_msg *m)
-{
-    FUZZ_CHECK(o != NULL);
-    uint8_t *buf;
-    size_t len;
-    FUZZ_CHECK(wire_out_flatten(o, &buf, &len) == 0);
-    char err[256];
-    FUZZ_CHECK(wire_msg_decode(buf, len, m, err, sizeof err) == 0);
-}
-
 static int bytes_eq(const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
 {
     return na == nb && (na == 0 || memcmp(a, b, na) == 0);
@@ -49,7 +38,7 @@ static int peer_eq(const dht_peer_info *a, const dht_peer_info *b)
 static void store_round_trip(const dht_store_req *q)
 {
     wire_msg m;
-    decode_out(dht_proto_store_req(3, &q->sender, q->items, q->n, q->in_cache, CHALLENGE), &m);
+    fuzz_decode_out(dht_proto_store_req(3, &q->sender, q->items, q->n, q->in_cache, CHALLENGE), &m);
     dht_store_req *r = malloc(sizeof *r);
     FUZZ_CHECK(r != NULL);
     char err[256];
@@ -70,7 +59,7 @@ static void store_round_trip(const dht_store_req *q)
 static void find_round_trip(const dht_find_req *q)
 {
     wire_msg m;
-    decode_out(dht_proto_find_req(4, &q->sender, q->keys, q->n, NULL), &m);
+    fuzz_decode_out(dht_proto_find_req(4, &q->sender, q->keys, q->n, NULL), &m);
     dht_find_req r;
     char err[256];
     FUZZ_CHECK(dht_proto_find_decode(&m.root, &r, err, sizeof err) == 0);
@@ -96,7 +85,7 @@ static void find_rep_round_trip(const dht_find_rep *rep)
         e[i].n_nearest = r->n_nearest;
     }
     wire_msg m;
-    decode_out(dht_proto_find_reply(5, &rep->node, e, rep->n, NULL), &m);
+    fuzz_decode_out(dht_proto_find_reply(5, &rep->node, e, rep->n, NULL), &m);
     FUZZ_CHECK(m.kind == WIRE_REPLY_OK);
     dht_find_rep again;
     char err[256];

@@ -35,12 +35,9 @@ static void repack(const wire_tensor *t)
     wire_request_begin(o, 7, "forward", 3);
     wire_pack_str(wire_out_pk(o), "t");
     FUZZ_CHECK(wire_tensor_pack(o, t, NULL, NULL) == 0);
-    uint8_t *buf;
-    size_t len;
-    FUZZ_CHECK(wire_out_flatten(o, &buf, &len) == 0);
     wire_msg m;
     char err[256];
-    FUZZ_CHECK(wire_msg_decode(buf, len, &m, err, sizeof err) == 0);
+    fuzz_decode_out(o, &m);
     wire_tensor u;
     FUZZ_CHECK(wire_tensor_decode(wire_map_get(&m.root, "t"), &u, err, sizeof err) == 0);
     FUZZ_CHECK(u.dtype == t->dtype && u.compression == t->compression && u.ndim == t->ndim);

@@ -14,7 +14,8 @@
 #include "wire/wire_msg.h"
 #include "wire/wire_out.h"
 
-/* The entry point libFuzzer calls once per input (declared here for -Wmissing-prototypes builds). */
+/* LLVMFuzzerTestOneInput is the entry point libFuzzer calls once per input: each harness defines it,
+ * returns 0, and frees everything the input made. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* FUZZ_CHECK aborts with the condition's text and location when cond is false: libFuzzer then saves the

@@ -7,10 +7,12 @@
 #   make install PREFIX=/usr/local [DESTDIR=...]   programs, libdmoe.so, <dmoe.h>, dmoe.pc, the Python package,
 #                 and in share/dmoe/ an example node config and systemd unit
 #   make uninstall    removes what make install put there
+#   make fuzz [FUZZ_S=10]   libFuzzer harnesses of test/fuzz/, in build-fuzz/, FUZZ_S seconds each (README "Fuzzing")
 #
 # Sources are discovered: every .c below runtime/ wire/ kernels/ actors/ goes into one static library;
 # every cmd/dmoe-<name>.c is a program, linked with the .c files of cmd/<name>/ when that folder exists
-# (the command-line code only that program uses); every .c below test/ is linked into build/test/dmoe-tests.
+# (the command-line code only that program uses); every .c below test/ but test/fuzz/ is linked into
+# build/test/dmoe-tests (test/fuzz/ holds the fuzz harnesses, each a program of its own).
 
 PKGS      := libevent libevent_pthreads msgpack openblas libxxhash libsodium
 TEST_PKGS := criterion
@@ -22,7 +24,14 @@ PYTHON    := /usr/bin/python3
 
 CC       ?= cc
 SAN      ?= 0
-ifeq ($(SAN),1)
+FUZZ     ?= 0
+ifeq ($(FUZZ),1)
+# The fuzz build (make fuzz runs make FUZZ=1 CC=clang): every object carries libFuzzer's coverage
+# instrumentation and ASan+UBSan; the harnesses link libFuzzer itself (FUZZ_LINK).
+BUILD    := build-fuzz
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1 -g -fno-math-errno
+else ifeq ($(SAN),1)
 BUILD    := build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT      := -O1 -g -fno-math-errno
@@ -52,14 +61,14 @@ LIBS     = $(PKG_LIBS) -lpthread -lm
 LIB_SRCS  := $(shell find runtime wire kernels actors -name '*.c' | sort)
 CMD_SRCS  := $(wildcard cmd/*.c)
 CMD_EXTRA := $(shell find cmd -mindepth 2 -name '*.c' | sort)
-TEST_SRCS := $(shell find test -name '*.c' | sort)
+TEST_SRCS := $(shell find test -path test/fuzz -prune -o -name '*.c' -print | sort)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
 TEST_BIN  := $(BUILD)/test/dmoe-tests
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all deps test demo bench valgrind depcheck clean install uninstall
+.PHONY: all deps test demo bench valgrind depcheck clean install uninstall fuzz fuzz-deps fuzz-build fuzz-seeds
 # -fPIC: the same objects make the programs, build/libdmoe.a and build/libdmoe.so.
 # Keep the programs' objects (make would delete them as intermediates of the pattern rule).
 .SECONDARY:
@@ -172,7 +181,59 @@ uninstall:
 	rm -rf $(DESTDIR)$(PYDIR)/dmoe $(DESTDIR)$(SHAREDIR)
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
-clean:
-	rm -rf build build-san
+# ---- fuzzing (test/fuzz/; README "Fuzzing") ----
+# make fuzz installs clang and its libFuzzer runtime when missing (fuzz-deps), builds the library and one
+# program per test/fuzz/fuzz_<name>.c in build-fuzz/ (make FUZZ=1 CC=clang), then scripts/fuzz.sh runs
+# each for FUZZ_S seconds from the seeds of test/fuzz/corpus/<name>/. Findings land in
+# build-fuzz/findings/<name>/ and fail the target. make fuzz-seeds rewrites the committed seeds from
+# test/fuzz/mkseeds.c (valid requests built by the library's own encoders).
+FUZZ_CC     ?= clang
+FUZZ_S      ?= 10
+FUZZ_NAMES  := $(filter-out common,$(patsubst test/fuzz/fuzz_%.c,%,$(wildcard test/fuzz/fuzz_*.c)))
+FUZZ_STAMP  := build-fuzz/.fuzz-deps-ok
+FUZZ_LINK   := -fsanitize=fuzzer,address,undefined
+FUZZ_COMMON := $(BUILD)/obj/test/fuzz/fuzz_common.o
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.d)
+fuzz: fuzz-build
+	bash scripts/fuzz.sh build-fuzz $(FUZZ_S) $(FUZZ_NAMES)
+
+fuzz-build: $(FUZZ_STAMP)
+	$(MAKE) FUZZ=1 CC=$(FUZZ_CC) $(FUZZ_NAMES:%=build-fuzz/fuzz/%) build-fuzz/fuzz/mkseeds
+
+fuzz-seeds: fuzz-build
+	build-fuzz/fuzz/mkseeds test/fuzz/corpus
+
+# fuzz-deps: Debian 12's clang (14) and the package with its libFuzzer runtime (libclang-rt-14-dev,
+# named after clang's major version), installed when a trivial harness does not link.
+fuzz-deps: $(FUZZ_STAMP)
+$(FUZZ_STAMP): Makefile
+	@mkdir -p build-fuzz
+	@printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' > build-fuzz/probe.c
+	@if ! $(FUZZ_CC) -fsanitize=fuzzer,address,undefined build-fuzz/probe.c -o build-fuzz/probe >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "fuzz-deps: installing clang"; \
+	    $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q clang; } \
+	    || { echo "fuzz-deps: apt-get failed; install clang by hand" >&2; exit 1; }; \
+	  RT=libclang-rt-$$($(FUZZ_CC) -dumpversion | cut -d. -f1)-dev; echo "fuzz-deps: installing $$RT"; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$RT \
+	    || { echo "fuzz-deps: apt-get failed; install $$RT by hand" >&2; exit 1; }; \
+	fi
+	@$(FUZZ_CC) -fsanitize=fuzzer,address,undefined build-fuzz/probe.c -o build-fuzz/probe \
+	  || { echo "fuzz-deps: $(FUZZ_CC) cannot link a libFuzzer harness" >&2; exit 1; }
+	@rm -f build-fuzz/probe build-fuzz/probe.c && touch $@
+
+# A harness: its file, the shared helpers of test/fuzz/fuzz_common.c and the library, with libFuzzer's main.
+$(BUILD)/fuzz/%: $(BUILD)/obj/test/fuzz/fuzz_%.o $(FUZZ_COMMON) $(BUILD)/libdmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(FUZZ_LINK) $^ -o $@ $(LIBS)
+
+# mkseeds: a plain program (its own main) over the same objects; at link time fuzzer-no-link adds no
+# libFuzzer, and the sanitizer runtime's default coverage hooks serve the instrumented objects.
+$(BUILD)/fuzz/mkseeds: $(BUILD)/obj/test/fuzz/mkseeds.o $(BUILD)/libdmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) -fsanitize=fuzzer-no-link,address,undefined $^ -o $@ $(LIBS)
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(wildcard $(BUILD)/obj/test/fuzz/*.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.d)

@@ -321,7 +321,9 @@ void dht_node_arm_sweep(dht *d)
     double now = dht_node_now(d);
     double wait = next - now;
     d->sweep_at = next;
-    if (dht_timer_start(&d->sweep, wait > 0 ? (uint64_t)(wait * 1000.0) + 1 : 0, 0) != 0) {
+    /* at least 1 ms: a record expires only once now is past its expiration (dht_storage_expire), so a
+     * sweep due at the expiration itself would find it live and re-arm at 0 ms forever in virtual time */
+    if (dht_timer_start(&d->sweep, wait > 0 ? (uint64_t)(wait * 1000.0) + 1 : 1, 0) != 0) {
         LOG_WARN("out of memory arming the storage sweep; the refresh sweeps instead");
         d->sweep_at = 0;
     }

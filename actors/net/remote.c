@@ -57,6 +57,9 @@ float *rx_tensor_f32(const rx_tensor *t)
 
 int rx_tensor_from_wire(rx_tensor *t, const wire_tensor *w)
 {
+    /* every scheme spends at least one byte per value (wire_compress.h): fewer bytes are malformed, and
+     * refused before the size the shape claims is allocated */
+    if (w->compression != WIRE_COMP_NONE && w->nbytes < w->numel) return DMOE_EPROTO;
     int rc = rx_tensor_alloc(t, w->dtype, w->ndim, w->shape);
     if (rc) return rc;
     if (w->compression == WIRE_COMP_NONE) {

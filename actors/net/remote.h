@@ -59,7 +59,8 @@ void rx_tensor_free(rx_tensor *t);
 /* rx_tensor_f32 returns the data as floats (NULL unless dtype is float32). */
 float *rx_tensor_f32(const rx_tensor *t);
 /* rx_tensor_from_wire copies (decompressing if needed) a decoded wire tensor into a fresh host tensor.
- * Returns 0, DMOE_ENOMEM or DMOE_EPROTO (malformed compressed bytes). */
+ * Returns 0, DMOE_ENOMEM or DMOE_EPROTO (malformed compressed bytes; fewer bytes than values is refused
+ * before anything is allocated). */
 int rx_tensor_from_wire(rx_tensor *t, const wire_tensor *w);
 
 /* rx_schema_parse reads an expert's info map (wire/PROTOCOL.md). Returns 0 or DMOE_EINVAL with err. */

@@ -1,11 +1,16 @@
 /* api_dht.c -- the public DHT handle: joining (client mode or full), store, get, declaring experts,
  * and the handle's life.
  *
- * dmoe_dht_join posts a join operation; on the loop thread it builds what dmoe-node builds for its
- * DHT -- a client for outgoing RPCs, in full mode a server listening for the DHT's requests, the TCP
- * transport (dht_net) and the node -- and bootstraps it; the completion comes from the bootstrap. The
- * joined handle also carries the successors provider and the expert caller (wrapped by moe_health)
- * that beam searches and layers use.
+ * dmoe_dht_join (dmoe_dht_join_trusted with no keys) posts a join operation; on the loop thread it
+ * builds what dmoe-node builds for its DHT -- a client for outgoing RPCs, in full mode a server listening
+ * for the DHT's requests, the TCP transport (dht_net) and the node -- and bootstraps it; the completion
+ * comes from the bootstrap. The joined handle also carries the successors provider and the expert caller
+ * (wrapped by moe_health) that beam searches and layers use.
+ *
+ * A private swarm (dmoe_dht_join_trusted): the trusted-keys file is read on the caller's thread and the
+ * set given to the node's dht_cfg, so the node stores, returns and uses only records signed by those keys,
+ * and so do the expert lookups, beam searches and layers built on the handle (they ask through the node).
+ * The handle owns the set and frees it after the node.
  *
  * Life: the handle is reference-counted on the loop thread (the user, each expert, each layer).
  * dmoe_dht_free shuts the network side down at once -- server, node, client, in the order dht_net.h
@@ -52,6 +57,7 @@ void api_dht_unref(dmoe_dht *d)
     moe_health_free(d->health);
     dht_node_free(d->d);
     dht_net_free(d->net);
+    dht_trust_free(d->trusted);   /* the node, its lookups and the layers' successors used it: all gone */
     free(d);
 }
 
@@ -78,6 +84,7 @@ typedef struct {
     size_t n;
     int client_mode;
     wire_maddr listen;
+    dht_trust *trusted;   /* loaded on the caller's thread; handed to the handle on the loop thread */
     dmoe_dht *d;
     dmoe_dht **out;
 } join_op;
@@ -87,6 +94,7 @@ static void join_free(api_op *op)
     join_op *j = (join_op *)op;
     for (size_t i = 0; i < j->n; i++) free(j->peers[i]);
     free(j->peers);
+    dht_trust_free(j->trusted);
     if (j->d) api_dht_unref(j->d);
     free(j);
 }
@@ -130,11 +138,14 @@ static void run_join(api_op *op)
     if (!d) goto fail;
     d->ctx = op->ctx;
     d->refs = 1;
+    d->trusted = j->trusted;   /* the handle owns the set from here: it outlives the node */
+    j->trusted = NULL;
     j->d = d;
     if (!(d->cl = client_new(l, NULL))) goto fail;
     dht_cfg dc;
     dht_cfg_default(&dc);
     dc.client_mode = j->client_mode;
+    dc.trusted_keys = d->trusted;
     dc.seed = (uint64_t)getpid() ^ rt_clock_us() ^ (uint64_t)(uintptr_t)d;
     if (!j->client_mode) {
         server_cfg scfg = {.num_workers = 0};
@@ -166,6 +177,13 @@ fail:
 int dmoe_dht_join(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode, const char *listen_maddr,
                   dmoe_dht **out, char *err, size_t errlen)
 {
+    return dmoe_dht_join_trusted(ctx, peers, n, client_mode, listen_maddr, NULL, out, err, errlen);
+}
+
+int dmoe_dht_join_trusted(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode,
+                          const char *listen_maddr, const char *trusted_keys_path, dmoe_dht **out, char *err,
+                          size_t errlen)
+{
     if (!ctx || !out || (n && !peers)) { dmoe_set_err(err, errlen, "dmoe_dht_join: NULL argument"); return DMOE_EINVAL; }
     if (client_mode && n == 0) {
         dmoe_set_err(err, errlen, "a client-mode DHT node needs initial peers (the address of any node of the DHT)");
@@ -180,6 +198,12 @@ int dmoe_dht_join(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_
     int rc = wire_maddr_parse_listen(listen_maddr ? listen_maddr : "/ip4/127.0.0.1/tcp/0", &j->listen, err, errlen);
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (!peers[i]) { dmoe_set_err(err, errlen, "dmoe_dht_join: peer %zu is NULL", i); rc = DMOE_EINVAL; }
+    /* the keys file is read here, on the caller's thread, as dmoe-node reads it before its loop runs */
+    if (rc == 0 && trusted_keys_path) {
+        char why[600];
+        if ((rc = dht_trust_load(trusted_keys_path, &j->trusted, why, sizeof why)) != 0)
+            dmoe_set_err(err, errlen, "%s", why);
+    }
     /* HOST:PORT and /dns names become IP multiaddrs here, on the caller's thread (it waits for the join
      * anyway): the loop thread never blocks on a name */
     if (rc == 0 && n && (rc = resolve_now(peers, n, &j->peers, err, errlen)) == 0) j->n = n;

@@ -67,6 +67,7 @@ struct dmoe_dht {
     moe_succ_provider succ;
     moe_caller caller;
     moe_health *health;
+    dht_trust *trusted;          /* dmoe_dht_join_trusted's keys (NULL: an open swarm); freed after the node */
     char maddr[WIRE_MADDR_TEXT];
 };
 

@@ -9,7 +9,8 @@
  * Order of use:
  *   dmoe_ctx_new                      one per process is plenty: it owns the library's loop thread
  *   dmoe_dht_join                     a DHT node: client mode (needs initial peers) or full (serves
- *                                     the DHT on a TCP port of its own)
+ *                                     the DHT on a TCP port of its own); dmoe_dht_join_trusted: the
+ *                                     same in a private swarm (only records signed by trusted keys)
  *     dmoe_dht_store / dmoe_dht_get   values on the DHT (keys and values are msgpack bytes)
  *     dmoe_dht_declare_experts        announce uids as served at an address
  *     dmoe_get_experts / dmoe_expert_new -> dmoe_expert_forward / dmoe_expert_backward
@@ -116,6 +117,17 @@ typedef struct dmoe_dht dmoe_dht;
  * DMOE_ETIMEDOUT (no initial peer answered), DMOE_EIO (cannot listen) with err. */
 int dmoe_dht_join(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode, const char *listen_maddr,
                   dmoe_dht **out, char *err, size_t errlen);
+/* dmoe_dht_join_trusted is dmoe_dht_join for a private swarm (dmoe-node --trusted_keys): trusted_keys_path
+ * names a file of Ed25519 public keys (64 hex digits a line, '#' starts a comment; NULL: an open swarm,
+ * as dmoe_dht_join). The node then stores (full mode), returns and uses only DHT records signed by one of
+ * those keys -- unsigned values are refused -- and so do dmoe_get_experts, dmoe_beam_search and the
+ * layers made from the handle: an expert declared under another key is never found or called. The keys
+ * are read before joining and kept by the handle until the node is gone. Returns as dmoe_dht_join, and
+ * DMOE_EIO (cannot read the file) or DMOE_EINVAL (a malformed line, or no key) with err naming the file
+ * and line. */
+int dmoe_dht_join_trusted(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode,
+                          const char *listen_maddr, const char *trusted_keys_path, dmoe_dht **out, char *err,
+                          size_t errlen);
 /* dmoe_dht_maddr writes the node's own multiaddr into buf[cap] ("" in client mode). Returns 0. */
 int dmoe_dht_maddr(dmoe_dht *d, char *buf, size_t cap);
 /* dmoe_dht_time returns the DHT's clock (seconds, wall clock, as hivemind's get_dht_time). */

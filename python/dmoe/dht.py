@@ -6,6 +6,7 @@ values are serialized with msgpack exactly as hivemind serializes them, so a dmo
 agree on what a key is.
 """
 import ctypes
+import os
 from collections import namedtuple
 
 import msgpack
@@ -40,14 +41,20 @@ def unpackb(data):
 class DHT:
     """A DHT node. initial_peers: multiaddrs of running nodes ("/ip4/127.0.0.1/tcp/PORT/p2p/ID", as a node
     logs them). client_mode=True: the node only asks (initial peers required). Otherwise it also serves the
-    DHT on host_maddrs[0] (default /ip4/127.0.0.1/tcp/0) and may be the first node of a network."""
+    DHT on host_maddrs[0] (default /ip4/127.0.0.1/tcp/0) and may be the first node of a network.
+    trusted_keys: the path of a trusted-keys file (dmoe-node --trusted_keys: one Ed25519 public key as 64 hex
+    digits a line, '#' comments) for a private swarm: the node then stores, returns and uses only DHT records
+    signed by those keys, and so do the experts and layers found through it. The file is read when the node
+    joins; a missing or malformed one raises DMoEError with the message naming it."""
 
-    def __init__(self, initial_peers=None, *, start=True, client_mode=False, host_maddrs=None, **_ignored):
+    def __init__(self, initial_peers=None, *, start=True, client_mode=False, host_maddrs=None, trusted_keys=None,
+                 **_ignored):
         if isinstance(initial_peers, str):
             initial_peers = [initial_peers]
         self.initial_peers = [str(p) for p in (initial_peers or [])]
         self.client_mode = bool(client_mode)
         self.host_maddrs = list(host_maddrs) if host_maddrs else None
+        self.trusted_keys = os.fspath(trusted_keys) if trusted_keys is not None else None
         self._h = None
         if start:
             self.run_in_background()
@@ -60,8 +67,9 @@ class DHT:
         h = ctypes.c_void_p()
         e = errbuf()
         listen = self.host_maddrs[0].encode() if self.host_maddrs else None
-        rc = lib.dmoe_dht_join(_lib.ctx(), peers, len(self.initial_peers), int(self.client_mode), listen,
-                               ctypes.byref(h), e, ERRBUF)
+        keys = os.fsencode(self.trusted_keys) if self.trusted_keys is not None else None
+        rc = lib.dmoe_dht_join_trusted(_lib.ctx(), peers, len(self.initial_peers), int(self.client_mode), listen,
+                                       keys, ctypes.byref(h), e, ERRBUF)
         check(rc, e)
         self._h = h
         _lib.track_dht(self)

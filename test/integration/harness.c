@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "actors/dht/trust/dht_ident.h"
+#include "actors/dht/trust/dht_trust.h"
 #include "actors/node/node_banner.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
@@ -194,6 +196,29 @@ int th_run(const char *prog, const char *const *args, char *out, size_t cap, int
     int rc = rt_spawn_wait(pid, deadline - now_s() > 1 ? deadline - now_s() : 1);
     if (rc == DMOE_ETIMEDOUT) { rt_spawn_stop(pid, SIGKILL, 5); return -1; }
     return status_of(rc);
+}
+
+int th_write_file(const char *path, const char *text, mode_t mode)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    int bad = fputs(text, f) < 0;
+    bad |= fclose(f) != 0;
+    return bad || chmod(path, mode) != 0 ? -1 : 0;
+}
+
+int th_key_file(const char *path, uint8_t b, char pk_hex[65])
+{
+    uint8_t seed[DHT_IDENT_SEED_BYTES];
+    memset(seed, b, sizeof seed);
+    char line[32 + 2 * sizeof seed] = "dmoe-ed25519 ";
+    for (size_t i = 0; i < sizeof seed; i++) snprintf(line + 13 + 2 * i, 3, "%02x", seed[i]);
+    strcat(line, "\n");
+    dht_ident k;
+    if (th_write_file(path, line, 0600) != 0 || dht_ident_from_seed(&k, seed) != 0) return -1;
+    dht_trust_hex(k.pk, pk_hex);
+    dht_ident_wipe(&k);
+    return 0;
 }
 
 int th_connect(int port)

@@ -47,6 +47,11 @@ int th_wait(pid_t pid, int timeout_s);
 /* th_file returns a file's whole text (malloc'd, "" when missing). */
 char *th_file(const char *path);
 
+/* th_write_file writes text to path and gives it mode. Returns 0 or -1. */
+int th_write_file(const char *path, const char *text, mode_t mode);
+/* th_key_file writes a node identity file (--identity_path) whose Ed25519 seed is 32 bytes b, mode 0600,
+ * and writes its public key as 64 hex digits (a --trusted_keys line) into pk_hex. Returns 0 or -1. */
+int th_key_file(const char *path, uint8_t b, char pk_hex[65]);
 /* th_connect opens a blocking TCP connection to 127.0.0.1:port with 10 s receive timeouts; -1 on error. */
 int th_connect(int port);
 /* th_send_all writes n bytes; returns 0 or -1. */

@@ -14,8 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "actors/dht/trust/dht_ident.h"
-#include "actors/dht/trust/dht_trust.h"
 #include "test/integration/harness.h"
 
 static char dir[64], honest_key[128], impostor_key[128], trusted[128];
@@ -23,25 +21,13 @@ static char dir[64], honest_key[128], impostor_key[128], trusted[128];
 /* write_file writes text to path with mode. */
 static void write_file(const char *path, const char *text, mode_t mode)
 {
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(text, f);
-    fclose(f);
-    cr_assert_eq(chmod(path, mode), 0);
+    cr_assert_eq(th_write_file(path, text, mode), 0, "%s", path);
 }
 
 /* key_file writes a key file for the seed made of byte b; pk_hex gets its public key. */
 static void key_file(const char *path, uint8_t b, char pk_hex[65])
 {
-    uint8_t seed[32];
-    memset(seed, b, sizeof seed);
-    char line[128] = "dmoe-ed25519 ";
-    for (int i = 0; i < 32; i++) snprintf(line + 13 + 2 * i, 3, "%02x", seed[i]);
-    strcat(line, "\n");
-    write_file(path, line, 0600);
-    dht_ident k;
-    cr_assert_eq(dht_ident_from_seed(&k, seed), 0);
-    dht_trust_hex(k.pk, pk_hex);
+    cr_assert_eq(th_key_file(path, b, pk_hex), 0, "%s", path);
 }
 
 static void setup(void)

@@ -61,7 +61,7 @@ typedef struct ex_req {
     struct met_std_s *met;                /* where errors are counted (NULL: none) */
     const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
     const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
-    float *owned[2 * KERN_MAX_IO];        /* decompressed tensors the row pointers may point into */
+    void *owned[2 * KERN_MAX_IO];         /* decoded tensors (decompressed, converted) rows may point into */
     uint64_t in_hash;                     /* hash of the input rows (activation cache), 0 when unused */
     act_entry *cached;                    /* backward: the saved activations of its forward, or NULL */
     uint64_t t_arrive_us;

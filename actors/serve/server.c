@@ -1,10 +1,10 @@
 /* server.c -- listeners, connections and the request router of a node (see server.h).
  *
  * Design notes. The server is an actor only so that the pool can mail it back the checks of big
- * requests (SRV_CHECKED: an srv_check). A forward or backward request is first looked at on the loop
+ * requests (SRV_CHECKED: a req_check). A forward or backward request is first looked at on the loop
  * (uid, expert, shutting down: O(1)); its tensors -- decode, dtype, shape, rows, decompression, the
- * NaN/Inf scan, the activation-cache hash: O(bytes) -- are checked by check_request, inline when the
- * tensor payload is at most SERVER_INLINE_CHECK_BYTES, else on a worker. Both ways end in checked(),
+ * NaN/Inf scan, the activation-cache hash: O(bytes) -- are checked by req_check_run (req_check.c),
+ * inline when the tensor payload is at most SERVER_INLINE_CHECK_BYTES, else on a worker. Both ways end in checked(),
  * which answers the error or mails the request to the expert. The request holds its connection (ref
  * and in-flight hold) and its frame's budget charge from the moment it is routed.
  */
@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "actors/node/metrics.h"
+#include "actors/serve/req_check.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "wire/wire_frame.h"
@@ -174,145 +175,13 @@ static void reply_info(server *s, conn *c, const wire_msg *m)
     conn_send(c, o);
 }
 
-/* ---- checking forward and backward requests ---- */
+/* ---- forward and backward: route, check (req_check.c), hand over ---- */
 
-/* Whether n little-endian float32 values at unaligned p are all finite (exponent not all ones). */
-static int finite_f32_bytes(const uint8_t *p, size_t n)
-{
-    uint32_t acc = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, p + 4 * i, 4);
-        if ((u & 0x7f800000u) == 0x7f800000u) acc = 1;
-    }
-    return acc == 0;
-}
-
-/* Check the tensors under key against the schema io[0..n); set row pointers and the common B. Compressed
- * tensors are decompressed into owned[] (freed with the request). */
-static int check_tensors(const wire_msg *m, const char *key, const kern_io_info *io, int n, int64_t max_batch,
-                         int64_t *B, const uint8_t **rows, float **owned, char *err, size_t errlen)
-{
-    const msgpack_object *arr = wire_map_get(&m->root, key);
-    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) {
-        snprintf(err, errlen, "%s must be an array of tensors", key);
-        return DMOE_EINVAL;
-    }
-    if ((int)arr->via.array.size != n) {
-        snprintf(err, errlen, "%s: expected %d tensor%s, got %u", key, n, n == 1 ? "" : "s", arr->via.array.size);
-        return DMOE_ESHAPE;
-    }
-    for (int i = 0; i < n; i++) {
-        wire_tensor t;
-        char terr[128];
-        int rc = wire_tensor_decode(&arr->via.array.ptr[i], &t, terr, sizeof terr);
-        if (rc < 0) {
-            snprintf(err, errlen, "%s[%d] (%s): %s", key, i, io[i].name, terr);
-            return rc;
-        }
-        wire_dtype want = io[i].dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32;
-        if (t.dtype != want) {
-            snprintf(err, errlen, "%s[%d] (%s): dtype %s, expected %s", key, i, io[i].name, wire_dtype_name(t.dtype),
-                     wire_dtype_name(want));
-            return DMOE_ESHAPE;
-        }
-        int shape_ok = t.ndim == io[i].ndim + 1;
-        for (int d = 0; shape_ok && d < io[i].ndim; d++) shape_ok = t.shape[d + 1] == io[i].dims[d];
-        if (!shape_ok) {
-            char want_s[96] = "[B";
-            size_t off = 2;
-            for (int d = 0; d < io[i].ndim && off < sizeof want_s; d++)
-                off += (size_t)snprintf(want_s + off, sizeof want_s - off, ", %lld", (long long)io[i].dims[d]);
-            char got_s[96] = "[";
-            size_t got = 1;
-            for (int d = 0; d < t.ndim && got < sizeof got_s; d++)
-                got += (size_t)snprintf(got_s + got, sizeof got_s - got, "%s%lld", d ? ", " : "", (long long)t.shape[d]);
-            snprintf(err, errlen, "%s[%d] (%s): shape %s] does not match %s]", key, i, io[i].name, got_s, want_s);
-            return DMOE_ESHAPE;
-        }
-        if (t.shape[0] < 1) {
-            snprintf(err, errlen, "%s[%d] (%s): zero rows", key, i, io[i].name);
-            return DMOE_ESHAPE;
-        }
-        if (*B < 0) *B = t.shape[0];
-        else if (*B != t.shape[0]) {
-            snprintf(err, errlen, "%s[%d] (%s): %lld rows, but other tensors have %lld", key, i, io[i].name,
-                     (long long)t.shape[0], (long long)*B);
-            return DMOE_ESHAPE;
-        }
-        if (*B > max_batch) {   /* before anything the rows would size is allocated */
-            snprintf(err, errlen, "%lld rows is over this node's max_batch_size %lld: split the request",
-                     (long long)*B, (long long)max_batch);
-            return DMOE_ETOOBIG;
-        }
-        if (t.compression != WIRE_COMP_NONE) {
-            if (!wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t))) {
-                snprintf(err, errlen, "%s[%d] (%s): malformed %s data (%zu bytes for %zu values)", key, i, io[i].name,
-                         wire_compress_name(t.compression), t.nbytes, t.numel);
-                return DMOE_EINVAL;
-            }
-            if (posix_memalign((void **)&owned[i], 64, (t.numel ? t.numel : 1) * sizeof(float)) != 0) {
-                owned[i] = NULL;
-                snprintf(err, errlen, "out of memory decompressing %s[%d]", key, i);
-                return DMOE_ENOMEM;
-            }
-            if (wire_tensor_f32(&t, owned[i]) != 0) {
-                snprintf(err, errlen, "%s[%d] (%s): malformed %s data", key, i, io[i].name, wire_compress_name(t.compression));
-                return DMOE_EINVAL;
-            }
-            t.data = (const uint8_t *)owned[i];
-        }
-        if (t.dtype == WIRE_DT_F32 && !finite_f32_bytes(t.data, t.numel)) {
-            snprintf(err, errlen, "%s[%d] (%s) contains NaN or Inf: rejected", key, i, io[i].name);
-            return DMOE_ENONFINITE;
-        }
-        rows[i] = t.data;
-    }
-    return 0;
-}
-
-/* A request being checked: what check_request needs, copied so that a worker touches nothing else. */
-typedef struct srv_check {
-    rt_job job;                        /* SRV_CHECKED back to the server */
-    ex_req *r;                         /* owns the frame, the charge, the conn ref and hold */
-    expert *e;
-    int n_in, n_out;
-    kern_io_info in[KERN_MAX_IO], out[KERN_MAX_IO];
-    int64_t max_batch_size;
-    int hash;                          /* compute r->in_hash (the expert keeps activations) */
-    int rc;
-    char err[384];
-} srv_check;
-
-/* Check r's tensors against the schema in k; fill r's row pointers, rows and hash. Any thread: reads
- * the frame, writes r and k only. */
-static void check_request(srv_check *k)
-{
-    ex_req *r = k->r;
-    const wire_msg *m = r->wm;
-    int64_t B = -1;
-    k->rc = check_tensors(m, "inputs", k->in, k->n_in, k->max_batch_size, &B, r->in, r->owned, k->err, sizeof k->err);
-    if (k->rc == 0 && r->dir == EX_BWD)
-        k->rc = check_tensors(m, "grad_outputs", k->out, k->n_out, k->max_batch_size, &B, r->gout,
-                              r->owned + KERN_MAX_IO, k->err, sizeof k->err);
-    if (k->rc != 0) return;
-    r->rows = B;
-    if (k->hash) {
-        const void *ptrs[KERN_MAX_IO];
-        size_t lens[KERN_MAX_IO];
-        for (int i = 0; i < k->n_in; i++) {
-            ptrs[i] = r->in[i];
-            lens[i] = (size_t)B * kern_io_numel(&k->in[i]) * kern_dtype_size(k->in[i].dtype);
-        }
-        r->in_hash = actcache_hash(ptrs, lens, k->n_in);
-    }
-}
-
-static void check_job(rt_job *j) { check_request((srv_check *)j); }
+static void check_job(rt_job *j) { req_check_run((req_check *)j); }
 
 /* The checks are done (loop thread): answer the error, or take the cached activations and hand the
  * request to its expert. Frees k. */
-static void checked(srv_check *k)
+static void checked(req_check *k)
 {
     ex_req *r = k->r;
     expert *e = k->e;
@@ -332,23 +201,9 @@ static void checked(srv_check *k)
 /* A check dropped undelivered (the server stopped, or the pool shut down): the request goes too. */
 static void check_drop(rt_msg *msg)
 {
-    srv_check *k = (srv_check *)msg;
+    req_check *k = (req_check *)msg;
     ex_reply_error(k->r, DMOE_ESHUTDOWN, "the node is stopping");
     free(k);
-}
-
-/* The bytes of tensor data under key (0 for anything malformed: the check reports it). O(tensors). */
-static size_t payload_bytes(const wire_msg *m, const char *key)
-{
-    const msgpack_object *arr = wire_map_get(&m->root, key);
-    size_t n = 0;
-    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) return 0;
-    for (uint32_t i = 0; i < arr->via.array.size; i++) {
-        const msgpack_object *t = &arr->via.array.ptr[i];
-        const msgpack_object *d = t->type == MSGPACK_OBJECT_MAP ? wire_map_get(t, "data") : NULL;
-        if (d && d->type == MSGPACK_OBJECT_BIN) n += d->via.bin.size;
-    }
-    return n;
 }
 
 static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int dir)
@@ -383,7 +238,7 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
         goto fail;
     }
     ex_req *r = calloc(1, sizeof *r);
-    srv_check *k = calloc(1, sizeof *k);
+    req_check *k = calloc(1, sizeof *k);
     if (!r || !k) {
         free(r);
         free(k);
@@ -403,13 +258,14 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
     r->t_arrive_us = rt_clock_us();
     k->r = r;
     k->e = e;
+    k->uid = expert_uid(e);
     k->n_in = km->n_in;
     k->n_out = km->n_out;
     memcpy(k->in, km->in, sizeof k->in);
     memcpy(k->out, km->out, sizeof k->out);
     k->max_batch_size = ec->max_batch_size;
     k->hash = ec->cache && km->cls->forward_save;
-    size_t bytes = payload_bytes(m, "inputs") + (dir == EX_BWD ? payload_bytes(m, "grad_outputs") : 0);
+    size_t bytes = req_payload_bytes(m, "inputs") + (dir == EX_BWD ? req_payload_bytes(m, "grad_outputs") : 0);
     if (bytes > SERVER_INLINE_CHECK_BYTES && ec->pool) {
         k->job.run = check_job;
         k->job.owner = &s->actor;
@@ -419,7 +275,7 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
         k->rc = DMOE_ESHUTDOWN;   /* only when the pool is stopping */
         snprintf(k->err, sizeof k->err, "the node is stopping");
     } else {
-        check_request(k);
+        req_check_run(k);
     }
     checked(k);
     return;
@@ -443,7 +299,7 @@ static void sweep(server *s)
 
 static void server_handle(rt_actor *self, rt_msg *msg)
 {
-    if (msg->type == SRV_CHECKED) checked((srv_check *)msg);
+    if (msg->type == SRV_CHECKED) checked((req_check *)msg);
     else if (msg->type == SRV_SWEEP) { sweep((server *)self); rt_msg_drop(msg); }
     else rt_msg_drop(msg);
 }
@@ -483,10 +339,7 @@ static void on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
     conn_uncharge(c, charge);
 }
 
-/* The bytes a request will make the node allocate beyond its frame and tree: the request's own
- * records and its decompressed tensors (each checked as check_tensors will, so a header claiming
- * more rows than max_batch_size, or more values than its bytes can hold, costs nothing: it is
- * refused before anything is allocated). */
+/* The bytes a request will make the node allocate beyond its frame and tree (req_check_cost). */
 static size_t request_cost(const server *s, const wire_msg *m)
 {
     int dir = strcmp(m->method, "forward") == 0 ? EX_FWD : strcmp(m->method, "backward") == 0 ? EX_BWD : -1;
@@ -495,22 +348,7 @@ static size_t request_cost(const server *s, const wire_msg *m)
     if (dir < 0 || !uo || wire_get_str(uo, uid, sizeof uid) != 0) return 0;
     expert *e = server_find(s, uid);
     if (!e) return 0;
-    int64_t max_batch = expert_cfg_get(e)->max_batch_size;
-    size_t bytes = sizeof(ex_req) + 4096;   /* the ex_req, its srv_check */
-    const char *keys[2] = {"inputs", "grad_outputs"};
-    for (int k = 0; k <= dir; k++) {
-        const msgpack_object *arr = wire_map_get(&m->root, keys[k]);
-        if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) continue;
-        for (uint32_t i = 0; i < arr->via.array.size && i < 2 * KERN_MAX_IO; i++) {
-            wire_tensor t;
-            if (wire_tensor_decode(&arr->via.array.ptr[i], &t, NULL, 0) != 0 || t.compression == WIRE_COMP_NONE ||
-                t.ndim < 1 || t.shape[0] > max_batch ||
-                !wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t)))
-                continue;
-            bytes += t.numel * sizeof(float) + 64;
-        }
-    }
-    return bytes;
+    return req_check_cost(m, dir, expert_cfg_get(e)->max_batch_size);
 }
 
 static size_t on_cost(conn *c, const wire_msg *m, void *arg)

@@ -15,8 +15,8 @@
  *                             calls the owner's on_msg: this server's.
  *   2. actors/serve/server.c  route_compute finds the expert by uid and builds the ex_req (batch.h), which
  *                             from now on owns the frame, the budget charge and a hold on the connection
- *                             (max_inflight). check_request checks the tensors inline, or for a payload
- *                             over 64 KiB on a worker (runtime/rt_pool.c) [mail: SRV_CHECKED back here];
+ *                             (max_inflight). req_check_run (req_check.c) checks the tensors inline, or for a
+ *                             payload over 64 KiB on a worker (runtime/rt_pool.c) [mail: SRV_CHECKED back];
  *                             checked() then hands the request over with expert_submit [mail: EX_MSG_REQ].
  *   3. actors/serve/expert.c  queues it in its forward batchq (batchq.c) and raises its own
  *                             EX_MSG_SCHEDULE [mail], which runs after every request that arrived in the

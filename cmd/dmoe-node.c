@@ -59,7 +59,7 @@ int main(int argc, char **argv)
                *scheduler = "none";
     int64_t warmup = 0, total_steps = 0, total_steps_alias = 0;
     double weight_decay = 0, clip_grad_norm = 0;
-    int hidden = c.kcfg.hidden_dim, seq_len = 0, delay_ms = 500;
+    int hidden = c.kcfg.hidden_dim, seq_len = 128, delay_ms = 500;
     double lr = -1, dropout = 0.1, max_frame_mb = (double)(c.max_frame >> 20),
            max_pending_mb = (double)(c.max_pending_bytes >> 20);
     double reply_soft_mb = (double)(c.reply_soft_bytes >> 20), reply_hard_mb = (double)(c.reply_hard_bytes >> 20),
@@ -78,7 +78,7 @@ int main(int argc, char **argv)
         {"num_experts", ARG_INT, &c.num_experts, "how many experts to host (with --expert_pattern; 0: a DHT-only node)", "Experts"},
         {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts"},
         {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts"},
-        {"seq_len", ARG_INT, &seq_len, "transformer: sequence length of its [B, S, H] input (0: 512)", "Experts"},
+        {"seq_len", ARG_INT, &seq_len, "transformer: sequence length S of its [B, S, H] input (hivemind's 128)", "Experts"},
         {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training (hivemind's 0.1; 0 for determinism)", "Experts"},
         {"delay_ms", ARG_INT, &delay_ms, "nop_delay: how long each batch is held (ms; the loop never sleeps)", "Experts"},
         {"max_batch_size", ARG_I64, &max_batch, "most rows in one batch (a bigger request is an error)", "Batching"},

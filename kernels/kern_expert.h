@@ -48,6 +48,7 @@ typedef struct {
     kern_dtype dtype;
     int ndim;               /* dims of one row */
     int64_t dims[KERN_MAX_DIMS];
+    int mask;               /* a 0/1 mask input: the node also takes it as float32, uint8, int64 or bool */
 } kern_io_info;
 
 /* kern_io_numel returns the number of elements in one row of io. */

@@ -351,6 +351,8 @@ const char *wire_dtype_name(wire_dtype d)
     case WIRE_DT_F32: return "float32";
     case WIRE_DT_U8: return "uint8";
     case WIRE_DT_F16: return "float16";
+    case WIRE_DT_I64: return "int64";
+    case WIRE_DT_BOOL: return "bool";
     }
     return "unknown";
 }
@@ -359,6 +361,7 @@ int wire_dtype_parse(const char *s, size_t n, wire_dtype *out)
 {
     static const struct { const char *name; wire_dtype d; } tab[] = {
         { "float32", WIRE_DT_F32 }, { "uint8", WIRE_DT_U8 }, { "float16", WIRE_DT_F16 },
+        { "int64", WIRE_DT_I64 },   { "bool", WIRE_DT_BOOL },
     };
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++) {
         if (strlen(tab[i].name) == n && memcmp(tab[i].name, s, n) == 0) {
@@ -375,6 +378,8 @@ size_t wire_dtype_size(wire_dtype d)
     case WIRE_DT_F32: return 4;
     case WIRE_DT_U8: return 1;
     case WIRE_DT_F16: return 2;
+    case WIRE_DT_I64: return 8;
+    case WIRE_DT_BOOL: return 1;
     }
     return 0;
 }

@@ -8,7 +8,8 @@
  * wire_msg owns both and wire_msg_free releases both.
  *
  * Tensors on the wire: {"dtype": str, "shape": [uint...], "data": bin, "compression": str (optional,
- * default "NONE")}. dtype is "float32" (little-endian) or "uint8"; a float32 tensor may be compressed
+ * default "NONE")}. dtype is "float32" (little-endian), "uint8", "float16", "int64" (little-endian) or
+ * "bool" (one byte); a float32 tensor may be compressed
  * with one of hivemind's schemes (wire_compress.h), its data then holding that scheme's bytes.
  * wire_tensor_decode checks every field, the number of dims, that the element count does not
  * overflow, and for uncompressed data that the length equals numel * itemsize (compressed data is
@@ -34,7 +35,9 @@
 #define WIRE_MAX_OBJECTS     ((size_t)1 << 20)
 #define WIRE_MAX_REQ_OBJECTS ((size_t)1 << 14)
 
-typedef enum { WIRE_DT_F32 = 0, WIRE_DT_U8 = 1, WIRE_DT_F16 = 2 } wire_dtype;
+/* int64 and bool are taken for masks only (hivemind sends det_dropout's mask as int64, a transformer's
+ * padding mask as bool): the node converts them to the expert's declared dtype on receipt. */
+typedef enum { WIRE_DT_F32 = 0, WIRE_DT_U8 = 1, WIRE_DT_F16 = 2, WIRE_DT_I64 = 3, WIRE_DT_BOOL = 4 } wire_dtype;
 /* A tensor's "compression": one of hivemind's schemes (wire/wire_compress.h); NONE is plain data. */
 typedef wire_scheme wire_compression;
 #define WIRE_COMP_NONE WIRE_SCHEME_NONE

@@ -21,55 +21,118 @@ static int finite_f32_bytes(const uint8_t *p, size_t n)
     return acc == 0;
 }
 
+/* A tensor's name in messages: "input" for an expert's only input, else "inputs[1] (mask)". */
+static void tensor_name(const char *key, int i, int n, const kern_io_info *io, char *buf, size_t len)
+{
+    if (n == 1 && strcmp(key, "inputs") == 0) snprintf(buf, len, "input");
+    else snprintf(buf, len, "%s[%d] (%s)", key, i, io->name);
+}
+
+/* "[B, 16]" for a schema's row dims, or "[3, 11]" for a tensor's shape (rows given: B < 0 writes "B"). */
+static void shape_text(const int64_t *dims, int ndim, int with_b, char *buf, size_t len)
+{
+    size_t off = (size_t)snprintf(buf, len, "[%s", with_b ? "B" : "");
+    for (int d = 0; d < ndim && off < len; d++)
+        off += (size_t)snprintf(buf + off, len - off, "%s%lld", d || with_b ? ", " : "", (long long)dims[d]);
+    if (off < len) snprintf(buf + off, len - off, "]");
+}
+
+/* Whether a mask input may arrive as dtype d (converted to the declared dtype on receipt). */
+static int mask_dtype_ok(wire_dtype d)
+{
+    return d == WIRE_DT_F32 || d == WIRE_DT_U8 || d == WIRE_DT_I64 || d == WIRE_DT_BOOL;
+}
+
+/* Element i of a mask's data as an integer (a float that is neither 0 nor 1 reads as 2: refused). */
+static int64_t mask_value(const uint8_t *p, wire_dtype d, size_t i)
+{
+    if (d == WIRE_DT_U8 || d == WIRE_DT_BOOL) return p[i];
+    if (d == WIRE_DT_I64) {
+        int64_t v;
+        memcpy(&v, p + 8 * i, 8);
+        return v;
+    }
+    float f;
+    memcpy(&f, p + 4 * i, 4);
+    return f == 0.0f ? 0 : f == 1.0f ? 1 : 2;
+}
+
+/* Check that the n values of a mask are 0 or 1 and, when it came as another dtype than the declared
+ * one, write them as that dtype into *owned (allocated here). Returns 0, DMOE_EINVAL (the first bad
+ * element's index in *bad_at) or DMOE_ENOMEM. */
+static int mask_take(const uint8_t *p, wire_dtype got, kern_dtype want, size_t n, void **owned, size_t *bad_at)
+{
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = mask_value(p, got, i);
+        if (v != 0 && v != 1) {
+            *bad_at = i;
+            return DMOE_EINVAL;
+        }
+    }
+    wire_dtype same = want == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32;
+    if (got == same) return 0;
+    if (posix_memalign(owned, 64, (n ? n : 1) * kern_dtype_size(want)) != 0) {
+        *owned = NULL;
+        return DMOE_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = mask_value(p, got, i);
+        if (want == KERN_U8) ((uint8_t *)*owned)[i] = (uint8_t)v;
+        else ((float *)*owned)[i] = (float)v;
+    }
+    return 0;
+}
+
 int req_check_tensors(const wire_msg *m, const char *key, const char *uid, const kern_io_info *io, int n,
                       int64_t max_batch, int64_t *B, const uint8_t **rows, void **owned, char *err, size_t errlen)
 {
-    (void)uid;
     const msgpack_object *arr = wire_map_get(&m->root, key);
     if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) {
         snprintf(err, errlen, "%s must be an array of tensors", key);
         return DMOE_EINVAL;
     }
     if ((int)arr->via.array.size != n) {
-        snprintf(err, errlen, "%s: expected %d tensor%s, got %u", key, n, n == 1 ? "" : "s", arr->via.array.size);
+        char names[160] = "";
+        size_t off = 0;
+        for (int i = 0; i < n && off < sizeof names; i++)
+            off += (size_t)snprintf(names + off, sizeof names - off, "%s%s", i ? ", " : "", io[i].name);
+        snprintf(err, errlen, "%s takes %d tensor%s in %s (%s); got %u", uid, n, n == 1 ? "" : "s", key, names,
+                 arr->via.array.size);
         return DMOE_ESHAPE;
     }
     for (int i = 0; i < n; i++) {
         wire_tensor t;
-        char terr[128];
+        char terr[128], name[80];
+        tensor_name(key, i, n, &io[i], name, sizeof name);
         int rc = wire_tensor_decode(&arr->via.array.ptr[i], &t, terr, sizeof terr);
         if (rc < 0) {
-            snprintf(err, errlen, "%s[%d] (%s): %s", key, i, io[i].name, terr);
+            snprintf(err, errlen, "%s: %s: %s", uid, name, terr);
             return rc;
         }
         wire_dtype want = io[i].dtype == KERN_U8 ? WIRE_DT_U8 : WIRE_DT_F32;
-        if (t.dtype != want) {
-            snprintf(err, errlen, "%s[%d] (%s): dtype %s, expected %s", key, i, io[i].name, wire_dtype_name(t.dtype),
-                     wire_dtype_name(want));
+        if (t.dtype != want && !(io[i].mask && mask_dtype_ok(t.dtype))) {
+            snprintf(err, errlen, "%s takes %s as %s%s; got %s", uid, name, wire_dtype_name(want),
+                     io[i].mask ? " (or another of float32, uint8, int64, bool: a 0/1 mask)" : "",
+                     wire_dtype_name(t.dtype));
             return DMOE_ESHAPE;
         }
         int shape_ok = t.ndim == io[i].ndim + 1;
         for (int d = 0; shape_ok && d < io[i].ndim; d++) shape_ok = t.shape[d + 1] == io[i].dims[d];
         if (!shape_ok) {
-            char want_s[96] = "[B";
-            size_t off = 2;
-            for (int d = 0; d < io[i].ndim && off < sizeof want_s; d++)
-                off += (size_t)snprintf(want_s + off, sizeof want_s - off, ", %lld", (long long)io[i].dims[d]);
-            char got_s[96] = "[";
-            size_t got = 1;
-            for (int d = 0; d < t.ndim && got < sizeof got_s; d++)
-                got += (size_t)snprintf(got_s + got, sizeof got_s - got, "%s%lld", d ? ", " : "", (long long)t.shape[d]);
-            snprintf(err, errlen, "%s[%d] (%s): shape %s] does not match %s]", key, i, io[i].name, got_s, want_s);
+            char want_s[96], got_s[128];
+            shape_text(io[i].dims, io[i].ndim, 1, want_s, sizeof want_s);
+            shape_text(t.shape, t.ndim, 0, got_s, sizeof got_s);
+            snprintf(err, errlen, "%s takes %s of shape %s; got %s", uid, name, want_s, got_s);
             return DMOE_ESHAPE;
         }
         if (t.shape[0] < 1) {
-            snprintf(err, errlen, "%s[%d] (%s): zero rows", key, i, io[i].name);
+            snprintf(err, errlen, "%s: %s has zero rows", uid, name);
             return DMOE_ESHAPE;
         }
         if (*B < 0) *B = t.shape[0];
         else if (*B != t.shape[0]) {
-            snprintf(err, errlen, "%s[%d] (%s): %lld rows, but other tensors have %lld", key, i, io[i].name,
-                     (long long)t.shape[0], (long long)*B);
+            snprintf(err, errlen, "%s: %s has %lld rows, but other tensors have %lld", uid, name, (long long)t.shape[0],
+                     (long long)*B);
             return DMOE_ESHAPE;
         }
         if (*B > max_batch) {   /* before anything the rows would size is allocated */
@@ -79,7 +142,7 @@ int req_check_tensors(const wire_msg *m, const char *key, const char *uid, const
         }
         if (t.compression != WIRE_COMP_NONE) {
             if (!wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t))) {
-                snprintf(err, errlen, "%s[%d] (%s): malformed %s data (%zu bytes for %zu values)", key, i, io[i].name,
+                snprintf(err, errlen, "%s: %s: malformed %s data (%zu bytes for %zu values)", uid, name,
                          wire_compress_name(t.compression), t.nbytes, t.numel);
                 return DMOE_EINVAL;
             }
@@ -89,14 +152,28 @@ int req_check_tensors(const wire_msg *m, const char *key, const char *uid, const
                 return DMOE_ENOMEM;
             }
             if (wire_tensor_f32(&t, owned[i]) != 0) {
-                snprintf(err, errlen, "%s[%d] (%s): malformed %s data", key, i, io[i].name, wire_compress_name(t.compression));
+                snprintf(err, errlen, "%s: %s: malformed %s data", uid, name, wire_compress_name(t.compression));
                 return DMOE_EINVAL;
             }
             t.data = (const uint8_t *)owned[i];
         }
         if (t.dtype == WIRE_DT_F32 && !finite_f32_bytes(t.data, t.numel)) {
-            snprintf(err, errlen, "%s[%d] (%s) contains NaN or Inf: rejected", key, i, io[i].name);
+            snprintf(err, errlen, "%s: %s contains NaN or Inf: rejected", uid, name);
             return DMOE_ENONFINITE;
+        }
+        if (io[i].mask) {
+            size_t at = 0;
+            void *conv = NULL;
+            rc = mask_take(t.data, t.dtype, io[i].dtype, t.numel, &conv, &at);
+            if (rc == DMOE_EINVAL)
+                snprintf(err, errlen, "%s: %s is a mask and must hold only 0 and 1; element %zu is neither", uid, name, at);
+            if (rc == DMOE_ENOMEM) snprintf(err, errlen, "out of memory converting %s[%d]", key, i);
+            if (rc) return rc;
+            if (conv) {
+                free(owned[i]);   /* a decompressed float mask, now converted */
+                owned[i] = conv;
+                t.data = conv;
+            }
         }
         rows[i] = t.data;
     }
@@ -147,10 +224,14 @@ size_t req_check_cost(const wire_msg *m, int dir, int64_t max_batch)
         if (!arr || arr->type != MSGPACK_OBJECT_ARRAY) continue;
         for (uint32_t i = 0; i < arr->via.array.size && i < 2 * KERN_MAX_IO; i++) {
             wire_tensor t;
-            if (wire_tensor_decode(&arr->via.array.ptr[i], &t, NULL, 0) != 0 || t.compression == WIRE_COMP_NONE ||
-                t.ndim < 1 || t.shape[0] > max_batch ||
-                !wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t)))
+            if (wire_tensor_decode(&arr->via.array.ptr[i], &t, NULL, 0) != 0 || t.ndim < 1 || t.shape[0] > max_batch)
                 continue;
+            if (t.compression == WIRE_COMP_NONE) {   /* a mask converted on receipt: at most a float a value */
+                if (t.dtype == WIRE_DT_U8 || t.dtype == WIRE_DT_I64 || t.dtype == WIRE_DT_BOOL)
+                    bytes += t.numel * sizeof(float) + 64;
+                continue;
+            }
+            if (!wire_compress_len_ok(t.compression, t.nbytes, t.numel, wire_tensor_rows(&t))) continue;
             bytes += t.numel * sizeof(float) + 64;
         }
     }

@@ -4,7 +4,10 @@
  * fills a req_check with what the check needs -- the schema, copied, and the request -- and runs
  * req_check_run, inline for small payloads or on a worker for big ones. req_check_run decodes every
  * tensor under "inputs" (and "grad_outputs" for a backward), compares count, dtype, row shape and batch
- * size with the schema, decompresses compressed tensors, scans float32 data for NaN and Inf, and on
+ * size with the schema, decompresses compressed tensors, scans float32 data for NaN and Inf, checks that
+ * a mask input (kern_io_info.mask) holds only 0 and 1 and converts it to the declared dtype when it came
+ * as another of float32, uint8, int64, bool (hivemind sends det_dropout's mask as int64, a
+ * transformer's as bool), and on
  * success points the request's row pointers into the frame (or into the decompressed copies it owns)
  * and computes the activation-cache hash. On failure it leaves a DMOE_* code and a message in the
  * req_check; the server answers it.
@@ -48,14 +51,16 @@ void req_check_run(req_check *k);
 
 /* req_check_tensors checks the tensors under key of m against io[0..n) of the expert uid: count, dtype,
  * row dims, at least one row, the common batch size *B (set by the first tensor when *B < 0) within
- * max_batch, decompression, finite float32 values. Sets rows[i] to each tensor's rows and owned[i] to
- * what it allocated for them (the caller frees). Returns 0, or a DMOE_* code with err filled. */
+ * max_batch, decompression, finite float32 values, masks. Sets rows[i] to each tensor's rows and
+ * owned[i] to what it allocated for them (the caller frees, also on failure). Returns 0, or a DMOE_*
+ * code with err filled: the message names the expert, the tensor, what the schema wants and what came
+ * ("expert.0 takes input of shape [B, 16]; got [3, 11]"). */
 int req_check_tensors(const wire_msg *m, const char *key, const char *uid, const kern_io_info *io, int n,
                       int64_t max_batch, int64_t *B, const uint8_t **rows, void **owned, char *err, size_t errlen);
 
 /* req_check_cost returns the bytes a request of direction dir (EX_FWD, EX_BWD) will make the node
  * allocate beyond its frame and tree for an expert with max_batch rows per request: the request's own
- * records and its decompressed tensors (each checked as req_check_tensors will, so a header claiming
+ * records, its decompressed tensors and its masks converted to the declared dtype (each checked as req_check_tensors will, so a header claiming
  * more rows than max_batch, or more values than its bytes can hold, costs nothing: it is refused before
  * anything is allocated). O(tensors). */
 size_t req_check_cost(const wire_msg *m, int dir, int64_t max_batch);

@@ -39,6 +39,7 @@ static int dd_setup(kern_model *m, const kern_config *cfg)
         return DMOE_EINVAL;
     t.n_in = 2;
     kern_io_set(&t.in[1], "mask", KERN_F32, H, 0);
+    t.in[1].mask = 1;
     *m = t;
     return 0;
 }

@@ -8,7 +8,7 @@
  *
  * Inputs, per row of the batch: "x" f32 [S, H] and "mask" u8 [S] (PyTorch's key_padding_mask:
  * 1 = padded key, 0 = real key; any other value is DMOE_EINVAL). Output "output" f32 [S, H].
- * S is cfg.seq_len (0: hivemind's default 512), H is cfg.hidden_dim and must be divisible by 16.
+ * S is cfg.seq_len (0: hivemind's default 128), H is cfg.hidden_dim and must be divisible by 16.
  *
  * The computation, over the N = B*S tokens of a batch (dropout sites d1..d4 as in PyTorch):
  *   qkv   = x @ in_proj_weight^T + in_proj_bias                       [N, 3H]
@@ -48,7 +48,7 @@
 #include "runtime/rt_err.h"
 
 #define TR_HEADS       16     /* hivemind's TransformerEncoderLayer expert uses nhead=16 */
-#define TR_DEFAULT_SEQ 512    /* hivemind's sample input for this expert is [batch, 512, H] */
+#define TR_DEFAULT_SEQ 128    /* hivemind's schema for this expert is [batch, 128, H] (since its PR #126) */
 #define TR_LN_EPS      1e-5f  /* PyTorch's layer_norm_eps default */
 #define TR_MAX_DIM     65536  /* keeps S, 4H and every BLAS size and leading dimension inside int range */
 
@@ -356,6 +356,7 @@ static int tr_setup(kern_model *m, const kern_config *cfg)
 
     t.n_in = 2;
     kern_io_set(&t.in[1], "mask", KERN_U8, S, 0);
+    t.in[1].mask = 1;
     *m = t;
     return 0;
 }

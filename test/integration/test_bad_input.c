@@ -322,3 +322,77 @@ Test(bad_input, a_reply_sent_to_the_node)
     expect_alive_on(fd);
     close(fd);
 }
+
+/* The node's refusal of a wrong width names both shapes (hivemind's tests look for the bad size). */
+Test(bad_input, a_wrong_width_names_both_shapes)
+{
+    int fd = th_connect(node.port);
+    float x[2 * 2 * H] = {0};
+    th_send_out(fd, tensor_request(1, "forward", "expert.0", "float32", 2, 2 * H, x, sizeof x));
+    wire_msg m;
+    cr_assert_eq(th_recv_msg(fd, &m), 0, "no reply");
+    cr_assert_eq(m.kind, WIRE_REPLY_ERR);
+    cr_assert_eq(m.err_code, DMOE_ESHAPE);
+    cr_assert_str_eq(m.err_msg, "expert.0 takes input of shape [B, 32]; got [2, 64]");
+    wire_msg_free(&m);
+    close(fd);
+}
+
+/* A det_dropout request as hivemind sends it (the mask as int64) gets the answer of the float32 mask;
+ * a mask value other than 0 and 1 is refused for that request alone. */
+Test(bad_input, det_dropout_takes_an_int64_mask)
+{
+    th_node dd;
+    const char *args[] = {"--expert_cls", "det_dropout", "--hidden_dim", "16", "--expert_uids", "expert.0", NULL};
+    cr_assert_eq(th_node_start(&dd, args), 0);
+    enum { B = 3, W = 16 };
+    float x[B * W], mf[B * W];
+    int64_t mi[B * W];
+    th_fill_normal(x, B * W, 9);
+    for (int i = 0; i < B * W; i++) {
+        mi[i] = i % 3 != 0;
+        mf[i] = (float)mi[i];
+    }
+    float y[2][B * W];
+    int fd = th_connect(dd.port);
+    for (int k = 0; k < 3; k++) {
+        wire_out *o = wire_out_new();
+        msgpack_packer *pk = wire_out_pk(o);
+        wire_request_begin(o, 10 + (uint64_t)k, "forward", 4);
+        wire_pack_str(pk, "uid");
+        wire_pack_str(pk, "expert.0");
+        wire_pack_str(pk, "inputs");
+        msgpack_pack_array(pk, 2);
+        for (int t = 0; t < 2; t++) {
+            msgpack_pack_map(pk, 3);
+            wire_pack_str(pk, "dtype");
+            wire_pack_str(pk, t == 0 || k == 0 ? "float32" : "int64");
+            wire_pack_str(pk, "shape");
+            msgpack_pack_array(pk, 2);
+            msgpack_pack_int64(pk, B);
+            msgpack_pack_int64(pk, W);
+            wire_pack_str(pk, "data");
+            const void *d = t == 0 ? (const void *)x : k == 0 ? (const void *)mf : (const void *)mi;
+            size_t n = t == 0 || k == 0 ? sizeof x : sizeof mi;
+            msgpack_pack_bin(pk, n);
+            msgpack_pack_bin_body(pk, d, n);
+        }
+        cr_assert_eq(th_send_out(fd, o), 0);
+        wire_msg m;
+        cr_assert_eq(th_recv_msg(fd, &m), 0, "no reply");
+        if (k < 2) {
+            cr_assert_eq(m.kind, WIRE_REPLY_OK, "%s", m.err_msg);
+            cr_assert_eq(th_result_f32(&m, "outputs", B, W, y[k]), 0);
+        } else {
+            cr_assert_eq(m.kind, WIRE_REPLY_ERR);
+            cr_assert_eq(m.err_code, DMOE_EINVAL);
+            cr_assert(strstr(m.err_msg, "inputs[1] (mask)") && strstr(m.err_msg, "element 5"), "%s", m.err_msg);
+        }
+        wire_msg_free(&m);
+        if (k == 1) mi[5] = 2;   /* the third request's mask is not 0/1 */
+    }
+    cr_assert_eq(th_max_abs_diff(y[0], y[1], B * W), 0.0f, "an int64 mask gives the float32 mask's answer");
+    close(fd);
+    int rc = th_node_stop(&dd, SIGTERM);
+    cr_assert_eq(rc, 0, "the det_dropout node exited with %d", rc);
+}

@@ -139,12 +139,13 @@ Test(kern_transformer, setup_schema_and_errors, .timeout = 30)
     cr_assert_eq(m.n_floats, (size_t)(12 * 64 * 64 + 3 * 64 + 64 + 4 * 64 + 64 + 4 * 64));
     cr_assert_eq(m.n_in, 2);
     cr_assert_eq(m.in[0].dtype, KERN_F32);
-    cr_assert_eq(m.in[0].dims[0], 512); /* hivemind's default sequence length */
+    cr_assert_eq(m.in[0].dims[0], 128); /* hivemind's default sequence length */
     cr_assert_eq(m.in[0].dims[1], 64);
     cr_assert_eq(m.in[1].dtype, KERN_U8);
-    cr_assert_eq(kern_io_numel(&m.in[1]), 512);
+    cr_assert_eq(kern_io_numel(&m.in[1]), 128);
+    cr_assert(m.in[1].mask, "the padding mask is a 0/1 mask");
     cr_assert_eq(m.n_out, 1);
-    cr_assert_eq(kern_io_numel(&m.out[0]), 512 * 64);
+    cr_assert_eq(kern_io_numel(&m.out[0]), 128 * 64);
 
     cfg.hidden_dim = 24; /* not divisible by 16 heads */
     cr_assert_eq(kern_transformer_class.setup(&m, &cfg), DMOE_EINVAL);

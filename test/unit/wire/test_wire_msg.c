@@ -201,6 +201,15 @@ Test(wire_msg, dtype_table, .timeout = 30)
     cr_assert_eq(wire_dtype_size(WIRE_DT_U8), 1);
     cr_assert_eq(wire_dtype_size(WIRE_DT_F16), 2);
     cr_assert_str_eq(wire_dtype_name(WIRE_DT_U8), "uint8");
+    /* masks as hivemind sends them */
+    cr_assert_eq(wire_dtype_parse("int64", 5, &d), 0);
+    cr_assert_eq(d, WIRE_DT_I64);
+    cr_assert_eq(wire_dtype_parse("bool", 4, &d), 0);
+    cr_assert_eq(d, WIRE_DT_BOOL);
+    cr_assert_eq(wire_dtype_size(WIRE_DT_I64), 8);
+    cr_assert_eq(wire_dtype_size(WIRE_DT_BOOL), 1);
+    cr_assert_str_eq(wire_dtype_name(WIRE_DT_I64), "int64");
+    cr_assert_str_eq(wire_dtype_name(WIRE_DT_BOOL), "bool");
 }
 
 /* ---- field getters ---- */
@@ -421,7 +430,7 @@ Test(wire_msg, tensor_refusals, .timeout = 30)
         { { "uint8", 1, { 5 }, 5, NULL }, 0 },
         { { "float32", 0, { 0 }, 4, NULL }, 0 },                 /* a scalar */
         { { "float32", 2, { 0, 3 }, 0, NULL }, 0 },              /* zero rows decode; the node refuses */
-        { { "int64", 1, { 1 }, 8, NULL }, DMOE_EINVAL },         /* bad dtype */
+        { { "complex64", 1, { 1 }, 8, NULL }, DMOE_EINVAL },     /* bad dtype */
         { { "float32", 2, { 2, -3 }, 24, NULL }, DMOE_EINVAL },  /* negative dim */
         { { "float32", 9, { 1, 1, 1, 1, 1, 1, 1, 1, 1 }, 4, NULL }, DMOE_ETOOBIG }, /* too many dims */
         { { "float32", 8, { 1, 1, 1, 1, 1, 1, 1, 1 }, 4, NULL }, 0 },

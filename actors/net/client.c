@@ -53,6 +53,7 @@ struct client {
     peer *peers;
     call *live;
     int n_live;
+    uint64_t closed_in, closed_out;     /* bytes of connections already closed */
 };
 
 /* ---- completing calls ---- */
@@ -164,6 +165,8 @@ static void peer_on_close(conn *c, int err, void *arg)
         complete(k, DMOE_ECONN, msg, NULL);
     }
     p->c = NULL;
+    p->cl->closed_in += conn_bytes_in(c);
+    p->cl->closed_out += conn_bytes_out(c);
     conn_unref(c);   /* the peer's reference */
     peer_free(p);
 }
@@ -244,6 +247,17 @@ int client_call(client *cl, const wire_maddr *peer_addr, uint64_t id, wire_out *
     int rc = conn_send(p->c, req);
     if (rc != 0) complete(k, rc, "cannot send the request", NULL);
     return 0;
+}
+
+void client_bytes(const client *cl, uint64_t *in, uint64_t *out)
+{
+    *in = cl->closed_in;
+    *out = cl->closed_out;
+    for (const peer *p = cl->peers; p; p = p->next)
+        if (p->c) {
+            *in += conn_bytes_in(p->c);
+            *out += conn_bytes_out(p->c);
+        }
 }
 
 void client_free(client *cl)

@@ -38,6 +38,8 @@ uint64_t client_next_id(client *c);
  * is not an IP literal (or an id already in flight to that peer), DMOE_ENOMEM. */
 int client_call(client *c, const wire_maddr *peer, uint64_t id, wire_out *req, uint64_t timeout_ms,
                 client_cb cb, void *arg);
+/* client_bytes adds up the bytes read and written on the client's connections, open or closed. */
+void client_bytes(const client *c, uint64_t *in, uint64_t *out);
 /* client_free fails every pending call with DMOE_ESHUTDOWN (callbacks run inside), closes the
  * connections and frees the client. NULL is a no-op. */
 void client_free(client *c);

@@ -56,7 +56,15 @@ struct met_family {
 struct metrics {
     met_family *head, *tail;
     struct evhttp *http;
+    void (*on_scrape)(void *arg);   /* metrics_on_scrape */
+    void *scrape_arg;
 };
+
+void metrics_on_scrape(metrics *m, void (*fn)(void *arg), void *arg)
+{
+    m->on_scrape = fn;
+    m->scrape_arg = arg;
+}
 
 metrics *metrics_new(void)
 {
@@ -208,6 +216,12 @@ void metrics_set(met_series *s, double v)
 {
     if (!s || s->family->kind != MET_GAUGE) return;
     s->value = v;
+}
+
+void metrics_set_total(met_series *s, double total)
+{
+    if (!s || s->family->kind != MET_COUNTER || !(total >= s->value)) return;
+    s->value = total;
 }
 
 void metrics_observe(met_series *s, double v)
@@ -363,6 +377,7 @@ static void met_http_cb(struct evhttp_request *req, void *arg)
         evhttp_send_reply(req, HTTP_OK, "OK", NULL);
         return;
     }
+    if (m->on_scrape) m->on_scrape(m->scrape_arg);
     size_t len = 0;
     char *text = metrics_render(m, &len);
     struct evbuffer *body = evbuffer_new();
@@ -438,8 +453,12 @@ int metrics_std_init(metrics *m, met_std *s)
                                        batch, 15);
     met_family *qd = metrics_gauge(m, "dmoe_queue_depth", "Requests waiting in the batch queues.", 0, NULL);
     met_family *rt = metrics_gauge(m, "dmoe_dht_routing_table_size", "Peers in the DHT routing table.", 0, NULL);
-    met_family *bi = metrics_counter(m, "dmoe_bytes_in_total", "Bytes received on RPC connections.", 0, NULL);
-    met_family *bo = metrics_counter(m, "dmoe_bytes_out_total", "Bytes sent on RPC connections.", 0, NULL);
+    met_family *bi = metrics_counter(m, "dmoe_bytes_in_total",
+                                     "Bytes read on the node's TCP connections: expert and DHT RPCs it serves, DHT RPCs it sends.",
+                                     0, NULL);
+    met_family *bo = metrics_counter(m, "dmoe_bytes_out_total",
+                                     "Bytes written on the node's TCP connections: expert and DHT RPCs it serves, DHT RPCs it sends.",
+                                     0, NULL);
     if (!r.requests || !r.errors || !r.latency || !bs || !qd || !rt || !bi || !bo) return DMOE_ENOMEM;
     r.batch_size = bs->head;
     r.queue_depth = qd->head;

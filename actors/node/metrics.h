@@ -64,11 +64,19 @@ met_series *metrics_series(met_family *f, const char *const *label_values);
 void metrics_inc(met_series *s, double v);
 /* metrics_set sets a gauge to v. NULL s or a series of another kind: nothing. */
 void metrics_set(met_series *s, double v);
+/* metrics_set_total sets a counter whose running total is kept elsewhere (bytes a connection counts) to
+ * total; a total below the counter's value is ignored, since counters never go down. NULL s or a series
+ * of another kind: nothing. */
+void metrics_set_total(met_series *s, double total);
 /* metrics_observe records v in a histogram: the first bucket with v <= bound, the count and the sum.
  * NaN is ignored. NULL s or a series of another kind: nothing. */
 void metrics_observe(met_series *s, double v);
 /* metrics_value returns a counter's or gauge's value, a histogram's count; 0 for NULL. */
 double metrics_value(const met_series *s);
+
+/* metrics_on_scrape registers fn(arg), called on the loop before each GET /metrics renders, so that
+ * values kept elsewhere can be copied in first (one hook; NULL fn removes it). */
+void metrics_on_scrape(metrics *m, void (*fn)(void *arg), void *arg);
 
 /* metrics_render returns the whole exposition text (malloc'd, NUL-terminated, the caller frees it) and
  * sets *len (may be NULL) to its length without the NUL; NULL when out of memory. */
@@ -89,8 +97,8 @@ typedef struct met_std_s {
     met_series *batch_size;      /* dmoe_batch_size: rows per batch, buckets 1, 2, 4, ..., 16384 */
     met_series *queue_depth;     /* dmoe_queue_depth: requests waiting in batch queues */
     met_series *routing_table;   /* dmoe_dht_routing_table_size: peers in the DHT routing table */
-    met_series *bytes_in;        /* dmoe_bytes_in_total: bytes received on RPC connections */
-    met_series *bytes_out;       /* dmoe_bytes_out_total: bytes sent on RPC connections */
+    met_series *bytes_in;        /* dmoe_bytes_in_total: bytes the node read on its TCP connections */
+    met_series *bytes_out;       /* dmoe_bytes_out_total: bytes the node wrote on its TCP connections */
 } met_std;
 
 /* metrics_std_init registers the families above in m and fills s. Returns 0 or DMOE_ENOMEM (or

@@ -352,17 +352,22 @@ static void report_stats(node *n)
 
 static void update_gauges(node *n)
 {
-    if (!n->met) return;
+    if (!n->met || !n->srv) return;
     int depth = 0;
     for (int i = 0; i < n->n_experts; i++) depth += expert_busy(n->experts[i]);
     metrics_set(n->ms.queue_depth, depth);
     if (n->dht) metrics_set(n->ms.routing_table, (double)dht_routing_size(dht_node_routing(n->dht)));
-    uint64_t in = 0, out = 0;
+    /* every byte on the node's TCP connections: the ones it serves (experts, DHT) and its own DHT calls */
+    uint64_t in = 0, out = 0, cin = 0, cout = 0;
     server_bytes(n->srv, &in, &out);
-    metrics_set(n->ms.bytes_in, (double)in);
-    metrics_set(n->ms.bytes_out, (double)out);
+    if (n->cl) client_bytes(n->cl, &cin, &cout);
+    metrics_set_total(n->ms.bytes_in, (double)(in + cin));
+    metrics_set_total(n->ms.bytes_out, (double)(out + cout));
     if (n->lag) metrics_set(n->lag_max, (double)rt_lag_probe_meter(n->lag)->max_wall_us / 1e6);
 }
+
+/* A scrape of /metrics: the values kept elsewhere (bytes, gauges) are copied in first. */
+static void on_scrape(void *arg) { update_gauges(arg); }
 
 /* ---- the stop sequence ---- */
 
@@ -611,6 +616,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
             goto fail;
         }
         n->lag_max = metrics_series(lag, NULL);
+        metrics_on_scrape(n->met, on_scrape, n);
         LOG_INFO("Serving metrics on http://127.0.0.1:%d/metrics", n->metrics_port);
     }
 

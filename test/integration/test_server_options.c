@@ -170,6 +170,54 @@ Test(server_options, metrics_scraped_and_stats_reported, .timeout = 60)
     cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
 }
 
+/* The value of an unlabelled sample "name value" in a /metrics body (-1 when absent). */
+static double metric_value(const char *body, const char *name)
+{
+    char key[96];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(body, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+/* dmoe_bytes_in_total / dmoe_bytes_out_total count every byte of the calls, at once (no refresh wait). */
+Test(server_options, metrics_count_the_bytes_of_calls, .timeout = 60)
+{
+    th_node node;
+    const char *args[] = {"--hidden_dim", "64", "--expert_uids", "expert.0", "--metrics_port", "0", NULL};
+    cr_assert_eq(th_node_start(&node, args), 0);
+    char *log = th_node_log(&node);
+    const char *p = strstr(log, "Serving metrics on http://127.0.0.1:");
+    cr_assert_not_null(p, "%s", log);
+    int mport = atoi(p + strlen("Serving metrics on http://127.0.0.1:"));
+    free(log);
+    char *body = th_http_get(mport, "/metrics");
+    cr_assert_not_null(body);
+    double in0 = metric_value(body, "dmoe_bytes_in_total"), out0 = metric_value(body, "dmoe_bytes_out_total");
+    free(body);
+    cr_assert(in0 >= 0 && out0 >= 0);
+    enum { B = 32, W = 64, CALLS = 5 };
+    static float x[B * W];
+    th_fill_normal(x, B * W, 8);
+    int fd = th_connect(node.port);
+    for (int i = 0; i < CALLS; i++) {
+        th_send_out(fd, th_request((uint64_t)i + 1, "expert.0", x, B, W, NULL));
+        wire_msg m;
+        cr_assert_eq(th_recv_msg(fd, &m), 0);
+        cr_assert_eq(m.kind, WIRE_REPLY_OK, "%s", m.err_msg);
+        wire_msg_free(&m);
+    }
+    body = th_http_get(mport, "/metrics");   /* the connection is still open: its bytes count already */
+    cr_assert_not_null(body);
+    double in1 = metric_value(body, "dmoe_bytes_in_total"), out1 = metric_value(body, "dmoe_bytes_out_total");
+    double payload = (double)CALLS * B * W * sizeof(float);
+    cr_assert_geq(in1 - in0, payload, "bytes in grew by %.0f for %.0f bytes of inputs:\n%s", in1 - in0, payload, body);
+    cr_assert_geq(out1 - out0, payload, "bytes out grew by %.0f for %.0f bytes of outputs:\n%s", out1 - out0, payload,
+                  body);
+    free(body);
+    close(fd);
+    cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
+}
+
 Test(server_options, two_input_expert_through_dmoe_call, .timeout = 60)
 {
     th_node node;

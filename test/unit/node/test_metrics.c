@@ -19,6 +19,9 @@
 #include "actors/node/metrics.h"
 #include "runtime/rt_err.h"
 
+/* A metrics_on_scrape hook that counts its calls. */
+static void count_scrape(void *arg) { ++*(int *)arg; }
+
 Test(metrics, exact_text, .timeout = 30)
 {
     metrics *m = metrics_new();
@@ -264,7 +267,11 @@ Test(metrics, http_endpoint, .timeout = 30)
     metrics_set(s.queue_depth, 12);
     metrics_set(s.routing_table, 20);
     metrics_inc(s.bytes_in, 1000);
-    metrics_inc(s.bytes_out, 250);
+    metrics_set_total(s.bytes_out, 400);
+    metrics_set_total(s.bytes_out, 250);   /* below the counter: counters never go down */
+    metrics_set_total(s.queue_depth, 99);  /* not a counter: nothing */
+    int scrapes = 0;
+    metrics_on_scrape(m, count_scrape, &scrapes);
     int port = 0;
     char err[128];
     cr_assert_eq(metrics_listen(m, base, NULL, 0, &port, err, sizeof err), 0, "%s", err);
@@ -289,7 +296,8 @@ Test(metrics, http_endpoint, .timeout = 30)
     cr_assert_eq(mt_sample(body, "dmoe_queue_depth"), 12);
     cr_assert_eq(mt_sample(body, "dmoe_dht_routing_table_size"), 20);
     cr_assert_eq(mt_sample(body, "dmoe_bytes_in_total"), 1000);
-    cr_assert_eq(mt_sample(body, "dmoe_bytes_out_total"), 250);
+    cr_assert_eq(mt_sample(body, "dmoe_bytes_out_total"), 400);
+    cr_assert_eq(scrapes, 1, "the scrape hook ran before rendering");
     /* batch sizes: 1 | 3 -> le 4 | 64 -> 64 | 100 -> 128 | 16384 -> 16384 | 20000 -> +Inf only */
     cr_assert_eq(mt_check_histogram(body, "dmoe_batch_size", "", ""), 6);
     cr_assert_eq(mt_sample(body, "dmoe_batch_size_bucket{le=\"1\"}"), 1);

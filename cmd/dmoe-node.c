@@ -116,7 +116,7 @@ int main(int argc, char **argv)
         {"identity_path", ARG_STR, &identity_path, "keep the node's Ed25519 key, hence its DHT id, in FILE across restarts (created 0600 if absent; default: a new key each start)", "DHT"},
         {"checkpoint_dir", ARG_STR, &checkpoint_dir, "save experts to DIR/<uid>/step-N.safetensors and load them at start", "Checkpoints"},
         {"keep_checkpoints", ARG_INT, &c.keep_checkpoints, "checkpoint files kept per expert", "Checkpoints"},
-        {"stats_report_interval", ARG_F64, &c.stats_report_interval, "seconds between per-expert stats lines (0: never)", "Logging"},
+        {"stats_report_interval", ARG_F64, &c.stats_report_interval, "seconds between stats reports: a line per expert that had work, and a total (0: never)", "Logging"},
         {"metrics_port", ARG_INT, &metrics_port, "serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port; -1: off)", "Logging"},
         {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR (also $DMOE_LOG)", "Logging"},
         {"config", ARG_STR, &config, "read flags from FILE, YAML 'key: value' lines as hivemind's config.yml (scripts/dmoe-node.conf); command-line flags win", "Config"},

@@ -327,26 +327,44 @@ static void bootstrap_done(void *arg, int err, const char *msg)
 
 /* ---- statistics ---- */
 
+/* One line per expert that had work since the last report -- requests, rows, batches, mean batch, mean
+ * latency (arrival to result) -- and a total line; idle experts print nothing (as hivemind's report). */
 static void report_stats(node *n)
 {
     uint64_t now = rt_clock_us();
     double dt = (double)(now - n->last_report_us) / 1e6;
     if (dt <= 0) dt = 1e-6;
+    uint64_t t_calls = 0, t_rows = 0, t_batches = 0, t_lat = 0;
+    int active = 0;
     for (int i = 0; i < n->n_experts; i++) {
         const expert_stats *s = expert_stats_get(n->experts[i]);
         expert_stats *p = &n->last[i];
+        uint64_t calls[2], rows = 0, batches = 0, lat = 0;
         for (int dir = 0; dir < 2; dir++) {
-            uint64_t batches = s->batches[dir] - p->batches[dir], rows = s->rows[dir] - p->rows[dir];
-            uint64_t calls = s->calls[dir] - p->calls[dir];
-            uint64_t wait = s->queue_wait_us[dir] - p->queue_wait_us[dir];
-            if (n->cfg.stats_report_interval > 0)
-                LOG_INFO("%s %s: %.2f batches/s, %.2f samples/s, mean batch %.1f, queue depth %d, mean queue wait %.2f ms",
-                         expert_uid(n->experts[i]), dir == EX_FWD ? "forward" : "backward", batches / dt, rows / dt,
-                         batches ? (double)rows / batches : 0.0, expert_busy(n->experts[i]),
-                         calls ? wait / 1000.0 / calls : 0.0);
+            calls[dir] = s->calls[dir] - p->calls[dir];
+            rows += s->rows[dir] - p->rows[dir];
+            batches += s->batches[dir] - p->batches[dir];
+            lat += s->latency_us[dir] - p->latency_us[dir];
         }
         *p = *s;
+        uint64_t c = calls[EX_FWD] + calls[EX_BWD];
+        if (c == 0 && batches == 0) continue;
+        active++;
+        t_calls += c;
+        t_rows += rows;
+        t_batches += batches;
+        t_lat += lat;
+        LOG_INFO("%s: %llu requests (%llu forward, %llu backward), %llu rows in %llu batches (mean batch %.1f), "
+                 "mean latency %.2f ms",
+                 expert_uid(n->experts[i]), (unsigned long long)c, (unsigned long long)calls[EX_FWD],
+                 (unsigned long long)calls[EX_BWD], (unsigned long long)rows, (unsigned long long)batches,
+                 batches ? (double)rows / (double)batches : 0.0, c ? (double)lat / 1000.0 / (double)c : 0.0);
     }
+    LOG_INFO("total: %d of %d experts active, %llu requests, %llu rows in %llu batches over %.1f s (%.2f requests/s, "
+             "%.2f rows/s), mean latency %.2f ms",
+             active, n->n_experts, (unsigned long long)t_calls, (unsigned long long)t_rows,
+             (unsigned long long)t_batches, dt, (double)t_calls / dt, (double)t_rows / dt,
+             t_calls ? (double)t_lat / 1000.0 / (double)t_calls : 0.0);
     n->last_report_us = now;
 }
 

@@ -415,6 +415,8 @@ static void finish_batch(expert *e, ex_batch *b)
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
     s->calls[dir] += (uint64_t)b->nreq;
+    uint64_t now_us = rt_clock_us();
+    for (const ex_req *r = b->reqs; r; r = r->next) s->latency_us[dir] += now_us - r->t_arrive_us;
     if (b->rc < 0) {
         s->errors[dir]++;
         LOG_WARN("%s: %s batch of %lld rows failed: %s", e->uid, dir == EX_FWD ? "forward" : "backward",

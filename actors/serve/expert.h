@@ -65,6 +65,7 @@ typedef struct {
     uint64_t steps, samples_seen;
     uint64_t backward_cached;    /* backward batches that ran from saved activations */
     uint64_t queue_wait_us[2];   /* summed over requests */
+    uint64_t latency_us[2];      /* arrival to the batch's result, summed over requests */
     uint64_t compute_us[2];      /* summed over batches, from submission to the pool to the end */
     uint64_t kernel_us;          /* the batches' jobs running on the workers (worker time, summed) */
     uint64_t step_us;            /* optimizer steps, from the reply to the end of the update, summed */

@@ -165,7 +165,13 @@ Test(server_options, metrics_scraped_and_stats_reported, .timeout = 60)
     cr_assert(strstr(body, " 404 "), "%s", body);
     free(body);
     log = th_node_log(&node);
-    cr_assert(strstr(log, "expert.1 forward: ") && strstr(log, "samples/s, mean batch"), "%s", log);
+    /* one line for the expert that worked, none for the idle one, and a total line */
+    cr_assert(strstr(log, "expert.1: 3 requests (3 forward, 0 backward), 9 rows in 3 batches (mean batch 3.0), mean latency"),
+              "%s", log);
+    cr_assert(strstr(log, "total: 1 of 2 experts active, 3 requests, 9 rows in 3 batches"), "%s", log);
+    cr_assert(strstr(log, "total: 0 of 2 experts active, 0 requests"), "idle intervals print the total alone: %s", log);
+    for (const char *l = log; (l = strstr(l, "expert.0: ")); l++)
+        cr_assert(!strncmp(l, "expert.0: FeedforwardBlock", 26), "an idle expert got a stats line: %s", log);
     free(log);
     cr_assert_eq(th_node_stop(&node, SIGTERM), 0);
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/node/ckpt.h"
 #include "actors/node/node.h"
 #include "kernels/kern_expert.h"
 #include "runtime/text/rt_args.h"
@@ -226,6 +227,10 @@ int main(int argc, char **argv)
         bad = 1;
     }
     c.checkpoint_dir = checkpoint_dir;
+    if (checkpoint_dir && !bad && ckpt_dir_check(checkpoint_dir, err, sizeof err) != 0) {   /* not at the first save */
+        fprintf(stderr, "dmoe-node: --checkpoint_dir: %s\n", err);
+        bad = 1;
+    }
     c.identity_path = identity_path;
     c.trusted_keys_path = trusted_keys;
     c.initial_peers = initial_peers;

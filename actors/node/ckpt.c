@@ -12,6 +12,7 @@
 
 #include "actors/grid/uid.h"
 #include "kernels/kern_ops.h"
+#include "runtime/rt_actor.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/files/rt_safetensors.h"
@@ -43,12 +44,48 @@ static int mkdir_p(const char *path)
     return 0;
 }
 
+int ckpt_dir_check(const char *root, char *err, size_t errlen)
+{
+    if (mkdir_p(root) != 0) {
+        snprintf(err, errlen, "cannot create the checkpoint folder %s: %s", root, strerror(errno));
+        return DMOE_EIO;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%.4000s/.dmoe-write-test-XXXXXX", root);
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot write to the checkpoint folder %s: %s", root, strerror(errno));
+        return DMOE_EIO;
+    }
+    int ok = write(fd, "x", 1) == 1;
+    int e = errno;
+    close(fd);
+    unlink(path);
+    if (!ok) {
+        snprintf(err, errlen, "cannot write to the checkpoint folder %s: %s", root, strerror(e));
+        return DMOE_EIO;
+    }
+    return 0;
+}
+
+int ckpt_is_ours(const char *path, const char *uid)
+{
+    char who[256], ignore[128];
+    return rt_st_read_meta(path, "dmoe.uid", who, sizeof who, ignore, sizeof ignore) == 0 && strcmp(who, uid) == 0;
+}
+
+/* The retention predicate of rt_ckpt_prune: a file dmoe wrote for this expert (arg: the uid). */
+static int prune_ours(const char *path, void *arg) { return ckpt_is_ours(path, arg); }
+
 /* ---- writing, on a worker ---- */
 
 void ckpt_run(rt_job *job)
 {
     ckpt_job *j = (ckpt_job *)job;
     const kern_model *m = j->model;
+    uint64_t t0 = rt_clock_us();
+    j->bytes = 0;
+    j->removed = 0;
     j->rc = mkdir_p(j->dir);
     if (j->rc) { snprintf(j->err, sizeof j->err, "cannot create %.160s: %s", j->dir, strerror(errno)); return; }
 
@@ -95,10 +132,18 @@ void ckpt_run(rt_job *job)
     char name[64];
     snprintf(name, sizeof name, CKPT_PREFIX "%" PRId64 ".safetensors", step);
     snprintf(j->path, sizeof j->path, "%s/%s", j->dir, name);
+    struct stat st;
+    if (stat(j->path, &st) == 0 && !ckpt_is_ours(j->path, j->uid)) {   /* e.g. a seed the user put there */
+        snprintf(j->err, sizeof j->err, "%.200s exists and was not written by dmoe for %.64s: left as it is", j->path,
+                 j->uid);
+        j->rc = DMOE_EIO;
+        return;
+    }
     j->rc = rt_st_write(j->dir, name, t, nt, meta, sizeof meta / sizeof meta[0], j->err, sizeof j->err);
     if (j->rc) return;
-    size_t removed = 0;
-    if (j->keep > 0) rt_ckpt_prune(j->dir, CKPT_PREFIX, (size_t)j->keep, &removed);
+    if (stat(j->path, &st) == 0) j->bytes = (uint64_t)st.st_size;
+    if (j->keep > 0) rt_ckpt_prune(j->dir, CKPT_PREFIX, (size_t)j->keep, prune_ours, j->uid, &j->removed);
+    j->write_us = rt_clock_us() - t0;
 }
 
 /* ---- loading, at start ---- */

@@ -7,7 +7,14 @@
  * (Adam, LAMB); the counters as int64 tensors "optimizer.step" and "optimizer.samples_seen"; and, in the
  * header's __metadata__, "format": "pt" plus dmoe.* entries (uid, class, hidden_dim, optimizer, lr,
  * scheduler, step, samples_seen). N is the optimizer step count. After a write, all but the newest
- * keep files are deleted (hivemind keeps every one and fills disks).
+ * keep files dmoe wrote for this expert are deleted (hivemind keeps every one and fills disks).
+ *
+ * Retention rule: a file is dmoe's own when its header's metadata carries dmoe.uid equal to the
+ * expert's uid -- every checkpoint ckpt_run writes does, in this run or an earlier one; PyTorch's
+ * save_file, or any other tool, does not. Only those files count against keep and only those are ever
+ * deleted, or overwritten: a file the user put in DIR/<uid>/ to seed the expert (weights only, any step
+ * number) stays, whatever its name. A dmoe checkpoint copied in from elsewhere for the same uid counts
+ * as dmoe's own.
  *
  * Loading takes the newest file that opens and has every weight with the right shape; a corrupt or
  * truncated file is reported by name and the next older one is tried. A file with weights only (written
@@ -46,6 +53,9 @@ typedef struct {
     int keep;
     int rc;
     char err[256];
+    uint64_t bytes;              /* set by ckpt_run: the file's size */
+    uint64_t write_us;           /* set by ckpt_run: writing, syncing and pruning */
+    size_t removed;              /* set by ckpt_run: older files of dmoe's deleted */
 } ckpt_job;
 
 /* ckpt_run writes one checkpoint as described above (rt_job run function). Sets job->rc and err. */
@@ -68,6 +78,13 @@ int ckpt_load(const char *root, const char *uid, const kern_model *m, float *par
  * checkpoint file under root (free with uid_list_free), or NULL with err when root cannot be read.
  * A missing root is created and gives an empty list. */
 char **ckpt_list_uids(const char *root, char *err, size_t errlen);
+/* ckpt_dir_check makes sure root exists (created if absent) and a file can be created in it (a temporary
+ * one, removed at once). Returns 0, or DMOE_EIO with err naming the folder and the reason. Blocking:
+ * start-up only. */
+int ckpt_dir_check(const char *root, char *err, size_t errlen);
+/* ckpt_is_ours returns whether the checkpoint file at path was written by dmoe for uid (its metadata's
+ * dmoe.uid; only the header is read). Blocking. */
+int ckpt_is_ours(const char *path, const char *uid);
 /* ckpt_uid_ok returns whether uid can name a checkpoint folder (no '/', not "." or ".."). */
 int ckpt_uid_ok(const char *uid);
 

@@ -259,7 +259,8 @@ static void finish_checkpoint(expert *e)
     e->ckpt_running = 0;
     if (j->rc == 0) {
         e->ckpt_step = j->step;
-        LOG_DEBUG("%s: checkpoint %s written", e->uid, j->path);
+        LOG_INFO("%s: checkpoint %s written (step %lld, %.1f MiB, %.0f ms; %zu older removed)", e->uid, j->path,
+                 (long long)j->step, (double)j->bytes / 1048576.0, (double)j->write_us / 1000.0, j->removed);
     } else {
         LOG_ERROR("%s: checkpoint not written: %s", e->uid, j->err);
     }
@@ -571,7 +572,8 @@ expert *expert_new(rt_loop *l, const char *uid, const expert_cfg *cfg, char *err
         if (rc == 1) {
             e->stats.samples_seen = got.samples_seen;
             e->stats.steps = (uint64_t)e->opt.step;
-            e->ckpt_step = got.has_optimizer ? got.step : -1;
+            /* nothing to save before the first step: a weights-only seed (the user's file) stays as it is */
+            e->ckpt_step = got.has_optimizer ? got.step : e->opt.step;
             LOG_INFO("%s: loaded %s (step %lld%s)", uid, got.path, (long long)got.step,
                      got.has_optimizer ? "" : ", weights only: the optimizer starts fresh");
         }

@@ -106,15 +106,25 @@ int rt_ckpt_list(const char *dir, const char *prefix, int64_t *steps, size_t cap
     return 0;
 }
 
-int rt_ckpt_prune(const char *dir, const char *prefix, size_t keep, size_t *removed)
+int rt_ckpt_prune(const char *dir, const char *prefix, size_t keep, int (*ours)(const char *path, void *arg),
+                  void *arg, size_t *removed)
 {
     int64_t *all = NULL;
-    size_t n = 0, gone = 0;
+    size_t n = 0, gone = 0, kept = 0;
     int rc = ck_scan(dir, prefix, &all, &n);
     if (rc) return rc;
-    for (size_t i = keep; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         char path[4096];
-        if (rt_ckpt_path(dir, prefix, all[i], path, sizeof path) || unlink(path) != 0) {
+        if (rt_ckpt_path(dir, prefix, all[i], path, sizeof path)) {
+            rc = DMOE_EIO;
+            continue;
+        }
+        if (ours && !ours(path, arg)) continue;   /* not the writer's: neither counted nor deleted */
+        if (kept < keep) {
+            kept++;
+            continue;
+        }
+        if (unlink(path) != 0) {
             rc = DMOE_EIO;
             continue;
         }

@@ -624,6 +624,61 @@ fail:
     return rc;
 }
 
+int rt_st_read_meta(const char *path, const char *key, char *out, size_t outlen, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return st_fail(err, errlen, errno == ENOENT ? DMOE_ENOTFOUND : DMOE_EIO, "open %s: %s", path, strerror(errno));
+    struct stat st;
+    uint8_t len8[8];
+    int rc = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || pread(fd, len8, 8, 0) != 8) {
+        close(fd);
+        return st_fail(err, errlen, DMOE_EPROTO, "%s: not a safetensors file", path);
+    }
+    uint64_t hn = 0;
+    for (int i = 0; i < 8; i++) hn |= (uint64_t)len8[i] << (8 * i);
+    if (hn == 0 || hn > RT_ST_MAX_HEADER || hn > (uint64_t)st.st_size - 8) {
+        close(fd);
+        return st_fail(err, errlen, DMOE_EPROTO, "%s: header length %llu does not fit", path, (unsigned long long)hn);
+    }
+    rt_st_file *f = calloc(1, sizeof *f);
+    if (f) f->buf = malloc((size_t)hn);
+    if (!f || !f->buf) {
+        close(fd);
+        rt_st_close(f);
+        return st_fail(err, errlen, DMOE_ENOMEM, "out of memory");
+    }
+    size_t got = 0;
+    while (got < hn) {
+        ssize_t r = pread(fd, f->buf + got, (size_t)hn - got, (off_t)(8 + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (got < hn || f->buf[0] != '{' || !rt_json_utf8_ok(f->buf, (size_t)hn)) {
+        rt_st_close(f);
+        return st_fail(err, errlen, DMOE_EPROTO, "%s: bad header", path);
+    }
+    rt_json_cur j;
+    rt_json_init(&j, (const char *)f->buf, (size_t)hn, err, errlen);
+    st_top top = {.f = f};
+    rc = rt_json_members(&j, st_top_member, &top);
+    if (!rc) {
+        rc = DMOE_ENOTFOUND;
+        for (size_t i = 0; i < f->nmeta; i++)
+            if (strcmp(f->meta[i].key, key) == 0) {
+                if (out && outlen) snprintf(out, outlen, "%s", f->meta[i].value);
+                rc = 0;
+                break;
+            }
+        if (rc) st_fail(err, errlen, rc, "%s: no metadata %s", path, key);
+    }
+    rt_st_close(f);
+    return rc;
+}
+
 void rt_st_close(rt_st_file *f)
 {
     if (!f) return;

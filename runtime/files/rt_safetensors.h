@@ -78,6 +78,11 @@ int rt_st_write(const char *dir, const char *name, const rt_st_tensor *t, size_t
  * F32, I64, U8), DMOE_ESHAPE (a shape whose byte size differs from its data_offsets) or DMOE_ENOMEM;
  * err gets a message naming the tensor and the problem. *out is untouched on failure. */
 int rt_st_open(const char *path, rt_st_file **out, char *err, size_t errlen);
+/* rt_st_read_meta reads only the header of the file at path (not its tensors: cheap for a big file) and
+ * copies the "__metadata__" value of key into out (outlen bytes, truncated). Returns 0, DMOE_ENOTFOUND
+ * (no such file, or no such key), DMOE_EIO, DMOE_EPROTO (not a safetensors header) or DMOE_ENOMEM;
+ * err gets the message. */
+int rt_st_read_meta(const char *path, const char *key, char *out, size_t outlen, char *err, size_t errlen);
 /* rt_st_close frees f and everything it handed out; rt_st_close(NULL) does nothing. */
 void rt_st_close(rt_st_file *f);
 /* rt_st_count returns the number of tensors in f. */
@@ -107,8 +112,10 @@ int rt_ckpt_path(const char *dir, const char *prefix, int64_t step, char *buf, s
  * DMOE_ENOTFOUND (no such folder), DMOE_EIO or DMOE_ENOMEM. */
 int rt_ckpt_list(const char *dir, const char *prefix, int64_t *steps, size_t cap, size_t *count);
 /* rt_ckpt_prune deletes every DIR/PREFIX<N>.safetensors except the keep with the largest N and sets
- * *removed (may be NULL) to the number deleted. Returns 0, DMOE_ENOTFOUND, DMOE_EIO (a listing or an
+ * *removed (may be NULL) to the number deleted. With ours (may be NULL: every file is), only the files
+ * for which ours(path, arg) returns nonzero are counted and deleted; the others are left alone. Returns 0, DMOE_ENOTFOUND, DMOE_EIO (a listing or an
  * unlink failed; the others are still tried) or DMOE_ENOMEM. */
-int rt_ckpt_prune(const char *dir, const char *prefix, size_t keep, size_t *removed);
+int rt_ckpt_prune(const char *dir, const char *prefix, size_t keep, int (*ours)(const char *path, void *arg),
+                  void *arg, size_t *removed);
 
 #endif

@@ -335,3 +335,89 @@ Test(checkpoint, files_open_with_a_plain_reader, .timeout = 60)
     free(hdr);
     rmtree(root);
 }
+
+/* ---- what the node writes, logs and deletes ---- */
+
+/* A weights-only file the user put in DIR/expert.0/ to seed the expert (as PyTorch's save_file writes
+ * it: no dmoe metadata) is loaded, and neither overwritten nor deleted by retention, which keeps the
+ * newest --keep_checkpoints of the node's own files; every save is logged at INFO. */
+Test(checkpoint, retention_never_deletes_the_users_seed, .timeout = 90)
+{
+    char root[128], dir[256], seed[300];
+    tmpdir(root, sizeof root);
+    snprintf(dir, sizeof dir, "%s/expert.0", root);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    const kern_class *cls = kern_expert_find("ffn");
+    kern_config kc = {.hidden_dim = H};
+    kern_model m = {0};
+    cr_assert_eq(cls->setup(&m, &kc), 0);
+    float *params = calloc(m.n_floats, 4);
+    cls->init(&m, params, 77);
+    rt_st_tensor t[KERN_MAX_PARAMS];
+    for (int i = 0; i < m.n_params; i++)
+        t[i] = (rt_st_tensor){.name = m.params[i].name, .dtype = RT_ST_F32, .ndim = m.params[i].ndim,
+                              .shape = {m.params[i].shape[0], m.params[i].shape[1]}, .data = params + m.params[i].offset};
+    rt_st_kv meta[] = {{"format", "pt"}};
+    char err[256];
+    cr_assert_eq(rt_st_write(dir, "step-0.safetensors", t, (size_t)m.n_params, meta, 1, err, sizeof err), 0, "%s", err);
+    snprintf(seed, sizeof seed, "%s/step-0.safetensors", dir);
+    struct stat st0;
+    cr_assert_eq(stat(seed, &st0), 0);
+
+    float x[B * H], gy[B * H];
+    th_fill_normal(x, B * H, 3);
+    th_fill_normal(gy, B * H, 4);
+    const char *args[] = {"--expert_cls", "ffn", "--hidden_dim", "32", "--expert_uids", "expert.0", "--checkpoint_dir",
+                          root, "--keep_checkpoints", "1", "--update_period", "0.5", NULL};
+    for (int run = 0; run < 2; run++) {
+        th_node n;
+        cr_assert_eq(th_node_start(&n, args), 0);
+        for (int i = 0; i < 2; i++) backward_once(n.port, x, gy);
+        char want[300];
+        snprintf(want, sizeof want, "expert.0: checkpoint %s/step-%d.safetensors written (step %d, ", dir, 2 + 2 * run,
+                 2 + 2 * run);
+        char *log = NULL;
+        for (int tries = 0; tries < 100; tries++) {   /* the update period saves it: at most 10 s */
+            free(log);
+            log = th_node_log(&n);
+            if (strstr(log, want)) break;
+            usleep(100 * 1000);
+        }
+        cr_assert(strstr(log, want), "no INFO line for the save: %s", log);
+        if (run == 1) cr_assert(strstr(log, "ms; 1 older removed)"), "%s", log);
+        free(log);
+        cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
+    }
+    struct stat st1;
+    cr_assert_eq(stat(seed, &st1), 0, "the user's seed was deleted");
+    cr_assert(st1.st_ino == st0.st_ino && st1.st_mtime == st0.st_mtime && st1.st_size == st0.st_size,
+              "the user's seed was rewritten");
+    cr_assert(!ckpt_is_ours(seed, "expert.0"));
+    char path[300];
+    snprintf(path, sizeof path, "%s/step-4.safetensors", dir);
+    cr_assert(ckpt_is_ours(path, "expert.0"), "the node's newest file is kept");
+    cr_assert(!ckpt_is_ours(path, "expert.1"));
+    snprintf(path, sizeof path, "%s/step-2.safetensors", dir);
+    cr_assert_neq(access(path, F_OK), 0, "the node's older file is deleted (keep 1)");
+    cr_assert_eq(count_files(dir), 2, "the seed and the node's newest");
+    free(params);
+    rmtree(root);
+}
+
+/* A --checkpoint_dir the node cannot write to is refused at start (exit 2), not at the first save. */
+Test(checkpoint, unwritable_folder_refused_at_start, .timeout = 30)
+{
+    char root[128], blocked[256], out[2048];
+    tmpdir(root, sizeof root);
+    snprintf(blocked, sizeof blocked, "%s/a-file", root);
+    FILE *f = fopen(blocked, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    char inside[300];
+    snprintf(inside, sizeof inside, "%s/ckpt", blocked);
+    const char *args[] = {"--expert_uids", "expert.0", "--hidden_dim", "16", "--checkpoint_dir", inside, NULL};
+    int rc = th_run("dmoe-node", args, out, sizeof out, 20);
+    cr_assert_eq(rc, 2, "exit %d: %s", rc, out);
+    cr_assert(strstr(out, "--checkpoint_dir") && strstr(out, inside) && strstr(out, "Not a directory"), "%s", out);
+    rmtree(root);
+}

@@ -438,7 +438,7 @@ Test(safetensors, checkpoint_list_and_prune, .timeout = 30)
     cr_assert_eq(rt_ckpt_path(dir, "step-", -1, p, sizeof p), DMOE_EINVAL);
 
     size_t removed = 99;
-    cr_assert_eq(rt_ckpt_prune(dir, "step-", 2, &removed), 0);
+    cr_assert_eq(rt_ckpt_prune(dir, "step-", 2, NULL, NULL, &removed), 0);
     cr_assert_eq(removed, 2);
     cr_assert_eq(rt_ckpt_list(dir, "step-", steps, 8, &count), 0);
     cr_assert_eq(count, 2);
@@ -447,9 +447,9 @@ Test(safetensors, checkpoint_list_and_prune, .timeout = 30)
     cr_assert_eq(stt_count_prefix(dir, "step-010"), 1, "non-canonical names are never deleted");
     cr_assert_eq(stt_count_prefix(dir, "other-4"), 1);
     cr_assert_eq(stt_count_prefix(dir, "tmp-"), 1);
-    cr_assert_eq(rt_ckpt_prune(dir, "step-", 5, &removed), 0);
+    cr_assert_eq(rt_ckpt_prune(dir, "step-", 5, NULL, NULL, &removed), 0);
     cr_assert_eq(removed, 0, "keeping more than exist deletes nothing");
-    cr_assert_eq(rt_ckpt_prune(dir, "step-", 0, &removed), 0);
+    cr_assert_eq(rt_ckpt_prune(dir, "step-", 0, NULL, NULL, &removed), 0);
     cr_assert_eq(removed, 2);
     cr_assert_eq(rt_ckpt_list(dir, "step-", steps, 8, &count), 0);
     cr_assert_eq(count, 0);

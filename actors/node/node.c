@@ -3,7 +3,8 @@
  * Design notes. The node actor's mail is its timers: NODE_TICK (the stop sequence's poll), NODE_UPDATE
  * (every update_period: declare the experts in the DHT and checkpoint them), NODE_STATS (the stats log
  * line and the metrics gauges). Start-up continues from callbacks: (peers_resolved, when an initial peer
- * is a host name) -> bootstrap_done -> (uid check in the DHT) -> create_experts.
+ * is a host name) -> bootstrap_done -> (uid check in the DHT: taken_checked for pattern draws,
+ * served_checked for given uids) -> create_experts.
  *
  * Initial peers given as HOST:PORT or with a host name go through resolve_start (actors/net/resolve.h)
  * first: the DHT takes IP multiaddrs only, and names are looked up without blocking the loop.
@@ -237,6 +238,44 @@ static void taken_checked(void *arg, int err, const char *msg, const dht_expert_
     create_experts(n, n->pending_uids);
 }
 
+/* served_checked warns about the given uids someone else already serves, then creates the experts: the
+ * uids were asked for explicitly, so the node takes them all the same (hivemind does too, silently). */
+static void served_checked(void *arg, int err, const char *msg, const dht_expert_loc *locs, size_t cnt)
+{
+    node *n = arg;
+    if (n->state != ST_STARTING) return;
+    char self[WIRE_MADDR_TEXT];
+    wire_maddr me;
+    dht_node_maddr(n->dht, self, sizeof self);
+    if (wire_maddr_parse(self, &me, NULL, 0) != 0) me.peer_id[0] = '\0';
+    for (size_t i = 0; !err && i < cnt && n->pending_uids[i]; i++) {
+        if (!locs[i].found || (me.peer_id[0] && strcmp(locs[i].node_id, me.peer_id) == 0)) continue;
+        char addr[WIRE_MADDR_TEXT];
+        wire_maddr_format(&locs[i].addr, addr, sizeof addr);
+        LOG_WARN("%s is already served by %s; both will answer", n->pending_uids[i], addr);
+    }
+    if (err) LOG_DEBUG("looking up the uids to serve in the DHT: %s", msg ? msg : dmoe_strerror(err));
+    create_experts(n, n->pending_uids);
+}
+
+/* check_served looks the chosen uids up in the DHT (as pattern draws are) before serving them, when the
+ * node joined a swarm; served_checked continues. */
+static void check_served(node *n)
+{
+    char err[256];
+    size_t cnt = 0;
+    while (n->pending_uids && n->pending_uids[cnt]) cnt++;
+    if (!n->dht || !n->cfg.initial_peers || !n->cfg.initial_peers[0] || cnt == 0) {
+        create_experts(n, n->pending_uids);
+        return;
+    }
+    if (cnt > DHT_EXPERTS_MAX_BATCH) cnt = DHT_EXPERTS_MAX_BATCH;
+    if (dht_get_experts(n->dht, (const char *const *)n->pending_uids, cnt, served_checked, n, err, sizeof err) != 0) {
+        LOG_DEBUG("cannot look up the uids to serve in the DHT: %s", err);
+        create_experts(n, n->pending_uids);
+    }
+}
+
 /* Draw candidates from the pattern: as many as NODE_UID_ATTEMPTS per missing expert when the grid has
  * them, fewer when it is smaller. */
 static int draw_candidates(node *n, int want, char ***out, char *err, size_t errlen)
@@ -276,7 +315,7 @@ static void choose_uids(node *n)
     while (n->pending_uids && n->pending_uids[have]) have++;
     if (c->expert_uids) {
         list_add(&n->pending_uids, c->expert_uids, -1);
-        create_experts(n, n->pending_uids);
+        check_served(n);
         return;
     }
     if (have >= c->num_experts) { create_experts(n, n->pending_uids); return; }

@@ -5,8 +5,9 @@
  * hard; at most half of it goes to served connections), bind the listening addresses, create
  * the DHT node on the same port (unless client mode), start the metrics endpoint. Then, on the loop: join
  * the DHT through the initial peers (a failure to reach any of them is fatal, reported through
- * cfg->on_fatal), choose the expert uids (checkpointed ones first, then the given ones or fresh ones
- * drawn from the pattern, avoiding uids already declared in the DHT), create the experts, serve them,
+ * cfg->on_fatal), choose the expert uids (checkpointed ones first, then the given ones -- warning about
+ * those the DHT says another node serves -- or fresh ones drawn from the pattern, avoiding uids already
+ * declared in the DHT), create the experts, serve them,
  * declare them in the DHT; every update_period declare them again and checkpoint them.
  *
  * node_stop is the graceful end: stop accepting, fail queued requests with "shutting down", let

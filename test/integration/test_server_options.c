@@ -262,3 +262,38 @@ Test(server_options, help_lists_every_group, .timeout = 30)
                           "--min_rate_kbps", "--max_replies_mb"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) cr_assert(strstr(out, want[i]), "no %s in:\n%s", want[i], out);
 }
+
+/* wait_log polls n's log for needle (at most 10 s); returns the log (free it) or NULL. */
+static char *wait_log(const th_node *n, const char *needle)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        char *log = th_node_log(n);
+        if (strstr(log, needle)) return log;
+        free(log);
+        usleep(100 * 1000);
+    }
+    return NULL;
+}
+
+/* A second node given --expert_uids that someone already serves says so (and serves them too). */
+Test(server_options, a_uid_served_elsewhere_is_warned_about, .timeout = 60)
+{
+    th_node a, b;
+    const char *aa[] = {"--hidden_dim", "16", "--expert_uids", "expert.0", "--log_level", "DEBUG", NULL};
+    cr_assert_eq(th_node_start(&a, aa), 0);
+    char *log = wait_log(&a, "declared 1 experts in the DHT");
+    cr_assert_not_null(log, "the first node never declared its expert");
+    free(log);
+    const char *ba[] = {"--hidden_dim", "16", "--expert_uids", "expert.0", "expert.5", "--initial_peers", a.maddr, NULL};
+    cr_assert_eq(th_node_start(&b, ba), 0);
+    log = wait_log(&b, "Server started with 2 experts");
+    cr_assert_not_null(log, "the second node did not start its experts");
+    char want[160];
+    snprintf(want, sizeof want, "expert.0 is already served by /ip4/127.0.0.1/tcp/%d", a.port);
+    cr_assert(strstr(log, want) && strstr(log, "; both will answer"), "%s", log);
+    cr_assert(strstr(log, "[WARN]"), "%s", log);
+    cr_assert_null(strstr(log, "expert.5 is already served"), "%s", log);
+    free(log);
+    cr_assert_eq(th_node_stop(&b, SIGTERM), 0);
+    cr_assert_eq(th_node_stop(&a, SIGTERM), 0);
+}

@@ -14,7 +14,8 @@
  * (adam or sgd, kern_optim); the experts with the optimizer of their node. SIGINT or SIGTERM end the
  * training after the current step (exit 0). A step that fails (no expert answered, a backward short of
  * backward_k_min) is skipped with a warning; --max_failed_steps failures in a row end the program with
- * exit 1. Answers are checked (shape, dtype, rows) and, unless --no_detect_anomalies, an answer with NaN
+ * exit 1. Experts whose schema differs from what the layer sends (another width: the layer's check,
+ * moe.h) end it at once with exit 1 and the message naming both shapes. Answers are checked (shape, dtype, rows) and, unless --no_detect_anomalies, an answer with NaN
  * or Inf is a failed expert; a loss that becomes NaN or Inf all the same ends the program at once with
  * exit 1 and "loss became non-finite at step N". Bad flags exit 2. Flags may come from --config FILE
  * too (runtime/text/rt_conf.h; the command line wins); host names in --initial_peers are resolved before
@@ -271,6 +272,11 @@ static int train_moe(app *a)
         kern_linear_fwd(x, B, I, Wi, bi, H, h);
         moe_fwd *f = NULL;
         rc = moe_forward_run(m, h, B, &f, err, sizeof err);
+        if (rc == DMOE_ESHAPE) {   /* the experts take other shapes: no later step can do better */
+            LOG_ERROR("step %lld failed: %s", (long long)a->done_steps + 1, err);
+            rc = 1;
+            goto out;
+        }
         if (rc) {
             if (step_failed(a, "forward", err)) { rc = 1; goto out; }
             continue;

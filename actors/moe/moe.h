@@ -16,7 +16,9 @@
  * more), then for at most timeout_after_k_min more, never past forward_timeout (the beam search counts
  * against forward_timeout too). Failed and late answers, answers that are not float32 [the expert's
  * rows, D] (rx_tensor_check), and -- with detect_anomalies, on by default -- non-finite answers are
- * masked out. Output row b = sum over the experts that answered of softmax(logits of those experts)_j *
+ * masked out. Until one matches, the first expert's schema is checked against what the layer sends (the
+ * caller's info port): experts of another width end the forward with DMOE_ESHAPE and a message naming
+ * both shapes. Each distinct remote error is logged once at WARN. Output row b = sum over the experts that answered of softmax(logits of those experts)_j *
  * output_j, where an expert's logit is the sum of its coordinates' scores. A sample nobody answered is
  * an error unless allow_zero_outputs (its row is then zeros, never NaN).
  * Switch mode (is_switch): per-dimension softmax of the scores (grid_dropout keeps each coordinate with

@@ -12,7 +12,11 @@
  *             GEMM on the pool -> the gradients copied into the layer -> callback.
  * Each reply updates per-sample answer counts; once every sample has k_min answers or nothing left
  * pending, the finish time moves to now + timeout_after_k_min (never later than the deadline). At the
- * finish time, or when nothing is pending, the op combines what it has. Failed and late answers -- and,
+ * finish time, or when nothing is pending, the op combines what it has. Until an expert's schema has
+ * matched, a forward also asks its first expert for its info (the caller's info port) alongside the
+ * requests and waits for it: a schema that does not take what the layer sends (another width) ends the
+ * forward with one message naming both shapes, instead of every expert failing. A failed call is
+ * logged at WARN the first time the layer sees its error, at DEBUG after that. Failed and late answers -- and,
  * with detect_anomalies (on by default), answers with NaN or Inf -- are masked out. Requests still out then are
  * abandoned: their replies are dropped when they come (the caller's own timeout bounds them), and the
  * op stops itself only when it has called back, no request is out and its job is back, so no callback
@@ -77,7 +81,8 @@ typedef struct op {
     moe_beam *beam;
     moe_search *search;
     call_ctx *ctx;
-    int pending, finished;
+    int pending, finished;    /* pending: expert calls and the info request out */
+    int info_out;             /* forward: the schema check's info request is out */
     int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
@@ -162,6 +167,7 @@ static void settle(op *o)
 {
     int64_t B = o->f->B;
     if (o->pending == 0) { op_complete(o); return; }
+    if (o->info_out) return;   /* its answer may end the forward with a clearer error than the experts' */
     for (int64_t b = 0; b < B; b++)
         if (o->got[b] < o->need[b] && o->left[b] > 0) return;
     double after = o->m->c.timeout_after_k_min;
@@ -255,6 +261,103 @@ static int valid_answer(const op *o, const moe_exp *e, const rx_tensor *t, int D
     return 0;
 }
 
+/* warn_once logs a failed expert call (an error, or an answer refused) at WARN the first time the layer
+ * sees that error -- its code and text with the digits left out, so that "expert.3 ... [3, 11]" and
+ * "expert.4 ... [5, 11]" count as one -- and at DEBUG after that (or once MOE_WARNED_MAX distinct errors
+ * were logged). */
+static void warn_once(moe_layer *m, int backward, const char *uid, int err, const char *what, const char *msg)
+{
+    uint64_t key = 1469598103934665603ull ^ (uint64_t)(uint32_t)err;   /* FNV-1a over the text, digits out */
+    for (const char *t = what; *t; t++) key = (key ^ (uint8_t)*t) * 1099511628211ull;
+    for (const char *p = msg; p && *p; p++)
+        if (*p < '0' || *p > '9') key = (key ^ (uint8_t)*p) * 1099511628211ull;
+    int seen = 0;
+    for (int i = 0; i < m->n_warned && !seen; i++) seen = m->warned[i] == key;
+    if (seen || m->n_warned == MOE_WARNED_MAX) {
+        LOG_DEBUG("%s %s%s: %s", backward ? "backward" : "forward", uid, what, msg);
+        return;
+    }
+    m->warned[m->n_warned++] = key;
+    LOG_WARN("%s %s%s: %s (more like this are logged at DEBUG)", backward ? "backward" : "forward", uid, what, msg);
+}
+
+/* dims_text writes "[B, d0, d1]" for n row dims. */
+static void dims_text(const int64_t *dims, int n, char *buf, size_t len)
+{
+    size_t off = (size_t)snprintf(buf, len, "[B");
+    for (int d = 0; d < n && off < len; d++)
+        off += (size_t)snprintf(buf + off, len - off, ", %lld", (long long)dims[d]);
+    if (off < len) snprintf(buf + off, len - off, "]");
+}
+
+/* schema_mismatch compares an expert's schema s with what the forward f sends (x [B, in_features] and
+ * the extra inputs) and, with out_features set, what it expects back. Returns 0 when they agree, else 1
+ * with a message naming both shapes in why. */
+static int schema_mismatch(const moe_layer *m, const moe_fwd *f, const moe_exp *e, const rx_schema *s, char *why,
+                           size_t len)
+{
+    char at[WIRE_MADDR_TEXT + 300], want[96], got[96];
+    char addr[WIRE_MADDR_TEXT];
+    wire_maddr_format(&e->addr, addr, sizeof addr);
+    snprintf(at, sizeof at, "%s at %s", e->uid, addr);
+    if (s->n_in != 1 + f->n_extra) {
+        snprintf(why, len, "the experts take %d input tensor%s (%s takes %d); this layer sends %d (x%s): check the "
+                 "expert class", s->n_in, s->n_in == 1 ? "" : "s", at, s->n_in, 1 + f->n_extra,
+                 f->n_extra ? " and its extra inputs" : " only");
+        return 1;
+    }
+    int64_t xin = f->in;
+    if (s->in[0].dtype != KERN_F32 || s->in[0].ndim != 1 || s->in[0].dims[0] != xin) {
+        dims_text(s->in[0].dims, s->in[0].ndim, want, sizeof want);
+        dims_text(&xin, 1, got, sizeof got);
+        snprintf(why, len, "the experts take input of shape %s %s (%s); this layer sends %s float32 (in_features %d)",
+                 want, s->in[0].dtype == KERN_U8 ? "uint8" : "float32", at, got, f->in);
+        return 1;
+    }
+    for (int i = 0; i < f->n_extra; i++) {
+        const kern_io_info *io = &s->in[1 + i];
+        const rx_tensor *t = &f->extra[i];
+        int same = t->ndim - 1 == io->ndim;
+        for (int d = 0; same && d < io->ndim; d++) same = t->shape[d + 1] == io->dims[d];
+        if (same) continue;
+        dims_text(io->dims, io->ndim, want, sizeof want);
+        dims_text(t->shape + 1, t->ndim - 1, got, sizeof got);
+        snprintf(why, len, "the experts take inputs[%d] (%s) of shape %s (%s); this layer sends %s", 1 + i, io->name,
+                 want, at, got);
+        return 1;
+    }
+    int64_t D = m->c.out_features;
+    if (D > 0 && s->n_out >= 1 && (s->out[0].ndim != 1 || s->out[0].dims[0] != D)) {
+        dims_text(s->out[0].dims, s->out[0].ndim, want, sizeof want);
+        dims_text(&D, 1, got, sizeof got);
+        snprintf(why, len, "the experts answer outputs of shape %s (%s); this layer expects %s (out_features %lld)",
+                 want, at, got, (long long)D);
+        return 1;
+    }
+    return 0;
+}
+
+/* on_info: the schema of the forward's first expert is back. A mismatch ends the forward with one clear
+ * message (the experts' answers would only say "failed"); a match is remembered by the layer. */
+static void on_info(void *arg, int err, const char *msg, const rx_schema *s)
+{
+    op *o = arg;
+    o->pending--;
+    o->info_out = 0;
+    if (o->finished || !o->f) { op_release(o); return; }
+    if (err) {
+        LOG_DEBUG("the schema of %s is unknown (%s): not checked", o->f->exp[0].uid, msg);
+    } else {
+        char why[768];
+        if (schema_mismatch(o->m, o->f, &o->f->exp[0], s, why, sizeof why)) {
+            op_fail(o, DMOE_ESHAPE, why);
+            return;
+        }
+        o->m->schema_ok = 1;
+    }
+    settle(o);
+}
+
 static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
 {
     call_ctx *c = arg;
@@ -275,12 +378,11 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
         if (ok && o->backward) e->gx = *out;
         else if (ok) { e->out = *out; if (f->D <= 0) f->D = (int)out->shape[1]; }
         else {
-            LOG_WARN("%s %s: answer refused, the expert counts as failed: %s", o->backward ? "backward" : "forward",
-                     e->uid, why);
+            warn_once(o->m, o->backward, e->uid, DMOE_EPROTO, ": answer refused, the expert counts as failed", why);
             rx_tensor_free(out);
         }
     } else {
-        LOG_DEBUG("%s %s failed: %s", o->backward ? "backward" : "forward", e->uid, msg);
+        warn_once(o->m, o->backward, e->uid, err, " failed", msg);
         if (out) rx_tensor_free(out);
     }
     if (o->backward) e->bok = ok;
@@ -299,6 +401,15 @@ static void send_all(op *o)
     moe_fwd *f = o->f;
     o->ctx = calloc((size_t)(f->nexp ? f->nexp : 1), sizeof *o->ctx);
     if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    /* until an expert's schema matched, ask the first expert for it alongside the requests */
+    if (!o->backward && !o->m->schema_ok && o->m->caller.info && f->nexp > 0) {
+        uint64_t now = rt_clock_us();
+        uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
+        if (o->m->caller.info(o->m->caller.impl, f->exp[0].uid, &f->exp[0].addr, ms, on_info, o) == 0) {
+            o->pending++;
+            o->info_out = 1;
+        }
+    }
     for (int ei = 0; ei < f->nexp; ei++) {
         moe_exp *e = &f->exp[ei];
         if (o->backward && !e->ok) continue;

@@ -14,6 +14,8 @@
 #include "actors/moe/moe_types.h"
 #include "kernels/kern_rng.h"
 
+#define MOE_WARNED_MAX 32     /* distinct remote errors a layer logs at WARN; the rest go to DEBUG */
+
 struct moe_layer {
     rt_loop *loop;
     rt_pool *own_pool;        /* the pool the layer started when cfg.pool was NULL */
@@ -26,6 +28,9 @@ struct moe_layer {
     moe_succ_provider succ;
     moe_caller caller;
     int out_dim;              /* learned from the first answer */
+    int schema_ok;            /* an expert's info matched what the layer sends (checked until one does) */
+    uint64_t warned[MOE_WARNED_MAX];   /* remote errors already logged at WARN (moe_call.c's keys) */
+    int n_warned;
 };
 
 typedef struct {

@@ -43,14 +43,20 @@ typedef struct {
  * gradient (backward), which the callback takes over (rx_tensor_free it); else a DMOE_* code and msg. */
 typedef void (*moe_call_cb)(void *arg, int err, const char *msg, rx_tensor *out);
 
+/* Completion of an expert's info: err 0 with s its schema (valid during the callback only), else a
+ * DMOE_* code and msg. */
+typedef void (*moe_info_cb)(void *arg, int err, const char *msg, const rx_schema *s);
+
 /* A way to call experts. call sends in[0..n_in) (1 <= n_in <= KERN_MAX_IO; in[0] is x, the rest the
  * expert's extra inputs, row-aligned with x) and gout (a backward; NULL for a forward) to uid at addr;
  * the tensors are referenced, not consumed. cb runs later, exactly once, never inside call. Returns 0
- * or a negative code (cb will not run). */
+ * or a negative code (cb will not run). info (may be NULL: then the layer checks no schema) asks uid
+ * at addr for its schema, with the same promises. */
 typedef struct {
     void *impl;
     int (*call)(void *impl, const char *uid, const wire_maddr *addr, const rx_tensor *in, int n_in,
                 const rx_tensor *gout, uint64_t timeout_ms, moe_call_cb cb, void *arg);
+    int (*info)(void *impl, const char *uid, const wire_maddr *addr, uint64_t timeout_ms, moe_info_cb cb, void *arg);
 } moe_caller;
 
 /* moe_caller_client (moe_adapt.h) is the caller over the expert-call client. */

@@ -578,3 +578,40 @@ Test(moe_net, det_dropout_mask_goes_through_the_layer, .timeout = 90)
     close_side(&s);
     th_node_stop(&a, SIGTERM);
 }
+
+/* Experts of another width than the layer's: dmoe-call moe and dmoe-train stop at the first forward
+ * with one message naming both shapes (not "no expert answered ... 0 of 5" and a timeout), and the
+ * experts' own refusals are logged at most once each, not per expert or step. */
+Test(moe_net, experts_of_another_width_are_named_at_the_first_step, .timeout = 90)
+{
+    th_node a;
+    start(&a, "expert.[0:5]", "5", NULL, NULL, "32", "--log_level", "DEBUG", NULL);
+    char *log = NULL;
+    for (int tries = 0; tries < 100; tries++) {   /* at most 10 s for the declarations */
+        free(log);
+        log = th_node_log(&a);
+        if (strstr(log, "declared 5 experts in the DHT")) break;
+        usleep(100 * 1000);
+    }
+    cr_assert(strstr(log, "declared 5 experts in the DHT"), "%s", log);
+    free(log);
+    char out[16384];
+    const char *call[] = {"--initial_peers", a.maddr, "moe", "--uid_prefix", "expert.", "--grid_size", "5",
+                          "--k_best", "2", "--random", "3x16", NULL};
+    int rc = th_run("dmoe-call", call, out, sizeof out, 60);
+    cr_assert_eq(rc, 1, "exit %d: %s", rc, out);
+    cr_assert(strstr(out, "the experts take input of shape [B, 32] float32 (expert.") &&
+                  strstr(out, "this layer sends [B, 16] float32 (in_features 16)"),
+              "%s", out);
+    cr_assert_null(strstr(out, "no expert answered"), "%s", out);
+    const char *train[] = {"--task", "moe", "--initial_peers", a.maddr, "--hidden_dim", "16", "--grid_size", "5",
+                           "--k_best", "2", "--steps", "50", "--batch_size", "8", NULL};
+    rc = th_run("dmoe-train", train, out, sizeof out, 60);
+    cr_assert_eq(rc, 1, "exit %d: %s", rc, out);
+    cr_assert(strstr(out, "step 1 failed: the experts take input of shape [B, 32]"), "%s", out);
+    cr_assert_null(strstr(out, "step 2 failed"), "one step, not ten: %s", out);
+    int warns = 0;
+    for (const char *p = out; (p = strstr(p, "[WARN]")); p++) warns++;
+    cr_assert_leq(warns, 1, "the experts' refusals are warned about once: %s", out);
+    th_node_stop(&a, SIGTERM);
+}

@@ -92,8 +92,46 @@ static int client_caller_call(void *impl, const char *uid, const wire_maddr *add
     return rc;
 }
 
+typedef struct {
+    moe_info_cb cb;
+    void *arg;
+} info_ctx;
+
+static int on_info_reply(void *arg, int err, const char *msg, wire_msg *reply)
+{
+    info_ctx *c = arg;
+    if (err) {
+        c->cb(c->arg, err, msg ? msg : dmoe_strerror(err), NULL);
+    } else {
+        rx_schema s;
+        char e[256];
+        if (rx_schema_parse(reply->result, &s, e, sizeof e) != 0) c->cb(c->arg, DMOE_EPROTO, e, NULL);
+        else c->cb(c->arg, 0, "", &s);
+    }
+    free(c);
+    return 0;
+}
+
+static int client_caller_info(void *impl, const char *uid, const wire_maddr *addr, uint64_t timeout_ms,
+                              moe_info_cb cb, void *arg)
+{
+    client *cl = impl;
+    info_ctx *c = malloc(sizeof *c);
+    wire_out *req = wire_out_new();
+    if (!c || !req) { free(c); wire_out_free(req); return DMOE_ENOMEM; }
+    *c = (info_ctx){cb, arg};
+    uint64_t id = client_next_id(cl);
+    wire_request_begin(req, id, "info", 3);
+    wire_pack_str(wire_out_pk(req), "uid");
+    wire_pack_str(wire_out_pk(req), uid);
+    int rc = client_call(cl, addr, id, req, timeout_ms, on_info_reply, c);
+    if (rc) free(c);
+    return rc;
+}
+
 void moe_caller_client(client *cl, moe_caller *out)
 {
     out->impl = cl;
     out->call = client_caller_call;
+    out->info = client_caller_info;
 }

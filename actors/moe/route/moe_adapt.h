@@ -24,7 +24,7 @@ typedef struct {
 void moe_succ_dht(moe_dht_succ *s, moe_succ_provider *p);
 
 /* moe_caller_client fills *out with a caller over cl (which must outlive every call): one client call
- * per expert call; a forward's reply leaves the node's activation handle on the first input's buffer,
+ * per expert call (and per info, whose schema rx_schema_parse reads); a forward's reply leaves the node's activation handle on the first input's buffer,
  * and the backward of the same rows sends it back once, so the node skips the recompute. */
 void moe_caller_client(client *cl, moe_caller *out);
 

@@ -1,7 +1,7 @@
 /* moe_health.c -- leaving gone peers out of MoE searches (see moe_health.h).
  *
- * A wrapper around a layer's two ports. Calls pass through to the inner caller; the reply callback
- * marks the peer dead on "connection failed" or "shutting down". Successor lookups pass through to
+ * A wrapper around a layer's two ports. Calls (and info requests) pass through to the inner caller;
+ * a call's reply callback marks the peer dead on "connection failed" or "shutting down". Successor lookups pass through to
  * the inner provider; the reply is copied without the dead peers' experts before the search sees it.
  * The dead list is a small array (MOE_HEALTH_MAX_PEERS) of addresses with the time their sentence ends;
  * when it is full, the entry whose sentence ends first is reused. Loop thread only.
@@ -83,6 +83,13 @@ static int health_call(void *impl, const char *uid, const wire_maddr *addr, cons
     return rc;
 }
 
+static int health_info(void *impl, const char *uid, const wire_maddr *addr, uint64_t timeout_ms, moe_info_cb cb,
+                       void *arg)
+{
+    moe_health *h = impl;
+    return h->inner_caller.info(h->inner_caller.impl, uid, addr, timeout_ms, cb, arg);
+}
+
 /* ---- the provider ---- */
 
 typedef struct {
@@ -143,7 +150,7 @@ moe_health *moe_health_new(const moe_succ_provider *succ, const moe_caller *call
     h->inner_caller = *caller;
     h->dead_us = (uint64_t)(dead_s * 1e6);
     h->succ = (moe_succ_provider){h, health_get};
-    h->caller = (moe_caller){h, health_call};
+    h->caller = (moe_caller){h, health_call, caller->info ? health_info : NULL};
     return h;
 }
 

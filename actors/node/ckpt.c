@@ -68,11 +68,17 @@ int ckpt_dir_check(const char *root, char *err, size_t errlen)
     return 0;
 }
 
-int ckpt_is_ours(const char *path, const char *uid)
+/* ckpt_owner returns 1 when dmoe wrote the file at path for uid, 0 when its header is readable and says
+ * otherwise (a user's file), -1 when the header cannot be read (missing, truncated, corrupt). */
+static int ckpt_owner(const char *path, const char *uid)
 {
     char who[256], ignore[128];
-    return rt_st_read_meta(path, "dmoe.uid", who, sizeof who, ignore, sizeof ignore) == 0 && strcmp(who, uid) == 0;
+    int rc = rt_st_read_meta(path, "dmoe.uid", who, sizeof who, ignore, sizeof ignore);
+    if (rc == 0) return strcmp(who, uid) == 0;
+    return rc == DMOE_ENOTFOUND && access(path, F_OK) == 0 ? 0 : -1;
 }
+
+int ckpt_is_ours(const char *path, const char *uid) { return ckpt_owner(path, uid) == 1; }
 
 /* The retention predicate of rt_ckpt_prune: a file dmoe wrote for this expert (arg: the uid). */
 static int prune_ours(const char *path, void *arg) { return ckpt_is_ours(path, arg); }
@@ -238,13 +244,23 @@ int ckpt_load(const char *root, const char *uid, const kern_model *m, float *par
     if (rc == DMOE_ENOTFOUND || (rc == 0 && count == 0)) return 0;
     if (rc) { snprintf(err, errlen, "cannot list %s", dir); return rc; }
     if (count > CKPT_MAX_FILES) count = CKPT_MAX_FILES;
+    /* dmoe's own files (and unreadable ones, which say so when tried) first, newest first; then the
+     * user's seeds: a weights-only seed named step-100 must not shadow the node's later step-3 */
+    int64_t order[CKPT_MAX_FILES];
+    size_t k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < count; i++) {
+            char path[PATH_MAX];
+            rt_ckpt_path(dir, CKPT_PREFIX, steps[i], path, sizeof path);
+            if ((ckpt_owner(path, uid) == 0) == (pass == 1)) order[k++] = steps[i];
+        }
     char failures[512] = "";
     for (size_t i = 0; i < count; i++) {
         char path[PATH_MAX], why[256];
-        rt_ckpt_path(dir, CKPT_PREFIX, steps[i], path, sizeof path);
+        rt_ckpt_path(dir, CKPT_PREFIX, order[i], path, sizeof path);
         rc = load_file(path, m, params, opt, info, why, sizeof why);
         if (rc == 0) return 1;
-        LOG_WARN("checkpoint %s is unusable (%s); trying an older one", path, why);
+        LOG_WARN("checkpoint %s is unusable (%s); trying the next one", path, why);
         size_t off = strlen(failures);
         snprintf(failures + off, sizeof failures - off, "%s%.200s: %.100s", off ? "; " : "", path, why);
     }

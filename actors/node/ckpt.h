@@ -16,8 +16,9 @@
  * number) stays, whatever its name. A dmoe checkpoint copied in from elsewhere for the same uid counts
  * as dmoe's own.
  *
- * Loading takes the newest file that opens and has every weight with the right shape; a corrupt or
- * truncated file is reported by name and the next older one is tried. A file with weights only (written
+ * Loading takes the newest file that opens and has every weight with the right shape, dmoe's own files
+ * before the user's (so that a seed with a high step number never shadows what the node saved after
+ * it); a corrupt or truncated file is reported by name and the next one is tried. A file with weights only (written
  * by PyTorch) loads too: the optimizer starts fresh.
  *
  * ckpt_run is a pool job (blocking file I/O, never on the loop); it reads the expert's buffers, which

@@ -338,12 +338,13 @@ Test(checkpoint, files_open_with_a_plain_reader, .timeout = 60)
 
 /* ---- what the node writes, logs and deletes ---- */
 
-/* A weights-only file the user put in DIR/expert.0/ to seed the expert (as PyTorch's save_file writes
- * it: no dmoe metadata) is loaded, and neither overwritten nor deleted by retention, which keeps the
- * newest --keep_checkpoints of the node's own files; every save is logged at INFO. */
-Test(checkpoint, retention_never_deletes_the_users_seed, .timeout = 90)
+/* A weights-only file the user put in DIR/expert.0/ as step-<seed_step> to seed the expert (as PyTorch's
+ * save_file writes it: no dmoe metadata) is loaded, and neither overwritten nor deleted by retention,
+ * which keeps the newest --keep_checkpoints of the node's own files; a restart loads the node's newest
+ * file, never the seed again; every save is logged at INFO. */
+static void seed_survives(int seed_step)
 {
-    char root[128], dir[256], seed[300];
+    char root[128], dir[256], seed[300], name[64];
     tmpdir(root, sizeof root);
     snprintf(dir, sizeof dir, "%s/expert.0", root);
     cr_assert_eq(mkdir(dir, 0755), 0);
@@ -359,8 +360,9 @@ Test(checkpoint, retention_never_deletes_the_users_seed, .timeout = 90)
                               .shape = {m.params[i].shape[0], m.params[i].shape[1]}, .data = params + m.params[i].offset};
     rt_st_kv meta[] = {{"format", "pt"}};
     char err[256];
-    cr_assert_eq(rt_st_write(dir, "step-0.safetensors", t, (size_t)m.n_params, meta, 1, err, sizeof err), 0, "%s", err);
-    snprintf(seed, sizeof seed, "%s/step-0.safetensors", dir);
+    snprintf(name, sizeof name, "step-%d.safetensors", seed_step);
+    cr_assert_eq(rt_st_write(dir, name, t, (size_t)m.n_params, meta, 1, err, sizeof err), 0, "%s", err);
+    snprintf(seed, sizeof seed, "%s/%s", dir, name);
     struct stat st0;
     cr_assert_eq(stat(seed, &st0), 0);
 
@@ -385,6 +387,10 @@ Test(checkpoint, retention_never_deletes_the_users_seed, .timeout = 90)
         }
         cr_assert(strstr(log, want), "no INFO line for the save: %s", log);
         if (run == 1) cr_assert(strstr(log, "ms; 1 older removed)"), "%s", log);
+        /* the second run continues from the node's own step-2, not from the seed */
+        snprintf(want, sizeof want, "expert.0: loaded %s/step-%d.safetensors (step %s", dir, run ? 2 : seed_step,
+                 run ? "2)" : "0, weights only");
+        cr_assert(strstr(log, want), "%s", log);
         free(log);
         cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
     }
@@ -403,6 +409,10 @@ Test(checkpoint, retention_never_deletes_the_users_seed, .timeout = 90)
     free(params);
     rmtree(root);
 }
+
+Test(checkpoint, retention_never_deletes_the_users_seed, .timeout = 90) { seed_survives(0); }
+/* a seed with a higher step number than the node's saves: neither deleted nor loaded over them */
+Test(checkpoint, a_seed_numbered_high_neither_deleted_nor_shadowing, .timeout = 90) { seed_survives(7); }
 
 /* A --checkpoint_dir the node cannot write to is refused at start (exit 2), not at the first save. */
 Test(checkpoint, unwritable_folder_refused_at_start, .timeout = 30)

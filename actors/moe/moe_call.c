@@ -5,8 +5,11 @@
  *   Forward:  moe_forward_ex copies the input, draws the switch layer's jitter and dropout mask (the
  *             layer's random stream, in call order), snapshots the gating parameters and hands the
  *             gating GEMM (and the switch softmax) to the pool -> the job comes back as mail ->
- *             batched beam search (moe_beam.h) -> the chosen (sample, expert) pairs grouped by expert
- *             -> one request per expert with all its rows, all sent at once -> answers -> combine.
+ *             batched beam search (moe_beam.h) -> after each round, the samples whose search ended
+ *             grouped by expert (a wave) -> one request per expert of the wave with all its rows, sent
+ *             while the next round is out -> ... the last wave when the search ends -> answers ->
+ *             combine. Nothing settles before the last wave is out; the experts' input gradients add
+ *             up in the order of a single wave (moe_exp.rank), so the waves never change a bit.
  *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
  *             answered the forward -> answers -> d loss / d scores on the loop -> the gating backward
  *             GEMM on the pool -> the gradients copied into the layer -> callback.
@@ -79,6 +82,8 @@ typedef struct op {
     call_ctx *ctx;
     int pending, finished;
     int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
+    int64_t *wave;            /* forward: the samples of the wave being grouped (room for B) */
+    uint8_t *sent;            /* forward: per sample, whether its requests went out */
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
     uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
@@ -101,6 +106,8 @@ static void op_destroy(rt_actor *self)
     moe_beam_free(o->beam);
     free(o->ctx);
     free(o->need);   /* and got, left */
+    free(o->wave);
+    free(o->sent);
     free(o->wsnap);
     free(o->keep);
     free(o->gy);     /* and the rest of the backward's block */
@@ -148,7 +155,7 @@ static int submit_gating(op *o)
 static void fwd_complete(op *o);
 static void bwd_complete(op *o);
 static void on_gated(op *o);
-static void send_all(op *o);
+static void send_range(op *o, int from, int to);
 
 static void op_complete(op *o)
 {
@@ -161,6 +168,7 @@ static void op_complete(op *o)
 static void settle(op *o)
 {
     int64_t B = o->f->B;
+    if (o->search) return;   /* a forward's later waves are still to come */
     if (o->pending == 0) { op_complete(o); return; }
     for (int64_t b = 0; b < B; b++)
         if (o->got[b] < o->need[b] && o->left[b] > 0) return;
@@ -191,7 +199,10 @@ static void op_handle(rt_actor *self, rt_msg *msg)
     int type = msg->type;
     rt_msg_drop(msg);
     if (type == MSG_TIMER) on_timer(o);
-    else if (type == MSG_START && !o->finished) send_all(o);
+    else if (type == MSG_START && !o->finished) {
+        send_range(o, 0, o->f->nexp);
+        settle(o);
+    }
     else if (type == MSG_GATED) on_gated(o);
 }
 
@@ -293,13 +304,16 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     settle(o);
 }
 
-/* send_all sends one request per expert (in backward, only to those that answered the forward). */
-static void send_all(op *o)
+/* send_range sends the requests f->exp[from..to) (in backward, only to the experts that answered the
+ * forward); the caller settles. */
+static void send_range(op *o, int from, int to)
 {
     moe_fwd *f = o->f;
-    o->ctx = calloc((size_t)(f->nexp ? f->nexp : 1), sizeof *o->ctx);
-    if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
-    for (int ei = 0; ei < f->nexp; ei++) {
+    if (!o->ctx) {   /* a forward's waves share it: room for every request it can have */
+        o->ctx = calloc((size_t)(o->backward ? (f->nexp ? f->nexp : 1) : f->B * f->k), sizeof *o->ctx);
+        if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    }
+    for (int ei = from; ei < to; ei++) {
         moe_exp *e = &f->exp[ei];
         if (o->backward && !e->ok) continue;
         rx_tensor gout = {0};
@@ -331,7 +345,34 @@ static void send_all(op *o)
         o->pending++;
         for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
     }
-    settle(o);
+}
+
+/* dispatch groups the samples whose search has ended (all of them when all is set) and not yet sent
+ * into this wave's requests and sends them. Returns 0, or an error after op_fail. */
+static int dispatch(op *o, int all)
+{
+    moe_fwd *f = o->f;
+    int64_t n = 0;
+    for (int64_t b = 0; b < f->B; b++)
+        if (!o->sent[b] && (all || moe_beam_sample_done(o->beam, b))) {
+            o->wave[n++] = b;
+            o->sent[b] = 1;
+        }
+    if (n == 0) return 0;
+    int first;
+    int rc = moe_fwd_group(f, o->beam, o->wave, n, o->need, &first);
+    if (rc) { op_fail(o, rc, "out of memory"); return rc; }
+    f->st.waves++;
+    send_range(o, first, f->nexp);
+    return o->finished ? DMOE_ENOMEM : 0;
+}
+
+/* on_progress: a round of the search ended and the next is out; the samples it finished go now. */
+static void on_progress(void *arg, moe_beam *b)
+{
+    op *o = arg;
+    (void)b;
+    if (!o->finished) dispatch(o, 0);
 }
 
 static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
@@ -341,9 +382,10 @@ static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
     if (err) { op_fail(o, err, msg); return; }
     o->f->st.search_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
     o->f->st.beam_rounds = moe_beam_rounds(b);
-    int rc = moe_fwd_group(o->f, o->beam, o->need);
+    if (dispatch(o, 1) != 0) return;
+    int rc = moe_fwd_group_end(o->f);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
-    send_all(o);
+    settle(o);
 }
 
 /* ---- forward ---- */
@@ -419,9 +461,12 @@ static void on_gated(op *o)
         return;
     }
     moe_layer *m = o->m;
+    o->wave = malloc((size_t)o->f->B * sizeof *o->wave);
+    o->sent = calloc((size_t)o->f->B, 1);
+    if (!o->wave || !o->sent) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
     int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, o->f->k, &o->beam);
     if (rc) { op_fail(o, rc, "cannot start the beam search"); return; }
-    rc = moe_beam_search(&m->succ, o->beam, on_searched, o, &o->search);
+    rc = moe_beam_search_progress(&m->succ, o->beam, on_searched, on_progress, o, &o->search);
     if (rc) {
         char msg[160];
         snprintf(msg, sizeof msg, "cannot start the beam search: %s", dmoe_strerror(rc));
@@ -503,16 +548,30 @@ static void bwd_complete(op *o)
             return;
         }
     }
+    /* the experts' input gradients add up in rank order: the same bits however the forward's waves fell */
+    int *order = malloc((size_t)(f->nexp ? f->nexp : 1) * sizeof *order);
+    int *at = calloc((size_t)f->nuid + 1, sizeof *at);
+    if (!order || !at) {
+        free(order);
+        free(at);
+        op_fail(o, DMOE_ENOMEM, "out of memory");
+        return;
+    }
     o->finished = 1;
     rt_timer_cancel(&o->timer);
+    for (int ei = 0; ei < f->nexp; ei++) at[f->exp[ei].rank + 1]++;
+    for (int u = 0; u < f->nuid; u++) at[u + 1] += at[u];
+    for (int ei = 0; ei < f->nexp; ei++) order[at[f->exp[ei].rank]++] = ei;
+    free(at);
     memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
-    for (int ei = 0; ei < f->nexp; ei++) {
-        const moe_exp *e = &f->exp[ei];
+    for (int oi = 0; oi < f->nexp; oi++) {
+        const moe_exp *e = &f->exp[order[oi]];
         if (!e->bok) continue;
         const float *g = rx_tensor_f32(&e->gx);
         for (int64_t r = 0; r < e->nrows; r++)
             for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += g[r * f->in + i];
     }
+    free(order);
     int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
     uint8_t ok[MOE_MAX_BEAM];
     const float *outs[MOE_MAX_BEAM];

@@ -459,6 +459,12 @@ size_t moe_beam_result(const moe_beam *b, int64_t s, const moe_beam_expert **out
     return (size_t)b->smp[s].nbest;
 }
 
+int moe_beam_sample_done(const moe_beam *b, int64_t s)
+{
+    if (s < 0 || s >= b->batch) return 0;
+    return b->smp[s].done;   /* set by advance (moe_beam_want); a round that asks nothing leaves every sample done */
+}
+
 int moe_beam_rounds(const moe_beam *b) { return b->rounds; }
 size_t moe_beam_fetched(const moe_beam *b) { return b->fetched; }
 
@@ -491,6 +497,7 @@ struct moe_search {
     moe_succ_provider p;
     moe_beam *b;
     moe_search_cb cb;
+    moe_search_progress_cb progress;
     void *arg;
     int cancelled;
 };
@@ -515,21 +522,36 @@ static void on_successors(void *arg, int err, const char *msg, const dht_success
     moe_search *s = arg;
     if (s->cancelled) { free(s); return; }
     int rc = err ? err : moe_beam_feed(s->b, per, n);
-    if (rc == 0) rc = step(s);
-    else msg = err ? msg : dmoe_strerror(rc);
-    if (rc) {
-        s->cb(s->arg, rc, msg ? msg : dmoe_strerror(rc), s->b);
-        free(s);
+    if (rc == 0) {
+        moe_beam *b = s->b;
+        const char *const *pf;
+        moe_search_progress_cb progress = moe_beam_want(b, &pf) ? s->progress : NULL;   /* gathers the next round */
+        void *parg = s->arg;
+        rc = step(s);   /* asks for that round, or ends the search (and frees s) */
+        if (rc == 0) {
+            if (progress) progress(parg, b);   /* s lives on: the provider has the next round */
+            return;
+        }
     }
+    msg = err ? msg : dmoe_strerror(rc);
+    s->cb(s->arg, rc, msg ? msg : dmoe_strerror(rc), s->b);
+    free(s);
 }
 
 int moe_beam_search(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, void *arg, moe_search **out)
+{
+    return moe_beam_search_progress(p, b, cb, NULL, arg, out);
+}
+
+int moe_beam_search_progress(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, moe_search_progress_cb progress,
+                             void *arg, moe_search **out)
 {
     moe_search *s = calloc(1, sizeof *s);
     if (!s) return DMOE_ENOMEM;
     s->p = *p;
     s->b = b;
     s->cb = cb;
+    s->progress = progress;
     s->arg = arg;
     const char *const *pf;
     size_t n = moe_beam_want(b, &pf);

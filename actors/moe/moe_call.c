@@ -4,7 +4,9 @@
  * Design notes. A forward or backward is an "op": an actor with one deadline timer and one worker job.
  *   Forward:  moe_forward_ex copies the input, draws the switch layer's jitter and dropout mask (the
  *             layer's random stream, in call order), snapshots the gating parameters and hands the
- *             gating GEMM (and the switch softmax) to the pool -> the job comes back as mail ->
+ *             gating GEMM (and the switch softmax) to the pool, with the beam search's set-up and its
+ *             first round (every sample's frontier: most of the search's CPU) -> the job comes back as
+ *             mail ->
  *             batched beam search (moe_beam.h) -> after each round, the samples whose search ended
  *             grouped by expert (a wave) -> one request per expert of the wave with all its rows, sent
  *             while the next round is out -> ... the last wave when the search ends -> answers ->
@@ -26,10 +28,11 @@
  * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
  * fail the backward contribute nothing to the input gradient.
  *
- * Threads. Everything here runs on the loop thread except the two gating GEMMs, which run on a worker
- * of the layer's pool (cfg.pool, or one worker of its own) on buffers nothing else touches meanwhile:
- * the op's parameter snapshot and the moe_fwd's gating buffers, which the caller may not read before
- * the callback. Callbacks run on the loop, never inside the call that started them. Every allocation
+ * Threads. Everything here runs on the loop thread except the gating job: the two gating GEMMs, and in
+ * a forward the beam search's moe_beam_new and first moe_beam_want, run on a worker of the layer's pool
+ * (cfg.pool, or one worker of its own) on what nothing else touches meanwhile: the op's parameter
+ * snapshot, the moe_fwd's gating buffers, which the caller may not read before the callback, and the
+ * job's copies of the grid; the beam it makes is the loop's once the job is back. Callbacks run on the loop, never inside the call that started them. Every allocation
  * failure after a call started is reported through its callback (DMOE_ENOMEM).
  *
  * The layer and its forward record (moe_impl.h) are moe.c's; this file owns the timing, the requests
@@ -59,6 +62,10 @@ typedef struct {
     const float *xg, *noise;
     const uint8_t *keep;      /* forward, switch: the dropout mask, or NULL */
     float *S, *P;             /* forward: the moe_fwd's scores and probabilities */
+    char prefix[UID_MAX_LEN + 1];   /* forward: the grid, to start the beam search from S (copies) */
+    int grid[MOE_MAX_DIMS], ndim, k;
+    moe_beam *beam;           /* forward: the search, its first round gathered; the loop's once back */
+    int beam_rc;
     const float *gS;          /* backward: d loss / d scores */
     float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
 } gate_job;
@@ -211,8 +218,13 @@ static void gate_run(rt_job *j)
     gate_job *g = (gate_job *)j;
     if (g->backward)
         moe_math_gating_bwd(&g->g, g->xg, g->gS, g->B, g->in, g->W, g->noise, g->gW, g->gb, g->gx, g->gxg);
-    else
+    else {
         moe_math_gating(&g->g, g->xg, g->B, g->in, g->W, g->b, g->keep, g->S, g->P);
+        /* the search's set-up and first round (every sample's frontier) are the heavy part of it: here */
+        g->beam_rc = moe_beam_new(g->prefix, g->grid, g->ndim, g->B, g->S, g->k, &g->beam);
+        const char *const *prefixes;
+        if (g->beam_rc == 0) moe_beam_want(g->beam, &prefixes);
+    }
 }
 
 static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
@@ -229,6 +241,10 @@ static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
     o->gj.g = m->g;
     o->gj.B = f->B;
     o->gj.in = f->in;
+    snprintf(o->gj.prefix, sizeof o->gj.prefix, "%s", m->c.uid_prefix);
+    memcpy(o->gj.grid, m->c.grid_size, sizeof o->gj.grid);
+    o->gj.ndim = m->c.ndim;
+    o->gj.k = f->k;
     o->m = m;
     o->f = f;
     o->backward = backward;
@@ -461,12 +477,13 @@ static void on_gated(op *o)
         return;
     }
     moe_layer *m = o->m;
+    o->beam = o->gj.beam;   /* made on the worker; the op frees it */
+    o->gj.beam = NULL;
+    if (o->gj.beam_rc) { op_fail(o, o->gj.beam_rc, "cannot start the beam search"); return; }
     o->wave = malloc((size_t)o->f->B * sizeof *o->wave);
     o->sent = calloc((size_t)o->f->B, 1);
     if (!o->wave || !o->sent) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
-    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, o->f->k, &o->beam);
-    if (rc) { op_fail(o, rc, "cannot start the beam search"); return; }
-    rc = moe_beam_search_progress(&m->succ, o->beam, on_searched, on_progress, o, &o->search);
+    int rc = moe_beam_search_progress(&m->succ, o->beam, on_searched, on_progress, o, &o->search);
     if (rc) {
         char msg[160];
         snprintf(msg, sizeof msg, "cannot start the beam search: %s", dmoe_strerror(rc));

@@ -5,13 +5,13 @@
  *   Forward:  moe_forward_ex copies the input, draws the switch layer's jitter and dropout mask (the
  *             layer's random stream, in call order), snapshots the gating parameters and hands the
  *             gating GEMM (and the switch softmax) to the pool, with the beam search's set-up and its
- *             first round (every sample's frontier: most of the search's CPU) -> the job comes back as
- *             mail ->
- *             batched beam search (moe_beam.h) -> after each round, the samples whose search ended
- *             grouped by expert (a wave) -> one request per expert of the wave with all its rows, sent
- *             while the next round is out -> ... the last wave when the search ends -> answers ->
- *             combine. Nothing settles before the last wave is out; the experts' input gradients add
- *             up in the order of a single wave (moe_exp.rank), so the waves never change a bit.
+ *             first round (every sample's frontier: most of the search's CPU) -> the job comes back
+ *             as mail -> the batched beam search (moe_beam.h) goes on over the DHT -> after each
+ *             round, the samples whose search ended grouped by expert (a wave) -> one request per
+ *             expert of the wave with all its rows, sent while the next round is out -> ... the last
+ *             wave when the search ends -> answers -> combine. Nothing settles before the last wave
+ *             is out; the experts' input gradients add up in the order of a single wave
+ *             (moe_exp.rank), so the waves never change a bit.
  *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
  *             answered the forward -> answers -> d loss / d scores on the loop -> the gating backward
  *             GEMM on the pool -> the gradients copied into the layer -> callback.
@@ -32,8 +32,9 @@
  * a forward the beam search's moe_beam_new and first moe_beam_want, run on a worker of the layer's pool
  * (cfg.pool, or one worker of its own) on what nothing else touches meanwhile: the op's parameter
  * snapshot, the moe_fwd's gating buffers, which the caller may not read before the callback, and the
- * job's copies of the grid; the beam it makes is the loop's once the job is back. Callbacks run on the loop, never inside the call that started them. Every allocation
- * failure after a call started is reported through its callback (DMOE_ENOMEM).
+ * job's copies of the grid; the beam it makes is the loop's once the job is back. Callbacks run on the
+ * loop, never inside the call that started them. Every allocation failure after a call started is
+ * reported through its callback (DMOE_ENOMEM).
  *
  * The layer and its forward record (moe_impl.h) are moe.c's; this file owns the timing, the requests
  * and the backward's gradients, and calls into moe.c, never the other way round.

@@ -7,7 +7,8 @@
  * (moe_impl.h), nothing here calls it. The arithmetic lives in moe_math.c.
  *
  * Threads: all of it belongs to the loop thread; while a gating job is out, its worker writes the
- * record's scores and probabilities (moe_call.c), which nothing here reads before the job is back.
+ * record's scores and probabilities (a forward) or reads the record and writes its input gradient (a
+ * backward; moe_call.c), and nothing here touches them before the job is back.
  */
 #include "actors/moe/moe.h"
 

@@ -13,8 +13,9 @@
  *             is out; the experts' input gradients add up in the order of a single wave
  *             (moe_exp.rank), so the waves never change a bit.
  *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
- *             answered the forward -> answers -> d loss / d scores on the loop -> the gating backward
- *             GEMM on the pool -> the gradients copied into the layer -> callback.
+ *             answered the forward -> answers -> on the pool: the input gradient from the answers,
+ *             d loss / d scores, the gating backward GEMM -> the gradients copied into the layer ->
+ *             callback.
  * Each reply updates per-sample answer counts; once every sample has k_min answers or nothing left
  * pending, the finish time moves to now + timeout_after_k_min (never later than the deadline). At the
  * finish time, or when nothing is pending, the op combines what it has. Failed and late answers -- and,
@@ -28,11 +29,13 @@
  * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
  * fail the backward contribute nothing to the input gradient.
  *
- * Threads. Everything here runs on the loop thread except the gating job: the two gating GEMMs, and in
- * a forward the beam search's moe_beam_new and first moe_beam_want, run on a worker of the layer's pool
- * (cfg.pool, or one worker of its own) on what nothing else touches meanwhile: the op's parameter
- * snapshot, the moe_fwd's gating buffers, which the caller may not read before the callback, and the
- * job's copies of the grid; the beam it makes is the loop's once the job is back. Callbacks run on the
+ * Threads. Everything here runs on the loop thread except the gating job: the two gating GEMMs, in a
+ * forward the beam search's moe_beam_new and first moe_beam_want, in a backward the arithmetic from the
+ * answers to d loss / d scores. It runs on a worker of the layer's pool (cfg.pool, or one worker of its
+ * own) on what nothing else touches meanwhile: the op's snapshots (parameters, utilisation) and
+ * buffers, the moe_fwd record, which the caller may not touch before the callback (a backward's late
+ * answers are dropped unread once it has handed the record over), and the job's copies of the grid;
+ * the beam it makes is the loop's once the job is back. Callbacks run on the
  * loop, never inside the call that started them. Every allocation failure after a call started is
  * reported through its callback (DMOE_ENOMEM).
  *
@@ -69,6 +72,12 @@ typedef struct {
     int beam_rc;
     const float *gS;          /* backward: d loss / d scores */
     float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
+    /* backward, first: the experts' input gradients and d loss / d scores from the answers */
+    moe_fwd *f;               /* the record: the loop leaves it alone until the callback */
+    const int *order;         /* f's requests in rank order */
+    const float *gy, *util;   /* the output gradient; switch: the utilisation as the backward began */
+    float *gSw, *gP;          /* d loss / d scores (written), switch: d loss / d probabilities */
+    float bal_coef;
 } gate_job;
 
 typedef struct {
@@ -94,6 +103,8 @@ typedef struct op {
     uint8_t *sent;            /* forward: per sample, whether its requests went out */
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
+    int *order;               /* backward: f's requests in rank order */
+    float *usnap;             /* backward, switch: the utilisation when the job was handed out */
     uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
     /* backward, one block from gy: */
     float *gy;                /* the output gradient [B, D] (a copy) */
@@ -117,6 +128,8 @@ static void op_destroy(rt_actor *self)
     free(o->wave);
     free(o->sent);
     free(o->wsnap);
+    free(o->order);
+    free(o->usnap);
     free(o->keep);
     free(o->gy);     /* and the rest of the backward's block */
     free(o);
@@ -214,12 +227,43 @@ static void op_handle(rt_actor *self, rt_msg *msg)
     else if (type == MSG_GATED) on_gated(o);
 }
 
+/* bwd_slots, on the worker: the input gradient from the experts' answers (in rank order: the same bits
+ * however the forward's waves fell) and the residual, then d loss / d scores sample by sample. */
+static void bwd_slots(gate_job *g)
+{
+    moe_fwd *f = g->f;
+    const moe_grid *grid = &g->g;
+    int T = grid->total, k = f->k, D = f->D;
+    memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
+    for (int oi = 0; oi < f->nexp; oi++) {
+        const moe_exp *e = &f->exp[g->order[oi]];
+        if (!e->bok) continue;
+        const float *ge = rx_tensor_f32(&e->gx);
+        for (int64_t r = 0; r < e->nrows; r++)
+            for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += ge[r * f->in + i];
+    }
+    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
+    uint8_t ok[MOE_MAX_BEAM];
+    const float *outs[MOE_MAX_BEAM];
+    for (int64_t b = 0; b < f->B; b++) {
+        const float *gy = g->gy + b * D;
+        if (g->util && D == f->in)
+            for (int d = 0; d < D; d++) f->gx[b * f->in + d] += gy[d];   /* the residual */
+        moe_fwd_slots(f, b, coords, ok, outs);
+        const float *p = g->util ? f->P + b * T : NULL;
+        moe_math_slot_grads(grid, gy, f->y + b * D, D, k, outs, f->w + b * k, coords, p, g->gSw + b * T,
+                            g->gP ? g->gP + b * T : NULL);
+        if (p) moe_math_switch_bwd(grid, p, g->util, g->bal_coef, f->B, g->gP + b * T, g->gSw + b * T);
+    }
+}
+
 static void gate_run(rt_job *j)
 {
     gate_job *g = (gate_job *)j;
-    if (g->backward)
+    if (g->backward) {
+        bwd_slots(g);
         moe_math_gating_bwd(&g->g, g->xg, g->gS, g->B, g->in, g->W, g->noise, g->gW, g->gb, g->gx, g->gxg);
-    else {
+    } else {
         moe_math_gating(&g->g, g->xg, g->B, g->in, g->W, g->b, g->keep, g->S, g->P);
         /* the search's set-up and first round (every sample's frontier) are the heavy part of it: here */
         g->beam_rc = moe_beam_new(g->prefix, g->grid, g->ndim, g->B, g->S, g->k, &g->beam);
@@ -550,13 +594,13 @@ int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, 
     return 0;
 }
 
-/* bwd_complete computes d loss / d scores from the answers on the loop, then hands the gating backward
- * to the pool (on_gated calls back). */
+/* bwd_complete checks that every sample has its answers, then hands the rest to the pool: the input
+ * gradient from the answers, d loss / d scores, and the gating backward (on_gated calls back). */
 static void bwd_complete(op *o)
 {
     moe_fwd *f = o->f;
     moe_layer *m = o->m;
-    int T = m->g.total, k = f->k, D = f->D;
+    int T = m->g.total;
     for (int64_t b = 0; b < f->B; b++) {
         if (o->got[b] < o->need[b]) {
             char msg[160];
@@ -567,44 +611,30 @@ static void bwd_complete(op *o)
         }
     }
     /* the experts' input gradients add up in rank order: the same bits however the forward's waves fell */
-    int *order = malloc((size_t)(f->nexp ? f->nexp : 1) * sizeof *order);
+    o->order = malloc((size_t)(f->nexp ? f->nexp : 1) * sizeof *o->order);
+    o->usnap = m->c.is_switch ? malloc((size_t)T * sizeof *o->usnap) : NULL;
     int *at = calloc((size_t)f->nuid + 1, sizeof *at);
-    if (!order || !at) {
-        free(order);
+    if (!o->order || !at || (m->c.is_switch && !o->usnap)) {
         free(at);
         op_fail(o, DMOE_ENOMEM, "out of memory");
         return;
     }
-    o->finished = 1;
+    o->finished = 1;   /* answers still out are dropped unread: the record is the job's */
     rt_timer_cancel(&o->timer);
     for (int ei = 0; ei < f->nexp; ei++) at[f->exp[ei].rank + 1]++;
     for (int u = 0; u < f->nuid; u++) at[u + 1] += at[u];
-    for (int ei = 0; ei < f->nexp; ei++) order[at[f->exp[ei].rank]++] = ei;
+    for (int ei = 0; ei < f->nexp; ei++) o->order[at[f->exp[ei].rank]++] = ei;
     free(at);
-    memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
-    for (int oi = 0; oi < f->nexp; oi++) {
-        const moe_exp *e = &f->exp[order[oi]];
-        if (!e->bok) continue;
-        const float *g = rx_tensor_f32(&e->gx);
-        for (int64_t r = 0; r < e->nrows; r++)
-            for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += g[r * f->in + i];
-    }
-    free(order);
-    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
-    uint8_t ok[MOE_MAX_BEAM];
-    const float *outs[MOE_MAX_BEAM];
-    for (int64_t b = 0; b < f->B; b++) {
-        const float *gy = o->gy + b * D;
-        if (m->c.is_switch && D == f->in)
-            for (int d = 0; d < D; d++) f->gx[b * f->in + d] += gy[d];   /* the residual */
-        moe_fwd_slots(f, b, coords, ok, outs);
-        const float *p = m->c.is_switch ? f->P + b * T : NULL;
-        moe_math_slot_grads(&m->g, gy, f->y + b * D, D, k, outs, f->w + b * k, coords, p, o->gS + b * T,
-                            o->gP ? o->gP + b * T : NULL);
-        if (p) moe_math_switch_bwd(&m->g, p, m->util, o->bal_coef, f->B, o->gP + b * T, o->gS + b * T);
-    }
+    if (o->usnap) memcpy(o->usnap, m->util, (size_t)T * sizeof *o->usnap);
     memcpy(o->wsnap, m->params, (size_t)T * (size_t)f->in * sizeof *o->wsnap);
     gate_job *g = &o->gj;
+    g->f = f;
+    g->order = o->order;
+    g->gy = o->gy;
+    g->util = o->usnap;
+    g->gSw = o->gS;
+    g->gP = o->gP;
+    g->bal_coef = o->bal_coef;
     g->W = o->wsnap;
     g->xg = f->xg;
     g->noise = f->noise;

@@ -3,7 +3,8 @@
  * files: they use moe.h.
  *
  * moe.c owns these structs and the record's helpers below; moe_call.c calls them, never the other way
- * round. Everything here belongs to the loop thread, except the buffers a gating job has out (moe_call.c).
+ * round. Everything here belongs to the loop thread, except what a gating job has out (moe_call.c): a
+ * forward's scores and probabilities, or in a backward the whole record, read and its gradients written.
  */
 #ifndef DMOE_MOE_IMPL_H
 #define DMOE_MOE_IMPL_H

@@ -303,44 +303,55 @@ int moe_fwd_group_end(moe_fwd *f)
     return 0;
 }
 
-int moe_fwd_combine(moe_fwd *f, int64_t *bad)
+int moe_fwd_combine_begin(moe_fwd *f)
 {
     moe_layer *m = f->m;
-    int T = m->g.total, k = f->k, ndim = m->g.ndim;
     if (f->D <= 0) f->D = m->c.out_features > 0 ? m->c.out_features : f->in;
     f->y = calloc((size_t)f->B * (size_t)f->D, sizeof *f->y);
     f->gx = calloc((size_t)f->B * (size_t)f->in, sizeof *f->gx);
-    float *count = m->c.is_switch ? calloc((size_t)T, sizeof *count) : NULL;
-    if (!f->y || !f->gx || (m->c.is_switch && !count)) { free(count); return DMOE_ENOMEM; }
-    if (m->out_dim <= 0) m->out_dim = f->D;
     /* an expert answered when every one of its requests did */
     uint8_t *failed = calloc((size_t)(f->nuid ? f->nuid : 1), 1);
-    if (!failed) { free(count); return DMOE_ENOMEM; }
+    if (!f->y || !f->gx || !failed) { free(failed); return DMOE_ENOMEM; }
+    if (m->out_dim <= 0) m->out_dim = f->D;
     for (int ei = 0; ei < f->nexp; ei++) failed[f->exp[ei].rank] |= !f->exp[ei].ok;
     for (int u = 0; u < f->nuid; u++) f->st.experts_answered += !failed[u];
     free(failed);
-    *bad = -1;
+    return 0;
+}
+
+void moe_fwd_mix(moe_fwd *f, const moe_grid *g)
+{
+    int T = g->total, k = f->k;
     int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
     uint8_t ok[MOE_MAX_BEAM];
     const float *outs[MOE_MAX_BEAM];
+    f->bad = -1;
     for (int64_t b = 0; b < f->B; b++) {
         moe_fwd_slots(f, b, coords, ok, outs);
-        const float *p = m->c.is_switch ? f->P + b * T : NULL;
-        if (moe_math_weights(&m->g, f->S + b * T, p, k, coords, ok, f->w + b * k) == 0) {
+        const float *p = f->P ? f->P + b * T : NULL;
+        if (moe_math_weights(g, f->S + b * T, p, k, coords, ok, f->w + b * k) == 0) {
             f->st.zero_rows++;
-            if (*bad < 0) *bad = b;
+            if (f->bad < 0) f->bad = b;
         }
-        const float *residual = m->c.is_switch && f->D == f->in ? f->x + b * f->in : NULL;
+        const float *residual = f->P && f->D == f->in ? f->x + b * f->in : NULL;
         moe_math_mix(k, f->w + b * k, outs, f->D, residual, f->y + b * f->D);
     }
+}
+
+int moe_fwd_combine_end(moe_fwd *f, int64_t *bad)
+{
+    moe_layer *m = f->m;
     if (m->c.is_switch) {
         /* rows sent to answering experts per coordinate this batch, into the EMA; then the loss */
+        float *count = calloc((size_t)m->g.total, sizeof *count);
+        if (!count) return DMOE_ENOMEM;
         for (int ei = 0; ei < f->nexp; ei++)
             if (f->exp[ei].ok)
-                for (int d = 0; d < ndim; d++) count[m->g.off[d] + f->exp[ei].coords[d]] += (float)f->exp[ei].nrows;
+                for (int d = 0; d < m->g.ndim; d++) count[m->g.off[d] + f->exp[ei].coords[d]] += (float)f->exp[ei].nrows;
         moe_math_util_update(&m->g, count, (float)m->c.utilization_alpha, m->util);
         f->bal = moe_math_balancing_loss(&m->g, f->P, f->B, m->util);
+        free(count);
     }
-    free(count);
+    *bad = f->bad;
     return 0;
 }

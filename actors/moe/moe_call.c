@@ -9,7 +9,8 @@
  *             as mail -> the batched beam search (moe_beam.h) goes on over the DHT -> after each
  *             round, the samples whose search ended grouped by expert (a wave) -> one request per
  *             expert of the wave with all its rows, sent while the next round is out -> ... the last
- *             wave when the search ends -> answers -> combine. Nothing settles before the last wave
+ *             wave when the search ends -> answers -> the combine (weights and output) on the pool,
+ *             the switch layer's utilisation on the loop -> callback. Nothing settles before the last wave
  *             is out; the experts' input gradients add up in the order of a single wave
  *             (moe_exp.rank), so the waves never change a bit.
  *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
@@ -30,11 +31,11 @@
  * fail the backward contribute nothing to the input gradient.
  *
  * Threads. Everything here runs on the loop thread except the gating job: the two gating GEMMs, in a
- * forward the beam search's moe_beam_new and first moe_beam_want, in a backward the arithmetic from the
- * answers to d loss / d scores. It runs on a worker of the layer's pool (cfg.pool, or one worker of its
- * own) on what nothing else touches meanwhile: the op's snapshots (parameters, utilisation) and
- * buffers, the moe_fwd record, which the caller may not touch before the callback (a backward's late
- * answers are dropped unread once it has handed the record over), and the job's copies of the grid;
+ * forward the beam search's moe_beam_new and first moe_beam_want and later the combine (moe_fwd_mix),
+ * in a backward the arithmetic from the answers to d loss / d scores. It runs on a worker of the
+ * layer's pool (cfg.pool, or one worker of its own) on what nothing else touches meanwhile: the op's
+ * snapshots (parameters, utilisation) and buffers, the moe_fwd record, which the caller may not touch
+ * before the callback (late answers are dropped unread once the op has handed the record over), and the job's copies of the grid;
  * the beam it makes is the loop's once the job is back. Callbacks run on the
  * loop, never inside the call that started them. Every allocation failure after a call started is
  * reported through its callback (DMOE_ENOMEM).
@@ -59,6 +60,7 @@ enum { MSG_TIMER = 1, MSG_START, MSG_GATED };
 typedef struct {
     rt_job job;
     int backward;
+    int combine;              /* forward: 0 the gating, 1 the combine of the answers (moe_fwd_mix of f) */
     moe_grid g;
     int64_t B;
     int in;
@@ -73,7 +75,7 @@ typedef struct {
     const float *gS;          /* backward: d loss / d scores */
     float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
     /* backward, first: the experts' input gradients and d loss / d scores from the answers */
-    moe_fwd *f;               /* the record: the loop leaves it alone until the callback */
+    moe_fwd *f;               /* the record (also a forward's combine): the loop leaves it alone meanwhile */
     const int *order;         /* f's requests in rank order */
     const float *gy, *util;   /* the output gradient; switch: the utilisation as the backward began */
     float *gSw, *gP;          /* d loss / d scores (written), switch: d loss / d probabilities */
@@ -176,6 +178,7 @@ static int submit_gating(op *o)
 static void fwd_complete(op *o);
 static void bwd_complete(op *o);
 static void on_gated(op *o);
+static void fwd_combined(op *o);
 static void send_range(op *o, int from, int to);
 
 static void op_complete(op *o)
@@ -263,6 +266,8 @@ static void gate_run(rt_job *j)
     if (g->backward) {
         bwd_slots(g);
         moe_math_gating_bwd(&g->g, g->xg, g->gS, g->B, g->in, g->W, g->noise, g->gW, g->gb, g->gx, g->gxg);
+    } else if (g->combine) {
+        moe_fwd_mix(g->f, &g->g);
     } else {
         moe_math_gating(&g->g, g->xg, g->B, g->in, g->W, g->b, g->keep, g->S, g->P);
         /* the search's set-up and first round (every sample's frontier) are the heavy part of it: here */
@@ -509,7 +514,8 @@ int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *ext
     return 0;
 }
 
-/* on_gated: the gating job is back. A forward starts its beam search; a backward is done. */
+/* on_gated: the gating job is back. A forward starts its beam search (or, its combine back, calls
+ * back); a backward is done. */
 static void on_gated(op *o)
 {
     o->job_out = 0;
@@ -521,6 +527,7 @@ static void on_gated(op *o)
         op_release(o);
         return;
     }
+    if (o->gj.combine) { fwd_combined(o); return; }
     moe_layer *m = o->m;
     o->beam = o->gj.beam;   /* made on the worker; the op frees it */
     o->gj.beam = NULL;
@@ -538,15 +545,27 @@ static void on_gated(op *o)
     arm(o);   /* the deadline may have passed while the job was out */
 }
 
-/* fwd_complete combines the answers (moe_fwd_combine) and calls back. */
+/* fwd_complete hands the combine of the answers to the pool (on_gated: fwd_combined calls back). */
 static void fwd_complete(op *o)
 {
     moe_fwd *f = o->f;
-    int64_t bad;
-    int rc = moe_fwd_combine(f, &bad);
+    int rc = moe_fwd_combine_begin(f);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
-    o->finished = 1;
+    o->finished = 1;   /* answers still out are dropped unread: the record is the job's */
     rt_timer_cancel(&o->timer);
+    o->gj.combine = 1;
+    o->gj.f = f;
+    rc = submit_gating(o);
+    if (rc) op_fail(o, rc, "cannot hand the combine to the worker pool");
+}
+
+/* fwd_combined: the combine is back; the layer's part of it, then the callback. */
+static void fwd_combined(op *o)
+{
+    moe_fwd *f = o->f;
+    int64_t bad;
+    int rc = moe_fwd_combine_end(f, &bad);
+    if (rc) { op_fail(o, rc, "out of memory"); return; }
     f->st.total_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
     o->f = NULL;
     if (bad >= 0 && !o->m->c.allow_zero_outputs) {

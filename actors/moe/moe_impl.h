@@ -56,6 +56,7 @@ struct moe_fwd {
     moe_exp *exp;             /* one per expert and wave (room for B * k) */
     int nexp, nuid;           /* requests; distinct experts (moe_fwd_group_end) */
     float *y, *gx;
+    int64_t bad;              /* the first sample nobody answered, or -1 (moe_fwd_mix) */
     float bal;
     moe_fwd_stats st;
 };
@@ -76,9 +77,16 @@ int moe_fwd_group_end(moe_fwd *f);
 /* moe_fwd_slots describes sample b's slots for moe_math: each slot's coordinates, whether it answered
  * the forward, and its output row (NULL when it did not answer or the output is not there yet). */
 void moe_fwd_slots(const moe_fwd *f, int64_t b, int *coords, uint8_t *ok, const float **out);
-/* moe_fwd_combine combines the answers: the output width, the weights, the output, the switch layer's
- * utilisation and balancing loss; it allocates f->y and f->gx. Returns 0 and *bad (the first sample
- * nobody answered, or -1), or DMOE_ENOMEM. */
-int moe_fwd_combine(moe_fwd *f, int64_t *bad);
+/* Combining the answers, in three steps: */
+/* moe_fwd_combine_begin (the loop) fixes the output width, counts the experts that answered and
+ * allocates f->y and f->gx. Returns 0 or DMOE_ENOMEM. */
+int moe_fwd_combine_begin(moe_fwd *f);
+/* moe_fwd_mix (any one thread: the combine job) writes the weights and the output of every sample from
+ * the answers, with g the layer's grid (a copy), and counts the samples nobody answered (f->bad: the
+ * first, or -1). Touches f alone. */
+void moe_fwd_mix(moe_fwd *f, const moe_grid *g);
+/* moe_fwd_combine_end (the loop) folds the switch layer's utilisation into the layer and computes the
+ * balancing loss. Returns 0 and *bad (the first sample nobody answered, or -1), or DMOE_ENOMEM. */
+int moe_fwd_combine_end(moe_fwd *f, int64_t *bad);
 
 #endif

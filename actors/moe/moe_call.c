@@ -35,9 +35,9 @@
  * in a backward the arithmetic from the answers to d loss / d scores. It runs on a worker of the
  * layer's pool (cfg.pool, or one worker of its own) on what nothing else touches meanwhile: the op's
  * snapshots (parameters, utilisation) and buffers, the moe_fwd record, which the caller may not touch
- * before the callback (late answers are dropped unread once the op has handed the record over), and the job's copies of the grid;
- * the beam it makes is the loop's once the job is back. Callbacks run on the
- * loop, never inside the call that started them. Every allocation failure after a call started is
+ * before the callback (late answers are dropped unread once the op has handed the record over), and
+ * the job's copies of the grid; the beam it makes is the loop's once the job is back. Callbacks run on
+ * the loop, never inside the call that started them. Every allocation failure after a call started is
  * reported through its callback (DMOE_ENOMEM).
  *
  * The layer and its forward record (moe_impl.h) are moe.c's; this file owns the timing, the requests

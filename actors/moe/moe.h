@@ -30,8 +30,9 @@
  * grid utilisation that the load-balancing loss uses, exactly as hivemind defines them.
  *
  * Threads: the layer belongs to the loop thread. Each forward or backward call is an actor with a
- * deadline timer; the gating GEMMs (forward and backward), and the beam search's set-up and first round,
- * run on a worker of a pool (cfg.pool, or one worker the layer starts for itself) and come back as mail. Callbacks run on the loop, never inside
+ * deadline timer; the gating GEMMs (forward and backward), the beam search's set-up and first round, the
+ * combine of the answers and the backward's arithmetic run on a worker of a pool (cfg.pool, or one
+ * worker the layer starts for itself) and come back as mail. Callbacks run on the loop, never inside
  * the call that started them.
  *
  * Files: moe.c (the layer and its forward record), moe_call.c (the call actor: dispatch, timing, the

@@ -94,8 +94,8 @@ int bench_targets(const bench *b, bench_target *t)
     target(t, &n, "MoE training step of 256 rows / sum of its parts", b->have_moe && p256->have && s256 > 0,
            s256 > 0 ? p256->step / s256 : 0, 1, 1.3, "x");
     for (int i = 1; i < NB; i++) {
-        snprintf(name, sizeof name, "node fwd+bwd / kernel fwd+bwd, batch %lld, %d workers (target: 2)",
-                 (long long)bench_batches[i], b->threads);
+        snprintf(name, sizeof name, "node fwd+bwd / kernel fwd+bwd, batch %lld, %d workers%s", (long long)bench_batches[i],
+                 b->threads, b->threads == 2 ? "" : " (set for 2)");
         target(t, &n, name, b->have_node && b->kfwdbwd[i] > 0, b->kfwdbwd[i] > 0 ? 100.0 * b->nfwdbwd[i] / b->kfwdbwd[i] : 0,
                0, 90.0, "%");
     }

@@ -4,8 +4,9 @@
 # dmoe-bench measures, in one run on the same thread count, the machine's BLAS limit, the ffn kernel
 # in-process, a dmoe-node over loopback TCP (started and stopped by dmoe-bench itself, which also kills
 # it if the bench dies), the node's memory, DHT lookups on 1024 in-memory nodes, and the MoE layer over
-# the tutorial's two nodes (forward of 3 and 256 rows, training step of 256 rows: the "moe" keys). A few
-# minutes on 2 cores at most. Extra arguments go to dmoe-bench (e.g. --seconds 0.5, --skip_dht, --skip_moe).
+# the tutorial's two nodes (forward of 3 and 256 rows, training steps of 3 and 256 rows against the sum
+# of their parts: the "moe" keys), and ends with the targets of issue 12 (PASS/MISS, the "targets" key).
+# A few minutes on 2 cores at most. Extra arguments go to dmoe-bench (e.g. --seconds 0.5, --skip_dht, --skip_moe).
 set -euo pipefail
 
 BUILD=${DMOE_BUILD:-build}

@@ -7,7 +7,8 @@
  * (moe_impl.h), nothing here calls it. The arithmetic lives in moe_math.c.
  *
  * Threads: all of it belongs to the loop thread; while a gating job is out, its worker writes the
- * record's scores and probabilities (moe_call.c), which nothing here reads before the job is back.
+ * record's scores and probabilities (a forward) or reads the record and writes its input gradient (a
+ * backward; moe_call.c), and nothing here touches them before the job is back.
  */
 #include "actors/moe/moe.h"
 
@@ -206,8 +207,8 @@ moe_fwd *moe_fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *e
 
 /* ---- grouping and combining ---- */
 
-/* add_expert appends the expert ch to f's requests and indexes it by uid in by_uid. Returns its index,
- * -1 when its uid is not a grid coordinate of the layer (skipped), or DMOE_ENOMEM. */
+/* add_expert appends the expert ch to f's requests for this wave and indexes it by uid in by_uid. Returns
+ * its index, -1 when its uid is not a grid coordinate of the layer (skipped), or DMOE_ENOMEM. */
 static int add_expert(moe_layer *m, moe_fwd *f, rt_map *by_uid, const moe_beam_expert *ch)
 {
     moe_exp *e = &f->exp[f->nexp];
@@ -215,93 +216,142 @@ static int add_expert(moe_layer *m, moe_fwd *f, rt_map *by_uid, const moe_beam_e
     e->addr = ch->addr;
     if (moe_beam_expert_coords(m->c.uid_prefix, m->c.grid_size, m->c.ndim, e->uid, e->coords) != 0)
         return -1;   /* a FLAT_EXPERT entry of a 1-d grid always parses; anything else was filtered */
-    e->rows = malloc((size_t)f->B * sizeof *e->rows);
-    if (!e->rows) return DMOE_ENOMEM;
-    if (rt_map_put(by_uid, e->uid, strlen(e->uid), e) != 0) {   /* the key lives in e, as long as f */
-        free(e->rows);
-        e->rows = NULL;
-        return DMOE_ENOMEM;
-    }
+    if (rt_map_put(by_uid, e->uid, strlen(e->uid), e) != 0) return DMOE_ENOMEM;   /* the key lives in e */
     return f->nexp++;
 }
 
-int moe_fwd_group(moe_fwd *f, const moe_beam *beam, int *need)
+/* copy_rows fills e's inputs: its rows of x and of the extra inputs. Returns 0 or DMOE_ENOMEM. */
+static int copy_rows(moe_fwd *f, moe_exp *e)
+{
+    int64_t shape[2] = { e->nrows, f->in };
+    if (rx_tensor_alloc(&e->in[0], WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
+    float *xe = rx_tensor_f32(&e->in[0]);
+    for (int64_t r = 0; r < e->nrows; r++) memcpy(xe + r * f->in, f->x + e->rows[r] * f->in, (size_t)f->in * sizeof *xe);
+    for (int i = 0; i < f->n_extra; i++) {
+        const rx_tensor *t = &f->extra[i];
+        int64_t sh[WIRE_MAX_NDIM];
+        memcpy(sh, t->shape, sizeof sh);
+        sh[0] = e->nrows;
+        if (rx_tensor_alloc(&e->in[1 + i], t->dtype, t->ndim, sh) != 0) return DMOE_ENOMEM;
+        size_t row = t->numel / (size_t)f->B * wire_dtype_size(t->dtype);
+        uint8_t *dst = e->in[1 + i].buf ? e->in[1 + i].buf->data : NULL;
+        if (!dst || row == 0) continue;
+        for (int64_t r = 0; r < e->nrows; r++) memcpy(dst + (size_t)r * row, t->buf->data + (size_t)e->rows[r] * row, row);
+    }
+    return 0;
+}
+
+int moe_fwd_group(moe_fwd *f, const moe_beam *beam, const int64_t *smp, int64_t n, int *need, int *first)
 {
     moe_layer *m = f->m;
-    f->exp = calloc((size_t)(f->B * f->k), sizeof *f->exp);
-    if (!f->exp) return DMOE_ENOMEM;
-    rt_map by_uid = RT_MAP_INIT;   /* uid -> its moe_exp */
-    for (int64_t b = 0; b < f->B; b++) {
+    if (!f->exp) {   /* every request holds at least one of the B * k slots */
+        f->exp = calloc((size_t)(f->B * f->k), sizeof *f->exp);
+        if (!f->exp) return DMOE_ENOMEM;
+    }
+    int first_new = f->nexp;
+    rt_map by_uid = RT_MAP_INIT;   /* uid -> its moe_exp of this wave */
+    /* first the slots and each request's row count, then the rows in sample order */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t b = smp[i];
         const moe_beam_expert *ch;
-        size_t n = moe_beam_result(beam, b, &ch);
-        for (size_t j = 0; j < n; j++) {
+        size_t cnt = moe_beam_result(beam, b, &ch);
+        for (size_t j = 0; j < cnt; j++) {
             moe_exp *found = rt_map_get(&by_uid, ch[j].uid, strlen(ch[j].uid));
             int ei = found ? (int)(found - f->exp) : add_expert(m, f, &by_uid, &ch[j]);
             if (ei == DMOE_ENOMEM) { rt_map_clear(&by_uid); return DMOE_ENOMEM; }
             if (ei < 0) continue;
-            moe_exp *e = &f->exp[ei];
             f->slot_exp[b * f->k + (int64_t)j] = ei;
-            f->slot_row[b * f->k + (int64_t)j] = e->nrows;
-            e->rows[e->nrows++] = b;
+            f->slot_row[b * f->k + (int64_t)j] = f->exp[ei].nrows++;
         }
-        need[b] = m->c.k_min < (int)n ? m->c.k_min : (int)n;
+        need[b] = m->c.k_min < (int)cnt ? m->c.k_min : (int)cnt;
     }
     rt_map_clear(&by_uid);
-    for (int ei = 0; ei < f->nexp; ei++) {
+    *first = first_new;
+    for (int ei = first_new; ei < f->nexp; ei++) {
         moe_exp *e = &f->exp[ei];
-        int64_t shape[2] = { e->nrows, f->in };
-        if (rx_tensor_alloc(&e->in[0], WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
-        float *xe = rx_tensor_f32(&e->in[0]);
-        for (int64_t r = 0; r < e->nrows; r++) memcpy(xe + r * f->in, f->x + e->rows[r] * f->in, (size_t)f->in * sizeof *xe);
-        for (int i = 0; i < f->n_extra; i++) {
-            const rx_tensor *t = &f->extra[i];
-            int64_t sh[WIRE_MAX_NDIM];
-            memcpy(sh, t->shape, sizeof sh);
-            sh[0] = e->nrows;
-            if (rx_tensor_alloc(&e->in[1 + i], t->dtype, t->ndim, sh) != 0) return DMOE_ENOMEM;
-            size_t row = t->numel / (size_t)f->B * wire_dtype_size(t->dtype);
-            uint8_t *dst = e->in[1 + i].buf ? e->in[1 + i].buf->data : NULL;
-            if (!dst || row == 0) continue;
-            for (int64_t r = 0; r < e->nrows; r++) memcpy(dst + (size_t)r * row, t->buf->data + (size_t)e->rows[r] * row, row);
-        }
+        e->rows = malloc((size_t)e->nrows * sizeof *e->rows);
+        if (!e->rows) return DMOE_ENOMEM;
     }
-    f->st.experts_chosen = f->nexp;
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < f->k; j++) {
+            int64_t b = smp[i];
+            int ei = f->slot_exp[b * f->k + j];
+            if (ei >= first_new) f->exp[ei].rows[f->slot_row[b * f->k + j]] = b;
+        }
+    for (int ei = first_new; ei < f->nexp; ei++)
+        if (copy_rows(f, &f->exp[ei]) != 0) return DMOE_ENOMEM;
     return 0;
 }
 
-int moe_fwd_combine(moe_fwd *f, int64_t *bad)
+int moe_fwd_group_end(moe_fwd *f)
+{
+    rt_map rank = RT_MAP_INIT;   /* uid -> rank + 1 */
+    f->nuid = 0;
+    for (int64_t s = 0; s < f->B * f->k; s++) {
+        int ei = f->slot_exp[s];
+        if (ei < 0) continue;
+        moe_exp *e = &f->exp[ei];
+        void *v = rt_map_get(&rank, e->uid, strlen(e->uid));
+        if (!v) {
+            v = (void *)(uintptr_t)(++f->nuid);
+            if (rt_map_put(&rank, e->uid, strlen(e->uid), v) != 0) { rt_map_clear(&rank); return DMOE_ENOMEM; }
+        }
+        e->rank = (int)((uintptr_t)v - 1);
+    }
+    rt_map_clear(&rank);
+    f->st.experts_chosen = f->nuid;
+    return 0;
+}
+
+int moe_fwd_combine_begin(moe_fwd *f)
 {
     moe_layer *m = f->m;
-    int T = m->g.total, k = f->k, ndim = m->g.ndim;
     if (f->D <= 0) f->D = m->c.out_features > 0 ? m->c.out_features : f->in;
     f->y = calloc((size_t)f->B * (size_t)f->D, sizeof *f->y);
     f->gx = calloc((size_t)f->B * (size_t)f->in, sizeof *f->gx);
-    float *count = m->c.is_switch ? calloc((size_t)T, sizeof *count) : NULL;
-    if (!f->y || !f->gx || (m->c.is_switch && !count)) { free(count); return DMOE_ENOMEM; }
+    /* an expert answered when every one of its requests did */
+    uint8_t *failed = calloc((size_t)(f->nuid ? f->nuid : 1), 1);
+    if (!f->y || !f->gx || !failed) { free(failed); return DMOE_ENOMEM; }
     if (m->out_dim <= 0) m->out_dim = f->D;
-    for (int ei = 0; ei < f->nexp; ei++) f->st.experts_answered += f->exp[ei].ok;
-    *bad = -1;
+    for (int ei = 0; ei < f->nexp; ei++) failed[f->exp[ei].rank] |= !f->exp[ei].ok;
+    for (int u = 0; u < f->nuid; u++) f->st.experts_answered += !failed[u];
+    free(failed);
+    return 0;
+}
+
+void moe_fwd_mix(moe_fwd *f, const moe_grid *g)
+{
+    int T = g->total, k = f->k;
     int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
     uint8_t ok[MOE_MAX_BEAM];
     const float *outs[MOE_MAX_BEAM];
+    f->bad = -1;
     for (int64_t b = 0; b < f->B; b++) {
         moe_fwd_slots(f, b, coords, ok, outs);
-        const float *p = m->c.is_switch ? f->P + b * T : NULL;
-        if (moe_math_weights(&m->g, f->S + b * T, p, k, coords, ok, f->w + b * k) == 0) {
+        const float *p = f->P ? f->P + b * T : NULL;
+        if (moe_math_weights(g, f->S + b * T, p, k, coords, ok, f->w + b * k) == 0) {
             f->st.zero_rows++;
-            if (*bad < 0) *bad = b;
+            if (f->bad < 0) f->bad = b;
         }
-        const float *residual = m->c.is_switch && f->D == f->in ? f->x + b * f->in : NULL;
+        const float *residual = f->P && f->D == f->in ? f->x + b * f->in : NULL;
         moe_math_mix(k, f->w + b * k, outs, f->D, residual, f->y + b * f->D);
     }
+}
+
+int moe_fwd_combine_end(moe_fwd *f, int64_t *bad)
+{
+    moe_layer *m = f->m;
     if (m->c.is_switch) {
         /* rows sent to answering experts per coordinate this batch, into the EMA; then the loss */
+        float *count = calloc((size_t)m->g.total, sizeof *count);
+        if (!count) return DMOE_ENOMEM;
         for (int ei = 0; ei < f->nexp; ei++)
             if (f->exp[ei].ok)
-                for (int d = 0; d < ndim; d++) count[m->g.off[d] + f->exp[ei].coords[d]] += (float)f->exp[ei].nrows;
+                for (int d = 0; d < m->g.ndim; d++) count[m->g.off[d] + f->exp[ei].coords[d]] += (float)f->exp[ei].nrows;
         moe_math_util_update(&m->g, count, (float)m->c.utilization_alpha, m->util);
         f->bal = moe_math_balancing_loss(&m->g, f->P, f->B, m->util);
+        free(count);
     }
-    free(count);
+    *bad = f->bad;
     return 0;
 }

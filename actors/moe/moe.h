@@ -11,16 +11,21 @@
  * drivers for programs: they run the loop until their call ends.
  *
  * Forward, for a batch x[B, in_features]: scores = x W^T + b split per grid dimension; the beam search
- * picks up to k_best experts per sample; ONE request per expert carries every row routed to it; all
- * requests go out at once. Answers are collected until every sample has k_min of them (or can get no
- * more), then for at most timeout_after_k_min more, never past forward_timeout (the beam search counts
- * against forward_timeout too). Failed and late answers, answers that are not float32 [the expert's
- * rows, D] (rx_tensor_check), and -- with detect_anomalies, on by default -- non-finite answers are
- * masked out. Until one matches, the first expert's schema is checked against what the layer sends (the
- * caller's info port): experts of another width end the forward with DMOE_ESHAPE and a message naming
- * both shapes. Each distinct remote error is logged once at WARN. Output row b = sum over the experts that answered of softmax(logits of those experts)_j *
- * output_j, where an expert's logit is the sum of its coordinates' scores. A sample nobody answered is
- * an error unless allow_zero_outputs (its row is then zeros, never NaN).
+ * picks up to k_best experts per sample; ONE request per expert carries every row routed to it. The
+ * requests go out as the search finishes samples: after each round of the search, the samples whose best
+ * experts are final go as one wave (one request per expert of the wave) while the next round is out; the
+ * last wave goes when the search ends (a 1-d grid of up to 256 coordinates: one wave, at the end). An
+ * expert chosen in several waves gets a request per wave; the result is bit for bit that of a single
+ * dispatch at the end (stats.waves says how many there were). Answers are collected until every sample has
+ * k_min of them (or can get no more), then for at most timeout_after_k_min more, never past
+ * forward_timeout (the beam search counts against forward_timeout too). Failed and late answers, answers
+ * that are not float32 [the expert's rows, D] (rx_tensor_check), and -- with detect_anomalies, on by
+ * default -- non-finite answers are masked out. Until one matches, the first expert's schema is checked
+ * against what the layer sends (the caller's info port): experts of another width end the forward with
+ * DMOE_ESHAPE and a message naming both shapes. Each distinct remote error is logged once at WARN. Output row b = sum over the experts that answered of
+ * softmax(logits of those experts)_j * output_j, where an expert's logit is the sum of its coordinates'
+ * scores. A sample nobody answered is an error unless allow_zero_outputs (its row is then zeros, never
+ * NaN).
  * Switch mode (is_switch): per-dimension softmax of the scores (grid_dropout keeps each coordinate with
  * that probability), an expert's weight is the product of its coordinates' probabilities (not
  * renormalised), the output adds the input (residual), the gating input is jittered by a factor in
@@ -28,7 +33,8 @@
  * grid utilisation that the load-balancing loss uses, exactly as hivemind defines them.
  *
  * Threads: the layer belongs to the loop thread. Each forward or backward call is an actor with a
- * deadline timer; the gating GEMMs (forward and backward) run on a worker of a pool (cfg.pool, or one
+ * deadline timer; the gating GEMMs (forward and backward), the beam search's set-up and first round, the
+ * combine of the answers and the backward's arithmetic run on a worker of a pool (cfg.pool, or one
  * worker the layer starts for itself) and come back as mail. Callbacks run on the loop, never inside
  * the call that started them.
  *

@@ -4,12 +4,19 @@
  * Design notes. A forward or backward is an "op": an actor with one deadline timer and one worker job.
  *   Forward:  moe_forward_ex copies the input, draws the switch layer's jitter and dropout mask (the
  *             layer's random stream, in call order), snapshots the gating parameters and hands the
- *             gating GEMM (and the switch softmax) to the pool -> the job comes back as mail ->
- *             batched beam search (moe_beam.h) -> the chosen (sample, expert) pairs grouped by expert
- *             -> one request per expert with all its rows, all sent at once -> answers -> combine.
+ *             gating GEMM (and the switch softmax) to the pool, with the beam search's set-up and its
+ *             first round (every sample's frontier: most of the search's CPU) -> the job comes back
+ *             as mail -> the batched beam search (moe_beam.h) goes on over the DHT -> after each
+ *             round, the samples whose search ended grouped by expert (a wave) -> one request per
+ *             expert of the wave with all its rows, sent while the next round is out -> ... the last
+ *             wave when the search ends -> answers -> the combine (weights and output) on the pool,
+ *             the switch layer's utilisation on the loop -> callback. Nothing settles before the last wave
+ *             is out; the experts' input gradients add up in the order of a single wave
+ *             (moe_exp.rank), so the waves never change a bit.
  *   Backward: moe_backward queues a start message -> grad_output_j = weight_j * gy to every expert that
- *             answered the forward -> answers -> d loss / d scores on the loop -> the gating backward
- *             GEMM on the pool -> the gradients copied into the layer -> callback.
+ *             answered the forward -> answers -> on the pool: the input gradient from the answers,
+ *             d loss / d scores, the gating backward GEMM -> the gradients copied into the layer ->
+ *             callback.
  * Each reply updates per-sample answer counts; once every sample has k_min answers or nothing left
  * pending, the finish time moves to now + timeout_after_k_min (never later than the deadline). At the
  * finish time, or when nothing is pending, the op combines what it has. Until an expert's schema has
@@ -27,11 +34,15 @@
  * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
  * fail the backward contribute nothing to the input gradient.
  *
- * Threads. Everything here runs on the loop thread except the two gating GEMMs, which run on a worker
- * of the layer's pool (cfg.pool, or one worker of its own) on buffers nothing else touches meanwhile:
- * the op's parameter snapshot and the moe_fwd's gating buffers, which the caller may not read before
- * the callback. Callbacks run on the loop, never inside the call that started them. Every allocation
- * failure after a call started is reported through its callback (DMOE_ENOMEM).
+ * Threads. Everything here runs on the loop thread except the gating job: the two gating GEMMs, in a
+ * forward the beam search's moe_beam_new and first moe_beam_want and later the combine (moe_fwd_mix),
+ * in a backward the arithmetic from the answers to d loss / d scores. It runs on a worker of the
+ * layer's pool (cfg.pool, or one worker of its own) on what nothing else touches meanwhile: the op's
+ * snapshots (parameters, utilisation) and buffers, the moe_fwd record, which the caller may not touch
+ * before the callback (late answers are dropped unread once the op has handed the record over), and
+ * the job's copies of the grid; the beam it makes is the loop's once the job is back. Callbacks run on
+ * the loop, never inside the call that started them. Every allocation failure after a call started is
+ * reported through its callback (DMOE_ENOMEM).
  *
  * The layer and its forward record (moe_impl.h) are moe.c's; this file owns the timing, the requests
  * and the backward's gradients, and calls into moe.c, never the other way round.
@@ -53,6 +64,7 @@ enum { MSG_TIMER = 1, MSG_START, MSG_GATED };
 typedef struct {
     rt_job job;
     int backward;
+    int combine;              /* forward: 0 the gating, 1 the combine of the answers (moe_fwd_mix of f) */
     moe_grid g;
     int64_t B;
     int in;
@@ -60,8 +72,18 @@ typedef struct {
     const float *xg, *noise;
     const uint8_t *keep;      /* forward, switch: the dropout mask, or NULL */
     float *S, *P;             /* forward: the moe_fwd's scores and probabilities */
+    char prefix[UID_MAX_LEN + 1];   /* forward: the grid, to start the beam search from S (copies) */
+    int grid[MOE_MAX_DIMS], ndim, k;
+    moe_beam *beam;           /* forward: the search, its first round gathered; the loop's once back */
+    int beam_rc;
     const float *gS;          /* backward: d loss / d scores */
     float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
+    /* backward, first: the experts' input gradients and d loss / d scores from the answers */
+    moe_fwd *f;               /* the record (also a forward's combine): the loop leaves it alone meanwhile */
+    const int *order;         /* f's requests in rank order */
+    const float *gy, *util;   /* the output gradient; switch: the utilisation as the backward began */
+    float *gSw, *gP;          /* d loss / d scores (written), switch: d loss / d probabilities */
+    float bal_coef;
 } gate_job;
 
 typedef struct {
@@ -84,8 +106,12 @@ typedef struct op {
     int pending, finished;    /* pending: expert calls and the info request out */
     int info_out;             /* forward: the schema check's info request is out */
     int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
+    int64_t *wave;            /* forward: the samples of the wave being grouped (room for B) */
+    uint8_t *sent;            /* forward: per sample, whether its requests went out */
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
+    int *order;               /* backward: f's requests in rank order */
+    float *usnap;             /* backward, switch: the utilisation when the job was handed out */
     uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
     /* backward, one block from gy: */
     float *gy;                /* the output gradient [B, D] (a copy) */
@@ -106,7 +132,11 @@ static void op_destroy(rt_actor *self)
     moe_beam_free(o->beam);
     free(o->ctx);
     free(o->need);   /* and got, left */
+    free(o->wave);
+    free(o->sent);
     free(o->wsnap);
+    free(o->order);
+    free(o->usnap);
     free(o->keep);
     free(o->gy);     /* and the rest of the backward's block */
     free(o);
@@ -153,7 +183,8 @@ static int submit_gating(op *o)
 static void fwd_complete(op *o);
 static void bwd_complete(op *o);
 static void on_gated(op *o);
-static void send_all(op *o);
+static void fwd_combined(op *o);
+static void send_range(op *o, int from, int to);
 
 static void op_complete(op *o)
 {
@@ -166,6 +197,7 @@ static void op_complete(op *o)
 static void settle(op *o)
 {
     int64_t B = o->f->B;
+    if (o->search) return;   /* a forward's later waves are still to come */
     if (o->pending == 0) { op_complete(o); return; }
     if (o->info_out) return;   /* its answer may end the forward with a clearer error than the experts' */
     for (int64_t b = 0; b < B; b++)
@@ -197,17 +229,58 @@ static void op_handle(rt_actor *self, rt_msg *msg)
     int type = msg->type;
     rt_msg_drop(msg);
     if (type == MSG_TIMER) on_timer(o);
-    else if (type == MSG_START && !o->finished) send_all(o);
+    else if (type == MSG_START && !o->finished) {
+        send_range(o, 0, o->f->nexp);
+        settle(o);
+    }
     else if (type == MSG_GATED) on_gated(o);
+}
+
+/* bwd_slots, on the worker: the input gradient from the experts' answers (in rank order: the same bits
+ * however the forward's waves fell) and the residual, then d loss / d scores sample by sample. */
+static void bwd_slots(gate_job *g)
+{
+    moe_fwd *f = g->f;
+    const moe_grid *grid = &g->g;
+    int T = grid->total, k = f->k, D = f->D;
+    memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
+    for (int oi = 0; oi < f->nexp; oi++) {
+        const moe_exp *e = &f->exp[g->order[oi]];
+        if (!e->bok) continue;
+        const float *ge = rx_tensor_f32(&e->gx);
+        for (int64_t r = 0; r < e->nrows; r++)
+            for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += ge[r * f->in + i];
+    }
+    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
+    uint8_t ok[MOE_MAX_BEAM];
+    const float *outs[MOE_MAX_BEAM];
+    for (int64_t b = 0; b < f->B; b++) {
+        const float *gy = g->gy + b * D;
+        if (g->util && D == f->in)
+            for (int d = 0; d < D; d++) f->gx[b * f->in + d] += gy[d];   /* the residual */
+        moe_fwd_slots(f, b, coords, ok, outs);
+        const float *p = g->util ? f->P + b * T : NULL;
+        moe_math_slot_grads(grid, gy, f->y + b * D, D, k, outs, f->w + b * k, coords, p, g->gSw + b * T,
+                            g->gP ? g->gP + b * T : NULL);
+        if (p) moe_math_switch_bwd(grid, p, g->util, g->bal_coef, f->B, g->gP + b * T, g->gSw + b * T);
+    }
 }
 
 static void gate_run(rt_job *j)
 {
     gate_job *g = (gate_job *)j;
-    if (g->backward)
+    if (g->backward) {
+        bwd_slots(g);
         moe_math_gating_bwd(&g->g, g->xg, g->gS, g->B, g->in, g->W, g->noise, g->gW, g->gb, g->gx, g->gxg);
-    else
+    } else if (g->combine) {
+        moe_fwd_mix(g->f, &g->g);
+    } else {
         moe_math_gating(&g->g, g->xg, g->B, g->in, g->W, g->b, g->keep, g->S, g->P);
+        /* the search's set-up and first round (every sample's frontier) are the heavy part of it: here */
+        g->beam_rc = moe_beam_new(g->prefix, g->grid, g->ndim, g->B, g->S, g->k, &g->beam);
+        const char *const *prefixes;
+        if (g->beam_rc == 0) moe_beam_want(g->beam, &prefixes);
+    }
 }
 
 static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
@@ -224,6 +297,10 @@ static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
     o->gj.g = m->g;
     o->gj.B = f->B;
     o->gj.in = f->in;
+    snprintf(o->gj.prefix, sizeof o->gj.prefix, "%s", m->c.uid_prefix);
+    memcpy(o->gj.grid, m->c.grid_size, sizeof o->gj.grid);
+    o->gj.ndim = m->c.ndim;
+    o->gj.k = f->k;
     o->m = m;
     o->f = f;
     o->backward = backward;
@@ -395,14 +472,17 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     settle(o);
 }
 
-/* send_all sends one request per expert (in backward, only to those that answered the forward). */
-static void send_all(op *o)
+/* send_range sends the requests f->exp[from..to) (in backward, only to the experts that answered the
+ * forward); the caller settles. */
+static void send_range(op *o, int from, int to)
 {
     moe_fwd *f = o->f;
-    o->ctx = calloc((size_t)(f->nexp ? f->nexp : 1), sizeof *o->ctx);
-    if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
-    /* until an expert's schema matched, ask the first expert for it alongside the requests */
-    if (!o->backward && !o->m->schema_ok && o->m->caller.info && f->nexp > 0) {
+    if (!o->ctx) {   /* a forward's waves share it: room for every request it can have */
+        o->ctx = calloc((size_t)(o->backward ? (f->nexp ? f->nexp : 1) : f->B * f->k), sizeof *o->ctx);
+        if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    }
+    /* until an expert's schema matched, ask the first wave's first expert for it alongside the requests */
+    if (!o->backward && from == 0 && to > 0 && !o->m->schema_ok && o->m->caller.info) {
         uint64_t now = rt_clock_us();
         uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
         if (o->m->caller.info(o->m->caller.impl, f->exp[0].uid, &f->exp[0].addr, ms, on_info, o) == 0) {
@@ -410,7 +490,7 @@ static void send_all(op *o)
             o->info_out = 1;
         }
     }
-    for (int ei = 0; ei < f->nexp; ei++) {
+    for (int ei = from; ei < to; ei++) {
         moe_exp *e = &f->exp[ei];
         if (o->backward && !e->ok) continue;
         rx_tensor gout = {0};
@@ -442,7 +522,34 @@ static void send_all(op *o)
         o->pending++;
         for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
     }
-    settle(o);
+}
+
+/* dispatch groups the samples whose search has ended (all of them when all is set) and not yet sent
+ * into this wave's requests and sends them. Returns 0, or an error after op_fail. */
+static int dispatch(op *o, int all)
+{
+    moe_fwd *f = o->f;
+    int64_t n = 0;
+    for (int64_t b = 0; b < f->B; b++)
+        if (!o->sent[b] && (all || moe_beam_sample_done(o->beam, b))) {
+            o->wave[n++] = b;
+            o->sent[b] = 1;
+        }
+    if (n == 0) return 0;
+    int first;
+    int rc = moe_fwd_group(f, o->beam, o->wave, n, o->need, &first);
+    if (rc) { op_fail(o, rc, "out of memory"); return rc; }
+    f->st.waves++;
+    send_range(o, first, f->nexp);
+    return o->finished ? DMOE_ENOMEM : 0;
+}
+
+/* on_progress: a round of the search ended and the next is out; the samples it finished go now. */
+static void on_progress(void *arg, moe_beam *b)
+{
+    op *o = arg;
+    (void)b;
+    if (!o->finished) dispatch(o, 0);
 }
 
 static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
@@ -452,9 +559,10 @@ static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
     if (err) { op_fail(o, err, msg); return; }
     o->f->st.search_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
     o->f->st.beam_rounds = moe_beam_rounds(b);
-    int rc = moe_fwd_group(o->f, o->beam, o->need);
+    if (dispatch(o, 1) != 0) return;
+    int rc = moe_fwd_group_end(o->f);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
-    send_all(o);
+    settle(o);
 }
 
 /* ---- forward ---- */
@@ -517,7 +625,8 @@ int moe_forward_ex(moe_layer *m, const float *x, int64_t B, const rx_tensor *ext
     return 0;
 }
 
-/* on_gated: the gating job is back. A forward starts its beam search; a backward is done. */
+/* on_gated: the gating job is back. A forward starts its beam search (or, its combine back, calls
+ * back); a backward is done. */
 static void on_gated(op *o)
 {
     o->job_out = 0;
@@ -529,10 +638,15 @@ static void on_gated(op *o)
         op_release(o);
         return;
     }
+    if (o->gj.combine) { fwd_combined(o); return; }
     moe_layer *m = o->m;
-    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, o->f->k, &o->beam);
-    if (rc) { op_fail(o, rc, "cannot start the beam search"); return; }
-    rc = moe_beam_search(&m->succ, o->beam, on_searched, o, &o->search);
+    o->beam = o->gj.beam;   /* made on the worker; the op frees it */
+    o->gj.beam = NULL;
+    if (o->gj.beam_rc) { op_fail(o, o->gj.beam_rc, "cannot start the beam search"); return; }
+    o->wave = malloc((size_t)o->f->B * sizeof *o->wave);
+    o->sent = calloc((size_t)o->f->B, 1);
+    if (!o->wave || !o->sent) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    int rc = moe_beam_search_progress(&m->succ, o->beam, on_searched, on_progress, o, &o->search);
     if (rc) {
         char msg[160];
         snprintf(msg, sizeof msg, "cannot start the beam search: %s", dmoe_strerror(rc));
@@ -542,15 +656,27 @@ static void on_gated(op *o)
     arm(o);   /* the deadline may have passed while the job was out */
 }
 
-/* fwd_complete combines the answers (moe_fwd_combine) and calls back. */
+/* fwd_complete hands the combine of the answers to the pool (on_gated: fwd_combined calls back). */
 static void fwd_complete(op *o)
 {
     moe_fwd *f = o->f;
-    int64_t bad;
-    int rc = moe_fwd_combine(f, &bad);
+    int rc = moe_fwd_combine_begin(f);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
-    o->finished = 1;
+    o->finished = 1;   /* answers still out are dropped unread: the record is the job's */
     rt_timer_cancel(&o->timer);
+    o->gj.combine = 1;
+    o->gj.f = f;
+    rc = submit_gating(o);
+    if (rc) op_fail(o, rc, "cannot hand the combine to the worker pool");
+}
+
+/* fwd_combined: the combine is back; the layer's part of it, then the callback. */
+static void fwd_combined(op *o)
+{
+    moe_fwd *f = o->f;
+    int64_t bad;
+    int rc = moe_fwd_combine_end(f, &bad);
+    if (rc) { op_fail(o, rc, "out of memory"); return; }
     f->st.total_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
     o->f = NULL;
     if (bad >= 0 && !o->m->c.allow_zero_outputs) {
@@ -598,13 +724,13 @@ int moe_backward(moe_layer *m, moe_fwd *f, const float *gy, float balance_coef, 
     return 0;
 }
 
-/* bwd_complete computes d loss / d scores from the answers on the loop, then hands the gating backward
- * to the pool (on_gated calls back). */
+/* bwd_complete checks that every sample has its answers, then hands the rest to the pool: the input
+ * gradient from the answers, d loss / d scores, and the gating backward (on_gated calls back). */
 static void bwd_complete(op *o)
 {
     moe_fwd *f = o->f;
     moe_layer *m = o->m;
-    int T = m->g.total, k = f->k, D = f->D;
+    int T = m->g.total;
     for (int64_t b = 0; b < f->B; b++) {
         if (o->got[b] < o->need[b]) {
             char msg[160];
@@ -614,31 +740,31 @@ static void bwd_complete(op *o)
             return;
         }
     }
-    o->finished = 1;
+    /* the experts' input gradients add up in rank order: the same bits however the forward's waves fell */
+    o->order = malloc((size_t)(f->nexp ? f->nexp : 1) * sizeof *o->order);
+    o->usnap = m->c.is_switch ? malloc((size_t)T * sizeof *o->usnap) : NULL;
+    int *at = calloc((size_t)f->nuid + 1, sizeof *at);
+    if (!o->order || !at || (m->c.is_switch && !o->usnap)) {
+        free(at);
+        op_fail(o, DMOE_ENOMEM, "out of memory");
+        return;
+    }
+    o->finished = 1;   /* answers still out are dropped unread: the record is the job's */
     rt_timer_cancel(&o->timer);
-    memset(f->gx, 0, (size_t)f->B * (size_t)f->in * sizeof *f->gx);
-    for (int ei = 0; ei < f->nexp; ei++) {
-        const moe_exp *e = &f->exp[ei];
-        if (!e->bok) continue;
-        const float *g = rx_tensor_f32(&e->gx);
-        for (int64_t r = 0; r < e->nrows; r++)
-            for (int i = 0; i < f->in; i++) f->gx[e->rows[r] * f->in + i] += g[r * f->in + i];
-    }
-    int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
-    uint8_t ok[MOE_MAX_BEAM];
-    const float *outs[MOE_MAX_BEAM];
-    for (int64_t b = 0; b < f->B; b++) {
-        const float *gy = o->gy + b * D;
-        if (m->c.is_switch && D == f->in)
-            for (int d = 0; d < D; d++) f->gx[b * f->in + d] += gy[d];   /* the residual */
-        moe_fwd_slots(f, b, coords, ok, outs);
-        const float *p = m->c.is_switch ? f->P + b * T : NULL;
-        moe_math_slot_grads(&m->g, gy, f->y + b * D, D, k, outs, f->w + b * k, coords, p, o->gS + b * T,
-                            o->gP ? o->gP + b * T : NULL);
-        if (p) moe_math_switch_bwd(&m->g, p, m->util, o->bal_coef, f->B, o->gP + b * T, o->gS + b * T);
-    }
+    for (int ei = 0; ei < f->nexp; ei++) at[f->exp[ei].rank + 1]++;
+    for (int u = 0; u < f->nuid; u++) at[u + 1] += at[u];
+    for (int ei = 0; ei < f->nexp; ei++) o->order[at[f->exp[ei].rank]++] = ei;
+    free(at);
+    if (o->usnap) memcpy(o->usnap, m->util, (size_t)T * sizeof *o->usnap);
     memcpy(o->wsnap, m->params, (size_t)T * (size_t)f->in * sizeof *o->wsnap);
     gate_job *g = &o->gj;
+    g->f = f;
+    g->order = o->order;
+    g->gy = o->gy;
+    g->util = o->usnap;
+    g->gSw = o->gS;
+    g->gP = o->gP;
+    g->bal_coef = o->bal_coef;
     g->W = o->wsnap;
     g->xg = f->xg;
     g->noise = f->noise;

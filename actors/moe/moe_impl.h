@@ -3,7 +3,8 @@
  * files: they use moe.h.
  *
  * moe.c owns these structs and the record's helpers below; moe_call.c calls them, never the other way
- * round. Everything here belongs to the loop thread, except the buffers a gating job has out (moe_call.c).
+ * round. Everything here belongs to the loop thread, except what a gating job has out (moe_call.c): a
+ * forward's scores and probabilities, or in a backward the whole record, read and its gradients written.
  */
 #ifndef DMOE_MOE_IMPL_H
 #define DMOE_MOE_IMPL_H
@@ -42,6 +43,8 @@ typedef struct {
     rx_tensor in[KERN_MAX_IO];  /* x's rows routed here, then the extra inputs' same rows */
     rx_tensor out, gx;
     int ok, bok;
+    int rank;                 /* the uid's place in a one-wave grouping (first use over samples in order):
+                                 gradients add up in this order, whatever the waves */
 } moe_exp;
 
 struct moe_fwd {
@@ -55,9 +58,10 @@ struct moe_fwd {
     int *slot_exp;            /* [B, k]: expert index or -1 */
     int64_t *slot_row;        /* [B, k]: row within the expert's request */
     float *w;                 /* [B, k]: weight of the slot in the output (0 when not answered) */
-    moe_exp *exp;
-    int nexp;
+    moe_exp *exp;             /* one per expert and wave (room for B * k) */
+    int nexp, nuid;           /* requests; distinct experts (moe_fwd_group_end) */
     float *y, *gx;
+    int64_t bad;              /* the first sample nobody answered, or -1 (moe_fwd_mix) */
     float bal;
     moe_fwd_stats st;
 };
@@ -65,16 +69,29 @@ struct moe_fwd {
 /* moe_fwd_new makes the forward record for x[B, in_features] and the extra inputs (copied), with room
  * for the gating. Returns NULL when out of memory. */
 moe_fwd *moe_fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra);
-/* moe_fwd_group turns the beam search's per-sample choices into one request per expert: f->exp with
- * each expert's rows of x and of the extra inputs, the slots, and need[b] = min(k_min, experts found
- * for b). Returns 0 or DMOE_ENOMEM (f keeps what it got; moe_fwd_free frees it). */
-int moe_fwd_group(moe_fwd *f, const moe_beam *beam, int *need);
+/* moe_fwd_group turns the final choices of the samples smp[0..n) (increasing; a wave of the beam search)
+ * into one request per expert of that wave: new entries f->exp[*first .. f->nexp) with each expert's
+ * rows of x and of the extra inputs, the samples' slots, and need[b] = min(k_min, experts found for b).
+ * A sample belongs to one wave; an expert chosen in several waves gets a request in each. Returns 0 or
+ * DMOE_ENOMEM (f keeps what it got; moe_fwd_free frees it). */
+int moe_fwd_group(moe_fwd *f, const moe_beam *beam, const int64_t *smp, int64_t n, int *need, int *first);
+/* moe_fwd_group_end, once every sample is grouped, ranks the experts by first use over the samples in
+ * order (what a single wave would have numbered them) and counts them (nuid, experts_chosen). Returns 0
+ * or DMOE_ENOMEM. */
+int moe_fwd_group_end(moe_fwd *f);
 /* moe_fwd_slots describes sample b's slots for moe_math: each slot's coordinates, whether it answered
  * the forward, and its output row (NULL when it did not answer or the output is not there yet). */
 void moe_fwd_slots(const moe_fwd *f, int64_t b, int *coords, uint8_t *ok, const float **out);
-/* moe_fwd_combine combines the answers: the output width, the weights, the output, the switch layer's
- * utilisation and balancing loss; it allocates f->y and f->gx. Returns 0 and *bad (the first sample
- * nobody answered, or -1), or DMOE_ENOMEM. */
-int moe_fwd_combine(moe_fwd *f, int64_t *bad);
+/* Combining the answers, in three steps: */
+/* moe_fwd_combine_begin (the loop) fixes the output width, counts the experts that answered and
+ * allocates f->y and f->gx. Returns 0 or DMOE_ENOMEM. */
+int moe_fwd_combine_begin(moe_fwd *f);
+/* moe_fwd_mix (any one thread: the combine job) writes the weights and the output of every sample from
+ * the answers, with g the layer's grid (a copy), and counts the samples nobody answered (f->bad: the
+ * first, or -1). Touches f alone. */
+void moe_fwd_mix(moe_fwd *f, const moe_grid *g);
+/* moe_fwd_combine_end (the loop) folds the switch layer's utilisation into the layer and computes the
+ * balancing loss. Returns 0 and *bad (the first sample nobody answered, or -1), or DMOE_ENOMEM. */
+int moe_fwd_combine_end(moe_fwd *f, int64_t *bad);
 
 #endif

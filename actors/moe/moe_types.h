@@ -71,6 +71,7 @@ typedef struct {
     int64_t zero_rows;      /* samples nobody answered (zeros with allow_zero_outputs) */
     double search_ms, total_ms;
     int beam_rounds;
+    int waves;              /* groups of requests sent as the search finished samples (1: all at its end) */
 } moe_fwd_stats;
 
 #endif

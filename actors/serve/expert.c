@@ -28,6 +28,10 @@
 #include "runtime/rt_log.h"
 
 #define EX_MIN_CHUNK_ROWS 32   /* smaller slices lose more GEMM efficiency than the second core gains */
+/* a backward splits into at most this many chunks: each chunk past the first needs a whole copy of the
+ * expert's gradients (8 MiB for ffn 512), so the split, not the workers, would set the memory; 3 keep a
+ * node's memory at 14 workers within 1.3x of 2 workers (make bench, memory_by_workers) */
+#define EX_MAX_BWD_CHUNKS 3
 /* a step range under 32 K floats (128 KiB of each of params, grads and moments) costs less than the
  * wake-up of another worker */
 #define EX_STEP_MIN_FLOATS (8 * KERN_OPTIM_BLOCK)
@@ -280,11 +284,13 @@ static int split(expert *e, ex_batch *b)
     int workers = rt_pool_threads(e->cfg.pool);
     int64_t k = b->B / EX_MIN_CHUNK_ROWS;
     if (k > workers) k = workers;
+    if (b->dir == EX_BWD && k > EX_MAX_BWD_CHUNKS) k = EX_MAX_BWD_CHUNKS;
     if (k < 2) return 0;
     const kern_model *m = &e->model;
     size_t (*wsf)(const kern_model *, int64_t) = b->dir == EX_FWD ? m->cls->forward_ws : m->cls->backward_ws;
-    if (b->dir == EX_BWD && m->n_floats > 0 && !e->grads_extra) {
-        e->grads_extra = malloc((size_t)(workers - 1) * m->n_floats * sizeof(float));
+    if (b->dir == EX_BWD && m->n_floats > 0 && !e->grads_extra) {   /* made once, reused by every backward */
+        int extra = (workers < EX_MAX_BWD_CHUNKS ? workers : EX_MAX_BWD_CHUNKS) - 1;
+        e->grads_extra = malloc((size_t)extra * m->n_floats * sizeof(float));
         if (!e->grads_extra) return 0;
     }
     b->chunks = calloc((size_t)k, sizeof *b->chunks);

@@ -13,7 +13,8 @@
  * never starved.
  *
  * Reply, then step (one step per backward batch). A backward's job computes the parameter gradients
- * (into one buffer, or one per chunk when the batch was split across workers) and the input gradients
+ * (into one buffer, or one per chunk when the batch was split across workers: at most 3 chunks, since
+ * each extra buffer is a whole copy of the gradients, kept and reused) and the input gradients
  * at the weights as they are; as soon as it is back, the callers are answered. Then the optimizer step
  * runs on the pool in ranges of the parameter vector: phase 1 sums the buffers into the first, in their
  * fixed order, and checks that the sums are finite; phase 2 updates each range (kern_optim.h). Nothing

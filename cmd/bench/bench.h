@@ -30,6 +30,10 @@
 #define BENCH_CLIENTS 8          /* concurrent clients for the node's throughput figures */
 #define BENCH_REPEATS 3          /* in-process figures: the best of this many runs */
 #define BENCH_MEM_EXPERTS 5      /* experts in the memory figure */
+#define BENCH_MEM_REQUESTS 100   /* requests of the memory load: ~10 backwards per expert, each steps */
+#define BENCH_MEM_MAX_S 60.0     /* a fence on that load (the count ends it long before) */
+#define BENCH_MEM_WORKERS_LO 2   /* memory after load on few workers ... */
+#define BENCH_MEM_WORKERS_HI 14  /* ... and on many (issue 12: at most 1.3 x, a 16-core machine's pool) */
 #define BENCH_DHT_NODES 1024
 #define BENCH_DHT_LOOKUPS 256
 #define BENCH_DHT_LATENCY_MS 1   /* each way, per message */
@@ -61,6 +65,21 @@ typedef struct {
     double requests, mib;        /* of the whole run: requests answered, MiB both ways */
 } bench_split;
 
+/* A MoE training step (forward, backward, the gating's Adam step) against its parts, in ms per step, means
+ * over one series, every part measured in the same run: */
+typedef struct {
+    double step;                 /* the step, wall time */
+    double search;               /* the beam search, wall time from the call (the gating GEMM included) */
+    double expert_kernels;       /* the experts' forward and backward jobs on the nodes' workers, summed */
+    double expert_steps;         /* the experts' optimizer jobs on the nodes' workers, summed */
+    double gating_step;          /* the gating's Adam step (in the client) */
+    double client_loop;          /* the client's loop thread on the CPU, the gating step left out */
+    int have;
+} bench_moe_parts;
+
+/* bench_moe_parts_sum returns the sum of p's parts (the step left out). */
+double bench_moe_parts_sum(const bench_moe_parts *p);
+
 /* One run's settings and figures. */
 typedef struct {
     int threads;
@@ -75,14 +94,15 @@ typedef struct {
     double lat_train_fwd_p50, lat_train_bwd_p50;   /* 1 client, 1 row, forward then backward (with handle) */
     double adam_step_p50;
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
+    double rss_workers_mb[2];    /* after the same load on BENCH_MEM_WORKERS_LO and _HI workers */
+    int have_mem_workers;
     double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
     bench_split split_fwd[NB], split_fb[NB];             /* the node's throughput runs, by batch size */
     double loop_us_per_req, loop_us_per_mib;             /* the loop thread's cost fitted over those runs */
     int have_split;
-    int moe_experts, moe_n[3];
-    /* the MoE training steps against their parts, in ms per step (means over the series): */
-    double moe_train_mean, moe_search, moe_expert_kernels, moe_expert_steps, moe_gating_step;
-    int have_moe_parts;
+    double moe_train3[2];                                /* ms: p50, p99 */
+    int moe_experts, moe_n[4];                           /* calls timed: fwd 3, fwd 256, train 256, train 3 */
+    bench_moe_parts moe_parts[2];                        /* the training steps of 3 and of 256 rows */
     double sign_per_s, verify_per_s;                     /* Ed25519 on one thread (bench_ident.c) */
     double rec_lookup_us, rec_verifies_per_lookup, rec_verify_share, rec_verify_us;   /* bench_record.c */
     int have_node, have_mem, have_dht, have_moe, have_ident, have_record;
@@ -127,15 +147,16 @@ typedef struct {
     char dht_maddr[256];         /* from "Running DHT node on ['...']" */
 } bench_child;
 
-/* bench_node_start starts dmoe-node with n_experts ffn experts and the NULL-terminated extra flags (or
- * NULL), and waits for its "Server started". Returns 0, or DMOE_EIO with the node's log on stderr; c
+/* bench_node_start starts dmoe-node with n_experts ffn experts on workers threads (0: b->threads) and the
+ * NULL-terminated extra flags (or NULL), and waits for its "Server started". Returns 0, or DMOE_EIO with the node's log on stderr; c
  * must be given to bench_node_stop in both cases. */
-int bench_node_start(bench *b, bench_child *c, int n_experts, const char *const *extra);
+int bench_node_start(bench *b, bench_child *c, int n_experts, int workers, const char *const *extra);
 /* bench_node_stop stops c's node (SIGTERM, then SIGKILL after NODE_STOP_S) and removes its log. */
 void bench_node_stop(bench_child *c);
 /* bench_node_figures fills the node's throughput (nfwd, nfwdbwd) and 1-row latency figures. */
 void bench_node_figures(bench *b);
-/* bench_memory_figures fills the memory figures of a node with BENCH_MEM_EXPERTS experts. */
+/* bench_memory_figures fills the memory figures of a node with BENCH_MEM_EXPERTS experts, on b->threads
+ * workers and again on BENCH_MEM_WORKERS_LO and _HI. */
 void bench_memory_figures(bench *b, const kern_model *m);
 
 /* ---- bench_probe.c ---- */
@@ -162,6 +183,24 @@ void bench_moe_figures(bench *b);
 
 /* ---- bench_report.c ---- */
 
+/* One target of issue 12 ("Training at the hardware's limit"): measured against bound. */
+#define BENCH_MAX_TARGETS 16
+typedef struct {
+    char name[160];
+    double measured, bound;
+    int at_most;                 /* 1: measured <= bound passes; 0: measured >= bound */
+    int have;                    /* 0: not measured in this run ("n/a") */
+    const char *unit;
+} bench_target;
+
+/* bench_targets fills t[0..BENCH_MAX_TARGETS) with the targets of issue 12 from b and returns how many. */
+int bench_targets(const bench *b, bench_target *t);
+/* bench_target_result returns "PASS", "MISS", or "n/a" (not measured). */
+const char *bench_target_result(const bench_target *t);
+/* bench_loop_core_share returns the node's loop thread, in cores, at the fwd+bwd rate of workers threads
+ * for batch bench_batches[i]: its CPU per training sample (the breakdown) times the kernel's fwd+bwd rate
+ * per thread (measured on b->threads) times workers; 0 without a breakdown. */
+double bench_loop_core_share(const bench *b, int i, int workers);
 /* bench_cpu_name writes the CPU's model name (or "unknown") into buf. */
 void bench_cpu_name(char *buf, size_t cap);
 /* bench_write_json writes every figure of b as JSON to path; 0 or DMOE_EIO. */

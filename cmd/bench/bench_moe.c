@@ -1,14 +1,17 @@
 /* bench_moe.c -- dmoe-bench's Mixture-of-Experts figures (see bench.h), as in the tutorial: two nodes (5
  * experts expert.[0:5], then 10 from expert.[5:250] joining the first through the DHT), and in-process a
  * client-mode DHT peer with a MoE layer (grid MOE_GRID, k_best MOE_K_BEST) timing forwards of 3 and 256
- * rows and training steps of 256 rows (forward, backward through the experts -- which step their own
- * weights -- and an Adam step of the gating): the median and the 99th percentile of a fixed number of
- * calls. The layer runs on its own loop through the blocking moe_*_run calls.
+ * rows and training steps of 256 and of 3 rows (forward, backward through the experts -- which step their
+ * own weights -- and an Adam step of the gating): the median and the 99th percentile of a fixed number
+ * of calls. Around each series of training steps, the experts' timers on both nodes (bench_probe.c) and
+ * the client thread's CPU time give the step's parts (bench_moe_parts). The layer runs on its own loop,
+ * on this thread, through the blocking moe_*_run calls.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "actors/moe/moe.h"
@@ -35,11 +38,25 @@ static void pcts(double *t, int n, double *out)
     out[1] = t[(k99 < 1 ? 1 : k99) - 1];
 }
 
+/* The calling thread's CPU time in ms (the client's loop runs on it). */
+static double thread_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+double bench_moe_parts_sum(const bench_moe_parts *p)
+{
+    return p->search + p->expert_kernels + p->expert_steps + p->gating_step + p->client_loop;
+}
+
 /* Time up to n calls of kind 0 (forward), 1 (training step) on B rows of x; fills p[2] in ms and returns
  * how many calls succeeded (every one must, or the figure is left out as a failure). parts (NULL: not
- * wanted) gets the summed ms of the calls, of their beam searches and of the gating's optimizer steps. */
+ * wanted) gets the summed ms of the calls, of their beam searches, of the gating's optimizer steps and
+ * of the client thread's CPU outside them. */
 static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, const float *gy, int64_t B, int kind,
-                      int n, double *p, double parts[3])
+                      int n, double *p, bench_moe_parts *parts)
 {
     double t[64];
     int done = 0;
@@ -49,6 +66,7 @@ static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, c
     float *params = moe_layer_params(m, &np), *grads = moe_layer_grads(m, &np);
     while (done < n && done < 64 && rt_clock_us() < end) {
         uint64_t t0 = rt_clock_us();
+        double cpu0 = thread_cpu_ms();
         moe_fwd *f = NULL;
         int rc = moe_forward_run(m, x, B, &f, err, sizeof err);
         if (rc == 0 && moe_fwd_stats_of(f)->experts_answered < moe_fwd_stats_of(f)->experts_chosen) {
@@ -65,9 +83,10 @@ static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, c
             t_opt = rt_clock_us() - t1;
         }
         if (rc == 0 && parts) {
-            parts[0] += (double)(rt_clock_us() - t0) / 1000.0;
-            parts[1] += moe_fwd_stats_of(f)->search_ms;
-            parts[2] += (double)t_opt / 1000.0;
+            parts->step += (double)(rt_clock_us() - t0) / 1000.0;
+            parts->search += moe_fwd_stats_of(f)->search_ms;
+            parts->gating_step += (double)t_opt / 1000.0;
+            parts->client_loop += thread_cpu_ms() - cpu0 - (double)t_opt / 1000.0;
         }
         moe_fwd_free(f);
         if (rc) {
@@ -80,12 +99,39 @@ static int moe_series(moe_layer *m, kern_optim *opt, float lr, const float *x, c
     return done;
 }
 
+/* train_series times training steps of B rows (into p[2]) with the experts' timers on both nodes around
+ * them: *parts gets the step's parts per step. Returns the steps timed. */
+static int train_series(moe_layer *m, kern_optim *opt, float lr, const float *x, const float *gy, int64_t B, int n,
+                        const bench_child *n1, const bench_child *n2, double *p, bench_moe_parts *parts)
+{
+    bench_probe before[2], after[2], d;
+    memset(parts, 0, sizeof *parts);
+    int probes = bench_probe_take(n1->pid, &n1->addr, NULL, &before[0]) == 0 &&
+                 bench_probe_take(n2->pid, &n2->addr, NULL, &before[1]) == 0;
+    int done = moe_series(m, opt, lr, x, gy, B, 1, n, p, parts);
+    probes = probes && bench_probe_take(n1->pid, &n1->addr, NULL, &after[0]) == 0 &&
+             bench_probe_take(n2->pid, &n2->addr, NULL, &after[1]) == 0;
+    if (!probes || done < 1) return done;
+    double steps = (double)done;
+    parts->step /= steps;
+    parts->search /= steps;
+    parts->gating_step /= steps;
+    parts->client_loop /= steps;
+    for (int k = 0; k < 2; k++) {
+        bench_probe_diff(&before[k], &after[k], &d);
+        parts->expert_kernels += d.compute_us / 1000.0 / steps;
+        parts->expert_steps += d.step_us / 1000.0 / steps;
+    }
+    parts->have = 1;
+    return done;
+}
+
 void bench_moe_figures(bench *b)
 {
     bench_child n1, n2;
     memset(&n2, 0, sizeof n2);
     const char *const first[] = {"--expert_pattern", "expert.[0:5]", NULL};
-    if (bench_node_start(b, &n1, 5, first) != 0 || !n1.dht_maddr[0]) {
+    if (bench_node_start(b, &n1, 5, 0, first) != 0 || !n1.dht_maddr[0]) {
         if (n1.pid) fprintf(stderr, "dmoe-bench: the first MoE node printed no DHT address\n");
         b->failures++;
         bench_node_stop(&n1);
@@ -101,7 +147,7 @@ void bench_moe_figures(bench *b)
     const int H = b->hidden;
     float *x = bench_alloc_normal((size_t)BIG * (size_t)H, 11), *gy = bench_alloc_normal((size_t)BIG * (size_t)H, 12);
     char err[512];
-    if (bench_node_start(b, &n2, 10, second) != 0 || !x || !gy) goto fail;
+    if (bench_node_start(b, &n2, 10, 0, second) != 0 || !x || !gy) goto fail;
     l = rt_loop_new();
     const char *peers[1] = {n1.dht_maddr};
     net = l ? moe_net_open(l, peers, 1, 0.5, err, sizeof err) : NULL;
@@ -140,27 +186,11 @@ void bench_moe_figures(bench *b)
     b->moe_n[1] = moe_series(m, &opt, oc.lr, x, gy, BIG, 0, MOE_N_BIG, b->moe_fwd256, NULL);
     fprintf(stderr, ".");
     /* the training steps, and around them every expert's timers on both nodes: the step's parts */
-    bench_probe before[2], after[2], d;
-    double parts[3] = {0, 0, 0};
-    int probes = bench_probe_take(n1.pid, &n1.addr, NULL, &before[0]) == 0 &&
-                 bench_probe_take(n2.pid, &n2.addr, NULL, &before[1]) == 0;
-    b->moe_n[2] = moe_series(m, &opt, oc.lr, x, gy, BIG, 1, MOE_N_BIG, b->moe_train256, parts);
-    probes = probes && bench_probe_take(n1.pid, &n1.addr, NULL, &after[0]) == 0 &&
-             bench_probe_take(n2.pid, &n2.addr, NULL, &after[1]) == 0;
-    if (probes && b->moe_n[2] > 0) {
-        double steps = (double)b->moe_n[2];
-        b->moe_train_mean = parts[0] / steps;
-        b->moe_search = parts[1] / steps;
-        b->moe_gating_step = parts[2] / steps;
-        for (int k = 0; k < 2; k++) {
-            bench_probe_diff(&before[k], &after[k], &d);
-            b->moe_expert_kernels += d.compute_us / 1000.0 / steps;
-            b->moe_expert_steps += d.step_us / 1000.0 / steps;
-        }
-        b->have_moe_parts = 1;
-    }
+    b->moe_n[2] = train_series(m, &opt, oc.lr, x, gy, BIG, MOE_N_BIG, &n1, &n2, b->moe_train256, &b->moe_parts[1]);
     fprintf(stderr, ".");
-    b->have_moe = b->moe_n[0] > 0 && b->moe_n[1] > 0 && b->moe_n[2] > 0;
+    b->moe_n[3] = train_series(m, &opt, oc.lr, x, gy, SMALL, MOE_N_SMALL, &n1, &n2, b->moe_train3, &b->moe_parts[0]);
+    fprintf(stderr, ".");
+    b->have_moe = b->moe_n[0] > 0 && b->moe_n[1] > 0 && b->moe_n[2] > 0 && b->moe_n[3] > 0;
     if (!b->have_moe) b->failures++;
     goto out;
 fail:

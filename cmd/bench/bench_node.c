@@ -16,18 +16,18 @@
 #include "runtime/rt_err.h"
 #include "runtime/proc/rt_spawn.h"
 
-int bench_node_start(bench *b, bench_child *c, int n_experts, const char *const *extra)
+int bench_node_start(bench *b, bench_child *c, int n_experts, int workers, const char *const *extra)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->log, sizeof c->log, "/tmp/dmoe-bench-node-XXXXXX");
     int fd = mkstemp(c->log);
     if (fd < 0) return DMOE_EIO;
-    char workers[16], experts[16], hidden[16];
-    snprintf(workers, sizeof workers, "%d", b->threads);
+    char nworkers[16], experts[16], hidden[16];
+    snprintf(nworkers, sizeof nworkers, "%d", workers > 0 ? workers : b->threads);
     snprintf(experts, sizeof experts, "%d", n_experts);
     snprintf(hidden, sizeof hidden, "%d", b->hidden);
     const char *argv[32] = {b->node_path, "--expert_cls", "ffn", "--hidden_dim", hidden, "--num_experts", experts,
-                            "--num_workers", workers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--log_level", "INFO"};
+                            "--num_workers", nworkers, "--host_maddrs", "/ip4/127.0.0.1/tcp/0", "--log_level", "INFO"};
     int na = 13;
     for (int i = 0; extra && extra[i] && na < 31; i++) argv[na++] = extra[i];
     argv[na] = NULL;
@@ -72,8 +72,9 @@ static double proc_mb(pid_t pid, const char *key)
     return mb;
 }
 
-static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
-                loadgen_report *r)
+/* load_n runs a load of at most max_requests requests (0: no count bound) and seconds (plus a warm-up). */
+static int load_n(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
+                  uint64_t max_requests, loadgen_report *r)
 {
     static const char *const one[] = {"expert.0", NULL};
     loadgen_cfg c;
@@ -88,6 +89,7 @@ static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, do
     c.warmup_s = seconds > 1.5 ? 0.5 : 0.2;
     c.duration_s += c.warmup_s;
     c.seed = 42;
+    c.max_requests = max_requests;
     char err[256];
     int rc = loadgen_run(&c, r, err, sizeof err);
     if (rc) { fprintf(stderr, "dmoe-bench: load failed: %s\n", err); b->failures++; return rc; }
@@ -97,6 +99,12 @@ static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, do
         b->failures++;
     }
     return 0;
+}
+
+static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
+                loadgen_report *r)
+{
+    return load_n(b, addr, clients, batch, mix, all, seconds, 0, r);
 }
 
 /* The breakdown of one load run r of batch rows per request (mix: the share of backwards), from the
@@ -167,7 +175,7 @@ static double run_split(bench *b, const bench_child *c, int64_t batch, double mi
 void bench_node_figures(bench *b)
 {
     bench_child c;
-    if (bench_node_start(b, &c, 1, NULL) != 0) { b->failures++; bench_node_stop(&c); return; }
+    if (bench_node_start(b, &c, 1, 0, NULL) != 0) { b->failures++; bench_node_stop(&c); return; }
     double secs = 2.0 * b->seconds;
     int probes_ok = 1;
     for (int i = 0; i < NB; i++) b->nfwd[i] = run_split(b, &c, bench_batches[i], 0.0, secs, &b->split_fwd[i], &probes_ok);
@@ -194,21 +202,36 @@ void bench_node_figures(bench *b)
     bench_node_stop(&c);
 }
 
-void bench_memory_figures(bench *b, const kern_model *m)
+/* loaded_rss starts a node of BENCH_MEM_EXPERTS experts on workers threads (0: b->threads), loads every
+ * expert with BENCH_MEM_REQUESTS forwards and backwards of 256 rows (the same ones whatever the workers:
+ * every expert steps), and returns its VmRSS after the load (idle and peak into *idle and *peak when not
+ * NULL), or -1. */
+static double loaded_rss(bench *b, int workers, double *idle, double *peak)
 {
     bench_child c;
-    if (bench_node_start(b, &c, BENCH_MEM_EXPERTS, NULL) != 0) { b->failures++; bench_node_stop(&c); return; }
+    double mb = -1;
+    if (bench_node_start(b, &c, BENCH_MEM_EXPERTS, workers, NULL) != 0) { b->failures++; bench_node_stop(&c); return -1; }
     usleep(300000);
-    b->rss_idle_mb = proc_mb(c.pid, "VmRSS");
+    if (idle) *idle = proc_mb(c.pid, "VmRSS");
     loadgen_report r;
-    if (load(b, &c.addr, BENCH_CLIENTS, 256, 0.5, 1, 2.0 * b->seconds, &r) == 0) {
-        b->rss_loaded_mb = proc_mb(c.pid, "VmRSS");
-        b->hwm_loaded_mb = proc_mb(c.pid, "VmHWM");
+    if (load_n(b, &c.addr, BENCH_CLIENTS, 256, 0.5, 1, BENCH_MEM_MAX_S, BENCH_MEM_REQUESTS, &r) == 0) {
+        mb = proc_mb(c.pid, "VmRSS");
+        if (peak) *peak = proc_mb(c.pid, "VmHWM");
     }
     loadgen_report_free(&r);
+    bench_node_stop(&c);
+    fprintf(stderr, ".");
+    return mb;
+}
+
+void bench_memory_figures(bench *b, const kern_model *m)
+{
+    b->rss_loaded_mb = loaded_rss(b, 0, &b->rss_idle_mb, &b->hwm_loaded_mb);
     /* per expert: parameters, gradients, and Adam's two moments (the node's default optimizer) */
     b->weights_mb = (double)BENCH_MEM_EXPERTS * 4.0 * (double)m->n_floats * sizeof(float) / 1048576.0;
     b->have_mem = b->rss_idle_mb > 0 && b->rss_loaded_mb > 0;
-    bench_node_stop(&c);
-    fprintf(stderr, ".");
+    /* the same node on few and on many workers: what more workers cost in memory */
+    b->rss_workers_mb[0] = b->threads == BENCH_MEM_WORKERS_LO ? b->rss_loaded_mb : loaded_rss(b, BENCH_MEM_WORKERS_LO, NULL, NULL);
+    b->rss_workers_mb[1] = loaded_rss(b, BENCH_MEM_WORKERS_HI, NULL, NULL);
+    b->have_mem_workers = b->rss_workers_mb[0] > 0 && b->rss_workers_mb[1] > 0;
 }

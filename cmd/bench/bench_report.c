@@ -44,6 +44,79 @@ static void json_split(FILE *f, const char *key, const bench_split *s, int last)
     fprintf(f, "}%s\n", last ? "" : ",");
 }
 
+/* A MoE training step's parts (bench_moe_parts), in ms per step. */
+static void json_moe_parts(FILE *f, const char *key, const bench_moe_parts *p)
+{
+    if (!p->have) return;
+    double sum = bench_moe_parts_sum(p);
+    fprintf(f, ",\n  \"%s\": {\"step_mean\": %.2f, \"beam_search\": %.2f, \"expert_kernels\": %.2f, "
+               "\"expert_optimizer_steps\": %.2f, \"gating_optimizer_step\": %.2f, \"client_loop\": %.2f, "
+               "\"sum_of_parts\": %.2f, \"step_over_sum\": %.2f}",
+            key, p->step, p->search, p->expert_kernels, p->expert_steps, p->gating_step, p->client_loop, sum,
+            sum > 0 ? p->step / sum : 0.0);
+}
+
+/* ---- the targets of issue 12 ---- */
+
+const char *bench_target_result(const bench_target *t)
+{
+    if (!t->have) return "n/a";
+    return (t->at_most ? t->measured <= t->bound : t->measured >= t->bound) ? "PASS" : "MISS";
+}
+
+static void target(bench_target *t, int *n, const char *name, int have, double measured, int at_most, double bound,
+                   const char *unit)
+{
+    bench_target *x = &t[(*n)++];
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->have = have;
+    x->measured = have ? measured : 0;
+    x->at_most = at_most;
+    x->bound = bound;
+    x->unit = unit;
+}
+
+double bench_loop_core_share(const bench *b, int i, int workers)
+{
+    if (!b->have_split || b->threads < 1) return 0;
+    double rate = b->kfwdbwd[i] / (double)b->threads * (double)workers;   /* the kernel's per-thread rate, scaled */
+    return b->split_fb[i].loop_us * rate / 1e6;
+}
+
+int bench_targets(const bench *b, bench_target *t)
+{
+    int n = 0;
+    char name[160];
+    const bench_moe_parts *p3 = &b->moe_parts[0], *p256 = &b->moe_parts[1];
+    double s3 = bench_moe_parts_sum(p3), s256 = bench_moe_parts_sum(p256);
+    target(t, &n, "MoE training step of 3 rows / sum of its parts", b->have_moe && p3->have && s3 > 0,
+           s3 > 0 ? p3->step / s3 : 0, 1, 1.3, "x");
+    target(t, &n, "MoE training step of 256 rows / sum of its parts", b->have_moe && p256->have && s256 > 0,
+           s256 > 0 ? p256->step / s256 : 0, 1, 1.3, "x");
+    for (int i = 1; i < NB; i++) {
+        snprintf(name, sizeof name, "node fwd+bwd / kernel fwd+bwd, batch %lld, %d workers%s", (long long)bench_batches[i],
+                 b->threads, b->threads == 2 ? "" : " (set for 2)");
+        target(t, &n, name, b->have_node && b->kfwdbwd[i] > 0, b->kfwdbwd[i] > 0 ? 100.0 * b->nfwdbwd[i] / b->kfwdbwd[i] : 0,
+               0, 90.0, "%");
+    }
+    target(t, &n, "1-row backward reply p50 <= kernel backward p50 + 150 us", b->have_node && b->kbwd_b1_p50 > 0,
+           b->lat_bwd_p50, 1, b->kbwd_b1_p50 + 150.0, "us");
+    target(t, &n, "1-row forward round trip p50 <= kernel forward p50 + 100 us", b->have_node && b->kfwd_b1_p50 > 0,
+           b->lat_fwd_p50, 1, b->kfwd_b1_p50 + 100.0, "us");
+    snprintf(name, sizeof name, "memory after load, %d workers / %d workers", BENCH_MEM_WORKERS_HI, BENCH_MEM_WORKERS_LO);
+    target(t, &n, name, b->have_mem_workers, b->have_mem_workers ? b->rss_workers_mb[1] / b->rss_workers_mb[0] : 0, 1,
+           1.3, "x");
+    double worst = 0;
+    for (int i = 1; i < NB; i++) {
+        double c = bench_loop_core_share(b, i, BENCH_MEM_WORKERS_HI);
+        worst = c > worst ? c : worst;
+    }
+    snprintf(name, sizeof name, "loop thread at the %d-worker rate (extrapolated), worst of batch 64-1024",
+             BENCH_MEM_WORKERS_HI);
+    target(t, &n, name, b->have_split, worst, 1, 0.5, "cores");
+    return n;
+}
+
 int bench_write_json(const bench *b, const char *path, const char *cpu, long cores)
 {
     FILE *f = fopen(path, "w");
@@ -107,17 +180,27 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
     if (b->have_moe)
         fprintf(f, ",\n  \"moe\": {\"hidden\": %d, \"grid\": %d, \"k_best\": %d, \"live_experts\": %d, "
                    "\"fwd_b3_ms_p50\": %.2f, \"fwd_b3_ms_p99\": %.2f, \"fwd_b256_ms_p50\": %.2f, \"fwd_b256_ms_p99\": %.2f, "
-                   "\"train_step_b256_ms_p50\": %.2f, \"train_step_b256_ms_p99\": %.2f, \"calls\": [%d, %d, %d]}",
+                   "\"train_step_b256_ms_p50\": %.2f, \"train_step_b256_ms_p99\": %.2f, "
+                   "\"train_step_b3_ms_p50\": %.2f, \"train_step_b3_ms_p99\": %.2f, \"calls\": [%d, %d, %d, %d]}",
                 b->hidden, MOE_GRID, MOE_K_BEST, b->moe_experts, b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0],
-                b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1], b->moe_n[0], b->moe_n[1], b->moe_n[2]);
-    if (b->have_moe && b->have_moe_parts) {
-        double sum = b->moe_search + b->moe_expert_kernels + b->moe_expert_steps + b->moe_gating_step;
-        fprintf(f, ",\n  \"moe_train_step_parts_ms\": {\"step_mean\": %.2f, \"beam_search\": %.2f, \"expert_kernels\": %.2f, "
-                   "\"expert_optimizer_steps\": %.2f, \"gating_optimizer_step\": %.2f, \"sum_of_parts\": %.2f, "
-                   "\"step_over_sum\": %.2f}",
-                b->moe_train_mean, b->moe_search, b->moe_expert_kernels, b->moe_expert_steps, b->moe_gating_step, sum,
-                sum > 0 ? b->moe_train_mean / sum : 0.0);
+                b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1], b->moe_train3[0], b->moe_train3[1],
+                b->moe_n[0], b->moe_n[1], b->moe_n[2], b->moe_n[3]);
+    if (b->have_moe) {
+        json_moe_parts(f, "moe_train_step_b3_parts_ms", &b->moe_parts[0]);
+        json_moe_parts(f, "moe_train_step_parts_ms", &b->moe_parts[1]);
     }
+    if (b->have_mem_workers)
+        fprintf(f, ",\n  \"memory_by_workers_mb\": {\"node_loaded_5x_h%d_%d_workers\": %.1f, "
+                   "\"node_loaded_5x_h%d_%d_workers\": %.1f, \"ratio\": %.3f}",
+                b->hidden, BENCH_MEM_WORKERS_LO, b->rss_workers_mb[0], b->hidden, BENCH_MEM_WORKERS_HI,
+                b->rss_workers_mb[1], b->rss_workers_mb[1] / b->rss_workers_mb[0]);
+    bench_target t[BENCH_MAX_TARGETS];
+    int nt = bench_targets(b, t);
+    fprintf(f, ",\n  \"targets\": [");
+    for (int i = 0; i < nt; i++)
+        fprintf(f, "%s\n    {\"target\": \"%s\", \"measured\": %.3f, \"bound\": %.3f, \"unit\": \"%s\", \"result\": \"%s\"}",
+                i ? "," : "", t[i].name, t[i].measured, t[i].bound, t[i].unit, bench_target_result(&t[i]));
+    fprintf(f, "\n  ]");
     fprintf(f, "\n}\n");
     return fclose(f) == 0 ? 0 : DMOE_EIO;
 }
@@ -223,15 +306,42 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         printf("moe, grid %d, k_best %d over %d live ffn experts (hidden %d) on 2 nodes, one client:\n", MOE_GRID,
                MOE_K_BEST, b->moe_experts, b->hidden);
         printf("  forward 3 rows p50 %.2f ms p99 %.2f ms;  forward 256 rows p50 %.2f ms p99 %.2f ms;\n"
-               "  training step 256 rows (forward, backward, Adam on the gating) p50 %.2f ms p99 %.2f ms\n",
-               b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0], b->moe_fwd256[1], b->moe_train256[0], b->moe_train256[1]);
-        if (b->have_moe_parts) {
-            double sum = b->moe_search + b->moe_expert_kernels + b->moe_expert_steps + b->moe_gating_step;
-            printf("  training step mean %.2f ms against its parts (per step, summed over the experts, which run in\n"
-                   "  parallel on 2 nodes): beam search %.2f, expert kernels %.2f, expert optimizer steps %.2f, gating\n"
-                   "  Adam %.2f; sum %.2f ms, step / sum %.2f\n",
-                   b->moe_train_mean, b->moe_search, b->moe_expert_kernels, b->moe_expert_steps, b->moe_gating_step, sum,
-                   sum > 0 ? b->moe_train_mean / sum : 0.0);
+               "  training step (forward, backward, Adam on the gating) 3 rows p50 %.2f ms p99 %.2f ms;\n"
+               "  256 rows p50 %.2f ms p99 %.2f ms\n",
+               b->moe_fwd3[0], b->moe_fwd3[1], b->moe_fwd256[0], b->moe_fwd256[1], b->moe_train3[0], b->moe_train3[1],
+               b->moe_train256[0], b->moe_train256[1]);
+        static const int rows[2] = {3, 256};
+        for (int k = 0; k < 2; k++) {
+            const bench_moe_parts *p = &b->moe_parts[k];
+            if (!p->have) continue;
+            double sum = bench_moe_parts_sum(p);
+            printf("  training step of %d rows, mean %.2f ms, against its parts (ms per step): beam search %.2f,\n"
+                   "    expert kernels %.2f, expert optimizer steps %.2f, gating Adam %.2f, client loop %.2f;\n"
+                   "    sum %.2f ms, step / sum %.2f\n",
+                   rows[k], p->step, p->search, p->expert_kernels, p->expert_steps, p->gating_step, p->client_loop, sum,
+                   sum > 0 ? p->step / sum : 0.0);
         }
+        printf("  notes: the experts' parts are summed over every expert (they run in parallel on 2 nodes); the\n"
+               "  search's wall time includes the client's CPU for the DHT's replies, which client loop counts too.\n");
+    }
+    if (b->have_mem_workers)
+        printf("memory, node with %d ffn experts after the same load: %d workers %.1f MiB, %d workers %.1f MiB\n",
+               BENCH_MEM_EXPERTS, BENCH_MEM_WORKERS_LO, b->rss_workers_mb[0], BENCH_MEM_WORKERS_HI, b->rss_workers_mb[1]);
+    if (b->have_split) {
+        printf("loop thread at %d workers (its CPU per training sample x the kernel's fwd+bwd rate per thread x %d):",
+               BENCH_MEM_WORKERS_HI, BENCH_MEM_WORKERS_HI);
+        for (int i = 1; i < NB; i++)
+            printf(" batch %lld %.2f", (long long)bench_batches[i], bench_loop_core_share(b, i, BENCH_MEM_WORKERS_HI));
+        printf(" cores\n");
+    }
+    bench_target t[BENCH_MAX_TARGETS];
+    int nt = bench_targets(b, t);
+    printf("targets (issue 12):\n");
+    for (int i = 0; i < nt; i++) {
+        if (t[i].have)
+            printf("  %-4s %-74s %9.2f %-5s (%s %.2f)\n", bench_target_result(&t[i]), t[i].name, t[i].measured, t[i].unit,
+                   t[i].at_most ? "<=" : ">=", t[i].bound);
+        else
+            printf("  %-4s %-74s not measured in this run\n", bench_target_result(&t[i]), t[i].name);
     }
 }

@@ -43,6 +43,9 @@
 /* Fetches one sample may wait for per round: a 1-d grid (or a first dimension) of up to this size is
  * searched in one round, and a round stays bounded however wide the grid. */
 #define BEAM_PER_SAMPLE 256
+/* A prefix remembers its children's entries in an array as wide as their dimension up to this width
+ * (256 KiB); a wider dimension looks its prefixes up in the map. */
+#define BEAM_KIDS_MAX 65536
 
 enum { E_UNKNOWN = 0, E_WANTED = 1, E_KNOWN = 2 };
 
@@ -51,6 +54,7 @@ typedef struct {
     int state;
     dht_successor *items;  /* sorted by coordinate, one per coordinate */
     size_t n;
+    int32_t *kids;         /* child coordinate -> its entry, or -1 (made when a child is first interned) */
 } entry;
 
 /* A prefix on a sample's frontier, or popped and waiting for its successors. */
@@ -84,6 +88,7 @@ struct moe_beam {
     entry *ents;
     size_t nents, capents;
     rt_map index;          /* prefix -> entry index + 1 */
+    int32_t *root_kids;    /* the first dimension's coordinate -> its entry, or -1 */
     const char **want;
     int32_t *want_ent;
     size_t nwant, capwant;
@@ -278,15 +283,36 @@ static void heap_pop(sample *s)
     if (n) s->heap[i] = last;
 }
 
+/* kid_slot returns where the entry of n's prefix is remembered under its parent (every sample pops the
+ * same prefixes: this spares the key and the map each time), or NULL when its dimension is wider than
+ * BEAM_KIDS_MAX or out of memory (oom set). */
+static int32_t *kid_slot(moe_beam *b, const node *n)
+{
+    int width = b->grid[n->depth - 1];
+    if (width > BEAM_KIDS_MAX) return NULL;
+    int32_t **kids = n->parent < 0 ? &b->root_kids : &b->ents[n->parent].kids;
+    if (!*kids) {
+        *kids = malloc((size_t)width * sizeof **kids);
+        if (!*kids) { b->oom = 1; return NULL; }
+        for (int c = 0; c < width; c++) (*kids)[c] = -1;
+    }
+    return &(*kids)[n->coord];
+}
+
 /* node_entry interns the prefix of n; -1 when it would be too long for a key or out of memory (oom set). */
 static int32_t node_entry(moe_beam *b, const node *n)
 {
+    int32_t *slot = kid_slot(b, n);
+    if (b->oom) return -1;
+    if (slot && *slot >= 0) return *slot;
     char key[UID_MAX_LEN + 2];
     const char *parent = n->parent < 0 ? b->prefix : b->ents[n->parent].key;
     int w = snprintf(key, sizeof key, "%s%d%c", parent, (int)n->coord, UID_DELIMITER);
     if (w < 0 || (size_t)w >= sizeof key) return -1;
     int32_t e = intern(b, key);
-    if (e < 0) b->oom = 1;
+    if (e < 0) { b->oom = 1; return -1; }
+    slot = kid_slot(b, n);   /* intern may have moved the entries */
+    if (slot) *slot = e;
     return e;
 }
 
@@ -459,6 +485,12 @@ size_t moe_beam_result(const moe_beam *b, int64_t s, const moe_beam_expert **out
     return (size_t)b->smp[s].nbest;
 }
 
+int moe_beam_sample_done(const moe_beam *b, int64_t s)
+{
+    if (s < 0 || s >= b->batch) return 0;
+    return b->smp[s].done;   /* set by advance (moe_beam_want); a round that asks nothing leaves every sample done */
+}
+
 int moe_beam_rounds(const moe_beam *b) { return b->rounds; }
 size_t moe_beam_fetched(const moe_beam *b) { return b->fetched; }
 
@@ -474,7 +506,9 @@ void moe_beam_free(moe_beam *b)
     for (size_t e = 0; e < b->nents; e++) {
         free(b->ents[e].key);
         free(b->ents[e].items);
+        free(b->ents[e].kids);
     }
+    free(b->root_kids);
     free(b->smp);
     free(b->ents);
     rt_map_clear(&b->index);
@@ -491,6 +525,7 @@ struct moe_search {
     moe_succ_provider p;
     moe_beam *b;
     moe_search_cb cb;
+    moe_search_progress_cb progress;
     void *arg;
     int cancelled;
 };
@@ -515,21 +550,36 @@ static void on_successors(void *arg, int err, const char *msg, const dht_success
     moe_search *s = arg;
     if (s->cancelled) { free(s); return; }
     int rc = err ? err : moe_beam_feed(s->b, per, n);
-    if (rc == 0) rc = step(s);
-    else msg = err ? msg : dmoe_strerror(rc);
-    if (rc) {
-        s->cb(s->arg, rc, msg ? msg : dmoe_strerror(rc), s->b);
-        free(s);
+    if (rc == 0) {
+        moe_beam *b = s->b;
+        const char *const *pf;
+        moe_search_progress_cb progress = moe_beam_want(b, &pf) ? s->progress : NULL;   /* gathers the next round */
+        void *parg = s->arg;
+        rc = step(s);   /* asks for that round, or ends the search (and frees s) */
+        if (rc == 0) {
+            if (progress) progress(parg, b);   /* s lives on: the provider has the next round */
+            return;
+        }
     }
+    msg = err ? msg : dmoe_strerror(rc);
+    s->cb(s->arg, rc, msg ? msg : dmoe_strerror(rc), s->b);
+    free(s);
 }
 
 int moe_beam_search(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, void *arg, moe_search **out)
+{
+    return moe_beam_search_progress(p, b, cb, NULL, arg, out);
+}
+
+int moe_beam_search_progress(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, moe_search_progress_cb progress,
+                             void *arg, moe_search **out)
 {
     moe_search *s = calloc(1, sizeof *s);
     if (!s) return DMOE_ENOMEM;
     s->p = *p;
     s->b = b;
     s->cb = cb;
+    s->progress = progress;
     s->arg = arg;
     const char *const *pf;
     size_t n = moe_beam_want(b, &pf);

@@ -16,7 +16,8 @@
  * prefixes it needs next -- the union over all samples, each prefix once per search -- and is fed their
  * successors. A test can feed it from a table; moe_beam_search drives it from any successors provider
  * (the DHT through moe_succ_dht, moe_adapt.h: one dht_get_active_successors call per round, with
- * negative caching).
+ * negative caching); moe_beam_search_progress also says after each round which samples are final
+ * (moe_beam_sample_done), so their experts can be called while the search goes on.
  * A one-dimensional grid of up to 256 coordinates takes one round; a dense grid of D dimensions about
  * D - 1.
  *
@@ -60,6 +61,10 @@ int moe_beam_feed(moe_beam *b, const dht_successors *per, size_t n);
  * first: by score, then by uid in byte order (owned by b). Valid once moe_beam_want returned 0. NaN
  * scores count as -inf. */
 size_t moe_beam_result(const moe_beam *b, int64_t s, const moe_beam_expert **out);
+/* moe_beam_sample_done says whether sample s's search has ended: its result (moe_beam_result) is final
+ * and no later round changes it. Up to date once moe_beam_want has gathered the round (or returned 0);
+ * a search that ends with the last round reports every sample done. */
+int moe_beam_sample_done(const moe_beam *b, int64_t s);
 /* moe_beam_rounds returns the provider calls made; moe_beam_fetched the prefixes asked in total. */
 int moe_beam_rounds(const moe_beam *b);
 size_t moe_beam_fetched(const moe_beam *b);
@@ -86,10 +91,20 @@ typedef struct moe_search moe_search;
 /* Completion of moe_beam_search: err 0 and b complete, or a provider error (b then incomplete). */
 typedef void (*moe_search_cb)(void *arg, int err, const char *msg, moe_beam *b);
 
+/* Progress of moe_beam_search: a round was fed and the next one asked for; the samples that
+ * moe_beam_sample_done now reports have their final result, so their experts can be called while the
+ * search goes on. It may cancel the search (moe_search_cancel). */
+typedef void (*moe_search_progress_cb)(void *arg, moe_beam *b);
+
 /* moe_beam_search runs b to completion over provider p (copied), one provider call per round. b stays
  * the caller's but must live until cb runs or moe_search_cancel is called. Returns 0 and *out (the
  * handle, freed by the search itself after cb) or DMOE_ENOMEM / the provider's error (cb not called). */
 int moe_beam_search(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, void *arg, moe_search **out);
+/* moe_beam_search_progress is moe_beam_search that also calls progress (NULL: none) after every round
+ * but the last, once the next round's provider call is out -- never inside this call, and never after
+ * cb. The last round's newly finished samples are reported by cb alone. */
+int moe_beam_search_progress(const moe_succ_provider *p, moe_beam *b, moe_search_cb cb, moe_search_progress_cb progress,
+                             void *arg, moe_search **out);
 /* moe_search_cancel drops the search: cb will not run, b is no longer touched (the caller may free it
  * now), and the handle frees itself when the provider's outstanding call returns. */
 void moe_search_cancel(moe_search *s);

@@ -32,32 +32,35 @@ int moe_call_main(int argc, char **argv)
     double fwd_timeout = 30, after_k_min = 1.0;
     uint64_t seed = 0;
     const rt_arg flags[] = {
-        {"initial_peers", ARG_LIST, &peers, "DHT peers to join", "DHT", rt_args_is_maddr},
-        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL},
-        {"uid_prefix", ARG_STR, &prefix, "experts' uid prefix", "Layer", NULL},
-        {"grid_size", ARG_LIST, &grid_words, "grid dimensions, e.g. 15 or 32 32", "Layer", is_number_word},
+        {"initial_peers", ARG_LIST, &peers, "DHT peers to join", "DHT", rt_args_is_maddr, "ADDR"},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL, "PATH"},
+        {"uid_prefix", ARG_STR, &prefix, "experts' uid prefix", "Layer", NULL, "PREFIX"},
+        {"grid_size", ARG_LIST, &grid_words, "grid dimensions, e.g. 15 or 32 32", "Layer", is_number_word, "N"},
         {"k_best", ARG_INT, &k_best, "experts per sample", "Layer", NULL},
         {"k_min", ARG_INT, &k_min, "answers per sample before the straggler timer starts", "Layer", NULL},
-        {"forward_timeout", ARG_F64, &fwd_timeout, "seconds for the whole call", "Layer", NULL},
-        {"timeout_after_k_min", ARG_F64, &after_k_min, "seconds to wait for stragglers after k_min answers", "Layer", NULL},
+        {"forward_timeout", ARG_F64, &fwd_timeout, "seconds for the whole call", "Layer", NULL, "S"},
+        {"timeout_after_k_min", ARG_F64, &after_k_min, "seconds to wait for stragglers after k_min answers", "Layer", NULL, "S"},
         {"detect_anomalies", ARG_FLAG, &detect, "mask answers with NaN/Inf (the default)", "Layer", NULL},
         {"no_detect_anomalies", ARG_FLAG, &no_detect, "use answers with NaN/Inf (hivemind's default)", "Layer", NULL},
         {"allow_zero_outputs", ARG_FLAG, &allow_zero, "zeros for samples nobody answered instead of an error", "Layer", NULL},
         {"switch", ARG_FLAG, &is_switch, "RemoteSwitchMixtureOfExperts (k_best 1 routing, residual)", "Layer", NULL},
-        {"random", ARG_STR, &random, "input shape BxH (seeded normal values)", "Input", NULL},
+        {"random", ARG_STR, &random, "input shape BxH (seeded normal values)", "Input", NULL, "BxH"},
         {"seed", ARG_U64, &seed, "seed of the input and the gating weights", "Input", NULL},
         {"json", ARG_FLAG, &json, "print one JSON object", "Output", NULL},
-        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output", NULL},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output", NULL, "LEVEL"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     char err[512];
     char *pos[4];
     int npos = 0;
     int rc = rt_args_parse(argc, argv, flags, nflags, pos, 4, &npos, err, sizeof err);
-    if (rc == 1) {
-        rt_args_usage(stdout, "dmoe-call moe --initial_peers MADDR... --grid_size N... [flags]   (one MoE forward)", flags, nflags);
+    if (rc == RT_ARGS_HELP) {
+        rt_args_usage(stdout, "dmoe-call --initial_peers ADDR... moe --grid_size N... [--random BxH | --input X.npy] [--output Y.npy]\n"
+                              "       [flags]   (one forward of a Mixture-of-Experts layer over the experts of the DHT)", flags, nflags);
+        rt_args_free(flags, nflags);
         return 0;
     }
+    if (rc == RT_ARGS_VERSION) { rt_args_version(stdout, "dmoe-call"); rt_args_free(flags, nflags); return 0; }
     if (rc != 0) { fprintf(stderr, "dmoe-call moe: %s\n", err); rt_args_free(flags, nflags); return 2; }
     moe_cfg c;
     moe_cfg_default(&c);

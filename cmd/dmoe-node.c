@@ -92,6 +92,10 @@ static int local_inputs_ok(const node_cfg *c)
         ok = 0;
     }
     if (c->num_experts < 0) { fprintf(stderr, "dmoe-node: --num_experts must be at least 0 (0: a DHT-only node)\n"); ok = 0; }
+    if (c->num_experts == 0 && !c->expert_uids && !c->checkpoint_dir && c->client_mode) {
+        fprintf(stderr, "dmoe-node: --num_experts 0 runs a DHT-only node, which cannot be in --client_mode\n");
+        ok = 0;
+    }
     if (c->max_batch_size < 1 || c->min_batch_size < 1 || c->min_batch_size > c->max_batch_size) {
         fprintf(stderr, "dmoe-node: need 1 <= --min_batch_size <= --max_batch_size\n");
         ok = 0;

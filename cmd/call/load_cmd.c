@@ -1,6 +1,7 @@
 /* load_cmd.c -- `dmoe-call ... load [flags]`: the load generator's command line. It reads the flags into
  * a loadgen_cfg (actors/load/loadgen.h), raises the descriptor limit to one socket per client, runs the
- * load and prints the report (or the error, as JSON with --json). Linked into dmoe-call only.
+ * load -- with a progress line a second on stderr when stderr is a terminal -- and prints the report (or
+ * the error, as JSON with --json). Linked into dmoe-call only.
  */
 #include "cmd/call/load_cmd.h"
 
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "actors/load/loadgen.h"
 #include "actors/moe/route/moe_net.h"
@@ -58,10 +60,10 @@ int loadgen_main(int argc, char **argv)
         {"k_best", ARG_INT, &c.k_best, "--moe: experts per sample", "MoE"},
         {"in_features", ARG_INT, &c.in_features, "--moe: the experts' input width (their hidden_dim)", "MoE"},
         {"clients", ARG_INT, &c.clients, "concurrent connections, one request in flight each", "Load"},
-        {"requests", ARG_U64, &requests, "stop after this many requests (0: no count bound)", "Load"},
+        {"requests", ARG_U64, &requests, "stop after at most this many requests (0: no count bound); a forward is sent only when its backward fits too, so a run ends on whole training pairs", "Load"},
         {"duration", ARG_F64, &c.duration_s, "stop after this many seconds (0: no time bound)", "Load", NULL, "S"},
         {"warmup", ARG_F64, &c.warmup_s, "seconds of replies left out of the throughput and latency figures", "Load", NULL, "S"},
-        {"mix", ARG_F64, &c.mix, "fraction of backwards (0.5: forward, backward, forward, ... as training); --dht: of gets", "Load", NULL, "F"},
+        {"mix", ARG_F64, &c.mix, "fraction of requests that are backwards, each right after its own forward: 0 forwards only; 0.25 every third forward is followed by its backward; 0.5 every forward (as training); above 0.5 is refused. --dht: the fraction of gets, below 1", "Load", NULL, "F"},
         {"batch", ARG_STR, &batch, "rows per forward: fixed (32) or uniform in a range (1-64); --dht: value bytes", "Load", NULL, "B|LO-HI"},
         {"seed", ARG_U64, &c.seed, "seed for inputs, batch sizes and targets", "Load"},
         {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Load", NULL, "S"},
@@ -114,6 +116,7 @@ int loadgen_main(int argc, char **argv)
     c.timeout_ms = (uint64_t)(timeout_s * 1000.0);
     c.max_requests = requests;
     c.csv_path = csv;
+    c.progress = isatty(STDERR_FILENO) ? stderr : NULL;   /* a line a second on a terminal; quiet in logs and pipes */
     c.uids = (const char *const *)uids;
     if (!uids && c.mode == LOADGEN_NODE) c.all = 1;
     if (uids && c.all) { fprintf(stderr, "dmoe-call load: give --uids or --all, not both\n"); goto out; }

@@ -154,10 +154,8 @@ int moe_call_main(int argc, char **argv)
             const float *y = moe_fwd_output(f, &B, &D);
             const moe_fwd_stats *st = moe_fwd_stats_of(f);
             int64_t yshape[2] = {B, D};
-            if (output && wire_npy_write(output, WIRE_DT_F32, 2, yshape, y, err, sizeof err) != 0) {
-                fprintf(stderr, "dmoe-call moe: %s\n", err);
-                status = 2;
-            }
+            int unsaved = output && wire_npy_write(output, WIRE_DT_F32, 2, yshape, y, err, sizeof err) != 0;
+            if (unsaved) fprintf(stderr, "dmoe-call moe: %s\n", err);
             double s = 0, s2 = 0;
             for (size_t i = 0; i < (size_t)B * (size_t)D; i++) { s += y[i]; s2 += (double)y[i] * y[i]; }
             double cnt = (double)B * D, mean = s / cnt, var = s2 / cnt - mean * mean;
@@ -174,7 +172,7 @@ int moe_call_main(int argc, char **argv)
                        c.uid_prefix, c.grid_size[0], c.ndim > 1 ? "x..." : "", (long long)B, D, mean,
                        var > 0 ? sqrt(var) : 0, st->experts_answered, st->experts_chosen, (long long)st->zero_rows, ms,
                        st->search_ms, st->beam_rounds, join_ms);
-            if (status != 2) status = 0;
+            status = unsaved ? 2 : 0;
         }
         moe_fwd_free(f);
         free(x);

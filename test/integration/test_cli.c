@@ -224,3 +224,39 @@ Test(cli, a_port_that_speaks_http_is_named_not_a_dmoe_node, .timeout = 60)
     close(s.lfd);
     cr_assert_eq(s.served, 2);
 }
+
+/* dmoe-call moe reads its rows from --input and saves the layer's output to --output, as forward does;
+ * --input with --random is bad usage. One node is the whole DHT here (its experts cli.0 .. cli.3). */
+Test(cli, moe_takes_input_and_output_files, .timeout = 90)
+{
+    th_node n;
+    cr_assert_eq(th_node_start(&n, (const char *const[]){"--expert_cls", "ffn", "--hidden_dim", "16", "--num_experts", "4",
+                                                         "--expert_pattern", "cli.[0:4]", "--num_workers", "1", NULL}), 0);
+    char xp[] = "/tmp/dmoe-cli-x-XXXXXX.npy", yp[] = "/tmp/dmoe-cli-y-XXXXXX.npy";
+    int fx = mkstemps(xp, 4), fy = mkstemps(yp, 4);
+    cr_assert(fx >= 0 && fy >= 0);
+    close(fx);
+    close(fy);
+    unlink(yp);   /* written by the call */
+    float x[3 * 16];
+    th_fill_normal(x, 3 * 16, 11);
+    cr_assert_eq(th_write_npy(xp, x, 3, 16), 0);
+    char out[8192];
+    cr_assert_eq(th_run("dmoe-call", (const char *const[]){"--initial_peers", n.dht_maddr, "moe", "--uid_prefix", "cli.",
+                                                         "--grid_size", "4", "--input", xp, "--random", "3x16", NULL},
+                        out, sizeof out, 30), 2, "%s", out);
+    cr_assert(strstr(out, "--input or --random, not both"), "%s", out);
+    cr_assert_eq(th_run("dmoe-call", (const char *const[]){"--initial_peers", n.dht_maddr, "moe", "--uid_prefix", "cli.",
+                                                         "--grid_size", "4", "--input", xp, "--output", yp, NULL},
+                        out, sizeof out, 60), 0, "%s", out);
+    cr_assert(strstr(out, "output shape [3, 16]"), "%s", out);
+    float *y = th_read_npy(yp, 3, 16);
+    cr_assert(y, "the output file holds float32 [3, 16]: %s", out);
+    float norm = 0;
+    for (int i = 0; i < 3 * 16; i++) norm += y[i] * y[i];
+    cr_assert(norm > 0, "the experts' combined answer is not all zeros");
+    free(y);
+    unlink(xp);
+    unlink(yp);
+    cr_assert_eq(th_node_stop(&n, SIGTERM), 0);
+}

@@ -73,10 +73,11 @@ int loadgen_main(int argc, char **argv)
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     const char *synopsis = "dmoe-call --peer ADDR load [--uids UID... | --all] [--clients N] [--requests N] [--duration S]\n"
-                           "       [--mix F] [--batch B | --batch LO-HI] [--csv FILE] [--json]\n"
-                           "       dmoe-call --initial_peers MADDR... load --moe --grid_size N... [--uid_prefix P] [--k_best K]\n"
-                           "       [--in_features H] [load flags]\n"
-                           "       dmoe-call --initial_peers MADDR... load --dht [load flags]";
+                           "       [--mix F] [--batch B | --batch LO-HI] [--csv PATH] [--json]\n"
+                           "       dmoe-call --initial_peers ADDR... load --moe --grid_size N... [--uid_prefix PREFIX] [--k_best N]\n"
+                           "       [--in_features N] [load flags]\n"
+                           "       dmoe-call --initial_peers ADDR... load --dht [load flags]\n\n"
+                           "A closed-loop load generator: each client keeps one request in flight.";
     char err[512];
     char *pos[2];
     int npos;

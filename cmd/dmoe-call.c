@@ -552,12 +552,6 @@ int main(int argc, char **argv)
         rt_args_free(flags, nflags);
         return 2;
     }
-    if (compute && (load_files(&a, err, sizeof err) != 0 || (a.output && rt_outfile_check(a.output, err, sizeof err) != 0))) {
-        fprintf(stderr, "dmoe-call: %s\n", err);
-        for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
-        rt_args_free(flags, nflags);
-        return 2;
-    }
     int via_dht = !peer && a.initial_peers && (dht_cmd || a.uid);
     if (dht_cmd && !a.initial_peers) { fprintf(stderr, "dmoe-call: %s needs --initial_peers\n", a.cmd); rt_args_free(flags, nflags); return 2; }
     if (!peer && !via_dht) {
@@ -571,8 +565,15 @@ int main(int argc, char **argv)
         rt_args_free(flags, nflags);
         return 2;
     }
-    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call: --timeout must be positive\n"); return 2; }
+    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call: --timeout must be positive\n"); rt_args_free(flags, nflags); return 2; }
     a.timeout_ms = (uint64_t)(timeout_s * 1000.0);
+    /* local input before anything is sent: the files read, the output tried */
+    if (compute && (load_files(&a, err, sizeof err) != 0 || (a.output && rt_outfile_check(a.output, err, sizeof err) != 0))) {
+        fprintf(stderr, "dmoe-call: %s\n", err);
+        for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
+        rt_args_free(flags, nflags);
+        return 2;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     a.loop = rt_loop_new();

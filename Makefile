@@ -70,8 +70,6 @@ DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all deps test demo bench valgrind depcheck clean install uninstall fuzz fuzz-deps fuzz-build fuzz-seeds
 # -fPIC: the same objects make the programs, build/libdmoe.a and build/libdmoe.so.
-# Keep the programs' objects (make would delete them as intermediates of the pattern rule).
-.SECONDARY:
 all: $(PROGS) $(BUILD)/libdmoe.so
 
 # deps: install the Debian packages when any pkg-config check fails. Runs once per build folder, and again
@@ -235,5 +233,13 @@ $(BUILD)/fuzz/mkseeds: $(BUILD)/obj/test/fuzz/mkseeds.o $(BUILD)/libdmoe.a
 
 clean:
 	rm -rf build build-san build-fuzz
+
+# The objects the pattern rules alone would reach (the programs', the fuzz harnesses') are named here, so
+# that make treats them as ordinary targets: never deleted as intermediates, and always built when
+# missing. (A bare `.SECONDARY:` did the first for every target, and so let make skip a missing object
+# whose source was older than the program: a new test or command file was silently left out.)
+PROG_OBJS := $(CMD_SRCS:%.c=$(BUILD)/obj/%.o) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.o) \
+             $(FUZZ_NAMES:%=$(BUILD)/obj/test/fuzz/fuzz_%.o) $(BUILD)/obj/test/fuzz/mkseeds.o
+$(PROG_OBJS): $(DEPS_STAMP)
 
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(wildcard $(BUILD)/obj/test/fuzz/*.d) $(CMD_SRCS:%.c=$(BUILD)/obj/%.d) $(CMD_EXTRA:%.c=$(BUILD)/obj/%.d)

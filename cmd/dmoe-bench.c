@@ -29,7 +29,8 @@
  *
  * Threads: the measuring threads of steps 1-2 are joined before step 3; each node is a child process
  * that dies with the bench (PR_SET_PDEATHSIG) and is always stopped with SIGTERM and waited for.
- * Exits 0, 1 when a step failed (the node would not start, a load run had errors), 2 on bad flags.
+ * Exits 0, 1 when a step failed (the node would not start, a load run had errors), 2 on bad flags or bad
+ * local input (--out cannot be written, --node is not a program), checked before measuring.
  *
  * This file reads the flags and runs the steps in order; the steps are cmd/bench/ (see bench.h):
  * bench_kernel.c (1-2), bench_node.c (3-4), bench_moe.c (6), bench_ident.c (7), bench_record.c (8), bench_report.c (the
@@ -47,6 +48,7 @@
 #include "actors/dht/io/dht_memnet.h"
 #include "cmd/bench/bench.h"
 #include "kernels/kern_classes.h"
+#include "runtime/files/rt_outfile.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 #include "runtime/text/rt_args.h"
@@ -59,25 +61,33 @@ int main(int argc, char **argv)
     const char *out = "build/bench/results.json", *log_level = NULL;
     int skip_node = 0, skip_dht = 0, skip_moe = 0;
     const rt_arg flags[] = {
-        {"node", ARG_STR, &b.node_path, "the dmoe-node program to measure", "Bench"},
-        {"out", ARG_STR, &out, "where to write the figures as JSON", "Bench"},
-        {"seconds", ARG_F64, &b.seconds, "seconds per in-process figure (node figures take twice that)", "Bench"},
+        {"node", ARG_STR, &b.node_path, "the dmoe-node program to measure", "Bench", NULL, "PATH"},
+        {"out", ARG_STR, &out, "where to write the figures as JSON", "Bench", NULL, "PATH"},
+        {"seconds", ARG_F64, &b.seconds, "seconds per in-process figure (node figures take twice that)", "Bench", NULL, "S"},
         {"num_workers", ARG_INT, &b.threads, "threads for the kernel figures and the node's pool (default: cores)", "Bench"},
         {"hidden_dim", ARG_INT, &b.hidden, "the ffn's hidden size", "Bench"},
         {"skip_node", ARG_FLAG, &skip_node, "leave out the node and memory figures", "Bench"},
         {"skip_dht", ARG_FLAG, &skip_dht, "leave out the DHT figure", "Bench"},
         {"skip_moe", ARG_FLAG, &skip_moe, "leave out the Mixture-of-Experts figures (two nodes)", "Bench"},
-        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Bench"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Bench", NULL, "LEVEL"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     char err[256];
     char *pos[1];
     int npos;
     int rc = rt_args_parse(argc, argv, flags, nflags, pos, 0, &npos, err, sizeof err);
-    if (rc == 1) { rt_args_usage(stdout, "dmoe-bench [flags]   (figures against the machine's limit)", flags, nflags); return 0; }
+    if (rc == RT_ARGS_HELP) { rt_args_usage(stdout, "dmoe-bench [flags]   (figures against the machine's limit)", flags, nflags); return 0; }
+    if (rc == RT_ARGS_VERSION) { rt_args_version(stdout, "dmoe-bench"); return 0; }
     if (rc != 0) { fprintf(stderr, "dmoe-bench: %s\n", err); return 2; }
     if (b.threads < 1 || b.threads > 256 || !(b.seconds > 0 && b.seconds <= 60) || b.hidden < 1 || b.hidden > 8192) {
         fprintf(stderr, "dmoe-bench: need 1 <= --num_workers <= 256, 0 < --seconds <= 60, 1 <= --hidden_dim <= 8192\n");
+        return 2;
+    }
+    /* bad local input is found before minutes of measuring: the JSON's path, the node program */
+    if (rt_outfile_check(out, err, sizeof err) != 0) { fprintf(stderr, "dmoe-bench: --out: %s\n", err); return 2; }
+    if ((!skip_node || !skip_moe) && access(b.node_path, X_OK) != 0) {
+        fprintf(stderr, "dmoe-bench: --node %s: %s (build it with make, or give --skip_node --skip_moe)\n", b.node_path,
+                strerror(errno));
         return 2;
     }
     if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));

@@ -13,8 +13,15 @@
  * before sending them; the node checks them again. The answer is checked against the same schema
  * (rx_reply_check: count, dtype, shape, rows) and refused when it holds NaN or Inf unless
  * --no_detect_anomalies; a refused answer is a failed call. Prints a short human summary, or one JSON
- * object with --json. Exit status: 0 success, 1 a failed call (unreachable, timeout, remote error, an
- * answer that does not fit), 2 bad usage or bad local input.
+ * object with --json. Exit status, as every program's (RT_ARGS_EXIT_HELP): 0 success, 1 a failed call
+ * (unreachable, timeout, remote error, a peer that is not a dmoe node, an answer that does not fit), 2
+ * bad usage or bad local input. Local input is checked before anything is sent: the --input and
+ * --grad_output files are read and --output is tried for writing first, so a backward never steps an
+ * expert whose result cannot be saved.
+ *
+ * Help: `dmoe-call --help` lists the commands (cmds[] below); `dmoe-call COMMAND --help` shows the
+ * flags that command reads (load and moe have their own tables, cmd/call/). A mistyped command is named
+ * with the nearest one (rt_args_suggest).
  */
 #include <math.h>
 #include <signal.h>
@@ -31,6 +38,7 @@
 #include "actors/net/remote.h"
 #include "cmd/call/dht_cmds.h"
 #include "kernels/kern_rng.h"
+#include "runtime/files/rt_outfile.h"
 #include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -211,18 +219,42 @@ static void send_compute(app *a)
     if (rc) fail(a, 1, rc, "cannot reach the peer");
 }
 
-/* Build the tensors from files or --random once the schema is known. */
+/* load_files reads the --input and --grad_output files before anything is sent (bad local input is
+ * exit 2, found before the network is touched) and says what is missing. */
+static int load_files(app *a, char *err, size_t errlen)
+{
+    int bwd = strcmp(a->cmd, "backward") == 0;
+    if (a->inputs && a->random) { snprintf(err, errlen, "give --input files or --random, not both"); return DMOE_EINVAL; }
+    if (!a->inputs && !a->random) {
+        snprintf(err, errlen, "%s needs --input FILE.npy (once per expert input) or --random BxH", a->cmd);
+        return DMOE_EINVAL;
+    }
+    if (!bwd && a->grad_outputs) { snprintf(err, errlen, "--grad_output is for backward"); return DMOE_EINVAL; }
+    if (bwd && a->inputs && !a->grad_outputs) {
+        snprintf(err, errlen, "backward needs --grad_output FILE.npy (or --random)");
+        return DMOE_EINVAL;
+    }
+    for (a->n_in = 0; a->inputs && a->inputs[a->n_in]; a->n_in++) {
+        if (a->n_in == KERN_MAX_IO) { snprintf(err, errlen, "at most %d --input files", KERN_MAX_IO); return DMOE_EINVAL; }
+        int rc = load_npy(a->inputs[a->n_in], &a->in[a->n_in], err, errlen);
+        if (rc) return rc;
+    }
+    for (a->n_gout = 0; a->grad_outputs && a->grad_outputs[a->n_gout]; a->n_gout++) {
+        if (a->n_gout == KERN_MAX_IO) { snprintf(err, errlen, "at most %d --grad_output files", KERN_MAX_IO); return DMOE_EINVAL; }
+        int rc = load_npy(a->grad_outputs[a->n_gout], &a->gout[a->n_gout], err, errlen);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Build the --random tensors once the schema is known (files were read by load_files). */
 static int prepare_tensors(app *a, char *err, size_t errlen)
 {
     int bwd = strcmp(a->cmd, "backward") == 0;
     kern_rng rng;
     kern_rng_seed(&rng, a->seed);
     if (a->inputs) {
-        for (a->n_in = 0; a->inputs[a->n_in]; a->n_in++) {
-            if (a->n_in == KERN_MAX_IO) { snprintf(err, errlen, "at most %d --input files", KERN_MAX_IO); return DMOE_EINVAL; }
-            int rc = load_npy(a->inputs[a->n_in], &a->in[a->n_in], err, errlen);
-            if (rc) return rc;
-        }
+        /* read before the call */
     } else if (a->random) {
         int64_t dims[KERN_MAX_DIMS + 1];
         int nd = rt_args_shape(a->random, dims, KERN_MAX_DIMS + 1);
@@ -237,25 +269,11 @@ static int prepare_tensors(app *a, char *err, size_t errlen)
         }
         for (a->n_in = 0; a->n_in < a->schema.n_in; a->n_in++)
             if (random_tensor(&a->in[a->n_in], &a->schema.in[a->n_in], dims[0], &rng) != 0) return DMOE_ENOMEM;
-    } else {
-        snprintf(err, errlen, "%s needs --input FILE.npy (once per expert input) or --random BxH", a->cmd);
-        return DMOE_EINVAL;
     }
-    if (!bwd) return 0;
-    if (a->grad_outputs) {
-        for (a->n_gout = 0; a->grad_outputs[a->n_gout]; a->n_gout++) {
-            if (a->n_gout == KERN_MAX_IO) { snprintf(err, errlen, "at most %d --grad_output files", KERN_MAX_IO); return DMOE_EINVAL; }
-            int rc = load_npy(a->grad_outputs[a->n_gout], &a->gout[a->n_gout], err, errlen);
-            if (rc) return rc;
-        }
-    } else if (a->random) {
-        int64_t B = a->in[0].shape[0];
-        for (a->n_gout = 0; a->n_gout < a->schema.n_out; a->n_gout++)
-            if (random_tensor(&a->gout[a->n_gout], &a->schema.out[a->n_gout], B, &rng) != 0) return DMOE_ENOMEM;
-    } else {
-        snprintf(err, errlen, "backward needs --grad_output FILE.npy (or --random)");
-        return DMOE_EINVAL;
-    }
+    if (!bwd || a->grad_outputs) return 0;
+    int64_t B = a->in[0].shape[0];
+    for (a->n_gout = 0; a->n_gout < a->schema.n_out; a->n_gout++)
+        if (random_tensor(&a->gout[a->n_gout], &a->schema.out[a->n_gout], B, &rng) != 0) return DMOE_ENOMEM;
     return 0;
 }
 
@@ -312,8 +330,15 @@ static int on_info(void *arg, int err, const char *msg, wire_msg *reply)
     }
     char e[384];
     int rc = rx_schema_parse(reply->result, &a->schema, e, sizeof e);
-    if (rc == 0) rc = prepare_tensors(a, e, sizeof e);
-    if (rc) { fail(a, rc == DMOE_EPROTO ? 1 : 2, rc, e); return 0; }
+    if (rc) {   /* the node's description of its expert: a remote failure */
+        char m[512];
+        snprintf(m, sizeof m, "expert %s at %s:%u sent an unreadable description: %s", a->uid, a->peer.host,
+                 (unsigned)a->peer.port, e);
+        fail(a, 1, rc, m);
+        return 0;
+    }
+    rc = prepare_tensors(a, e, sizeof e);   /* --random against the schema: local input */
+    if (rc) { fail(a, 2, rc, e); return 0; }
     send_compute(a);
     return 0;
 }
@@ -389,6 +414,86 @@ static void on_joined(void *arg, int err, const char *msg)
     if (rc) fail(a, rc == DMOE_EINVAL ? 2 : 1, rc, e);
 }
 
+/* The commands: what `dmoe-call --help` lists and `dmoe-call COMMAND --help` shows, with the flags (of
+ * the table in main) each one reads. load and moe parse their own flags (cmd/call/). */
+typedef struct {
+    const char *name, *synopsis, *about, *flags;
+} cmd_help;
+
+static const cmd_help cmds[] = {
+    {"ping", "dmoe-call --peer ADDR ping", "the round-trip time of a ping to a node", "peer timeout json log_level"},
+    {"info", "dmoe-call (--peer ADDR [--all] | --initial_peers ADDR... UID) info [UID]",
+     "an expert's schema, optimizer and stats; without UID, every expert of the node",
+     "peer initial_peers trusted_keys timeout all json log_level"},
+    {"forward", "dmoe-call (--peer ADDR | --initial_peers ADDR...) forward UID (--input X.npy... | --random BxH) [--output Y.npy]",
+     "one forward pass of an expert", "peer initial_peers trusted_keys timeout input random seed output no_detect_anomalies json log_level"},
+    {"backward", "dmoe-call (--peer ADDR | --initial_peers ADDR...) backward UID (--input X.npy... --grad_output GY.npy... |\n"
+                 "       --random BxH) [--output GX.npy]",
+     "one backward pass of an expert (the node then steps the expert's optimizer)",
+     "peer initial_peers trusted_keys timeout input grad_output random seed output no_detect_anomalies json log_level"},
+    {"find", "dmoe-call --initial_peers ADDR... find UID...", "where the DHT says each expert is served",
+     "initial_peers trusted_keys json log_level"},
+    {"dht", "dmoe-call --initial_peers ADDR... dht store KEY VALUE --expiration S [--subkey SUBKEY]\n"
+            "       dmoe-call --initial_peers ADDR... dht get KEY [--latest]",
+     "store or read a value of the DHT", "initial_peers trusted_keys expiration subkey latest json log_level"},
+    {"load", "dmoe-call --peer ADDR load [flags]", "a closed-loop load generator against a node, a MoE layer or the DHT", NULL},
+    {"moe", "dmoe-call --initial_peers ADDR... moe --grid_size N... [flags]",
+     "one forward of a Mixture-of-Experts layer over the experts of the DHT", NULL},
+};
+#define N_CMDS ((int)(sizeof cmds / sizeof cmds[0]))
+
+static const cmd_help *find_cmd(const char *name)
+{
+    for (int i = 0; name && i < N_CMDS; i++)
+        if (strcmp(cmds[i].name, name) == 0) return &cmds[i];
+    return NULL;
+}
+
+/* Whether name is one of the space-separated words of list. */
+static int in_list(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0')) return 1;
+    return 0;
+}
+
+/* usage prints the help of command c (its synopsis and the flags it reads), or with c NULL the list of
+ * commands and the flags they share. */
+static void usage(const cmd_help *c, const rt_arg *flags, int nflags)
+{
+    rt_arg sub[32];
+    int n = 0;
+    const char *shared = "peer initial_peers trusted_keys timeout json log_level";
+    for (int i = 0; i < nflags && n < 32; i++)
+        if (in_list(c ? c->flags : shared, flags[i].name)) sub[n++] = flags[i];
+    if (c) {
+        char syn[512];
+        snprintf(syn, sizeof syn, "%s\n\n%s.", c->synopsis, c->about);
+        rt_args_usage(stdout, syn, sub, n);
+        return;
+    }
+    char syn[2048];
+    size_t off = (size_t)snprintf(syn, sizeof syn, "dmoe-call (--peer ADDR | --initial_peers ADDR...) COMMAND [ARGS] [flags]\n\ncommands:\n");
+    for (int i = 0; i < N_CMDS && off < sizeof syn; i++)
+        off += (size_t)snprintf(syn + off, sizeof syn - off, "  %-9s %s\n", cmds[i].name, cmds[i].about);
+    if (off < sizeof syn)
+        snprintf(syn + off, sizeof syn - off, "\n`dmoe-call COMMAND --help` shows a command's flags. The flags of every command:");
+    rt_args_usage(stdout, syn, sub, n);
+}
+
+/* unknown_command says what is wrong with the command word (none, or a typo of which command). */
+static void unknown_command(const char *word)
+{
+    const char *names[N_CMDS + 1];
+    for (int i = 0; i < N_CMDS; i++) names[i] = cmds[i].name;
+    names[N_CMDS] = NULL;
+    const char *near = word ? rt_args_suggest(word, names) : NULL;
+    if (!word) fprintf(stderr, "dmoe-call: no command given (dmoe-call --help lists them)\n");
+    else if (near) fprintf(stderr, "dmoe-call: unknown command '%s'; did you mean '%s'?\n", word, near);
+    else fprintf(stderr, "dmoe-call: unknown command '%s' (dmoe-call --help lists them)\n", word);
+}
+
 int main(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -401,35 +506,37 @@ int main(int argc, char **argv)
     dht_trust *trusted = NULL;
     double timeout_s = 30;
     const rt_arg flags[] = {
-        {"peer", ARG_STR, &peer, "the node to call: a multiaddr (/ip4/127.0.0.1/tcp/PORT, /dns/HOST/tcp/PORT) or HOST:PORT", "Connection"},
-        {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Connection"},
-        {"input", ARG_MULTI, &a.inputs, "an input tensor as .npy (repeat for experts with several inputs)", "Tensors"},
-        {"grad_output", ARG_MULTI, &a.grad_outputs, "backward: the gradient of each output, as .npy", "Tensors"},
-        {"random", ARG_STR, &a.random, "random inputs of this shape instead of files, e.g. 3x512", "Tensors"},
+        {"peer", ARG_STR, &peer, "the node to call: a multiaddr (/ip4/127.0.0.1/tcp/PORT, /dns/HOST/tcp/PORT) or HOST:PORT", "Connection", NULL, "ADDR"},
+        {"timeout", ARG_F64, &timeout_s, "seconds to wait for each reply", "Connection", NULL, "S"},
+        {"input", ARG_MULTI, &a.inputs, "an input tensor as .npy (repeat for experts with several inputs)", "Tensors", NULL, "PATH"},
+        {"grad_output", ARG_MULTI, &a.grad_outputs, "backward: the gradient of each output, as .npy", "Tensors", NULL, "PATH"},
+        {"random", ARG_STR, &a.random, "random inputs of this shape instead of files, e.g. 3x512", "Tensors", NULL, "BxH"},
         {"seed", ARG_U64, &a.seed, "seed for --random", "Tensors"},
-        {"output", ARG_STR, &a.output, "write the outputs (or input gradients) to this .npy file", "Tensors"},
+        {"output", ARG_STR, &a.output, "write the outputs (or input gradients) to this .npy file (checked before the call)", "Tensors", NULL, "PATH"},
         {"all", ARG_FLAG, &a.all, "info: every expert of the node, with its stats", "Output"},
         {"no_detect_anomalies", ARG_FLAG, &a.no_detect, "forward/backward: accept outputs with NaN/Inf (refused by default)", "Tensors"},
         {"json", ARG_FLAG, &a.json, "print one JSON object instead of a summary", "Output"},
-        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output"},
-        {"initial_peers", ARG_LIST, &a.initial_peers, "DHT peers to join (find experts by uid instead of --peer)", "DHT", rt_args_is_maddr},
-        {"expiration", ARG_F64, &a.expiration, "dht store: seconds the value lives", "DHT"},
-        {"subkey", ARG_STR, &a.subkey, "dht store: store under this subkey of the key's dictionary", "DHT"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Output", NULL, "LEVEL"},
+        {"initial_peers", ARG_LIST, &a.initial_peers, "DHT peers to join (find experts by uid instead of --peer)", "DHT", rt_args_is_maddr, "ADDR"},
+        {"expiration", ARG_F64, &a.expiration, "dht store: seconds the value lives", "DHT", NULL, "S"},
+        {"subkey", ARG_STR, &a.subkey, "dht store: store under this subkey of the key's dictionary", "DHT", NULL, "SUBKEY"},
         {"latest", ARG_FLAG, &a.latest, "dht get: ask every replica for the newest value", "DHT"},
-        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT"},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL, "FILE"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
-    const char *synopsis =
-        "dmoe-call (--peer ADDR | --initial_peers MADDR...) COMMAND [ARGS] [flags]\n"
-        "  commands: ping | info [UID] [--all] | forward UID | backward UID | find UID... |\n"
-        "            dht store KEY VALUE --expiration S [--subkey S] | dht get KEY [--latest] | load [flags] |\n"
-        "            moe --uid_prefix P --grid_size N... --k_best K --random BxH";
     char err[512];
     char *pos[66];
     int npos;
     a.expiration = 60;
     int rc = rt_args_parse(argc, argv, flags, nflags, pos, 66, &npos, err, sizeof err);
-    if (rc == 1) { rt_args_usage(stdout, synopsis, flags, nflags); return 0; }
+    if (rc == RT_ARGS_HELP) {
+        const cmd_help *c = npos > 0 ? find_cmd(pos[0]) : NULL;
+        for (int i = 1; !c && i < argc; i++) c = find_cmd(argv[i]);   /* dmoe-call --help forward */
+        usage(c, flags, nflags);
+        rt_args_free(flags, nflags);
+        return 0;
+    }
+    if (rc == RT_ARGS_VERSION) { rt_args_version(stdout, "dmoe-call"); rt_args_free(flags, nflags); return 0; }
     if (rc != 0) { fprintf(stderr, "dmoe-call: %s\n", err); rt_args_free(flags, nflags); return 2; }
     if (log_level && rt_log_parse_level(log_level) >= 0) rt_log_set_level(rt_log_parse_level(log_level));
     else if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_WARN);
@@ -437,12 +544,11 @@ int main(int argc, char **argv)
     a.uid = npos > 1 ? pos[1] : NULL;
     a.words = pos + 1;
     a.n_words = npos > 0 ? npos - 1 : 0;
-    int dht_cmd = a.cmd && (!strcmp(a.cmd, "find") || !strcmp(a.cmd, "dht"));
-    int known = a.cmd && (dht_cmd || !strcmp(a.cmd, "ping") || !strcmp(a.cmd, "info") || !strcmp(a.cmd, "forward") ||
-                          !strcmp(a.cmd, "backward"));
-    if (!known || (!dht_cmd && npos > 2) || (dht_cmd && npos < 2) ||
-        ((!strcmp(a.cmd, "forward") || !strcmp(a.cmd, "backward")) && !a.uid)) {
-        fprintf(stderr, "usage: %s\n", synopsis);
+    if (!find_cmd(a.cmd)) { unknown_command(a.cmd); rt_args_free(flags, nflags); return 2; }
+    int dht_cmd = !strcmp(a.cmd, "find") || !strcmp(a.cmd, "dht");
+    int compute = !strcmp(a.cmd, "forward") || !strcmp(a.cmd, "backward");
+    if ((!dht_cmd && npos > 2) || (dht_cmd && npos < 2) || (compute && !a.uid)) {
+        fprintf(stderr, "usage: %s\n(dmoe-call %s --help for its flags)\n", find_cmd(a.cmd)->synopsis, a.cmd);
         rt_args_free(flags, nflags);
         return 2;
     }
@@ -459,8 +565,15 @@ int main(int argc, char **argv)
         rt_args_free(flags, nflags);
         return 2;
     }
-    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call: --timeout must be positive\n"); return 2; }
+    if (!(timeout_s > 0 && timeout_s < 1e6)) { fprintf(stderr, "dmoe-call: --timeout must be positive\n"); rt_args_free(flags, nflags); return 2; }
     a.timeout_ms = (uint64_t)(timeout_s * 1000.0);
+    /* local input before anything is sent: the files read, the output tried */
+    if (compute && (load_files(&a, err, sizeof err) != 0 || (a.output && rt_outfile_check(a.output, err, sizeof err) != 0))) {
+        fprintf(stderr, "dmoe-call: %s\n", err);
+        for (int i = 0; i < KERN_MAX_IO; i++) { rx_tensor_free(&a.in[i]); rx_tensor_free(&a.gout[i]); }
+        rt_args_free(flags, nflags);
+        return 2;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     a.loop = rt_loop_new();

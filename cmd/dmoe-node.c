@@ -2,17 +2,29 @@
  *
  * Parses hivemind's flags (from --config FILE too, runtime/text/rt_conf.h: the command line wins) into a
  * node_cfg, starts the node on a fresh loop, and runs until SIGINT or SIGTERM, which start the graceful
- * stop (node.h); a second signal stops at once. Exits 0 after a clean stop, 1 on a start-up error, 2 on
- * bad flags. `--num_experts 0` runs a DHT-only node (a bootstrap node for the others).
+ * stop (node.h); a second signal stops at once. Exit status, as every program's (RT_ARGS_EXIT_HELP): 0
+ * after a clean stop, 1 when the node fails at run time or cannot use the network (a busy port, an
+ * initial peer that does not answer), 2 on bad usage or bad local input -- flags, and what they name
+ * that can be checked before the node starts (local_inputs_ok: the expert class, uids and pattern, the
+ * schedule, the trusted-keys, identity and checkpoint paths), each with a plain "dmoe-node: ..." line.
+ * `--num_experts 0` runs a DHT-only node (a bootstrap node for the others).
  */
+#include <errno.h>
 #include <event2/event.h>
+#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "actors/node/ckpt.h"
+#include "actors/dht/trust/dht_ident.h"
+#include "actors/dht/trust/dht_trust.h"
+#include "actors/grid/uid.h"
 #include "actors/node/node.h"
+#include "kernels/kern_classes.h"
 #include "kernels/kern_expert.h"
 #include "runtime/text/rt_args.h"
 #include "runtime/text/rt_conf.h"
@@ -52,6 +64,91 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     node_stop(a->n, stopped, a);
 }
 
+/* A path the node will create a file or folder at: the folder it goes in must exist. */
+static int parent_exists(const char *flag, const char *path)
+{
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s", path);
+    const char *dir = dirname(copy);
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
+    fprintf(stderr, "dmoe-node: %s %s: the folder %s does not exist\n", flag, path, dir);
+    return 0;
+}
+
+/* local_inputs_ok checks what the flags name that is on this machine, before the node starts, so that
+ * bad local input is exit 2 with a plain message rather than a start-up failure in the log: the expert
+ * class, the uids or pattern, the schedule, the trusted-keys file, the identity file (read when it
+ * exists; its folder otherwise), the checkpoint folder. Returns 1 when all is well. */
+static int local_inputs_ok(const node_cfg *c)
+{
+    int ok = 1;
+    char err[512];
+    if (!kern_expert_find(c->expert_cls)) {
+        fprintf(stderr, "dmoe-node: --expert_cls %s is not a known class (known: %s)\n", c->expert_cls, kern_expert_names());
+        ok = 0;
+    }
+    if (kern_sched_check(&c->sched) != 0) {
+        fprintf(stderr, "dmoe-node: --scheduler linear needs --num_training_steps >= 1 and --num_warmup_steps >= 0\n");
+        ok = 0;
+    }
+    if (c->num_experts < 0) { fprintf(stderr, "dmoe-node: --num_experts must be at least 0 (0: a DHT-only node)\n"); ok = 0; }
+    if (c->num_experts == 0 && !c->expert_uids && !c->checkpoint_dir && c->client_mode) {
+        fprintf(stderr, "dmoe-node: --num_experts 0 runs a DHT-only node, which cannot be in --client_mode\n");
+        ok = 0;
+    }
+    if (c->max_batch_size < 1 || c->min_batch_size < 1 || c->min_batch_size > c->max_batch_size) {
+        fprintf(stderr, "dmoe-node: need 1 <= --min_batch_size <= --max_batch_size\n");
+        ok = 0;
+    }
+    for (int i = 0; c->expert_uids && c->expert_uids[i]; i++)
+        if (!uid_is_valid(c->expert_uids[i])) {
+            fprintf(stderr, "dmoe-node: --expert_uids %s is not an uid (name.coord[.coord...], e.g. expert.3)\n",
+                    c->expert_uids[i]);
+            ok = 0;
+        }
+    if (c->expert_pattern && !c->expert_uids && c->num_experts > 0) {
+        char **uids = NULL;
+        if (uid_pattern_generate(c->expert_pattern, c->num_experts, c->seed, NULL, NULL, &uids, err, sizeof err) < 0) {
+            fprintf(stderr, "dmoe-node: --expert_pattern %s: %s\n", c->expert_pattern, err);
+            ok = 0;
+        }
+        uid_list_free(uids);
+    }
+    if (c->trusted_keys_path) {
+        dht_trust *t = NULL;
+        if (dht_trust_load(c->trusted_keys_path, &t, err, sizeof err) != 0) {
+            fprintf(stderr, "dmoe-node: --trusted_keys: %s\n", err);
+            ok = 0;
+        }
+        dht_trust_free(t);
+    }
+    if (c->identity_path) {
+        if (access(c->identity_path, F_OK) == 0) {
+            dht_ident key;
+            int created = 0;
+            if (dht_ident_init() != 0 || dht_ident_load_or_create(c->identity_path, &key, &created, err, sizeof err) != 0) {
+                fprintf(stderr, "dmoe-node: --identity_path: %s\n", err);
+                ok = 0;
+            } else {
+                dht_ident_wipe(&key);
+            }
+        } else if (!parent_exists("--identity_path", c->identity_path)) {
+            ok = 0;
+        }
+    }
+    if (c->checkpoint_dir) {
+        struct stat st;
+        if (stat(c->checkpoint_dir, &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) { fprintf(stderr, "dmoe-node: --checkpoint_dir %s is not a folder\n", c->checkpoint_dir); ok = 0; }
+        } else if (errno != ENOENT || !parent_exists("--checkpoint_dir", c->checkpoint_dir)) {
+            if (errno != ENOENT) fprintf(stderr, "dmoe-node: --checkpoint_dir %s: %s\n", c->checkpoint_dir, strerror(errno));
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
 int main(int argc, char **argv)
 {
     node_cfg c;
@@ -74,53 +171,53 @@ int main(int argc, char **argv)
     int64_t max_batch = c.max_batch_size, min_batch = c.min_batch_size;
 
     const rt_arg flags[] = {
-        {"expert_cls", ARG_STR, &expert_cls, "expert class: ffn, det_dropout, transformer, nop, nop_delay", "Experts"},
+        {"expert_cls", ARG_STR, &expert_cls, "expert class: ffn, det_dropout, transformer, nop, nop_delay", "Experts", NULL, "CLASS"},
         {"hidden_dim", ARG_INT, &hidden, "main dimension of the experts", "Experts"},
         {"num_experts", ARG_INT, &c.num_experts, "how many experts to host (with --expert_pattern; 0: a DHT-only node)", "Experts"},
-        {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts"},
-        {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts"},
-        {"seq_len", ARG_INT, &seq_len, "transformer: sequence length S of its [B, S, H] input (hivemind's 128)", "Experts"},
-        {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training (hivemind's 0.1; 0 for determinism)", "Experts"},
-        {"delay_ms", ARG_INT, &delay_ms, "nop_delay: how long each batch is held (ms; the loop never sleeps)", "Experts"},
+        {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts", NULL, "PATTERN"},
+        {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts", NULL, "UID"},
+        {"seq_len", ARG_INT, &seq_len, "transformer: sequence length S of its [B, S, H] input (hivemind's 128)", "Experts", NULL, "N"},
+        {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training (hivemind's 0.1; 0 for determinism)", "Experts", NULL, "P"},
+        {"delay_ms", ARG_INT, &delay_ms, "nop_delay: how long each batch is held (ms; the loop never sleeps)", "Experts", NULL, "MS"},
         {"max_batch_size", ARG_I64, &max_batch, "most rows in one batch (a bigger request is an error)", "Batching"},
         {"min_batch_size", ARG_I64, &min_batch, "fewest rows a batch waits for (at most --batch_wait_ms)", "Batching"},
-        {"batch_wait_ms", ARG_INT, &c.batch_wait_ms, "longest wait for --min_batch_size rows", "Batching"},
-        {"activation_cache_mb", ARG_F64, &cache_mb, "forward activations kept for their backward, MiB (0: recompute)", "Batching"},
+        {"batch_wait_ms", ARG_INT, &c.batch_wait_ms, "longest wait for --min_batch_size rows", "Batching", NULL, "MS"},
+        {"activation_cache_mb", ARG_F64, &cache_mb, "forward activations kept for their backward, MiB (0: recompute)", "Batching", NULL, "MIB"},
         {"num_workers", ARG_INT, &c.num_workers, "worker threads for the kernels (default: the core count)", "Batching"},
-        {"optimizer", ARG_STR, &optimizer, "optimizer applied after each batched backward: adam, sgd, lamb, none", "Training"},
-        {"lr", ARG_F64, &lr, "learning rate (-1: the optimizer's default: adam 1e-3, sgd 0.01, lamb 1e-3)", "Training"},
-        {"weight_decay", ARG_F64, &weight_decay, "L2 weight decay added to the gradients (as torch's optimizers)", "Training"},
-        {"clip_grad_norm", ARG_F64, &clip_grad_norm, "clip the global gradient norm to this before each step (0: off)", "Training"},
-        {"scheduler", ARG_STR, &scheduler, "learning-rate schedule: none, or linear (warm-up then decay to 0)", "Training"},
+        {"optimizer", ARG_STR, &optimizer, "optimizer applied after each batched backward: adam, sgd, lamb, none", "Training", NULL, "NAME"},
+        {"lr", ARG_F64, &lr, "learning rate (-1: each optimizer's own: adam 1e-3, sgd 0.01, lamb 1e-3)", "Training", NULL, "LR"},
+        {"weight_decay", ARG_F64, &weight_decay, "L2 weight decay added to the gradients (as torch's optimizers)", "Training", NULL, "X"},
+        {"clip_grad_norm", ARG_F64, &clip_grad_norm, "clip the global gradient norm to this before each step (0: off)", "Training", NULL, "X"},
+        {"scheduler", ARG_STR, &scheduler, "learning-rate schedule: none, or linear (warm-up then decay to 0)", "Training", NULL, "NAME"},
         {"num_warmup_steps", ARG_I64, &warmup, "linear: steps of warm-up from 0 to --lr", "Training"},
         {"num_training_steps", ARG_I64, &total_steps, "linear: the step at which the rate reaches 0", "Training"},
         {"num_total_steps", ARG_I64, &total_steps_alias, "the same as --num_training_steps (hivemind's older name)", "Training"},
         {"seed", ARG_U64, &c.seed, "seed for uids drawn from patterns and initial weights", "Training"},
-        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on, multiaddrs or IP:PORT (default /ip4/127.0.0.1/tcp/0; a wildcard 0.0.0.0 or :: announces the machine's addresses)", "Network", rt_args_is_maddr},
-        {"announce_maddrs", ARG_LIST, &announce_maddrs, "IP addresses to tell others instead of the bound ones (behind NAT, a forwarded port)", "Network", rt_args_is_maddr},
-        {"compression", ARG_STR, &compression, "wire compression of inputs and input gradients: NONE, FLOAT16, MEANSTD_16BIT, UNIFORM_8BIT, BLOCKWISE_8BIT", "Network"},
-        {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network"},
-        {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network"},
+        {"host_maddrs", ARG_LIST, &host_maddrs, "addresses to listen on, multiaddrs or IP:PORT (default /ip4/127.0.0.1/tcp/0; a wildcard 0.0.0.0 or :: announces the machine's addresses)", "Network", rt_args_is_maddr, "ADDR"},
+        {"announce_maddrs", ARG_LIST, &announce_maddrs, "IP addresses to tell others instead of the bound ones (behind NAT, a forwarded port)", "Network", rt_args_is_maddr, "ADDR"},
+        {"compression", ARG_STR, &compression, "wire compression of inputs and input gradients: NONE, FLOAT16, MEANSTD_16BIT, UNIFORM_8BIT, BLOCKWISE_8BIT", "Network", NULL, "NAME"},
+        {"max_frame_mb", ARG_F64, &max_frame_mb, "largest frame accepted, MiB (a frame is one request)", "Network", NULL, "MIB"},
+        {"max_pending_mb", ARG_F64, &max_pending_mb, "received requests held before reading pauses, MiB", "Network", NULL, "MIB"},
         {"max_inflight", ARG_INT, &c.max_inflight, "open requests per connection before reading pauses", "Network"},
-        {"reply_soft_mb", ARG_F64, &reply_soft_mb, "unread replies of one connection before it stops being read, MiB", "Limits"},
-        {"reply_hard_mb", ARG_F64, &reply_hard_mb, "unread replies of one connection before it is closed, MiB", "Limits"},
-        {"max_replies_mb", ARG_F64, &max_replies_mb, "unread replies of all connections; past it a slow reader is closed, MiB", "Limits"},
-        {"min_rate_kbps", ARG_F64, &min_rate_kbps, "slowest a frame may arrive once it is past the grace period, KiB/s (0: any)", "Limits"},
-        {"min_rate_grace_s", ARG_F64, &min_rate_grace_s, "seconds a frame may arrive slower than --min_rate_kbps", "Limits"},
-        {"idle_timeout_s", ARG_INT, &c.idle_timeout_s, "close a connection idle this long (0: never)", "Limits"},
+        {"reply_soft_mb", ARG_F64, &reply_soft_mb, "unread replies of one connection before it stops being read, MiB", "Limits", NULL, "MIB"},
+        {"reply_hard_mb", ARG_F64, &reply_hard_mb, "unread replies of one connection before it is closed, MiB", "Limits", NULL, "MIB"},
+        {"max_replies_mb", ARG_F64, &max_replies_mb, "unread replies of all connections; past it a slow reader is closed, MiB", "Limits", NULL, "MIB"},
+        {"min_rate_kbps", ARG_F64, &min_rate_kbps, "slowest a frame may arrive once it is past the grace period, KiB/s (0: any)", "Limits", NULL, "KIB"},
+        {"min_rate_grace_s", ARG_F64, &min_rate_grace_s, "seconds a frame may arrive slower than --min_rate_kbps", "Limits", NULL, "S"},
+        {"idle_timeout_s", ARG_INT, &c.idle_timeout_s, "close a connection idle this long (0: never)", "Limits", NULL, "S"},
         {"max_connections", ARG_INT, &c.max_connections, "open connections (at most half the file descriptors); when full the quietest is closed for a new one", "Limits"},
-        {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
+        {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr, "ADDR"},
         {"client_mode", ARG_FLAG, &c.client_mode, "join the DHT without serving it (experts are then not declared)", "DHT"},
-        {"update_period", ARG_F64, &c.update_period, "seconds between declaring the experts in the DHT (and checkpoints)", "DHT"},
-        {"expiration", ARG_F64, &c.expiration, "seconds a declaration lives (0: max(2 * update_period, 3))", "DHT"},
-        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: store and use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT"},
-        {"identity_path", ARG_STR, &identity_path, "keep the node's Ed25519 key, hence its DHT id, in FILE across restarts (created 0600 if absent; default: a new key each start)", "DHT"},
-        {"checkpoint_dir", ARG_STR, &checkpoint_dir, "save experts to DIR/<uid>/step-N.safetensors and load them at start", "Checkpoints"},
+        {"update_period", ARG_F64, &c.update_period, "seconds between declaring the experts in the DHT (and checkpoints)", "DHT", NULL, "S"},
+        {"expiration", ARG_F64, &c.expiration, "seconds a declaration lives (0: max(2 * update_period, 3))", "DHT", NULL, "S"},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: store and use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL, "PATH"},
+        {"identity_path", ARG_STR, &identity_path, "keep the node's Ed25519 key, hence its DHT id, in FILE across restarts (created 0600 if absent; default: a new key each start)", "DHT", NULL, "PATH"},
+        {"checkpoint_dir", ARG_STR, &checkpoint_dir, "save experts to DIR/<uid>/step-N.safetensors and load them at start", "Checkpoints", NULL, "DIR"},
         {"keep_checkpoints", ARG_INT, &c.keep_checkpoints, "checkpoint files kept per expert", "Checkpoints"},
-        {"stats_report_interval", ARG_F64, &c.stats_report_interval, "seconds between stats reports: a line per expert that had work, and a total (0: never)", "Logging"},
-        {"metrics_port", ARG_INT, &metrics_port, "serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port; -1: off)", "Logging"},
-        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR (also $DMOE_LOG)", "Logging"},
-        {"config", ARG_STR, &config, "read flags from FILE, YAML 'key: value' lines as hivemind's config.yml (scripts/dmoe-node.conf); command-line flags win", "Config"},
+        {"stats_report_interval", ARG_F64, &c.stats_report_interval, "seconds between stats reports: a line per expert that had work, and a total (0: never)", "Logging", NULL, "S"},
+        {"metrics_port", ARG_INT, &metrics_port, "serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port; -1: off)", "Logging", NULL, "PORT"},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR (also $DMOE_LOG)", "Logging", NULL, "LEVEL"},
+        {"config", ARG_STR, &config, "read flags from FILE, YAML 'key: value' lines as hivemind's config.yml (scripts/dmoe-node.conf); command-line flags win", "Config", NULL, "PATH"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     char err[512];
@@ -132,8 +229,9 @@ int main(int argc, char **argv)
         return 2;
     }
     int rc = rt_args_parse(conf.argc, conf.argv, flags, nflags, pos, 0, &npos, err, sizeof err);
-    if (rc == 1) {
-        rt_args_usage(stdout, "dmoe-node [flags]   (host experts over TCP)", flags, nflags);
+    if (rc == RT_ARGS_HELP || rc == RT_ARGS_VERSION) {
+        if (rc == RT_ARGS_HELP) rt_args_usage(stdout, "dmoe-node [flags]   (host experts over TCP)", flags, nflags);
+        else rt_args_version(stdout, "dmoe-node");
         rt_args_free(flags, nflags);
         rt_conf_free(&conf);
         return 0;
@@ -234,6 +332,7 @@ int main(int argc, char **argv)
     c.identity_path = identity_path;
     c.trusted_keys_path = trusted_keys;
     c.initial_peers = initial_peers;
+    if (!bad && !local_inputs_ok(&c)) bad = 1;
     if (bad) { rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
 
     signal(SIGPIPE, SIG_IGN);

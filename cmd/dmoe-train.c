@@ -17,7 +17,8 @@
  * exit 1. Experts whose schema differs from what the layer sends (another width: the layer's check,
  * moe.h) end it at once with exit 1 and the message naming both shapes. Answers are checked (shape, dtype, rows) and, unless --no_detect_anomalies, an answer with NaN
  * or Inf is a failed expert; a loss that becomes NaN or Inf all the same ends the program at once with
- * exit 1 and "loss became non-finite at step N". Bad flags exit 2. Flags may come from --config FILE
+ * exit 1 and "loss became non-finite at step N". Bad flags or bad local input (an unreadable --config or
+ * --trusted_keys file) exit 2, as for every program (RT_ARGS_EXIT_HELP). Flags may come from --config FILE
  * too (runtime/text/rt_conf.h; the command line wins); host names in --initial_peers are resolved before
  * the loop starts. One thread runs the loop; the experts' math runs on the nodes.
  */
@@ -375,34 +376,34 @@ int main(int argc, char **argv)
     char **peers = NULL, **grid_words = NULL;
     const char *log_level = NULL, *config = NULL, *trusted_keys = NULL;
     const rt_arg flags[] = {
-        {"task", ARG_STR, &a.task, "chain (proj_out(expert.1(expert.4(x)))) or moe (proj -> MoE -> proj)", "Task", NULL},
+        {"task", ARG_STR, &a.task, "chain (proj_out(expert.1(expert.4(x)))) or moe (proj -> MoE -> proj)", "Task", NULL, "TASK"},
         {"steps", ARG_I64, &a.steps, "training steps", "Task", NULL},
         {"batch_size", ARG_I64, &a.batch, "samples per step", "Task", NULL},
         {"hidden_dim", ARG_INT, &a.hidden, "the experts' dimension (as the nodes' --hidden_dim)", "Task", NULL},
         {"in_dim", ARG_INT, &a.in_dim, "moe: dimension of the data", "Task", NULL},
         {"num_classes", ARG_INT, &a.classes, "moe: classes of the Gaussian mixture", "Task", NULL},
         {"seed", ARG_U64, &a.seed, "seed of the data and the local weights", "Task", NULL},
-        {"optimizer", ARG_STR, &a.optimizer, "local optimizer: adam or sgd", "Training", NULL},
-        {"lr", ARG_F64, &a.lr, "local learning rate", "Training", NULL},
-        {"balance_coef", ARG_F64, &a.balance, "switch: weight of the load-balancing loss", "Training", NULL},
+        {"optimizer", ARG_STR, &a.optimizer, "local optimizer: adam or sgd", "Training", NULL, "NAME"},
+        {"lr", ARG_F64, &a.lr, "local learning rate", "Training", NULL, "LR"},
+        {"balance_coef", ARG_F64, &a.balance, "switch: weight of the load-balancing loss", "Training", NULL, "X"},
         {"max_failed_steps", ARG_INT, &a.max_failed, "failed steps in a row before giving up (exit 1)", "Training", NULL},
-        {"initial_peers", ARG_LIST, &peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr},
-        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL},
-        {"uid_prefix", ARG_STR, &a.prefix, "experts' uid prefix", "MoE", NULL},
-        {"grid_size", ARG_LIST, &grid_words, "grid dimensions (default 15)", "MoE", NULL},
+        {"initial_peers", ARG_LIST, &peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr, "ADDR"},
+        {"trusted_keys", ARG_STR, &trusted_keys, "a private swarm: use only DHT records signed by the Ed25519 public keys in FILE (64 hex digits a line, # comments)", "DHT", NULL, "PATH"},
+        {"uid_prefix", ARG_STR, &a.prefix, "experts' uid prefix", "MoE", NULL, "PREFIX"},
+        {"grid_size", ARG_LIST, &grid_words, "grid dimensions (default 15)", "MoE", NULL, "N"},
         {"k_best", ARG_INT, &a.k_best, "experts per sample", "MoE", NULL},
         {"k_min", ARG_INT, &a.k_min, "answers per sample before the straggler timer starts", "MoE", NULL},
         {"backward_k_min", ARG_INT, &a.backward_k_min, "backward answers needed per sample", "MoE", NULL},
-        {"forward_timeout", ARG_F64, &a.fwd_timeout, "seconds for a forward, beam search included", "MoE", NULL},
-        {"timeout_after_k_min", ARG_F64, &a.after_k_min, "seconds to wait for stragglers after k_min", "MoE", NULL},
-        {"backward_timeout", ARG_F64, &a.bwd_timeout, "seconds for a backward", "MoE", NULL},
+        {"forward_timeout", ARG_F64, &a.fwd_timeout, "seconds for a forward, beam search included", "MoE", NULL, "S"},
+        {"timeout_after_k_min", ARG_F64, &a.after_k_min, "seconds to wait for stragglers after k_min", "MoE", NULL, "S"},
+        {"backward_timeout", ARG_F64, &a.bwd_timeout, "seconds for a backward", "MoE", NULL, "S"},
         {"detect_anomalies", ARG_FLAG, &a.detect, "treat answers with NaN/Inf as failed experts (the default)", "MoE", NULL},
         {"no_detect_anomalies", ARG_FLAG, &a.no_detect, "use answers with NaN/Inf (hivemind's default)", "MoE", NULL},
         {"allow_zero_outputs", ARG_FLAG, &a.allow_zero, "zeros for samples nobody answered instead of failing the step", "MoE", NULL},
         {"switch", ARG_FLAG, &a.is_switch, "use RemoteSwitchMixtureOfExperts", "MoE", NULL},
         {"log_every", ARG_INT, &a.log_every, "steps between progress lines", "Logging", NULL},
-        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Logging", NULL},
-        {"config", ARG_STR, &config, "read flags from FILE (YAML 'key: value' lines, as dmoe-node's); command-line flags win", "Config", NULL},
+        {"log_level", ARG_STR, &log_level, "DEBUG, INFO, WARN or ERROR", "Logging", NULL, "LEVEL"},
+        {"config", ARG_STR, &config, "read flags from FILE (YAML 'key: value' lines, as dmoe-node's); command-line flags win", "Config", NULL, "PATH"},
     };
     const int nflags = (int)(sizeof flags / sizeof flags[0]);
     char err[512];
@@ -410,12 +411,14 @@ int main(int argc, char **argv)
     rt_conf conf;
     if (rt_conf_merge(argc, argv, flags, nflags, &conf, err, sizeof err) != 0) { fprintf(stderr, "dmoe-train: %s\n", err); return 2; }
     int npos, rc = rt_args_parse(conf.argc, conf.argv, flags, nflags, pos, 0, &npos, err, sizeof err);
-    if (rc == 1) rt_args_usage(stdout, "dmoe-train --task chain|moe --initial_peers MADDR... [flags]", flags, nflags);
+    if (rc == RT_ARGS_HELP) rt_args_usage(stdout, "dmoe-train --task chain|moe --initial_peers ADDR... [flags]", flags, nflags);
+    if (rc == RT_ARGS_VERSION) rt_args_version(stdout, "dmoe-train");
     if (rc) {
-        if (rc != 1) fprintf(stderr, "dmoe-train: %s\n", err);
+        int info = rc == RT_ARGS_HELP || rc == RT_ARGS_VERSION;
+        if (!info) fprintf(stderr, "dmoe-train: %s\n", err);
         rt_args_free(flags, nflags);
         rt_conf_free(&conf);
-        return rc == 1 ? 0 : 2;
+        return info ? 0 : 2;
     }
     int bad = 0, chain = strcmp(a.task, "chain") == 0;
     if (!chain && strcmp(a.task, "moe") != 0) { fprintf(stderr, "dmoe-train: --task must be chain or moe\n"); bad = 1; }
@@ -450,7 +453,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "dmoe-train: --initial_peers: %s\n", err);
         bad = 1;
     }
-    if (bad) { resolve_list_free(resolved); rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
+    dht_trust *trusted = NULL;
+    if (trusted_keys && dht_trust_load(trusted_keys, &trusted, err, sizeof err) != 0) {
+        fprintf(stderr, "dmoe-train: --trusted_keys: %s\n", err);
+        bad = 1;
+    }
+    if (bad) { resolve_list_free(resolved); dht_trust_free(trusted); rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
     snprintf(a.mc.uid_prefix, sizeof a.mc.uid_prefix, "%s", a.prefix);
     a.mc.in_features = a.hidden;
     a.mc.k_best = a.is_switch && a.k_best == 2 ? 1 : a.k_best;
@@ -486,10 +494,7 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
     int status = 1;
-    dht_trust *trusted = NULL;
-    if (!trusted_keys || dht_trust_load(trusted_keys, &trusted, err, sizeof err) == 0)
-        a.net = moe_net_open_trusted(a.l, (const char *const *)resolved, np, a.mc.neg_cache_s, trusted, err,
-                                     sizeof err);
+    a.net = moe_net_open_trusted(a.l, (const char *const *)resolved, np, a.mc.neg_cache_s, trusted, err, sizeof err);
     resolve_list_free(resolved);
     if (!a.net) {
         fprintf(stderr, "dmoe-train: %s\n", err);

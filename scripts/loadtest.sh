@@ -11,8 +11,11 @@
 # cleanly, prints the summary, and writes next to each other
 #   $DMOE_BUILD/loadtest/SCENARIO.csv   per-second samples: time, requests, rows, rates, p50, p99, errors
 #   $DMOE_BUILD/loadtest/SCENARIO.txt   the summary
-#   $DMOE_BUILD/loadtest/SCENARIO.png   throughput and latency over time (gnuplot; the Debian package
+#   $DMOE_BUILD/loadtest/SCENARIO.png   rows/s, requests/s and latency over time, one panel each (gaps
+#                                       where a second had no replies; gnuplot, the Debian package
 #                                       gnuplot-nox is installed with apt-get when gnuplot is missing)
+# While the load runs, dmoe-call load rewrites a progress line a second on the terminal (rows/s,
+# requests/s, p50, errors); with stderr redirected it stays quiet.
 # The scenarios follow hivemind's benchmark_throughput.py presets, sized for 2 cores. A scenario passes
 # only with zero errors and zero lost replies; otherwise the script exits 1. 2: unknown or unavailable
 # scenario. Every process it starts is stopped on exit (trap). $DMOE_CALL overrides the dmoe-call used.
@@ -142,6 +145,31 @@ for ((i = ${#PIDS[@]}; i >= 1; i--)); do
 done
 PIDS=()
 
+# plot_csv CSV PNG TITLE: three panels over time, each series on its own axis -- rows/s, requests/s (with
+# a fixed batch they are proportional: on one axis pair they would draw the same curve), and p50/p99
+# latency. A second without replies has no latency (nan in the CSV): gnuplot leaves a gap there, not 0.
+plot_csv() {
+    gnuplot <<PLOT
+set terminal pngcairo size 1000,1000 noenhanced
+set output "$2"
+set datafile separator ","
+set multiplot layout 3,1 title "$3"
+set grid
+set xlabel "seconds"
+set yrange [0:*]
+set offsets 0, 0, graph 0.2, 0
+set key top right
+set ylabel "rows / s"
+plot "$1" using 1:5 skip 1 with linespoints lc rgb "#1f77b4" title "rows/s"
+set ylabel "requests / s"
+plot "$1" using 1:4 skip 1 with linespoints lc rgb "#2ca02c" title "requests/s"
+set ylabel "latency, ms"
+plot "$1" using 1:6 skip 1 with linespoints lc rgb "#ff7f0e" title "p50", \\
+     "$1" using 1:7 skip 1 with linespoints lc rgb "#d62728" title "p99"
+unset multiplot
+PLOT
+}
+
 # The plot: throughput and latency over time, from the CSV.
 if ! command -v gnuplot >/dev/null 2>&1; then
     echo "== installing gnuplot-nox for the plot"
@@ -149,29 +177,10 @@ if ! command -v gnuplot >/dev/null 2>&1; then
     { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q gnuplot-nox; } >/dev/null 2>&1 || true
 fi
 if command -v gnuplot >/dev/null 2>&1 && [ -s "$CSV" ] && [ "$(wc -l <"$CSV")" -gt 1 ]; then
-    gnuplot <<PLOT
-set terminal pngcairo size 1000,700 noenhanced
-set output "$PNG"
-set datafile separator ","
-set multiplot layout 2,1 title "$SCENARIO: ${LOAD_ARGS[*]}"
-set grid
-set xlabel "seconds"
-set ylabel "rows / s"
-set y2label "requests / s"
-set ytics nomirror
-set y2tics
-set yrange [0:*]
-set y2range [0:*]
-plot "$CSV" using 1:5 skip 1 with linespoints title "rows/s" axes x1y1, \
-     "$CSV" using 1:4 skip 1 with lines title "requests/s" axes x1y2
-unset y2label
-unset y2tics
-set ytics mirror
-set ylabel "latency, ms"
-plot "$CSV" using 1:6 skip 1 with linespoints title "p50", \
-     "$CSV" using 1:7 skip 1 with linespoints title "p99"
-unset multiplot
-PLOT
+    # the title folded to the width of the image (gnuplot reads \n in a double-quoted string)
+    TITLE=$(printf '%s: dmoe-call load %s' "$SCENARIO" "${LOAD_ARGS[*]}" | fold -s -w 100 \
+            | awk 'NR > 1 { printf "\\n" } { sub(/ +$/, ""); printf "%s", $0 }')
+    plot_csv "$CSV" "$PNG" "$TITLE"
     echo "== plot: $PNG"
 else
     echo "== no plot (gnuplot unavailable or no samples); samples in $CSV"

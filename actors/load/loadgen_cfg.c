@@ -37,8 +37,11 @@ int loadgen_check_cfg(const loadgen_cfg *c, char *err, size_t errlen)
         snprintf(err, errlen, "a run needs a bound: a request count or a duration");
     else if (!(c->duration_s >= 0 && c->duration_s < 1e6) || !(c->warmup_s >= 0 && c->warmup_s < 1e6))
         snprintf(err, errlen, "duration and warm-up must be non-negative seconds");
-    else if (!(c->mix >= 0 && c->mix <= 1))
-        snprintf(err, errlen, "mix is the fraction of backwards, in [0, 1]");
+    else if (c->mode != LOADGEN_DHT && !(c->mix >= 0 && c->mix <= 0.5))
+        snprintf(err, errlen, "--mix %g cannot be honoured: it is the fraction of backwards, and each backward needs its "
+                 "own forward, so 0 <= mix <= 0.5 (0.5: forward, backward, ... as training)", c->mix);
+    else if (c->mode == LOADGEN_DHT && !(c->mix >= 0 && c->mix < 1))
+        snprintf(err, errlen, "--mix %g cannot be honoured: --dht gets need keys stored by the run, so 0 <= mix < 1", c->mix);
     else if (c->batch_min < 1 || c->batch_max < c->batch_min || c->batch_max > (1 << 24))
         snprintf(err, errlen, "batch sizes must satisfy 1 <= min <= max <= %d", 1 << 24);
     else if (c->mode == LOADGEN_NODE && !c->all && (!c->uids || !c->uids[0]))

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "wire/wire_maddr.h"
 
@@ -31,13 +32,16 @@ typedef struct {
     uint64_t max_requests;      /* stop sending after this many (0: no count bound) */
     double duration_s;          /* stop sending after this long (0: no time bound; one bound is needed) */
     double warmup_s;            /* replies in the first warmup_s count as errors/lost but not in the figures */
-    double mix;                 /* fraction of requests that are backwards (DHT: gets), 0..1 (see loadgen.c) */
+    double mix;                 /* fraction of requests that are backwards, each its user's previous forward's:
+                                 * 0..0.5 (0.5: every forward has its backward); DHT: fraction of gets,
+                                 * 0..1 excluded (loadgen_engine.c, "Mix") */
     int64_t batch_min, batch_max; /* rows per forward (DHT: value bytes): fixed (min == max) or uniform in [min, max] */
     const char *const *uids;    /* NULL-terminated experts to target (a random one per forward) */
     int all;                    /* target every expert of the node instead (read from info) */
     uint64_t seed;              /* inputs, batch sizes and targets */
     uint64_t timeout_ms;        /* per call */
     const char *csv_path;       /* per-second samples, or NULL */
+    FILE *progress;             /* a progress line rewritten here every second ("\r"; a terminal), or NULL */
 } loadgen_cfg;
 
 /* Latency percentiles in microseconds over the measured window. */
@@ -72,7 +76,7 @@ typedef struct {
 } loadgen_report;
 
 /* loadgen_default_cfg fills c: mode LOADGEN_NODE, 1 client, 10 s, no count bound, forward only, batch
- * 1, seed 0, timeout 30 s, no warm-up, no CSV; MoE: prefix "expert.", k_best 2, in_features 1024, no
+ * 1, seed 0, timeout 30 s, no warm-up, no CSV, no progress line; MoE: prefix "expert.", k_best 2, in_features 1024, no
  * grid. Peer (or initial peers and grid) and targets must be set by the caller. */
 void loadgen_default_cfg(loadgen_cfg *c);
 

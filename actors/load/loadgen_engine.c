@@ -11,15 +11,23 @@
  * overflows. The generator's own actor receives the timers: the per-second tick (CSV samples), the end of
  * the duration, the end of the wait for the last replies.
  *
- * Mix: each user adds `mix` to an accumulator per request and sends a backward when it reaches 1 (and
- * subtracts 1), so mix 0.5 alternates forward, backward, forward, ... as training does, and mix 0.25
- * sends one backward after every three forwards. A backward carries the inputs (same rows, same count,
- * same expert) of the user's previous forward, plus gradients for its outputs. A user's first request
- * is always a forward. (DHT mode: a forward is a store, a backward a get of any stored key.)
+ * Mix, node and MoE modes (ops->paired): `mix` is the fraction of requests that are backwards, and a
+ * backward is always the backward of the same user's forward just before it (same rows, same expert,
+ * plus gradients for its outputs): a training pair. So at most half the requests can be backwards (mix
+ * <= 0.5, loadgen_check_cfg): each forward adds mix / (1 - mix) to the user's accumulator, and when it
+ * reaches 1 (minus 1) that forward opens a pair -- mix 0.5 pairs every forward (forward, backward,
+ * forward, ... as training), mix 0.25 every third (forward, forward, forward, backward), 0 none. A pair
+ * is never cut: a forward that opens one is sent only when max_requests leaves room for its backward
+ * too (the backward is reserved), and when the duration ends a user still sends the backward it owes
+ * (then the wait for the last replies is twice the call timeout). A forward that fails owes nothing. A
+ * user's first request is always a forward. DHT mode (not paired): a forward is a store, a backward a
+ * get of any key stored so far; each request adds mix to the accumulator and is a get when it reaches
+ * 1, so mix 1 would be gets only -- refused, a get needs a store first (mix < 1).
  *
  * Figures: every outcome counts in the report (sent, ok, errors by code, lost); a success after the
  * warm-up also adds its latency (by direction) and rows to the measured window, and every success adds
- * to the current second's sample, written to the CSV by the tick.
+ * to the current second's sample, written to the CSV by the tick. With cfg->progress the tick also
+ * rewrites one line there ("\r": rows/s, requests/s, p50, errors so far), erased at the end.
  *
  * Phases: INFO -> RUN (sending) -> DRAIN (bounds reached: waiting for the replies in flight, at most
  * the call timeout plus a second) -> DONE. A callback that arrives in DONE comes from client_free
@@ -122,10 +130,18 @@ static void write_sample(lg *g, uint64_t now, int final)
         s.p99_ms = pct(g->tick_lat.v, g->tick_lat.n, 0.99) / 1000.0;
     }
     double dt = (double)(now - g->t_tick_us) / 1e6;
+    if (g->cfg->progress && !final) {
+        char p50[32] = "-";
+        if (g->tick_lat.n) snprintf(p50, sizeof p50, "%.2f ms", s.p50_ms);
+        fprintf(g->cfg->progress, "\r%6.0f s  %10.1f rows/s  %8.1f requests/s  p50 %-11s errors %llu\033[K", s.t_s,
+                dt > 0 ? (double)s.rows / dt : 0.0, dt > 0 ? (double)s.requests / dt : 0.0, p50,
+                (unsigned long long)r->errors);
+        fflush(g->cfg->progress);
+    }
     if (g->csv)
         fprintf(g->csv, "%.3f,%llu,%llu,%.1f,%.1f,%.3f,%.3f,%llu\n", s.t_s, (unsigned long long)s.requests,
                 (unsigned long long)s.rows, dt > 0 ? (double)s.requests / dt : 0.0, dt > 0 ? (double)s.rows / dt : 0.0,
-                s.p50_ms, s.p99_ms, (unsigned long long)s.errors);
+                g->tick_lat.n ? s.p50_ms : NAN, g->tick_lat.n ? s.p99_ms : NAN, (unsigned long long)s.errors);
     if (r->n_samples % 64 == 0) {
         struct loadgen_sample *ns = realloc(r->samples, (size_t)(r->n_samples + 64) * sizeof *ns);
         if (ns) r->samples = ns;
@@ -144,6 +160,10 @@ void lg_finish(lg *g)
     if (g->phase != PH_INFO) {
         write_sample(g, now, 1);
         g->r->run_s = (double)(now - g->t0_us) / 1e6;
+    }
+    if (g->cfg->progress) {   /* the summary takes the progress line's place */
+        fprintf(g->cfg->progress, "\r\033[K");
+        fflush(g->cfg->progress);
     }
     g->phase = PH_DONE;
     rt_timer_cancel(&g->tick);
@@ -168,23 +188,53 @@ static void enter_drain(lg *g)
     if (g->phase != PH_RUN) return;
     g->phase = PH_DRAIN;
     if (g->inflight == 0) { lg_finish(g); return; }
-    rt_timer_start(&g->deadline, g->cfg->timeout_ms + LG_DRAIN_EXTRA_MS, 0);
+    /* a forward still in flight may owe its backward: two calls, one after the other */
+    uint64_t calls = g->ops->paired && g->cfg->mix > 0 ? 2 : 1;
+    rt_timer_start(&g->deadline, calls * g->cfg->timeout_ms + LG_DRAIN_EXTRA_MS, 0);
 }
 
 /* ---- requests ---- */
+
+/* Whether u's next request is a backward, and for a forward whether the bounds leave room for it (and
+ * for the backward it owes when it opens a pair; then that backward is reserved). Returns 1 backward, 0
+ * forward, -1 nothing to send (the bounds are reached). */
+static int next_dir(lg_user *u)
+{
+    lg *g = u->g;
+    const loadgen_cfg *c = g->cfg;
+    if (g->ops->paired && u->owed) {   /* the second half of a pair: always sent, it was reserved */
+        u->owed = 0;
+        g->reserved--;
+        if (g->ops->can_backward(u)) return 1;
+    }
+    if (g->phase != PH_RUN) return -1;
+    if (!g->ops->paired) {
+        if (c->max_requests && g->r->sent >= c->max_requests) return -1;
+        u->acc += c->mix;
+        if (u->acc >= 1.0 && g->ops->can_backward(u)) { u->acc -= 1.0; return 1; }
+        return 0;
+    }
+    double acc = u->acc + (c->mix > 0 ? c->mix / (1.0 - c->mix) : 0.0);
+    int opens = acc >= 1.0 - 1e-9;
+    if (c->max_requests && g->r->sent + g->reserved + 1 + (uint64_t)opens > c->max_requests) return -1;
+    u->acc = opens ? acc - 1.0 : acc;
+    if (opens) {
+        u->owed = 1;
+        g->reserved++;
+    }
+    return 0;
+}
 
 static void user_send(lg_user *u)
 {
     lg *g = u->g;
     const loadgen_cfg *c = g->cfg;
-    if (g->phase != PH_RUN) return;
-    if (c->max_requests && g->r->sent >= c->max_requests) { enter_drain(g); return; }
-    u->acc += c->mix;
-    int can_bwd = g->ops->can_backward(u);
-    int bwd = 0;
-    if (u->acc >= 1.0 && can_bwd) {
-        bwd = 1;
-        u->acc -= 1.0;
+    if (g->phase != PH_RUN && g->phase != PH_DRAIN) return;
+    int bwd = next_dir(u);
+    if (bwd < 0) {
+        if (g->phase == PH_RUN) enter_drain(g);
+        else maybe_finish(g);
+        return;
     }
     if (bwd) {
         u->target = u->prev_target;
@@ -201,14 +251,15 @@ static void user_send(lg_user *u)
     g->r->sent++;
     u->t_send_us = rt_clock_us();
     int rc = g->ops->send(u);
-    if (rc != 0) {   /* never left: an error, and this user stops */
+    if (rc != 0) {   /* never left: an error, and this user stops (owing nothing) */
         record_error(g, rc, "cannot send the request");
+        if (u->owed) { u->owed = 0; g->reserved--; }
         maybe_finish(g);
         return;
     }
     u->busy = 1;
     g->inflight++;
-    if (c->max_requests && g->r->sent >= c->max_requests) enter_drain(g);
+    if (c->max_requests && g->r->sent + g->reserved >= c->max_requests) enter_drain(g);
 }
 
 /* lg_user_done records the outcome of u's request (err 0: success) and sends its next one. */
@@ -226,6 +277,7 @@ void lg_user_done(lg_user *u, int err, const char *msg)
     uint64_t now = rt_clock_us();
     if (err) {
         record_error(g, err, msg);
+        if (u->owed && u->dir == 0) { u->owed = 0; g->reserved--; }   /* a failed forward owes no backward */
     } else {
         uint64_t rows = g->ops->one_row_per_request ? 1 : (uint64_t)u->rows;
         r->ok++;
@@ -244,7 +296,7 @@ void lg_user_done(lg_user *u, int err, const char *msg)
         }
     }
     if (g->rc) { lg_finish(g); return; }
-    if (g->phase == PH_RUN) user_send(u);
+    if (g->phase == PH_RUN || (g->phase == PH_DRAIN && u->owed)) user_send(u);
     maybe_finish(g);
 }
 

@@ -38,7 +38,8 @@
 
 #define LG_RAMP 128            /* users started per loop round: far below the node's listen backlog (511) */
 #define LG_TICK_MS 1000        /* per-second samples */
-#define LG_DRAIN_EXTRA_MS 1000 /* wait for replies in flight: the call timeout plus this */
+#define LG_DRAIN_EXTRA_MS 1000 /* wait for replies in flight: the call timeout plus this (twice the timeout
+                                * when a forward's backward may still have to follow) */
 #define LG_DHT_POOL (1 << 16)  /* stored keys gets draw from: plenty for variety, 512 KiB at most */
 #define LG_DHT_EXPIRATION_S 600.0 /* outlives any run; the nodes forget the keys afterwards */
 
@@ -64,6 +65,8 @@ typedef struct {
     kern_rng rng;
     lg_buf *in[KERN_MAX_IO], *gout[KERN_MAX_IO];
     double acc;              /* the mix accumulator */
+    int owed;                /* paired modes: the forward in flight (or just answered) opened a training
+                              * pair, so this user's next request is its backward */
     int has_prev;            /* a forward was sent: a backward may follow */
     int prev_target;
     int64_t prev_rows;
@@ -104,6 +107,7 @@ struct lg {
     /* users */
     lg_user *users;
     int n_users, n_started, inflight;
+    uint64_t reserved;       /* backwards owed by forwards already sent (counted against max_requests) */
     client *info_cl;
     /* time */
     uint64_t t0_us, window_us, t_last_us, t_tick_us;
@@ -137,6 +141,8 @@ struct lg_mode_ops {
     /* free drops what the mode allocated for the run, after the loop is gone; NULL when nothing. */
     void (*free)(lg *g);
     int one_row_per_request; /* each request counts one row (DHT), not u->rows */
+    int paired;              /* a backward is the backward of the user's own previous forward (node, MoE);
+                              * else (DHT) a "backward" is a get of any stored key */
 };
 
 /* The modes (loadgen_node.c, loadgen_moe.c, loadgen_dht.c). */

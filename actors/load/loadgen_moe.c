@@ -147,4 +147,5 @@ const lg_mode_ops lg_moe_ops = {
     .send = moe_send,
     .can_backward = moe_can_backward,
     .close = moe_close,
+    .paired = 1,
 };

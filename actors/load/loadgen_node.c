@@ -337,4 +337,5 @@ const lg_mode_ops lg_node_ops = {
     .can_backward = node_can_backward,
     .close = node_close,
     .free = node_free,
+    .paired = 1,
 };

@@ -4,7 +4,10 @@
  * through complete(): the first one wins, detaches the call from its peer and raises the call's
  * "done" signal; the call actor's handler then runs the user's callback and stops the actor. A reply
  * that arrives for an id no longer in the map (it timed out) is dropped; one that does not decode ends
- * its call at once (DMOE_EPROTO) when its id can be read.
+ * its call at once (DMOE_EPROTO) when its id can be read. A peer whose very first frame cannot be dmoe
+ * framing (a length past the limit, say "HTTP" read as one, or bytes that are no msgpack) is no dmoe
+ * node: every call on it ends at once with "ADDR is not a dmoe node (it answered "HTTP/1.1 400 ...")",
+ * quoting what it sent, instead of a bare closed connection.
  */
 #include "actors/net/client.h"
 
@@ -43,6 +46,7 @@ struct peer {
     char key[WIRE_MADDR_HOST + 8];
     conn *c;
     rt_map calls;                       /* request id -> call in flight */
+    int spoke;                          /* a message decoded: the peer speaks the protocol */
     peer *next;
 };
 
@@ -125,6 +129,7 @@ static void call_destroy(rt_actor *self)
 static void peer_on_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 {
     peer *p = arg;
+    p->spoke = 1;
     call *k = rt_map_del_u64(&p->calls, m->id);
     if (!k) {   /* late reply for a call that timed out, or garbage: drop */
         LOG_DEBUG("dropping a reply with unknown id %llu from %s", (unsigned long long)m->id, p->key);
@@ -174,9 +179,36 @@ static void peer_on_close(conn *c, int err, void *arg)
 /* A reply that does not decode (an error reply with code 0, a result that is no map...) ends its call
  * at once with DMOE_EPROTO when its id could be read, instead of leaving it to time out; a frame that
  * breaks the connection fails every call through peer_on_close right after. */
+/* Quote the first bytes a peer sent: up to the end of its first line, printable ASCII as is, the rest
+ * as \xNN, in at most cap bytes. */
+static void quote_bytes(const uint8_t *b, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && b[i] != '\r' && b[i] != '\n' && o + 5 < cap; i++) {
+        if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '"' && b[i] != '\\') out[o++] = (char)b[i];
+        else o += (size_t)snprintf(out + o, cap - o, "\\x%02x", b[i]);
+    }
+    out[o] = '\0';
+}
+
 static void peer_on_bad_frame(conn *c, uint64_t id, int code, const char *msg, void *arg)
 {
     peer *p = arg;
+    if (!p->spoke && id == 0) {   /* its first frame is not ours: another protocol on that port */
+        const uint8_t *b;
+        size_t n = conn_first_bytes(c, &b);
+        char q[4 * CONN_FIRST_BYTES + 1], m[sizeof q + 128];
+        quote_bytes(b, n, q, sizeof q);
+        snprintf(m, sizeof m, "%s is not a dmoe node (it answered \"%s\")", p->key, q);
+        rt_map_iter it = RT_MAP_ITER_INIT;
+        call *k;
+        while ((k = rt_map_next(&p->calls, &it, NULL, NULL))) {
+            rt_map_del_at(&p->calls, &it);
+            k->p = NULL;   /* detached: complete() leaves the map alone */
+            complete(k, DMOE_EPROTO, m, NULL);
+        }
+        return;
+    }
     call *k = id ? rt_map_get_u64(&p->calls, id) : NULL;
     if (!k) return;
     char m[320];

@@ -60,6 +60,9 @@ struct conn {
     rt_budget_waiter waiter;
     rt_signal resume;
     uint64_t bytes_in, bytes_out;
+    uint8_t first[CONN_FIRST_BYTES];   /* the first bytes the peer sent (what it is, when it is no dmoe peer) */
+    size_t n_first;
+    int outgoing;                      /* made by conn_connect: the owner (a client) reports failures itself */
     char peer[64];
 };
 
@@ -228,7 +231,8 @@ static void set_reading(conn *c, int on)
 
 static void bad_frame(conn *c, uint64_t id, int code, const char *msg)
 {
-    LOG_WARN("closing connection from %s: %s (%s)", c->peer, msg, dmoe_strerror(code));
+    if (c->outgoing) LOG_DEBUG("closing connection to %s: %s (%s)", c->peer, msg, dmoe_strerror(code));
+    else LOG_WARN("closing connection from %s: %s (%s)", c->peer, msg, dmoe_strerror(code));
     if (c->ops.on_bad_frame) c->ops.on_bad_frame(c, id, code, msg, c->arg);
     conn_close(c, 1);
 }
@@ -330,6 +334,14 @@ static void process_input(conn *c)
         if (!wire_frame_pending(&c->reader)) {   /* a new frame: its rate window starts */
             c->rate_t0_ms = now_ms(c);
             c->rate_bytes = 0;
+        }
+        if (c->n_first < CONN_FIRST_BYTES && c->bytes_in <= c->n_first) {   /* vec starts at byte bytes_in */
+            size_t off = (size_t)(c->n_first - c->bytes_in);
+            if (off < vec.iov_len) {
+                size_t take = vec.iov_len - off < CONN_FIRST_BYTES - c->n_first ? vec.iov_len - off : CONN_FIRST_BYTES - c->n_first;
+                memcpy(c->first + c->n_first, (const uint8_t *)vec.iov_base + off, take);
+                c->n_first += take;
+            }
         }
         size_t used = 0, len = 0;
         uint8_t *frame = NULL;
@@ -525,6 +537,7 @@ conn *conn_connect(rt_loop *l, const char *host, uint16_t port, const conn_ops *
     setup_bev(c, bev);
     snprintf(c->peer, sizeof c->peer, "%s:%u", host, (unsigned)port);
     c->connecting = 1;
+    c->outgoing = 1;
     if (connect_timeout_ms > 0) {
         struct timeval tv = {connect_timeout_ms / 1000, (connect_timeout_ms % 1000) * 1000};
         bufferevent_set_timeouts(bev, NULL, &tv);   /* a connect counts as a write */
@@ -613,5 +626,10 @@ void conn_release(conn *c)
 
 int conn_is_open(const conn *c) { return c->open && !c->closing; }
 const char *conn_peer(const conn *c) { return c->peer; }
+size_t conn_first_bytes(const conn *c, const uint8_t **p)
+{
+    *p = c->first;
+    return c->n_first;
+}
 uint64_t conn_bytes_in(const conn *c) { return c->bytes_in; }
 uint64_t conn_bytes_out(const conn *c) { return c->bytes_out; }

@@ -41,6 +41,8 @@
 struct bufferevent;
 typedef struct conn conn;
 
+#define CONN_FIRST_BYTES 48   /* the peer's first bytes kept for messages: a status line such as HTTP's */
+
 typedef struct {
     size_t max_frame;      /* frames over this are a protocol error */
     int max_inflight;      /* requests accepted and not answered before reading pauses */
@@ -105,6 +107,10 @@ void conn_release(conn *c);
 int conn_is_open(const conn *c);
 /* conn_peer returns a printable "ip:port" of the peer. */
 const char *conn_peer(const conn *c);
+/* conn_first_bytes points *p at the first bytes the peer sent (up to CONN_FIRST_BYTES, kept as they
+ * arrived, before any check) and returns how many there are: what to quote when a peer turns out to
+ * speak another protocol. Valid while the caller holds a reference. */
+size_t conn_first_bytes(const conn *c, const uint8_t **p);
 /* conn_bytes_in / conn_bytes_out return the bytes read and written so far. */
 uint64_t conn_bytes_in(const conn *c);
 uint64_t conn_bytes_out(const conn *c);

@@ -27,6 +27,7 @@
 #include "actors/serve/req_check.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_version.h"
 #include "wire/wire_frame.h"
 
 #define SERVER_MAX_LISTENERS 8
@@ -164,7 +165,7 @@ static void reply_info(server *s, conn *c, const wire_msg *m)
         wire_pack_str(pk, "node");
         msgpack_pack_map(pk, 4);
         wire_pack_str(pk, "version");
-        wire_pack_str(pk, "dmoe 0.1");
+        wire_pack_str(pk, "dmoe " DMOE_VERSION);
         wire_pack_str(pk, "num_workers");
         msgpack_pack_int(pk, s->cfg.num_workers);
         wire_pack_str(pk, "max_frame");

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_version.h"
 
 static const rt_arg *find(const rt_arg *t, int n, const char *name, size_t len)
 {
@@ -77,7 +78,8 @@ int rt_args_parse(int argc, char **argv, const rt_arg *table, int n, char **pos,
         if (table[i].kind == ARG_LIST || table[i].kind == ARG_MULTI) *(char ***)table[i].dst = NULL;
     for (int i = 1; i < argc; i++) {
         char *w = argv[i];
-        if (strcmp(w, "--help") == 0 || strcmp(w, "-h") == 0) return 1;
+        if (strcmp(w, "--help") == 0 || strcmp(w, "-h") == 0) return RT_ARGS_HELP;
+        if (strcmp(w, "--version") == 0) return RT_ARGS_VERSION;
         if (strncmp(w, "--", 2) != 0 || w[2] == '\0') {
             if (*n_pos >= max_pos) { snprintf(err, errlen, "unexpected argument '%s'", w); return DMOE_EINVAL; }
             pos[(*n_pos)++] = w;
@@ -141,7 +143,7 @@ void rt_args_usage(FILE *f, const char *synopsis, const rt_arg *table, int n)
         for (int i = 0; i < n; i++) {
             const rt_arg *a = &table[i];
             if (strcmp(a->group, groups[g]) != 0) continue;
-            char def[96] = "";
+            char def[160] = "";
             switch (a->kind) {
             case ARG_STR: if (*(const char **)a->dst) snprintf(def, sizeof def, " (default: %s)", *(const char **)a->dst); break;
             case ARG_INT: snprintf(def, sizeof def, " (default: %d)", *(int *)a->dst); break;
@@ -150,10 +152,54 @@ void rt_args_usage(FILE *f, const char *synopsis, const rt_arg *table, int n)
             case ARG_F64: snprintf(def, sizeof def, " (default: %g)", *(double *)a->dst); break;
             default: break;
             }
-            const char *meta = a->kind == ARG_FLAG ? "" : a->kind == ARG_LIST ? " V [V ...]" : " V";
-            fprintf(f, "  --%s%s\n      %s%s\n", a->name, meta, a->help, def);
+            if (strstr(a->help, "(default")) def[0] = '\0';   /* the text says it (a default that is no value) */
+            const char *meta = a->meta ? a->meta
+                                : a->kind == ARG_F64 ? "X"
+                                : a->kind == ARG_INT || a->kind == ARG_I64 || a->kind == ARG_U64 ? "N" : "VALUE";
+            if (a->kind == ARG_FLAG) fprintf(f, "  --%s\n", a->name);
+            else if (a->kind == ARG_LIST) fprintf(f, "  --%s %s [%s ...]\n", a->name, meta, meta);
+            else fprintf(f, "  --%s %s%s\n", a->name, meta, a->kind == ARG_MULTI ? " (repeatable)" : "");
+            fprintf(f, "      %s%s\n", a->help, def);
         }
     }
+    fprintf(f, "\n  --help\n      print this text and exit\n  --version\n      print the version and exit\n\n%s\n",
+            RT_ARGS_EXIT_HELP);
+}
+
+void rt_args_version(FILE *f, const char *prog) { fprintf(f, "%s %s\n", prog, DMOE_VERSION); }
+
+/* Edits from a to b (optimal string alignment: insert, delete, substitute, swap two neighbours), for
+ * words of command length; longer words count as far apart. */
+static int edit_distance(const char *a, const char *b)
+{
+    enum { MAXW = 32 };
+    size_t n = strlen(a), m = strlen(b);
+    if (n >= MAXW || m >= MAXW) return MAXW;
+    int d[MAXW][MAXW];
+    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int cost = a[i - 1] != b[j - 1];
+            int v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < v) v = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[n][m];
+}
+
+const char *rt_args_suggest(const char *w, const char *const *words)
+{
+    const char *best = NULL;
+    int best_d = 3;   /* more than 2 edits is another word, not a typo */
+    for (int i = 0; words[i]; i++) {
+        int d = edit_distance(w, words[i]);
+        if (d < best_d && d < (int)strlen(words[i])) { best = words[i]; best_d = d; }
+    }
+    return best;
 }
 
 int rt_args_is_maddr(const char *word)

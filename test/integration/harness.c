@@ -1,7 +1,12 @@
 /* harness.c -- processes and raw sockets for the integration tests (see harness.h). Processes are
  * started with rt_spawn (they die with the test: PR_SET_PDEATHSIG) and remembered until stopped, so an
  * atexit handler kills what a failed assertion left running; a node's start-up lines are read with
- * node_banner_wait, the one parser of them. */
+ * node_banner_wait, the one parser of them.
+ *
+ * Output of a passing run: the programs a test starts write to files (a node's log, th_run's buffer),
+ * shown only in the message of an assertion that fails; a node expected not to start says nothing
+ * (th_node_start_fails). The library code the tests run in-process logs only errors (quiet_library_logs:
+ * the warnings of tests that provoke failures on purpose stay out), unless $DMOE_LOG asks for more. */
 #include "test/integration/harness.h"
 
 #include <arpa/inet.h>
@@ -26,9 +31,17 @@
 #include "actors/node/node_banner.h"
 #include "kernels/kern_rng.h"
 #include "runtime/rt_err.h"
+#include "runtime/rt_log.h"
 #include "runtime/proc/rt_spawn.h"
 #include "wire/wire_frame.h"
 #include "wire/codec/wire_npy.h"
+
+/* quiet_library_logs runs before the tests (in the runner and in each test's process): in-process
+ * library code logs ERROR lines only, unless $DMOE_LOG sets the level (rt_log.h). */
+__attribute__((constructor)) static void quiet_library_logs(void)
+{
+    if (!getenv("DMOE_LOG")) rt_log_set_level(RT_LOG_ERROR);
+}
 
 static const char *build_dir(void)
 {
@@ -82,7 +95,8 @@ static void remember(pid_t pid, int add)
         if (add ? started[i] == 0 : started[i] == pid) { started[i] = add ? pid : 0; return; }
 }
 
-int th_node_start(th_node *n, const char *const *args)
+/* start_node is th_node_start; quiet leaves a failed start's log unprinted (the caller expects it). */
+static int start_node(th_node *n, const char *const *args, int quiet)
 {
     memset(n, 0, sizeof *n);
     snprintf(n->log_path, sizeof n->log_path, "/tmp/dmoe-test-node-XXXXXX");
@@ -110,11 +124,23 @@ int th_node_start(th_node *n, const char *const *args)
         snprintf(n->dht_maddr, sizeof n->dht_maddr, "%s", b.dht_maddr);
         return 0;
     }
-    char *log = th_node_log(n);
-    fprintf(stderr, "dmoe-node did not start; its log:\n%s\n", log);
-    free(log);
+    if (!quiet) {
+        char *log = th_node_log(n);
+        fprintf(stderr, "dmoe-node did not start; its log:\n%s\n", log);
+        free(log);
+    }
     th_node_stop(n, SIGKILL);
     return -1;
+}
+
+int th_node_start(th_node *n, const char *const *args) { return start_node(n, args, 0); }
+
+int th_node_start_fails(th_node *n, const char *const *args)
+{
+    if (start_node(n, args, 1) != 0) return 1;
+    fprintf(stderr, "dmoe-node started, though the test expected it not to\n");
+    th_node_stop(n, SIGKILL);
+    return 0;
 }
 
 int th_node_alive(const th_node *n) { return rt_spawn_alive(n->pid); }

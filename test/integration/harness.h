@@ -27,6 +27,10 @@ typedef struct {
 /* th_node_start runs dmoe-node with the NULL-terminated extra args and waits (<= 20 s) for its port.
  * Returns 0, or -1 (the node is killed, its log printed to stderr). */
 int th_node_start(th_node *n, const char *const *args);
+/* th_node_start_fails is th_node_start for a test that expects the node not to start: returns 1 when it
+ * did not (printing nothing: an expected failure stays out of a passing run), 0 when it started (it is
+ * stopped, and that is said on stderr). */
+int th_node_start_fails(th_node *n, const char *const *args);
 /* th_node_stop sends sig (SIGTERM/SIGINT/SIGKILL) and waits (<= 20 s, then SIGKILL); returns the exit
  * status as from waitpid's WEXITSTATUS, 128+signal when killed by one, or -1. */
 int th_node_stop(th_node *n, int sig);

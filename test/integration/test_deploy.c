@@ -215,7 +215,7 @@ Test(deploy, dht_only_bootstrap_keeps_its_address_across_restarts, .timeout = 90
     /* a DHT-only node in client mode would do nothing: refused */
     char out[2048];
     const char *cm[] = {"--num_experts", "0", "--client_mode", NULL};
-    cr_assert_eq(th_run("dmoe-node", cm, out, sizeof out, 20), 1, "%s", out);
+    cr_assert_eq(th_run("dmoe-node", cm, out, sizeof out, 20), 2, "bad usage: %s", out);
     cr_assert(strstr(out, "DHT-only") != NULL, "%s", out);
 }
 

@@ -68,14 +68,73 @@ Test(loadtest, small_batch_512clients_no_errors_no_lost)
     cr_expect_eq(r.requests, REQUESTS);   /* no warm-up: every reply is in the window */
     cr_expect_eq(r.rows, REQUESTS);       /* one row each */
     cr_expect_eq(r.fwd_requests + r.bwd_requests, REQUESTS);
-    cr_expect(r.bwd_requests > 0 && r.fwd_requests >= r.bwd_requests, "forward %llu, backward %llu",
-              (unsigned long long)r.fwd_requests, (unsigned long long)r.bwd_requests);
+    cr_expect_eq(r.fwd_requests, r.bwd_requests, "mix 0.5: every forward has its backward: forward %llu, backward %llu",
+                 (unsigned long long)r.fwd_requests, (unsigned long long)r.bwd_requests);
     cr_expect_eq(r.n_targets, 1);
     cr_expect_eq(r.row_elems, 64);
     cr_expect(r.bytes_sent > (uint64_t)REQUESTS * 64 * 4 && r.bytes_received > (uint64_t)REQUESTS * 64 * 4);
     cr_expect_eq(r.lat.n, REQUESTS);
     cr_expect(r.lat.p50 <= r.lat.p99 && r.lat.p99 <= r.lat.max);
     loadgen_report_free(&r);
+}
+
+/* A request bound never cuts a training pair: with room for 7 requests and mix 0.5, three pairs are
+ * sent (the seventh would be a forward without its backward); mix 0.25 pairs every third forward. */
+Test(loadtest, request_bound_ends_on_whole_pairs)
+{
+    static const char *const uids[] = {"expert.0", NULL};
+    struct { double mix; uint64_t requests, fwd, bwd; } runs[] = {{0.5, 7, 3, 3}, {0.25, 8, 6, 2}, {0.25, 3, 2, 0}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        loadgen_cfg c;
+        base_cfg(&c);
+        c.clients = 1;
+        c.max_requests = runs[i].requests;
+        c.mix = runs[i].mix;
+        c.uids = uids;
+        loadgen_report r;
+        char err[256] = "";
+        cr_assert_eq(loadgen_run(&c, &r, err, sizeof err), 0, "loadgen_run: %s", err);
+        cr_expect_eq(r.errors + r.lost, 0, "errors: %s", r.first_error);
+        cr_expect(r.fwd_requests == runs[i].fwd && r.bwd_requests == runs[i].bwd,
+                  "mix %g, %llu requests: forward %llu, backward %llu", runs[i].mix, (unsigned long long)runs[i].requests,
+                  (unsigned long long)r.fwd_requests, (unsigned long long)r.bwd_requests);
+        loadgen_report_free(&r);
+    }
+    /* with several clients the pairs still close: forwards and backwards come out even */
+    loadgen_cfg c;
+    base_cfg(&c);
+    c.clients = 5;
+    c.max_requests = 101;
+    c.mix = 0.5;
+    c.uids = uids;
+    loadgen_report r;
+    char err[256] = "";
+    cr_assert_eq(loadgen_run(&c, &r, err, sizeof err), 0, "loadgen_run: %s", err);
+    cr_expect(r.sent <= 101 && r.fwd_requests == r.bwd_requests, "sent %llu: forward %llu, backward %llu",
+              (unsigned long long)r.sent, (unsigned long long)r.fwd_requests, (unsigned long long)r.bwd_requests);
+    loadgen_report_free(&r);
+}
+
+/* A mix that cannot be honoured is refused, saying why. */
+Test(loadtest, mix_that_cannot_be_honoured_is_refused)
+{
+    loadgen_cfg c;
+    base_cfg(&c);
+    c.all = 1;
+    char err[256] = "";
+    c.mix = 0.75;
+    cr_assert_eq(loadgen_check_cfg(&c, err, sizeof err), DMOE_EINVAL);
+    cr_expect(strstr(err, "--mix 0.75 cannot be honoured") && strstr(err, "0.5"), "%s", err);
+    c.mix = 0.5;
+    cr_expect_eq(loadgen_check_cfg(&c, err, sizeof err), 0, "%s", err);
+    c.mode = LOADGEN_DHT;
+    static const char *const peers[] = {"127.0.0.1:9", NULL};
+    c.initial_peers = peers;
+    c.mix = 1;
+    cr_assert_eq(loadgen_check_cfg(&c, err, sizeof err), DMOE_EINVAL);
+    cr_expect(strstr(err, "--dht") && strstr(err, "mix < 1"), "%s", err);
+    c.mix = 0.9;
+    cr_expect_eq(loadgen_check_cfg(&c, err, sizeof err), 0, "%s", err);
 }
 
 Test(loadtest, unknown_expert_is_refused_before_any_load)

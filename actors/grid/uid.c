@@ -151,8 +151,7 @@ static uint64_t splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-/* rng_below returns a uniform integer in [0, n), n > 0, without modulo bias. */
-static uint64_t rng_below(uint64_t *state, uint64_t n)
+uint64_t uid_rng_below(uint64_t *state, uint64_t n)
 {
     uint64_t threshold = (0 - n) % n;
     for (;;) {
@@ -307,6 +306,36 @@ static void sparse_free(sparse_map *m)
     free(m->vals);
 }
 
+/* PAT_MAX_BLOCKS bounds a pattern's blocks: each but the last takes at least two bytes of an uid. */
+#define PAT_MAX_BLOCKS (UID_MAX_LEN / 2 + 1)
+
+int uid_pattern_shape(const char *pattern, uint64_t *grid, uint64_t *row, int *ncoords, char *err, size_t errlen)
+{
+    pat_block blocks[PAT_MAX_BLOCKS];
+    size_t nb = 0;
+    uint64_t n = 0;
+    if (!pattern) {
+        dmoe_set_err(err, errlen, "no expert pattern");
+        return DMOE_EINVAL;
+    }
+    int rc = parse_pattern(pattern, blocks, PAT_MAX_BLOCKS, &nb, &n, err, errlen);
+    if (rc < 0) return rc;
+    *grid = n;
+    *row = blocks[nb - 1].lit ? 1 : blocks[nb - 1].width;
+    *ncoords = (int)nb - 1;
+    return 0;
+}
+
+int uid_pattern_at(const char *pattern, uint64_t idx, char *buf, size_t cap)
+{
+    pat_block blocks[PAT_MAX_BLOCKS];
+    size_t nb = 0;
+    uint64_t n = 0;
+    if (!pattern || parse_pattern(pattern, blocks, PAT_MAX_BLOCKS, &nb, &n, NULL, 0) < 0 || idx >= n)
+        return DMOE_EINVAL;
+    return render(blocks, nb, idx, buf, cap);
+}
+
 void uid_list_free(char **uids)
 {
     if (!uids) return;
@@ -322,7 +351,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
         return DMOE_EINVAL;
     }
     static const char default_pattern[] = "expert.[0:100000000000000000]";
-    pat_block blocks[UID_MAX_LEN / 2 + 1];
+    pat_block blocks[PAT_MAX_BLOCKS];
     size_t nb = 0;
     uint64_t grid = 0;
     int sequential = pattern == NULL;            /* hivemind's default: expert.0, expert.1, ... */
@@ -353,7 +382,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
         if (sequential) {
             cell = attempt;
         } else {
-            uint64_t j = rng_below(&state, remaining);
+            uint64_t j = uid_rng_below(&state, remaining);
             cell = sparse_get(&map, j);
             sparse_set(&map, j, sparse_get(&map, remaining - 1));
             remaining--;

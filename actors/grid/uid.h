@@ -75,6 +75,21 @@ typedef int (*uid_taken_fn)(const char *uid, void *arg);
 int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, uid_taken_fn taken, void *arg,
                          char ***uids_out, char *err, size_t errlen);
 
+/* uid_pattern_shape parses pattern (as uid_pattern_generate does) and gives *grid, the uids it spans,
+ * *row, the width of its last block (1 when that block is a fixed coordinate), and *ncoords, its
+ * coordinate blocks. Uid index i (0 <= i < grid) numbers the grid in mixed radix, the last block fastest,
+ * so the uids [r * row, (r + 1) * row) share everything but their last coordinate. Returns 0 or
+ * DMOE_EINVAL with a message in err (err may be NULL); outputs are written only on success. */
+int uid_pattern_shape(const char *pattern, uint64_t *grid, uint64_t *row, int *ncoords, char *err, size_t errlen);
+
+/* uid_pattern_at writes the uid of index idx of pattern (see uid_pattern_shape) into buf[cap]. Returns 0,
+ * DMOE_EINVAL (a bad pattern, idx outside the grid) or DMOE_ETOOBIG (the uid does not fit). */
+int uid_pattern_at(const char *pattern, uint64_t idx, char *buf, size_t cap);
+
+/* uid_rng_below returns a uniform integer in [0, n), n > 0, from the splitmix64 generator *state (the one
+ * pattern sampling uses): seeded, reproducible, not for secrets. */
+uint64_t uid_rng_below(uint64_t *state, uint64_t n);
+
 /* uid_list_free frees a NULL-terminated array from uid_pattern_generate and its strings; NULL is a
  * no-op. */
 void uid_list_free(char **uids);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_map.h"
 
 /* Refuse requests whose draw budget would not fit comfortably in memory and an int. */
 #define UID_MAX_EXPERTS (1 << 24)
@@ -133,6 +134,66 @@ int uid_declaration_keys(const char *uid, uid_decl_key *out, size_t cap)
     }
     memcpy(out, tmp, count * sizeof *out);
     return (int)count;
+}
+
+/* ---- merged declarations ---------------------------------------------------------------------------- */
+
+int uid_declaration_plan(const char *const *uids, size_t n, uid_decl_entry **out, size_t *bad)
+{
+    uid_decl_key keys[UID_MAX_DECL_KEYS];
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
+        if (k < 0) {
+            if (bad) *bad = i;
+            return k;
+        }
+        total += (size_t)k;
+    }
+    /* all (key, subkey) records once, zero-padded so that a record's bytes are its identity */
+    uid_decl_entry *all = calloc(total ? total : 1, sizeof *all), *sorted = calloc(total ? total : 1, sizeof *sorted);
+    size_t *group = calloc(total ? total : 1, sizeof *group), *count = calloc(total + 1, sizeof *count);
+    rt_map seen = RT_MAP_INIT, groups = RT_MAP_INIT;   /* record bytes -> 1; key string -> group + 1 */
+    size_t m = 0, ngroups = 0;
+    int rc = all && sorted && group && count ? 0 : DMOE_ENOMEM;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
+        for (int j = 0; j < k && rc == 0; j++) {
+            uid_decl_entry *e = &all[m];
+            snprintf(e->k.key, sizeof e->k.key, "%s", keys[j].key);
+            e->k.has_subkey = keys[j].has_subkey;
+            e->k.subkey = keys[j].subkey;
+            e->uid = i;
+            if (rt_map_get(&seen, &e->k, sizeof e->k)) {
+                memset(e, 0, sizeof *e);
+                continue;
+            }
+            size_t g = (size_t)(uintptr_t)rt_map_get(&groups, e->k.key, strlen(e->k.key));
+            if (g == 0) {
+                g = ++ngroups;
+                if (rt_map_put(&groups, e->k.key, strlen(e->k.key), (void *)(uintptr_t)g) != 0) rc = DMOE_ENOMEM;
+            }
+            if (rc == 0 && rt_map_put(&seen, &e->k, sizeof e->k, e) != 0) rc = DMOE_ENOMEM;
+            group[m++] = g - 1;
+        }
+    }
+    if (rc == 0) {   /* a stable counting sort by group: first-seen key order, entries in order within */
+        for (size_t i = 0; i < m; i++) count[group[i] + 1]++;
+        for (size_t g = 0; g < ngroups; g++) count[g + 1] += count[g];
+        for (size_t i = 0; i < m; i++) sorted[count[group[i]]++] = all[i];
+    }
+    rt_map_clear(&seen);
+    rt_map_clear(&groups);
+    free(all);
+    free(group);
+    free(count);
+    if (rc != 0 || m == 0) {
+        free(sorted);
+        sorted = NULL;
+    }
+    if (rc != 0) return rc;
+    *out = sorted;
+    return (int)m;
 }
 
 /* ---- pattern sampling ---------------------------------------------------------------------------- */

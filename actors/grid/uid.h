@@ -58,6 +58,23 @@ typedef struct {
  * uid is longer than UID_MAX_LEN or cap is too small (cap >= UID_MAX_DECL_KEYS always suffices). */
 int uid_declaration_keys(const char *uid, uid_decl_key *out, size_t cap);
 
+/* One record of a merged declaration (uid_declaration_plan): k, and the index of the uid whose value it
+ * stores. */
+typedef struct {
+    uid_decl_key k;
+    size_t uid;
+} uid_decl_entry;
+
+/* uid_declaration_plan lists what declaring uids[0..n) together stores, merged as hivemind's
+ * declare_experts merges it (one dict keyed by (key, subkey), then store_many grouping by key): every
+ * (key, subkey) once, its value from the first uid that needs it ("e.1.2.3" and "e.1.2.5" both need
+ * "e.1."/2: the entry holds e.1.2.3), and the entries of one key next to each other, keys in the order
+ * they first appear, so a prefix is stored once with all its subkeys. Returns the number of entries and
+ * sets *out (malloc'd, the caller frees it; NULL when there are none); DMOE_EINVAL for an invalid uid,
+ * with *bad set to its index (bad may be NULL); DMOE_ETOOBIG for an uid over UID_MAX_LEN (*bad too);
+ * DMOE_ENOMEM. */
+int uid_declaration_plan(const char *const *uids, size_t n, uid_decl_entry **out, size_t *bad);
+
 /* uid_taken_fn says whether an uid is already in use elsewhere (1) or free (0); arg is the caller's. */
 typedef int (*uid_taken_fn)(const char *uid, void *arg);
 

@@ -85,7 +85,10 @@ T0=$(now)
 for ((i = 0; i < N; i++)); do
     args=(--expert_cls ffn --hidden_dim "$HIDDEN" --num_experts "$EXPERTS" --expert_pattern "$PATTERN"
           --num_workers 1 --host_maddrs /ip4/127.0.0.1/tcp/0)
-    if [ "$i" -gt 0 ]; then args+=(--initial_peers "${DHTS[$((RANDOM * 32768 + RANDOM) % i)]}"); fi
+    if [ "$i" -gt 0 ]; then
+        j=$(( (RANDOM * 32768 + RANDOM) % i ))   # a random earlier node
+        args+=(--initial_peers "${DHTS[$j]}")
+    fi
     t=$(now)
     "$NODE_BIN" "${args[@]}" 2>"$TMP/node$i.log" &
     PIDS+=("$!")

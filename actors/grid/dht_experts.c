@@ -312,8 +312,8 @@ static void on_expert(void *arg, int err, const char *msg, const dht_get_result 
     batch_release(b);
 }
 
-int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
-                    size_t errlen)
+static int get_experts(dht *d, const char *const *uids, size_t n, int latest, dht_experts_cb cb, void *arg, char *err,
+                       size_t errlen)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     if (n > DHT_EXPERTS_MAX_BATCH) {
@@ -334,7 +334,7 @@ int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb
     for (size_t i = 0; i < n; i++) {
         dht_id id;
         b->subs[i] = (sub){ b, i };
-        if (key_id(uids[i], &id) == 0 && dht_get_signed(d, &id, 0, on_expert, &b->subs[i]) == 0) b->pending++;
+        if (key_id(uids[i], &id) == 0 && dht_get_signed(d, &id, latest, on_expert, &b->subs[i]) == 0) b->pending++;
     }
     batch_release(b);
     return 0;
@@ -401,8 +401,8 @@ static void on_successors(void *arg, int err, const char *msg, const dht_get_res
     batch_release(b);
 }
 
-int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s,
-                              dht_successors_cb cb, void *arg, char *err, size_t errlen)
+static int get_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s, int latest,
+                          dht_successors_cb cb, void *arg, char *err, size_t errlen)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     if (n > DHT_EXPERTS_MAX_BATCH) {
@@ -430,8 +430,32 @@ int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, dou
         b->prefixes[i] = strdup(prefixes[i]);
         if (!b->prefixes[i] || key_id(prefixes[i], &id) != 0) continue;
         if (neg_cache_s > 0 && dht_storage_get(dht_node_negcache(d), &id, now, &st) == 0) continue;
-        if (dht_get_signed(d, &id, 0, on_successors, &b->subs[i]) == 0) b->pending++;
+        if (dht_get_signed(d, &id, latest, on_successors, &b->subs[i]) == 0) b->pending++;
     }
     batch_release(b);
     return 0;
+}
+
+int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
+                    size_t errlen)
+{
+    return get_experts(d, uids, n, 0, cb, arg, err, errlen);
+}
+
+int dht_get_experts_latest(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
+                           size_t errlen)
+{
+    return get_experts(d, uids, n, 1, cb, arg, err, errlen);
+}
+
+int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s,
+                              dht_successors_cb cb, void *arg, char *err, size_t errlen)
+{
+    return get_successors(d, prefixes, n, neg_cache_s, 0, cb, arg, err, errlen);
+}
+
+int dht_get_active_successors_latest(dht *d, const char *const *prefixes, size_t n, dht_successors_cb cb, void *arg,
+                                     char *err, size_t errlen)
+{
+    return get_successors(d, prefixes, n, 0, 1, cb, arg, err, errlen);
 }

@@ -9,8 +9,11 @@
  *
  * The driver (dht_free_choose) is a heap object living across round trips: each round asks the scan for
  * a batch, starts one batched DHT read, and the read's callback feeds the rows back and starts the next
- * round; the last callback calls the caller's and frees the driver. A get that fails or times out
- * reports its row empty (all free), as hivemind's beam search reads an unanswered prefix.
+ * round; the last callback calls the caller's and frees the driver. The reads are "latest" ones (every
+ * one of the k nearest replicas asked, dictionaries merged, caches skipped): a plain get stops at the
+ * first copy it meets, and a cached copy of a prefix made before the last joiners declared would hide
+ * their uids (64 nodes started one after the other chose 14 uids twice that way). A get that fails or
+ * times out reports its row empty (all free), as hivemind's beam search reads an unanswered prefix.
  */
 #include "actors/grid/dht_free.h"
 
@@ -270,9 +273,10 @@ static int round_start(chooser *c, char *err, size_t errlen)
     const char *const *keys = NULL;
     int n = dht_free_scan_next(c->s, &keys);
     if (n <= 0) return n == 0 ? 1 : n;
-    if (dht_free_scan_by_prefix(c->s))   /* no negative cache: a row just declared must not read empty */
-        return dht_get_active_successors(c->d, keys, (size_t)n, 0, on_successors, c, err, errlen);
-    return dht_get_experts(c->d, keys, (size_t)n, on_experts, c, err, errlen);
+    /* the latest reads: every replica asked, no cache, so entries declared a moment ago are seen */
+    if (dht_free_scan_by_prefix(c->s))
+        return dht_get_active_successors_latest(c->d, keys, (size_t)n, on_successors, c, err, errlen);
+    return dht_get_experts_latest(c->d, keys, (size_t)n, on_experts, c, err, errlen);
 }
 
 int dht_free_choose(dht *d, const char *pattern, int k, uint64_t seed, dht_free_cb cb, void *arg, char *err,

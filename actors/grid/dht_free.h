@@ -16,8 +16,9 @@
  * DHT_FREE_SPARE times k of them or has read every row (or DHT_FREE_MAX_ROWS); then it draws k of them
  * at random, so nodes joining at once rarely pick the same uid. In ordered mode (a node with no
  * pattern: expert.0, expert.1, ...) rows come in order and the first k free uids are taken.
- * dht_free_choose drives a scan over the DHT (dht_get_active_successors for prefix rows, dht_get_experts
- * for single uids) and calls back once with the uids chosen.
+ * dht_free_choose drives a scan over the DHT (dht_get_active_successors_latest for prefix rows,
+ * dht_get_experts_latest for single uids: every replica asked, so a stale copy hides nothing) and calls
+ * back once with the uids chosen.
  *
  * Loop thread only (dht_free_choose); the scan functions are pure and safe anywhere.
  */

@@ -33,9 +33,16 @@ set datafile separator ","
 set title "MoE layer over the grid (forward + backward)"
 set xlabel "seconds"
 set ylabel "rows / s"
+set y2label "errors / interval"
+set ytics nomirror
+set y2tics
+set y2range [0:*]
 plot dir."/swarm_moe_before.csv" using 1:5 skip 1 with linespoints title "before the kill", \
      dir."/swarm_moe_after.csv" using 1:5 skip 1 with linespoints title "after the kill", \
-     dir."/swarm_moe_after.csv" using 1:8 skip 1 with impulses lw 3 title "errors after (partial)"
+     dir."/swarm_moe_after.csv" using 1:8 skip 1 with impulses lw 4 title "errors after (partial)" axes x1y2
+unset y2label
+unset y2tics
+set ytics mirror
 
 set title "DHT stores and gets"
 set ylabel "requests / s"

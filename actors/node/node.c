@@ -3,7 +3,8 @@
  * Design notes. The node actor's mail is its timers: NODE_TICK (the stop sequence's poll), NODE_UPDATE
  * (every update_period: declare the experts in the DHT and checkpoint them), NODE_STATS (the stats log
  * line and the metrics gauges). Start-up continues from callbacks: (peers_resolved, when an initial peer
- * is a host name) -> bootstrap_done -> (uid check in the DHT) -> create_experts.
+ * is a host name) -> bootstrap_done -> (free_chosen: a joining node's free uids, read from the DHT by
+ * dht_free_choose) -> create_experts.
  *
  * Initial peers given as HOST:PORT or with a host name go through resolve_start (actors/net/resolve.h)
  * first: the DHT takes IP multiaddrs only, and names are looked up without blocking the loop.

@@ -8,7 +8,8 @@
  * still answer most requests; the only errors allowed are the partial results the layer defines (a
  * chosen expert that no longer answers is masked out; a sample all of whose experts are gone is an
  * error, moe.h), none of any other kind and none lost. Every process is stopped by the test; the
- * survivors must exit 0 on SIGTERM. Under SAN=1 the swarm is 16 nodes on 20 uids, to stay fast. */
+ * survivors must exit 0 on SIGTERM. Under SAN=1 the swarm is 16 nodes on 20 uids, to stay fast. And a
+ * pattern with fewer free uids than asked: a WARN and the free ones, or exit 2 with --strict_experts. */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -156,4 +157,31 @@ Test(swarm, nodes_fill_the_grid_and_survive_kills, .timeout = 240, .fini = stop_
         int rc = th_node_stop(&nodes[i], SIGTERM);
         cr_expect_eq(rc, 0, "node %d exited with %d", i, rc);
     }
+}
+
+/* A pattern with fewer free uids than asked: a node starts with the free ones and says so; with
+ * --strict_experts it exits with status 2 instead, naming the shortage. */
+Test(swarm, a_short_pattern_warns_or_with_strict_experts_exits_2, .timeout = 120, .fini = stop_all)
+{
+    const char *first[] = {"--expert_cls", "nop", "--hidden_dim", "8", "--num_workers", "1", "--num_experts", "2",
+                           "--expert_pattern", "short.[0:3]", NULL};
+    cr_assert_eq(th_node_start(&nodes[0], first), 0);
+    const char *strict[] = {"--expert_cls", "nop", "--hidden_dim", "8", "--num_workers", "1", "--num_experts", "2",
+                            "--expert_pattern", "short.[0:3]", "--strict_experts", "--initial_peers",
+                            nodes[0].dht_maddr, NULL};
+    static char out[65536];
+    int rc = th_run("dmoe-node", strict, out, sizeof out, 60);
+    cr_expect_eq(rc, 2, "dmoe-node --strict_experts exited %d:\n%s", rc, out);
+    cr_expect(strstr(out, "pattern short.[0:3] has only 1 free uids for 2 experts"), "%s", out);
+    cr_expect_null(strstr(out, "Server started"), "%s", out);
+
+    const char *lenient[] = {"--expert_cls", "nop", "--hidden_dim", "8", "--num_workers", "1", "--num_experts", "2",
+                             "--expert_pattern", "short.[0:3]", "--initial_peers", nodes[0].dht_maddr, NULL};
+    cr_assert_eq(th_node_start(&nodes[1], lenient), 0);
+    char *log = th_node_log(&nodes[1]);
+    cr_expect(strstr(log, "WARN") && strstr(log, "has only 1 free uids for 2 experts: starting with 1"), "%s", log);
+    cr_expect(strstr(log, "Server started with 1 experts"), "%s", log);
+    free(log);
+    cr_expect_eq(th_node_stop(&nodes[1], SIGTERM), 0);
+    cr_expect_eq(th_node_stop(&nodes[0], SIGTERM), 0);
 }

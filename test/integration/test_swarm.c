@@ -38,19 +38,24 @@ static th_node nodes[SWARM_NODES];
 static char uids[SWARM_NODES][64];
 static int dead[SWARM_NODES];
 
-/* served_uid finds the one "<uid>: FeedforwardBlock" line in node i's log; 0 or -1. */
+/* served_uid finds the one "<uid>: FeedforwardBlock" line in node i's log; 0 or -1. The node prints it
+ * just after "Server started", which th_node_start waits for: the log is read again for up to 10 s. */
 static int served_uid(int i, char *out, size_t cap)
 {
-    char *log = th_node_log(&nodes[i]);
-    int found = 0;
-    for (char *p = strstr(log, ": FeedforwardBlock"); p; p = strstr(p + 1, ": FeedforwardBlock")) {
-        char *b = p;
-        while (b > log && b[-1] != ' ') b--;
-        snprintf(out, cap, "%.*s", (int)(p - b), b);
-        found++;
+    for (int tries = 0; tries < 200; tries++) {
+        char *log = th_node_log(&nodes[i]);
+        int found = 0;
+        for (char *p = strstr(log, ": FeedforwardBlock"); p; p = strstr(p + 1, ": FeedforwardBlock")) {
+            char *b = p;
+            while (b > log && b[-1] != ' ') b--;
+            snprintf(out, cap, "%.*s", (int)(p - b), b);
+            found++;
+        }
+        free(log);
+        if (found) return found == 1 ? 0 : -1;
+        usleep(50 * 1000);
     }
-    free(log);
-    return found == 1 ? 0 : -1;
+    return -1;
 }
 
 /* load runs a MoE load over the grid through a live node's DHT address and fills *r; the report goes to
@@ -92,6 +97,15 @@ static uint64_t partial_errors(const loadgen_report *r) { return r->err_by_code[
 static int partial_only(const loadgen_report *r)
 {
     return r->ok > r->errors && r->lost == 0 && r->errors == partial_errors(r);
+}
+
+/* stop_clean stops node i with SIGTERM and expects exit status 0 (else its log is shown). */
+static void stop_clean(int i)
+{
+    char *log = th_node_log(&nodes[i]);
+    int rc = th_node_stop(&nodes[i], SIGTERM);
+    cr_expect_eq(rc, 0, "node %d exited with %d; its log:\n%s", i, rc, log);
+    free(log);
 }
 
 static void stop_all(void)
@@ -172,8 +186,7 @@ Test(swarm, nodes_fill_the_grid_and_survive_kills, .timeout = 240, .fini = stop_
     for (int i = 0; i < SWARM_NODES; i++) {
         if (dead[i]) continue;
         cr_expect(th_node_alive(&nodes[i]), "node %d died", i);
-        int rc = th_node_stop(&nodes[i], SIGTERM);
-        cr_expect_eq(rc, 0, "node %d exited with %d", i, rc);
+        stop_clean(i);
     }
 }
 
@@ -200,6 +213,5 @@ Test(swarm, a_short_pattern_warns_or_with_strict_experts_exits_2, .timeout = 120
     cr_expect(strstr(log, "WARN") && strstr(log, "has only 1 free uids for 2 experts: starting with 1"), "%s", log);
     cr_expect(strstr(log, "Server started with 1 experts"), "%s", log);
     free(log);
-    cr_expect_eq(th_node_stop(&nodes[1], SIGTERM), 0);
-    cr_expect_eq(th_node_stop(&nodes[0], SIGTERM), 0);
+    for (int i = 1; i >= 0; i--) stop_clean(i);
 }

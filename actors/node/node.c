@@ -52,7 +52,7 @@
 #define NODE_GAUGE_MS 1000    /* metrics gauges refresh */
 
 enum { NODE_TICK = 1, NODE_UPDATE, NODE_STATS };
-enum { ST_STARTING, ST_RUNNING, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DONE };
+enum { ST_STARTING, ST_RUNNING, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DHT_STOP, ST_DONE };
 
 struct node {
     rt_actor actor;
@@ -397,9 +397,15 @@ static void stop_step(node *n)
     }
     if (n->state == ST_FLUSH) {
         if (server_connections(n->srv) > 0 && now < n->phase_deadline) return;
+        /* stopping the DHT node aborts its lookups: the calls waiting on them (a declaration, a free-uid
+         * scan) finish through their actors' mail, which the loop delivers before the next tick */
+        n->state = ST_DHT_STOP;
+        if (n->dht) dht_node_stop(n->dht);
+        return;
+    }
+    if (n->state == ST_DHT_STOP) {
         n->state = ST_DONE;
         rt_timer_cancel(&n->tick);
-        if (n->dht) dht_node_stop(n->dht);
         if (n->done) n->done(n->done_arg);
     }
 }

@@ -23,11 +23,12 @@
 #
 # Output, in $DMOE_BUILD/loadtest/: swarm.json (every figure), swarm.txt (the summary), swarm.png
 # (scripts/loadtest_swarm.gp: start-up, RSS per node, MoE and DHT throughput before and after the kill),
-# swarm_{start,rss}.dat and swarm_{moe,dht}_{before,after}.csv. Exit status 0 when every node started with
-# all its experts, every sampled uid was found, the loads before the kill had no error, after it the MoE
-# layer still answered with no error but the partial results it defines (a chosen expert gone: "other";
-# every expert of a sample gone: "timed out") and the DHT load had none, and every survivor exited 0 on
-# SIGTERM; 1 otherwise; 2 for a bad setting.
+# swarm_{start,rss}.dat and swarm_{moe,dht}_{before,after}.csv. Exit status 0 when every node started
+# with all its experts and none logged a declaration that reached no replica, every sampled uid was
+# found, the loads before the kill had no error, after it the MoE layer still answered with no error but
+# the partial results it defines (a chosen expert gone: "other"; every expert of a sample gone: "timed
+# out") and the DHT load had none, and every survivor exited 0 on SIGTERM; 1 otherwise; 2 for a bad
+# setting.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -130,6 +131,8 @@ DISTINCT=$(sort -u "$TMP/uids" | wc -l)
 WARNED=$(grep -l "free uids for" "$TMP"/node*.log 2>/dev/null | wc -l || true)
 echo "== experts: $DECLARED hosted ($DISTINCT distinct uids of $GRID), $SHORT nodes short of $EXPERTS, $WARNED warned"
 [ "$SHORT" -eq 0 ] && [ "$WARNED" -eq 0 ] || problem "$SHORT nodes got fewer than $EXPERTS experts"
+# declarations that did not reach a replica ("some experts could not be declared"), counted at the end
+declare_failures() { grep -l "declaring experts in the DHT" "$TMP"/node*.log 2>/dev/null | wc -l || true; }
 
 # lookup SAMPLE uids of the given nodes (indices on stdin) through the last node; prints "found sampled"
 lookups() {
@@ -203,13 +206,16 @@ for ((i = 0; i < N; i++)); do
 done
 [ "$UNCLEAN" -eq 0 ] || problem "$UNCLEAN survivors did not exit 0 on SIGTERM"
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+DECLARE_FAILED=$(declare_failures)
+[ "$DECLARE_FAILED" -eq 0 ] || problem "$DECLARE_FAILED nodes logged a declaration that reached no replica"
 
 {
     printf '{"scenario": "swarm", "ok": %s, "nodes": %d, "experts_per_node": %d, "pattern": "%s", "grid": %d, ' \
         "$([ "$status" -eq 0 ] && echo true || echo false)" "$N" "$EXPERTS" "$PATTERN" "$GRID"
     printf '"cores": %d, "start_s": %s, "start_ms_p50": %s, "start_ms_max": %s, "rss_mib_mean": %s, "rss_mib_max": %s, ' \
         "$(nproc)" "$START_S" "$START_P50" "$START_MAX" "$RSS_MEAN" "$RSS_MAX"
-    printf '"experts_hosted": %d, "distinct_uids": %d, "nodes_short": %d, ' "$DECLARED" "$DISTINCT" "$SHORT"
+    printf '"experts_hosted": %d, "distinct_uids": %d, "nodes_short": %d, "nodes_declare_failed": %d, ' "$DECLARED" \
+        "$DISTINCT" "$SHORT" "$DECLARE_FAILED"
     printf '"lookups_before": {"sampled": %d, "found": %d}, "lookups_after": {"sampled": %d, "found": %d}, ' \
         "$SAMPLED_BEFORE" "$FOUND_BEFORE" "$SAMPLED_AFTER" "$FOUND_AFTER"
     printf '"killed": %d, "survivors_unclean": %d, "load_average_end": "%s", ' "$KILL" "$UNCLEAN" "$LOADAVG"
@@ -220,7 +226,7 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "swarm: $N nodes x $EXPERTS experts from $PATTERN ($GRID uids) on $(nproc) cores"
     echo "  start-up   $START_S s (per node p50 $START_P50 ms, max $START_MAX ms)"
     echo "  RSS        mean $RSS_MEAN MiB per node, max $RSS_MAX MiB"
-    echo "  experts    $DECLARED hosted, $DISTINCT distinct uids, $SHORT nodes short"
+    echo "  experts    $DECLARED hosted, $DISTINCT distinct uids, $SHORT nodes short, $DECLARE_FAILED with a failed declaration"
     echo "  lookups    before: $FOUND_BEFORE/$SAMPLED_BEFORE found; after killing $KILL: $FOUND_AFTER/$SAMPLED_AFTER"
     show moe_before
     show dht_before

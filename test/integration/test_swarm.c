@@ -160,6 +160,11 @@ Test(swarm, nodes_fill_the_grid_and_survive_kills, .timeout = 240, .fini = stop_
         if (attempt + 1 < SWARM_FIND_TRIES) sleep(1);
     }
     for (int i = 0; i < SWARM_NODES; i++) cr_expect(found[i], "%s (node %d) is not found in the DHT", uids[i], i);
+    for (int i = 0; i < SWARM_NODES; i++) {   /* every declaration reached its replicas */
+        char *log = th_node_log(&nodes[i]);
+        cr_expect_null(strstr(log, "declaring experts in the DHT"), "node %d:\n%s", i, log);
+        free(log);
+    }
 
     loadgen_report r;
     load(&r, 200, 1, clean);

@@ -222,4 +222,17 @@ Test(swarm, a_short_pattern_warns_or_with_strict_experts_exits_2, .timeout = 120
     cr_expect(strstr(log, "Server started with 1 experts"), "%s", log);
     free(log);
     for (int i = 1; i >= 0; i--) stop_clean(i);
+
+    /* the first node of a swarm, on a grid smaller than asked: the same rule */
+    const char *tiny[] = {"--expert_cls", "nop", "--hidden_dim", "8", "--num_workers", "1", "--num_experts", "3",
+                          "--expert_pattern", "tiny.[0:2]", "--strict_experts", NULL};
+    rc = th_run("dmoe-node", tiny, out, sizeof out, 60);
+    cr_expect_eq(rc, 2, "dmoe-node --strict_experts exited %d:\n%s", rc, out);
+    cr_expect(strstr(out, "pattern tiny.[0:2] has only 2 free uids for 3 experts"), "%s", out);
+    tiny[10] = NULL;
+    cr_assert_eq(th_node_start(&nodes[2], tiny), 0);
+    char *log2 = th_node_log(&nodes[2]);
+    cr_expect(strstr(log2, "Server started with 2 experts") && strstr(log2, "starting with 2"), "%s", log2);
+    free(log2);
+    stop_clean(2);
 }

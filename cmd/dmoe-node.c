@@ -38,10 +38,10 @@ typedef struct {
     int failed;
 } app;
 
-static void on_fatal(void *arg, const char *msg)
+static void on_fatal(void *arg, int status, const char *msg)
 {
     app *a = arg;
-    a->failed = 1;
+    a->failed = status;
     rt_loop_break(a->loop);
 }
 
@@ -175,6 +175,7 @@ int main(int argc, char **argv)
         {"hidden_dim", ARG_INT, &hidden, "main dimension of the experts", "Experts"},
         {"num_experts", ARG_INT, &c.num_experts, "how many experts to host (with --expert_pattern; 0: a DHT-only node)", "Experts"},
         {"expert_pattern", ARG_STR, &pattern, "uid pattern, e.g. expert.[0:5] or ffn.[0:4].[0:256]", "Experts", NULL, "PATTERN"},
+        {"strict_experts", ARG_FLAG, &c.strict_experts, "exit with status 2 when the pattern has fewer free uids than --num_experts (default: start with the free ones, and a WARN)", "Experts"},
         {"expert_uids", ARG_LIST, &uids, "explicit expert uids (instead of a pattern)", "Experts", NULL, "UID"},
         {"seq_len", ARG_INT, &seq_len, "transformer: sequence length S of its [B, S, H] input (hivemind's 128)", "Experts", NULL, "N"},
         {"dropout", ARG_F64, &dropout, "transformer: dropout probability in training (hivemind's 0.1; 0 for determinism)", "Experts", NULL, "P"},
@@ -364,5 +365,5 @@ int main(int argc, char **argv)
     rt_loop_free(a.loop);
     rt_args_free(flags, nflags);   /* the node kept pointers into these lists until now */
     rt_conf_free(&conf);           /* and into the config's words */
-    return a.failed ? 1 : 0;
+    return a.failed;
 }

@@ -16,7 +16,8 @@
 #                                       gnuplot-nox is installed with apt-get when gnuplot is missing)
 # While the load runs, dmoe-call load rewrites a progress line a second on the terminal (rows/s,
 # requests/s, p50, errors); with stderr redirected it stays quiet.
-# The scenarios follow hivemind's benchmark_throughput.py presets, sized for 2 cores. A scenario passes
+# The scenarios follow hivemind's benchmark_throughput.py presets, sized for 2 cores; `swarm` (many nodes,
+# a share of them killed) is scripts/loadtest_swarm.sh. A scenario passes
 # only with zero errors and zero lost replies; otherwise the script exits 1. 2: unknown or unavailable
 # scenario. Every process it starts is stopped on exit (trap). $DMOE_CALL overrides the dmoe-call used.
 set -euo pipefail
@@ -38,8 +39,14 @@ usage: loadtest.sh SCENARIO
                               layer (grid 250, k_best 2) over the DHT, batch 64, forward then backward
   dht                         2 nodes; 16 client-mode DHT peers storing 64-byte values under fresh keys
                               and getting random keys stored by the run, half and half
+  swarm                       N real nodes (N=64; N=1000 on a big box), 4 ffn experts each, each joining a
+                              random earlier node; start-up, RSS, lookups, MoE and DHT load; 30% SIGKILLed,
+                              measured again (scripts/loadtest_swarm.sh lists its settings)
 USAGE
 }
+
+# The swarm scenario starts many nodes and measures more than one load: a script of its own.
+if [ "$SCENARIO" = swarm ]; then exec bash "$(dirname "$0")/loadtest_swarm.sh"; fi
 
 # Scenario table: node flags (NODE2_ARGS: a second node joining the first through the DHT), load flags.
 # Durations keep each scenario under a minute on 2 cores.

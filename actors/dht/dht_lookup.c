@@ -80,10 +80,12 @@ struct dht_lookup {
     size_t nw, capw;
     dht_nodes_cb nodes_cb;
     void *nodes_arg;
-    dht_store_item item;
-    dht_store_cb store_cb;
+    dht_store_item items[DHT_PROTO_MAX_KEYS];   /* a store's entries, all of key target */
+    size_t nitems;
+    size_t item_stored[DHT_PROTO_MAX_KEYS];     /* replicas that accepted each entry */
+    dht_store_cb store_cb;                      /* dht_store (one entry) */
+    dht_store_dict_cb dict_cb;                  /* or dht_store_dict */
     void *store_arg;
-    size_t n_stored;
     int store_pending;
 };
 
@@ -144,8 +146,10 @@ static void destroy(rt_actor *self)
     free_subs(lk);
     free(lk->subs);
     free(lk->w);
-    free((void *)lk->item.subkey);
-    free((void *)lk->item.value);
+    for (size_t i = 0; i < lk->nitems; i++) {
+        free((void *)lk->items[i].subkey);
+        free((void *)lk->items[i].value);
+    }
     free(lk);
 }
 
@@ -418,19 +422,33 @@ static void finish_get(dht_lookup *lk, int err, const char *msg)
     lk->nw = 0;
 }
 
+/* store_finish calls a store's callback: err 0 when every entry reached a replica, else err, or
+ * DMOE_ENOTFOUND with msg when err is 0 but some entry reached none. */
+static void store_finish(dht_lookup *lk, int err, const char *msg)
+{
+    size_t missing = 0;
+    for (size_t i = 0; i < lk->nitems; i++) missing += lk->item_stored[i] == 0;
+    if (!err && missing) err = DMOE_ENOTFOUND;
+    if (lk->store_cb) lk->store_cb(lk->store_arg, err, msg, lk->item_stored[0]);
+    if (lk->dict_cb) lk->dict_cb(lk->store_arg, err, msg, lk->item_stored, lk->nitems);
+}
+
 static void on_store_done(void *arg, int err, const char *msg, const dht_store_rep *rep)
 {
     dht_lookup *lk = arg;
     lk->inflight--;
     lk->store_pending--;
-    if (!err && rep->stored[0]) lk->n_stored++;
+    for (size_t i = 0; !err && rep && i < lk->nitems && i < rep->n; i++) lk->item_stored[i] += rep->stored[i] != 0;
     if (err == DMOE_EINVAL && msg && msg[0] && !lk->refused[0]) snprintf(lk->refused, sizeof lk->refused, "%s", msg);
     if (lk->store_pending == 0 && lk->phase == PH_STORING) {
         char m[280] = "";
-        if (!lk->n_stored)
-            snprintf(m, sizeof m, "no replica accepted the value%s%s", lk->refused[0] ? ": " : "", lk->refused);
+        size_t missing = 0;
+        for (size_t i = 0; i < lk->nitems; i++) missing += lk->item_stored[i] == 0;
+        if (missing)
+            snprintf(m, sizeof m, "no replica accepted %s%s%s", lk->nitems > 1 ? "some entries" : "the value",
+                     lk->refused[0] ? ": " : "", lk->refused);
         set_done(lk);
-        if (lk->store_cb) lk->store_cb(lk->store_arg, lk->n_stored ? 0 : DMOE_ENOTFOUND, m, lk->n_stored);
+        store_finish(lk, 0, m);
     }
     maybe_reap(lk);
 }
@@ -451,13 +469,14 @@ static void start_storing(dht_lookup *lk)
             break;
         }
     if (!cfg->client_mode && (!kth || dht_id_distance_cmp(&lk->target, dht_node_id(d), &kth->id) < 0)) {
-        int rc = dht_node_store_local(d, &lk->item, 0);
-        if (rc == 1) lk->n_stored++;
-        else if (rc == DMOE_EINVAL) {   /* the policy's reason, as a replica would give it */
-            const dht_store_item *it = &lk->item;
-            dht_trust_check_store(cfg->trusted_keys, cfg->max_record_lifetime_s, &it->key, it->subkey, it->sklen,
-                                  it->value, it->vlen, it->expiration, dht_node_now(d), lk->refused,
-                                  sizeof lk->refused);
+        for (size_t j = 0; j < lk->nitems; j++) {
+            const dht_store_item *it = &lk->items[j];
+            int rc = dht_node_store_local(d, it, 0);
+            if (rc == 1) lk->item_stored[j]++;
+            else if (rc == DMOE_EINVAL && !lk->refused[0])   /* the policy's reason, as a replica would give it */
+                dht_trust_check_store(cfg->trusted_keys, cfg->max_record_lifetime_s, &it->key, it->subkey, it->sklen,
+                                      it->value, it->vlen, it->expiration, dht_node_now(d), lk->refused,
+                                      sizeof lk->refused);
         }
         want--;
     }
@@ -465,7 +484,7 @@ static void start_storing(dht_lookup *lk)
         cand *c = &lk->c[i];
         if (c->state != C_OK) continue;
         sent++;
-        if (dht_node_store_rpc(d, &c->n, &lk->item, 1, 0, on_store_done, lk) == 0) {
+        if (dht_node_store_rpc(d, &c->n, lk->items, lk->nitems, 0, on_store_done, lk) == 0) {
             lk->inflight++;
             lk->store_pending++;
         }
@@ -503,7 +522,7 @@ static void abort_lookup(dht_lookup *lk, int err, const char *msg)
         finish_get(lk, err, msg);
     } else {
         set_done(lk);
-        if (mode == LK_STORE && lk->store_cb) lk->store_cb(lk->store_arg, err, msg, lk->n_stored);
+        if (mode == LK_STORE) store_finish(lk, err, msg);
         if (mode == LK_NODES && lk->nodes_cb) lk->nodes_cb(lk->nodes_arg, err, msg, NULL, 0, 0);
     }
     maybe_reap(lk);
@@ -661,26 +680,62 @@ int dht_get_signed(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *a
     return get(d, key, latest, 1, cb, arg);
 }
 
+/* store_new starts a store of entries[0..n) (n >= 1) under key with callbacks set by the caller.
+ * Returns the lookup, its entries copied, or NULL (DMOE_ENOMEM) with nothing started. */
+static dht_lookup *store_new(dht *d, const dht_id *key, const dht_dict_entry *entries, size_t n, double expiration)
+{
+    dht_lookup *lk = lookup_new(d, LK_STORE, key, 0);
+    if (!lk) return NULL;
+    size_t k = dht_node_cfg(d)->num_replicas;
+    if (lk->k < k) lk->k = k;
+    for (size_t i = 0; i < n; i++) {
+        const dht_dict_entry *e = &entries[i];
+        uint8_t *sk = e->subkey ? dup_bytes(e->subkey, e->sklen) : NULL, *v = dup_bytes(e->value, e->vlen);
+        lk->items[lk->nitems++] = (dht_store_item){ *key, sk, e->subkey ? e->sklen : 0, v, e->vlen, expiration };
+        if ((e->subkey && !sk) || !v) {
+            set_done(lk);
+            rt_actor_stop(&lk->actor);   /* destroy frees the copies made so far */
+            return NULL;
+        }
+    }
+    return lk;
+}
+
+/* entry_check returns 0 when an entry fits the protocol's bounds, else DMOE_ETOOBIG. */
+static int entry_check(const void *subkey, size_t sklen, size_t vlen)
+{
+    if (vlen > DHT_MAX_VALUE_BYTES || (subkey && (sklen == 0 || sklen > DHT_MAX_SUBKEY_BYTES))) return DMOE_ETOOBIG;
+    return 0;
+}
+
 int dht_store(dht *d, const dht_id *key, const void *subkey, size_t sklen, const void *value, size_t vlen,
               double expiration, dht_store_cb cb, void *arg)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
-    if (vlen > DHT_MAX_VALUE_BYTES || (subkey && (sklen == 0 || sklen > DHT_MAX_SUBKEY_BYTES))) return DMOE_ETOOBIG;
+    if (entry_check(subkey, sklen, vlen) != 0) return DMOE_ETOOBIG;
     if (!isfinite(expiration)) return DMOE_EINVAL;
-    dht_lookup *lk = lookup_new(d, LK_STORE, key, 0);
+    dht_dict_entry e = { subkey, sklen, value, vlen };
+    dht_lookup *lk = store_new(d, key, &e, 1, expiration);
     if (!lk) return DMOE_ENOMEM;
-    size_t k = dht_node_cfg(d)->num_replicas;
-    if (lk->k < k) lk->k = k;
-    uint8_t *sk = subkey ? dup_bytes(subkey, sklen) : NULL, *v = dup_bytes(value, vlen);
-    if ((subkey && !sk) || !v) {
-        free(sk);
-        free(v);
-        set_done(lk);
-        rt_actor_stop(&lk->actor);
-        return DMOE_ENOMEM;
-    }
-    lk->item = (dht_store_item){ *key, sk, subkey ? sklen : 0, v, vlen, expiration };
     lk->store_cb = cb;
+    lk->store_arg = arg;
+    rt_signal_raise(&lk->start);
+    return 0;
+}
+
+int dht_store_dict(dht *d, const dht_id *key, const dht_dict_entry *entries, size_t n, double expiration,
+                   dht_store_dict_cb cb, void *arg)
+{
+    if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
+    if (n == 0 || n > DHT_PROTO_MAX_KEYS) return n ? DMOE_ETOOBIG : DMOE_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        if (!entries[i].subkey) return DMOE_EINVAL;
+        if (entry_check(entries[i].subkey, entries[i].sklen, entries[i].vlen) != 0) return DMOE_ETOOBIG;
+    }
+    if (!isfinite(expiration)) return DMOE_EINVAL;
+    dht_lookup *lk = store_new(d, key, entries, n, expiration);
+    if (!lk) return DMOE_ENOMEM;
+    lk->dict_cb = cb;
     lk->store_arg = arg;
     rt_signal_raise(&lk->start);
     return 0;

@@ -9,7 +9,7 @@
  *
  *  - dht_find_nodes: the k nearest live nodes to a target.
  *  - dht_store: finds the num_replicas nearest nodes to the key and stores there (and locally when this
- *    node is itself among them).
+ *    node is itself among them); dht_store_dict does the same for several subkeys of one key at once.
  *  - dht_get: the local storage and cache first, then a lookup; with latest, every one of the k
  *    nearest is asked and the newest value wins (dictionaries merge per subkey, newest expiration
  *    wins). Entries that fail the signed-record policy (dht_trust.h) are dropped as if not found. The result is cached locally and on the nearest asked node that lacked it. Concurrent
@@ -70,6 +70,27 @@ int dht_get_signed(dht *d, const dht_id *key, int latest, dht_get_cb cb, void *a
  * DMOE_ESHUTDOWN, DMOE_ENOMEM. */
 int dht_store(dht *d, const dht_id *key, const void *subkey, size_t sklen, const void *value, size_t vlen,
               double expiration, dht_store_cb cb, void *arg);
+
+/* One entry of a dictionary store (dht_store_dict): subkey[sklen] -> value[vlen]. */
+typedef struct {
+    const void *subkey;
+    size_t sklen;
+    const void *value;
+    size_t vlen;
+} dht_dict_entry;
+
+/* Completion of dht_store_dict: n_stored[i] replicas accepted entries[i] (the local one included); err 0
+ * when every entry reached one, else DMOE_ENOTFOUND (some reached none) or DMOE_ESHUTDOWN. n_stored is
+ * borrowed. */
+typedef void (*dht_store_dict_cb)(void *arg, int err, const char *msg, const size_t *n_stored, size_t n);
+
+/* dht_store_dict stores entries[0..n) (1 <= n <= DHT_PROTO_MAX_KEYS, every one with a subkey) into key's
+ * dictionary until expiration on the num_replicas nearest nodes: one lookup, and one dht_store request
+ * per replica carrying all of them (hivemind's store_many for one key). The bytes are copied. Returns 0
+ * (cb runs later, once), DMOE_ETOOBIG (n or an entry over the protocol bounds), DMOE_EINVAL (n 0, an
+ * entry without subkey, expiration not finite), DMOE_ESHUTDOWN, DMOE_ENOMEM. */
+int dht_store_dict(dht *d, const dht_id *key, const dht_dict_entry *entries, size_t n, double expiration,
+                   dht_store_dict_cb cb, void *arg);
 
 /* dht_find_nodes finds the k (0: bucket size) nearest live nodes to target. Returns 0 (cb runs later,
  * once) or DMOE_ESHUTDOWN / DMOE_ENOMEM. */

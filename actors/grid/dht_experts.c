@@ -31,7 +31,6 @@
 #include "actors/dht/trust/dht_record.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
-#include "runtime/rt_map.h"
 
 enum { B_DECLARE = 0, B_EXPERTS = 1, B_SUCC = 2 };
 enum { MSG_DONE = 1 };
@@ -60,6 +59,7 @@ struct batch {
     char **prefixes;
     double neg_s;
     dht_successors_cb scb;
+    void *decl;              /* a declaration's stores (decl_store, below) */
     int err;
 };
 
@@ -76,6 +76,7 @@ static void destroy(rt_actor *self)
     free(b->locs);
     free(b->ok);
     free(b->subs);
+    free(b->decl);
     free(b);
 }
 
@@ -153,12 +154,52 @@ static int key_id(const char *key, dht_id *out) { return dht_id_from_str(out, ke
 
 /* ---- declare ---- */
 
+/* A declaration's store: one plain record, or up to DHT_PROTO_MAX_KEYS entries of one prefix. uids[j] is
+ * the uid whose value entry j holds. */
+typedef struct {
+    batch *b;
+    size_t n;
+    size_t uids[DHT_PROTO_MAX_KEYS];
+} decl_store;
+
+static void decl_failed(batch *b, const decl_store *st, const size_t *n_stored)
+{
+    for (size_t j = 0; j < st->n; j++)
+        if (!n_stored || n_stored[j] == 0) b->ok[st->uids[j]] = 0;
+}
+
 static void on_declared(void *arg, int err, const char *msg, size_t n_stored)
 {
-    sub *s = arg;
-    if (err) s->b->ok[s->i] = 0;
-    if (err == DMOE_ESHUTDOWN) s->b->err = err;
-    batch_release(s->b);
+    decl_store *st = arg;
+    if (err) decl_failed(st->b, st, NULL);
+    if (err == DMOE_ESHUTDOWN) st->b->err = err;
+    batch_release(st->b);
+}
+
+static void on_declared_dict(void *arg, int err, const char *msg, const size_t *n_stored, size_t n)
+{
+    decl_store *st = arg;
+    if (err) decl_failed(st->b, st, err == DMOE_ENOTFOUND ? n_stored : NULL);
+    if (err == DMOE_ESHUTDOWN) st->b->err = err;
+    batch_release(st->b);
+}
+
+/* seal_entry packs and signs entry e's record (value: [uid, endpoint], or [node id hex, endpoint] for
+ * the uid's own key) into *rec and its subkey into skbuf. Returns 0 or a negative code. */
+static int seal_entry(dht *d, const uid_decl_entry *e, const char *uid, const char *hex, const char *maddr,
+                      double expiration, uint8_t *skbuf, size_t *sklen, uint8_t **rec, size_t *rlen)
+{
+    const dht_ident *me = dht_node_ident(d);
+    msgpack_sbuffer sb;
+    dht_id id;
+    *sklen = dht_record_subkey(me->pk, e->k.has_subkey, e->k.subkey, skbuf);
+    int rc = key_id(e->k.key, &id);
+    if (rc == 0) rc = e->k.has_subkey ? pack_pair(uid, maddr, &sb) : pack_pair(hex, maddr, &sb);
+    if (rc == 0) {
+        rc = dht_record_seal(me, &id, skbuf, *sklen, sb.data, sb.size, expiration, rec, rlen);
+        msgpack_sbuffer_destroy(&sb);
+    }
+    return rc;
 }
 
 int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
@@ -169,64 +210,62 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
         snprintf(err, errlen, "%zu uids in one declaration, at most %d", n, DHT_EXPERTS_MAX_BATCH);
         return DMOE_ETOOBIG;
     }
-    uid_decl_key keys[UID_MAX_DECL_KEYS];   /* about 35 KiB: fine on the loop thread's stack */
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
-        if (k < 0) {
-            snprintf(err, errlen, "invalid expert uid '%.200s': %s", uids[i], dmoe_strerror(k));
-            return k;
-        }
-        total += (size_t)k;
+    uid_decl_entry *plan = NULL;
+    size_t bad = 0;
+    int total = uid_declaration_plan(uids, n, &plan, &bad);
+    if (total < 0) {
+        if (total != DMOE_ENOMEM)
+            snprintf(err, errlen, "invalid expert uid '%.200s': %s", uids[bad], dmoe_strerror(total));
+        return total;
     }
     char maddr[WIRE_MADDR_TEXT], hex[DHT_ID_HEX_LEN + 1];
     wire_maddr_format(endpoint, maddr, sizeof maddr);
     dht_id_to_hex(dht_node_id(d), hex);
-    const dht_ident *me = dht_node_ident(d);
     double cap = dht_node_now(d) + dht_node_cfg(d)->max_record_lifetime_s;
     if (expiration > cap) expiration = cap;   /* replicas refuse records living longer (dht_trust.h) */
-    batch *b = batch_new(d, B_DECLARE, n, total, arg);
-    if (!b || !(b->ok = malloc(n ? n : 1))) {
+    batch *b = batch_new(d, B_DECLARE, n, 0, arg);
+    decl_store *stores = calloc(total ? (size_t)total : 1, sizeof *stores);   /* at most one per entry */
+    if (!b || !stores || !(b->ok = malloc(n ? n : 1))) {
         if (b) destroy(&b->actor);
+        free(stores);
+        free(plan);
         return DMOE_ENOMEM;
     }
+    b->decl = stores;
     memset(b->ok, 1, n);
     b->dcb = cb;
-    size_t si = 0;
-    rt_map seen = RT_MAP_INIT;   /* (prefix, coordinate) records already stored by this batch */
-    for (size_t i = 0; i < n; i++) {
-        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
-        for (int j = 0; j < k; j++) {
-            if (keys[j].has_subkey) {   /* one record per (prefix, coordinate), as hivemind's declare_experts */
-                char rec[UID_MAX_LEN + 24];
-                dht_id rid;
-                snprintf(rec, sizeof rec, "%s%lld", keys[j].key, (long long)keys[j].subkey);
-                if (key_id(rec, &rid) == 0) {
-                    if (rt_map_get(&seen, &rid, sizeof rid)) continue;
-                    if (rt_map_put(&seen, &rid, sizeof rid, b) != 0) b->ok[i] = 0;
-                }
-            }
-            msgpack_sbuffer sb;
-            dht_id id;
-            uint8_t skbuf[DHT_RECORD_SUBKEY_MAX], *rec = NULL;
-            size_t sklen = dht_record_subkey(me->pk, keys[j].has_subkey, keys[j].subkey, skbuf), rlen = 0;
-            int rc = key_id(keys[j].key, &id);
-            if (rc == 0) rc = keys[j].has_subkey ? pack_pair(uids[i], maddr, &sb) : pack_pair(hex, maddr, &sb);
-            if (rc == 0) {
-                rc = dht_record_seal(me, &id, skbuf, sklen, sb.data, sb.size, expiration, &rec, &rlen);
-                msgpack_sbuffer_destroy(&sb);
-            }
-            sub *s = &b->subs[si++];
-            *s = (sub){ b, i };
-            if (rc == 0) {
-                rc = dht_store(d, &id, skbuf, sklen, rec, rlen, expiration, on_declared, s);
-                free(rec);
-            }
-            if (rc == 0) b->pending++;
-            else b->ok[i] = 0;
+    size_t ns = 0;
+    for (size_t i = 0; i < (size_t)total;) {
+        /* the entries of one key (a prefix), at most DHT_PROTO_MAX_KEYS to a store; a plain record alone */
+        size_t j = i + 1;
+        while (plan[i].k.has_subkey && j < (size_t)total && j - i < DHT_PROTO_MAX_KEYS && plan[j].k.has_subkey &&
+               strcmp(plan[j].k.key, plan[i].k.key) == 0)
+            j++;
+        decl_store *st = &stores[ns++];
+        st->b = b;
+        uint8_t sk[DHT_PROTO_MAX_KEYS][DHT_RECORD_SUBKEY_MAX], *recs[DHT_PROTO_MAX_KEYS] = {0};
+        size_t sklens[DHT_PROTO_MAX_KEYS], rlens[DHT_PROTO_MAX_KEYS];
+        dht_dict_entry entries[DHT_PROTO_MAX_KEYS];
+        int rc = 0;
+        for (size_t e = i; e < j && rc == 0; e++) {
+            size_t q = st->n++;
+            st->uids[q] = plan[e].uid;
+            rc = seal_entry(d, &plan[e], uids[plan[e].uid], hex, maddr, expiration, sk[q], &sklens[q], &recs[q], &rlens[q]);
+            entries[q] = (dht_dict_entry){ sk[q], sklens[q], recs[q], rlens[q] };
         }
+        dht_id id;
+        if (rc == 0) rc = key_id(plan[i].k.key, &id);
+        if (rc == 0 && plan[i].k.has_subkey) rc = dht_store_dict(d, &id, entries, st->n, expiration, on_declared_dict, st);
+        else if (rc == 0) rc = dht_store(d, &id, sk[0], sklens[0], recs[0], rlens[0], expiration, on_declared, st);
+        if (rc == 0) b->pending++;
+        else {
+            decl_failed(b, st, NULL);
+            if (rc == DMOE_ESHUTDOWN) b->err = rc;
+        }
+        for (size_t q = 0; q < st->n; q++) free(recs[q]);
+        i = j;
     }
-    rt_map_clear(&seen);
+    free(plan);
     batch_release(b);
     return 0;
 }
@@ -273,8 +312,8 @@ static void on_expert(void *arg, int err, const char *msg, const dht_get_result 
     batch_release(b);
 }
 
-int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
-                    size_t errlen)
+static int get_experts(dht *d, const char *const *uids, size_t n, int latest, dht_experts_cb cb, void *arg, char *err,
+                       size_t errlen)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     if (n > DHT_EXPERTS_MAX_BATCH) {
@@ -295,7 +334,7 @@ int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb
     for (size_t i = 0; i < n; i++) {
         dht_id id;
         b->subs[i] = (sub){ b, i };
-        if (key_id(uids[i], &id) == 0 && dht_get_signed(d, &id, 0, on_expert, &b->subs[i]) == 0) b->pending++;
+        if (key_id(uids[i], &id) == 0 && dht_get_signed(d, &id, latest, on_expert, &b->subs[i]) == 0) b->pending++;
     }
     batch_release(b);
     return 0;
@@ -362,8 +401,8 @@ static void on_successors(void *arg, int err, const char *msg, const dht_get_res
     batch_release(b);
 }
 
-int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s,
-                              dht_successors_cb cb, void *arg, char *err, size_t errlen)
+static int get_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s, int latest,
+                          dht_successors_cb cb, void *arg, char *err, size_t errlen)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     if (n > DHT_EXPERTS_MAX_BATCH) {
@@ -391,8 +430,32 @@ int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, dou
         b->prefixes[i] = strdup(prefixes[i]);
         if (!b->prefixes[i] || key_id(prefixes[i], &id) != 0) continue;
         if (neg_cache_s > 0 && dht_storage_get(dht_node_negcache(d), &id, now, &st) == 0) continue;
-        if (dht_get_signed(d, &id, 0, on_successors, &b->subs[i]) == 0) b->pending++;
+        if (dht_get_signed(d, &id, latest, on_successors, &b->subs[i]) == 0) b->pending++;
     }
     batch_release(b);
     return 0;
+}
+
+int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
+                    size_t errlen)
+{
+    return get_experts(d, uids, n, 0, cb, arg, err, errlen);
+}
+
+int dht_get_experts_latest(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
+                           size_t errlen)
+{
+    return get_experts(d, uids, n, 1, cb, arg, err, errlen);
+}
+
+int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s,
+                              dht_successors_cb cb, void *arg, char *err, size_t errlen)
+{
+    return get_successors(d, prefixes, n, neg_cache_s, 0, cb, arg, err, errlen);
+}
+
+int dht_get_active_successors_latest(dht *d, const char *const *prefixes, size_t n, dht_successors_cb cb, void *arg,
+                                     char *err, size_t errlen)
+{
+    return get_successors(d, prefixes, n, 0, 1, cb, arg, err, errlen);
 }

@@ -58,6 +58,11 @@ typedef void (*dht_experts_cb)(void *arg, int err, const char *msg, const dht_ex
 int dht_get_experts(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
                     size_t errlen);
 
+/* dht_get_experts_latest is dht_get_experts asking every one of the k nearest replicas of each uid
+ * (dht_get with latest), caches skipped: slower, and no declaration that reached a replica is missed. */
+int dht_get_experts_latest(dht *d, const char *const *uids, size_t n, dht_experts_cb cb, void *arg, char *err,
+                           size_t errlen);
+
 /* One live successor of a prefix: coord -> (uid, address). */
 typedef struct {
     int64_t coord;
@@ -80,5 +85,11 @@ typedef void (*dht_successors_cb)(void *arg, int err, const char *msg, const dht
  * DMOE_ESHUTDOWN, DMOE_ENOMEM. */
 int dht_get_active_successors(dht *d, const char *const *prefixes, size_t n, double neg_cache_s,
                               dht_successors_cb cb, void *arg, char *err, size_t errlen);
+
+/* dht_get_active_successors_latest is dht_get_active_successors without the negative cache, asking every
+ * one of the k nearest replicas of each prefix and merging their dictionaries (dht_get with latest): a
+ * cached or lagging copy of a prefix does not hide entries stored since (dht_free.h reads the grid so). */
+int dht_get_active_successors_latest(dht *d, const char *const *prefixes, size_t n, dht_successors_cb cb, void *arg,
+                                     char *err, size_t errlen);
 
 #endif

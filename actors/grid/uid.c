@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "runtime/rt_err.h"
+#include "runtime/rt_map.h"
 
 /* Refuse requests whose draw budget would not fit comfortably in memory and an int. */
 #define UID_MAX_EXPERTS (1 << 24)
@@ -135,6 +136,66 @@ int uid_declaration_keys(const char *uid, uid_decl_key *out, size_t cap)
     return (int)count;
 }
 
+/* ---- merged declarations ---------------------------------------------------------------------------- */
+
+int uid_declaration_plan(const char *const *uids, size_t n, uid_decl_entry **out, size_t *bad)
+{
+    uid_decl_key keys[UID_MAX_DECL_KEYS];
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
+        if (k < 0) {
+            if (bad) *bad = i;
+            return k;
+        }
+        total += (size_t)k;
+    }
+    /* all (key, subkey) records once, zero-padded so that a record's bytes are its identity */
+    uid_decl_entry *all = calloc(total ? total : 1, sizeof *all), *sorted = calloc(total ? total : 1, sizeof *sorted);
+    size_t *group = calloc(total ? total : 1, sizeof *group), *count = calloc(total + 1, sizeof *count);
+    rt_map seen = RT_MAP_INIT, groups = RT_MAP_INIT;   /* record bytes -> 1; key string -> group + 1 */
+    size_t m = 0, ngroups = 0;
+    int rc = all && sorted && group && count ? 0 : DMOE_ENOMEM;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int k = uid_declaration_keys(uids[i], keys, UID_MAX_DECL_KEYS);
+        for (int j = 0; j < k && rc == 0; j++) {
+            uid_decl_entry *e = &all[m];
+            snprintf(e->k.key, sizeof e->k.key, "%s", keys[j].key);
+            e->k.has_subkey = keys[j].has_subkey;
+            e->k.subkey = keys[j].subkey;
+            e->uid = i;
+            if (rt_map_get(&seen, &e->k, sizeof e->k)) {
+                memset(e, 0, sizeof *e);
+                continue;
+            }
+            size_t g = (size_t)(uintptr_t)rt_map_get(&groups, e->k.key, strlen(e->k.key));
+            if (g == 0) {
+                g = ++ngroups;
+                if (rt_map_put(&groups, e->k.key, strlen(e->k.key), (void *)(uintptr_t)g) != 0) rc = DMOE_ENOMEM;
+            }
+            if (rc == 0 && rt_map_put(&seen, &e->k, sizeof e->k, e) != 0) rc = DMOE_ENOMEM;
+            group[m++] = g - 1;
+        }
+    }
+    if (rc == 0) {   /* a stable counting sort by group: first-seen key order, entries in order within */
+        for (size_t i = 0; i < m; i++) count[group[i] + 1]++;
+        for (size_t g = 0; g < ngroups; g++) count[g + 1] += count[g];
+        for (size_t i = 0; i < m; i++) sorted[count[group[i]]++] = all[i];
+    }
+    rt_map_clear(&seen);
+    rt_map_clear(&groups);
+    free(all);
+    free(group);
+    free(count);
+    if (rc != 0 || m == 0) {
+        free(sorted);
+        sorted = NULL;
+    }
+    if (rc != 0) return rc;
+    *out = sorted;
+    return (int)m;
+}
+
 /* ---- pattern sampling ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -151,8 +212,7 @@ static uint64_t splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-/* rng_below returns a uniform integer in [0, n), n > 0, without modulo bias. */
-static uint64_t rng_below(uint64_t *state, uint64_t n)
+uint64_t uid_rng_below(uint64_t *state, uint64_t n)
 {
     uint64_t threshold = (0 - n) % n;
     for (;;) {
@@ -307,6 +367,36 @@ static void sparse_free(sparse_map *m)
     free(m->vals);
 }
 
+/* PAT_MAX_BLOCKS bounds a pattern's blocks: each but the last takes at least two bytes of an uid. */
+#define PAT_MAX_BLOCKS (UID_MAX_LEN / 2 + 1)
+
+int uid_pattern_shape(const char *pattern, uint64_t *grid, uint64_t *row, int *ncoords, char *err, size_t errlen)
+{
+    pat_block blocks[PAT_MAX_BLOCKS];
+    size_t nb = 0;
+    uint64_t n = 0;
+    if (!pattern) {
+        dmoe_set_err(err, errlen, "no expert pattern");
+        return DMOE_EINVAL;
+    }
+    int rc = parse_pattern(pattern, blocks, PAT_MAX_BLOCKS, &nb, &n, err, errlen);
+    if (rc < 0) return rc;
+    *grid = n;
+    *row = blocks[nb - 1].lit ? 1 : blocks[nb - 1].width;
+    *ncoords = (int)nb - 1;
+    return 0;
+}
+
+int uid_pattern_at(const char *pattern, uint64_t idx, char *buf, size_t cap)
+{
+    pat_block blocks[PAT_MAX_BLOCKS];
+    size_t nb = 0;
+    uint64_t n = 0;
+    if (!pattern || parse_pattern(pattern, blocks, PAT_MAX_BLOCKS, &nb, &n, NULL, 0) < 0 || idx >= n)
+        return DMOE_EINVAL;
+    return render(blocks, nb, idx, buf, cap);
+}
+
 void uid_list_free(char **uids)
 {
     if (!uids) return;
@@ -322,7 +412,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
         return DMOE_EINVAL;
     }
     static const char default_pattern[] = "expert.[0:100000000000000000]";
-    pat_block blocks[UID_MAX_LEN / 2 + 1];
+    pat_block blocks[PAT_MAX_BLOCKS];
     size_t nb = 0;
     uint64_t grid = 0;
     int sequential = pattern == NULL;            /* hivemind's default: expert.0, expert.1, ... */
@@ -353,7 +443,7 @@ int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, ui
         if (sequential) {
             cell = attempt;
         } else {
-            uint64_t j = rng_below(&state, remaining);
+            uint64_t j = uid_rng_below(&state, remaining);
             cell = sparse_get(&map, j);
             sparse_set(&map, j, sparse_get(&map, remaining - 1));
             remaining--;

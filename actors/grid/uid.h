@@ -58,6 +58,23 @@ typedef struct {
  * uid is longer than UID_MAX_LEN or cap is too small (cap >= UID_MAX_DECL_KEYS always suffices). */
 int uid_declaration_keys(const char *uid, uid_decl_key *out, size_t cap);
 
+/* One record of a merged declaration (uid_declaration_plan): k, and the index of the uid whose value it
+ * stores. */
+typedef struct {
+    uid_decl_key k;
+    size_t uid;
+} uid_decl_entry;
+
+/* uid_declaration_plan lists what declaring uids[0..n) together stores, merged as hivemind's
+ * declare_experts merges it (one dict keyed by (key, subkey), then store_many grouping by key): every
+ * (key, subkey) once, its value from the first uid that needs it ("e.1.2.3" and "e.1.2.5" both need
+ * "e.1."/2: the entry holds e.1.2.3), and the entries of one key next to each other, keys in the order
+ * they first appear, so a prefix is stored once with all its subkeys. Returns the number of entries and
+ * sets *out (malloc'd, the caller frees it; NULL when there are none); DMOE_EINVAL for an invalid uid,
+ * with *bad set to its index (bad may be NULL); DMOE_ETOOBIG for an uid over UID_MAX_LEN (*bad too);
+ * DMOE_ENOMEM. */
+int uid_declaration_plan(const char *const *uids, size_t n, uid_decl_entry **out, size_t *bad);
+
 /* uid_taken_fn says whether an uid is already in use elsewhere (1) or free (0); arg is the caller's. */
 typedef int (*uid_taken_fn)(const char *uid, void *arg);
 
@@ -74,6 +91,21 @@ typedef int (*uid_taken_fn)(const char *uid, void *arg);
  * UID_MAX_LEN; DMOE_ENOMEM. *uids_out is written only on success. The same seed gives the same uids. */
 int uid_pattern_generate(const char *pattern, int num_experts, uint64_t seed, uid_taken_fn taken, void *arg,
                          char ***uids_out, char *err, size_t errlen);
+
+/* uid_pattern_shape parses pattern (as uid_pattern_generate does) and gives *grid, the uids it spans,
+ * *row, the width of its last block (1 when that block is a fixed coordinate), and *ncoords, its
+ * coordinate blocks. Uid index i (0 <= i < grid) numbers the grid in mixed radix, the last block fastest,
+ * so the uids [r * row, (r + 1) * row) share everything but their last coordinate. Returns 0 or
+ * DMOE_EINVAL with a message in err (err may be NULL); outputs are written only on success. */
+int uid_pattern_shape(const char *pattern, uint64_t *grid, uint64_t *row, int *ncoords, char *err, size_t errlen);
+
+/* uid_pattern_at writes the uid of index idx of pattern (see uid_pattern_shape) into buf[cap]. Returns 0,
+ * DMOE_EINVAL (a bad pattern, idx outside the grid) or DMOE_ETOOBIG (the uid does not fit). */
+int uid_pattern_at(const char *pattern, uint64_t idx, char *buf, size_t cap);
+
+/* uid_rng_below returns a uniform integer in [0, n), n > 0, from the splitmix64 generator *state (the one
+ * pattern sampling uses): seeded, reproducible, not for secrets. */
+uint64_t uid_rng_below(uint64_t *state, uint64_t n);
 
 /* uid_list_free frees a NULL-terminated array from uid_pattern_generate and its strings; NULL is a
  * no-op. */

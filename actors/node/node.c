@@ -3,8 +3,8 @@
  * Design notes. The node actor's mail is its timers: NODE_TICK (the stop sequence's poll), NODE_UPDATE
  * (every update_period: declare the experts in the DHT and checkpoint them), NODE_STATS (the stats log
  * line and the metrics gauges). Start-up continues from callbacks: (peers_resolved, when an initial peer
- * is a host name) -> bootstrap_done -> (uid check in the DHT: taken_checked for pattern draws,
- * served_checked for given uids) -> create_experts.
+ * is a host name) -> bootstrap_done -> (free_chosen: a joining node's free uids, read from the DHT by
+ * dht_free_choose; served_checked: given uids someone else serves are warned about) -> create_experts.
  *
  * Initial peers given as HOST:PORT or with a host name go through resolve_start (actors/net/resolve.h)
  * first: the DHT takes IP multiaddrs only, and names are looked up without blocking the loop.
@@ -28,6 +28,7 @@
 #include "actors/node/ckpt.h"
 #include "actors/net/client.h"
 #include "actors/grid/dht_experts.h"
+#include "actors/grid/dht_free.h"
 #include "actors/dht/dht_boot.h"
 #include "actors/dht/io/dht_net.h"
 #include "actors/dht/dht_node.h"
@@ -49,10 +50,9 @@
 #define NODE_FLUSH_MS 5000    /* longest wait for replies to reach the sockets at stop */
 #define NODE_POLL_MS  10
 #define NODE_GAUGE_MS 1000    /* metrics gauges refresh */
-#define NODE_UID_ATTEMPTS 10  /* candidate uids per expert when avoiding taken ones (hivemind's) */
 
 enum { NODE_TICK = 1, NODE_UPDATE, NODE_STATS };
-enum { ST_STARTING, ST_RUNNING, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DONE };
+enum { ST_STARTING, ST_RUNNING, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DHT_STOP, ST_DONE };
 
 struct node {
     rt_actor actor;
@@ -75,7 +75,6 @@ struct node {
     expert **experts;
     int n_experts;
     char **pending_uids;          /* chosen, experts not yet created */
-    char **candidates;            /* pattern draws checked against the DHT */
     wire_maddr addrs[NODE_MAX_ADDRS];   /* announced */
     int n_addrs;
     resolve *resolving;                 /* initial peers' names, while they resolve */
@@ -124,10 +123,11 @@ void node_default_cfg(node_cfg *c)
     c->metrics_port = -1;
 }
 
-static void fatal(node *n, const char *msg)
+/* fatal ends the start: status is the exit status cfg.on_fatal passes on (node.h). */
+static void fatal(node *n, int status, const char *msg)
 {
     LOG_ERROR("%s", msg);
-    if (n->cfg.on_fatal) n->cfg.on_fatal(n->cfg.fatal_arg, msg);
+    if (n->cfg.on_fatal) n->cfg.on_fatal(n->cfg.fatal_arg, status, msg);
 }
 
 static double expiration_s(const node *n)
@@ -171,7 +171,7 @@ static void create_experts(node *n, char **uids)
     while (uids && uids[count]) count++;   /* NULL: none (an empty checkpoint folder, a DHT-only node) */
     n->experts = calloc((size_t)(count > 0 ? count : 1), sizeof *n->experts);
     n->last = calloc((size_t)(count > 0 ? count : 1), sizeof *n->last);
-    if (!n->experts || !n->last) { fatal(n, "out of memory creating experts"); return; }
+    if (!n->experts || !n->last) { fatal(n, 1, "out of memory creating experts"); return; }
     const node_cfg *c = &n->cfg;
     for (int i = 0; i < count; i++) {
         expert_cfg ec = {
@@ -182,10 +182,10 @@ static void create_experts(node *n, char **uids)
             .met = n->met ? &n->ms : NULL, .compression = c->compression, .cache = n->cache,
         };
         n->experts[i] = expert_new(n->loop, uids[i], &ec, err, sizeof err);
-        if (!n->experts[i]) { fatal(n, err); return; }
+        if (!n->experts[i]) { fatal(n, 1, err); return; }
         n->n_experts++;
     }
-    if (server_set_experts(n->srv, n->experts, n->n_experts) != 0) { fatal(n, "out of memory"); return; }
+    if (server_set_experts(n->srv, n->experts, n->n_experts) != 0) { fatal(n, 1, "out of memory"); return; }
     LOG_INFO(NODE_BANNER_STARTED " with %d experts", n->n_experts);
     for (int i = 0; i < n->n_experts; i++) {
         const kern_model *m = expert_model(n->experts[i]);
@@ -219,22 +219,34 @@ static int list_add(char ***dst, char *const *src, int limit)
     return n;
 }
 
-static void taken_checked(void *arg, int err, const char *msg, const dht_expert_loc *locs, size_t cnt)
+/* free_chosen continues the start with the free uids read from the DHT (dht_free.h): want more than
+ * the node holds already (checkpoints). A pattern with too few free uids starts with what it has and
+ * says so, unless strict_experts makes that fatal (exit status 2). */
+static void free_chosen(void *arg, int err, const char *msg, char **uids, int cnt, uint64_t rows)
 {
     node *n = arg;
-    if (n->state != ST_STARTING) return;
-    int have = 0;
-    while (n->pending_uids && n->pending_uids[have]) have++;
-    for (size_t i = 0; i < cnt && have < n->cfg.num_experts; i++) {
-        if (!err && locs[i].found) continue;   /* declared elsewhere already */
-        char *one[2] = {n->candidates[i], NULL};
-        have = list_add(&n->pending_uids, one, -1);
+    if (n->state != ST_STARTING) { uid_list_free(uids); return; }
+    if (err) {
+        char m[512];
+        snprintf(m, sizeof m, "cannot read the free uids of pattern %s: %s", n->cfg.expert_pattern ?
+                 n->cfg.expert_pattern : "expert.[0:N]", msg);
+        fatal(n, 1, m);
+        return;
     }
-    if (have < n->cfg.num_experts)
-        LOG_WARN("found only %d free uids for %d experts in pattern %s", have, n->cfg.num_experts, n->cfg.expert_pattern);
-    uid_list_free(n->candidates);
-    n->candidates = NULL;
-    if (have == 0) { fatal(n, "no free expert uid left in the pattern"); return; }
+    int have = list_add(&n->pending_uids, uids, n->cfg.num_experts);
+    uid_list_free(uids);
+    if (have < 0) { fatal(n, 1, "out of memory"); return; }
+    LOG_DEBUG("read %llu rows of the pattern, %d free uids taken", (unsigned long long)rows, cnt);
+    if (have < n->cfg.num_experts) {
+        char m[512];
+        snprintf(m, sizeof m, "pattern %s has only %d free uids for %d experts", n->cfg.expert_pattern ?
+                 n->cfg.expert_pattern : "expert.[0:N]", have, n->cfg.num_experts);
+        if (n->cfg.strict_experts || have == 0) {
+            fatal(n, n->cfg.strict_experts ? 2 : 1, m);
+            return;
+        }
+        LOG_WARN("%s: starting with %d (--strict_experts makes this an error)", m, have);
+    }
     create_experts(n, n->pending_uids);
 }
 
@@ -276,18 +288,6 @@ static void check_served(node *n)
     }
 }
 
-/* Draw candidates from the pattern: as many as NODE_UID_ATTEMPTS per missing expert when the grid has
- * them, fewer when it is smaller. */
-static int draw_candidates(node *n, int want, char ***out, char *err, size_t errlen)
-{
-    for (int mult = NODE_UID_ATTEMPTS; mult >= 1; mult = mult > 2 ? mult / 2 : mult - 1) {
-        int got = uid_pattern_generate(n->cfg.expert_pattern, want * mult, n->cfg.seed, NULL, NULL, out, err, errlen);
-        if (got >= 0) return got;
-        if (got != DMOE_EINVAL || mult == 1) return got;
-    }
-    return DMOE_EINVAL;
-}
-
 /* dht_only says whether the node hosts no experts at all (see the design notes). */
 static int dht_only(const node_cfg *c)
 {
@@ -296,7 +296,7 @@ static int dht_only(const node_cfg *c)
 
 static void choose_uids(node *n)
 {
-    char err[512];
+    char err[512] = "";
     const node_cfg *c = &n->cfg;
     if (dht_only(c)) {
         char *none[1] = {NULL};
@@ -306,7 +306,7 @@ static void choose_uids(node *n)
     }
     if (c->checkpoint_dir) {
         char **found = ckpt_list_uids(c->checkpoint_dir, err, sizeof err);
-        if (!found) { fatal(n, err); return; }
+        if (!found) { fatal(n, 1, err); return; }
         int k = list_add(&n->pending_uids, found, -1);
         if (k > 0) LOG_INFO("Found %d experts in %s", k, c->checkpoint_dir);
         uid_list_free(found);
@@ -321,34 +321,35 @@ static void choose_uids(node *n)
     if (have >= c->num_experts) { create_experts(n, n->pending_uids); return; }
     int want = c->num_experts - have;
     LOG_INFO("Generating %d expert uids from pattern %s", want, c->expert_pattern ? c->expert_pattern : "expert.[0:N]");
-    char **draws = NULL;
-    int got = draw_candidates(n, want, &draws, err, sizeof err);
-    if (got < 0) { fatal(n, err); return; }
-    /* drop the ones we already host */
-    char **fresh = NULL;
-    list_add(&fresh, n->pending_uids, -1);
-    int before = have;
-    int total = list_add(&fresh, draws, -1);
-    uid_list_free(draws);
-    char **cand = calloc((size_t)(total - before + 1), sizeof *cand);
-    for (int i = before; cand && i < total; i++) { cand[i - before] = fresh[i]; fresh[i] = NULL; }
-    uid_list_free(fresh);
-    if (!cand) { fatal(n, "out of memory"); return; }
-    int ncand = total - before;
-    if (!n->dht || !c->initial_peers || !c->initial_peers[0]) {
-        /* the first node of a swarm: nobody else declared anything */
-        char **take = calloc((size_t)want + 1, sizeof *take);
-        for (int i = 0; take && i < want && i < ncand; i++) take[i] = cand[i];
-        if (take) list_add(&n->pending_uids, take, -1);
-        free(take);
-        uid_list_free(cand);
-        create_experts(n, n->pending_uids);
+    if (n->dht && c->initial_peers && c->initial_peers[0]) {
+        /* a node joining a swarm reads which uids are free; the seed is mixed with the node's id so that
+         * nodes started with the same --seed do not all choose alike */
+        uint64_t seed = XXH3_64bits_withSeed(dht_node_id(n->dht), sizeof(dht_id), c->seed);
+        int rc = dht_free_choose(n->dht, c->expert_pattern, have + want, seed, free_chosen, n, err, sizeof err);
+        if (rc != 0) fatal(n, 1, err[0] ? err : dmoe_strerror(rc));
         return;
     }
-    n->candidates = cand;
-    if (ncand > DHT_EXPERTS_MAX_BATCH) ncand = DHT_EXPERTS_MAX_BATCH;
-    if (dht_get_experts(n->dht, (const char *const *)cand, (size_t)ncand, taken_checked, n, err, sizeof err) != 0)
-        fatal(n, err);
+    /* the first node of a swarm: nobody else declared anything */
+    uint64_t grid = 0, row = 0;
+    int ncoords = 0;
+    if (c->expert_pattern && uid_pattern_shape(c->expert_pattern, &grid, &row, &ncoords, err, sizeof err) != 0) {
+        fatal(n, 1, err);
+        return;
+    }
+    int draw = c->expert_pattern && grid < (uint64_t)want ? (int)grid : want;
+    char **draws = NULL;
+    int got = uid_pattern_generate(c->expert_pattern, draw, c->seed, NULL, NULL, &draws, err, sizeof err);
+    if (got < 0) { fatal(n, 1, err); return; }
+    int total = list_add(&n->pending_uids, draws, c->num_experts);
+    uid_list_free(draws);
+    if (total < 0) { fatal(n, 1, "out of memory"); return; }
+    if (total < c->num_experts) {
+        char m[512];
+        snprintf(m, sizeof m, "pattern %s has only %d free uids for %d experts", c->expert_pattern, total, c->num_experts);
+        if (c->strict_experts) { fatal(n, 2, m); return; }
+        LOG_WARN("%s: starting with %d (--strict_experts makes this an error)", m, total);
+    }
+    create_experts(n, n->pending_uids);
 }
 
 static void bootstrap_done(void *arg, int err, const char *msg)
@@ -358,7 +359,7 @@ static void bootstrap_done(void *arg, int err, const char *msg)
     if (err) {
         char m[1024];
         snprintf(m, sizeof m, "cannot join the DHT: %s", msg ? msg : dmoe_strerror(err));
-        fatal(n, m);
+        fatal(n, 1, m);
         return;
     }
     choose_uids(n);
@@ -457,9 +458,15 @@ static void stop_step(node *n)
     }
     if (n->state == ST_FLUSH) {
         if (server_connections(n->srv) > 0 && now < n->phase_deadline) return;
+        /* stopping the DHT node aborts its lookups: the calls waiting on them (a declaration, a free-uid
+         * scan) finish through their actors' mail, which the loop delivers before the next tick */
+        n->state = ST_DHT_STOP;
+        if (n->dht) dht_node_stop(n->dht);
+        return;
+    }
+    if (n->state == ST_DHT_STOP) {
         n->state = ST_DONE;
         rt_timer_cancel(&n->tick);
-        if (n->dht) dht_node_stop(n->dht);
         if (n->done) n->done(n->done_arg);
     }
 }
@@ -525,7 +532,7 @@ static void peers_resolved(void *arg, int err, const char *msg, char **maddrs)
     else if (dht_node_bootstrap(n->dht, (const char *const *)maddrs, np, bootstrap_done, n, m, sizeof m) != 0)
         err = DMOE_EINVAL;
     resolve_list_free(maddrs);
-    if (err) fatal(n, m);
+    if (err) fatal(n, 1, m);
 }
 
 /* listen_all binds the configured addresses and chooses the announced ones (see node_addrs.h). */
@@ -747,7 +754,6 @@ void node_free(node *n)
     n->experts = NULL;
     free(n->last);
     uid_list_free(n->pending_uids);
-    uid_list_free(n->candidates);
     /* finish the jobs in flight before their owners are reaped */
     rt_pool_free(n->pool);
     n->pool = NULL;

@@ -6,8 +6,9 @@
  * the DHT node on the same port (unless client mode), start the metrics endpoint. Then, on the loop: join
  * the DHT through the initial peers (a failure to reach any of them is fatal, reported through
  * cfg->on_fatal), choose the expert uids (checkpointed ones first, then the given ones -- warning about
- * those the DHT says another node serves -- or fresh ones drawn from the pattern, avoiding uids already
- * declared in the DHT), create the experts, serve them,
+ * those the DHT says another node serves -- or fresh ones from the pattern: a node joining a swarm
+ * chooses among the uids the DHT's prefix dictionaries leave free, dht_free.h; too few free ones is a
+ * WARN, or fatal with strict_experts), create the experts, serve them,
  * declare them in the DHT; every update_period declare them again and checkpoint them.
  *
  * node_stop is the graceful end: stop accepting, fail queued requests with "shutting down", let
@@ -69,8 +70,10 @@ typedef struct {
     /* observability */
     double stats_report_interval;/* seconds between per-expert stats lines (0: never) */
     int metrics_port;            /* -1: no endpoint; 0: the OS picks */
-    /* start-up failures after node_start returned (bootstrap, experts): called once, on the loop */
-    void (*on_fatal)(void *arg, const char *msg);
+    int strict_experts;          /* fewer free uids in the pattern than num_experts is fatal (else: a WARN) */
+    /* start-up failures after node_start returned (bootstrap, experts): called once, on the loop, with
+     * the exit status a program should end with: 2 when strict_experts found too few free uids, else 1 */
+    void (*on_fatal)(void *arg, int status, const char *msg);
     void *fatal_arg;
     /* called once when every expert is created and served (may be NULL) */
     void (*on_ready)(void *arg);

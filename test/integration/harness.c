@@ -74,7 +74,7 @@ char *th_file(const char *path)
 
 /* Every node a test starts is remembered, so that a test that fails an assertion half-way (Criterion
  * then ends the test's process) still takes its nodes down with it. */
-#define TH_MAX_NODES 64
+#define TH_MAX_NODES 128   /* test_swarm starts 64 nodes, and programs beside them */
 static pid_t started[TH_MAX_NODES];
 
 static void kill_started(void)

@@ -277,3 +277,34 @@ Test(uid, pattern_errors, .timeout = 30)
     cr_expect_eq(uid_pattern_generate("expert.[0:5]", 0, 0, NULL, NULL, &u, err, sizeof err), DMOE_EINVAL);
     cr_expect_eq(uid_pattern_generate("expert.[0:5]", -3, 0, NULL, NULL, &u, NULL, 0), DMOE_EINVAL);
 }
+
+/* A declaration of several uids stores each (key, subkey) once, the entries of one prefix together:
+ * e.1.2.3 and e.1.2.5 share "e.1."/2 (stored once, with e.1.2.3) and "e.1.2." (both subkeys, adjacent);
+ * a uid given twice adds nothing. */
+Test(uid, declaration_plan_merges_prefixes, .timeout = 30)
+{
+    static const char *const uids[] = {"e.1.2.3", "e.1.2.5", "e.1.7.0", "x.4", "e.1.2.3"};
+    static const struct { const char *key; int has_subkey; int64_t subkey; size_t uid; } want[] = {
+        {"e.1.2.3", 0, 0, 0}, {"e.1.2.", 1, 3, 0}, {"e.1.2.", 1, 5, 1}, {"e.1.", 1, 2, 0}, {"e.1.", 1, 7, 2},
+        {"e.1.2.5", 0, 0, 1}, {"e.1.7.0", 0, 0, 2}, {"e.1.7.", 1, 0, 2}, {"x.4", 0, 0, 3}, {"x.4.", 1, -1, 3},
+    };
+    uid_decl_entry *plan = NULL;
+    int n = uid_declaration_plan(uids, 5, &plan, NULL);
+    cr_assert_eq(n, (int)(sizeof want / sizeof want[0]));
+    for (int i = 0; i < n; i++) {
+        cr_expect_str_eq(plan[i].k.key, want[i].key, "entry %d", i);
+        cr_expect_eq(plan[i].k.has_subkey, want[i].has_subkey, "entry %d", i);
+        if (want[i].has_subkey) cr_expect_eq(plan[i].k.subkey, want[i].subkey, "entry %d", i);
+        cr_expect_eq(plan[i].uid, want[i].uid, "entry %d", i);
+    }
+    free(plan);
+
+    static const char *const bad_uids[] = {"e.1", "e.01"};
+    size_t bad = 99;
+    plan = NULL;
+    cr_expect_eq(uid_declaration_plan(bad_uids, 2, &plan, &bad), DMOE_EINVAL);
+    cr_expect_eq(bad, 1);
+    cr_expect_null(plan);
+    cr_expect_eq(uid_declaration_plan(bad_uids, 0, &plan, NULL), 0);
+    cr_expect_null(plan);
+}

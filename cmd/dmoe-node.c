@@ -108,12 +108,14 @@ static int local_inputs_ok(const node_cfg *c)
             ok = 0;
         }
     if (c->expert_pattern && !c->expert_uids && c->num_experts > 0) {
-        char **uids = NULL;
-        if (uid_pattern_generate(c->expert_pattern, c->num_experts, c->seed, NULL, NULL, &uids, err, sizeof err) < 0) {
+        /* the syntax only: a pattern with fewer free uids than --num_experts is the node's call at start
+         * (a WARN, or exit 2 with --strict_experts), once the DHT says which are free */
+        uint64_t grid = 0, row = 0;
+        int ncoords = 0;
+        if (uid_pattern_shape(c->expert_pattern, &grid, &row, &ncoords, err, sizeof err) != 0) {
             fprintf(stderr, "dmoe-node: --expert_pattern %s: %s\n", c->expert_pattern, err);
             ok = 0;
         }
-        uid_list_free(uids);
     }
     if (c->trusted_keys_path) {
         dht_trust *t = NULL;
@@ -326,14 +328,15 @@ int main(int argc, char **argv)
         bad = 1;
     }
     c.checkpoint_dir = checkpoint_dir;
-    if (checkpoint_dir && !bad && ckpt_dir_check(checkpoint_dir, err, sizeof err) != 0) {   /* not at the first save */
-        fprintf(stderr, "dmoe-node: --checkpoint_dir: %s\n", err);
-        bad = 1;
-    }
     c.identity_path = identity_path;
     c.trusted_keys_path = trusted_keys;
     c.initial_peers = initial_peers;
     if (!bad && !local_inputs_ok(&c)) bad = 1;
+    /* after the checks that create nothing: this one makes the folder (its parent exists, checked above) */
+    if (checkpoint_dir && !bad && ckpt_dir_check(checkpoint_dir, err, sizeof err) != 0) {   /* not at the first save */
+        fprintf(stderr, "dmoe-node: --checkpoint_dir: %s\n", err);
+        bad = 1;
+    }
     if (bad) { rt_args_free(flags, nflags); rt_conf_free(&conf); return 2; }
 
     signal(SIGPIPE, SIG_IGN);

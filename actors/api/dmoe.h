@@ -28,6 +28,10 @@
  * the results were written -- it must not call a blocking dmoe function (that would wait for itself:
  * such calls return DMOE_EINVAL).
  *
+ * Signals: the library changes no signal disposition. Its loop thread, the only one that writes to
+ * sockets, runs with SIGPIPE blocked, so a peer closing a connection fails that connection's calls
+ * (DMOE_ECONN) and never raises SIGPIPE in the program, whatever the program's disposition.
+ *
  * Ownership: inputs are copied before a call returns (blocking calls) or before it is posted
  * (_async); results handed out (dmoe_tensors, dmoe_value, dmoe_beam, dmoe_moe_fwd, handles) belong to
  * the caller until freed with their _free function. Every _free accepts NULL.

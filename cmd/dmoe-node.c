@@ -207,7 +207,7 @@ int main(int argc, char **argv)
         {"max_replies_mb", ARG_F64, &max_replies_mb, "unread replies of all connections; past it a slow reader is closed, MiB", "Limits", NULL, "MIB"},
         {"min_rate_kbps", ARG_F64, &min_rate_kbps, "slowest a frame may arrive once it is past the grace period, KiB/s (0: any)", "Limits", NULL, "KIB"},
         {"min_rate_grace_s", ARG_F64, &min_rate_grace_s, "seconds a frame may arrive slower than --min_rate_kbps", "Limits", NULL, "S"},
-        {"idle_timeout_s", ARG_INT, &c.idle_timeout_s, "close a connection idle this long (0: never)", "Limits", NULL, "S"},
+        {"idle_timeout_s", ARG_INT, &c.idle_timeout_s, "close an inbound connection idle this long (0: never)", "Limits", NULL, "S"},
         {"max_connections", ARG_INT, &c.max_connections, "open connections (at most half the file descriptors); when full the quietest is closed for a new one", "Limits"},
         {"initial_peers", ARG_LIST, &initial_peers, "DHT peers to join: multiaddrs (/ip4, /ip6, /dns .../tcp/PORT[/p2p/ID]) or HOST:PORT", "DHT", rt_args_is_maddr, "ADDR"},
         {"client_mode", ARG_FLAG, &c.client_mode, "join the DHT without serving it (experts are then not declared)", "DHT"},

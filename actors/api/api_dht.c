@@ -12,6 +12,11 @@
  * and so do the expert lookups, beam searches and layers built on the handle (they ask through the node).
  * The handle owns the set and frees it after the node.
  *
+ * A stable identity (dmoe_dht_join_identity): the Ed25519 key file is read (or created) on the caller's
+ * thread, as dmoe-node --identity_path reads it; the node copies the key pair, so its id -- the /p2p/ part
+ * of its address -- and the signatures on its records stay the same across restarts. The join operation
+ * wipes its copy when it ends.
+ *
  * Life: the handle is reference-counted on the loop thread (the user, each expert, each layer).
  * dmoe_dht_free shuts the network side down at once -- server, node, client, in the order dht_net.h
  * asks, so pending lookups and calls fail with DMOE_ESHUTDOWN -- and drops the user's reference; the
@@ -85,6 +90,8 @@ typedef struct {
     int client_mode;
     wire_maddr listen;
     dht_trust *trusted;   /* loaded on the caller's thread; handed to the handle on the loop thread */
+    dht_ident ident;      /* loaded on the caller's thread when has_ident; the node copies it */
+    int has_ident;
     dmoe_dht *d;
     dmoe_dht **out;
 } join_op;
@@ -95,6 +102,7 @@ static void join_free(api_op *op)
     for (size_t i = 0; i < j->n; i++) free(j->peers[i]);
     free(j->peers);
     dht_trust_free(j->trusted);
+    dht_ident_wipe(&j->ident);
     if (j->d) api_dht_unref(j->d);
     free(j);
 }
@@ -146,6 +154,7 @@ static void run_join(api_op *op)
     dht_cfg_default(&dc);
     dc.client_mode = j->client_mode;
     dc.trusted_keys = d->trusted;
+    if (j->has_ident) dc.ident = &j->ident;
     dc.seed = (uint64_t)getpid() ^ rt_clock_us() ^ (uint64_t)(uintptr_t)d;
     if (!j->client_mode) {
         server_cfg scfg = {.num_workers = 0};
@@ -184,6 +193,14 @@ int dmoe_dht_join_trusted(dmoe_ctx *ctx, const char *const *peers, size_t n, int
                           const char *listen_maddr, const char *trusted_keys_path, dmoe_dht **out, char *err,
                           size_t errlen)
 {
+    return dmoe_dht_join_identity(ctx, peers, n, client_mode, listen_maddr, trusted_keys_path, NULL, out, err,
+                                  errlen);
+}
+
+int dmoe_dht_join_identity(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode,
+                           const char *listen_maddr, const char *trusted_keys_path, const char *identity_path,
+                           dmoe_dht **out, char *err, size_t errlen)
+{
     if (!ctx || !out || (n && !peers)) { dmoe_set_err(err, errlen, "dmoe_dht_join: NULL argument"); return DMOE_EINVAL; }
     if (client_mode && n == 0) {
         dmoe_set_err(err, errlen, "a client-mode DHT node needs initial peers (the address of any node of the DHT)");
@@ -203,6 +220,15 @@ int dmoe_dht_join_trusted(dmoe_ctx *ctx, const char *const *peers, size_t n, int
         char why[600];
         if ((rc = dht_trust_load(trusted_keys_path, &j->trusted, why, sizeof why)) != 0)
             dmoe_set_err(err, errlen, "%s", why);
+    }
+    /* so is the identity key file, as dmoe-node --identity_path (created 0600 when absent) */
+    if (rc == 0 && identity_path) {
+        char why[600];
+        int created = 0;
+        if ((rc = dht_ident_load_or_create(identity_path, &j->ident, &created, why, sizeof why)) != 0)
+            dmoe_set_err(err, errlen, "%s", why);
+        else
+            j->has_ident = 1;
     }
     /* HOST:PORT and /dns names become IP multiaddrs here, on the caller's thread (it waits for the join
      * anyway): the loop thread never blocks on a name */

@@ -7,6 +7,8 @@
  * rt_pool does in the other direction); the loop drains the inbox unlocked, in posting order, running
  * each operation's start function. api_sync waits for the completion on a condition variable.
  *
+ * Signals: the loop thread runs with SIGPIPE blocked (see dmoe_ctx_new); nothing process-wide changes.
+ *
  * Design notes: an operation's start function only starts asynchronous work (a lookup, a call, a
  * layer forward), so a drained inbox never holds the loop long. Stopping: dmoe_ctx_free appends a stop
  * operation and sets the flag that refuses later posts under one lock, so the stop operation is the
@@ -92,9 +94,18 @@ int dmoe_ctx_new(dmoe_ctx **out, char *err, size_t errlen)
         goto fail;
     }
     /* the library's sockets must not kill the process when a peer goes away */
-    signal(SIGPIPE, SIG_IGN);
+    /* The loop thread writes every socket of the library, with writev (libevent), which raises SIGPIPE
+     * on a connection the peer has closed; a library must not change the process's disposition (a
+     * program's handler, or its default), so the loop thread starts with SIGPIPE blocked instead: such
+     * a write then just fails with EPIPE, and the signal stays pending on that thread, never delivered. */
+    sigset_t pipe_set, old_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);   /* the new thread inherits the caller's mask */
     c->running = 1;
-    if (pthread_create(&c->thread, NULL, loop_main, c) != 0) {
+    int started = pthread_create(&c->thread, NULL, loop_main, c);
+    pthread_sigmask(SIG_SETMASK, &old_set, NULL);
+    if (started != 0) {
         dmoe_set_err(err, errlen, "cannot start the loop thread");
         goto fail;
     }

@@ -10,7 +10,8 @@
  *   dmoe_ctx_new                      one per process is plenty: it owns the library's loop thread
  *   dmoe_dht_join                     a DHT node: client mode (needs initial peers) or full (serves
  *                                     the DHT on a TCP port of its own); dmoe_dht_join_trusted: the
- *                                     same in a private swarm (only records signed by trusted keys)
+ *                                     same in a private swarm (only records signed by trusted keys);
+ *                                     dmoe_dht_join_identity: also with a stable identity key file
  *     dmoe_dht_store / dmoe_dht_get   values on the DHT (keys and values are msgpack bytes)
  *     dmoe_dht_declare_experts        announce uids as served at an address
  *     dmoe_get_experts / dmoe_expert_new -> dmoe_expert_forward / dmoe_expert_backward
@@ -27,6 +28,10 @@
  * the work and return at once; their callback runs later, exactly once, on the loop thread, after
  * the results were written -- it must not call a blocking dmoe function (that would wait for itself:
  * such calls return DMOE_EINVAL).
+ *
+ * Signals: the library changes no signal disposition. Its loop thread, the only one that writes to
+ * sockets, runs with SIGPIPE blocked, so a peer closing a connection fails that connection's calls
+ * (DMOE_ECONN) and never raises SIGPIPE in the program, whatever the program's disposition.
  *
  * Ownership: inputs are copied before a call returns (blocking calls) or before it is posted
  * (_async); results handed out (dmoe_tensors, dmoe_value, dmoe_beam, dmoe_moe_fwd, handles) belong to
@@ -128,6 +133,16 @@ int dmoe_dht_join(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_
 int dmoe_dht_join_trusted(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode,
                           const char *listen_maddr, const char *trusted_keys_path, dmoe_dht **out, char *err,
                           size_t errlen);
+/* dmoe_dht_join_identity is dmoe_dht_join_trusted with a stable identity (dmoe-node --identity_path):
+ * identity_path names the file of the node's Ed25519 key pair, created (mode 0600, a fresh key) when
+ * absent; the node's id -- the /p2p/ part of its multiaddr -- is derived from that key, so a node started
+ * again with the same file keeps its id and signs its records with the same key (the public key others
+ * list in their trusted keys). NULL: a fresh key each join, as dmoe_dht_join. The file is read before
+ * joining. Returns as dmoe_dht_join_trusted, and DMOE_EINVAL (a malformed file, or one group or others
+ * may read or write) or DMOE_EIO (cannot read or create it) with err naming the file. */
+int dmoe_dht_join_identity(dmoe_ctx *ctx, const char *const *peers, size_t n, int client_mode,
+                           const char *listen_maddr, const char *trusted_keys_path, const char *identity_path,
+                           dmoe_dht **out, char *err, size_t errlen);
 /* dmoe_dht_maddr writes the node's own multiaddr into buf[cap] ("" in client mode). Returns 0. */
 int dmoe_dht_maddr(dmoe_dht *d, char *buf, size_t cap);
 /* dmoe_dht_time returns the DHT's clock (seconds, wall clock, as hivemind's get_dht_time). */

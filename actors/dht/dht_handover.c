@@ -135,7 +135,7 @@ static void step(replicas *r, target *t)
 {
     dht *d = r->d;
     double now = dht_node_now(d);
-    dht_storage_expire(d->store, now);   /* so that the gets below drop nothing: the batch's pointers stay valid */
+    /* a get below that finds its key expired drops that key only: the batch's pointers stay valid */
     dht_store_item batch[DHT_HANDOVER_BATCH];
     size_t nb = 0;
     if (t->cursor > r->n) t->cursor = r->n;

@@ -18,7 +18,9 @@
  *
  * The actor's mail: jobs (dht_node_impl.h: the incoming requests of dht_serve.c and the work of the
  * parts, each running its own function) and the timers, both on the node's clock (dht_clock.h): the
- * sweep (one-shot, armed at the earliest expiration held) and the refresh (periodic: expired keys swept,
+ * sweep (one-shot, armed at the earliest expiration held; each sweep drops at most DHT_EXPIRE_BUDGET
+ * keys per storage and re-arms 1 ms on while expired keys are left, so a node holding many expired
+ * records frees them over several loop turns) and the refresh (periodic: expired keys swept,
  * stale buckets handed to the parts' refresh hooks -- the lookups look them up). The node calls nothing
  * above it: the files above queue jobs and attach parts, and dht_node_stop and the refresh reach them
  * through their hooks.
@@ -415,6 +417,7 @@ static void refresh_tick(dht *d)
     dht_storage_expire(d->store, now);
     dht_storage_expire(d->cache, now);
     dht_storage_expire(d->neg, now);
+    dht_node_arm_sweep(d);   /* what the budgets left is the sweep's */
     dht_id ids[DHT_REFRESH_MAX_BUCKETS];
     size_t n = dht_routing_stale(d->rt, now, d->cfg.refresh_period_s, ids, DHT_REFRESH_MAX_BUCKETS);
     for (size_t i = 0; i < n; i++) dht_routing_touch(d->rt, &ids[i], now);

@@ -139,9 +139,8 @@ static void serve_find(dht *d, inreq *q, const uint8_t *chal)
         answer_error(q, DMOE_ENOMEM, "out of memory");
         return;
     }
-    /* Expire first so that the gets below drop nothing and every pointer stays valid. */
-    dht_storage_expire(d->store, now);
-    dht_storage_expire(d->cache, now);
+    /* A get below that drops an expired key frees that key's entries only: the pointers of the keys
+     * found before stay valid (dht_storage.h). Expiring the rest is the sweep's work (dht_node.c). */
     for (size_t i = 0; i < req.n; i++) {
         if (dht_storage_get(d->store, &req.keys[i], now, &st[i]) == 0 ||
             dht_storage_get(d->cache, &req.keys[i], now, &st[i]) == 0)

@@ -63,6 +63,7 @@ void dht_storage_default_limits(dht_storage_limits *lim)
     lim->max_bytes = DHT_MAX_BYTES;
     lim->max_horizon = DHT_MAX_HORIZON;
     lim->owner_share = DHT_OWNER_SHARE;
+    lim->expire_budget = DHT_EXPIRE_BUDGET;
 }
 
 int dht_storage_new(dht_storage **out, const dht_storage_limits *lim)
@@ -78,6 +79,7 @@ int dht_storage_new(dht_storage **out, const dht_storage_limits *lim)
         if (lim->max_bytes) s->lim.max_bytes = lim->max_bytes;
         if (lim->max_horizon > 0) s->lim.max_horizon = lim->max_horizon;
         if (lim->owner_share) s->lim.owner_share = lim->owner_share;
+        if (lim->expire_budget) s->lim.expire_budget = lim->expire_budget;
     }
     s->owner_items = s->lim.max_keys / s->lim.owner_share ? s->lim.max_keys / s->lim.owner_share : 1;
     s->owner_bytes = s->lim.max_bytes / s->lim.owner_share;
@@ -516,7 +518,7 @@ int dht_storage_remove(dht_storage *s, const dht_id *key)
 size_t dht_storage_expire(dht_storage *s, double now)
 {
     size_t dropped = 0;
-    while (s->n > 0 && s->heap[0]->exp < now) {
+    while (dropped < s->lim.expire_budget && s->n > 0 && s->heap[0]->exp < now) {
         remove_entry(s, s->heap[0]);
         dropped++;
     }

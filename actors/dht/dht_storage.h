@@ -8,7 +8,9 @@
  *    holds nothing or a plain value expiring strictly earlier; in a dictionary each subkey keeps the
  *    entry with the latest expiration, and the dictionary's expiration is the latest of its subkeys'.
  *    Subkeys are opaque bytes too (a msgpack int or str, as the caller encoded it);
- *  - expired entries disappear when touched and in dht_storage_expire sweeps;
+ *  - expired entries disappear when touched and in dht_storage_expire sweeps, which are bounded: one
+ *    call drops at most expire_budget keys (the earliest expired first), the owner calls again while
+ *    dht_storage_next_expiration is in the past, on a later turn of its loop;
  *  - signed records (dht_storage_store_signed; the caller has checked the signature, dht_trust.h) live in
  *    sealed dictionaries: a signed store replaces whatever unsigned content the key holds, whatever its
  *    expiration, and then adds entries by the dictionary rules above; an unsigned store (plain or subkey)
@@ -25,7 +27,8 @@
  * charged. Time is the caller's `now` (seconds, hivemind's get_dht_time()).
  *
  * No I/O, not thread-safe: one owner, the DHT actor. Pointers returned by dht_storage_get stay valid
- * until the next call that stores, expires or removes.
+ * until the next call that stores, expires or removes; a get of another key drops at most that key's
+ * own entries, so it leaves them valid too.
  */
 #ifndef DMOE_DHT_STORAGE_H
 #define DMOE_DHT_STORAGE_H
@@ -46,11 +49,15 @@
  * fill a node's store and start evicting others' records. */
 #define DHT_OWNER_SHARE       16
 #define DHT_OWNER_MAX_BYTES   64                /* an owner's name (an IP address as text) */
+/* Keys one dht_storage_expire call drops: a node holding a million expired records frees them 1,024 at a
+ * time (well under a millisecond each) over several loop turns instead of stalling its loop in one. */
+#define DHT_EXPIRE_BUDGET     1024
 
 typedef struct {
     size_t max_value_bytes, max_subkey_bytes, max_subkeys, max_keys, max_bytes;
     double max_horizon;
     size_t owner_share;    /* one owner: at most max_keys / owner_share entries, max_bytes / owner_share bytes */
+    size_t expire_budget;  /* keys one dht_storage_expire call drops at most */
 } dht_storage_limits;
 
 /* One dictionary entry, as seen through dht_storage_get. */
@@ -118,8 +125,10 @@ int dht_storage_get(dht_storage *s, const dht_id *key, double now, dht_stored *o
 /* dht_storage_remove drops key and all it holds. Returns 0 or DMOE_ENOTFOUND. */
 int dht_storage_remove(dht_storage *s, const dht_id *key);
 
-/* dht_storage_expire drops every key whose expiration is before now. Expired subkeys of live
- * dictionaries go when their key is next read or written. Returns the number of keys dropped. */
+/* dht_storage_expire drops the keys whose expiration is before now, earliest first, at most the limits'
+ * expire_budget of them; when it returns the budget, more may be left (dht_storage_next_expiration is
+ * then still before now): call again on a later turn. Expired subkeys of live dictionaries go when their
+ * key is next read or written. Returns the number of keys dropped. */
 size_t dht_storage_expire(dht_storage *s, double now);
 
 /* dht_storage_count returns the number of keys held (some may have expired since the last sweep). */

@@ -51,7 +51,8 @@ typedef struct {
     int frame_timeout_s;   /* close a connection that leaves a frame half-sent this long (0: never) */
     size_t min_rate;       /* bytes/s a frame must arrive at, checked by conn_tick (0: any rate) */
     int rate_grace_ms;     /* how long a frame may go slower than min_rate */
-    int idle_timeout_s;    /* conn_tick closes a connection idle this long (0: never) */
+    int idle_timeout_s;    /* conn_tick closes a connection idle this long (0: never); only the server ticks
+                            * its (inbound) connections: a client's pooled ones are never closed for idling */
     size_t max_objects;    /* msgpack objects per message (0: WIRE_MAX_OBJECTS) */
     netq *quota;           /* the node's pending budget, shares and reply bound (NULL: none) */
 } conn_limits;

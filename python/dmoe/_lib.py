@@ -70,6 +70,8 @@ def _declare(L):
         "dmoe_ctx_free": (None, [c_void_p]),
         "dmoe_dht_join": (c_int, [c_void_p, P(c_char_p), c_size, c_int, c_char_p, P(c_void_p)] + err),
         "dmoe_dht_join_trusted": (c_int, [c_void_p, P(c_char_p), c_size, c_int, c_char_p, c_char_p, P(c_void_p)] + err),
+        "dmoe_dht_join_identity": (c_int, [c_void_p, P(c_char_p), c_size, c_int, c_char_p, c_char_p, c_char_p,
+                                           P(c_void_p)] + err),
         "dmoe_dht_maddr": (c_int, [c_void_p, c_char_p, c_size]),
         "dmoe_dht_time": (c_double, []),
         "dmoe_dht_store": (c_int, [c_void_p, c_char_p, c_size, c_char_p, c_size, c_char_p, c_size, c_double] + err),

@@ -45,16 +45,20 @@ class DHT:
     trusted_keys: the path of a trusted-keys file (dmoe-node --trusted_keys: one Ed25519 public key as 64 hex
     digits a line, '#' comments) for a private swarm: the node then stores, returns and uses only DHT records
     signed by those keys, and so do the experts and layers found through it. The file is read when the node
-    joins; a missing or malformed one raises DMoEError with the message naming it."""
+    joins; a missing or malformed one raises DMoEError with the message naming it. identity_path: the file of
+    the node's Ed25519 key (dmoe-node --identity_path; created with mode 0600 when absent): the node's id, the
+    /p2p/ part of its address, and the key that signs its records stay the same across restarts; a file
+    group or others may read raises DMoEError naming it. Default: a new key each start."""
 
     def __init__(self, initial_peers=None, *, start=True, client_mode=False, host_maddrs=None, trusted_keys=None,
-                 **_ignored):
+                 identity_path=None, **_ignored):
         if isinstance(initial_peers, str):
             initial_peers = [initial_peers]
         self.initial_peers = [str(p) for p in (initial_peers or [])]
         self.client_mode = bool(client_mode)
         self.host_maddrs = list(host_maddrs) if host_maddrs else None
         self.trusted_keys = os.fspath(trusted_keys) if trusted_keys is not None else None
+        self.identity_path = os.fspath(identity_path) if identity_path is not None else None
         self._h = None
         if start:
             self.run_in_background()
@@ -68,8 +72,9 @@ class DHT:
         e = errbuf()
         listen = self.host_maddrs[0].encode() if self.host_maddrs else None
         keys = os.fsencode(self.trusted_keys) if self.trusted_keys is not None else None
-        rc = lib.dmoe_dht_join_trusted(_lib.ctx(), peers, len(self.initial_peers), int(self.client_mode), listen,
-                                       keys, ctypes.byref(h), e, ERRBUF)
+        ident = os.fsencode(self.identity_path) if self.identity_path is not None else None
+        rc = lib.dmoe_dht_join_identity(_lib.ctx(), peers, len(self.initial_peers), int(self.client_mode), listen,
+                                        keys, ident, ctypes.byref(h), e, ERRBUF)
         check(rc, e)
         self._h = h
         _lib.track_dht(self)

@@ -1,5 +1,10 @@
 """test_dht.py -- dmoe.DHT: joining in client and full mode, store and get (plain values and dictionaries,
-msgpack-compatible with hivemind), declare_experts, errors that name what went wrong."""
+msgpack-compatible with hivemind), declare_experts, errors that name what went wrong, a stable identity
+(identity_path)."""
+import os
+import shutil
+import stat
+import tempfile
 import unittest
 
 import dmoe
@@ -68,6 +73,37 @@ class TestDHT(unittest.TestCase):
         d.shutdown()
         with self.assertRaises(dmoe.DMoEError):
             d.get("key")
+
+
+class TestIdentity(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="dmoe-pyident-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    @staticmethod
+    def node_id(dht):
+        return dht.get_visible_maddrs()[0].split("/p2p/")[1]
+
+    def test_identity_path_keeps_the_node_id(self):
+        path = os.path.join(self.dir, "node.key")
+        first = dmoe.DHT(identity_path=path)
+        first_id = self.node_id(first)
+        first.shutdown()
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, "a missing key file is created 0600")
+        again = dmoe.DHT(identity_path=path)
+        self.addCleanup(again.shutdown)
+        self.assertEqual(self.node_id(again), first_id)
+        other = dmoe.DHT()
+        self.addCleanup(other.shutdown)
+        self.assertNotEqual(self.node_id(other), first_id)
+        client = dmoe.DHT(initial_peers=again.get_visible_maddrs(), client_mode=True,
+                          identity_path=os.path.join(self.dir, "client.key"))
+        self.addCleanup(client.shutdown)
+        self.assertTrue(client.store("k", 1, dmoe.get_dht_time() + 30))
+        os.chmod(path, 0o644)
+        with self.assertRaises(dmoe.DMoEError) as cm:
+            dmoe.DHT(identity_path=path)
+        self.assertIn(path, str(cm.exception))
 
 
 if __name__ == "__main__":

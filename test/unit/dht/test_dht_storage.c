@@ -373,3 +373,40 @@ Test(dht_storage, one_owner_fills_only_its_share_and_evicts_nobody)
     cr_expect_eq(dht_storage_store_from(s, "10.6.6.6", &k100, NULL, 0, v, 10, 2000.0, 1000.0), 1);
     dht_storage_free(s);
 }
+
+/* One expiry pass drops at most the budget, the earliest expired first, never a live key; repeated
+ * passes drop every expired key. */
+Test(dht_storage, expiry_is_bounded_per_call)
+{
+    dht_storage *s;
+    cr_assert_eq(dht_storage_new(&s, NULL), 0);
+    const int n = 5 * DHT_EXPIRE_BUDGET + 7, live = 100;
+    for (int i = 0; i < n; i++) cr_assert_eq(put(s, i, "v", 10.0 + i * 1e-3, 0.0), 1);
+    for (int i = 0; i < live; i++) cr_assert_eq(put(s, n + i, "v", 100.0, 0.0), 1);
+    size_t left = (size_t)n, passes = 0;
+    while (left > 0) {
+        cr_assert(passes < 6, "more passes than ceil(n / budget)");
+        size_t dropped = dht_storage_expire(s, 50.0);
+        cr_assert_leq(dropped, DHT_EXPIRE_BUDGET);
+        cr_assert_eq(dropped, left < DHT_EXPIRE_BUDGET ? left : DHT_EXPIRE_BUDGET, "pass %zu", passes);
+        left -= dropped;
+        passes++;
+        cr_assert_eq(dht_storage_count(s), left + live);
+        if (left) cr_assert(dht_storage_next_expiration(s) < 50.0, "expired keys left: the next expiration says so");
+    }
+    cr_expect_eq(passes, 6);
+    cr_expect_eq(dht_storage_expire(s, 50.0), 0);
+    cr_expect_eq(dht_storage_next_expiration(s), 100.0);
+    dht_storage_free(s);
+
+    /* a budget in the limits */
+    dht_storage_limits lim = {.expire_budget = 3};
+    cr_assert_eq(dht_storage_new(&s, &lim), 0);
+    for (int i = 0; i < 10; i++) cr_assert_eq(put(s, i, "v", 10.0 + i, 0.0), 1);
+    cr_expect_eq(dht_storage_expire(s, 15.5), 3);
+    cr_expect_eq(dht_storage_next_expiration(s), 13.0, "the earliest went first");
+    cr_expect_eq(dht_storage_expire(s, 15.5), 3);
+    cr_expect_eq(dht_storage_expire(s, 15.5), 0);
+    cr_expect_eq(dht_storage_count(s), 4);
+    dht_storage_free(s);
+}

@@ -1,19 +1,24 @@
 /* test_client.c -- outgoing calls, in process against a fake server on a loopback listener (port 0)
  * whose connections are conn actors too: replies are matched to calls by id whatever their order, a
  * silent server times a call out (and its late reply is dropped), a server that drops the connection
- * fails every call in flight on it, and client_free fails what is still pending. */
+ * fails every call in flight on it, and client_free fails what is still pending. The idle timeout
+ * (--idle_timeout_s) closes a node's idle inbound connections, never the outgoing ones its client keeps
+ * pooled; when a peer's own idle timeout closes a pooled connection, the next call opens a new one. */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "actors/net/client.h"
+#include "actors/serve/server.h"
 #include "runtime/rt_err.h"
 #include "test/unit/serve/serve_kit.h"
 
-enum { FS_REVERSE, FS_SILENT, FS_DROP };
+enum { FS_REVERSE, FS_SILENT, FS_DROP, FS_ECHO };
 
 /* The fake server: one mode, the requests it holds, the connection they came on. */
 typedef struct {
@@ -24,6 +29,7 @@ typedef struct {
     conn *c;
     wire_msg *held[8];
     int n;
+    int accepted;
 } fake_server;
 
 static void reply_echo(conn *c, uint64_t id)
@@ -45,6 +51,12 @@ static void fs_msg(conn *c, wire_msg *m, size_t charge, void *arg)
         conn_close(c, 0);
         return;
     }
+    if (fs->mode == FS_ECHO) {
+        reply_echo(c, m->id);
+        wire_msg_free(m);
+        free(m);
+        return;
+    }
     fs->held[fs->n++] = m;
     if (fs->mode == FS_REVERSE && fs->n == 3)
         for (int i = 2; i >= 0; i--) reply_echo(c, fs->held[i]->id);
@@ -63,6 +75,7 @@ static void fs_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     fake_server *fs = arg;
     struct bufferevent *bev = bufferevent_socket_new(rt_loop_base(fs->l), fd, BEV_OPT_CLOSE_ON_FREE);
     fs->c = conn_new(fs->l, bev, &fs_ops, fs, NULL);
+    fs->accepted++;
 }
 
 static void fs_start(fake_server *fs, rt_loop *l, int mode)
@@ -232,4 +245,67 @@ Test(client, a_peer_that_is_not_an_ip_literal_is_refused)
     cr_assert_eq(client_call(cl, &peer, 1, req, 100, on_reply, &o), DMOE_EINVAL);
     sk_spin(l, 5);
     cr_assert_eq(o.calls, 0);
+}
+
+/* spin_until_no_connection runs the loop until the server holds no connection (<= max_ms). */
+static void spin_until_no_connection(server *s, int max_ms)
+{
+    for (int waited = 0; waited < max_ms && server_connections(s) > 0; waited += 10) sk_spin(l, 10);
+}
+
+Test(client, the_idle_timeout_closes_inbound_connections_not_the_pool)
+{
+    /* a node: its server (idle timeout 1 s) and its client share the loop */
+    server_cfg sc = {.num_workers = 0};
+    conn_default_limits(&sc.limits);
+    sc.limits.idle_timeout_s = 1;
+    server *srv = server_new(l, &sc);
+    cr_assert_not_null(srv);
+    wire_maddr listen, bound;
+    char err[256];
+    cr_assert_eq(wire_maddr_parse_listen("/ip4/127.0.0.1/tcp/0", &listen, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(server_listen(srv, &listen, &bound, err, sizeof err), 0, "%s", err);
+    /* an idle inbound peer */
+    int in = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(bound.port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(in, (struct sockaddr *)&sin, sizeof sin), 0);
+    /* and an outgoing pooled connection of the node's client */
+    fake_server fs;
+    fs_start(&fs, l, FS_ECHO);
+    outcome o1 = {0};
+    call(&fs, &o1, 5000);
+    wait_for(&o1, 1, 3000);
+    cr_assert_eq(o1.err, 0, "%s", o1.msg);
+    cr_assert_eq(server_connections(srv), 1);
+
+    spin_until_no_connection(srv, 5000);
+    cr_assert_eq(server_connections(srv), 0, "the idle inbound connection was closed");
+    char b;
+    ssize_t got = -1;
+    for (int waited = 0; waited < 2000 && (got = recv(in, &b, 1, MSG_DONTWAIT)) < 0; waited += 10) sk_spin(l, 10);
+    cr_assert_eq(got, 0, "the inbound peer saw the close");
+    cr_assert_not_null(fs.c, "the node's own pooled connection stays open");
+    outcome o2 = {0};
+    call(&fs, &o2, 5000);
+    wait_for(&o2, 1, 3000);
+    cr_assert_eq(o2.err, 0, "%s", o2.msg);
+    cr_assert_eq(fs.accepted, 1, "the second call went through the pooled connection");
+
+    /* the peer's own idle timeout closes the pooled connection: the next call opens a new one */
+    conn_close(fs.c, 0);
+    for (int waited = 0; waited < 1000 && fs.c; waited++) sk_spin(l, 1);
+    sk_spin(l, 20);
+    outcome o3 = {0};
+    call(&fs, &o3, 5000);
+    wait_for(&o3, 1, 3000);
+    cr_assert_eq(o3.err, 0, "%s", o3.msg);
+    cr_assert_eq(o3.echo, o3.id);
+    cr_assert_eq(fs.accepted, 2);
+
+    close(in);
+    fs_stop(&fs);
+    server_shutdown(srv);
+    server_close_all(srv);
+    server_free(srv);
 }

@@ -119,6 +119,34 @@ static double draw_uptime(sim *s)
     return lambda * pow(-log(1.0 - u), 1.0 / k);
 }
 
+/* gamma_draw returns a Gamma(shape, 1) number (Marsaglia and Tsang; shape >= 1). */
+static double gamma_draw(sim *s, double shape)
+{
+    double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {   /* accepts with probability > 0.95 per round */
+        double u1 = sim_uniform(s), u2 = sim_uniform(s);
+        double x = sqrt(-2.0 * log(1.0 - u1)) * cos(2 * M_PI * u2);
+        double v = 1.0 + c * x;
+        if (v <= 0) continue;
+        v = v * v * v;
+        double u = sim_uniform(s);
+        if (log(1.0 - u) < 0.5 * x * x + d - d * v + d * log(v)) return d * v;
+    }
+}
+
+/* draw_residual returns the time a peer up at the start still stays up, as in a network that has
+ * churned for long: the peers up at a given moment are a length-biased sample of sessions (long ones
+ * are more likely to be up), each at a uniform point of its session. For Weibull(k, lambda) the
+ * length-biased session is lambda * G^(1/k), G ~ Gamma(1 + 1/k). Drawing fresh uptimes instead would
+ * make far too many of the first peers leave at once. */
+static double draw_residual(sim *s)
+{
+    if (s->cfg.median_uptime_s <= 0) return INFINITY;
+    double k = s->cfg.uptime_shape, lambda = s->cfg.median_uptime_s / pow(log(2.0), 1.0 / k);
+    double session = lambda * pow(gamma_draw(s, 1.0 + 1.0 / k), 1.0 / k);
+    return session * (1.0 - sim_uniform(s));
+}
+
 static int leave_less(const sim *s, size_t a, size_t b) { return s->peers[a].leave_at < s->peers[b].leave_at; }
 
 static int leave_push(sim *s, size_t i)
@@ -185,7 +213,6 @@ static long new_peer(sim *s, uint64_t seed, int hostile, int sybil, int trainer)
     c.rpc_timeout_ms = s->cfg.rpc_timeout_ms;
     c.refresh_period_s = s->cfg.refresh_s;
     c.no_cache = !s->cfg.cache;
-    c.limit_loopback = 1;
     int ep = dht_memnet_add(s->net, &c.addr, &t);
     if (ep < 0) return ep;
     if ((size_t)ep != i) return DMOE_EINTERNAL;   /* peer i is endpoint i: the hostile intercept relies on it */
@@ -199,7 +226,7 @@ static long new_peer(sim *s, uint64_t seed, int hostile, int sybil, int trainer)
     p->hostile = (uint8_t)hostile;
     p->sybil = (uint8_t)sybil;
     p->trainer = (uint8_t)trainer;
-    p->leave_at = trainer || sybil ? INFINITY : s->now_s + draw_uptime(s);
+    p->leave_at = trainer || sybil ? INFINITY : s->now_s + (s->building ? draw_residual(s) : draw_uptime(s));
     s->np++;
     if (rt_map_put(&s->by_id, p->id.b, DHT_ID_BYTES, (void *)(uintptr_t)(i + 1)) != 0) return DMOE_ENOMEM;
     if (hostile && (rc = sim_hostile_prepare(s, i)) != 0) return rc;
@@ -677,6 +704,7 @@ static uint64_t next_seed(const sim *s) { return mix(s->cfg.seed * 0x100000001b3
 static int build(sim *s, char *err, size_t errlen)
 {
     dht_sim_cfg *c = &s->cfg;
+    s->building = 1;
     s->nroles = (size_t)(c->peers * c->server_share);
     if (s->nroles < 1) s->nroles = 1;
     s->nuids = s->nroles * c->uids_per_server;
@@ -730,6 +758,7 @@ static int build(sim *s, char *err, size_t errlen)
         if (p < 0) return (int)p;
         s->trainers[s->ntrainers++] = (size_t)p;
     }
+    s->building = 0;
     return warm_tables(s);
 }
 

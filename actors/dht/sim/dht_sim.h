@@ -9,7 +9,9 @@
  *  - churn: a peer stays up for a Weibull-distributed time (shape uptime_shape, 0.5 by default: heavy-
  *    tailed, as measured session lengths of deployed DHTs; median median_uptime_s), then leaves for good
  *    (its host goes silent: calls to it time out); a new peer, with a new key and address, joins in its
- *    place at once (so about `peers` stay up) and bootstraps from a random live peer;
+ *    place at once (so about `peers` stay up) and bootstraps from a random live peer. The first peers
+ *    stay up for a residual time (the rest of a length-biased session), as in a network that has run
+ *    for long, so churn starts at its steady rate: peers / mean uptime;
  *  - servers (server_share of the peers) declaring uids_per_server expert uids each every
  *    update_period_s (dht_declare_experts: signed records at the uid and its prefix); a server's
  *    replacement takes over its uids;

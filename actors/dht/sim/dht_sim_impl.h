@@ -70,6 +70,7 @@ struct sim {
     /* run state */
     double now_s, step_credit;
     int measuring, finished;
+    int building;              /* the first peers: their uptimes are residual ones (dht_sim.c) */
     size_t in_flight;
     dht_memnet_traffic t0;     /* trainers' traffic when measuring began */
     /* figures */

@@ -18,7 +18,7 @@ static void write_json(FILE *f, const dht_sim_cfg *c, const dht_sim_result *r)
 {
     fprintf(f,
             "{\"peers\": %zu, \"trainers\": %zu, \"duration_s\": %g, \"warmup_s\": %g, \"median_uptime_s\": %g, "
-            "\"uptime_shape\": %g, \"hostile_share\": %g, \"hostile\": %zu, \"sybils\": %zu, \"loss\": %g, "
+            "\"uptime_shape\": %g, \"servers\": %zu, \"uids_per_server\": %zu, \"update_period_s\": %g, \"lookup_rate\": %g, \"hostile_share\": %g, \"hostile\": %zu, \"sybils\": %zu, \"loss\": %g, "
             "\"rtt_min_ms\": %u, \"rtt_max_ms\": %u, \"alpha\": %zu, \"replicas\": %zu, \"bucket_size\": %zu, "
             "\"rpc_timeout_ms\": %llu, \"refresh_s\": %g, \"cache\": %d, \"seed\": %llu,\n"
             " \"lookups\": %zu, \"ok\": %zu, \"stale\": %zu, \"missing\": %zu, \"success\": %.6f, "
@@ -26,16 +26,20 @@ static void write_json(FILE *f, const dht_sim_cfg *c, const dht_sim_result *r)
             " \"hops_p50\": %d, \"hops_p99\": %d, \"hops_max\": %d, \"latency_p50_ms\": %.1f, \"latency_p99_ms\": %.1f, "
             "\"rpcs_per_lookup\": %.2f, \"msgs_per_lookup\": %.2f, \"bytes_per_lookup\": %.0f,\n"
             " \"prefix_lookups\": %zu, \"prefix_ok\": %zu, \"declarations\": %zu, \"declarations_ok\": %zu, "
-            "\"joins\": %zu, \"leaves\": %zu, \"boot_failed\": %zu, \"messages\": %llu, \"record_verifications\": %llu,\n"
+            "\"joins\": %zu, \"leaves\": %zu, \"boot_failed\": %zu, \"messages\": %llu, \"record_verifications\": %llu, "
+            "\"ed25519_signs\": %llu, \"ed25519_verifies\": %llu, \"memo_hits\": %llu, \"memo\": %d,\n"
             " \"setup_s\": %.2f, \"run_s\": %.2f, \"wall_s\": %.2f, \"cpu_s\": %.2f, \"peak_rss_mb\": %.1f, "
             "\"bytes_per_peer\": %.0f, \"virtual_s\": %.1f}\n",
-            c->peers, c->trainers, c->duration_s, c->warmup_s, c->median_uptime_s, c->uptime_shape, c->hostile_share,
+            c->peers, c->trainers, c->duration_s, c->warmup_s, c->median_uptime_s, c->uptime_shape, r->servers,
+            c->uids_per_server, c->update_period_s, c->lookup_rate, c->hostile_share,
             r->hostile, r->sybils, c->loss, c->rtt_min_ms, c->rtt_max_ms, c->alpha, c->replicas, c->bucket_size,
             (unsigned long long)c->rpc_timeout_ms, c->refresh_s, c->cache, (unsigned long long)c->seed, r->lookups,
             r->ok, r->stale, r->missing, r->success, r->stale_rate, r->hot_lookups, r->hot_ok, r->hops_p50,
             r->hops_p99, r->hops_max, r->lat_p50_ms, r->lat_p99_ms, r->rpcs_per_lookup, r->msgs_per_lookup,
             r->bytes_per_lookup, r->prefix_lookups, r->prefix_ok, r->declarations, r->declarations_ok, r->joins,
-            r->leaves, r->boot_failed, (unsigned long long)r->messages, (unsigned long long)r->verifies, r->setup_s,
+            r->leaves, r->boot_failed, (unsigned long long)r->messages, (unsigned long long)r->record_verifications,
+            (unsigned long long)r->signs, (unsigned long long)r->verifies, (unsigned long long)r->memo_hits, !c->no_memo,
+            r->setup_s,
             r->run_s, r->wall_s, r->cpu_s, r->peak_rss_mb, r->bytes_per_peer, r->virtual_s);
 }
 
@@ -45,6 +49,7 @@ int main(int argc, char **argv)
     dht_sim_defaults(&c);
     uint64_t peers = c.peers, hot = c.hot_keys, syb = c.sybils_per_hot, trainers = 0, alpha = 0, replicas = 0,
              k = 0, upr = c.uids_per_server, rtt_min = c.rtt_min_ms, rtt_max = c.rtt_max_ms;
+    uint64_t servers = 0;
     int bits = 0, verbose = 0;
     const char *out = NULL, *log_level = NULL;
     const rt_arg flags[] = {
@@ -61,6 +66,7 @@ int main(int argc, char **argv)
         {"rtt_min_ms", ARG_U64, &rtt_min, "shortest link RTT (log-uniform between the two)", "Network"},
         {"rtt_max_ms", ARG_U64, &rtt_max, "longest link RTT", "Network"},
         {"server_share", ARG_F64, &c.server_share, "share of peers serving experts", "Workload"},
+        {"servers", ARG_U64, &servers, "that many servers instead of server_share of the peers (0: the share)", "Workload"},
         {"uids_per_server", ARG_U64, &upr, "expert uids per server", "Workload"},
         {"update_period", ARG_F64, &c.update_period_s, "seconds between a server's declarations", "Workload"},
         {"expiration", ARG_F64, &c.expiration_s, "seconds a declaration lives", "Workload"},
@@ -73,6 +79,7 @@ int main(int argc, char **argv)
         {"rpc_timeout_ms", ARG_U64, &c.rpc_timeout_ms, "one RPC's timeout (0: default)", "DHT"},
         {"refresh", ARG_F64, &c.refresh_s, "bucket refresh period in seconds (0: default, < 0: never)", "DHT"},
         {"cache", ARG_FLAG, &c.cache, "gets cache what they find (locally and on the nearest node lacking it)", "DHT"},
+        {"no_memo", ARG_FLAG, &c.no_memo, "check every signature with Ed25519 (no verification memo)", "Run"},
         {"seed", ARG_U64, &c.seed, "the run's seed (same seed, same run)", "Run"},
         {"out", ARG_STR, &out, "write the JSON figures here (default: stdout)", "Run"},
         {"verbose", ARG_FLAG, &verbose, "progress on stderr", "Run"},
@@ -102,6 +109,7 @@ int main(int argc, char **argv)
     c.replicas = (size_t)replicas;
     c.bucket_size = (size_t)k;
     c.uids_per_server = (size_t)upr;
+    c.servers = (size_t)servers;
     c.rtt_min_ms = rtt_min > 10000 ? 10001 : (uint32_t)rtt_min;
     c.rtt_max_ms = rtt_max > 10000 ? 10001 : (uint32_t)rtt_max;
     c.verbose = verbose;

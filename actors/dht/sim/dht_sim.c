@@ -28,12 +28,15 @@
 #include "actors/dht/trust/dht_record.h"
 #include "actors/grid/dht_experts.h"
 #include "runtime/rt_err.h"
+#include "runtime/rt_lag.h"
 #include "runtime/rt_log.h"
 
 /* Virtual milliseconds between the simulator's ticks: churn and load are started at this grain. */
 #define SIM_TICK_MS 100
 /* Uids per prefix: a beam step's prefix lookup reads this many successors. */
 #define SIM_UIDS_PER_PREFIX 16
+/* Outcomes the verification memo keeps (24 bytes each): the records of a 100,000-peer run and more. */
+#define SIM_MEMO_ENTRIES (1u << 21)
 /* Bootstrap attempts of a joining peer (a random live peer each) before it counts as failed. */
 #define SIM_BOOT_TRIES 3
 
@@ -690,6 +693,7 @@ static int check_cfg(const dht_sim_cfg *c, char *err, size_t errlen)
     else if (!(c->loss >= 0 && c->loss < 1)) bad = "loss must be 0 .. 1";
     else if (c->rtt_min_ms < 1 || c->rtt_max_ms < c->rtt_min_ms || c->rtt_max_ms > 10000) bad = "RTT range";
     else if (!(c->server_share > 0 && c->server_share <= 0.5)) bad = "server share must be 0 .. 0.5";
+    else if (c->servers > c->peers / 2) bad = "servers must be at most half the peers";
     else if (c->uids_per_server < 1 || c->uids_per_server > 64) bad = "uids per server must be 1 .. 64";
     else if (!(c->update_period_s >= 1) || !(c->expiration_s >= c->update_period_s)) bad = "update period / expiration";
     else if (!(c->lookup_rate > 0 && c->lookup_rate <= 100000)) bad = "lookup rate";
@@ -705,7 +709,7 @@ static int build(sim *s, char *err, size_t errlen)
 {
     dht_sim_cfg *c = &s->cfg;
     s->building = 1;
-    s->nroles = (size_t)(c->peers * c->server_share);
+    s->nroles = c->servers ? c->servers : (size_t)(c->peers * c->server_share);
     if (s->nroles < 1) s->nroles = 1;
     s->nuids = s->nroles * c->uids_per_server;
     if (c->hot_keys > s->nuids) c->hot_keys = s->nuids;
@@ -739,6 +743,7 @@ static int build(sim *s, char *err, size_t errlen)
     if (!bits) bits = (int)floor(log2((double)c->peers / 20.0)) + 2;
     if (bits < 1) bits = 1;
     s->res->hostile = hostile;
+    s->res->servers = s->nroles;
     s->res->sybils = sybils;
     if (hostile) sim_hostile_install(s);
     for (size_t i = 0; i < c->peers; i++) {
@@ -769,6 +774,10 @@ int dht_sim_run(const dht_sim_cfg *cfg, dht_sim_result *out, char *err, size_t e
     memset(out, 0, sizeof *out);
     double w0 = wall_seconds(), c0 = cpu_seconds(), r0 = rss_mb();
     uint64_t v0 = dht_record_verifications();
+    unsigned long long s0, ver0, hit0;
+    dht_ident_counts(&s0, &ver0, &hit0);
+    if (!cfg->no_memo && dht_ident_memo_enable(SIM_MEMO_ENTRIES) != 0) return DMOE_ENOMEM;
+    rt_lag_spans_off(1);   /* the nodes' stall meters: not reported here, and two clock reads a handler */
     sim *s = calloc(1, sizeof *s);
     if (!s) return DMOE_ENOMEM;
     s->cfg = *cfg;
@@ -814,7 +823,14 @@ out:
         rt_loop_free(s->l);
     }
     dht_vclock_free(s->clock);
-    out->verifies = dht_record_verifications() - v0;
+    out->record_verifications = dht_record_verifications() - v0;
+    unsigned long long s1, ver1, hit1;
+    dht_ident_counts(&s1, &ver1, &hit1);
+    out->signs = s1 - s0;
+    out->verifies = ver1 - ver0;
+    out->memo_hits = hit1 - hit0;
+    dht_ident_memo_enable(0);
+    rt_lag_spans_off(0);
     out->wall_s = wall_seconds() - w0;
     out->cpu_s = cpu_seconds() - c0;
     out->peak_rss_mb = rss_mb();

@@ -33,6 +33,11 @@
  * peers per bucket, drawn from the peers of that bucket's range), the trainers' too, then warmup_s of
  * virtual time run (declarations, churn) before the measured duration_s.
  *
+ * Speed. Every signature is made and checked with Ed25519, as the nodes would; but a record is checked
+ * by every node it is stored on and every client that gets it, so the run turns on the verification
+ * memo (dht_ident_memo_enable: identical bytes verify identically, so its answers are exact) unless
+ * no_memo. Peers that left cost nothing: their nodes are freed.
+ *
  * Order: dht_sim_defaults -> change fields -> dht_sim_run -> read dht_sim_result. One run per call;
  * it owns its loop, clock and memnet. Single-threaded.
  */
@@ -55,6 +60,7 @@ typedef struct {
     double loss;               /* per-message loss probability */
     uint32_t rtt_min_ms, rtt_max_ms;
     double server_share;       /* peers that serve experts */
+    size_t servers;            /* that many servers instead (0: server_share of the peers) */
     size_t uids_per_server;
     double update_period_s;    /* between a server's declarations */
     double expiration_s;       /* a declaration's lifetime */
@@ -67,6 +73,7 @@ typedef struct {
     double refresh_s;          /* < 0: no bucket refresh */
     int cache;                 /* 1: gets cache (locally and on the nearest node lacking the value) */
     uint64_t seed;
+    int no_memo;               /* 1: verify every signature with Ed25519 (no dht_ident_memo_enable) */
     int verbose;               /* progress lines on stderr */
 } dht_sim_cfg;
 
@@ -84,9 +91,10 @@ typedef struct {
     /* the rest of the network */
     size_t declarations, declarations_ok;
     size_t joins, leaves, boot_failed;
-    size_t hostile, sybils;
+    size_t hostile, sybils, servers;
     uint64_t messages;         /* requests delivered in the whole run */
-    uint64_t sigs, verifies, verify_memo_hits;
+    uint64_t record_verifications;             /* records checked (dht_record_verifications) */
+    uint64_t signs, verifies, memo_hits;       /* Ed25519 signatures made, checked, answered by the memo */
     /* the simulation itself */
     double setup_s, run_s, wall_s, cpu_s;      /* real seconds; cpu_s: user + system (getrusage) */
     double peak_rss_mb, bytes_per_peer;        /* bytes_per_peer: RSS growth over setup / peers */

@@ -10,7 +10,8 @@
  *
  * Order: dht_ident_generate, dht_ident_from_seed or dht_ident_load_or_create -> dht_ident_sign /
  * dht_ident_id -> dht_ident_wipe. dht_ident_verify and dht_ident_id_of need no key pair. Pure functions
- * apart from the file and the system's random source; any thread.
+ * apart from the file, the system's random source and the optional verification memo (single-threaded
+ * programs only: dht_ident_memo_enable); any thread.
  */
 #ifndef DMOE_DHT_IDENT_H
 #define DMOE_DHT_IDENT_H
@@ -58,6 +59,17 @@ void dht_ident_sign(const dht_ident *k, const void *msg, size_t len, uint8_t sig
 /* dht_ident_verify returns 1 when sig is pk's valid signature of msg[0..len), else 0. */
 int dht_ident_verify(const uint8_t pk[DHT_IDENT_PK_BYTES], const void *msg, size_t len,
                      const uint8_t sig[DHT_IDENT_SIG_BYTES]);
+
+/* dht_ident_memo_enable makes dht_ident_verify remember the outcome of up to about `entries` distinct
+ * (key, signature, message) triples -- identical bytes verify identically, so the answers are exact --
+ * and answer repeats from memory; 0 turns it off. For a single-threaded process that verifies the same
+ * records many times (the DHT simulator): the table has no lock, so never in a program whose threads
+ * verify concurrently. Returns 0 or DMOE_ENOMEM (then it is off). */
+int dht_ident_memo_enable(size_t entries);
+
+/* dht_ident_counts writes how many signatures this process made, how many it verified with Ed25519,
+ * and how many verifications the memo answered (dht_ident_memo_enable). */
+void dht_ident_counts(unsigned long long *signs, unsigned long long *verifies, unsigned long long *memo_hits);
 
 /* dht_ident_load_or_create reads the key file at path into *out or, when there is no file, creates it
  * (mode 0600, a fresh key) and sets *created to 1. Refuses, with a human message in err: a file group or

@@ -5,10 +5,14 @@
 #   size     peers in $DHT_PEERS (default "1000 10000 100000"), 10% hostile, median uptime 1 h
 #   hostile  0, 10 and 30% hostile peers at $DHT_SWEEP_PEERS (default 10000), median uptime 1 h
 #   churn    median uptime 4 h, 1 h and 15 min at $DHT_SWEEP_PEERS, 10% hostile
-# then gathers them into results.json (one object per run, with "sweep" and "x") and, when gnuplot is
-# installed, plots bench_dht.gp into dht.png. Each run measures 60 s of virtual time after 60 s of warmup
-# ($DHT_DURATION, $DHT_WARMUP). Extra arguments go to every dmoe-dhtsim run (e.g. --alpha 5 --cache).
-# The 100,000-peer run takes minutes and a few GB (its wall and CPU time are in its JSON).
+# Servers: 5% of the peers, at most 1,000 (2 uids each: the expert grid does not grow with the DHT);
+# trainers: 1% of the peers; 100 beam steps per second. A run identical to one already made in this
+# sweep (the 10%, 1 h point of each) is not made twice. Then it gathers them into results.json (one
+# object per run, with "sweep" and "x") and, when gnuplot is installed, plots bench_dht.gp into dht.png.
+# Each run measures 60 s of virtual time after 30 s of warmup ($DHT_DURATION, $DHT_WARMUP). Extra
+# arguments go to every dmoe-dhtsim run (e.g. --alpha 5 --cache). DHT_REUSE=1 keeps the JSON of runs
+# already in $DMOE_BUILD/bench-dht/ instead of running them again. The 100,000-peer run takes minutes
+# and about 5 GB (its wall and CPU time are in its JSON).
 set -euo pipefail
 
 BUILD=${DMOE_BUILD:-build}
@@ -19,13 +23,25 @@ mkdir -p "$OUT"
 PEERS=${DHT_PEERS:-"1000 10000 100000"}
 SWEEP_PEERS=${DHT_SWEEP_PEERS:-10000}
 DUR=${DHT_DURATION:-60}
-WARM=${DHT_WARMUP:-60}
+WARM=${DHT_WARMUP:-30}
+REUSE=${DHT_REUSE:-0}
+declare -A DONE   # arguments -> the run that had them
 
 run() {   # run NAME SWEEP X ARGS...
   local name=$1 sweep=$2 x=$3
   shift 3
-  echo "bench_dht: $name: dmoe-dhtsim $*" >&2
-  "$SIM" --duration "$DUR" --warmup "$WARM" --out "$OUT/$name.json" "$@"
+  local servers=$(( $2 / 20 < 1000 ? $2 / 20 : 1000 ))   # $2: the value of --peers
+  local args="--duration $DUR --warmup $WARM --servers $servers --lookup_rate 100 $*"
+  if [ -n "${DONE[$args]:-}" ]; then
+    cp "$OUT/${DONE[$args]}.json" "$OUT/$name.json"
+  elif [ "$REUSE" = 1 ] && [ -s "$OUT/$name.json" ]; then
+    echo "bench_dht: $name: kept from an earlier run" >&2
+  else
+    echo "bench_dht: $name: dmoe-dhtsim $args" >&2
+    # shellcheck disable=SC2086
+    "$SIM" $args --out "$OUT/$name.json"
+  fi
+  DONE[$args]=$name
   printf '{"sweep": "%s", "x": %s, "run": ' "$sweep" "$x" > "$OUT/$name.row"
   cat "$OUT/$name.json" >> "$OUT/$name.row"
   echo "}" >> "$OUT/$name.row"

@@ -778,6 +778,12 @@ int dht_sim_run(const dht_sim_cfg *cfg, dht_sim_result *out, char *err, size_t e
     dht_ident_counts(&s0, &ver0, &hit0);
     if (!cfg->no_memo && dht_ident_memo_enable(SIM_MEMO_ENTRIES) != 0) return DMOE_ENOMEM;
     rt_lag_spans_off(1);   /* the nodes' stall meters: not reported here, and two clock reads a handler */
+    uint8_t key[32];       /* challenges and token keys from a seeded stream: no system call each, repeatable */
+    for (int i = 0; i < 4; i++) {
+        uint64_t w = mix(cfg->seed + 0xc4a11e9eull * (uint64_t)(i + 1));
+        memcpy(key + 8 * i, &w, 8);
+    }
+    dht_ident_random_stream(key);
     sim *s = calloc(1, sizeof *s);
     if (!s) return DMOE_ENOMEM;
     s->cfg = *cfg;
@@ -831,6 +837,7 @@ out:
     out->memo_hits = hit1 - hit0;
     dht_ident_memo_enable(0);
     rt_lag_spans_off(0);
+    dht_ident_random_stream(NULL);
     out->wall_s = wall_seconds() - w0;
     out->cpu_s = cpu_seconds() - c0;
     out->peak_rss_mb = rss_mb();

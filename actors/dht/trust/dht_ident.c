@@ -125,7 +125,30 @@ int dht_ident_verify(const uint8_t pk[DHT_IDENT_PK_BYTES], const void *msg, size
     return ok;
 }
 
-void dht_ident_random(void *buf, size_t n) { randombytes_buf(buf, n); }
+/* dht_ident_random_stream: a ChaCha20 key stream instead of the system source (a simulator's). */
+static uint8_t stream_key[crypto_stream_chacha20_KEYBYTES];
+static uint64_t stream_nonce;
+static int stream_on;
+
+void dht_ident_random_stream(const uint8_t *key)
+{
+    stream_on = key != NULL;
+    stream_nonce = 0;
+    if (key) memcpy(stream_key, key, sizeof stream_key);
+    else sodium_memzero(stream_key, sizeof stream_key);
+}
+
+void dht_ident_random(void *buf, size_t n)
+{
+    if (!stream_on) {
+        randombytes_buf(buf, n);
+        return;
+    }
+    uint8_t nonce[crypto_stream_chacha20_NONCEBYTES];
+    memcpy(nonce, &stream_nonce, sizeof nonce);
+    stream_nonce++;
+    crypto_stream_chacha20(buf, n, nonce, stream_key);
+}
 
 void dht_ident_wipe(dht_ident *k) { sodium_memzero(k, sizeof *k); }
 

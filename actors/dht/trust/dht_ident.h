@@ -77,8 +77,15 @@ void dht_ident_counts(unsigned long long *signs, unsigned long long *verifies, u
  * Returns 0 or the code; *out and *created are written only on success. */
 int dht_ident_load_or_create(const char *path, dht_ident *out, int *created, char *err, size_t errlen);
 
-/* dht_ident_random fills buf[0..n) with bytes from the system's random source (challenges). */
+/* dht_ident_random fills buf[0..n) with bytes from the system's random source (challenges), or from the
+ * stream dht_ident_random_stream set. */
 void dht_ident_random(void *buf, size_t n);
+
+/* dht_ident_random_stream(key) makes dht_ident_random draw from the ChaCha20 key stream of key[32]
+ * (each call a new nonce) instead of the system source -- as unpredictable to whoever lacks the key,
+ * with no system call, and repeatable: for a single-threaded simulator (no lock). NULL returns to the
+ * system source. */
+void dht_ident_random_stream(const uint8_t *key);
 
 /* dht_ident_wipe overwrites k with zeros (the secret key leaves memory). */
 void dht_ident_wipe(dht_ident *k);

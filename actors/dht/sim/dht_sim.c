@@ -42,24 +42,6 @@
 
 enum { MSG_TICK = 1 };
 
-uint64_t sim_rand(sim *s)
-{
-    uint64_t z = (s->rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-double sim_uniform(sim *s) { return (double)(sim_rand(s) >> 11) * (1.0 / 9007199254740992.0); }
-
-void sim_peer_addr(const sim *s, const sim_peer *p, dht_addr *a)
-{
-    uint32_t ip = (10u << 24) | (uint32_t)(p->ep + 1);   /* dht_memnet_add's numbering */
-    memset(a, 0, sizeof *a);
-    snprintf(a->host, sizeof a->host, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
-    a->port = 7000;
-}
-
 static double cpu_seconds(void)
 {
     struct rusage ru;

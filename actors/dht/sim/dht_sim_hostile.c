@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "actors/dht/dht_node.h"
+#include "actors/dht/sim/dht_sim.h"
 #include "actors/dht/sim/dht_sim_impl.h"
 #include "actors/dht/trust/dht_record.h"
 #include "runtime/rt_err.h"

@@ -4,6 +4,8 @@
  *    workloads (declarations, lookups) and the figures;
  *  - dht_sim_hostile.c: what hostile peers answer in place of their node (a memnet intercept), the
  *    colluders' id index they answer from, and the grinding of sybil ids next to hot uids.
+ * The helpers both use are inline here, so that dht_sim.c calls dht_sim_hostile.c and not the other way.
+ * Include dht_sim.h first (this header completes its types without including it, as dht_node_impl.h).
  * Single-threaded: everything runs on the simulation's loop.
  */
 #ifndef DMOE_DHT_SIM_IMPL_H
@@ -11,12 +13,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "actors/dht/dht_node.h"
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_memnet.h"
-#include "actors/dht/sim/dht_sim.h"
 #include "runtime/rt_map.h"
+
+#ifndef DMOE_DHT_SIM_H
+#error "include actors/dht/sim/dht_sim.h before actors/dht/sim/dht_sim_impl.h"
+#endif
 
 /* One peer, from its join to its leave (and after, as a record: indices stay valid). */
 typedef struct {
@@ -83,12 +90,27 @@ struct sim {
 };
 
 /* sim_rand returns the next number of the simulation's generator (splitmix64). */
-uint64_t sim_rand(sim *s);
-/* sim_uniform returns a number in [0, 1). */
-double sim_uniform(sim *s);
+static inline uint64_t sim_rand(sim *s)
+{
+    uint64_t z = (s->rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
 
-/* sim_peer_addr writes peer p's address into *a. */
-void sim_peer_addr(const sim *s, const sim_peer *p, dht_addr *a);
+/* sim_uniform returns a number in [0, 1). */
+static inline double sim_uniform(sim *s) { return (double)(sim_rand(s) >> 11) * (1.0 / 9007199254740992.0); }
+
+/* sim_peer_addr writes peer p's address into *a: endpoint i is 10.x.y.z with x.y.z = i + 1, port 7000
+ * (dht_memnet_add's numbering). */
+static inline void sim_peer_addr(const sim *s, const sim_peer *p, dht_addr *a)
+{
+    (void)s;
+    uint32_t ip = (10u << 24) | (uint32_t)(p->ep + 1);
+    memset(a, 0, sizeof *a);
+    snprintf(a->host, sizeof a->host, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
+    a->port = 7000;
+}
 
 /* sim_hostile_install routes the requests of hostile endpoints through their hostile answers. */
 void sim_hostile_install(sim *s);

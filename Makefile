@@ -8,6 +8,7 @@
 #                 and in share/dmoe/ an example node config and systemd unit
 #   make uninstall    removes what make install put there
 #   make fuzz [FUZZ_S=10]   libFuzzer harnesses of test/fuzz/, in build-fuzz/, FUZZ_S seconds each (README "Fuzzing")
+#   make bench-dht   the DHT at scale by simulation (dmoe-dhtsim sweeps; README "The DHT at scale")
 #
 # Sources are discovered: every .c below runtime/ wire/ kernels/ actors/ goes into one static library;
 # every cmd/dmoe-<name>.c is a program, linked with the .c files of cmd/<name>/ when that folder exists
@@ -68,7 +69,7 @@ PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
 TEST_BIN  := $(BUILD)/test/dmoe-tests
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all deps test demo bench valgrind depcheck clean install uninstall fuzz fuzz-deps fuzz-build fuzz-seeds
+.PHONY: all deps test demo bench bench-dht valgrind depcheck clean install uninstall fuzz fuzz-deps fuzz-build fuzz-seeds
 # -fPIC: the same objects make the programs, build/libdmoe.a and build/libdmoe.so.
 all: $(PROGS) $(BUILD)/libdmoe.so
 
@@ -142,6 +143,11 @@ valgrind: $(PROGS)
 
 bench: $(PROGS)
 	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/bench.sh
+
+# bench-dht: the DHT at scale by simulation (scripts/bench_dht.sh; README "The DHT at scale"): sweeps of
+# dmoe-dhtsim over peers, hostile share and churn, figures in build/bench-dht/ (results.json, dht.png).
+bench-dht: $(BUILD)/dmoe-dhtsim
+	DMOE_BUILD=$(abspath $(BUILD)) bash scripts/bench_dht.sh
 
 # depcheck: no dependency cycle among our files (#include or symbol use), and the layers hold.
 depcheck: $(PROGS)

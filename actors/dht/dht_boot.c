@@ -59,11 +59,24 @@ static void finish(boot *b, int err, const char *msg)
     maybe_reap(b);
 }
 
+static void check(boot *b);
+
 static void on_found(void *arg, int err, const char *msg, const dht_node *nearest, size_t n, int hops)
 {
     boot *b = arg;
     b->looking = 0;
     LOG_DEBUG("bootstrap lookup found %zu nodes in %d hops", n, hops);
+    if (err != DMOE_ESHUTDOWN && !b->finished && dht_routing_size(dht_node_routing(b->d)) == 0) {
+        /* The peers that answered our pings failed the lookup (lost, or gone since) and were evicted:
+         * the table is empty, so we have not joined. Ping them again (check retries or gives up). */
+        for (size_t i = 0; i < b->n; i++) {
+            b->peers[i].ok = 0;
+            snprintf(b->peers[i].why, sizeof b->peers[i].why, "answered a ping, then failed the lookup of our id");
+        }
+        check(b);
+        maybe_reap(b);
+        return;
+    }
     finish(b, err == DMOE_ESHUTDOWN ? err : 0, err == DMOE_ESHUTDOWN ? msg : "");
     maybe_reap(b);
 }

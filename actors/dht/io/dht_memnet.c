@@ -28,13 +28,15 @@
 enum { ME_REQ = 1, ME_REP = 2, ME_TIMEOUT = 3 };
 enum { MSG_TICK = 1 };
 
-typedef struct mcall {
+typedef struct mcall mcall;
+struct mcall {
     dht_memnet *net;
     int from, to;
     dht_reply_fn cb;
     void *arg;
     int done, refs;
-} mcall;
+    mcall *prev, *next;         /* in its caller endpoint's list of calls not yet done */
+};
 
 typedef struct {
     uint64_t due, seq;
@@ -50,6 +52,9 @@ typedef struct {
     int index, down, bound;
     int host_of;                /* -1; else the endpoint whose IP this one shares (at port 7000 + k) */
     uint16_t port;
+    int closed;                 /* dht_memnet_close_endpoint: its node's calls are refused */
+    dht_memnet_traffic traffic;
+    mcall *calls;               /* calls not yet done, newest first */
 } endpoint;
 
 struct dht_memnet {
@@ -59,6 +64,10 @@ struct dht_memnet {
     uint32_t latency_ms;
     dht_memnet_latency_fn latency_fn;
     void *latency_arg;
+    dht_memnet_filter_fn filter_fn;
+    void *filter_arg;
+    dht_memnet_intercept_fn intercept_fn;
+    void *intercept_arg;
     endpoint **eps;             /* each malloc'd: its address is the transport's impl */
     size_t colocated;           /* endpoints added by dht_memnet_add_colocated */
     size_t n, cap;
@@ -88,6 +97,28 @@ static uint64_t link_us(const dht_memnet *net, int from, int to)
     uint32_t ms = net->latency_fn && from >= 0 && to >= 0 ? net->latency_fn(net->latency_arg, from, to)
                                                              : net->latency_ms;
     return (uint64_t)ms * 1000;
+}
+
+/* dropped asks the filter whether the message from -> to (reply: the way back) is lost. */
+static int dropped(const dht_memnet *net, int from, int to, int reply)
+{
+    return net->filter_fn && net->filter_fn(net->filter_arg, from, to, reply);
+}
+
+/* count_sent charges a message of len bytes to endpoint i's sent traffic. */
+static void count_sent(dht_memnet *net, int i, size_t len)
+{
+    if (i < 0) return;
+    net->eps[i]->traffic.sent_msgs++;
+    net->eps[i]->traffic.sent_bytes += len;
+}
+
+/* count_recv charges a message of len bytes to endpoint i's received traffic. */
+static void count_recv(dht_memnet *net, int i, size_t len)
+{
+    if (i < 0) return;
+    net->eps[i]->traffic.recv_msgs++;
+    net->eps[i]->traffic.recv_bytes += len;
 }
 
 static int push(dht_memnet *net, int type, uint64_t due, mcall *c, uint8_t *bytes, size_t len)
@@ -140,6 +171,12 @@ static void complete(mcall *c, int err, const char *msg, const wire_msg *reply)
 {
     if (c->done) return;
     c->done = 1;
+    if (c->from >= 0) {
+        endpoint *ep = c->net->eps[c->from];
+        if (c->prev) c->prev->next = c->next;
+        else ep->calls = c->next;
+        if (c->next) c->next->prev = c->prev;
+    }
     c->cb(c->arg, err, msg, reply);
 }
 
@@ -170,7 +207,7 @@ static int mem_call(void *impl, const wire_maddr *to, uint64_t id, wire_out *req
     dht_memnet *net = self->net;
     uint8_t *bytes;
     size_t len;
-    if (net->closed) {
+    if (net->closed || self->closed) {
         wire_out_free(req);
         return DMOE_ESHUTDOWN;
     }
@@ -180,14 +217,21 @@ static int mem_call(void *impl, const wire_maddr *to, uint64_t id, wire_out *req
         free(bytes);
         return DMOE_ENOMEM;
     }
-    *c = (mcall){ net, self->index, addr_index(net, to), cb, arg, 0, 2 };
+    *c = (mcall){ net, self->index, addr_index(net, to), cb, arg, 0, 2, NULL, NULL };
     uint64_t now = dht_clock_us(net->clock);
     if (push(net, ME_TIMEOUT, now + timeout_ms * 1000, c, NULL, 0) != 0) {
         free(bytes);
         free(c);
         return DMOE_ENOMEM;
     }
-    if (push(net, ME_REQ, now + link_us(net, c->from, c->to), c, bytes, len) != 0) {
+    c->next = self->calls;
+    if (self->calls) self->calls->prev = c;
+    self->calls = c;
+    count_sent(net, c->from, len);
+    if (dropped(net, c->from, c->to, 0)) {   /* lost on the way: the timeout event completes the call */
+        free(bytes);
+        c->refs--;
+    } else if (push(net, ME_REQ, now + link_us(net, c->from, c->to), c, bytes, len) != 0) {
         free(bytes);
         c->refs--;   /* the timeout event stays and completes the call */
     }
@@ -213,7 +257,9 @@ static void respond(void *ctx, wire_out *reply)
     if (reply && !net->closed && !c->done && c->to >= 0 && !net->eps[c->to]->down &&
         wire_out_flatten(reply, &bytes, &len) == 0) {
         reply = NULL;
-        if (push(net, ME_REP, dht_clock_us(net->clock) + link_us(net, c->to, c->from), c, bytes, len) == 0) sent = 1;
+        count_sent(net, c->to, len);
+        if (dropped(net, c->to, c->from, 1)) free(bytes);
+        else if (push(net, ME_REP, dht_clock_us(net->clock) + link_us(net, c->to, c->from), c, bytes, len) == 0) sent = 1;
         else free(bytes);
     }
     wire_out_free(reply);
@@ -225,17 +271,18 @@ static void deliver_request(dht_memnet *net, event *e)
 {
     mcall *c = e->c;
     endpoint *ep = c->to >= 0 ? net->eps[c->to] : NULL;
+    if ((ep && ep->down) || c->done) {   /* a crashed host: the request vanishes, the caller times out */
+        free(e->bytes);
+        unref(c);
+        return;
+    }
     if (!ep || !ep->bound) {
         free(e->bytes);
         complete(c, DMOE_ECONN, "connection refused (no DHT node at that address)", NULL);
         unref(c);
         return;
     }
-    if (ep->down || c->done) {   /* a crashed host: the request vanishes, the caller times out */
-        free(e->bytes);
-        unref(c);
-        return;
-    }
+    count_recv(net, c->to, e->len);
     wire_msg *m = calloc(1, sizeof *m);
     responder *r = malloc(sizeof *r);
     char err[128] = "";
@@ -255,17 +302,18 @@ static void deliver_request(dht_memnet *net, event *e)
         uint32_t ip = (10u << 24) | (uint32_t)((src->host_of < 0 ? src->index : src->host_of) + 1);
         snprintf(from, sizeof from, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
     }
-    dht_node_deliver(ep->d, m, from, respond, r);
+    if (net->intercept_fn) net->intercept_fn(net->intercept_arg, c->to, ep->d, m, from, respond, r);
+    else dht_node_deliver(ep->d, m, from, respond, r);
 }
 
-static void deliver_reply(event *e)
+static void deliver_reply(dht_memnet *net, event *e)
 {
     mcall *c = e->c;
     wire_msg m;
     char err[128] = "";
     if (c->done) {
         free(e->bytes);
-    } else if (wire_msg_decode(e->bytes, e->len, &m, err, sizeof err) != 0) {
+    } else if (count_recv(net, c->from, e->len), wire_msg_decode(e->bytes, e->len, &m, err, sizeof err) != 0) {
         complete(c, DMOE_EPROTO, err, NULL);
     } else {
         if (m.kind == WIRE_REPLY_OK) complete(c, 0, "", &m);
@@ -279,7 +327,7 @@ static void deliver_reply(event *e)
 static void run_event(dht_memnet *net, event *e)
 {
     if (e->type == ME_REQ) deliver_request(net, e);
-    else if (e->type == ME_REP) deliver_reply(e);
+    else if (e->type == ME_REP) deliver_reply(net, e);
     else {
         complete(e->c, DMOE_ETIMEDOUT, "no reply within the timeout", NULL);
         unref(e->c);
@@ -381,12 +429,43 @@ void dht_memnet_bind(dht_memnet *net, int i, dht *d)
     if (i < 0 || (size_t)i >= net->n) return;
     net->eps[i]->d = d;
     net->eps[i]->bound = d != NULL;
+    if (d) net->eps[i]->closed = 0;
 }
 
 void dht_memnet_set_down(dht_memnet *net, int i, int down)
 {
     if (i >= 0 && (size_t)i < net->n) net->eps[i]->down = down;
 }
+
+void dht_memnet_close_endpoint(dht_memnet *net, int i)
+{
+    if (i < 0 || (size_t)i >= net->n) return;
+    endpoint *ep = net->eps[i];
+    ep->bound = 0;
+    ep->d = NULL;
+    ep->closed = 1;
+    while (ep->calls) complete(ep->calls, DMOE_ESHUTDOWN, "the endpoint left the network", NULL);
+}
+
+void dht_memnet_set_filter(dht_memnet *net, dht_memnet_filter_fn fn, void *arg)
+{
+    net->filter_fn = fn;
+    net->filter_arg = arg;
+}
+
+void dht_memnet_set_intercept(dht_memnet *net, dht_memnet_intercept_fn fn, void *arg)
+{
+    net->intercept_fn = fn;
+    net->intercept_arg = arg;
+}
+
+dht_memnet_traffic dht_memnet_traffic_of(const dht_memnet *net, int i)
+{
+    dht_memnet_traffic z = { 0, 0, 0, 0 };
+    return i >= 0 && (size_t)i < net->n ? net->eps[i]->traffic : z;
+}
+
+size_t dht_memnet_pending(const dht_memnet *net) { return net->nh; }
 
 void dht_memnet_set_latency(dht_memnet *net, dht_memnet_latency_fn fn, void *arg)
 {

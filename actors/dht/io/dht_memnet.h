@@ -8,7 +8,10 @@
  * after the latency of the way back, the sender endpoint's IP given as the request's source. A call
  * to an address with no bound node fails with DMOE_ECONN; a call to an endpoint that is down
  * (dht_memnet_set_down) is dropped and times out, as a crashed host would. Every call gets exactly
- * one callback (reply, timeout, DMOE_ECONN, or DMOE_ESHUTDOWN from dht_memnet_free).
+ * one callback (reply, timeout, DMOE_ECONN, or DMOE_ESHUTDOWN from dht_memnet_free or
+ * dht_memnet_close_endpoint). A simulator (actors/dht/sim/) adds loss (dht_memnet_set_filter), its own
+ * answers for some endpoints (dht_memnet_set_intercept: hostile peers) and peers that leave for good
+ * (dht_memnet_close_endpoint), and reads each endpoint's traffic (dht_memnet_traffic_of).
  *
  * Time is the memnet's clock (dht_clock.h). Give it and every node the same virtual clock and drive
  * the loop with dht_vclock_run: a swarm of thousands then runs with no sleep, at the machine's full
@@ -62,6 +65,44 @@ void dht_memnet_bind(dht_memnet *net, int i, dht *d);
 
 /* dht_memnet_set_down marks endpoint i down (1: requests to it and replies from it vanish) or up (0). */
 void dht_memnet_set_down(dht_memnet *net, int i, int down);
+
+/* dht_memnet_close_endpoint ends every call endpoint i has in flight now, their callbacks running inside
+ * with DMOE_ESHUTDOWN, and unbinds it: what its node's transport must do before dht_node_free when
+ * the node leaves a network that goes on (a simulated peer leaving). Requests on their way to it
+ * vanish if it is down (dht_memnet_set_down), else are refused. O(events in flight). */
+void dht_memnet_close_endpoint(dht_memnet *net, int i);
+
+/* A message's fate, decided by a filter (dht_memnet_set_filter) as it is sent: from and to are endpoint
+ * indices (to: -1 for an address no endpoint has), reply 0 for a request and 1 for its reply. Returns 1 to
+ * drop it (the caller then times out), 0 to let it go. */
+typedef int (*dht_memnet_filter_fn)(void *arg, int from, int to, int reply);
+
+/* dht_memnet_set_filter makes fn(arg, ...) judge every message from now on (NULL: none dropped): a lossy
+ * network. fn must not call the memnet. */
+void dht_memnet_set_filter(dht_memnet *net, dht_memnet_filter_fn fn, void *arg);
+
+/* Who answers a request delivered to endpoint `to`, whose bound node is d, in place of d: it takes m (as
+ * dht_node_deliver does) and either hands it on with dht_node_deliver(d, m, from, respond, ctx) or
+ * answers through respond(ctx, reply or NULL) itself, exactly once, now or later. A simulator's hostile
+ * peers are made this way. */
+typedef void (*dht_memnet_intercept_fn)(void *arg, int to, dht *d, wire_msg *m, const char *from,
+                                        dht_respond_fn respond, void *ctx);
+
+/* dht_memnet_set_intercept routes every delivered request through fn(arg, ...) from now on (NULL: straight
+ * to the bound node). */
+void dht_memnet_set_intercept(dht_memnet *net, dht_memnet_intercept_fn fn, void *arg);
+
+/* The traffic of one endpoint: messages and bytes (encoded maps, as a socket would carry them less the
+ * 4-byte frame header) it sent (requests and replies) and received. */
+typedef struct {
+    uint64_t sent_msgs, sent_bytes, recv_msgs, recv_bytes;
+} dht_memnet_traffic;
+
+/* dht_memnet_traffic_of returns endpoint i's traffic so far (zeros for no such endpoint). */
+dht_memnet_traffic dht_memnet_traffic_of(const dht_memnet *net, int i);
+
+/* dht_memnet_pending returns the events (messages and timeouts) in flight. */
+size_t dht_memnet_pending(const dht_memnet *net);
 
 /* dht_memnet_messages returns the requests delivered so far. */
 uint64_t dht_memnet_messages(const dht_memnet *net);

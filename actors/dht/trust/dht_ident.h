@@ -10,7 +10,8 @@
  *
  * Order: dht_ident_generate, dht_ident_from_seed or dht_ident_load_or_create -> dht_ident_sign /
  * dht_ident_id -> dht_ident_wipe. dht_ident_verify and dht_ident_id_of need no key pair. Pure functions
- * apart from the file and the system's random source; any thread.
+ * apart from the file, the system's random source and the optional verification memo (single-threaded
+ * programs only: dht_ident_memo_enable); any thread.
  */
 #ifndef DMOE_DHT_IDENT_H
 #define DMOE_DHT_IDENT_H
@@ -59,14 +60,32 @@ void dht_ident_sign(const dht_ident *k, const void *msg, size_t len, uint8_t sig
 int dht_ident_verify(const uint8_t pk[DHT_IDENT_PK_BYTES], const void *msg, size_t len,
                      const uint8_t sig[DHT_IDENT_SIG_BYTES]);
 
+/* dht_ident_memo_enable makes dht_ident_verify remember the outcome of up to about `entries` distinct
+ * (key, signature, message) triples -- identical bytes verify identically, so the answers are exact --
+ * and answer repeats from memory; 0 turns it off. For a single-threaded process that verifies the same
+ * records many times (the DHT simulator): the table has no lock, so never in a program whose threads
+ * verify concurrently. Returns 0 or DMOE_ENOMEM (then it is off). */
+int dht_ident_memo_enable(size_t entries);
+
+/* dht_ident_counts writes how many signatures this process made, how many it verified with Ed25519,
+ * and how many verifications the memo answered (dht_ident_memo_enable). */
+void dht_ident_counts(unsigned long long *signs, unsigned long long *verifies, unsigned long long *memo_hits);
+
 /* dht_ident_load_or_create reads the key file at path into *out or, when there is no file, creates it
  * (mode 0600, a fresh key) and sets *created to 1. Refuses, with a human message in err: a file group or
  * others may read or write, not a regular file, or malformed (DMOE_EINVAL); I/O failures (DMOE_EIO).
  * Returns 0 or the code; *out and *created are written only on success. */
 int dht_ident_load_or_create(const char *path, dht_ident *out, int *created, char *err, size_t errlen);
 
-/* dht_ident_random fills buf[0..n) with bytes from the system's random source (challenges). */
+/* dht_ident_random fills buf[0..n) with bytes from the system's random source (challenges), or from the
+ * stream dht_ident_random_stream set. */
 void dht_ident_random(void *buf, size_t n);
+
+/* dht_ident_random_stream(key) makes dht_ident_random draw from the ChaCha20 key stream of key[32]
+ * (each call a new nonce) instead of the system source -- as unpredictable to whoever lacks the key,
+ * with no system call, and repeatable: for a single-threaded simulator (no lock). NULL returns to the
+ * system source. */
+void dht_ident_random_stream(const uint8_t *key);
 
 /* dht_ident_wipe overwrites k with zeros (the secret key leaves memory). */
 void dht_ident_wipe(dht_ident *k);

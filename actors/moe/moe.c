@@ -40,6 +40,7 @@ void moe_cfg_default(moe_cfg *c)
     c->jitter_eps = 1e-2;
     c->grid_dropout = 1.0;
     c->utilization_alpha = 0.9;
+    c->retry_rounds = MOE_RETRY_ROUNDS;
 }
 
 int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, const moe_caller *caller,
@@ -50,6 +51,7 @@ int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, c
     if (c->ndim < 1 || c->ndim > MOE_MAX_DIMS) BAD("grid_size needs 1 to %d dimensions", MOE_MAX_DIMS);
     if (c->k_best < 1 || c->k_best > MOE_MAX_BEAM) BAD("k_best must be in 1..%d", MOE_MAX_BEAM);
     if (c->k_min < 0 || c->backward_k_min < 0) BAD("k_min and backward_k_min must be >= 0");
+    if (c->retry_rounds < 0 || c->retry_rounds > MOE_MAX_BEAM) BAD("retry_rounds must be in 0..%d", MOE_MAX_BEAM);
     if (c->is_switch && (c->grid_dropout <= 0 || c->grid_dropout > 1 || c->jitter_eps < 0 || c->jitter_eps >= 1))
         BAD("grid_dropout must be in (0, 1] and jitter_eps in [0, 1)");
     for (int d = 0; d < c->ndim; d++)
@@ -206,40 +208,71 @@ moe_fwd *moe_fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *e
 
 /* ---- grouping and combining ---- */
 
-/* add_expert appends the expert ch to f's requests and indexes it by uid in by_uid. Returns its index,
- * -1 when its uid is not a grid coordinate of the layer (skipped), or DMOE_ENOMEM. */
-static int add_expert(moe_layer *m, moe_fwd *f, rt_map *by_uid, const moe_beam_expert *ch)
+int moe_fwd_add_expert(moe_fwd *f, const moe_beam_expert *ch)
 {
+    moe_layer *m = f->m;
+    if (f->nexp == f->cap_exp) {
+        int cap = f->cap_exp ? 2 * f->cap_exp : 8;
+        moe_exp *grown = realloc(f->exp, (size_t)cap * sizeof *grown);
+        if (!grown) return DMOE_ENOMEM;
+        memset(grown + f->cap_exp, 0, (size_t)(cap - f->cap_exp) * sizeof *grown);
+        f->exp = grown;
+        f->cap_exp = cap;
+    }
     moe_exp *e = &f->exp[f->nexp];
+    memset(e, 0, sizeof *e);
     snprintf(e->uid, sizeof e->uid, "%s", ch->uid);
     e->addr = ch->addr;
     if (moe_beam_expert_coords(m->c.uid_prefix, m->c.grid_size, m->c.ndim, e->uid, e->coords) != 0)
         return -1;   /* a FLAT_EXPERT entry of a 1-d grid always parses; anything else was filtered */
     e->rows = malloc((size_t)f->B * sizeof *e->rows);
     if (!e->rows) return DMOE_ENOMEM;
-    if (rt_map_put(by_uid, e->uid, strlen(e->uid), e) != 0) {   /* the key lives in e, as long as f */
-        free(e->rows);
-        e->rows = NULL;
-        return DMOE_ENOMEM;
-    }
     return f->nexp++;
+}
+
+int moe_fwd_inputs(moe_fwd *f, int ei)
+{
+    moe_exp *e = &f->exp[ei];
+    int64_t shape[2] = { e->nrows, f->in };
+    if (rx_tensor_alloc(&e->in[0], WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
+    float *xe = rx_tensor_f32(&e->in[0]);
+    for (int64_t r = 0; r < e->nrows; r++) memcpy(xe + r * f->in, f->x + e->rows[r] * f->in, (size_t)f->in * sizeof *xe);
+    for (int i = 0; i < f->n_extra; i++) {
+        const rx_tensor *t = &f->extra[i];
+        int64_t sh[WIRE_MAX_NDIM];
+        memcpy(sh, t->shape, sizeof sh);
+        sh[0] = e->nrows;
+        if (rx_tensor_alloc(&e->in[1 + i], t->dtype, t->ndim, sh) != 0) return DMOE_ENOMEM;
+        size_t row = t->numel / (size_t)f->B * wire_dtype_size(t->dtype);
+        uint8_t *dst = e->in[1 + i].buf ? e->in[1 + i].buf->data : NULL;
+        if (!dst || row == 0) continue;
+        for (int64_t r = 0; r < e->nrows; r++) memcpy(dst + (size_t)r * row, t->buf->data + (size_t)e->rows[r] * row, row);
+    }
+    return 0;
 }
 
 int moe_fwd_group(moe_fwd *f, const moe_beam *beam, int *need)
 {
     moe_layer *m = f->m;
+    /* room for every (sample, slot) up front: the map's keys live in the requests, which must not move */
     f->exp = calloc((size_t)(f->B * f->k), sizeof *f->exp);
     if (!f->exp) return DMOE_ENOMEM;
+    f->cap_exp = (int)(f->B * f->k);
     rt_map by_uid = RT_MAP_INIT;   /* uid -> its moe_exp */
     for (int64_t b = 0; b < f->B; b++) {
         const moe_beam_expert *ch;
         size_t n = moe_beam_result(beam, b, &ch);
+        if (n > (size_t)f->k) n = (size_t)f->k;   /* the rest are spares for retries (moe_call.c) */
         for (size_t j = 0; j < n; j++) {
             moe_exp *found = rt_map_get(&by_uid, ch[j].uid, strlen(ch[j].uid));
-            int ei = found ? (int)(found - f->exp) : add_expert(m, f, &by_uid, &ch[j]);
+            int ei = found ? (int)(found - f->exp) : moe_fwd_add_expert(f, &ch[j]);
             if (ei == DMOE_ENOMEM) { rt_map_clear(&by_uid); return DMOE_ENOMEM; }
             if (ei < 0) continue;
             moe_exp *e = &f->exp[ei];
+            if (!found && rt_map_put(&by_uid, e->uid, strlen(e->uid), e) != 0) {   /* the key lives in e */
+                rt_map_clear(&by_uid);
+                return DMOE_ENOMEM;
+            }
             f->slot_exp[b * f->k + (int64_t)j] = ei;
             f->slot_row[b * f->k + (int64_t)j] = e->nrows;
             e->rows[e->nrows++] = b;
@@ -247,24 +280,8 @@ int moe_fwd_group(moe_fwd *f, const moe_beam *beam, int *need)
         need[b] = m->c.k_min < (int)n ? m->c.k_min : (int)n;
     }
     rt_map_clear(&by_uid);
-    for (int ei = 0; ei < f->nexp; ei++) {
-        moe_exp *e = &f->exp[ei];
-        int64_t shape[2] = { e->nrows, f->in };
-        if (rx_tensor_alloc(&e->in[0], WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
-        float *xe = rx_tensor_f32(&e->in[0]);
-        for (int64_t r = 0; r < e->nrows; r++) memcpy(xe + r * f->in, f->x + e->rows[r] * f->in, (size_t)f->in * sizeof *xe);
-        for (int i = 0; i < f->n_extra; i++) {
-            const rx_tensor *t = &f->extra[i];
-            int64_t sh[WIRE_MAX_NDIM];
-            memcpy(sh, t->shape, sizeof sh);
-            sh[0] = e->nrows;
-            if (rx_tensor_alloc(&e->in[1 + i], t->dtype, t->ndim, sh) != 0) return DMOE_ENOMEM;
-            size_t row = t->numel / (size_t)f->B * wire_dtype_size(t->dtype);
-            uint8_t *dst = e->in[1 + i].buf ? e->in[1 + i].buf->data : NULL;
-            if (!dst || row == 0) continue;
-            for (int64_t r = 0; r < e->nrows; r++) memcpy(dst + (size_t)r * row, t->buf->data + (size_t)e->rows[r] * row, row);
-        }
-    }
+    for (int ei = 0; ei < f->nexp; ei++)
+        if (moe_fwd_inputs(f, ei) != 0) return DMOE_ENOMEM;
     f->st.experts_chosen = f->nexp;
     return 0;
 }
@@ -279,7 +296,14 @@ int moe_fwd_combine(moe_fwd *f, int64_t *bad)
     float *count = m->c.is_switch ? calloc((size_t)T, sizeof *count) : NULL;
     if (!f->y || !f->gx || (m->c.is_switch && !count)) { free(count); return DMOE_ENOMEM; }
     if (m->out_dim <= 0) m->out_dim = f->D;
-    for (int ei = 0; ei < f->nexp; ei++) f->st.experts_answered += f->exp[ei].ok;
+    for (int ei = 0; ei < f->nexp; ei++) {   /* distinct experts: a retry may ask one already asked */
+        int dup = 0;
+        for (int ej = f->st.experts_chosen; f->exp[ei].ok && ei >= f->st.experts_chosen && ej < ei && !dup; ej++)
+            dup = f->exp[ej].ok && strcmp(f->exp[ej].uid, f->exp[ei].uid) == 0;
+        for (int ej = 0; f->exp[ei].ok && ei >= f->st.experts_chosen && ej < f->st.experts_chosen && !dup; ej++)
+            dup = f->exp[ej].ok && strcmp(f->exp[ej].uid, f->exp[ei].uid) == 0;
+        f->st.experts_answered += f->exp[ei].ok && !dup;
+    }
     *bad = -1;
     int coords[MOE_MAX_BEAM * MOE_MAX_DIMS];
     uint8_t ok[MOE_MAX_BEAM];

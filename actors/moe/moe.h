@@ -14,7 +14,10 @@
  * picks up to k_best experts per sample; ONE request per expert carries every row routed to it; all
  * requests go out at once. Answers are collected until every sample has k_min of them (or can get no
  * more), then for at most timeout_after_k_min more, never past forward_timeout (the beam search counts
- * against forward_timeout too). Failed and late answers, answers that are not float32 [the expert's
+ * against forward_timeout too). A request that fails (refused, connection lost, a bad answer) or stalls
+ * (MOE_HEDGE_MIN_S) has its rows sent again, within the same forward, to each sample's next-best spare
+ * expert (cfg.retry_rounds); a peer that refused or stalled is down for the rest of the forward, every
+ * expert it hosts with it. Failed and late answers, answers that are not float32 [the expert's
  * rows, D] (rx_tensor_check), and -- with detect_anomalies, on by default -- non-finite answers are
  * masked out. Output row b = sum over the experts that answered of softmax(logits of those experts)_j *
  * output_j, where an expert's logit is the sum of its coordinates' scores. A sample nobody answered is
@@ -43,6 +46,19 @@
 
 #include "actors/moe/moe_types.h"   /* moe_cfg, moe_caller, moe_fwd_stats */
 #include "runtime/rt_actor.h"
+
+/* Retries (moe_call.c). A failed expert costs its rows only when no spare is left: the search keeps
+ * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one. */
+#define MOE_RETRY_ROUNDS 2
+/* A request still out when every sample that can still get k_min answers is only waiting on it, this
+ * long after the last answer and at least as long again as the answers so far took, is presumed lost
+ * (a stalled or partitioned peer): its rows go to spares. Short enough to save the step, long enough
+ * not to fire on a busy but live expert. */
+#define MOE_HEDGE_MIN_S 0.25
+/* No retry is sent with less time than this left before the deadline: it could not come back. */
+#define MOE_RETRY_MIN_MS 20
+/* Peers remembered as down within one forward (the rest are still skipped by moe_health next step). */
+#define MOE_MAX_DOWN 32
 
 /* moe_cfg_default fills c with hivemind's defaults (k_best 1 in switch mode, else 4; the caller sets
  * in_features, grid_size, ndim, uid_prefix), except detect_anomalies, which is on. */

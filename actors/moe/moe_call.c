@@ -18,6 +18,18 @@
  * op stops itself only when it has called back, no request is out and its job is back, so no callback
  * ever sees freed memory.
  *
+ * Retries (forward only: a backward must reach the experts that computed the forward). The search asks
+ * for k_best * (1 + retry_rounds) experts per sample; the first k_best are the sample's slots, the rest
+ * its spares, taken best first through a per-sample cursor. When a request fails, each of its rows
+ * moves to its sample's next spare not on a peer that is down, and the spares chosen for one failure
+ * are asked together, one request per expert (a new entry in f->exp, which may grow: requests are
+ * referred to by index). A refusal (connection failed, shutting down) puts the peer down for the rest
+ * of the forward: every other request out to it is abandoned and retried at once, and its spares are
+ * skipped. A stall is found by the hedge timer: when samples still wait for k_min and nothing has
+ * answered for max(MOE_HEDGE_MIN_S, the time the answers so far took), the requests they wait on are
+ * presumed lost and their peers put down the same way. Retries stop with less than MOE_RETRY_MIN_MS to
+ * the deadline, or when a sample has no spare left.
+ *
  * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
  * of the extra inputs (the same refcounted tensors are sent again: the node needs every input), outputs
  * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
@@ -60,9 +72,12 @@ typedef struct {
     float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
 } gate_job;
 
+/* One expert call out (heap: the caller holds it until its callback, which may come after the op
+ * abandoned the request). */
 typedef struct {
     struct op *o;
     int e;
+    int abandoned;            /* the op gave up on it: the answer is dropped */
 } call_ctx;
 
 typedef struct op {
@@ -76,10 +91,13 @@ typedef struct op {
     int backward;
     moe_beam *beam;
     moe_search *search;
-    call_ctx *ctx;
-    int pending, finished;
+    int pending, live, finished;   /* callbacks outstanding; of those, requests not abandoned */
     int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
+    int *next;                /* forward, per sample: its next spare in the beam's result */
+    wire_maddr down[MOE_MAX_DOWN];   /* peers down for the rest of this forward */
+    int ndown;
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
+    uint64_t t_searched, t_sent, last_answer, hedge_at;   /* hedge_at 0: no hedge armed */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
     uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
     /* backward, one block from gy: */
@@ -99,7 +117,7 @@ static void op_destroy(rt_actor *self)
     op *o = (op *)self;
     rt_timer_deinit(&o->timer);
     moe_beam_free(o->beam);
-    free(o->ctx);
+    free(o->next);
     free(o->need);   /* and got, left */
     free(o->wsnap);
     free(o->keep);
@@ -117,6 +135,7 @@ static void arm(op *o)
 {
     uint64_t now = rt_clock_us();
     uint64_t at = o->finish_at < o->deadline ? o->finish_at : o->deadline;
+    if (o->hedge_at && o->hedge_at < at) at = o->hedge_at;
     rt_timer_start(&o->timer, at > now ? (at - now + 999) / 1000 : 0, 0);
 }
 
@@ -149,6 +168,7 @@ static void fwd_complete(op *o);
 static void bwd_complete(op *o);
 static void on_gated(op *o);
 static void send_all(op *o);
+static void hedge(op *o);
 
 static void op_complete(op *o)
 {
@@ -157,13 +177,28 @@ static void op_complete(op *o)
     else fwd_complete(o);
 }
 
-/* settle moves the finish time forward once every sample has what it waits for. */
+/* arm_hedge sets the hedge time while samples wait: max(MOE_HEDGE_MIN_S, the time the answers so far
+ * took) after the last answer (none yet: no hedge, there is nothing to compare with). */
+static void arm_hedge(op *o)
+{
+    if (o->backward || o->m->c.retry_rounds <= 0 || !o->last_answer) return;
+    uint64_t took = o->last_answer - o->t_sent, min = (uint64_t)(MOE_HEDGE_MIN_S * 1e6);
+    uint64_t at = o->last_answer + (took > min ? took : min);
+    if (at != o->hedge_at) {
+        o->hedge_at = at;
+        arm(o);
+    }
+}
+
+/* settle moves the finish time forward once every sample has what it waits for, and keeps the hedge
+ * armed while some do not. */
 static void settle(op *o)
 {
     int64_t B = o->f->B;
-    if (o->pending == 0) { op_complete(o); return; }
+    if (o->live == 0) { op_complete(o); return; }
     for (int64_t b = 0; b < B; b++)
-        if (o->got[b] < o->need[b] && o->left[b] > 0) return;
+        if (o->got[b] < o->need[b] && o->left[b] > 0) { arm_hedge(o); return; }
+    o->hedge_at = 0;
     double after = o->m->c.timeout_after_k_min;
     if (after < 0) return;
     uint64_t t = rt_clock_us() + (uint64_t)(after * 1e6);
@@ -177,6 +212,11 @@ static void on_timer(op *o)
 {
     if (o->finished || o->job_out) return;   /* a forward's gating job re-arms the timer when it is back */
     uint64_t now = rt_clock_us();
+    if (o->hedge_at && now + 500 >= o->hedge_at && !o->search) {
+        o->hedge_at = 0;
+        hedge(o);
+        if (o->finished) return;
+    }
     if (now + 500 < o->finish_at && now + 500 < o->deadline) { arm(o); return; }
     if (o->search) {
         op_fail(o, DMOE_ETIMEDOUT, "beam search did not finish within forward_timeout");
@@ -255,18 +295,156 @@ static int valid_answer(const op *o, const moe_exp *e, const rx_tensor *t, int D
     return 0;
 }
 
+/* account counts request ei's rows as answered (ok) or not: it is no longer out for them. */
+static void account(op *o, int ei, int ok)
+{
+    const moe_exp *e = &o->f->exp[ei];
+    for (int64_t r = 0; r < e->nrows; r++) {
+        int64_t b = e->rows[r];
+        o->left[b]--;
+        if (ok) o->got[b]++;
+    }
+}
+
+static void on_answer(void *arg, int err, const char *msg, rx_tensor *out);
+
+/* send_one sends request ei (gout: a backward's output gradient, else NULL). Returns 0 (the request is
+ * out: counted in pending, live and its rows' left) or the caller's error. */
+static int send_one(op *o, int ei, const rx_tensor *gout)
+{
+    moe_fwd *f = o->f;
+    moe_exp *e = &f->exp[ei];
+    uint64_t now = rt_clock_us();
+    uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
+    call_ctx *c = malloc(sizeof *c);
+    if (!c) return DMOE_ENOMEM;
+    *c = (call_ctx){ o, ei, 0 };
+    int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra, gout, ms, on_answer, c);
+    if (rc) {
+        free(c);
+        LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
+        return rc;
+    }
+    e->call = c;
+    o->pending++;
+    o->live++;
+    for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
+    return 0;
+}
+
+static int same_peer(const wire_maddr *a, const wire_maddr *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+static int is_down(const op *o, const wire_maddr *a)
+{
+    for (int i = 0; i < o->ndown; i++)
+        if (same_peer(&o->down[i], a)) return 1;
+    return 0;
+}
+
+/* retry_rows moves the rows of failed request ei to their samples' next live spares and sends the new
+ * requests (a forward with retries on, while the deadline allows). */
+static void retry_rows(op *o, int ei)
+{
+    moe_fwd *f = o->f;
+    if (o->backward || o->m->c.retry_rounds <= 0 || !o->beam || !o->next) return;
+    if (rt_clock_us() + MOE_RETRY_MIN_MS * 1000ull >= o->deadline) return;
+    int first = f->nexp, k = f->k;
+    for (int64_t r = 0; r < f->exp[ei].nrows; r++) {
+        int64_t b = f->exp[ei].rows[r];
+        int j = 0;
+        while (j < k && f->slot_exp[b * k + j] != ei) j++;
+        if (j == k) continue;
+        const moe_beam_expert *ch;
+        size_t n = moe_beam_result(o->beam, b, &ch);
+        while ((size_t)o->next[b] < n && is_down(o, &ch[o->next[b]].addr)) o->next[b]++;
+        if ((size_t)o->next[b] >= n) continue;   /* no spare left: the slot stays failed */
+        const moe_beam_expert *pick = &ch[o->next[b]++];
+        int nj = first;
+        while (nj < f->nexp && strcmp(f->exp[nj].uid, pick->uid) != 0) nj++;
+        if (nj == f->nexp) nj = moe_fwd_add_expert(f, pick);
+        if (nj == DMOE_ENOMEM) { LOG_WARN("out of memory retrying the rows of %s", f->exp[ei].uid); break; }
+        if (nj < 0) continue;
+        moe_exp *e = &f->exp[nj];
+        f->slot_exp[b * k + j] = nj;
+        f->slot_row[b * k + j] = e->nrows;
+        e->rows[e->nrows++] = b;
+    }
+    for (int nj = first; nj < f->nexp; nj++) {
+        if (moe_fwd_inputs(f, nj) != 0 || send_one(o, nj, NULL) != 0) continue;   /* its rows stay failed */
+        f->st.experts_retried++;
+        f->st.rows_retried += f->exp[nj].nrows;
+        LOG_DEBUG("forward: %lld rows of %s retried on %s", (long long)f->exp[nj].nrows, f->exp[ei].uid, f->exp[nj].uid);
+    }
+}
+
+/* lost gives up on request ei (failed, or abandoned): its rows are retried, then no longer wait on it. */
+static void lost(op *o, int ei)
+{
+    retry_rows(o, ei);
+    account(o, ei, 0);
+}
+
+/* peer_down puts peer a down for the rest of the forward and abandons every request still out to it. */
+static void peer_down(op *o, const wire_maddr *a)
+{
+    moe_fwd *f = o->f;
+    if (!is_down(o, a)) {
+        if (o->ndown < MOE_MAX_DOWN) o->down[o->ndown++] = *a;
+        f->st.peers_down++;
+        LOG_DEBUG("forward: peer %s:%u is down for this forward", a->host, (unsigned)a->port);
+    }
+    int n = f->nexp;   /* not the retries this sends: they avoid the peer */
+    for (int ei = 0; ei < n; ei++) {
+        moe_exp *e = &f->exp[ei];
+        if (!e->call || !same_peer(&e->addr, a)) continue;
+        ((call_ctx *)e->call)->abandoned = 1;
+        e->call = NULL;
+        o->live--;
+        lost(o, ei);
+    }
+}
+
+/* hedge: nothing has answered for the hedge time while samples wait; the requests they wait on are
+ * presumed lost and their peers down. */
+static void hedge(op *o)
+{
+    moe_fwd *f = o->f;
+    int n = f->nexp;   /* not the retries this sends */
+    for (int ei = 0; ei < n; ei++) {
+        if (!f->exp[ei].call) continue;
+        int waited = 0;
+        for (int64_t r = 0; r < f->exp[ei].nrows && !waited; r++) {
+            int64_t b = f->exp[ei].rows[r];
+            waited = o->got[b] < o->need[b];
+        }
+        if (!waited) continue;
+        wire_maddr a = f->exp[ei].addr;
+        LOG_DEBUG("forward: %s stalled, its peer is presumed down", f->exp[ei].uid);
+        peer_down(o, &a);
+    }
+    settle(o);
+}
+
 static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
 {
     call_ctx *c = arg;
     op *o = c->o;
+    int ei = c->e, abandoned = c->abandoned;
+    free(c);
     o->pending--;
-    if (o->finished || !o->f) {
+    if (o->finished || !o->f || abandoned) {
         if (out) rx_tensor_free(out);
+        if (!abandoned) o->live--;
         op_release(o);
         return;
     }
+    o->live--;
     moe_fwd *f = o->f;
-    moe_exp *e = &f->exp[c->e];
+    moe_exp *e = &f->exp[ei];
+    e->call = NULL;
     int ok = 0;
     if (err == 0) {
         int want = o->backward ? f->in : (f->D > 0 ? f->D : 0);
@@ -285,10 +463,17 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     }
     if (o->backward) e->bok = ok;
     else e->ok = ok;
-    for (int64_t r = 0; r < e->nrows; r++) {
-        int64_t b = e->rows[r];
-        o->left[b]--;
-        if (ok) o->got[b]++;
+    if (ok) {
+        o->last_answer = rt_clock_us();
+        account(o, ei, 1);
+    } else if (o->backward) {
+        account(o, ei, 0);
+    } else {
+        if (err == DMOE_ECONN || err == DMOE_ESHUTDOWN) {
+            wire_maddr a = e->addr;
+            peer_down(o, &a);   /* e is no longer out, so this abandons only the others */
+        }
+        lost(o, ei);
     }
     settle(o);
 }
@@ -297,8 +482,6 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
 static void send_all(op *o)
 {
     moe_fwd *f = o->f;
-    o->ctx = calloc((size_t)(f->nexp ? f->nexp : 1), sizeof *o->ctx);
-    if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
     for (int ei = 0; ei < f->nexp; ei++) {
         moe_exp *e = &f->exp[ei];
         if (o->backward && !e->ok) continue;
@@ -318,19 +501,11 @@ static void send_all(op *o)
                 for (int d = 0; d < f->D; d++) g[r * f->D + d] = w * o->gy[b * f->D + d];
             }
         }
-        uint64_t now = rt_clock_us();
-        uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
-        o->ctx[ei] = (call_ctx){ o, ei };
-        int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra,
-                                   o->backward ? &gout : NULL, ms, on_answer, &o->ctx[ei]);
+        send_one(o, ei, o->backward ? &gout : NULL);
         rx_tensor_free(&gout);
-        if (rc) {
-            LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
-            continue;
-        }
-        o->pending++;
-        for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
     }
+    o->t_sent = rt_clock_us();
+    if (!o->backward) f->st.dispatch_ms = (double)(o->t_sent - o->t_searched) / 1000.0;
     settle(o);
 }
 
@@ -339,10 +514,17 @@ static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
     op *o = arg;
     o->search = NULL;
     if (err) { op_fail(o, err, msg); return; }
-    o->f->st.search_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
+    o->t_searched = rt_clock_us();
+    o->f->st.search_ms = (double)(o->t_searched - o->t0) / 1000.0;
     o->f->st.beam_rounds = moe_beam_rounds(b);
     int rc = moe_fwd_group(o->f, o->beam, o->need);
+    if (rc == 0 && o->m->c.retry_rounds > 0 && !(o->next = malloc((size_t)o->f->B * sizeof *o->next))) rc = DMOE_ENOMEM;
     if (rc) { op_fail(o, rc, "out of memory"); return; }
+    for (int64_t s = 0; o->next && s < o->f->B; s++) {   /* each sample's spares follow its k_best slots */
+        const moe_beam_expert *ch;
+        size_t n = moe_beam_result(o->beam, s, &ch);
+        o->next[s] = n < (size_t)o->f->k ? (int)n : o->f->k;
+    }
     send_all(o);
 }
 
@@ -419,7 +601,9 @@ static void on_gated(op *o)
         return;
     }
     moe_layer *m = o->m;
-    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, o->f->k, &o->beam);
+    int beam = o->f->k * (1 + m->c.retry_rounds);   /* the k_best slots, then the spares */
+    if (beam > MOE_MAX_BEAM) beam = MOE_MAX_BEAM;
+    int rc = moe_beam_new(m->c.uid_prefix, m->c.grid_size, m->c.ndim, o->f->B, o->f->S, beam, &o->beam);
     if (rc) { op_fail(o, rc, "cannot start the beam search"); return; }
     rc = moe_beam_search(&m->succ, o->beam, on_searched, o, &o->search);
     if (rc) {
@@ -441,6 +625,7 @@ static void fwd_complete(op *o)
     o->finished = 1;
     rt_timer_cancel(&o->timer);
     f->st.total_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
+    f->st.wait_ms = f->st.total_ms - f->st.search_ms - f->st.dispatch_ms;
     o->f = NULL;
     if (bad >= 0 && !o->m->c.allow_zero_outputs) {
         char msg[256];

@@ -37,6 +37,7 @@ typedef struct {
     rx_tensor in[KERN_MAX_IO];  /* x's rows routed here, then the extra inputs' same rows */
     rx_tensor out, gx;
     int ok, bok;
+    void *call;               /* moe_call.c's context of this request's call while it is out, else NULL */
 } moe_exp;
 
 struct moe_fwd {
@@ -50,8 +51,8 @@ struct moe_fwd {
     int *slot_exp;            /* [B, k]: expert index or -1 */
     int64_t *slot_row;        /* [B, k]: row within the expert's request */
     float *w;                 /* [B, k]: weight of the slot in the output (0 when not answered) */
-    moe_exp *exp;
-    int nexp;
+    moe_exp *exp;             /* grows with retries: refer to requests by index, never keep a pointer */
+    int nexp, cap_exp;
     float *y, *gx;
     float bal;
     moe_fwd_stats st;
@@ -64,6 +65,12 @@ moe_fwd *moe_fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *e
  * each expert's rows of x and of the extra inputs, the slots, and need[b] = min(k_min, experts found
  * for b). Returns 0 or DMOE_ENOMEM (f keeps what it got; moe_fwd_free frees it). */
 int moe_fwd_group(moe_fwd *f, const moe_beam *beam, int *need);
+/* moe_fwd_add_expert appends a request for expert ch with no rows yet (room for B), growing f->exp.
+ * Returns its index, -1 when ch's uid is not a coordinate of the layer's grid, or DMOE_ENOMEM. */
+int moe_fwd_add_expert(moe_fwd *f, const moe_beam_expert *ch);
+/* moe_fwd_inputs builds request ei's inputs (x's rows, the extra inputs' same rows) from its rows.
+ * Returns 0 or DMOE_ENOMEM. */
+int moe_fwd_inputs(moe_fwd *f, int ei);
 /* moe_fwd_slots describes sample b's slots for moe_math: each slot's coordinates, whether it answered
  * the forward, and its output row (NULL when it did not answer or the output is not there yet). */
 void moe_fwd_slots(const moe_fwd *f, int64_t b, int *coords, uint8_t *ok, const float **out);

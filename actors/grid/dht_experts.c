@@ -16,7 +16,9 @@
  * re-declares each update_period with the same lifetime, so the latest expiration is the owner heard
  * from most recently -- the likeliest alive -- and a server that died stops being chosen one update
  * period after its last declaration, long before its record expires; the tie-break makes every client
- * choose the same owner. On an open network a rival key declaring the same uid is a competing server
+ * choose the same owner. A withdrawal is the same records with the payload msgpack nil and a later
+ * expiration: per subkey it replaces the declaration on every replica, and a lookup skips it like any
+ * payload that is not a declaration, so the signer's entry is gone while other owners' stay. On an open network a rival key declaring the same uid is a competing server
  * (as in hivemind, anyone may serve any uid): whether its outputs are honest is for the reply checks and
  * moe_health to judge; a lab that wants only its own servers runs a private swarm (--trusted_keys).
  */
@@ -161,8 +163,10 @@ static void on_declared(void *arg, int err, const char *msg, size_t n_stored)
     batch_release(s->b);
 }
 
-int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
-                        dht_declare_cb cb, void *arg, char *err, size_t errlen)
+/* declare stores the records of uids[0..n): declarations at endpoint, or (withdraw: endpoint NULL) the
+ * withdrawals of them. */
+static int declare(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
+                   int withdraw, dht_declare_cb cb, void *arg, char *err, size_t errlen)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     if (n > DHT_EXPERTS_MAX_BATCH) {
@@ -179,8 +183,8 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
         }
         total += (size_t)k;
     }
-    char maddr[WIRE_MADDR_TEXT], hex[DHT_ID_HEX_LEN + 1];
-    wire_maddr_format(endpoint, maddr, sizeof maddr);
+    char maddr[WIRE_MADDR_TEXT] = "", hex[DHT_ID_HEX_LEN + 1];
+    if (!withdraw) wire_maddr_format(endpoint, maddr, sizeof maddr);
     dht_id_to_hex(dht_node_id(d), hex);
     const dht_ident *me = dht_node_ident(d);
     double cap = dht_node_now(d) + dht_node_cfg(d)->max_record_lifetime_s;
@@ -211,9 +215,11 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
             uint8_t skbuf[DHT_RECORD_SUBKEY_MAX], *rec = NULL;
             size_t sklen = dht_record_subkey(me->pk, keys[j].has_subkey, keys[j].subkey, skbuf), rlen = 0;
             int rc = key_id(keys[j].key, &id);
-            if (rc == 0) rc = keys[j].has_subkey ? pack_pair(uids[i], maddr, &sb) : pack_pair(hex, maddr, &sb);
-            if (rc == 0) {
-                rc = dht_record_seal(me, &id, skbuf, sklen, sb.data, sb.size, expiration, &rec, &rlen);
+            if (rc == 0 && withdraw) {
+                rc = dht_record_seal(me, &id, skbuf, sklen, DHT_EXPERTS_WITHDRAWN, 1, expiration, &rec, &rlen);
+            } else if (rc == 0) {
+                rc = keys[j].has_subkey ? pack_pair(uids[i], maddr, &sb) : pack_pair(hex, maddr, &sb);
+                if (rc == 0) rc = dht_record_seal(me, &id, skbuf, sklen, sb.data, sb.size, expiration, &rec, &rlen);
                 msgpack_sbuffer_destroy(&sb);
             }
             sub *s = &b->subs[si++];
@@ -229,6 +235,18 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
     rt_map_clear(&seen);
     batch_release(b);
     return 0;
+}
+
+int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
+                        dht_declare_cb cb, void *arg, char *err, size_t errlen)
+{
+    return declare(d, uids, n, endpoint, expiration, 0, cb, arg, err, errlen);
+}
+
+int dht_withdraw_experts(dht *d, const char *const *uids, size_t n, double expiration, dht_declare_cb cb, void *arg,
+                         char *err, size_t errlen)
+{
+    return declare(d, uids, n, NULL, expiration, 1, cb, arg, err, errlen);
 }
 
 /* ---- get experts ---- */

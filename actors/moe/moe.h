@@ -50,9 +50,9 @@
 /* Retries (moe_call.c). A failed expert costs its rows only when no spare is left: the search keeps
  * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one. */
 #define MOE_RETRY_ROUNDS 2
-/* A request still out when every sample that can still get k_min answers is only waiting on it, this
- * long after the last answer and at least as long again as the answers so far took, is presumed lost
- * (a stalled or partitioned peer): its rows go to spares. Short enough to save the step, long enough
+/* A request still out to a peer that has answered nothing in this forward, while samples wait on it,
+ * this long after the last answer and at least as long again as the answers so far took, is presumed
+ * lost (a stalled or partitioned peer): its rows go to spares. Short enough to save the step, long enough
  * not to fire on a busy but live expert. */
 #define MOE_HEDGE_MIN_S 0.25
 /* No retry is sent with less time than this left before the deadline: it could not come back. */

@@ -27,7 +27,8 @@
  * of the forward: every other request out to it is abandoned and retried at once, and its spares are
  * skipped. A stall is found by the hedge timer: when samples still wait for k_min and nothing has
  * answered for max(MOE_HEDGE_MIN_S, the time the answers so far took), the requests they wait on are
- * presumed lost and their peers put down the same way. Retries stop with less than MOE_RETRY_MIN_MS to
+ * presumed lost and their peers put down the same way -- only peers that have answered nothing in this
+ * forward: one that answered something is alive, merely slow. Retries stop with less than MOE_RETRY_MIN_MS to
  * the deadline, or when a sample has no spare left.
  *
  * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
@@ -407,14 +408,23 @@ static void peer_down(op *o, const wire_maddr *a)
     }
 }
 
-/* hedge: nothing has answered for the hedge time while samples wait; the requests they wait on are
- * presumed lost and their peers down. */
+/* answered_from says whether any request of this forward to peer a has answered (a sign of life). */
+static int answered_from(const moe_fwd *f, const wire_maddr *a)
+{
+    for (int ei = 0; ei < f->nexp; ei++)
+        if (f->exp[ei].ok && same_peer(&f->exp[ei].addr, a)) return 1;
+    return 0;
+}
+
+/* hedge: nothing has answered for the hedge time while samples wait; the requests they wait on, to
+ * peers that have not answered anything in this forward, are presumed lost and those peers down (a peer
+ * that answered some request is alive, merely slow: its requests keep their deadline). */
 static void hedge(op *o)
 {
     moe_fwd *f = o->f;
     int n = f->nexp;   /* not the retries this sends */
     for (int ei = 0; ei < n; ei++) {
-        if (!f->exp[ei].call) continue;
+        if (!f->exp[ei].call || answered_from(f, &f->exp[ei].addr)) continue;
         int waited = 0;
         for (int64_t r = 0; r < f->exp[ei].nrows && !waited; r++) {
             int64_t b = f->exp[ei].rows[r];

@@ -51,10 +51,10 @@
  * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one. */
 #define MOE_RETRY_ROUNDS 2
 /* A request still out to a peer that has answered nothing in this forward, while samples wait on it,
- * this long after the last answer and at least as long again as the answers so far took, is presumed
+ * this long after the last answer and at least twice as long as the answers so far took, is presumed
  * lost (a stalled or partitioned peer): its rows go to spares. Short enough to save the step, long enough
- * not to fire on a busy but live expert. */
-#define MOE_HEDGE_MIN_S 0.25
+ * not to fire on a busy but live node (a loaded one answers within a few times the others' latency). */
+#define MOE_HEDGE_MIN_S 0.5
 /* No retry is sent with less time than this left before the deadline: it could not come back. */
 #define MOE_RETRY_MIN_MS 20
 /* Peers remembered as down within one forward (the rest are still skipped by moe_health next step). */

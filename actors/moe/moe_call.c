@@ -26,7 +26,7 @@
  * referred to by index). A refusal (connection failed, shutting down) puts the peer down for the rest
  * of the forward: every other request out to it is abandoned and retried at once, and its spares are
  * skipped. A stall is found by the hedge timer: when samples still wait for k_min and nothing has
- * answered for max(MOE_HEDGE_MIN_S, the time the answers so far took), the requests they wait on are
+ * answered for max(MOE_HEDGE_MIN_S, twice the time the answers so far took), the requests they wait on are
  * presumed lost and their peers put down the same way -- only peers that have answered nothing in this
  * forward: one that answered something is alive, merely slow. Retries stop with less than MOE_RETRY_MIN_MS to
  * the deadline, or when a sample has no spare left.
@@ -178,12 +178,12 @@ static void op_complete(op *o)
     else fwd_complete(o);
 }
 
-/* arm_hedge sets the hedge time while samples wait: max(MOE_HEDGE_MIN_S, the time the answers so far
- * took) after the last answer (none yet: no hedge, there is nothing to compare with). */
+/* arm_hedge sets the hedge time while samples wait: max(MOE_HEDGE_MIN_S, twice the time the answers so
+ * far took) after the last answer (none yet: no hedge, there is nothing to compare with). */
 static void arm_hedge(op *o)
 {
     if (o->backward || o->m->c.retry_rounds <= 0 || !o->last_answer) return;
-    uint64_t took = o->last_answer - o->t_sent, min = (uint64_t)(MOE_HEDGE_MIN_S * 1e6);
+    uint64_t took = 2 * (o->last_answer - o->t_sent), min = (uint64_t)(MOE_HEDGE_MIN_S * 1e6);
     uint64_t at = o->last_answer + (took > min ? took : min);
     if (at != o->hedge_at) {
         o->hedge_at = at;

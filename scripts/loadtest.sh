@@ -40,9 +40,9 @@ usage: loadtest.sh SCENARIO
                               layer (grid 250, k_best 2) over the DHT, batch 64, forward then backward
   dht                         2 nodes; 16 client-mode DHT peers storing 64-byte values under fresh keys
                               and getting random keys stored by the run, half and half
-  wan                         the moe scenario's nodes (one worker each), each behind an emulated link of
-                              12,800 KiB/s (100 Mbit/s) on its own loopback address; 1 client, batch 64,
-                              forward then backward, 12 s at each of 10, 50 and 150 ms RTT
+  wan                         the moe scenario's two nodes at hidden 128 (one worker each), each behind an
+                              emulated link of 12,800 KiB/s (100 Mbit/s) on its own loopback address;
+                              1 client, batch 64, forward then backward, 12 s at each of 10, 50, 150 ms RTT
 USAGE
 }
 
@@ -78,9 +78,10 @@ case "$SCENARIO" in
         NODE2_ARGS=(--expert_cls nop --hidden_dim 16 --expert_uids dht_host.1 --num_workers 1)
         LOAD_ARGS=(--dht --clients 16 --batch 64 --mix 0.5 --requests 300000 --duration 20 --warmup 2 --timeout 30) ;;
     wan)
-        NODE_ARGS=(--expert_cls ffn --hidden_dim 512 --num_experts 5 --expert_pattern "expert.[0:5]" --num_workers 1)
-        NODE2_ARGS=(--expert_cls ffn --hidden_dim 512 --num_experts 10 --expert_pattern "expert.[5:250]" --num_workers 1)
-        LOAD_ARGS=(--moe --uid_prefix expert. --grid_size 250 --k_best 2 --in_features 512 --clients 1 --batch 64
+        # hidden 128: small enough that the network, not 2 loaded cores, sets the step time
+        NODE_ARGS=(--expert_cls ffn --hidden_dim 128 --num_experts 5 --expert_pattern "expert.[0:5]" --num_workers 1)
+        NODE2_ARGS=(--expert_cls ffn --hidden_dim 128 --num_experts 10 --expert_pattern "expert.[5:250]" --num_workers 1)
+        LOAD_ARGS=(--moe --uid_prefix expert. --grid_size 250 --k_best 2 --in_features 128 --clients 1 --batch 64
                    --mix 0.5 --duration 12 --warmup 2 --timeout 60)
         WAN_RTTS=(10 50 150)
         WAN_RATE=12800 ;;
@@ -210,7 +211,7 @@ PY
         gnuplot <<PLOT
 set terminal pngcairo size 900,600 noenhanced
 set output "$OUT/wan.png"
-set title "MoE training step over emulated WAN links (${WAN_RATE} KiB/s, 2 nodes, 1 client, batch 64)"
+set title "MoE training step over emulated WAN links (${WAN_RATE} KiB/s, 2 nodes, hidden 128, 1 client, batch 64)"
 set style data histograms
 set style histogram rowstacked
 set style fill solid 0.8 border -1

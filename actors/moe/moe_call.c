@@ -98,7 +98,7 @@ typedef struct op {
     wire_maddr down[MOE_MAX_DOWN];   /* peers down for the rest of this forward */
     int ndown;
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
-    uint64_t t_searched, t_sent, last_answer, hedge_at;   /* hedge_at 0: no hedge armed */
+    uint64_t t_searched, t_sent, last_answer, last_sent, hedge_at;   /* hedge_at 0: no hedge armed */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
     uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
     /* backward, one block from gy: */
@@ -179,12 +179,14 @@ static void op_complete(op *o)
 }
 
 /* arm_hedge sets the hedge time while samples wait: max(MOE_HEDGE_MIN_S, twice the time the answers so
- * far took) after the last answer (none yet: no hedge, there is nothing to compare with). */
+ * far took) after the last answer or the last request sent, whichever is later -- so a retry gets its
+ * own time (no answer yet: no hedge, there is nothing to compare with). */
 static void arm_hedge(op *o)
 {
     if (o->backward || o->m->c.retry_rounds <= 0 || !o->last_answer) return;
     uint64_t took = 2 * (o->last_answer - o->t_sent), min = (uint64_t)(MOE_HEDGE_MIN_S * 1e6);
-    uint64_t at = o->last_answer + (took > min ? took : min);
+    uint64_t from = o->last_answer > o->last_sent ? o->last_answer : o->last_sent;
+    uint64_t at = from + (took > min ? took : min);
     if (at != o->hedge_at) {
         o->hedge_at = at;
         arm(o);
@@ -327,6 +329,7 @@ static int send_one(op *o, int ei, const rx_tensor *gout)
         return rc;
     }
     e->call = c;
+    o->last_sent = now;
     o->pending++;
     o->live++;
     for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;

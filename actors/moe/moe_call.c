@@ -482,9 +482,9 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     } else if (o->backward) {
         account(o, ei, 0);
     } else {
-        if (err == DMOE_ECONN || err == DMOE_ESHUTDOWN) {
+        if ((err == DMOE_ECONN || err == DMOE_ESHUTDOWN) && o->m->c.retry_rounds > 0) {
             wire_maddr a = e->addr;
-            peer_down(o, &a);   /* e is no longer out, so this abandons only the others */
+            peer_down(o, &a);   /* e is no longer out, so this abandons only the others (to retry them) */
         }
         lost(o, ei);
     }

@@ -48,11 +48,13 @@
 #include "runtime/rt_actor.h"
 
 /* Retries (moe_call.c). A failed expert costs its rows only when no spare is left: the search keeps
- * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one. */
-#define MOE_RETRY_ROUNDS 2
+ * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one.
+ * 4: enough that a sample's spares almost never all sit on the one peer that failed (free on a 1-d grid,
+ * which the search reads in one round anyway). */
+#define MOE_RETRY_ROUNDS 4
 /* A request still out to a peer that has answered nothing in this forward, while samples wait on it,
  * this long after the last answer and at least twice as long as the answers so far took, is presumed
- * lost (a stalled or partitioned peer): its rows go to spares. Short enough to save the step, long enough
+ * lost (a stalled or partitioned peer) when spares can take all that peer's rows: its rows go to them. Short enough to save the step, long enough
  * not to fire on a busy but live node (a loaded one answers within a few times the others' latency). */
 #define MOE_HEDGE_MIN_S 0.5
 /* No retry is sent with less time than this left before the deadline: it could not come back. */

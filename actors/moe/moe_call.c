@@ -419,9 +419,30 @@ static int answered_from(const moe_fwd *f, const wire_maddr *a)
     return 0;
 }
 
+/* spares_cover says whether every row of the requests out to peer a has a spare left on another peer
+ * that is not down: only then can giving up on a lose nothing that waiting for it could have saved. */
+static int spares_cover(const op *o, const wire_maddr *a)
+{
+    const moe_fwd *f = o->f;
+    if (o->backward || o->m->c.retry_rounds <= 0 || !o->beam || !o->next) return 0;
+    for (int ei = 0; ei < f->nexp; ei++) {
+        const moe_exp *e = &f->exp[ei];
+        if (!e->call || !same_peer(&e->addr, a)) continue;
+        for (int64_t r = 0; r < e->nrows; r++) {
+            int64_t b = e->rows[r];
+            const moe_beam_expert *ch;
+            size_t n = moe_beam_result(o->beam, b, &ch), j = (size_t)o->next[b];
+            while (j < n && (same_peer(&ch[j].addr, a) || is_down(o, &ch[j].addr))) j++;
+            if (j == n) return 0;
+        }
+    }
+    return 1;
+}
+
 /* hedge: nothing has answered for the hedge time while samples wait; the requests they wait on, to
- * peers that have not answered anything in this forward, are presumed lost and those peers down (a peer
- * that answered some request is alive, merely slow: its requests keep their deadline). */
+ * peers that have not answered anything in this forward, are presumed lost and those peers down -- when
+ * spares can take all their rows (a peer that answered some request is alive, merely slow; one whose rows
+ * have nowhere else to go keeps its requests until the deadline). */
 static void hedge(op *o)
 {
     moe_fwd *f = o->f;
@@ -433,7 +454,7 @@ static void hedge(op *o)
             int64_t b = f->exp[ei].rows[r];
             waited = o->got[b] < o->need[b];
         }
-        if (!waited) continue;
+        if (!waited || !spares_cover(o, &f->exp[ei].addr)) continue;
         wire_maddr a = f->exp[ei].addr;
         LOG_DEBUG("forward: %s stalled, its peer is presumed down", f->exp[ei].uid);
         peer_down(o, &a);
@@ -482,10 +503,11 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     } else if (o->backward) {
         account(o, ei, 0);
     } else {
-        if ((err == DMOE_ECONN || err == DMOE_ESHUTDOWN) && o->m->c.retry_rounds > 0) {
-            wire_maddr a = e->addr;
+        /* a lost connection fails every request on it anyway; a stopping node may still answer the ones
+         * it is computing, so they are given up only when spares can take their rows */
+        wire_maddr a = e->addr;
+        if (o->m->c.retry_rounds > 0 && (err == DMOE_ECONN || (err == DMOE_ESHUTDOWN && spares_cover(o, &a))))
             peer_down(o, &a);   /* e is no longer out, so this abandons only the others (to retry them) */
-        }
         lost(o, ei);
     }
     settle(o);

@@ -195,6 +195,8 @@ Test(moe_waves, requests_leave_during_the_search_with_one_dispatchs_bits, .timeo
     c.ndim = 1;
     c.grid_size[0] = G;
     c.k_best = K;
+    c.retry_rounds = 0;   /* spares (k_best * (1 + retry_rounds) per sample) would outnumber the 6 live
+                             experts: every sample's search would run to the end, one wave */
     c.seed = 17;
     c.forward_timeout = 20;
     c.backward_timeout = 20;

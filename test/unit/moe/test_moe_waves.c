@@ -8,7 +8,8 @@
  * are local functions o = tanh(x A_uid), row by row. The reference is computed here from the same
  * pieces a one-shot dispatch uses (moe_math.h on the exhaustive top-k of the live experts): the
  * forward's output, the input gradient (the experts' parts added in order of first use over the
- * samples) and the gating gradients must equal the layer's to the bit.
+ * samples) and the gating gradients must equal the layer's to the bit. With retries on, one expert
+ * fails and its rows go to the samples' spares while the search is still out.
  */
 #include <criterion/criterion.h>
 #include <event2/event.h>
@@ -106,7 +107,8 @@ static int fake_call(void *impl, const char *uid, const wire_maddr *addr, const 
     world *w = impl;
     w->calls++;
     w->calls_in_search += w->succ_out > 0;
-    if (w->succ_out > 0 && !gout && !w->first_in_search[0]) snprintf(w->first_in_search, sizeof w->first_in_search, "%s", uid);
+    if (w->succ_out > 0 && !gout && !w->first_in_search[0])
+        snprintf(w->first_in_search, sizeof w->first_in_search, "%s", uid);
     pending *p = calloc(1, sizeof *p);
     cr_assert_not_null(p);
     p->w = w;

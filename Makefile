@@ -12,8 +12,9 @@
 #
 # Sources are discovered: every .c below runtime/ wire/ kernels/ actors/ goes into one static library;
 # every cmd/dmoe-<name>.c is a program, linked with the .c files of cmd/<name>/ when that folder exists
-# (the command-line code only that program uses); every .c below test/ but test/fuzz/ is linked into
-# build/test/dmoe-tests (test/fuzz/ holds the fuzz harnesses, each a program of its own).
+# (the command-line code only that program uses); every .c below test/ but test/fuzz/ and test/tools/ is
+# linked into build/test/dmoe-tests (test/fuzz/ holds the fuzz harnesses, each a program of its own;
+# test/tools/ the test-only programs, e.g. build/test/wan-link, the link emulator).
 
 PKGS      := libevent libevent_pthreads msgpack openblas libxxhash libsodium
 TEST_PKGS := criterion
@@ -62,11 +63,13 @@ LIBS     = $(PKG_LIBS) -lpthread -lm
 LIB_SRCS  := $(shell find runtime wire kernels actors -name '*.c' | sort)
 CMD_SRCS  := $(wildcard cmd/*.c)
 CMD_EXTRA := $(shell find cmd -mindepth 2 -name '*.c' | sort)
-TEST_SRCS := $(shell find test -path test/fuzz -prune -o -name '*.c' -print | sort)
+TEST_SRCS := $(shell find test \( -path test/fuzz -o -path test/tools \) -prune -o -name '*.c' -print | sort)
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 PROGS     := $(CMD_SRCS:cmd/%.c=$(BUILD)/%)
 TEST_BIN  := $(BUILD)/test/dmoe-tests
+# Test-only programs (test/tools/<name>.c, with what of test/ they name below): not installed.
+TEST_TOOLS := $(BUILD)/test/wan-link
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all deps test demo bench bench-dht valgrind depcheck clean install uninstall fuzz fuzz-deps fuzz-build fuzz-seeds
@@ -116,6 +119,10 @@ $(TEST_BIN): $(TEST_OBJS) $(BUILD)/libdmoe.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
 
+$(BUILD)/test/wan-link: $(BUILD)/obj/test/tools/wan-link.o $(BUILD)/obj/test/integration/wan/wan_link.o $(BUILD)/libdmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
 # The suite finds the programs and data through these variables (see test/integration/harness.h).
 TEST_ENV := DMOE_BUILD=$(abspath $(BUILD)) DMOE_TEST_DATA=$(abspath test/data)
 ifeq ($(SAN),1)
@@ -126,7 +133,7 @@ CRITERION_FLAGS ?= --jobs 2
 
 # After the Criterion suite: the Python package's suite (test/python, over build/libdmoe.so) and the
 # installed-header test (test/install). Both are skipped under SAN=1: python3 cannot load an ASan build.
-test: $(PROGS) $(TEST_BIN) $(BUILD)/libdmoe.so
+test: $(PROGS) $(TEST_BIN) $(TEST_TOOLS) $(BUILD)/libdmoe.so
 	$(TEST_ENV) $(TEST_BIN) $(CRITERION_FLAGS)
 ifeq ($(SAN),1)
 	@echo "test: python and install suites skipped under SAN=1 (the C API is covered by the Criterion suite)"

@@ -10,7 +10,8 @@
  *                                                   them; the nonlinear experts can)
  *
  * Every --log_every steps it prints "step N  loss L  acc A  experts E  ms/step T"; at the end a summary
- * line (first and last average loss, accuracy, steps/s). The local parameters learn with --optimizer
+ * line (first and last average loss, accuracy, steps/s, "failed F" steps failed in all, "retried R" expert
+ * requests the layer sent again to spare experts). The local parameters learn with --optimizer
  * (adam or sgd, kern_optim); the experts with the optimizer of their node. SIGINT or SIGTERM end the
  * training after the current step (exit 0). A step that fails (no expert answered, a backward short of
  * backward_k_min) is skipped with a warning; --max_failed_steps failures in a row end the program with
@@ -63,7 +64,8 @@ typedef struct {
     double loss_sum, acc_sum, ms_sum, exp_sum;
     int n_sum;
     double first_loss, last_loss, last_acc;
-    int64_t done_steps, failed_steps;
+    int64_t done_steps, failed_steps;   /* failed_steps: in a row */
+    int64_t failed_total, retried;      /* steps failed in all; expert requests retried on spares */
 } app;
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -154,6 +156,7 @@ static void progress(app *a, double loss, double acc, double experts, double ms)
 static int step_failed(app *a, const char *what, const char *msg)
 {
     a->failed_steps++;
+    a->failed_total++;
     LOG_WARN("step %lld failed (%s): %s", (long long)a->done_steps + 1, what, msg);
     return a->failed_steps >= a->max_failed ? DMOE_ETIMEDOUT : 0;
 }
@@ -326,6 +329,7 @@ static int train_moe(app *a)
         kern_optim_step(&gopt, NULL, gp, gg, (float)a->lr);
         const moe_fwd_stats *st = moe_fwd_stats_of(f);
         double answered = st->experts_answered;
+        a->retried += st->experts_retried;
         int64_t zero = st->zero_rows;
         moe_fwd_free(f);
         if (answered == 0) {
@@ -506,9 +510,10 @@ int main(int argc, char **argv)
         if (a.done_steps > 0) {
             char acc[48] = "";
             if (!chain) snprintf(acc, sizeof acc, "  accuracy %.3f", a.last_acc);
-            printf("summary: task %s  steps %lld  loss %.5f -> %.5f%s  %.2f steps/s%s\n", a.task, (long long)a.done_steps,
-                   a.first_loss < 0 ? a.last_loss : a.first_loss, a.last_loss, acc,
-                   secs > 0 ? (double)a.done_steps / secs : 0, a.stop ? "  (interrupted)" : "");
+            printf("summary: task %s  steps %lld  loss %.5f -> %.5f%s  %.2f steps/s  failed %lld  retried %lld%s\n", a.task,
+                   (long long)a.done_steps, a.first_loss < 0 ? a.last_loss : a.first_loss, a.last_loss, acc,
+                   secs > 0 ? (double)a.done_steps / secs : 0, (long long)a.failed_total, (long long)a.retried,
+                   a.stop ? "  (interrupted)" : "");
         }
         if (status) fprintf(stderr, "dmoe-train: training failed after %lld steps\n", (long long)a.done_steps);
     }

@@ -17,7 +17,12 @@
 # While the load runs, dmoe-call load rewrites a progress line a second on the terminal (rows/s,
 # requests/s, p50, errors); with stderr redirected it stays quiet.
 # The scenarios follow hivemind's benchmark_throughput.py presets, sized for 2 cores; `swarm` (many nodes,
-# a share of them killed) is scripts/loadtest_swarm.sh. A scenario passes
+# a share of them killed) is scripts/loadtest_swarm.sh. The wan scenario
+# puts each of the tutorial's two nodes on a loopback address of its own behind an emulated wide-area
+# link (build/test/wan-link, test/integration/wan/wan_link.h; the node announces the link's address) and
+# runs one MoE client -- a trainer's forward then backward -- at 10, 50 and 150 ms RTT; it writes
+# wan.json (one load report per RTT, with the forward's breakdown) and wan.png (the step time, stacked:
+# beam search, dispatch, waiting for the experts, backward). A scenario passes
 # only with zero errors and zero lost replies; otherwise the script exits 1. 2: unknown or unavailable
 # scenario. Every process it starts is stopped on exit (trap). $DMOE_CALL overrides the dmoe-call used.
 set -euo pipefail
@@ -42,6 +47,9 @@ usage: loadtest.sh SCENARIO
   swarm                       N real nodes (N=64; N=1000 on a big box), 4 ffn experts each, each joining a
                               random earlier node; start-up, RSS, lookups, MoE and DHT load; 30% SIGKILLed,
                               measured again (scripts/loadtest_swarm.sh lists its settings)
+  wan                         the moe scenario's two nodes at hidden 128 (one worker each), each behind an
+                              emulated link of 12,800 KiB/s (100 Mbit/s) on its own loopback address;
+                              1 client, batch 64, forward then backward, 12 s at each of 10, 50, 150 ms RTT
 USAGE
 }
 
@@ -51,6 +59,7 @@ if [ "$SCENARIO" = swarm ]; then exec bash "$(dirname "$0")/loadtest_swarm.sh"; 
 # Scenario table: node flags (NODE2_ARGS: a second node joining the first through the DHT), load flags.
 # Durations keep each scenario under a minute on 2 cores.
 NODE2_ARGS=()
+WAN_RTTS=()
 case "$SCENARIO" in
     ffn_forward)
         NODE_ARGS=(--expert_cls ffn --hidden_dim 1024 --num_experts 4 --max_batch_size 16384)
@@ -78,6 +87,14 @@ case "$SCENARIO" in
         NODE_ARGS=(--expert_cls nop --hidden_dim 16 --expert_uids dht_host.0 --num_workers 1)
         NODE2_ARGS=(--expert_cls nop --hidden_dim 16 --expert_uids dht_host.1 --num_workers 1)
         LOAD_ARGS=(--dht --clients 16 --batch 64 --mix 0.5 --requests 300000 --duration 20 --warmup 2 --timeout 30) ;;
+    wan)
+        # hidden 128: small enough that the network, not 2 loaded cores, sets the step time
+        NODE_ARGS=(--expert_cls ffn --hidden_dim 128 --num_experts 5 --expert_pattern "expert.[0:5]" --num_workers 1)
+        NODE2_ARGS=(--expert_cls ffn --hidden_dim 128 --num_experts 10 --expert_pattern "expert.[5:250]" --num_workers 1)
+        LOAD_ARGS=(--moe --uid_prefix expert. --grid_size 250 --k_best 2 --in_features 128 --clients 1 --batch 64
+                   --mix 0.5 --duration 12 --warmup 2 --timeout 60)
+        WAN_RTTS=(10 50 150)
+        WAN_RATE=12800 ;;
     *)
         usage
         exit 2 ;;
@@ -116,6 +133,116 @@ start_node() {
     ADDR=$NODE_ADDR
     DHT_ADDR=$NODE_DHT
 }
+
+# ---- wan: the same two nodes behind emulated links, once per RTT ----
+
+# free_port HOST: a port free on HOST now.
+free_port() {
+    python3 -c "import socket,sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])" "$1"
+}
+
+# start_wan_node I RTT ARGS...: node I on 127.0.0.(2+I) behind a link on 127.0.0.(12+I) with RTT/2 ms each
+# way; it announces the link. Sets DHT_ADDR.
+start_wan_node() {
+    local i=$1 rtt=$2
+    shift 2
+    local host=127.0.0.$((2 + i)) link=127.0.0.$((12 + i)) port lport log="$TMP/link$i.log"
+    port=$(free_port "$host")
+    "$LINK_BIN" --listen "$link:0" --target "$host:$port" --delay_ms "$(awk -v r="$rtt" 'BEGIN { print r / 2 }')" \
+        --jitter_ms 1 --rate_kib_s "$WAN_RATE" >"$log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 100); do
+        lport=$(sed -n "s/.*listening on $link:\([0-9]*\).*/\1/p" "$log")
+        [ -z "$lport" ] || break
+        sleep 0.05
+    done
+    [ -n "$lport" ] || { cat "$log" >&2; echo "loadtest.sh: wan-link did not start" >&2; exit 1; }
+    "$NODE_BIN" "$@" --host_maddrs "/ip4/$host/tcp/$port" --announce_maddrs "/ip4/$link/tcp/$lport" 2>"$TMP/node$((i + 1)).log" &
+    local pid=$!
+    PIDS+=("$pid")
+    local rc=0
+    node_wait "$TMP/node$((i + 1)).log" "$pid" 20 || rc=$?
+    [ "$rc" -eq 0 ] || { cat "$TMP/node$((i + 1)).log" >&2; echo "loadtest.sh: dmoe-node did not start" >&2; exit 1; }
+    DHT_ADDR=$NODE_DHT
+}
+
+# stop_all: SIGTERM every process started, the last first; a node that does not exit 0 fails the run.
+stop_all() {
+    for ((i = ${#PIDS[@]}; i >= 1; i--)); do
+        p=${PIDS[$((i - 1))]}
+        kill -TERM "$p" 2>/dev/null || true
+        rc=0
+        wait "$p" || rc=$?
+        [ "$rc" -eq 0 ] || { echo "loadtest.sh: process $p exited with $rc" >&2; status=1; }
+    done
+    PIDS=()
+}
+
+if [ "${#WAN_RTTS[@]}" -gt 0 ]; then
+    LINK_BIN="$BUILD/test/wan-link"
+    [ -x "$LINK_BIN" ] || { echo "loadtest.sh: $LINK_BIN is missing; run make $LINK_BIN" >&2; exit 1; }
+    python3 -c "import socket; socket.socket().bind(('127.0.0.12', 0))" 2>/dev/null ||
+        { echo "loadtest.sh: this machine cannot bind 127.0.0.12: no wan scenario" >&2; exit 2; }
+    status=0
+    JSON="$OUT/wan.json"
+    DAT="$OUT/wan.dat"
+    echo "# rtt_ms search_ms dispatch_ms wait_ms backward_ms step_ms" >"$DAT"
+    echo "[" >"$JSON"
+    sep=""
+    for rtt in "${WAN_RTTS[@]}"; do
+        echo "== wan at ${rtt} ms RTT, ${WAN_RATE} KiB/s: dmoe-node ${NODE_ARGS[*]} / ${NODE2_ARGS[*]}"
+        start_wan_node 0 "$rtt" "${NODE_ARGS[@]}"
+        PEER=$DHT_ADDR
+        start_wan_node 1 "$rtt" "${NODE2_ARGS[@]}" --initial_peers "$PEER"
+        sleep 1
+        rc=0
+        timeout --kill-after=5 300 $CALL --initial_peers "$PEER" load "${LOAD_ARGS[@]}" --csv "$OUT/wan_$rtt.csv" --json \
+            >"$TMP/wan_$rtt.json" || rc=$?
+        [ "$rc" -eq 0 ] || status=1
+        stop_all
+        printf '%s{"rtt_ms": %s, "rate_kib_s": %s, "load": %s}' "$sep" "$rtt" "$WAN_RATE" "$(cat "$TMP/wan_$rtt.json")" >>"$JSON"
+        sep=$',\n'
+        python3 - "$TMP/wan_$rtt.json" "$rtt" >>"$DAT" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+m = r.get("moe_forward_ms", {})
+b = r.get("backward_latency_us", {}).get("mean", 0) / 1000.0
+print(sys.argv[2], *("%.3f" % v for v in (m.get("search", 0), m.get("dispatch", 0), m.get("wait", 0), b,
+                                          m.get("total", 0) + b)))
+PY
+        tail -n 1 "$DAT" | awk '{ printf "   step %.1f ms = beam search %.1f + dispatch %.1f + waiting %.1f + backward %.1f\n", $6, $2, $3, $4, $5 }'
+    done
+    echo "]" >>"$JSON"
+    if ! command -v gnuplot >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+        { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q gnuplot-nox; } >/dev/null 2>&1 || true
+    fi
+    if command -v gnuplot >/dev/null 2>&1; then
+        gnuplot <<PLOT
+set terminal pngcairo size 900,600 noenhanced
+set output "$OUT/wan.png"
+set title "MoE training step over emulated WAN links (${WAN_RATE} KiB/s, 2 nodes, hidden 128, 1 client, batch 64)"
+set style data histograms
+set style histogram rowstacked
+set style fill solid 0.8 border -1
+set boxwidth 0.6
+set grid ytics
+set ylabel "ms per step (mean)"
+set xlabel "round-trip time, ms"
+set key left top
+plot "$DAT" using 2:xtic(1) title "beam search", '' using 3 title "dispatch", '' using 4 title "waiting for the experts", \
+     '' using 5 title "backward"
+PLOT
+        echo "== plot: $OUT/wan.png"
+    fi
+    if [ "$status" -eq 0 ]; then
+        echo "== wan PASSED: zero errors, zero lost replies at every RTT (reports $JSON, table $DAT)"
+    else
+        echo "== wan FAILED: see $JSON" >&2
+        exit 1
+    fi
+    exit 0
+fi
 
 echo "== $SCENARIO: dmoe-node ${NODE_ARGS[*]}"
 start_node "$TMP/node1.log" "${NODE_ARGS[@]}"

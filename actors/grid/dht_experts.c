@@ -16,7 +16,9 @@
  * re-declares each update_period with the same lifetime, so the latest expiration is the owner heard
  * from most recently -- the likeliest alive -- and a server that died stops being chosen one update
  * period after its last declaration, long before its record expires; the tie-break makes every client
- * choose the same owner. On an open network a rival key declaring the same uid is a competing server
+ * choose the same owner. A withdrawal is the same records with the payload msgpack nil and a later
+ * expiration: per subkey it replaces the declaration on every replica, and a lookup skips it like any
+ * payload that is not a declaration, so the signer's entry is gone while other owners' stay. On an open network a rival key declaring the same uid is a competing server
  * (as in hivemind, anyone may serve any uid): whether its outputs are honest is for the reply checks and
  * moe_health to judge; a lab that wants only its own servers runs a private swarm (--trusted_keys).
  */
@@ -185,7 +187,8 @@ static void on_declared_dict(void *arg, int err, const char *msg, const size_t *
 }
 
 /* seal_entry packs and signs entry e's record (value: [uid, endpoint], or [node id hex, endpoint] for
- * the uid's own key) into *rec and its subkey into skbuf. Returns 0 or a negative code. */
+ * the uid's own key; maddr NULL: its withdrawal, payload DHT_EXPERTS_WITHDRAWN) into *rec and its subkey
+ * into skbuf. Returns 0 or a negative code. */
 static int seal_entry(dht *d, const uid_decl_entry *e, const char *uid, const char *hex, const char *maddr,
                       double expiration, uint8_t *skbuf, size_t *sklen, uint8_t **rec, size_t *rlen)
 {
@@ -194,6 +197,7 @@ static int seal_entry(dht *d, const uid_decl_entry *e, const char *uid, const ch
     dht_id id;
     *sklen = dht_record_subkey(me->pk, e->k.has_subkey, e->k.subkey, skbuf);
     int rc = key_id(e->k.key, &id);
+    if (rc == 0 && !maddr) return dht_record_seal(me, &id, skbuf, *sklen, DHT_EXPERTS_WITHDRAWN, 1, expiration, rec, rlen);
     if (rc == 0) rc = e->k.has_subkey ? pack_pair(uid, maddr, &sb) : pack_pair(hex, maddr, &sb);
     if (rc == 0) {
         rc = dht_record_seal(me, &id, skbuf, *sklen, sb.data, sb.size, expiration, rec, rlen);
@@ -202,8 +206,10 @@ static int seal_entry(dht *d, const uid_decl_entry *e, const char *uid, const ch
     return rc;
 }
 
-int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
-                        dht_declare_cb cb, void *arg, char *err, size_t errlen)
+/* declare stores the records of uids[0..n): declarations at endpoint, or (withdraw: endpoint NULL) the
+ * withdrawals of them. */
+static int declare(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
+                   int withdraw, dht_declare_cb cb, void *arg, char *err, size_t errlen)
 {
     if (dht_node_is_stopped(d)) return DMOE_ESHUTDOWN;
     if (n > DHT_EXPERTS_MAX_BATCH) {
@@ -218,8 +224,8 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
             snprintf(err, errlen, "invalid expert uid '%.200s': %s", uids[bad], dmoe_strerror(total));
         return total;
     }
-    char maddr[WIRE_MADDR_TEXT], hex[DHT_ID_HEX_LEN + 1];
-    wire_maddr_format(endpoint, maddr, sizeof maddr);
+    char maddr[WIRE_MADDR_TEXT] = "", hex[DHT_ID_HEX_LEN + 1];
+    if (!withdraw) wire_maddr_format(endpoint, maddr, sizeof maddr);
     dht_id_to_hex(dht_node_id(d), hex);
     double cap = dht_node_now(d) + dht_node_cfg(d)->max_record_lifetime_s;
     if (expiration > cap) expiration = cap;   /* replicas refuse records living longer (dht_trust.h) */
@@ -250,7 +256,8 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
         for (size_t e = i; e < j && rc == 0; e++) {
             size_t q = st->n++;
             st->uids[q] = plan[e].uid;
-            rc = seal_entry(d, &plan[e], uids[plan[e].uid], hex, maddr, expiration, sk[q], &sklens[q], &recs[q], &rlens[q]);
+            rc = seal_entry(d, &plan[e], uids[plan[e].uid], hex, withdraw ? NULL : maddr, expiration, sk[q], &sklens[q],
+                            &recs[q], &rlens[q]);
             entries[q] = (dht_dict_entry){ sk[q], sklens[q], recs[q], rlens[q] };
         }
         dht_id id;
@@ -268,6 +275,18 @@ int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_ma
     free(plan);
     batch_release(b);
     return 0;
+}
+
+int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
+                        dht_declare_cb cb, void *arg, char *err, size_t errlen)
+{
+    return declare(d, uids, n, endpoint, expiration, 0, cb, arg, err, errlen);
+}
+
+int dht_withdraw_experts(dht *d, const char *const *uids, size_t n, double expiration, dht_declare_cb cb, void *arg,
+                         char *err, size_t errlen)
+{
+    return declare(d, uids, n, NULL, expiration, 1, cb, arg, err, errlen);
 }
 
 /* ---- get experts ---- */

@@ -42,6 +42,19 @@ typedef void (*dht_declare_cb)(void *arg, int err, const char *msg, const uint8_
 int dht_declare_experts(dht *d, const char *const *uids, size_t n, const wire_maddr *endpoint, double expiration,
                         dht_declare_cb cb, void *arg, char *err, size_t errlen);
 
+/* The payload of a withdrawn record: msgpack nil (one byte). */
+#define DHT_EXPERTS_WITHDRAWN "\xc0"
+
+/* dht_withdraw_experts withdraws this node's declarations of uids[0..n) before they expire (a graceful
+ * stop): it stores, under every key and subkey dht_declare_experts used, a record of the same key whose
+ * payload is DHT_EXPERTS_WITHDRAWN, expiring at expiration -- which must be later than the declarations'
+ * (per subkey the latest expiration wins), e.g. the last declaration's plus a second (cut, like those,
+ * to the lifetime cap). Lookups skip withdrawn records, so clients stop finding this node's experts at
+ * once; other nodes' declarations of the same uids are untouched. Completion and returns as
+ * dht_declare_experts. */
+int dht_withdraw_experts(dht *d, const char *const *uids, size_t n, double expiration, dht_declare_cb cb, void *arg,
+                         char *err, size_t errlen);
+
 /* Where one expert lives: found 0 when no live declaration was found. */
 typedef struct {
     int found;

@@ -80,6 +80,13 @@ void loadgen_print(FILE *f, const loadgen_cfg *c, const loadgen_report *r, int j
         print_lat_json(f, "forward_latency_us", &r->lat_fwd);
         fprintf(f, ", ");
         print_lat_json(f, "backward_latency_us", &r->lat_bwd);
+        if (mode == LOADGEN_MOE) {
+            double n = r->moe_fwds ? (double)r->moe_fwds : 1;
+            fprintf(f, ", \"moe_forward_ms\": {\"n\": %llu, \"search\": %.3f, \"dispatch\": %.3f, \"wait\": %.3f, "
+                       "\"total\": %.3f}, \"experts_retried\": %llu",
+                    (unsigned long long)r->moe_fwds, r->moe_search_ms / n, r->moe_dispatch_ms / n, r->moe_wait_ms / n,
+                    r->moe_total_ms / n, (unsigned long long)r->moe_retried);
+        }
         fprintf(f, ", \"samples\": %d}\n", r->n_samples);
         return;
     }
@@ -114,6 +121,12 @@ void loadgen_print(FILE *f, const loadgen_cfg *c, const loadgen_report *r, int j
     if (r->lat_fwd.n && r->lat_bwd.n) {
         print_lat_human(f, fw, &r->lat_fwd);
         print_lat_human(f, bw, &r->lat_bwd);
+    }
+    if (mode == LOADGEN_MOE && r->moe_fwds) {
+        double n = (double)r->moe_fwds;
+        fprintf(f, "  forward   mean %.2f ms = beam search %.2f + dispatch %.2f + waiting %.2f (%llu forwards, %llu "
+                   "requests retried)\n", r->moe_total_ms / n, r->moe_search_ms / n, r->moe_dispatch_ms / n,
+                r->moe_wait_ms / n, (unsigned long long)r->moe_fwds, (unsigned long long)r->moe_retried);
     }
     if (mode == LOADGEN_NODE) fprintf(f, "  bytes     %s sent, %s received\n", sent, recv);
     for (int k = 0; k < LOADGEN_N_CODES; k++)

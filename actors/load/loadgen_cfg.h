@@ -66,6 +66,9 @@ typedef struct {
     uint64_t requests, rows, fwd_requests, bwd_requests, fwd_rows, bwd_rows;
     double req_per_s, rows_per_s;
     loadgen_lat lat, lat_fwd, lat_bwd;
+    /* MoE: where the window's successful forwards spent their time (moe_fwd_stats), summed */
+    uint64_t moe_fwds, moe_retried;
+    double moe_search_ms, moe_dispatch_ms, moe_wait_ms, moe_total_ms;
     /* per-second samples (also written to csv_path) */
     int n_samples;
     struct loadgen_sample {

@@ -4,13 +4,14 @@
  * Set-up (moe_start, blocking, before the run): each user opens its own moe_net (a client and a
  * client-mode DHT node, joined one user after the other) and its own layer (moe.h; gating seeded per
  * user, so users route differently), and draws batch_max random input rows. The layer waits for every
- * chosen expert (timeout_after_k_min -1) up to the call timeout, so a masked expert is a failure to
- * report, not a straggler to forgive.
+ * chosen expert (timeout_after_k_min -1) up to the call timeout, without retries (retry_rounds 0), so a
+ * masked expert is a failure to report, not a straggler to forgive.
  *
  * Requests. moe_send runs one layer forward of the user's first u->rows rows, or -- when the engine
  * chose a backward -- the backward of the forward the user kept. on_moe_fwd checks the output's row
  * count and that every chosen expert answered (else the forward counts as an error, LG_EPARTIAL, shown
- * as "other"), notes the most experts one forward chose (the report's n_targets), makes the output
+ * as "other"), notes the most experts one forward chose (the report's n_targets) and, in the window,
+ * where the forward's time went (beam search, dispatch, waiting: moe_fwd_stats), makes the output
  * gradients at the first need, and keeps a successful forward for the backward the mix may send next:
  * a user's backward always belongs to its previous, successful forward. Both callbacks end in
  * lg_user_done.
@@ -55,7 +56,15 @@ static void on_moe_fwd(void *arg, int err, const char *msg, moe_fwd *f)
             snprintf(e, sizeof e, "partial forward: %d of %d chosen experts answered", st->experts_answered,
                      st->experts_chosen);
             err = LG_EPARTIAL;
-        } else if (g->cfg->mix > 0 && (!u->gy || u->gy_D != D)) {
+        } else if (rt_clock_us() >= g->window_us) {   /* the breakdown, as the window measures it */
+            g->r->moe_fwds++;
+            g->r->moe_retried += (uint64_t)st->experts_retried;
+            g->r->moe_search_ms += st->search_ms;
+            g->r->moe_dispatch_ms += st->dispatch_ms;
+            g->r->moe_wait_ms += st->wait_ms;
+            g->r->moe_total_ms += st->total_ms;
+        }
+        if (err == 0 && g->cfg->mix > 0 && (!u->gy || u->gy_D != D)) {
             free(u->gy);
             u->gy_D = D;
             u->gy = malloc((size_t)g->cfg->batch_max * (size_t)D * sizeof *u->gy);
@@ -98,6 +107,7 @@ static int moe_start(lg *g)
     mc.k_best = c->k_best;
     mc.forward_timeout = mc.backward_timeout = (double)c->timeout_ms / 1000.0;
     mc.timeout_after_k_min = -1;   /* every chosen expert answers, or the forward counts as an error */
+    mc.retry_rounds = 0;           /* so no expert's rows move elsewhere: a failure is reported, not hidden */
     for (int i = 0; i < g->n_users; i++) {
         lg_user *u = &g->users[i];
         u->g = g;

@@ -12,6 +12,7 @@
  */
 #include "actors/moe/moe.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,7 @@ void moe_cfg_default(moe_cfg *c)
     c->jitter_eps = 1e-2;
     c->grid_dropout = 1.0;
     c->utilization_alpha = 0.9;
+    c->retry_rounds = MOE_RETRY_ROUNDS;
 }
 
 int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, const moe_caller *caller,
@@ -51,6 +53,7 @@ int moe_layer_new(rt_loop *l, const moe_cfg *c, const moe_succ_provider *succ, c
     if (c->ndim < 1 || c->ndim > MOE_MAX_DIMS) BAD("grid_size needs 1 to %d dimensions", MOE_MAX_DIMS);
     if (c->k_best < 1 || c->k_best > MOE_MAX_BEAM) BAD("k_best must be in 1..%d", MOE_MAX_BEAM);
     if (c->k_min < 0 || c->backward_k_min < 0) BAD("k_min and backward_k_min must be >= 0");
+    if (c->retry_rounds < 0 || c->retry_rounds > MOE_MAX_BEAM) BAD("retry_rounds must be in 0..%d", MOE_MAX_BEAM);
     if (c->is_switch && (c->grid_dropout <= 0 || c->grid_dropout > 1 || c->jitter_eps < 0 || c->jitter_eps >= 1))
         BAD("grid_dropout must be in (0, 1] and jitter_eps in [0, 1)");
     for (int d = 0; d < c->ndim; d++)
@@ -207,22 +210,65 @@ moe_fwd *moe_fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *e
 
 /* ---- grouping and combining ---- */
 
-/* add_expert appends the expert ch to f's requests for this wave and indexes it by uid in by_uid. Returns
- * its index, -1 when its uid is not a grid coordinate of the layer (skipped), or DMOE_ENOMEM. */
-static int add_expert(moe_layer *m, moe_fwd *f, rt_map *by_uid, const moe_beam_expert *ch)
+/* reserve makes room in f->exp for n requests in all (new room zeroed). Returns 0 or DMOE_ENOMEM. */
+static int reserve(moe_fwd *f, int64_t n)
 {
+    if (n <= f->cap_exp) return 0;
+    int64_t cap = f->cap_exp ? 2 * (int64_t)f->cap_exp : 8;
+    if (cap < n) cap = n;
+    if (cap > INT_MAX) return DMOE_ENOMEM;
+    moe_exp *grown = realloc(f->exp, (size_t)cap * sizeof *grown);
+    if (!grown) return DMOE_ENOMEM;
+    memset(grown + f->cap_exp, 0, (size_t)(cap - f->cap_exp) * sizeof *grown);
+    f->exp = grown;
+    f->cap_exp = (int)cap;
+    return 0;
+}
+
+/* new_entry writes request f->exp[f->nexp] for expert ch (room reserved) without counting it yet.
+ * Returns 0, or -1 when its uid is not a grid coordinate of the layer. */
+static int new_entry(moe_fwd *f, const moe_beam_expert *ch)
+{
+    moe_layer *m = f->m;
     moe_exp *e = &f->exp[f->nexp];
+    memset(e, 0, sizeof *e);
     snprintf(e->uid, sizeof e->uid, "%s", ch->uid);
     e->addr = ch->addr;
     if (moe_beam_expert_coords(m->c.uid_prefix, m->c.grid_size, m->c.ndim, e->uid, e->coords) != 0)
         return -1;   /* a FLAT_EXPERT entry of a 1-d grid always parses; anything else was filtered */
+    return 0;
+}
+
+/* add_expert appends the expert ch to f's requests for this wave (room reserved: the map's keys live in
+ * the requests, which must not move) and indexes it by uid in by_uid. Returns its index, -1 when its uid
+ * is not a grid coordinate of the layer (skipped), or DMOE_ENOMEM. */
+static int add_expert(moe_fwd *f, rt_map *by_uid, const moe_beam_expert *ch)
+{
+    if (new_entry(f, ch) != 0) return -1;
+    moe_exp *e = &f->exp[f->nexp];
     if (rt_map_put(by_uid, e->uid, strlen(e->uid), e) != 0) return DMOE_ENOMEM;   /* the key lives in e */
     return f->nexp++;
 }
 
-/* copy_rows fills e's inputs: its rows of x and of the extra inputs. Returns 0 or DMOE_ENOMEM. */
-static int copy_rows(moe_fwd *f, moe_exp *e)
+int moe_fwd_add_expert(moe_fwd *f, const moe_beam_expert *ch)
 {
+    if (reserve(f, (int64_t)f->nexp + 1) != 0) return DMOE_ENOMEM;
+    if (new_entry(f, ch) != 0) return -1;
+    moe_exp *e = &f->exp[f->nexp];
+    e->rows = malloc((size_t)f->B * sizeof *e->rows);
+    if (!e->rows) return DMOE_ENOMEM;
+    if (f->ranked) {   /* the uid's rank, or the next one */
+        e->rank = -1;
+        for (int ej = 0; ej < f->nexp && e->rank < 0; ej++)
+            if (strcmp(f->exp[ej].uid, e->uid) == 0) e->rank = f->exp[ej].rank;
+        if (e->rank < 0) e->rank = f->nuid++;
+    }
+    return f->nexp++;
+}
+
+int moe_fwd_inputs(moe_fwd *f, int ei)
+{
+    moe_exp *e = &f->exp[ei];
     int64_t shape[2] = { e->nrows, f->in };
     if (rx_tensor_alloc(&e->in[0], WIRE_DT_F32, 2, shape) != 0) return DMOE_ENOMEM;
     float *xe = rx_tensor_f32(&e->in[0]);
@@ -244,10 +290,8 @@ static int copy_rows(moe_fwd *f, moe_exp *e)
 int moe_fwd_group(moe_fwd *f, const moe_beam *beam, const int64_t *smp, int64_t n, int *need, int *first)
 {
     moe_layer *m = f->m;
-    if (!f->exp) {   /* every request holds at least one of the B * k slots */
-        f->exp = calloc((size_t)(f->B * f->k), sizeof *f->exp);
-        if (!f->exp) return DMOE_ENOMEM;
-    }
+    /* every new request holds at least one of the wave's n * k slots: room for all of them up front */
+    if (reserve(f, (int64_t)f->nexp + n * f->k) != 0) return DMOE_ENOMEM;
     int first_new = f->nexp;
     rt_map by_uid = RT_MAP_INIT;   /* uid -> its moe_exp of this wave */
     /* first the slots and each request's row count, then the rows in sample order */
@@ -255,9 +299,10 @@ int moe_fwd_group(moe_fwd *f, const moe_beam *beam, const int64_t *smp, int64_t 
         int64_t b = smp[i];
         const moe_beam_expert *ch;
         size_t cnt = moe_beam_result(beam, b, &ch);
+        if (cnt > (size_t)f->k) cnt = (size_t)f->k;   /* the rest are spares for retries (moe_call.c) */
         for (size_t j = 0; j < cnt; j++) {
             moe_exp *found = rt_map_get(&by_uid, ch[j].uid, strlen(ch[j].uid));
-            int ei = found ? (int)(found - f->exp) : add_expert(m, f, &by_uid, &ch[j]);
+            int ei = found ? (int)(found - f->exp) : add_expert(f, &by_uid, &ch[j]);
             if (ei == DMOE_ENOMEM) { rt_map_clear(&by_uid); return DMOE_ENOMEM; }
             if (ei < 0) continue;
             f->slot_exp[b * f->k + (int64_t)j] = ei;
@@ -279,7 +324,19 @@ int moe_fwd_group(moe_fwd *f, const moe_beam *beam, const int64_t *smp, int64_t 
             if (ei >= first_new) f->exp[ei].rows[f->slot_row[b * f->k + j]] = b;
         }
     for (int ei = first_new; ei < f->nexp; ei++)
-        if (copy_rows(f, &f->exp[ei]) != 0) return DMOE_ENOMEM;
+        if (moe_fwd_inputs(f, ei) != 0) return DMOE_ENOMEM;
+    return 0;
+}
+
+/* rank_of gives e its uid's rank in the map, or the next one. Returns 0 or DMOE_ENOMEM. */
+static int rank_of(moe_fwd *f, rt_map *rank, moe_exp *e)
+{
+    void *v = rt_map_get(rank, e->uid, strlen(e->uid));
+    if (!v) {
+        v = (void *)(uintptr_t)(++f->nuid);
+        if (rt_map_put(rank, e->uid, strlen(e->uid), v) != 0) return DMOE_ENOMEM;
+    }
+    e->rank = (int)((uintptr_t)v - 1);
     return 0;
 }
 
@@ -287,19 +344,17 @@ int moe_fwd_group_end(moe_fwd *f)
 {
     rt_map rank = RT_MAP_INIT;   /* uid -> rank + 1 */
     f->nuid = 0;
+    for (int ei = 0; ei < f->nexp; ei++) f->exp[ei].rank = -1;
     for (int64_t s = 0; s < f->B * f->k; s++) {
         int ei = f->slot_exp[s];
-        if (ei < 0) continue;
-        moe_exp *e = &f->exp[ei];
-        void *v = rt_map_get(&rank, e->uid, strlen(e->uid));
-        if (!v) {
-            v = (void *)(uintptr_t)(++f->nuid);
-            if (rt_map_put(&rank, e->uid, strlen(e->uid), v) != 0) { rt_map_clear(&rank); return DMOE_ENOMEM; }
-        }
-        e->rank = (int)((uintptr_t)v - 1);
+        if (ei >= 0 && rank_of(f, &rank, &f->exp[ei]) != 0) { rt_map_clear(&rank); return DMOE_ENOMEM; }
     }
-    rt_map_clear(&rank);
     f->st.experts_chosen = f->nuid;
+    /* requests no slot refers to any more: failed before the search ended, their rows retried */
+    for (int ei = 0; ei < f->nexp; ei++)
+        if (f->exp[ei].rank < 0 && rank_of(f, &rank, &f->exp[ei]) != 0) { rt_map_clear(&rank); return DMOE_ENOMEM; }
+    rt_map_clear(&rank);
+    f->ranked = 1;
     return 0;
 }
 

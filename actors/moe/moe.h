@@ -18,7 +18,11 @@
  * expert chosen in several waves gets a request per wave; the result is bit for bit that of a single
  * dispatch at the end (stats.waves says how many there were). Answers are collected until every sample has
  * k_min of them (or can get no more), then for at most timeout_after_k_min more, never past
- * forward_timeout (the beam search counts against forward_timeout too). Failed and late answers, answers
+ * forward_timeout (the beam search counts against forward_timeout too). A request that fails (refused,
+ * connection lost, a bad answer) or stalls (MOE_HEDGE_MIN_S, once the search has ended) has its rows sent
+ * again, within the same forward, to each sample's next-best spare expert (cfg.retry_rounds); a peer that
+ * refused or stalled is down for the rest of the forward, every expert it hosts with it. Failed and late
+ * answers, answers
  * that are not float32 [the expert's rows, D] (rx_tensor_check), and -- with detect_anomalies, on by
  * default -- non-finite answers are masked out. Until one matches, the first expert's schema is checked
  * against what the layer sends (the caller's info port): experts of another width end the forward with
@@ -51,6 +55,21 @@
 
 #include "actors/moe/moe_types.h"   /* moe_cfg, moe_caller, moe_fwd_stats */
 #include "runtime/rt_actor.h"
+
+/* Retries (moe_call.c). A failed expert costs its rows only when no spare is left: the search keeps
+ * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one.
+ * 4: enough that a sample's spares almost never all sit on the one peer that failed (free on a 1-d grid,
+ * which the search reads in one round anyway). */
+#define MOE_RETRY_ROUNDS 4
+/* A request still out to a peer that has answered nothing in this forward, while samples wait on it,
+ * this long after the last answer and at least twice as long as the answers so far took, is presumed
+ * lost (a stalled or partitioned peer) when spares can take all that peer's rows: its rows go to them. Short enough to save the step, long enough
+ * not to fire on a busy but live node (a loaded one answers within a few times the others' latency). */
+#define MOE_HEDGE_MIN_S 0.5
+/* No retry is sent with less time than this left before the deadline: it could not come back. */
+#define MOE_RETRY_MIN_MS 20
+/* Peers remembered as down within one forward (the rest are still skipped by moe_health next step). */
+#define MOE_MAX_DOWN 32
 
 /* moe_cfg_default fills c with hivemind's defaults (k_best 1 in switch mode, else 4; the caller sets
  * in_features, grid_size, ndim, uid_prefix), except detect_anomalies, which is on. */

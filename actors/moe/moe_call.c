@@ -29,6 +29,22 @@
  * op stops itself only when it has called back, no request is out and its job is back, so no callback
  * ever sees freed memory.
  *
+ * Retries (forward only: a backward must reach the experts that computed the forward). The search asks
+ * for k_best * (1 + retry_rounds) experts per sample; the first k_best are the sample's slots, the rest
+ * its spares, taken best first through a per-sample cursor. When a request fails, each of its rows
+ * moves to its sample's next spare not on a peer that is down, and the spares chosen for one failure
+ * are asked together, one request per expert (a new entry in f->exp, which may grow: requests are
+ * referred to by index). A refusal (connection failed, shutting down) puts the peer down for the rest
+ * of the forward: every other request out to it is abandoned and retried at once, and its spares are
+ * skipped. A retry may come while later waves are still being searched; the ranks (moe_exp.rank) of its
+ * request and of the failed one are given when the search ends (moe_fwd_group_end) or, after that, when
+ * the retry is made. A stall is found by the hedge timer, armed only once the search has ended: when
+ * samples still wait for k_min and nothing has answered for max(MOE_HEDGE_MIN_S, twice the time the
+ * answers so far took), the requests they wait on are presumed lost and their peers put down the same
+ * way -- only peers that have answered nothing in this forward: one that answered something is alive,
+ * merely slow. Retries stop with less than MOE_RETRY_MIN_MS to the deadline, or when a sample has no
+ * spare left.
+ *
  * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
  * of the extra inputs (the same refcounted tensors are sent again: the node needs every input), outputs
  * and weights. Extra inputs get no gradient. Gradients follow hivemind's autograd graph; experts that
@@ -86,9 +102,12 @@ typedef struct {
     float bal_coef;
 } gate_job;
 
+/* One expert call out (heap: the caller holds it until its callback, which may come after the op
+ * abandoned the request). */
 typedef struct {
     struct op *o;
     int e;
+    int abandoned;            /* the op gave up on it: the answer is dropped */
 } call_ctx;
 
 typedef struct op {
@@ -102,13 +121,17 @@ typedef struct op {
     int backward;
     moe_beam *beam;
     moe_search *search;
-    call_ctx *ctx;
-    int pending, finished;    /* pending: expert calls and the info request out */
+    int pending, live, finished;   /* callbacks outstanding (expert calls and the info request); of
+                                      those, the ones not abandoned */
     int info_out;             /* forward: the schema check's info request is out */
     int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
     int64_t *wave;            /* forward: the samples of the wave being grouped (room for B) */
     uint8_t *sent;            /* forward: per sample, whether its requests went out */
+    int *next;                /* forward with retries, per sample: its next spare in the beam's result */
+    wire_maddr down[MOE_MAX_DOWN];   /* peers down for the rest of this forward */
+    int ndown;
     uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
+    uint64_t t_searched, t_sent, last_answer, last_sent, hedge_at;   /* hedge_at 0: no hedge armed */
     float *wsnap;             /* the gating parameters when the GEMM was handed out */
     int *order;               /* backward: f's requests in rank order */
     float *usnap;             /* backward, switch: the utilisation when the job was handed out */
@@ -130,7 +153,7 @@ static void op_destroy(rt_actor *self)
     op *o = (op *)self;
     rt_timer_deinit(&o->timer);
     moe_beam_free(o->beam);
-    free(o->ctx);
+    free(o->next);
     free(o->need);   /* and got, left */
     free(o->wave);
     free(o->sent);
@@ -152,6 +175,7 @@ static void arm(op *o)
 {
     uint64_t now = rt_clock_us();
     uint64_t at = o->finish_at < o->deadline ? o->finish_at : o->deadline;
+    if (o->hedge_at && o->hedge_at < at) at = o->hedge_at;
     rt_timer_start(&o->timer, at > now ? (at - now + 999) / 1000 : 0, 0);
 }
 
@@ -185,6 +209,7 @@ static void bwd_complete(op *o);
 static void on_gated(op *o);
 static void fwd_combined(op *o);
 static void send_range(op *o, int from, int to);
+static void hedge(op *o);
 
 static void op_complete(op *o)
 {
@@ -193,15 +218,32 @@ static void op_complete(op *o)
     else fwd_complete(o);
 }
 
-/* settle moves the finish time forward once every sample has what it waits for. */
+/* arm_hedge sets the hedge time while samples wait: max(MOE_HEDGE_MIN_S, twice the time the answers so
+ * far took) after the last answer or the last request sent, whichever is later -- so a retry gets its
+ * own time (no answer yet: no hedge, there is nothing to compare with). */
+static void arm_hedge(op *o)
+{
+    if (o->backward || o->m->c.retry_rounds <= 0 || !o->last_answer) return;
+    uint64_t took = 2 * (o->last_answer - o->t_sent), min = (uint64_t)(MOE_HEDGE_MIN_S * 1e6);
+    uint64_t from = o->last_answer > o->last_sent ? o->last_answer : o->last_sent;
+    uint64_t at = from + (took > min ? took : min);
+    if (at != o->hedge_at) {
+        o->hedge_at = at;
+        arm(o);
+    }
+}
+
+/* settle moves the finish time forward once every sample has what it waits for, and keeps the hedge
+ * armed while some do not (once the search has ended: nothing hedges while later waves are searched). */
 static void settle(op *o)
 {
     int64_t B = o->f->B;
     if (o->search) return;   /* a forward's later waves are still to come */
-    if (o->pending == 0) { op_complete(o); return; }
+    if (o->live == 0) { op_complete(o); return; }
     if (o->info_out) return;   /* its answer may end the forward with a clearer error than the experts' */
     for (int64_t b = 0; b < B; b++)
-        if (o->got[b] < o->need[b] && o->left[b] > 0) return;
+        if (o->got[b] < o->need[b] && o->left[b] > 0) { arm_hedge(o); return; }
+    o->hedge_at = 0;
     double after = o->m->c.timeout_after_k_min;
     if (after < 0) return;
     uint64_t t = rt_clock_us() + (uint64_t)(after * 1e6);
@@ -215,6 +257,11 @@ static void on_timer(op *o)
 {
     if (o->finished || o->job_out) return;   /* a forward's gating job re-arms the timer when it is back */
     uint64_t now = rt_clock_us();
+    if (o->hedge_at && now + 500 >= o->hedge_at && !o->search) {
+        o->hedge_at = 0;
+        hedge(o);
+        if (o->finished) return;
+    }
     if (now + 500 < o->finish_at && now + 500 < o->deadline) { arm(o); return; }
     if (o->search) {
         op_fail(o, DMOE_ETIMEDOUT, "beam search did not finish within forward_timeout");
@@ -300,7 +347,8 @@ static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
     snprintf(o->gj.prefix, sizeof o->gj.prefix, "%s", m->c.uid_prefix);
     memcpy(o->gj.grid, m->c.grid_size, sizeof o->gj.grid);
     o->gj.ndim = m->c.ndim;
-    o->gj.k = f->k;
+    o->gj.k = f->k * (1 + m->c.retry_rounds);   /* the k_best slots, then the spares */
+    if (o->gj.k > MOE_MAX_BEAM) o->gj.k = MOE_MAX_BEAM;
     o->m = m;
     o->f = f;
     o->backward = backward;
@@ -420,6 +468,7 @@ static void on_info(void *arg, int err, const char *msg, const rx_schema *s)
 {
     op *o = arg;
     o->pending--;
+    o->live--;
     o->info_out = 0;
     if (o->finished || !o->f) { op_release(o); return; }
     if (err) {
@@ -435,18 +484,187 @@ static void on_info(void *arg, int err, const char *msg, const rx_schema *s)
     settle(o);
 }
 
+/* account counts request ei's rows as answered (ok) or not: it is no longer out for them. */
+static void account(op *o, int ei, int ok)
+{
+    const moe_exp *e = &o->f->exp[ei];
+    for (int64_t r = 0; r < e->nrows; r++) {
+        int64_t b = e->rows[r];
+        o->left[b]--;
+        if (ok) o->got[b]++;
+    }
+}
+
+static void on_answer(void *arg, int err, const char *msg, rx_tensor *out);
+
+/* send_one sends request ei (gout: a backward's output gradient, else NULL). Returns 0 (the request is
+ * out: counted in pending, live and its rows' left) or the caller's error. */
+static int send_one(op *o, int ei, const rx_tensor *gout)
+{
+    moe_fwd *f = o->f;
+    moe_exp *e = &f->exp[ei];
+    uint64_t now = rt_clock_us();
+    uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
+    call_ctx *c = malloc(sizeof *c);
+    if (!c) return DMOE_ENOMEM;
+    *c = (call_ctx){ o, ei, 0 };
+    int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra, gout, ms, on_answer, c);
+    if (rc) {
+        free(c);
+        LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
+        return rc;
+    }
+    e->call = c;
+    o->last_sent = now;
+    o->pending++;
+    o->live++;
+    for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
+    return 0;
+}
+
+static int same_peer(const wire_maddr *a, const wire_maddr *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+static int is_down(const op *o, const wire_maddr *a)
+{
+    for (int i = 0; i < o->ndown; i++)
+        if (same_peer(&o->down[i], a)) return 1;
+    return 0;
+}
+
+/* retry_rows moves the rows of failed request ei to their samples' next live spares and sends the new
+ * requests (a forward with retries on, while the deadline allows). */
+static void retry_rows(op *o, int ei)
+{
+    moe_fwd *f = o->f;
+    if (o->backward || o->m->c.retry_rounds <= 0 || !o->beam || !o->next) return;
+    if (rt_clock_us() + MOE_RETRY_MIN_MS * 1000ull >= o->deadline) return;
+    int first = f->nexp, k = f->k;
+    for (int64_t r = 0; r < f->exp[ei].nrows; r++) {
+        int64_t b = f->exp[ei].rows[r];
+        int j = 0;
+        while (j < k && f->slot_exp[b * k + j] != ei) j++;
+        if (j == k) continue;
+        const moe_beam_expert *ch;
+        size_t n = moe_beam_result(o->beam, b, &ch);
+        while ((size_t)o->next[b] < n && is_down(o, &ch[o->next[b]].addr)) o->next[b]++;
+        if ((size_t)o->next[b] >= n) continue;   /* no spare left: the slot stays failed */
+        const moe_beam_expert *pick = &ch[o->next[b]++];
+        int nj = first;
+        while (nj < f->nexp && strcmp(f->exp[nj].uid, pick->uid) != 0) nj++;
+        if (nj == f->nexp) nj = moe_fwd_add_expert(f, pick);
+        if (nj == DMOE_ENOMEM) { LOG_WARN("out of memory retrying the rows of %s", f->exp[ei].uid); break; }
+        if (nj < 0) continue;
+        moe_exp *e = &f->exp[nj];
+        f->slot_exp[b * k + j] = nj;
+        f->slot_row[b * k + j] = e->nrows;
+        e->rows[e->nrows++] = b;
+    }
+    for (int nj = first; nj < f->nexp; nj++) {
+        if (moe_fwd_inputs(f, nj) != 0 || send_one(o, nj, NULL) != 0) continue;   /* its rows stay failed */
+        f->st.experts_retried++;
+        f->st.rows_retried += f->exp[nj].nrows;
+        LOG_DEBUG("forward: %lld rows of %s retried on %s", (long long)f->exp[nj].nrows, f->exp[ei].uid, f->exp[nj].uid);
+    }
+}
+
+/* lost gives up on request ei (failed, or abandoned): its rows are retried, then no longer wait on it. */
+static void lost(op *o, int ei)
+{
+    retry_rows(o, ei);
+    account(o, ei, 0);
+}
+
+/* peer_down puts peer a down for the rest of the forward and abandons every request still out to it. */
+static void peer_down(op *o, const wire_maddr *a)
+{
+    moe_fwd *f = o->f;
+    if (!is_down(o, a)) {
+        if (o->ndown < MOE_MAX_DOWN) o->down[o->ndown++] = *a;
+        f->st.peers_down++;
+        LOG_DEBUG("forward: peer %s:%u is down for this forward", a->host, (unsigned)a->port);
+    }
+    int n = f->nexp;   /* not the retries this sends: they avoid the peer */
+    for (int ei = 0; ei < n; ei++) {
+        moe_exp *e = &f->exp[ei];
+        if (!e->call || !same_peer(&e->addr, a)) continue;
+        ((call_ctx *)e->call)->abandoned = 1;
+        e->call = NULL;
+        o->live--;
+        lost(o, ei);
+    }
+}
+
+/* answered_from says whether any request of this forward to peer a has answered (a sign of life). */
+static int answered_from(const moe_fwd *f, const wire_maddr *a)
+{
+    for (int ei = 0; ei < f->nexp; ei++)
+        if (f->exp[ei].ok && same_peer(&f->exp[ei].addr, a)) return 1;
+    return 0;
+}
+
+/* spares_cover says whether every row of the requests out to peer a has a spare left on another peer
+ * that is not down: only then can giving up on a lose nothing that waiting for it could have saved. */
+static int spares_cover(const op *o, const wire_maddr *a)
+{
+    const moe_fwd *f = o->f;
+    if (o->backward || o->m->c.retry_rounds <= 0 || !o->beam || !o->next) return 0;
+    for (int ei = 0; ei < f->nexp; ei++) {
+        const moe_exp *e = &f->exp[ei];
+        if (!e->call || !same_peer(&e->addr, a)) continue;
+        for (int64_t r = 0; r < e->nrows; r++) {
+            int64_t b = e->rows[r];
+            const moe_beam_expert *ch;
+            size_t n = moe_beam_result(o->beam, b, &ch), j = (size_t)o->next[b];
+            while (j < n && (same_peer(&ch[j].addr, a) || is_down(o, &ch[j].addr))) j++;
+            if (j == n) return 0;
+        }
+    }
+    return 1;
+}
+
+/* hedge: nothing has answered for the hedge time while samples wait; the requests they wait on, to
+ * peers that have not answered anything in this forward, are presumed lost and those peers down -- when
+ * spares can take all their rows (a peer that answered some request is alive, merely slow; one whose rows
+ * have nowhere else to go keeps its requests until the deadline). */
+static void hedge(op *o)
+{
+    moe_fwd *f = o->f;
+    int n = f->nexp;   /* not the retries this sends */
+    for (int ei = 0; ei < n; ei++) {
+        if (!f->exp[ei].call || answered_from(f, &f->exp[ei].addr)) continue;
+        int waited = 0;
+        for (int64_t r = 0; r < f->exp[ei].nrows && !waited; r++) {
+            int64_t b = f->exp[ei].rows[r];
+            waited = o->got[b] < o->need[b];
+        }
+        if (!waited || !spares_cover(o, &f->exp[ei].addr)) continue;
+        wire_maddr a = f->exp[ei].addr;
+        LOG_DEBUG("forward: %s stalled, its peer is presumed down", f->exp[ei].uid);
+        peer_down(o, &a);
+    }
+    settle(o);
+}
+
 static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
 {
     call_ctx *c = arg;
     op *o = c->o;
+    int ei = c->e, abandoned = c->abandoned;
+    free(c);
     o->pending--;
-    if (o->finished || !o->f) {
+    if (o->finished || !o->f || abandoned) {
         if (out) rx_tensor_free(out);
+        if (!abandoned) o->live--;
         op_release(o);
         return;
     }
+    o->live--;
     moe_fwd *f = o->f;
-    moe_exp *e = &f->exp[c->e];
+    moe_exp *e = &f->exp[ei];
+    e->call = NULL;
     int ok = 0;
     if (err == 0) {
         int want = o->backward ? f->in : (f->D > 0 ? f->D : 0);
@@ -464,10 +682,18 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     }
     if (o->backward) e->bok = ok;
     else e->ok = ok;
-    for (int64_t r = 0; r < e->nrows; r++) {
-        int64_t b = e->rows[r];
-        o->left[b]--;
-        if (ok) o->got[b]++;
+    if (ok) {
+        o->last_answer = rt_clock_us();
+        account(o, ei, 1);
+    } else if (o->backward) {
+        account(o, ei, 0);
+    } else {
+        /* a lost connection fails every request on it anyway; a stopping node may still answer the ones
+         * it is computing, so they are given up only when spares can take their rows */
+        wire_maddr a = e->addr;
+        if (o->m->c.retry_rounds > 0 && (err == DMOE_ECONN || (err == DMOE_ESHUTDOWN && spares_cover(o, &a))))
+            peer_down(o, &a);   /* e is no longer out, so this abandons only the others (to retry them) */
+        lost(o, ei);
     }
     settle(o);
 }
@@ -477,16 +703,13 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
 static void send_range(op *o, int from, int to)
 {
     moe_fwd *f = o->f;
-    if (!o->ctx) {   /* a forward's waves share it: room for every request it can have */
-        o->ctx = calloc((size_t)(o->backward ? (f->nexp ? f->nexp : 1) : f->B * f->k), sizeof *o->ctx);
-        if (!o->ctx) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
-    }
     /* until an expert's schema matched, ask the first wave's first expert for it alongside the requests */
     if (!o->backward && from == 0 && to > 0 && !o->m->schema_ok && o->m->caller.info) {
         uint64_t now = rt_clock_us();
         uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
         if (o->m->caller.info(o->m->caller.impl, f->exp[0].uid, &f->exp[0].addr, ms, on_info, o) == 0) {
             o->pending++;
+            o->live++;
             o->info_out = 1;
         }
     }
@@ -509,19 +732,10 @@ static void send_range(op *o, int from, int to)
                 for (int d = 0; d < f->D; d++) g[r * f->D + d] = w * o->gy[b * f->D + d];
             }
         }
-        uint64_t now = rt_clock_us();
-        uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
-        o->ctx[ei] = (call_ctx){ o, ei };
-        int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra,
-                                   o->backward ? &gout : NULL, ms, on_answer, &o->ctx[ei]);
+        send_one(o, ei, o->backward ? &gout : NULL);   /* one that cannot go out stays failed */
         rx_tensor_free(&gout);
-        if (rc) {
-            LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
-            continue;
-        }
-        o->pending++;
-        for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
     }
+    if (!o->t_sent) o->t_sent = rt_clock_us();
 }
 
 /* dispatch groups the samples whose search has ended (all of them when all is set) and not yet sent
@@ -539,6 +753,11 @@ static int dispatch(op *o, int all)
     int first;
     int rc = moe_fwd_group(f, o->beam, o->wave, n, o->need, &first);
     if (rc) { op_fail(o, rc, "out of memory"); return rc; }
+    for (int64_t i = 0; o->next && i < n; i++) {   /* each sample's spares follow its k_best slots */
+        const moe_beam_expert *ch;
+        size_t cnt = moe_beam_result(o->beam, o->wave[i], &ch);
+        o->next[o->wave[i]] = cnt < (size_t)f->k ? (int)cnt : f->k;
+    }
     f->st.waves++;
     send_range(o, first, f->nexp);
     return o->finished ? DMOE_ENOMEM : 0;
@@ -557,11 +776,13 @@ static void on_searched(void *arg, int err, const char *msg, moe_beam *b)
     op *o = arg;
     o->search = NULL;
     if (err) { op_fail(o, err, msg); return; }
-    o->f->st.search_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
+    o->t_searched = rt_clock_us();
+    o->f->st.search_ms = (double)(o->t_searched - o->t0) / 1000.0;
     o->f->st.beam_rounds = moe_beam_rounds(b);
     if (dispatch(o, 1) != 0) return;
     int rc = moe_fwd_group_end(o->f);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
+    o->f->st.dispatch_ms = (double)(rt_clock_us() - o->t_searched) / 1000.0;
     settle(o);
 }
 
@@ -645,7 +866,8 @@ static void on_gated(op *o)
     if (o->gj.beam_rc) { op_fail(o, o->gj.beam_rc, "cannot start the beam search"); return; }
     o->wave = malloc((size_t)o->f->B * sizeof *o->wave);
     o->sent = calloc((size_t)o->f->B, 1);
-    if (!o->wave || !o->sent) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
+    if (m->c.retry_rounds > 0) o->next = calloc((size_t)o->f->B, sizeof *o->next);
+    if (!o->wave || !o->sent || (m->c.retry_rounds > 0 && !o->next)) { op_fail(o, DMOE_ENOMEM, "out of memory"); return; }
     int rc = moe_beam_search_progress(&m->succ, o->beam, on_searched, on_progress, o, &o->search);
     if (rc) {
         char msg[160];
@@ -663,6 +885,7 @@ static void fwd_complete(op *o)
     int rc = moe_fwd_combine_begin(f);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
     o->finished = 1;   /* answers still out are dropped unread: the record is the job's */
+    for (int ei = 0; ei < f->nexp; ei++) f->exp[ei].call = NULL;   /* their contexts go with their answers */
     rt_timer_cancel(&o->timer);
     o->gj.combine = 1;
     o->gj.f = f;
@@ -678,6 +901,7 @@ static void fwd_combined(op *o)
     int rc = moe_fwd_combine_end(f, &bad);
     if (rc) { op_fail(o, rc, "out of memory"); return; }
     f->st.total_ms = (double)(rt_clock_us() - o->t0) / 1000.0;
+    f->st.wait_ms = f->st.total_ms - f->st.search_ms - f->st.dispatch_ms;
     o->f = NULL;
     if (bad >= 0 && !o->m->c.allow_zero_outputs) {
         char msg[256];

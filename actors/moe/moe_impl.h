@@ -43,8 +43,10 @@ typedef struct {
     rx_tensor in[KERN_MAX_IO];  /* x's rows routed here, then the extra inputs' same rows */
     rx_tensor out, gx;
     int ok, bok;
-    int rank;                 /* the uid's place in a one-wave grouping (first use over samples in order):
-                                 gradients add up in this order, whatever the waves */
+    int rank;                 /* the uid's place in a one-wave grouping (first use over samples in order),
+                                 then failed and retried requests' uids: gradients add up in this order,
+                                 whatever the waves */
+    void *call;               /* moe_call.c's context of this request's call while it is out, else NULL */
 } moe_exp;
 
 struct moe_fwd {
@@ -58,8 +60,10 @@ struct moe_fwd {
     int *slot_exp;            /* [B, k]: expert index or -1 */
     int64_t *slot_row;        /* [B, k]: row within the expert's request */
     float *w;                 /* [B, k]: weight of the slot in the output (0 when not answered) */
-    moe_exp *exp;             /* one per expert and wave (room for B * k) */
-    int nexp, nuid;           /* requests; distinct experts (moe_fwd_group_end) */
+    moe_exp *exp;             /* one per expert and wave, then retries; grows (moe_fwd_group, moe_fwd_add_expert):
+                                 refer to requests by index, never keep a pointer */
+    int nexp, cap_exp, nuid;  /* requests, room; distinct experts (ranked: moe_fwd_group_end, then retries) */
+    int ranked;               /* moe_fwd_group_end ran: new requests get their rank from moe_fwd_add_expert */
     float *y, *gx;
     int64_t bad;              /* the first sample nobody answered, or -1 (moe_fwd_mix) */
     float bal;
@@ -71,14 +75,22 @@ struct moe_fwd {
 moe_fwd *moe_fwd_new(moe_layer *m, const float *x, int64_t B, const rx_tensor *extra, int n_extra);
 /* moe_fwd_group turns the final choices of the samples smp[0..n) (increasing; a wave of the beam search)
  * into one request per expert of that wave: new entries f->exp[*first .. f->nexp) with each expert's
- * rows of x and of the extra inputs, the samples' slots, and need[b] = min(k_min, experts found for b).
- * A sample belongs to one wave; an expert chosen in several waves gets a request in each. Returns 0 or
- * DMOE_ENOMEM (f keeps what it got; moe_fwd_free frees it). */
+ * rows of x and of the extra inputs, the samples' slots (the first k of each sample's choices: the rest
+ * are its spares for retries), and need[b] = min(k_min, slots found for b). A sample belongs to one wave;
+ * an expert chosen in several waves gets a request in each. Returns 0 or DMOE_ENOMEM (f keeps what it
+ * got; moe_fwd_free frees it). */
 int moe_fwd_group(moe_fwd *f, const moe_beam *beam, const int64_t *smp, int64_t n, int *need, int *first);
-/* moe_fwd_group_end, once every sample is grouped, ranks the experts by first use over the samples in
- * order (what a single wave would have numbered them) and counts them (nuid, experts_chosen). Returns 0
- * or DMOE_ENOMEM. */
+/* moe_fwd_group_end, once every sample is grouped, ranks the experts by first use over the samples' slots
+ * in order (what a single wave would have numbered them), then the uids of requests no slot refers to any
+ * more (failed, their rows retried), and counts them (nuid; experts_chosen). Returns 0 or DMOE_ENOMEM. */
 int moe_fwd_group_end(moe_fwd *f);
+/* moe_fwd_add_expert appends a request for expert ch with no rows yet (room for B), growing f->exp; once
+ * ranked, it gets its uid's rank (a new uid: the next). Returns its index, -1 when ch's uid is not a
+ * coordinate of the layer's grid, or DMOE_ENOMEM. */
+int moe_fwd_add_expert(moe_fwd *f, const moe_beam_expert *ch);
+/* moe_fwd_inputs builds request ei's inputs (x's rows, the extra inputs' same rows) from its rows.
+ * Returns 0 or DMOE_ENOMEM. */
+int moe_fwd_inputs(moe_fwd *f, int ei);
 /* moe_fwd_slots describes sample b's slots for moe_math: each slot's coordinates, whether it answered
  * the forward, and its output row (NULL when it did not answer or the output is not there yet). */
 void moe_fwd_slots(const moe_fwd *f, int64_t b, int *coords, uint8_t *ok, const float **out);

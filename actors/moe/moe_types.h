@@ -33,6 +33,8 @@ typedef struct {
     double jitter_eps;          /* switch: 1e-2 */
     double grid_dropout;        /* switch: probability of KEEPING a coordinate, 1.0 */
     double utilization_alpha;   /* switch: 0.9 */
+    int retry_rounds;           /* MOE_RETRY_ROUNDS: spare experts per sample slot kept from the search, for
+                                   rows whose expert fails or stalls; 0: failed experts are only masked out */
     rt_pool *pool;              /* workers for the gating GEMMs, on the layer's loop (must outlive the
                                    layer); NULL: the layer starts one worker of its own */
 } moe_cfg;
@@ -69,7 +71,12 @@ typedef struct {
     int experts_chosen;     /* distinct experts the beam search found for the batch */
     int experts_answered;   /* of those, how many answered with a usable output */
     int64_t zero_rows;      /* samples nobody answered (zeros with allow_zero_outputs) */
-    double search_ms, total_ms;
+    int experts_retried;    /* requests sent to spare experts for the rows of failed or stalled ones */
+    int64_t rows_retried;   /* rows those requests carried */
+    int peers_down;         /* peers found gone during the forward (refused, or stalled past the hedge time) */
+    /* where the time went, on the loop's monotonic clock: gating and the beam search, grouping the rows
+     * and sending the requests, then waiting for the answers (retries included) and combining them */
+    double search_ms, dispatch_ms, wait_ms, total_ms;
     int beam_rounds;
     int waves;              /* groups of requests sent as the search finished samples (1: all at its end) */
 } moe_fwd_stats;

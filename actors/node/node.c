@@ -45,6 +45,9 @@
 #include "runtime/rt_pool.h"
 #include "wire/wire_frame.h"
 
+#define NODE_WITHDRAW_MS 3000 /* longest wait for the withdrawal of the declarations at stop (a few DHT round trips) */
+#define NODE_LINGER_IDLE_MS 500   /* at stop, forwards refused: backwards still come this soon after their forward */
+#define NODE_LINGER_MS 10000  /* longest time backwards are still served at stop */
 #define NODE_DRAIN_MS 30000   /* longest wait for computing batches at stop */
 #define NODE_CKPT_MS  30000   /* longest wait for the last checkpoints at stop */
 #define NODE_FLUSH_MS 5000    /* longest wait for replies to reach the sockets at stop */
@@ -52,7 +55,14 @@
 #define NODE_GAUGE_MS 1000    /* metrics gauges refresh */
 
 enum { NODE_TICK = 1, NODE_UPDATE, NODE_STATS };
-enum { ST_STARTING, ST_RUNNING, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DHT_STOP, ST_DONE };
+enum { ST_STARTING, ST_RUNNING, ST_WITHDRAW, ST_LINGER, ST_DRAIN, ST_CKPT, ST_FLUSH, ST_DHT_STOP, ST_DONE };
+
+/* The withdrawal at stop: its callback may come after node_free (the DHT fails it then), so it holds
+ * this, not the node; whichever of the two comes last frees it. */
+typedef struct {
+    struct node *n;           /* NULL once the node is freed */
+    int done;
+} withdrawal;
 
 struct node {
     rt_actor actor;
@@ -80,7 +90,9 @@ struct node {
     resolve *resolving;                 /* initial peers' names, while they resolve */
     rt_timer tick, update, stats;
     int state;
-    uint64_t phase_deadline;
+    uint64_t phase_deadline, linger_from;
+    double declared_until;        /* the last declaration's expiration (DHT time) */
+    withdrawal *wd;               /* the withdrawal at stop, while it is out */
     expert_stats *last;           /* stats at the previous report */
     uint64_t last_report_us;
     void (*done)(void *);
@@ -155,11 +167,47 @@ static void declare_experts(node *n)
     char text[WIRE_MADDR_TEXT], err[256];
     wire_maddr endpoint;
     dht_node_maddr(n->dht, text, sizeof text);
-    if (wire_maddr_parse(text, &endpoint, err, sizeof err) == 0 &&
-        dht_declare_experts(n->dht, uids, (size_t)n->n_experts, &endpoint, dht_node_now(n->dht) + expiration_s(n),
-                            declared, n, err, sizeof err) != 0)
-        LOG_WARN("cannot declare experts: %s", err);
+    double now = dht_node_now(n->dht), until = now + expiration_s(n), cap = now + dht_node_cfg(n->dht)->max_record_lifetime_s;
+    if (until > cap) until = cap;   /* what dht_declare_experts stores */
+    if (wire_maddr_parse(text, &endpoint, err, sizeof err) == 0) {
+        if (dht_declare_experts(n->dht, uids, (size_t)n->n_experts, &endpoint, until, declared, n, err, sizeof err) != 0)
+            LOG_WARN("cannot declare experts: %s", err);
+        else if (until > n->declared_until)
+            n->declared_until = until;
+    }
     free(uids);
+}
+
+static void withdrawn(void *arg, int err, const char *msg, const uint8_t *ok, size_t cnt)
+{
+    withdrawal *w = arg;
+    if (!w->n) { free(w); return; }
+    w->done = 1;
+    if (err) LOG_WARN("withdrawing experts from the DHT: %s", msg ? msg : dmoe_strerror(err));
+    else LOG_INFO("Withdrew %zu experts from the DHT", cnt);
+}
+
+/* withdraw_experts starts the withdrawal of the node's declarations (dht_withdraw_experts). Returns 1
+ * when it is out, 0 when there is nothing to withdraw or it could not start. */
+static int withdraw_experts(node *n)
+{
+    if (!n->dht || n->cfg.client_mode || n->n_experts == 0 || n->declared_until <= 0) return 0;
+    const char **uids = malloc((size_t)n->n_experts * sizeof *uids);
+    withdrawal *w = calloc(1, sizeof *w);
+    if (!uids || !w) { free(uids); free(w); return 0; }
+    for (int i = 0; i < n->n_experts; i++) uids[i] = expert_uid(n->experts[i]);
+    w->n = n;
+    char err[256];
+    /* later than the last declaration, so it replaces it on every replica (the cap cuts it, still later) */
+    int rc = dht_withdraw_experts(n->dht, uids, (size_t)n->n_experts, n->declared_until + 1, withdrawn, w, err, sizeof err);
+    free(uids);
+    if (rc) {
+        LOG_WARN("cannot withdraw experts: %s", err);
+        free(w);
+        return 0;
+    }
+    n->wd = w;
+    return 1;
 }
 
 /* ---- creating experts ---- */
@@ -436,9 +484,45 @@ static int experts_busy(node *n)
     return busy;
 }
 
+/* begin_drain: from here on queued requests are answered "shutting down" and computing ones finish. */
+static void begin_drain(node *n)
+{
+    n->state = ST_DRAIN;
+    n->phase_deadline = rt_loop_now_ms(n->loop) + NODE_DRAIN_MS;
+    server_shutdown(n->srv);
+    for (int i = 0; i < n->n_experts; i++) expert_shutdown(n->experts[i]);
+}
+
+/* begin_linger: new forwards are refused (clients retry them elsewhere), while the backwards of forwards
+ * this node answered, and queued work, are still served until none has come for NODE_LINGER_IDLE_MS. */
+static void begin_linger(node *n)
+{
+    n->state = ST_LINGER;
+    n->linger_from = rt_loop_now_ms(n->loop);
+    n->phase_deadline = n->linger_from + NODE_LINGER_MS;
+    server_refuse_forwards(n->srv);
+}
+
 static void stop_step(node *n)
 {
     uint64_t now = rt_loop_now_ms(n->loop);
+    if (n->state == ST_WITHDRAW) {
+        if (!n->wd->done && now < n->phase_deadline) return;
+        if (!n->wd->done) {
+            LOG_WARN("stopping before the withdrawal of the experts reached the DHT");
+            n->wd->n = NULL;   /* its callback frees it */
+        } else {
+            free(n->wd);
+        }
+        n->wd = NULL;
+        begin_linger(n);
+    }
+    if (n->state == ST_LINGER) {
+        uint64_t last = server_last_accepted_ms(n->srv);
+        if (last < n->linger_from) last = n->linger_from;
+        if (now < last + NODE_LINGER_IDLE_MS && now < n->phase_deadline) return;
+        begin_drain(n);
+    }
     if (n->state == ST_DRAIN) {
         int busy = experts_busy(n);
         if (busy > 0 && now < n->phase_deadline) return;
@@ -719,15 +803,20 @@ fail:
 
 void node_stop(node *n, void (*done)(void *), void *arg)
 {
-    if (n->state >= ST_DRAIN) return;
-    n->state = ST_DRAIN;
+    if (n->state >= ST_WITHDRAW) return;
     n->done = done;
     n->done_arg = arg;
-    n->phase_deadline = rt_loop_now_ms(n->loop) + NODE_DRAIN_MS;
     rt_timer_cancel(&n->update);
     rt_timer_cancel(&n->stats);
-    server_shutdown(n->srv);
-    for (int i = 0; i < n->n_experts; i++) expert_shutdown(n->experts[i]);
+    /* first take the experts out of the DHT, still serving who found them already; then drain */
+    if (n->state == ST_RUNNING && withdraw_experts(n)) {
+        n->state = ST_WITHDRAW;
+        n->phase_deadline = rt_loop_now_ms(n->loop) + NODE_WITHDRAW_MS;
+    } else if (n->state == ST_RUNNING && n->n_experts > 0) {
+        begin_linger(n);
+    } else {
+        begin_drain(n);
+    }
     rt_timer_start(&n->tick, NODE_POLL_MS, 1);
 }
 
@@ -739,6 +828,9 @@ void node_free(node *n)
     rt_timer_cancel(&n->stats);
     resolve_cancel(n->resolving);
     n->resolving = NULL;
+    if (n->wd && n->wd->done) free(n->wd);
+    else if (n->wd) n->wd->n = NULL;   /* its callback frees it */
+    n->wd = NULL;
     if (n->dht) dht_node_stop(n->dht);
     server_free(n->srv);
     n->srv = NULL;

@@ -11,8 +11,11 @@
  * WARN, or fatal with strict_experts), create the experts, serve them,
  * declare them in the DHT; every update_period declare them again and checkpoint them.
  *
- * node_stop is the graceful end: stop accepting, fail queued requests with "shutting down", let
- * computing batches finish and answer, write a last checkpoint, flush and close every connection (each
+ * node_stop is the graceful end: withdraw the experts' declarations from the DHT (dht_withdraw_experts;
+ * still serving meanwhile, so clients stop choosing the node before it refuses anything), then refuse
+ * new forwards with "shutting down" (the MoE layer retries them on other experts) while still serving
+ * backwards and queued work until none has come for a moment, then stop accepting, fail queued requests
+ * with "shutting down", let computing batches finish and answer, write a last checkpoint, flush and close every connection (each
  * phase bounded in time), stop the DHT node, then call done.
  *
  * The node is itself an actor (it owns the timers of these phases). Loop thread only.

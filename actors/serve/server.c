@@ -71,6 +71,8 @@ struct server {
     int n_conns;
     uint64_t closed_in, closed_out;   /* bytes of connections already closed */
     int shutting;
+    int no_forwards;           /* server_refuse_forwards: new forwards answered "shutting down" */
+    uint64_t last_accepted_ms; /* loop time of the last expert request accepted */
     rt_timer sweep;            /* SRV_SWEEP: conn_tick on every connection */
     int reserve_fd;            /* a spare descriptor: closed to accept-and-close when out of them */
 };
@@ -224,11 +226,12 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
         snprintf(err, sizeof err, "no expert %s on this node", uid);
         goto fail;
     }
-    if (s->shutting) {
+    if (s->shutting || (s->no_forwards && dir == EX_FWD)) {
         rc = DMOE_ESHUTDOWN;
         snprintf(err, sizeof err, "the node is stopping");
         goto fail;
     }
+    s->last_accepted_ms = rt_loop_now_ms(s->loop);
     const kern_model *km = expert_model(e);
     const expert_cfg *ec = expert_cfg_get(e);
     size_t max_objects = SERVER_REQ_OBJECTS(km->n_in + (dir == EX_BWD ? km->n_out : 0));
@@ -525,6 +528,13 @@ void server_shutdown(server *s)
     s->shutting = 1;
     for (int i = 0; i < s->n_listeners; i++) evconnlistener_disable(s->listeners[i]);
 }
+
+void server_refuse_forwards(server *s)
+{
+    s->no_forwards = 1;
+}
+
+uint64_t server_last_accepted_ms(const server *s) { return s->last_accepted_ms; }
 
 void server_close_all(server *s)
 {

@@ -78,6 +78,12 @@ int server_add_handler(server *s, const char *prefix, server_method_fn fn, void 
 expert *server_find(const server *s, const char *uid);
 /* server_shutdown stops accepting connections and answers new requests with DMOE_ESHUTDOWN. */
 void server_shutdown(server *s);
+/* server_refuse_forwards answers new forward requests with DMOE_ESHUTDOWN and keeps serving everything
+ * else: the backwards of forwards already answered, and what is queued (a node leaving; node.c). */
+void server_refuse_forwards(server *s);
+/* server_last_accepted_ms returns the loop time (rt_loop_now_ms) of the last forward or backward request
+ * accepted for an expert, 0 if none. */
+uint64_t server_last_accepted_ms(const server *s);
 /* server_close_all closes every connection (after flushing what is queued for it). */
 void server_close_all(server *s);
 /* server_bytes adds up the bytes read and written on every connection, open or closed. */

@@ -161,17 +161,20 @@ int moe_call_main(int argc, char **argv)
             double cnt = (double)B * D, mean = s / cnt, var = s2 / cnt - mean * mean;
             if (json)
                 printf("{\"ok\": true, \"shape\": [%lld, %d], \"mean\": %.9g, \"std\": %.9g, \"experts_chosen\": %d, "
-                       "\"experts_answered\": %d, \"zero_rows\": %lld, \"search_ms\": %.3f, \"elapsed_ms\": %.3f, "
+                       "\"experts_answered\": %d, \"zero_rows\": %lld, \"experts_retried\": %d, \"rows_retried\": %lld, "
+                       "\"search_ms\": %.3f, \"dispatch_ms\": %.3f, \"wait_ms\": %.3f, \"elapsed_ms\": %.3f, "
                        "\"join_ms\": %.3f}\n",
                        (long long)B, D, mean, var > 0 ? sqrt(var) : 0, st->experts_chosen, st->experts_answered,
-                       (long long)st->zero_rows, st->search_ms, ms, join_ms);
+                       (long long)st->zero_rows, st->experts_retried, (long long)st->rows_retried, st->search_ms,
+                       st->dispatch_ms, st->wait_ms, ms, join_ms);
             else
                 printf("moe %s grid %d%s: output shape [%lld, %d]  mean %.6g  std %.6g\n"
-                       "experts answering %d of %d chosen (%lld samples with none)\n"
-                       "elapsed %.3f ms (beam search %.3f ms, %d DHT rounds; joining the DHT took %.3f ms)\n",
+                       "experts answering %d of %d chosen (%lld samples with none; %d requests retried on spares)\n"
+                       "elapsed %.3f ms: beam search %.3f ms (%d DHT rounds), dispatch %.3f ms, waiting %.3f ms "
+                       "(joining the DHT took %.3f ms)\n",
                        c.uid_prefix, c.grid_size[0], c.ndim > 1 ? "x..." : "", (long long)B, D, mean,
-                       var > 0 ? sqrt(var) : 0, st->experts_answered, st->experts_chosen, (long long)st->zero_rows, ms,
-                       st->search_ms, st->beam_rounds, join_ms);
+                       var > 0 ? sqrt(var) : 0, st->experts_answered, st->experts_chosen, (long long)st->zero_rows,
+                       st->experts_retried, ms, st->search_ms, st->beam_rounds, st->dispatch_ms, st->wait_ms, join_ms);
             status = unsaved ? 2 : 0;
         }
         moe_fwd_free(f);

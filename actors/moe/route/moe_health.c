@@ -1,7 +1,8 @@
 /* moe_health.c -- leaving gone peers out of MoE searches (see moe_health.h).
  *
  * A wrapper around a layer's two ports. Calls (and info requests) pass through to the inner caller;
- * a call's reply callback marks the peer dead on "connection failed" or "shutting down". Successor lookups pass through to
+ * a call's reply callback marks the peer dead on "connection failed", "shutting down" or a timeout.
+ * Successor lookups pass through to
  * the inner provider; the reply is copied without the dead peers' experts before the search sees it.
  * The dead list is a small array (MOE_HEALTH_MAX_PEERS) of addresses with the time their sentence ends;
  * when it is full, the entry whose sentence ends first is reused. Loop thread only.
@@ -66,7 +67,7 @@ typedef struct {
 static void on_called(void *arg, int err, const char *msg, rx_tensor *out)
 {
     call_ctx *c = arg;
-    if (err == DMOE_ECONN || err == DMOE_ESHUTDOWN) mark_dead(c->h, &c->addr);
+    if (err == DMOE_ECONN || err == DMOE_ESHUTDOWN || err == DMOE_ETIMEDOUT) mark_dead(c->h, &c->addr);
     c->cb(c->arg, err, msg, out);
     free(c);
 }

@@ -3,9 +3,11 @@
  * A peer that is killed stays declared in the DHT until its declarations expire (a few update periods),
  * and meanwhile a beam search keeps choosing its experts: every step would lose the samples routed only
  * to them. moe_health wraps a layer's successors provider and expert caller: a call that ends with
- * "connection failed" or "shutting down" marks its peer's address as gone for dead_s seconds, and the
- * wrapped provider leaves that peer's experts out of the successors it reports, so the next search
- * picks live experts. Timeouts do not mark a peer: a slow expert is the straggler timer's business.
+ * "connection failed", "shutting down" or a timeout marks its peer's address as gone for dead_s
+ * seconds, and the wrapped provider leaves every expert of that peer out of the successors it reports,
+ * so the next search picks live experts. A call times out only at its forward's or backward's deadline
+ * (the layer gives each call what is left), long after the layer stopped waiting for a straggler: by
+ * then the peer is partitioned, stalled or overloaded, and the next steps are better off without it.
  *
  * Order: moe_health_new (over the inner provider and caller, whose impl must outlive it) -> give
  * moe_health_succ / moe_health_caller to moe_layer_new -> ... -> moe_health_free after the layer.

@@ -387,6 +387,7 @@ static moe_layer *make_layer(world *w, int k_best, int is_switch, moe_cfg *out_c
         c.timeout_after_k_min = out_cfg->timeout_after_k_min;
         c.out_features = out_cfg->out_features;
     }
+    c.retry_rounds = out_cfg ? out_cfg->retry_rounds : 0;   /* these tests check masking; retries: test_moe_retry.c */
     moe_succ_provider sp = { w, fake_succ };
     moe_caller cl = { w, fake_call };
     moe_layer *m;

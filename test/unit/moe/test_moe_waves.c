@@ -8,7 +8,8 @@
  * are local functions o = tanh(x A_uid), row by row. The reference is computed here from the same
  * pieces a one-shot dispatch uses (moe_math.h on the exhaustive top-k of the live experts): the
  * forward's output, the input gradient (the experts' parts added in order of first use over the
- * samples) and the gating gradients must equal the layer's to the bit.
+ * samples) and the gating gradients must equal the layer's to the bit. With retries on, one expert
+ * fails and its rows go to the samples' spares while the search is still out.
  */
 #include <criterion/criterion.h>
 #include <event2/event.h>
@@ -35,6 +36,10 @@ typedef struct {
     rt_loop *l;
     int succ_calls, succ_out;      /* provider calls made, and still unanswered */
     int calls, calls_in_search;    /* expert calls, and those made while a provider call was out */
+    char failing[16];              /* an expert whose forward calls fail ("no such expert"), or "" */
+    int failed, failed_in_search;  /* its calls, and those answered while a provider call was out */
+    char first_in_search[16];      /* the first expert a forward called while a provider call was out */
+    int succ_delay_us;             /* the provider answers this late (the experts at once) */
 } world;
 
 typedef struct {
@@ -46,6 +51,7 @@ typedef struct {
     size_t n;
     dht_successor *items;
     dht_successors *per;
+    int err;
 } pending;
 
 static void expert_matrix(const char *uid, float *A)
@@ -90,7 +96,8 @@ static void expert_bwd_row(const char *uid, const float *x, const float *g, floa
 static void fire_call(evutil_socket_t fd, short what, void *arg)
 {
     pending *p = arg;
-    p->cb(p->arg, 0, "", &p->out);
+    if (p->err) p->w->failed_in_search += p->w->succ_out > 0;
+    p->cb(p->arg, p->err, p->err ? "no such expert" : "", p->err ? NULL : &p->out);
     free(p);
 }
 
@@ -100,10 +107,20 @@ static int fake_call(void *impl, const char *uid, const wire_maddr *addr, const 
     world *w = impl;
     w->calls++;
     w->calls_in_search += w->succ_out > 0;
+    if (w->succ_out > 0 && !gout && !w->first_in_search[0])
+        snprintf(w->first_in_search, sizeof w->first_in_search, "%s", uid);
     pending *p = calloc(1, sizeof *p);
     cr_assert_not_null(p);
+    p->w = w;
     p->cb = cb;
     p->arg = arg;
+    struct timeval tv = { 0, 0 };
+    if (!gout && strcmp(uid, w->failing) == 0) {
+        w->failed++;
+        p->err = DMOE_ENOEXPERT;
+        event_base_once(rt_loop_base(w->l), -1, EV_TIMEOUT, fire_call, p, &tv);
+        return 0;
+    }
     int64_t rows = in[0].shape[0];
     const float *x = rx_tensor_f32(&in[0]);
     int64_t shape[2] = { rows, gout ? IN : OUT };
@@ -113,7 +130,6 @@ static int fake_call(void *impl, const char *uid, const wire_maddr *addr, const 
         if (gout) expert_bwd_row(uid, x + r * IN, rx_tensor_f32(gout) + r * OUT, o + r * IN);
         else expert_fwd_row(uid, x + r * IN, o + r * OUT);
     }
-    struct timeval tv = { 0, 0 };
     event_base_once(rt_loop_base(w->l), -1, EV_TIMEOUT, fire_call, p, &tv);
     return 0;
 }
@@ -157,7 +173,7 @@ static int fake_succ(void *impl, const char *const *prefixes, size_t n, dht_succ
                 p->per[i].n = 1;
             }
     }
-    struct timeval tv = { 0, 0 };
+    struct timeval tv = { 0, w->succ_delay_us };
     event_base_once(rt_loop_base(w->l), -1, EV_TIMEOUT, fire_succ, p, &tv);
     return 0;
 }
@@ -169,8 +185,8 @@ static void input(float *x, int64_t n, uint64_t seed, float scale)
     for (int64_t i = 0; i < n; i++) x[i] = kern_rng_normal(&r) * scale;
 }
 
-/* top_k writes the K live coordinates of sample scores s[G] best first (score, then uid in byte order). */
-static void top_k(const float *s, int *best)
+/* top_k writes the k live coordinates of sample scores s[G] best first (score, then uid in byte order). */
+static void top_k(const float *s, int *best, int k)
 {
     int idx[NLIVE];
     char uid[NLIVE][16];
@@ -183,7 +199,7 @@ static void top_k(const float *s, int *best)
             float sa = s[live[idx[a]]], sc = s[live[idx[c]]];
             if (sc > sa || (sc == sa && strcmp(uid[idx[c]], uid[idx[a]]) < 0)) { int t = idx[a]; idx[a] = idx[c]; idx[c] = t; }
         }
-    for (int j = 0; j < K; j++) best[j] = live[idx[j]];
+    for (int j = 0; j < k; j++) best[j] = live[idx[j]];
 }
 
 Test(moe_waves, requests_leave_during_the_search_with_one_dispatchs_bits, .timeout = 30)
@@ -195,6 +211,8 @@ Test(moe_waves, requests_leave_during_the_search_with_one_dispatchs_bits, .timeo
     c.ndim = 1;
     c.grid_size[0] = G;
     c.k_best = K;
+    c.retry_rounds = 0;   /* spares (k_best * (1 + retry_rounds) per sample) would outnumber the 6 live
+                             experts: every sample's search would run to the end, one wave */
     c.seed = 17;
     c.forward_timeout = 20;
     c.backward_timeout = 20;
@@ -228,7 +246,7 @@ Test(moe_waves, requests_leave_during_the_search_with_one_dispatchs_bits, .timeo
     moe_math_gating(&g, x, B, IN, P, P + (size_t)G * IN, NULL, S, NULL);
     int chosen[B][K];
     for (int64_t b = 0; b < B; b++) {
-        top_k(S + b * G, chosen[b]);
+        top_k(S + b * G, chosen[b], K);
         int coords[K];
         uint8_t ok[K];
         const float *outs[K];
@@ -281,6 +299,79 @@ Test(moe_waves, requests_leave_during_the_search_with_one_dispatchs_bits, .timeo
     moe_math_gating_bwd(&g, x, gS, B, IN, P, NULL, gW, gW + (size_t)G * IN, rgx, gxg);
     cr_assert_eq(memcmp(gx, rgx, sizeof rgx), 0, "the input gradient differs from the one-shot dispatch's");
     cr_assert_eq(memcmp(moe_layer_grads(m, &np), gW, sizeof gW), 0, "the gating gradients differ");
+    moe_fwd_free(f);
+    moe_layer_free(m);
+    rt_loop_free(w.l);
+}
+
+/* With retries on, a failing expert's rows go to each sample's spare as soon as its wave's answer says
+ * so, while later waves are still searched; the retried requests get ranks like any (the backward runs
+ * on them), and the output is the spare's, as if the failing expert had never been chosen. */
+Test(moe_waves, a_failure_is_retried_on_spares_while_later_waves_are_searched, .timeout = 30)
+{
+    world w = { .l = rt_loop_new(), .succ_delay_us = 5000 };   /* a failure comes back before the next round */
+    moe_cfg c;
+    moe_cfg_default(&c);
+    c.in_features = IN;
+    c.ndim = 1;
+    c.grid_size[0] = G;
+    c.k_best = 1;
+    c.k_min = 1;
+    c.retry_rounds = 1;   /* a beam of 2 per sample: the search still ends samples in different rounds */
+    c.seed = 17;
+    c.forward_timeout = 20;
+    c.backward_timeout = 20;
+    moe_succ_provider sp = { &w, fake_succ };
+    moe_caller cl = { &w, fake_call };
+    moe_layer *m;
+    char err[256];
+    cr_assert_eq(moe_layer_new(w.l, &c, &sp, &cl, &m, err, sizeof err), 0, "%s", err);
+    size_t np;
+    float *P = moe_layer_params(m, &np);
+    input(P, (int64_t)np, 5, 1.0f);
+    static float x[B * IN], gy[B * OUT];
+    input(x, B * IN, 1, 1.0f);
+    input(gy, B * OUT, 2, 1.0f);
+
+    /* the failing expert: the first one a forward calls during the search (the world is deterministic) */
+    moe_fwd *f;
+    cr_assert_eq(moe_forward_run(m, x, B, &f, err, sizeof err), 0, "%s", err);
+    moe_fwd_free(f);
+    cr_assert(w.first_in_search[0], "no request left during the search");
+    snprintf(w.failing, sizeof w.failing, "%s", w.first_in_search);
+    moe_grid g;
+    int grid[1] = { G };
+    moe_grid_init(&g, grid, 1);
+    static float S[B * G];
+    moe_math_gating(&g, x, B, IN, P, P + (size_t)G * IN, NULL, S, NULL);
+    int best[B][2], bad = 0, rows = 0;
+    cr_assert_eq(sscanf(w.failing, "expert.%d", &bad), 1);
+    for (int64_t b = 0; b < B; b++) {
+        top_k(S + b * G, best[b], 2);
+        rows += best[b][0] == bad;
+    }
+
+    cr_assert_eq(moe_forward_run(m, x, B, &f, err, sizeof err), 0, "%s", err);
+    const moe_fwd_stats *st = moe_fwd_stats_of(f);
+    cr_assert_geq(st->waves, 2, "every sample ended in the same round: the world does not test waves");
+    cr_assert_gt(w.failed_in_search, 0, "no failure came back while later waves were searched");
+    cr_assert_eq(st->rows_retried, rows, "every row of the failing expert goes to its sample's spare");
+    cr_assert_eq(st->zero_rows, 0);
+    int64_t fb;
+    int D;
+    const float *out = moe_fwd_output(f, &fb, &D);
+    cr_assert_eq(D, OUT);
+    for (int64_t b = 0; b < B; b++) {
+        char uid[16];
+        float want[OUT];
+        snprintf(uid, sizeof uid, "expert.%d", best[b][best[b][0] == bad ? 1 : 0]);
+        expert_fwd_row(uid, x + b * IN, want);
+        for (int d = 0; d < OUT; d++)   /* one slot: softmax weight 1 */
+            cr_assert_float_eq(out[b * OUT + d], want[d], 1e-6, "sample %lld", (long long)b);
+    }
+    const float *gx;
+    cr_assert_eq(moe_backward_run(m, f, gy, 0.0f, &gx, err, sizeof err), 0, "%s", err);
+    for (int64_t i = 0; i < B * IN; i++) cr_assert(isfinite(gx[i]));
     moe_fwd_free(f);
     moe_layer_free(m);
     rt_loop_free(w.l);

@@ -243,10 +243,9 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         row("  node / kernel, %", rf, "%12.1f");
         row("node fwd+bwd, samples/s", b->nfwdbwd, "%12.0f");
         row("  node / kernel, %", rfb, "%12.1f");
-        printf("  latency, 1 client, 1 row:  forward p50 %.0f us, p99 %.0f us;  backward p50 %.0f us, p99 %.0f us\n",
-               b->lat_fwd_p50, b->lat_fwd_p99, b->lat_bwd_p50, b->lat_bwd_p99);
-        printf("  latency, 1 client, 1 row, forward then backward (with handle): forward p50 %.0f us, backward p50 %.0f us\n",
-               b->lat_train_fwd_p50, b->lat_train_bwd_p50);
+        printf("  latency, 1 client, 1 row, forwards only: p50 %.0f us, p99 %.0f us\n", b->lat_fwd_p50, b->lat_fwd_p99);
+        printf("  latency, 1 client, 1 row, forward then its backward (with handle): forward p50 %.0f us, "
+               "backward p50 %.0f us, p99 %.0f us\n", b->lat_train_fwd_p50, b->lat_bwd_p50, b->lat_bwd_p99);
     }
     if (b->have_split) {
         double v[9][NB];

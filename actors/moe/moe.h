@@ -43,9 +43,11 @@
  * the call that started them.
  *
  * Files: moe.c (the layer and its forward record), moe_call.c (the call actor: dispatch, timing, the
- * backward), moe_impl.h (their shared structs), moe_types.h (this interface's types), moe_math.c (the
- * arithmetic); route/ finds the experts: moe_beam.c (the search), moe_adapt.c (the DHT and the client
- * behind the two ports), moe_health.c (leaving dead peers out), moe_net.c (the set-up programs share).
+ * schema check, the backward), moe_retry.c (the call actor's requests, retries on spares and hedge),
+ * moe_op.h (the call actor's structs), moe_impl.h (the layer's shared structs), moe_types.h (this
+ * interface's types), moe_math.c (the arithmetic); route/ finds the experts: moe_beam.c (the search),
+ * moe_adapt.c (the DHT and the client behind the two ports), moe_health.c (leaving dead peers out),
+ * moe_net.c (the set-up programs share).
  */
 #ifndef DMOE_MOE_H
 #define DMOE_MOE_H
@@ -56,7 +58,7 @@
 #include "actors/moe/moe_types.h"   /* moe_cfg, moe_caller, moe_fwd_stats */
 #include "runtime/rt_actor.h"
 
-/* Retries (moe_call.c). A failed expert costs its rows only when no spare is left: the search keeps
+/* Retries (moe_retry.c). A failed expert costs its rows only when no spare is left: the search keeps
  * k_best * retry_rounds more experts per sample, best first, and a failed slot takes the next live one.
  * 4: enough that a sample's spares almost never all sit on the one peer that failed (free on a 1-d grid,
  * which the search reads in one round anyway). */

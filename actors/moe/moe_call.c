@@ -29,21 +29,17 @@
  * op stops itself only when it has called back, no request is out and its job is back, so no callback
  * ever sees freed memory.
  *
- * Retries (forward only: a backward must reach the experts that computed the forward). The search asks
- * for k_best * (1 + retry_rounds) experts per sample; the first k_best are the sample's slots, the rest
- * its spares, taken best first through a per-sample cursor. When a request fails, each of its rows
- * moves to its sample's next spare not on a peer that is down, and the spares chosen for one failure
- * are asked together, one request per expert (a new entry in f->exp, which may grow: requests are
- * referred to by index). A refusal (connection failed, shutting down) puts the peer down for the rest
- * of the forward: every other request out to it is abandoned and retried at once, and its spares are
- * skipped. A retry may come while later waves are still being searched; the ranks (moe_exp.rank) of its
- * request and of the failed one are given when the search ends (moe_fwd_group_end) or, after that, when
- * the retry is made. A stall is found by the hedge timer, armed only once the search has ended: when
- * samples still wait for k_min and nothing has answered for max(MOE_HEDGE_MIN_S, twice the time the
- * answers so far took), the requests they wait on are presumed lost and their peers put down the same
- * way -- only peers that have answered nothing in this forward: one that answered something is alive,
- * merely slow. Retries stop with less than MOE_RETRY_MIN_MS to the deadline, or when a sample has no
- * spare left.
+ * Retries (forward only: a backward must reach the experts that computed the forward) live in
+ * moe_retry.c, which also sends every request (moe_retry_send) and counts its rows when it settles
+ * (moe_retry_account). This file decides when: a failed answer gives its request up (moe_retry_lost),
+ * after putting its peer down for the rest of the forward on a refusal (connection failed, or shutting
+ * down when spares cover its rows: moe_retry_peer_down); dispatch sets each sample's spare cursor
+ * (o->next) as its wave goes out. A retry may come while later waves are still being searched; the
+ * ranks (moe_exp.rank) of its request and of the failed one are given when the search ends
+ * (moe_fwd_group_end) or, after that, when the retry is made. A stall is found by the hedge timer, armed
+ * here (arm_hedge) only once the search has ended: when samples still wait for k_min and nothing has
+ * answered for max(MOE_HEDGE_MIN_S, twice the time the answers so far took), moe_retry_hedge gives up on
+ * the requests they wait on; this file settles after each of these calls.
  *
  * The moe_fwd keeps what a backward needs: the inputs, the gating scores, each expert's rows of x and
  * of the extra inputs (the same refcounted tensors are sent again: the node needs every input), outputs
@@ -60,8 +56,9 @@
  * the loop, never inside the call that started them. Every allocation failure after a call started is
  * reported through its callback (DMOE_ENOMEM).
  *
- * The layer and its forward record (moe_impl.h) are moe.c's; this file owns the timing, the requests
- * and the backward's gradients, and calls into moe.c, never the other way round.
+ * The layer and its forward record (moe_impl.h) are moe.c's; the op and its structs (moe_op.h) are this
+ * file's: it owns the timing and the backward's gradients, and calls into moe.c and moe_retry.c, never
+ * the other way round (a request's answer reaches on_answer through o->answer, set in op_new).
  */
 #include "actors/moe/moe.h"
 
@@ -70,81 +67,12 @@
 #include <string.h>
 
 #include "actors/moe/moe_impl.h"
+#include "actors/moe/moe_retry.h"
 #include "kernels/kern_ops.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
 
 enum { MSG_TIMER = 1, MSG_START, MSG_GATED };
-
-/* One gating GEMM for a worker: only these buffers, which nothing else touches while the job is out. */
-typedef struct {
-    rt_job job;
-    int backward;
-    int combine;              /* forward: 0 the gating, 1 the combine of the answers (moe_fwd_mix of f) */
-    moe_grid g;
-    int64_t B;
-    int in;
-    const float *W, *b;       /* the op's parameter snapshot */
-    const float *xg, *noise;
-    const uint8_t *keep;      /* forward, switch: the dropout mask, or NULL */
-    float *S, *P;             /* forward: the moe_fwd's scores and probabilities */
-    char prefix[UID_MAX_LEN + 1];   /* forward: the grid, to start the beam search from S (copies) */
-    int grid[MOE_MAX_DIMS], ndim, k;
-    moe_beam *beam;           /* forward: the search, its first round gathered; the loop's once back */
-    int beam_rc;
-    const float *gS;          /* backward: d loss / d scores */
-    float *gW, *gb, *gx, *gxg;  /* backward: the op's gradients, the moe_fwd's input gradient, scratch */
-    /* backward, first: the experts' input gradients and d loss / d scores from the answers */
-    moe_fwd *f;               /* the record (also a forward's combine): the loop leaves it alone meanwhile */
-    const int *order;         /* f's requests in rank order */
-    const float *gy, *util;   /* the output gradient; switch: the utilisation as the backward began */
-    float *gSw, *gP;          /* d loss / d scores (written), switch: d loss / d probabilities */
-    float bal_coef;
-} gate_job;
-
-/* One expert call out (heap: the caller holds it until its callback, which may come after the op
- * abandoned the request). */
-typedef struct {
-    struct op *o;
-    int e;
-    int abandoned;            /* the op gave up on it: the answer is dropped */
-} call_ctx;
-
-typedef struct op {
-    rt_actor actor;
-    rt_timer timer;
-    rt_msg start;             /* backward: dispatch on the next loop round */
-    gate_job gj;
-    int job_out;              /* the gating job is on the pool */
-    moe_layer *m;
-    moe_fwd *f;
-    int backward;
-    moe_beam *beam;
-    moe_search *search;
-    int pending, live, finished;   /* callbacks outstanding (expert calls and the info request); of
-                                      those, the ones not abandoned */
-    int info_out;             /* forward: the schema check's info request is out */
-    int *need, *got, *left;   /* per sample: answers wanted, answers received, requests still out (one block) */
-    int64_t *wave;            /* forward: the samples of the wave being grouped (room for B) */
-    uint8_t *sent;            /* forward: per sample, whether its requests went out */
-    int *next;                /* forward with retries, per sample: its next spare in the beam's result */
-    wire_maddr down[MOE_MAX_DOWN];   /* peers down for the rest of this forward */
-    int ndown;
-    uint64_t t0, deadline, finish_at;   /* microseconds, rt_clock_us */
-    uint64_t t_searched, t_sent, last_answer, last_sent, hedge_at;   /* hedge_at 0: no hedge armed */
-    float *wsnap;             /* the gating parameters when the GEMM was handed out */
-    int *order;               /* backward: f's requests in rank order */
-    float *usnap;             /* backward, switch: the utilisation when the job was handed out */
-    uint8_t *keep;            /* forward, switch with grid_dropout < 1: the dropout mask */
-    /* backward, one block from gy: */
-    float *gy;                /* the output gradient [B, D] (a copy) */
-    float *gS, *gP;           /* d loss / d scores, d loss / d probabilities (switch, else NULL) [B, total] */
-    float *gxg, *gW;          /* the job's scratch [B, in] and gradients [total, in + 1] */
-    float bal_coef;
-    moe_fwd_cb fcb;
-    moe_bwd_cb bcb;
-    void *arg;
-} op;
 
 /* ---- the op actor ---- */
 
@@ -209,7 +137,7 @@ static void bwd_complete(op *o);
 static void on_gated(op *o);
 static void fwd_combined(op *o);
 static void send_range(op *o, int from, int to);
-static void hedge(op *o);
+static void on_answer(void *arg, int err, const char *msg, rx_tensor *out);
 
 static void op_complete(op *o)
 {
@@ -259,7 +187,8 @@ static void on_timer(op *o)
     uint64_t now = rt_clock_us();
     if (o->hedge_at && now + 500 >= o->hedge_at && !o->search) {
         o->hedge_at = 0;
-        hedge(o);
+        moe_retry_hedge(o);
+        settle(o);
         if (o->finished) return;
     }
     if (now + 500 < o->finish_at && now + 500 < o->deadline) { arm(o); return; }
@@ -336,6 +265,7 @@ static op *op_new(moe_layer *m, moe_fwd *f, int backward, double timeout_s)
     if (!o) return NULL;
     rt_actor_init(&o->actor, m->loop, backward ? "moe_bwd" : "moe_fwd", op_handle, op_destroy);
     if (rt_timer_init(&o->timer, &o->actor, MSG_TIMER) != 0) { free(o); return NULL; }
+    o->answer = on_answer;
     o->start.type = MSG_START;
     o->gj.job.msg.type = MSG_GATED;
     o->gj.job.run = gate_run;
@@ -484,170 +414,6 @@ static void on_info(void *arg, int err, const char *msg, const rx_schema *s)
     settle(o);
 }
 
-/* account counts request ei's rows as answered (ok) or not: it is no longer out for them. */
-static void account(op *o, int ei, int ok)
-{
-    const moe_exp *e = &o->f->exp[ei];
-    for (int64_t r = 0; r < e->nrows; r++) {
-        int64_t b = e->rows[r];
-        o->left[b]--;
-        if (ok) o->got[b]++;
-    }
-}
-
-static void on_answer(void *arg, int err, const char *msg, rx_tensor *out);
-
-/* send_one sends request ei (gout: a backward's output gradient, else NULL). Returns 0 (the request is
- * out: counted in pending, live and its rows' left) or the caller's error. */
-static int send_one(op *o, int ei, const rx_tensor *gout)
-{
-    moe_fwd *f = o->f;
-    moe_exp *e = &f->exp[ei];
-    uint64_t now = rt_clock_us();
-    uint64_t ms = o->deadline > now ? (o->deadline - now + 999) / 1000 : 1;
-    call_ctx *c = malloc(sizeof *c);
-    if (!c) return DMOE_ENOMEM;
-    *c = (call_ctx){ o, ei, 0 };
-    int rc = o->m->caller.call(o->m->caller.impl, e->uid, &e->addr, e->in, 1 + f->n_extra, gout, ms, on_answer, c);
-    if (rc) {
-        free(c);
-        LOG_WARN("cannot call %s: %s", e->uid, dmoe_strerror(rc));
-        return rc;
-    }
-    e->call = c;
-    o->last_sent = now;
-    o->pending++;
-    o->live++;
-    for (int64_t r = 0; r < e->nrows; r++) o->left[e->rows[r]]++;
-    return 0;
-}
-
-static int same_peer(const wire_maddr *a, const wire_maddr *b)
-{
-    return a->port == b->port && strcmp(a->host, b->host) == 0;
-}
-
-static int is_down(const op *o, const wire_maddr *a)
-{
-    for (int i = 0; i < o->ndown; i++)
-        if (same_peer(&o->down[i], a)) return 1;
-    return 0;
-}
-
-/* retry_rows moves the rows of failed request ei to their samples' next live spares and sends the new
- * requests (a forward with retries on, while the deadline allows). */
-static void retry_rows(op *o, int ei)
-{
-    moe_fwd *f = o->f;
-    if (o->backward || o->m->c.retry_rounds <= 0 || !o->beam || !o->next) return;
-    if (rt_clock_us() + MOE_RETRY_MIN_MS * 1000ull >= o->deadline) return;
-    int first = f->nexp, k = f->k;
-    for (int64_t r = 0; r < f->exp[ei].nrows; r++) {
-        int64_t b = f->exp[ei].rows[r];
-        int j = 0;
-        while (j < k && f->slot_exp[b * k + j] != ei) j++;
-        if (j == k) continue;
-        const moe_beam_expert *ch;
-        size_t n = moe_beam_result(o->beam, b, &ch);
-        while ((size_t)o->next[b] < n && is_down(o, &ch[o->next[b]].addr)) o->next[b]++;
-        if ((size_t)o->next[b] >= n) continue;   /* no spare left: the slot stays failed */
-        const moe_beam_expert *pick = &ch[o->next[b]++];
-        int nj = first;
-        while (nj < f->nexp && strcmp(f->exp[nj].uid, pick->uid) != 0) nj++;
-        if (nj == f->nexp) nj = moe_fwd_add_expert(f, pick);
-        if (nj == DMOE_ENOMEM) { LOG_WARN("out of memory retrying the rows of %s", f->exp[ei].uid); break; }
-        if (nj < 0) continue;
-        moe_exp *e = &f->exp[nj];
-        f->slot_exp[b * k + j] = nj;
-        f->slot_row[b * k + j] = e->nrows;
-        e->rows[e->nrows++] = b;
-    }
-    for (int nj = first; nj < f->nexp; nj++) {
-        if (moe_fwd_inputs(f, nj) != 0 || send_one(o, nj, NULL) != 0) continue;   /* its rows stay failed */
-        f->st.experts_retried++;
-        f->st.rows_retried += f->exp[nj].nrows;
-        LOG_DEBUG("forward: %lld rows of %s retried on %s", (long long)f->exp[nj].nrows, f->exp[ei].uid, f->exp[nj].uid);
-    }
-}
-
-/* lost gives up on request ei (failed, or abandoned): its rows are retried, then no longer wait on it. */
-static void lost(op *o, int ei)
-{
-    retry_rows(o, ei);
-    account(o, ei, 0);
-}
-
-/* peer_down puts peer a down for the rest of the forward and abandons every request still out to it. */
-static void peer_down(op *o, const wire_maddr *a)
-{
-    moe_fwd *f = o->f;
-    if (!is_down(o, a)) {
-        if (o->ndown < MOE_MAX_DOWN) o->down[o->ndown++] = *a;
-        f->st.peers_down++;
-        LOG_DEBUG("forward: peer %s:%u is down for this forward", a->host, (unsigned)a->port);
-    }
-    int n = f->nexp;   /* not the retries this sends: they avoid the peer */
-    for (int ei = 0; ei < n; ei++) {
-        moe_exp *e = &f->exp[ei];
-        if (!e->call || !same_peer(&e->addr, a)) continue;
-        ((call_ctx *)e->call)->abandoned = 1;
-        e->call = NULL;
-        o->live--;
-        lost(o, ei);
-    }
-}
-
-/* answered_from says whether any request of this forward to peer a has answered (a sign of life). */
-static int answered_from(const moe_fwd *f, const wire_maddr *a)
-{
-    for (int ei = 0; ei < f->nexp; ei++)
-        if (f->exp[ei].ok && same_peer(&f->exp[ei].addr, a)) return 1;
-    return 0;
-}
-
-/* spares_cover says whether every row of the requests out to peer a has a spare left on another peer
- * that is not down: only then can giving up on a lose nothing that waiting for it could have saved. */
-static int spares_cover(const op *o, const wire_maddr *a)
-{
-    const moe_fwd *f = o->f;
-    if (o->backward || o->m->c.retry_rounds <= 0 || !o->beam || !o->next) return 0;
-    for (int ei = 0; ei < f->nexp; ei++) {
-        const moe_exp *e = &f->exp[ei];
-        if (!e->call || !same_peer(&e->addr, a)) continue;
-        for (int64_t r = 0; r < e->nrows; r++) {
-            int64_t b = e->rows[r];
-            const moe_beam_expert *ch;
-            size_t n = moe_beam_result(o->beam, b, &ch), j = (size_t)o->next[b];
-            while (j < n && (same_peer(&ch[j].addr, a) || is_down(o, &ch[j].addr))) j++;
-            if (j == n) return 0;
-        }
-    }
-    return 1;
-}
-
-/* hedge: nothing has answered for the hedge time while samples wait; the requests they wait on, to
- * peers that have not answered anything in this forward, are presumed lost and those peers down -- when
- * spares can take all their rows (a peer that answered some request is alive, merely slow; one whose rows
- * have nowhere else to go keeps its requests until the deadline). */
-static void hedge(op *o)
-{
-    moe_fwd *f = o->f;
-    int n = f->nexp;   /* not the retries this sends */
-    for (int ei = 0; ei < n; ei++) {
-        if (!f->exp[ei].call || answered_from(f, &f->exp[ei].addr)) continue;
-        int waited = 0;
-        for (int64_t r = 0; r < f->exp[ei].nrows && !waited; r++) {
-            int64_t b = f->exp[ei].rows[r];
-            waited = o->got[b] < o->need[b];
-        }
-        if (!waited || !spares_cover(o, &f->exp[ei].addr)) continue;
-        wire_maddr a = f->exp[ei].addr;
-        LOG_DEBUG("forward: %s stalled, its peer is presumed down", f->exp[ei].uid);
-        peer_down(o, &a);
-    }
-    settle(o);
-}
-
 static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
 {
     call_ctx *c = arg;
@@ -684,16 +450,17 @@ static void on_answer(void *arg, int err, const char *msg, rx_tensor *out)
     else e->ok = ok;
     if (ok) {
         o->last_answer = rt_clock_us();
-        account(o, ei, 1);
+        moe_retry_account(o, ei, 1);
     } else if (o->backward) {
-        account(o, ei, 0);
+        moe_retry_account(o, ei, 0);
     } else {
         /* a lost connection fails every request on it anyway; a stopping node may still answer the ones
          * it is computing, so they are given up only when spares can take their rows */
         wire_maddr a = e->addr;
-        if (o->m->c.retry_rounds > 0 && (err == DMOE_ECONN || (err == DMOE_ESHUTDOWN && spares_cover(o, &a))))
-            peer_down(o, &a);   /* e is no longer out, so this abandons only the others (to retry them) */
-        lost(o, ei);
+        if (o->m->c.retry_rounds > 0
+            && (err == DMOE_ECONN || (err == DMOE_ESHUTDOWN && moe_retry_spares_cover(o, &a))))
+            moe_retry_peer_down(o, &a);   /* e is no longer out, so this abandons only the others (to retry them) */
+        moe_retry_lost(o, ei);
     }
     settle(o);
 }
@@ -732,7 +499,7 @@ static void send_range(op *o, int from, int to)
                 for (int d = 0; d < f->D; d++) g[r * f->D + d] = w * o->gy[b * f->D + d];
             }
         }
-        send_one(o, ei, o->backward ? &gout : NULL);   /* one that cannot go out stays failed */
+        moe_retry_send(o, ei, o->backward ? &gout : NULL);   /* one that cannot go out stays failed */
         rx_tensor_free(&gout);
     }
     if (!o->t_sent) o->t_sent = rt_clock_us();

@@ -1,9 +1,9 @@
-/* moe_impl.h -- the Mixture-of-Experts layer's internals, shared by its two rooms: moe.c (the layer and
- * its forward record) and moe_call.c (the call actor that runs a forward or backward). Not for other
- * files: they use moe.h.
+/* moe_impl.h -- the Mixture-of-Experts layer's internals, shared by its rooms: moe.c (the layer and its
+ * forward record) and the call actor that runs a forward or backward (moe_call.c, and moe_retry.c for
+ * its requests and retries). Not for other files: they use moe.h.
  *
- * moe.c owns these structs and the record's helpers below; moe_call.c calls them, never the other way
- * round. Everything here belongs to the loop thread, except what a gating job has out (moe_call.c): a
+ * moe.c owns these structs and the record's helpers below; the call actor calls them, never the other
+ * way round. Everything here belongs to the loop thread, except what a gating job has out (moe_call.c): a
  * forward's scores and probabilities, or in a backward the whole record, read and its gradients written.
  */
 #ifndef DMOE_MOE_IMPL_H
@@ -46,7 +46,7 @@ typedef struct {
     int rank;                 /* the uid's place in a one-wave grouping (first use over samples in order),
                                  then failed and retried requests' uids: gradients add up in this order,
                                  whatever the waves */
-    void *call;               /* moe_call.c's context of this request's call while it is out, else NULL */
+    void *call;               /* the call actor's context (call_ctx, moe_op.h) while it is out, else NULL */
 } moe_exp;
 
 struct moe_fwd {

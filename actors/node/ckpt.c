@@ -15,6 +15,7 @@
 #include "runtime/rt_actor.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
+#include "runtime/files/rt_outfile.h"
 #include "runtime/files/rt_safetensors.h"
 
 #define CKPT_MAX_FILES 64      /* files per expert considered when loading */
@@ -50,18 +51,8 @@ int ckpt_dir_check(const char *root, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create the checkpoint folder %s: %s", root, strerror(errno));
         return DMOE_EIO;
     }
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%.4000s/.dmoe-write-test-XXXXXX", root);
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot write to the checkpoint folder %s: %s", root, strerror(errno));
-        return DMOE_EIO;
-    }
-    int ok = write(fd, "x", 1) == 1;
-    int e = errno;
-    close(fd);
-    unlink(path);
-    if (!ok) {
+    int e = rt_dir_probe(root);
+    if (e) {
         snprintf(err, errlen, "cannot write to the checkpoint folder %s: %s", root, strerror(e));
         return DMOE_EIO;
     }

@@ -23,7 +23,7 @@ int rt_outfile_check(const char *path, char *err, size_t errlen)
         }
         return 0;
     }
-    char copy[4096], probe[4096 + 32];
+    char copy[4096];
     if (strlen(path) >= sizeof copy) { dmoe_set_err(err, errlen, "cannot write %s: the path is too long", path); return DMOE_EIO; }
     snprintf(copy, sizeof copy, "%s", path);
     const char *dir = dirname(copy);
@@ -31,13 +31,24 @@ int rt_outfile_check(const char *path, char *err, size_t errlen)
         dmoe_set_err(err, errlen, "cannot write %s: the folder %s does not exist", path, dir);
         return DMOE_EIO;
     }
-    snprintf(probe, sizeof probe, "%s/.dmoe-write-test-XXXXXX", dir);
-    int fd = mkstemp(probe);
-    if (fd < 0) {
-        dmoe_set_err(err, errlen, "cannot write %s: cannot create a file in %s (%s)", path, dir, strerror(errno));
+    int e = rt_dir_probe(dir);
+    if (e) {
+        dmoe_set_err(err, errlen, "cannot write %s: cannot create a file in %s (%s)", path, dir, strerror(e));
         return DMOE_EIO;
     }
+    return 0;
+}
+
+int rt_dir_probe(const char *dir)
+{
+    char probe[4096 + 32];
+    if (strlen(dir) >= 4096) return ENAMETOOLONG;
+    snprintf(probe, sizeof probe, "%s/.dmoe-write-test-XXXXXX", dir);   /* mkstemp's template */
+    int fd = mkstemp(probe);
+    if (fd < 0) return errno;
+    errno = 0;
+    int e = write(fd, "x", 1) == 1 ? 0 : (errno ? errno : EIO);   /* a short write sets no errno */
     close(fd);
     unlink(probe);
-    return 0;
+    return e;
 }

@@ -48,6 +48,7 @@
 #include "actors/dht/io/dht_memnet.h"
 #include "cmd/bench/bench.h"
 #include "kernels/kern_classes.h"
+#include "runtime/rt_mem.h"
 #include "runtime/files/rt_outfile.h"
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -55,6 +56,7 @@
 
 int main(int argc, char **argv)
 {
+    (void)rt_mem_tune();   /* big buffers stay in the heap (runtime/rt_mem.h) */
     bench b = {.seconds = 1.0, .hidden = 512, .node_path = "build/dmoe-node"};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     b.threads = cores > 0 ? (int)cores : 1;

@@ -38,6 +38,7 @@
 #include "actors/net/remote.h"
 #include "cmd/call/dht_cmds.h"
 #include "kernels/kern_rng.h"
+#include "runtime/rt_mem.h"
 #include "runtime/files/rt_outfile.h"
 #include "runtime/text/rt_args.h"
 #include "runtime/rt_err.h"
@@ -496,6 +497,7 @@ static void unknown_command(const char *word)
 
 int main(int argc, char **argv)
 {
+    (void)rt_mem_tune();   /* big buffers stay in the heap (runtime/rt_mem.h) */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "load")) return loadgen_main(argc, argv);
         if (!strcmp(argv[i], "moe")) return moe_call_main(argc, argv);

@@ -26,6 +26,7 @@
 #include "actors/node/node.h"
 #include "kernels/kern_classes.h"
 #include "kernels/kern_expert.h"
+#include "runtime/rt_mem.h"
 #include "runtime/text/rt_args.h"
 #include "runtime/text/rt_conf.h"
 #include "runtime/rt_err.h"
@@ -153,6 +154,7 @@ static int local_inputs_ok(const node_cfg *c)
 
 int main(int argc, char **argv)
 {
+    (void)rt_mem_tune();   /* big buffers stay in the heap (runtime/rt_mem.h) */
     node_cfg c;
     node_default_cfg(&c);
     const char *expert_cls = c.expert_cls, *pattern = NULL, *optimizer = "adam", *log_level = NULL,

@@ -37,6 +37,7 @@
 #include "kernels/kern_ops.h"
 #include "kernels/kern_optim.h"
 #include "kernels/kern_rng.h"
+#include "runtime/rt_mem.h"
 #include "runtime/text/rt_args.h"
 #include "runtime/text/rt_conf.h"
 #include "runtime/rt_err.h"
@@ -356,6 +357,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    (void)rt_mem_tune();   /* big buffers stay in the heap (runtime/rt_mem.h) */
     app a = {
         .task = "moe",
         .optimizer = "adam",

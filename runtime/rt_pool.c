@@ -6,6 +6,7 @@
  * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap. The eventfd's
  * event is registered only while jobs are in flight, so an idle pool does not keep rt_loop_run from
  * returning when nothing else is pending (a stale wake-up left behind is read and finds nothing).
+ * The idle timer (rt_pool_on_idle) is armed each time the last job in flight is delivered.
  */
 #include "runtime/rt_pool.h"
 
@@ -35,6 +36,10 @@ struct rt_pool {
     int efd;
     struct event *ev;
     int inflight;    /* loop thread only */
+    struct event *idle_ev;   /* rt_pool_on_idle's timer (NULL: none) */
+    uint64_t idle_ms;
+    void (*idle_cb)(void *arg);
+    void *idle_arg;
 };
 
 static void *worker_main(void *arg)
@@ -81,7 +86,13 @@ static void deliver(rt_pool *p, rt_job *j)
         rt_job *next = j->next_job;
         rt_actor *owner = j->owner;
         j->next_job = NULL;
-        if (--p->inflight == 0) event_del(p->ev);
+        if (--p->inflight == 0) {
+            event_del(p->ev);
+            if (p->idle_ev) {   /* (re)armed at each idle start: it fires after idle_ms without work */
+                struct timeval tv = {(time_t)(p->idle_ms / 1000), (suseconds_t)(p->idle_ms % 1000 * 1000)};
+                event_add(p->idle_ev, &tv);
+            }
+        }
         if (rt_send(owner, &j->msg) != 0) rt_msg_drop(&j->msg);
         rt_actor_job_done(owner);
         j = next;
@@ -132,6 +143,26 @@ fail:
     return NULL;
 }
 
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    rt_pool *p = arg;
+    (void)fd;
+    (void)what;
+    if (p->inflight == 0) p->idle_cb(p->idle_arg);   /* else the next idle start re-arms it */
+}
+
+int rt_pool_on_idle(rt_pool *p, uint64_t ms, void (*cb)(void *arg), void *arg)
+{
+    if (p->idle_ev) event_free(p->idle_ev);
+    p->idle_ev = NULL;
+    p->idle_cb = cb;
+    p->idle_arg = arg;
+    p->idle_ms = ms;
+    if (!cb) return 0;
+    p->idle_ev = evtimer_new(rt_loop_base(p->loop), on_idle, p);
+    return p->idle_ev ? 0 : DMOE_ENOMEM;
+}
+
 int rt_pool_threads(const rt_pool *p) { return p->nthreads; }
 int rt_pool_inflight(const rt_pool *p) { return p->inflight; }
 
@@ -170,6 +201,7 @@ void rt_pool_free(rt_pool *p)
         j = next;
     }
     event_free(p->ev);
+    if (p->idle_ev) event_free(p->idle_ev);
     close(p->efd);
     pthread_mutex_destroy(&p->qlock);
     pthread_mutex_destroy(&p->dlock);

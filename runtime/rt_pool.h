@@ -29,6 +29,10 @@ typedef struct rt_pool rt_pool;
 
 /* rt_pool_new starts nthreads workers (>= 1) delivering to actors of loop l. Returns NULL on failure. */
 rt_pool *rt_pool_new(rt_loop *l, int nthreads);
+/* rt_pool_on_idle makes cb(arg) run on the loop thread once the pool has had no job in flight for ms
+ * milliseconds (after each busy spell; a pool never busy never calls it). cb NULL removes it. Returns
+ * 0 or DMOE_ENOMEM. */
+int rt_pool_on_idle(rt_pool *p, uint64_t ms, void (*cb)(void *arg), void *arg);
 /* rt_pool_threads returns the number of workers. */
 int rt_pool_threads(const rt_pool *p);
 /* rt_pool_queued returns the jobs submitted and not yet delivered (loop thread). */

@@ -92,32 +92,48 @@ int wire_frame_feed_upto(wire_frame_reader *r, const uint8_t *p, size_t n, size_
         r->have = 0;
     }
 
-    size_t cap = wire_frame_want(r, n - pos);
-    if (cap > max_cap) cap = max_cap > r->cap ? max_cap : r->cap;
-    if (cap > r->cap) {
-        uint8_t *nb = realloc(r->body, cap);
-        if (!nb) {
-            reader_clear(r);
-            *used = pos;
-            return DMOE_ENOMEM;
-        }
-        r->body = nb;
-        r->cap = cap;
+    int rc = wire_frame_reserve(r, n - pos, max_cap);
+    if (rc < 0) {
+        *used = pos;
+        return rc;
     }
     size_t take = r->cap - r->have;
     if (take > n - pos) take = n - pos;
     if (take) memcpy(r->body + r->have, p + pos, take);
-    r->have += take;
     pos += take;
     *used = pos;
-    if (r->have < r->need) return 0;
+    return wire_frame_commit(r, take, frame, len);
+}
 
+int wire_frame_reserve(wire_frame_reader *r, size_t avail, size_t max_cap)
+{
+    size_t cap = wire_frame_want(r, avail);
+    if (cap > max_cap) cap = max_cap > r->cap ? max_cap : r->cap;
+    if (cap <= r->cap) return 0;
+    uint8_t *nb = realloc(r->body, cap);
+    if (!nb) {
+        reader_clear(r);
+        return DMOE_ENOMEM;
+    }
+    r->body = nb;
+    r->cap = cap;
+    return 0;
+}
+
+int wire_frame_commit(wire_frame_reader *r, size_t n, uint8_t **frame, size_t *len)
+{
+    r->have += n;
+    if (!r->in_body || r->have < r->need) return 0;
     *frame = r->body;
     *len = r->need;
     r->body = NULL;
     reader_clear(r);
     return 1;
 }
+
+size_t wire_frame_left(const wire_frame_reader *r) { return r->in_body ? r->need - r->have : 0; }
+
+uint8_t *wire_frame_tail(wire_frame_reader *r) { return r->body ? r->body + r->have : NULL; }
 
 int wire_frame_feed(wire_frame_reader *r, const uint8_t *p, size_t n, size_t *used, uint8_t **frame,
                     size_t *len)

@@ -60,6 +60,16 @@ size_t wire_frame_room(const wire_frame_reader *r);
 /* wire_frame_want returns the capacity the body will have after feeding avail more bytes of it
  * (>= wire_frame_held; in the header state, 0: feed the header alone first, it allocates nothing). */
 size_t wire_frame_want(const wire_frame_reader *r, size_t avail);
+/* For a caller that reads a body straight into the reader's buffer (one read per big chunk instead of
+ * a copy through another buffer): wire_frame_left is the body bytes still to come (0 in the header
+ * state); wire_frame_reserve grows the buffer to wire_frame_want(r, avail) bytes, capped at max_cap
+ * (0 or DMOE_ENOMEM, which leaves the reader cleared like a failed feed); wire_frame_tail points at the
+ * first free byte, wire_frame_room of them; wire_frame_commit counts n <= wire_frame_room bytes written
+ * there and returns as wire_frame_feed does (1 with *frame and *len when the frame completed, else 0). */
+size_t wire_frame_left(const wire_frame_reader *r);
+int wire_frame_reserve(wire_frame_reader *r, size_t avail, size_t max_cap);
+uint8_t *wire_frame_tail(wire_frame_reader *r);
+int wire_frame_commit(wire_frame_reader *r, size_t n, uint8_t **frame, size_t *len);
 /* wire_frame_put_header writes the 4-byte big-endian length of a body of len bytes into hdr. */
 void wire_frame_put_header(uint8_t hdr[WIRE_FRAME_HDR], uint32_t len);
 

@@ -36,6 +36,7 @@
 #include "actors/node/metrics.h"
 #include "actors/node/node_addrs.h"
 #include "runtime/rt_lag.h"
+#include "runtime/rt_mem.h"
 #include "actors/node/node_banner.h"
 #include "actors/serve/server.h"
 #include "actors/grid/uid.h"
@@ -52,6 +53,9 @@
 #define NODE_CKPT_MS  30000   /* longest wait for the last checkpoints at stop */
 #define NODE_FLUSH_MS 5000    /* longest wait for replies to reach the sockets at stop */
 #define NODE_POLL_MS  10
+/* the heap's free pages go back to the kernel after a second without work: long enough that a busy
+ * node never pays for the trim between batches, short enough that an idle one soon looks its size */
+#define NODE_TRIM_IDLE_MS 1000
 #define NODE_GAUGE_MS 1000    /* metrics gauges refresh */
 
 enum { NODE_TICK = 1, NODE_UPDATE, NODE_STATS };
@@ -555,6 +559,13 @@ static void stop_step(node *n)
     }
 }
 
+/* The pool has been idle NODE_TRIM_IDLE_MS: the heap keeps what the batches used (rt_mem.h) until now. */
+static void trim_heap(void *arg)
+{
+    (void)arg;
+    if (rt_mem_trim()) LOG_DEBUG("idle: free heap pages returned to the kernel");
+}
+
 static void node_handle(rt_actor *self, rt_msg *m)
 {
     node *n = (node *)self;
@@ -748,6 +759,7 @@ node *node_start(rt_loop *l, const node_cfg *c, char *err, size_t errlen)
     /* the pool's threads are the parallelism: OpenBLAS runs single-threaded inside each */
     openblas_set_num_threads(1);
     if (!dht_only(c) && !(n->pool = rt_pool_new(l, c->num_workers))) { snprintf(err, errlen, "cannot start %d worker threads", c->num_workers); goto fail; }
+    if (n->pool && rt_pool_on_idle(n->pool, NODE_TRIM_IDLE_MS, trim_heap, n) != 0) { snprintf(err, errlen, "out of memory"); goto fail; }
 
     if (c->metrics_port >= 0) {
         n->met = metrics_new();

@@ -2,12 +2,15 @@
  * pool handing finished jobs back on the loop thread. */
 #include <criterion/criterion.h>
 #include <event2/event.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "runtime/rt_actor.h"
 #include "runtime/rt_err.h"
+#include "runtime/rt_mem.h"
 #include "runtime/rt_pool.h"
 
 typedef struct { rt_msg msg; int seq; } num_msg;
@@ -200,4 +203,88 @@ Test(runtime, stopped_owner_waits_for_its_jobs, .timeout = 20)
     cr_assert_eq(a.back, 0);
     rt_pool_free(p);
     rt_loop_free(l);
+}
+
+/* The pool's idle hook: once per busy spell, on the loop thread, after the last job is back. */
+typedef struct { rt_pool *p; pthread_t loop_thread; int calls, wrong, busy; rt_loop *l; } idle_seen;
+static void on_pool_idle(void *arg)
+{
+    idle_seen *s = arg;
+    s->calls++;
+    if (!pthread_equal(pthread_self(), s->loop_thread)) s->wrong++;
+    if (rt_pool_inflight(s->p) != 0) s->busy++;
+    rt_loop_break(s->l);
+}
+
+static void submit_sums(rt_pool *p, sum_actor *a, int n)
+{
+    for (int i = 0; i < n; i++) {
+        sum_job *s = calloc(1, sizeof *s);
+        s->job.msg.drop = sum_drop;
+        s->job.run = sum_run;
+        s->job.owner = &a->actor;
+        s->n = 1000;
+        cr_assert_eq(rt_pool_submit(p, &s->job), 0);
+    }
+}
+
+Test(runtime, pool_idle_hook_runs_once_after_each_busy_spell, .timeout = 20)
+{
+    rt_loop *l = rt_loop_new();
+    rt_pool *p = rt_pool_new(l, 2);
+    idle_seen seen = {.p = p, .loop_thread = pthread_self(), .l = l};
+    cr_assert_eq(rt_pool_on_idle(p, 30, on_pool_idle, &seen), 0);
+    sum_actor a = {.loop_thread = pthread_self(), .total = 1 << 30};
+    rt_actor_init(&a.actor, l, "sum", sum_handle, NULL);
+    /* never busy: nothing to call */
+    struct timeval tv = {0, 80000};
+    event_base_loopexit(rt_loop_base(l), &tv);
+    rt_loop_run(l);
+    cr_assert_eq(seen.calls, 0, "an idle pool that was never busy called its hook");
+    for (int spell = 1; spell <= 2; spell++) {
+        submit_sums(p, &a, 8);
+        rt_loop_run(l);   /* the hook breaks it */
+        cr_assert_eq(a.back, 8 * spell, "the hook ran before every job was back");
+        cr_assert_eq(seen.calls, spell);
+    }
+    cr_assert_eq(seen.wrong, 0, "the hook ran off the loop thread");
+    cr_assert_eq(seen.busy, 0, "the hook ran with jobs in flight");
+    /* removed: a busy spell ends without it */
+    cr_assert_eq(rt_pool_on_idle(p, 30, NULL, NULL), 0);
+    submit_sums(p, &a, 4);
+    event_base_loopexit(rt_loop_base(l), &tv);
+    rt_loop_run(l);
+    cr_assert_eq(a.back, 20);
+    cr_assert_eq(seen.calls, 2);
+    rt_pool_free(p);
+    rt_loop_free(l);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define RT_TEST_OWN_ALLOCATOR 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RT_TEST_OWN_ALLOCATOR 1
+#endif
+#endif
+
+/* The heap policy (rt_mem.h): a big block comes from the heap and stays there once freed, until the
+ * idle trim returns it. (Criterion runs each test in its own process: the policy ends with it.) */
+Test(runtime, big_blocks_stay_in_the_heap_until_the_trim, .timeout = 20)
+{
+#ifdef RT_TEST_OWN_ALLOCATOR
+    cr_skip_test("the sanitizer's allocator keeps its own policy");
+#endif
+    cr_assert_eq(rt_mem_tune(), 0);
+    size_t big = (size_t)64 << 20;
+    struct mallinfo2 before = mallinfo2();
+    char *b = malloc(big);
+    cr_assert_not_null(b);
+    memset(b, 1, big);
+    struct mallinfo2 mid = mallinfo2();
+    cr_assert_eq(mid.hblkhd, before.hblkhd, "a 64 MiB block was mapped on its own");
+    free(b);
+    struct mallinfo2 after = mallinfo2();
+    cr_assert_geq(after.fordblks, big, "the freed block left the heap at once");
+    cr_assert_eq(rt_mem_trim(), 1, "the trim returned nothing");
 }

@@ -25,6 +25,7 @@ TestSuite(conn, .init = setup, .fini = teardown, .timeout = 20);
 /* An owner that holds every request it gets (conn_hold) until the test releases it. */
 typedef struct {
     wire_msg *held[16];
+    size_t charge[16];   /* what on_msg handed over with each (with a quota) */
     int n;
 } holder;
 
@@ -32,6 +33,7 @@ static void hold_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 {
     holder *h = arg;
     conn_hold(c);
+    h->charge[h->n] = charge;
     h->held[h->n++] = m;
 }
 
@@ -172,5 +174,69 @@ Test(conn, charged_as_received_and_dropped_under_the_minimum_rate)
     conn_unref(c);
     close(fd);
     sk_spin(l, 5);
+    netq_deinit(&q);
+}
+
+/* pattern_byte is byte k of the test's big payload. */
+static uint8_t pattern_byte(size_t k) { return (uint8_t)(k * 7 % 251); }
+
+Test(conn, a_big_frame_is_read_straight_into_its_buffer_and_charged_as_it_arrives)
+{
+    netq q;
+    netq_init(&q, (size_t)64 << 20, 0);
+    holder h = {0};
+    conn_limits lim;
+    conn_default_limits(&lim);
+    lim.quota = &q;
+    int fd;
+    conn *c = sk_conn_pair(l, &hold_ops, &h, &lim, &fd);
+    /* a request carrying 3 MiB: its body comes in pieces, as over a real link */
+    size_t big = (size_t)3 << 20;
+    uint8_t *blob = malloc(big);
+    for (size_t k = 0; k < big; k++) blob[k] = pattern_byte(k);
+    wire_out *o = wire_out_new();
+    wire_request_begin(o, 9, "ping", 3);
+    msgpack_pack_str_with_body(wire_out_pk(o), "blob", 4);
+    msgpack_pack_bin(wire_out_pk(o), big);
+    msgpack_pack_bin_body(wire_out_pk(o), blob, big);
+    uint8_t *body;
+    size_t blen;
+    cr_assert_eq(wire_out_flatten(o, &body, &blen), 0);
+    uint8_t *frame = malloc(WIRE_FRAME_HDR + blen);
+    wire_frame_put_header(frame, (uint32_t)blen);
+    memcpy(frame + WIRE_FRAME_HDR, body, blen);
+    free(body);
+    size_t total = WIRE_FRAME_HDR + blen, sent = 0;
+    /* the first 200 KiB: what is charged follows what arrived, not the 3 MiB announced */
+    while (sent < ((size_t)200 << 10)) {
+        ssize_t n = send(fd, frame + sent, ((size_t)200 << 10) - sent, MSG_DONTWAIT);
+        if (n > 0) sent += (size_t)n;
+        sk_spin(l, 2);
+    }
+    sk_spin(l, 10);
+    cr_assert_eq(h.n, 0);
+    cr_assert_leq(q.pending.used, 2 * sent + WIRE_FRAME_GROW_MIN, "%zu bytes charged for %zu received", q.pending.used,
+                  sent);
+    for (int spins = 0; sent < total && spins < 5000; spins++) {
+        ssize_t n = send(fd, frame + sent, total - sent < (64u << 10) ? total - sent : (64u << 10), MSG_DONTWAIT);
+        if (n > 0) sent += (size_t)n;
+        sk_spin(l, 1);
+    }
+    cr_assert_eq(sent, total);
+    for (int spins = 0; h.n == 0 && spins < 1000; spins++) sk_spin(l, 1);
+    cr_assert_eq(h.n, 1, "the frame did not arrive whole");
+    const msgpack_object *got = wire_map_get(&h.held[0]->root, "blob");
+    cr_assert(got && got->type == MSGPACK_OBJECT_BIN);
+    cr_assert_eq(got->via.bin.size, big);
+    cr_assert(memcmp(got->via.bin.ptr, blob, big) == 0, "the payload changed on the way");
+    cr_assert_geq(h.charge[0], total - WIRE_FRAME_HDR, "the frame's buffer is charged");
+    conn_uncharge(c, h.charge[0]);
+    release_all(c, &h);
+    cr_assert_eq(q.pending.used, 0, "every charge is returned");
+    conn_close(c, 0);
+    close(fd);
+    sk_spin(l, 5);
+    free(frame);
+    free(blob);
     netq_deinit(&q);
 }

@@ -1,6 +1,7 @@
 /* test_wire_frame.c -- the frame reader (wire/wire_frame.c): arbitrary splits, several frames per
  * feed, limits checked before allocation, zero length, a frame of exactly max_frame. */
 #include <criterion/criterion.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -265,6 +266,63 @@ Test(wire_frame, feed_upto_stops_at_the_allowance, .timeout = 30)
     /* the rest */
     cr_assert_eq(wire_frame_feed_upto(&r, s + off, total - off, lens[0], &used, &f, &len), 1);
     wf_check_frame(f, len, lens, 0);
+    free(f);
+    wire_frame_reader_free(&r);
+    free(s);
+}
+
+/* wire_frame_want_after is the growth rule restated: the capacity after reserving avail more body bytes
+ * from capacity held with have bytes in (at least double, at least WIRE_FRAME_GROW_MIN, at most need). */
+static size_t wire_frame_want_after(size_t held, size_t have, size_t avail, size_t need)
+{
+    size_t take = need - have < avail ? need - have : avail;
+    if (have + take <= held) return held;
+    size_t want = have + take;
+    if (want < 2 * held) want = 2 * held;
+    if (want < WIRE_FRAME_GROW_MIN) want = WIRE_FRAME_GROW_MIN;
+    return want < need ? want : need;
+}
+
+Test(wire_frame, a_body_written_in_place_completes_like_a_fed_one, .timeout = 30)
+{
+    const size_t lens[2] = {300000, 5};
+    size_t total;
+    uint8_t *s = wf_stream(lens, 2, &total);
+    wire_frame_reader r;
+    wire_frame_reader_init(&r, 1 << 20);
+    size_t used = 0, len = 0, off = 0;
+    uint8_t *f = NULL;
+    cr_assert_eq(wire_frame_feed(&r, s, WIRE_FRAME_HDR + 10, &used, &f, &len), 0);
+    off = used;
+    cr_assert_eq(wire_frame_left(&r), lens[0] - 10);
+    /* in place, as a reader of the socket would: grow to what arrived, write at the tail, commit */
+    size_t pieces[] = {1, 70000, 4096, 150000};
+    for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+        size_t held = wire_frame_held(&r);
+        cr_assert_eq(wire_frame_reserve(&r, pieces[i], SIZE_MAX), 0);
+        cr_assert_eq(wire_frame_held(&r), wire_frame_want_after(held, r.have, pieces[i], lens[0]));
+        cr_assert_geq(wire_frame_room(&r), pieces[i]);
+        memcpy(wire_frame_tail(&r), s + off, pieces[i]);
+        cr_assert_eq(wire_frame_commit(&r, pieces[i], &f, &len), 0);
+        off += pieces[i];
+    }
+    /* an allowance below what the body would grow to caps the buffer */
+    size_t held = wire_frame_held(&r);
+    cr_assert_eq(wire_frame_reserve(&r, wire_frame_left(&r), held), 0);
+    cr_assert_eq(wire_frame_held(&r), held);
+    size_t rest = wire_frame_left(&r);
+    cr_assert_eq(wire_frame_reserve(&r, rest, SIZE_MAX), 0);
+    memcpy(wire_frame_tail(&r), s + off, rest);
+    cr_assert_eq(wire_frame_commit(&r, rest, &f, &len), 1);
+    off += rest;
+    wf_check_frame(f, len, lens, 0);
+    free(f);
+    cr_assert_not(wire_frame_pending(&r), "back to the header state");
+    cr_assert_eq(wire_frame_left(&r), 0);
+    cr_assert_null(wire_frame_tail(&r));
+    /* the next frame comes through a feed as before */
+    cr_assert_eq(wire_frame_feed(&r, s + off, total - off, &used, &f, &len), 1);
+    wf_check_frame(f, len, lens, 1);
     free(f);
     wire_frame_reader_free(&r);
     free(s);

@@ -12,7 +12,7 @@
  *
  * Requests. node_send packs a forward {uid, inputs} or a backward {uid, inputs, grad_outputs} with
  * the handle of the user's previous forward when the node returned one (as a training client does: the
- * node then skips recomputing the forward). on_reply counts the reply's bytes, checks it carries one
+ * node then skips recomputing the forward); a forward that opens no training pair says "save": false. on_reply counts the reply's bytes, checks it carries one
  * tensor per output (forward) or input (backward) with the request's row count, keeps a forward's
  * handle, and ends in lg_user_done.
  *
@@ -155,12 +155,16 @@ static int node_send(lg_user *u)
     wire_out *o = wire_out_new();
     int rc = o ? 0 : DMOE_ENOMEM;
     if (rc == 0) {
-        int with_handle = bwd && u->prev_handle;
-        wire_request_begin(o, id, bwd ? "backward" : "forward", (bwd ? 5 : 4) + with_handle);
+        int with_handle = bwd && u->prev_handle, no_save = !bwd && !u->owed;
+        wire_request_begin(o, id, bwd ? "backward" : "forward", (bwd ? 5 : 4) + with_handle + no_save);
         if (with_handle) {   /* as a training client does: the node then skips recomputing the forward */
             wire_pack_str(wire_out_pk(o), "handle");
             msgpack_pack_uint64(wire_out_pk(o), u->prev_handle);
             u->prev_handle = 0;
+        }
+        if (no_save) {   /* a forward no backward follows, as an inference client's: nothing to keep */
+            wire_pack_str(wire_out_pk(o), "save");
+            msgpack_pack_false(wire_out_pk(o));
         }
         wire_pack_str(wire_out_pk(o), "uid");
         wire_pack_str(wire_out_pk(o), g->uids[u->target]);

@@ -215,10 +215,13 @@ static int pack_tensors(wire_out *o, const rx_tensor *t, int n, wire_scheme comp
     return 0;
 }
 
+static wire_out *request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout,
+                         wire_scheme comp, uint64_t handle, int save);
+
 wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout,
                      wire_scheme comp)
 {
-    return rx_request_with_handle(id, uid, in, n_in, gout, n_gout, comp, 0);
+    return request(id, uid, in, n_in, gout, n_gout, comp, 0, 0);
 }
 
 uint64_t rx_reply_handle(const wire_msg *reply)
@@ -231,14 +234,26 @@ uint64_t rx_reply_handle(const wire_msg *reply)
 wire_out *rx_request_with_handle(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
                                  int n_gout, wire_scheme comp, uint64_t handle)
 {
+    return request(id, uid, in, n_in, gout, n_gout, comp, handle, 1);
+}
+
+/* The request: a backward with handle when it has one; a forward that will bring no handle back says
+ * "save": false, so that the node keeps nothing for it. */
+static wire_out *request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout, int n_gout,
+                         wire_scheme comp, uint64_t handle, int save)
+{
     wire_out *o = wire_out_new();
     if (!o) return NULL;
     msgpack_packer *pk = wire_out_pk(o);
-    int with_handle = gout && handle;
-    wire_request_begin(o, id, gout ? "backward" : "forward", (gout ? 5 : 4) + (with_handle ? 1 : 0));
+    int with_handle = gout && handle, no_save = !gout && !save;
+    wire_request_begin(o, id, gout ? "backward" : "forward", (gout ? 5 : 4) + (with_handle || no_save ? 1 : 0));
     if (with_handle) {
         wire_pack_str(pk, "handle");
         msgpack_pack_uint64(pk, handle);
+    }
+    if (no_save) {
+        wire_pack_str(pk, "save");
+        msgpack_pack_false(pk);
     }
     wire_pack_str(pk, "uid");
     wire_pack_str(pk, uid);

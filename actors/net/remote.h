@@ -72,12 +72,14 @@ int rx_check(const rx_schema *s, const rx_tensor *in, int n_in, const rx_tensor 
              size_t errlen);
 /* rx_request builds a forward (gout NULL) or backward request for uid. The tensors' buffers are
  * referenced, not copied, unless comp (the schema's compression) is not NONE: float32 tensors are then
- * compressed into buffers of the request's own. Returns NULL when out of memory or when a tensor cannot
- * be compressed (non-finite values). */
+ * compressed into buffers of the request's own. Its forward says "save": false (its caller brings no
+ * handle to a backward, so the node keeps no activations). Returns NULL when out of memory or when a
+ * tensor cannot be compressed (non-finite values). */
 wire_out *rx_request(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
                      int n_gout, wire_scheme comp);
-/* rx_request_with_handle is rx_request for a backward that returns the handle its forward's reply
- * carried (rx_reply_handle), so that the node can skip recomputing the forward; 0 means none. */
+/* rx_request_with_handle is rx_request for a caller that uses handles: its forward lets the node keep
+ * the activations, its backward returns the handle its forward's reply carried (rx_reply_handle), so
+ * that the node can skip recomputing the forward; 0 means none. */
 wire_out *rx_request_with_handle(uint64_t id, const char *uid, const rx_tensor *in, int n_in, const rx_tensor *gout,
                                  int n_gout, wire_scheme comp, uint64_t handle);
 /* rx_reply_handle returns the activation handle of a forward reply, or 0 when the node kept none. */

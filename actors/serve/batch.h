@@ -62,6 +62,7 @@ typedef struct ex_req {
     const uint8_t *in[KERN_MAX_IO];       /* rows of each input (unaligned, little-endian) */
     const uint8_t *gout[KERN_MAX_IO];     /* backward: rows of each grad_output */
     void *owned[2 * KERN_MAX_IO];         /* decoded tensors (decompressed, converted) rows may point into */
+    int save;                             /* forward: keep its activations for a backward (its "save") */
     uint64_t in_hash;                     /* hash of the input rows (activation cache), 0 when unused */
     act_entry *cached;                    /* backward: the saved activations of its forward, or NULL */
     uint64_t t_arrive_us;

@@ -158,7 +158,7 @@ void batchq_answer(batchq *q, ex_batch *b)
         msgpack_packer *pk = wire_out_pk(o);
         wire_reply_begin(o, r->id);
         uint64_t handle = 0;
-        if (b->dir == EX_FWD && b->saved)
+        if (b->dir == EX_FWD && b->saved && r->save)
             handle = actcache_put(q->cfg.cache, q->model, b->saved, first, r->rows, r->in_hash);
         msgpack_pack_map(pk, handle ? 2 : 1);
         if (handle) {
@@ -218,10 +218,11 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
 
     int64_t B = 0;
     int nreq = 0;
-    int from_saved = q->dir == EX_BWD && m->cls->backward_saved;
+    int from_saved = q->dir == EX_BWD && m->cls->backward_saved, any_save = 0;
     for (ex_req *r = q->head; r && B + r->rows <= q->cfg.max_batch_size; r = r->next) {
         B += r->rows;
         nreq++;
+        any_save = any_save || r->save;
         /* a backward whose requests all brought their forward's activations skips recomputing them */
         from_saved = from_saved && r->cached != NULL;
     }
@@ -263,7 +264,7 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
     f += ws_floats + 16;
     if (from_saved) b->gathered = f;
     /* no block for the activations (no memory) only means no cache: the backward will recompute */
-    if (q->dir == EX_FWD && q->cfg.cache && m->cls->forward_save) b->saved = act_block_new(B, m->cls->saved_floats(m));
+    if (q->dir == EX_FWD && any_save && q->cfg.cache && m->cls->forward_save) b->saved = act_block_new(B, m->cls->saved_floats(m));
     float *rp = b->res_block;
     for (int j = 0; j < n_results(m, q->dir); j++) { b->res[j] = rp; rp += (size_t)B * out_row_floats(m, q->dir, j) + 16; }
 

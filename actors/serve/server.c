@@ -232,6 +232,15 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
         goto fail;
     }
     s->last_accepted_ms = rt_loop_now_ms(s->loop);
+    /* a forward's "save": false says no backward will bring its handle: nothing is kept for it */
+    int save = dir == EX_FWD;
+    const msgpack_object *so = dir == EX_FWD ? wire_map_get(&m->root, "save") : NULL;
+    if (so && so->type != MSGPACK_OBJECT_BOOLEAN) {
+        rc = DMOE_EINVAL;
+        snprintf(err, sizeof err, "forward: save must be true or false");
+        goto fail;
+    }
+    if (so) save = so->via.boolean;
     const kern_model *km = expert_model(e);
     const expert_cfg *ec = expert_cfg_get(e);
     size_t max_objects = SERVER_REQ_OBJECTS(km->n_in + (dir == EX_BWD ? km->n_out : 0));
@@ -268,7 +277,8 @@ static void route_compute(server *s, conn *c, wire_msg *m, size_t charge, int di
     memcpy(k->in, km->in, sizeof k->in);
     memcpy(k->out, km->out, sizeof k->out);
     k->max_batch_size = ec->max_batch_size;
-    k->hash = ec->cache && km->cls->forward_save;
+    r->save = save;
+    k->hash = ec->cache && km->cls->forward_save && (dir == EX_BWD || save);
     size_t bytes = req_payload_bytes(m, "inputs") + (dir == EX_BWD ? req_payload_bytes(m, "grad_outputs") : 0);
     if (bytes > SERVER_INLINE_CHECK_BYTES && ec->pool) {
         k->job.run = check_job;

@@ -12,6 +12,7 @@
 #include "actors/node/node.h"
 #include "kernels/kern_classes.h"
 #include "kernels/kern_optim.h"
+#include "runtime/rt_err.h"
 #include "test/integration/harness.h"
 
 #define H 64
@@ -380,6 +381,42 @@ Test(node, backward_with_its_forward_handle_skips_the_recompute, .timeout = 60)
     local_backward(&e, x2, gy, B, want);
     cr_assert_lt(th_max_abs_diff(gx, want, B * H), 1e-5f);
     cr_assert_eq(cached_backwards(&n), 1);
+
+    /* "save": false: no handle, nothing kept; the backward recomputes, with the same result. A save that is
+     * not a boolean is refused with a message, and the connection goes on. */
+    for (int variant = 0; variant < 2; variant++) {
+        wire_out *o = wire_out_new();
+        msgpack_packer *pk = wire_out_pk(o);
+        wire_request_begin(o, 6 + (uint64_t)variant, "forward", 5);
+        wire_pack_str(pk, "save");
+        if (variant == 0) msgpack_pack_false(pk);
+        else msgpack_pack_int(pk, 0);
+        wire_pack_str(pk, "uid");
+        wire_pack_str(pk, "expert.0");
+        wire_tensor t = {.dtype = WIRE_DT_F32, .ndim = 2, .shape = {B, H}, .numel = (size_t)(B * H), .nbytes = (size_t)(B * H * 4),
+                         .data = (const uint8_t *)x};
+        wire_pack_str(pk, "inputs");
+        msgpack_pack_array(pk, 1);
+        wire_tensor_pack(o, &t, NULL, NULL);
+        cr_assert_eq(th_send_out(fd, o), 0);
+        wire_msg m;
+        cr_assert_eq(th_recv_msg(fd, &m), 0);
+        if (variant == 0) {
+            cr_assert_eq(m.kind, WIRE_REPLY_OK, "%s", m.err_msg);
+            cr_assert_null(wire_map_get(m.result, "handle"), "a forward with save false got a handle");
+            float y[B * H], ywant[B * H];
+            cr_assert_eq(th_result_f32(&m, "outputs", B, H, y), 0);
+            local_forward(&e, x, B, ywant);
+            cr_assert_lt(th_max_abs_diff(y, ywant, B * H), 1e-5f);
+        } else {
+            cr_assert_eq(m.kind, WIRE_REPLY_ERR);
+            cr_assert_eq(m.err_code, DMOE_EINVAL);
+            cr_assert(strstr(m.err_msg, "save"), "%s", m.err_msg);
+        }
+        wire_msg_free(&m);
+    }
+    h = forward_handle(fd, 8, "expert.0", x, B);
+    cr_assert_neq(h, 0, "the connection serves on after the refused request");
     close(fd);
     local_free(&e);
     cr_assert_eq(th_node_stop(&n, SIGTERM), 0);

@@ -101,6 +101,7 @@ typedef struct ex_batch {
     uint64_t t_queued_us;        /* summed queue wait of its requests */
     uint64_t t_compute_us;       /* from submission to the pool to the last job's end */
     atomic_ullong t_kernel_us;   /* on the workers: its jobs' running time, summed */
+    atomic_ullong t_fill_us;     /* on the workers: copying its rows in (batchq_fill), summed */
     rt_timer delay;              /* nop_delay: holds the answer without blocking anything (EX_MSG_DELAY_DONE) */
     struct ex_batch *next_delayed;   /* the expert's list of batches held by their delay timer */
     /* set by the expert for the worker: */

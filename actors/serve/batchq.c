@@ -2,7 +2,9 @@
  *
  * Design notes. Requests wait on a singly linked list (head to tail, arrival order). A batch is one
  * calloc'd ex_batch plus two blocks: the work block (inputs, grad_outputs, workspace, gathered
- * activations), freed as soon as the job is back, and the result block, which a reply covering the
+ * activations), filled by the jobs themselves (batchq_fill, each its rows, from the requests' frames
+ * and saved activations, which the batch keeps until then) and freed with those frames as soon as the
+ * jobs are back, and the result block, which a reply covering the
  * whole batch references (a reply to part of it copies its rows, so that an unread reply never holds
  * more than its own bytes) and which is freed when the last reference has been written (b->refs). Nothing here blocks or sends
  * mail except the replies (conn_send).
@@ -268,36 +270,18 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
     float *rp = b->res_block;
     for (int j = 0; j < n_results(m, q->dir); j++) { b->res[j] = rp; rp += (size_t)B * out_row_floats(m, q->dir, j) + 16; }
 
-    /* one copy per row, straight out of the frames, which are then freed */
-    int64_t row = 0;
+    /* the rows stay in their frames: the batch's jobs copy them in (batchq_fill), on the workers */
     ex_req **tailp = &b->reqs;
     for (int k = 0; k < nreq; k++) {
         ex_req *r = pop(q);
         q->in_batches++;
-        for (int i = 0; i < m->n_in; i++) {
-            size_t rb = in_row_bytes(m, i);
-            memcpy((uint8_t *)b->in[i] + (size_t)row * rb, r->in[i], (size_t)r->rows * rb);
-        }
-        if (q->dir == EX_BWD)
-            for (int j = 0; j < m->n_out; j++) {
-                size_t rf = kern_io_numel(&m->out[j]);
-                memcpy(b->gout[j] + (size_t)row * rf, r->gout[j], (size_t)r->rows * rf * sizeof(float));
-            }
-        if (r->cached) {   /* gathered, or useless now: either way the entry is done */
-            if (b->gathered) {
-                size_t sf = m->cls->saved_floats(m);
-                memcpy(b->gathered + (size_t)row * sf, act_entry_rows(r->cached), (size_t)r->rows * sf * sizeof(float));
-            }
+        if (r->cached && !b->gathered) {   /* useless now (another request of the batch has none) */
             act_entry_release(r->cached);
             r->cached = NULL;
         }
         b->t_queued_us += now_us - r->t_arrive_us;
-        ex_req_drop_frame(r);
-        memset(r->in, 0, sizeof r->in);
-        memset(r->gout, 0, sizeof r->gout);
         *tailp = r;
         tailp = &r->next;
-        row += r->rows;
     }
     b->job.msg.type = EX_MSG_JOB_DONE;
     b->job.msg.drop = batch_abandon;
@@ -310,8 +294,39 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
     return b;
 }
 
+void batchq_fill(ex_batch *b, int64_t r0, int64_t r1)
+{
+    const kern_model *m = b->model;
+    int64_t row = 0;
+    for (const ex_req *r = b->reqs; r && row < r1; row += r->rows, r = r->next) {
+        int64_t a = row > r0 ? row : r0, z = row + r->rows < r1 ? row + r->rows : r1;
+        if (a >= z) continue;
+        size_t off = (size_t)(a - row), n = (size_t)(z - a);
+        for (int i = 0; i < m->n_in; i++) {
+            size_t rb = in_row_bytes(m, i);
+            memcpy((uint8_t *)b->in[i] + (size_t)a * rb, r->in[i] + off * rb, n * rb);
+        }
+        if (b->dir == EX_BWD)
+            for (int j = 0; j < m->n_out; j++) {
+                size_t rf = kern_io_numel(&m->out[j]);
+                memcpy(b->gout[j] + (size_t)a * rf, r->gout[j] + off * rf * sizeof(float), n * rf * sizeof(float));
+            }
+        if (b->gathered) {
+            size_t sf = m->cls->saved_floats(m);
+            memcpy(b->gathered + (size_t)a * sf, act_entry_rows(r->cached) + off * sf, n * sf * sizeof(float));
+        }
+    }
+}
+
 void batchq_release_work(ex_batch *b)
 {
+    for (ex_req *r = b->reqs; r; r = r->next) {   /* the rows are in (or the batch failed): frames go */
+        ex_req_drop_frame(r);
+        memset(r->in, 0, sizeof r->in);
+        memset(r->gout, 0, sizeof r->gout);
+        act_entry_release(r->cached);
+        r->cached = NULL;
+    }
     free(b->work);
     b->work = NULL;
     memset(b->in, 0, sizeof b->in);

@@ -2,13 +2,14 @@
  *
  * Requests for one expert and direction (forward or backward) queue here. While the expert is busy,
  * they accumulate; when the expert can start a batch, it takes one: whole requests in arrival order up
- * to max_batch_size rows, their rows copied into one input matrix per input (the one copy a row makes
- * on its way in), their frames freed. When the batch comes back computed, the expert hands it back and
+ * to max_batch_size rows, with one input matrix per input that the batch's jobs fill from the frames
+ * on the workers (batchq_fill: the one copy a row makes on its way in, none on the loop thread); the
+ * frames are freed when the jobs are back. When the batch comes back computed, the expert hands it back and
  * the queue splits the outputs by row counts and answers each caller, in order, with replies that
  * reference the output matrix instead of copying it.
  *
  * Order: batchq_new -> (batchq_push | batchq_wait_us | batchq_take | batchq_answer)... -> batchq_free.
- * batchq_compress is the one function a worker calls (on a batch it holds).
+ * batchq_fill and batchq_compress are the functions a worker calls (on a batch it holds).
  *
  * Only its expert calls it, on the loop thread; it calls nothing of the expert's (batch.h is the shared
  * floor). Owns the queued requests until they are taken; a batch owns its requests until it is answered.
@@ -50,7 +51,12 @@ void batchq_compress(ex_batch *b);
 /* batchq_answer answers every request of a computed (or failed: b->rc < 0) batch and gives the batch
  * up; its output block lives on in the replies until they are written. */
 void batchq_answer(batchq *q, ex_batch *b);
-/* batchq_release_work frees a batch's work block (inputs, workspace) once its job is back. */
+/* batchq_fill copies rows [r0, r1) of the batch's requests (inputs, grad_outputs, saved activations)
+ * into its work block: the first thing each of its jobs does, on a worker (the rows stay in their
+ * frames until then, so the loop thread copies nothing). Reads the requests, writes only those rows. */
+void batchq_fill(ex_batch *b, int64_t r0, int64_t r1);
+/* batchq_release_work frees a batch's work block (inputs, workspace) once its job is back, and the
+ * frames (and saved activations) its rows came from. Loop thread. */
 void batchq_release_work(ex_batch *b);
 /* batchq_oldest_us returns the arrival time of the oldest waiting request, 0 when none waits. */
 uint64_t batchq_oldest_us(const batchq *q);

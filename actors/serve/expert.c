@@ -97,7 +97,10 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
 static void job_run(rt_job *j)
 {
     ex_batch *b = (ex_batch *)j;
-    uint64_t t0 = b->t_compute_us, t_run = rt_clock_us();
+    uint64_t t0 = b->t_compute_us, t_fill = rt_clock_us();
+    batchq_fill(b, 0, b->B);
+    uint64_t t_run = rt_clock_us();
+    atomic_store(&b->t_fill_us, t_run - t_fill);
     b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
     if (b->dir == EX_BWD) batchq_compress(b);   /* the reply's share of the work; the step comes after it */
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
@@ -110,7 +113,10 @@ static void chunk_run(rt_job *j)
 {
     ex_chunk *c = (ex_chunk *)j;
     ex_batch *b = c->b;
+    uint64_t t_fill = rt_clock_us();
+    batchq_fill(b, c->r0, c->r1);
     uint64_t t_run = rt_clock_us();
+    atomic_fetch_add(&b->t_fill_us, t_run - t_fill);
     c->rc = run_rows(b, c->r0, c->r1, c->grads, c->ws);
     atomic_fetch_add(&b->t_kernel_us, rt_clock_us() - t_run);
     /* the last chunk to finish compresses the reply; the atomic orders the others' writes. The
@@ -362,8 +368,8 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The next batch of direction dir (batchq_take), its rows copied in on the loop thread: that CPU time
- * is counted in batch_build_ns. */
+/* The next batch of direction dir (batchq_take; its jobs copy the rows in): the loop thread's CPU time
+ * for it is counted in batch_build_ns. */
 static ex_batch *take(expert *e, int dir, uint64_t now)
 {
     uint64_t t0 = thread_cpu_ns();
@@ -419,6 +425,7 @@ static void finish_batch(expert *e, ex_batch *b)
     s->batches[dir]++;
     s->compute_us[dir] += b->t_compute_us;
     s->kernel_us += atomic_load(&b->t_kernel_us);
+    s->batch_fill_us += atomic_load(&b->t_fill_us);
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
     s->calls[dir] += (uint64_t)b->nreq;
@@ -693,7 +700,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
-    msgpack_pack_map(pk, 19);
+    msgpack_pack_map(pk, 20);
     pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
     pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
     pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
@@ -712,5 +719,6 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "step_work_us", s->step_work_us);
     pack_kv_u64(pk, "step_wait_us", s->step_wait_us);
     pack_kv_u64(pk, "batch_build_us", s->batch_build_ns / 1000u);
+    pack_kv_u64(pk, "batch_fill_us", s->batch_fill_us);
     pack_kv_u64(pk, "reply_us", s->reply_ns / 1000u);
 }

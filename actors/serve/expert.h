@@ -73,7 +73,8 @@ typedef struct {
     uint64_t step_work_us;       /* the steps' jobs running on the workers (worker time, summed) */
     uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
                                   * later of the step's start and the oldest request's arrival) */
-    uint64_t batch_build_ns;     /* loop thread CPU: building batches, mostly copying rows in (batchq_take) */
+    uint64_t batch_build_ns;     /* loop thread CPU: building batches (batchq_take) */
+    uint64_t batch_fill_us;      /* the jobs on the workers: copying the batches' rows in (batchq_fill) */
     uint64_t reply_ns;           /* loop thread CPU: building and queueing replies (batchq_answer) */
 } expert_stats;
 

@@ -59,7 +59,8 @@ typedef struct {
     double optimizer_us;         /* optimizer steps: their jobs on the workers */
     double optimizer_wall_us;    /* optimizer steps, from the reply to the end of the update */
     double step_wait_us;         /* requests held back by a running step */
-    double copy_in_us;           /* loop: rows copied into batches */
+    double copy_in_us;           /* loop: batches built (their rows are copied in by their jobs) */
+    double fill_us;              /* workers: the jobs copying their batches' rows in */
     double reply_us;             /* loop: replies built and queued */
     double loop_busy_pct;        /* the loop thread's CPU time over the run's wall time */
     double requests, mib;        /* of the whole run: requests answered, MiB both ways */
@@ -164,7 +165,7 @@ void bench_memory_figures(bench *b, const kern_model *m);
 /* What bench_probe_take reads from a node: CPU time of its threads and one expert's summed timers. */
 typedef struct {
     double loop_ns, others_ns;   /* the loop (main) thread, every other thread */
-    double compute_us, step_us, step_wait_us, batch_build_us, reply_us;   /* the expert's info stats */
+    double compute_us, step_us, step_wait_us, batch_build_us, batch_fill_us, reply_us;   /* info stats */
     double step_wall_us;         /* compute_us and step_us are the jobs' time on the workers; this the
                                   * steps' wall time, from the reply to the end of the update */
 } bench_probe;

@@ -73,6 +73,7 @@ static int add_stats(const msgpack_object *info, bench_probe *p)
     p->step_wall_us += stat_us(st, "step_us");
     p->step_wait_us += stat_us(st, "step_wait_us");
     p->batch_build_us += stat_us(st, "batch_build_us");
+    p->batch_fill_us += stat_us(st, "batch_fill_us");
     p->reply_us += stat_us(st, "reply_us");
     return 0;
 }
@@ -128,5 +129,6 @@ void bench_probe_diff(const bench_probe *before, const bench_probe *after, bench
     d->step_wall_us = after->step_wall_us - before->step_wall_us;
     d->step_wait_us = after->step_wait_us - before->step_wait_us;
     d->batch_build_us = after->batch_build_us - before->batch_build_us;
+    d->batch_fill_us = after->batch_fill_us - before->batch_fill_us;
     d->reply_us = after->reply_us - before->reply_us;
 }

@@ -37,6 +37,7 @@ TestSuite(batchq, .init = setup, .fini = teardown, .timeout = 20);
 /* What the expert does with a batch: run it (here, on this thread) and hand it back. */
 static void compute(batchq *q, ex_batch *b)
 {
+    batchq_fill(b, 0, b->B);   /* as the batch's job does first, on a worker */
     const void *in[1] = {b->in[0]};
     float *out[1] = {b->res[0]};
     b->rc = model.cls->forward(&model, NULL, b->B, in, out, b->ws, 0);
@@ -77,6 +78,9 @@ Test(batchq, merges_requests_and_answers_each_its_own_rows_in_order)
     cr_assert_not_null(b);
     cr_assert_eq(b->B, 6);
     cr_assert_eq(b->nreq, 3);
+    /* filled as two chunk jobs would, each its rows, across a request's boundary */
+    batchq_fill(b, 3, 6);
+    batchq_fill(b, 0, 3);
     cr_assert_eq(memcmp(b->in[0], x, sizeof x), 0, "the batch holds the rows in arrival order");
     cr_assert_eq(batchq_waiting(q), 0);
     cr_assert_eq(batchq_pending(q), 3);

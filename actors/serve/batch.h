@@ -93,7 +93,7 @@ typedef struct ex_batch {
     float *gathered;             /* backward: the requests' saved activations, in the work block */
     float *res_block;            /* block holding res: freed when the last reply is written */
     wire_scheme compression;     /* backward: how the worker compresses each request's grad_inputs */
-    ex_packed *packed;           /* backward with compression: one per request, filled by the worker */
+    ex_packed *packed;           /* several requests or a compression: one per request, by the worker */
     int refs;
     int rc;                      /* 0, or a DMOE_* code from the kernel */
     char err[128];

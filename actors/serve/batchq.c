@@ -76,28 +76,35 @@ static void batch_abandon(rt_msg *m)
 
 static void free_ref(const void *data, size_t len, void *arg) { free(arg); }
 
-void batchq_compress(ex_batch *b)
+void batchq_pack_replies(ex_batch *b)
 {
     const kern_model *m = b->model;
     if (!b->packed || b->rc < 0) return;
     int64_t row = 0;
-    int k = 0;
+    int k = 0, nres = n_results(m, b->dir);
     for (ex_req *r = b->reqs; r; r = r->next, k++) {
         ex_packed *p = &b->packed[k];
-        for (int i = 0; i < m->n_in && p->rc == 0; i++) {
-            size_t rf = kern_io_numel(&m->in[i]), numel = (size_t)r->rows * rf;
-            size_t cap = wire_compress_bound_rows(b->compression, numel, (size_t)r->rows);
-            p->buf[i] = malloc(cap ? cap : 1);
-            if (!p->buf[i]) { p->rc = DMOE_ENOMEM; break; }
+        for (int j = 0; j < nres && p->rc == 0; j++) {
+            size_t rf = out_row_floats(m, b->dir, j), numel = (size_t)r->rows * rf;
+            const float *src = b->res[j] + (size_t)row * rf;
+            size_t cap = b->compression == WIRE_COMP_NONE ? numel * sizeof(float)
+                                                          : wire_compress_bound_rows(b->compression, numel, (size_t)r->rows);
+            p->buf[j] = malloc(cap ? cap : 1);
+            if (!p->buf[j]) { p->rc = DMOE_ENOMEM; break; }
+            if (b->compression == WIRE_COMP_NONE) {   /* its own rows, so its unread reply holds no more */
+                memcpy(p->buf[j], src, cap);
+                p->len[j] = cap;
+                continue;
+            }
             /* a non-finite gradient cannot be normalised: the caller gets an error */
-            p->rc = wire_compress_rows(b->compression, b->res[i] + (size_t)row * rf, numel, (size_t)r->rows,
-                                       p->buf[i], &p->len[i]);
+            p->rc = wire_compress_rows(b->compression, src, numel, (size_t)r->rows, p->buf[j], &p->len[j]);
         }
         row += r->rows;
     }
 }
 
-/* Pack the rows [row, row + r->rows) of result j into o: by reference, or the worker's compressed copy. */
+/* Pack the rows [row, row + r->rows) of result j into o: the worker's copy (batchq_pack_replies), or
+ * the result block by reference when the request is the whole batch. */
 static int pack_result(batchq *q, ex_batch *b, wire_out *o, ex_packed *p, int j, int64_t row, int64_t rows)
 {
     const kern_model *m = q->model;
@@ -116,15 +123,6 @@ static int pack_result(batchq *q, ex_batch *b, wire_out *o, ex_packed *p, int j,
         return wire_tensor_pack(o, &t, free_ref, (void *)t.data);
     }
     t.data = (const uint8_t *)(b->res[j] + (size_t)row * rf);
-    if (rows < b->B) {
-        /* Part of a batch: copied, so that an unread reply holds its own bytes and not the whole
-         * batch's block (a 1-row reply left unread would otherwise keep max_batch_size rows alive). */
-        void *copy = malloc(t.nbytes ? t.nbytes : 1);
-        if (!copy) return DMOE_ENOMEM;
-        memcpy(copy, t.data, t.nbytes);
-        t.data = copy;
-        return wire_tensor_pack(o, &t, free_ref, copy);
-    }
     b->refs++;
     return wire_tensor_pack(o, &t, res_unref, b);
 }
@@ -241,13 +239,16 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
     size_t ws_floats = q->dir == EX_FWD ? m->cls->forward_ws(m, B) : m->cls->backward_ws(m, B);
     size_t saved_floats = from_saved ? (size_t)B * m->cls->saved_floats(m) : 0;
     int compress = q->dir == EX_BWD && q->cfg.compression != WIRE_COMP_NONE;
+    /* several requests: each reply gets its own rows from the worker (batchq_pack_replies), so that an
+     * unread reply holds its own bytes and not the whole batch's block */
+    int pack = compress || nreq > 1;
 
     ex_batch *b = calloc(1, sizeof *b);
     if (!b) { fail_first(q, nreq, "out of memory building a batch"); return NULL; }
     b->work = malloc(in_bytes + (gout_floats + ws_floats + saved_floats + 32) * sizeof(float));
     b->res_block = malloc((res_floats + 1) * sizeof(float));
-    if (compress) b->packed = calloc((size_t)nreq, sizeof *b->packed);
-    if (!b->work || !b->res_block || (compress && !b->packed)) {
+    if (pack) b->packed = calloc((size_t)nreq, sizeof *b->packed);
+    if (!b->work || !b->res_block || (pack && !b->packed)) {
         free(b->work);
         free(b->res_block);
         free(b->packed);

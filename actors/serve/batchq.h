@@ -9,7 +9,7 @@
  * reference the output matrix instead of copying it.
  *
  * Order: batchq_new -> (batchq_push | batchq_wait_us | batchq_take | batchq_answer)... -> batchq_free.
- * batchq_fill and batchq_compress are the functions a worker calls (on a batch it holds).
+ * batchq_fill and batchq_pack_replies are the functions a worker calls (on a batch it holds).
  *
  * Only its expert calls it, on the loop thread; it calls nothing of the expert's (batch.h is the shared
  * floor). Owns the queued requests until they are taken; a batch owns its requests until it is answered.
@@ -45,9 +45,10 @@ int64_t batchq_wait_us(const batchq *q, uint64_t now_us);
  * the requests it would have held are answered with DMOE_ENOMEM. Requests whose callers left are
  * dropped first. */
 ex_batch *batchq_take(batchq *q, uint64_t now_us);
-/* batchq_compress, on a worker after a backward: compresses each request's rows of grad_inputs into
- * b->packed (when the batch has a compression). Touches only b. */
-void batchq_compress(ex_batch *b);
+/* batchq_pack_replies, on a worker after the kernel: gives each request of a batch of several its own
+ * copy of its rows of the results (backward with a compression: compressed) in b->packed, which its
+ * reply then sends; a batch of one request replies from the result block. Touches only b. */
+void batchq_pack_replies(ex_batch *b);
 /* batchq_answer answers every request of a computed (or failed: b->rc < 0) batch and gives the batch
  * up; its output block lives on in the replies until they are written. */
 void batchq_answer(batchq *q, ex_batch *b);

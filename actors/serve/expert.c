@@ -102,7 +102,7 @@ static void job_run(rt_job *j)
     uint64_t t_run = rt_clock_us();
     atomic_store(&b->t_fill_us, t_run - t_fill);
     b->rc = run_rows(b, 0, b->B, b->grads, b->ws);
-    if (b->dir == EX_BWD) batchq_compress(b);   /* the reply's share of the work; the step comes after it */
+    batchq_pack_replies(b);   /* the replies' share of the work; a backward's step comes after it */
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
     uint64_t now = rt_clock_us();
     atomic_store(&b->t_kernel_us, now - t_run);
@@ -124,7 +124,7 @@ static void chunk_run(rt_job *j)
     if (atomic_fetch_sub(&b->chunks_running, 1) != 1) return;
     for (int k = 0; k < b->nchunks; k++)
         if (b->chunks[k].rc < 0 && b->rc == 0) b->rc = b->chunks[k].rc;
-    if (b->dir == EX_BWD && b->rc == 0) batchq_compress(b);
+    if (b->rc == 0) batchq_pack_replies(b);
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
 }
 

@@ -20,15 +20,17 @@
  *                             checked() then hands the request over with expert_submit [mail: EX_MSG_REQ].
  *   3. actors/serve/expert.c  queues it in its forward batchq (batchq.c) and raises its own
  *                             EX_MSG_SCHEDULE [mail], which runs after every request that arrived in the
- *                             same burst. schedule() takes a batch (batchq_take copies the rows of whole
- *                             requests into one matrix and frees their frames) and submits it to the pool.
- *   4. a worker thread        job_run calls the class's forward (kernels/kern_expert.h, e.g.
- *                             kernels/experts/kern_ffn.c) on the batch's buffers [mail: EX_MSG_JOB_DONE].
- *                             A backward also takes the optimizer step (kernels/kern_optim.c) and
- *                             compresses each caller's grad_inputs (batchq_compress) in the same job.
+ *                             same burst. schedule() takes a batch (batchq_take: whole requests, one
+ *                             matrix per input to fill) and submits it to the pool.
+ *   4. a worker thread        job_run copies the rows in from the frames (batchq_fill), calls the class's
+ *                             forward (kernels/kern_expert.h, e.g. kernels/experts/kern_ffn.c) on the
+ *                             batch's buffers and, for a batch of several requests, copies each its rows
+ *                             of the results (compressed, for a backward with a compression:
+ *                             batchq_pack_replies) [mail: EX_MSG_JOB_DONE]. A backward's optimizer step
+ *                             (kernels/kern_optim.c) follows its reply, in jobs of its own.
  *   5. actors/serve/expert.c  finish_batch counts it and gives it back to the queue (nop_delay first holds
  *                             it on a timer [mail: EX_MSG_DELAY_DONE]); batchq_answer builds one reply per
- *                             request that references its rows of the output block (wire/wire_out.c),
+ *                             request that references its rows (wire/wire_out.c),
  *                             keeps the forward's activations for the backward (actcache.c), and
  *                             conn_send's it [mail: CONN_SEND].
  *   6. actors/net/conn.c      conn_handle moves the reply onto the socket's output by reference; freeing

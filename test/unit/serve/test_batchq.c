@@ -41,6 +41,7 @@ static void compute(batchq *q, ex_batch *b)
     const void *in[1] = {b->in[0]};
     float *out[1] = {b->res[0]};
     b->rc = model.cls->forward(&model, NULL, b->B, in, out, b->ws, 0);
+    batchq_pack_replies(b);   /* the job's last part: each request its own rows */
     batchq_release_work(b);
     batchq_answer(q, b);
 }

@@ -14,9 +14,15 @@
  * smoothed RTT + 4 deviations, dht_rtt.h), and every find that has waited that long becomes slow: it
  * frees its alpha slot and its candidate leaves the k nearest live ones, so the next candidate is asked
  * in its place. The RPC runs on to its hard timeout: an answer that comes late, while the lookup still
- * searches, is used as any other (the candidate OK, its peers added, its value merged); slow finds still
- * out do not hold the end of the search. Only the hard timeout fails a find, and only the node
- * (dht_node.c) evicts and blacklists, so a slow peer stays in the routing table. Each candidate
+ * searches, is used as any other (the candidate OK, its peers added, its value merged). A get's slow
+ * finds do not hold the end of its search (it wants a value soon, from whoever has it); a store's and a
+ * find_nodes' do: they choose the k (or num_replicas) nearest peers that answered, and ending without a
+ * slow one would pass over an honest replica -- a new node's first finds to honest peers take two
+ * round trips (their replies to an unproven address are cut, then sent again with the token), and a
+ * store that did not wait for them went to the hostile peers that answered at once (found by
+ * dmoe-dhtsim: stale records after a server's replacement declared). Only the hard timeout fails a
+ * find, and only the node (dht_node.c) evicts and blacklists, so a slow peer stays in the routing
+ * table. Each candidate
  * remembers its hop count: the seeds from our routing table are hop 1, a peer named by a hop-h reply is
  * hop h + 1. Like the routing table, the list takes at most max_per_host candidates from one IP address
  * (the nearest ones it hears of first), so ids ground on one host cannot crowd out the honest replicas.
@@ -399,7 +405,8 @@ static void step(dht_lookup *lk)
         }
         live++;
     }
-    if (lk->inflight == lk->nslow) search_done(lk, 0);   /* slow finds still out do not hold the end */
+    /* A get's slow finds do not hold its end; a store or find_nodes waits for them (see the notes) */
+    if (lk->inflight == (lk->mode == LK_GET ? lk->nslow : 0)) search_done(lk, 0);
     else soft_arm(lk);
 }
 

@@ -56,7 +56,8 @@ typedef struct {
     int probe;                   /* a challenge ping to an unproven sender: no failure rules */
     uint8_t chal[DHT_CHALLENGE_BYTES];
     int retried;                 /* a find sent again with the token of a cut reply */
-    uint64_t sent_us;            /* when it (or its second send) left, on the node's clock: the RTT sample */
+    uint64_t sent_us;            /* when it left, on the node's clock: its reply's RTT sample is the time
+                                  * its caller waited (the second send of a cut reply included) */
     size_t n;
     dht_id keys[DHT_PROTO_MAX_KEYS];   /* a find's keys, for that second send */
     dht_find_done find_cb;
@@ -132,7 +133,6 @@ static int resend_find(dht *d, rpc *r, const uint8_t *token)
     wire_out *req = dht_proto_find_req_token(id, &d->self, r->keys, r->n, chal_of(r), token);
     if (!req) return DMOE_ENOMEM;
     r->retried = 1;
-    r->sent_us = dht_clock_us(d->clock);
     return d->t.call(d->t.impl, &to, id, req, d->cfg.rpc_timeout_ms, on_reply, r);
 }
 

@@ -389,7 +389,8 @@ static void step(dht_lookup *lk)
             lk_rpc *r = malloc(sizeof *r);
             int rc = r ? 0 : DMOE_ENOMEM;
             if (r) {
-                *r = (lk_rpc){ lk, c->n.id, c->hops, 0, dht_clock_us(dht_node_clock(lk->d)), NULL, lk->finds };
+                uint64_t now_us = dht_clock_us(dht_node_clock(lk->d));
+                *r = (lk_rpc){ lk, c->n.id, c->hops, 0, now_us, NULL, lk->finds };
                 rc = dht_node_find(lk->d, &c->n, &lk->target, 1, on_find, r);
                 if (rc) free(r);
             }

@@ -20,11 +20,11 @@ static void write_json(FILE *f, const dht_sim_cfg *c, const dht_sim_result *r)
             "{\"peers\": %zu, \"trainers\": %zu, \"duration_s\": %g, \"warmup_s\": %g, \"median_uptime_s\": %g, "
             "\"uptime_shape\": %g, \"servers\": %zu, \"uids_per_server\": %zu, \"update_period_s\": %g, \"lookup_rate\": %g, \"hostile_share\": %g, \"hostile\": %zu, \"sybils\": %zu, \"loss\": %g, "
             "\"rtt_min_ms\": %u, \"rtt_max_ms\": %u, \"alpha\": %zu, \"replicas\": %zu, \"bucket_size\": %zu, "
-            "\"rpc_timeout_ms\": %llu, \"refresh_s\": %g, \"cache\": %d, \"seed\": %llu,\n"
+            "\"rpc_timeout_ms\": %llu, \"soft_timeout_ms\": %llu, \"refresh_s\": %g, \"cache\": %d, \"seed\": %llu,\n"
             " \"lookups\": %zu, \"ok\": %zu, \"stale\": %zu, \"missing\": %zu, \"success\": %.6f, "
             "\"stale_rate\": %.6f, \"hot_lookups\": %zu, \"hot_ok\": %zu,\n"
             " \"hops_p50\": %d, \"hops_p99\": %d, \"hops_max\": %d, \"latency_p50_ms\": %.1f, \"latency_p99_ms\": %.1f, "
-            "\"rpcs_per_lookup\": %.2f, \"msgs_per_lookup\": %.2f, \"bytes_per_lookup\": %.0f,\n"
+            "\"rpcs_per_lookup\": %.2f, \"slow_per_lookup\": %.2f, \"msgs_per_lookup\": %.2f, \"bytes_per_lookup\": %.0f,\n"
             " \"prefix_lookups\": %zu, \"prefix_ok\": %zu, \"declarations\": %zu, \"declarations_ok\": %zu, "
             "\"joins\": %zu, \"leaves\": %zu, \"boot_failed\": %zu, \"messages\": %llu, \"record_verifications\": %llu, "
             "\"ed25519_signs\": %llu, \"ed25519_verifies\": %llu, \"memo_hits\": %llu, \"memo\": %d,\n"
@@ -33,9 +33,9 @@ static void write_json(FILE *f, const dht_sim_cfg *c, const dht_sim_result *r)
             c->peers, c->trainers, c->duration_s, c->warmup_s, c->median_uptime_s, c->uptime_shape, r->servers,
             c->uids_per_server, c->update_period_s, c->lookup_rate, c->hostile_share,
             r->hostile, r->sybils, c->loss, c->rtt_min_ms, c->rtt_max_ms, c->alpha, c->replicas, c->bucket_size,
-            (unsigned long long)c->rpc_timeout_ms, c->refresh_s, c->cache, (unsigned long long)c->seed, r->lookups,
+            (unsigned long long)c->rpc_timeout_ms, (unsigned long long)c->soft_timeout_ms, c->refresh_s, c->cache, (unsigned long long)c->seed, r->lookups,
             r->ok, r->stale, r->missing, r->success, r->stale_rate, r->hot_lookups, r->hot_ok, r->hops_p50,
-            r->hops_p99, r->hops_max, r->lat_p50_ms, r->lat_p99_ms, r->rpcs_per_lookup, r->msgs_per_lookup,
+            r->hops_p99, r->hops_max, r->lat_p50_ms, r->lat_p99_ms, r->rpcs_per_lookup, r->slow_per_lookup, r->msgs_per_lookup,
             r->bytes_per_lookup, r->prefix_lookups, r->prefix_ok, r->declarations, r->declarations_ok, r->joins,
             r->leaves, r->boot_failed, (unsigned long long)r->messages, (unsigned long long)r->record_verifications,
             (unsigned long long)r->signs, (unsigned long long)r->verifies, (unsigned long long)r->memo_hits, !c->no_memo,
@@ -77,6 +77,8 @@ int main(int argc, char **argv)
         {"replicas", ARG_U64, &replicas, "replicas per key (0: default)", "DHT"},
         {"bucket_size", ARG_U64, &k, "k (0: default)", "DHT"},
         {"rpc_timeout_ms", ARG_U64, &c.rpc_timeout_ms, "one RPC's timeout (0: default)", "DHT"},
+        {"soft_timeout_ms", ARG_U64, &c.soft_timeout_ms,
+         "a lookup stops waiting for a find after this long, the RPC runs on (0: adaptive, from the RTT)", "DHT"},
         {"refresh", ARG_F64, &c.refresh_s, "bucket refresh period in seconds (0: default, < 0: never)", "DHT"},
         {"cache", ARG_FLAG, &c.cache, "gets cache what they find (locally and on the nearest node lacking it)", "DHT"},
         {"no_memo", ARG_FLAG, &c.no_memo, "check every signature with Ed25519 (no verification memo)", "Run"},

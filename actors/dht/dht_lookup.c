@@ -1,10 +1,28 @@
 /* dht_lookup.c -- one actor per iterative lookup: find nodes, store, get (see dht_lookup.h).
  *
  * Design notes. A lookup keeps its candidates sorted by XOR distance to the target (at most
- * DHT_LOOKUP_MAX_CAND; the farthest fall off), each NEW, WAITING (a find in flight), OK (answered) or
- * FAILED. step() walks the list from the nearest, counting non-failed candidates up to k, and sends a
- * dht_find to each NEW one while fewer than alpha are in flight; when nothing is in flight and no NEW
- * candidate is among the k nearest, the search is over (Kademlia's termination rule). Each candidate
+ * DHT_LOOKUP_MAX_CAND; the farthest fall off), each NEW, WAITING (a find in flight), SLOW (a find in
+ * flight past the soft timeout), OK (answered) or FAILED. step() walks the list from the nearest,
+ * counting candidates neither failed nor slow up to k, and sends a dht_find to each NEW one while fewer
+ * than alpha finds that are not slow are in flight; when no such find is in flight and no NEW candidate
+ * is among the k nearest, the search is over (Kademlia's termination rule).
+ *
+ * Soft timeout (libtorrent's DHT does the same). A peer that drops finds would otherwise hold one of the
+ * alpha slots for the whole RPC timeout (3 s), and a lookup that meets a few such peers runs out of its
+ * deadline. Each find in flight (the finds list) remembers when it left; one timer per lookup (soft)
+ * fires when the oldest find that is not slow has waited dht_node_soft_timeout_ms (adaptive: the node's
+ * smoothed RTT + 4 deviations, dht_rtt.h), and every find that has waited that long becomes slow: it
+ * frees its alpha slot and its candidate leaves the k nearest live ones, so the next candidate is asked
+ * in its place. The RPC runs on to its hard timeout: an answer that comes late, while the lookup still
+ * searches, is used as any other (the candidate OK, its peers added, its value merged). A get's slow
+ * finds do not hold the end of its search (it wants a value soon, from whoever has it); a store's and a
+ * find_nodes' do: they choose the k (or num_replicas) nearest peers that answered, and ending without a
+ * slow one would pass over an honest replica -- a new node's first finds to honest peers take two
+ * round trips (their replies to an unproven address are cut, then sent again with the token), and a
+ * store that did not wait for them went to the hostile peers that answered at once (found by
+ * dmoe-dhtsim: stale records after a server's replacement declared). Only the hard timeout fails a
+ * find, and only the node (dht_node.c) evicts and blacklists, so a slow peer stays in the routing
+ * table. Each candidate
  * remembers its hop count: the seeds from our routing table are hop 1, a peer named by a hop-h reply is
  * hop h + 1. Like the routing table, the list takes at most max_per_host candidates from one IP address
  * (the nearest ones it hears of first), so ids ground on one host cannot crowd out the honest replicas.
@@ -15,9 +33,10 @@
  * attaches to the node the first time it is needed; the node reaches it only through the part's hooks
  * (stop: abort them all; refresh: look up the ids of stale buckets; release: free the set).
  *
- * Callbacks run from the lookup's handler (start, deadline) or from an RPC's completion, never
- * from the call that created the lookup. The actor is stopped (and freed after the round) only when it
- * is DONE and no RPC of it is in flight, so completions never meet freed memory.
+ * Callbacks run from the lookup's handler (start, deadline, soft timer) or from an RPC's completion,
+ * never from the call that created the lookup. The actor is stopped (and freed after the round) only
+ * when it is DONE and no RPC of it is in flight (slow finds included), so completions never meet freed
+ * memory; a completion after DONE only counts itself out.
  *
  * Values found are copied into the lookup (plain value, or a dictionary merged per subkey, the newest
  * expiration winning; between a plain value and a dictionary the later expiration wins, as the
@@ -39,13 +58,23 @@
 
 enum { LK_NODES = 0, LK_GET = 1, LK_STORE = 2 };
 enum { PH_SEARCH = 0, PH_STORING = 1, PH_DONE = 2 };
-enum { C_NEW = 0, C_WAIT = 1, C_OK = 2, C_FAIL = 3 };
-enum { MSG_START = 1, MSG_DEADLINE = 2 };
+enum { C_NEW = 0, C_WAIT = 1, C_OK = 2, C_FAIL = 3, C_SLOW = 4 };
+enum { MSG_START = 1, MSG_DEADLINE = 2, MSG_SOFT = 3 };
 
 typedef struct {
     dht_node n;
     int state, hops, had_value;
 } cand;
+
+/* One find in flight: the lookup's list of them (finds) is what the soft timer looks at. */
+typedef struct lk_rpc {
+    struct dht_lookup *lk;
+    dht_id id;
+    int hops;
+    int slow;                  /* passed the soft timeout: no longer holds an alpha slot */
+    uint64_t sent_us;          /* on the node's clock (dht_clock_us) */
+    struct lk_rpc *prev, *next;
+} lk_rpc;
 
 typedef struct {
     dht_get_cb cb;
@@ -55,6 +84,7 @@ typedef struct {
 struct dht_lookup {
     rt_actor actor;
     dht_timer deadline;
+    dht_timer soft;            /* fires when the oldest find not yet slow reaches the soft timeout */
     rt_signal start;
     dht *d;
     struct lookup_set *set;
@@ -66,8 +96,10 @@ struct dht_lookup {
     struct dht_lookup *prev, *next;
     cand c[DHT_LOOKUP_MAX_CAND];
     size_t nc;
-    int inflight;
-    size_t rpcs;
+    int inflight;              /* RPCs in flight, slow finds included (the actor is reaped at 0) */
+    int nslow;                 /* slow finds among them */
+    lk_rpc *finds;             /* the finds in flight */
+    size_t rpcs, slow;         /* finds sent; finds that passed the soft timeout */
     /* what was found */
     int found, is_dict, hops_found;
     uint8_t *value;
@@ -88,12 +120,6 @@ struct dht_lookup {
     void *store_arg;
     int store_pending;
 };
-
-typedef struct {
-    dht_lookup *lk;
-    dht_id id;
-    int hops;
-} lk_rpc;
 
 /* A node's lookups: the part this file attaches to the node, and the head of its list. */
 typedef struct lookup_set {
@@ -122,6 +148,7 @@ static void set_done(dht_lookup *lk)
     lk->phase = PH_DONE;
     unlink_lookup(lk);
     dht_timer_cancel(&lk->deadline);
+    dht_timer_cancel(&lk->soft);
 }
 
 static void maybe_reap(dht_lookup *lk)
@@ -142,6 +169,7 @@ static void destroy(rt_actor *self)
 {
     dht_lookup *lk = (dht_lookup *)self;
     dht_timer_deinit(&lk->deadline);
+    dht_timer_deinit(&lk->soft);
     free(lk->value);
     free_subs(lk);
     free(lk->subs);
@@ -309,6 +337,39 @@ static void search_done(dht_lookup *lk, int err);
 
 static void on_find(void *arg, int err, const char *msg, const dht_find_rep *rep);
 
+/* soft_arm arms the soft timer for the oldest find in flight that is not slow yet (cancels it when there
+ * is none). */
+static void soft_arm(dht_lookup *lk)
+{
+    uint64_t oldest = UINT64_MAX;
+    for (const lk_rpc *r = lk->finds; r; r = r->next)
+        if (!r->slow && r->sent_us < oldest) oldest = r->sent_us;
+    if (oldest == UINT64_MAX) {
+        dht_timer_cancel(&lk->soft);
+        return;
+    }
+    uint64_t due = oldest + dht_node_soft_timeout_ms(lk->d) * 1000, now = dht_clock_us(dht_node_clock(lk->d));
+    uint64_t ms = due > now ? (due - now + 999) / 1000 : 1;
+    if (dht_timer_start(&lk->soft, ms, 0) != 0)
+        LOG_DEBUG("out of memory arming a lookup's soft timer: its finds hold their slots to the RPC timeout");
+}
+
+/* soft_expire marks slow every find in flight that has waited the soft timeout: it stops holding an
+ * alpha slot and its candidate stops counting among the k nearest live ones (C_SLOW), so step() asks the
+ * next candidate. The RPC runs on; a late answer is used as any other. */
+static void soft_expire(dht_lookup *lk)
+{
+    uint64_t now = dht_clock_us(dht_node_clock(lk->d)), soft_us = dht_node_soft_timeout_ms(lk->d) * 1000;
+    for (lk_rpc *r = lk->finds; r; r = r->next) {
+        if (r->slow || now - r->sent_us < soft_us) continue;
+        r->slow = 1;
+        lk->nslow++;
+        lk->slow++;
+        cand *c = find_cand(lk, &r->id);
+        if (c && c->state == C_WAIT) c->state = C_SLOW;
+    }
+}
+
 static void step(dht_lookup *lk)
 {
     if (lk->phase != PH_SEARCH) return;
@@ -319,16 +380,17 @@ static void step(dht_lookup *lk)
     size_t live = 0, alpha = dht_node_cfg(lk->d)->alpha;
     for (size_t i = 0; i < lk->nc && live < lk->k; i++) {
         cand *c = &lk->c[i];
-        if (c->state == C_FAIL) continue;
+        if (c->state == C_FAIL || c->state == C_SLOW) continue;
         if (c->state == C_NEW) {
-            if ((size_t)lk->inflight >= alpha) {
+            if ((size_t)(lk->inflight - lk->nslow) >= alpha) {
                 live++;
                 continue;
             }
             lk_rpc *r = malloc(sizeof *r);
             int rc = r ? 0 : DMOE_ENOMEM;
             if (r) {
-                *r = (lk_rpc){ lk, c->n.id, c->hops };
+                uint64_t now_us = dht_clock_us(dht_node_clock(lk->d));
+                *r = (lk_rpc){ lk, c->n.id, c->hops, 0, now_us, NULL, lk->finds };
                 rc = dht_node_find(lk->d, &c->n, &lk->target, 1, on_find, r);
                 if (rc) free(r);
             }
@@ -336,13 +398,17 @@ static void step(dht_lookup *lk)
                 c->state = C_FAIL;
                 continue;
             }
+            if (lk->finds) lk->finds->prev = r;
+            lk->finds = r;
             c->state = C_WAIT;
             lk->inflight++;
             lk->rpcs++;
         }
         live++;
     }
-    if (lk->inflight == 0) search_done(lk, 0);
+    /* A get's slow finds do not hold its end; a store or find_nodes waits for them (see the notes) */
+    if (lk->inflight == (lk->mode == LK_GET ? lk->nslow : 0)) search_done(lk, 0);
+    else soft_arm(lk);
 }
 
 static void on_find(void *arg, int err, const char *msg, const dht_find_rep *rep)
@@ -350,6 +416,10 @@ static void on_find(void *arg, int err, const char *msg, const dht_find_rep *rep
     lk_rpc *r = arg;
     dht_lookup *lk = r->lk;
     lk->inflight--;
+    lk->nslow -= r->slow;
+    if (r->prev) r->prev->next = r->next;
+    else lk->finds = r->next;
+    if (r->next) r->next->prev = r->prev;
     cand *c = find_cand(lk, &r->id);
     if (lk->phase == PH_SEARCH) {
         if (err) {
@@ -413,7 +483,7 @@ static void finish_get(dht_lookup *lk, int err, const char *msg)
     if (err == 0 && lk->found && !dht_node_cfg(lk->d)->no_cache && !dht_node_is_stopped(lk->d)) cache_found(lk);
     set_done(lk);
     dht_get_result r = { lk->found && err == 0, lk->is_dict, lk->value, lk->vlen, lk->subs, lk->nsubs, lk->exp,
-                         lk->hops_found, lk->rpcs };
+                         lk->hops_found, lk->rpcs, lk->slow };
     if (!r.found) {
         r.is_dict = 0;
         r.nsubs = 0;
@@ -546,7 +616,7 @@ static void start(dht_lookup *lk)
             merge(lk, st.is_dict, st.value, st.vlen, st.subs, st.nsubs, st.expiration, now, 0);
         if (lk->found && !lk->latest) {
             set_done(lk);   /* found locally: nothing to cache, answer now */
-            dht_get_result r = { 1, lk->is_dict, lk->value, lk->vlen, lk->subs, lk->nsubs, lk->exp, 0, 0 };
+            dht_get_result r = { 1, lk->is_dict, lk->value, lk->vlen, lk->subs, lk->nsubs, lk->exp, 0, 0, 0 };
             for (size_t i = 0; i < lk->nw; i++) lk->w[i].cb(lk->w[i].arg, 0, "", &r);
             lk->nw = 0;
             maybe_reap(lk);
@@ -575,6 +645,11 @@ static void handle(rt_actor *self, rt_msg *m)
     if (m->type == MSG_DEADLINE && lk->phase == PH_SEARCH) {
         LOG_DEBUG("lookup deadline: %d RPCs still in flight", lk->inflight);
         search_done(lk, DMOE_ETIMEDOUT);
+        maybe_reap(lk);
+    }
+    if (m->type == MSG_SOFT && lk->phase == PH_SEARCH) {
+        soft_expire(lk);
+        step(lk);
         maybe_reap(lk);
     }
     rt_msg_drop(m);
@@ -619,8 +694,10 @@ static dht_lookup *lookup_new(dht *d, int mode, const dht_id *target, size_t k)
     dht_lookup *lk = calloc(1, sizeof *lk);
     if (!lk) return NULL;
     rt_actor_init(&lk->actor, dht_node_loop(d), "dht_lookup", handle, destroy);
-    if (dht_timer_init(&lk->deadline, dht_node_clock(d), &lk->actor, MSG_DEADLINE) != 0) {
+    if (dht_timer_init(&lk->deadline, dht_node_clock(d), &lk->actor, MSG_DEADLINE) != 0 ||
+        dht_timer_init(&lk->soft, dht_node_clock(d), &lk->actor, MSG_SOFT) != 0) {
         dht_timer_deinit(&lk->deadline);
+        dht_timer_deinit(&lk->soft);
         free(lk);
         return NULL;
     }

@@ -35,7 +35,7 @@ typedef struct dht_lookup dht_lookup;
 
 /* What a get found. found 0: nothing live. Plain value: value[vlen]; dictionary: subs[nsubs]. hops is
  * the number of RPC rounds on the path to the node that answered (0: found locally); rpcs the number
- * of find RPCs the lookup made. */
+ * of find RPCs the lookup made, slow how many of them passed the soft timeout (dht_lookup.c). */
 typedef struct {
     int found, is_dict;
     const uint8_t *value;
@@ -44,7 +44,7 @@ typedef struct {
     size_t nsubs;
     double expiration;
     int hops;
-    size_t rpcs;
+    size_t rpcs, slow;
 } dht_get_result;
 
 /* Completion of dht_get: err 0 (r->found says whether a value was found), DMOE_ETIMEDOUT (the deadline

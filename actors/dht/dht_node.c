@@ -15,6 +15,9 @@
  * liveness rules -- learn the peer on success, evict and blacklist it on timeout or connection failure --
  * before the caller's callback runs. A remote error reply proves the peer alive, so it neither evicts
  * nor learns -- except DMOE_ESHUTDOWN, which says the peer is leaving: that evicts it as a timeout would.
+ * Each rpc records when it left; a successful reply is one sample of the node's round-trip estimator
+ * (dht_rtt.h), which gives the lookups their soft timeout (dht_node_soft_timeout_ms). Only the hard
+ * timeout (cfg.rpc_timeout_ms, the transport's) fails an RPC and evicts.
  *
  * The actor's mail: jobs (dht_node_impl.h: the incoming requests of dht_serve.c and the work of the
  * parts, each running its own function) and the timers, both on the node's clock (dht_clock.h): the
@@ -53,6 +56,8 @@ typedef struct {
     int probe;                   /* a challenge ping to an unproven sender: no failure rules */
     uint8_t chal[DHT_CHALLENGE_BYTES];
     int retried;                 /* a find sent again with the token of a cut reply */
+    uint64_t sent_us;            /* when it left, on the node's clock: its reply's RTT sample is the time
+                                  * its caller waited (the second send of a cut reply included) */
     size_t n;
     dht_id keys[DHT_PROTO_MAX_KEYS];   /* a find's keys, for that second send */
     dht_find_done find_cb;
@@ -184,6 +189,7 @@ static void reply_work(rpc *r, int err, const char *msg, const wire_msg *reply)
     } else if (!d->stopped) {
         dht_blacklist_ok(d->bl, &r->peer.addr);
         learn(d, &who, proven);
+        dht_rtt_sample(&d->rtt, (double)(dht_clock_us(d->clock) - r->sent_us) / 1000.0);
     }
     if (r->probe) rt_map_del(&d->probing, r->peer.id.b, sizeof r->peer.id.b);
     if (err == 0 && r->kind == RPC_FIND && frep.truncated && !r->retried && !d->stopped &&
@@ -225,6 +231,7 @@ static int send_rpc(dht *d, rpc *r, uint64_t id, wire_out *req)
         return rc;
     }
     d->rpcs++;
+    r->sent_us = dht_clock_us(d->clock);
     int rc = d->t.call(d->t.impl, &to, id, req, d->cfg.rpc_timeout_ms, on_reply, r);
     if (rc) free(r);
     return rc;
@@ -491,6 +498,7 @@ int dht_node_new(rt_loop *l, const dht_cfg *c, const dht_transport *t, dht **out
     d->cfg.limits = NULL;
     d->t = *t;
     d->clock = d->cfg.clock;
+    dht_rtt_init(&d->rtt);
     uint64_t rng = c->seed;
     if (c->ident) d->ident = *c->ident;
     if ((!c->ident && dht_ident_generate(&d->ident) != 0) || dht_ident_init() != 0) {
@@ -551,6 +559,14 @@ dht_storage *dht_node_cache(dht *d) { return d->cache; }
 dht_storage *dht_node_negcache(dht *d) { return d->neg; }
 int dht_node_is_stopped(const dht *d) { return d->stopped; }
 uint64_t dht_node_rpc_count(const dht *d) { return d->rpcs; }
+dht_rtt dht_node_rtt(const dht *d) { return d->rtt; }
+
+uint64_t dht_node_soft_timeout_ms(const dht *d)
+{
+    uint64_t fixed = d->cfg.soft_timeout_ms, hard = d->cfg.rpc_timeout_ms;
+    if (fixed) return fixed < hard ? fixed : hard;
+    return dht_rtt_timeout_ms(&d->rtt, d->cfg.rpc_timeout_ms);
+}
 dht_clock *dht_node_clock(const dht *d) { return d->clock; }
 dht_blacklist *dht_node_blacklist(dht *d) { return d->bl; }
 

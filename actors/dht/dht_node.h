@@ -52,6 +52,7 @@
 #include "actors/dht/io/dht_clock.h"
 #include "actors/dht/io/dht_proto.h"
 #include "actors/dht/dht_routing.h"
+#include "actors/dht/dht_rtt.h"
 #include "actors/dht/dht_storage.h"
 #include "runtime/rt_actor.h"
 #include "runtime/rt_lag.h"
@@ -113,6 +114,8 @@ typedef struct {
     size_t num_replicas;         /* 0: DHT_NUM_REPLICAS */
     size_t alpha;                /* 0: DHT_ALPHA */
     uint64_t rpc_timeout_ms;     /* 0: DHT_RPC_TIMEOUT_MS */
+    uint64_t soft_timeout_ms;    /* a lookup's soft timeout (dht_lookup.c): 0 adaptive, from the node's RTT
+                                  * (dht_rtt.h); else this fixed value, at most rpc_timeout_ms */
     uint64_t lookup_timeout_ms;  /* 0: DHT_LOOKUP_TIMEOUT_MS */
     double refresh_period_s;     /* 0: DHT_REFRESH_PERIOD_S; < 0: never */
     int bootstrap_retries;       /* -1: DHT_BOOTSTRAP_RETRIES */
@@ -181,6 +184,14 @@ int dht_node_is_stopped(const dht *d);
 size_t dht_node_stored_keys(const dht *d);
 /* dht_node_rpc_count returns the outgoing RPCs this node has started (probes included). */
 uint64_t dht_node_rpc_count(const dht *d);
+/* dht_node_rtt returns the node's round-trip estimator: every successful reply (find, store, ping; not an
+ * error reply, a garbled or unproven one) is one sample, from the send to the reply on the node's clock. */
+dht_rtt dht_node_rtt(const dht *d);
+/* dht_node_soft_timeout_ms returns how long a lookup's find may go unanswered before the lookup stops
+ * waiting for it (dht_lookup.c; the RPC itself runs on to rpc_timeout_ms): cfg.soft_timeout_ms when set
+ * (at most rpc_timeout_ms), else dht_rtt_timeout_ms of the node's estimator (SRTT + 4 RTTVAR within
+ * [DHT_SOFT_TIMEOUT_MIN_MS, rpc_timeout_ms]; rpc_timeout_ms / 3 before the first reply). */
+uint64_t dht_node_soft_timeout_ms(const dht *d);
 /* Identity counters: proofs signed (replies to challenges), proofs checked and refused, probes sent,
  * replies cut to the unproven-address cap. */
 typedef struct {

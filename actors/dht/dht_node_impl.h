@@ -49,6 +49,7 @@ struct dht {
     dht_timer refresh, sweep;
     double sweep_at;
     dht_part *parts;
+    dht_rtt rtt;                 /* round trips of successful replies (dht_node_soft_timeout_ms) */
     uint64_t rpcs;
     int stopped;
 };

@@ -196,6 +196,7 @@ static long new_peer(sim *s, uint64_t seed, int hostile, int sybil, int trainer)
     c.num_replicas = s->cfg.replicas;
     c.bucket_size = s->cfg.bucket_size;
     c.rpc_timeout_ms = s->cfg.rpc_timeout_ms;
+    c.soft_timeout_ms = s->cfg.soft_timeout_ms;
     c.refresh_period_s = s->cfg.refresh_s;
     c.no_cache = !s->cfg.cache;
     int ep = dht_memnet_add(s->net, &c.addr, &t);
@@ -498,6 +499,7 @@ static void on_looked(void *arg, int err, const char *msg, const dht_get_result 
     res->lookups++;
     res->hot_lookups += c->hot;
     s->rpcs_sum += r->rpcs;
+    s->slow_sum += r->slow;
     if (best < 0) {
         res->missing++;
     } else {
@@ -637,6 +639,7 @@ static void figures(sim *s, dht_sim_result *res)
     res->success = res->lookups ? (double)res->ok / (double)res->lookups : 0;
     res->stale_rate = res->lookups ? (double)res->stale / (double)res->lookups : 0;
     res->rpcs_per_lookup = res->lookups ? (double)s->rpcs_sum / (double)res->lookups : 0;
+    res->slow_per_lookup = res->lookups ? (double)s->slow_sum / (double)res->lookups : 0;
     size_t ops = s->ops_measured ? s->ops_measured : 1;
     res->msgs_per_lookup /= (double)ops;
     res->bytes_per_lookup /= (double)ops;

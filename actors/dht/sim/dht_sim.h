@@ -70,6 +70,7 @@ typedef struct {
     /* The DHT's tunables under test (0: the node's default). */
     size_t alpha, replicas, bucket_size;
     uint64_t rpc_timeout_ms;
+    uint64_t soft_timeout_ms;  /* a lookup's soft timeout (0: adaptive, dht_node_soft_timeout_ms) */
     double refresh_s;          /* < 0: no bucket refresh */
     int cache;                 /* 1: gets cache (locally and on the nearest node lacking the value) */
     uint64_t seed;
@@ -84,6 +85,7 @@ typedef struct {
     int hops_p50, hops_p99, hops_max;
     double lat_p50_ms, lat_p99_ms;     /* virtual time */
     double rpcs_per_lookup;            /* find RPCs a lookup made (its own count) */
+    double slow_per_lookup;            /* of them, finds that passed the soft timeout */
     double msgs_per_lookup, bytes_per_lookup;  /* trainers' traffic, both ways, per lookup of either kind */
     double stale_rate;
     /* prefix lookups */

@@ -85,7 +85,7 @@ struct sim {
     int *hops;
     double *lat;
     size_t nh, caph;
-    uint64_t rpcs_sum;
+    uint64_t rpcs_sum, slow_sum;
     size_t ops_measured;       /* lookups of either kind started while measuring */
 };
 

@@ -128,6 +128,7 @@ void dht_test_on_get(void *arg, int err, const char *msg, const dht_get_result *
     o->is_dict = r->is_dict;
     o->hops = r->hops;
     o->rpcs = r->rpcs;
+    o->slow = r->slow;
     o->expiration = r->expiration;
     o->nsubs = r->nsubs;
     o->vlen = 0;

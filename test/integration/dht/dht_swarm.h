@@ -85,7 +85,7 @@ typedef struct {
     dht_clock *clock;
     int called, err, found, is_dict, hops;
     uint8_t value[16];             /* a plain value found, when it fits */
-    size_t vlen, nsubs, rpcs, n_stored;
+    size_t vlen, nsubs, rpcs, slow, n_stored;
     double expiration;
 } dht_test_op;
 

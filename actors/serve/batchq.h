@@ -2,7 +2,7 @@
  *
  * Requests for one expert and direction (forward or backward) queue here. While the expert is busy,
  * they accumulate; when the expert can start a batch, it takes one: whole requests in arrival order up
- * to max_batch_size rows, with one input matrix per input that the batch's jobs fill from the frames
+ * to max_batch_size rows, and no more once it holds 1,024 (BATCHQ_MERGE_ROWS), with one input matrix per input that the batch's jobs fill from the frames
  * on the workers (batchq_fill: the one copy a row makes on its way in, none on the loop thread); the
  * frames are freed when the jobs are back. When the batch comes back computed, the expert hands it back and
  * the queue splits the outputs by row counts and answers each caller, in order, with replies that

@@ -559,10 +559,12 @@ static void stop_step(node *n)
     }
 }
 
-/* The pool has been idle NODE_TRIM_IDLE_MS: the heap keeps what the batches used (rt_mem.h) until now. */
+/* The pool has been idle NODE_TRIM_IDLE_MS: what the experts kept for the next batch, and the heap's
+ * free pages (rt_mem.h), go back. */
 static void trim_heap(void *arg)
 {
-    (void)arg;
+    node *n = arg;
+    for (int i = 0; i < n->n_experts; i++) expert_release_idle(n->experts[i]);
     if (rt_mem_trim()) LOG_DEBUG("idle: free heap pages returned to the kernel");
 }
 

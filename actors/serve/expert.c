@@ -29,8 +29,9 @@
 
 #define EX_MIN_CHUNK_ROWS 32   /* smaller slices lose more GEMM efficiency than the second core gains */
 /* a backward splits into at most this many chunks: each chunk past the first needs a whole copy of the
- * expert's gradients (8 MiB for ffn 512), so the split, not the workers, would set the memory; 3 keep a
- * node's memory at 14 workers within 1.3x of 2 workers (make bench, memory_by_workers) */
+ * expert's gradients (8 MiB for ffn 512) while it and its step run, so the split, not the workers, would
+ * set the memory; 3 keep a node's memory at 14 workers within 1.3x of 2 workers (make bench,
+ * memory_by_workers) */
 #define EX_MAX_BWD_CHUNKS 3
 /* a step range under 32 K floats (128 KiB of each of params, grads and moments) costs less than the
  * wake-up of another worker */
@@ -42,7 +43,7 @@ struct expert {
     expert_cfg cfg;
     kern_model model;
     float *params, *grads;
-    float *grads_extra;     /* gradients of the chunks past the first of a split backward */
+    float *grads_extra;     /* gradients of the chunks past the first of a split backward (expert_release_idle) */
     kern_optim opt;
     batchq *q[2];
     rt_timer tick[2];       /* a queue waits for min_batch_size rows (EX_MSG_TICK) */
@@ -196,6 +197,7 @@ static void step_end(expert *e, const char *why)
     s->phase = EX_STEP_IDLE;
 }
 
+
 /* After a good backward whose gradients are in nbuf buffers (the first, e->grads, then grads_extra) and
  * whose reply is out: sum and check them, then step with lr (phase 1). */
 static void step_start(expert *e, int nbuf, float lr)
@@ -294,7 +296,7 @@ static int split(expert *e, ex_batch *b)
     if (k < 2) return 0;
     const kern_model *m = &e->model;
     size_t (*wsf)(const kern_model *, int64_t) = b->dir == EX_FWD ? m->cls->forward_ws : m->cls->backward_ws;
-    if (b->dir == EX_BWD && m->n_floats > 0 && !e->grads_extra) {   /* made once, reused by every backward */
+    if (b->dir == EX_BWD && m->n_floats > 0 && !e->grads_extra) {   /* kept until the node is idle */
         int extra = (workers < EX_MAX_BWD_CHUNKS ? workers : EX_MAX_BWD_CHUNKS) - 1;
         e->grads_extra = malloc((size_t)extra * m->n_floats * sizeof(float));
         if (!e->grads_extra) return 0;
@@ -721,4 +723,11 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "batch_build_us", s->batch_build_ns / 1000u);
     pack_kv_u64(pk, "batch_fill_us", s->batch_fill_us);
     pack_kv_u64(pk, "reply_us", s->reply_ns / 1000u);
+}
+
+void expert_release_idle(expert *e)
+{
+    if (e->running[EX_BWD] || e->step.phase != EX_STEP_IDLE) return;
+    free(e->grads_extra);
+    e->grads_extra = NULL;
 }

@@ -113,4 +113,11 @@ int expert_stepping(const expert *e);
  * batches still held by a delay timer are answered then); call it after expert_shutdown once
  * expert_busy() is 0, or at teardown. NULL is a no-op. */
 void expert_free(expert *e);
+/* expert_release_idle frees what only a busy expert needs: the extra gradient buffers a backward split
+ * across workers keeps from one backward to the next (one per chunk past the first, the size of the
+ * parameters). The node calls it when its pool has been idle a while (before returning the heap's free
+ * pages, runtime/rt_mem.h); the next split backward makes them again. No-op while a backward or its
+ * step runs. */
+void expert_release_idle(expert *e);
+
 #endif

@@ -34,6 +34,7 @@
 #define BENCH_MEM_MAX_S 60.0     /* a fence on that load (the count ends it long before) */
 #define BENCH_MEM_WORKERS_LO 2   /* memory after load on few workers ... */
 #define BENCH_MEM_WORKERS_HI 14  /* ... and on many (issue 12: at most 1.3 x, a 16-core machine's pool) */
+#define BENCH_MEM_SETTLE_MS 1600 /* after the load: the node returns its free heap after 1 s idle (rt_mem.h) */
 #define BENCH_DHT_NODES 1024
 #define BENCH_DHT_LOOKUPS 256
 #define BENCH_DHT_LATENCY_MS 1   /* each way, per message */
@@ -94,8 +95,9 @@ typedef struct {
     double kbwd_saved_b1_p50, kbwd_saved_b1_p99;   /* the same from the forward's saved activations */
     double lat_train_fwd_p50, lat_train_bwd_p50;   /* 1 client, 1 row, forward then backward (with handle) */
     double adam_step_p50;
-    double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, weights_mb;
-    double rss_workers_mb[2];    /* after the same load on BENCH_MEM_WORKERS_LO and _HI workers */
+    double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, rss_settled_mb, weights_mb;
+    double rss_workers_mb[2];    /* after the same load on BENCH_MEM_WORKERS_LO and _HI workers, settled */
+    double rss_workers_end_mb[2], hwm_workers_mb[2];   /* the same, as the load ended, and the peak */
     int have_mem_workers;
     double moe_fwd3[2], moe_fwd256[2], moe_train256[2];   /* ms: p50, p99 */
     bench_split split_fwd[NB], split_fb[NB];             /* the node's throughput runs, by batch size */

@@ -205,36 +205,55 @@ void bench_node_figures(bench *b)
     bench_node_stop(&c);
 }
 
+/* What a node's memory was around one load (MiB): idle before it, as it ended, at its peak, and settled
+ * (BENCH_MEM_SETTLE_MS later: what the node keeps once its idle trim has run). */
+typedef struct {
+    double idle, end, peak, settled;
+} mem_run;
+
 /* loaded_rss starts a node of BENCH_MEM_EXPERTS experts on workers threads (0: b->threads), loads every
  * expert with BENCH_MEM_REQUESTS forwards and backwards of 256 rows (the same ones whatever the workers:
- * every expert steps), and returns its VmRSS after the load (idle and peak into *idle and *peak when not
- * NULL), or -1. */
-static double loaded_rss(bench *b, int workers, double *idle, double *peak)
+ * every expert steps) and fills *m. Returns 0, or -1 when the node or the load failed. */
+static int loaded_rss(bench *b, int workers, mem_run *m)
 {
     bench_child c;
-    double mb = -1;
+    int rc = -1;
+    memset(m, 0, sizeof *m);
     if (bench_node_start(b, &c, BENCH_MEM_EXPERTS, workers, NULL) != 0) { b->failures++; bench_node_stop(&c); return -1; }
     usleep(300000);
-    if (idle) *idle = proc_mb(c.pid, "VmRSS");
+    m->idle = proc_mb(c.pid, "VmRSS");
     loadgen_report r;
     if (load_n(b, &c.addr, BENCH_CLIENTS, 256, 0.5, 1, BENCH_MEM_MAX_S, BENCH_MEM_REQUESTS, &r) == 0) {
-        mb = proc_mb(c.pid, "VmRSS");
-        if (peak) *peak = proc_mb(c.pid, "VmHWM");
+        m->end = proc_mb(c.pid, "VmRSS");
+        m->peak = proc_mb(c.pid, "VmHWM");
+        usleep(BENCH_MEM_SETTLE_MS * 1000);
+        m->settled = proc_mb(c.pid, "VmRSS");
+        rc = m->end > 0 && m->settled > 0 ? 0 : -1;
     }
     loadgen_report_free(&r);
     bench_node_stop(&c);
     fprintf(stderr, ".");
-    return mb;
+    return rc;
 }
 
 void bench_memory_figures(bench *b, const kern_model *m)
 {
-    b->rss_loaded_mb = loaded_rss(b, 0, &b->rss_idle_mb, &b->hwm_loaded_mb);
+    mem_run run[2];
+    int ok = loaded_rss(b, 0, &run[0]) == 0;
+    b->rss_idle_mb = run[0].idle;
+    b->rss_loaded_mb = run[0].end;
+    b->hwm_loaded_mb = run[0].peak;
+    b->rss_settled_mb = run[0].settled;
     /* per expert: parameters, gradients, and Adam's two moments (the node's default optimizer) */
     b->weights_mb = (double)BENCH_MEM_EXPERTS * 4.0 * (double)m->n_floats * sizeof(float) / 1048576.0;
-    b->have_mem = b->rss_idle_mb > 0 && b->rss_loaded_mb > 0;
+    b->have_mem = ok && b->rss_idle_mb > 0;
     /* the same node on few and on many workers: what more workers cost in memory */
-    b->rss_workers_mb[0] = b->threads == BENCH_MEM_WORKERS_LO ? b->rss_loaded_mb : loaded_rss(b, BENCH_MEM_WORKERS_LO, NULL, NULL);
-    b->rss_workers_mb[1] = loaded_rss(b, BENCH_MEM_WORKERS_HI, NULL, NULL);
-    b->have_mem_workers = b->rss_workers_mb[0] > 0 && b->rss_workers_mb[1] > 0;
+    int ok_lo = b->threads == BENCH_MEM_WORKERS_LO ? ok : loaded_rss(b, BENCH_MEM_WORKERS_LO, &run[0]) == 0;
+    int ok_hi = loaded_rss(b, BENCH_MEM_WORKERS_HI, &run[1]) == 0;
+    for (int i = 0; i < 2; i++) {
+        b->rss_workers_mb[i] = run[i].settled;
+        b->rss_workers_end_mb[i] = run[i].end;
+        b->hwm_workers_mb[i] = run[i].peak;
+    }
+    b->have_mem_workers = ok_lo && ok_hi;
 }

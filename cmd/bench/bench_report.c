@@ -175,8 +175,9 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
                     ? b->rec_verifies_per_lookup * b->rec_verify_us / (b->dht.lat_p50_ms * 1000.0) : 0.0);
     if (b->have_mem)
         fprintf(f, ",\n  \"memory_mb\": {\"node_idle_5x_h%d\": %.1f, \"node_loaded_5x_h%d\": %.1f, \"node_peak_5x_h%d\": %.1f, "
-                   "\"weights_and_optimizer_5x_h%d\": %.1f}",
-                b->hidden, b->rss_idle_mb, b->hidden, b->rss_loaded_mb, b->hidden, b->hwm_loaded_mb, b->hidden, b->weights_mb);
+                   "\"node_settled_5x_h%d\": %.1f, \"weights_and_optimizer_5x_h%d\": %.1f}",
+                b->hidden, b->rss_idle_mb, b->hidden, b->rss_loaded_mb, b->hidden, b->hwm_loaded_mb, b->hidden,
+                b->rss_settled_mb, b->hidden, b->weights_mb);
     if (b->have_moe)
         fprintf(f, ",\n  \"moe\": {\"hidden\": %d, \"grid\": %d, \"k_best\": %d, \"live_experts\": %d, "
                    "\"fwd_b3_ms_p50\": %.2f, \"fwd_b3_ms_p99\": %.2f, \"fwd_b256_ms_p50\": %.2f, \"fwd_b256_ms_p99\": %.2f, "
@@ -191,9 +192,12 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
     }
     if (b->have_mem_workers)
         fprintf(f, ",\n  \"memory_by_workers_mb\": {\"node_loaded_5x_h%d_%d_workers\": %.1f, "
-                   "\"node_loaded_5x_h%d_%d_workers\": %.1f, \"ratio\": %.3f}",
+                   "\"node_loaded_5x_h%d_%d_workers\": %.1f, \"ratio\": %.3f, \"at_load_end\": [%.1f, %.1f], "
+                   "\"peak\": [%.1f, %.1f], \"peak_ratio\": %.3f}",
                 b->hidden, BENCH_MEM_WORKERS_LO, b->rss_workers_mb[0], b->hidden, BENCH_MEM_WORKERS_HI,
-                b->rss_workers_mb[1], b->rss_workers_mb[1] / b->rss_workers_mb[0]);
+                b->rss_workers_mb[1], b->rss_workers_mb[1] / b->rss_workers_mb[0], b->rss_workers_end_mb[0],
+                b->rss_workers_end_mb[1], b->hwm_workers_mb[0], b->hwm_workers_mb[1],
+                b->hwm_workers_mb[0] > 0 ? b->hwm_workers_mb[1] / b->hwm_workers_mb[0] : 0.0);
     bench_target t[BENCH_MAX_TARGETS];
     int nt = bench_targets(b, t);
     fprintf(f, ",\n  \"targets\": [");
@@ -279,9 +283,10 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
            "  expert's backwards run one at a time; each replies, then takes an Adam step over all its parameters\n"
            "  in ranges across the workers before the expert's next batch starts.\n");
     if (b->have_mem)
-        printf("memory, node with %d ffn experts (hidden %d): idle %.1f MiB, after load %.1f MiB (peak %.1f MiB); "
-               "weights + grads + Adam state %.1f MiB\n",
-               BENCH_MEM_EXPERTS, b->hidden, b->rss_idle_mb, b->rss_loaded_mb, b->hwm_loaded_mb, b->weights_mb);
+        printf("memory, node with %d ffn experts (hidden %d): idle %.1f MiB, as the load ends %.1f MiB (peak %.1f MiB), "
+               "%.1f s later %.1f MiB;\n  weights + grads + Adam state %.1f MiB\n",
+               BENCH_MEM_EXPERTS, b->hidden, b->rss_idle_mb, b->rss_loaded_mb, b->hwm_loaded_mb,
+               BENCH_MEM_SETTLE_MS / 1000.0, b->rss_settled_mb, b->weights_mb);
     if (b->have_dht)
         printf("dht, %zu in-memory nodes (%d ms each way): %zu/%zu lookups found, hops p50 %d p99 %d, "
                "%.1f ms p50, %.1f ms p99, %.1f RPCs per lookup\n",
@@ -325,8 +330,11 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
                "  search's wall time includes the client's CPU for the DHT's replies, which client loop counts too.\n");
     }
     if (b->have_mem_workers)
-        printf("memory, node with %d ffn experts after the same load: %d workers %.1f MiB, %d workers %.1f MiB\n",
-               BENCH_MEM_EXPERTS, BENCH_MEM_WORKERS_LO, b->rss_workers_mb[0], BENCH_MEM_WORKERS_HI, b->rss_workers_mb[1]);
+        printf("memory, node with %d ffn experts after the same load (%.1f s later; as it ended; peak): %d workers "
+               "%.1f; %.1f; %.1f MiB, %d workers %.1f; %.1f; %.1f MiB\n",
+               BENCH_MEM_EXPERTS, BENCH_MEM_SETTLE_MS / 1000.0, BENCH_MEM_WORKERS_LO, b->rss_workers_mb[0],
+               b->rss_workers_end_mb[0], b->hwm_workers_mb[0], BENCH_MEM_WORKERS_HI, b->rss_workers_mb[1],
+               b->rss_workers_end_mb[1], b->hwm_workers_mb[1]);
     if (b->have_split) {
         printf("loop thread at %d workers (its CPU per training sample x the kernel's fwd+bwd rate per thread x %d):",
                BENCH_MEM_WORKERS_HI, BENCH_MEM_WORKERS_HI);

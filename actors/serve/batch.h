@@ -90,7 +90,8 @@ typedef struct ex_batch {
     size_t ws_floats;
     void *work;                  /* block holding in, gout, ws: freed when the job is back */
     act_block *saved;            /* forward: where the activations go (NULL: not kept) */
-    float *gathered;             /* backward: the requests' saved activations, in the work block */
+    const float *gathered;       /* backward: the requests' saved activations, in the work block, or */
+    int gathered_in_place;       /* ... those of its one request, where its cache entry holds them */
     float *res_block;            /* block holding res: freed when the last reply is written */
     wire_scheme compression;     /* backward: how the worker compresses each request's grad_inputs */
     ex_packed *packed;           /* several requests or a compression: one per request, by the worker */

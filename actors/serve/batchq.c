@@ -244,7 +244,9 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
         for (int j = 0; j < m->n_out; j++) gout_floats += (size_t)B * kern_io_numel(&m->out[j]) + 16;
     for (int j = 0; j < n_results(m, q->dir); j++) res_floats += (size_t)B * out_row_floats(m, q->dir, j) + 16;
     size_t ws_floats = q->dir == EX_FWD ? m->cls->forward_ws(m, B) : m->cls->backward_ws(m, B);
-    size_t saved_floats = from_saved ? (size_t)B * m->cls->saved_floats(m) : 0;
+    /* one request: its saved rows are read where they are (its entry holds them until the job is back) */
+    int saved_in_place = from_saved && nreq == 1;
+    size_t saved_floats = from_saved && !saved_in_place ? (size_t)B * m->cls->saved_floats(m) : 0;
     int compress = q->dir == EX_BWD && q->cfg.compression != WIRE_COMP_NONE;
     /* several requests: each reply gets its own rows from the worker (batchq_pack_replies), so that an
      * unread reply holds its own bytes and not the whole batch's block */
@@ -272,7 +274,9 @@ ex_batch *batchq_take(batchq *q, uint64_t now_us)
     b->ws = f;
     b->ws_floats = ws_floats;
     f += ws_floats + 16;
-    if (from_saved) b->gathered = f;
+    if (saved_in_place) b->gathered = act_entry_rows(q->head->cached);
+    else if (from_saved) b->gathered = f;
+    b->gathered_in_place = saved_in_place;
     /* no block for the activations (no memory) only means no cache: the backward will recompute */
     if (q->dir == EX_FWD && any_save && q->cfg.cache && m->cls->forward_save) b->saved = act_block_new(B, m->cls->saved_floats(m));
     float *rp = b->res_block;
@@ -319,9 +323,9 @@ void batchq_fill(ex_batch *b, int64_t r0, int64_t r1)
                 size_t rf = kern_io_numel(&m->out[j]);
                 memcpy(b->gout[j] + (size_t)a * rf, r->gout[j] + off * rf * sizeof(float), n * rf * sizeof(float));
             }
-        if (b->gathered) {
+        if (b->gathered && !b->gathered_in_place) {
             size_t sf = m->cls->saved_floats(m);
-            memcpy(b->gathered + (size_t)a * sf, act_entry_rows(r->cached) + off * sf, n * sf * sizeof(float));
+            memcpy((float *)b->gathered + (size_t)a * sf, act_entry_rows(r->cached) + off * sf, n * sf * sizeof(float));
         }
     }
 }

@@ -4,10 +4,12 @@
  * calloc'd ex_batch plus two blocks: the work block (inputs, grad_outputs, workspace, gathered
  * activations), filled by the jobs themselves (batchq_fill, each its rows, from the requests' frames
  * and saved activations, which the batch keeps until then) and freed with those frames as soon as the
- * jobs are back, and the result block, which a reply covering the
- * whole batch references (a reply to part of it copies its rows, so that an unread reply never holds
- * more than its own bytes) and which is freed when the last reference has been written (b->refs). Nothing here blocks or sends
- * mail except the replies (conn_send).
+ * jobs are back, and the result block, which a reply covering the whole batch references and which is
+ * freed when the last reference has been written (b->refs); the replies of a batch of several requests
+ * send their own rows instead, copied out by the job (batchq_pack_replies), so that an unread reply
+ * never holds more than its own bytes. A backward of one request that brought its handle reads the
+ * saved activations where its cache entry holds them. Nothing here blocks or sends mail except the
+ * replies (conn_send).
  */
 #include "actors/serve/batchq.h"
 

@@ -120,7 +120,7 @@ static void chunk_run(rt_job *j)
     atomic_fetch_add(&b->t_fill_us, t_run - t_fill);
     c->rc = run_rows(b, c->r0, c->r1, c->grads, c->ws);
     atomic_fetch_add(&b->t_kernel_us, rt_clock_us() - t_run);
-    /* the last chunk to finish compresses the reply; the atomic orders the others' writes. The
+    /* the last chunk to finish packs the replies; the atomic orders the others' writes. The
      * gradients stay in the chunks' buffers: the step sums them (step_run). */
     if (atomic_fetch_sub(&b->chunks_running, 1) != 1) return;
     for (int k = 0; k < b->nchunks; k++)

@@ -221,6 +221,9 @@ typedef struct {
     api_op op;
     dmoe_expert *e;
     int kind;                     /* 0 forward, 1 backward, 2 info */
+    int keep;                     /* forward: the node keeps its activations (dmoe_expert_forward_keep) */
+    uint64_t handle;              /* backward: the handle of its forward (0: none) */
+    uint64_t *handle_out;         /* forward_keep: where the reply's handle goes */
     rx_tensor in[KERN_MAX_IO], gout[KERN_MAX_IO];
     int n_in, n_gout;
     uint64_t timeout_ms;
@@ -280,6 +283,7 @@ static int on_reply(void *arg, int err, const char *msg, wire_msg *reply)
     dmoe_tensors *ts = api_tensors_new(res, n);
     if (!ts) { api_done(&c->op, DMOE_ENOMEM, "out of memory"); return 0; }
     *c->out = ts;
+    if (c->handle_out) *c->handle_out = rx_reply_handle(reply);
     api_done(&c->op, 0, "");
     return 0;
 }
@@ -299,7 +303,10 @@ static void run_call(api_op *op)
             wire_pack_str(wire_out_pk(req), c->e->uid);
         }
     } else {
-        req = rx_request(id, c->e->uid, c->in, c->n_in, c->kind ? c->gout : NULL, c->n_gout, WIRE_COMP_NONE);
+        const rx_tensor *gout = c->kind ? c->gout : NULL;
+        req = c->keep || c->handle
+                  ? rx_request_with_handle(id, c->e->uid, c->in, c->n_in, gout, c->n_gout, WIRE_COMP_NONE, c->handle)
+                  : rx_request(id, c->e->uid, c->in, c->n_in, gout, c->n_gout, WIRE_COMP_NONE);
     }
     if (!req) { api_done(op, DMOE_ENOMEM, "out of memory"); return; }
     int rc = client_call(d->cl, &c->e->addr, id, req, c->timeout_ms, on_reply, c);
@@ -365,6 +372,30 @@ int dmoe_expert_backward(dmoe_expert *e, const dmoe_tensor *in, int n_in, const 
     call_op *c = out ? call_new(e, 1, in, n_in, gout, n_gout, timeout_s, err, errlen, &rc) : NULL;
     if (!c) return out ? rc : DMOE_EINVAL;
     c->out = out;
+    return api_sync(e->d->ctx, &c->op, err, errlen);
+}
+
+int dmoe_expert_forward_keep(dmoe_expert *e, const dmoe_tensor *in, int n_in, double timeout_s, dmoe_tensors **out,
+                             uint64_t *handle, char *err, size_t errlen)
+{
+    int rc;
+    call_op *c = out && handle ? call_new(e, 0, in, n_in, NULL, 0, timeout_s, err, errlen, &rc) : NULL;
+    if (!c) return out && handle ? rc : DMOE_EINVAL;
+    *handle = 0;
+    c->out = out;
+    c->keep = 1;
+    c->handle_out = handle;
+    return api_sync(e->d->ctx, &c->op, err, errlen);
+}
+
+int dmoe_expert_backward_with(dmoe_expert *e, const dmoe_tensor *in, int n_in, const dmoe_tensor *gout, int n_gout,
+                              uint64_t handle, double timeout_s, dmoe_tensors **out, char *err, size_t errlen)
+{
+    int rc;
+    call_op *c = out ? call_new(e, 1, in, n_in, gout, n_gout, timeout_s, err, errlen, &rc) : NULL;
+    if (!c) return out ? rc : DMOE_EINVAL;
+    c->out = out;
+    c->handle = handle;
     return api_sync(e->d->ctx, &c->op, err, errlen);
 }
 

@@ -211,6 +211,17 @@ int dmoe_expert_forward(dmoe_expert *e, const dmoe_tensor *in, int n_in, double 
  * the gradients of the inputs in *out (the node then steps the expert's optimizer). As forward. */
 int dmoe_expert_backward(dmoe_expert *e, const dmoe_tensor *in, int n_in, const dmoe_tensor *gout, int n_gout,
                          double timeout_s, dmoe_tensors **out, char *err, size_t errlen);
+/* dmoe_expert_forward_keep is dmoe_expert_forward for a caller that will send the backward of these
+ * inputs: the node keeps the forward's activations and *handle gets their handle (0 when it kept none:
+ * its cache is off, or the request is bigger than the cache). dmoe_expert_backward_with is
+ * dmoe_expert_backward that hands that handle back (0: none), so that the node takes the kept
+ * activations instead of recomputing the forward (a third of an ffn backward); the gradients are the
+ * same either way. A plain dmoe_expert_forward asks the node to keep nothing. A handle is good for one
+ * backward of the same inputs on the same expert. */
+int dmoe_expert_forward_keep(dmoe_expert *e, const dmoe_tensor *in, int n_in, double timeout_s, dmoe_tensors **out,
+                             uint64_t *handle, char *err, size_t errlen);
+int dmoe_expert_backward_with(dmoe_expert *e, const dmoe_tensor *in, int n_in, const dmoe_tensor *gout, int n_gout,
+                              uint64_t handle, double timeout_s, dmoe_tensors **out, char *err, size_t errlen);
 /* dmoe_expert_forward_async / _backward_async are the same calls without waiting: *out is written
  * before cb(arg, err, msg) runs on the loop thread. Returns 0 (cb will run) or a negative code (it
  * will not). */

@@ -102,15 +102,25 @@ class ExpertHandle:
         check(lib.dmoe_expert_forward(self._h, views, len(inputs), float(timeout), ctypes.byref(ts), e, ERRBUF), e)
         return _from_tensors(ts)
 
-    def backward(self, inputs, grad_outputs, timeout=DEFAULT_TIMEOUT):
+    def forward_keep(self, *inputs, timeout=DEFAULT_TIMEOUT):
+        """forward for inputs whose backward will follow: the node keeps the activations. Returns (outputs,
+        handle); backward(..., handle=handle) then skips recomputing the forward (0: the node kept none)."""
+        views, keep = _to_views(inputs, self.input_dtypes())
+        ts, handle = ctypes.c_void_p(), ctypes.c_uint64(0)
+        e = errbuf()
+        check(lib.dmoe_expert_forward_keep(self._h, views, len(inputs), float(timeout), ctypes.byref(ts),
+                                           ctypes.byref(handle), e, ERRBUF), e)
+        return _from_tensors(ts), handle.value
+
+    def backward(self, inputs, grad_outputs, timeout=DEFAULT_TIMEOUT, handle=0):
         """Send the inputs and the gradients of the outputs; returns the gradients of the inputs (the node
-        then steps the expert's optimizer)."""
+        then steps the expert's optimizer). handle: forward_keep's, for these inputs (0: none)."""
         views, keep = _to_views(inputs, self.input_dtypes())
         gviews, gkeep = _to_views(grad_outputs)
         ts = ctypes.c_void_p()
         e = errbuf()
-        check(lib.dmoe_expert_backward(self._h, views, len(inputs), gviews, len(grad_outputs), float(timeout),
-                                       ctypes.byref(ts), e, ERRBUF), e)
+        check(lib.dmoe_expert_backward_with(self._h, views, len(inputs), gviews, len(grad_outputs), int(handle),
+                                            float(timeout), ctypes.byref(ts), e, ERRBUF), e)
         return _from_tensors(ts)
 
     def __del__(self):

@@ -2,7 +2,9 @@
 dmoe.get_experts.
 
 The forward sends the inputs to the node and returns its outputs; autograd's backward sends the inputs and
-the outputs' gradients and returns the inputs' gradients (torch.autograd.Function). Several inputs are
+the outputs' gradients and returns the inputs' gradients (torch.autograd.Function). With gradients enabled
+the node keeps the forward's activations and the backward hands their handle back (the node then skips
+recomputing the forward); under torch.no_grad() the forward asks it to keep nothing. Several inputs are
 passed positionally (det_dropout's mask, a transformer's padding mask); integer and boolean inputs get no
 gradient. The expert's own weights live and train on the node.
 """
@@ -21,9 +23,14 @@ DUMMY = torch.empty(0, requires_grad=True)
 
 class _RemoteExpertCall(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, dummy, handle, timeout, *inputs):
+    def forward(ctx, dummy, handle, timeout, keep, *inputs):
         arrays = [t.detach().cpu().numpy() for t in inputs]
-        outputs = handle.forward(*arrays, timeout=timeout)
+        # a backward will follow (grad enabled): the node keeps the activations and the backward hands
+        # their handle back, so that the node does not recompute the forward
+        if keep:
+            outputs, ctx.act_handle = handle.forward_keep(*arrays, timeout=timeout)
+        else:
+            outputs, ctx.act_handle = handle.forward(*arrays, timeout=timeout), 0
         ctx.handle, ctx.timeout = handle, timeout
         ctx.save_for_backward(*inputs)
         return tuple(torch.from_numpy(o).to(inputs[0].device) for o in outputs)
@@ -34,14 +41,14 @@ class _RemoteExpertCall(torch.autograd.Function):
         inputs = ctx.saved_tensors
         arrays = [t.detach().cpu().numpy() for t in inputs]
         gouts = [g.detach().cpu().numpy() if g is not None else np.zeros(1, np.float32) for g in grad_outputs]
-        grads = ctx.handle.backward(arrays, gouts, timeout=ctx.timeout)
+        grads = ctx.handle.backward(arrays, gouts, timeout=ctx.timeout, handle=ctx.act_handle)
         result = []
         for i, t in enumerate(inputs):
-            if i < len(grads) and t.is_floating_point() and ctx.needs_input_grad[3 + i]:
+            if i < len(grads) and t.is_floating_point() and ctx.needs_input_grad[4 + i]:
                 result.append(torch.from_numpy(grads[i]).to(dtype=t.dtype, device=t.device))
             else:
                 result.append(None)
-        return (None, None, None, *result)
+        return (None, None, None, None, *result)
 
 
 class RemoteExpert(torch.nn.Module):
@@ -68,7 +75,7 @@ class RemoteExpert(torch.nn.Module):
     def forward(self, *args):
         if not args:
             raise TypeError("RemoteExpert needs at least one input")
-        outputs = _RemoteExpertCall.apply(DUMMY, self.handle, self.timeout, *args)
+        outputs = _RemoteExpertCall.apply(DUMMY, self.handle, self.timeout, torch.is_grad_enabled(), *args)
         return outputs[0] if len(outputs) == 1 else outputs
 
 

@@ -2,6 +2,9 @@
 equal a local FeedforwardBlock with the node's weights (read from its checkpoint by dmoe.load_checkpoint);
 hivemind's test_remote_module_call and test_determinism; many Python threads at once; hivemind's
 test_training (a model of two remote experts learns a separable task)."""
+import json
+import os
+import subprocess
 import threading
 import unittest
 
@@ -11,9 +14,16 @@ from torch import nn
 
 import dmoe
 from common import checkpointed_ffn_node, separable_task, train_until
-from nodes import Node, wait_until
+from nodes import BUILD, Node, wait_until
 
 H = 16
+
+
+def backward_cached(node, uid):
+    """The node's count of uid's backwards that took their forward's kept activations (dmoe-call info)."""
+    out = subprocess.run([os.path.join(BUILD, "dmoe-call"), "--peer", node.endpoint, "info", uid, "--json"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return json.loads(out)["stats"]["backward_cached"]
 
 
 def find(dht, uids):
@@ -35,6 +45,7 @@ class TestRemoteExpert(unittest.TestCase):
     def test_forward_backward_equal_local_feedforward_block(self):
         e0, e1 = find(self.dht, ["expert.0", "expert.1"])
         for expert in (e0, e1):
+            cached = backward_cached(self.node, expert.uid)
             ref = self.local[expert.uid]
             x = torch.randn(5, H, requires_grad=True)
             xr = x.detach().clone().requires_grad_(True)
@@ -45,6 +56,10 @@ class TestRemoteExpert(unittest.TestCase):
             (out_ref * gy).sum().backward()
             self.assertLess((out - out_ref).abs().max().item(), 1e-5)
             self.assertLess((x.grad - xr.grad).abs().max().item(), 1e-5)
+            # the forward kept its activations and the backward brought their handle back
+            self.assertEqual(backward_cached(self.node, expert.uid), cached + 1)
+            with torch.no_grad():   # no backward will follow: the node keeps nothing
+                self.assertLess((expert(x) - out_ref).abs().max().item(), 1e-5)
         # the same through the numpy entry points, without autograd
         h = dmoe.get_expert_handles(self.dht, ["expert.0"])[0]
         x = np.random.randn(3, H).astype(np.float32)

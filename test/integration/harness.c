@@ -456,3 +456,13 @@ char *th_http_get(int port, const char *path)
     close(fd);
     return buf;
 }
+
+long th_expert_stat(const th_node *n, const char *uid, const char *key)
+{
+    char out[8192], pat[96];
+    const char *info[] = {"--peer", n->maddr, "info", uid, "--json", NULL};
+    if (th_run("dmoe-call", info, out, sizeof out, 30) != 0) return -1;
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(out, pat);
+    return p ? atol(p + strlen(pat)) : -1;
+}

@@ -74,6 +74,10 @@ int th_peer_closed(int fd, int timeout_ms);
  * included (malloc'd, NUL-terminated; at most 64 KiB), or NULL when it cannot connect. */
 char *th_http_get(int port, const char *path);
 
+/* th_expert_stat reads one counter of expert uid's stats from the node (`dmoe-call info UID --json`).
+ * Returns it, or -1 when the call failed or the stats have no such key. */
+long th_expert_stat(const th_node *n, const char *uid, const char *key);
+
 /* th_ping checks that the node at port answers a ping on a fresh connection. */
 int th_ping(int port);
 

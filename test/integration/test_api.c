@@ -25,17 +25,6 @@ static void start_node(th_node *n, const char *cls, const char *pattern, const c
     cr_assert_eq(th_node_start(n, args), 0);
 }
 
-/* backward_cached reads expert.0's count of backwards that took their forward's kept activations. */
-static long backward_cached(th_node *n)
-{
-    char out[8192];
-    const char *info[] = {"--peer", n->maddr, "info", "expert.0", "--json", NULL};
-    cr_assert_eq(th_run("dmoe-call", info, out, sizeof out, 30), 0);
-    const char *p = strstr(out, "\"backward_cached\": ");
-    cr_assert_not_null(p, "%s", out);
-    return atol(p + strlen("\"backward_cached\": "));
-}
-
 static dmoe_dht *join_client(dmoe_ctx *ctx, const th_node *n)
 {
     const char *peers[1] = { n->maddr };
@@ -213,7 +202,7 @@ Test(api, expert_calls_match_the_protocol_and_carry_node_errors, .timeout = 90)
 
     /* a forward that keeps its activations, and its backward with the handle: the node skips the
      * recompute (backward_cached), with the same gradient; a plain forward keeps nothing */
-    cr_assert_eq(backward_cached(&n), 0, "a plain forward kept activations");
+    cr_assert_eq(th_expert_stat(&n, "expert.0", "backward_cached"), 0, "a plain forward kept activations");
     uint64_t handle = 0;
     dmoe_tensors *kept = NULL, *gkept = NULL;
     cr_assert_eq(dmoe_expert_forward_keep(ex[0], &in, 1, 10, &kept, &handle, err, sizeof err), 0, "%s", err);
@@ -224,7 +213,7 @@ Test(api, expert_calls_match_the_protocol_and_carry_node_errors, .timeout = 90)
     cr_assert_eq(dmoe_expert_backward_with(ex[0], &in, 1, &g, 1, handle, 10, &gkept, err, sizeof err), 0, "%s", err);
     dmoe_tensors_get(gkept, 0, &kg);
     cr_assert_lt(th_max_abs_diff(kg.data, rawg, 3 * H), 1e-5f, "the saved activations gave another gradient");
-    cr_assert_eq(backward_cached(&n), 1);
+    cr_assert_eq(th_expert_stat(&n, "expert.0", "backward_cached"), 1);
     cr_assert_eq(dmoe_expert_forward_keep(ex[0], &in, 1, 10, &kept, NULL, err, sizeof err), DMOE_EINVAL);
     dmoe_tensors_free(kept);
     dmoe_tensors_free(gkept);

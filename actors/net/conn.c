@@ -319,6 +319,15 @@ static size_t frame_allowance(conn *c, size_t avail)
     return c->frame_charge;
 }
 
+/* park_frame parks a whole frame for advance_parked, with the charge of its buffer. */
+static void park_frame(conn *c, uint8_t *frame, size_t len)
+{
+    c->pk_frame = frame;
+    c->pk_len = len;
+    c->pk_charge = c->frame_charge;
+    c->frame_charge = 0;
+}
+
 /* read_direct reads the rest of a big frame's body from the socket straight into the frame's buffer:
  * libevent 2.1 reads 4 KiB per call into its input buffer, which for a tensor of MiB costs a system
  * call pair and a copy per 4 KiB (make bench: most of the loop thread's time per MiB). It reads only
@@ -358,12 +367,7 @@ static int read_direct(conn *c, size_t *left)
     c->last_active_ms = now_ms(c);
     uint8_t *frame = NULL;
     size_t len = 0;
-    if (wire_frame_commit(r, (size_t)n, &frame, &len) == 1) {
-        c->pk_frame = frame;
-        c->pk_len = len;
-        c->pk_charge = c->frame_charge;
-        c->frame_charge = 0;
-    }
+    if (wire_frame_commit(r, (size_t)n, &frame, &len) == 1) park_frame(c, frame, len);
     return 1;
 }
 
@@ -419,10 +423,7 @@ static void process_input(conn *c)
             break;
         }
         if (rc == 0) continue;
-        c->pk_frame = frame;
-        c->pk_len = len;
-        c->pk_charge = c->frame_charge;
-        c->frame_charge = 0;
+        park_frame(c, frame, len);
     }
     if (c->open && c->bev && c->lim.frame_timeout_s) {
         /* a half-received frame must complete in time; an idle connection may stay */

@@ -15,7 +15,8 @@
 void kern_linear_fwd(const float *x, int64_t B, int64_t in, const float *W, const float *b, int64_t out,
                      float *y);
 /* kern_linear_bwd: given gy[B,out], writes gW[out,in] = gy^T @ x, gb[out] = sum over rows of gy
- * (gb may be NULL), and gx[B,in] = gy @ W (gx may be NULL). */
+ * (gb may be NULL), and gx[B,in] = gy @ W (gx may be NULL). x is read only for gW, W only for gx;
+ * each result comes from its own BLAS call, whichever others are asked for. */
 void kern_linear_bwd(const float *x, const float *gy, int64_t B, int64_t in, int64_t out, const float *W,
                      float *gx, float *gW, float *gb);
 

@@ -13,8 +13,11 @@
  * Workspace (floats, B rows):
  *     forward:  a [B, 4H]  (pre-activation, then GELU in place); the output buffer holds the
  *               residual sum before LayerNorm normalises it in place.
- *     backward: z1 [B, 4H] (pre-activation), a [B, 4H] (activation, later reused for its gradient),
+ *     backward: z1 [B, 4H] (pre-activation), a [B, 4H] (activation), ga [B, 4H] (the gradient of z1),
  *               r [B, H] (pre-LayerNorm sum), gr [B, H] (its gradient), mean [B], rstd [B].
+ *               The first stage (backward_inputs) leaves a, ga and gr there for the second
+ *               (backward_params): the two Linear weights' gradients, most of the backward's memory
+ *               traffic at one row, come after the input gradient can be sent.
  *
  * Activation cache: a row keeps z1 (4H) and r (H), 5H floats. The backward from them skips the
  * forward's two GEMMs (a third of the work); GELU and the LayerNorm statistics are recomputed from them,
@@ -88,7 +91,7 @@ static size_t ffn_backward_ws(const kern_model *m, int64_t B)
 {
     if (B <= 0) return 0;
     size_t H = (size_t)m->cfg.hidden_dim;
-    return (size_t)B * (8 * H + 2 * H + 2);
+    return (size_t)B * (12 * H + 2 * H + 2);
 }
 
 /* ffn_residual_add: y[i] += x[i], n elements. */
@@ -150,67 +153,99 @@ static int ffn_forward_save(const kern_model *m, const float *params, int64_t B,
     return 0;
 }
 
-/* The backward proper, from z1 and r in the workspace (see the layout above), and a = gelu(z1) when
- * have_a says the caller computed it already. */
-static void ffn_backward_from(const kern_model *m, const ffn_weights *w, int64_t B, const float *x, const float *gy,
-                              float *gx, float *grad_params, float *ws, int have_a)
+/* The backward's workspace, carved from ws for B rows (see the layout above). */
+typedef struct {
+    float *z1, *a, *ga, *r, *gr, *mean, *rstd;
+} ffn_bwd_ws;
+
+static ffn_bwd_ws ffn_bwd_carve(float *ws, int64_t B, int64_t H)
+{
+    size_t n4 = (size_t)(B * 4 * H), n1 = (size_t)(B * H);
+    ffn_bwd_ws t = {.z1 = ws, .a = ws + n4, .ga = ws + 2 * n4, .r = ws + 3 * n4};
+    t.gr = t.r + n1;
+    t.mean = t.gr + n1;
+    t.rstd = t.mean + B;
+    return t;
+}
+
+/* First stage, from z1 and r in the workspace, and a = gelu(z1) when have_a says the caller computed
+ * it already: the LayerNorm's parameter gradients and gx. It leaves a, gr and ga (the gradient of z1)
+ * for ffn_bwd_params. */
+static void ffn_bwd_inputs(const kern_model *m, const ffn_weights *w, int64_t B, const float *gy, float *gx,
+                           float *grad_params, float *ws, int have_a)
 {
     int64_t H = m->cfg.hidden_dim;
     const kern_param_info *p = m->params;
     size_t n4 = (size_t)(B * 4 * H), n1 = (size_t)(B * H);
-    float *z1 = ws, *a = z1 + n4, *r = a + n4, *gr = r + n1, *mean = gr + n1, *rstd = mean + B;
-    if (!have_a) kern_gelu_tanh_fwd(z1, a, n4);
-    kern_layernorm_fwd(r, B, H, w->g, w->beta, FFN_LN_EPS, gr, mean, rstd); /* gr: scratch for the output */
-    kern_layernorm_bwd(r, gy, B, H, w->g, mean, rstd, gr, grad_params + p[FFN_G].offset,
+    ffn_bwd_ws t = ffn_bwd_carve(ws, B, H);
+    if (!have_a) kern_gelu_tanh_fwd(t.z1, t.a, n4);
+    kern_layernorm_fwd(t.r, B, H, w->g, w->beta, FFN_LN_EPS, t.gr, t.mean, t.rstd); /* gr: scratch for the output */
+    kern_layernorm_bwd(t.r, gy, B, H, w->g, t.mean, t.rstd, t.gr, grad_params + p[FFN_G].offset,
                        grad_params + p[FFN_BETA].offset);
-    kern_linear_bwd(a, gr, B, 4 * H, H, w->w2, NULL, grad_params + p[FFN_W2].offset,
+    kern_linear_bwd(t.a, t.gr, B, 4 * H, H, w->w2, t.ga, NULL, NULL);
+    kern_gelu_tanh_bwd(t.z1, t.ga, t.ga, n4);
+    if (!gx) return;
+    kern_linear_bwd(NULL, t.ga, B, H, 4 * H, w->w1, gx, NULL, NULL);
+    ffn_residual_add(gx, t.gr, n1);
+}
+
+/* Second stage: the two Linear layers' parameter gradients, from x and what ffn_bwd_inputs left. */
+static int ffn_backward_params(const kern_model *m, int64_t B, const void *const *in, float *grad_params, float *ws)
+{
+    if (B < 0 || !in || !in[0] || !grad_params) return DMOE_EINVAL;
+    if (B == 0) return 0;   /* the first stage zeroed them */
+    int64_t H = m->cfg.hidden_dim;
+    const kern_param_info *p = m->params;
+    ffn_bwd_ws t = ffn_bwd_carve(ws, B, H);
+    kern_linear_bwd(t.a, t.gr, B, 4 * H, H, NULL, NULL, grad_params + p[FFN_W2].offset,
                     grad_params + p[FFN_B2].offset);
-    kern_linear_bwd(a, gr, B, 4 * H, H, w->w2, a, NULL, NULL);
-    kern_gelu_tanh_bwd(z1, a, a, n4);
-    kern_linear_bwd(x, a, B, H, 4 * H, w->w1, gx, grad_params + p[FFN_W1].offset,
+    kern_linear_bwd(in[0], t.ga, B, H, 4 * H, NULL, NULL, grad_params + p[FFN_W1].offset,
                     grad_params + p[FFN_B1].offset);
-    if (gx) ffn_residual_add(gx, gr, n1);
+    return 0;
+}
+
+/* The first stage from saved activations (saved non-NULL: z1 and r copied from them) or after the
+ * forward again (saved NULL). */
+static int ffn_backward_inputs(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                               const float *saved, const float *const *grad_out, float *const *grad_in,
+                               float *grad_params, float *ws, uint64_t rng_seed)
+{
+    if (B < 0 || !in || !in[0] || !grad_out || !grad_out[0] || !grad_params) return DMOE_EINVAL;
+    if (B == 0) {
+        memset(grad_params, 0, m->n_floats * sizeof *grad_params);
+        return 0;
+    }
+    int64_t H = m->cfg.hidden_dim;
+    ffn_weights w = ffn_bind(m, params);
+    ffn_bwd_ws t = ffn_bwd_carve(ws, B, H);
+    const float *x = in[0];
+    if (saved) {
+        ffn_unpack_saved(saved, t.z1, t.r, B, H);
+    } else {   /* forward again, keeping what the backward needs */
+        kern_linear_fwd(x, B, H, w.w1, w.b1, 4 * H, t.z1);
+        kern_gelu_tanh_fwd(t.z1, t.a, (size_t)(B * 4 * H));
+        kern_linear_fwd(t.a, B, 4 * H, w.w2, w.b2, H, t.r);
+        ffn_residual_add(t.r, x, (size_t)(B * H));
+    }
+    ffn_bwd_inputs(m, &w, B, grad_out[0], grad_in ? grad_in[0] : NULL, grad_params, ws, saved == NULL);
+    return 0;
 }
 
 static int ffn_backward_saved(const kern_model *m, const float *params, int64_t B, const void *const *in,
                               const float *saved, const float *const *grad_out, float *const *grad_in,
                               float *grad_params, float *ws, uint64_t rng_seed)
 {
-    if (B < 0 || !in || !in[0] || !saved || !grad_out || !grad_out[0] || !grad_params) return DMOE_EINVAL;
-    if (B == 0) {
-        memset(grad_params, 0, m->n_floats * sizeof *grad_params);
-        return 0;
-    }
-    int64_t H = m->cfg.hidden_dim;
-    size_t n4 = (size_t)(B * 4 * H);
-    ffn_weights w = ffn_bind(m, params);
-    ffn_unpack_saved(saved, ws, ws + 2 * n4, B, H);
-    ffn_backward_from(m, &w, B, in[0], grad_out[0], grad_in ? grad_in[0] : NULL, grad_params, ws, 0);
-    return 0;
+    if (!saved) return DMOE_EINVAL;
+    int rc = ffn_backward_inputs(m, params, B, in, saved, grad_out, grad_in, grad_params, ws, rng_seed);
+    return rc < 0 ? rc : ffn_backward_params(m, B, in, grad_params, ws);
 }
 
 static int ffn_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
                         const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
                         uint64_t rng_seed)
 {
-    if (B < 0 || !in || !in[0] || !grad_out || !grad_out[0] || !grad_params) return DMOE_EINVAL;
-    int64_t H = m->cfg.hidden_dim;
-    if (B == 0) {
-        memset(grad_params, 0, m->n_floats * sizeof *grad_params);
-        return 0;
-    }
-    ffn_weights w = ffn_bind(m, params);
-    const float *x = in[0];
-    size_t n4 = (size_t)(B * 4 * H), n1 = (size_t)(B * H);
-    float *z1 = ws, *a = z1 + n4, *r = a + n4;
-
-    /* Forward again, keeping what the backward needs. */
-    kern_linear_fwd(x, B, H, w.w1, w.b1, 4 * H, z1);
-    kern_gelu_tanh_fwd(z1, a, n4);
-    kern_linear_fwd(a, B, 4 * H, w.w2, w.b2, H, r);
-    ffn_residual_add(r, x, n1);
-    ffn_backward_from(m, &w, B, x, grad_out[0], grad_in ? grad_in[0] : NULL, grad_params, ws, 1);
-    return 0;
+    int rc = ffn_backward_inputs(m, params, B, in, NULL, grad_out, grad_in, grad_params, ws, rng_seed);
+    return rc < 0 ? rc : ffn_backward_params(m, B, in, grad_params, ws);
 }
 
 const kern_class kern_ffn_class = {
@@ -225,4 +260,6 @@ const kern_class kern_ffn_class = {
     .saved_floats = ffn_saved_floats,
     .forward_save = ffn_forward_save,
     .backward_saved = ffn_backward_saved,
+    .backward_inputs = ffn_backward_inputs,
+    .backward_params = ffn_backward_params,
 };

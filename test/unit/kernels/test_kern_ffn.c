@@ -163,3 +163,42 @@ Test(kern_ffn, backward_from_saved_activations_matches_recompute, .timeout = 30)
     cr_assert_eq(memcmp(g1, g2, m.n_floats * 4), 0);
     free(p); free(g1); free(g2); free(saved); free(ws);
 }
+
+/* The two stages a server runs apart (reply between them): grad_in is final after the first, and with
+ * the workspace handed over the second gives backward's parameter gradients, from saved activations or
+ * recomputing, at one row and at several. */
+Test(kern_ffn, backward_in_two_stages_gives_the_whole_backward, .timeout = 30)
+{
+    kern_model m;
+    const kern_class *cls = refdata_model("ffn", 24, &m);
+    cr_assert(cls->backward_inputs && cls->backward_params);
+    enum { BMAX = 7, H = 24 };
+    float *p = calloc(m.n_floats, 4), *g1 = calloc(m.n_floats, 4), *g2 = calloc(m.n_floats, 4);
+    float x[BMAX * H], gy[BMAX * H], y[BMAX * H], gx1[BMAX * H], gx2[BMAX * H], gx_first[BMAX * H];
+    float *saved = calloc(BMAX * cls->saved_floats(&m), 4);
+    float *ws = calloc(cls->backward_ws(&m, BMAX) + cls->forward_ws(&m, BMAX), 4);
+    cls->init(&m, p, 5);
+    for (int i = 0; i < BMAX * H; i++) { x[i] = sinf((float)i * 1.3f); gy[i] = cosf((float)i * 0.3f); }
+    const void *in[1] = {x};
+    float *o[1] = {y}, *gi1[1] = {gx1}, *gi2[1] = {gx2};
+    const float *go[1] = {gy};
+    const int64_t sizes[2] = {1, BMAX};
+    for (int k = 0; k < 2; k++)
+        for (int use_saved = 0; use_saved < 2; use_saved++) {
+            int64_t B = sizes[k];
+            cr_assert_eq(cls->forward_save(&m, p, B, in, o, ws, 0, saved), 0);
+            const float *sv = use_saved ? saved : NULL;
+            if (use_saved) cr_assert_eq(cls->backward_saved(&m, p, B, in, saved, go, gi1, g1, ws, 0), 0);
+            else cr_assert_eq(cls->backward(&m, p, B, in, go, gi1, g1, ws, 0), 0);
+            memset(g2, 0xff, m.n_floats * 4);   /* every gradient is written, none accumulated */
+            memset(gx2, 0xff, sizeof gx2);
+            cr_assert_eq(cls->backward_inputs(&m, p, B, in, sv, go, gi2, g2, ws, 0), 0);
+            memcpy(gx_first, gx2, (size_t)B * H * 4);
+            cr_assert_eq(memcmp(gx1, gx2, (size_t)B * H * 4), 0, "grad_in after the first stage, B %lld", (long long)B);
+            cr_assert_eq(cls->backward_params(&m, B, in, g2, ws), 0);
+            cr_assert_eq(memcmp(gx_first, gx2, (size_t)B * H * 4), 0, "the second stage left grad_in alone");
+            cr_assert_eq(memcmp(g1, g2, m.n_floats * 4), 0, "parameter gradients, B %lld saved %d", (long long)B, use_saved);
+        }
+    cr_assert_eq(cls->backward_params(&m, 1, in, NULL, ws), DMOE_EINVAL);
+    free(p); free(g1); free(g2); free(saved); free(ws);
+}

@@ -42,6 +42,22 @@ struct rt_pool {
     void *idle_arg;
 };
 
+/* Append a finished job to the completion list; the first one of a burst wakes the loop. */
+static void hand_back(rt_pool *p, rt_job *j)
+{
+    j->next_job = NULL;
+    pthread_mutex_lock(&p->dlock);
+    int was_empty = p->done_head == NULL;
+    if (p->done_tail) p->done_tail->next_job = j;
+    else p->done_head = j;
+    p->done_tail = j;
+    pthread_mutex_unlock(&p->dlock);
+    if (was_empty) {
+        uint64_t one = 1;
+        while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+    }
+}
+
 static void *worker_main(void *arg)
 {
     rt_pool *p = arg;
@@ -54,18 +70,11 @@ static void *worker_main(void *arg)
         if (!p->q_head) p->q_tail = NULL;
         pthread_mutex_unlock(&p->qlock);
 
-        j->run(j);
-
-        j->next_job = NULL;
-        pthread_mutex_lock(&p->dlock);
-        int was_empty = p->done_head == NULL;
-        if (p->done_tail) p->done_tail->next_job = j;
-        else p->done_head = j;
-        p->done_tail = j;
-        pthread_mutex_unlock(&p->dlock);
-        if (was_empty) {
-            uint64_t one = 1;
-            while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+        while (j) {   /* j, then its follow-ups on this thread (rt_pool_submit) */
+            j->run(j);
+            rt_job *then = j->then;   /* read before the hand-back: the loop owns j after it */
+            hand_back(p, j);
+            j = then;
         }
     }
     return NULL;
@@ -178,8 +187,10 @@ int rt_pool_submit(rt_pool *p, rt_job *j)
     p->q_tail = j;
     pthread_cond_signal(&p->qcond);
     pthread_mutex_unlock(&p->qlock);
-    j->owner->jobs++;
-    p->inflight++;
+    for (rt_job *k = j; k; k = k->then) {   /* the follow-ups are in flight from now on */
+        k->owner->jobs++;
+        p->inflight++;
+    }
     return 0;
 }
 

@@ -22,6 +22,7 @@ typedef struct rt_job {
     rt_msg msg;                     /* delivered to owner when run returns */
     void (*run)(struct rt_job *j);  /* on a worker thread */
     rt_actor *owner;
+    struct rt_job *then;            /* NULL, or a follow-up: see rt_pool_submit */
     struct rt_job *next_job;        /* queue link, private */
 } rt_job;
 
@@ -39,7 +40,12 @@ int rt_pool_threads(const rt_pool *p);
 int rt_pool_inflight(const rt_pool *p);
 /* rt_pool_submit queues j (run and owner set) from the loop thread; the pool owns j until it comes
  * back as mail. Returns 0 or DMOE_ESHUTDOWN (owner stopped or pool stopping) / DMOE_EINTERNAL (the
- * loop refused the wake-up event); on error the caller keeps j. */
+ * loop refused the wake-up event); on error the caller keeps j.
+ * A job may carry a chain of follow-ups (j->then, its then, ...; each with run and owner set): the
+ * worker that ran j hands j back, then runs j->then at once, without queueing or waking anyone, and so
+ * on. Each comes back as mail of its own, in chain order; the whole chain is in flight from the submit
+ * (the owner cannot be destroyed before the last link is back), so a first link's handler may use
+ * what it produced while the next link still runs on buffers of its own. */
 int rt_pool_submit(rt_pool *p, rt_job *j);
 /* rt_pool_free finishes the queued jobs, joins the workers, drops completions not yet delivered. */
 void rt_pool_free(rt_pool *p);

@@ -4,6 +4,7 @@
 #include <event2/event.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -287,4 +288,71 @@ Test(runtime, big_blocks_stay_in_the_heap_until_the_trim, .timeout = 20)
     struct mallinfo2 after = mallinfo2();
     cr_assert_geq(after.fordblks, big, "the freed block left the heap at once");
     cr_assert_eq(rt_mem_trim(), 1, "the trim returned nothing");
+}
+
+/* A job's follow-up (rt_job.then) runs on the same worker after the first link is handed back: the
+ * loop sees the first link's mail while the second still runs (the second waits for that mail, bounded
+ * at 5 s), the chain counts as in flight until its last link is back, and the mail comes in order. */
+typedef struct {
+    rt_job job;
+    int link;
+    pthread_t ran_on;
+    atomic_int *first_seen;
+    int waited_out;
+} chain_job;
+typedef struct {
+    rt_actor actor;
+    atomic_int first_seen;
+    int order[2], n, inflight_after_first, jobs_after_first;
+    rt_pool *p;
+} chain_actor;
+
+static void chain_run(rt_job *j)
+{
+    chain_job *c = (chain_job *)j;
+    c->ran_on = pthread_self();
+    if (c->link == 0) return;
+    for (int i = 0; i < 5000 && !atomic_load(c->first_seen); i++) usleep(1000);
+    c->waited_out = !atomic_load(c->first_seen);
+}
+static void chain_handle(rt_actor *self, rt_msg *m)
+{
+    chain_actor *a = (chain_actor *)self;
+    chain_job *c = (chain_job *)m;
+    if (a->n < 2) a->order[a->n++] = c->link;
+    if (c->link == 0) {
+        a->inflight_after_first = rt_pool_inflight(a->p);
+        a->jobs_after_first = a->actor.jobs;
+        atomic_store(&a->first_seen, 1);
+    } else {
+        rt_loop_break(self->loop);
+    }
+}
+
+Test(runtime, pool_follow_up_runs_on_the_same_worker_after_the_first_is_back, .timeout = 20)
+{
+    rt_loop *l = rt_loop_new();
+    rt_pool *p = rt_pool_new(l, 2);
+    chain_actor a = {.p = p};
+    rt_actor_init(&a.actor, l, "chain", chain_handle, NULL);
+    chain_job c[2] = {{.link = 0, .first_seen = &a.first_seen}, {.link = 1, .first_seen = &a.first_seen}};
+    for (int i = 0; i < 2; i++) {
+        c[i].job.run = chain_run;
+        c[i].job.owner = &a.actor;
+    }
+    c[0].job.then = &c[1].job;
+    cr_assert_eq(rt_pool_submit(p, &c[0].job), 0);
+    cr_assert_eq(rt_pool_inflight(p), 2);
+    cr_assert_eq(a.actor.jobs, 2);
+    rt_loop_run(l);
+    cr_assert_eq(a.n, 2);
+    cr_assert(a.order[0] == 0 && a.order[1] == 1);
+    cr_assert_eq(c[1].waited_out, 0, "the first link's mail came only after the second link ended");
+    cr_assert(pthread_equal(c[0].ran_on, c[1].ran_on));
+    cr_assert_eq(a.inflight_after_first, 1);
+    cr_assert_eq(a.jobs_after_first, 1);
+    cr_assert_eq(a.actor.jobs, 0);
+    cr_assert_eq(rt_pool_inflight(p), 0);
+    rt_pool_free(p);
+    rt_loop_free(l);
 }

@@ -14,6 +14,9 @@
  *   EX_MSG_DELAY_DONE  the delay rt_timer embedded in an ex_batch (nop_delay answers late)
  *   EX_MSG_CKPT_DONE   a ckpt_job (actors/node/ckpt.h), written, from the pool
  *   EX_MSG_STEP_DONE   an ex_step_job (a range of an optimizer step), done, from the pool
+ *   EX_MSG_PARAMS_DONE the params_job embedded in an ex_batch: a two-stage backward's parameter
+ *                      gradients, computed after its reply (the job's follow-up, rt_pool.h)
+ *   EX_MSG_CHUNK_PARAMS_DONE  the params_job embedded in an ex_chunk, likewise for a slice
  *
  * Requests (ex_req_*) are created and touched on the loop thread only. A batch belongs to the loop
  * thread except while its job is out: then a worker touches its buffers and nothing else.
@@ -46,6 +49,8 @@ enum {
     EX_MSG_DELAY_DONE,
     EX_MSG_CKPT_DONE,
     EX_MSG_STEP_DONE,
+    EX_MSG_PARAMS_DONE,
+    EX_MSG_CHUNK_PARAMS_DONE,
 };
 
 /* One forward or backward request, from the server to the expert, answered through its connection. */
@@ -112,6 +117,16 @@ typedef struct ex_batch {
     int nchunks, chunks_left;    /* chunk jobs out (0: the batch runs as one job) */
     struct ex_chunk *chunks;
     atomic_int chunks_running;   /* workers still computing: the last one reduces and steps */
+    /* a two-stage backward (kern_class backward_inputs/backward_params): job computes the input
+     * gradients and the replies; params_job, its follow-up on the same worker, the rest of the
+     * parameter gradients while the loop answers. The loop reads nothing params_job writes but
+     * params_rc and t_params_us, and those only once it is back. */
+    int staged;
+    int held;                    /* answered after the first stage: a reference kept for the second */
+    int params_left;             /* chunks whose second stage is not back yet */
+    rt_job params_job;           /* EX_MSG_PARAMS_DONE */
+    int params_rc;
+    atomic_ullong t_params_us;   /* on the workers: the second stages' running time, summed */
 } ex_batch;
 
 /* A slice of rows of a batch, computed as its own job (EX_MSG_CHUNK_DONE) when a batch is split across
@@ -123,6 +138,8 @@ typedef struct ex_chunk {
     int64_t r0, r1;
     float *grads, *ws;
     int rc;
+    rt_job params_job;           /* a two-stage backward's second stage for these rows (EX_MSG_CHUNK_PARAMS_DONE) */
+    int params_rc;
 } ex_chunk;
 
 /* The optimizer step that follows a backward, after its reply (expert.c): phase 1 sums the per-worker

@@ -74,14 +74,18 @@ static void res_unref(const void *data, size_t len, void *arg)
     if (--b->refs == 0) batch_free(b);
 }
 
-/* A batch dropped from the pool (its expert stopped, or the pool shut down): fail its requests. */
-static void batch_abandon(rt_msg *m)
+void batchq_abandon(ex_batch *b)
 {
-    ex_batch *b = (ex_batch *)m;
     b->rc = DMOE_ESHUTDOWN;
     snprintf(b->err, sizeof b->err, "the node is stopping");
     batchq_answer(b->q, b);
 }
+
+/* A batch dropped from the pool (its expert stopped, or the pool shut down): fail its requests. */
+static void batch_abandon(rt_msg *m) { batchq_abandon((ex_batch *)m); }
+
+void batchq_hold(ex_batch *b) { b->refs++; }
+void batchq_unhold(ex_batch *b) { res_unref(NULL, 0, b); }
 
 static void free_ref(const void *data, size_t len, void *arg) { free(arg); }
 

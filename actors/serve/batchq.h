@@ -52,6 +52,14 @@ void batchq_pack_replies(ex_batch *b);
 /* batchq_answer answers every request of a computed (or failed: b->rc < 0) batch and gives the batch
  * up; its output block lives on in the replies until they are written. */
 void batchq_answer(batchq *q, ex_batch *b);
+/* batchq_abandon fails every request of a batch dropped from the pool (its expert stopped) with
+ * DMOE_ESHUTDOWN, as batchq_answer does. */
+void batchq_abandon(ex_batch *b);
+/* batchq_hold keeps a batch alive past batchq_answer, for a job still running on its buffers (a
+ * two-stage backward's second stage); batchq_unhold gives that up and frees the batch when nothing
+ * else (an unwritten reply) holds it. */
+void batchq_hold(ex_batch *b);
+void batchq_unhold(ex_batch *b);
 /* batchq_fill copies rows [r0, r1) of the batch's requests (inputs, grad_outputs, saved activations)
  * into its work block: the first thing each of its jobs does, on a worker (the rows stay in their
  * frames until then, so the loop thread copies nothing). Reads the requests, writes only those rows. */

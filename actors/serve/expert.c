@@ -7,6 +7,13 @@
  * up to max_parallel_fwd. A queue that holds requests but not yet min_batch_size rows arms its
  * direction's tick timer for the time left.
  *
+ * A backward of a class with two stages (kern_class backward_inputs / backward_params) answers
+ * earlier: its job (or each chunk) computes the input gradients and the replies, then runs the rest of
+ * the parameter gradients as its follow-up on the same worker (rt_job.then), while the loop answers
+ * (answer_staged: the batch stays held, running[BWD] stays up, so nothing else starts). When every
+ * second stage is back, finish_staged counts the batch and starts the step. The first stage's mail
+ * has no drop of its own; the second's gives the batch up (params_drop, chunk_params_drop).
+ *
  * The step after a backward (finish_batch answers, then step_start) is a small state machine on
  * e->step: phase 1 jobs (sum and check ranges of the gradient buffers) all back -> kern_optim_begin on
  * the loop -> phase 2 jobs (update the ranges) all back -> idle, and schedule() may start the next
@@ -89,10 +96,28 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
             gin[i] = NULL;
         }
     }
-    if (b->gathered)
-        return m->cls->backward_saved(m, b->params, n, in, b->gathered + (size_t)r0 * m->cls->saved_floats(m), gout,
-                                      gin, grads, ws, b->seed);
+    const float *saved = b->gathered ? b->gathered + (size_t)r0 * m->cls->saved_floats(m) : NULL;
+    if (b->staged)   /* the first stage: the input gradients; params_rows follows after the replies */
+        return m->cls->backward_inputs(m, b->params, n, in, saved, gout, gin, grads, ws, b->seed);
+    if (saved) return m->cls->backward_saved(m, b->params, n, in, saved, gout, gin, grads, ws, b->seed);
     return m->cls->backward(m, b->params, n, in, gout, gin, grads, ws, b->seed);
+}
+
+/* The second stage of a two-stage backward for rows [r0, r1): the rest of their parameter gradients
+ * into grads, from the inputs and what the first stage left in ws. Runs as the follow-up of the job
+ * that ran the first stage, while the loop answers; it touches grads, ws and its time counters only. */
+static int params_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws)
+{
+    const kern_model *m = b->model;
+    const void *in[KERN_MAX_IO];
+    for (int i = 0; i < m->n_in; i++)
+        in[i] = (const uint8_t *)b->in[i] + (size_t)r0 * kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype);
+    uint64_t t0 = rt_clock_us();
+    int rc = m->cls->backward_params(m, r1 - r0, in, grads, ws);
+    uint64_t dt = rt_clock_us() - t0;
+    atomic_fetch_add(&b->t_params_us, dt);
+    atomic_fetch_add(&b->t_kernel_us, dt);
+    return rc;
 }
 
 static void job_run(rt_job *j)
@@ -106,8 +131,23 @@ static void job_run(rt_job *j)
     batchq_pack_replies(b);   /* the replies' share of the work; a backward's step comes after it */
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
     uint64_t now = rt_clock_us();
-    atomic_store(&b->t_kernel_us, now - t_run);
-    b->t_compute_us = now - t0;
+    atomic_fetch_add(&b->t_kernel_us, now - t_run);
+    if (!b->staged) b->t_compute_us = now - t0;   /* a staged batch's ends with its second stage, on the loop */
+}
+
+/* The follow-up of a staged batch's job (first stage skipped when it failed: no step follows). */
+static void params_run(rt_job *j)
+{
+    ex_batch *b = (ex_batch *)((char *)j - offsetof(ex_batch, params_job));
+    b->params_rc = b->rc < 0 ? 0 : params_rows(b, 0, b->B, b->grads, b->ws);
+}
+
+/* The follow-up of a staged batch's chunk: its own rows, when its own first stage succeeded (another
+ * chunk's failure fails the batch, and then no step reads these gradients). */
+static void chunk_params_run(rt_job *j)
+{
+    ex_chunk *c = (ex_chunk *)((char *)j - offsetof(ex_chunk, params_job));
+    c->params_rc = c->rc < 0 ? 0 : params_rows(c->b, c->r0, c->r1, c->grads, c->ws);
 }
 
 static void chunk_run(rt_job *j)
@@ -285,6 +325,21 @@ static void chunk_drop(rt_msg *m)
     if (--b->chunks_left == 0) rt_msg_drop(&b->job.msg);
 }
 
+/* A staged batch's second stage is back undelivered (the expert stopped; the first stage's mail was
+ * dropped before it, or was answered): its requests fail, or its hold is given up. */
+static void staged_abandon(ex_batch *b)
+{
+    if (!b->held) { batchq_abandon(b); return; }
+    b->held = 0;
+    batchq_unhold(b);
+}
+static void params_drop(rt_msg *m) { staged_abandon((ex_batch *)((char *)m - offsetof(ex_batch, params_job.msg))); }
+static void chunk_params_drop(rt_msg *m)
+{
+    ex_batch *b = ((ex_chunk *)((char *)m - offsetof(ex_chunk, params_job.msg)))->b;
+    if (--b->params_left == 0) staged_abandon(b);
+}
+
 /* Split b into chunk jobs across the workers when it is big enough. Returns the number of chunks (0: run
  * as one job). Chunk workspaces are carved from the batch's, which is linear in the rows. */
 static int split(expert *e, ex_batch *b)
@@ -341,16 +396,36 @@ static void start_batch(expert *e, ex_batch *b)
     b->seed = e->cfg.seed ^ (0x9E3779B97F4A7C15ull * ++e->batch_seq);
     e->running[b->dir]++;
     b->t_compute_us = rt_clock_us();   /* start time while chunks run; the duration once done */
+    /* a class that can: the replies leave after the input gradients, the rest of the parameter
+     * gradients follow on the same worker (the first stage's mail is then only a step of the batch:
+     * its drop does nothing, the second stage's gives the batch up) */
+    b->staged = b->dir == EX_BWD && e->model.cls->backward_inputs && e->model.cls->backward_params;
     b->nchunks = split(e, b);
+    if (b->staged && b->nchunks == 0) {
+        b->job.msg.drop = NULL;
+        b->job.then = &b->params_job;
+        b->params_job.run = params_run;
+        b->params_job.owner = &e->actor;
+        b->params_job.msg.type = EX_MSG_PARAMS_DONE;
+        b->params_job.msg.drop = params_drop;
+    }
     if (b->nchunks > 0) {
         atomic_store(&b->chunks_running, b->nchunks);
         b->chunks_left = b->nchunks;
+        b->params_left = b->staged ? b->nchunks : 0;
         for (int i = 0; i < b->nchunks; i++) {
             ex_chunk *c = &b->chunks[i];
             c->job.run = chunk_run;
             c->job.owner = &e->actor;
             c->job.msg.type = EX_MSG_CHUNK_DONE;
-            c->job.msg.drop = chunk_drop;
+            c->job.msg.drop = b->staged ? NULL : chunk_drop;
+            if (b->staged) {
+                c->job.then = &c->params_job;
+                c->params_job.run = chunk_params_run;
+                c->params_job.owner = &e->actor;
+                c->params_job.msg.type = EX_MSG_CHUNK_PARAMS_DONE;
+                c->params_job.msg.drop = chunk_params_drop;
+            }
             if (rt_pool_submit(e->cfg.pool, &c->job) != 0) {
                 /* only at shutdown, and then for every chunk alike: none was submitted */
                 refuse_batch(e, b);
@@ -418,16 +493,11 @@ static void schedule(expert *e)
     }
 }
 
-static void finish_batch(expert *e, ex_batch *b)
+/* What the answer of b counts; its requests are still in it. */
+static void count_answer(expert *e, ex_batch *b)
 {
-    int dir = b->dir, used_saved = b->gathered != NULL;
-    e->running[dir]--;
-    batchq_release_work(b);
+    int dir = b->dir;
     expert_stats *s = &e->stats;
-    s->batches[dir]++;
-    s->compute_us[dir] += b->t_compute_us;
-    s->kernel_us += atomic_load(&b->t_kernel_us);
-    s->batch_fill_us += atomic_load(&b->t_fill_us);
     if (e->cfg.met) metrics_observe(e->cfg.met->batch_size, (double)b->B);
     s->queue_wait_us[dir] += b->t_queued_us;
     s->calls[dir] += (uint64_t)b->nreq;
@@ -441,13 +511,32 @@ static void finish_batch(expert *e, ex_batch *b)
         s->rows[dir] += (uint64_t)b->B;
         if (dir == EX_BWD) {
             s->samples_seen += (uint64_t)b->B;
-            if (used_saved) s->backward_cached++;
+            if (b->gathered) s->backward_cached++;
         }
     }
+}
+
+/* b's jobs are all back: what they count, and their work block goes. */
+static void count_done(expert *e, ex_batch *b)
+{
+    expert_stats *s = &e->stats;
+    e->running[b->dir]--;
+    batchq_release_work(b);
+    s->batches[b->dir]++;
+    s->compute_us[b->dir] += b->t_compute_us;
+    s->kernel_us += atomic_load(&b->t_kernel_us);
+    s->batch_fill_us += atomic_load(&b->t_fill_us);
+    s->params_after_reply_us += atomic_load(&b->t_params_us);
+}
+
+static void finish_batch(expert *e, ex_batch *b)
+{
     /* reply first: the step of a good backward follows, and nothing else of the expert starts before
      * it ends, so every result is the one the step inside the backward's job used to give */
-    int step = dir == EX_BWD && b->rc == 0, nbuf = b->nchunks > 0 ? b->nchunks : 1;
+    int step = b->dir == EX_BWD && b->rc == 0, nbuf = b->nchunks > 0 ? b->nchunks : 1;
     float lr = b->lr;
+    count_answer(e, b);
+    count_done(e, b);
     /* nop_delay holds a good answer; a delay timer that cannot be made only means no delay */
     if (e->cfg.kcfg.delay_ms > 0 && b->rc == 0 && rt_timer_init(&b->delay, &e->actor, EX_MSG_DELAY_DONE) == 0) {
         b->next_delayed = e->delayed;
@@ -458,6 +547,32 @@ static void finish_batch(expert *e, ex_batch *b)
         answer(e, b);   /* may free b */
     }
     if (step) step_start(e, nbuf, lr);
+}
+
+/* A staged backward's first stage is back (every chunk's): its callers get their input gradients now;
+ * the batch stays, held, for the second stage still running on its buffers. */
+static void answer_staged(expert *e, ex_batch *b)
+{
+    count_answer(e, b);
+    batchq_hold(b);
+    b->held = 1;
+    answer(e, b);
+}
+
+/* ... and its second stage is back: the step follows when both stages succeeded, as after an unstaged
+ * backward, and the batch goes. */
+static void finish_staged(expert *e, ex_batch *b)
+{
+    int ok = b->rc == 0 && b->params_rc == 0;
+    for (int k = 0; k < b->nchunks; k++) ok = ok && b->chunks[k].params_rc == 0;
+    if (b->rc == 0 && !ok)
+        LOG_WARN("%s: parameter gradients of a backward batch of %lld rows failed: optimizer step skipped", e->uid,
+                 (long long)b->B);
+    b->t_compute_us = rt_clock_us() - b->t_compute_us;
+    count_done(e, b);
+    if (ok) step_start(e, b->nchunks > 0 ? b->nchunks : 1, b->lr);
+    b->held = 0;
+    batchq_unhold(b);   /* may free b */
 }
 
 static void answer_delayed(expert *e, ex_batch *b)
@@ -486,15 +601,29 @@ static void expert_handle(rt_actor *self, rt_msg *m)
         e->tick_armed[(rt_timer *)m == &e->tick[EX_BWD] ? EX_BWD : EX_FWD] = 0;
         rt_msg_drop(m);
         break;
-    case EX_MSG_JOB_DONE:
-        finish_batch(e, (ex_batch *)m);
+    case EX_MSG_JOB_DONE: {
+        ex_batch *b = (ex_batch *)m;
+        if (b->staged) answer_staged(e, b);
+        else finish_batch(e, b);
         break;
+    }
     case EX_MSG_CHUNK_DONE: {
         ex_batch *b = ((ex_chunk *)m)->b;
-        if (--b->chunks_left == 0) {
+        if (--b->chunks_left > 0) break;
+        if (b->staged) {
+            answer_staged(e, b);
+        } else {
             b->t_compute_us = rt_clock_us() - b->t_compute_us;
             finish_batch(e, b);
         }
+        break;
+    }
+    case EX_MSG_PARAMS_DONE:
+        finish_staged(e, (ex_batch *)((char *)m - offsetof(ex_batch, params_job.msg)));
+        break;
+    case EX_MSG_CHUNK_PARAMS_DONE: {
+        ex_batch *b = ((ex_chunk *)((char *)m - offsetof(ex_chunk, params_job.msg)))->b;
+        if (--b->params_left == 0) finish_staged(e, b);
         break;
     }
     case EX_MSG_CKPT_DONE:
@@ -702,7 +831,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     wire_pack_str(pk, wire_compress_name(e->cfg.compression));
     pack_kv_u64(pk, "max_batch_size", (uint64_t)e->cfg.max_batch_size);
     wire_pack_str(pk, "stats");
-    msgpack_pack_map(pk, 20);
+    msgpack_pack_map(pk, 21);
     pack_kv_u64(pk, "forward_calls", s->calls[EX_FWD]);
     pack_kv_u64(pk, "backward_calls", s->calls[EX_BWD]);
     pack_kv_u64(pk, "forward_batches", s->batches[EX_FWD]);
@@ -722,6 +851,7 @@ void expert_pack_info(const expert *e, msgpack_packer *pk)
     pack_kv_u64(pk, "step_wait_us", s->step_wait_us);
     pack_kv_u64(pk, "batch_build_us", s->batch_build_ns / 1000u);
     pack_kv_u64(pk, "batch_fill_us", s->batch_fill_us);
+    pack_kv_u64(pk, "params_after_reply_us", s->params_after_reply_us);
     pack_kv_u64(pk, "reply_us", s->reply_ns / 1000u);
 }
 

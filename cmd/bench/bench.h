@@ -62,6 +62,7 @@ typedef struct {
     double step_wait_us;         /* requests held back by a running step */
     double copy_in_us;           /* loop: batches built (their rows are copied in by their jobs) */
     double fill_us;              /* workers: the jobs copying their batches' rows in */
+    double params_us;            /* workers: of kernel_us, parameter gradients after the reply */
     double reply_us;             /* loop: replies built and queued */
     double loop_busy_pct;        /* the loop thread's CPU time over the run's wall time */
     double requests, mib;        /* of the whole run: requests answered, MiB both ways */
@@ -168,6 +169,7 @@ void bench_memory_figures(bench *b, const kern_model *m);
 typedef struct {
     double loop_ns, others_ns;   /* the loop (main) thread, every other thread */
     double compute_us, step_us, step_wait_us, batch_build_us, batch_fill_us, reply_us;   /* info stats */
+    double params_us;            /* params_after_reply_us: a part of compute_us */
     double step_wall_us;         /* compute_us and step_us are the jobs' time on the workers; this the
                                   * steps' wall time, from the reply to the end of the update */
 } bench_probe;

@@ -124,6 +124,7 @@ static int split_of(const bench_probe *before, const bench_probe *after, const l
     s->step_wait_us = d.step_wait_us / samples;
     s->copy_in_us = d.batch_build_us / samples;
     s->fill_us = d.batch_fill_us / samples;
+    s->params_us = d.params_us / samples;
     s->reply_us = d.reply_us / samples;
     s->loop_busy_pct = 100.0 * d.loop_ns / 1e9 / r->run_s;
     s->requests = (double)r->ok;

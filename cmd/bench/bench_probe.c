@@ -75,6 +75,7 @@ static int add_stats(const msgpack_object *info, bench_probe *p)
     p->batch_build_us += stat_us(st, "batch_build_us");
     p->batch_fill_us += stat_us(st, "batch_fill_us");
     p->reply_us += stat_us(st, "reply_us");
+    p->params_us += stat_us(st, "params_after_reply_us");
     return 0;
 }
 
@@ -131,4 +132,5 @@ void bench_probe_diff(const bench_probe *before, const bench_probe *after, bench
     d->batch_build_us = after->batch_build_us - before->batch_build_us;
     d->batch_fill_us = after->batch_fill_us - before->batch_fill_us;
     d->reply_us = after->reply_us - before->reply_us;
+    d->params_us = after->params_us - before->params_us;
 }

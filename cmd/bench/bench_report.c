@@ -38,9 +38,9 @@ static void json_split(FILE *f, const char *key, const bench_split *s, int last)
     fprintf(f, "    \"%s\": {", key);
     for (int i = 0; i < NB; i++)
         fprintf(f, "%s\"%lld\": {\"loop_us\": %.2f, \"workers_us\": %.2f, \"kernel_us\": %.2f, \"optimizer_us\": %.2f, "
-                   "\"optimizer_wall_us\": %.2f, \"step_wait_us\": %.2f, \"copy_in_us\": %.2f, \"fill_us\": %.2f, \"reply_us\": %.2f, \"loop_busy_pct\": %.1f}",
+                   "\"optimizer_wall_us\": %.2f, \"step_wait_us\": %.2f, \"copy_in_us\": %.2f, \"fill_us\": %.2f, \"params_after_reply_us\": %.2f, \"reply_us\": %.2f, \"loop_busy_pct\": %.1f}",
                 i ? ",\n      " : "\n      ", (long long)bench_batches[i], s[i].loop_us, s[i].workers_us, s[i].kernel_us,
-                s[i].optimizer_us, s[i].optimizer_wall_us, s[i].step_wait_us, s[i].copy_in_us, s[i].fill_us, s[i].reply_us, s[i].loop_busy_pct);
+                s[i].optimizer_us, s[i].optimizer_wall_us, s[i].step_wait_us, s[i].copy_in_us, s[i].fill_us, s[i].params_us, s[i].reply_us, s[i].loop_busy_pct);
     fprintf(f, "}%s\n", last ? "" : ",");
 }
 
@@ -252,12 +252,12 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
                "backward p50 %.0f us, p99 %.0f us\n", b->lat_train_fwd_p50, b->lat_bwd_p50, b->lat_bwd_p99);
     }
     if (b->have_split) {
-        double v[10][NB];
+        double v[11][NB];
         for (int i = 0; i < NB; i++) {
             const bench_split *s = &b->split_fb[i];
-            double row[10] = {s->loop_us, s->copy_in_us, s->reply_us, s->workers_us, s->kernel_us, s->optimizer_us,
-                              s->step_wait_us, s->loop_busy_pct, s->optimizer_wall_us, s->fill_us};
-            for (int k = 0; k < 10; k++) v[k][i] = row[k];
+            double row[11] = {s->loop_us, s->copy_in_us, s->reply_us, s->workers_us, s->kernel_us, s->optimizer_us,
+                              s->step_wait_us, s->loop_busy_pct, s->optimizer_wall_us, s->fill_us, s->params_us};
+            for (int k = 0; k < 11; k++) v[k][i] = row[k];
         }
         printf("  where a training sample's time goes (node fwd+bwd above), us per sample:\n");
         row("    loop thread CPU", v[0], "%12.2f");
@@ -265,6 +265,7 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         row("      building replies", v[2], "%12.2f");
         row("    worker threads CPU", v[3], "%12.2f");
         row("      kernels (jobs on workers)", v[4], "%12.2f");
+        row("        weight grads after reply", v[10], "%12.2f");
         row("      optimizer (jobs on workers)", v[5], "%12.2f");
         row("      copying rows into batches", v[9], "%12.2f");
         row("    optimizer steps, reply to end", v[8], "%12.2f");
@@ -280,8 +281,9 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
            "  counts 3x the forward's FLOPs: the backward takes the forward's saved activations (in-process and\n"
            "  in the node, whose load sends each backward with its forward's handle). The node merges the\n"
            "  requests waiting for an expert into one batch and splits big batches across its workers; an\n"
-           "  expert's backwards run one at a time; each replies, then takes an Adam step over all its parameters\n"
-           "  in ranges across the workers before the expert's next batch starts.\n");
+           "  expert's backwards run one at a time; each replies once its input gradients exist (the ffn's weight\n"
+           "  gradients follow on the same worker), then takes an Adam step over all its parameters in ranges\n"
+           "  across the workers before the expert's next batch starts.\n");
     if (b->have_mem)
         printf("memory, node with %d ffn experts (hidden %d): idle %.1f MiB, as the load ends %.1f MiB (peak %.1f MiB), "
                "%.1f s later %.1f MiB;\n  weights + grads + Adam state %.1f MiB\n",

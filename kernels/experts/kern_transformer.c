@@ -34,7 +34,10 @@
  *
  * Workspace (floats): the forward keeps every activation the backward needs (qkv, P, ctx, r1, x1, the
  * linear1 pre-activation, a, r2 and the LayerNorm statistics) plus two S*S scratch blocks; the backward
- * adds its gradient buffers on top. GEMMs go through kern_linear_fwd/bwd for the projections and
+ * adds its gradient buffers on top. The backward runs in two stages (kern_expert.h): backward_inputs
+ * recomputes the forward and takes every gradient back to x, with the LayerNorms' parameter
+ * gradients; backward_params then takes the four projections' weight and bias gradients from the
+ * gradients it left at their outputs. GEMMs go through kern_linear_fwd/bwd for the projections and
  * strided cblas_sgemm calls per (row, head) for the attention.
  */
 #include <cblas.h>
@@ -79,7 +82,8 @@ typedef struct {
 /* Backward buffers carved from the workspace after the activations. */
 typedef struct {
     float *gy;                /* N*H: scratch output of the recomputed forward, then d r2 */
-    float *gh;                /* N*H: d of a dropped-out site's input (linear2 out, out_proj out) */
+    float *gh;                /* N*H: d of linear2's output (before dropout d4) */
+    float *gh_sa;             /* N*H: d of out_proj's output (before dropout d2) */
     float *ga;                /* N*F: d a, then d h1 */
     float *gx1;               /* N*H: d x1, then d r1 */
     float *gctx;              /* N*H */
@@ -115,7 +119,7 @@ static size_t tr_fwd_floats(const tr_dims *d)
 static size_t tr_bwd_extra_floats(const tr_dims *d)
 {
     size_t N = (size_t)d->N, H = (size_t)d->H, F = (size_t)d->F, S = (size_t)d->S;
-    return N * H * 4 + N * F + N * 3 * H + S * S;
+    return N * H * 5 + N * F + N * 3 * H + S * S;
 }
 
 static float *tr_take(float **cur, size_t n)
@@ -148,6 +152,7 @@ static void tr_carve_grads(const tr_dims *d, float **cur, tr_grads *g)
     size_t N = (size_t)d->N, H = (size_t)d->H, F = (size_t)d->F, S = (size_t)d->S;
     g->gy = tr_take(cur, N * H);
     g->gh = tr_take(cur, N * H);
+    g->gh_sa = tr_take(cur, N * H);
     g->ga = tr_take(cur, N * F);
     g->gx1 = tr_take(cur, N * H);
     g->gctx = tr_take(cur, N * H);
@@ -419,11 +424,17 @@ static int tr_forward(const kern_model *m, const float *params, int64_t B, const
     return 0;
 }
 
-static int tr_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
-                       const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
-                       uint64_t rng_seed)
+#define GP(slot) (grad_params + m->params[(slot)].offset)
+
+/* The backward's first stage: the forward again, then every gradient back to x (grad_in) and the
+ * LayerNorms' parameter gradients; the four projections' weight and bias gradients are left to
+ * tr_backward_params, from what stays in ws (the activations, and gh, ga, gh_sa, gqkv: the gradients
+ * at the four projections' outputs). */
+static int tr_backward_inputs(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                              const float *saved, const float *const *grad_out, float *const *grad_in,
+                              float *grad_params, float *ws, uint64_t rng_seed)
 {
-    if (B < 0) return DMOE_EINVAL;
+    if (B < 0 || saved) return DMOE_EINVAL;   /* no activation cache: the forward runs again */
     if (B == 0) {
         memset(grad_params, 0, m->n_floats * sizeof *grad_params);
         return 0;
@@ -443,34 +454,61 @@ static int tr_backward(const kern_model *m, const float *params, int64_t B, cons
     tr_carve_grads(&d, &cur, &G);
     tr_forward_acts(m, params, &d, x, mask, &A, G.gy, rng_seed);
 
-#define GP(slot) (grad_params + m->params[(slot)].offset)
     /* out = norm2(r2) */
     kern_layernorm_bwd(A.r2, grad_out[0], N, H, tr_param(m, params, P_N2_W), A.mean2, A.rstd2, G.gy, GP(P_N2_W),
                        GP(P_N2_B));
     /* r2 = x1 + d4(linear2(a)) */
     memcpy(G.gh, G.gy, NH * sizeof *G.gh);
     tr_dropout_apply(G.gh, NH, tr_site_key(rng_seed, SITE_FF_OUT), 0, d.p);
-    kern_linear_bwd(A.a, G.gh, N, F, H, tr_param(m, params, P_L2_W), G.ga, GP(P_L2_W), GP(P_L2_B));
+    kern_linear_bwd(NULL, G.gh, N, F, H, tr_param(m, params, P_L2_W), G.ga, NULL, NULL);
     /* a = d3(gelu(h1)); h1 = linear1(x1) */
     tr_dropout_apply(G.ga, NF, tr_site_key(rng_seed, SITE_FF_ACT), 0, d.p);
     kern_gelu_tanh_bwd(A.h1, G.ga, G.ga, NF);
-    kern_linear_bwd(A.x1, G.ga, N, H, F, tr_param(m, params, P_L1_W), G.gx1, GP(P_L1_W), GP(P_L1_B));
+    kern_linear_bwd(NULL, G.ga, N, H, F, tr_param(m, params, P_L1_W), G.gx1, NULL, NULL);
     for (size_t i = 0; i < NH; i++) G.gx1[i] += G.gy[i];
     /* x1 = norm1(r1) */
     kern_layernorm_bwd(A.r1, G.gx1, N, H, tr_param(m, params, P_N1_W), A.mean1, A.rstd1, G.gx1, GP(P_N1_W),
                        GP(P_N1_B));
     /* r1 = x + d2(out_proj(ctx)) */
-    memcpy(G.gh, G.gx1, NH * sizeof *G.gh);
-    tr_dropout_apply(G.gh, NH, tr_site_key(rng_seed, SITE_SA), 0, d.p);
-    kern_linear_bwd(A.ctx, G.gh, N, H, H, tr_param(m, params, P_OUT_W), G.gctx, GP(P_OUT_W), GP(P_OUT_B));
+    memcpy(G.gh_sa, G.gx1, NH * sizeof *G.gh_sa);
+    tr_dropout_apply(G.gh_sa, NH, tr_site_key(rng_seed, SITE_SA), 0, d.p);
+    kern_linear_bwd(NULL, G.gh_sa, N, H, H, tr_param(m, params, P_OUT_W), G.gctx, NULL, NULL);
     tr_attention_bwd(&d, &A, &G, rng_seed);
     /* qkv = in_proj(x) */
     float *gx = grad_in ? grad_in[0] : NULL;
-    kern_linear_bwd(x, G.gqkv, N, H, 3 * H, tr_param(m, params, P_IN_W), gx, GP(P_IN_W), GP(P_IN_B));
-#undef GP
-    if (gx)
+    if (gx) {
+        kern_linear_bwd(NULL, G.gqkv, N, H, 3 * H, tr_param(m, params, P_IN_W), gx, NULL, NULL);
         for (size_t i = 0; i < NH; i++) gx[i] += G.gx1[i];
+    }
     return 0;
+}
+
+/* The second stage: the four projections' weight and bias gradients. */
+static int tr_backward_params(const kern_model *m, int64_t B, const void *const *in, float *grad_params, float *ws)
+{
+    if (B < 0 || !in || !in[0] || !grad_params) return DMOE_EINVAL;
+    if (B == 0) return 0;   /* the first stage zeroed them */
+    tr_dims d = tr_dims_of(m, B);
+    const int64_t N = d.N, H = d.H, F = d.F;
+    tr_acts A;
+    tr_grads G;
+    float *cur = ws;
+    tr_carve_acts(&d, &cur, &A);
+    tr_carve_grads(&d, &cur, &G);
+    kern_linear_bwd(A.a, G.gh, N, F, H, NULL, NULL, GP(P_L2_W), GP(P_L2_B));
+    kern_linear_bwd(A.x1, G.ga, N, H, F, NULL, NULL, GP(P_L1_W), GP(P_L1_B));
+    kern_linear_bwd(A.ctx, G.gh_sa, N, H, H, NULL, NULL, GP(P_OUT_W), GP(P_OUT_B));
+    kern_linear_bwd(in[0], G.gqkv, N, H, 3 * H, NULL, NULL, GP(P_IN_W), GP(P_IN_B));
+#undef GP
+    return 0;
+}
+
+static int tr_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                       const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
+                       uint64_t rng_seed)
+{
+    int rc = tr_backward_inputs(m, params, B, in, NULL, grad_out, grad_in, grad_params, ws, rng_seed);
+    return rc < 0 ? rc : tr_backward_params(m, B, in, grad_params, ws);
 }
 
 const kern_class kern_transformer_class = {
@@ -482,4 +520,6 @@ const kern_class kern_transformer_class = {
     .backward_ws = tr_backward_ws,
     .forward = tr_forward,
     .backward = tr_backward,
+    .backward_inputs = tr_backward_inputs,
+    .backward_params = tr_backward_params,
 };

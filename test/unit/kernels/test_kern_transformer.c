@@ -360,3 +360,40 @@ Test(kern_transformer, backward_with_dropout_matches_finite_differences, .timeou
     free(gp);
     tr_case_free(&c);
 }
+
+/* The two stages a server runs apart (the reply between them), with dropout and a padded key: grad_in
+ * is final after the first, and the second gives the whole backward's parameter gradients bit for bit. */
+Test(kern_transformer, backward_in_two_stages_gives_the_whole_backward, .timeout = 30)
+{
+    const kern_class *cls = &kern_transformer_class;
+    cr_assert(cls->backward_inputs && cls->backward_params);
+    tr_case c;
+    tr_case_make(&c, 32, 4, 0.1f, 3);
+    kern_rng r;
+    kern_rng_seed(&r, 11);
+    cls->init(&c.m, c.params, 4);
+    size_t n = (size_t)(c.B * c.S * c.H);
+    tr_random(c.x, n, 1.0f, &r);
+    tr_random(c.gout, n, 1.0f, &r);
+    c.mask[c.S + 1] = 1;
+    cr_assert_eq(tr_bwd(&c, 99), 0);
+    float *gx_whole = malloc(n * sizeof(float)), *gp_whole = malloc(c.m.n_floats * sizeof(float));
+    memcpy(gx_whole, c.gx, n * sizeof(float));
+    memcpy(gp_whole, c.gparams, c.m.n_floats * sizeof(float));
+    memset(c.gx, 0xff, n * sizeof(float));
+    memset(c.gparams, 0xff, c.m.n_floats * sizeof(float));   /* every gradient is written, none accumulated */
+    const void *in[2] = {c.x, c.mask};
+    const float *gout[1] = {c.gout};
+    float *gin[2] = {c.gx, NULL};
+    cr_assert_eq(cls->backward_inputs(&c.m, c.params, c.B, in, NULL, gout, gin, c.gparams, c.ws, 99), 0);
+    cr_assert_eq(memcmp(c.gx, gx_whole, n * sizeof(float)), 0, "grad_in after the first stage");
+    cr_assert_eq(cls->backward_params(&c.m, c.B, in, c.gparams, c.ws), 0);
+    cr_assert_eq(memcmp(c.gx, gx_whole, n * sizeof(float)), 0, "the second stage left grad_in alone");
+    cr_assert_eq(memcmp(c.gparams, gp_whole, c.m.n_floats * sizeof(float)), 0, "parameter gradients");
+    float dummy = 0;
+    cr_assert_eq(cls->backward_inputs(&c.m, c.params, c.B, in, &dummy, gout, gin, c.gparams, c.ws, 99), DMOE_EINVAL,
+                 "no activation cache for this class");
+    free(gx_whole);
+    free(gp_whole);
+    tr_case_free(&c);
+}

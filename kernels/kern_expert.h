@@ -123,12 +123,13 @@ typedef struct kern_class {
      * the input gradients before it computes the rest of the parameter gradients. backward_inputs is
      * backward (saved NULL) or backward_saved (saved given) up to grad_in: it writes grad_in, may
      * write some of grad_params, and leaves in ws what backward_params needs; backward_params then
-     * writes the rest of grad_params from in and ws, untouched in between. Together they give the
+     * writes the rest of grad_params from in, grad_out and ws, untouched in between. Together they give the
      * results of backward / backward_saved bit for bit (those are the two stages in one call). */
     int (*backward_inputs)(const kern_model *m, const float *params, int64_t B, const void *const *in,
                            const float *saved, const float *const *grad_out, float *const *grad_in,
                            float *grad_params, float *ws, uint64_t rng_seed);
-    int (*backward_params)(const kern_model *m, int64_t B, const void *const *in, float *grad_params, float *ws);
+    int (*backward_params)(const kern_model *m, int64_t B, const void *const *in, const float *const *grad_out,
+                           float *grad_params, float *ws);
 } kern_class;
 
 /* kern_model_param returns the parameter called name in m, or NULL. */

@@ -104,16 +104,18 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
 }
 
 /* The second stage of a two-stage backward for rows [r0, r1): the rest of their parameter gradients
- * into grads, from the inputs and what the first stage left in ws. Runs as the follow-up of the job
+ * into grads, from the inputs, the grad_outputs and what the first stage left in ws. Runs as the follow-up of the job
  * that ran the first stage, while the loop answers; it touches grads, ws and its time counters only. */
 static int params_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws)
 {
     const kern_model *m = b->model;
     const void *in[KERN_MAX_IO];
+    const float *gout[KERN_MAX_IO];
     for (int i = 0; i < m->n_in; i++)
         in[i] = (const uint8_t *)b->in[i] + (size_t)r0 * kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype);
+    for (int j = 0; j < m->n_out; j++) gout[j] = b->gout[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
     uint64_t t0 = rt_clock_us();
-    int rc = m->cls->backward_params(m, r1 - r0, in, grads, ws);
+    int rc = m->cls->backward_params(m, r1 - r0, in, gout, grads, ws);
     uint64_t dt = rt_clock_us() - t0;
     atomic_fetch_add(&b->t_params_us, dt);
     atomic_fetch_add(&b->t_kernel_us, dt);

@@ -13,6 +13,8 @@
  *
  * Workspace (floats, B rows): forward and backward both use xm [B, H] (the masked, rescaled input)
  * and h [B, 2H] (the hidden activation after ReLU); the backward adds gh [B, 2H] (its gradient).
+ * The backward runs in two stages (kern_expert.h): gx first, then both layers' weight gradients from
+ * xm, h, gh and grad_out.
  */
 #include <string.h>
 
@@ -98,11 +100,13 @@ static int dd_forward(const kern_model *m, const float *params, int64_t B, const
     return 0;
 }
 
-static int dd_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
-                       const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
-                       uint64_t rng_seed)
+/* The backward's first stage: the hidden layer again, then gx (the mask gets zeros); it leaves xm, h
+ * and gh (the gradient at the first layer's output) in ws for dd_backward_params. */
+static int dd_backward_inputs(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                              const float *saved, const float *const *grad_out, float *const *grad_in,
+                              float *grad_params, float *ws, uint64_t rng_seed)
 {
-    if (B < 0 || !in || !in[0] || !in[1] || !grad_out || !grad_out[0] || !grad_params) return DMOE_EINVAL;
+    if (B < 0 || !in || !in[0] || !in[1] || !grad_out || !grad_out[0] || !grad_params || saved) return DMOE_EINVAL;
     int64_t H = m->cfg.hidden_dim;
     const float *mask = in[1];
     size_t n = (size_t)(B * H);
@@ -115,15 +119,37 @@ static int dd_backward(const kern_model *m, const float *params, int64_t B, cons
     }
     float *xm = ws, *h = xm + B * H, *gh = h + B * 2 * H;
     dd_hidden(m, params, B, in[0], mask, xm, h);
-    kern_linear_bwd(h, grad_out[0], B, 2 * H, H, params + p[DD_W2].offset, gh, grad_params + p[DD_W2].offset,
-                    grad_params + p[DD_B2].offset);
+    kern_linear_bwd(NULL, grad_out[0], B, 2 * H, H, params + p[DD_W2].offset, gh, NULL, NULL);
     kern_relu_bwd(h, gh, gh, (size_t)(B * 2 * H)); /* relu(z) > 0 exactly where z > 0 */
-    kern_linear_bwd(xm, gh, B, H, 2 * H, params + p[DD_W1].offset, gx, grad_params + p[DD_W1].offset,
-                    grad_params + p[DD_B1].offset);
-    if (gx)
+    if (gx) {
+        kern_linear_bwd(NULL, gh, B, H, 2 * H, params + p[DD_W1].offset, gx, NULL, NULL);
         for (size_t i = 0; i < n; i++) gx[i] = gx[i] * mask[i] / DD_KEEP_PROB;
+    }
     if (gmask) memset(gmask, 0, n * sizeof *gmask);
     return 0;
+}
+
+/* The second stage: both layers' weight and bias gradients. */
+static int dd_backward_params(const kern_model *m, int64_t B, const void *const *in, const float *const *grad_out,
+                              float *grad_params, float *ws)
+{
+    if (B < 0 || !grad_out || !grad_out[0] || !grad_params) return DMOE_EINVAL;
+    if (B == 0) return 0;   /* the first stage zeroed them */
+    int64_t H = m->cfg.hidden_dim;
+    const kern_param_info *p = m->params;
+    float *xm = ws, *h = xm + B * H, *gh = h + B * 2 * H;
+    kern_linear_bwd(h, grad_out[0], B, 2 * H, H, NULL, NULL, grad_params + p[DD_W2].offset,
+                    grad_params + p[DD_B2].offset);
+    kern_linear_bwd(xm, gh, B, H, 2 * H, NULL, NULL, grad_params + p[DD_W1].offset, grad_params + p[DD_B1].offset);
+    return 0;
+}
+
+static int dd_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
+                       const float *const *grad_out, float *const *grad_in, float *grad_params, float *ws,
+                       uint64_t rng_seed)
+{
+    int rc = dd_backward_inputs(m, params, B, in, NULL, grad_out, grad_in, grad_params, ws, rng_seed);
+    return rc < 0 ? rc : dd_backward_params(m, B, in, grad_out, grad_params, ws);
 }
 
 const kern_class kern_det_dropout_class = {
@@ -135,4 +161,6 @@ const kern_class kern_det_dropout_class = {
     .backward_ws = dd_backward_ws,
     .forward = dd_forward,
     .backward = dd_backward,
+    .backward_inputs = dd_backward_inputs,
+    .backward_params = dd_backward_params,
 };

@@ -190,7 +190,8 @@ static void ffn_bwd_inputs(const kern_model *m, const ffn_weights *w, int64_t B,
 }
 
 /* Second stage: the two Linear layers' parameter gradients, from x and what ffn_bwd_inputs left. */
-static int ffn_backward_params(const kern_model *m, int64_t B, const void *const *in, float *grad_params, float *ws)
+static int ffn_backward_params(const kern_model *m, int64_t B, const void *const *in, const float *const *grad_out,
+                               float *grad_params, float *ws)
 {
     if (B < 0 || !in || !in[0] || !grad_params) return DMOE_EINVAL;
     if (B == 0) return 0;   /* the first stage zeroed them */
@@ -237,7 +238,7 @@ static int ffn_backward_saved(const kern_model *m, const float *params, int64_t 
 {
     if (!saved) return DMOE_EINVAL;
     int rc = ffn_backward_inputs(m, params, B, in, saved, grad_out, grad_in, grad_params, ws, rng_seed);
-    return rc < 0 ? rc : ffn_backward_params(m, B, in, grad_params, ws);
+    return rc < 0 ? rc : ffn_backward_params(m, B, in, grad_out, grad_params, ws);
 }
 
 static int ffn_backward(const kern_model *m, const float *params, int64_t B, const void *const *in,
@@ -245,7 +246,7 @@ static int ffn_backward(const kern_model *m, const float *params, int64_t B, con
                         uint64_t rng_seed)
 {
     int rc = ffn_backward_inputs(m, params, B, in, NULL, grad_out, grad_in, grad_params, ws, rng_seed);
-    return rc < 0 ? rc : ffn_backward_params(m, B, in, grad_params, ws);
+    return rc < 0 ? rc : ffn_backward_params(m, B, in, grad_out, grad_params, ws);
 }
 
 const kern_class kern_ffn_class = {

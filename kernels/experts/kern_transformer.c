@@ -484,7 +484,8 @@ static int tr_backward_inputs(const kern_model *m, const float *params, int64_t 
 }
 
 /* The second stage: the four projections' weight and bias gradients. */
-static int tr_backward_params(const kern_model *m, int64_t B, const void *const *in, float *grad_params, float *ws)
+static int tr_backward_params(const kern_model *m, int64_t B, const void *const *in, const float *const *grad_out,
+                              float *grad_params, float *ws)
 {
     if (B < 0 || !in || !in[0] || !grad_params) return DMOE_EINVAL;
     if (B == 0) return 0;   /* the first stage zeroed them */
@@ -508,7 +509,7 @@ static int tr_backward(const kern_model *m, const float *params, int64_t B, cons
                        uint64_t rng_seed)
 {
     int rc = tr_backward_inputs(m, params, B, in, NULL, grad_out, grad_in, grad_params, ws, rng_seed);
-    return rc < 0 ? rc : tr_backward_params(m, B, in, grad_params, ws);
+    return rc < 0 ? rc : tr_backward_params(m, B, in, grad_out, grad_params, ws);
 }
 
 const kern_class kern_transformer_class = {

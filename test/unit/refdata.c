@@ -309,6 +309,32 @@ void refdata_case_check(refdata_case *c, float atol, float rtol, uint64_t seed)
     cr_assert_eq(refdata_case_backward(c, 1, seed), 0);
     refdata_expect_close("grad_input0", c->gin[0], want_gx, c->nx, atol, rtol);
     refdata_expect_grads(c->rd, &c->m, c->grads, atol, rtol);
+    if (c->cls->backward_inputs && c->cls->backward_params) refdata_case_check_stages(c, atol, rtol, seed);
+}
+
+void refdata_case_check_stages(refdata_case *c, float atol, float rtol, uint64_t seed)
+{
+    const float *want_gx = refdata_f32(c->rd, "grad_input0", NULL);
+    const float *gout[1] = {refdata_f32(c->rd, "grad_output", NULL)};
+    cr_assert(want_gx && gout[0], "grad_input0 or grad_output missing");
+    const void *in[KERN_MAX_IO];
+    for (int i = 0; i < c->m.n_in; i++) in[i] = c->in[i];
+    size_t nbytes = c->m.n_floats * sizeof *c->grads;
+    float *whole = malloc(nbytes), *gx_whole = malloc(c->nx * sizeof(float));
+    cr_assert(whole && gx_whole);
+    cr_assert_eq(refdata_case_backward(c, 1, seed), 0);
+    memcpy(whole, c->grads, nbytes);
+    memcpy(gx_whole, c->gin[0], c->nx * sizeof(float));
+    memset(c->grads, 0xff, nbytes);
+    for (int i = 0; i < c->m.n_in; i++) memset(c->gin[i], 0xff, c->n_in_elems[i] * sizeof *c->gin[i]);
+    cr_assert_eq(c->cls->backward_inputs(&c->m, c->params, c->B, in, NULL, gout, c->gin, c->grads, c->ws, seed), 0);
+    refdata_expect_close("grad_input0 after the first stage", c->gin[0], want_gx, c->nx, atol, rtol);
+    cr_assert_eq(c->cls->backward_params(&c->m, c->B, in, gout, c->grads, c->ws), 0);
+    refdata_expect_grads(c->rd, &c->m, c->grads, atol, rtol);
+    cr_assert_eq(memcmp(c->grads, whole, nbytes), 0, "the two stages give the whole backward's gradients");
+    cr_assert_eq(memcmp(c->gin[0], gx_whole, c->nx * sizeof(float)), 0, "and its grad_input0");
+    free(whole);
+    free(gx_whole);
 }
 
 void refdata_case_close(refdata_case *c)

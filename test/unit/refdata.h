@@ -90,6 +90,11 @@ int refdata_case_backward(refdata_case *c, int with_grad_in, uint64_t seed);
 /* refdata_case_check asserts the forward's output, and the backward's grad_input0 and parameter
  * gradients (each first filled with NaN), close to the file's within atol + rtol |want|. */
 void refdata_case_check(refdata_case *c, float atol, float rtol, uint64_t seed);
+/* refdata_case_check_stages runs a two-stage class's backward_inputs, then backward_params, on the
+ * file's data (gradients first filled with NaN) and asserts grad_input0 close to the file's after the
+ * first, the parameter gradients close to the file's after the second, and both bit for bit those of
+ * the whole backward. refdata_case_check calls it for such a class. */
+void refdata_case_check_stages(refdata_case *c, float atol, float rtol, uint64_t seed);
 /* refdata_case_close frees what c holds. */
 void refdata_case_close(refdata_case *c);
 

@@ -387,7 +387,7 @@ Test(kern_transformer, backward_in_two_stages_gives_the_whole_backward, .timeout
     float *gin[2] = {c.gx, NULL};
     cr_assert_eq(cls->backward_inputs(&c.m, c.params, c.B, in, NULL, gout, gin, c.gparams, c.ws, 99), 0);
     cr_assert_eq(memcmp(c.gx, gx_whole, n * sizeof(float)), 0, "grad_in after the first stage");
-    cr_assert_eq(cls->backward_params(&c.m, c.B, in, c.gparams, c.ws), 0);
+    cr_assert_eq(cls->backward_params(&c.m, c.B, in, gout, c.gparams, c.ws), 0);
     cr_assert_eq(memcmp(c.gx, gx_whole, n * sizeof(float)), 0, "the second stage left grad_in alone");
     cr_assert_eq(memcmp(c.gparams, gp_whole, c.m.n_floats * sizeof(float)), 0, "parameter gradients");
     float dummy = 0;

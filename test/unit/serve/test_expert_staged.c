@@ -48,9 +48,9 @@ static int sp_inputs(const kern_model *m, const float *params, int64_t B, const 
     return 0;
 }
 
-/* The parameter gradient needs grad_output too: the first stage leaves none in ws here (ws is empty),
- * so the probe reads x, which the test also sends as grad_output. */
-static int sp_params(const kern_model *m, int64_t B, const void *const *in, float *gparams, float *ws)
+/* d w = sum of x * grad_output (the test sends x as both). */
+static int sp_params(const kern_model *m, int64_t B, const void *const *in, const float *const *gout, float *gparams,
+                     float *ws)
 {
     atomic_fetch_add(&params_running, 1);
     struct timespec ts = {0, 1000000L};
@@ -59,7 +59,7 @@ static int sp_params(const kern_model *m, int64_t B, const void *const *in, floa
     if (!atomic_load(&release)) atomic_store(&waited_out, 1);
     const float *x = in[0];
     gparams[0] = 0;
-    for (int64_t k = 0; k < B * W; k++) gparams[0] += x[k] * x[k];
+    for (int64_t k = 0; k < B * W; k++) gparams[0] += x[k] * gout[0][k];
     atomic_fetch_add(&params_done, 1);
     return 0;
 }
@@ -68,7 +68,7 @@ static int sp_backward(const kern_model *m, const float *params, int64_t B, cons
                        const float *const *gout, float *const *gin, float *gparams, float *ws, uint64_t seed)
 {
     sp_inputs(m, params, B, in, NULL, gout, gin, gparams, ws, seed);
-    return sp_params(m, B, in, gparams, ws);
+    return sp_params(m, B, in, gout, gparams, ws);
 }
 
 static const kern_class staged_probe = {

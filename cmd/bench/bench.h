@@ -30,6 +30,9 @@
 #define BENCH_CLIENTS 8          /* concurrent clients for the node's throughput figures */
 #define BENCH_REPEATS 3          /* in-process figures: the best of this many runs */
 #define BENCH_MEM_EXPERTS 5      /* experts in the memory figure */
+#define BENCH_WARM_SLICE_S 0.5   /* a node figure's warm-up: its own load in slices of this ... */
+#define BENCH_WARM_MAX_S 8.0     /* ... until the node's memory stops growing, at most this long */
+#define BENCH_WARM_PAGES 256     /* a slice in which the node touches fewer fresh pages (1 MiB): grown */
 #define BENCH_MEM_REQUESTS 100   /* requests of the memory load: ~10 backwards per expert, each steps */
 #define BENCH_MEM_MAX_S 60.0     /* a fence on that load (the count ends it long before) */
 #define BENCH_MEM_WORKERS_LO 2   /* memory after load on few workers ... */
@@ -65,6 +68,7 @@ typedef struct {
     double params_us;            /* workers: of kernel_us, parameter gradients after the reply */
     double reply_us;             /* loop: replies built and queued */
     double loop_busy_pct;        /* the loop thread's CPU time over the run's wall time */
+    double warm_s;               /* the warm-up before the run (bench_node.c: warm) */
     double requests, mib;        /* of the whole run: requests answered, MiB both ways */
 } bench_split;
 

@@ -11,6 +11,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* KERN_AVX2_CLONE before an elementwise loop that divisions or square roots bound (Adam): on x86-64
+ * the compiler also makes an AVX2 copy, twice the lanes of the SSE2 baseline, and the loader picks it
+ * where the CPU has AVX2 (target_clones, an ifunc). Each element sees the same operations in the same
+ * order (AVX2 brings no FMA, and -std=c11 contracts nothing), so the results are the baseline's bit for
+ * bit. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DMOE_NO_CLONES)
+#define KERN_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
+#else
+#define KERN_AVX2_CLONE
+#endif
+
 /* kern_linear_fwd: y[B,out] = x[B,in] @ W[out,in]^T + b[out] (b may be NULL). */
 void kern_linear_fwd(const float *x, int64_t B, int64_t in, const float *W, const float *b, int64_t out,
                      float *y);

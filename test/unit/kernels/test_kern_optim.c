@@ -344,3 +344,44 @@ Test(kern_optim, reduce_reports_sums_that_are_not_finite, .timeout = 30)
     g0[N - 1] = NAN;
     cr_assert_eq(kern_optim_reduce(bufs, 1, KERN_OPTIM_BLOCK, N, NULL), 0, "one buffer is checked too");
 }
+
+/* Adam, whichever copy of its loop the CPU runs (KERN_AVX2_CLONE), gives the bits of torch's formula
+ * written out element by element: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+ * p -= step_size m / (sqrt(v) / sqrt(1 - b2^t) + eps), over a length that is no multiple of any
+ * vector width, with weight decay, for three steps. */
+Test(kern_optim, adam_gives_the_formula_bit_for_bit, .timeout = 30)
+{
+    enum { N = 4099 };
+    kern_optim_cfg c;
+    cr_assert_eq(kern_optim_parse("adam", &c), 0);
+    c.weight_decay = 0.01f;
+    kern_optim o;
+    cr_assert_eq(kern_optim_init(&o, &c, N), 0);
+    static float p[N], g[N], want_p[N], want_m[N], want_v[N];
+    optt_fill(p, N, 3, 1.0f);
+    memcpy(want_p, p, sizeof p);
+    const float lr = 0.01f;
+    for (int t = 1; t <= 3; t++) {
+        optt_fill(g, N, 40u + (uint32_t)t, 0.5f);
+        for (int i = 0; i < 7; i++) g[i * 500] *= 1e-20f;   /* tiny and zero-ish moments too */
+        kern_optim_step(&o, NULL, p, g, lr);
+        double b1 = 0.9, b2 = 0.999;   /* torch's betas: the written values, in double */
+        float step_size = (float)((double)lr / (1.0 - pow(b1, t))), sqrt_bc2 = (float)sqrt(1.0 - pow(b2, t));
+        for (int i = 0; i < N; i++) {
+            volatile float gi = g[i] + c.weight_decay * want_p[i];
+            volatile float mi = (float)b1 * want_m[i] + (float)(1.0 - b1) * gi;
+            volatile float vi = (float)b2 * want_v[i] + (float)(1.0 - b2) * gi * gi;
+            volatile float denom = sqrtf(vi) / sqrt_bc2 + c.eps;
+            volatile float upd = step_size * mi / denom;
+            want_m[i] = mi;
+            want_v[i] = vi;
+            want_p[i] = want_p[i] - upd;
+        }
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(memcmp(&p[i], &want_p[i], 4), 0, "step %d p[%d]: %.9g, want %.9g", t, i, p[i], want_p[i]);
+            cr_assert_eq(memcmp(&o.m[i], &want_m[i], 4), 0, "step %d m[%d]", t, i);
+            cr_assert_eq(memcmp(&o.v[i], &want_v[i], 4), 0, "step %d v[%d]", t, i);
+        }
+    }
+    kern_optim_free(&o);
+}

@@ -15,7 +15,8 @@
  * the compiler also makes an AVX2 copy, twice the lanes of the SSE2 baseline, and the loader picks it
  * where the CPU has AVX2 (target_clones, an ifunc). Each element sees the same operations in the same
  * order (AVX2 brings no FMA, and -std=c11 contracts nothing), so the results are the baseline's bit for
- * bit. */
+ * bit. (GELU in kern_ops.c picks its AVX2+FMA copy by hand: its copies are written for two vector
+ * widths, and it approximates anyway.) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(DMOE_NO_CLONES)
 #define KERN_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
 #else

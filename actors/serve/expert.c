@@ -104,8 +104,9 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
 }
 
 /* The second stage of a two-stage backward for rows [r0, r1): the rest of their parameter gradients
- * into grads, from the inputs, the grad_outputs and what the first stage left in ws. Runs as the follow-up of the job
- * that ran the first stage, while the loop answers; it touches grads, ws and its time counters only. */
+ * into grads, from the inputs, the grad_outputs and what the first stage left in ws. Runs as the
+ * follow-up of the job that ran the first stage, while the loop answers; it touches grads, ws and its
+ * time counters only. */
 static int params_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws)
 {
     const kern_model *m = b->model;

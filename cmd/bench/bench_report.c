@@ -38,9 +38,11 @@ static void json_split(FILE *f, const char *key, const bench_split *s, int last)
     fprintf(f, "    \"%s\": {", key);
     for (int i = 0; i < NB; i++)
         fprintf(f, "%s\"%lld\": {\"loop_us\": %.2f, \"workers_us\": %.2f, \"kernel_us\": %.2f, \"optimizer_us\": %.2f, "
-                   "\"optimizer_wall_us\": %.2f, \"step_wait_us\": %.2f, \"copy_in_us\": %.2f, \"fill_us\": %.2f, \"params_after_reply_us\": %.2f, \"reply_us\": %.2f, \"loop_busy_pct\": %.1f, \"warm_s\": %.1f}",
+                   "\"optimizer_wall_us\": %.2f, \"step_wait_us\": %.2f, \"copy_in_us\": %.2f, \"fill_us\": %.2f, "
+                   "\"params_after_reply_us\": %.2f, \"reply_us\": %.2f, \"loop_busy_pct\": %.1f, \"warm_s\": %.1f}",
                 i ? ",\n      " : "\n      ", (long long)bench_batches[i], s[i].loop_us, s[i].workers_us, s[i].kernel_us,
-                s[i].optimizer_us, s[i].optimizer_wall_us, s[i].step_wait_us, s[i].copy_in_us, s[i].fill_us, s[i].params_us, s[i].reply_us, s[i].loop_busy_pct, s[i].warm_s);
+                s[i].optimizer_us, s[i].optimizer_wall_us, s[i].step_wait_us, s[i].copy_in_us, s[i].fill_us,
+                s[i].params_us, s[i].reply_us, s[i].loop_busy_pct, s[i].warm_s);
     fprintf(f, "}%s\n", last ? "" : ",");
 }
 

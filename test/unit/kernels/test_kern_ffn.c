@@ -197,7 +197,8 @@ Test(kern_ffn, backward_in_two_stages_gives_the_whole_backward, .timeout = 30)
             cr_assert_eq(memcmp(gx1, gx2, (size_t)B * H * 4), 0, "grad_in after the first stage, B %lld", (long long)B);
             cr_assert_eq(cls->backward_params(&m, B, in, go, g2, ws), 0);
             cr_assert_eq(memcmp(gx_first, gx2, (size_t)B * H * 4), 0, "the second stage left grad_in alone");
-            cr_assert_eq(memcmp(g1, g2, m.n_floats * 4), 0, "parameter gradients, B %lld saved %d", (long long)B, use_saved);
+            cr_assert_eq(memcmp(g1, g2, m.n_floats * 4), 0, "parameter gradients, B %lld saved %d", (long long)B,
+                         use_saved);
         }
     cr_assert_eq(cls->backward_params(&m, 1, in, go, NULL, ws), DMOE_EINVAL);
     free(p); free(g1); free(g2); free(saved); free(ws);

@@ -14,13 +14,15 @@
  * second stage is back, finish_staged counts the batch and starts the step. The first stage's mail
  * has no drop of its own; the second's gives the batch up (params_drop, chunk_params_drop).
  *
- * The step after a backward (finish_batch answers, then step_start) is a small state machine on
+ * The step after a backward (finish_batch answers, then expert_step_start: expert_step.c) is a small
+ * state machine on
  * e->step: phase 1 jobs (sum and check ranges of the gradient buffers) all back -> kern_optim_begin on
  * the loop -> phase 2 jobs (update the ranges) all back -> idle, and schedule() may start the next
  * batch. Its ranges are whole KERN_OPTIM_BLOCKs, one per worker at most, so the sums and the norm are
  * those of the single-threaded step.
  */
 #include "actors/serve/expert.h"
+#include "actors/serve/expert_impl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,33 +42,6 @@
  * set the memory; 3 keep a node's memory at 14 workers within 1.3x of 2 workers (make bench,
  * memory_by_workers) */
 #define EX_MAX_BWD_CHUNKS 3
-/* a step range under 32 K floats (128 KiB of each of params, grads and moments) costs less than the
- * wake-up of another worker */
-#define EX_STEP_MIN_FLOATS (8 * KERN_OPTIM_BLOCK)
-
-struct expert {
-    rt_actor actor;
-    char uid[256];
-    expert_cfg cfg;
-    kern_model model;
-    float *params, *grads;
-    float *grads_extra;     /* gradients of the chunks past the first of a split backward (expert_release_idle) */
-    kern_optim opt;
-    batchq *q[2];
-    rt_timer tick[2];       /* a queue waits for min_batch_size rows (EX_MSG_TICK) */
-    int tick_armed[2];
-    rt_signal sched;        /* EX_MSG_SCHEDULE: raised by each request, runs behind the burst */
-    int running[2];         /* batches of each direction on the pool */
-    ex_batch *delayed;      /* batches held by nop_delay timers */
-    int n_delayed;
-    ex_step step;           /* the optimizer step after the last backward (step.phase: running or not) */
-    int ckpt_wanted, ckpt_running;
-    int64_t ckpt_step;      /* optimizer step of the newest checkpoint on disk (-1: none) */
-    ckpt_job ckpt;
-    int shutting;
-    uint64_t batch_seq;     /* seeds per-batch randomness */
-    expert_stats stats;
-};
 
 /* ---- the jobs, on worker threads ---- */
 
@@ -170,116 +145,6 @@ static void chunk_run(rt_job *j)
         if (b->chunks[k].rc < 0 && b->rc == 0) b->rc = b->chunks[k].rc;
     if (b->rc == 0) batchq_pack_replies(b);
     if (b->rc < 0 && !b->err[0]) snprintf(b->err, sizeof b->err, "kernel failed: %s", dmoe_strerror(b->rc));
-}
-
-/* A range of the optimizer step: phase 1 sums and checks its gradients, phase 2 updates its parameters. */
-static void step_run(rt_job *j)
-{
-    ex_step_job *sj = (ex_step_job *)j;
-    ex_step *s = sj->s;
-    uint64_t t_run = rt_clock_us();
-    if (s->phase == EX_STEP_REDUCE)
-        sj->finite = kern_optim_reduce(s->bufs, s->nbuf, sj->i0, sj->i1, s->opt->cfg.clip_grad_norm > 0 ? s->sumsq : NULL);
-    else
-        kern_optim_apply(s->opt, s->model, &s->plan, s->params, s->bufs[0], sj->i0, sj->i1);
-    sj->run_us = rt_clock_us() - t_run;
-}
-
-/* ---- the optimizer step, after the reply (see expert.h) ---- */
-
-/* A step job is back: its worker time counts. Returns the jobs of the phase still out. */
-static int step_job_back(ex_step *s, const ex_step_job *sj)
-{
-    s->work_us += sj->run_us;
-    return --s->out;
-}
-
-/* A step job's completion dropped undelivered (the expert stopped). */
-static void step_drop(rt_msg *m)
-{
-    ((ex_step_job *)m)->s->out--;
-}
-
-/* Submit the jobs of the step's current phase, n ranges of whole blocks (n == 1: the whole buffer). */
-static void step_submit(expert *e, int n)
-{
-    ex_step *s = &e->step;
-    size_t nf = e->model.n_floats, blocks = (nf + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK;
-    s->lost = 0;
-    for (int i = 0; i < n; i++) {
-        ex_step_job *sj = &s->jobs[i];
-        sj->s = s;
-        sj->i0 = blocks * (size_t)i / (size_t)n * KERN_OPTIM_BLOCK;
-        sj->i1 = i == n - 1 ? nf : blocks * (size_t)(i + 1) / (size_t)n * KERN_OPTIM_BLOCK;
-        sj->finite = 0;
-        sj->job.run = step_run;
-        sj->job.owner = &e->actor;
-        sj->job.msg.type = EX_MSG_STEP_DONE;
-        sj->job.msg.drop = step_drop;
-        if (rt_pool_submit(e->cfg.pool, &sj->job) == 0) s->out++;
-        else s->lost = 1;
-    }
-}
-
-/* The step is over (why: NULL, or why it was skipped): count its time and the waits it caused. */
-static void step_end(expert *e, const char *why)
-{
-    ex_step *s = &e->step;
-    if (why) {
-        e->stats.errors[EX_BWD]++;
-        LOG_WARN("%s: %s", e->uid, why);
-    }
-    uint64_t now = rt_clock_us();
-    e->stats.step_us += now - s->t_start_us;
-    e->stats.step_work_us += s->work_us;
-    s->work_us = 0;
-    for (int dir = 0; dir < 2; dir++) {   /* how long the step held back requests that were waiting */
-        uint64_t since = batchq_oldest_us(e->q[dir]);
-        if (since) e->stats.step_wait_us += now - (since > s->t_start_us ? since : s->t_start_us);
-    }
-    s->phase = EX_STEP_IDLE;
-}
-
-
-/* After a good backward whose gradients are in nbuf buffers (the first, e->grads, then grads_extra) and
- * whose reply is out: sum and check them, then step with lr (phase 1). */
-static void step_start(expert *e, int nbuf, float lr)
-{
-    ex_step *s = &e->step;
-    size_t nf = e->model.n_floats;
-    if (nf == 0) return;   /* nothing to step (nop): no step is counted, as before */
-    s->nbuf = nbuf;
-    for (int k = 0; k < nbuf; k++) s->bufs[k] = k == 0 ? e->grads : e->grads_extra + (size_t)(k - 1) * nf;
-    s->lr = lr;
-    s->t_start_us = rt_clock_us();
-    size_t want = (nf + EX_STEP_MIN_FLOATS - 1) / EX_STEP_MIN_FLOATS;
-    s->njobs = want < (size_t)rt_pool_threads(e->cfg.pool) ? (int)want : rt_pool_threads(e->cfg.pool);
-    s->phase = EX_STEP_REDUCE;
-    step_submit(e, s->njobs);
-    if (s->out == 0) step_end(e, "the optimizer step could not start: skipped");
-}
-
-/* A step job is back: when its phase is complete, start the next or finish. */
-static void step_job_done(expert *e, const ex_step_job *sj)
-{
-    ex_step *s = &e->step;
-    if (step_job_back(s, sj) > 0) return;
-    if (s->lost) { step_end(e, "the optimizer step could not run on the pool: skipped"); return; }
-    if (s->phase == EX_STEP_APPLY) { step_end(e, NULL); return; }
-    int finite = 1;
-    double sumsq = 0.0;
-    for (int i = 0; i < s->njobs; i++) finite &= s->jobs[i].finite;
-    if (!finite) { step_end(e, "parameter gradients are not finite: optimizer step skipped"); return; }
-    if (e->opt.cfg.clip_grad_norm > 0) {   /* the blocks in order: the norm kern_optim_step computes */
-        size_t blocks = (e->model.n_floats + KERN_OPTIM_BLOCK - 1) / KERN_OPTIM_BLOCK;
-        for (size_t k = 0; k < blocks; k++) sumsq += s->sumsq[k];
-    }
-    kern_optim_begin(&e->opt, s->lr, sumsq, &s->plan);
-    e->stats.steps = (uint64_t)e->opt.step;
-    if (e->opt.cfg.kind == KERN_OPT_NONE) { step_end(e, NULL); return; }   /* counted; clipping would only scale grads */
-    s->phase = EX_STEP_APPLY;
-    step_submit(e, kern_optim_elementwise(&e->opt) ? s->njobs : 1);
-    if (s->out == 0) step_end(e, "the optimizer step could not run on the pool: skipped");
 }
 
 /* ---- scheduling ---- */
@@ -549,7 +414,7 @@ static void finish_batch(expert *e, ex_batch *b)
     } else {
         answer(e, b);   /* may free b */
     }
-    if (step) step_start(e, nbuf, lr);
+    if (step) expert_step_start(e, nbuf, lr);
 }
 
 /* A staged backward's first stage is back (every chunk's): its callers get their input gradients now;
@@ -573,7 +438,7 @@ static void finish_staged(expert *e, ex_batch *b)
                  (long long)b->B);
     b->t_compute_us = rt_clock_us() - b->t_compute_us;
     count_done(e, b);
-    if (ok) step_start(e, b->nchunks > 0 ? b->nchunks : 1, b->lr);
+    if (ok) expert_step_start(e, b->nchunks > 0 ? b->nchunks : 1, b->lr);
     b->held = 0;
     batchq_unhold(b);   /* may free b */
 }
@@ -633,7 +498,7 @@ static void expert_handle(rt_actor *self, rt_msg *m)
         finish_checkpoint(e);
         break;
     case EX_MSG_STEP_DONE:
-        step_job_done(e, (ex_step_job *)m);
+        expert_step_job_done(e, (ex_step_job *)m);
         break;
     case EX_MSG_DELAY_DONE:
         answer_delayed(e, (ex_batch *)((char *)m - offsetof(ex_batch, delay)));

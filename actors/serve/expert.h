@@ -15,7 +15,9 @@
  * Reply, then step (one step per backward batch). A backward's job computes the parameter gradients
  * (into one buffer, or one per chunk when the batch was split across workers: at most 3 chunks, since
  * each extra buffer is a whole copy of the gradients, kept and reused) and the input gradients
- * at the weights as they are; as soon as it is back, the callers are answered. Then the optimizer step
+ * at the weights as they are; as soon as the input gradients exist, the callers are answered (a class
+ * with a two-stage backward computes the rest of its parameter gradients after that, on the same
+ * worker; see expert.c). Then the optimizer step
  * runs on the pool in ranges of the parameter vector: phase 1 sums the buffers into the first, in their
  * fixed order, and checks that the sums are finite; phase 2 updates each range (kern_optim.h). Nothing
  * else of the expert -- no forward, backward or checkpoint -- starts until the step has ended, so every
@@ -39,48 +41,8 @@
 #include <stdint.h>
 
 #include "actors/serve/batch.h"
-#include "kernels/kern_expert.h"
-#include "kernels/kern_optim.h"
-#include "kernels/kern_sched.h"
+#include "actors/serve/expert_types.h"   /* expert_cfg, expert_stats, expert */
 
-typedef struct {
-    const kern_class *cls;
-    kern_config kcfg;
-    kern_optim_cfg opt;
-    kern_sched_cfg sched;     /* learning rate per optimizer step */
-    int64_t max_batch_size;   /* rows per batch, and per request */
-    int64_t min_batch_size;   /* a queue waits up to batch_wait_ms for this many rows */
-    int batch_wait_ms;
-    int max_parallel_fwd;     /* forward batches of this expert computing at once */
-    uint64_t seed;            /* initialisation */
-    rt_pool *pool;
-    struct met_std_s *met;    /* the node's metrics (NULL: none) */
-    wire_scheme compression;  /* how returned input gradients are compressed; advertised in info */
-    actcache *cache;          /* the node's activation cache (NULL: none) */
-    const char *ckpt_dir;     /* checkpoint root (NULL: none); must outlive the expert */
-    int keep_ckpts;           /* checkpoint files kept per expert */
-} expert_cfg;
-
-typedef struct {
-    uint64_t calls[2], batches[2], rows[2], errors[2];
-    uint64_t steps, samples_seen;
-    uint64_t backward_cached;    /* backward batches that ran from saved activations */
-    uint64_t queue_wait_us[2];   /* summed over requests */
-    uint64_t latency_us[2];      /* arrival to the batch's result, summed over requests */
-    uint64_t compute_us[2];      /* summed over batches, from submission to the pool to the end */
-    uint64_t kernel_us;          /* the batches' jobs running on the workers (worker time, summed) */
-    uint64_t step_us;            /* optimizer steps, from the reply to the end of the update, summed */
-    uint64_t step_work_us;       /* the steps' jobs running on the workers (worker time, summed) */
-    uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
-                                  * later of the step's start and the oldest request's arrival) */
-    uint64_t batch_build_ns;     /* loop thread CPU: building batches (batchq_take) */
-    uint64_t batch_fill_us;      /* the jobs on the workers: copying the batches' rows in (batchq_fill) */
-    uint64_t params_after_reply_us;   /* two-stage backwards: their second stage on the workers, after
-                                         the reply (a part of kernel_us) */
-    uint64_t reply_ns;           /* loop thread CPU: building and queueing replies (batchq_answer) */
-} expert_stats;
-
-typedef struct expert expert;
 
 /* expert_new creates the expert actor for uid and its queues, with its newest usable checkpoint from
  * cfg->ckpt_dir or else freshly initialised parameters. Blocking (file reads): call before the loop

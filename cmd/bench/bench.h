@@ -30,8 +30,9 @@
 #define BENCH_CLIENTS 8          /* concurrent clients for the node's throughput figures */
 #define BENCH_REPEATS 3          /* in-process figures: the best of this many runs */
 #define BENCH_MEM_EXPERTS 5      /* experts in the memory figure */
-#define BENCH_WARM_SLICE_S 0.5   /* a node figure's warm-up: its own load in slices of this ... */
-#define BENCH_WARM_MAX_S 8.0     /* ... until the node's memory stops growing, at most this long */
+#define BENCH_WARM_SLICE_S 0.5   /* a node figure's warm-up: its own load in slices of this (times
+                                  * --seconds) until the node's memory stops growing ... */
+#define BENCH_WARM_SLICES 4      /* ... at most this many (each is a load of its own: connections) */
 #define BENCH_WARM_PAGES 256     /* a slice in which the node touches fewer fresh pages (1 MiB): grown */
 #define BENCH_MEM_REQUESTS 100   /* requests of the memory load: ~10 backwards per expert, each steps */
 #define BENCH_MEM_MAX_S 60.0     /* a fence on that load (the count ends it long before) */

@@ -88,9 +88,10 @@ static long proc_minflt(pid_t pid)
     return v;
 }
 
-/* load_n runs a load of at most max_requests requests (0: no count bound) and seconds (plus a warm-up). */
-static int load_n(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
-                  uint64_t max_requests, loadgen_report *r)
+/* load_run runs a load of at most max_requests requests (0: no count bound) and seconds, after the load
+ * generator's own warm-up of warmup_s (not counted in r). */
+static int load_run(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
+                    double warmup_s, uint64_t max_requests, loadgen_report *r)
 {
     static const char *const one[] = {"expert.0", NULL};
     loadgen_cfg c;
@@ -102,7 +103,7 @@ static int load_n(bench *b, const wire_maddr *addr, int clients, int64_t batch, 
     c.all = all;
     c.uids = all ? NULL : one;
     c.duration_s = seconds;
-    c.warmup_s = seconds > 1.5 ? 0.5 : 0.2;
+    c.warmup_s = warmup_s;
     c.duration_s += c.warmup_s;
     c.seed = 42;
     c.max_requests = max_requests;
@@ -120,7 +121,7 @@ static int load_n(bench *b, const wire_maddr *addr, int clients, int64_t batch, 
 static int load(bench *b, const wire_maddr *addr, int clients, int64_t batch, double mix, int all, double seconds,
                 loadgen_report *r)
 {
-    return load_n(b, addr, clients, batch, mix, all, seconds, 0, r);
+    return load_run(b, addr, clients, batch, mix, all, seconds, seconds > 1.5 ? 0.5 : 0.2, 0, r);
 }
 
 /* The breakdown of one load run r of batch rows per request (mix: the share of backwards), from the
@@ -169,20 +170,22 @@ static void fit_loop(bench *b)
     b->loop_us_per_mib = (my * rr - ry * rm) / det;
 }
 
-/* warm runs a figure's own load in slices until the node's memory stops growing (a slice in which it
- * touches fewer than BENCH_WARM_PAGES fresh pages), at most BENCH_WARM_MAX_S, and returns the seconds
- * it took. A node grows its heap to the working set of a batch size (batches, saved activations,
- * replies) over its first seconds at it, a page fault per fresh 4 KiB (1,024 rows: about 60,000, 3-6 s
- * on the 2-core machine); the figures are those of the node that has, as a node serving for hours. */
+/* warm runs a figure's own load in slices of BENCH_WARM_SLICE_S times --seconds until the node's
+ * memory stops growing (a slice in which it touches fewer than BENCH_WARM_PAGES fresh pages), at most
+ * BENCH_WARM_SLICES of them, and returns the seconds it took. A node grows its heap to the working set
+ * of a batch size (batches, saved activations, replies) over its first seconds at it, a page fault per
+ * fresh 4 KiB (a fresh node at 1,024 rows: about 60,000, 3-6 s on the 2-core machine; here the smaller
+ * figures before it have done most of that); the figures are those of a node that has, as one serving
+ * for hours. */
 static double warm(bench *b, const bench_child *c, int64_t batch, double mix)
 {
-    double t = 0;
+    double t = 0, slice = BENCH_WARM_SLICE_S * b->seconds;
     long f0 = proc_minflt(c->pid);
-    while (f0 >= 0 && t < BENCH_WARM_MAX_S) {
+    for (int k = 0; f0 >= 0 && k < BENCH_WARM_SLICES; k++) {
         loadgen_report r;
-        int rc = load(b, &c->addr, BENCH_CLIENTS, batch, mix, 0, BENCH_WARM_SLICE_S, &r);
+        int rc = load_run(b, &c->addr, BENCH_CLIENTS, batch, mix, 0, slice, 0, 0, &r);   /* no warm-up of its own */
         loadgen_report_free(&r);
-        t += BENCH_WARM_SLICE_S;
+        t += slice;
         long f1 = proc_minflt(c->pid);
         if (rc != 0 || f1 < 0 || f1 - f0 < BENCH_WARM_PAGES) break;
         f0 = f1;
@@ -263,7 +266,7 @@ static int loaded_rss(bench *b, int workers, mem_run *m)
     usleep(300000);
     m->idle = proc_mb(c.pid, "VmRSS");
     loadgen_report r;
-    if (load_n(b, &c.addr, BENCH_CLIENTS, 256, 0.5, 1, BENCH_MEM_MAX_S, BENCH_MEM_REQUESTS, &r) == 0) {
+    if (load_run(b, &c.addr, BENCH_CLIENTS, 256, 0.5, 1, BENCH_MEM_MAX_S, 0.5, BENCH_MEM_REQUESTS, &r) == 0) {
         m->end = proc_mb(c.pid, "VmRSS");
         m->peak = proc_mb(c.pid, "VmHWM");
         usleep(BENCH_MEM_SETTLE_MS * 1000);

@@ -118,6 +118,19 @@ ex_req *sk_req(conn *c, uint64_t id, int dir, int64_t rows, const float *x)
     return r;
 }
 
+int sk_probe_setup(kern_model *m, const kern_config *cfg)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->n_in = m->n_out = 1;
+    kern_io_set(&m->in[0], "x", KERN_F32, cfg->hidden_dim, 0);
+    kern_io_set(&m->out[0], "y", KERN_F32, cfg->hidden_dim, 0);
+    return kern_model_add_param(m, "w", 1, 0);
+}
+
+void sk_probe_init(const kern_model *m, float *params, uint64_t seed) { params[0] = 1.0f; }
+size_t sk_probe_ws(const kern_model *m, int64_t B) { return 0; }
+
 static void noop_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 {
     wire_msg_free(m);

@@ -34,6 +34,11 @@ int64_t sk_result_f32(const wire_msg *m, const char *key, int idx, float *out, s
 /* sk_req makes a request of dir for c (referenced and held) with id and rows whose input 0 (and, for a
  * backward, grad_output 0) point at x: the caller keeps x alive until the request's batch is built. */
 ex_req *sk_req(conn *c, uint64_t id, int dir, int64_t rows, const float *x);
+/* The probe classes of the expert tests (y = w x, one parameter): their setup, rows "x" -> "y" of
+ * cfg->hidden_dim floats and the parameter "w"; their init, w = 1; their workspace, none. */
+int sk_probe_setup(kern_model *m, const kern_config *cfg);
+void sk_probe_init(const kern_model *m, float *params, uint64_t seed);
+size_t sk_probe_ws(const kern_model *m, int64_t B);
 /* sk_noop_ops: a conn_ops whose on_msg frees what arrives. */
 extern const conn_ops sk_noop_ops;
 

@@ -30,19 +30,6 @@ static void note_max(atomic_int *max, int v)
     while (v > m && !atomic_compare_exchange_weak(max, &m, v)) {}
 }
 
-static int probe_setup(kern_model *m, const kern_config *cfg)
-{
-    memset(m, 0, sizeof *m);
-    m->cfg = *cfg;
-    m->n_in = m->n_out = 1;
-    kern_io_set(&m->in[0], "x", KERN_F32, W, 0);
-    kern_io_set(&m->out[0], "y", KERN_F32, W, 0);
-    return kern_model_add_param(m, "w", 1, 0);
-}
-
-static void probe_init(const kern_model *m, float *params, uint64_t seed) { params[0] = 1.0f; }
-static size_t probe_ws(const kern_model *m, int64_t B) { return 0; }
-
 static int probe_forward(const kern_model *m, const float *params, int64_t B, const void *const *in,
                          float *const *out, float *ws, uint64_t seed)
 {
@@ -72,8 +59,8 @@ static int probe_backward(const kern_model *m, const float *params, int64_t B, c
 }
 
 static const kern_class probe = {
-    .name = "probe", .module_name = "Probe", .setup = probe_setup, .init = probe_init,
-    .forward_ws = probe_ws, .backward_ws = probe_ws, .forward = probe_forward, .backward = probe_backward,
+    .name = "probe", .module_name = "Probe", .setup = sk_probe_setup, .init = sk_probe_init,
+    .forward_ws = sk_probe_ws, .backward_ws = sk_probe_ws, .forward = probe_forward, .backward = probe_backward,
 };
 
 static rt_loop *l;

@@ -19,19 +19,6 @@
 
 static atomic_int release, params_running, params_done, waited_out;
 
-static int sp_setup(kern_model *m, const kern_config *cfg)
-{
-    memset(m, 0, sizeof *m);
-    m->cfg = *cfg;
-    m->n_in = m->n_out = 1;
-    kern_io_set(&m->in[0], "x", KERN_F32, W, 0);
-    kern_io_set(&m->out[0], "y", KERN_F32, W, 0);
-    return kern_model_add_param(m, "w", 1, 0);
-}
-
-static void sp_init(const kern_model *m, float *params, uint64_t seed) { params[0] = 1.0f; }
-static size_t sp_ws(const kern_model *m, int64_t B) { return 0; }
-
 static int sp_forward(const kern_model *m, const float *params, int64_t B, const void *const *in,
                       float *const *out, float *ws, uint64_t seed)
 {
@@ -72,8 +59,8 @@ static int sp_backward(const kern_model *m, const float *params, int64_t B, cons
 }
 
 static const kern_class staged_probe = {
-    .name = "staged_probe", .module_name = "StagedProbe", .setup = sp_setup, .init = sp_init,
-    .forward_ws = sp_ws, .backward_ws = sp_ws, .forward = sp_forward, .backward = sp_backward,
+    .name = "staged_probe", .module_name = "StagedProbe", .setup = sk_probe_setup, .init = sk_probe_init,
+    .forward_ws = sk_probe_ws, .backward_ws = sk_probe_ws, .forward = sp_forward, .backward = sp_backward,
     .backward_inputs = sp_inputs, .backward_params = sp_params,
 };
 

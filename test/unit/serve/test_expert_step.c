@@ -34,19 +34,6 @@ static void gate_wait(atomic_int *gate)
     while (atomic_load(gate)) nanosleep(&ts, NULL);
 }
 
-static int gp_setup(kern_model *m, const kern_config *cfg)
-{
-    memset(m, 0, sizeof *m);
-    m->cfg = *cfg;
-    m->n_in = m->n_out = 1;
-    kern_io_set(&m->in[0], "x", KERN_F32, PW, 0);
-    kern_io_set(&m->out[0], "y", KERN_F32, PW, 0);
-    return kern_model_add_param(m, "w", 1, 0);
-}
-
-static void gp_init(const kern_model *m, float *params, uint64_t seed) { params[0] = 1.0f; }
-static size_t gp_ws(const kern_model *m, int64_t B) { return 0; }
-
 static int gp_forward(const kern_model *m, const float *params, int64_t B, const void *const *in, float *const *out,
                       float *ws, uint64_t seed)
 {
@@ -74,8 +61,8 @@ static int gp_backward(const kern_model *m, const float *params, int64_t B, cons
 }
 
 static const kern_class gated_probe = {
-    .name = "gated_probe", .module_name = "GatedProbe", .setup = gp_setup, .init = gp_init,
-    .forward_ws = gp_ws, .backward_ws = gp_ws, .forward = gp_forward, .backward = gp_backward,
+    .name = "gated_probe", .module_name = "GatedProbe", .setup = sk_probe_setup, .init = sk_probe_init,
+    .forward_ws = sk_probe_ws, .backward_ws = sk_probe_ws, .forward = gp_forward, .backward = gp_backward,
 };
 
 static rt_loop *l;

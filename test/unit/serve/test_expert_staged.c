@@ -84,6 +84,19 @@ static void teardown(void)
 
 TestSuite(expert_staged, .init = setup, .fini = teardown, .timeout = 30);
 
+/* An expert of the staged probe on the suite's pool: SGD with lr 0.5, batches up to ROWS_MAX rows. */
+static expert *make_staged(const char *uid)
+{
+    expert_cfg cfg = {.cls = &staged_probe, .kcfg = {.hidden_dim = W}, .max_batch_size = ROWS_MAX,
+                      .min_batch_size = 1, .max_parallel_fwd = 2, .pool = pool, .compression = WIRE_COMP_NONE};
+    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
+    cfg.opt.lr = 0.5f;
+    char err[256];
+    expert *e = expert_new(l, uid, &cfg, err, sizeof err);
+    cr_assert_not_null(e, "%s", err);
+    return e;
+}
+
 /* One backward of rows rows (3 chunks at 96 on 3 workers, one job at W), then a forward. */
 static void reply_before_params(int64_t rows)
 {
@@ -93,13 +106,7 @@ static void reply_before_params(int64_t rows)
     atomic_store(&waited_out, 0);
     int fd;
     conn *c = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd);
-    expert_cfg cfg = {.cls = &staged_probe, .kcfg = {.hidden_dim = W}, .max_batch_size = ROWS_MAX,
-                      .min_batch_size = 1, .max_parallel_fwd = 2, .pool = pool, .compression = WIRE_COMP_NONE};
-    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
-    cfg.opt.lr = 0.5f;
-    char err[256];
-    expert *e = expert_new(l, "staged.0", &cfg, err, sizeof err);
-    cr_assert_not_null(e, "%s", err);
+    expert *e = make_staged("staged.0");
     static float x[ROWS_MAX * W];
     float g = 0;
     for (int i = 0; i < ROWS_MAX * W; i++) x[i] = 0.01f * (float)(1 + i % 7);
@@ -152,12 +159,7 @@ Test(expert_staged, a_stop_during_the_second_stage_gives_the_batch_up)
     atomic_store(&params_done, 0);
     int fd;
     conn *c = sk_conn_pair(l, &sk_noop_ops, NULL, NULL, &fd);
-    expert_cfg cfg = {.cls = &staged_probe, .kcfg = {.hidden_dim = W}, .max_batch_size = ROWS_MAX,
-                      .min_batch_size = 1, .max_parallel_fwd = 2, .pool = pool, .compression = WIRE_COMP_NONE};
-    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
-    char err[256];
-    expert *e = expert_new(l, "staged.1", &cfg, err, sizeof err);
-    cr_assert_not_null(e, "%s", err);
+    expert *e = make_staged("staged.1");
     static float x[ROWS_MAX * W];
     for (int i = 0; i < ROWS_MAX * W; i++) x[i] = 0.5f;
     expert_submit(e, sk_req(c, 1, EX_BWD, ROWS_MAX, x));

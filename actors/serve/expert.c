@@ -45,14 +45,23 @@
 
 /* ---- the jobs, on worker threads ---- */
 
+/* Where row r0 of a batch starts in each input, and (gout non-NULL) in each grad_output. */
+static void rows_from(const ex_batch *b, int64_t r0, const void **in, const float **gout)
+{
+    const kern_model *m = b->model;
+    for (int i = 0; i < m->n_in; i++)
+        in[i] = (const uint8_t *)b->in[i] + (size_t)r0 * kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype);
+    for (int j = 0; gout && j < m->n_out; j++) gout[j] = b->gout[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
+}
+
 /* Rows [r0, r1) of a batch: forward, or backward into grads (no optimizer step). */
 static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws)
 {
     const kern_model *m = b->model;
     int64_t n = r1 - r0;
     const void *in[KERN_MAX_IO];
-    for (int i = 0; i < m->n_in; i++)
-        in[i] = (const uint8_t *)b->in[i] + (size_t)r0 * kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype);
+    const float *gout[KERN_MAX_IO];
+    rows_from(b, r0, in, b->dir == EX_BWD ? gout : NULL);
     if (b->dir == EX_FWD) {
         float *out[KERN_MAX_IO];
         for (int j = 0; j < m->n_out; j++) out[j] = b->res[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
@@ -61,9 +70,7 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
                                         b->saved->data + (size_t)r0 * b->saved->row_floats);
         return m->cls->forward(m, b->params, n, in, out, ws, b->seed);
     }
-    const float *gout[KERN_MAX_IO];
     float *gin[KERN_MAX_IO];
-    for (int j = 0; j < m->n_out; j++) gout[j] = b->gout[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
     for (int i = 0; i < m->n_in; i++) {
         gin[i] = b->res[i] + (size_t)r0 * kern_io_numel(&m->in[i]);
         if (m->in[i].dtype != KERN_F32) {   /* masks get a zero gradient */
@@ -84,14 +91,11 @@ static int run_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws
  * time counters only. */
 static int params_rows(ex_batch *b, int64_t r0, int64_t r1, float *grads, float *ws)
 {
-    const kern_model *m = b->model;
     const void *in[KERN_MAX_IO];
     const float *gout[KERN_MAX_IO];
-    for (int i = 0; i < m->n_in; i++)
-        in[i] = (const uint8_t *)b->in[i] + (size_t)r0 * kern_io_numel(&m->in[i]) * kern_dtype_size(m->in[i].dtype);
-    for (int j = 0; j < m->n_out; j++) gout[j] = b->gout[j] + (size_t)r0 * kern_io_numel(&m->out[j]);
+    rows_from(b, r0, in, gout);
     uint64_t t0 = rt_clock_us();
-    int rc = m->cls->backward_params(m, r1 - r0, in, gout, grads, ws);
+    int rc = b->model->cls->backward_params(b->model, r1 - r0, in, gout, grads, ws);
     uint64_t dt = rt_clock_us() - t0;
     atomic_fetch_add(&b->t_params_us, dt);
     atomic_fetch_add(&b->t_kernel_us, dt);

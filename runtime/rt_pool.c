@@ -1,22 +1,24 @@
 /* rt_pool.c -- worker threads and the hand-back to the loop (see rt_pool.h).
  *
  * Design notes, after libuv's threadpool and memcached's notify pipe: one mutex guards the submission
- * queue (workers wait on a condition variable) and another guards the completion list. The eventfd is
- * written only when the completion list goes from empty to non-empty, so a burst of completions costs
- * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap. The eventfd's
- * event is registered only while jobs are in flight, so an idle pool does not keep rt_loop_run from
- * returning when nothing else is pending (a stale wake-up left behind is read and finds nothing).
+ * queue (workers wait on a condition variable) and another guards the completion list. The loop is
+ * woken only when the completion list goes from empty to non-empty, so a burst of completions costs
+ * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap. The wake-up
+ * is libevent's own cross-thread one: the worker makes the pool's fd-less event active
+ * (event_active; the base is thread-aware, rt_loop_new), which writes the base's internal notify fd
+ * when the loop sleeps. No fd of ours is registered, so a batch costs no epoll_ctl. While jobs are in
+ * flight a long persistent timer (keep) is pending, so rt_loop_run does not return under them; an idle
+ * pool has nothing pending and does not keep rt_loop_run from returning. Adding and deleting a timer
+ * is a heap operation, no system call.
  * The idle timer (rt_pool_on_idle) is armed each time the last job in flight is delivered.
  */
 #include "runtime/rt_pool.h"
 
-#include <errno.h>
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
+#include <sys/time.h>
 
 #include "runtime/rt_err.h"
 #include "runtime/rt_log.h"
@@ -33,8 +35,8 @@ struct rt_pool {
     int stopping;
     pthread_mutex_t dlock;
     rt_job *done_head, *done_tail;
-    int efd;
-    struct event *ev;
+    struct event *ev;        /* fd-less: made active by the workers (hand_back) */
+    struct event *keep;      /* pending while jobs are in flight: keeps rt_loop_run from returning */
     int inflight;    /* loop thread only */
     struct event *idle_ev;   /* rt_pool_on_idle's timer (NULL: none) */
     uint64_t idle_ms;
@@ -52,10 +54,7 @@ static void hand_back(rt_pool *p, rt_job *j)
     else p->done_head = j;
     p->done_tail = j;
     pthread_mutex_unlock(&p->dlock);
-    if (was_empty) {
-        uint64_t one = 1;
-        while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR) {}
-    }
+    if (was_empty) event_active(p->ev, EV_READ, 0);
 }
 
 static void *worker_main(void *arg)
@@ -96,7 +95,7 @@ static void deliver(rt_pool *p, rt_job *j)
         rt_actor *owner = j->owner;
         j->next_job = NULL;
         if (--p->inflight == 0) {
-            event_del(p->ev);
+            event_del(p->keep);
             if (p->idle_ev) {   /* (re)armed at each idle start: it fires after idle_ms without work */
                 struct timeval tv = {(time_t)(p->idle_ms / 1000), (suseconds_t)(p->idle_ms % 1000 * 1000)};
                 event_add(p->idle_ev, &tv);
@@ -110,10 +109,17 @@ static void deliver(rt_pool *p, rt_job *j)
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
     rt_pool *p = arg;
-    uint64_t n;
-    while (read(p->efd, &n, sizeof n) < 0 && errno == EINTR) {}
     deliver(p, take_done(p));
+}
+
+static void on_keep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;   /* nothing: the timer only has to be pending (it is persistent, so it stays so) */
 }
 
 rt_pool *rt_pool_new(rt_loop *l, int nthreads)
@@ -122,14 +128,14 @@ rt_pool *rt_pool_new(rt_loop *l, int nthreads)
     rt_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->loop = l;
-    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     p->threads = calloc((size_t)nthreads, sizeof *p->threads);
-    if (p->efd < 0 || !p->threads) goto fail;
+    if (!p->threads) goto fail;
     pthread_mutex_init(&p->qlock, NULL);
     pthread_mutex_init(&p->dlock, NULL);
     pthread_cond_init(&p->qcond, NULL);
-    p->ev = event_new(rt_loop_base(l), p->efd, EV_READ | EV_PERSIST, on_wake, p);
-    if (!p->ev) goto fail_sync;
+    p->ev = event_new(rt_loop_base(l), -1, 0, on_wake, p);
+    p->keep = event_new(rt_loop_base(l), -1, EV_PERSIST, on_keep, p);
+    if (!p->ev || !p->keep) goto fail_sync;
     for (int i = 0; i < nthreads; i++) {
         if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0) {
             LOG_ERROR("cannot start worker thread %d", i);
@@ -142,11 +148,11 @@ rt_pool *rt_pool_new(rt_loop *l, int nthreads)
     return p;
 fail_sync:
     if (p->ev) event_free(p->ev);
+    if (p->keep) event_free(p->keep);
     pthread_mutex_destroy(&p->qlock);
     pthread_mutex_destroy(&p->dlock);
     pthread_cond_destroy(&p->qcond);
 fail:
-    if (p->efd >= 0) close(p->efd);
     free(p->threads);
     free(p);
     return NULL;
@@ -180,13 +186,16 @@ int rt_pool_submit(rt_pool *p, rt_job *j)
     if (j->owner->stopped) return DMOE_ESHUTDOWN;
     pthread_mutex_lock(&p->qlock);
     if (p->stopping) { pthread_mutex_unlock(&p->qlock); return DMOE_ESHUTDOWN; }
-    if (p->inflight == 0 && event_add(p->ev, NULL) != 0) { pthread_mutex_unlock(&p->qlock); return DMOE_EINTERNAL; }
+    static const struct timeval keep_tv = {86400, 0};
+    if (p->inflight == 0 && event_add(p->keep, &keep_tv) != 0) { pthread_mutex_unlock(&p->qlock); return DMOE_EINTERNAL; }
     j->next_job = NULL;
     if (p->q_tail) p->q_tail->next_job = j;
     else p->q_head = j;
     p->q_tail = j;
-    pthread_cond_signal(&p->qcond);
     pthread_mutex_unlock(&p->qlock);
+    /* signalled after the unlock: a worker woken on this CPU would otherwise preempt the loop only to
+     * block on the lock the loop still holds, and wake it again */
+    pthread_cond_signal(&p->qcond);
     for (rt_job *k = j; k; k = k->then) {   /* the follow-ups are in flight from now on */
         k->owner->jobs++;
         p->inflight++;
@@ -212,8 +221,8 @@ void rt_pool_free(rt_pool *p)
         j = next;
     }
     event_free(p->ev);
+    event_free(p->keep);
     if (p->idle_ev) event_free(p->idle_ev);
-    close(p->efd);
     pthread_mutex_destroy(&p->qlock);
     pthread_mutex_destroy(&p->dlock);
     pthread_cond_destroy(&p->qcond);

@@ -3,8 +3,8 @@
  * An actor fills an rt_job (embedded in its own job struct) with a run function and submits it from the
  * loop thread. A worker runs job->run(job) -- which may only touch the buffers the job carries, never
  * actor state -- then appends the job to the completion list under a mutex and, when that list was
- * empty, writes the pool's eventfd once. On the loop thread the eventfd's callback swaps the whole list
- * out and delivers each job to its owner's mailbox as an ordinary message (job->msg), in completion
+ * empty, wakes the loop once (libevent's event_active). On the loop thread the pool's callback swaps
+ * the whole list out and delivers each job to its owner's mailbox as an ordinary message (job->msg), in completion
  * order. The owner's handler sees the message and drops it when done.
  *
  * While a job is out, its owner cannot be destroyed (rt_actor.jobs counts them); a job whose owner was
@@ -40,7 +40,7 @@ int rt_pool_threads(const rt_pool *p);
 int rt_pool_inflight(const rt_pool *p);
 /* rt_pool_submit queues j (run and owner set) from the loop thread; the pool owns j until it comes
  * back as mail. Returns 0 or DMOE_ESHUTDOWN (owner stopped or pool stopping) / DMOE_EINTERNAL (the
- * loop refused the wake-up event); on error the caller keeps j.
+ * loop refused the timer that keeps it running); on error the caller keeps j.
  * A job may carry a chain of follow-ups (j->then, its then, ...; each with run and owner set): the
  * worker that ran j hands j back, then runs j->then at once, without queueing or waking anyone, and so
  * on. Each comes back as mail of its own, in chain order; the whole chain is in flight from the submit

@@ -13,8 +13,10 @@
  * buffers get a cleanup that frees them, referenced ones carry the caller's cleanup, whose signature is
  * exactly libevent's evbuffer_ref_cleanup_cb. Several segments are first gathered on a private
  * evbuffer and then moved onto dst with evbuffer_add_buffer (which moves chains, copies nothing), so a
- * failure half way never leaves half a frame on the connection. wire_out_flatten copies into one
- * buffer (tests, small messages). wire_out_free releases everything.
+ * failure half way never leaves half a frame on the connection. wire_out_send_fd first writes what
+ * the socket takes at once (one sendmsg over the segments), releases what went out whole and hands
+ * the rest over the same way, the first segment left starting where the socket stopped.
+ * wire_out_flatten copies into one buffer (tests, small messages). wire_out_free releases everything.
  *
  * Invariant: every segment's release (free or caller's cleanup) runs exactly once, whichever of
  * send / flatten / free ends the message, and also when an append fails. Errors are sticky: after the
@@ -23,9 +25,12 @@
  */
 #include "wire/wire_out.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "runtime/rt_err.h"
 #include "wire/wire_frame.h"
@@ -34,6 +39,8 @@
 #define OUT_FIRST_CAP 256
 /* Inline segment slots: a forward reply with a few tensors needs no extra allocation. */
 #define OUT_INLINE_SEGS 8
+/* The most segments one direct write (wire_out_send_fd) gathers; the rest go through the evbuffer. */
+#define OUT_IOV_MAX 64
 
 typedef struct {
     uint8_t *buf;              /* OWNED: the malloc'd buffer; NULL for REFERENCED */
@@ -210,35 +217,82 @@ static int seg_to_evbuffer(out_seg *s, struct evbuffer *b)
     return 0;
 }
 
-int wire_out_send(wire_out *o, struct evbuffer *dst)
+/* frame_ready checks that o may leave as a frame and writes its header. Returns 0 or the error. */
+static int frame_ready(wire_out *o)
 {
     int rc = o->err;
     if (!rc && o->body_len > WIRE_MAX_FRAME_LIMIT) rc = DMOE_ETOOBIG;
     if (!rc && o->body_len == 0) rc = DMOE_EINTERNAL; /* nothing packed: a frame may not be empty */
-    if (rc) {
-        wire_out_free(o);
-        return rc;
-    }
-    wire_frame_put_header(o->segs[0].buf, (uint32_t)o->body_len);
+    if (!rc) wire_frame_put_header(o->segs[0].buf, (uint32_t)o->body_len);
+    return rc;
+}
 
-    if (o->nseg == 1) {
-        rc = seg_to_evbuffer(&o->segs[0], dst);
+/* hand_over moves segments first.. onto dst and frees o (always). Returns 0 or DMOE_ENOMEM. */
+static int hand_over(wire_out *o, size_t first, struct evbuffer *dst)
+{
+    int rc = 0;
+    if (o->nseg - first <= 1) {
+        if (first < o->nseg) rc = seg_to_evbuffer(&o->segs[first], dst);
         wire_out_free(o); /* releases the segment only if it was not handed over */
         return rc;
     }
-
     struct evbuffer *tmp = evbuffer_new();
     if (!tmp) {
         wire_out_free(o);
         return DMOE_ENOMEM;
     }
-    for (size_t i = 0; i < o->nseg && !rc; i++) rc = seg_to_evbuffer(&o->segs[i], tmp);
+    for (size_t i = first; i < o->nseg && !rc; i++) rc = seg_to_evbuffer(&o->segs[i], tmp);
     if (!rc && evbuffer_add_buffer(dst, tmp) != 0) rc = DMOE_ENOMEM;
     /* On failure tmp still holds the handed-over segments: freeing it runs their cleanups; the rest
      * are released by wire_out_free. On success tmp is empty. */
     evbuffer_free(tmp);
     wire_out_free(o);
     return rc;
+}
+
+int wire_out_send(wire_out *o, struct evbuffer *dst)
+{
+    int rc = frame_ready(o);
+    if (rc) {
+        wire_out_free(o);
+        return rc;
+    }
+    return hand_over(o, 0, dst);
+}
+
+int wire_out_send_fd(wire_out *o, int fd, size_t max, struct evbuffer *dst, size_t *written)
+{
+    *written = 0;
+    int rc = frame_ready(o);
+    if (rc) {
+        wire_out_free(o);
+        return rc;
+    }
+    struct iovec iov[OUT_IOV_MAX];
+    size_t n = 0, total = 0;
+    for (size_t i = 0; i < o->nseg && n < OUT_IOV_MAX && total < max; i++) {
+        size_t len = o->segs[i].len < max - total ? o->segs[i].len : max - total;
+        if (len == 0) continue;
+        iov[n].iov_base = (void *)o->segs[i].data;
+        iov[n++].iov_len = len;
+        total += len;
+    }
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+    ssize_t w;
+    do w = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+    size_t left = w > 0 ? (size_t)w : 0; /* a failure is met again, and reported, by dst's writer */
+    *written = left;
+    size_t first = 0;
+    for (; first < o->nseg && left >= o->segs[first].len; first++) {
+        left -= o->segs[first].len;
+        seg_release(&o->segs[first]);
+    }
+    if (left) { /* the first segment not written whole goes on from where the socket stopped */
+        o->segs[first].data += left;
+        o->segs[first].len -= left;
+    }
+    return hand_over(o, first, dst);
 }
 
 int wire_out_flatten(wire_out *o, uint8_t **buf, size_t *len)

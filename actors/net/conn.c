@@ -10,8 +10,11 @@
  * waiting stop reading too. A pause ends by mail (CONN_RESUME), never by re-entering the reader from
  * inside another actor's call.
  *
- * Output: CONN_SEND mail carries a wire_out; wire_out_send moves it onto the bufferevent's output by
- * reference. The write callback fires when output drains below the low watermark and resumes reading.
+ * Output: CONN_SEND mail carries a wire_out. When nothing is queued on the bufferevent's output, the
+ * frame is written to the socket at once (wire_out_send_fd) and only what the socket did not take is
+ * queued: a small reply costs one system call, and libevent's write event is never armed for it (that
+ * is two epoll_ctl and one more turn of the loop). Otherwise wire_out_send queues it behind the rest,
+ * by reference. The write callback fires when output drains below the low watermark and resumes reading.
  * An evbuffer callback on the output keeps the quota's node-wide count of unwritten reply bytes exact.
  */
 #include "actors/net/conn.h"
@@ -495,8 +498,15 @@ static void conn_handle(rt_actor *self, rt_msg *m)
             rt_msg_drop(m);
             return;
         }
-        int rc = wire_out_send(s->out, bufferevent_get_output(c->bev));
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        size_t wrote = 0;
+        int rc;
+        if (!c->connecting && !c->closing && evbuffer_get_length(out) == 0)
+            rc = wire_out_send_fd(s->out, bufferevent_getfd(c->bev), CONN_DIRECT_MAX, out, &wrote);
+        else   /* behind queued bytes, or before the connect, or while a close waits for the output */
+            rc = wire_out_send(s->out, out);
         s->out = NULL;
+        if (wrote) c->last_active_ms = now_ms(c);
         if (rc == 0) {
             c->bytes_out += n;
             if (over_limits(c)) set_reading(c, 0);

@@ -1,10 +1,14 @@
 /* test_wire_out.c -- the segmented outgoing message (wire/wire_out.c): send equals header + flatten,
- * referenced bytes are not copied, cleanups run exactly once on send, free and every failure. */
+ * referenced bytes are not copied, cleanups run exactly once on send, free and every failure; a direct
+ * write (send_fd) and what it queues make the same bytes, wherever the socket stops. */
 #include <criterion/criterion.h>
 #include <event2/buffer.h>
+#include <fcntl.h>
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "runtime/rt_err.h"
 #include "wire/wire_frame.h"
@@ -215,4 +219,139 @@ Test(wire_out, empty_message_not_sent, .timeout = 30)
     cr_assert_eq(wire_out_send(o, b), DMOE_EINTERNAL);
     cr_assert_eq(evbuffer_get_length(b), 0);
     evbuffer_free(b);
+}
+
+/* wo_frame returns wo_build's frame as bytes (header + body), through wire_out_send. */
+static uint8_t *wo_frame(size_t *len)
+{
+    struct evbuffer *b = evbuffer_new();
+    cr_assert_eq(wire_out_send(wo_build(), b), 0);
+    *len = evbuffer_get_length(b);
+    uint8_t *f = malloc(*len);
+    cr_assert_eq(evbuffer_remove(b, f, *len), (int)*len);
+    evbuffer_free(b);
+    return f;
+}
+
+/* wo_read reads what fd has now (non-blocking) onto got at *at. */
+static void wo_read(int fd, uint8_t *got, size_t cap, size_t *at)
+{
+    ssize_t r;
+    while (*at < cap && (r = recv(fd, got + *at, cap - *at, MSG_DONTWAIT)) > 0) *at += (size_t)r;
+}
+
+Test(wire_out, send_fd_writes_what_the_socket_takes_and_queues_the_rest, .timeout = 30)
+{
+    size_t flen;
+    uint8_t *frame = wo_frame(&flen);
+    uint8_t *got = malloc(flen);
+    /* cut inside the header, at its end, inside blob a, at a's end, inside the tail, and past the end */
+    size_t cuts[] = {1, WIRE_FRAME_HDR, 300, 0, flen - 9, flen, flen + 100};
+    for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+        size_t at = 0, written = 0, max = cuts[k];
+        if (max == 0) {   /* the end of blob a: the bytes before it, then a itself */
+            const uint8_t *p = memmem(frame, flen, wo_blob_a, sizeof wo_blob_a);
+            cr_assert_not_null(p);
+            max = (size_t)(p - frame) + sizeof wo_blob_a;
+        }
+        int sv[2];
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        memset(wo_calls, 0, sizeof wo_calls);
+        struct evbuffer *rest = evbuffer_new();
+        evbuffer_add(rest, "", 0);
+        cr_assert_eq(wire_out_send_fd(wo_build(), sv[0], max, rest, &written), 0);
+        size_t expect = max < flen ? max : flen;
+        cr_assert_eq(written, expect, "cut %zu: %zu bytes written", max, written);
+        cr_assert_eq(written + evbuffer_get_length(rest), flen, "nothing lost, nothing twice");
+        const uint8_t *a_end = memmem(frame, flen, wo_blob_a, sizeof wo_blob_a) + sizeof wo_blob_a;
+        cr_assert_eq(wo_calls[1], written >= (size_t)(a_end - frame) ? 1 : 0, "blob a released once written whole");
+        wo_read(sv[1], got, flen, &at);
+        cr_assert_eq(at, written);
+        while (evbuffer_get_length(rest) > 0) {
+            cr_assert(evbuffer_write(rest, sv[0]) > 0);
+            wo_read(sv[1], got, flen, &at);
+        }
+        cr_assert_eq(at, flen);
+        cr_assert_arr_eq(got, frame, flen, "cut %zu: the bytes arrive whole and in order", max);
+        evbuffer_free(rest);
+        cr_assert_eq(wo_calls[1], 1);
+        cr_assert_eq(wo_calls[2], 1);
+        close(sv[0]);
+        close(sv[1]);
+    }
+    free(got);
+    free(frame);
+}
+
+Test(wire_out, send_fd_stops_where_the_socket_is_full, .timeout = 30)
+{
+    /* a 4 MiB referenced body into a small socket buffer: the kernel takes part, the rest is queued */
+    size_t n = (size_t)4 << 20;
+    uint8_t *big = malloc(n);
+    for (size_t i = 0; i < n; i++) big[i] = (uint8_t)(i * 131 + (i >> 12));
+    int sv[2], small = 16384;
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    fcntl(sv[0], F_SETFL, O_NONBLOCK);   /* evbuffer_write must not wait for the reader */
+    memset(wo_calls, 0, sizeof wo_calls);
+    wire_out *o = wire_out_new();
+    msgpack_pack_array(wire_out_pk(o), 1);
+    cr_assert_eq(wire_out_bin_ref(o, big, n, wo_cleanup, (void *)(intptr_t)3), 0);
+    size_t flen = WIRE_FRAME_HDR + wire_out_len(o), written = 0, at = 0;
+    struct evbuffer *rest = evbuffer_new();
+    cr_assert_eq(wire_out_send_fd(o, sv[0], flen, rest, &written), 0);
+    cr_assert(written > 0 && written < flen, "%zu of %zu written", written, flen);
+    cr_assert_eq(wo_calls[3], 0, "the body is still referenced by what is queued");
+    uint8_t *got = malloc(flen);
+    wo_read(sv[1], got, flen, &at);
+    for (int rounds = 0; evbuffer_get_length(rest) > 0 && rounds < 100000; rounds++) {
+        evbuffer_write(rest, sv[0]);
+        wo_read(sv[1], got, flen, &at);
+    }
+    cr_assert_eq(at, flen);
+    cr_assert_arr_eq(got + flen - n, big, n);
+    evbuffer_free(rest);
+    cr_assert_eq(wo_calls[3], 1);
+    close(sv[0]);
+    close(sv[1]);
+    free(got);
+    free(big);
+}
+
+Test(wire_out, send_fd_to_a_closed_peer_queues_everything, .timeout = 30)
+{
+    /* no SIGPIPE (the test would die of it), no error: the queue's writer meets the failure */
+    size_t flen, written = 99;
+    uint8_t *frame = wo_frame(&flen);
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    close(sv[1]);
+    memset(wo_calls, 0, sizeof wo_calls);
+    struct evbuffer *rest = evbuffer_new();
+    cr_assert_eq(wire_out_send_fd(wo_build(), sv[0], flen, rest, &written), 0);
+    cr_assert_eq(written, 0);
+    cr_assert_eq(evbuffer_get_length(rest), flen);
+    cr_assert_eq(wo_calls[1], 0);
+    cr_assert_arr_eq(evbuffer_pullup(rest, -1), frame, flen);   /* (pulling up copies, and releases) */
+    evbuffer_free(rest);
+    cr_assert_eq(wo_calls[1], 1);
+    cr_assert_eq(wo_calls[2], 1);
+    close(sv[0]);
+    free(frame);
+}
+
+Test(wire_out, send_fd_refuses_what_send_refuses, .timeout = 30)
+{
+    int sv[2];
+    size_t written = 5;
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct evbuffer *rest = evbuffer_new();
+    cr_assert_eq(wire_out_send_fd(wire_out_new(), sv[0], 100, rest, &written), DMOE_EINTERNAL);
+    cr_assert_eq(written, 0);
+    cr_assert_eq(evbuffer_get_length(rest), 0);
+    uint8_t b;
+    cr_assert_eq(recv(sv[1], &b, 1, MSG_DONTWAIT), -1, "nothing was written");
+    evbuffer_free(rest);
+    close(sv[0]);
+    close(sv[1]);
 }

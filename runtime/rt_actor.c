@@ -168,6 +168,13 @@ uint64_t rt_clock_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+uint64_t rt_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 void rt_actor_init(rt_actor *a, rt_loop *l, const char *name, rt_handler handle, void (*destroy)(rt_actor *))
 {
     memset(a, 0, sizeof *a);

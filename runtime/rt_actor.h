@@ -68,6 +68,8 @@ uint64_t rt_loop_now_ms(rt_loop *l);
 
 /* rt_clock_us returns CLOCK_MONOTONIC in microseconds (any thread). */
 uint64_t rt_clock_us(void);
+/* rt_clock_ns returns CLOCK_MONOTONIC in nanoseconds (any thread; the vDSO, no system call). */
+uint64_t rt_clock_ns(void);
 
 /* rt_actor_init prepares a (zeroed or fresh) actor on loop l. name must outlive the actor. */
 void rt_actor_init(rt_actor *a, rt_loop *l, const char *name, rt_handler handle, void (*destroy)(rt_actor *));

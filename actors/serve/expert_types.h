@@ -42,11 +42,11 @@ typedef struct {
     uint64_t step_work_us;       /* the steps' jobs running on the workers (worker time, summed) */
     uint64_t step_wait_us;       /* requests' wait for a running step to end (per direction, from the
                                   * later of the step's start and the oldest request's arrival) */
-    uint64_t batch_build_ns;     /* loop thread CPU: building batches (batchq_take) */
+    uint64_t batch_build_ns;     /* loop thread: building batches (batchq_take) */
     uint64_t batch_fill_us;      /* the jobs on the workers: copying the batches' rows in (batchq_fill) */
     uint64_t params_after_reply_us;   /* two-stage backwards: their second stage on the workers, after
                                          the reply (a part of kernel_us) */
-    uint64_t reply_ns;           /* loop thread CPU: building and queueing replies (batchq_answer) */
+    uint64_t reply_ns;           /* loop thread: building and queueing replies (batchq_answer) */
 } expert_stats;
 
 typedef struct expert expert;

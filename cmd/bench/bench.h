@@ -100,6 +100,7 @@ typedef struct {
     double kbwd_b1_p50, kbwd_b1_p99;   /* in-process backward of 1 row (recomputing its forward), no step */
     double kbwd_saved_b1_p50, kbwd_saved_b1_p99;   /* the same from the forward's saved activations */
     double lat_train_fwd_p50, lat_train_bwd_p50;   /* 1 client, 1 row, forward then backward (with handle) */
+    double lat_fwd_1cpu_p50, lat_fwd_1cpu_p99;      /* lat_fwd with the node and the client on one CPU */
     double adam_step_p50;
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, rss_settled_mb, weights_mb;
     double rss_workers_mb[2];    /* after the same load on BENCH_MEM_WORKERS_LO and _HI workers, settled */

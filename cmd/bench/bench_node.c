@@ -4,6 +4,8 @@
  * latency; and a node with BENCH_MEM_EXPERTS experts for its memory (VmRSS idle and after a load).
  * Every node started here is stopped here (bench_node_stop), SIGTERM first.
  */
+#include <dirent.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +218,44 @@ static double run_split(bench *b, const bench_child *c, int64_t batch, double mi
     return rate;
 }
 
+/* pin_to sets the affinity of every thread of process pid (0: only the calling thread) to the one CPU
+ * cpu. Returns 0, or -1 when a thread could not be moved. */
+static int pin_to(pid_t pid, int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (pid == 0) return sched_setaffinity(0, sizeof one, &one);
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int rc = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.' && sched_setaffinity((pid_t)atoi(e->d_name), sizeof one, &one) != 0) rc = -1;
+    closedir(d);
+    return rc;
+}
+
+/* The 1-row forward round trip again with the node's threads and this one on a single CPU (the first
+ * this process may use): every wake-up then stays on that CPU. Against lat_fwd it shows what the
+ * wake-ups from one CPU to another cost on this machine. Pins the node for good (it is stopped next). */
+static void latency_one_cpu(bench *b, bench_child *c, double secs)
+{
+    cpu_set_t mine;
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0) return;
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &mine)) cpu++;
+    if (cpu == CPU_SETSIZE || pin_to(c->pid, cpu) != 0 || pin_to(0, cpu) != 0) {
+        sched_setaffinity(0, sizeof mine, &mine);
+        return;
+    }
+    loadgen_report r;
+    if (load(b, &c->addr, 1, 1, 0.0, 0, secs, &r) == 0) { b->lat_fwd_1cpu_p50 = r.lat.p50; b->lat_fwd_1cpu_p99 = r.lat.p99; }
+    loadgen_report_free(&r);
+    sched_setaffinity(0, sizeof mine, &mine);
+}
+
 void bench_node_figures(bench *b)
 {
     bench_child c;
@@ -243,6 +283,7 @@ void bench_node_figures(bench *b)
         b->lat_bwd_p99 = r.lat_bwd.p99;
     }
     loadgen_report_free(&r);
+    latency_one_cpu(b, &c, secs);
     fprintf(stderr, ".");
     b->have_node = 1;
     bench_node_stop(&c);

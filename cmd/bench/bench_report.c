@@ -141,6 +141,8 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
         json_batches(f, "node_fwdbwd_samples_per_s", b->nfwdbwd, 0);
         fprintf(f, "    \"node_clients\": %d,\n", BENCH_CLIENTS);
         fprintf(f, "    \"latency_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_p50, b->lat_fwd_p99);
+        fprintf(f, "    \"latency_fwd_b1_one_cpu_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_1cpu_p50,
+                b->lat_fwd_1cpu_p99);
         fprintf(f, "    \"latency_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_bwd_p50, b->lat_bwd_p99);
         fprintf(f, "    \"latency_train_b1_us\": {\"forward_p50\": %.0f, \"backward_p50\": %.0f},\n", b->lat_train_fwd_p50,
                 b->lat_train_bwd_p50);
@@ -250,6 +252,8 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         row("node fwd+bwd, samples/s", b->nfwdbwd, "%12.0f");
         row("  node / kernel, %", rfb, "%12.1f");
         printf("  latency, 1 client, 1 row, forwards only: p50 %.0f us, p99 %.0f us\n", b->lat_fwd_p50, b->lat_fwd_p99);
+        printf("  the same, the node's threads and the client on one CPU: p50 %.0f us, p99 %.0f us (no wake-up\n"
+               "  crosses CPUs)\n", b->lat_fwd_1cpu_p50, b->lat_fwd_1cpu_p99);
         printf("  latency, 1 client, 1 row, forward then its backward (with handle): forward p50 %.0f us, "
                "backward p50 %.0f us, p99 %.0f us\n", b->lat_train_fwd_p50, b->lat_bwd_p50, b->lat_bwd_p99);
     }

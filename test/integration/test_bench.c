@@ -38,6 +38,7 @@ Test(bench, a_short_node_run_measures_every_latency, .timeout = 240)
     cr_assert(j, "no JSON written");
     cr_expect_gt(p50_of(j, "\"latency_fwd_b1_us\""), 0, "%s", j);
     cr_expect_gt(p50_of(j, "\"latency_bwd_b1_us\""), 0, "%s", j);
+    cr_expect_gt(p50_of(j, "\"latency_fwd_b1_one_cpu_us\""), 0, "%s", j);
     cr_expect(strstr(j, "\"targets\""), "%s", j);
     free(j);
 }

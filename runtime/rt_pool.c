@@ -1,7 +1,13 @@
 /* rt_pool.c -- worker threads and the hand-back to the loop (see rt_pool.h).
  *
  * Design notes, after libuv's threadpool and memcached's notify pipe: one mutex guards the submission
- * queue (workers wait on a condition variable) and another guards the completion list. The loop is
+ * queue and another guards the completion list. An idle worker waits on a condition variable of its
+ * own and is listed on a stack of idle workers; a submit wakes the one that went idle last (LIFO, as
+ * folly's LifoSem), and none when a worker is bound to look at the queue anyway (one that just handed
+ * its last job back, or was woken and has not looked yet: `coming`): a trickle of small jobs then keeps running on one warm worker, on the CPU the
+ * scheduler keeps near the loop, instead of going round all of them (with two workers on two CPUs,
+ * taking turns made most wake-ups of a 1-row round trip cross CPUs: 318-323 us against 182-192 us
+ * with one worker, measured on this project's 2-core virtual machine). The loop is
  * woken only when the completion list goes from empty to non-empty, so a burst of completions costs
  * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap. The wake-up
  * is libevent's own cross-thread one: the worker makes the pool's fd-less event active
@@ -25,12 +31,25 @@
 
 void rt_actor_job_done(rt_actor *a);   /* rt_actor.c */
 
+struct pool_worker {
+    rt_pool *p;
+    int index;
+    int woken;               /* set under qlock by whoever takes this worker off the idle stack */
+    pthread_cond_t cv;
+};
+
 struct rt_pool {
     rt_loop *loop;
     int nthreads;
     pthread_t *threads;
     pthread_mutex_t qlock;
-    pthread_cond_t qcond;
+    struct pool_worker *workers;   /* nworkers of them (nthreads started) */
+    int nworkers;
+    int *idle;               /* the idle workers' indices, a stack: the last to go idle on top */
+    int nidle;
+    int queued;              /* jobs in the queue */
+    int coming;              /* workers bound to look at the queue without a wake-up: starting, just
+                              * woken, or done with their jobs (a submit wakes one only past these) */
     rt_job *q_head, *q_tail;
     int stopping;
     pthread_mutex_t dlock;
@@ -59,19 +78,32 @@ static void hand_back(rt_pool *p, rt_job *j)
 
 static void *worker_main(void *arg)
 {
-    rt_pool *p = arg;
+    struct pool_worker *w = arg;
+    rt_pool *p = w->p;
     for (;;) {
         pthread_mutex_lock(&p->qlock);
-        while (!p->q_head && !p->stopping) pthread_cond_wait(&p->qcond, &p->qlock);
+        p->coming--;   /* it looks now: counted at its start, or when its last job went back */
+        while (!p->q_head && !p->stopping) {   /* go idle: on top of the stack, until taken off it */
+            w->woken = 0;
+            p->idle[p->nidle++] = w->index;
+            while (!w->woken) pthread_cond_wait(&w->cv, &p->qlock);
+            p->coming--;   /* counted by whoever woke it */
+        }
         rt_job *j = p->q_head;
         if (!j) { pthread_mutex_unlock(&p->qlock); break; }   /* stopping and drained */
         p->q_head = j->next_job;
         if (!p->q_head) p->q_tail = NULL;
+        p->queued--;
         pthread_mutex_unlock(&p->qlock);
 
         while (j) {   /* j, then its follow-ups on this thread (rt_pool_submit) */
             j->run(j);
             rt_job *then = j->then;   /* read before the hand-back: the loop owns j after it */
+            if (!then) {   /* counted before the loop can hear of it and submit the next job */
+                pthread_mutex_lock(&p->qlock);
+                p->coming++;
+                pthread_mutex_unlock(&p->qlock);
+            }
             hand_back(p, j);
             j = then;
         }
@@ -129,15 +161,23 @@ rt_pool *rt_pool_new(rt_loop *l, int nthreads)
     if (!p) return NULL;
     p->loop = l;
     p->threads = calloc((size_t)nthreads, sizeof *p->threads);
-    if (!p->threads) goto fail;
+    p->workers = calloc((size_t)nthreads, sizeof *p->workers);
+    p->idle = calloc((size_t)nthreads, sizeof *p->idle);
+    if (!p->threads || !p->workers || !p->idle) goto fail;
     pthread_mutex_init(&p->qlock, NULL);
     pthread_mutex_init(&p->dlock, NULL);
-    pthread_cond_init(&p->qcond, NULL);
+    for (int i = 0; i < nthreads; i++) {
+        p->workers[i].p = p;
+        p->workers[i].index = i;
+        pthread_cond_init(&p->workers[i].cv, NULL);
+    }
+    p->nworkers = nthreads;
+    p->coming = nthreads;   /* each looks at the queue once started */
     p->ev = event_new(rt_loop_base(l), -1, 0, on_wake, p);
     p->keep = event_new(rt_loop_base(l), -1, EV_PERSIST, on_keep, p);
     if (!p->ev || !p->keep) goto fail_sync;
     for (int i = 0; i < nthreads; i++) {
-        if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0) {
+        if (pthread_create(&p->threads[i], NULL, worker_main, &p->workers[i]) != 0) {
             LOG_ERROR("cannot start worker thread %d", i);
             p->nthreads = i;
             rt_pool_free(p);
@@ -151,9 +191,11 @@ fail_sync:
     if (p->keep) event_free(p->keep);
     pthread_mutex_destroy(&p->qlock);
     pthread_mutex_destroy(&p->dlock);
-    pthread_cond_destroy(&p->qcond);
+    for (int i = 0; i < p->nworkers; i++) pthread_cond_destroy(&p->workers[i].cv);
 fail:
     free(p->threads);
+    free(p->workers);
+    free(p->idle);
     free(p);
     return NULL;
 }
@@ -192,10 +234,17 @@ int rt_pool_submit(rt_pool *p, rt_job *j)
     if (p->q_tail) p->q_tail->next_job = j;
     else p->q_head = j;
     p->q_tail = j;
+    p->queued++;
+    struct pool_worker *w = NULL;
+    if (p->nidle > 0 && p->queued > p->coming) {   /* the worker that went idle last */
+        w = &p->workers[p->idle[--p->nidle]];
+        w->woken = 1;
+        p->coming++;
+    }
     pthread_mutex_unlock(&p->qlock);
     /* signalled after the unlock: a worker woken on this CPU would otherwise preempt the loop only to
      * block on the lock the loop still holds, and wake it again */
-    pthread_cond_signal(&p->qcond);
+    if (w) pthread_cond_signal(&w->cv);
     for (rt_job *k = j; k; k = k->then) {   /* the follow-ups are in flight from now on */
         k->owner->jobs++;
         p->inflight++;
@@ -208,7 +257,12 @@ void rt_pool_free(rt_pool *p)
     if (!p) return;
     pthread_mutex_lock(&p->qlock);
     p->stopping = 1;
-    pthread_cond_broadcast(&p->qcond);
+    while (p->nidle > 0) {   /* every idle worker: the others see stopping when they next look */
+        struct pool_worker *w = &p->workers[p->idle[--p->nidle]];
+        w->woken = 1;
+        p->coming++;
+        pthread_cond_signal(&w->cv);
+    }
     pthread_mutex_unlock(&p->qlock);
     for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
     /* what finished but was never delivered: give the owners their jobs back as dropped mail */
@@ -225,7 +279,9 @@ void rt_pool_free(rt_pool *p)
     if (p->idle_ev) event_free(p->idle_ev);
     pthread_mutex_destroy(&p->qlock);
     pthread_mutex_destroy(&p->dlock);
-    pthread_cond_destroy(&p->qcond);
+    for (int i = 0; i < p->nworkers; i++) pthread_cond_destroy(&p->workers[i].cv);
     free(p->threads);
+    free(p->workers);
+    free(p->idle);
     free(p);
 }

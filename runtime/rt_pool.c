@@ -1,18 +1,21 @@
 /* rt_pool.c -- worker threads and the hand-back to the loop (see rt_pool.h).
  *
  * Design notes, after libuv's threadpool and memcached's notify pipe: one mutex guards the submission
- * queue and another guards the completion list. An idle worker waits on a condition variable of its
- * own and is listed on a stack of idle workers; a submit wakes the one that went idle last (LIFO, as
- * folly's LifoSem), and none when a worker is bound to look at the queue anyway (one that just handed
- * its last job back, or was woken and has not looked yet: `coming`): a trickle of small jobs then keeps running on one warm worker, on the CPU the
- * scheduler keeps near the loop, instead of going round all of them (with two workers on two CPUs,
- * taking turns made most wake-ups of a 1-row round trip cross CPUs: 318-323 us against 182-192 us
- * with one worker, measured on this project's 2-core virtual machine). The loop is
- * woken only when the completion list goes from empty to non-empty, so a burst of completions costs
- * one wake-up; the loop drains everything it finds per wake-up, unlocked after the swap. The wake-up
- * is libevent's own cross-thread one: the worker makes the pool's fd-less event active
- * (event_active; the base is thread-aware, rt_loop_new), which writes the base's internal notify fd
- * when the loop sleeps. No fd of ours is registered, so a batch costs no epoll_ctl. While jobs are in
+ * queue and another guards the completion list.
+ *
+ * Waking workers: an idle worker waits on a condition variable of its own and is listed on a stack of
+ * idle workers. A submit wakes the one that went idle last (LIFO, as folly's LifoSem), and none when a
+ * worker is bound to look at the queue anyway (`coming`: one that just handed its last job back, or was
+ * woken and has not looked yet). A trickle of small jobs then keeps running on one warm worker instead
+ * of going round all of them: with two workers on two CPUs, taking turns made most wake-ups of a 1-row
+ * round trip cross CPUs (318-323 us against 182-192 us with one worker, on this project's 2-core
+ * virtual machine). A burst still wakes one worker per job past those coming.
+ *
+ * Waking the loop: only when the completion list goes from empty to non-empty, so a burst of
+ * completions costs one wake-up; the loop drains everything it finds per wake-up, unlocked after the
+ * swap. The wake-up is libevent's own cross-thread one: the worker makes the pool's fd-less event
+ * active (event_active; the base is thread-aware, rt_loop_new), which writes the base's internal notify
+ * fd when the loop sleeps. No fd of ours is registered, so a batch costs no epoll_ctl. While jobs are in
  * flight a long persistent timer (keep) is pending, so rt_loop_run does not return under them; an idle
  * pool has nothing pending and does not keep rt_loop_run from returning. Adding and deleting a timer
  * is a heap operation, no system call.

@@ -88,6 +88,14 @@ typedef struct {
 /* bench_moe_parts_sum returns the sum of p's parts (the step left out). */
 double bench_moe_parts_sum(const bench_moe_parts *p);
 
+/* The node's part of a 1-row round trip, means per request (one at a time: a batch each), from the
+ * probes around the run: arrival to reply queued (the batch's wait, its submit to its last job back, and
+ * the reply's building), the kernel's part of it, and the loop thread's CPU. */
+typedef struct {
+    double node_us, kernel_us, loop_us;
+    int have;
+} bench_rtt_part;
+
 /* One run's settings and figures. */
 typedef struct {
     int threads;
@@ -101,6 +109,7 @@ typedef struct {
     double kbwd_saved_b1_p50, kbwd_saved_b1_p99;   /* the same from the forward's saved activations */
     double lat_train_fwd_p50, lat_train_bwd_p50;   /* 1 client, 1 row, forward then backward (with handle) */
     double lat_fwd_1cpu_p50, lat_fwd_1cpu_p99;      /* lat_fwd with the node and the client on one CPU */
+    bench_rtt_part rtt_part[2];  /* the node's part of those two round trips: [0] lat_fwd, [1] on one CPU */
     double adam_step_p50;
     double rss_idle_mb, rss_loaded_mb, hwm_loaded_mb, rss_settled_mb, weights_mb;
     double rss_workers_mb[2];    /* after the same load on BENCH_MEM_WORKERS_LO and _HI workers, settled */
@@ -178,6 +187,9 @@ typedef struct {
     double params_us;            /* params_after_reply_us: a part of compute_us */
     double step_wall_us;         /* compute_us and step_us are the jobs' time on the workers; this the
                                   * steps' wall time, from the reply to the end of the update */
+    double wait_us, batch_us;    /* queue_wait_us and compute_us: the batches' wait, and their wall time
+                                  * from the submit to the last job back */
+    double batches;              /* forward_batches + backward_batches */
 } bench_probe;
 
 /* bench_probe_take fills *p for the node pid serving at addr, with expert uid's stats, or every expert's

@@ -237,6 +237,29 @@ static int pin_to(pid_t pid, int cpu)
     return rc;
 }
 
+/* One client sending 1-row forwards, one at a time: the round trip's p50 and p99 into lat[0..1], and the
+ * node's part of it from the probes around the run into *part. Returns 0, or -1 when the load failed. */
+static int rtt_run(bench *b, bench_child *c, double secs, double lat[2], bench_rtt_part *part)
+{
+    bench_probe before, after, d;
+    loadgen_report r;
+    int pb = bench_probe_take(c->pid, &c->addr, "expert.0", &before);
+    int rc = load(b, &c->addr, 1, 1, 0.0, 0, secs, &r);
+    if (rc == 0) { lat[0] = r.lat.p50; lat[1] = r.lat.p99; }
+    loadgen_report_free(&r);
+    if (rc != 0) return -1;
+    if (pb == 0 && bench_probe_take(c->pid, &c->addr, "expert.0", &after) == 0) {
+        bench_probe_diff(&before, &after, &d);
+        if (d.batches > 0) {
+            part->node_us = (d.wait_us + d.batch_us + d.reply_us) / d.batches;
+            part->kernel_us = d.compute_us / d.batches;
+            part->loop_us = d.loop_ns / 1e3 / d.batches;
+            part->have = 1;
+        }
+    }
+    return 0;
+}
+
 /* The 1-row forward round trip again with the node's threads and this one on a single CPU (the first
  * this process may use): every wake-up then stays on that CPU. Against lat_fwd it shows what the
  * wake-ups from one CPU to another cost on this machine. Pins the node for good (it is stopped next). */
@@ -250,9 +273,8 @@ static void latency_one_cpu(bench *b, bench_child *c, double secs)
         sched_setaffinity(0, sizeof mine, &mine);
         return;
     }
-    loadgen_report r;
-    if (load(b, &c->addr, 1, 1, 0.0, 0, secs, &r) == 0) { b->lat_fwd_1cpu_p50 = r.lat.p50; b->lat_fwd_1cpu_p99 = r.lat.p99; }
-    loadgen_report_free(&r);
+    double lat[2];
+    if (rtt_run(b, c, secs, lat, &b->rtt_part[1]) == 0) { b->lat_fwd_1cpu_p50 = lat[0]; b->lat_fwd_1cpu_p99 = lat[1]; }
     sched_setaffinity(0, sizeof mine, &mine);
 }
 
@@ -269,9 +291,9 @@ void bench_node_figures(bench *b)
         fit_loop(b);
         b->have_split = 1;
     }
+    double lat[2];
+    if (rtt_run(b, &c, secs, lat, &b->rtt_part[0]) == 0) { b->lat_fwd_p50 = lat[0]; b->lat_fwd_p99 = lat[1]; }
     loadgen_report r;
-    if (load(b, &c.addr, 1, 1, 0.0, 0, secs, &r) == 0) { b->lat_fwd_p50 = r.lat.p50; b->lat_fwd_p99 = r.lat.p99; }
-    loadgen_report_free(&r);
     /* as a training client: forward, then its backward with the forward's handle (a backward always has
      * its forward: the load counts pairs). Each backward's reply comes before its step; the next forward
      * waits for that step, the backward finds the expert idle. Its backwards are the 1-row backward

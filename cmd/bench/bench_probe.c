@@ -1,7 +1,8 @@
 /* bench_probe.c -- what dmoe-bench reads from inside a running node (see bench.h): the CPU time of its
  * loop thread and of its other threads (the workers) from /proc/PID/task/TID/schedstat (nanoseconds on
  * the CPU, the kernel's own account), and one expert's summed timers from its info reply (stats:
- * kernel_us, step_work_us, step_us, step_wait_us, batch_build_us, reply_us) -- or all its experts' added up --, over
+ * kernel_us, step_work_us, step_us, step_wait_us, batch_build_us, reply_us, queue_wait_us, compute_us and
+ * the batch counts) -- or all its experts' added up --, over
  * one client call on a loop of its own. bench_node.c takes a probe before and after each load and turns
  * the differences into the breakdown of where a batch's time goes; bench_moe.c does the same around
  * the MoE training steps.
@@ -76,6 +77,9 @@ static int add_stats(const msgpack_object *info, bench_probe *p)
     p->batch_fill_us += stat_us(st, "batch_fill_us");
     p->reply_us += stat_us(st, "reply_us");
     p->params_us += stat_us(st, "params_after_reply_us");
+    p->wait_us += stat_us(st, "queue_wait_us");
+    p->batch_us += stat_us(st, "compute_us");
+    p->batches += stat_us(st, "forward_batches") + stat_us(st, "backward_batches");
     return 0;
 }
 
@@ -133,4 +137,7 @@ void bench_probe_diff(const bench_probe *before, const bench_probe *after, bench
     d->batch_fill_us = after->batch_fill_us - before->batch_fill_us;
     d->reply_us = after->reply_us - before->reply_us;
     d->params_us = after->params_us - before->params_us;
+    d->wait_us = after->wait_us - before->wait_us;
+    d->batch_us = after->batch_us - before->batch_us;
+    d->batches = after->batches - before->batches;
 }

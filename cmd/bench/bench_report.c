@@ -143,6 +143,10 @@ int bench_write_json(const bench *b, const char *path, const char *cpu, long cor
         fprintf(f, "    \"latency_fwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_p50, b->lat_fwd_p99);
         fprintf(f, "    \"latency_fwd_b1_one_cpu_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_fwd_1cpu_p50,
                 b->lat_fwd_1cpu_p99);
+        for (int k = 0; k < 2; k++)
+            fprintf(f, "    \"latency_fwd_b1%s_node_part_us\": {\"arrival_to_reply\": %.1f, \"kernel\": %.1f, "
+                    "\"loop_cpu\": %.1f},\n", k ? "_one_cpu" : "", b->rtt_part[k].node_us, b->rtt_part[k].kernel_us,
+                    b->rtt_part[k].loop_us);
         fprintf(f, "    \"latency_bwd_b1_us\": {\"p50\": %.0f, \"p99\": %.0f},\n", b->lat_bwd_p50, b->lat_bwd_p99);
         fprintf(f, "    \"latency_train_b1_us\": {\"forward_p50\": %.0f, \"backward_p50\": %.0f},\n", b->lat_train_fwd_p50,
                 b->lat_train_bwd_p50);
@@ -254,6 +258,13 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
         printf("  latency, 1 client, 1 row, forwards only: p50 %.0f us, p99 %.0f us\n", b->lat_fwd_p50, b->lat_fwd_p99);
         printf("  the same, the node's threads and the client on one CPU: p50 %.0f us, p99 %.0f us (no wake-up\n"
                "  crosses CPUs)\n", b->lat_fwd_1cpu_p50, b->lat_fwd_1cpu_p99);
+        for (int k = 0; k < 2; k++) {
+            const bench_rtt_part *q = &b->rtt_part[k];
+            if (q->have)
+                printf("  %s, the node's part (means): arrival to reply %.0f us, of it the kernel %.0f us; loop\n"
+                       "  thread CPU %.0f us per request\n", k ? "on one CPU" : "the first", q->node_us, q->kernel_us,
+                       q->loop_us);
+        }
         printf("  latency, 1 client, 1 row, forward then its backward (with handle): forward p50 %.0f us, "
                "backward p50 %.0f us, p99 %.0f us\n", b->lat_train_fwd_p50, b->lat_bwd_p50, b->lat_bwd_p99);
     }

@@ -12,14 +12,16 @@
 
 #include "test/integration/harness.h"
 
-/* p50_of returns the "p50" number that follows key in json, or -1. */
-static double p50_of(const char *json, const char *key)
+/* field_of returns the number of field (quoted, as "\"p50\"") that follows key in json, or -1. */
+static double field_of(const char *json, const char *key, const char *field)
 {
     const char *k = strstr(json, key);
     if (!k) return -1;
-    const char *p = strstr(k, "\"p50\": ");
-    return p ? atof(p + 7) : -1;
+    const char *p = strstr(k, field);
+    return p && p[strlen(field)] == ':' ? atof(p + strlen(field) + 1) : -1;
 }
+
+static double p50_of(const char *json, const char *key) { return field_of(json, key, "\"p50\""); }
 
 Test(bench, a_short_node_run_measures_every_latency, .timeout = 240)
 {
@@ -39,6 +41,9 @@ Test(bench, a_short_node_run_measures_every_latency, .timeout = 240)
     cr_expect_gt(p50_of(j, "\"latency_fwd_b1_us\""), 0, "%s", j);
     cr_expect_gt(p50_of(j, "\"latency_bwd_b1_us\""), 0, "%s", j);
     cr_expect_gt(p50_of(j, "\"latency_fwd_b1_one_cpu_us\""), 0, "%s", j);
+    /* the node's part of the round trip: it held each request, and ran a kernel for it, a while */
+    cr_expect_gt(field_of(j, "\"latency_fwd_b1_node_part_us\"", "\"arrival_to_reply\""), 0, "%s", j);
+    cr_expect_gt(field_of(j, "\"latency_fwd_b1_node_part_us\"", "\"kernel\""), 0, "%s", j);
     cr_expect(strstr(j, "\"targets\""), "%s", j);
     free(j);
 }

@@ -15,7 +15,8 @@
  * evbuffer and then moved onto dst with evbuffer_add_buffer (which moves chains, copies nothing), so a
  * failure half way never leaves half a frame on the connection. wire_out_send_fd first writes what
  * the socket takes at once (one sendmsg over the segments), releases what went out whole and hands
- * the rest over the same way, the first segment left starting where the socket stopped.
+ * the rest over the same way, the first segment left starting where the socket stopped (if that
+ * hand-over fails, the frame is cut on the socket: conn.c then closes the connection).
  * wire_out_flatten copies into one buffer (tests, small messages). wire_out_free releases everything.
  *
  * Invariant: every segment's release (free or caller's cleanup) runs exactly once, whichever of

@@ -44,7 +44,8 @@ int wire_out_send(wire_out *o, struct evbuffer *dst);
  * written in part goes on from where the socket stopped: its cleanup then gets the unwritten tail's
  * data and len (arg is the caller's as always). A failed sendmsg is no error here: everything goes to
  * dst, whose writer meets the failure. Frees o; returns as wire_out_send. For an output with nothing
- * queued before it (else the frame would overtake what is queued). */
+ * queued before it (else the frame would overtake what is queued). Unlike wire_out_send, a failure to
+ * queue the rest (DMOE_ENOMEM) may leave part of the frame written: the caller closes the connection. */
 int wire_out_send_fd(wire_out *o, int fd, size_t max, struct evbuffer *dst, size_t *written);
 /* wire_out_flatten copies the body (no frame header) into one malloc'd buffer and frees o. For tests
  * and small messages. Returns 0 or DMOE_ENOMEM. */

@@ -512,7 +512,7 @@ static void conn_handle(rt_actor *self, rt_msg *m)
             if (over_limits(c)) set_reading(c, 0);
         } else {   /* a reply lost in silence would leave the peer waiting: it sees the connection close */
             LOG_WARN("cannot queue %zu bytes to %s: %s: closing", n, c->peer, dmoe_strerror(rc));
-            conn_close(c, 1);
+            conn_close(c, wrote == 0);   /* part of the frame went out: nothing may follow it */
         }
     }
     rt_msg_drop(m);

@@ -1,11 +1,12 @@
 /* rt_pool.h -- the worker-thread pool: kernels run on workers, results come back as mail.
  *
  * An actor fills an rt_job (embedded in its own job struct) with a run function and submits it from the
- * loop thread. A worker runs job->run(job) -- which may only touch the buffers the job carries, never
+ * loop thread; the submit wakes the worker that went idle last, if no worker is about to look at the
+ * queue anyway. A worker runs job->run(job) -- which may only touch the buffers the job carries, never
  * actor state -- then appends the job to the completion list under a mutex and, when that list was
  * empty, wakes the loop once (libevent's event_active). On the loop thread the pool's callback swaps
- * the whole list out and delivers each job to its owner's mailbox as an ordinary message (job->msg), in completion
- * order. The owner's handler sees the message and drops it when done.
+ * the whole list out and delivers each job to its owner's mailbox as an ordinary message (job->msg),
+ * in completion order. The owner's handler sees the message and drops it when done.
  *
  * While a job is out, its owner cannot be destroyed (rt_actor.jobs counts them); a job whose owner was
  * stopped meanwhile is dropped through job->msg.drop instead of being delivered.
@@ -36,7 +37,7 @@ rt_pool *rt_pool_new(rt_loop *l, int nthreads);
 int rt_pool_on_idle(rt_pool *p, uint64_t ms, void (*cb)(void *arg), void *arg);
 /* rt_pool_threads returns the number of workers. */
 int rt_pool_threads(const rt_pool *p);
-/* rt_pool_queued returns the jobs submitted and not yet delivered (loop thread). */
+/* rt_pool_inflight returns the jobs submitted and not yet delivered (loop thread). */
 int rt_pool_inflight(const rt_pool *p);
 /* rt_pool_submit queues j (run and owner set) from the loop thread; the pool owns j until it comes
  * back as mail. Returns 0 or DMOE_ESHUTDOWN (owner stopped or pool stopping) / DMOE_EINTERNAL (the

@@ -262,7 +262,7 @@ void bench_print_table(const bench *b, const char *cpu, long cores)
             const bench_rtt_part *q = &b->rtt_part[k];
             if (q->have)
                 printf("  %s, the node's part (means): arrival to reply %.0f us, of it the kernel %.0f us; loop\n"
-                       "  thread CPU %.0f us per request\n", k ? "on one CPU" : "the first", q->node_us, q->kernel_us,
+                       "  thread CPU %.0f us per request\n", k ? "on one CPU" : "forwards only", q->node_us, q->kernel_us,
                        q->loop_us);
         }
         printf("  latency, 1 client, 1 row, forward then its backward (with handle): forward p50 %.0f us, "

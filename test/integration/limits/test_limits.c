@@ -5,7 +5,10 @@
  * must get its ping and a small forward answered within a second. Throughout, the node's peak RSS
  * (VmHWM in /proc/PID/status) must stay under the bound README states:
  *
- *     max_pending_mb + max_replies_mb + LIM_CONST_MB
+ *     max_pending_mb + max_replies_mb + what the node's flags hold + LIM_CONST_MB
+ *
+ * where, for this nop expert (no parameters, no activation cache), what the flags hold is the batches
+ * being computed: --num_workers of them, each up to --max_batch_size rows in and as many out.
  *
  * and the node must survive and exit 0 (under SAN=1: with no ASan report). The attacks: slow-loris
  * frames announced big and trickled, a frame of msgpack nils, clients that send big requests and never
@@ -39,14 +42,19 @@
 #define LIM_PENDING_MB 64
 #define LIM_REPLIES_MB 32
 #define LIM_H 1024               /* the nop expert's width: a 1024-row request is 4 MiB */
+#define LIM_WORKERS 2
+#define LIM_MAX_BATCH 1024
+/* the batches being computed: LIM_WORKERS batches of LIM_MAX_BATCH rows, inputs and outputs (16 MiB) */
+#define LIM_BATCHES_MB (LIM_WORKERS * LIM_MAX_BATCH * LIM_H * 4.0 * 2 / (1 << 20))
 #define LIM_SECONDS 5            /* each attack runs this long */
 
 static th_node node;
 
 static void start_node(void)
 {
-    const char *args[] = {"--expert_cls", "nop", "--hidden_dim", "1024", "--expert_uids", "expert.0",
-                          "--max_batch_size", "1024", "--num_workers", "2", "--activation_cache_mb", "0",
+    const char *args[] = {"--expert_cls", "nop", "--hidden_dim", "1024", "--expert_uids", "expert.0",   /* LIM_H */
+                          "--max_batch_size", "1024", "--num_workers", "2",   /* LIM_MAX_BATCH, LIM_WORKERS */
+                          "--activation_cache_mb", "0",
                           "--max_pending_mb", "64", "--max_replies_mb", "32", "--reply_soft_mb", "4",
                           "--reply_hard_mb", "8", "--min_rate_kbps", "4", "--min_rate_grace_s", "1",
                           "--idle_timeout_s", "3", "--max_connections", "64", NULL};
@@ -90,7 +98,7 @@ static long answer_ms(void) { return getenv("ASAN_OPTIONS") ? 4000 : 1000; }
 static double bound_mb(void)
 {
     int san = getenv("ASAN_OPTIONS") != NULL;
-    return LIM_PENDING_MB + LIM_REPLIES_MB + (san ? LIM_CONST_SAN_MB : LIM_CONST_MB);
+    return LIM_PENDING_MB + LIM_REPLIES_MB + LIM_BATCHES_MB + (san ? LIM_CONST_SAN_MB : LIM_CONST_MB);
 }
 
 static uint64_t now_ms(void)

@@ -138,3 +138,14 @@ static void noop_msg(conn *c, wire_msg *m, size_t charge, void *arg)
 }
 
 const conn_ops sk_noop_ops = {noop_msg, NULL, NULL};
+
+expert *sk_probe_expert(rt_loop *l, const char *uid, expert_cfg cfg)
+{
+    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
+    cfg.opt.lr = 0.5f;
+    cfg.compression = WIRE_COMP_NONE;
+    char err[256];
+    expert *e = expert_new(l, uid, &cfg, err, sizeof err);
+    cr_assert_not_null(e, "%s", err);
+    return e;
+}

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "actors/net/conn.h"
+#include "actors/serve/expert.h"
 #include "actors/serve/batch.h"
 #include "runtime/rt_actor.h"
 #include "wire/wire_msg.h"
@@ -39,6 +40,9 @@ ex_req *sk_req(conn *c, uint64_t id, int dir, int64_t rows, const float *x);
 int sk_probe_setup(kern_model *m, const kern_config *cfg);
 void sk_probe_init(const kern_model *m, float *params, uint64_t seed);
 size_t sk_probe_ws(const kern_model *m, int64_t B);
+/* sk_probe_expert makes expert uid on l from cfg (class, sizes, pool: the caller's) with what every
+ * probe expert shares: SGD at lr 0.5, no wire compression. It asserts the expert was made. */
+expert *sk_probe_expert(rt_loop *l, const char *uid, expert_cfg cfg);
 /* sk_noop_ops: a conn_ops whose on_msg frees what arrives. */
 extern const conn_ops sk_noop_ops;
 

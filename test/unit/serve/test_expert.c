@@ -91,13 +91,8 @@ static expert *make_expert(int64_t max_batch, int64_t min_batch, int wait_ms, in
 {
     expert_cfg cfg = {.cls = &probe, .kcfg = {.hidden_dim = W}, .max_batch_size = max_batch,
                       .min_batch_size = min_batch, .batch_wait_ms = wait_ms, .max_parallel_fwd = parallel,
-                      .pool = pool, .compression = WIRE_COMP_NONE};
-    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
-    cfg.opt.lr = 0.5f;
-    char err[256];
-    expert *e = expert_new(l, "probe.0", &cfg, err, sizeof err);
-    cr_assert_not_null(e, "%s", err);
-    return e;
+                      .pool = pool};
+    return sk_probe_expert(l, "probe.0", cfg);
 }
 
 static void stop_expert(expert *e)

@@ -88,13 +88,8 @@ TestSuite(expert_staged, .init = setup, .fini = teardown, .timeout = 30);
 static expert *make_staged(const char *uid)
 {
     expert_cfg cfg = {.cls = &staged_probe, .kcfg = {.hidden_dim = W}, .max_batch_size = ROWS_MAX,
-                      .min_batch_size = 1, .max_parallel_fwd = 2, .pool = pool, .compression = WIRE_COMP_NONE};
-    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
-    cfg.opt.lr = 0.5f;
-    char err[256];
-    expert *e = expert_new(l, uid, &cfg, err, sizeof err);
-    cr_assert_not_null(e, "%s", err);
-    return e;
+                      .min_batch_size = 1, .max_parallel_fwd = 2, .pool = pool};
+    return sk_probe_expert(l, uid, cfg);
 }
 
 /* One backward of rows rows (3 chunks at 96 on 3 workers, one job at W), then a forward. */

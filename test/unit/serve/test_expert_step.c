@@ -99,13 +99,8 @@ static int spin_until(atomic_int *v, int want)
 static expert *probe_expert(const char *uid)
 {
     expert_cfg cfg = {.cls = &gated_probe, .kcfg = {.hidden_dim = PW}, .max_batch_size = PW, .min_batch_size = 1,
-                      .max_parallel_fwd = 3, .pool = pool, .compression = WIRE_COMP_NONE};
-    cr_assert_eq(kern_optim_parse("sgd", &cfg.opt), 0);
-    cfg.opt.lr = 0.5f;
-    char err[256];
-    expert *e = expert_new(l, uid, &cfg, err, sizeof err);
-    cr_assert_not_null(e, "%s", err);
-    return e;
+                      .max_parallel_fwd = 3, .pool = pool};
+    return sk_probe_expert(l, uid, cfg);
 }
 
 static void recv_ok(int fd, uint64_t id, const char *key, float *out, size_t n)

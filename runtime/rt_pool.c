@@ -114,6 +114,16 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* take_idle takes the worker that went idle last off the stack (qlock held, nidle > 0) and marks it
+ * woken and coming; the caller signals it. */
+static struct pool_worker *take_idle(rt_pool *p)
+{
+    struct pool_worker *w = &p->workers[p->idle[--p->nidle]];
+    w->woken = 1;
+    p->coming++;
+    return w;
+}
+
 static rt_job *take_done(rt_pool *p)
 {
     pthread_mutex_lock(&p->dlock);
@@ -238,12 +248,7 @@ int rt_pool_submit(rt_pool *p, rt_job *j)
     else p->q_head = j;
     p->q_tail = j;
     p->queued++;
-    struct pool_worker *w = NULL;
-    if (p->nidle > 0 && p->queued > p->coming) {   /* the worker that went idle last */
-        w = &p->workers[p->idle[--p->nidle]];
-        w->woken = 1;
-        p->coming++;
-    }
+    struct pool_worker *w = p->nidle > 0 && p->queued > p->coming ? take_idle(p) : NULL;
     pthread_mutex_unlock(&p->qlock);
     /* signalled after the unlock: a worker woken on this CPU would otherwise preempt the loop only to
      * block on the lock the loop still holds, and wake it again */
@@ -260,12 +265,7 @@ void rt_pool_free(rt_pool *p)
     if (!p) return;
     pthread_mutex_lock(&p->qlock);
     p->stopping = 1;
-    while (p->nidle > 0) {   /* every idle worker: the others see stopping when they next look */
-        struct pool_worker *w = &p->workers[p->idle[--p->nidle]];
-        w->woken = 1;
-        p->coming++;
-        pthread_cond_signal(&w->cv);
-    }
+    while (p->nidle > 0) pthread_cond_signal(&take_idle(p)->cv);   /* the busy see stopping when they next look */
     pthread_mutex_unlock(&p->qlock);
     for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
     /* what finished but was never delivered: give the owners their jobs back as dropped mail */
